@@ -1,0 +1,408 @@
+"""MNIST and CIFAR-10 readers, the on-disk cache, and the pair data of the report.
+
+Files are decoded once with numpy (so partial sets, such as the first 1,000
+CIFAR test images, work and no PIL runs per item), kept as uint8 tensors, and
+cached on disk. Training batches are index gathers on those tensors, mixed as
+whole batches.
+
+Layouts read under a data root (the first that exists wins, per source/split):
+  MNIST:    MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]   (torchvision)
+            mnist/*{train,test}*.npz, MNIST/*{train,test}*.npz, mnist_{train,test}*.npz
+  CIFAR-10: cifar-10-batches-py/{data_batch_1..5,test_batch}             (torchvision)
+            cifar10/*{train,test}*.npz, cifar10_{train,test}*.npz
+An .npz holds ``images`` (uint8, N x 32 x 32 x 3, N x 28 x 28 or N x 32 x 32) and ``labels``.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import pickle
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import MixsepError
+
+SOURCES = ("mnist", "cifar")
+SPLITS = ("train", "test")
+_CACHE_VERSION = 1  # bump when the decoded format changes
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def _open_bytes(path: Path) -> bytes:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (EOFError, OSError, zlib.error) as e:
+        raise MixsepError(
+            f"{path} is truncated or corrupt ({e.__class__.__name__}); delete it and download it again "
+            f"with `python -m mixsep download`."
+        ) from None
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Decode an IDX file (MNIST's format, gzipped or not) into a uint8 array."""
+    path = Path(path)
+    raw = _open_bytes(path)
+    if len(raw) < 8:
+        raise MixsepError(f"{path} is too short to be an IDX file ({len(raw)} bytes); download it again.")
+    magic = int.from_bytes(raw[0:4], "big")
+    if magic >> 8 != 0x08:  # 0x08 = unsigned byte data
+        raise MixsepError(f"{path} is not an unsigned-byte IDX file (magic number {magic}); is it really an MNIST file?")
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    expected = int(np.prod(dims))
+    if len(raw) - header != expected:
+        raise MixsepError(
+            f"{path} is truncated or corrupt: its header promises {expected} bytes of data for shape {tuple(dims)} "
+            f"but it holds {len(raw) - header}; delete it and download it again."
+        )
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
+
+
+def read_cifar_batches(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Decode CIFAR-10 python pickle batches into (N, 32, 32, 3) uint8 images and labels."""
+    images, labels = [], []
+    for p in paths:
+        try:
+            with open(p, "rb") as f:
+                d = pickle.load(f, encoding="latin1")
+            data = np.asarray(d["data"], dtype=np.uint8)
+            lab = np.asarray(d.get("labels", d.get("fine_labels")), dtype=np.int64)
+            images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            labels.append(lab)
+        except MixsepError:
+            raise
+        except Exception as e:  # pickle errors come in many classes; all mean the same to a user
+            raise MixsepError(
+                f"{p} is not a readable CIFAR-10 batch ({e.__class__.__name__}: {e}); delete it and download it again."
+            ) from None
+        if len(labels[-1]) != len(images[-1]):
+            raise MixsepError(f"{p} holds {len(images[-1])} images but {len(labels[-1])} labels; it is corrupt.")
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def read_npz(path: Path, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read an .npz with ``images`` and ``labels``; check the shape fits the source."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "images" not in z:
+                raise MixsepError(f"{path} has no 'images' array (it has: {', '.join(z.files) or 'nothing'}).")
+            images = z["images"]
+            labels = z["labels"] if "labels" in z else np.full(len(images), -1, np.int64)
+    except MixsepError:
+        raise
+    except Exception as e:
+        raise MixsepError(f"{path} is not a readable .npz file ({e.__class__.__name__}); is it truncated?") from None
+    if images.dtype != np.uint8:
+        raise MixsepError(f"{path}: 'images' must be uint8 (0-255), not {images.dtype}.")
+    ok = images.ndim == 4 and images.shape[1:] == (32, 32, 3)
+    if source == "mnist":
+        ok = ok or (images.ndim == 3 and images.shape[1:] in ((28, 28), (32, 32)))
+    if not ok or len(images) == 0:
+        want = "N x 28 x 28, N x 32 x 32 or N x 32 x 32 x 3" if source == "mnist" else "N x 32 x 32 x 3"
+        raise MixsepError(f"{path}: 'images' has shape {images.shape}, expected {want} with N >= 1.")
+    if len(labels) != len(images):
+        raise MixsepError(f"{path} holds {len(images)} images but {len(labels)} labels.")
+    return images, labels.astype(np.int64)
+
+
+# --------------------------------------------------------------------------- finding files
+
+
+_MNIST_PREFIX = {"train": "train", "test": "t10k"}
+
+
+def _first_existing(*candidates: Path) -> Path | None:
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def _npz_candidates(root: Path, source: str, split: str) -> list[Path]:
+    if source == "mnist":
+        globs = [f"mnist/*{split}*.npz", f"MNIST/*{split}*.npz", f"mnist_{split}*.npz"]
+    else:
+        globs = [f"cifar10/*{split}*.npz", f"cifar10_{split}*.npz"]
+    return [p for g in globs for p in sorted(root.glob(g))]
+
+
+def find_source(root: Path, source: str, split: str) -> list[Path] | None:
+    """The files that hold one source/split under root, or None if there are none."""
+    root = Path(root)
+    if source == "mnist":
+        raw = root / "MNIST" / "raw"
+        pre = _MNIST_PREFIX[split]
+        img = _first_existing(raw / f"{pre}-images-idx3-ubyte", raw / f"{pre}-images-idx3-ubyte.gz")
+        lab = _first_existing(raw / f"{pre}-labels-idx1-ubyte", raw / f"{pre}-labels-idx1-ubyte.gz")
+        if img and lab:
+            return [img, lab]
+    else:
+        folder = root / "cifar-10-batches-py"
+        names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+        found = [folder / n for n in names if (folder / n).is_file()]
+        if found:
+            return found
+    npz = _npz_candidates(root, source, split)
+    return npz[:1] or None
+
+
+def expected_files(root: Path, source: str, split: str) -> str:
+    root = Path(root)
+    if source == "mnist":
+        pre = _MNIST_PREFIX[split]
+        return (f"{root}/MNIST/raw/{pre}-images-idx3-ubyte[.gz] and {pre}-labels-idx1-ubyte[.gz] "
+                f"(or {root}/mnist/mnist_{split}.npz)")
+    names = "data_batch_1 .. data_batch_5" if split == "train" else "test_batch"
+    return f"{root}/cifar-10-batches-py/{names} (or {root}/cifar10/cifar10_{split}.npz)"
+
+
+def missing_message(root: Path, source: str, split: str) -> str:
+    name = "MNIST" if source == "mnist" else "CIFAR-10"
+    return (f"No {name} {split} data under {root}: expected {expected_files(root, source, split)}. "
+            f"Run `python -m mixsep download --data-root {root}` where the internet is reachable, "
+            f"or copy the files there.")
+
+
+def data_status(root: Path) -> list[dict]:
+    """What is found under root, one row per source/split (for `info` and the dashboard)."""
+    rows = []
+    for source in SOURCES:
+        for split in SPLITS:
+            files = find_source(Path(root), source, split)
+            rows.append({"source": source, "split": split, "found": bool(files),
+                         "files": [str(f) for f in files] if files else [],
+                         "expected": expected_files(Path(root), source, split)})
+    return rows
+
+
+# --------------------------------------------------------------------------- decoding + cache
+
+
+def resize_mnist(images: np.ndarray) -> torch.Tensor:
+    """28x28 digits -> 32x32 uint8, bilinear.
+
+    Bilinear is what torchvision's Resize does on PIL images (what the report used);
+    it keeps strokes smooth where nearest would make blocky 8/7-pixel steps.
+    Done once on the whole array, never per item.
+    """
+    x = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True))  # frombuffer arrays are read-only
+    if x.shape[-1] == 32:
+        return x.clone()
+    out = torch.empty(len(x), 32, 32, dtype=torch.uint8)
+    for i in range(0, len(x), 8192):  # chunks keep the float copy small
+        chunk = x[i: i + 8192].unsqueeze(1).float()
+        up = F.interpolate(chunk, size=(32, 32), mode="bilinear", align_corners=False)
+        out[i: i + 8192] = up.squeeze(1).round().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def decode_files(files: list[Path], source: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Files -> (images, labels). MNIST images come out (N, 32, 32); CIFAR (N, 3, 32, 32)."""
+    files = [Path(f) for f in files]
+    if files[0].suffix == ".npz":
+        images, labels = read_npz(files[0], source)
+    elif source == "mnist":
+        images, labels = read_idx(files[0]), read_idx(files[1]).astype(np.int64)
+        if images.ndim != 3:
+            raise MixsepError(f"{files[0]} holds an array of shape {images.shape}, not N x 28 x 28 images.")
+        if len(labels) != len(images):
+            raise MixsepError(f"{files[0]} has {len(images)} images but {files[1]} has {len(labels)} labels.")
+    else:
+        images, labels = read_cifar_batches(files)
+    if source == "mnist":
+        if images.ndim == 4:  # RGB digits: they are grey, keep one channel
+            images = images[..., 0]
+        return resize_mnist(images), torch.from_numpy(labels)
+    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))), torch.from_numpy(labels)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MIXSEP_CACHE_DIR", Path.home() / ".cache" / "mixsep"))
+
+
+def _cache_key(files: list[Path], source: str) -> str:
+    h = hashlib.sha1(f"v{_CACHE_VERSION}:{source}".encode())
+    for f in files:
+        st = Path(f).stat()
+        h.update(f"{Path(f).resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:20]
+
+
+def load_files(files: list[Path], source: str, use_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode files, through the on-disk cache (keyed by path, size and mtime)."""
+    files = [Path(f) for f in files]
+    path = cache_dir() / f"{source}-{_cache_key(files, source)}.npz"
+    if use_cache and path.is_file():
+        try:
+            with np.load(path) as z:
+                return torch.from_numpy(z["images"]), torch.from_numpy(z["labels"])
+        except Exception:
+            pass  # a damaged cache entry is rebuilt below, never shown to the user
+    images, labels = decode_files(files, source)
+    if use_cache:
+        try:  # write atomically; an unwritable cache only costs speed
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
+                np.savez(f, images=images.numpy(), labels=labels.numpy())
+            os.replace(f.name, path)
+        except OSError:
+            pass
+    return images, labels
+
+
+def load_split(root: Path, source: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    files = find_source(Path(root), source, split)
+    if not files:
+        raise MixsepError(missing_message(Path(root), source, split))
+    return load_files(files, source)
+
+
+def load_path(path: Path, source: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One user-named file: an .npz, an IDX image file (labels beside it if present), or a CIFAR batch."""
+    path = Path(path)
+    if not path.exists():
+        raise MixsepError(f"{path} does not exist.")
+    if path.is_dir():
+        raise MixsepError(f"{path} is a folder; name an .npz, an IDX file or a CIFAR-10 batch file.")
+    if path.suffix == ".npz":
+        return load_files([path], source)
+    if source == "mnist":
+        images = read_idx(path)
+        if images.ndim != 3:
+            raise MixsepError(f"{path} holds an array of shape {images.shape}, not N x 28 x 28 images.")
+        lab_path = Path(str(path).replace("images-idx3", "labels-idx1"))
+        labels = read_idx(lab_path).astype(np.int64) if lab_path != path and lab_path.is_file() else np.full(len(images), -1)
+        return resize_mnist(images), torch.from_numpy(labels)
+    return load_files([path], source)
+
+
+# --------------------------------------------------------------------------- download
+
+
+def download(root: Path, splits=SPLITS) -> None:
+    """Fetch what is missing with torchvision's own downloaders (they show progress bars)."""
+    from torchvision import datasets
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        train = split == "train"
+        for source, cls in (("mnist", datasets.MNIST), ("cifar", datasets.CIFAR10)):
+            if find_source(root, source, split):
+                print(f"{source} {split}: found under {root}")
+                continue
+            try:
+                cls(str(root), train=train, download=True)
+            except Exception as e:  # URLError, HTTPError, md5 mismatch...
+                raise MixsepError(
+                    f"Could not download {source} {split} into {root} ({e.__class__.__name__}: {e}). "
+                    f"Copy the files there by hand: {expected_files(root, source, split)}."
+                ) from None
+
+
+# --------------------------------------------------------------------------- pairs
+
+
+def mix(mnist: torch.Tensor, cifar: torch.Tensor) -> torch.Tensor:
+    """The report's mixture: the pixel-wise mean of the two sources."""
+    return (mnist + cifar) * 0.5
+
+
+def to_float(mnist_u8: torch.Tensor, cifar_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """uint8 batches -> float (B, 3, 32, 32) mnist, cifar and mean in [0, 1]."""
+    mnist = (mnist_u8.unsqueeze(1).float() / 255).expand(-1, 3, -1, -1)  # grey -> RGB without a copy
+    cifar = cifar_u8.float() / 255
+    return mnist, cifar, mix(mnist, cifar)
+
+
+@dataclass
+class PairData:
+    """Item i pairs mnist[i] with cifar[i]; length is the shorter of the two (or ``size``).
+
+    With ``repair`` every epoch draws fresh MNIST partners for the CIFAR images
+    (seeded by seed and epoch), so all 60,000 digits are used against 50,000 images.
+    """
+
+    mnist: torch.Tensor          # (N, 32, 32) uint8
+    mnist_labels: torch.Tensor
+    cifar: torch.Tensor          # (M, 3, 32, 32) uint8
+    cifar_labels: torch.Tensor
+    size: int = 0
+    repair: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        available = min(len(self.mnist), len(self.cifar))
+        if self.size > available:
+            raise MixsepError(
+                f"Asked for {self.size} pairs but only {available} are available "
+                f"({len(self.mnist)} MNIST digits, {len(self.cifar)} CIFAR images); lower the training size or use 0 for all."
+            )
+        self.n = self.size or available
+
+    def __len__(self) -> int:
+        return self.n
+
+    def partners(self, epoch: int) -> torch.Tensor:
+        """MNIST index paired with CIFAR image i, for i < n."""
+        if not self.repair:
+            return torch.arange(self.n)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.mnist), generator=g)[: self.n]
+
+    def __getitem__(self, i: int):
+        """The report's item: (mnist, cifar, mean, mnist_label, cifar_label) for the first epoch's pairing."""
+        j = int(self.partners(0)[i]) if self.repair else i
+        m, c, avg = to_float(self.mnist[j: j + 1], self.cifar[i: i + 1])
+        return m[0], c[0], avg[0], int(self.mnist_labels[j]), int(self.cifar_labels[i])
+
+    def to(self, device) -> "PairData":
+        """Keep the uint8 tensors on the training device so batches never cross the bus."""
+        self.mnist, self.cifar = self.mnist.to(device), self.cifar.to(device)
+        return self
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return self.n // batch_size
+
+    def batches(self, epoch: int, batch_size: int, shuffle: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield uint8 (mnist, cifar) batches by index gather.
+
+        Only full batches: a ragged last batch would make BatchNorm statistics and the
+        step time jump, and its samples are reshuffled into the next epoch anyway.
+        """
+        if batch_size > self.n:
+            raise MixsepError(f"Batch size {batch_size} is larger than the {self.n} training pairs; lower it.")
+        g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+        order = torch.randperm(self.n, generator=g) if shuffle else torch.arange(self.n)
+        partner = self.partners(epoch)
+        dev = self.mnist.device
+        for s in range(self.steps_per_epoch(batch_size)):
+            idx = order[s * batch_size: (s + 1) * batch_size]
+            yield self.mnist[partner[idx].to(dev)], self.cifar[idx.to(dev)]
+
+    def eval_batches(self, batch_size: int, count: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """In order, the first ``count`` pairs (all if 0), last batch included."""
+        n = min(count or self.n, self.n)
+        for s in range(0, n, batch_size):
+            e = min(s + batch_size, n)
+            yield self.mnist[s:e], self.cifar[s:e]
+
+
+def load_pairs(root: Path, split: str, size: int = 0, repair: bool = False, seed: int = 0,
+               mnist_path: Path | None = None, cifar_path: Path | None = None) -> PairData:
+    """Pairs for a split; explicit files override what the root holds."""
+    m, ml = load_path(mnist_path, "mnist") if mnist_path else load_split(root, "mnist", split)
+    c, cl = load_path(cifar_path, "cifar") if cifar_path else load_split(root, "cifar", split)
+    return PairData(m, ml, c, cl, size=size, repair=repair, seed=seed)
