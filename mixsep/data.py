@@ -79,6 +79,8 @@ def read_cifar_batches(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
         try:
             with open(p, "rb") as f:
                 d = pickle.load(f, encoding="latin1")
+            # Python 2 pickles load with str keys, files written from Python 3 with bytes keys
+            d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
             data = np.asarray(d["data"], dtype=np.uint8)
             lab = np.asarray(d.get("labels", d.get("fine_labels")), dtype=np.int64)
             images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))

@@ -1,0 +1,87 @@
+"""Shared fixtures: tiny data roots written in the real on-disk formats."""
+from __future__ import annotations
+
+import gzip
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> None:
+    """Write an unsigned-byte IDX file (MNIST's format), gzipped like the official archives."""
+    header = (0x0800 | array.ndim).to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    raw = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if gz:
+        with gzip.open(path, "wb") as f:
+            f.write(raw)
+    else:
+        path.write_bytes(raw)
+
+
+def write_cifar_batch(path: Path, images_nhwc: np.ndarray, labels: np.ndarray) -> None:
+    """Write a CIFAR-10 python batch: protocol-2 pickle, byte-string keys, CHW rows."""
+    data = images_nhwc.transpose(0, 3, 1, 2).reshape(len(images_nhwc), -1).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump({b"batch_label": b"test", b"labels": [int(v) for v in labels], b"data": data}, f, protocol=2)
+
+
+def fake_digits(n: int, rng: np.random.Generator) -> np.ndarray:
+    """28x28 images with a bright bar whose position depends on the label: learnable, not noise."""
+    imgs = np.zeros((n, 28, 28), np.uint8)
+    labels = rng.integers(0, 10, n)
+    for i, lab in enumerate(labels):
+        r = 4 + 2 * lab
+        imgs[i, r:r + 3, 6:22] = 255
+        imgs[i, 6:22, 4 + lab: 7 + lab] = 200
+    return imgs, labels.astype(np.uint8)
+
+
+def fake_cifar(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth colour images (low-frequency gradients plus a little noise)."""
+    y, x = np.mgrid[0:32, 0:32] / 31.0
+    base = rng.random((n, 1, 1, 3))
+    slope = rng.random((n, 1, 1, 3)) - 0.5
+    img = base + slope * (x[None, :, :, None] + y[None, :, :, None]) + 0.05 * rng.standard_normal((n, 32, 32, 3))
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8), rng.integers(0, 10, n).astype(np.uint8)
+
+
+def make_data_root(root: Path, n_train: int = 96, n_test: int = 48, seed: int = 0) -> Path:
+    """A data root in torchvision's layouts: MNIST/raw/*.gz and cifar-10-batches-py/."""
+    rng = np.random.default_rng(seed)
+    for split, n, prefix in (("train", n_train, "train"), ("test", n_test, "t10k")):
+        imgs, labels = fake_digits(n, rng)
+        write_idx(root / "MNIST" / "raw" / f"{prefix}-images-idx3-ubyte.gz", imgs)
+        write_idx(root / "MNIST" / "raw" / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    cimg, clab = fake_cifar(n_train, rng)
+    write_cifar_batch(root / "cifar-10-batches-py" / "data_batch_1", cimg, clab)
+    timg, tlab = fake_cifar(n_test, rng)
+    write_cifar_batch(root / "cifar-10-batches-py" / "test_batch", timg, tlab)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path_factory, monkeypatch):
+    """Every test gets its own decode cache and no stray MIXSEP_* settings."""
+    monkeypatch.setenv("MIXSEP_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.delenv("MIXSEP_DATA_ROOT", raising=False)
+    monkeypatch.delenv("MIXSEP_RUNS_DIR", raising=False)
+
+
+@pytest.fixture
+def data_root(tmp_path) -> Path:
+    return make_data_root(tmp_path / "data")
+
+
+@pytest.fixture
+def tiny_config(data_root):
+    """A config that trains in a second or two on the CPU."""
+    from mixsep import TrainConfig
+
+    return TrainConfig(data_root=str(data_root), batch_size=16, epochs=1, pretrained=False, device="cpu",
+                       checkpoint_every=2)
