@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=d.device, help="auto, cpu or cuda")
     t.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints")
     t.add_argument("--max-minutes", type=float, default=d.max_minutes, help="stop cleanly after this many minutes; 0 = no limit")
+    t.add_argument("--config", default=None,
+                   help="read every training setting from this config.json (a run's own, or one the dashboard wrote); "
+                        "the flags above are then ignored")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
     e = sub.add_parser("evaluate", help="PSNR/SSIM of every recovery mode, honest and audited")
@@ -82,11 +85,17 @@ def cmd_train(args) -> int:
 
     from .train import Training, new_run_dir
 
-    cfg = TrainConfig(data_root=args.data_root, train_size=args.train_size, repair=args.repair, model=args.model,
-                      pretrained=args.pretrained, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      beta1=args.beta1, beta2=args.beta2, weight_decay=args.weight_decay, schedule=args.schedule,
-                      seed=args.seed, device=args.device, checkpoint_every=args.checkpoint_every,
-                      max_minutes=args.max_minutes).validate()
+    if not args.config and args.run_dir and (Path(args.run_dir) / "config.json").is_file():
+        args.config = str(Path(args.run_dir) / "config.json")  # resuming: the run's own settings win
+        print(f"resuming {args.run_dir} with its saved config", file=sys.stderr)
+    if args.config:
+        cfg = TrainConfig.load(Path(args.config)).validate()
+    else:
+        cfg = TrainConfig(data_root=args.data_root, train_size=args.train_size, repair=args.repair, model=args.model,
+                          pretrained=args.pretrained, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                          beta1=args.beta1, beta2=args.beta2, weight_decay=args.weight_decay, schedule=args.schedule,
+                          seed=args.seed, device=args.device, checkpoint_every=args.checkpoint_every,
+                          max_minutes=args.max_minutes).validate()
     stop = {"flag": False}
 
     def on_signal(signum, frame):  # first Ctrl-C / SIGTERM: finish this step, checkpoint, exit cleanly
