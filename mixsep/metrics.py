@@ -66,6 +66,8 @@ def mean_ci(values) -> tuple[float, float]:
         return float("nan"), float("nan")
     if n == 1:
         return float(t[0]), float("nan")
+    if not np.isfinite(t).all():  # a pixel-perfect image has infinite PSNR: the mean is inf, the spread undefined
+        return float(t.mean()), float("nan")
     return float(t.mean()), float(1.96 * t.std(ddof=1) / math.sqrt(n))
 
 
