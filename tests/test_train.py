@@ -1,0 +1,184 @@
+"""The training generator, run folders, checkpoints and the errors around them."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from mixsep import MixsepError, TrainConfig
+from mixsep import train as T
+from mixsep.data import load_pairs, to_float
+from mixsep.model import build_model
+from mixsep.runs import read_metrics
+
+
+def test_overfit_one_batch_lowers_the_loss(tiny_config, tmp_path):
+    cfg = dataclasses.replace(tiny_config, train_size=16, epochs=12, lr=2e-3)
+    losses = [r.loss for r in T.train_steps(cfg, tmp_path / "run")]
+    assert len(losses) == 12
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_step_results_and_run_folder(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    results = list(T.train_steps(tiny_config, run))  # 96 pairs / 16 = 6 steps
+    assert [r.step for r in results] == [1, 2, 3, 4, 5, 6] and results[-1].total_steps == 6
+    r = results[0]
+    assert r.loss == pytest.approx(r.loss_mnist + r.loss_cifar) and r.lr == 1e-3 and r.samples_per_s > 0
+    assert TrainConfig.load(run / "config.json") == tiny_config
+    m = read_metrics(run)
+    assert m["step"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert m["loss"].tolist() == pytest.approx([x.loss for x in results])
+    assert T.read_status(run)["state"] == "finished"
+    assert [p.name for p in T.list_checkpoints(run)] == ["last.pt", "epoch-1.pt"]
+
+
+def test_seeded_runs_repeat_exactly(tiny_config, tmp_path):
+    a = [r.loss for r in T.train_steps(tiny_config, tmp_path / "a")]
+    b = [r.loss for r in T.train_steps(tiny_config, tmp_path / "b")]
+    c = [r.loss for r in T.train_steps(dataclasses.replace(tiny_config, seed=1), tmp_path / "c")]
+    assert a == b and a != c
+
+
+def test_checkpoint_round_trip_gives_the_same_outputs(tiny_config, tmp_path):
+    training = T.Training(tiny_config, tmp_path / "run")
+    list(training.steps())
+    model, cfg, info = T.load_run_model(tmp_path / "run")
+    assert cfg == tiny_config and info["step"] == 6
+    training.model.eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        for a, b in zip(training.model(x), model(x)):
+            assert torch.equal(a, b)
+
+
+def test_resume_continues_where_it_stopped(tiny_config, tmp_path):
+    full = [r.loss for r in T.train_steps(dataclasses.replace(tiny_config, epochs=2), tmp_path / "full")]
+    run = tmp_path / "run"
+    cfg = dataclasses.replace(tiny_config, epochs=2)
+    for r in T.train_steps(cfg, run):
+        if r.step == 4:
+            T.request_stop(run)  # as the dashboard's Stop button does
+    assert T.read_status(run)["state"] == "stopped" and read_metrics(run)["step"].max() == 4
+    rest = [r for r in T.train_steps(cfg, run)]
+    assert rest[0].step == 5 and rest[-1].step == 12
+    # same seed, same order: the resumed run reproduces the uninterrupted one
+    assert [r.loss for r in rest] == pytest.approx(full[4:], rel=1e-4)
+    assert read_metrics(run)["step"].tolist() == list(range(1, 13))
+
+
+def test_resume_drops_rows_logged_after_the_checkpoint(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    cfg = dataclasses.replace(tiny_config, checkpoint_every=4)
+    gen = T.train_steps(cfg, run)
+    for r in gen:
+        if r.step == 5:
+            break  # a crash: rows 1-5 logged, last checkpoint at step 4
+    gen.close()
+    assert read_metrics(run)["step"].max() == 5
+    steps = [r.step for r in T.train_steps(cfg, run)]
+    assert steps == [5, 6] and read_metrics(run)["step"].tolist() == [1, 2, 3, 4, 5, 6]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    real = T.Training.train_step
+
+    def poisoned(self, m, c, lr):
+        out = real(self, m, c, lr)
+        return out * float("nan") if self.step == 3 else out  # the 4th step blows up
+    monkeypatch.setattr(T.Training, "train_step", poisoned)
+    seen = []
+    with pytest.raises(MixsepError, match="non-finite at step 4.*Lower the learning rate"):
+        for r in T.train_steps(tiny_config, run):
+            seen.append(r.step)
+    assert seen == [1, 2, 3]
+    status = T.read_status(run)
+    assert status["state"] == "failed" and "last good checkpoint (step 2)" in status["message"]
+    assert T.read_checkpoint(run / "checkpoints" / "last.pt")["step"] == 2
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("lr", 0.0, "Learning rate"), ("lr", -1e-3, "Learning rate"), ("beta1", 1.0, "beta1"), ("beta2", -0.1, "beta2"),
+    ("epochs", 0, "Epochs"), ("batch_size", 0, "Batch size"), ("model", "nope", "Unknown model"),
+    ("train_size", -5, "Training size"),
+])
+def test_bad_settings_get_one_clear_sentence(tiny_config, field, value, match):
+    with pytest.raises(MixsepError, match=match):
+        dataclasses.replace(tiny_config, **{field: value}).validate()
+
+
+def test_batch_larger_than_the_data(tiny_config, tmp_path):
+    with pytest.raises(MixsepError, match="larger than the 96 training pairs"):
+        T.Training(dataclasses.replace(tiny_config, batch_size=200), tmp_path / "run")
+
+
+def test_corrupt_checkpoint(tmp_path):
+    p = tmp_path / "checkpoints" / "last.pt"
+    p.parent.mkdir(parents=True)
+    p.write_bytes(b"\x80\x02garbage")
+    with pytest.raises(MixsepError, match="not a readable mixsep checkpoint"):
+        T.load_run_model(tmp_path)
+    torch.save({"weights": torch.zeros(2)}, p)
+    with pytest.raises(MixsepError, match="not a mixsep checkpoint"):
+        T.load_run_model(tmp_path)
+
+
+def test_checkpoint_of_another_architecture(tiny_config, tmp_path):
+    other = torch.nn.Sequential(torch.nn.Linear(3, 3))
+    T.save_checkpoint(tmp_path / "checkpoints" / "last.pt", other, tiny_config, 1, 0)
+    with pytest.raises(MixsepError, match="does not fit the 'faithful' architecture"):
+        T.load_run_model(tmp_path)
+    state = T.read_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    state["config"]["model"] = "from-the-future"
+    torch.save(state, tmp_path / "checkpoints" / "last.pt")
+    with pytest.raises(MixsepError, match="does not know"):
+        T.load_run_model(tmp_path)
+
+
+def test_missing_run_folder_and_empty_run(tmp_path):
+    with pytest.raises(MixsepError, match="does not exist"):
+        T.load_run_model(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MixsepError, match="no checkpoint yet"):
+        T.load_run_model(tmp_path / "empty")
+
+
+def test_time_budget_stops_cleanly(tiny_config, tmp_path):
+    cfg = dataclasses.replace(tiny_config, epochs=50, max_minutes=1e-6)
+    steps = [r.step for r in T.train_steps(cfg, tmp_path / "run")]
+    assert steps == [1]
+    st = T.read_status(tmp_path / "run")
+    assert st["state"] == "finished" and "time budget" in st["message"]
+    assert T.read_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 1
+
+
+def test_onecycle_schedule_warms_up_and_decays():
+    cfg = TrainConfig(schedule="onecycle", lr=1.0)
+    lrs = [T.lr_at(cfg, s, 100) for s in range(100)]
+    assert lrs[0] < lrs[4] == pytest.approx(1.0) and lrs[-1] < 0.01
+    assert T.lr_at(TrainConfig(lr=0.5), 77, 100) == 0.5
+
+
+def test_model_output_shapes_and_range(data_root):
+    model = build_model("faithful", pretrained=False).eval()
+    m_u8, c_u8 = next(load_pairs(data_root, "test").eval_batches(5))
+    _, _, mean = to_float(m_u8, c_u8)
+    mh, ch = model(mean)
+    assert mh.shape == ch.shape == (5, 3, 32, 32)
+    assert 0 <= mh.min() and mh.max() <= 1  # sigmoid outputs are valid images
+
+
+def test_pretrained_falls_back_with_one_warning(monkeypatch):
+    import mixsep.model as Mo
+
+    def offline(*a, **k):
+        if k.get("weights") is not None:
+            raise OSError("no network")
+        return real(*a, **k)
+    real = Mo.resnet18
+    monkeypatch.setattr(Mo, "resnet18", offline)
+    with pytest.warns(Mo.PretrainedWeightsUnavailable, match="random initialisation"):
+        model = Mo.build_model("faithful", pretrained=True)
+    assert model.encoder.pretrained_loaded is False
