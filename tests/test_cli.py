@@ -1,0 +1,108 @@
+"""The command line end to end on tiny data, and its messages for bad input."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mixsep.cli import main
+
+TINY = ["--batch-size", "16", "--no-pretrained", "--quiet"]
+
+
+def _train(capsys, data_root, runs, *extra) -> Path:
+    assert main(["train", "--data-root", str(data_root), "--runs-dir", str(runs), *TINY, *extra]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    return Path(out[-1])  # the run folder is the last line
+
+
+def test_train_evaluate_grid_end_to_end(capsys, data_root, tmp_path):
+    run = _train(capsys, data_root, tmp_path / "runs", "--epochs", "2", "--lr", "2e-3", "--beta1", "0.8")
+    assert run.parent == tmp_path / "runs" and (run / "checkpoints" / "last.pt").is_file()
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["lr"] == 2e-3 and cfg["beta1"] == 0.8 and cfg["epochs"] == 2 and cfg["pretrained"] is False
+
+    out_json = tmp_path / "eval.json"
+    assert main(["evaluate", str(run), "--data-root", str(data_root), "--samples", "20", "--json", str(out_json)]) == 0
+    text = capsys.readouterr().out
+    assert "data_range=1.0" in text and "not a real score" in text
+    res = json.loads(out_json.read_text())
+    assert len(res["rows"]) == 10
+    assert {r["mode"] for r in res["rows"]} == {"direct", "subtraction", "projection_uniform", "projection_optimal", "mixture"}
+    assert set(res["rows"][0]) >= {"source", "mode", "psnr_mean", "psnr_ci95", "ssim_mean", "ssim_ci95", "n"}
+    assert all(r["n"] == 20 for r in res["rows"])
+    assert res["audit"][0]["psnr_data_range_255"] > 40
+    assert res["weights"]["fitted_on"] == "training pairs"
+
+    png = tmp_path / "grid.png"
+    assert main(["grid", str(run), "--data-root", str(data_root), "--n", "7", "--out", str(png), "--seed", "3", "--errors"]) == 0
+    img = Image.open(png)
+    assert img.size[0] > 7 * 64 and img.size[1] > 8 * 64  # 7 columns, 8 labelled rows at 2x
+
+
+def test_evaluate_on_user_named_files(capsys, data_root, tmp_path):
+    run = _train(capsys, data_root, tmp_path / "runs")
+    cifar = data_root / "cifar-10-batches-py" / "data_batch_1"
+    mnist = data_root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
+    out_json = tmp_path / "e.json"
+    assert main(["evaluate", str(run), "--data-root", str(data_root), "--mnist-test", str(mnist),
+                 "--cifar-test", str(cifar), "--json", str(out_json)]) == 0
+    assert json.loads(out_json.read_text())["n"] == 96
+
+
+def test_environment_sets_the_defaults(capsys, data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("MIXSEP_DATA_ROOT", str(data_root))
+    monkeypatch.setenv("MIXSEP_RUNS_DIR", str(tmp_path / "envruns"))
+    assert main(["train", *TINY]) == 0
+    assert Path(capsys.readouterr().out.strip().splitlines()[-1]).parent == tmp_path / "envruns"
+
+
+def test_info_lists_models_and_data(capsys, data_root):
+    assert main(["info", "--data-root", str(data_root)]) == 0
+    out = capsys.readouterr().out
+    assert "faithful" in out and "parameters" in out and "MFLOPs" in out
+    assert out.count("missing") == 0 and "data_batch_1" in out
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["train", "--lr", "0", *TINY], "Learning rate must be a positive number"),
+    (["train", "--beta2", "1.0", *TINY], "beta2 must lie in"),
+    (["train", "--batch-size", "500", "--no-pretrained", "--quiet"], "Batch size 500 is larger than the 96"),
+    (["train", "--train-size", "1000", *TINY], "only 96 are available"),
+    (["evaluate", "/nonexistent/run"], "does not exist"),
+    (["grid", "/nonexistent/run"], "does not exist"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, data_root, tmp_path, argv, match):
+    argv = argv + ["--data-root", str(data_root)]
+    if argv[0] == "train":
+        argv += ["--runs-dir", str(tmp_path / "runs")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
+
+
+def test_no_data_anywhere(capsys, tmp_path):
+    assert main(["train", "--data-root", str(tmp_path / "empty"), "--runs-dir", str(tmp_path / "runs"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "No MNIST train data" in err and "python -m mixsep download" in err
+
+
+def test_corrupt_checkpoint_via_cli(capsys, data_root, tmp_path):
+    run = _train(capsys, data_root, tmp_path / "runs")
+    ck = run / "checkpoints" / "last.pt"
+    ck.write_bytes(ck.read_bytes()[:1000])  # truncated, as after a full disk
+    assert main(["evaluate", str(run), "--data-root", str(data_root), "--checkpoint", str(ck)]) == 2
+    assert "truncated or corrupt" in capsys.readouterr().err
+
+
+def test_python_dash_m_prints_no_traceback(tmp_path):
+    """The real entry point, as a user types it."""
+    env = {**os.environ, "MIXSEP_CACHE_DIR": str(tmp_path / "c")}
+    p = subprocess.run([sys.executable, "-m", "mixsep", "evaluate", str(tmp_path / "missing-run")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 2 and p.stderr.startswith("error: ") and "Traceback" not in p.stderr
