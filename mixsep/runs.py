@@ -1,6 +1,7 @@
 """Reading run folders: listing, metrics, and names that cannot escape the runs folder."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -69,3 +70,60 @@ def list_runs(runs_dir: Path) -> list[dict]:
     folders = [p for p in root.iterdir() if p.is_dir() and (p / "config.json").exists()]
     folders.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     return [run_summary(p) for p in folders]
+
+
+# --------------------------------------------------------------------------- live runs
+
+
+def pid_alive(pid) -> bool:
+    """Whether a process with this pid runs on this machine (a zombie counts as gone)."""
+    try:
+        pid = int(pid)
+        os.kill(pid, 0)
+    except (TypeError, ValueError, ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # alive, but someone else's
+        return True
+    try:  # Linux: an exited child nobody has reaped yet still answers kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return True
+
+
+def live_state(run_dir: Path) -> dict:
+    """read_status, but a "running" run whose process is gone reads as "interrupted"."""
+    status = read_status(run_dir)
+    if status.get("state") == "running" and not pid_alive(status.get("pid")):
+        status = dict(status, state="interrupted",
+                      message="Its training process is gone (the server or machine stopped); "
+                              "resume it from the Train page or start a new run.")
+    return status
+
+
+def live_runs(runs_dir: Path) -> list[tuple[Path, dict]]:
+    """(folder, status) of every run in runs_dir whose training process still runs."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        if p.is_dir() and (p / "status.json").is_file():
+            status = read_status(p)
+            if status.get("state") == "running" and pid_alive(status.get("pid")):
+                found.append((p.resolve(), status))
+    return found
+
+
+def progress(metrics: pd.DataFrame, total_steps: int, window: int = 20) -> dict:
+    """Step, fraction done, recent samples/s and ETA (seconds) from a run's metrics."""
+    step = int(metrics["step"].iloc[-1]) if len(metrics) else 0
+    total = max(int(total_steps or 0), step)
+    recent = metrics.tail(window)
+    # seconds per step from the wall clock, so checkpoints and logging count; a resume restarts
+    # elapsed_s, hence only the positive differences
+    dt = recent["elapsed_s"].diff()
+    dt = dt[dt > 0]
+    per_step = float(dt.median()) if len(dt) else None
+    return {"step": step, "total_steps": total, "fraction": step / total if total else 0.0,
+            "samples_per_s": float(recent["samples_per_s"].median()) if len(recent) else None,
+            "eta_s": per_step * (total - step) if per_step is not None else None}

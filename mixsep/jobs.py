@@ -1,0 +1,228 @@
+"""The dashboard's training worker: one child process at a time per runs folder.
+
+Why a child process running ``python -m mixsep train --config ... --run-dir ...``
+rather than a thread in the Streamlit server:
+
+- Isolation. A crash, an out-of-memory kill or a CUDA error ends the child, never
+  the server; the registry notices the dead child and writes why into the run folder.
+- Responsiveness. On a 2-core machine a training thread would share the server's
+  interpreter (and its GIL between torch calls) with the script threads that draw
+  the pages; a separate process is scheduled apart, so pages stay quick.
+- One code path. The child *is* the CLI: the dashboard trains, resumes
+  (``checkpoints/last.pt``) and stops (SIGTERM or the ``STOP`` file: finish the
+  step, checkpoint, state "stopped") exactly as ``python -m mixsep train`` does.
+- The run folder is the source of truth. The child writes config.json,
+  metrics.csv and status.json; the registry keeps only the ``Popen`` handle, to
+  know whether the child still lives. A page reload, a second tab or a restarted
+  server reads the same folder, and a restarted server finds a child that still
+  trains through status.json's pid (it "adopts" it).
+
+The registry is a plain object guarded by a lock, because every browser tab's
+script thread may call it at once. The dashboard keeps one per runs folder in
+``st.cache_resource``, so all sessions of a server share it. This module never
+imports streamlit. A child started here shares the server's process group, so a
+Ctrl-C in the server's terminal also reaches the child, which then stops cleanly
+after its current step with a checkpoint that can be resumed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import TrainConfig
+from .errors import MixsepError
+from .runs import live_runs, pid_alive, read_metrics
+from .train import new_run_dir, read_status, request_stop, write_status
+
+LOG_NAME = "worker.log"  # the child's stdout and stderr, inside its run folder
+
+
+@dataclass
+class JobState:
+    """What a page shows about the current (or last) job."""
+
+    run_dir: Path | None = None
+    state: str = "idle"        # idle, starting, running, finished, stopped, failed
+    message: str = ""
+    step: int = 0
+    total_steps: int = 0
+    alive: bool = False        # the child process still runs
+    warnings: list[str] = field(default_factory=list)  # "warning: ..." lines the child printed
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name if self.run_dir else ""
+
+
+class JobRegistry:
+    """Start, stop and poll the one training child of a runs folder."""
+
+    def __init__(self, runs_dir: Path, python: str = sys.executable, env: dict | None = None):
+        self.runs_dir = Path(runs_dir).resolve()
+        self.python = python
+        self.env = env
+        self._lock = threading.RLock()
+        self._proc: subprocess.Popen | None = None
+        self._pid: int | None = None       # the live child's pid, ours or adopted
+        self._run_dir: Path | None = None  # the current or last job's folder
+        self._stop_requested = False
+
+    # ------------------------------------------------------------------ queries
+
+    def _alive(self) -> bool:
+        if self._proc is not None:
+            return self._proc.poll() is None
+        return self._pid is not None and pid_alive(self._pid)
+
+    def _adopt(self) -> None:
+        """After a server restart: take over a child that still trains in this runs folder."""
+        if self._alive():
+            return
+        for run_dir, status in live_runs(self.runs_dir):
+            if int(status["pid"]) == os.getpid():
+                continue  # a run trained in this very process (a notebook, a test) is not a child to manage
+            self._proc, self._pid, self._run_dir = None, int(status["pid"]), run_dir
+            self._stop_requested = False
+            return
+
+    def running(self) -> JobState | None:
+        """The live job, or None."""
+        with self._lock:
+            self._adopt()
+            return self.poll() if self._alive() else None
+
+    def poll(self) -> JobState:
+        """The current or last job's state, read from its run folder.
+
+        When the child has died without saying so in status.json (killed, crashed,
+        or failed before training began), this records why there, once.
+        """
+        with self._lock:
+            self._adopt()
+            if self._run_dir is None:
+                return JobState()
+            run_dir, alive = self._run_dir, self._alive()
+            if not run_dir.is_dir():
+                return JobState(run_dir, "failed", f"The run folder {run_dir} was deleted.", alive=alive)
+            status = read_status(run_dir)
+            owned = self._proc is not None or self._pid is not None  # not a run merely selected for display
+            if owned and not alive and status.get("state") in ("unknown", "running", None):
+                self._record_death(run_dir, status)
+                status = read_status(run_dir)
+            state = status.get("state", "unknown")
+            if alive and state == "unknown":
+                state = "starting"
+            msg = status.get("message", "") if state not in ("starting", "running") else ""
+            step = int(status.get("step") or 0)
+            m = read_metrics(run_dir)
+            if len(m):
+                step = max(step, int(m["step"].iloc[-1]))
+            return JobState(run_dir, state, msg, step, int(status.get("total_steps") or 0), alive,
+                            _warnings(run_dir / LOG_NAME))
+
+    def _record_death(self, run_dir: Path, status: dict) -> None:
+        code = self._proc.returncode if self._proc is not None else None
+        step = int(status.get("step") or 0)
+        m = read_metrics(run_dir)
+        if len(m):
+            step = max(step, int(m["step"].iloc[-1]))
+        error = _last_error(run_dir / LOG_NAME)
+        if self._stop_requested and error is None:
+            write_status(run_dir, "stopped", "stopped by request before training began" if step == 0
+                         else "stopped by request", step=step, total_steps=status.get("total_steps", 0))
+            return
+        if error is None:
+            how = (f"was killed by signal {-code}" if code is not None and code < 0
+                   else f"exited with code {code}" if code is not None else "is gone")
+            error = (f"The training process {how} at step {step}; its output is in {run_dir / LOG_NAME}. "
+                     "Resume the run from its last checkpoint or start a new one.")
+        write_status(run_dir, "failed", error, step=step, total_steps=status.get("total_steps", 0))
+
+    # ------------------------------------------------------------------ actions
+
+    def start(self, config: TrainConfig | None = None, run_dir: Path | None = None) -> Path:
+        """Start training ``config`` into a new run folder, or resume ``run_dir``.
+
+        Raises MixsepError when a job already runs (from any tab), or when the config
+        or run folder is unusable; nothing is started then.
+        """
+        with self._lock:
+            live = self.running()
+            if live is not None:
+                raise MixsepError(f"A training run is already in progress ({live.name}, step {live.step}/"
+                                  f"{live.total_steps or '?'}); one run at a time: stop it or wait for it to finish.")
+            if run_dir is not None:
+                run_dir = Path(run_dir).resolve()
+                if run_dir.parent != self.runs_dir:
+                    raise MixsepError(f"{run_dir} is not a run in {self.runs_dir}.")
+                config = TrainConfig.load(run_dir / "config.json").validate()
+                (run_dir / "STOP").unlink(missing_ok=True)
+            else:
+                if config is None:
+                    raise MixsepError("Nothing to start: give a config or a run folder to resume.")
+                # an absolute data root makes the run folder reproducible from any working directory
+                config = dataclasses.replace(config, data_root=str(Path(config.data_root).resolve())).validate()
+                run_dir = new_run_dir(self.runs_dir, config)
+                config.save(run_dir / "config.json")
+            cmd = [self.python, "-m", "mixsep", "train", "--config", str(run_dir / "config.json"),
+                   "--run-dir", str(run_dir), "--quiet"]
+            env = dict(self.env if self.env is not None else os.environ, PYTHONUNBUFFERED="1")
+            with open(run_dir / LOG_NAME, "ab") as log:
+                self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                              env=env)
+            self._pid, self._run_dir, self._stop_requested = self._proc.pid, run_dir, False
+            return run_dir
+
+    def stop(self) -> bool:
+        """Ask the live job to stop after its current step; False when none runs."""
+        with self._lock:
+            if self.running() is None:
+                return False
+            self._stop_requested = True
+            request_stop(self._run_dir)  # works for an adopted child too
+            try:
+                os.kill(self._pid, signal.SIGTERM)  # also reaches a child still loading data
+            except ProcessLookupError:
+                pass
+            return True
+
+    def wait(self, timeout: float = 60.0, interval: float = 0.1) -> JobState:
+        """Block until the job ends (for tests and scripts; pages poll instead)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.running() is None:
+                return self.poll()
+            time.sleep(interval)
+        raise TimeoutError(f"training job still running after {timeout} s")
+
+    def select(self, run_dir: Path) -> None:
+        """Show this run as the 'last job' when nothing runs (e.g. after a server restart)."""
+        with self._lock:
+            if not self._alive():
+                self._proc, self._pid, self._run_dir = None, None, Path(run_dir).resolve()
+
+
+def _log_lines(path: Path) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - 20000))  # the tail is enough
+            return f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return []
+
+
+def _last_error(path: Path) -> str | None:
+    """The CLI's one-sentence `error: ...` line, if the child printed one."""
+    errors = [line[len("error: "):] for line in _log_lines(path) if line.startswith("error: ")]
+    return errors[-1] if errors else None
+
+
+def _warnings(path: Path) -> list[str]:
+    return list(dict.fromkeys(line[len("warning: "):] for line in _log_lines(path) if line.startswith("warning: ")))
