@@ -1,0 +1,212 @@
+"""Streamlit helpers shared by the dashboard pages.
+
+The ``mixsep`` package never imports Streamlit; this module is the one place that
+joins the two: cached resources (the job registry, data, models), cached
+evaluations, the run picker that keeps names inside the runs folder, and the
+plotly figures. Pages stay short and hold no ML.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from mixsep.config import default_data_root, default_runs_dir
+from mixsep.errors import MixsepError
+from mixsep.jobs import JobRegistry
+from mixsep.runs import list_runs, live_state, resolve_run
+
+LOSSES = {"loss_cifar": "CIFAR head", "loss_mnist": "MNIST head", "loss": "total"}
+COLORS = {"loss_cifar": "#1f77b4", "loss_mnist": "#d62728", "loss": "#2ca02c"}
+STATE_ICON = {"running": "🟢", "starting": "🟡", "finished": "✅", "stopped": "⏹️", "failed": "❌",
+              "interrupted": "⚠️", "unknown": "❔"}
+
+
+def setup(title: str) -> tuple[Path, Path]:
+    """Page config, title and the sidebar's folders; returns (data_root, runs_dir)."""
+    st.set_page_config(page_title=f"{title} · mixsep", page_icon="🧩", layout="wide")
+    data_root = Path(st.session_state.get("data_root") or default_data_root()).expanduser()
+    runs_dir = Path(default_runs_dir()).expanduser()
+    with st.sidebar:
+        st.caption(f"**Data root** `{data_root.resolve()}`  \n**Runs folder** `{runs_dir.resolve()}`")
+    st.title(title)
+    return data_root, runs_dir
+
+
+@st.cache_resource(show_spinner=False)
+def _registry(runs_dir: str) -> JobRegistry:
+    return JobRegistry(Path(runs_dir))
+
+
+def registry(runs_dir: Path) -> JobRegistry:
+    """The one job registry of this runs folder, shared by every session of the server."""
+    return _registry(str(Path(runs_dir).resolve()))
+
+
+def data_key(data_root: Path) -> tuple:
+    """Changes when the data files do, so cached data never goes stale."""
+    from mixsep.data import data_status
+
+    files = [Path(f) for row in data_status(data_root) for f in row["files"]]
+    return tuple((str(f), f.stat().st_mtime_ns) for f in files if f.exists())
+
+
+# Data and models are big tensors used read-only: st.cache_resource shares them instead of
+# pickling a copy on every rerun, as st.cache_data would. Evaluations (small frames) use cache_data.
+@st.cache_resource(show_spinner="Loading data…", max_entries=3)
+def _pairs(data_root: str, split: str, key: tuple):
+    from mixsep.data import load_pairs
+
+    return load_pairs(Path(data_root), split)
+
+
+def pairs(data_root: Path, split: str):
+    return _pairs(str(Path(data_root).resolve()), split, data_key(data_root))
+
+
+@st.cache_resource(show_spinner=False, max_entries=1)
+def _calibration(data_root: str, key: tuple):
+    from mixsep.cli import _calibration_pairs
+
+    return _calibration_pairs(Path(data_root))
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
+def _model(checkpoint: str, mtime_ns: int):
+    from mixsep.train import load_run_model, pick_device
+
+    return load_run_model(Path(checkpoint).parent.parent, Path(checkpoint), pick_device("auto"))
+
+
+def model(checkpoint: Path):
+    """(model, config, info) of a checkpoint; reloaded when the file changes."""
+    try:
+        mtime = checkpoint.stat().st_mtime_ns
+    except OSError:
+        raise MixsepError(f"Checkpoint {checkpoint} was deleted; pick another one.") from None
+    return _model(str(checkpoint), mtime)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _evaluation(checkpoint: str, mtime_ns: int, data_root: str, count: int, key: tuple, _progress=None):
+    from mixsep.metrics import evaluate
+
+    m, _, _ = _model(checkpoint, mtime_ns)
+    return evaluate(m, _pairs(data_root, "test", key), count=count,
+                    calibration=_calibration(data_root, data_key(Path(data_root))), progress=_progress)
+
+
+def evaluation(checkpoint: Path, data_root: Path, count: int, progress=None):
+    """Every recovery mode's PSNR/SSIM on the first ``count`` test pairs (0 = all), cached."""
+    model(checkpoint)  # turns a deleted or corrupt checkpoint into a MixsepError first
+    key = data_key(data_root)
+    return _evaluation(str(checkpoint), checkpoint.stat().st_mtime_ns, str(Path(data_root).resolve()), count,
+                       key, _progress=progress)
+
+
+# --------------------------------------------------------------------------- pickers
+
+
+def run_label(row: dict) -> str:
+    return f"{STATE_ICON.get(row['state'], '❔')} {row['run']}"
+
+
+def runs_table(runs_dir: Path) -> list[dict]:
+    """list_runs with live states: a 'running' run whose process died reads 'interrupted'."""
+    rows = list_runs(runs_dir)
+    for r in rows:
+        s = live_state(Path(r["path"]))
+        r["state"], r["message"] = s.get("state", r["state"]), s.get("message") or r["message"]
+    return rows
+
+
+def pick_run(runs_dir: Path, key: str = "run") -> Path | None:
+    """A run of the runs folder, from the URL (?run=NAME) or a select box; None after a message."""
+    rows = {r["run"]: r for r in runs_table(runs_dir)}
+    wanted = st.query_params.get("run")
+    if wanted and key not in st.session_state:
+        try:
+            path = resolve_run(runs_dir, wanted)
+        except MixsepError as e:
+            st.error(str(e))
+            return None
+        if not (path / "config.json").is_file():
+            st.error(f"There is no run named '{wanted}' in {Path(runs_dir).resolve()}; pick one below.")
+        else:
+            st.session_state[key] = wanted
+    if not rows:
+        st.info(f"No runs yet in {Path(runs_dir).resolve()}. Start one on the Train page.")
+        st.page_link("pages/1_Train.py", label="Go to Train", icon="🏋️")
+        return None
+    if st.session_state.get(key) not in rows:
+        if key in st.session_state:
+            st.warning(f"Run '{st.session_state[key]}' is gone (deleted?); showing the latest run instead.")
+        st.session_state[key] = st.session_state.get("last_run") if st.session_state.get("last_run") in rows \
+            else next(iter(rows))
+    name = st.selectbox("Run", list(rows), key=key, format_func=lambda n: run_label(rows[n]))
+    st.session_state["last_run"] = name
+    st.query_params["run"] = name  # a link to this page shows this run
+    return resolve_run(runs_dir, name)
+
+
+def pick_checkpoint(run_dir: Path, key: str = "checkpoint") -> Path | None:
+    from mixsep.train import list_checkpoints
+
+    found = list_checkpoints(run_dir)
+    if not found:
+        st.info(f"Run {run_dir.name} holds no checkpoint yet: it is starting, or it was stopped before its "
+                "first step. Wait for a checkpoint or pick another run.")
+        return None
+    return st.selectbox("Checkpoint", found, key=key, format_func=lambda p: p.name)
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def loss_figure(metrics: pd.DataFrame, smoothing: float, title: str = "Training loss") -> go.Figure:
+    """Raw per-step losses (faint) and their EMA (solid), x in steps."""
+    fig = go.Figure()
+    for col, name in LOSSES.items():
+        if len(metrics):
+            fig.add_scatter(x=metrics["step"], y=metrics[col], name=f"{name} (raw)", mode="lines",
+                            line=dict(color=COLORS[col], width=1), opacity=0.3, legendgroup=col, showlegend=False)
+            ema = metrics[col].ewm(alpha=1 - smoothing).mean() if smoothing > 0 else metrics[col]
+            fig.add_scatter(x=metrics["step"], y=ema, name=name, mode="lines", line=dict(color=COLORS[col], width=2),
+                            legendgroup=col)
+    return style(fig, title, "step", "MSE loss")
+
+
+def style(fig: go.Figure, title: str, x: str, y: str, height: int = 380) -> go.Figure:
+    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=height, margin=dict(l=10, r=10, t=50, b=10),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1))
+    return fig
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m {seconds % 60:02d}s"
+
+
+def show_error(e: Exception) -> None:
+    """One clear sentence for what the user can fix; st.stop() ends the page there."""
+    st.error(str(e))
+    st.stop()
+
+
+def metric_figures(ev, metric: str) -> tuple[go.Figure, go.Figure]:
+    """(mean with 95% CI per mode, per-image distribution per mode) for 'psnr' or 'ssim'."""
+    import plotly.express as px
+
+    unit = "PSNR (dB)" if metric == "psnr" else "SSIM"
+    table = ev.table()
+    bars = px.bar(table, x="mode", y=f"{metric}_mean", color="source", barmode="group", error_y=f"{metric}_ci95",
+                  color_discrete_map={"mnist": COLORS["loss_mnist"], "cifar": COLORS["loss_cifar"]})
+    boxes = px.box(ev.per_image, x="mode", y=metric, color="source", points=False,
+                   color_discrete_map={"mnist": COLORS["loss_mnist"], "cifar": COLORS["loss_cifar"]})
+    return (style(bars, f"Mean {unit.split(' ')[0]} per recovery mode (error bars: 95% CI, n={ev.n})",
+                  "recovery mode", unit),
+            style(boxes, f"Per-image {unit.split(' ')[0]} distribution", "recovery mode", unit))

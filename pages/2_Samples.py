@@ -1,0 +1,56 @@
+"""Samples: the report's 20-sample grid for a run's checkpoint, shuffled and paged."""
+import io
+
+import streamlit as st
+
+import mixsep_ui as ui
+from mixsep import MixsepError
+from mixsep.grid import grid_image, sample_indices
+
+data_root, runs_dir = ui.setup("Samples")
+top = st.columns([2, 1, 1])
+with top[0]:
+    run_dir = ui.pick_run(runs_dir)
+if run_dir is None:
+    st.stop()
+with top[1]:
+    checkpoint = ui.pick_checkpoint(run_dir)
+split = top[2].radio("Split", ["test", "train"], horizontal=True)
+if checkpoint is None:
+    st.stop()
+
+opts = st.columns(5)
+show_direct = opts[0].toggle("CIFAR direct row", value=True, help="The CIFAR head's own output, beside subtraction.")
+show_errors = opts[1].toggle("Error maps", value=False, help="|estimate - truth|, brightened 4x.")
+shuffle = opts[2].toggle("Shuffle", value=False)
+seed = opts[3].number_input("Seed", 0, 10**6, 0, disabled=not shuffle)
+n = opts[4].slider("Samples", 4, 40, 20)
+
+# the page of samples shown restarts at 0 whenever the selection changes
+selection = (str(checkpoint), split, shuffle, seed, n)
+if st.session_state.get("grid_selection") != selection:
+    st.session_state.update(grid_selection=selection, grid_page=0)
+nav = st.columns([1, 1, 6])
+if nav[0].button("◀ Previous", disabled=st.session_state.grid_page == 0, width="stretch"):
+    st.session_state.grid_page -= 1
+if nav[1].button("Next ▶", width="stretch"):
+    st.session_state.grid_page += 1
+
+try:
+    pairs = ui.pairs(data_root, split)
+    model, config, info = ui.model(checkpoint)
+except MixsepError as e:
+    ui.show_error(e)
+page = st.session_state.grid_page
+indices = sample_indices(len(pairs), n, seed if shuffle else None, page)
+title = f"{run_dir.name}  {checkpoint.name}  step {info['step']}  ({split} split, page {page + 1})"
+with st.spinner("Separating…"):
+    image = grid_image(model, pairs, indices, show_direct=show_direct, show_errors=show_errors, scale=2, title=title)
+order = f"shuffled with seed {seed}" if shuffle else "in order"
+nav[2].caption(f"Page {page + 1} of {-(-len(pairs) // n)} · {len(pairs)} {split} pairs, {order}")
+st.image(image, width="stretch", caption="Rows: MNIST, CIFAR-10, their mean (the input), the reconstructed digit, "
+         "CIFAR recovered by subtraction (2·mean − digit), optionally the CIFAR head's direct output and error maps.")
+buffer = io.BytesIO()
+image.save(buffer, format="PNG")
+st.download_button("Download grid (PNG)", buffer.getvalue(), file_name=f"{run_dir.name}-{checkpoint.stem}-grid.png",
+                   mime="image/png", icon="⬇️")
