@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", default=None, help="a checkpoint file; default: the run's latest")
     e.add_argument("--batch-size", type=int, default=256)
     e.add_argument("--json", default=None, help="also write the results to this JSON file")
+    e.add_argument("--markdown", default=None, help="also write the table as Markdown to this file")
 
     g = sub.add_parser("grid", help="the report's labelled sample grid as a PNG")
     g.add_argument("run_dir", help="a run folder (or a checkpoint file inside one)")
@@ -167,6 +168,9 @@ def cmd_evaluate(args) -> int:
         out = result.to_json() | {"checkpoint": info, "config": cfg.to_dict()}
         Path(args.json).write_text(json.dumps(out, indent=2))
         print(f"wrote {args.json}")
+    if args.markdown:
+        Path(args.markdown).write_text(result.to_markdown())
+        print(f"wrote {args.markdown}")
     return 0
 
 

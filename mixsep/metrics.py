@@ -114,6 +114,23 @@ class Evaluation:
         """The recovery mode with the highest mean PSNR for a source."""
         return max((r for r in self.rows if r["source"] == source), key=lambda r: r["psnr_mean"])
 
+    def to_markdown(self) -> str:
+        """The table as Markdown: one row per recovery mode, both sources side by side."""
+        lines = ["| recovery mode | MNIST PSNR (dB) | MNIST SSIM | CIFAR PSNR (dB) | CIFAR SSIM |",
+                 "|---|---|---|---|---|"]
+        by = {(r["source"], r["mode"]): r for r in self.rows}
+        for mode in MODES:
+            cells = []
+            for source in SOURCES:
+                r = by[(source, mode)]
+                cells += [f"{r['psnr_mean']:.2f} ± {r['psnr_ci95']:.2f}", f"{r['ssim_mean']:.3f} ± {r['ssim_ci95']:.3f}"]
+            lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+        for a in self.audit:
+            lines.append(f"| *audit: the report's data_range=255 error, direct, {a['source']}* | "
+                         + (f"*{a['psnr_data_range_255']:.2f}* | *{a['ssim_data_range_255']:.3f}* | | |" if a["source"] == "mnist"
+                            else f"| | *{a['psnr_data_range_255']:.2f}* | *{a['ssim_data_range_255']:.3f}* |"))
+        return "\n".join(lines) + f"\n\n{self.n} test pairs; ± is the half-width of the 95% confidence interval.\n"
+
     def to_json(self) -> dict:
         return {"rows": self.rows, "audit": self.audit, "weights": self.weights, "n": self.n,
                 "data_range": 1.0, "modes": MODE_HELP}

@@ -28,7 +28,10 @@ def test_train_evaluate_grid_end_to_end(capsys, data_root, tmp_path):
     assert cfg["lr"] == 2e-3 and cfg["beta1"] == 0.8 and cfg["epochs"] == 2 and cfg["pretrained"] is False
 
     out_json = tmp_path / "eval.json"
-    assert main(["evaluate", str(run), "--data-root", str(data_root), "--samples", "20", "--json", str(out_json)]) == 0
+    md = tmp_path / "eval.md"
+    assert main(["evaluate", str(run), "--data-root", str(data_root), "--samples", "20", "--json", str(out_json),
+                 "--markdown", str(md)]) == 0
+    assert md.read_text().count("\n| ") >= 7 and "projection_optimal" in md.read_text()
     text = capsys.readouterr().out
     assert "data_range=1.0" in text and "not a real score" in text
     res = json.loads(out_json.read_text())
