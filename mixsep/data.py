@@ -308,8 +308,10 @@ def download(root: Path, splits=SPLITS) -> None:
             try:
                 cls(str(root), train=train, download=True)
             except Exception as e:  # URLError, HTTPError, md5 mismatch...
+                why = " ".join(str(e).split())  # torchvision lists every mirror it tried on its own line
+                why = why if len(why) <= 160 else why[:157] + "..."
                 raise MixsepError(
-                    f"Could not download {source} {split} into {root} ({e.__class__.__name__}: {e}). "
+                    f"Could not download {source} {split} into {root} ({e.__class__.__name__}: {why}). "
                     f"Copy the files there by hand: {expected_files(root, source, split)}."
                 ) from None
 
