@@ -1,0 +1,250 @@
+"""The dashboard's worker registry: one child at a time, stop, failures, reloads and restarts.
+
+Most tests drive a fake trainer (a few lines of Python that speak the run-folder
+protocol and start in milliseconds); two drive the real `python -m mixsep train`.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mixsep import MixsepError, TrainConfig
+from mixsep.jobs import JobRegistry
+from mixsep.runs import live_state, read_metrics
+from mixsep.train import list_checkpoints, read_status
+
+FAKE_TRAINER = r'''
+import json, os, signal, sys, time
+from pathlib import Path
+run = Path(sys.argv[sys.argv.index("--run-dir") + 1])
+mode = os.environ.get("FAKE_MODE", "train")
+def status(state, msg="", step=0):
+    (run / "s.tmp").write_text(json.dumps({"state": state, "message": msg, "pid": os.getpid(), "step": step,
+                                           "total_steps": 1000}))
+    os.replace(run / "s.tmp", run / "status.json")
+if mode == "error":
+    print("error: No MNIST train data under /nowhere: expected files. Copy the files there.", flush=True)
+    sys.exit(2)
+if mode == "crash":
+    print("Traceback (most recent call last):\nSegfault-ish", flush=True)
+    sys.exit(1)
+if mode == "nonfinite":
+    status("failed", "The loss became non-finite at step 3 (lr=5); training stopped. Lower the learning rate and start again.", 2)
+    print("error: The loss became non-finite at step 3", flush=True)
+    sys.exit(2)
+if mode == "slowstart":  # like importing torch: SIGTERM's default action still applies
+    time.sleep(30)
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+status("running")
+with open(run / "metrics.csv", "w") as f:
+    f.write("step,epoch,loss_mnist,loss_cifar,loss,lr,samples_per_s,elapsed_s\n")
+    for step in range(1, 1001):
+        f.write(f"{step},0,0.1,0.2,0.3,0.001,100,{step * 0.02}\n"); f.flush()
+        if stop or (run / "STOP").exists():
+            status("stopped", "stopped by request", step); sys.exit(0)
+        time.sleep(0.02)
+status("finished", "", 1000)
+'''
+
+
+@pytest.fixture
+def fake_python(tmp_path) -> str:
+    """An 'interpreter' that runs the fake trainer whatever module it is asked for."""
+    script = tmp_path / "fake_trainer.py"
+    script.write_text(FAKE_TRAINER)
+    exe = tmp_path / "fake-python"
+    exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{script}" "$@"\n')
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    return str(exe)
+
+
+@pytest.fixture
+def jobs_of():
+    """Registries made by a test; their children are stopped or killed at the end."""
+    made = []
+
+    def make(runs_dir, **kw):
+        made.append(JobRegistry(runs_dir, **kw))
+        return made[-1]
+    yield make
+    for reg in made:
+        if reg._alive():
+            os.kill(reg._pid, signal.SIGKILL)
+            if reg._proc is not None:
+                reg._proc.wait(10)
+
+
+def fake_env(mode: str) -> dict:
+    return dict(os.environ, FAKE_MODE=mode)
+
+
+def wait_for(predicate, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_two_starts_at_once_one_wins(tmp_path, tiny_config, fake_python, jobs_of):
+    jobs = jobs_of(tmp_path / "runs", python=fake_python, env=fake_env("train"))
+    results, barrier = [], threading.Barrier(2)
+
+    def start():
+        barrier.wait()
+        try:
+            results.append(jobs.start(tiny_config))
+        except MixsepError as e:
+            results.append(e)
+    threads = [threading.Thread(target=start) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    errors = [r for r in results if isinstance(r, MixsepError)]
+    assert len(errors) == 1 and "already in progress" in str(errors[0]) and "one run at a time" in str(errors[0])
+    # the refused start made no folder
+    assert len([p for p in (tmp_path / "runs").iterdir() if p.is_dir()]) == 1
+    with pytest.raises(MixsepError, match="already in progress"):  # and a third start, later, is refused too
+        jobs.start(tiny_config)
+
+
+def test_stop_then_start_again(tmp_path, tiny_config, fake_python, jobs_of):
+    jobs = jobs_of(tmp_path / "runs", python=fake_python, env=fake_env("train"))
+    assert jobs.poll().state == "idle" and jobs.stop() is False
+    run = jobs.start(tiny_config)
+    assert TrainConfig.load(run / "config.json").data_root == str(Path(tiny_config.data_root).resolve())
+    wait_for(lambda: len(read_metrics(run)) >= 3, what="metrics rows")
+    assert jobs.poll().state == "running" and jobs.poll().alive
+    assert jobs.stop() is True
+    state = jobs.wait(10)
+    assert state.state == "stopped" and not state.alive and 3 <= state.step < 1000
+    # a new run may start once the first has ended
+    jobs.start(tiny_config)
+
+
+def test_worker_that_fails_says_why(tmp_path, tiny_config, fake_python, jobs_of):
+    jobs = jobs_of(tmp_path / "runs", python=fake_python, env=fake_env("error"))
+    run = jobs.start(tiny_config)
+    state = jobs.wait(10)
+    assert state.state == "failed" and state.message.startswith("No MNIST train data")
+    assert read_status(run)["state"] == "failed"  # recorded in the folder, the source of truth
+
+
+def test_worker_crash_and_nonfinite(tmp_path, tiny_config, fake_python, jobs_of):
+    jobs = jobs_of(tmp_path / "runs", python=fake_python, env=fake_env("crash"))
+    run = jobs.start(tiny_config)
+    state = jobs.wait(10)
+    assert state.state == "failed" and "exited with code 1" in state.message and "worker.log" in state.message
+    assert "Traceback" in (run / "worker.log").read_text()
+
+    jobs = jobs_of(tmp_path / "runs2", python=fake_python, env=fake_env("nonfinite"))
+    jobs.start(tiny_config)
+    state = jobs.wait(10)
+    assert state.state == "failed" and "Lower the learning rate" in state.message  # the trainer's own words kept
+
+
+def test_stop_while_starting(tmp_path, tiny_config, fake_python, jobs_of):
+    jobs = jobs_of(tmp_path / "runs", python=fake_python, env=fake_env("slowstart"))
+    jobs.start(tiny_config)
+    assert jobs.poll().state == "starting"
+    time.sleep(0.3)
+    assert jobs.stop()
+    state = jobs.wait(10)
+    assert state.state == "stopped" and "before training began" in state.message
+
+
+def test_reload_and_server_restart_find_the_running_job(tmp_path, tiny_config, fake_python, jobs_of):
+    jobs = jobs_of(tmp_path / "runs", python=fake_python, env=fake_env("train"))
+    run = jobs.start(tiny_config)
+    wait_for(lambda: read_status(run).get("state") == "running", what="running status")
+    # a page reload reads the same registry: same run, later step
+    first = jobs.poll().step
+    wait_for(lambda: jobs.poll().step > first, what="progress")
+    # a restarted server has a new registry: it adopts the child, refuses a second start, and can stop it
+    again = jobs_of(tmp_path / "runs", python=fake_python, env=fake_env("train"))
+    assert again.running().run_dir == run
+    with pytest.raises(MixsepError, match="already in progress"):
+        again.start(tiny_config)
+    assert again.stop()
+    assert jobs.wait(10).state == "stopped"
+
+
+def test_killed_worker_is_noticed(tmp_path, tiny_config, fake_python, jobs_of):
+    jobs = jobs_of(tmp_path / "runs", python=fake_python, env=fake_env("train"))
+    run = jobs.start(tiny_config)
+    wait_for(lambda: len(read_metrics(run)) >= 2, what="metrics rows")
+    os.kill(jobs._pid, signal.SIGKILL)
+    state = jobs.wait(10)
+    assert state.state == "failed" and "killed by signal 9" in state.message
+    assert live_state(run)["state"] == "failed"
+
+
+def test_interrupted_run_reads_interrupted(tmp_path, tiny_config, fake_python, jobs_of):
+    """A 'running' folder whose process is gone (machine rebooted) is shown as interrupted, not running."""
+    run = tmp_path / "runs" / "old"
+    run.mkdir(parents=True)
+    tiny_config.save(run / "config.json")
+    (run / "status.json").write_text('{"state": "running", "pid": 999999999, "step": 4, "total_steps": 6}')
+    assert live_state(run)["state"] == "interrupted"
+    jobs = jobs_of(tmp_path / "runs", python=fake_python, env=fake_env("train"))
+    assert jobs.running() is None  # not adopted
+    jobs.start(tiny_config)
+
+
+def test_bad_config_and_bad_resume_start_nothing(tmp_path, tiny_config, fake_python, jobs_of):
+    jobs = jobs_of(tmp_path / "runs", python=fake_python, env=fake_env("train"))
+    tiny_config.lr = -1
+    with pytest.raises(MixsepError, match="Learning rate"):
+        jobs.start(tiny_config)
+    with pytest.raises(MixsepError, match="not a run in"):
+        jobs.start(run_dir=tmp_path / "elsewhere")
+    (tmp_path / "runs" / "half").mkdir(parents=True)
+    with pytest.raises(MixsepError, match="No config.json"):
+        jobs.start(run_dir=tmp_path / "runs" / "half")
+    assert not [p for p in (tmp_path / "runs").iterdir() if p.name != "half"]
+    assert jobs.poll().state == "idle"
+
+
+def test_resume_restarts_the_same_folder(tmp_path, tiny_config, fake_python, jobs_of):
+    jobs = jobs_of(tmp_path / "runs", python=fake_python, env=fake_env("train"))
+    run = jobs.start(tiny_config)
+    wait_for(lambda: len(read_metrics(run)) >= 2, what="metrics rows")
+    jobs.stop()
+    assert jobs.wait(10).state == "stopped"
+    (run / "STOP").touch()  # a stale STOP must not end the resumed run at once
+    assert jobs.start(run_dir=run) == run.resolve()
+    wait_for(lambda: jobs.poll().state == "running", what="the resumed run")
+    assert "--run-dir" in (cmd := jobs._proc.args) and cmd[cmd.index("--run-dir") + 1] == str(run.resolve())
+
+
+# --------------------------------------------------------------------------- the real trainer
+
+
+def test_real_cli_child_refuses_a_second_start_and_stops_within_a_step(tmp_path, tiny_config, jobs_of):
+    tiny_config.epochs = 50  # 300 steps: far more than the test waits for
+    jobs = jobs_of(tmp_path / "runs")
+    run = jobs.start(tiny_config)
+    with pytest.raises(MixsepError, match="already in progress"):
+        jobs.start(tiny_config)
+    wait_for(lambda: len(read_metrics(run)) >= 1, timeout=120, what="the first step")
+    assert jobs.poll().state == "running"
+    assert jobs.stop()
+    state = jobs.wait(60)
+    assert state.state == "stopped", (run / "worker.log").read_text()
+    import torch
+
+    saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"]
+    rows = len(read_metrics(run))
+    assert saved == rows == state.step and rows < 300  # the checkpoint holds every logged step
+    assert not (run / "STOP").exists()
+    assert [p.name for p in list_checkpoints(run)] == ["last.pt"]
