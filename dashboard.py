@@ -20,8 +20,10 @@ st.markdown(
     "**Samples** of what it recovers, score it honestly on the **Metrics** page (PSNR and SSIM with "
     "`data_range=1`), and **Compare** runs.")
 cols = st.columns(4)
-for col, (page, label, icon) in zip(cols, [("pages/1_Train.py", "Train", "🏋️"), ("pages/2_Samples.py", "Samples", "🖼️"),
-                                           ("pages/3_Metrics.py", "Metrics", "📏"), ("pages/4_Compare.py", "Compare", "📈")]):
+for col, (page, label, icon) in zip(cols, [("pages/1_Train.py", "Train", ":material/model_training:"),
+                                           ("pages/2_Samples.py", "Samples", ":material/grid_view:"),
+                                           ("pages/3_Metrics.py", "Metrics", ":material/analytics:"),
+                                           ("pages/4_Compare.py", "Compare", ":material/stacked_line_chart:")]):
     col.page_link(page, label=label, icon=icon)
 
 st.header("Data")
@@ -30,7 +32,7 @@ st.text_input("Data root", value=str(data_root), key="data_root_input",
               help="Folder with MNIST/ and cifar-10-batches-py/ (or cifar10/*.npz). Default: $MIXSEP_DATA_ROOT or ./data")
 rows = data_status(data_root)
 table = pd.DataFrame([{"source": "MNIST" if r["source"] == "mnist" else "CIFAR-10", "split": r["split"],
-                       "found": "✅" if r["found"] else "❌",
+                       "found": "yes" if r["found"] else "missing",
                        "where": ", ".join(Path(f).name for f in r["files"]) if r["found"] else r["expected"]}
                       for r in rows])
 st.dataframe(table, hide_index=True)
@@ -38,7 +40,7 @@ missing = [r for r in rows if not r["found"]]
 if missing:
     for r in missing:
         st.warning(missing_message(data_root, r["source"], r["split"]))
-    if st.button("Download MNIST and CIFAR-10 (about 180 MB)", icon="⬇️"):
+    if st.button("Download MNIST and CIFAR-10 (about 180 MB)", icon=":material/download:"):
         bar = st.progress(0.0, text="Downloading…")
         try:
             splits = sorted({r["split"] for r in missing})
@@ -66,7 +68,6 @@ if not runs:
     st.info(f"No runs yet in `{runs_dir.resolve()}`: start one on the Train page.")
 else:
     df = pd.DataFrame(runs[:10])
-    df["state"] = [f"{ui.STATE_ICON.get(s, '❔')} {s}" for s in df["state"]]
     df["progress"] = [f"{s}/{t}" for s, t in zip(df["step"], df["total_steps"])]
     st.dataframe(df[["run", "state", "progress", "model", "lr", "batch_size", "epochs", "last_loss", "message"]],
                  hide_index=True, column_config={"lr": st.column_config.NumberColumn(format="%.0e"),

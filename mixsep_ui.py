@@ -13,15 +13,16 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from mixsep.config import default_data_root, default_runs_dir
+from mixsep.config import TrainConfig, default_data_root, default_runs_dir
 from mixsep.errors import MixsepError
 from mixsep.jobs import JobRegistry
 from mixsep.runs import list_runs, live_state, resolve_run
 
 LOSSES = {"loss_cifar": "CIFAR head", "loss_mnist": "MNIST head", "loss": "total"}
 COLORS = {"loss_cifar": "#1f77b4", "loss_mnist": "#d62728", "loss": "#2ca02c"}
-STATE_ICON = {"running": "🟢", "starting": "🟡", "finished": "✅", "stopped": "⏹️", "failed": "❌",
-              "interrupted": "⚠️", "unknown": "❔"}
+STATE_ICON = {"running": ":material/play_circle:", "starting": ":material/hourglass_top:",
+              "finished": ":material/check_circle:", "stopped": ":material/stop_circle:", "failed": ":material/error:",
+              "interrupted": ":material/warning:", "unknown": ":material/help:"}  # for markdown text
 
 
 def setup(title: str) -> tuple[Path, Path]:
@@ -110,7 +111,7 @@ def evaluation(checkpoint: Path, data_root: Path, count: int, progress=None):
 
 
 def run_label(row: dict) -> str:
-    return f"{STATE_ICON.get(row['state'], '❔')} {row['run']}"
+    return f"{row['run']}  ({row['state']})"
 
 
 def runs_table(runs_dir: Path) -> list[dict]:
@@ -138,7 +139,7 @@ def pick_run(runs_dir: Path, key: str = "run") -> Path | None:
             st.session_state[key] = wanted
     if not rows:
         st.info(f"No runs yet in {Path(runs_dir).resolve()}. Start one on the Train page.")
-        st.page_link("pages/1_Train.py", label="Go to Train", icon="🏋️")
+        st.page_link("pages/1_Train.py", label="Go to Train", icon=":material/model_training:")
         return None
     if st.session_state.get(key) not in rows:
         if key in st.session_state:
@@ -156,10 +157,17 @@ def pick_checkpoint(run_dir: Path, key: str = "checkpoint") -> Path | None:
 
     found = list_checkpoints(run_dir)
     if not found:
-        st.info(f"Run {run_dir.name} holds no checkpoint yet: it is starting, or it was stopped before its "
-                "first step. Wait for a checkpoint or pick another run.")
+        st.info(f"Run {run_dir.name} holds no checkpoint yet: a run writes one every {_checkpoint_every(run_dir)} "
+                "and when it ends. Wait for it, or pick another run.")
         return None
     return st.selectbox("Checkpoint", found, key=key, format_func=lambda p: p.name)
+
+
+def _checkpoint_every(run_dir: Path):
+    try:
+        return f"{TrainConfig.load(run_dir / 'config.json').checkpoint_every} steps"
+    except MixsepError:
+        return "few hundred steps"
 
 
 # --------------------------------------------------------------------------- figures
@@ -180,7 +188,8 @@ def loss_figure(metrics: pd.DataFrame, smoothing: float, title: str = "Training 
 
 def style(fig: go.Figure, title: str, x: str, y: str, height: int = 380) -> go.Figure:
     fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=height, margin=dict(l=10, r=10, t=50, b=10),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1))
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1, title_text=""),
+                      showlegend=True)
     return fig
 
 
@@ -202,11 +211,13 @@ def metric_figures(ev, metric: str) -> tuple[go.Figure, go.Figure]:
     import plotly.express as px
 
     unit = "PSNR (dB)" if metric == "psnr" else "SSIM"
-    table = ev.table()
+    table, per_image = ev.table(), ev.per_image.copy()
+    for df in (table, per_image):  # "projection_optimal" -> "projection<br>optimal": no rotated tick labels
+        df["mode"] = df["mode"].str.replace("_", "<br>")
     bars = px.bar(table, x="mode", y=f"{metric}_mean", color="source", barmode="group", error_y=f"{metric}_ci95",
                   color_discrete_map={"mnist": COLORS["loss_mnist"], "cifar": COLORS["loss_cifar"]})
-    boxes = px.box(ev.per_image, x="mode", y=metric, color="source", points=False,
+    boxes = px.box(per_image, x="mode", y=metric, color="source", points=False,
                    color_discrete_map={"mnist": COLORS["loss_mnist"], "cifar": COLORS["loss_cifar"]})
-    return (style(bars, f"Mean {unit.split(' ')[0]} per recovery mode (error bars: 95% CI, n={ev.n})",
-                  "recovery mode", unit),
-            style(boxes, f"Per-image {unit.split(' ')[0]} distribution", "recovery mode", unit))
+    name = unit.split(" ")[0]
+    return (style(bars, f"Mean {name} ± 95% CI (n={ev.n})", "recovery mode", unit),
+            style(boxes, f"Per-image {name}", "recovery mode", unit))

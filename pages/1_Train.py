@@ -11,7 +11,7 @@ from mixsep.train import list_checkpoints
 data_root, runs_dir = ui.setup("Train")
 jobs = ui.registry(runs_dir)
 LRS = [1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1]
-SIZES = [256, 512, 1024, 2048, 5000, 10000, 20000, 50000, "all"]
+SIZES = [128, 256, 512, 1024, 2048, 5000, 10000, 20000, 50000, "all"]
 d = TrainConfig()  # the report's settings are the defaults
 
 with st.sidebar:
@@ -34,7 +34,7 @@ config = TrainConfig(data_root=str(data_root), model=model, pretrained=pretraine
 st.session_state["train_config"] = config.to_dict()
 
 left, right, _ = st.columns([1, 1, 4])
-if left.button("Start", type="primary", icon="▶️", width="stretch"):
+if left.button("Start", type="primary", icon=":material/play_arrow:", width="stretch"):
     missing = [r for r in data_status(data_root) if r["split"] == "train" and not r["found"]]
     try:
         if missing:
@@ -43,7 +43,7 @@ if left.button("Start", type="primary", icon="▶️", width="stretch"):
         st.toast(f"Started {run.name}")
     except MixsepError as e:
         st.error(str(e))
-if right.button("Stop", icon="⏹️", width="stretch"):
+if right.button("Stop", icon=":material/stop:", width="stretch"):
     if jobs.stop():
         st.info("Stopping after the current step; a checkpoint will be kept.")
     else:
@@ -62,7 +62,7 @@ def live():
             return
         jobs.select(latest[0]["path"])
         job = jobs.poll()
-    st.subheader(f"{ui.STATE_ICON.get(job.state, '❔')} {job.name}")
+    st.subheader(f"{ui.STATE_ICON.get(job.state, '')} {job.name}")
     if job.state == "failed":
         st.error(job.message)
     elif job.state in ("stopped", "interrupted"):
@@ -82,7 +82,7 @@ def live():
                           help="Weight of the past in the exponential moving average; 0 shows the raw losses.")
     st.plotly_chart(ui.loss_figure(m, smoothing, f"Training loss · {job.name}"), key="live_curves")
     can_resume = not job.alive and job.state in ("stopped", "failed", "interrupted") and job.step < job.total_steps
-    if can_resume and list_checkpoints(job.run_dir) and st.button("Resume this run", icon="🔁"):
+    if can_resume and list_checkpoints(job.run_dir) and st.button("Resume this run", icon=":material/replay:"):
         try:
             jobs.start(run_dir=job.run_dir)
             st.rerun(scope="fragment")

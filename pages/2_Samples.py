@@ -19,9 +19,9 @@ split = top[2].radio("Split", ["test", "train"], horizontal=True)
 if checkpoint is None:
     st.stop()
 
-opts = st.columns(5)
-show_direct = opts[0].toggle("CIFAR direct row", value=True, help="The CIFAR head's own output, beside subtraction.")
-show_errors = opts[1].toggle("Error maps", value=False, help="|estimate - truth|, brightened 4x.")
+opts = st.columns([1, 1, 1, 1, 1.5], vertical_alignment="center")
+show_direct = opts[0].toggle("Direct CIFAR", value=True, help="Add a row with the CIFAR head's own output.")
+show_errors = opts[1].toggle("Error maps", value=False, help="Add rows of |estimate - truth|, brightened 4x.")
 shuffle = opts[2].toggle("Shuffle", value=False)
 seed = opts[3].number_input("Seed", 0, 10**6, 0, disabled=not shuffle)
 n = opts[4].slider("Samples", 4, 40, 20)
@@ -30,10 +30,10 @@ n = opts[4].slider("Samples", 4, 40, 20)
 selection = (str(checkpoint), split, shuffle, seed, n)
 if st.session_state.get("grid_selection") != selection:
     st.session_state.update(grid_selection=selection, grid_page=0)
-nav = st.columns([1, 1, 6])
-if nav[0].button("◀ Previous", disabled=st.session_state.grid_page == 0, width="stretch"):
+nav = st.container(horizontal=True, vertical_alignment="center")
+if nav.button("Previous", icon=":material/chevron_left:", disabled=st.session_state.grid_page == 0):
     st.session_state.grid_page -= 1
-if nav[1].button("Next ▶", width="stretch"):
+if nav.button("Next", icon=":material/chevron_right:"):
     st.session_state.grid_page += 1
 
 try:
@@ -46,11 +46,17 @@ indices = sample_indices(len(pairs), n, seed if shuffle else None, page)
 title = f"{run_dir.name}  {checkpoint.name}  step {info['step']}  ({split} split, page {page + 1})"
 with st.spinner("Separating…"):
     image = grid_image(model, pairs, indices, show_direct=show_direct, show_errors=show_errors, scale=2, title=title)
+    # on screen: strips of 10 samples, shown at their own size so labels and pixels stay legible at laptop width
+    strips = [grid_image(model, pairs, indices[i:i + 10], show_direct=show_direct, show_errors=show_errors, scale=2)
+              for i in range(0, len(indices), 10)]
 order = f"shuffled with seed {seed}" if shuffle else "in order"
-nav[2].caption(f"Page {page + 1} of {-(-len(pairs) // n)} · {len(pairs)} {split} pairs, {order}")
-st.image(image, width="stretch", caption="Rows: MNIST, CIFAR-10, their mean (the input), the reconstructed digit, "
-         "CIFAR recovered by subtraction (2·mean − digit), optionally the CIFAR head's direct output and error maps.")
+nav.caption(f"Page {page + 1} of {-(-len(pairs) // n)} · {len(pairs)} {split} pairs, {order}")
+st.caption(title)
+for strip in strips:
+    st.image(strip)
+st.caption("Rows: MNIST, CIFAR-10, their mean (the input), the reconstructed digit, CIFAR recovered by subtraction "
+           "(2·mean − digit), optionally the CIFAR head's direct output and error maps. The download is one image.")
 buffer = io.BytesIO()
 image.save(buffer, format="PNG")
 st.download_button("Download grid (PNG)", buffer.getvalue(), file_name=f"{run_dir.name}-{checkpoint.stem}-grid.png",
-                   mime="image/png", icon="⬇️")
+                   mime="image/png", icon=":material/download:")

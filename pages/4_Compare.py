@@ -12,13 +12,13 @@ data_root, runs_dir = ui.setup("Compare runs")
 rows = {r["run"]: r for r in ui.runs_table(runs_dir)}
 if not rows:
     st.info(f"No runs yet in {runs_dir.resolve()}. Start one on the Train page.")
-    st.page_link("pages/1_Train.py", label="Go to Train", icon="🏋️")
+    st.page_link("pages/1_Train.py", label="Go to Train", icon=":material/model_training:")
     st.stop()
 chosen = st.multiselect("Runs", list(rows), default=list(rows)[:3], format_func=lambda n: ui.run_label(rows[n]))
-opts = st.columns([2, 2, 1])
+opts = st.columns([2, 2, 1.3], vertical_alignment="center")
 loss = opts[0].radio("Loss", list(ui.LOSSES), format_func=ui.LOSSES.get, index=2, horizontal=True)
 smoothing = opts[1].slider("EMA smoothing", 0.0, 0.99, 0.9, 0.01)
-score = opts[2].toggle("Score on test pairs", help="Adds test PSNR of each run's latest checkpoint (slower).")
+score = opts[2].toggle("Test PSNR", help="Score each run's latest checkpoint on test pairs (slower).")
 if not chosen:
     st.info("Pick one or more runs.")
     st.stop()
@@ -30,10 +30,10 @@ for name in chosen:
         fig.add_scatter(x=m["step"], y=m[loss].ewm(alpha=1 - smoothing).mean(), name=name, mode="lines")
 st.plotly_chart(ui.style(fig, f"{ui.LOSSES[loss]} loss (EMA {smoothing:.2f})", "step", "MSE loss", height=420))
 
-table = pd.DataFrame([rows[n] for n in chosen])
-columns = ["run", "state", "model", "pretrained", "lr", "beta1", "beta2", "batch_size", "epochs", "train_size", "seed",
-           "step", "last_loss"]
-table = table.reindex(columns=columns)
+table = pd.DataFrame([rows[n] for n in chosen]).reindex(
+    columns=["run", "state", "model", "pretrained", "lr", "beta1", "beta2", "batch_size", "epochs", "train_size", "step",
+             "last_loss"])
+table["train_size"] = [("all" if v == 0 else str(int(v))) if pd.notna(v) else "" for v in table["train_size"]]
 if score:
     count = st.number_input("Test pairs to score", 1, 100000, 500, step=100)
     bar = st.progress(0.0, text="Scoring…")
@@ -51,7 +51,8 @@ if score:
             table.loc[i, "note"] = str(e)
         bar.progress((i + 1) / len(chosen), text=f"Scored {i + 1}/{len(chosen)} runs")
 st.dataframe(table, hide_index=True, column_config={
-    "lr": st.column_config.NumberColumn(format="%.0e"),
+    "lr": st.column_config.NumberColumn(format="%.0e"), "batch_size": "batch", "train_size": "pairs",
+    "pretrained": st.column_config.CheckboxColumn("ImageNet"), "step": "steps",
     "last_loss": st.column_config.NumberColumn("last loss", format="%.4f"),
     "mnist PSNR": st.column_config.NumberColumn(format="%.2f dB"),
     "cifar PSNR": st.column_config.NumberColumn(format="%.2f dB")})
