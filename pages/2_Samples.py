@@ -53,7 +53,7 @@ order = f"shuffled with seed {seed}" if shuffle else "in order"
 nav.caption(f"Page {page + 1} of {-(-len(pairs) // n)} · {len(pairs)} {split} pairs, {order}")
 st.caption(title)
 for strip in strips:
-    st.image(strip)
+    st.image(strip, output_format="PNG")  # JPEG would blur 32-pixel images
 st.caption("Rows: MNIST, CIFAR-10, their mean (the input), the reconstructed digit, CIFAR recovered by subtraction "
            "(2·mean − digit), optionally the CIFAR head's direct output and error maps. The download is one image.")
 buffer = io.BytesIO()

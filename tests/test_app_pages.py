@@ -1,0 +1,341 @@
+"""Every dashboard page under Streamlit's AppTest, on tiny data in the real formats."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_data_root
+from streamlit.testing.v1 import AppTest
+
+from mixsep import MixsepError, TrainConfig
+from mixsep.runs import live_runs, read_metrics
+from mixsep.train import save_checkpoint, train_steps, write_status
+from mixsep.model import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = ["dashboard.py", "pages/1_Train.py", "pages/2_Samples.py", "pages/3_Metrics.py", "pages/4_Compare.py"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny data root and one finished 6-step run, trained once in this process."""
+    base = tmp_path_factory.mktemp("app")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MIXSEP_CACHE_DIR", str(base / "cache"))
+    data = make_data_root(base / "data")
+    config = TrainConfig(data_root=str(data), train_size=48, batch_size=8, pretrained=False, device="cpu",
+                         checkpoint_every=2)  # 6 small steps
+    for _ in train_steps(config, base / "runs" / "tiny-run"):
+        pass
+    mp.undo()
+    return data, base / "runs" / "tiny-run"
+
+
+@pytest.fixture
+def app_env(trained, tmp_path, monkeypatch):
+    """MIXSEP_* pointing at the tiny data and a fresh runs folder holding a copy of the run."""
+    data, run = trained
+    runs = tmp_path / "runs"
+    shutil.copytree(run, runs / run.name)
+    monkeypatch.setenv("MIXSEP_DATA_ROOT", str(data))
+    monkeypatch.setenv("MIXSEP_RUNS_DIR", str(runs))
+    monkeypatch.syspath_prepend(str(ROOT))  # `streamlit run` puts the app folder on sys.path; AppTest does not
+    yield data, runs
+    for _, status in live_runs(runs):  # never leave a training child behind
+        os.kill(int(status["pid"]), signal.SIGKILL)
+
+
+def open_page(page: str, **query) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120)
+    at.run()
+    if page != "dashboard.py":
+        at.query_params.update(query)
+        at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(elements) -> str:
+    return " | ".join(str(e.value) for e in elements)
+
+
+def chart_points(at: AppTest, index: int = 0, trace: int = -1) -> int:
+    """Points in a plotly chart's trace (plotly ships numpy arrays base64-encoded)."""
+    charts = at.get("plotly_chart")
+    if len(charts) <= index:
+        return 0
+    data = json.loads(charts[index].proto.spec)["data"]
+    if not data:
+        return 0
+    x = data[trace]["x"]
+    if isinstance(x, dict):
+        return len(base64.b64decode(x["bdata"])) // np.dtype(x["dtype"]).itemsize
+    return len(x)
+
+
+def poll(at: AppTest, until, timeout: float = 120.0, what: str = "condition") -> AppTest:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        if until(at):
+            return at
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}: {texts(at.error)} {texts(at.info)}")
+
+
+def widget(widgets, label: str):
+    return next(w for w in widgets if w.label.startswith(label))
+
+
+# --------------------------------------------------------------------------- pages render
+
+
+def test_home_shows_data_device_and_runs(app_env):
+    at = open_page("dashboard.py")
+    assert "All four source/split sets found" in texts(at.success)
+    found = at.dataframe[0].value
+    assert list(found["found"]) == ["yes"] * 4
+    runs = at.dataframe[1].value
+    assert list(runs["run"]) == ["tiny-run"] and "finished" in runs["state"][0] and runs["progress"][0] == "6/6"
+    assert "CPU" in texts(at.markdown) or "GPU" in texts(at.markdown)
+
+
+def test_train_page_shows_the_last_run(app_env):
+    at = open_page("pages/1_Train.py")
+    assert "Finished: 6 steps." in texts(at.success)
+    assert chart_points(at) == 6
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert fig["layout"]["xaxis"]["title"]["text"] == "step" and "loss" in fig["layout"]["yaxis"]["title"]["text"]
+    names = {t["name"] for t in fig["data"] if t.get("showlegend", True)}
+    assert names == {"CIFAR head", "MNIST head", "total"}
+
+
+def test_samples_page_grid_pages_and_download(app_env):
+    at = open_page("pages/2_Samples.py")
+    assert len(at.image) == 2 and at.get("download_button")  # two strips of 10 on screen, one PNG
+    assert "Page 1 of 3" in texts(at.caption)  # 48 test pairs, 20 per page
+    widget(at.button, "Next").click().run()
+    assert "Page 2 of 3" in texts(at.caption)
+    widget(at.toggle, "Shuffle").set_value(True).run()
+    assert "Page 1 of 3" in texts(at.caption) and "seed 0" in texts(at.caption)
+    widget(at.toggle, "Error maps").set_value(True)
+    widget(at.radio, "Split").set_value("train").run()
+    assert not at.exception and "train pairs" in texts(at.caption)
+    widget(at.slider, "Samples").set_value(4).run()
+    assert len(at.image) == 1
+
+
+def test_metrics_page_table_charts_audit(app_env):
+    at = open_page("pages/3_Metrics.py")
+    table = at.dataframe[0].value
+    assert len(table) == 10 and set(table["mode"]) >= {"direct", "subtraction", "mixture"}
+    assert (table["n"] == 48).all()  # default: the whole test split
+    assert len(at.get("plotly_chart")) == 4
+    assert "48.13 dB" in texts(at.info)
+    audit = at.dataframe[1].value
+    assert (audit["report-style PSNR (dB)"] - audit["honest PSNR (dB)"] > 40).all()
+    assert len(at.get("download_button")) == 2
+    widget(at.number_input, "Test pairs").set_value(10).run()
+    assert (at.dataframe[0].value["n"] == 10).all()
+
+
+def test_compare_page_curves_and_table(app_env):
+    data, runs = app_env
+    shutil.copytree(runs / "tiny-run", runs / "tiny-run-2")
+    at = open_page("pages/4_Compare.py")
+    assert len(json.loads(at.get("plotly_chart")[0].proto.spec)["data"]) == 2
+    assert chart_points(at) == 6
+    assert set(at.dataframe[0].value["run"]) == {"tiny-run", "tiny-run-2"}
+    widget(at.toggle, "Test PSNR").set_value(True).run()
+    assert not at.exception
+    assert at.dataframe[0].value["cifar PSNR"].notna().all()
+
+
+# --------------------------------------------------------------------------- training from the page
+
+
+def test_sliders_change_the_config(app_env):
+    at = open_page("pages/1_Train.py")
+    cfg = at.session_state["train_config"]
+    assert (cfg["lr"], cfg["beta1"], cfg["beta2"], cfg["batch_size"], cfg["epochs"], cfg["train_size"]) == \
+        (1e-3, 0.9, 0.999, 128, 1, 0)  # the report's
+    widget(at.select_slider, "Learning rate").set_value(1e-4)
+    widget(at.slider, "Adam beta1").set_value(0.5)
+    widget(at.slider, "Adam beta2").set_value(0.99)
+    widget(at.slider, "Epochs").set_value(3)
+    widget(at.select_slider, "Batch size").set_value(32)
+    widget(at.select_slider, "Training pairs").set_value(512)
+    widget(at.number_input, "Seed").set_value(7)
+    widget(at.toggle, "ImageNet").set_value(False)
+    at.run()
+    cfg = at.session_state["train_config"]
+    assert (cfg["lr"], cfg["beta1"], cfg["beta2"], cfg["epochs"], cfg["batch_size"], cfg["train_size"], cfg["seed"],
+            cfg["pretrained"]) == (1e-4, 0.5, 0.99, 3, 32, 512, 7, False)
+    # a visit to another page keeps them
+    at.switch_page("pages/4_Compare.py").run()
+    at.switch_page("pages/1_Train.py").run()
+    assert at.session_state["train_config"] == cfg
+
+
+def test_start_live_curves_reload_second_tab_stop(app_env):
+    data, runs = app_env
+    at = open_page("pages/1_Train.py")
+    widget(at.select_slider, "Batch size").set_value(16)
+    widget(at.slider, "Epochs").set_value(20)  # 120 steps: the test stops it long before
+    widget(at.toggle, "ImageNet").set_value(False)
+    at.run()
+    widget(at.button, "Start").click().run()
+    assert not at.error, texts(at.error)
+    poll(at, lambda a: chart_points(a) >= 1, what="the first curve point")
+    first = chart_points(at)
+    assert "step" in at.get("progress")[0].proto.text and "samples/s" in at.get("progress")[0].proto.text
+    # a reload (a new session) shows the same run, and its Start is refused: one run at a time
+    other = open_page("pages/1_Train.py")
+    run_name = next(p.name for p in runs.iterdir() if p.name != "tiny-run")
+    assert run_name in texts(other.subheader) and chart_points(other) >= first
+    widget(other.toggle, "ImageNet").set_value(False).run()
+    widget(other.button, "Start").click().run()
+    assert "already in progress" in texts(other.error)
+    poll(at, lambda a: chart_points(a) > first, what="the curve to gain points")
+    widget(at.button, "Stop").click().run()
+    assert "Stopping after the current step" in texts(at.info)
+    poll(at, lambda a: "Run stopped" in texts(a.warning), timeout=60, what="the stop")
+    assert (runs / run_name / "checkpoints" / "last.pt").is_file()
+    assert len(read_metrics(runs / run_name)) < 120
+
+
+def test_failed_run_says_lower_the_learning_rate(app_env):
+    data, runs = app_env
+    run = runs / "tiny-run"
+    (run / "metrics.csv").write_text("\n".join((run / "metrics.csv").read_text().splitlines()[:4]) + "\n")
+    write_status(run, "failed", "The loss became non-finite at step 4 (lr=0.1); training stopped. The last good "
+                 "checkpoint (step 2) is kept. Lower the learning rate and start again.", step=3, total_steps=6)
+    at = open_page("pages/1_Train.py")
+    assert "Lower the learning rate" in texts(at.error)
+    assert widget(at.button, "Resume")
+
+
+def test_start_with_bad_batch_size_explains(app_env):
+    at = open_page("pages/1_Train.py")
+    widget(at.toggle, "ImageNet").set_value(False)
+    widget(at.select_slider, "Training pairs").set_value(512).run()  # the tiny root has 96
+    widget(at.button, "Start").click().run()
+    assert not at.error  # the child reports it; the page shows it once the child has ended
+    poll(at, lambda a: a.error, what="the failure message")
+    assert "only 96 are available" in texts(at.error)
+
+
+# --------------------------------------------------------------------------- no data, bad input
+
+
+def test_no_data_every_page_explains(app_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("MIXSEP_DATA_ROOT", str(tmp_path / "empty"))
+    monkeypatch.setattr("mixsep.data.download", lambda root, splits=None: (_ for _ in ()).throw(
+        MixsepError("Could not download mnist train (no network). Copy the files there by hand.")))
+    at = open_page("dashboard.py")
+    assert texts(at.warning).count("Run `python -m mixsep download") == 4
+    widget(at.button, "Download").click().run()
+    assert "Could not download" in texts(at.error)
+    at = open_page("pages/1_Train.py")
+    widget(at.button, "Start").click().run()
+    assert "No MNIST train data" in texts(at.error)
+    for page in ("pages/2_Samples.py", "pages/3_Metrics.py"):
+        at = open_page(page)
+        assert "No MNIST test data" in texts(at.error), page
+    open_page("pages/4_Compare.py")
+
+
+def test_download_button_fetches_and_reruns(app_env, tmp_path, monkeypatch):
+    target = tmp_path / "new-root"
+    monkeypatch.setenv("MIXSEP_DATA_ROOT", str(target))
+    monkeypatch.setattr("mixsep.data.download", lambda root, splits=None: make_data_root(Path(root)))
+    at = open_page("dashboard.py")
+    widget(at.button, "Download").click().run()
+    assert not at.exception and "All four source/split sets found" in texts(at.success)
+
+
+def test_no_runs_yet(app_env):
+    data, runs = app_env
+    shutil.rmtree(runs / "tiny-run")
+    for page in PAGES[2:]:
+        assert "No runs yet" in texts(open_page(page).info)
+    assert "No run yet" in texts(open_page("pages/1_Train.py").info)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("../../etc", "not a valid run name"),
+    ("..", "not a valid run name"),
+    ("/etc", "not a valid run name"),
+    ("no-such-run", "There is no run named 'no-such-run'"),
+])
+def test_run_names_cannot_escape(app_env, name, message):
+    for page in ("pages/2_Samples.py", "pages/3_Metrics.py"):
+        at = open_page(page, run=name)
+        assert message in texts(at.error), page
+
+
+def _broken_run(runs: Path, name: str) -> Path:
+    run = runs / name
+    shutil.copytree(runs / "tiny-run", run)
+    shutil.rmtree(run / "checkpoints")
+    (run / "checkpoints").mkdir()
+    return run
+
+
+def test_corrupt_checkpoint(app_env):
+    data, runs = app_env
+    run = _broken_run(runs, "corrupt")
+    (run / "checkpoints" / "last.pt").write_bytes(b"PK\x03\x04 truncated")
+    for page in ("pages/2_Samples.py", "pages/3_Metrics.py"):
+        assert "not a readable mixsep checkpoint" in texts(open_page(page, run="corrupt").error)
+
+
+def test_run_from_another_version(app_env):
+    data, runs = app_env
+    run = _broken_run(runs, "future")
+    model = build_model("faithful", pretrained=False)
+    config = TrainConfig(data_root=str(data), pretrained=False)
+    save_checkpoint(run / "checkpoints" / "last.pt", model, config, 6, 1)
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    state["config"]["model"] = "hypernet-9000"
+    torch.save(state, run / "checkpoints" / "last.pt")
+    assert "does not know" in texts(open_page("pages/2_Samples.py", run="future").error)
+    state["config"]["model"] = "faithful"
+    state["model"] = {k: v for k, v in list(state["model"].items())[:-2]}  # weights of another architecture
+    torch.save(state, run / "checkpoints" / "last.pt")
+    assert "another model or another version" in texts(open_page("pages/3_Metrics.py", run="future").error)
+
+
+def test_half_written_run(app_env):
+    data, runs = app_env
+    run = _broken_run(runs, "half")
+    (run / "config.json").write_text('{"lr": 0.001, "mod')
+    (run / "status.json").unlink()
+    (run / "metrics.csv").write_text("step,epoch,loss_mnist,loss_cifar,loss,lr,samples_per_s,elapsed_s\n1,0,0.1,0.")
+    home = open_page("dashboard.py")
+    row = home.dataframe[1].value.set_index("run").loc["half"]
+    assert "half written" in row["message"]
+    at = open_page("pages/2_Samples.py", run="half")
+    assert "holds no checkpoint yet" in texts(at.info)
+    open_page("pages/4_Compare.py")
+
+
+def test_run_deleted_while_shown(app_env):
+    data, runs = app_env
+    shutil.copytree(runs / "tiny-run", runs / "doomed")
+    at = open_page("pages/3_Metrics.py", run="doomed")
+    assert at.selectbox[0].value == "doomed"
+    shutil.rmtree(runs / "doomed")
+    at.run()
+    assert not at.exception
+    assert "'doomed' is gone" in texts(at.warning) and at.selectbox[0].value == "tiny-run"

@@ -1,0 +1,176 @@
+"""End to end in a real headless Chromium: `streamlit run dashboard.py`, train, browse, screenshot.
+
+Screenshots go to the test's tmp folder and, when MIXSEP_SCREENSHOTS=DIR is set, to DIR too
+(docs/screenshots holds the committed ones). MIXSEP_BROWSER_DATA_ROOT=DIR uses that data root
+(a copy of ../shared/data, say) instead of a tiny generated one.
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import make_data_root
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+
+pytestmark = pytest.mark.browser
+
+
+def _skip_reason() -> str | None:
+    if not Path(CHROMIUM).exists():
+        return f"{CHROMIUM} is missing (apt-get install chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "Playwright for Python is not installed (pip install playwright)"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A real Streamlit server on a free loopback port, with its own data root and runs folder."""
+    data = Path(os.environ.get("MIXSEP_BROWSER_DATA_ROOT") or make_data_root(tmp_path / "data", 256, 48))
+    port = free_port()
+    env = dict(os.environ, MIXSEP_DATA_ROOT=str(data), MIXSEP_RUNS_DIR=str(tmp_path / "runs"),
+               MIXSEP_CACHE_DIR=str(tmp_path / "cache"))
+    log = open(tmp_path / "streamlit.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "dashboard.py", "--server.headless", "true",
+         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError("streamlit did not start:\n" + (tmp_path / "streamlit.log").read_text())
+        time.sleep(0.3)
+    yield url, tmp_path
+    os.killpg(proc.pid, 15)  # the server and the training child it started
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+    log.close()
+
+
+# points of the last trace of the first chart, as plotly.js decoded them (the figure ships typed arrays)
+POINTS_JS = """() => {
+  const g = document.querySelector('.js-plotly-plot');
+  const t = g && g._fullData && g._fullData[g._fullData.length - 1];
+  return t && t.x ? t.x.length : 0;
+}"""
+
+
+def test_dashboard_in_a_real_browser(server):
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    from playwright.sync_api import expect, sync_playwright
+
+    url, tmp = server
+    expect.set_options(timeout=60_000)  # the first page imports torch; the CPU may be shared
+    shots = [tmp / "screenshots"] + ([Path(os.environ["MIXSEP_SCREENSHOTS"])] if os.environ.get("MIXSEP_SCREENSHOTS") else [])
+    for d in shots:
+        d.mkdir(parents=True, exist_ok=True)
+
+    def snap(page, name):
+        # Streamlit scrolls inside its main block: grow the window to the content so nothing is cut off
+        height = page.evaluate("Math.max(...['stMain', 'stSidebarContent'].map("
+                               "id => document.querySelector(`[data-testid=${id}]`)?.scrollHeight || 0))")
+        page.set_viewport_size({"width": 1280, "height": min(max(height, 900), 4000)})
+        page.wait_for_timeout(1000)  # let charts redraw at the new size
+        png = page.screenshot()
+        for d in shots:
+            (d / f"{name}.png").write_bytes(png)
+        if len(shots) > 1:  # committed copies: 256 colours keep them small and still crisp
+            from PIL import Image
+
+            Image.open(io.BytesIO(png)).convert("RGB").quantize(256).save(shots[1] / f"{name}.png", optimize=True)
+        page.set_viewport_size({"width": 1280, "height": 900})
+
+    def points(page) -> int:
+        return page.evaluate(POINTS_JS)
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--headless", "--no-sandbox", "--disable-gpu",
+                                           "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(60_000)
+
+        page.goto(url)
+        expect(page.get_by_text("All four source/split sets found")).to_be_visible()
+        expect(page.get_by_text("No runs yet")).to_be_visible()
+
+        # Train: a short run (128 pairs, batch 16: 8 steps), random-init encoder (no internet here)
+        page.goto(f"{url}/Train")
+        sidebar = page.get_by_test_id("stSidebar")
+        sidebar.get_by_text("ImageNet-pretrained encoder").click()
+        for label in ("Batch size", "Training pairs per epoch"):
+            sidebar.get_by_test_id("stSlider").filter(has_text=label).get_by_role("slider").press("Home")
+        expect(sidebar.get_by_test_id("stSlider").filter(has_text="Batch size")).to_contain_text("16")
+        expect(sidebar.get_by_test_id("stSlider").filter(has_text="Training pairs")).to_contain_text("128")
+        page.get_by_role("button", name="Start").click()
+        page.wait_for_function(f"() => ({POINTS_JS})() > 0", timeout=120_000)
+        first = points(page)
+
+        # browse while it trains: the run keeps going, and the curve picks up where it was
+        sidebar.get_by_role("link", name="Compare").click()
+        expect(page.get_by_text("Compare runs").first).to_be_visible()
+        sidebar.get_by_role("link", name="Train").click()
+        expect(sidebar.get_by_test_id("stSlider").filter(has_text="Batch size")).to_contain_text("16")  # kept
+        page.wait_for_function(f"() => ({POINTS_JS})() > {first}", timeout=120_000)
+        expect(page.get_by_text("Finished: 8 steps.")).to_be_visible(timeout=120_000)
+        assert points(page) == 8
+        snap(page, "train")
+
+        page.goto(url)  # home lists the run
+        expect(page.locator("td").filter(has_text="finished").first).to_be_attached()  # a canvas grid: cells are hidden
+        snap(page, "home")
+
+        sidebar = page.get_by_test_id("stSidebar")
+        sidebar.get_by_role("link", name="Samples").click()
+        strips = page.get_by_test_id("stImage").locator("img")
+        expect(strips).to_have_count(2)  # 20 samples in two labelled strips of 10, at 2x
+        expect(strips.first).to_be_visible()
+        assert strips.first.evaluate("img => img.naturalWidth") > 600
+        assert ".png" in strips.first.get_attribute("src")
+        expect(page.get_by_text("Page 1 of")).to_be_visible()
+        snap(page, "samples")
+        page.get_by_role("button", name="Next").click()
+        expect(page.get_by_text("Page 2 of")).to_be_visible()
+
+        sidebar.get_by_role("link", name="Metrics").click()
+        expect(page.get_by_text(re.compile(r"^Scored \d+ test pairs"))).to_be_visible(timeout=120_000)
+        expect(page.locator("th").filter(has_text="report-style PSNR")).to_be_attached()
+        assert page.locator(".js-plotly-plot").count() >= 2
+        snap(page, "metrics")
+
+        sidebar.get_by_role("link", name="Compare").click()
+        expect(page.get_by_role("heading", name="Compare runs")).to_be_visible()
+        expect(page.locator(".js-plotly-plot")).to_have_count(1)  # the Metrics page's four charts are gone
+        snap(page, "compare")
+        browser.close()
+    assert (tmp / "screenshots" / "metrics.png").stat().st_size > 10_000
