@@ -29,7 +29,8 @@ for col, (page, label, icon) in zip(cols, [("pages/1_Train.py", "Train", ":mater
 st.header("Data")
 st.text_input("Data root", value=str(data_root), key="data_root_input",
               on_change=lambda: st.session_state.update(data_root=st.session_state.data_root_input.strip()),
-              help="Folder with MNIST/ and cifar-10-batches-py/ (or cifar10/*.npz). Default: $MIXSEP_DATA_ROOT or ./data")
+              help="Folder with MNIST/ and cifar-10-batches-py/ (or cifar10/*.npz). "
+                   "Default: $MIXSEP_DATA_ROOT or ./data")
 rows = data_status(data_root)
 table = pd.DataFrame([{"source": "MNIST" if r["source"] == "mnist" else "CIFAR-10", "split": r["split"],
                        "found": "yes" if r["found"] else "missing",
@@ -70,5 +71,6 @@ else:
     df = pd.DataFrame(runs[:10])
     df["progress"] = [f"{s}/{t}" for s, t in zip(df["step"], df["total_steps"])]
     st.dataframe(df[["run", "state", "progress", "model", "lr", "batch_size", "epochs", "last_loss", "message"]],
-                 hide_index=True, column_config={"lr": st.column_config.NumberColumn(format="%.0e"),
-                                                 "last_loss": st.column_config.NumberColumn("last loss", format="%.4f")})
+                 hide_index=True, column_config={
+                     "lr": st.column_config.NumberColumn(format="%.0e"), "batch_size": "batch",
+                     "last_loss": st.column_config.NumberColumn("last loss", format="%.4f")})

@@ -61,7 +61,7 @@ with st.expander("Config of the next run"):
 @st.fragment(run_every=1.0)
 def live():
     job = jobs.poll()
-    if job.run_dir is None:  # after a server restart: show the latest run
+    if job.run_dir is None or not (job.alive or job.run_dir.is_dir()):  # a server restart, a deleted run
         latest = ui.runs_table(runs_dir)
         if not latest:
             st.info("No run yet: choose the settings on the left and press Start.")
@@ -77,6 +77,8 @@ def live():
         st.success(f"Finished: {job.step} steps.")
     elif job.state == "starting":
         st.info("Starting: loading the data and the model…")
+    elif job.state == "unknown":
+        st.warning(f"This run folder is incomplete ({job.message}); it cannot be shown in full.")
     for w in job.warnings:
         st.warning(w)
     m = read_metrics(job.run_dir)

@@ -60,6 +60,7 @@ st.info("The report scored images in [0, 1] with `data_range=255`, which adds 20
 
 name = f"{run_dir.name}-{checkpoint.stem}"
 dl = st.container(horizontal=True)
-dl.download_button("Summary CSV", ev.table().to_csv(index=False), f"{name}-metrics.csv", "text/csv", icon=":material/download:")
+dl.download_button("Summary CSV", ev.table().to_csv(index=False), f"{name}-metrics.csv", "text/csv",
+                   icon=":material/download:")
 dl.download_button("Per-image CSV", ev.per_image.to_csv(index=False), f"{name}-per-image.csv", "text/csv",
                       icon=":material/download:")

@@ -31,8 +31,8 @@ for name in chosen:
 st.plotly_chart(ui.style(fig, f"{ui.LOSSES[loss]} loss (EMA {smoothing:.2f})", "step", "MSE loss", height=420))
 
 table = pd.DataFrame([rows[n] for n in chosen]).reindex(
-    columns=["run", "state", "model", "pretrained", "lr", "beta1", "beta2", "batch_size", "epochs", "train_size", "step",
-             "last_loss"])
+    columns=["run", "state", "model", "pretrained", "lr", "beta1", "beta2", "batch_size", "epochs", "train_size",
+             "step", "last_loss"])
 table["train_size"] = [("all" if v == 0 else str(int(v))) if pd.notna(v) else "" for v in table["train_size"]]
 if score:
     count = st.number_input("Test pairs to score", 1, 100000, 500, step=100)

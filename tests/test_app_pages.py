@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -17,9 +16,9 @@ from conftest import make_data_root
 from streamlit.testing.v1 import AppTest
 
 from mixsep import MixsepError, TrainConfig
+from mixsep.model import build_model
 from mixsep.runs import live_runs, read_metrics
 from mixsep.train import save_checkpoint, train_steps, write_status
-from mixsep.model import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["dashboard.py", "pages/1_Train.py", "pages/2_Samples.py", "pages/3_Metrics.py", "pages/4_Compare.py"]
@@ -255,6 +254,14 @@ def test_no_data_every_page_explains(app_env, tmp_path, monkeypatch):
     open_page("pages/4_Compare.py")
 
 
+def test_data_root_chosen_on_home_applies_to_every_page(app_env, tmp_path):
+    at = open_page("dashboard.py")
+    at.text_input(key="data_root_input").input(str(tmp_path / "elsewhere")).run()
+    assert "No MNIST train data under" in texts(at.warning) and str(tmp_path / "elsewhere") in texts(at.warning)
+    at.switch_page("pages/2_Samples.py").run()
+    assert f"No MNIST test data under {tmp_path / 'elsewhere'}" in texts(at.error)
+
+
 def test_download_button_fetches_and_reruns(app_env, tmp_path, monkeypatch):
     target = tmp_path / "new-root"
     monkeypatch.setenv("MIXSEP_DATA_ROOT", str(target))
@@ -328,6 +335,21 @@ def test_half_written_run(app_env):
     at = open_page("pages/2_Samples.py", run="half")
     assert "holds no checkpoint yet" in texts(at.info)
     open_page("pages/4_Compare.py")
+
+
+def test_train_page_copes_with_deleted_and_half_written_runs(app_env):
+    data, runs = app_env
+    at = open_page("pages/1_Train.py")
+    assert "tiny-run" in texts(at.subheader)
+    half = _broken_run(runs, "zz-half")
+    (half / "status.json").unlink()
+    os.utime(half)  # the newest run
+    shutil.rmtree(runs / "tiny-run")
+    at.run()
+    assert not at.exception and "zz-half" in texts(at.subheader) and "incomplete" in texts(at.warning)
+    shutil.rmtree(half)
+    at.run()
+    assert not at.exception and "No run yet" in texts(at.info)
 
 
 def test_run_deleted_while_shown(app_env):

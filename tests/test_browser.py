@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -30,7 +29,7 @@ def _skip_reason() -> str | None:
     if not Path(CHROMIUM).exists():
         return f"{CHROMIUM} is missing (apt-get install chromium)"
     try:
-        import playwright.sync_api  # noqa: F401
+        import playwright.sync_api  # noqa: F401  (only: is it installed?)
     except ImportError:
         return "Playwright for Python is not installed (pip install playwright)"
     return None
@@ -91,7 +90,9 @@ def test_dashboard_in_a_real_browser(server):
 
     url, tmp = server
     expect.set_options(timeout=60_000)  # the first page imports torch; the CPU may be shared
-    shots = [tmp / "screenshots"] + ([Path(os.environ["MIXSEP_SCREENSHOTS"])] if os.environ.get("MIXSEP_SCREENSHOTS") else [])
+    shots = [tmp / "screenshots"]
+    if os.environ.get("MIXSEP_SCREENSHOTS"):
+        shots.append(Path(os.environ["MIXSEP_SCREENSHOTS"]))
     for d in shots:
         d.mkdir(parents=True, exist_ok=True)
 
@@ -143,7 +144,7 @@ def test_dashboard_in_a_real_browser(server):
         expect(sidebar.get_by_test_id("stSlider").filter(has_text="Batch size")).to_contain_text("16")  # kept
         page.wait_for_function(f"() => ({POINTS_JS})() > {first}", timeout=120_000)
         expect(page.get_by_text("Finished: 8 steps.")).to_be_visible(timeout=120_000)
-        assert points(page) == 8
+        page.wait_for_function(f"() => ({POINTS_JS})() == 8")  # plotly redraws just after the text
         snap(page, "train")
 
         page.goto(url)  # home lists the run

@@ -36,7 +36,8 @@ if mode == "crash":
     print("Traceback (most recent call last):\nSegfault-ish", flush=True)
     sys.exit(1)
 if mode == "nonfinite":
-    status("failed", "The loss became non-finite at step 3 (lr=5); training stopped. Lower the learning rate and start again.", 2)
+    status("failed", "The loss became non-finite at step 3 (lr=5); training stopped. "
+                     "Lower the learning rate and start again.", 2)
     print("error: The loss became non-finite at step 3", flush=True)
     sys.exit(2)
 if mode == "slowstart":  # like importing torch: SIGTERM's default action still applies
