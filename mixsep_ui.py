@@ -30,8 +30,10 @@ def setup(title: str) -> tuple[Path, Path]:
     st.set_page_config(page_title=f"{title} · mixsep", page_icon="🧩", layout="wide")
     data_root = Path(st.session_state.get("data_root") or default_data_root()).expanduser()
     runs_dir = Path(default_runs_dir()).expanduser()
-    with st.sidebar:
-        st.caption(f"**Data root** `{data_root.resolve()}`  \n**Runs folder** `{runs_dir.resolve()}`")
+    with st.sidebar:  # short names here, the full paths on hover
+        st.caption(f"Data `{data_root.resolve().name}` · runs `{runs_dir.resolve().name}`",
+                   help=f"Data root: {data_root.resolve()}  \nRuns folder: {runs_dir.resolve()}  \n"
+                        "Set them with MIXSEP_DATA_ROOT and MIXSEP_RUNS_DIR (the data root also on Home).")
     st.title(title)
     return data_root, runs_dir
 

@@ -28,7 +28,7 @@ for name in chosen:
     m = read_metrics(runs_dir / name)
     if len(m):
         fig.add_scatter(x=m["step"], y=m[loss].ewm(alpha=1 - smoothing).mean(), name=name, mode="lines")
-st.plotly_chart(ui.style(fig, f"{ui.LOSSES[loss]} loss (EMA {smoothing:.2f})", "step", "MSE loss", height=420))
+st.plotly_chart(ui.style(fig, f"Training loss, {ui.LOSSES[loss]} (EMA {smoothing:.2f})", "step", "MSE loss", height=420))
 
 table = pd.DataFrame([rows[n] for n in chosen]).reindex(
     columns=["run", "state", "model", "pretrained", "lr", "beta1", "beta2", "batch_size", "epochs", "train_size",

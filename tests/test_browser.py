@@ -55,10 +55,11 @@ def server(tmp_path):
          "--server.fileWatcherType", "none"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never ask a proxy for loopback
     deadline = time.monotonic() + 60
     while True:
         try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+            if direct.open(f"{url}/_stcore/health", timeout=2).read() == b"ok":
                 break
         except OSError:
             pass
