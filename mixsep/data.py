@@ -390,11 +390,12 @@ class PairData:
             raise MixsepError(f"Batch size {batch_size} is larger than the {self.n} training pairs; lower it.")
         g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
         order = torch.randperm(self.n, generator=g) if shuffle else torch.arange(self.n)
-        partner = self.partners(epoch)
+        # indices go to the device once per epoch: a per-batch copy from the host would sync with the GPU every step
         dev = self.mnist.device
+        order, partner = order.to(dev), self.partners(epoch).to(dev)
         for s in range(self.steps_per_epoch(batch_size)):
             idx = order[s * batch_size: (s + 1) * batch_size]
-            yield self.mnist[partner[idx].to(dev)], self.cifar[idx.to(dev)]
+            yield self.mnist[partner[idx]], self.cifar[idx]
 
     def eval_batches(self, batch_size: int, count: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """In order, the first ``count`` pairs (all if 0), last batch included."""

@@ -1,0 +1,62 @@
+"""The GPU's way of reading losses one step late, exercised on the CPU.
+
+On CUDA ``Training.read_late`` is on so that the host never waits for the step it just
+queued; the generator's contract (rows, checkpoints, stop, non-finite losses) must not change.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from mixsep import MixsepError
+from mixsep import train as T
+from mixsep.runs import read_metrics
+
+
+def late(cfg, run):
+    training = T.Training(cfg, run)
+    training.read_late = True
+    return training
+
+
+def test_reading_late_gives_the_same_steps_rows_and_checkpoints(tiny_config, tmp_path):
+    cfg = dataclasses.replace(tiny_config, model="unet", train_size=64, epochs=2, checkpoint_every=3)
+    sync = [r.loss for r in T.train_steps(cfg, tmp_path / "sync")]
+    results = list(late(cfg, tmp_path / "late").steps())
+    assert [r.step for r in results] == list(range(1, 9))
+    assert [r.loss for r in results] == sync  # the same maths, only read later
+    assert all(r.samples_per_s > 0 for r in results)
+    assert read_metrics(tmp_path / "late")["step"].tolist() == list(range(1, 9))
+    assert [p.name for p in T.list_checkpoints(tmp_path / "late")] == ["last.pt", "epoch-2.pt", "epoch-1.pt"]
+    assert T.read_checkpoint(tmp_path / "late" / "checkpoints" / "last.pt")["step"] == 8
+
+
+def test_reading_late_stops_one_step_later_and_checkpoints_it(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    cfg = dataclasses.replace(tiny_config, model="unet", checkpoint_every=100)
+    seen = []
+    for r in late(cfg, run).steps():
+        seen.append(r.step)
+        if r.step == 2:
+            T.request_stop(run)  # step 3 is already queued when step 2 is read
+    assert seen == [1, 2, 3]
+    assert T.read_status(run)["state"] == "stopped"
+    assert T.read_checkpoint(run / "checkpoints" / "last.pt")["step"] == 3
+
+
+def test_reading_late_keeps_the_last_good_checkpoint(tiny_config, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    real = T.Training.train_step
+
+    def poisoned(self, m, c, lr):
+        out = real(self, m, c, lr)
+        return out * float("nan") if self.step == 3 else out  # the 4th step blows up
+    monkeypatch.setattr(T.Training, "train_step", poisoned)
+    seen = []
+    with pytest.raises(MixsepError, match="non-finite at step 4"):
+        for r in late(dataclasses.replace(tiny_config, model="unet"), run).steps():
+            seen.append(r.step)
+    assert seen == [1, 2, 3]
+    assert T.read_status(run)["state"] == "failed"
+    assert T.read_checkpoint(run / "checkpoints" / "last.pt")["step"] == 2
