@@ -1,0 +1,154 @@
+"""Train a separator within a time budget through mixsep's own generator, then score it.
+
+    python bench/quality.py --data-root ../shared/data --model unet --minutes 15
+
+Training runs through ``mixsep.train.Training.steps`` (the generator the CLI uses) into a
+normal run folder, so ``python -m mixsep evaluate RUN`` scores it again later. Scores are
+on the test pairs (CIFAR test images with MNIST test digits) unless --mnist-test /
+--cifar-test name other files; --holdout N also keeps the last N CIFAR training images
+out of training and scores them. The last line is
+
+    quality: mnist_psnr=.. mnist_ssim=.. cifar_psnr=.. cifar_ssim=.. minutes=..
+
+with the best recovery mode per source and the training wall time in minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from benchlib import command_line, set_threads, summary, summary_line, table
+
+from mixsep import MixsepError, TrainConfig
+from mixsep.config import default_runs_dir
+from mixsep.data import PairData, load_pairs, load_split
+from mixsep.metrics import evaluate
+from mixsep.train import Training, new_run_dir
+
+# Per-model settings: the faithful model at the report's (one epoch, constant 1e-3),
+# the U-Net at those that reach its best within 15 minutes on a 2-core CPU.
+PRESETS = {
+    "faithful": dict(epochs=1, batch_size=128, lr=1e-3, schedule="constant", repair=False),
+    "unet": dict(epochs=16, batch_size=128, lr=3e-3, schedule="onecycle", repair=True),
+}
+CALIBRATION_PAIRS = 512
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-root", required=True, help="folder with MNIST/ and CIFAR-10 (see `python -m mixsep info`)")
+    p.add_argument("--model", default="unet", help=f"one of the presets: {', '.join(PRESETS)} (default unet)")
+    p.add_argument("--minutes", type=float, default=15.0, help="training wall-time budget; 0 = none (default 15)")
+    p.add_argument("--mnist-test", default=None, help="score on these MNIST images (idx or npz) instead of the test split")
+    p.add_argument("--cifar-test", default=None, help="score on these CIFAR images (batch or npz) instead of the test split")
+    p.add_argument("--holdout", type=int, default=0,
+                   help="keep the last N CIFAR training images out of training and also score them (paired with MNIST test digits)")
+    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    p.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
+    p.add_argument("--lr", type=float, default=None, help="override the preset's peak learning rate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
+    p.add_argument("--runs-dir", default=default_runs_dir(), help="where the run folder goes (default ./runs)")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--dry-run", action="store_true", help="a few tiny steps and 32 pairs: checks the plumbing only")
+    return p
+
+
+def make_config(args) -> TrainConfig:
+    if args.model not in PRESETS:
+        raise MixsepError(f"No preset for model '{args.model}'; choose one of: {', '.join(PRESETS)}.")
+    preset = dict(PRESETS[args.model])
+    for name in ("epochs", "batch_size", "lr"):
+        if getattr(args, name) is not None:
+            preset[name] = getattr(args, name)
+    if args.dry_run:
+        preset.update(epochs=1, batch_size=16)
+    return TrainConfig(data_root=args.data_root, model=args.model, pretrained=False, seed=args.seed,
+                       device=args.device, max_minutes=args.minutes, checkpoint_every=10_000, **preset).validate()
+
+
+def holdout_pairs(root: Path, n: int) -> tuple[int, PairData]:
+    """(training size that leaves the last n CIFAR training images out, those n paired with MNIST test digits)."""
+    mnist, mnist_labels = load_split(root, "mnist", "test")
+    cifar, cifar_labels = load_split(root, "cifar", "train")
+    if not 0 < n < len(cifar) or n > len(mnist):
+        raise MixsepError(f"--holdout must lie between 1 and {min(len(cifar) - 1, len(mnist))} (got {n}).")
+    return len(cifar) - n, PairData(mnist[:n], mnist_labels[:n], cifar[-n:], cifar_labels[-n:])
+
+
+def calibration_pairs(training: Training) -> PairData:
+    """The last training pairs in use: they fit the optimal projection weight without touching scored images."""
+    d, k = training.data, min(CALIBRATION_PAIRS, len(training.data))
+    return PairData(d.mnist[len(d) - k: len(d)].cpu(), d.mnist_labels[len(d) - k: len(d)],
+                    d.cifar[len(d) - k: len(d)].cpu(), d.cifar_labels[len(d) - k: len(d)])
+
+
+def train(cfg: TrainConfig, run_dir: Path) -> tuple[Training, float, str]:
+    """Run the generator to the end or the budget; (training, minutes, how it ended)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no ImageNet weights offline: the presets train from scratch anyway
+        training = Training(cfg, run_dir)
+    r, every = None, max(1, training.total_steps // 20)
+    for r in training.steps():
+        if r.step % every == 0 or r.step == training.total_steps:
+            print(f"  step {r.step}/{r.total_steps} epoch {r.epoch} loss {r.loss:.5f} lr {r.lr:.2e} "
+                  f"{r.samples_per_s:.0f} samples/s {r.elapsed_s / 60:.1f} min", file=sys.stderr, flush=True)
+    if r is None:
+        raise MixsepError(f"{run_dir} had already finished training; pass a fresh --runs-dir.")
+    ended = "schedule finished" if r.step == r.total_steps else (
+        f"time budget reached at step {r.step} of {r.total_steps}: the schedule did not finish, lower --epochs")
+    return training, r.elapsed_s / 60, ended
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        threads = set_threads(args.threads)
+        cfg = make_config(args)
+        held = None
+        if args.holdout:
+            size, held = holdout_pairs(Path(args.data_root), args.holdout)
+            cfg.train_size = size
+        run_dir = new_run_dir(Path(args.runs_dir), cfg)
+        print(f"command: {command_line()}")
+        print(f"run folder: {run_dir} ({threads} threads, device {cfg.device})")
+        print(f"config: {json.dumps(cfg.to_dict())}")
+        t0 = time.perf_counter()
+        training, minutes, ended = train(cfg, run_dir)
+        print(f"trained {training.step} steps ({training.step * cfg.batch_size} samples) in {minutes:.2f} min: {ended}")
+        test = load_pairs(Path(args.data_root), "test", mnist_path=args.mnist_test, cifar_path=args.cifar_test)
+        count = 32 if args.dry_run else 0
+        calib = calibration_pairs(training)
+        results = {"command": command_line(), "run_dir": str(run_dir), "config": cfg.to_dict(),
+                   "steps": training.step, "train_minutes": minutes, "ended": ended, "threads": threads}
+        lines = []
+        for name, pairs in (("holdout", held), ("quality", test)):
+            if pairs is None:
+                continue
+            ev = evaluate(training.model, pairs, count=count, calibration=calib)
+            what = (f"held-out CIFAR training images {cfg.train_size}..{cfg.train_size + len(pairs) - 1} with MNIST test digits"
+                    if name == "holdout" else f"test pairs ({args.cifar_test or 'CIFAR test split'} with {args.mnist_test or 'MNIST test split'})")
+            print(f"\n{ev.n} {what}, data_range=1.0; optimal projection weight mnist {ev.weights['mnist']:.3f}")
+            print(table(ev))
+            s = summary(ev)
+            results[name] = {"summary": s, "rows": ev.rows, "n": ev.n, "pairs": what}
+            lines.append(summary_line(name, s, minutes))
+        results["total_minutes"] = (time.perf_counter() - t0) / 60
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+            print(f"wrote {args.json}")
+        print()
+        print("\n".join(lines))
+        return 0
+    except MixsepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

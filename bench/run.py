@@ -1,0 +1,343 @@
+"""Speed, measured side by side in one run: every figure is a ratio of loops timed in alternation.
+
+    python bench/run.py --data-root ../shared/data [--quick]
+
+1. Training throughput of the faithful model, three loops in alternating rounds:
+   mixsep (the Training.steps generator: uint8 index gathers, whole-batch mixing, CSV row),
+   the bare step on ready float tensors, and a seed-style loop (torchvision MNIST with per-item
+   PIL Resize/Grayscale/ToTensor, CIFAR through PIL per item, a Dataset returning the mean,
+   a DataLoader). data_overhead = 1 - mixsep/bare; speedup_vs_seed_style = mixsep/seed.
+2. MFU: the mixsep loop's FLOPs (3x the forward count of mixsep.model.flops_per_sample)
+   against the best large fp32 matmul timed in the same run.
+3. What was tried on the bare step and for evaluation: threads, channels_last, torch.compile
+   (full run only: it compiles for a minute), inference_mode against no_grad.
+4. Evaluation throughput: mixsep.metrics.evaluate over the test split.
+5. Time to 22.2 dB MNIST PSNR on the test pairs (the public clone's 30-epoch figure) with the
+   U-Net, counting time inside the training generator only.
+
+The last line sums it up:
+    bench: data_overhead=.. mfu=.. speedup_vs_seed_style=.. eval_samples_per_s=.. time_to_22db_s=..
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from benchlib import RECOVERY_MODES, command_line, set_threads
+
+from mixsep import MixsepError, TrainConfig
+from mixsep.config import default_data_root
+from mixsep.data import find_source, load_pairs, load_split, to_float
+from mixsep.metrics import evaluate, predict, psnr, recover
+from mixsep.model import build_model, flops_per_sample
+from mixsep.train import Training
+
+TARGET_DB = 22.2  # the public clone's MNIST PSNR after 30 epochs of a ResNet-50 separator
+
+
+# --------------------------------------------------------------------------- timing helpers
+
+
+def matmul_peak(n: int, reps: int) -> float:
+    """Best fp32 GFLOP/s of an n x n matmul: the machine's practical peak for MFU."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = 0.0
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def timed(fn, steps: int, batch: int) -> float:
+    """Samples per second of ``steps`` calls of fn."""
+    t = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return steps * batch / (time.perf_counter() - t)
+
+
+def rounds(loops: dict, steps: int, n_rounds: int, batch: int) -> dict:
+    """Time the loops in alternation; per loop the median samples/s over rounds.
+
+    Alternating rounds put every loop under the same background load, which on a shared
+    machine moves more than the differences measured here.
+    """
+    for fn in loops.values():
+        fn()  # warm-up: allocator, oneDNN kernel choice
+    got = {k: [] for k in loops}
+    for _ in range(n_rounds):
+        for k, fn in loops.items():
+            got[k].append(timed(fn, steps, batch))
+    return {k: statistics.median(v) for k, v in got.items()} | {"_rounds": got}
+
+
+# --------------------------------------------------------------------------- the three loops
+
+
+def bare_step(model, opt, batch):
+    """Forward, summed MSE, backward, Adam: nothing but the compute."""
+    mnist, cifar, mean = batch
+    mnist_hat, cifar_hat = model(mean)
+    loss = F.mse_loss(mnist_hat, mnist) + F.mse_loss(cifar_hat, cifar)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss)  # the loss read mixsep does too
+
+
+def seed_style_loader(root: Path, work: Path, batch: int):
+    """The seed's input pipeline: torchvision datasets, per-item PIL transforms, a DataLoader."""
+    from PIL import Image
+    from torchvision import datasets, transforms
+
+    raw = work / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    # torchvision reads the unpacked files of both splits; unpacking here is what its download=True does offline
+    for f in (find_source(root, "mnist", "train") or []) + (find_source(root, "mnist", "test") or []):
+        out = raw / f.name.removesuffix(".gz")
+        with (gzip.open(f) if f.suffix == ".gz" else open(f, "rb")) as src, open(out, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    mnist = datasets.MNIST(str(work), train=True, download=False, transform=transforms.Compose(
+        [transforms.Resize(32), transforms.Grayscale(3), transforms.ToTensor()]))
+    cifar = load_split(root, "cifar", "train")[0].permute(0, 2, 3, 1).numpy()  # HWC uint8, as PIL wants
+    to_tensor = transforms.ToTensor()
+
+    class Pairs(torch.utils.data.Dataset):
+        def __len__(self):
+            return min(len(mnist), len(cifar))
+
+        def __getitem__(self, i):
+            m, _ = mnist[i]
+            c = to_tensor(Image.fromarray(cifar[i]))
+            return m, c, (m + c) / 2
+
+    return torch.utils.data.DataLoader(Pairs(), batch_size=batch, shuffle=True, drop_last=True)
+
+
+def endless(loader):
+    while True:
+        yield from loader
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def training_throughput(args, work: Path) -> dict:
+    cfg = TrainConfig(data_root=args.data_root, model="faithful", pretrained=False, batch_size=args.batch_size,
+                      epochs=1000, device="cpu", seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        training = Training(cfg, work / "run")
+    gen = training.steps()
+    model, opt = training.model, training.optimizer
+    ready = to_float(*next(iter(training.data.batches(0, args.batch_size))))
+    seed_batches = endless(seed_style_loader(Path(args.data_root), work / "seed", args.batch_size))
+    loops = {
+        "mixsep": lambda: next(gen),
+        "bare": lambda: bare_step(model, opt, ready),
+        "seed_style": lambda: bare_step(model, opt, next(seed_batches)),
+    }
+    sps = rounds(loops, args.steps, args.rounds, args.batch_size)
+    gen.close()
+    flops = flops_per_sample(model)
+    return {"samples_per_s": {k: v for k, v in sps.items() if k != "_rounds"}, "rounds": sps["_rounds"],
+            "forward_flops_per_sample": flops, "model": model, "opt": opt, "ready": ready}
+
+
+def tried(args, t: dict) -> dict:
+    """Each idea against the default bare step, in alternation."""
+    model, opt, ready = t["model"], t["opt"], t["ready"]
+    B = args.batch_size
+    out = {}
+
+    def with_threads(n):
+        def fn():
+            old = torch.get_num_threads()
+            torch.set_num_threads(n)
+            try:
+                bare_step(model, opt, ready)
+            finally:
+                torch.set_num_threads(old)
+        return fn
+
+    cl_model = build_model("faithful", pretrained=False).to(memory_format=torch.channels_last)
+    cl_opt = torch.optim.Adam(cl_model.parameters(), lr=1e-3)
+    cl_ready = tuple(x.contiguous(memory_format=torch.channels_last) for x in ready)
+    loops = {"default": lambda: bare_step(model, opt, ready),
+             "threads_1": with_threads(1),
+             "channels_last": lambda: bare_step(cl_model, cl_opt, cl_ready)}
+    if not args.quick:
+        compiled = torch.compile(model)
+        t0 = time.perf_counter()
+        bare_step(compiled, opt, ready)
+        out["compile_seconds"] = time.perf_counter() - t0
+        loops["torch_compile"] = lambda: bare_step(compiled, opt, ready)
+    sps = rounds(loops, max(1, args.steps - 1), args.rounds, B)
+    out["train_step_vs_default"] = {k: sps[k] / sps["default"] for k in loops}
+
+    # evaluation forward passes: grad on (but eval mode), no_grad, inference_mode
+    mean = ready[2]
+    model.eval()
+
+    def fwd(ctx):
+        def fn():
+            with ctx():
+                model(mean)
+        return fn
+    loops = {"inference_mode": fwd(torch.inference_mode), "no_grad": fwd(torch.no_grad),
+             "grad_enabled": fwd(contextlib.nullcontext)}
+    sps = rounds(loops, args.steps * 2, args.rounds, B)
+    out["eval_forward_samples_per_s"] = {k: sps[k] for k in loops}
+    model.train()
+    return out
+
+
+def eval_throughput(args, model) -> dict:
+    test = load_pairs(Path(args.data_root), "test")
+    count = min(len(test), args.eval_count)
+    model.eval()
+    evaluate(model, test, count=min(count, 64))  # warm-up
+    t = time.perf_counter()
+    evaluate(model, test, count=count)
+    dt = time.perf_counter() - t
+    return {"pairs": count, "seconds": dt, "samples_per_s": count / dt}
+
+
+def mnist_psnr(model, test, count: int) -> float:
+    """Mean MNIST PSNR on the test pairs, best recovery mode (PSNR only: cheap enough to poll)."""
+    model.eval()
+    best = {m: [] for m in RECOVERY_MODES}
+    with torch.inference_mode():
+        for m_u8, c_u8 in test.eval_batches(500, count):
+            mnist, _, mean, mh, ch = predict(model, m_u8, c_u8)
+            for mode in RECOVERY_MODES:
+                best[mode].append(psnr(recover(mean, mh, ch, mode)[0], mnist))
+    model.train()
+    return max(float(torch.cat(v).mean()) for v in best.values())
+
+
+def time_to_target(args, work: Path) -> dict:
+    """Train the U-Net, polling test MNIST PSNR; the clock runs only inside the generator."""
+    cfg = TrainConfig(data_root=args.data_root, model="unet", pretrained=False, batch_size=args.batch_size,
+                      epochs=args.target_epochs, lr=3e-3, schedule="onecycle", repair=True, device="cpu",
+                      seed=0, checkpoint_every=10_000)
+    training = Training(cfg, work / "target")
+    test = load_pairs(Path(args.data_root), "test")
+    gen, clock, curve = training.steps(), 0.0, []
+    while clock < args.target_cap_s:
+        t = time.perf_counter()
+        r = None
+        for _ in range(args.poll_steps):
+            r = next(gen, None)
+            if r is None:
+                break
+        clock += time.perf_counter() - t
+        if r is None:
+            break
+        db = mnist_psnr(training.model, test, args.eval_count)
+        curve.append({"step": r.step, "samples": r.step * cfg.batch_size, "train_s": clock, "mnist_psnr": db})
+        print(f"  unet step {r.step}: {clock:.0f} s, test MNIST PSNR {db:.2f} dB", file=sys.stderr, flush=True)
+        if db >= TARGET_DB:
+            return {"seconds": clock, "reached": True, "curve": curve, "config": cfg.to_dict()}
+    gen.close()
+    return {"seconds": clock, "reached": False, "curve": curve, "config": cfg.to_dict()}
+
+
+# --------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-root", default=default_data_root(), help="folder with MNIST/ and CIFAR-10 (default ./data or MIXSEP_DATA_ROOT)")
+    p.add_argument("--quick", action="store_true", help="fewer rounds, no torch.compile: under 3 minutes")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
+    p.add_argument("--json", default=None, help="also write every figure to this JSON file")
+    p.add_argument("--dry-run", action="store_true", help="tiny batches and steps on any data root: checks the plumbing only")
+    return p
+
+
+def settings(args) -> argparse.Namespace:
+    """Sizes for the three modes; the full run times more rounds and compiles."""
+    if args.dry_run:
+        args.quick = True
+        s = dict(batch_size=8, steps=1, rounds=1, eval_count=16, target_epochs=1, target_cap_s=5, poll_steps=2, peak_n=256)
+    elif args.quick:
+        s = dict(batch_size=64, steps=2, rounds=3, eval_count=1000, target_epochs=2, target_cap_s=100, poll_steps=25, peak_n=2048)
+    else:
+        s = dict(batch_size=128, steps=4, rounds=5, eval_count=1000, target_epochs=4, target_cap_s=300, poll_steps=25, peak_n=4096)
+    for k, v in s.items():
+        setattr(args, k, v)
+    return args
+
+
+def main(argv=None) -> int:
+    args = settings(build_parser().parse_args(argv))
+    try:
+        threads = set_threads(args.threads)
+        start = time.perf_counter()
+        print(f"command: {command_line()}")
+        print(f"torch {torch.__version__}, {threads} threads, batch {args.batch_size}, cpu")
+        if torch.cuda.is_available():
+            print("a GPU is visible, but this script times the CPU path; the GPU figure is left for later")
+        peak = matmul_peak(args.peak_n, 5)
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            t = training_throughput(args, work)
+            peak = max(peak, matmul_peak(args.peak_n, 3))  # again after the loops: the best of both
+            sps = t["samples_per_s"]
+            train_flops = 3 * t["forward_flops_per_sample"]
+            mfu = train_flops * sps["mixsep"] / (peak * 1e9)
+            print(f"\nfp32 matmul peak ({args.peak_n}^2): {peak:.1f} GFLOP/s")
+            print(f"faithful training, batch {args.batch_size}, {args.rounds} rounds of {args.steps} steps, median samples/s:")
+            for k, v in sps.items():
+                print(f"  {k:10s} {v:7.1f} samples/s  {train_flops * v / 1e9:6.1f} GFLOP/s  MFU {train_flops * v / (peak * 1e9):.2f}")
+            overhead = 1 - sps["mixsep"] / sps["bare"]
+            speedup = sps["mixsep"] / sps["seed_style"]
+            print(f"  data overhead 1 - mixsep/bare = {overhead:.3f}; mixsep / seed-style = {speedup:.2f}x")
+            tr = tried(args, t)
+            print("tried on the bare step (samples/s relative to the default: 2 threads, NCHW, eager):")
+            for k, v in tr["train_step_vs_default"].items():
+                print(f"  {k:14s} {v:.2f}x")
+            if "compile_seconds" in tr:
+                print(f"  (torch.compile took {tr['compile_seconds']:.0f} s to compile)")
+            print("evaluation forward, samples/s: " + ", ".join(f"{k} {v:.0f}" for k, v in tr["eval_forward_samples_per_s"].items()))
+            ev = eval_throughput(args, t["model"])
+            print(f"evaluate() over {ev['pairs']} test pairs (5 modes x 2 sources, PSNR and SSIM): "
+                  f"{ev['seconds']:.1f} s, {ev['samples_per_s']:.0f} pairs/s")
+            target = time_to_target(args, work)
+            tt = target["seconds"] if target["reached"] else float("nan")
+            print(f"time to {TARGET_DB} dB MNIST PSNR (unet, batch {args.batch_size}): "
+                  + (f"{tt:.0f} s" if target["reached"] else f"not reached within {target['seconds']:.0f} s"))
+        total = time.perf_counter() - start
+        print(f"total wall time {total:.0f} s")
+        if args.json:
+            out = {"command": command_line(), "threads": threads, "peak_gflops": peak, "training": {
+                "samples_per_s": sps, "rounds": t["rounds"], "forward_flops_per_sample": t["forward_flops_per_sample"],
+                "mfu": mfu, "data_overhead": overhead, "speedup_vs_seed_style": speedup},
+                "tried": tr, "eval": ev, "time_to_target": target, "total_s": total}
+            Path(args.json).write_text(json.dumps(out, indent=2))
+            print(f"wrote {args.json}")
+        print(f"bench: data_overhead={overhead:.3f} mfu={mfu:.2f} speedup_vs_seed_style={speedup:.2f} "
+              f"eval_samples_per_s={ev['samples_per_s']:.0f} time_to_22db_s={tt:.0f}")
+        return 0
+    except MixsepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

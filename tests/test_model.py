@@ -1,0 +1,106 @@
+"""The separators: registry, shapes, the U-Net's mixture consistency, learning, checkpoints."""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mixsep import MixsepError, TrainConfig
+from mixsep import train as T
+from mixsep.data import mix
+from mixsep.model import MODELS, build_model, feasible_interval
+
+
+def quiet_build(name):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # offline: no ImageNet weights for the faithful encoder
+        return build_model(name, pretrained=False)
+
+
+def real_mixture(batch: int, seed: int = 0):
+    """A grey digit-like source and a colour source in [0, 1], and their mean."""
+    g = torch.Generator().manual_seed(seed)
+    mnist = (torch.rand(batch, 1, 32, 32, generator=g) > 0.8).float().expand(-1, 3, -1, -1)
+    cifar = torch.rand(batch, 3, 32, 32, generator=g)
+    return mnist, cifar, mix(mnist, cifar)
+
+
+def test_registry_keeps_faithful_the_default():
+    assert TrainConfig().model == "faithful"
+    assert {"faithful", "unet"} <= set(MODELS)
+    with pytest.raises(MixsepError, match="Unknown model 'nope'"):
+        build_model("nope")
+
+
+@pytest.mark.parametrize("name", ["faithful", "unet"])
+def test_shapes_and_range(name):
+    model = quiet_build(name).eval()
+    *_, mean = real_mixture(3)
+    with torch.no_grad():
+        mnist_hat, cifar_hat = model(mean)
+    assert mnist_hat.shape == cifar_hat.shape == (3, 3, 32, 32)
+    for x in (mnist_hat, cifar_hat):
+        assert x.min() >= 0 and x.max() <= 1  # valid images either way: sigmoid or the feasible clamp
+
+
+def test_feasible_interval_holds_the_truth():
+    mnist, cifar, mean = real_mixture(8)
+    lo, hi = feasible_interval(mean)
+    assert lo.shape == hi.shape == (8, 1, 32, 32)
+    assert (lo <= mnist[:, :1] + 1e-6).all() and (mnist[:, :1] <= hi + 1e-6).all()
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_unet_is_mixture_consistent_by_construction(training):
+    model = quiet_build("unet").train(training)
+    _, _, mean = real_mixture(4)
+    mnist_hat, cifar_hat = model(mean)
+    assert torch.allclose((mnist_hat + cifar_hat) / 2, mean, atol=1e-6)
+    assert torch.equal(mnist_hat[:, 0], mnist_hat[:, 1]) and torch.equal(mnist_hat[:, 0], mnist_hat[:, 2])  # grey
+    assert cifar_hat.min() >= -1e-6 and cifar_hat.max() <= 1 + 1e-6
+
+
+def test_straight_through_clamp_lets_clamped_pixels_learn():
+    """A pixel clamped to its bound still gets a gradient that points back into the interval."""
+    model = quiet_build("unet").train()
+    _, _, mean = real_mixture(2)
+    with torch.no_grad():  # push every raw output far below the interval
+        model.decoder.out.bias.fill_(-10.0)
+    mnist_hat, _ = model(mean)
+    lo, _ = feasible_interval(mean)
+    assert torch.equal(mnist_hat[:, :1], lo)
+    (mnist_hat - 1).pow(2).mean().backward()  # targets above the bound
+    assert model.decoder.out.bias.grad.item() < 0  # gradient descent raises the output
+
+
+@pytest.mark.parametrize("name", ["faithful", "unet"])
+def test_a_few_steps_on_one_batch_lower_the_loss(name):
+    torch.manual_seed(0)
+    model = quiet_build(name).train()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    mnist, cifar, mean = real_mixture(4)
+    losses = []
+    for _ in range(8):
+        mnist_hat, cifar_hat = model(mean)
+        loss = F.mse_loss(mnist_hat, mnist) + F.mse_loss(cifar_hat, cifar)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_unet_checkpoint_round_trips(tiny_config, tmp_path):
+    cfg = dataclasses.replace(tiny_config, model="unet")
+    training = T.Training(cfg, tmp_path / "run")
+    list(training.steps())
+    model, loaded_cfg, info = T.load_run_model(tmp_path / "run")
+    assert loaded_cfg.model == "unet" and info["step"] == 6
+    training.model.eval()
+    _, _, mean = real_mixture(2)
+    with torch.no_grad():
+        for a, b in zip(training.model(mean), model(mean)):
+            assert torch.equal(a, b)
