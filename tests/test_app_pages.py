@@ -26,13 +26,13 @@ PAGES = ["dashboard.py", "pages/1_Train.py", "pages/2_Samples.py", "pages/3_Metr
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A tiny data root and one finished 6-step run, trained once in this process."""
+    """A tiny data root and one finished 3-step run, trained once in this process."""
     base = tmp_path_factory.mktemp("app")
     mp = pytest.MonkeyPatch()
     mp.setenv("MIXSEP_CACHE_DIR", str(base / "cache"))
     data = make_data_root(base / "data")
-    config = TrainConfig(data_root=str(data), train_size=48, batch_size=8, pretrained=False, device="cpu",
-                         checkpoint_every=2)  # 6 small steps
+    config = TrainConfig(data_root=str(data), train_size=24, batch_size=8, pretrained=False, device="cpu",
+                         checkpoint_every=2)  # 3 small steps: a CPU step costs seconds when the machine is shared
     for _ in train_steps(config, base / "runs" / "tiny-run"):
         pass
     mp.undo()
@@ -49,8 +49,14 @@ def app_env(trained, tmp_path, monkeypatch):
     monkeypatch.setenv("MIXSEP_RUNS_DIR", str(runs))
     monkeypatch.syspath_prepend(str(ROOT))  # `streamlit run` puts the app folder on sys.path; AppTest does not
     yield data, runs
-    for _, status in live_runs(runs):  # never leave a training child behind
-        os.kill(int(status["pid"]), signal.SIGKILL)
+    import mixsep_ui  # never leave a training child behind, even one still starting
+
+    jobs = mixsep_ui.registry(runs)
+    pids = {int(s["pid"]) for _, s in live_runs(runs)} | ({jobs._pid} if jobs._alive() else set())
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    if jobs._proc is not None:
+        jobs._proc.wait(10)
 
 
 def open_page(page: str, **query) -> AppTest:
@@ -105,14 +111,14 @@ def test_home_shows_data_device_and_runs(app_env):
     found = at.dataframe[0].value
     assert list(found["found"]) == ["yes"] * 4
     runs = at.dataframe[1].value
-    assert list(runs["run"]) == ["tiny-run"] and "finished" in runs["state"][0] and runs["progress"][0] == "6/6"
+    assert list(runs["run"]) == ["tiny-run"] and "finished" in runs["state"][0] and runs["progress"][0] == "3/3"
     assert "CPU" in texts(at.markdown) or "GPU" in texts(at.markdown)
 
 
 def test_train_page_shows_the_last_run(app_env):
     at = open_page("pages/1_Train.py")
-    assert "Finished: 6 steps." in texts(at.success)
-    assert chart_points(at) == 6
+    assert "Finished: 3 steps." in texts(at.success)
+    assert chart_points(at) == 3
     fig = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert fig["layout"]["xaxis"]["title"]["text"] == "step" and "loss" in fig["layout"]["yaxis"]["title"]["text"]
     names = {t["name"] for t in fig["data"] if t.get("showlegend", True)}
@@ -153,7 +159,7 @@ def test_compare_page_curves_and_table(app_env):
     shutil.copytree(runs / "tiny-run", runs / "tiny-run-2")
     at = open_page("pages/4_Compare.py")
     assert len(json.loads(at.get("plotly_chart")[0].proto.spec)["data"]) == 2
-    assert chart_points(at) == 6
+    assert chart_points(at) == 3
     assert set(at.dataframe[0].value["run"]) == {"tiny-run", "tiny-run-2"}
     widget(at.toggle, "Test PSNR").set_value(True).run()
     assert not at.exception
@@ -216,9 +222,9 @@ def test_start_live_curves_reload_second_tab_stop(app_env):
 def test_failed_run_says_lower_the_learning_rate(app_env):
     data, runs = app_env
     run = runs / "tiny-run"
-    (run / "metrics.csv").write_text("\n".join((run / "metrics.csv").read_text().splitlines()[:4]) + "\n")
-    write_status(run, "failed", "The loss became non-finite at step 4 (lr=0.1); training stopped. The last good "
-                 "checkpoint (step 2) is kept. Lower the learning rate and start again.", step=3, total_steps=6)
+    (run / "metrics.csv").write_text("\n".join((run / "metrics.csv").read_text().splitlines()[:3]) + "\n")
+    write_status(run, "failed", "The loss became non-finite at step 3 (lr=0.1); training stopped. The last good "
+                 "checkpoint (step 2) is kept. Lower the learning rate and start again.", step=2, total_steps=3)
     at = open_page("pages/1_Train.py")
     assert "Lower the learning rate" in texts(at.error)
     assert widget(at.button, "Resume")
