@@ -54,7 +54,9 @@ st.dataframe(pd.DataFrame([{"source": a["source"], "honest PSNR (dB)": direct[a[
                             "report-style PSNR (dB)": a["psnr_data_range_255"],
                             "honest SSIM": direct[a["source"]]["ssim_mean"],
                             "report-style SSIM": a["ssim_data_range_255"]} for a in ev.audit]),
-             hide_index=True)
+             hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.2f" if "PSNR" in c else "%.4f")
+                                             for c in ("honest PSNR (dB)", "report-style PSNR (dB)", "honest SSIM",
+                                                       "report-style SSIM")})
 st.info("The report scored images in [0, 1] with `data_range=255`, which adds 20·log10(255) = 48.13 dB to every "
         "PSNR and pushes SSIM towards 1; the report-style columns reproduce that error and are not real scores.")
 
