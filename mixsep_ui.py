@@ -71,9 +71,9 @@ def pairs(data_root: Path, split: str):
 
 @st.cache_resource(show_spinner=False, max_entries=1)
 def _calibration(data_root: str, key: tuple):
-    from mixsep.cli import _calibration_pairs
+    from mixsep.data import calibration_pairs
 
-    return _calibration_pairs(Path(data_root))
+    return calibration_pairs(Path(data_root))
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)

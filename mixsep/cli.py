@@ -11,9 +11,6 @@ from pathlib import Path
 from .config import TrainConfig, default_data_root, default_runs_dir
 from .errors import MixsepError
 
-CALIBRATION_PAIRS = 512  # training pairs that fit the optimal projection weight
-
-
 def _add_data_root(p):
     p.add_argument("--data-root", default=default_data_root(),
                    help="folder with MNIST/ and cifar-10-batches-py/ or cifar10/*.npz (env MIXSEP_DATA_ROOT; default ./data)")
@@ -125,20 +122,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _calibration_pairs(data_root: Path):
-    """The last CALIBRATION_PAIRS training pairs, or None when no training data is found."""
-    from .data import PairData, load_split
-
-    try:
-        m, ml = load_split(data_root, "mnist", "train")
-        c, cl = load_split(data_root, "cifar", "train")
-    except MixsepError:
-        return None
-    n = min(len(m), len(c), CALIBRATION_PAIRS)
-    end = min(len(m), len(c))
-    return PairData(m[end - n:end], ml[end - n:end], c[end - n:end], cl[end - n:end])
-
-
 def _load_model(args):
     from .train import load_run_model, pick_device
 
@@ -148,14 +131,14 @@ def _load_model(args):
 def cmd_evaluate(args) -> int:
     import pandas as pd
 
-    from .data import load_pairs
+    from .data import calibration_pairs, load_pairs
     from .metrics import evaluate
     model, cfg, info = _load_model(args)
     pairs = load_pairs(Path(args.data_root), "test", mnist_path=args.mnist_test, cifar_path=args.cifar_test)
     if args.samples < 0:
         raise MixsepError(f"--samples must be 0 (all) or positive (got {args.samples}).")
     result = evaluate(model, pairs, count=args.samples, batch_size=args.batch_size,
-                      calibration=_calibration_pairs(Path(args.data_root)))
+                      calibration=calibration_pairs(Path(args.data_root)))
     pd.set_option("display.width", 140)
     print(f"checkpoint {info['path']} (step {info['step']}), {result.n} test pairs, data_range=1.0")
     print(result.table().to_string(index=False, float_format=lambda v: f"{v:.4f}"))

@@ -411,3 +411,23 @@ def load_pairs(root: Path, split: str, size: int = 0, repair: bool = False, seed
     m, ml = load_path(mnist_path, "mnist") if mnist_path else load_split(root, "mnist", split)
     c, cl = load_path(cifar_path, "cifar") if cifar_path else load_split(root, "cifar", split)
     return PairData(m, ml, c, cl, size=size, repair=repair, seed=seed)
+
+
+CALIBRATION_PAIRS = 512  # training pairs that fit the optimal projection weight
+
+
+def calibration_pairs(root: Path, count: int = CALIBRATION_PAIRS) -> PairData | None:
+    """The last ``count`` training pairs, for fitting the projection weight; None without training data.
+
+    The tail of the training split is held out whenever a run trains on a subset
+    (``train_size`` smaller than the split); a single scalar fitted on 512 pairs
+    cannot overfit them either way.
+    """
+    try:
+        m, ml = load_split(root, "mnist", "train")
+        c, cl = load_split(root, "cifar", "train")
+    except MixsepError:
+        return None
+    end = min(len(m), len(c))
+    n = min(end, count)
+    return PairData(m[end - n:end], ml[end - n:end], c[end - n:end], cl[end - n:end])

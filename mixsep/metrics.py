@@ -90,13 +90,19 @@ def fit_projection_weight(model: torch.nn.Module, pairs: PairData, count: int = 
     errors are uncorrelated). The CIFAR head gets 1 - w, which keeps the sum consistent.
     """
     num = den = 0.0
+    elements = 0
     for m_u8, c_u8 in pairs.eval_batches(batch_size, count):
         mnist, cifar, _, mh, ch = predict(model, m_u8, c_u8)
         e_m, e_c = mh - mnist, ch - cifar
         s = e_m + e_c
         num += float((e_m * s).sum())
         den += float((s * s).sum())
-    return num / den if den > 0 else 0.5
+        elements += s.numel()
+    # A mixture-consistent model leaves no residual (only float rounding): any weight is
+    # then as good as any other, and the ratio of two roundings would be noise.
+    if den <= 1e-10 * max(elements, 1):
+        return 0.5
+    return num / den
 
 
 @dataclass

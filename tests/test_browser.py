@@ -85,6 +85,8 @@ POINTS_JS = """() => {
 
 def test_dashboard_in_a_real_browser(server):
     reason = _skip_reason()
+    if reason and os.environ.get("MIXSEP_REQUIRE_BROWSER"):
+        pytest.fail(f"MIXSEP_REQUIRE_BROWSER is set (as in CI) but {reason}")
     if reason:
         pytest.skip(reason)
     from playwright.sync_api import expect, sync_playwright

@@ -143,3 +143,19 @@ def test_evaluate_reports_progress_and_respects_count(data_root):
     ev = M.evaluate(model, load_pairs(data_root, "test"), count=30, batch_size=16, progress=lambda d, t: seen.append((d, t)))
     assert seen == [(16, 30), (30, 30)] and ev.n == 30
     assert set(ev.per_image["mode"]) == set(M.MODES) and len(ev.per_image) == 30 * 10
+
+
+class _ConsistentModel(torch.nn.Module):
+    """Estimates that always average to the mixture: no residual for a projection to split."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, mean):
+        m = (mean.mean(1, keepdim=True) * 0.7).expand(-1, 3, -1, -1)
+        return m, 2 * mean - m
+
+
+def test_projection_weight_of_a_consistent_model_is_one_half_not_noise(data_root):
+    assert M.fit_projection_weight(_ConsistentModel(), load_pairs(data_root, "test"), count=32) == 0.5
