@@ -165,6 +165,21 @@ def pick_checkpoint(run_dir: Path, key: str = "checkpoint") -> Path | None:
     return st.selectbox("Checkpoint", found, key=key, format_func=lambda p: p.name)
 
 
+def pick_run_and_checkpoint(runs_dir: Path):
+    """The header row of the Samples and Metrics pages: run, checkpoint, and a third column for the page.
+
+    Stops the page (after saying why) when there is no run or no checkpoint to show.
+    """
+    top = st.columns([2, 1, 1])
+    with top[0]:
+        run_dir = pick_run(runs_dir)
+    if run_dir is None:
+        st.stop()
+    with top[1]:
+        checkpoint = pick_checkpoint(run_dir)
+    return run_dir, checkpoint, top[2]
+
+
 def _checkpoint_every(run_dir: Path):
     try:
         return f"{TrainConfig.load(run_dir / 'config.json').checkpoint_every} steps"

@@ -8,14 +8,8 @@ from mixsep import MixsepError
 from mixsep.grid import grid_image, sample_indices
 
 data_root, runs_dir = ui.setup("Samples")
-top = st.columns([2, 1, 1])
-with top[0]:
-    run_dir = ui.pick_run(runs_dir)
-if run_dir is None:
-    st.stop()
-with top[1]:
-    checkpoint = ui.pick_checkpoint(run_dir)
-split = top[2].radio("Split", ["test", "train"], horizontal=True)
+run_dir, checkpoint, third = ui.pick_run_and_checkpoint(runs_dir)
+split = third.radio("Split", ["test", "train"], horizontal=True)
 if checkpoint is None:
     st.stop()
 

@@ -7,20 +7,14 @@ from mixsep import MixsepError
 from mixsep.metrics import MODE_HELP
 
 data_root, runs_dir = ui.setup("Metrics")
-top = st.columns([2, 1, 1])
-with top[0]:
-    run_dir = ui.pick_run(runs_dir)
-if run_dir is None:
-    st.stop()
-with top[1]:
-    checkpoint = ui.pick_checkpoint(run_dir)
+run_dir, checkpoint, third = ui.pick_run_and_checkpoint(runs_dir)
 if checkpoint is None:
     st.stop()
 try:
     total = len(ui.pairs(data_root, "test"))
 except MixsepError as e:
     ui.show_error(e)
-count = top[2].number_input("Test pairs to score", 1, total, total, step=100,
+count = third.number_input("Test pairs to score", 1, total, total, step=100,
                             help=f"Default: the whole test split ({total} pairs). Fewer is faster.")
 
 bar = st.progress(0.0, text="Scoring…")
