@@ -35,6 +35,7 @@ class TrainConfig:
     beta2: float = 0.999
     weight_decay: float = 0.0
     schedule: str = "constant"   # "constant" or "onecycle" (warm-up then cosine decay to zero)
+    loss: str = "mse"            # "mse" (the report's) or "log_mse": mean over images of log MSE, what mean PSNR averages
     # run mechanics
     seed: int = 0
     device: str = "auto"         # "auto" picks CUDA when present, else CPU
@@ -62,6 +63,8 @@ class TrainConfig:
             raise MixsepError(f"Unknown model '{self.model}'; choose one of: {', '.join(MODELS)}.")
         if self.schedule not in ("constant", "onecycle"):
             raise MixsepError(f"Unknown schedule '{self.schedule}'; choose 'constant' or 'onecycle'.")
+        if self.loss not in ("mse", "log_mse"):
+            raise MixsepError(f"Unknown loss '{self.loss}'; choose 'mse' or 'log_mse'.")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise MixsepError(f"Unknown device '{self.device}'; choose auto, cpu or cuda.")
         if self.checkpoint_every < 1:

@@ -30,6 +30,7 @@ from .errors import MixsepError
 from .model import MODELS, build_model
 
 CHECKPOINT_VERSION = 1
+LOG_MSE_FLOOR = 1e-5  # added to per-image MSEs under config.loss = "log_mse"; 1e-5 is 50 dB PSNR
 METRIC_FIELDS = ["step", "epoch", "loss_mnist", "loss_cifar", "loss", "lr", "samples_per_s", "elapsed_s"]
 
 
@@ -39,7 +40,7 @@ class StepResult:
     epoch: int            # 0-based epoch
     loss_mnist: float     # MSE of the MNIST head on this batch
     loss_cifar: float     # MSE of the CIFAR head on this batch
-    loss: float           # their sum, the quantity optimised
+    loss: float           # their sum (with config.loss = "log_mse" the optimiser sees per-image log MSEs instead)
     lr: float
     samples_per_s: float  # this step's throughput, data gather included
     elapsed_s: float      # wall time since this (possibly resumed) process started training
@@ -250,17 +251,26 @@ class Training:
         save_checkpoint(self.last_path, self.model, self.config, self.step, epoch, self.optimizer)
 
     def train_step(self, mnist_u8, cifar_u8, lr: float) -> torch.Tensor:
-        """One Adam step on the summed MSE; returns the detached (mnist, cifar) losses."""
+        """One Adam step on the summed loss of the two sources; returns the detached (mnist, cifar) MSEs."""
         mnist, cifar, mean = to_float(mnist_u8, cifar_u8)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         use_amp = self.config.amp and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
             mnist_hat, cifar_hat = self.model(mean)
-        loss_mnist = F.mse_loss(mnist_hat.float(), mnist)
-        loss_cifar = F.mse_loss(cifar_hat.float(), cifar)
+        if self.config.loss == "log_mse":
+            err_m = (mnist_hat.float() - mnist).pow(2).mean((1, 2, 3))  # (B,) per-image MSE
+            err_c = (cifar_hat.float() - cifar).pow(2).mean((1, 2, 3))
+            # mean PSNR averages -10 log10(MSE) over images: a batch MSE lets a few hard images
+            # dominate, the log weighs every image alike; LOG_MSE_FLOOR caps the reward at 50 dB
+            objective = torch.log(err_m + LOG_MSE_FLOOR).mean() + torch.log(err_c + LOG_MSE_FLOOR).mean()
+            loss_mnist, loss_cifar = err_m.mean(), err_c.mean()
+        else:
+            loss_mnist = F.mse_loss(mnist_hat.float(), mnist)
+            loss_cifar = F.mse_loss(cifar_hat.float(), cifar)
+            objective = loss_mnist + loss_cifar
         self.optimizer.zero_grad(set_to_none=True)
-        (loss_mnist + loss_cifar).backward()
+        objective.backward()
         self.optimizer.step()
         return torch.stack([loss_mnist.detach(), loss_cifar.detach()])
 
