@@ -1,6 +1,7 @@
 """The bench scripts' plumbing on tiny data: arguments, dry runs and the last-line formats."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import re
 import sys
@@ -75,3 +76,11 @@ def test_run_needs_data(bench, tmp_path, capsys):
     run = bench("run")
     assert run.main(["--data-root", str(tmp_path / "empty"), "--dry-run"]) == 2
     assert "No MNIST train data" in capsys.readouterr().err
+
+
+def test_quality_sizes_epochs_to_the_budget(bench, tiny_config):
+    quality = bench("quality")
+    cfg = dataclasses.replace(tiny_config, model="unet", max_minutes=1.0)
+    epochs, sps = quality.fit_epochs(cfg, probe_steps=1)
+    assert sps > 0
+    assert epochs == max(1, int(quality.BUDGET_USE * 60 * sps / 96))  # an epoch is 6 batches of 16 pairs

@@ -104,3 +104,12 @@ def test_unet_checkpoint_round_trips(tiny_config, tmp_path):
     with torch.no_grad():
         for a, b in zip(training.model(mean), model(mean)):
             assert torch.equal(a, b)
+
+
+def test_log_mse_objective_trains_and_still_logs_mses(tiny_config, tmp_path):
+    cfg = dataclasses.replace(tiny_config, model="unet", loss="log_mse", train_size=16, epochs=10, lr=2e-3)
+    results = list(T.train_steps(cfg, tmp_path / "run"))
+    assert all(r.loss_mnist > 0 and r.loss == pytest.approx(r.loss_mnist + r.loss_cifar) for r in results)
+    assert results[-1].loss < 0.8 * results[0].loss
+    with pytest.raises(MixsepError, match="Unknown loss 'l1'"):
+        dataclasses.replace(tiny_config, loss="l1").validate()
