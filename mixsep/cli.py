@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--beta2", type=float, default=d.beta2, help=f"Adam beta2 (default {d.beta2})")
     t.add_argument("--weight-decay", type=float, default=d.weight_decay, help="Adam weight decay (default 0)")
     t.add_argument("--schedule", choices=["constant", "onecycle"], default=d.schedule, help="learning-rate schedule")
+    t.add_argument("--loss", choices=["mse", "log_mse"], default=d.loss,
+                   help="mse: the report's summed MSE; log_mse: mean per-image log MSE, what mean PSNR averages")
     t.add_argument("--train-size", type=int, default=d.train_size, help="training pairs per epoch; 0 = all")
     t.add_argument("--repair", action=argparse.BooleanOptionalAction, default=d.repair,
                    help="draw fresh MNIST partners every epoch (seeded)")
@@ -92,6 +94,7 @@ def cmd_train(args) -> int:
         cfg = TrainConfig(data_root=args.data_root, train_size=args.train_size, repair=args.repair, model=args.model,
                           pretrained=args.pretrained, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                           beta1=args.beta1, beta2=args.beta2, weight_decay=args.weight_decay, schedule=args.schedule,
+                          loss=args.loss,
                           seed=args.seed, device=args.device, checkpoint_every=args.checkpoint_every,
                           max_minutes=args.max_minutes).validate()
     stop = {"flag": False}

@@ -22,10 +22,12 @@ def _train(capsys, data_root, runs, *extra) -> Path:
 
 
 def test_train_evaluate_grid_end_to_end(capsys, data_root, tmp_path):
-    run = _train(capsys, data_root, tmp_path / "runs", "--epochs", "2", "--lr", "2e-3", "--beta1", "0.8")
+    run = _train(capsys, data_root, tmp_path / "runs", "--epochs", "2", "--lr", "2e-3", "--beta1", "0.8",
+                 "--loss", "log_mse")
     assert run.parent == tmp_path / "runs" and (run / "checkpoints" / "last.pt").is_file()
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["lr"] == 2e-3 and cfg["beta1"] == 0.8 and cfg["epochs"] == 2 and cfg["pretrained"] is False
+    assert cfg["loss"] == "log_mse"
 
     out_json = tmp_path / "eval.json"
     md = tmp_path / "eval.md"
