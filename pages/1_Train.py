@@ -34,9 +34,17 @@ with st.sidebar:
     size = st.select_slider("Training pairs per epoch", SIZES, value="all", **keep("size"),
                             help="A subset trains faster; 'all' uses every pair (the shorter of the two sets).")
     seed = st.number_input("Seed", 0, 2**31 - 1, d.seed, **keep("seed"))
+    with st.expander("Beyond the report"):
+        repair = st.toggle("Fresh MNIST partners every epoch", value=d.repair, **keep("repair"),
+                           help="Draws new digits for the CIFAR images each epoch (seeded): more distinct mixtures.")
+        schedule = st.selectbox("Learning-rate schedule", ["constant", "onecycle"], **keep("schedule"),
+                                help="onecycle: 5% linear warm-up, then cosine decay to zero.")
+        loss = st.selectbox("Loss", ["mse", "log_mse"], **keep("loss"),
+                            help="mse: the report's summed MSE. log_mse: mean per-image log MSE, what mean PSNR averages.")
 
 config = TrainConfig(data_root=str(data_root), model=model, pretrained=pretrained, lr=lr, beta1=beta1, beta2=beta2,
-                     epochs=epochs, batch_size=batch, train_size=0 if size == "all" else size, seed=int(seed))
+                     epochs=epochs, batch_size=batch, train_size=0 if size == "all" else size, seed=int(seed),
+                     repair=repair, schedule=schedule, loss=loss)
 st.session_state["train_config"] = config.to_dict()
 
 left, right, _ = st.columns([1, 1, 4])

@@ -187,10 +187,14 @@ def test_sliders_change_the_config(app_env):
     widget(at.select_slider, "Training pairs").set_value(512)
     widget(at.number_input, "Seed").set_value(7)
     widget(at.toggle, "ImageNet").set_value(False)
+    widget(at.toggle, "Fresh MNIST partners").set_value(True)
+    widget(at.selectbox, "Learning-rate schedule").set_value("onecycle")
+    widget(at.selectbox, "Loss").set_value("log_mse")
     at.run()
     cfg = at.session_state["train_config"]
     assert (cfg["lr"], cfg["beta1"], cfg["beta2"], cfg["epochs"], cfg["batch_size"], cfg["train_size"], cfg["seed"],
             cfg["pretrained"]) == (1e-4, 0.5, 0.99, 3, 32, 512, 7, False)
+    assert (cfg["repair"], cfg["schedule"], cfg["loss"]) == (True, "onecycle", "log_mse")
     # a visit to another page keeps them
     at.switch_page("pages/4_Compare.py").run()
     at.switch_page("pages/1_Train.py").run()
