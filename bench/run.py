@@ -32,7 +32,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from benchlib import RECOVERY_MODES, command_line, set_threads
@@ -51,38 +50,27 @@ TARGET_DB = 22.2  # the public clone's MNIST PSNR after 30 epochs of a ResNet-50
 # --------------------------------------------------------------------------- timing helpers
 
 
-def matmul_peak(n: int, reps: int) -> float:
-    """Best fp32 GFLOP/s of an n x n matmul: the machine's practical peak for MFU."""
+def matmul(n: int):
+    """(one n x n fp32 matmul, its GFLOP): the machine's practical peak for MFU."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = 0.0
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        best = max(best, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
-    return best
+    return (lambda: a @ b), 2 * n ** 3 / 1e9
 
 
-def timed(fn, steps: int, batch: int) -> float:
-    """Samples per second of ``steps`` calls of fn."""
-    t = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    return steps * batch / (time.perf_counter() - t)
+def rounds(loops: dict, calls: int, n_rounds: int) -> dict:
+    """Time loops {name: (fn, work per call)} in alternation; per loop the median work per second.
 
-
-def rounds(loops: dict, steps: int, n_rounds: int, batch: int) -> dict:
-    """Time the loops in alternation; per loop the median samples/s over rounds.
-
-    Alternating rounds put every loop under the same background load, which on a shared
-    machine moves more than the differences measured here.
+    Alternating rounds put every loop, the matmul peak included, under the same background
+    load, which on a shared machine moves more than the differences measured here.
     """
-    for fn in loops.values():
+    for fn, _ in loops.values():
         fn()  # warm-up: allocator, oneDNN kernel choice
     got = {k: [] for k in loops}
     for _ in range(n_rounds):
-        for k, fn in loops.items():
-            got[k].append(timed(fn, steps, batch))
+        for k, (fn, work) in loops.items():
+            t = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            got[k].append(calls * work / (time.perf_counter() - t))
     return {k: statistics.median(v) for k, v in got.items()} | {"_rounds": got}
 
 
@@ -134,6 +122,13 @@ def endless(loader):
         yield from loader
 
 
+def endless_batches(pairs, batch: int):
+    epoch = 0
+    while True:
+        yield from pairs.batches(epoch, batch)
+        epoch += 1
+
+
 # --------------------------------------------------------------------------- sections
 
 
@@ -147,16 +142,24 @@ def training_throughput(args, work: Path) -> dict:
     model, opt = training.model, training.optimizer
     ready = to_float(*next(iter(training.data.batches(0, args.batch_size))))
     seed_batches = endless(seed_style_loader(Path(args.data_root), work / "seed", args.batch_size))
+    B = args.batch_size
     loops = {
-        "mixsep": lambda: next(gen),
-        "bare": lambda: bare_step(model, opt, ready),
-        "seed_style": lambda: bare_step(model, opt, next(seed_batches)),
+        "mixsep": (lambda: next(gen), B),
+        "bare": (lambda: bare_step(model, opt, ready), B),
+        "seed_style": (lambda: bare_step(model, opt, next(seed_batches)), B),
+        "matmul_gflops": matmul(args.peak_n),
     }
-    sps = rounds(loops, args.steps, args.rounds, args.batch_size)
+    got = rounds(loops, args.steps, args.rounds)
     gen.close()
-    flops = flops_per_sample(model)
-    return {"samples_per_s": {k: v for k, v in sps.items() if k != "_rounds"}, "rounds": sps["_rounds"],
-            "forward_flops_per_sample": flops, "model": model, "opt": opt, "ready": ready}
+    peak = got.pop("matmul_gflops")
+    # the input pipelines alone: what bounds a step that is fast (a GPU's) rather than the CPU's
+    gathers = endless_batches(training.data, B)
+    data = rounds({"mixsep": (lambda: to_float(*next(gathers)), B), "seed_style": (lambda: next(seed_batches), B)},
+                  args.steps * 4, args.rounds)
+    return {"samples_per_s": {k: v for k, v in got.items() if k != "_rounds"}, "rounds": got["_rounds"],
+            "data_only_samples_per_s": {k: v for k, v in data.items() if k != "_rounds"},
+            "peak_gflops": peak, "forward_flops_per_sample": flops_per_sample(model),
+            "model": model, "opt": opt, "ready": ready}
 
 
 def tried(args, t: dict) -> dict:
@@ -178,16 +181,16 @@ def tried(args, t: dict) -> dict:
     cl_model = build_model("faithful", pretrained=False).to(memory_format=torch.channels_last)
     cl_opt = torch.optim.Adam(cl_model.parameters(), lr=1e-3)
     cl_ready = tuple(x.contiguous(memory_format=torch.channels_last) for x in ready)
-    loops = {"default": lambda: bare_step(model, opt, ready),
-             "threads_1": with_threads(1),
-             "channels_last": lambda: bare_step(cl_model, cl_opt, cl_ready)}
+    loops = {"default": (lambda: bare_step(model, opt, ready), B),
+             "threads_1": (with_threads(1), B),
+             "channels_last": (lambda: bare_step(cl_model, cl_opt, cl_ready), B)}
     if not args.quick:
         compiled = torch.compile(model)
         t0 = time.perf_counter()
         bare_step(compiled, opt, ready)
         out["compile_seconds"] = time.perf_counter() - t0
-        loops["torch_compile"] = lambda: bare_step(compiled, opt, ready)
-    sps = rounds(loops, max(1, args.steps - 1), args.rounds, B)
+        loops["torch_compile"] = (lambda: bare_step(compiled, opt, ready), B)
+    sps = rounds(loops, max(1, args.steps - 1), args.rounds)
     out["train_step_vs_default"] = {k: sps[k] / sps["default"] for k in loops}
 
     # evaluation forward passes: grad on (but eval mode), no_grad, inference_mode
@@ -199,9 +202,9 @@ def tried(args, t: dict) -> dict:
             with ctx():
                 model(mean)
         return fn
-    loops = {"inference_mode": fwd(torch.inference_mode), "no_grad": fwd(torch.no_grad),
-             "grad_enabled": fwd(contextlib.nullcontext)}
-    sps = rounds(loops, args.steps * 2, args.rounds, B)
+    loops = {"inference_mode": (fwd(torch.inference_mode), B), "no_grad": (fwd(torch.no_grad), B),
+             "grad_enabled": (fwd(contextlib.nullcontext), B)}
+    sps = rounds(loops, args.steps * 2, args.rounds)
     out["eval_forward_samples_per_s"] = {k: sps[k] for k in loops}
     model.train()
     return out
@@ -279,7 +282,7 @@ def settings(args) -> argparse.Namespace:
         args.quick = True
         s = dict(batch_size=8, steps=1, rounds=1, eval_count=16, target_epochs=1, target_cap_s=5, poll_steps=2, peak_n=256)
     elif args.quick:
-        s = dict(batch_size=64, steps=2, rounds=3, eval_count=1000, target_epochs=2, target_cap_s=100, poll_steps=25, peak_n=2048)
+        s = dict(batch_size=64, steps=3, rounds=3, eval_count=1000, target_epochs=2, target_cap_s=100, poll_steps=25, peak_n=2048)
     else:
         s = dict(batch_size=128, steps=4, rounds=5, eval_count=1000, target_epochs=4, target_cap_s=300, poll_steps=25, peak_n=4096)
     for k, v in s.items():
@@ -296,27 +299,29 @@ def main(argv=None) -> int:
         print(f"torch {torch.__version__}, {threads} threads, batch {args.batch_size}, cpu")
         if torch.cuda.is_available():
             print("a GPU is visible, but this script times the CPU path; the GPU figure is left for later")
-        peak = matmul_peak(args.peak_n, 5)
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             t = training_throughput(args, work)
-            peak = max(peak, matmul_peak(args.peak_n, 3))  # again after the loops: the best of both
-            sps = t["samples_per_s"]
+            sps, peak = t["samples_per_s"], t["peak_gflops"]
             train_flops = 3 * t["forward_flops_per_sample"]
             mfu = train_flops * sps["mixsep"] / (peak * 1e9)
-            print(f"\nfp32 matmul peak ({args.peak_n}^2): {peak:.1f} GFLOP/s")
-            print(f"faithful training, batch {args.batch_size}, {args.rounds} rounds of {args.steps} steps, median samples/s:")
+            print(f"\nfaithful training, batch {args.batch_size}, {args.rounds} rounds of {args.steps} steps, median samples/s;")
+            print(f"fp32 matmul ({args.peak_n}^2) in the same rounds: {peak:.1f} GFLOP/s, the peak for MFU")
             for k, v in sps.items():
                 print(f"  {k:10s} {v:7.1f} samples/s  {train_flops * v / 1e9:6.1f} GFLOP/s  MFU {train_flops * v / (peak * 1e9):.2f}")
             overhead = 1 - sps["mixsep"] / sps["bare"]
             speedup = sps["mixsep"] / sps["seed_style"]
             print(f"  data overhead 1 - mixsep/bare = {overhead:.3f}; mixsep / seed-style = {speedup:.2f}x")
+            d = t["data_only_samples_per_s"]
+            print(f"  input pipeline alone: mixsep {d['mixsep']:.0f} samples/s, seed-style {d['seed_style']:.0f} samples/s "
+                  f"({d['mixsep'] / d['seed_style']:.0f}x): the seed-style loop caps any step at {d['seed_style']:.0f} samples/s")
             tr = tried(args, t)
             print("tried on the bare step (samples/s relative to the default: 2 threads, NCHW, eager):")
             for k, v in tr["train_step_vs_default"].items():
                 print(f"  {k:14s} {v:.2f}x")
             if "compile_seconds" in tr:
-                print(f"  (torch.compile took {tr['compile_seconds']:.0f} s to compile)")
+                compiled_mfu = train_flops * sps["bare"] * tr["train_step_vs_default"]["torch_compile"] / (peak * 1e9)
+                print(f"  (torch.compile took {tr['compile_seconds']:.0f} s to compile; compiled bare step MFU about {compiled_mfu:.2f})")
             print("evaluation forward, samples/s: " + ", ".join(f"{k} {v:.0f}" for k, v in tr["eval_forward_samples_per_s"].items()))
             ev = eval_throughput(args, t["model"])
             print(f"evaluate() over {ev['pairs']} test pairs (5 modes x 2 sources, PSNR and SSIM): "
@@ -330,6 +335,7 @@ def main(argv=None) -> int:
         if args.json:
             out = {"command": command_line(), "threads": threads, "peak_gflops": peak, "training": {
                 "samples_per_s": sps, "rounds": t["rounds"], "forward_flops_per_sample": t["forward_flops_per_sample"],
+                "data_only_samples_per_s": t["data_only_samples_per_s"],
                 "mfu": mfu, "data_overhead": overhead, "speedup_vs_seed_style": speedup},
                 "tried": tr, "eval": ev, "time_to_target": target, "total_s": total}
             Path(args.json).write_text(json.dumps(out, indent=2))
