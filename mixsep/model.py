@@ -155,7 +155,8 @@ class UNetSeparator(nn.Module):
     construction; every recovery mode gives the same answer). The clamp is straight-through
     in training so that clamped pixels still learn; it also gives exact zeros on the digit's
     black background, which SSIM rewards. Widths are multiples of 32, which oneDNN's
-    AVX-512 kernels need to run near the matmul peak. Trained from scratch: there are no
+    AVX-512 kernels need to run near the matmul peak (with channels_last weights, as
+    ``build_model`` makes them). Trained from scratch: there are no
     pretrained weights, and ``pretrained`` is accepted for the common constructor only.
     """
 
@@ -166,12 +167,10 @@ class UNetSeparator(nn.Module):
         self.pretrained_loaded = False
         self.encoder = UNetEncoder(5, self.widths)
         self.decoder = UNetDecoder(self.widths)
-        # oneDNN runs these convolutions fastest in NHWC; parameters keep the layout through .to(device)
-        self.to(memory_format=torch.channels_last)
 
     def forward(self, mean):
         lo, hi = feasible_interval(mean)                                   # (B, 1, 32, 32) each
-        x = torch.cat([mean, lo, hi], 1).contiguous(memory_format=torch.channels_last)  # (B, 5, 32, 32)
+        x = torch.cat([mean, lo, hi], 1)                                   # (B, 5, 32, 32)
         z = self.decoder(self.encoder(x)).float()                          # (B, 1, 32, 32)
         clamped = torch.maximum(torch.minimum(z, hi), lo)
         # straight-through: the clamp's exact values forward, the identity's gradient backward
@@ -189,7 +188,10 @@ MODELS: dict[str, type[nn.Module]] = {
 def build_model(name: str, pretrained: bool = True) -> nn.Module:
     if name not in MODELS:
         raise MixsepError(f"Unknown model '{name}'; choose one of: {', '.join(MODELS)}.")
-    return MODELS[name](pretrained=pretrained)
+    # NHWC weights: oneDNN (CPU) and cuDNN run these convolutions faster, the faithful
+    # training step by 15-25% on a 2-core AVX-512 CPU (bench/run.py); .to(device) and
+    # load_state_dict keep the layout, so trained and reloaded models compute alike
+    return MODELS[name](pretrained=pretrained).to(memory_format=torch.channels_last)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -202,10 +202,8 @@ class Training:
         self.data.to(self.device)
         self.steps_per_epoch = self.data.steps_per_epoch(config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
-        self.model = build_model(config.model, config.pretrained).to(self.device)
+        self.model = build_model(config.model, config.pretrained).to(self.device)  # channels_last, see build_model
         cuda = self.device.type == "cuda"
-        if cuda:
-            self.model = self.model.to(memory_format=torch.channels_last)
         # fused Adam is one kernel for all parameters on the GPU; the CPU keeps the default for exact results
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
                                           weight_decay=config.weight_decay, fused=True if cuda else None)
