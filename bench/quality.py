@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the preset's epochs (the unet's default sizes them to fill the budget)")
     p.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
     p.add_argument("--lr", type=float, default=None, help="override the preset's peak learning rate")
+    p.add_argument("--loss", choices=["mse", "log_mse"], default=None, help="override the preset's training objective")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
@@ -66,7 +67,7 @@ def make_config(args) -> TrainConfig:
     if args.model not in PRESETS:
         raise MixsepError(f"No preset for model '{args.model}'; choose one of: {', '.join(PRESETS)}.")
     preset = dict(PRESETS[args.model])
-    for name in ("epochs", "batch_size", "lr"):
+    for name in ("epochs", "batch_size", "lr", "loss"):
         if getattr(args, name) is not None:
             preset[name] = getattr(args, name)
     if args.dry_run:

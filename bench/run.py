@@ -50,26 +50,33 @@ TARGET_DB = 22.2  # the public clone's MNIST PSNR after 30 epochs of a ResNet-50
 # --------------------------------------------------------------------------- timing helpers
 
 
-def matmul(n: int):
-    """(one n x n fp32 matmul, its GFLOP): the machine's practical peak for MFU."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul(n: int, device: str, dtype=torch.float32):
+    """(one n x n matmul, its GFLOP): the machine's practical peak for MFU."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     return (lambda: a @ b), 2 * n ** 3 / 1e9
 
 
-def rounds(loops: dict, calls: int, n_rounds: int) -> dict:
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()  # GPU work is queued: time it only once it is done
+
+
+def rounds(loops: dict, calls: int, n_rounds: int, device: str = "cpu") -> dict:
     """Time loops {name: (fn, work per call)} in alternation; per loop the median work per second.
 
     Alternating rounds put every loop, the matmul peak included, under the same background
     load, which on a shared machine moves more than the differences measured here.
     """
     for fn, _ in loops.values():
-        fn()  # warm-up: allocator, oneDNN kernel choice
+        fn()  # warm-up: allocator, oneDNN / cuDNN kernel choice
     got = {k: [] for k in loops}
     for _ in range(n_rounds):
         for k, (fn, work) in loops.items():
+            synchronize(device)
             t = time.perf_counter()
             for _ in range(calls):
                 fn()
+            synchronize(device)
             got[k].append(calls * work / (time.perf_counter() - t))
     return {k: statistics.median(v) for k, v in got.items()} | {"_rounds": got}
 
@@ -77,18 +84,18 @@ def rounds(loops: dict, calls: int, n_rounds: int) -> dict:
 # --------------------------------------------------------------------------- the three loops
 
 
-def bare_step(model, opt, batch):
-    """Forward, summed MSE, backward, Adam: nothing but the compute."""
+def bare_step(model, opt, batch, amp: bool = False):
+    """Forward, summed MSE, backward, Adam: nothing but the compute (bf16 autocast as Training on a GPU)."""
     mnist, cifar, mean = batch
-    mnist_hat, cifar_hat = model(mean)
-    loss = F.mse_loss(mnist_hat, mnist) + F.mse_loss(cifar_hat, cifar)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        mnist_hat, cifar_hat = model(mean)
+    loss = F.mse_loss(mnist_hat.float(), mnist) + F.mse_loss(cifar_hat.float(), cifar)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return float(loss.detach())  # the loss read mixsep does too
 
 
-def seed_style_loader(root: Path, work: Path, batch: int):
+def seed_style_loader(root: Path, work: Path, batch: int, device: str):
     """The seed's input pipeline: torchvision datasets, per-item PIL transforms, a DataLoader."""
     from PIL import Image
     from torchvision import datasets, transforms
@@ -114,12 +121,11 @@ def seed_style_loader(root: Path, work: Path, batch: int):
             c = to_tensor(Image.fromarray(cifar[i]))
             return m, c, (m + c) / 2
 
-    return torch.utils.data.DataLoader(Pairs(), batch_size=batch, shuffle=True, drop_last=True)
-
-
-def endless(loader):
+    loader = torch.utils.data.DataLoader(Pairs(), batch_size=batch, shuffle=True, drop_last=True,
+                                         pin_memory=device == "cuda")
     while True:
-        yield from loader
+        for b in loader:
+            yield tuple(x.to(device, non_blocking=True) for x in b)
 
 
 def endless_batches(pairs, batch: int):
@@ -134,28 +140,29 @@ def endless_batches(pairs, batch: int):
 
 def training_throughput(args, work: Path) -> dict:
     cfg = TrainConfig(data_root=args.data_root, model="faithful", pretrained=False, batch_size=args.batch_size,
-                      epochs=1000, device="cpu", seed=0)
+                      epochs=1000, device=args.device, seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         training = Training(cfg, work / "run")
     gen = training.steps()
     model, opt = training.model, training.optimizer
     ready = to_float(*next(iter(training.data.batches(0, args.batch_size))))
-    seed_batches = endless(seed_style_loader(Path(args.data_root), work / "seed", args.batch_size))
-    B = args.batch_size
+    seed_batches = seed_style_loader(Path(args.data_root), work / "seed", args.batch_size, args.device)
+    B, amp = args.batch_size, args.device == "cuda" and cfg.amp
     loops = {
         "mixsep": (lambda: next(gen), B),
-        "bare": (lambda: bare_step(model, opt, ready), B),
-        "seed_style": (lambda: bare_step(model, opt, next(seed_batches)), B),
-        "matmul_gflops": matmul(args.peak_n),
+        "bare": (lambda: bare_step(model, opt, ready, amp), B),
+        "seed_style": (lambda: bare_step(model, opt, next(seed_batches), amp), B),
+        # the peak in the precision the step computes in: fp32 on the CPU, bf16 under autocast on a GPU
+        "matmul_gflops": matmul(args.peak_n, args.device, torch.bfloat16 if amp else torch.float32),
     }
-    got = rounds(loops, args.steps, args.rounds)
+    got = rounds(loops, args.steps, args.rounds, args.device)
     gen.close()
     peak = got.pop("matmul_gflops")
     # the input pipelines alone: what bounds a step that is fast (a GPU's) rather than the CPU's
     gathers = endless_batches(training.data, B)
     data = rounds({"mixsep": (lambda: to_float(*next(gathers)), B), "seed_style": (lambda: next(seed_batches), B)},
-                  args.steps * 4, args.rounds)
+                  args.steps * 4, args.rounds, args.device)
     return {"samples_per_s": {k: v for k, v in got.items() if k != "_rounds"}, "rounds": got["_rounds"],
             "data_only_samples_per_s": {k: v for k, v in data.items() if k != "_rounds"},
             "peak_gflops": peak, "forward_flops_per_sample": flops_per_sample(model),
@@ -165,7 +172,8 @@ def training_throughput(args, work: Path) -> dict:
 def tried(args, t: dict) -> dict:
     """Each idea against the default bare step, in alternation."""
     model, opt, ready = t["model"], t["opt"], t["ready"]
-    B = args.batch_size
+    B, dev = args.batch_size, args.device
+    amp = dev == "cuda"
     out = {}
 
     def with_threads(n):
@@ -179,18 +187,20 @@ def tried(args, t: dict) -> dict:
         return fn
 
     # build_model gives channels_last weights; NCHW is what they replaced
-    nchw_model = build_model("faithful", pretrained=False).to(memory_format=torch.contiguous_format)
+    nchw_model = build_model("faithful", pretrained=False).to(dev, memory_format=torch.contiguous_format)
     nchw_opt = torch.optim.Adam(nchw_model.parameters(), lr=1e-3)
-    loops = {"default": (lambda: bare_step(model, opt, ready), B),
-             "threads_1": (with_threads(1), B),
-             "nchw": (lambda: bare_step(nchw_model, nchw_opt, ready), B)}
+    loops = {"default": (lambda: bare_step(model, opt, ready, amp), B),
+             "nchw": (lambda: bare_step(nchw_model, nchw_opt, ready, amp), B)}
+    if dev == "cpu":
+        loops["threads_1"] = (with_threads(1), B)
     if not args.quick:
         compiled = torch.compile(model)
         t0 = time.perf_counter()
-        bare_step(compiled, opt, ready)
+        bare_step(compiled, opt, ready, amp)
+        synchronize(dev)
         out["compile_seconds"] = time.perf_counter() - t0
-        loops["torch_compile"] = (lambda: bare_step(compiled, opt, ready), B)
-    sps = rounds(loops, max(1, args.steps - 1), args.rounds)
+        loops["torch_compile"] = (lambda: bare_step(compiled, opt, ready, amp), B)
+    sps = rounds(loops, max(1, args.steps - 1), args.rounds, dev)
     out["train_step_vs_default"] = {k: sps[k] / sps["default"] for k in loops}
 
     # evaluation forward passes: grad on (but eval mode), no_grad, inference_mode
@@ -199,12 +209,12 @@ def tried(args, t: dict) -> dict:
 
     def fwd(ctx):
         def fn():
-            with ctx():
+            with ctx(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
                 model(mean)
         return fn
     loops = {"inference_mode": (fwd(torch.inference_mode), B), "no_grad": (fwd(torch.no_grad), B),
              "grad_enabled": (fwd(contextlib.nullcontext), B)}
-    sps = rounds(loops, args.steps * 2, args.rounds)
+    sps = rounds(loops, args.steps * 2, args.rounds, dev)
     out["eval_forward_samples_per_s"] = {k: sps[k] for k in loops}
     model.train()
     return out
@@ -216,7 +226,7 @@ def eval_throughput(args, model) -> dict:
     model.eval()
     evaluate(model, test, count=min(count, 64))  # warm-up
     t = time.perf_counter()
-    evaluate(model, test, count=count)
+    evaluate(model, test, count=count)  # reads its scores back to the host: no queued work is left
     dt = time.perf_counter() - t
     return {"pairs": count, "seconds": dt, "samples_per_s": count / dt}
 
@@ -239,7 +249,7 @@ def time_to_target(args, work: Path) -> dict:
     preset = PRESETS["unet"] | {"epochs": args.target_epochs}  # the quality run's settings, a shorter schedule
     if args.dry_run:
         preset["batch_size"] = args.batch_size
-    cfg = TrainConfig(data_root=args.data_root, model="unet", pretrained=False, device="cpu", seed=0,
+    cfg = TrainConfig(data_root=args.data_root, model="unet", pretrained=False, device=args.device, seed=0,
                       checkpoint_every=10_000, **preset)
     training = Training(cfg, work / "target")
     test = load_pairs(Path(args.data_root), "test")
@@ -251,6 +261,7 @@ def time_to_target(args, work: Path) -> dict:
             r = next(gen, None)
             if r is None:
                 break
+        synchronize(args.device)
         clock += time.perf_counter() - t
         if r is None:
             break
@@ -271,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=default_data_root(), help="folder with MNIST/ and CIFAR-10 (default ./data or MIXSEP_DATA_ROOT)")
     p.add_argument("--quick", action="store_true", help="fewer rounds, no torch.compile: under 3 minutes")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the loops run (default cpu)")
     p.add_argument("--json", default=None, help="also write every figure to this JSON file")
     p.add_argument("--dry-run", action="store_true", help="tiny batches and steps on any data root: checks the plumbing only")
     return p
@@ -296,9 +308,10 @@ def main(argv=None) -> int:
         threads = set_threads(args.threads)
         start = time.perf_counter()
         print(f"command: {command_line()}")
-        print(f"torch {torch.__version__}, {threads} threads, batch {args.batch_size}, cpu")
-        if torch.cuda.is_available():
-            print("a GPU is visible, but this script times the CPU path; the GPU figure is left for later")
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise MixsepError("--device cuda was asked for but PyTorch sees no GPU; leave it out to time the CPU.")
+        where = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
+        print(f"torch {torch.__version__}, {threads} threads, batch {args.batch_size}, {where}")
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             t = training_throughput(args, work)
@@ -316,7 +329,7 @@ def main(argv=None) -> int:
             print(f"  input pipeline alone: mixsep {d['mixsep']:.0f} samples/s, seed-style {d['seed_style']:.0f} samples/s "
                   f"({d['mixsep'] / d['seed_style']:.0f}x): the seed-style loop caps any step at {d['seed_style']:.0f} samples/s")
             tr = tried(args, t)
-            print("tried on the bare step (samples/s relative to the default: 2 threads, channels_last, eager):")
+            print(f"tried on the bare step (samples/s relative to the default: {threads} threads, channels_last, eager):")
             for k, v in tr["train_step_vs_default"].items():
                 print(f"  {k:14s} {v:.2f}x")
             if "compile_seconds" in tr:

@@ -84,3 +84,10 @@ def test_quality_sizes_epochs_to_the_budget(bench, tiny_config):
     epochs, sps = quality.fit_epochs(cfg, probe_steps=1)
     assert sps > 0
     assert epochs == max(1, int(quality.BUDGET_USE * 60 * sps / 96))  # an epoch is 6 batches of 16 pairs
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is present: the flag is valid")
+def test_run_refuses_cuda_without_a_gpu(bench, data_root, capsys):
+    run = bench("run")
+    assert run.main(["--data-root", str(data_root), "--dry-run", "--device", "cuda"]) == 2
+    assert "sees no GPU" in capsys.readouterr().err
