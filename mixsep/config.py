@@ -1,13 +1,27 @@
-"""The one configuration dataclass, saved with every run and checkpoint."""
+"""The one configuration dataclass, saved with every run and checkpoint, and each setting's metadata.
+
+Every ``TrainConfig`` field declares itself once with ``setting(...)``: its help, range, choices,
+scale and whether a sweep may vary it. From that declaration come ``validate()``, the ``train``
+command's flags (``add_train_flags``), the Train page's widgets (ui_settings.py) and a sweep's
+search space (``Setting.sweep``). A new setting is one line here.
+"""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import math
 import os
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import MixsepError
+
+SEED_MAX = 2**63 - 1  # torch.manual_seed takes a signed or unsigned 64-bit seed; JSON tools keep signed ones exact
+TYPE_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
+GROUPS = ("model", "optimiser", "data", "mechanics")  # the order the Train page draws them in
 
 
 def default_data_root() -> str:
@@ -18,68 +32,208 @@ def default_runs_dir() -> str:
     return os.environ.get("MIXSEP_RUNS_DIR", "./runs")
 
 
+@dataclass(frozen=True)
+class Setting:
+    """One training setting as the CLI, the dashboard and a sweep see it."""
+
+    name: str
+    type: type                       # int, float, bool or str
+    default: typing.Any
+    help: str                        # the CLI's help and the widget's tooltip
+    label: str                       # the widget's label; also names the setting in error messages
+    group: str                       # one of GROUPS
+    choices: tuple | None = None     # the only valid values (str settings)
+    low: float | None = None         # valid range, inclusive; None = unbounded
+    high: float | None = None
+    log: bool = False                # log scale: widgets step by 1-2-5 per decade, sweeps sample log-uniformly
+    sweep: tuple | None = None       # default sweep: (low, high) for a number, the values to try for a categorical
+    widget: str | None = None        # "slider", "select_slider", "toggle", "select", "number"; None: not on the Train page
+    advanced: bool = False           # on the Train page, under "Beyond the report"
+    options: tuple | None = None     # a select_slider's values when they are not the choices or a log grid
+    span: tuple | None = None        # a slider's or number box's (min, max) when not the sweep range or valid range
+    step: float | None = None        # a slider's step
+    fmt: str | None = None           # printf format of a slider or number box
+    zero: str | None = None          # what 0 means, shown instead of 0 ("all", "no limit")
+    pattern: str | None = None       # a regex a str value must match in full, when there are no fixed choices
+    rule: str | None = None          # the error sentence for an out-of-range value ({value} is filled in)
+    why: str | None = None           # appended to the out-of-range sentence: the reason for the limit
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def categorical(self) -> bool:
+        """A sweep of this setting picks among listed values rather than from a numeric range."""
+        return self.sweep is not None and (self.type in (str, bool) or self.options is not None)
+
+    def check(self, value) -> None:
+        """Raise MixsepError with one sentence when ``value`` is not valid for this setting."""
+        if not _is_type(value, self.type):
+            shown = json.dumps(value) if _jsonable(value) else repr(value)
+            raise MixsepError(f"Setting '{self.name}' must be {TYPE_NAMES[self.type]}, not the {_json_kind(value)} "
+                              f"{shown}; write it like its default, {json.dumps(self.default)}.")
+        if self.type is float and not math.isfinite(value):
+            raise MixsepError(f"{self.label} must be a finite number (got {value}); the default is {self.default:g}.")
+        if self.choices is not None and value not in self.choices:
+            raise MixsepError(f"Unknown {self.label.lower()} '{value}'; choose one of: {', '.join(map(str, self.choices))}.")
+        if self.pattern is not None and not re.fullmatch(self.pattern, value):
+            raise MixsepError(self.rule.format(value=value))
+        if self.type in (int, float) and not _in_range(value, self.low, self.high):
+            if self.rule:
+                raise MixsepError(self.rule.format(value=value))
+            if self.low is not None and self.high is not None:
+                limit = f"lie in [{self.low:g}, {self.high:g}]" if self.type is float else \
+                    f"lie in [{self.low}, {self.high}]"
+            elif self.low is not None:
+                limit = f"be at least {self.low:g}"
+            else:
+                limit = f"be at most {self.high:g}"
+            raise MixsepError(f"{self.label} must {limit} (got {value}){self.why or ''}.")
+
+    def parse(self, text: str):
+        """A command-line value of this setting's type, or argparse.ArgumentTypeError with one sentence.
+
+        Only the type is checked here; ranges and choices are validate()'s, so a value out of
+        range reads the same from a flag, a config file or the dashboard.
+        """
+        try:
+            return _convert(text, self.type)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{self.flag} takes {TYPE_NAMES[self.type]} (got '{text}'), for example {_show(self.default)}.") from None
+
+    def distribution(self, sweep: tuple | None = None):
+        """The optuna distribution for ``sweep`` (default: this setting's own sweep)."""
+        import optuna  # late import: only sweeps need it
+
+        sweep = tuple(sweep if sweep is not None else self.sweep or ())
+        if self.categorical:
+            return optuna.distributions.CategoricalDistribution(sweep)
+        low, high = sweep
+        if self.type is int:
+            return optuna.distributions.IntDistribution(int(low), int(high), log=self.log)
+        return optuna.distributions.FloatDistribution(float(low), float(high), log=self.log)
+
+
+def _is_type(value, kind: type) -> bool:
+    if isinstance(value, bool):  # bool is an int subclass: True is not a batch size
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
+
+
+def _jsonable(value) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _in_range(value, low, high) -> bool:
+    return (low is None or value >= low) and (high is None or value <= high)
+
+
+def _convert(text: str, kind: type):
+    """ValueError when ``text`` does not spell a value of ``kind``."""
+    if kind is float:
+        return float(text)
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            f = float(text)  # 5e4 is a fine way to write 50000
+            if not (math.isfinite(f) and f == int(f)):
+                raise
+            return int(f)
+    return text
+
+
+def setting(default, help: str, label: str = "", group: str = "mechanics", **meta):
+    """A dataclass field that carries its Setting metadata (everything but name and type)."""
+    meta = {"help": help, "label": label, "group": group, **meta}
+    if callable(default):
+        return field(default_factory=default, metadata={"setting": meta})
+    return field(default=default, metadata={"setting": meta})
+
+
+LR_SWEEP = (1e-5, 1e-1)
+
+
 @dataclass
 class TrainConfig:
     # data
-    data_root: str = field(default_factory=default_data_root)  # holds MNIST/ and cifar-10-batches-py/ or cifar10/*.npz
-    train_size: int = 0          # pairs per epoch; 0 = all (the shorter of the two training sets)
-    repair: bool = False         # draw fresh MNIST partners for the CIFAR images every epoch (seeded)
+    data_root: str = setting(default_data_root, "folder with MNIST/ and cifar-10-batches-py/ or cifar10/*.npz "
+                             "(env MIXSEP_DATA_ROOT)", "Data root", "data")
+    train_size: int = setting(0, "training pairs per epoch; 0 = all (the shorter of the two training sets)",
+                              "Training pairs per epoch", "data", low=0, widget="select_slider", zero="all",
+                              options=(128, 256, 512, 1024, 2048, 5000, 10000, 20000, 50000, 0),
+                              rule="Training size must be 0 (all) or a positive number of pairs (got {value}).")
+    repair: bool = setting(False, "draw fresh MNIST partners for the CIFAR images every epoch (seeded): more "
+                           "distinct mixtures", "Fresh MNIST partners every epoch", "data", widget="toggle",
+                           advanced=True)
     # model
-    model: str = "faithful"      # a key of mixsep.model.MODELS
-    pretrained: bool = True      # ImageNet weights for the ResNet-18 encoder when they can be had
+    model: str = setting("faithful", "separator architecture (see `python -m mixsep info`)", "Model", "model",
+                         widget="select", sweep=())  # choices and sweep: mixsep.model.MODELS, filled in by settings()
+    pretrained: bool = setting(True, "ImageNet weights for the ResNet-18 encoder, downloaded once and cached; without "
+                               "them the encoder starts from random weights and the run says so",
+                               "ImageNet-pretrained encoder", "model", widget="toggle")
     # optimisation: the report's settings are the defaults
-    epochs: int = 1
-    batch_size: int = 128
-    lr: float = 1e-3
-    beta1: float = 0.9
-    beta2: float = 0.999
-    weight_decay: float = 0.0
-    schedule: str = "constant"   # "constant" or "onecycle" (warm-up then cosine decay to zero)
-    loss: str = "mse"            # "mse" (the report's) or "log_mse": mean over images of log MSE, what mean PSNR averages
+    epochs: int = setting(1, "passes over the training pairs", "Epochs", "optimiser", low=1, widget="slider",
+                          span=(1, 20))
+    batch_size: int = setting(128, "pairs per step", "Batch size", "optimiser", low=2,
+                              why=": BatchNorm needs two samples per channel to train", widget="select_slider",
+                              options=(16, 32, 64, 128, 256, 512), sweep=(16, 32, 64, 128, 256, 512))
+    lr: float = setting(1e-3, "Adam learning rate", "Learning rate", "optimiser", low=1e-6, high=1.0, log=True,
+                        sweep=LR_SWEEP, widget="select_slider", fmt="%.0e",
+                        rule="Learning rate must be a positive number from 1e-06 to 1 (got {value}); the report used 1e-3.")
+    beta1: float = setting(0.9, "Adam beta1: decay of the gradient's running mean", "Adam beta1", "optimiser",
+                           low=0.0, high=0.9999, sweep=(0.5, 0.999), widget="slider", step=0.001, fmt="%.3f",
+                           why="; Adam's defaults are beta1=0.9, beta2=0.999")
+    beta2: float = setting(0.999, "Adam beta2: decay of the squared gradient's running mean", "Adam beta2",
+                           "optimiser", low=0.0, high=0.99999, sweep=(0.9, 0.9999), widget="slider", step=0.0001,
+                           fmt="%.4f", why="; Adam's defaults are beta1=0.9, beta2=0.999")
+    weight_decay: float = setting(0.0, "Adam weight decay (L2 penalty on the weights)", "Weight decay", "optimiser",
+                                  low=0.0, widget="number", span=(0.0, 1.0), step=1e-5, fmt="%.1e", advanced=True)
+    schedule: str = setting("constant", "learning-rate schedule: constant, or onecycle (5% linear warm-up, then cosine "
+                            "decay to zero)", "Learning-rate schedule", "optimiser", choices=("constant", "onecycle"),
+                            sweep=("constant", "onecycle"), widget="select", advanced=True)
+    loss: str = setting("mse", "mse: the report's summed MSE; log_mse: mean per-image log MSE, what mean PSNR "
+                        "averages", "Loss", "optimiser", choices=("mse", "log_mse"), sweep=("mse", "log_mse"),
+                        widget="select", advanced=True)
     # run mechanics
-    seed: int = 0
-    device: str = "auto"         # "auto" picks CUDA when present, else CPU
-    amp: bool = True             # bfloat16 autocast on CUDA only; CPU stays fp32 for exact results
-    checkpoint_every: int = 200  # steps between checkpoints (one is always written at the end)
-    max_minutes: float = 0.0     # stop cleanly after this wall time; 0 = no limit (used by the benchmarks)
+    seed: int = setting(0, "seed for initialisation, order and pairing", "Seed", "mechanics", low=0, high=SEED_MAX,
+                        widget="number", span=(0, 2**31 - 1))
+    device: str = setting("auto", "auto (CUDA when present, else CPU), cpu, cuda or cuda:N", "Device", "mechanics",
+                          pattern=r"auto|cpu|cuda(:\d+)?", rule="Unknown device '{value}'; choose auto, cpu or cuda.")
+    amp: bool = setting(True, "bfloat16 autocast on CUDA only; the CPU stays fp32 for exact results",
+                        "Mixed precision (CUDA)", "mechanics")
+    checkpoint_every: int = setting(200, "steps between checkpoints (one is always written at the end)",
+                                    "Steps between checkpoints", "mechanics", low=1)
+    max_minutes: float = setting(0.0, "stop cleanly after this many minutes; 0 = no limit", "Time limit (minutes)",
+                                 "mechanics", low=0.0, zero="no limit")
 
     def validate(self) -> "TrainConfig":
-        """Raise MixsepError with one clear sentence for any value a user could mistype."""
-        from .model import MODELS  # late import: model imports torch, config must stay light
-
-        if not (self.lr > 0 and self.lr < 10):
-            raise MixsepError(f"Learning rate must be a positive number below 10 (got {self.lr}); the report used 1e-3.")
-        for name in ("beta1", "beta2"):
-            b = getattr(self, name)
-            if not (0.0 <= b < 1.0):
-                raise MixsepError(f"{name} must lie in [0, 1) (got {b}); Adam's defaults are beta1=0.9, beta2=0.999.")
-        if self.epochs < 1:
-            raise MixsepError(f"Epochs must be at least 1 (got {self.epochs}).")
-        if self.batch_size < 1:
-            raise MixsepError(f"Batch size must be at least 1 (got {self.batch_size}).")
-        if self.train_size < 0:
-            raise MixsepError(f"Training size must be 0 (all) or a positive number of pairs (got {self.train_size}).")
-        if self.model not in MODELS:
-            raise MixsepError(f"Unknown model '{self.model}'; choose one of: {', '.join(MODELS)}.")
-        if self.schedule not in ("constant", "onecycle"):
-            raise MixsepError(f"Unknown schedule '{self.schedule}'; choose 'constant' or 'onecycle'.")
-        if self.loss not in ("mse", "log_mse"):
-            raise MixsepError(f"Unknown loss '{self.loss}'; choose 'mse' or 'log_mse'.")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise MixsepError(f"Unknown device '{self.device}'; choose auto, cpu or cuda.")
-        if self.checkpoint_every < 1:
-            raise MixsepError("checkpoint_every must be at least 1.")
+        """Raise MixsepError with one clear sentence for the first value that is not valid."""
+        for s in settings():
+            s.check(getattr(self, s.name))
         return self
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d) -> "TrainConfig":
+        if not isinstance(d, dict):
+            raise MixsepError(f"A mixsep config is a JSON object of settings, not a {_json_kind(d)}; "
+                              "use a config.json written by `python -m mixsep train` or the dashboard.")
         # Unknown keys come from other versions: drop them rather than fail, so old
         # runs stay readable; missing keys take today's defaults.
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        floats = {s.name for s in settings(resolve=False) if s.type is float}
+        return cls(**{k: float(v) if k in floats and type(v) is int else v for k, v in d.items() if k in known})
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
@@ -87,8 +241,82 @@ class TrainConfig:
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
+            d = json.loads(Path(path).read_text())
         except FileNotFoundError:
             raise MixsepError(f"No config.json in {Path(path).parent}: this is not a mixsep run folder.") from None
-        except (json.JSONDecodeError, TypeError) as e:
+        except IsADirectoryError:
+            raise MixsepError(f"{path} is a folder; give the config.json file inside a run folder.") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise MixsepError(f"{path} is not a readable mixsep config ({e}); the run folder may be half written.") from None
+        if not isinstance(d, dict):
+            raise MixsepError(f"{path} holds a JSON {_json_kind(d)}, not an object of settings; "
+                              "it is not a mixsep config.")
+        return cls.from_dict(d)
+
+
+def _json_kind(value) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null",
+            int: "number", float: "number"}.get(type(value), type(value).__name__)
+
+
+def settings(resolve: bool = True) -> list[Setting]:
+    """Every TrainConfig field's Setting, in field order.
+
+    ``resolve`` fills in the model's choices from mixsep.model.MODELS, which imports torch;
+    the CLI's parser passes False so ``--help`` and a mistyped flag stay quick (validate()
+    still checks the model).
+    """
+    hints = typing.get_type_hints(TrainConfig)
+    out = []
+    for f in dataclasses.fields(TrainConfig):
+        meta = dict(f.metadata["setting"])
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if f.name == "model" and resolve:
+            from .model import MODELS  # late import: model imports torch, config must stay light
+
+            meta.update(choices=tuple(MODELS), sweep=tuple(MODELS))
+        elif f.name == "model":
+            meta.update(sweep=None)
+        out.append(Setting(name=f.name, type=hints[f.name], default=default, **meta))
+    return out
+
+
+def setting_by_name(name: str, resolve: bool = True) -> Setting:
+    for s in settings(resolve):
+        if s.name == name:
+            return s
+    raise KeyError(name)
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def add_train_flags(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """One flag per setting: --batch-size for batch_size, --repair/--no-repair for a bool.
+
+    ``defaults=False`` leaves every default as None, so a caller (a sweep) can tell the
+    flags the user gave from the ones left alone.
+    """
+    for s in settings(resolve=False):
+        default = s.default if defaults else None
+        shown = f" (default {s.zero if s.zero and not s.default else _show(s.default)})"
+        help = (s.help + shown).replace("%", "%%")  # argparse formats help with %
+        if s.type is bool:
+            parser.add_argument(s.flag, action=argparse.BooleanOptionalAction, default=default, help=help)
+        else:
+            metavar = "{" + ",".join(s.choices) + "}" if s.choices else s.name.upper()
+            parser.add_argument(s.flag, type=s.parse, default=default, metavar=metavar, help=help)
+
+
+def _show(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of parsed ``train`` flags, or of ``--config FILE`` when given (the flags are then ignored)."""
+    if getattr(args, "config", None):
+        return TrainConfig.load(Path(args.config)).validate()
+    values = {s.name: getattr(args, s.name) for s in settings(resolve=False) if getattr(args, s.name, None) is not None}
+    return TrainConfig(**values).validate()
