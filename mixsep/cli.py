@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .config import TrainConfig, default_data_root, default_runs_dir
+from .config import TrainConfig, add_train_flags, config_from_args, default_data_root, default_runs_dir
 from .errors import MixsepError
 
 def _add_data_root(p):
@@ -19,31 +19,10 @@ def _add_data_root(p):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mixsep", description="Separate MNIST digits from CIFAR-10 images in their pixel-wise mean.")
     sub = parser.add_subparsers(dest="command", required=True)
-    d = TrainConfig()
-
     t = sub.add_parser("train", help="train a separator; prints the run folder as its last line")
-    _add_data_root(t)
     t.add_argument("--runs-dir", default=default_runs_dir(), help="where run folders go (env MIXSEP_RUNS_DIR; default ./runs)")
     t.add_argument("--run-dir", default=None, help="train into (or resume) this exact folder instead of a new one")
-    t.add_argument("--epochs", type=int, default=d.epochs, help=f"passes over the training pairs (default {d.epochs})")
-    t.add_argument("--batch-size", type=int, default=d.batch_size, help=f"pairs per step (default {d.batch_size})")
-    t.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr:g})")
-    t.add_argument("--beta1", type=float, default=d.beta1, help=f"Adam beta1 (default {d.beta1})")
-    t.add_argument("--beta2", type=float, default=d.beta2, help=f"Adam beta2 (default {d.beta2})")
-    t.add_argument("--weight-decay", type=float, default=d.weight_decay, help="Adam weight decay (default 0)")
-    t.add_argument("--schedule", choices=["constant", "onecycle"], default=d.schedule, help="learning-rate schedule")
-    t.add_argument("--loss", choices=["mse", "log_mse"], default=d.loss,
-                   help="mse: the report's summed MSE; log_mse: mean per-image log MSE, what mean PSNR averages")
-    t.add_argument("--train-size", type=int, default=d.train_size, help="training pairs per epoch; 0 = all")
-    t.add_argument("--repair", action=argparse.BooleanOptionalAction, default=d.repair,
-                   help="draw fresh MNIST partners every epoch (seeded)")
-    t.add_argument("--seed", type=int, default=d.seed, help="seed for init, order and pairing")
-    t.add_argument("--model", default=d.model, help="separator architecture (see `info`)")
-    t.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=d.pretrained,
-                   help="ImageNet weights for the ResNet-18 encoder when they can be downloaded")
-    t.add_argument("--device", default=d.device, help="auto, cpu or cuda")
-    t.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints")
-    t.add_argument("--max-minutes", type=float, default=d.max_minutes, help="stop cleanly after this many minutes; 0 = no limit")
+    add_train_flags(t)  # one flag per TrainConfig field, from its metadata
     t.add_argument("--config", default=None,
                    help="read every training setting from this config.json (a run's own, or one the dashboard wrote); "
                         "the flags above are then ignored")
@@ -88,15 +67,7 @@ def cmd_train(args) -> int:
     if not args.config and args.run_dir and (Path(args.run_dir) / "config.json").is_file():
         args.config = str(Path(args.run_dir) / "config.json")  # resuming: the run's own settings win
         print(f"resuming {args.run_dir} with its saved config", file=sys.stderr)
-    if args.config:
-        cfg = TrainConfig.load(Path(args.config)).validate()
-    else:
-        cfg = TrainConfig(data_root=args.data_root, train_size=args.train_size, repair=args.repair, model=args.model,
-                          pretrained=args.pretrained, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                          beta1=args.beta1, beta2=args.beta2, weight_decay=args.weight_decay, schedule=args.schedule,
-                          loss=args.loss,
-                          seed=args.seed, device=args.device, checkpoint_every=args.checkpoint_every,
-                          max_minutes=args.max_minutes).validate()
+    cfg = config_from_args(args)
     stop = {"flag": False}
 
     def on_signal(signum, frame):  # first Ctrl-C / SIGTERM: finish this step, checkpoint, exit cleanly
