@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import warnings
@@ -56,29 +57,104 @@ def build_parser() -> argparse.ArgumentParser:
 
     dl = sub.add_parser("download", help="fetch MNIST and CIFAR-10 with torchvision's downloaders")
     _add_data_root(dl)
+    _add_sweep(sub)
     return parser
 
 
+def _add_sweep(sub) -> None:
+    s = sub.add_parser("sweep", help="search hyper-parameters with Optuna; each trial is a run folder, "
+                                     "the last line printed is the best trial's")
+    s.add_argument("--study", required=True, help="the study's name; also its folder in the runs folder. "
+                                                  "Run the same command again (or on another machine) to resume or join it")
+    s.add_argument("--storage", default=os.environ.get("MIXSEP_SWEEP_STORAGE") or None,
+                   help="a database URL (postgresql://user@host/db) shared by every machine of the study; "
+                        "default: the journal file optuna.journal in the runs folder (env MIXSEP_SWEEP_STORAGE)")
+    s.add_argument("--runs-dir", default=default_runs_dir(), help="where the trials' run folders go (env MIXSEP_RUNS_DIR)")
+    s.add_argument("--trials", type=int, default=None, help="finished trials the study aims at, across all workers "
+                                                            "(default 20; on resume, the study's own)")
+    s.add_argument("--workers", type=int, default=None,
+                   help="worker processes on this machine (default: one per GPU, or one using every CPU core)")
+    s.add_argument("--space", default=None,
+                   help='what to search, e.g. "lr=1e-4:1e-2:log,beta1=0.8:0.99,model=faithful|unet"; a bare name '
+                        "takes that setting's default range (default: lr=1e-05:0.1:log,beta1=0.5:0.999,beta2=0.9:0.9999)")
+    s.add_argument("--val-size", type=int, default=None,
+                   help="validation pairs held out from the end of the training data (default 2000)")
+    s.add_argument("--report-every", type=int, default=0,
+                   help="steps between validation reports that the pruner judges; 0 = once per epoch")
+    s.add_argument("--pruner", choices=["median", "halving", "none"], default="median",
+                   help="stop trials early: median (below the median of earlier trials) or successive halving")
+    s.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler (worker i adds i)")
+    s.add_argument("--heartbeat", type=int, default=30,
+                   help="seconds between a database trial's heartbeats; one silent for 3x that is failed and requeued")
+    s.add_argument("--best", action="store_true", help="train nothing: print the best trial's run folder")
+    s.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)  # set on a worker child
+    add_train_flags(s, defaults=False)  # the fixed settings of every trial
+
+
 def cmd_train(args) -> int:
-    from tqdm import tqdm
+    """Train into --run-dir (resuming it) or a new folder; the folder's lock is taken before anything else."""
+    from .run import Run
+    from .train import new_run_dir
 
-    from .train import Training, new_run_dir
+    cfg = None
+    if args.run_dir:
+        run = Run(Path(args.run_dir)).open()  # a second trainer on this folder stops here, with the holder's name
+    else:  # a bad setting stops here, before any folder is made
+        cfg = _train_config(args)
+        run = Run(new_run_dir(Path(args.runs_dir), cfg)).open()
+    try:
+        return _train(args, cfg or _train_config(args), run)
+    except MixsepError as e:
+        _record_failure(run, str(e))
+        raise
+    except KeyboardInterrupt:
+        _record_failure(run, "Training was force-quit before its first step.", only_if_not_ended=True)
+        raise
+    finally:
+        run.close()
 
+
+def _record_failure(run, message: str, only_if_not_ended: bool = False) -> None:
+    """The error in status.json, in the trainer's own words, unless the loop already recorded it."""
+    from .run import read_status
+
+    status = read_status(run.path)
+    if status.get("state") == "failed" and status.get("message") == message:
+        return
+    if only_if_not_ended and status.get("state") in ("stopped", "failed", "finished"):
+        return
+    run.fail(message)
+
+
+def _train_config(args) -> TrainConfig:
     if not args.config and args.run_dir and (Path(args.run_dir) / "config.json").is_file():
         args.config = str(Path(args.run_dir) / "config.json")  # resuming: the run's own settings win
         print(f"resuming {args.run_dir} with its saved config", file=sys.stderr)
-    cfg = config_from_args(args)
+    return config_from_args(args)
+
+
+def _train(args, cfg: TrainConfig, run) -> int:
+    from tqdm import tqdm
+
+    from .train import Training
+
     stop = {"flag": False}
 
-    def on_signal(signum, frame):  # first Ctrl-C / SIGTERM: finish this step, checkpoint, exit cleanly
+    def on_signal(signum, frame):
+        # the first Ctrl-C or SIGTERM finishes this step, checkpoints and exits cleanly;
+        # a second Ctrl-C quits at once (the last checkpoint stays the resume point)
+        if stop["flag"] and signum == signal.SIGINT:
+            raise KeyboardInterrupt
         stop["flag"] = True
+        if signum == signal.SIGINT:
+            print("\nstopping after this step (Ctrl-C again to quit at once)", file=sys.stderr)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(Path(args.runs_dir), cfg)
+    run_dir = run.path
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        training = Training(cfg, run_dir, should_stop=lambda: stop["flag"])
+        training = Training(cfg, run, should_stop=lambda: stop["flag"])
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     print(f"run folder: {run_dir}", file=sys.stderr)
@@ -177,7 +253,33 @@ def cmd_download(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "grid": cmd_grid, "info": cmd_info, "download": cmd_download}
+def cmd_sweep(args) -> int:
+    """Check everything (writing nothing on bad input), run the study, print the best trial's run folder."""
+    from .sweep import best_trial, load_study, plan, run_sweep
+
+    p = plan(args)
+    code = 0
+    if not args.best:
+        code = run_sweep(p)
+        if args.worker_index is not None:  # a worker child: its parent reports
+            return code
+    elif not p.exists:
+        raise MixsepError(f"There is no study '{p.study}' in {p.storage_label}; start it without --best.")
+    best = best_trial(load_study(p))
+    if best is None:
+        if code:
+            return code
+        raise MixsepError(f"No trial of study '{p.study}' has completed yet; run the sweep (longer) first.")
+    a = best.user_attrs
+    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
+    print(f"best: trial {best.number}, validation PSNR {best.value:.2f} dB (mnist {a['val_psnr_mnist']:.2f}, "
+          f"cifar {a['val_psnr_cifar']:.2f}), {params}", file=sys.stderr)
+    print(p.runs_dir / a["run"])
+    return code
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "grid": cmd_grid, "info": cmd_info, "download": cmd_download,
+            "sweep": cmd_sweep}
 
 
 def main(argv=None) -> int:
@@ -187,3 +289,6 @@ def main(argv=None) -> int:
     except MixsepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: quit at once by a second Ctrl-C; a resume continues from the last checkpoint.", file=sys.stderr)
+        return 130

@@ -38,10 +38,10 @@ from pathlib import Path
 
 from .config import TrainConfig
 from .errors import MixsepError
-from .runs import live_runs, pid_alive, read_metrics
-from .train import new_run_dir, read_status, request_stop, write_status
-
-LOG_NAME = "worker.log"  # the child's stdout and stderr, inside its run folder
+from .run import LOG as LOG_NAME  # the child's stdout and stderr, inside its run folder
+from .run import State, is_alive, read_status, request_stop, run_name, write_status
+from .runs import live_runs, read_metrics
+from .train import new_run_dir
 
 
 @dataclass
@@ -54,7 +54,7 @@ class JobState:
     step: int = 0
     total_steps: int = 0
     alive: bool = False        # the child process still runs
-    warnings: list[str] = field(default_factory=list)  # "warning: ..." lines the child printed
+    warnings: list[str] = field(default_factory=list)  # the child's warnings, from status.json
 
     @property
     def name(self) -> str:
@@ -71,6 +71,7 @@ class JobRegistry:
         self._lock = threading.RLock()
         self._proc: subprocess.Popen | None = None
         self._pid: int | None = None       # the live child's pid, ours or adopted
+        self._identity: dict | None = None # an adopted child's {"pid", "pid_start"}: re-checked before any signal
         self._run_dir: Path | None = None  # the current or last job's folder
         self._stop_requested = False
 
@@ -79,7 +80,7 @@ class JobRegistry:
     def _alive(self) -> bool:
         if self._proc is not None:
             return self._proc.poll() is None
-        return self._pid is not None and pid_alive(self._pid)
+        return self._identity is not None and is_alive(self._identity)
 
     def _adopt(self) -> None:
         """After a server restart: take over a child that still trains in this runs folder."""
@@ -89,6 +90,7 @@ class JobRegistry:
             if int(status["pid"]) == os.getpid():
                 continue  # a run trained in this very process (a notebook, a test) is not a child to manage
             self._proc, self._pid, self._run_dir = None, int(status["pid"]), run_dir
+            self._identity = {"pid": status["pid"], "pid_start": status.get("pid_start")}
             self._stop_requested = False
             return
 
@@ -113,7 +115,7 @@ class JobRegistry:
                 return JobState(run_dir, "failed", f"The run folder {run_dir} was deleted.", alive=alive)
             status = read_status(run_dir)
             owned = self._proc is not None or self._pid is not None  # not a run merely selected for display
-            if owned and not alive and status.get("state") in ("unknown", "running", None):
+            if owned and not alive and status.get("state") in (State.UNKNOWN, State.RUNNING, None):
                 self._record_death(run_dir, status)
                 status = read_status(run_dir)
             state = status.get("state", "unknown")
@@ -124,8 +126,9 @@ class JobRegistry:
             m = read_metrics(run_dir)
             if len(m):
                 step = max(step, int(m["step"].iloc[-1]))
+            warns = status.get("warnings") if isinstance(status.get("warnings"), list) else []
             return JobState(run_dir, state, msg, step, int(status.get("total_steps") or 0), alive,
-                            _warnings(run_dir / LOG_NAME))
+                            [str(w) for w in warns])
 
     def _record_death(self, run_dir: Path, status: dict) -> None:
         code = self._proc.returncode if self._proc is not None else None
@@ -133,17 +136,16 @@ class JobRegistry:
         m = read_metrics(run_dir)
         if len(m):
             step = max(step, int(m["step"].iloc[-1]))
-        error = _last_error(run_dir / LOG_NAME)
-        if self._stop_requested and error is None:
-            write_status(run_dir, "stopped", "stopped by request before training began" if step == 0
+        # a child that failed with a sentence recorded it in status.json itself: this is for the others
+        if self._stop_requested:
+            write_status(run_dir, State.STOPPED, "stopped by request before training began" if step == 0
                          else "stopped by request", step=step, total_steps=status.get("total_steps", 0))
             return
-        if error is None:
-            how = (f"was killed by signal {-code}" if code is not None and code < 0
-                   else f"exited with code {code}" if code is not None else "is gone")
-            error = (f"The training process {how} at step {step}; its output is in {run_dir / LOG_NAME}. "
-                     "Resume the run from its last checkpoint or start a new one.")
-        write_status(run_dir, "failed", error, step=step, total_steps=status.get("total_steps", 0))
+        how = (f"was killed by signal {-code}" if code is not None and code < 0
+               else f"exited with code {code}" if code is not None else "is gone")
+        error = (f"The training process {how} at step {step}; its output is in {run_dir / LOG_NAME}. "
+                 "Resume the run from its last checkpoint or start a new one.")
+        write_status(run_dir, State.FAILED, error, step=step, total_steps=status.get("total_steps", 0), error=error)
 
     # ------------------------------------------------------------------ actions
 
@@ -160,8 +162,10 @@ class JobRegistry:
                                   f"{live.total_steps or '?'}); one run at a time: stop it or wait for it to finish.")
             if run_dir is not None:
                 run_dir = Path(run_dir).resolve()
-                if run_dir.parent != self.runs_dir:
-                    raise MixsepError(f"{run_dir} is not a run in {self.runs_dir}.")
+                try:
+                    run_name(self.runs_dir, run_dir)
+                except ValueError:
+                    raise MixsepError(f"{run_dir} is not a run in {self.runs_dir}.") from None
                 config = TrainConfig.load(run_dir / "config.json").validate()
                 (run_dir / "STOP").unlink(missing_ok=True)
             else:
@@ -178,6 +182,7 @@ class JobRegistry:
                 self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                               env=env)
             self._pid, self._run_dir, self._stop_requested = self._proc.pid, run_dir, False
+            self._identity = None
             return run_dir
 
     def stop(self) -> bool:
@@ -187,10 +192,13 @@ class JobRegistry:
                 return False
             self._stop_requested = True
             request_stop(self._run_dir)  # works for an adopted child too
-            try:
-                os.kill(self._pid, signal.SIGTERM)  # also reaches a child still loading data
-            except ProcessLookupError:
-                pass
+            # also reaches a child still loading data; an adopted pid is signalled only while it is
+            # still the very process that wrote status.json (pid and start time)
+            if self._proc is not None or (self._identity is not None and is_alive(self._identity)):
+                try:
+                    os.kill(self._pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
             return True
 
     def wait(self, timeout: float = 60.0, interval: float = 0.1) -> JobState:
@@ -206,23 +214,4 @@ class JobRegistry:
         """Show this run as the 'last job' when nothing runs (e.g. after a server restart)."""
         with self._lock:
             if not self._alive():
-                self._proc, self._pid, self._run_dir = None, None, Path(run_dir).resolve()
-
-
-def _log_lines(path: Path) -> list[str]:
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, path.stat().st_size - 20000))  # the tail is enough
-            return f.read().decode("utf-8", "replace").splitlines()
-    except OSError:
-        return []
-
-
-def _last_error(path: Path) -> str | None:
-    """The CLI's one-sentence `error: ...` line, if the child printed one."""
-    errors = [line[len("error: "):] for line in _log_lines(path) if line.startswith("error: ")]
-    return errors[-1] if errors else None
-
-
-def _warnings(path: Path) -> list[str]:
-    return list(dict.fromkeys(line[len("warning: "):] for line in _log_lines(path) if line.startswith("warning: ")))
+                self._proc, self._pid, self._identity, self._run_dir = None, None, None, Path(run_dir).resolve()

@@ -1,28 +1,14 @@
-"""Reading run folders: listing, metrics, and names that cannot escape the runs folder."""
+"""Reading run folders for people: listing, summaries and metrics frames (through mixsep.run)."""
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
 
 import pandas as pd
 
 from .config import TrainConfig
 from .errors import MixsepError
-from .train import METRIC_FIELDS, list_checkpoints, read_status
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-def resolve_run(runs_dir: Path, name: str) -> Path:
-    """The folder of run ``name`` inside runs_dir; refuses names that would leave it."""
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
-        raise MixsepError(f"'{name}' is not a valid run name: use letters, digits, '.', '_' and '-' only.")
-    root = Path(runs_dir).resolve()
-    path = (root / name).resolve()
-    if path.parent != root:
-        raise MixsepError(f"'{name}' points outside the runs folder {root}.")
-    return path
+from .run import (METRIC_FIELDS, State, disk_usage, is_alive, list_checkpoints, live_status, read_status,  # noqa: F401
+                  resolve_run, run_folders, run_name)
 
 
 def read_metrics(run_dir: Path) -> pd.DataFrame:
@@ -39,10 +25,10 @@ def read_metrics(run_dir: Path) -> pd.DataFrame:
     return df.astype({"step": int, "epoch": int}).reset_index(drop=True)
 
 
-def run_summary(run_dir: Path) -> dict:
+def run_summary(run_dir: Path, name: str | None = None) -> dict:
     """One row describing a run; never raises for a damaged folder, it says so instead."""
     run_dir = Path(run_dir)
-    row = {"run": run_dir.name, "path": str(run_dir), "state": "unknown", "message": "", "step": 0,
+    row = {"run": name or run_dir.name, "path": str(run_dir), "state": "unknown", "message": "", "step": 0,
            "total_steps": 0, "model": "", "lr": None, "beta1": None, "beta2": None, "batch_size": None,
            "epochs": None, "checkpoints": len(list_checkpoints(run_dir)), "last_loss": None}
     try:
@@ -63,54 +49,26 @@ def run_summary(run_dir: Path) -> dict:
 
 
 def list_runs(runs_dir: Path) -> list[dict]:
-    """Summaries of every run folder, newest first."""
+    """Summaries of every run folder (and of runs one group deep, e.g. a sweep's trials), newest first."""
     root = Path(runs_dir)
-    if not root.is_dir():
-        return []
-    folders = [p for p in root.iterdir() if p.is_dir() and (p / "config.json").exists()]
-    folders.sort(key=lambda p: p.stat().st_mtime, reverse=True)
-    return [run_summary(p) for p in folders]
+    return [run_summary(p, p.relative_to(root).as_posix()) for p in run_folders(root)]
 
 
 # --------------------------------------------------------------------------- live runs
 
 
-def pid_alive(pid) -> bool:
-    """Whether a process with this pid runs on this machine (a zombie counts as gone)."""
-    try:
-        pid = int(pid)
-        os.kill(pid, 0)
-    except (TypeError, ValueError, ProcessLookupError, OverflowError):
-        return False
-    except PermissionError:  # alive, but someone else's
-        return True
-    try:  # Linux: an exited child nobody has reaped yet still answers kill(pid, 0)
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return True
-
-
 def live_state(run_dir: Path) -> dict:
-    """read_status, but a "running" run whose process is gone reads as "interrupted"."""
-    status = read_status(run_dir)
-    if status.get("state") == "running" and not pid_alive(status.get("pid")):
-        status = dict(status, state="interrupted",
-                      message="Its training process is gone (the server or machine stopped); "
-                              "resume it from the Train page or start a new run.")
-    return status
+    """read_status, but a "running" run whose trainer is gone reads as "interrupted"."""
+    return live_status(run_dir)
 
 
 def live_runs(runs_dir: Path) -> list[tuple[Path, dict]]:
-    """(folder, status) of every run in runs_dir whose training process still runs."""
-    root = Path(runs_dir)
-    if not root.is_dir():
-        return []
+    """(folder, status) of every run in runs_dir whose trainer is alive (pid and start time match)."""
     found = []
-    for p in root.iterdir():
-        if p.is_dir() and (p / "status.json").is_file():
-            status = read_status(p)
-            if status.get("state") == "running" and pid_alive(status.get("pid")):
-                found.append((p.resolve(), status))
+    for p in run_folders(runs_dir):
+        status = read_status(p)
+        if status.get("state") == State.RUNNING and is_alive(status):
+            found.append((p.resolve(), status))
     return found
 
 

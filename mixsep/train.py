@@ -1,21 +1,13 @@
 """Training: one generator that the CLI, the dashboard worker and the benchmarks consume.
 
-A run is one folder:
-  config.json            the TrainConfig, enough to reproduce the run
-  metrics.csv            one row per step
-  status.json            state (running/finished/stopped/failed), message, step, total_steps
-  checkpoints/last.pt    model + optimiser + progress, for resume (rewritten atomically)
-  checkpoints/epoch-E.pt model + config after each epoch
-  STOP                   written by anyone who wants the run to stop after its current step
+The run folder it writes (layout, states, lock, atomic writes) belongs to mixsep.run;
+this module keeps the loop: one Adam step, the late-read queue of losses, the epochs.
 """
 from __future__ import annotations
 
-import csv
-import json
 import math
-import os
-import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -28,10 +20,17 @@ from .config import TrainConfig
 from .data import PairData, load_pairs, to_float
 from .errors import MixsepError
 from .model import MODELS, build_model
+from .run import (CONFIG, METRIC_FIELDS, Run, RunWriteError, State, clear_stop, epoch_checkpoint,  # noqa: F401
+                  last_checkpoint, list_checkpoints, read_checkpoint, read_status, request_stop, save_checkpoint,
+                  stop_requested, write_json, write_status)
+from .run import new_run_dir as _new_folder
 
-CHECKPOINT_VERSION = 1
 LOG_MSE_FLOOR = 1e-5  # added to per-image MSEs under config.loss = "log_mse"; 1e-5 is 50 dB PSNR
-METRIC_FIELDS = ["step", "epoch", "loss_mnist", "loss_cifar", "loss", "lr", "samples_per_s", "elapsed_s"]
+
+
+def new_run_dir(runs_dir: Path, config: TrainConfig) -> Path:
+    """A fresh run folder named by time and model."""
+    return _new_folder(Path(runs_dir), time.strftime("%Y%m%d-%H%M%S") + f"-{config.model}")
 
 
 @dataclass
@@ -55,76 +54,7 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-# --------------------------------------------------------------------------- run folders
-
-
-def new_run_dir(runs_dir: Path, config: TrainConfig) -> Path:
-    """A fresh folder named by time and model; never reuses an existing one."""
-    runs_dir = Path(runs_dir)
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    stem = time.strftime("%Y%m%d-%H%M%S") + f"-{config.model}"
-    for i in range(1000):
-        path = runs_dir / (stem if i == 0 else f"{stem}-{i}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise MixsepError(f"Could not create a new run folder in {runs_dir}.")
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    path = Path(path)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-        json.dump(obj, f, indent=2)
-    os.replace(f.name, path)
-
-
-def write_status(run_dir: Path, state: str, message: str = "", **extra) -> None:
-    write_json_atomic(Path(run_dir) / "status.json",
-                      {"state": state, "message": message, "updated": time.time(), "pid": os.getpid(), **extra})
-
-
-def read_status(run_dir: Path) -> dict:
-    try:
-        return json.loads((Path(run_dir) / "status.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return {"state": "unknown", "message": "status.json is missing or half written"}
-
-
-def request_stop(run_dir: Path) -> None:
-    (Path(run_dir) / "STOP").touch()
-
-
 # --------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(path: Path, model: nn.Module, config: TrainConfig, step: int, epoch: int,
-                    optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"version": CHECKPOINT_VERSION, "config": config.to_dict(), "step": step, "epoch": epoch,
-             "model": model.state_dict()}
-    if optimizer is not None:
-        state["optimizer"] = optimizer.state_dict()
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
-        torch.save(state, f)
-    os.replace(f.name, path)
-
-
-def read_checkpoint(path: Path, map_location="cpu") -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise MixsepError(f"Checkpoint {path} does not exist.")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise MixsepError(f"{path} is not a readable mixsep checkpoint ({e.__class__.__name__}); "
-                          "it may be truncated or corrupt. Pick another checkpoint or retrain.") from None
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise MixsepError(f"{path} is a PyTorch file but not a mixsep checkpoint (no model/config inside).")
-    return state
 
 
 def load_model_state(model: nn.Module, state_dict: dict, path: Path, name: str) -> None:
@@ -181,18 +111,49 @@ def lr_at(config: TrainConfig, step: int, total: int) -> float:
     return config.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
-class Training:
-    """Owns the model, optimiser, data and run folder; ``steps()`` is the generator.
 
-    The benchmarks use the object to reach the model mid-run; everyone else calls
-    ``train_steps``.
+@dataclass
+class _Pending:
+    """A step whose losses are still on the device."""
+
+    step: int
+    epoch: int
+    lr: float
+    losses: torch.Tensor
+    launched: float
+
+
+class Training:
+    """Owns the model, optimiser and data of a run; ``steps()`` is the generator.
+
+    The run folder is opened (locked) here, so a second trainer on the same folder is
+    refused before any data is loaded. The benchmarks use the object to reach the model
+    mid-run; everyone else calls ``train_steps``.
     """
 
-    def __init__(self, config: TrainConfig, run_dir: Path, data: PairData | None = None,
+    def __init__(self, config: TrainConfig, run_dir: Path | Run, data: PairData | None = None,
                  should_stop: Callable[[], bool] | None = None):
+        self.run = run_dir if isinstance(run_dir, Run) else Run(Path(run_dir))
+        self._owns_run = not self.run.lock.held
+        if self._owns_run:
+            self.run.open()
+        try:
+            self._setup(config, data, should_stop)
+        except BaseException:
+            if self._owns_run:
+                self.run.close()
+            raise
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.path
+
+    @property
+    def last_path(self) -> Path:
+        return last_checkpoint(self.run_dir)
+
+    def _setup(self, config, data, should_stop) -> None:
         self.config = config.validate()
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.device = pick_device(config.device)
         torch.manual_seed(config.seed)
         self.data = data if data is not None else load_pairs(
@@ -202,7 +163,12 @@ class Training:
         self.data.to(self.device)
         self.steps_per_epoch = self.data.steps_per_epoch(config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
-        self.model = build_model(config.model, config.pretrained).to(self.device)  # channels_last, see build_model
+        with warnings.catch_warnings(record=True) as caught:  # e.g. no ImageNet weights: recorded in status.json
+            warnings.simplefilter("always")
+            self.model = build_model(config.model, config.pretrained).to(self.device)  # channels_last, see build_model
+        self.run.warnings = list(dict.fromkeys(str(w.message) for w in caught))
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         cuda = self.device.type == "cuda"
         # fused Adam is one kernel for all parameters on the GPU; the CPU keeps the default for exact results
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
@@ -214,12 +180,7 @@ class Training:
         self.step = 0
         self._resume()
 
-    @property
-    def last_path(self) -> Path:
-        return self.run_dir / "checkpoints" / "last.pt"
-
     def _resume(self) -> None:
-        saved = self.run_dir / "config.json"
         if self.last_path.is_file():
             state = read_checkpoint(self.last_path, map_location=self.device)
             old = TrainConfig.from_dict(state["config"])
@@ -229,24 +190,10 @@ class Training:
             if "optimizer" in state:
                 self.optimizer.load_state_dict(state["optimizer"])
             self.step = int(state["step"])
-            self._truncate_metrics(self.step)
-        if not saved.exists():
-            self.config.save(saved)
+        if not (self.run_dir / CONFIG).exists():
+            write_json(self.run_dir / CONFIG, self.config.to_dict())
 
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop rows logged after the checkpoint we resume from: they will be redone."""
-        path = self.run_dir / "metrics.csv"
-        if not path.is_file():
-            return
-        with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= step]
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, METRIC_FIELDS)
-            w.writeheader()
-            w.writerows(rows)
-
-    def checkpoint(self, epoch: int) -> None:
-        save_checkpoint(self.last_path, self.model, self.config, self.step, epoch, self.optimizer)
+    # ------------------------------------------------------------------ one step
 
     def train_step(self, mnist_u8, cifar_u8, lr: float) -> torch.Tensor:
         """One Adam step on the summed loss of the two sources; returns the detached (mnist, cifar) MSEs."""
@@ -272,71 +219,119 @@ class Training:
         self.optimizer.step()
         return torch.stack([loss_mnist.detach(), loss_cifar.detach()])
 
-    def _resolve(self, step: int, epoch: int, lr: float, losses: torch.Tensor, since: float,
-                 start: float, last_good: int) -> StepResult:
-        """Read one step's losses (the host sync), refuse non-finite ones, make its result."""
-        loss_m, loss_c = losses.tolist()
-        if not (math.isfinite(loss_m) and math.isfinite(loss_c)):
-            msg = (f"The loss became non-finite at step {step} (lr={lr:g}); training stopped. "
-                   f"The last good checkpoint (step {last_good}) is kept. Lower the learning rate and start again.")
-            write_status(self.run_dir, "failed", msg, step=last_good, total_steps=self.total_steps)
-            raise MixsepError(msg)
-        now = time.perf_counter()
-        return StepResult(step, epoch, loss_m, loss_c, loss_m + loss_c, lr,
-                          self.config.batch_size / max(now - since, 1e-9), now - start, self.total_steps)
+    # ------------------------------------------------------------------ the loop
 
     def steps(self) -> Iterator[StepResult]:
-        cfg, spe = self.config, self.steps_per_epoch
-        metrics_path = self.run_dir / "metrics.csv"
-        new_file = not metrics_path.exists()
-        (self.run_dir / "STOP").unlink(missing_ok=True)
-        write_status(self.run_dir, "running", step=self.step, total_steps=self.total_steps)
-        self.model.train()
-        start = time.perf_counter()
-        last_good = self.step
-        pending: list[tuple] = []  # (step, epoch, lr, losses, launched) of steps whose losses are not read yet
-        last_read = start
-        with open(metrics_path, "a", newline="") as f:
-            writer = csv.DictWriter(f, METRIC_FIELDS)
-            if new_file:
-                writer.writeheader()
-            epoch = self.step // spe
-            while self.step < self.total_steps:
-                skip = self.step - epoch * spe  # resume mid-epoch: the order is a function of (seed, epoch)
-                for b, (m_u8, c_u8) in enumerate(self.data.batches(epoch, cfg.batch_size)):
-                    if b < skip:
-                        continue
-                    launched = time.perf_counter()
-                    lr = lr_at(cfg, self.step, self.total_steps)
-                    losses = self.train_step(m_u8, c_u8, lr)
-                    self.step += 1
-                    pending.append((self.step, epoch, lr, losses, launched))
-                    # a checkpoint must hold only steps whose losses were seen to be finite
-                    boundary = self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps or b == spe - 1
-                    stop = False
-                    while pending and (len(pending) > 1 or boundary or not self.read_late or stop):
-                        step, ep, step_lr, losses, launched = pending.pop(0)
-                        # read late, a step is timed from the previous read: the steady-state throughput
-                        r = self._resolve(step, ep, step_lr, losses, max(launched, last_read), start, last_good)
-                        last_read = time.perf_counter()
-                        writer.writerow({k: v for k, v in asdict(r).items() if k in METRIC_FIELDS})
-                        f.flush()
-                        yield r
-                        over_time = cfg.max_minutes > 0 and time.perf_counter() - start > cfg.max_minutes * 60
-                        stop = self.should_stop() or (self.run_dir / "STOP").exists() or over_time
-                    if boundary or stop:
-                        self.checkpoint(epoch)
-                        last_good = self.step
-                        write_status(self.run_dir, "running", step=self.step, total_steps=self.total_steps)
-                    if stop:
-                        why = "time budget reached" if over_time and not self.should_stop() else "stopped by request"
-                        write_status(self.run_dir, "stopped" if not over_time else "finished", why,
-                                     step=self.step, total_steps=self.total_steps)
-                        (self.run_dir / "STOP").unlink(missing_ok=True)
-                        return
-                save_checkpoint(self.run_dir / "checkpoints" / f"epoch-{epoch + 1}.pt", self.model, cfg, self.step, epoch + 1)
+        """Train to the end (or a stop), yielding each step once its losses are read."""
+        try:
+            self.run.metrics.open(self.step)  # rows past the checkpoint we resume from will be redone
+            clear_stop(self.run_dir)
+            self._write_missing_epoch_checkpoint()
+            self.last_good = self.step
+            self.run.status(State.RUNNING, step=self.step, total_steps=self.total_steps)
+            self.model.train()
+            self._start = self._last_read = time.perf_counter()
+            self._pending: list[_Pending] = []
+            self._stop_reason: str | None = None
+            epoch = self.step // self.steps_per_epoch
+            while self.step < self.total_steps and self._stop_reason is None:
+                yield from self._epoch(epoch)
                 epoch += 1
-        write_status(self.run_dir, "finished", step=self.step, total_steps=self.total_steps)
+            if self._stop_reason == "request":
+                self.run.status(State.STOPPED, "stopped by request", step=self.step, total_steps=self.total_steps)
+            elif self._stop_reason == "time":
+                self.run.status(State.FINISHED, "time budget reached", step=self.step, total_steps=self.total_steps)
+            else:
+                self.run.status(State.FINISHED, step=self.step, total_steps=self.total_steps)
+            clear_stop(self.run_dir)
+        except KeyboardInterrupt:  # a second Ctrl-C: quit now, the last checkpoint stays the resume point
+            self.run.status(State.STOPPED, f"force-quit by a second interrupt at step {self.step}; a resume "
+                                           f"continues from the last checkpoint (step {self.last_good})",
+                            step=self.last_good, total_steps=self.total_steps)
+            raise
+        except RunWriteError as e:
+            self.run.fail(f"{e} Training stopped at step {self.step}; the last checkpoint (step {self.last_good}) "
+                          "is kept: free some space and resume.", step=self.last_good, total_steps=self.total_steps)
+            raise MixsepError(read_status(self.run_dir).get("message") or str(e)) from None
+        finally:
+            self.run.metrics.close()
+            if self._owns_run:
+                self.run.close()
+
+    def _epoch(self, epoch: int) -> Iterator[StepResult]:
+        """The rest of one epoch (a resume may start mid-epoch: the order is a function of seed and epoch)."""
+        cfg, spe = self.config, self.steps_per_epoch
+        skip = self.step - epoch * spe
+        for b, (m_u8, c_u8) in enumerate(self.data.batches(epoch, cfg.batch_size)):
+            if b < skip:
+                continue
+            launched = time.perf_counter()
+            lr = lr_at(cfg, self.step, self.total_steps)
+            losses = self.train_step(m_u8, c_u8, lr)
+            self.step += 1
+            self._pending.append(_Pending(self.step, epoch, lr, losses, launched))
+            # a checkpoint must hold only steps whose losses were seen to be finite
+            boundary = self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps or b == spe - 1
+            yield from self._read(keep=0 if boundary or not self.read_late else 1)
+            if boundary or self._stop_reason:
+                self._checkpoint(epoch)
+            if self._stop_reason:
+                return
+        self._save_epoch_checkpoint(epoch + 1)
+
+    def _read(self, keep: int) -> Iterator[StepResult]:
+        """Read queued steps' losses (the host sync) until ``keep`` remain; a stop reads them all."""
+        while len(self._pending) > keep:
+            p = self._pending.pop(0)
+            # read late, a step is timed from the previous read: the steady-state throughput
+            r = self._resolve(p, max(p.launched, self._last_read))
+            self._last_read = time.perf_counter()
+            self.run.metrics.write(asdict(r))
+            yield r
+            if self._stop_reason is None:
+                self._stop_reason = self._why_stop()
+            if self._stop_reason:
+                keep = 0
+
+    def _why_stop(self) -> str | None:
+        """A user's request wins over the time budget: the state must match the message."""
+        if self.should_stop() or stop_requested(self.run_dir):
+            return "request"
+        if self.config.max_minutes > 0 and time.perf_counter() - self._start > self.config.max_minutes * 60:
+            return "time"
+        return None
+
+    def _resolve(self, p: _Pending, since: float) -> StepResult:
+        """One step's result; a non-finite loss fails the run, keeping the last good checkpoint."""
+        loss_m, loss_c = p.losses.tolist()
+        if not (math.isfinite(loss_m) and math.isfinite(loss_c)):
+            msg = (f"The loss became non-finite at step {p.step} (lr={p.lr:g}); training stopped. "
+                   f"The last good checkpoint (step {self.last_good}) is kept. Lower the learning rate and start again.")
+            self.run.fail(msg, step=self.last_good, total_steps=self.total_steps)
+            raise MixsepError(msg)
+        now = time.perf_counter()
+        return StepResult(p.step, p.epoch, loss_m, loss_c, loss_m + loss_c, p.lr,
+                          self.config.batch_size / max(now - since, 1e-9), now - self._start, self.total_steps)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint(self, epoch: int) -> None:
+        save_checkpoint(self.last_path, self.model, self.config, self.step, epoch, self.optimizer)
+
+    def _checkpoint(self, epoch: int) -> None:
+        self.checkpoint(epoch)
+        self.last_good = self.step
+        self.run.status(State.RUNNING, step=self.step, total_steps=self.total_steps)
+
+    def _save_epoch_checkpoint(self, epoch: int) -> None:
+        save_checkpoint(epoch_checkpoint(self.run_dir, epoch), self.model, self.config, self.step, epoch)
+
+    def _write_missing_epoch_checkpoint(self) -> None:
+        """A kill between last.pt and epoch-E.pt at an epoch's end: the weights are last.pt's, write it now."""
+        if self.step > 0 and self.step % self.steps_per_epoch == 0:
+            epoch = self.step // self.steps_per_epoch
+            if not epoch_checkpoint(self.run_dir, epoch).is_file():
+                self._save_epoch_checkpoint(epoch)
 
 
 def train_steps(config: TrainConfig, run_dir: Path, **kwargs) -> Iterator[StepResult]:

@@ -25,11 +25,13 @@ import json, os, signal, sys, time
 from pathlib import Path
 run = Path(sys.argv[sys.argv.index("--run-dir") + 1])
 mode = os.environ.get("FAKE_MODE", "train")
+start = open("/proc/self/stat").read().rsplit(") ", 1)[1].split()[19]  # the identity mixsep.run records
 def status(state, msg="", step=0):
-    (run / "s.tmp").write_text(json.dumps({"state": state, "message": msg, "pid": os.getpid(), "step": step,
-                                           "total_steps": 1000}))
+    (run / "s.tmp").write_text(json.dumps({"state": state, "message": msg, "pid": os.getpid(), "pid_start": start,
+                                           "step": step, "total_steps": 1000}))
     os.replace(run / "s.tmp", run / "status.json")
-if mode == "error":
+if mode == "error":  # as the real CLI does: the sentence goes into status.json, and to stderr for people
+    status("failed", "No MNIST train data under /nowhere: expected files. Copy the files there.")
     print("error: No MNIST train data under /nowhere: expected files. Copy the files there.", flush=True)
     sys.exit(2)
 if mode == "crash":

@@ -1,0 +1,585 @@
+"""The run folder: the one module that knows its layout, its states, its lock and its writes.
+
+A run is one folder (the contract between the trainer, the CLI, the dashboard and the
+benchmarks):
+
+  config.json            the TrainConfig, enough to reproduce the run
+  status.json            state, message, step, total_steps, the trainer's identity, warnings
+  metrics.csv            one row per step, each step exactly once and in order
+  checkpoints/last.pt    model + optimiser + progress, for resume
+  checkpoints/epoch-E.pt model + config after each epoch
+  STOP                   written by anyone who wants the run to stop after its current step
+  .lock                  flock()ed by the trainer for its whole life
+  worker.log             the dashboard child's output (for people; nobody parses it)
+
+Rules (SQLite's and Git's write-new-then-rename discipline):
+- Every rewrite is atomic: a temp file in the same folder, flush + fsync, os.replace, so a
+  reader sees the old file or the new one, never half of one. A failed write (a full disk,
+  a kill) removes its temp file, or the next trainer removes it under the lock.
+- Only the holder of ``.lock`` writes status, metrics and checkpoints; a second trainer on
+  the same folder is refused with the holder's name.
+- Readers never crash on a damaged folder: they report "unknown" or skip the row.
+- A "running" status names its trainer by pid AND the process's start time: a pid reused
+  by another process after a crash is never taken for the trainer, never signalled.
+"""
+from __future__ import annotations
+
+import csv
+import enum
+import errno
+import fcntl
+import io
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import MixsepError
+
+CONFIG, STATUS, METRICS, STOP, LOCK, LOG = "config.json", "status.json", "metrics.csv", "STOP", ".lock", "worker.log"
+CHECKPOINTS, LAST = "checkpoints", "last.pt"
+TMP_SUFFIX = ".tmp"
+CHECKPOINT_VERSION = 1
+METRIC_FIELDS = ["step", "epoch", "loss_mnist", "loss_cifar", "loss", "lr", "samples_per_s", "elapsed_s"]
+
+
+class State(enum.StrEnum):
+    """A run's state as status.json records it (plus the two that readers derive)."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # derived: "running" on disk, but its trainer is gone
+    UNKNOWN = "unknown"          # derived: status.json missing or unreadable
+
+    @property
+    def ended(self) -> bool:
+        return self in (State.FINISHED, State.STOPPED, State.FAILED, State.INTERRUPTED)
+
+
+class RunWriteError(MixsepError):
+    """A write into the run folder failed (disk full, permissions); the previous file is intact."""
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def _describe_os_error(e: OSError, path: Path) -> str:
+    if e.errno == errno.ENOSPC:
+        return f"The disk holding {path.parent} is full, so {path.name} could not be written"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{path.parent} is not writable, so {path.name} could not be written"
+    return f"Could not write {path} ({e.strerror or e.__class__.__name__})"
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write ``path`` through ``write(binary_file)`` so readers see the old or the new file only.
+
+    Raises RunWriteError with one sentence on any OSError; the temp file is removed then
+    (and after a KeyboardInterrupt), so a failed write leaves nothing behind.
+    """
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}{TMP_SUFFIX}"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise RunWriteError(_describe_os_error(e, path) + "; the previous version is kept.") from None
+        raise
+    try:  # the rename itself survives a power cut only once the folder is synced
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
+
+
+def remove_stale_temps(run_dir: Path) -> list[Path]:
+    """Temp files of writers that died (call only while holding the run's lock)."""
+    run_dir = Path(run_dir)
+    found = [*run_dir.glob(f"*{TMP_SUFFIX}"), *run_dir.glob(f".*{TMP_SUFFIX}"),
+             *(run_dir / CHECKPOINTS).glob(f"*{TMP_SUFFIX}"), *(run_dir / CHECKPOINTS).glob(f".*{TMP_SUFFIX}")]
+    removed = []
+    for p in dict.fromkeys(found):
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
+# --------------------------------------------------------------------------- names and folders
+
+_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}$")
+
+
+def _valid_part(part: str) -> bool:
+    return bool(_PART.match(part)) and ".." not in part and part == part.strip()
+
+
+def resolve_run(runs_dir: Path, name: str) -> Path:
+    """The folder of run ``name`` inside runs_dir ("NAME" or "GROUP/NAME", e.g. a sweep's trial).
+
+    Refuses names that would leave the runs folder, also through a symlink.
+    """
+    parts = name.split("/") if isinstance(name, str) else []
+    if not (1 <= len(parts) <= 2) or not all(_valid_part(p) for p in parts):
+        raise MixsepError(f"'{name}' is not a valid run name: use letters, digits, spaces, '.', '_' and '-' "
+                          "(and one '/' for a run inside a group).")
+    root = Path(runs_dir).resolve()
+    path = (root / name).resolve()
+    try:
+        rel = path.relative_to(root)
+    except ValueError:
+        raise MixsepError(f"'{name}' points outside the runs folder {root}; it is not shown.") from None
+    if rel.parts != tuple(parts):
+        raise MixsepError(f"'{name}' is a link to another place in the runs folder; open that run by its own name.")
+    return path
+
+
+def run_name(runs_dir: Path, run_dir: Path) -> str:
+    """The inverse of resolve_run: the name of a folder inside runs_dir."""
+    return Path(run_dir).resolve().relative_to(Path(runs_dir).resolve()).as_posix()
+
+
+def is_run(path: Path) -> bool:
+    return (Path(path) / CONFIG).is_file()
+
+
+def run_folders(runs_dir: Path) -> list[Path]:
+    """Every run folder in runs_dir, one group level deep, that resolve_run accepts (newest first)."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    try:
+        children = list(root.iterdir())
+    except OSError:
+        return []
+    for child in children:
+        candidates = [child]
+        try:
+            if child.is_dir() and not is_run(child):
+                candidates = [g for g in child.iterdir()]
+        except OSError:
+            continue
+        for p in candidates:
+            try:
+                name = p.relative_to(root).as_posix()
+                if p.is_dir() and is_run(p) and resolve_run(root, name) is not None:
+                    found.append((p.stat().st_mtime, p))
+            except (OSError, MixsepError, ValueError):
+                continue  # odd names and links leaving the folder are not runs we show
+    found.sort(key=lambda t: t[0], reverse=True)
+    return [p for _, p in found]
+
+
+def new_run_dir(runs_dir: Path, stem: str) -> Path:
+    """A fresh folder named ``stem`` (with -1, -2... if taken); never reuses an existing one."""
+    runs_dir = Path(runs_dir)
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        for i in range(1000):
+            path = runs_dir / (stem if i == 0 else f"{stem}-{i}")
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
+    except FileExistsError:
+        raise MixsepError(f"The runs folder {runs_dir} is a file; choose another --runs-dir.") from None
+    except OSError as e:
+        raise MixsepError(f"Cannot create a run folder in {runs_dir} ({e.strerror}); "
+                          "choose a writable --runs-dir (or MIXSEP_RUNS_DIR).") from None
+    raise MixsepError(f"Could not create a new run folder in {runs_dir}.")
+
+
+def check_run_dir(run_dir: Path) -> Path:
+    """A folder a trainer can write into: created if missing, refused with one sentence otherwise."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise MixsepError(f"--run-dir {run_dir} is a file, not a folder; name a run folder or a new path.")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MixsepError(f"Cannot create the run folder {run_dir} ({e.strerror}); choose a writable place.") from None
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise MixsepError(f"The run folder {run_dir} is not writable; choose a writable place.")
+    return run_dir
+
+
+# --------------------------------------------------------------------------- process identity
+
+
+def process_start(pid) -> str | None:
+    """The start time of process ``pid`` (clock ticks since boot), or None if it does not exist.
+
+    With the pid it names one process for the machine's uptime: a pid reused later has
+    another start time. Zombies count as gone.
+    """
+    try:
+        pid = int(pid)
+        if pid <= 0:
+            return None
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    except (TypeError, ValueError, OverflowError, IndexError):
+        return None
+    except OSError:
+        return None if Path("/proc/self/stat").exists() else _start_without_proc(pid)
+    if fields[0] == "Z":
+        return None
+    return fields[19]  # field 22 of stat, counted from the state (field 3)
+
+
+def _start_without_proc(pid: int) -> str | None:
+    """No /proc (macOS): the pid alone is all we can check."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return "?"
+
+
+def identity(pid: int | None = None) -> dict:
+    pid = os.getpid() if pid is None else pid
+    return {"pid": pid, "pid_start": process_start(pid)}
+
+
+def is_alive(status: dict) -> bool:
+    """Whether the process that status.json names is still that very process."""
+    pid, start = status.get("pid"), status.get("pid_start")
+    now = process_start(pid)
+    if now is None:
+        return False
+    if start is None:  # written by an older mixsep: no identity recorded, so never trusted
+        return False
+    return now == start or "?" in (now, start)
+
+
+# --------------------------------------------------------------------------- the lock
+
+
+class RunLock:
+    """The trainer's exclusive lock on a run folder, held for the trainer's life.
+
+    fcntl.flock on ``.lock``: the kernel drops it when the process dies, however it dies,
+    so a stale lock cannot outlive its trainer. The holder writes its identity into the
+    file so the refusal can name it.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise MixsepError(f"Run {self.path.parent} is already being trained by {holder}; "
+                              "wait for it to end or stop it first.") from None
+        except OSError as e:
+            os.close(fd)
+            raise MixsepError(f"Cannot lock the run folder {self.path.parent} ({e.strerror}).") from None
+        info = json.dumps({**identity(), "cmd": " ".join(_cmdline(os.getpid()))[:500], "since": time.time()})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info.encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"process {info['pid']} ({info.get('cmd') or 'unknown command'})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []
+
+
+def lock_holder(run_dir: Path) -> dict | None:
+    """Who holds the run's lock now (from /proc/locks), or None: a query that takes no lock."""
+    try:
+        ino = (Path(run_dir) / LOCK).stat().st_ino
+        for line in Path("/proc/locks").read_text().splitlines():
+            parts = line.split()
+            if len(parts) > 5 and parts[1] == "FLOCK" and int(parts[5].rsplit(":", 1)[1]) == ino:
+                return identity(int(parts[4]))
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+# --------------------------------------------------------------------------- status
+
+
+def read_status(run_dir: Path) -> dict:
+    """status.json as a dict; {"state": "unknown", ...} when missing or unreadable."""
+    try:
+        status = json.loads((Path(run_dir) / STATUS).read_text())
+        if isinstance(status, dict) and isinstance(status.get("state"), str):
+            return status
+    except (OSError, ValueError):
+        pass
+    return {"state": State.UNKNOWN.value, "message": "status.json is missing or half written"}
+
+
+def write_status(run_dir: Path, state: State | str, message: str = "", **extra) -> None:
+    """Record the run's state, naming this process as its trainer (pid and start time)."""
+    status = {"state": State(state).value, "message": message, "updated": time.time(), **identity(), **extra}
+    write_json(Path(run_dir) / STATUS, status)
+
+
+def live_status(run_dir: Path) -> dict:
+    """read_status, but a "running" run whose trainer is gone reads as "interrupted"."""
+    status = read_status(run_dir)
+    if status.get("state") == State.RUNNING and not is_alive(status):
+        status = dict(status, state=State.INTERRUPTED.value,
+                      message="Its training process is gone (killed, or the server or machine stopped); "
+                              "resume it from its last checkpoint or start a new run.")
+    return status
+
+
+def request_stop(run_dir: Path) -> None:
+    (Path(run_dir) / STOP).touch()
+
+
+def stop_requested(run_dir: Path) -> bool:
+    return (Path(run_dir) / STOP).exists()
+
+
+def clear_stop(run_dir: Path) -> None:
+    (Path(run_dir) / STOP).unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+class MetricsLog:
+    """metrics.csv for the lock holder: truncate to the resumed step, then append rows."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / METRICS
+        self._f = None
+        self._writer = None
+
+    def open(self, keep_through_step: int) -> "MetricsLog":
+        """Keep rows with step <= ``keep_through_step`` (the checkpoint resumed from; 0 = none), atomically."""
+        rows = [r for r in _csv_rows(self.path) if r["step"] <= keep_through_step]
+        # rows must count 1..step without a gap or a repeat; anything else was a writer's bug
+        rows = [r for i, r in enumerate(rows) if r["step"] == i + 1]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, METRIC_FIELDS, lineterminator="\n")
+        w.writeheader()
+        w.writerows({k: r[k] for k in METRIC_FIELDS} for r in rows)
+        atomic_write(self.path, lambda f: f.write(buf.getvalue().encode()))
+        try:
+            self._f = open(self.path, "a", newline="")
+        except OSError as e:
+            raise RunWriteError(_describe_os_error(e, self.path) + ".") from None
+        self._writer = csv.DictWriter(self._f, METRIC_FIELDS, lineterminator="\n")
+        return self
+
+    def write(self, row: dict) -> None:
+        try:
+            self._writer.writerow({k: row[k] for k in METRIC_FIELDS})
+            self._f.flush()  # a reader (the dashboard) sees each step as it happens
+        except OSError as e:
+            raise RunWriteError(_describe_os_error(e, self.path) + "; rows up to the last checkpoint are kept.") from None
+
+    def close(self) -> None:
+        if self._f is not None:
+            try:
+                self._f.close()
+            except OSError:
+                pass
+            self._f = None
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    """Complete, numeric rows of a metrics.csv (a cut-off last line is dropped)."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return []
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]  # the last line was being written
+    rows = []
+    for r in csv.DictReader(io.StringIO(text)):
+        try:
+            row = {k: float(r[k]) for k in METRIC_FIELDS}
+        except (KeyError, TypeError, ValueError):
+            continue
+        row["step"], row["epoch"] = int(row["step"]), int(row["epoch"])
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    return checkpoint_dir(run_dir) / LAST
+
+
+def epoch_checkpoint(run_dir: Path, epoch: int) -> Path:
+    return checkpoint_dir(run_dir) / f"epoch-{epoch}.pt"
+
+
+def save_checkpoint(path: Path, model, config, step: int, epoch: int, optimizer=None) -> None:
+    """Write atomically: a crash or a full disk mid-write leaves the previous checkpoint intact."""
+    import torch
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunWriteError(_describe_os_error(e, path) + ".") from None
+    state = {"version": CHECKPOINT_VERSION, "config": config.to_dict(), "step": step, "epoch": epoch,
+             "model": model.state_dict()}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def read_checkpoint(path: Path, map_location="cpu") -> dict:
+    """A checkpoint's contents, loaded as data only (weights_only): a checkpoint cannot run code."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise MixsepError(f"Checkpoint {path} does not exist.")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise MixsepError(f"{path} is not a readable mixsep checkpoint ({e.__class__.__name__}); "
+                          "it may be truncated or corrupt. Pick another checkpoint or retrain.") from None
+    if not isinstance(state, dict) or "model" not in state or not isinstance(state.get("config"), dict):
+        raise MixsepError(f"{path} is a PyTorch file but not a mixsep checkpoint (no model and config inside).")
+    return state
+
+
+def _epoch_of(p: Path) -> int:
+    tail = p.stem.split("-", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Newest first: last.pt, then epoch checkpoints from the latest."""
+    folder = checkpoint_dir(run_dir)
+    try:
+        if not folder.is_dir():
+            return []
+        last = [folder / LAST] if (folder / LAST).is_file() else []
+        epochs = sorted((p for p in folder.glob("epoch-*.pt") if _epoch_of(p) >= 0), key=_epoch_of, reverse=True)
+    except OSError:
+        return []
+    return last + epochs
+
+
+def disk_usage(run_dir: Path) -> int:
+    """Bytes used by a run folder (its files, links not followed)."""
+    total = 0
+    for root, _, files in os.walk(run_dir):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+@dataclass
+class Run:
+    """A run folder opened by its trainer: the lock, the metrics log, status writes.
+
+    ``open()`` takes the lock (refusing a second trainer), removes temp files of writers
+    that died; the trainer then calls ``start(step)`` once it knows the step it resumes
+    from. Leaving the ``with`` block releases the lock.
+    """
+
+    path: Path
+
+    def __post_init__(self):
+        self.path = Path(self.path)
+        self.lock = RunLock(self.path)
+        self.metrics = MetricsLog(self.path)
+        self.warnings: list[str] = []
+
+    def open(self) -> "Run":
+        check_run_dir(self.path)
+        self.lock.acquire()
+        remove_stale_temps(self.path)
+        return self
+
+    def close(self) -> None:
+        self.metrics.close()
+        self.lock.release()
+
+    def __enter__(self):
+        return self.open()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def status(self, state: State | str, message: str = "", **extra) -> None:
+        if self.warnings:
+            extra.setdefault("warnings", self.warnings)
+        write_status(self.path, state, message, **extra)
+
+    def fail(self, message: str, **extra) -> None:
+        """Record a failure in the trainer's own words; best effort (the disk may be full)."""
+        old = read_status(self.path)
+        extra = {"step": old.get("step", 0), "total_steps": old.get("total_steps", 0), **extra}
+        try:
+            self.status(State.FAILED, message, error=message, **extra)
+        except MixsepError:
+            pass
+
