@@ -27,10 +27,10 @@ for col, (page, label, icon) in zip(cols, [("pages/1_Train.py", "Train", ":mater
     col.page_link(page, label=label, icon=icon)
 
 st.header("Data")
-st.text_input("Data root", value=str(data_root), key="data_root_input",
-              on_change=lambda: st.session_state.update(data_root=st.session_state.data_root_input.strip()),
-              help="Folder with MNIST/ and cifar-10-batches-py/ (or cifar10/*.npz). "
-                   "Default: $MIXSEP_DATA_ROOT or ./data")
+st.markdown(f"Data root: `{data_root.resolve()}`",
+            help="Folder with MNIST/ and cifar-10-batches-py/ (or cifar10/*.npz). It is fixed when the server "
+                 "starts (`streamlit run dashboard.py -- --data-root DIR`, or MIXSEP_DATA_ROOT; default ./data), "
+                 "so a visitor cannot make the server write anywhere else.")
 rows = data_status(data_root)
 table = pd.DataFrame([{"source": "MNIST" if r["source"] == "mnist" else "CIFAR-10", "split": r["split"],
                        "found": "yes" if r["found"] else "missing",

@@ -28,14 +28,30 @@ STATE_ICON = {"running": ":material/play_circle:", "starting": ":material/hourgl
 def setup(title: str) -> tuple[Path, Path]:
     """Page config, title and the sidebar's folders; returns (data_root, runs_dir)."""
     st.set_page_config(page_title=f"{title} · mixsep", page_icon="🧩", layout="wide")
-    data_root = Path(st.session_state.get("data_root") or default_data_root()).expanduser()
-    runs_dir = Path(default_runs_dir()).expanduser()
+    data_root, runs_dir = folders()
     with st.sidebar:  # short names here, the full paths on hover
         st.caption(f"Data `{data_root.resolve().name}` · runs `{runs_dir.resolve().name}`",
                    help=f"Data root: {data_root.resolve()}  \nRuns folder: {runs_dir.resolve()}  \n"
-                        "Set them with MIXSEP_DATA_ROOT and MIXSEP_RUNS_DIR (the data root also on Home).")
+                        "Set them when starting the server: `streamlit run dashboard.py -- --data-root DIR "
+                        "--runs-dir DIR`, or MIXSEP_DATA_ROOT and MIXSEP_RUNS_DIR.")
     st.title(title)
     return data_root, runs_dir
+
+
+def folders() -> tuple[Path, Path]:
+    """(data root, runs folder), fixed when the server starts: the only places the dashboard writes.
+
+    A page never lets a visitor choose another folder (the Download button writes into the
+    data root), so the server's owner decides where it may write.
+    """
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--data-root", default=default_data_root())
+    p.add_argument("--runs-dir", default=default_runs_dir())
+    args, _ = p.parse_known_args(sys.argv[1:])
+    return Path(args.data_root).expanduser(), Path(args.runs_dir).expanduser()
 
 
 @st.cache_resource(show_spinner=False)
@@ -151,7 +167,11 @@ def pick_run(runs_dir: Path, key: str = "run") -> Path | None:
     name = st.selectbox("Run", list(rows), key=key, format_func=lambda n: run_label(rows[n]))
     st.session_state["last_run"] = name
     st.query_params["run"] = name  # a link to this page shows this run
-    return resolve_run(runs_dir, name)
+    try:
+        return resolve_run(runs_dir, name)
+    except MixsepError as e:  # renamed or relinked since it was listed
+        st.error(str(e))
+        return None
 
 
 def pick_checkpoint(run_dir: Path, key: str = "checkpoint") -> Path | None:

@@ -269,9 +269,11 @@ def test_no_data_every_page_explains(app_env, tmp_path, monkeypatch):
     open_page("pages/4_Compare.py")
 
 
-def test_data_root_chosen_on_home_applies_to_every_page(app_env, tmp_path):
+def test_data_root_is_fixed_by_the_server_not_by_a_visitor(app_env, tmp_path, monkeypatch):
+    """The Download button writes into the data root, so no page may point it elsewhere."""
+    monkeypatch.setenv("MIXSEP_DATA_ROOT", str(tmp_path / "elsewhere"))
     at = open_page("dashboard.py")
-    at.text_input(key="data_root_input").input(str(tmp_path / "elsewhere")).run()
+    assert not at.text_input and str((tmp_path / "elsewhere").resolve()) in " ".join(m.value for m in at.markdown)
     assert "No MNIST train data under" in texts(at.warning) and str(tmp_path / "elsewhere") in texts(at.warning)
     at.switch_page("pages/2_Samples.py").run()
     assert f"No MNIST test data under {tmp_path / 'elsewhere'}" in texts(at.error)
@@ -304,6 +306,25 @@ def test_run_names_cannot_escape(app_env, name, message):
     for page in ("pages/2_Samples.py", "pages/3_Metrics.py"):
         at = open_page(page, run=name)
         assert message in texts(at.error), page
+
+
+def test_odd_folder_names_and_links_in_the_runs_folder(app_env, tmp_path):
+    """The newest folder has a space in its name, another links outside the runs folder, a third is
+    a run inside a group (a sweep's trial): every page shows what it can, none raises."""
+    data, runs = app_env
+    shutil.copytree(runs / "tiny-run", tmp_path / "outside")
+    (runs / "escape").symlink_to(tmp_path / "outside")
+    shutil.copytree(runs / "tiny-run", runs / "study" / "trial-0001")
+    shutil.copytree(runs / "tiny-run", runs / "my run")  # newest
+    for page in PAGES:
+        at = open_page(page)
+        assert not at.exception, page
+    at = open_page("pages/2_Samples.py")
+    assert at.selectbox(key="run").value == "my run" and "escape" not in at.selectbox(key="run").options
+    assert not at.exception and not at.error
+    at = open_page("pages/3_Metrics.py", run="study/trial-0001")
+    assert not at.exception and not at.error and at.selectbox(key="run").value == "study/trial-0001"
+    assert "outside the runs folder" in texts(open_page("pages/2_Samples.py", run="escape").error)
 
 
 def _broken_run(runs: Path, name: str) -> Path:

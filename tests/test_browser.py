@@ -50,9 +50,9 @@ def server(tmp_path):
                MIXSEP_CACHE_DIR=str(tmp_path / "cache"))
     log = open(tmp_path / "streamlit.log", "wb")
     proc = subprocess.Popen(
+        # no --server.address: the repository's .streamlit/config.toml must keep it on loopback
         [sys.executable, "-m", "streamlit", "run", "dashboard.py", "--server.headless", "true",
-         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
+         "--server.port", str(port), "--server.fileWatcherType", "none"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never ask a proxy for loopback
@@ -66,7 +66,7 @@ def server(tmp_path):
         if proc.poll() is not None or time.monotonic() > deadline:
             raise AssertionError("streamlit did not start:\n" + (tmp_path / "streamlit.log").read_text())
         time.sleep(0.3)
-    yield url, tmp_path
+    yield url, tmp_path, proc
     os.killpg(proc.pid, 15)  # the server and the training child it started
     try:
         proc.wait(15)
@@ -91,7 +91,7 @@ def test_dashboard_in_a_real_browser(server):
         pytest.skip(reason)
     from playwright.sync_api import expect, sync_playwright
 
-    url, tmp = server
+    url, tmp, _ = server
     expect.set_options(timeout=60_000)  # the first page imports torch; the CPU may be shared
     shots = [tmp / "screenshots"]
     if os.environ.get("MIXSEP_SCREENSHOTS"):
@@ -178,3 +178,36 @@ def test_dashboard_in_a_real_browser(server):
         snap(page, "compare")
         browser.close()
     assert (tmp / "screenshots" / "metrics.png").stat().st_size > 10_000
+
+
+def listening_sockets(pid: int) -> list[tuple[str, int]]:
+    """(address, port) of every TCP socket process ``pid`` listens on, read from /proc."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = []
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "0A" and f[9] in inodes:  # 0A: LISTEN
+                addr, port = f[1].split(":")
+                raw = bytes.fromhex(addr)
+                # /proc prints each 32-bit word in host (little-endian) order
+                words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                found.append((socket.inet_ntop(socket.AF_INET if width == 8 else socket.AF_INET6, words),
+                              int(port, 16)))
+    return found
+
+
+def test_server_listens_on_loopback_only_and_sends_no_statistics(server):
+    url, tmp, proc = server
+    sockets = listening_sockets(proc.pid)
+    assert sockets, "the server listens on nothing?"
+    assert {a for a, _ in sockets} <= {"127.0.0.1", "::1"}, sockets
+    log = (tmp / "streamlit.log").read_text()
+    assert "collecting usage statistics" not in log.lower() and "0.0.0.0" not in log
