@@ -52,7 +52,8 @@ def _file_bytes(path: Path) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as e:
-        raise MixsepError(f"Could not read {path} ({e.strerror or e.__class__.__name__}); check that it is a readable file.") from None
+        why = e.strerror or e.__class__.__name__
+        raise MixsepError(f"Could not read {path} ({why}); check that it is a readable file.") from None
 
 
 _DEFLATE_MAX_RATIO = 1032  # deflate never expands more than this, so a .gz cannot hold more than 1032x its size
@@ -170,7 +171,8 @@ _BATCH_GLOBALS = {
     ("numpy", "dtype"): np.dtype,
     **{(f"{p}.multiarray", n): _reconstruct_numpy("multiarray", n)
        for p in ("numpy.core", "numpy._core") for n in ("_reconstruct", "scalar")},
-    **{(f"{p}.numeric", "_frombuffer"): _reconstruct_numpy("numeric", "_frombuffer") for p in ("numpy.core", "numpy._core")},
+    **{(f"{p}.numeric", "_frombuffer"): _reconstruct_numpy("numeric", "_frombuffer")  # protocol 5
+       for p in ("numpy.core", "numpy._core")},
     ("_codecs", "encode"): _latin1_bytes(bytes),
     ("builtins", "bytes"): _latin1_bytes(bytes),
     ("builtins", "bytearray"): _latin1_bytes(bytearray),
@@ -375,7 +377,10 @@ def resize_mnist(images: np.ndarray) -> torch.Tensor:
 
 
 def decode_files(files: list[Path], source: str, raws: list[bytes] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Files (or their bytes, already read) -> (images, labels). MNIST images come out (N, 32, 32); CIFAR (N, 3, 32, 32)."""
+    """Files (or their bytes, already read) -> (images, labels).
+
+    MNIST images come out (N, 32, 32); CIFAR (N, 3, 32, 32).
+    """
     files = [Path(f) for f in files]
     raws = raws or [None] * len(files)
     if files[0].suffix == ".npz":
