@@ -159,3 +159,25 @@ class _ConsistentModel(torch.nn.Module):
 
 def test_projection_weight_of_a_consistent_model_is_one_half_not_noise(data_root):
     assert M.fit_projection_weight(_ConsistentModel(), load_pairs(data_root, "test"), count=32) == 0.5
+
+
+def test_best_mode_is_never_the_do_nothing_mixture():
+    """One definition of 'best' (Compare, the benchmarks): the mixture baseline is excluded even when it wins."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    from mixsep.metrics import Evaluation
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    try:
+        benchlib = importlib.import_module("benchlib")
+    finally:
+        sys.path.pop(0)
+
+    rows = [{"source": "mnist", "mode": m, "psnr_mean": v, "ssim_mean": 0.5}
+            for m, v in (("direct", 10.0), ("subtraction", 11.0), ("projection_uniform", 9.0),
+                         ("projection_optimal", 9.5), ("mixture", 40.0))]
+    ev = Evaluation(rows=rows, per_image=None, audit=[])
+    assert ev.best("mnist")["mode"] == "subtraction"
+    assert benchlib.best(ev, "mnist")["mode"] == "subtraction"
