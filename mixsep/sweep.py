@@ -1,0 +1,897 @@
+"""Hyper-parameter sweeps: an Optuna study whose trials are ordinary run folders.
+
+A study searches the sweepable settings of ``mixsep.config.settings()`` (by default the
+Train page's sliders: learning rate, Adam's betas) with a seeded TPE sampler. Each trial
+trains through ``mixsep.train.Training`` into a run folder of its own, so Samples,
+Metrics, Compare, ``evaluate`` and ``train --run-dir`` (resume) work on it unchanged.
+During a trial the validation PSNR is reported every ``report_every`` steps and a
+pruner (median or successive halving) stops the trial early when it trails the others.
+
+The objective is the mean PSNR of the two sources (direct recovery, ``data_range=1.0``)
+on a validation split carved from the training data: the last ``val_size`` pairs of the
+training sets (index N - V .. N - 1, N the shorter set's length). Trials train on the
+first N - V pairs only, and never with ``repair`` (fresh MNIST partners would be drawn
+from the whole MNIST set, validation digits included). The test split is never touched:
+``python -m mixsep evaluate`` scores the best trial on it.
+
+On disk (the runs folder is RUNS_DIR):
+
+  RUNS_DIR/optuna.journal             the default storage: every study of this runs folder
+  RUNS_DIR/<study>/sweep.json         the last sweep command on this machine: pid, state, message
+  RUNS_DIR/<study>/sweep.log          the dashboard's sweep child output
+  RUNS_DIR/<study>/trial-0003/        trial 3's run folder (its name is "<study>/trial-0003")
+
+Storage. Without ``--storage`` the study lives in Optuna's journal file in the runs
+folder: Optuna advises against SQLite for parallel optimisation (its writers lock the
+whole database), and its journal file backend is an append-only log under a file lock
+meant for several processes on one machine. Any SQLAlchemy URL works too, PostgreSQL
+first: the same command started on several machines joins the same study.
+
+Dead workers. With a database, each running trial sends a heartbeat; a trial whose
+heartbeat stops is failed by the next worker that looks, and requeued with the same
+parameters (Optuna's RetryHeartbeatStaleTrialCallback). The journal has no heartbeat, but
+it serves one machine: each trial records its worker's pid and start time, and a worker
+fails and requeues any running trial of this machine whose process is gone. Either way a
+requeued trial resumes its run folder from the last checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .config import TrainConfig, default_data_root, settings
+from .errors import MixsepError
+
+JOURNAL = "optuna.journal"
+SWEEP_FILE, SWEEP_LOG = "sweep.json", "sweep.log"
+ATTR = "mixsep"               # the study's user attribute holding its space and fixed settings
+LOCAL = ("data_root", "device")  # settings each machine chooses for itself when it joins a study
+MAX_RETRY = 3                 # requeues of a trial whose worker died, before it counts as failed
+PSNR_CAP = 100.0              # dB; a pixel-perfect image is +inf PSNR and would swamp the mean
+POLL_S = 2.0                  # how often an idle worker looks at the others' trials
+STORAGE_ENV = "MIXSEP_SWEEP_STORAGE"  # keeps a database password off the command line
+
+
+# --------------------------------------------------------------------------- the search space
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One swept setting: a numeric range (low..high, maybe log-scaled) or a list of values."""
+
+    name: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple | None = None
+
+    def text(self) -> str:
+        if self.choices is not None:
+            return f"{self.name}=" + "|".join(str(c) for c in self.choices)
+        return f"{self.name}={self.low:g}:{self.high:g}" + (":log" if self.log else "")
+
+    def suggest(self, trial):
+        if self.choices is not None:
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if isinstance(self.low, int) and isinstance(self.high, int):
+            return trial.suggest_int(self.name, self.low, self.high, log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+
+
+def sweepable() -> dict:
+    """The settings a sweep may vary, by name (those whose metadata gives a default sweep)."""
+    return {s.name: s for s in settings() if s.sweep is not None}
+
+
+def default_space() -> dict[str, Dimension]:
+    """The Train page's sliders: every sweepable setting with a numeric range."""
+    return {n: _default_dimension(s) for n, s in sweepable().items() if not s.categorical}
+
+
+def _default_dimension(s) -> Dimension:
+    if s.categorical:
+        return Dimension(s.name, choices=tuple(s.sweep))
+    low, high = s.sweep
+    return Dimension(s.name, s.type(low), s.type(high), s.log)
+
+
+def format_space(space: dict[str, Dimension]) -> str:
+    return ",".join(d.text() for d in space.values())
+
+
+def parse_space(text: str | None) -> dict[str, Dimension]:
+    """``lr=1e-4:1e-2:log,beta1=0.8:0.99,model=faithful|unet`` -> dimensions; None = the default space.
+
+    ``name`` alone takes the setting's default sweep; ``:log`` or ``:linear`` overrides the
+    setting's scale. Raises MixsepError with one sentence for anything else.
+    """
+    if text is None:
+        return default_space()
+    known = sweepable()
+    space: dict[str, Dimension] = {}
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        name, _, spec = (p.strip() for p in entry.partition("="))
+        name = name.replace("-", "_")
+        if name not in known:
+            hint = "it cannot be swept; give it as a fixed flag" if name in {s.name for s in settings()} \
+                else "no such setting"
+            raise MixsepError(f"--space names '{name}' ({hint}); settings that can be swept: {', '.join(known)}.")
+        if name in space:
+            raise MixsepError(f"--space names '{name}' twice; give each setting once.")
+        space[name] = _dimension(known[name], spec) if spec else _default_dimension(known[name])
+    if not space:
+        raise MixsepError(f"--space is empty; name at least one of: {', '.join(known)}.")
+    return space
+
+
+def _dimension(s, spec: str) -> Dimension:
+    if s.categorical:
+        if ":" in spec:
+            raise MixsepError(f"{s.name} takes a list of values separated by '|', for example "
+                              f"{s.name}={'|'.join(str(v) for v in s.sweep[:3])}; not a range.")
+        values = tuple(dict.fromkeys(_value(s, v.strip()) for v in spec.split("|") if v.strip()))
+        if len(values) < 2:
+            raise MixsepError(f"Sweeping {s.name} over {len(values)} value is no sweep; give two or more "
+                              f"separated by '|', or set it with the fixed flag {s.flag}.")
+        return Dimension(s.name, choices=values)
+    parts = [p.strip() for p in spec.split(":")]
+    scale = parts.pop() if len(parts) == 3 else None
+    if len(parts) != 2 or scale not in (None, "log", "linear"):
+        raise MixsepError(f"{s.name} takes a range low:high (or low:high:log), for example "
+                          f"{s.name}={s.sweep[0]:g}:{s.sweep[1]:g}; got '{spec}'.")
+    low, high = (_value(s, p) for p in parts)
+    if not low < high:
+        raise MixsepError(f"The range {s.name}={low:g}:{high:g} is {'empty' if low == high else 'inverted'}; "
+                          "give the low end first and make it smaller than the high end.")
+    log = s.log if scale is None else scale == "log"
+    if log and low <= 0:
+        raise MixsepError(f"A log-scaled range needs a positive low end ({s.name}={low:g}:{high:g}); "
+                          "raise it or add ':linear'.")
+    return Dimension(s.name, low, high, log)
+
+
+def _value(s, text: str):
+    """A value of setting ``s`` in its type and valid range, or MixsepError with the setting's own sentence."""
+    try:
+        value = s.parse(text)
+    except argparse.ArgumentTypeError as e:
+        raise MixsepError(f"In --space, {e}") from None
+    s.check(value)
+    return value
+
+
+# --------------------------------------------------------------------------- the validation split
+
+
+def available_pairs(data_root: Path) -> int:
+    """Training pairs the data root holds: the shorter of the two training sets."""
+    from .data import load_split
+
+    return min(len(load_split(Path(data_root), "mnist", "train")[0]), len(load_split(Path(data_root), "cifar", "train")[0]))
+
+
+def validation_pairs(data_root: Path, count: int):
+    """The last ``count`` training pairs (index N - count .. N - 1): no trial trains on them."""
+    from .data import PairData, load_split
+
+    m, ml = load_split(Path(data_root), "mnist", "train")
+    c, cl = load_split(Path(data_root), "cifar", "train")
+    end = min(len(m), len(c))
+    if not 0 < count < end:
+        raise MixsepError(f"The validation split must hold from 1 to {end - 1} of the {end} training pairs "
+                          f"(got --val-size {count}).")
+    return PairData(m[end - count:end], ml[end - count:end], c[end - count:end], cl[end - count:end])
+
+
+def validate(model, pairs, batch_size: int = 256) -> dict:
+    """Mean PSNR (dB, capped at PSNR_CAP) and SSIM of each head's direct output on ``pairs``."""
+    import torch
+
+    from .metrics import predict, psnr, ssim
+
+    was_training = model.training
+    model.eval()
+    sums = {k: 0.0 for k in ("psnr_mnist", "psnr_cifar", "ssim_mnist", "ssim_cifar")}
+    for m_u8, c_u8 in pairs.eval_batches(batch_size):
+        mnist, cifar, _, mnist_hat, cifar_hat = predict(model, m_u8, c_u8)
+        for source, pred, target in (("mnist", mnist_hat.clamp(0, 1), mnist), ("cifar", cifar_hat.clamp(0, 1), cifar)):
+            sums[f"psnr_{source}"] += float(torch.clamp(psnr(pred, target), max=PSNR_CAP).sum())
+            sums[f"ssim_{source}"] += float(ssim(pred, target).sum())
+    model.train(was_training)
+    out = {k: v / len(pairs) for k, v in sums.items()}
+    out["psnr"] = (out["psnr_mnist"] + out["psnr_cifar"]) / 2
+    return out
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def storage_label(url: str | None, runs_dir: Path) -> str:
+    """The storage as people may see it: a journal path, or the URL with its password hidden."""
+    if not url:
+        return str(Path(runs_dir).resolve() / JOURNAL)
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def check_storage(url: str | None, timeout_s: int = 10) -> None:
+    """Refuse an unknown scheme or an unreachable database, writing nothing anywhere."""
+    if not url:
+        return
+    import sqlalchemy
+
+    try:
+        parsed = database_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise MixsepError(f"--storage '{url}' is not a database URL; write it like postgresql://user@host/dbname, "
+                          "or leave --storage out for the journal file in the runs folder.") from None
+    shown = storage_label(url, Path("."))
+    missing = (f"{shown} needs a Python database driver that is not installed ('{{}}'); install it, "
+               "or use postgresql:// (psycopg2 comes with mixsep).")
+    try:
+        parsed.get_dialect()
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise MixsepError(f"Unknown storage URL scheme '{parsed.drivername}' in {shown}; use postgresql://, "
+                          "mysql://, sqlite:/// or leave --storage out for the journal file.") from None
+    except ImportError as e:
+        raise MixsepError(missing.format(e.name)) from None
+    if parsed.get_backend_name() == "sqlite":  # connecting would create the file: check its folder only
+        if parsed.database in (None, "", ":memory:"):
+            raise MixsepError(f"{shown} is an in-memory database that other processes cannot share; name a file.")
+        folder = Path(parsed.database).expanduser().resolve().parent
+        if not folder.is_dir():
+            raise MixsepError(f"The folder {folder} of {shown} does not exist; create it or choose another path.")
+        return
+    try:
+        engine = sqlalchemy.create_engine(parsed, **_engine_kwargs(parsed, timeout_s))
+        with engine.connect():
+            pass
+        engine.dispose()
+    except ImportError as e:
+        raise MixsepError(missing.format(e.name)) from None
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        reason = " ".join(str(getattr(e, "orig", e) or e).split())[:200]
+        raise MixsepError(f"Cannot reach the database {shown} ({reason}); start it, or check the host, port, "
+                          "user and database name in --storage.") from None
+
+
+def database_url(url: str):
+    """The SQLAlchemy URL; a plain postgresql:// goes through psycopg2 when psycopg 3 is not installed."""
+    import importlib.util
+
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql" and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        parsed = parsed.set(drivername="postgresql+psycopg2")  # SQLAlchemy 2.1 defaults to psycopg 3
+    return parsed
+
+
+def _engine_kwargs(parsed, timeout_s: int) -> dict:
+    kwargs = {"pool_pre_ping": True}
+    if parsed.get_backend_name() == "postgresql":
+        kwargs["connect_args"] = {"connect_timeout": timeout_s}
+    return kwargs
+
+
+def open_storage(url: str | None, runs_dir: Path, heartbeat_s: int = 30, create: bool = True):
+    """The Optuna storage: the runs folder's journal file, or an RDB with heartbeats.
+
+    ``create=False`` returns None where opening would write (a journal file or tables
+    that do not exist yet): the study cannot exist there.
+    """
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep prints one line per trial itself
+    if not url:
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+        path = Path(runs_dir) / JOURNAL
+        if not path.is_file():
+            if not create:
+                return None
+            Path(runs_dir).mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+    import sqlalchemy
+
+    parsed = database_url(url)
+    if not create:
+        if parsed.get_backend_name() == "sqlite" and not Path(parsed.database).expanduser().is_file():
+            return None
+        engine = sqlalchemy.create_engine(parsed, **_engine_kwargs(parsed, 10))
+        try:
+            if not sqlalchemy.inspect(engine).has_table("studies"):
+                return None
+        finally:
+            engine.dispose()
+    return optuna.storages.RDBStorage(
+        parsed.render_as_string(hide_password=False), engine_kwargs=_engine_kwargs(parsed, 10), heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+            max_retry=MAX_RETRY, inherit_intermediate_values=True))
+
+
+def list_studies(storage) -> list:
+    """Optuna's summaries of every study in a storage (newest first)."""
+    import optuna
+
+    if storage is None:
+        return []
+    found = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    return sorted(found, key=lambda s: s.datetime_start or datetime.datetime.min, reverse=True)
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class Plan:
+    """Everything a sweep will do, checked before anything is written."""
+
+    study: str
+    storage: str | None          # a database URL, or None for the runs folder's journal
+    runs_dir: Path
+    space: dict[str, Dimension]
+    config: TrainConfig          # the fixed settings of every trial; train_size excludes the validation pairs
+    fixed: dict                  # the training flags given when the study was made (compared on resume)
+    trials: int                  # the study's target of finished trials
+    val_size: int
+    report_every: int            # steps between validation reports; 0 = once per epoch
+    pruner: str
+    sampler_seed: int
+    heartbeat: int
+    workers: int
+    exists: bool = False         # the study is in the storage already (this command resumes it)
+    worker_index: int = 0
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.runs_dir) / self.study
+
+    @property
+    def storage_label(self) -> str:
+        return storage_label(self.storage, self.runs_dir)
+
+    def attrs(self) -> dict:
+        return {"space": format_space(self.space), "config": self.config.to_dict(), "fixed": self.fixed,
+                "val_size": self.val_size, "trials": self.trials}
+
+
+def plan(args) -> Plan:
+    """Check a `sweep` command's arguments, data, storage and study; write nothing.
+
+    Raises MixsepError with one sentence for the first problem found.
+    """
+    from .run import resolve_run
+
+    study = args.study
+    try:
+        resolve_run(Path(args.runs_dir), study)
+    except MixsepError:
+        raise MixsepError(f"'{study}' is not a usable study name: it names a folder in the runs folder, so use "
+                          "letters, digits, '.', '_' and '-' only.") from None
+    if "/" in study:
+        raise MixsepError(f"'{study}' is not a usable study name: no '/' (it names one folder in the runs folder).")
+    runs_dir = Path(args.runs_dir).expanduser().resolve()
+    if (runs_dir / study / "config.json").is_file():
+        raise MixsepError(f"A training run named '{study}' already exists in {runs_dir}; choose another study name.")
+    if args.trials is not None and args.trials < 1:
+        raise MixsepError(f"--trials must be at least 1 (got {args.trials}): a study needs trials to run.")
+    if args.workers is not None and args.workers < 1:
+        raise MixsepError(f"--workers must be at least 1 (got {args.workers}).")
+    if args.val_size is not None and args.val_size < 1:
+        raise MixsepError(f"--val-size must be at least 1 validation pair (got {args.val_size}).")
+    if args.report_every < 0:
+        raise MixsepError(f"--report-every must be 0 (once per epoch) or a number of steps (got {args.report_every}).")
+    if args.heartbeat < 1:
+        raise MixsepError(f"--heartbeat must be at least 1 second (got {args.heartbeat}).")
+    names = [s.name for s in settings(resolve=False)]
+    given = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    local = {n: given.pop(n) for n in LOCAL if n in given}
+    local.setdefault("data_root", default_data_root())
+    local["data_root"] = str(Path(local["data_root"]).expanduser().resolve())
+
+    check_storage(args.storage)
+    storage = open_storage(args.storage, runs_dir, args.heartbeat, create=False)
+    stored = _stored(storage, study)
+    if stored is not None:
+        space = parse_space(args.space) if args.space is not None else parse_space(stored["space"])
+        if format_space(space) != stored["space"]:
+            raise MixsepError(f"Study '{study}' exists with the space {stored['space']}, not {format_space(space)}; "
+                              "resume it without --space (or with that one), or choose another study name.")
+        for name, value in given.items():
+            was = stored["fixed"].get(name, TrainConfig.__dataclass_fields__[name].default)
+            if value != was:
+                raise MixsepError(f"Study '{study}' was made with {name}={was}, not {value}; resume it without "
+                                  f"--{name.replace('_', '-')}, or choose another study name.")
+        if args.val_size is not None and args.val_size != stored["val_size"]:
+            raise MixsepError(f"Study '{study}' validates on {stored['val_size']} pairs, not {args.val_size}; "
+                              "resume it without --val-size, or choose another study name.")
+        fixed, val_size = stored["fixed"], stored["val_size"]
+        config = TrainConfig.from_dict({**stored["config"], **local})
+        trials = args.trials or stored["trials"]
+    else:
+        space = parse_space(args.space)
+        fixed, val_size, trials = given, args.val_size or 2000, args.trials or 20
+        config = TrainConfig(**{**given, **local})
+    clash = sorted(set(space) & set(given))
+    if clash:
+        flags = ", ".join("--" + n.replace("_", "-") for n in clash)
+        raise MixsepError(f"{flags} both fixed and swept; drop the flag or take {', '.join(clash)} out of --space.")
+    if config.repair:
+        raise MixsepError("A sweep validates on the last training digits, which --repair would draw as training "
+                          "partners; drop --repair for a sweep (retrain the winner with it if you like).")
+    config = config.validate()
+    for name, dim in space.items():  # a trial's config must pass validate() with any value drawn
+        for v in dim.choices or (dim.low, dim.high):
+            dataclasses.replace(config, **{name: v}).validate()
+
+    available = available_pairs(Path(config.data_root))
+    if val_size >= available:
+        raise MixsepError(f"--val-size {val_size} leaves no training pairs: the data root holds {available}; "
+                          "lower --val-size.")
+    train_size = stored["config"]["train_size"] if stored is not None else (config.train_size or available - val_size)
+    if train_size > available - val_size:
+        raise MixsepError(f"--train-size {train_size} would train on validation pairs: {available} pairs less "
+                          f"{val_size} held out leaves {available - val_size}; lower --train-size or --val-size.")
+    config = dataclasses.replace(config, train_size=train_size)
+    biggest = max(dim_values(space.get("batch_size")) or [config.batch_size])
+    if biggest > train_size:
+        raise MixsepError(f"Batch size {biggest} is larger than the {train_size} pairs a trial trains on "
+                          f"({val_size} of {available} are held out for validation); lower it.")
+    workers = args.workers or default_workers(config.device)
+    return Plan(study, args.storage, runs_dir, space, config, fixed, trials, val_size, args.report_every,
+                args.pruner, args.sampler_seed, args.heartbeat, workers, stored is not None,
+                args.worker_index or 0)
+
+
+def dim_values(dim: Dimension | None) -> list:
+    return list(dim.choices) if dim is not None and dim.choices is not None else []
+
+
+def _stored(storage, study: str) -> dict | None:
+    """The study's mixsep attributes, or None when the study does not exist."""
+    import optuna
+
+    if storage is None:
+        return None
+    try:
+        attrs = optuna.load_study(study_name=study, storage=storage).user_attrs
+    except KeyError:
+        return None
+    if ATTR not in attrs:
+        raise MixsepError(f"Study '{study}' exists in this storage but was not made by `python -m mixsep sweep`; "
+                          "choose another study name.")
+    return attrs[ATTR]
+
+
+def default_workers(device: str) -> int:
+    """One worker per visible GPU; on a CPU one worker, which uses every core."""
+    if device == "cpu" or device.startswith("cuda:"):
+        return 1
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
+# --------------------------------------------------------------------------- the study
+
+
+def create_study(p: Plan):
+    """Create (or load) the study and its folder; the first write of a sweep."""
+    import optuna
+
+    storage = open_storage(p.storage, p.runs_dir, p.heartbeat)
+    study = optuna.create_study(study_name=p.study, storage=storage, direction="maximize", load_if_exists=True)
+    if ATTR not in study.user_attrs:
+        study.set_user_attr(ATTR, p.attrs())
+    elif study.user_attrs[ATTR].get("trials") != p.trials:
+        study.set_user_attr(ATTR, {**study.user_attrs[ATTR], "trials": p.trials})
+    p.folder.mkdir(parents=True, exist_ok=True)
+    return study
+
+
+def load_study(p: Plan, index: int = 0):
+    import optuna
+
+    n_startup = max(1, min(10, p.trials // 3))
+    sampler = optuna.samplers.TPESampler(seed=p.sampler_seed + index, n_startup_trials=n_startup, constant_liar=True)
+    pruner = {"median": optuna.pruners.MedianPruner(n_startup_trials=max(1, min(5, p.trials // 4)), n_warmup_steps=0),
+              "halving": optuna.pruners.SuccessiveHalvingPruner(),
+              "none": optuna.pruners.NopPruner()}[p.pruner]
+    return optuna.load_study(study_name=p.study, storage=open_storage(p.storage, p.runs_dir, p.heartbeat),
+                             sampler=sampler, pruner=pruner)
+
+
+def counts(study) -> dict:
+    """Trials by what they mean for the target: done (complete, pruned, failed for good), running, waiting."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+               or (t.state == TrialState.FAIL and t.number not in retried) for t in trials)
+    return {"done": done, "running": sum(t.state == TrialState.RUNNING for t in trials),
+            "waiting": sum(t.state == TrialState.WAITING for t in trials)}
+
+
+def requeue(study, trial) -> None:
+    """Queue a copy of a trial that did not finish, with its parameters and run folder, to be resumed."""
+    import optuna
+
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ("host", "pid", "pid_start")}
+    study.add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        user_attrs=user_attrs, intermediate_values=trial.intermediate_values,
+        system_attrs={"failed_trial": history[0], "retry_history": history}))
+
+
+def fail_dead_trials(study, journal: bool) -> list[int]:
+    """Fail (and requeue) running trials whose worker is gone; returns their numbers.
+
+    A database has heartbeats (Optuna fails stale trials and calls the retry callback).
+    The journal serves one machine: a running trial of this host whose process is not
+    the one that started it (pid and start time) is dead; one that never named its
+    worker is dead after ten minutes.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    from .run import is_alive
+
+    if not journal:
+        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        optuna.storages.fail_stale_trials(study)
+        after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        return sorted(before - after)
+    host, dead = socket.gethostname(), []
+    now = datetime.datetime.now()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        named = "pid" in t.user_attrs
+        if named and (t.user_attrs.get("host") != host or is_alive(t.user_attrs)):
+            continue
+        if not named and (t.datetime_start is None or now - t.datetime_start < datetime.timedelta(minutes=10)):
+            continue
+        try:
+            if not study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker got there first
+        if len(t.system_attrs.get("retry_history", [])) < MAX_RETRY:
+            requeue(study, t)
+        dead.append(t.number)
+    return dead
+
+
+class SweepInterrupted(Exception):
+    """The sweep was asked to stop during a trial; the trial is requeued to resume later."""
+
+
+@dataclass
+class Worker:
+    """One process's share of a study: trials one after another until the target is met."""
+
+    plan: Plan
+    should_stop: Callable[[], bool] = lambda: False
+    index: int = 0
+    say: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr, flush=True))
+
+    def run(self) -> None:
+        from optuna.trial import TrialState
+
+        p = self.plan
+        self.study = load_study(p, self.index)
+        self.val, self.last = None, None
+        journal = not p.storage
+        waiting_said = False
+        while not self.should_stop():
+            for n in fail_dead_trials(self.study, journal):
+                self.say(f"trial {n}: its worker is gone; marked failed and queued again to resume")
+            c = counts(self.study)
+            if c["done"] >= p.trials:
+                break
+            if c["waiting"] == 0 and c["done"] + c["running"] >= p.trials:
+                if not waiting_said:  # stay: a dead worker's trial comes back as waiting
+                    self.say(f"waiting for {c['running']} running trial(s) of other workers")
+                    waiting_said = True
+                time.sleep(POLL_S)
+                continue
+            waiting_said = False
+            try:
+                self.study.optimize(self.objective, n_trials=1, catch=(MixsepError,), gc_after_trial=True)
+            except SweepInterrupted as e:
+                trial = self.study._storage.get_trial(e.args[0])
+                if trial.state == TrialState.FAIL:
+                    requeue(self.study, trial)
+                self.say(f"trial {trial.number}: stopped; it resumes from its last checkpoint when the sweep does")
+                break
+            if self.last is not None:
+                self._report(self.last)
+
+    def _report(self, number: int) -> None:
+        t = next(t for t in self.study.get_trials(deepcopy=False) if t.number == number)
+        params = " ".join(f"{k}={_short(v)}" for k, v in t.params.items())
+        score = f"{t.user_attrs['val_psnr']:.2f} dB (mnist {t.user_attrs['val_psnr_mnist']:.2f}, cifar " \
+                f"{t.user_attrs['val_psnr_cifar']:.2f})" if "val_psnr" in t.user_attrs else t.user_attrs.get("error", "")
+        self.say(f"trial {t.number} {t.state.name.lower()}: {score}  {params}  [{t.user_attrs.get('run', '')}]")
+
+    def objective(self, trial) -> float:
+        import optuna
+
+        from .run import Run, State, identity, resolve_run
+        from .train import Training
+
+        p = self.plan
+        self.last = trial.number
+        params = {name: dim.suggest(trial) for name, dim in p.space.items()}
+        run_name = trial.user_attrs.get("run") or f"{p.study}/trial-{trial.number:04d}"
+        for k, v in {"run": run_name, "host": socket.gethostname(), **identity()}.items():
+            trial.set_user_attr(k, v)
+        if self.val is None:
+            self.val = validation_pairs(Path(p.config.data_root), p.val_size)
+        config = dataclasses.replace(p.config, **params).validate()
+        flags = {"prune": False}
+        start = time.time()
+        run = Run(resolve_run(p.runs_dir, run_name)).open()
+        try:
+            training = Training(config, run, should_stop=lambda: flags["prune"] or self.should_stop())
+            self.val.to(training.device)
+            every = p.report_every or training.steps_per_epoch
+            scores, at = None, -1
+            for r in training.steps():
+                if not flags["prune"] and (r.step % every == 0 or r.step == r.total_steps):
+                    scores, at = validate(training.model, self.val), r.step
+                    trial.report(scores["psnr"], r.step)
+                    if trial.should_prune():
+                        flags["prune"] = True
+            if self.should_stop() and not flags["prune"] and training.step < training.total_steps:
+                raise SweepInterrupted(trial._trial_id)
+            if at != training.step:
+                scores = validate(training.model, self.val)
+            for k, v in scores.items():
+                trial.set_user_attr(f"val_{k}", v)
+            trial.set_user_attr("step", training.step)
+            trial.set_user_attr("duration_s", time.time() - start)
+            if flags["prune"]:
+                run.status(State.STOPPED, f"pruned by sweep '{p.study}' at step {training.step}: validation PSNR "
+                           f"{scores['psnr']:.2f} dB trailed the other trials", step=training.step,
+                           total_steps=training.total_steps)
+                raise optuna.TrialPruned()
+            return scores["psnr"]
+        except MixsepError as e:
+            trial.set_user_attr("error", str(e))
+            if "non-finite" in str(e):  # diverged: a real, bad result the sampler should learn from
+                raise optuna.TrialPruned() from None
+            raise
+        finally:
+            run.close()
+
+
+def _short(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def best_trial(study):
+    """The complete trial with the highest validation PSNR, or None."""
+    from optuna.trial import TrialState
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return max(done, key=lambda t: t.value) if done else None
+
+
+def _read_sweep(folder: Path) -> dict:
+    import json
+
+    try:
+        d = json.loads((Path(folder) / SWEEP_FILE).read_text())
+        return d if isinstance(d, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write_sweep_status(p: Plan, state: str, message: str = "") -> None:
+    from .run import identity, write_json
+
+    write_json(p.folder / SWEEP_FILE, {"study": p.study, "storage": storage_label(p.storage, p.runs_dir),
+                                       "state": state, "message": message, "host": socket.gethostname(),
+                                       "workers": p.workers, "trials": p.trials, "updated": time.time(),
+                                       **identity()})
+
+
+def live_sweeps(runs_dir: Path) -> list[dict]:
+    """sweep.json of every study in runs_dir whose sweep process still runs on this machine."""
+    from .run import is_alive
+
+    root = Path(runs_dir)
+    found = []
+    for f in sorted(root.glob(f"*/{SWEEP_FILE}")) if root.is_dir() else []:
+        d = _read_sweep(f.parent)
+        if d.get("state") == "running" and d.get("host") == socket.gethostname() and is_alive(d):
+            found.append(dict(d, folder=str(f.parent)))
+    return found
+
+
+def run_sweep(p: Plan, say: Callable[[str], None] | None = None) -> int:
+    """Run the study to its target with p.workers processes (this one, or children); 0 when it got there."""
+    stop = {"flag": False}
+
+    def on_signal(signum, frame):  # finish this step, checkpoint the trial, requeue it, exit
+        stop["flag"] = True
+        for child in children:
+            try:
+                child.send_signal(signal.SIGTERM)
+            except OSError:
+                pass
+
+    children: list[subprocess.Popen] = []
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} \
+        if threading.current_thread() is threading.main_thread() else {}
+    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    study = create_study(p)
+    write_sweep_status(p, "running")
+    try:
+        if p.workers == 1:
+            Worker(p, lambda: stop["flag"], p.worker_index, say).run()
+        else:
+            children.extend(_spawn(p, i) for i in range(p.workers))
+            codes = [c.wait() for c in children]
+            if any(c not in (0, -signal.SIGTERM) for c in codes) and not stop["flag"]:
+                raise MixsepError(f"{sum(c != 0 for c in codes)} of {p.workers} sweep workers failed "
+                                  f"(exit codes {codes}); see their output above, then run the same command to resume.")
+    except BaseException as e:
+        write_sweep_status(p, "failed", str(e) if isinstance(e, MixsepError) else f"{e.__class__.__name__}: {e}")
+        raise
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    c = counts(study)
+    finished = c["done"] >= p.trials
+    write_sweep_status(p, "finished" if finished else "stopped",
+                       f"{c['done']} of {p.trials} trials done" + ("" if finished else "; run the same command to resume"))
+    return 0 if finished else 1
+
+
+def _spawn(p: Plan, index: int) -> subprocess.Popen:
+    """A worker child: the same study, one GPU each (or an equal share of the CPU cores)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if p.storage:
+        env[STORAGE_ENV] = p.storage  # not on the command line, where `ps` would show a password
+    gpus = default_workers(p.config.device) if p.config.device == "auto" else 0
+    if gpus > 1 or (p.config.device == "auto" and gpus == 1):
+        env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+    else:
+        threads = str(max(1, (os.cpu_count() or 1) // p.workers))
+        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    cmd = [sys.executable, "-m", "mixsep", "sweep", "--study", p.study, "--runs-dir", str(p.runs_dir),
+           "--data-root", p.config.data_root, "--device", p.config.device, "--trials", str(p.trials),
+           "--workers", "1", "--worker-index", str(index), "--report-every", str(p.report_every),
+           "--pruner", p.pruner, "--sampler-seed", str(p.sampler_seed), "--heartbeat", str(p.heartbeat)]
+    return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+
+
+def trials_frame(study):
+    """One row per trial: number, state, parameters, validation figures, duration, run folder."""
+    import pandas as pd
+
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        a = t.user_attrs
+        dur = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start \
+            else None
+        rows.append({"trial": t.number, "state": t.state.name.lower(), **t.params,
+                     "val PSNR": a.get("val_psnr"), "MNIST PSNR": a.get("val_psnr_mnist"),
+                     "CIFAR PSNR": a.get("val_psnr_cifar"), "MNIST SSIM": a.get("val_ssim_mnist"),
+                     "CIFAR SSIM": a.get("val_ssim_cifar"), "step": a.get("step"), "duration_s": dur,
+                     "run": a.get("run", ""), "note": a.get("error", "")})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- the dashboard's child
+
+
+class SweepRegistry:
+    """Start, stop and poll the dashboard's sweep child (``python -m mixsep sweep ...``).
+
+    Like mixsep.jobs.JobRegistry for training: the child is the CLI, its study folder on
+    disk (sweep.json) is the source of truth, and a restarted server adopts a sweep that
+    still runs. One sweep or one training at a time per runs folder.
+    """
+
+    def __init__(self, runs_dir: Path, python: str = sys.executable, env: dict | None = None):
+        self.runs_dir = Path(runs_dir).resolve()
+        self.python, self.env = python, env
+        self._lock = threading.RLock()
+        self._proc: subprocess.Popen | None = None
+        self._study: str | None = None
+
+    def running(self) -> dict | None:
+        """The live sweep of this runs folder (this server's child or any other on this machine), or None."""
+        with self._lock:
+            if self._proc is not None and self._proc.poll() is None:
+                return {"study": self._study, "pid": self._proc.pid, "state": "running"}
+            live = live_sweeps(self.runs_dir)
+            return live[0] if live else None
+
+    def last(self) -> str | None:
+        return self._study
+
+    def start(self, argv: list[str], storage: str | None = None, busy: str | None = None) -> Path:
+        """Check the sweep flags ``argv`` as the CLI would, then start the child; MixsepError if not.
+
+        ``storage`` reaches the child through its environment, so a database password stays
+        off the command line. ``busy``: why another job of the runs folder forbids a start.
+        """
+        from .cli import build_parser
+
+        with self._lock:
+            live = self.running()
+            if live is not None:
+                raise MixsepError(f"Sweep '{live['study']}' is already running in this runs folder; one sweep or "
+                                  "training at a time: stop it or wait for it to finish.")
+            if busy:
+                raise MixsepError(busy)
+            where = ["--runs-dir", str(self.runs_dir)] + (["--storage", storage] if storage else [])
+            p = plan(build_parser().parse_args(["sweep", *where, *argv]))  # bad input stops here, nothing written
+            p.folder.mkdir(parents=True, exist_ok=True)
+            env = dict(self.env if self.env is not None else os.environ, PYTHONUNBUFFERED="1")
+            env.pop(STORAGE_ENV, None)
+            if storage:
+                env[STORAGE_ENV] = storage
+            cmd = [self.python, "-m", "mixsep", "sweep", "--runs-dir", str(self.runs_dir), *argv]
+            with open(p.folder / SWEEP_LOG, "ab") as log:
+                self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                              env=env)
+            self._study = p.study
+            return p.folder
+
+    def stop(self) -> bool:
+        """Ask the live sweep to stop: the running trial checkpoints and is requeued; False when none runs."""
+        from .run import is_alive
+
+        with self._lock:
+            live = self.running()
+            if live is None:
+                return False
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.send_signal(signal.SIGTERM)
+            elif is_alive(live):  # adopted: still the very process that wrote sweep.json
+                os.kill(int(live["pid"]), signal.SIGTERM)
+            return True
+
+    def wait(self, timeout: float = 120.0, interval: float = 0.2) -> None:
+        deadline = time.monotonic() + timeout
+        while self.running() is not None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"sweep still running after {timeout} s")
+            time.sleep(interval)
+
+    def error(self) -> str | None:
+        """The child's `error: ...` sentence, if it printed one."""
+        if self._study is None:
+            return None
+        try:
+            lines = (self.runs_dir / self._study / SWEEP_LOG).read_text(errors="replace").splitlines()
+        except OSError:
+            return None
+        errors = [line[len("error: "):] for line in lines if line.startswith("error: ")]
+        return errors[-1] if errors else None

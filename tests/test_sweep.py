@@ -1,0 +1,322 @@
+"""Sweeps: the search space from the settings' metadata, the validation split, bad input, and real
+studies on tiny data (the journal storage, a killed worker, a stop, the Sweep page)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_data_root, write_cifar_batch, write_idx
+
+from mixsep import MixsepError
+from mixsep.cli import build_parser, main
+from mixsep.config import settings
+from mixsep.sweep import (JOURNAL, Dimension, SweepRegistry, counts, create_study, format_space, load_study, parse_space,
+                          plan, validation_pairs)
+
+ROOT = Path(__file__).resolve().parents[1]
+# unet on 2 steps of 16 pairs, a validation report after each step: a trial takes seconds
+TINY = ["--model", "unet", "--no-pretrained", "--device", "cpu", "--batch-size", "16", "--train-size", "32",
+        "--val-size", "16", "--report-every", "1", "--checkpoint-every", "1"]
+
+
+def sweep_args(data_root, runs, *extra) -> list[str]:
+    return ["sweep", "--data-root", str(data_root), "--runs-dir", str(runs), *extra]
+
+
+def cli(*args, env=None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mixsep", *args], capture_output=True, text=True, cwd=ROOT,
+                          env=env or os.environ, timeout=600, **kw)
+
+
+def tree(path: Path) -> dict:
+    """Every file under path with its bytes: 'nothing written' is this not changing."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()} \
+        if path.exists() else {}
+
+
+# --------------------------------------------------------------------------- the search space
+
+
+def test_default_space_is_the_sliders_declared_in_settings():
+    space = parse_space(None)
+    declared = {s.name: s for s in settings() if s.sweep is not None and not s.categorical}
+    assert list(space) == list(declared) == ["lr", "beta1", "beta2"]
+    for name, dim in space.items():
+        assert (dim.low, dim.high, dim.log) == (*declared[name].sweep, declared[name].log)
+    assert format_space(space) == "lr=1e-05:0.1:log,beta1=0.5:0.999,beta2=0.9:0.9999"  # the issue's ranges
+
+
+def test_space_parsing():
+    space = parse_space("lr=1e-4:1e-2:log, beta1=0.8:0.99, model=faithful|unet, batch-size=32|64, loss, "
+                        "beta2=0.9:0.99:linear")
+    assert space["lr"] == Dimension("lr", 1e-4, 1e-2, True)
+    assert space["beta1"] == Dimension("beta1", 0.8, 0.99, False)
+    assert space["beta2"].log is False
+    assert space["model"].choices == ("faithful", "unet")
+    assert space["batch_size"].choices == (32, 64)  # ints, as the setting's type
+    assert space["loss"].choices == ("mse", "log_mse")  # a bare name takes the declared sweep
+    assert parse_space(format_space(space)) == space
+    assert parse_space("lr=1e-4:1e-2")["lr"].log is True  # lr is declared log-scaled
+
+
+@pytest.mark.parametrize("text, says", [
+    ("lr=1e-2:1e-4", "is inverted"),
+    ("beta1=0.9:0.9", "is empty"),
+    ("epochs=1:3", "cannot be swept"),
+    ("colour=1:2", "no such setting"),
+    ("model=unet", "over 1 value is no sweep"),
+    ("batch_size=16:64", "list of values"),
+    ("lr=1e-9:1e-2", "Learning rate must"),
+    ("beta1=0:0.5:log", "positive low end"),
+    ("lr=1e-4:1e-2,lr=1e-3:1e-1", "twice"),
+    ("lr=1e-4", "takes a range"),
+    ("model=unet|resnet", "Unknown model"),
+    (" , ", "is empty"),
+])
+def test_space_errors_are_one_sentence(text, says):
+    with pytest.raises(MixsepError) as e:
+        parse_space(text)
+    assert says in str(e.value) and "\n" not in str(e.value)
+
+
+# --------------------------------------------------------------------------- the validation split
+
+
+def numbered_data_root(root: Path, n: int) -> Path:
+    """Constant images whose value is their index (MNIST 1.., CIFAR 101..): every pair is recognisable."""
+    values = np.arange(n)
+    write_idx(root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz", np.repeat(values + 1, 28 * 28).reshape(n, 28, 28))
+    write_idx(root / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz", values % 10)
+    write_cifar_batch(root / "cifar-10-batches-py" / "data_batch_1",
+                      np.repeat(values + 101, 32 * 32 * 3).reshape(n, 32, 32, 3), values % 10)
+    return root
+
+
+def test_validation_split_is_disjoint_from_every_trial_pair(tmp_path):
+    from mixsep.train import Training
+
+    data = numbered_data_root(tmp_path / "data", 90)
+    p = plan(build_parser().parse_args(sweep_args(data, tmp_path / "runs", "--study", "v", "--val-size", "20",
+                                                  "--batch-size", "8",
+                                                  "--model", "unet", "--no-pretrained", "--device", "cpu")))
+    assert p.config.train_size == 70 and p.val_size == 20
+    val = validation_pairs(data, p.val_size)
+    val_ids = {int(v) - 1 for v in val.mnist[:, 0, 0]} | {int(v) - 101 for v in val.cifar[:, 0, 0, 0]}
+    assert val_ids == set(range(70, 90))
+    training = Training(p.config, tmp_path / "trial")  # what a trial trains on, from its config alone
+    seen = set()
+    for epoch in range(3):
+        for m, c in training.data.batches(epoch, 8):
+            seen |= {int(v) - 1 for v in m[:, 0, 0]} | {int(v) - 101 for v in c[:, 0, 0, 0]}
+    assert seen and seen <= set(range(70)) and not seen & val_ids
+    training.run.close()
+
+
+def test_a_sweep_refuses_repair_and_train_sizes_that_reach_the_validation_pairs(tmp_path, data_root):
+    parse = build_parser().parse_args
+    with pytest.raises(MixsepError, match="--repair"):
+        plan(parse(sweep_args(data_root, tmp_path / "runs", "--study", "r", *TINY, "--repair")))
+    with pytest.raises(MixsepError, match="would train on validation pairs"):
+        plan(parse(sweep_args(data_root, tmp_path / "runs", "--study", "r", *TINY[:-8], "--train-size", "90",
+                              "--val-size", "16")))
+    assert not (tmp_path / "runs").exists()
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--storage", "mongodb://localhost/x"], "Unknown storage URL scheme 'mongodb'"),
+    (["--storage", "postgresql://mixsep:secret@127.0.0.1:{port}/db"], "Cannot reach the database"),
+    (["--space", "lr=1e-2:1e-3"], "inverted"),
+    (["--space", "beta2=0.99:0.99"], "empty"),
+    (["--trials", "0"], "--trials must be at least 1"),
+    (["--lr", "0.01", "--space", "lr"], "both fixed and swept"),
+    (["--val-size", "96"], "leaves no training pairs"),
+    (["--batch-size", "64"], "larger than the 32 pairs"),
+])
+def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(capsys, data_root, tmp_path, extra, says):
+    extra = [e.format(port=free_port()) for e in extra]
+    runs = tmp_path / "runs"
+    before = tree(tmp_path)
+    assert main(sweep_args(data_root, runs, "--study", "bad", *TINY, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and says in err and "\n" not in err and "secret" not in err
+    assert tree(tmp_path) == before and not runs.exists()
+
+
+def test_a_study_that_exists_with_another_space_is_refused(capsys, data_root, tmp_path):
+    runs = tmp_path / "runs"
+    create_study(plan(build_parser().parse_args(sweep_args(data_root, runs, "--study", "s", *TINY))))
+    before = tree(runs)
+    assert main(sweep_args(data_root, runs, "--study", "s", *TINY, "--space", "lr=1e-4:1e-2")) == 2
+    err = capsys.readouterr().err
+    assert "exists with the space lr=1e-05:0.1:log,beta1=0.5:0.999,beta2=0.9:0.9999" in err
+    assert main(sweep_args(data_root, runs, "--study", "s", "--epochs", "3")) == 2
+    assert "was made with epochs=1, not 3" in capsys.readouterr().err
+    assert tree(runs) == before
+
+
+# --------------------------------------------------------------------------- a real study
+
+
+def study_of(runs: Path, name: str):
+    return load_study(plan(build_parser().parse_args(sweep_args(runs.parent / "data", runs, "--study", name))))
+
+
+def wait_for(cond, timeout: float = 240.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def metric_rows(run: Path) -> int:
+    try:
+        return max(0, len((run / "metrics.csv").read_text().splitlines()) - 1)
+    except OSError:
+        return 0
+
+
+def test_study_on_the_journal_survives_a_killed_worker_prunes_and_its_best_trial_evaluates(tmp_path):
+    from optuna.trial import TrialState
+
+    data = make_data_root(tmp_path / "data")
+    runs = tmp_path / "runs"
+    args = sweep_args(data, runs, "--study", "demo", "--trials", "4", "--space", "lr=1e-5:1e-1:log", *TINY)
+    worker = subprocess.Popen([sys.executable, "-m", "mixsep", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    first = runs / "demo" / "trial-0000"
+    wait_for(lambda: (first / "checkpoints" / "last.pt").is_file() or worker.poll() is not None, what="a checkpoint")
+    worker.kill()  # SIGKILL mid-trial: no chance to clean up
+    worker.communicate()
+    assert (runs / JOURNAL).is_file() and json.loads((first / "status.json").read_text())["state"] == "running"
+    assert study_of(runs, "demo").trials[0].state == TrialState.RUNNING  # what a dead worker leaves behind
+
+    done = cli(*args)
+    assert done.returncode == 0, done.stderr
+    assert "trial 0: its worker is gone; marked failed and queued again" in done.stderr
+    trials = study_of(runs, "demo").trials
+    assert trials[0].state == TrialState.FAIL
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert len(retry) == 1 and retry[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert retry[0].user_attrs["run"] == "demo/trial-0000" and retry[0].params == trials[0].params
+    steps = [int(line.split(",")[0]) for line in (first / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == list(range(1, len(steps) + 1))  # resumed from its checkpoint: every step once
+    assert counts(study_of(runs, "demo")) == {"done": 4, "running": 0, "waiting": 0}
+    assert len({t.number for t in trials}) == len(trials)
+    states = [t.state for t in trials if t.number != 0]
+    assert TrialState.PRUNED in states and TrialState.COMPLETE in states  # the pruner stopped some early
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            a = t.user_attrs
+            assert t.value == pytest.approx((a["val_psnr_mnist"] + a["val_psnr_cifar"]) / 2)
+            assert 0 < a["val_ssim_mnist"] <= 1 and 0 < a["val_ssim_cifar"] <= 1 and a["val_psnr"] == t.value
+            cfg = json.loads((runs / a["run"] / "config.json").read_text())
+            assert cfg["train_size"] == 32 and cfg["lr"] == t.params["lr"] and cfg["repair"] is False
+        if t.state == TrialState.PRUNED and "error" not in t.user_attrs:
+            status = json.loads((runs / t.user_attrs["run"] / "status.json").read_text())
+            assert status["state"] == "stopped" and "pruned" in status["message"]
+    best = Path(done.stdout.strip().splitlines()[-1])
+    assert best.parent == runs / "demo" and (best / "checkpoints" / "last.pt").is_file()
+    assert cli(*sweep_args(data, runs, "--study", "demo", "--best")).stdout.strip() == str(best)
+    scored = cli("evaluate", str(best), "--data-root", str(data))
+    assert scored.returncode == 0 and "48 test pairs" in scored.stdout  # the test split, untouched by the study
+    assert json.loads((runs / "demo" / "sweep.json").read_text())["state"] == "finished"
+
+
+def test_stop_requeues_the_running_trial(tmp_path):
+    from optuna.trial import TrialState
+
+    data = make_data_root(tmp_path / "data")
+    runs = tmp_path / "runs"
+    sweeps = SweepRegistry(runs)
+    sweeps.start(["--study", "s", "--data-root", str(data), "--trials", "3", *TINY[:-2], "--checkpoint-every", "1",
+                  "--epochs", "20"])
+    first = runs / "s" / "trial-0000"
+    wait_for(lambda: metric_rows(first) >= 2 or sweeps.running() is None, what="two steps")
+    assert sweeps.running()["study"] == "s"
+    with pytest.raises(MixsepError, match="already running"):
+        sweeps.start(["--study", "t", "--data-root", str(data), *TINY])
+    assert sweeps.stop()
+    sweeps.wait(120)
+    trials = study_of(runs, "s").trials
+    assert trials[0].state == TrialState.FAIL and trials[-1].state == TrialState.WAITING
+    assert trials[-1].user_attrs["run"] == "s/trial-0000" and trials[-1].params == trials[0].params
+    assert json.loads((first / "status.json").read_text())["state"] == "stopped"
+    assert json.loads((runs / "s" / "sweep.json").read_text())["state"] == "stopped"
+    assert sweeps.error() is None
+
+
+# --------------------------------------------------------------------------- the Sweep page
+
+
+@pytest.fixture
+def page_env(tmp_path, monkeypatch):
+    data = make_data_root(tmp_path / "data")
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("MIXSEP_DATA_ROOT", str(data))
+    monkeypatch.setenv("MIXSEP_RUNS_DIR", str(runs))
+    monkeypatch.delenv("MIXSEP_SWEEP_STORAGE", raising=False)
+    monkeypatch.syspath_prepend(str(ROOT))
+    yield data, runs
+    import sweep_ui
+
+    sweeps = sweep_ui.registry(runs)
+    if sweeps._proc is not None and sweeps._proc.poll() is None:
+        sweeps._proc.send_signal(signal.SIGKILL)
+        sweeps._proc.wait(10)
+
+
+def test_sweep_page_launches_a_study_and_shows_its_trials(page_env):
+    from streamlit.testing.v1 import AppTest
+
+    data, runs = page_env
+    at = AppTest.from_file(str(ROOT / "pages" / "5_Sweep.py"), default_timeout=120).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "No study yet" in " ".join(i.value for i in at.info)
+    labels = [s.label for s in at.select_slider] + [s.label for s in at.slider]
+    assert any(label.startswith("Learning rate") for label in labels) and "Adam beta1" in labels
+
+    at.text_input(key="sweep_name").set_value("../escape")
+    at.button[0].click().run()  # Start with a name that would leave the runs folder
+    assert "not a usable study name" in " ".join(e.value for e in at.error) and not runs.exists()
+
+    at.text_input(key="sweep_name").set_value("page")
+    at.multiselect(key="sweep_model").set_value(["unet"])
+    at.select_slider(key="sweep_batch_size").set_value((16, 16))
+    at.number_input(key="sweep_trials").set_value(2)
+    at.number_input(key="sweep_val").set_value(16)
+    at.number_input(key="sweep_every").set_value(1)
+    at.button[0].click().run()
+    assert not at.error, [e.value for e in at.error]
+    assert (runs / "page" / "sweep.log").is_file()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        at.run()
+        if at.dataframe and len(at.dataframe[0].value) == 2 and "2 of 2 trials done" in at.get("progress")[0].proto.text:
+            break
+    table = at.dataframe[0].value
+    assert list(table["trial"]) == [0, 1] and set(table["run"]) == {"page/trial-0000", "page/trial-0001"}
+    assert {"lr", "beta1", "beta2", "val PSNR", "MNIST SSIM", "state"} <= set(table.columns)
+    assert len(at.get("plotly_chart")) >= 2  # optimisation history and parallel coordinates
+    assert "Best so far" in " ".join(s.value for s in at.success)
+    cfg = json.loads((runs / "page" / "trial-0000" / "config.json").read_text())
+    assert (cfg["model"], cfg["batch_size"], cfg["train_size"]) == ("unet", 16, 80)
