@@ -4,47 +4,18 @@ import streamlit as st
 import mixsep_ui as ui
 from mixsep import MixsepError, TrainConfig
 from mixsep.data import data_status, missing_message
-from mixsep.model import MODELS
 from mixsep.runs import progress, read_metrics
 from mixsep.train import list_checkpoints
+from ui_settings import settings_widgets
 
 data_root, runs_dir = ui.setup("Train")
 jobs = ui.registry(runs_dir)
-LRS = [1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1]
-SIZES = [128, 256, 512, 1024, 2048, 5000, 10000, 20000, 50000, "all"]
-d = TrainConfig()  # the report's settings are the defaults
 
-
-def keep(name: str) -> dict:
-    """The settings survive a visit to another page."""
-    return {"key": f"train_{name}", "persist_state": "session"}
-
-
-with st.sidebar:
+with st.sidebar:  # one widget per setting, drawn from its metadata in mixsep/config.py; kept across pages
     st.subheader("Settings")
-    model = st.selectbox("Model", list(MODELS), index=list(MODELS).index(d.model), **keep("model"))
-    pretrained = st.toggle("ImageNet-pretrained encoder", value=d.pretrained,
-                           help="Needs the weights once from the internet (then cached); without them the encoder "
-                                "starts from random weights and the page says so.", **keep("pretrained"))
-    lr = st.select_slider("Learning rate (log scale)", LRS, value=d.lr, format_func=lambda v: f"{v:.0e}", **keep("lr"))
-    beta1 = st.slider("Adam beta1", 0.0, 0.99, d.beta1, 0.01, **keep("beta1"))
-    beta2 = st.slider("Adam beta2", 0.9, 0.9999, d.beta2, 0.0001, format="%.4f", **keep("beta2"))
-    epochs = st.slider("Epochs", 1, 20, d.epochs, **keep("epochs"))
-    batch = st.select_slider("Batch size", [16, 32, 64, 128, 256, 512], value=d.batch_size, **keep("batch"))
-    size = st.select_slider("Training pairs per epoch", SIZES, value="all", **keep("size"),
-                            help="A subset trains faster; 'all' uses every pair (the shorter of the two sets).")
-    seed = st.number_input("Seed", 0, 2**31 - 1, d.seed, **keep("seed"))
-    with st.expander("Beyond the report"):
-        repair = st.toggle("Fresh MNIST partners every epoch", value=d.repair, **keep("repair"),
-                           help="Draws new digits for the CIFAR images each epoch (seeded): more distinct mixtures.")
-        schedule = st.selectbox("Learning-rate schedule", ["constant", "onecycle"], **keep("schedule"),
-                                help="onecycle: 5% linear warm-up, then cosine decay to zero.")
-        loss = st.selectbox("Loss", ["mse", "log_mse"], **keep("loss"),
-                            help="mse: the report's summed MSE. log_mse: mean per-image log MSE, what mean PSNR averages.")
+    values = settings_widgets("train_")
 
-config = TrainConfig(data_root=str(data_root), model=model, pretrained=pretrained, lr=lr, beta1=beta1, beta2=beta2,
-                     epochs=epochs, batch_size=batch, train_size=0 if size == "all" else size, seed=int(seed),
-                     repair=repair, schedule=schedule, loss=loss)
+config = TrainConfig(data_root=str(data_root), **values)
 st.session_state["train_config"] = config.to_dict()
 
 left, right, _ = st.columns([1, 1, 4])

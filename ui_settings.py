@@ -1,0 +1,88 @@
+"""Streamlit widgets drawn from TrainConfig's setting metadata (mixsep.config.settings()).
+
+The Train page draws one widget per setting; the Sweep page draws the same widget as a range
+for each dimension it searches. A setting declared in mixsep/config.py appears here with no
+code of its own.
+"""
+from __future__ import annotations
+
+import math
+
+import streamlit as st
+
+from mixsep.config import GROUPS, Setting, settings
+
+
+def log_grid(low: float, high: float) -> list[float]:
+    """1-2-5 steps per decade from low to high, as a log-scale select_slider's values."""
+    grid = []
+    for e in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1):
+        for m in (1, 2, 5):
+            v = float(f"{m}e{e}")  # parsed, so 2e-05 is the float a user types, not 2 * 10**-5
+            if low <= v <= high:
+                grid.append(v)
+    return grid
+
+
+def _options(s: Setting, value) -> list:
+    """A select_slider's values, with ``value`` among them (a saved config may hold another)."""
+    opts = list(s.options or log_grid(*(s.sweep or (s.low, s.high))))
+    extra = [v for v in (value if isinstance(value, (tuple, list)) else [value]) if v is not None and v not in opts]
+    if extra:
+        opts = sorted(set(opts) | set(extra), key=lambda v: (v == 0, v) if s.zero else v)
+    return opts
+
+
+def _format(s: Setting):
+    def fmt(v):
+        if s.zero and v == 0:
+            return s.zero
+        return s.fmt % v if s.fmt else str(v)
+    return fmt
+
+
+def setting_widget(setting: Setting, key_prefix: str, value=None, range_: bool = False):
+    """Draw ``setting``'s widget under key ``key_prefix + name``; return its value.
+
+    ``range_=True`` draws the sweep form: a range slider returning (low, high) for a number,
+    or the chosen values as a tuple for a categorical setting (Setting.categorical).
+    ``value`` defaults to the setting's default (its sweep, for a range).
+    """
+    s = setting
+    if range_ and s.sweep is None:
+        raise ValueError(f"{s.name} is not sweepable")
+    if value is None:
+        value = tuple(s.sweep) if range_ else s.default
+    common = {"help": s.help, "key": key_prefix + s.name, "persist_state": "session"}
+    label = s.label + (" (log scale)" if s.log else "")
+    if s.widget == "toggle" and not range_:
+        return st.toggle(label, value=value, **common)
+    if s.widget == "select" or (range_ and s.type in (str, bool)):
+        choices = list(s.choices or s.sweep or (False, True))
+        if range_:
+            return tuple(st.multiselect(label, choices, default=list(value), **common))
+        return st.selectbox(label, choices, index=choices.index(value), **common)
+    if s.widget == "select_slider":
+        opts = _options(s, value)
+        if range_:
+            lo, hi = st.select_slider(label, opts, value=(value[0], value[-1]), format_func=_format(s), **common)
+            return tuple(v for v in opts if lo <= v <= hi) if s.categorical else (lo, hi)
+        return st.select_slider(label, opts, value=value, format_func=_format(s), **common)
+    lo, hi = s.span or s.sweep or (s.low, s.high)
+    if s.type is float:
+        lo, hi = float(lo), float(hi)
+    kw = {"step": s.step} if s.step else {}
+    if s.fmt:
+        kw["format"] = s.fmt
+    if s.widget == "number" and not range_:
+        return st.number_input(label, lo, hi, value, **kw, **common)
+    return st.slider(label, lo, hi, tuple(value) if range_ else value, **kw, **common)
+
+
+def settings_widgets(key_prefix: str, advanced_label: str = "Beyond the report") -> dict:
+    """Every setting with a widget, model first; returns {name: value}. Advanced ones go in an expander."""
+    shown = sorted((s for s in settings() if s.widget), key=lambda s: GROUPS.index(s.group))
+    values = {s.name: setting_widget(s, key_prefix) for s in shown if not s.advanced}
+    with st.expander(advanced_label):
+        values |= {s.name: setting_widget(s, key_prefix) for s in shown if s.advanced}
+    return values
