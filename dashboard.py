@@ -1,76 +1,11 @@
-"""mixsep dashboard, home page: what it does, the data, the device and the recent runs.
+"""mixsep dashboard: the pages, each with its own title and icon in the sidebar.
 
-    streamlit run dashboard.py        (MIXSEP_DATA_ROOT / MIXSEP_RUNS_DIR choose the folders)
+    streamlit run dashboard.py -- --data-root DIR --runs-dir DIR
+    (or MIXSEP_DATA_ROOT / MIXSEP_RUNS_DIR; defaults ./data and ./runs)
 """
-from pathlib import Path
-
-import pandas as pd
 import streamlit as st
-import torch
 
 import mixsep_ui as ui
-from mixsep.data import data_status, download, missing_message
-from mixsep.errors import MixsepError
 
-data_root, runs_dir = ui.setup("mixsep: un-mixing MNIST and CIFAR-10")
-
-st.markdown(
-    "Each input is the pixel-wise **mean of an MNIST digit and a CIFAR-10 image**. A ResNet-18 encoder with "
-    "two small decoders learns to give both back. **Train** a separator with live loss curves, browse "
-    "**Samples** of what it recovers, score it honestly on the **Metrics** page (PSNR and SSIM with "
-    "`data_range=1`), and **Compare** runs.")
-cols = st.columns(4)
-for col, (page, label, icon) in zip(cols, [("pages/1_Train.py", "Train", ":material/model_training:"),
-                                           ("pages/2_Samples.py", "Samples", ":material/grid_view:"),
-                                           ("pages/3_Metrics.py", "Metrics", ":material/analytics:"),
-                                           ("pages/4_Compare.py", "Compare", ":material/stacked_line_chart:")]):
-    col.page_link(page, label=label, icon=icon)
-
-st.header("Data")
-st.markdown(f"Data root: `{data_root.resolve()}`",
-            help="Folder with MNIST/ and cifar-10-batches-py/ (or cifar10/*.npz). It is fixed when the server "
-                 "starts (`streamlit run dashboard.py -- --data-root DIR`, or MIXSEP_DATA_ROOT; default ./data), "
-                 "so a visitor cannot make the server write anywhere else.")
-rows = data_status(data_root)
-table = pd.DataFrame([{"source": "MNIST" if r["source"] == "mnist" else "CIFAR-10", "split": r["split"],
-                       "found": "yes" if r["found"] else "missing",
-                       "where": ", ".join(Path(f).name for f in r["files"]) if r["found"] else r["expected"]}
-                      for r in rows])
-st.dataframe(table, hide_index=True)
-missing = [r for r in rows if not r["found"]]
-if missing:
-    for r in missing:
-        st.warning(missing_message(data_root, r["source"], r["split"]))
-    if st.button("Download MNIST and CIFAR-10 (about 180 MB)", icon=":material/download:"):
-        bar = st.progress(0.0, text="Downloading…")
-        try:
-            splits = sorted({r["split"] for r in missing})
-            for i, split in enumerate(splits):
-                bar.progress(i / len(splits), text=f"Downloading the {split} split ({i + 1} of {len(splits)})…")
-                download(data_root, splits=(split,))
-            bar.progress(1.0, text="Done.")
-            st.rerun()
-        except MixsepError as e:
-            bar.empty()
-            st.error(str(e))
-else:
-    st.success(f"All four source/split sets found under `{data_root.resolve()}`.")
-
-st.header("Device")
-if torch.cuda.is_available():
-    st.write(f"GPU: **{torch.cuda.get_device_name(0)}** (training uses CUDA with bfloat16 autocast).")
-else:
-    st.write(f"CPU only ({torch.get_num_threads()} threads): training works but is slow; "
-             "a few hundred steps at batch 128 take minutes.")
-
-st.header("Recent runs")
-runs = ui.runs_table(runs_dir)
-if not runs:
-    st.info(f"No runs yet in `{runs_dir.resolve()}`: start one on the Train page.")
-else:
-    df = pd.DataFrame(runs[:10])
-    df["progress"] = [f"{s}/{t}" for s, t in zip(df["step"], df["total_steps"])]
-    st.dataframe(df[["run", "state", "progress", "model", "lr", "batch_size", "epochs", "last_loss", "message"]],
-                 hide_index=True, column_config={
-                     "lr": st.column_config.NumberColumn(format="%.0e"), "batch_size": "batch",
-                     "last_loss": st.column_config.NumberColumn("last loss", format="%.4f")})
+st.navigation([st.Page(path, title=title, icon=icon, default=i == 0)
+               for i, (path, title, icon) in enumerate(ui.PAGES)]).run()

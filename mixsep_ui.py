@@ -18,6 +18,13 @@ from mixsep.errors import MixsepError
 from mixsep.jobs import JobRegistry
 from mixsep.runs import list_runs, live_state, resolve_run
 
+# (file, title, icon) of every page, in the sidebar's order; dashboard.py routes with st.navigation
+PAGES = [("home.py", "Home", ":material/home:"),
+         ("pages/1_Train.py", "Train", ":material/model_training:"),
+         ("pages/2_Samples.py", "Samples", ":material/grid_view:"),
+         ("pages/3_Metrics.py", "Metrics", ":material/analytics:"),
+         ("pages/4_Compare.py", "Compare", ":material/stacked_line_chart:"),
+         ("pages/5_Sweep.py", "Sweep", ":material/tune:")]
 LOSSES = {"loss_cifar": "CIFAR head", "loss_mnist": "MNIST head", "loss": "total"}
 COLORS = {"loss_cifar": "#1f77b4", "loss_mnist": "#d62728", "loss": "#2ca02c"}
 STATE_ICON = {"running": ":material/play_circle:", "starting": ":material/hourglass_top:",

@@ -58,9 +58,8 @@ def live():
         st.info("Starting: loading the data and the model…")
     elif job.state == "unknown":
         st.warning(f"This run folder is incomplete ({job.message}); it cannot be shown in full.")
-    for w in job.warnings:  # the CLI's advice, in the dashboard's terms
-        st.warning(w.replace("Pass --no-pretrained to silence this.",
-                             "Switch off 'ImageNet-pretrained encoder' to skip the attempt."))
+    for w in job.warnings:  # recorded by the trainer in status.json, in its own words
+        st.warning(w)
     m = read_metrics(job.run_dir)
     p = progress(m, job.total_steps)
     sps = f"{p['samples_per_s']:.0f} samples/s" if p["samples_per_s"] else "… samples/s"
