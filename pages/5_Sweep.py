@@ -1,0 +1,96 @@
+"""Sweep: search the learning rate, Adam's betas (and more) with Optuna; watch the trials live."""
+import time
+
+import streamlit as st
+
+import mixsep_ui as ui
+import sweep_ui as sw
+from mixsep import MixsepError
+from mixsep.sweep import best_trial, counts, list_studies, trials_frame
+
+data_root, runs_dir = ui.setup("Sweep")
+sweeps = sw.registry(runs_dir)
+
+with st.sidebar:
+    st.subheader("Search space")
+    space, fixed = sw.space_widgets()
+    st.subheader("Each trial")
+    budget = sw.budget_widgets()
+    trials = st.number_input("Trials", 1, 1000, 20, key="sweep_trials", help="Finished trials the study aims at.")
+    val_size = st.number_input("Validation pairs", 1, 20000, 2000, key="sweep_val",
+                               help="Held out from the end of the training data; no trial trains on them.")
+    every = st.number_input("Report every (steps)", 0, 100000, 0, key="sweep_every",
+                            help="Validation reports the pruner judges; 0 = once per epoch.")
+
+top = st.columns([2, 2, 1, 1, 1], vertical_alignment="bottom")
+name = top[0].text_input("Study", value=time.strftime("sweep-%Y%m%d"), key="sweep_name")
+with top[1]:
+    url = sw.storage_url()
+live = sweeps.running()
+training = ui.registry(runs_dir).running()
+busy = f"Training run {training.name} is in progress; one sweep or training at a time." if training else None
+try:
+    studies = [s.study_name for s in list_studies(sw.storage(url, runs_dir))]
+except MixsepError as e:
+    ui.show_error(e)
+flags = ["--data-root", str(data_root), "--trials", str(trials), "--val-size", str(val_size),
+         "--report-every", str(every), *fixed, *budget] + (["--space", ",".join(space)] if space else [])
+if top[2].button("Start", type="primary", icon=":material/play_arrow:", disabled=live is not None, width="stretch"):
+    try:
+        if name in studies:
+            raise MixsepError(f"Study '{name}' exists already; pick it below and press Resume, or choose a new name.")
+        sweeps.start(["--study", name, *flags], storage=url or None, busy=busy)
+        st.session_state["sweep_show"] = name
+        st.rerun()
+    except MixsepError as e:
+        st.error(str(e))
+if top[3].button("Stop", icon=":material/stop:", disabled=live is None, width="stretch"):
+    sweeps.stop()
+    st.info("Stopping: the running trial checkpoints and is queued to resume with the study.")
+if busy and live is None:
+    st.warning(busy)
+if not studies and live is None:
+    st.info("No study yet: set the ranges on the left, name the study and press Start.")
+    st.stop()
+shown = live["study"] if live else st.session_state.get("sweep_show")
+shown = st.selectbox("Show study", studies, index=studies.index(shown) if shown in studies else 0, key="sweep_pick") \
+    if studies else shown
+if top[4].button("Resume", icon=":material/replay:", disabled=live is not None or not shown, width="stretch"):
+    try:
+        sweeps.start(["--study", shown, "--data-root", str(data_root)], storage=url or None, busy=busy)
+        st.rerun()
+    except MixsepError as e:
+        st.error(str(e))
+
+
+@st.fragment(run_every=2.0 if live else None)
+def show(study_name: str) -> None:
+    import optuna
+
+    store = sw.storage(url, runs_dir)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=store)
+    except (KeyError, AttributeError):
+        st.info(f"Study '{study_name}' is starting…")
+        return
+    now = sweeps.running()
+    if live and not now:  # it just ended: one last full rerun stops the refresh
+        st.rerun()
+    c, target = counts(study), study.user_attrs.get("mixsep", {}).get("trials", 0)
+    state = f"running (pid {now['pid']})" if now and now["study"] == study_name else "not running"
+    st.progress(min(c["done"] / max(target, 1), 1.0), text=f"{c['done']} of {target} trials done · "
+                f"{c['running']} running · {c['waiting']} queued · sweep {state}")
+    if sweeps.error() and not now:
+        st.error(sweeps.error())
+    best = best_trial(study)
+    if best is not None:
+        st.success(f"Best so far: trial {best.number}, validation PSNR {best.value:.2f} dB, "
+                   + ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
+                               for k, v in best.params.items()) + f" · `python -m mixsep evaluate "
+                   f"{runs_dir / best.user_attrs['run']}` scores it on the test split.")
+    sw.open_links(sw.trials_table(trials_frame(study), key="sweep_table"))
+    sw.figures(study, space)
+
+
+if shown:
+    show(shown)

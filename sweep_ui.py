@@ -1,0 +1,141 @@
+"""Streamlit helpers of the Sweep page: the sweep registry, the space from the setting widgets, the figures.
+
+The sweep itself runs in a child process (``python -m mixsep sweep ...``) that mixsep.sweep
+starts and watches; this module only draws. Studies are read from their Optuna storage,
+which ``st.cache_resource`` keeps open so a journal file is replayed incrementally.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+import mixsep_ui as ui
+from mixsep.config import setting_by_name
+from mixsep.sweep import STORAGE_ENV, SweepRegistry, check_storage, open_storage, sweepable
+from ui_settings import setting_widget
+
+BUDGET = ("epochs", "train_size", "max_minutes")  # the per-trial budget, fixed for every trial
+
+
+@st.cache_resource(show_spinner=False)
+def _registry(runs_dir: str) -> SweepRegistry:
+    return SweepRegistry(Path(runs_dir))
+
+
+def registry(runs_dir: Path) -> SweepRegistry:
+    """The one sweep registry of this runs folder, shared by every session of the server."""
+    return _registry(str(Path(runs_dir).resolve()))
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _storage(url: str, runs_dir: str, exists: bool):
+    check_storage(url or None)  # one sentence for a bad URL or a database that is down (errors are not cached)
+    return open_storage(url or None, Path(runs_dir), create=False)
+
+
+def storage(url: str, runs_dir: Path):
+    """The study storage for reading (None while it does not exist yet); reopened once it appears."""
+    journal = (Path(runs_dir) / "optuna.journal").is_file()
+    return _storage(url, str(Path(runs_dir).resolve()), journal if not url else True)
+
+
+def storage_url() -> str:
+    return st.text_input("Storage", value=os.environ.get(STORAGE_ENV, ""), key="sweep_storage",
+                         placeholder="the journal file in the runs folder",
+                         help="Empty: Optuna's journal file in the runs folder. Or a database URL such as "
+                              "postgresql://user@host/db, which several machines can share.").strip()
+
+
+def space_widgets() -> tuple[list[str], list[str]]:
+    """A range widget per sweepable setting; returns (--space entries, fixed flags).
+
+    A range with two different ends, or two or more values, is searched; a single value
+    is a fixed setting of every trial (the categorical ones start fixed at their default).
+    """
+    space, fixed = [], []
+    for name, s in sweepable().items():
+        value = None if not s.categorical else ((s.default, s.default) if s.widget == "select_slider" else (s.default,))
+        got = tuple(setting_widget(s, "sweep_", value=value, range_=True))
+        values = tuple(dict.fromkeys(got))
+        if len(values) >= 2 and s.categorical:
+            space.append(f"{name}=" + "|".join(str(v) for v in values))
+        elif len(values) >= 2:
+            space.append(f"{name}={values[0]:g}:{values[1]:g}")
+        elif values:
+            fixed += [s.flag, str(values[0])]
+    return space, fixed
+
+
+def budget_widgets() -> list[str]:
+    """The per-trial budget (epochs, training pairs, time limit) as fixed flags."""
+    flags = []
+    for name in BUDGET:
+        s = setting_by_name(name)
+        if s.widget:
+            v = setting_widget(s, "sweep_")
+        else:
+            v = st.number_input(s.label + " per trial", 0.0, 24 * 60.0, 0.0, 1.0, key="sweep_" + name,
+                                help=s.help + " (0 = no limit)")
+        if v != s.default:
+            flags += [s.flag, str(v)]
+    return flags
+
+
+def trials_table(frame: pd.DataFrame, key: str) -> str | None:
+    """The live trials table; returns the run name of the selected row."""
+    if frame.empty:
+        st.info("No trial has started yet.")
+        return None
+    frame = frame.assign(duration=[ui.duration(v) if pd.notna(v) else "" for v in frame.pop("duration_s")])
+    fmt = {c: st.column_config.NumberColumn(format="%.2f dB") for c in frame if c.endswith("PSNR")}
+    fmt |= {c: st.column_config.NumberColumn(format="%.3f") for c in frame if c.endswith("SSIM")}
+    if "lr" in frame:
+        fmt["lr"] = st.column_config.NumberColumn(format="%.2e")
+    picked = st.dataframe(frame, hide_index=True, column_config=fmt, key=key, on_select="rerun",
+                          selection_mode="single-row")
+    rows = picked.selection.rows if picked is not None else []
+    return str(frame["run"].iloc[rows[0]]) if rows else None
+
+
+def figures(study, space: list[str]) -> None:
+    """Optuna's plotly views of the study, each with a note when there are too few trials for it."""
+    import optuna.visualization as vis
+    from optuna.trial import TrialState
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    names = [p for t in done for p in t.params]
+    tabs = st.tabs(["Optimisation history", "Parallel coordinates", "Contour lr × beta1", "Importances"])
+    if not done:
+        for tab in tabs:
+            tab.info("The figures appear once a trial completes.")
+        return
+    tabs[0].plotly_chart(vis.plot_optimization_history(study, target_name="validation PSNR (dB)"), key="sweep_hist")
+    tabs[1].plotly_chart(vis.plot_parallel_coordinate(study, target_name="validation PSNR (dB)"), key="sweep_par")
+    if {"lr", "beta1"} <= set(names) and len(done) >= 2:
+        tabs[2].plotly_chart(vis.plot_contour(study, params=["lr", "beta1"], target_name="validation PSNR (dB)"),
+                             key="sweep_contour")
+    else:
+        tabs[2].info("The contour needs lr and beta1 in the space and two completed trials.")
+    if len(set(names)) >= 2 and len(done) >= 3:
+        try:
+            tabs[3].plotly_chart(vis.plot_param_importances(study, target_name="validation PSNR (dB)"),
+                                 key="sweep_imp")
+        except (RuntimeError, ValueError) as e:
+            tabs[3].info(f"Importances are not available yet ({e}).")
+    else:
+        tabs[3].info("Importances need two or more searched settings and three completed trials.")
+
+
+def open_links(run: str | None) -> None:
+    """One click from the selected trial to Samples or Metrics."""
+    if run is None:
+        st.caption("Select a trial in the table to open it in Samples or Metrics.")
+        return
+    row = st.container(horizontal=True)
+    row.page_link("pages/2_Samples.py", label=f"Samples of {run}", icon=":material/grid_view:",
+                  query_params={"run": run})
+    row.page_link("pages/3_Metrics.py", label=f"Metrics of {run}", icon=":material/analytics:",
+                  query_params={"run": run})
