@@ -321,10 +321,17 @@ def open_storage(url: str | None, runs_dir: Path, heartbeat_s: int = 30, create:
                 return None
         finally:
             engine.dispose()
-    return optuna.storages.RDBStorage(
-        parsed.render_as_string(hide_password=False), engine_kwargs=_engine_kwargs(parsed, 10), heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-            max_retry=MAX_RETRY, inherit_intermediate_values=True))
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(
+                parsed.render_as_string(hide_password=False), engine_kwargs=_engine_kwargs(parsed, 10),
+                heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=MAX_RETRY, inherit_intermediate_values=True))
+        except sqlalchemy.exc.SQLAlchemyError:
+            if attempt == 2:  # workers started together race to create Optuna's tables; the loser retries
+                raise
+            time.sleep(1 + attempt)
 
 
 def list_studies(storage) -> list:

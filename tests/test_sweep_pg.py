@@ -1,0 +1,147 @@
+"""Two sweep workers share one study on a real PostgreSQL server that the test starts.
+
+The server is Debian's postgresql (initdb + pg_ctl) in a temp folder, listening only on a
+unix socket there. initdb refuses to run as root, so as root the server runs as the
+postgres user. .ci/run installs it and sets MIXSEP_REQUIRE_POSTGRES, which turns a
+missing server into a failure instead of a skip.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import make_data_root
+
+from mixsep.cli import build_parser
+from mixsep.sweep import counts, load_study, plan
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--model", "unet", "--no-pretrained", "--device", "cpu", "--batch-size", "16", "--train-size", "32",
+        "--val-size", "16", "--report-every", "1", "--checkpoint-every", "1"]
+
+
+def postgres_bindir() -> Path | None:
+    """The folder of initdb and pg_ctl: on PATH, or Debian's /usr/lib/postgresql/<version>/bin."""
+    found = shutil.which("initdb")
+    if found and (Path(found).resolve().parent / "pg_ctl").is_file():
+        return Path(found).resolve().parent
+    debian = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                    key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    return Path(debian[-1]).parent if debian else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL server; yields its SQLAlchemy URL (over a unix socket)."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        why = "PostgreSQL's initdb and pg_ctl are not installed (Debian: apt-get install postgresql)"
+        if os.environ.get("MIXSEP_REQUIRE_POSTGRES"):
+            pytest.fail(why + ", and MIXSEP_REQUIRE_POSTGRES is set")
+        pytest.skip(why + "; set MIXSEP_REQUIRE_POSTGRES=1 to make this a failure")
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    base = Path(tempfile.mkdtemp(prefix="mixsep-pg-"))  # short: a socket path must fit in 107 bytes
+    base.chmod(0o755)  # the postgres user must reach the folders below
+    data, sock = base / "data", base / "sock"
+    for folder in (data, sock):
+        folder.mkdir()
+        if as_postgres:
+            shutil.chown(folder, "postgres")
+    port = free_port()  # with listen_addresses='' it only names the socket file, but keep it unique
+    run = lambda *cmd: subprocess.run([*as_postgres, *map(str, cmd)], check=True, capture_output=True, text=True)
+    try:
+        run(bindir / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync")
+        run(bindir / "pg_ctl", "-D", data, "-l", sock / "server.log", "-w", "-t", "60", "-o",
+            f"-k {sock} -c listen_addresses='' -p {port} -c fsync=off", "start")
+        yield f"postgresql://postgres@/postgres?host={sock}&port={port}"  # the database initdb makes
+    except subprocess.CalledProcessError as e:
+        pytest.fail(f"could not start PostgreSQL: {e.cmd}: {e.stderr}")
+    finally:
+        subprocess.run([*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def wait_for(cond, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_two_workers_share_a_study_and_one_finishes_it_when_the_other_is_killed(postgres, tmp_path):
+    from optuna.trial import TrialState
+
+    data = make_data_root(tmp_path / "data")
+    runs = tmp_path / "runs"
+    args = ["sweep", "--study", "pg", "--data-root", str(data), "--runs-dir", str(runs), "--trials", "5",
+            "--heartbeat", "2", "--space", "lr=1e-4:1e-2:log,beta1=0.5:0.99", *TINY]
+    env = dict(os.environ, MIXSEP_SWEEP_STORAGE=postgres)  # the URL reaches the workers as the CLI documents
+    start = lambda seed: subprocess.Popen([sys.executable, "-m", "mixsep", *args, "--sampler-seed", seed], cwd=ROOT,
+                                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    a, b = start("0"), start("1")  # together, as two machines would: both race to create the study
+    try:
+        p = plan(build_parser().parse_args([*args, "--storage", postgres]))  # reads only: the workers create it
+        study = None
+
+        def a_is_mid_second_trial() -> bool:
+            nonlocal study
+            if a.poll() is not None:
+                raise AssertionError(f"worker a ended early: {a.communicate()[1][-2000:]}")
+            try:
+                study = study or load_study(p)
+            except KeyError:
+                return False
+            mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("pid") == a.pid]
+            finished = [t for t in mine if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+            running = [t for t in mine if t.state == TrialState.RUNNING]
+            return bool(finished and running and (runs / running[0].user_attrs["run"] / "checkpoints").is_dir())
+
+        wait_for(a_is_mid_second_trial, 400, "worker a to finish a trial and start another")
+        killed = next(t for t in study.get_trials(deepcopy=False)
+                      if t.user_attrs.get("pid") == a.pid and t.state == TrialState.RUNNING)
+        a.send_signal(signal.SIGKILL)
+        a.wait()
+        out, err = b.communicate(timeout=600)
+        assert b.returncode == 0, err[-3000:]
+    finally:
+        for proc in (a, b):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    trials = load_study(p).trials
+    assert len({t.number for t in trials}) == len(trials)
+    assert counts(load_study(p)) == {"done": 5, "running": 0, "waiting": 0}  # nothing left "running" forever
+    by_number = {t.number: t for t in trials}
+    assert by_number[killed.number].state == TrialState.FAIL  # failed by the heartbeat, not left running
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retried) == 1 and retried[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert retried[0].params == killed.params and retried[0].user_attrs["run"] == killed.user_attrs["run"]
+    assert retried[0].user_attrs["pid"] == b.pid  # the survivor finished the dead worker's trial
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert {t.user_attrs["pid"] for t in finished} == {a.pid, b.pid}  # both contributed
+    runs_used = [t.user_attrs["run"] for t in finished]
+    assert len(set(runs_used)) == len(runs_used) and all((runs / r / "config.json").is_file() for r in runs_used)
+    resumed = runs / killed.user_attrs["run"]
+    steps = [int(line.split(",")[0]) for line in (resumed / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == list(range(1, len(steps) + 1))  # resumed from its checkpoint, every step once
+    best = Path(out.strip().splitlines()[-1])
+    assert best.parent == runs / "pg" and (best / "checkpoints" / "last.pt").is_file()
