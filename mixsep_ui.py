@@ -7,6 +7,8 @@ plotly figures. Pages stay short and hold no ML.
 """
 from __future__ import annotations
 
+import gc
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +18,15 @@ import streamlit as st
 from mixsep.config import TrainConfig, default_data_root, default_runs_dir
 from mixsep.errors import MixsepError
 from mixsep.jobs import JobRegistry
-from mixsep.runs import list_runs, live_state, resolve_run
+from mixsep.run import METRIC_FIELDS, MetricsTail
+from mixsep.runs import downsample, list_runs, live_state, resolve_run
+
+# Streamlit runs gc.collect(2) after every script run (runner.postScriptGC), and the Train page
+# reruns every second. With torch, pandas and plotly imported, that full pass walks ~400,000
+# objects: 0.1-0.3 s of CPU each time, most of the server's CPU while a run is watched (py-spy).
+# Those objects live as long as the server: frozen, the pass skips them (CPython's gc.freeze).
+gc.collect()
+gc.freeze()
 
 # (file, title, icon) of every page, in the sidebar's order; dashboard.py routes with st.navigation
 PAGES = [("home.py", "Home", ":material/home:"),
@@ -217,17 +227,73 @@ def _checkpoint_every(run_dir: Path):
 # --------------------------------------------------------------------------- figures
 
 
-def loss_figure(metrics: pd.DataFrame, smoothing: float, title: str = "Training loss") -> go.Figure:
-    """Raw per-step losses (faint) and their EMA (solid), x in steps."""
+def loss_figure(metrics: pd.DataFrame, smoothing: float, title: str = "Training loss",
+                max_points: int = 1500) -> go.Figure:
+    """Raw per-step losses (faint) and their EMA (solid), x in whole steps.
+
+    The EMA runs over every row; then a long run is downsampled for display (runs.downsample:
+    the last third at full resolution, older steps averaged), so a trace never has more than
+    ``max_points`` points and drawing step 15,000 costs what drawing step 1,500 did.
+    """
     fig = go.Figure()
-    for col, name in LOSSES.items():
-        if len(metrics):
-            fig.add_scatter(x=metrics["step"], y=metrics[col], name=f"{name} (raw)", mode="lines",
+    if len(metrics):
+        shown = metrics[["step", *LOSSES]].copy()
+        for col in LOSSES:
+            shown[f"{col}_ema"] = shown[col].ewm(alpha=1 - smoothing).mean() if smoothing > 0 else shown[col]
+        shown = downsample(shown, keep=max_points // 3, cap=max_points)
+        x = shown["step"].to_numpy()
+        for col, name in LOSSES.items():
+            fig.add_scatter(x=x, y=shown[col].to_numpy(), name=f"{name} (raw)", mode="lines",
                             line=dict(color=COLORS[col], width=1), opacity=0.3, legendgroup=col, showlegend=False)
-            ema = metrics[col].ewm(alpha=1 - smoothing).mean() if smoothing > 0 else metrics[col]
-            fig.add_scatter(x=metrics["step"], y=ema, name=name, mode="lines", line=dict(color=COLORS[col], width=2),
-                            legendgroup=col)
-    return style(fig, title, "step", "MSE loss")
+            fig.add_scatter(x=x, y=shown[f"{col}_ema"].to_numpy(), name=name, mode="lines",
+                            line=dict(color=COLORS[col], width=2), legendgroup=col)
+    fig = style(fig, title, "step", "MSE loss")
+    # steps are whole numbers: no 2.5 on a short run's axis (a span under 10 gets a tick per step)
+    span = int(metrics["step"].max() - metrics["step"].min()) if len(metrics) else 0
+    fig.update_xaxes(tickformat="d", dtick=1 if span < 10 else None)
+    return fig
+
+
+def live_metrics(run_dir: Path) -> pd.DataFrame:
+    """Every metrics row of the run so far, for this session.
+
+    A session follows one run through a MetricsTail kept in st.session_state: each call reads
+    only the rows appended since the previous one (a 20-epoch run has 15,000 rows, read once),
+    and starts over when a resume rewrites the file.
+    """
+    run_dir = Path(run_dir).resolve()
+    live = st.session_state.get("_live_metrics")
+    if live is None or live["run"] != run_dir:
+        live = {"run": run_dir, "tail": MetricsTail(run_dir), "frame": pd.DataFrame(columns=METRIC_FIELDS)}
+        st.session_state["_live_metrics"] = live
+    new = live["tail"].poll()
+    if new.restarted:
+        live["frame"] = pd.DataFrame(columns=METRIC_FIELDS)
+    if new.rows:
+        rows = pd.DataFrame(new.rows, columns=METRIC_FIELDS)
+        live["frame"] = pd.concat([live["frame"], rows], ignore_index=True) if len(live["frame"]) else rows
+    return live["frame"]
+
+
+def live_loss_figure(metrics: pd.DataFrame, smoothing: float, title: str, *, settled: bool,
+                     redraw_every: float = 2.0) -> go.Figure:
+    """loss_figure for a live run, rebuilt at most every ``redraw_every`` seconds while it trains.
+
+    Streamlit ties a chart's identity to its spec, so each new figure makes the browser build
+    the plot from scratch; an unchanged one costs it nothing. New rows therefore wait for the
+    next redraw (the progress bar above shows every step); a new smoothing or title, or a run
+    that ended (``settled``), redraws at once.
+    """
+    key = (title, smoothing, len(metrics), int(metrics["step"].iloc[-1]) if len(metrics) else 0)
+    cached = st.session_state.get("_live_figure")
+    now = time.monotonic()
+    if cached is not None and cached["key"] != key and cached["key"][:2] == key[:2] and not settled \
+            and now - cached["at"] < redraw_every:
+        return cached["fig"]
+    if cached is None or cached["key"] != key:
+        cached = st.session_state["_live_figure"] = {"key": key, "fig": loss_figure(metrics, smoothing, title),
+                                                     "at": now}
+    return cached["fig"]
 
 
 def style(fig: go.Figure, title: str, x: str, y: str, height: int = 380) -> go.Figure:
@@ -267,3 +333,20 @@ def metric_figures(ev, metric: str) -> tuple[go.Figure, go.Figure]:
     name = unit.split(" ")[0]
     return (style(bars, f"Mean {name} ± 95% CI (n={ev.n})", "recovery mode", unit),
             style(boxes, f"Per-image {name}", "recovery mode", unit))
+
+
+# --------------------------------------------------------------------------- sweeps
+
+
+def study_of(run: str) -> str:
+    """The study a run belongs to ("demo" for "demo/trial-0003"), or "" for a run of its own."""
+    return run.split("/", 1)[0] if "/" in run else ""
+
+
+def best_scores(run_dir: Path, metrics: pd.DataFrame, smoothing: float) -> dict:
+    """The lowest EMA-smoothed training loss, and a sweep trial's best validation PSNR (None for other runs)."""
+    from mixsep.run import read_status
+
+    val = read_status(run_dir).get("validation")
+    return {"best_loss": float(metrics["loss"].ewm(alpha=1 - smoothing).mean().min()) if len(metrics) else None,
+            "val_psnr": val.get("best_psnr") if isinstance(val, dict) else None}

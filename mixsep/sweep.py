@@ -640,10 +640,10 @@ class Worker:
         self.say(f"trial {t.number} {t.state.name.lower()}: {score}  {params}  [{t.user_attrs.get('run', '')}]")
 
     def objective(self, trial) -> float:
+        """Train one trial into its run folder, reporting validation PSNR; return the final one."""
         import optuna
 
-        from .run import Run, State, identity, resolve_run
-        from .train import Training
+        from .run import Run, identity, resolve_run
 
         p = self.plan
         self.last = trial.number
@@ -653,35 +653,9 @@ class Worker:
             trial.set_user_attr(k, v)
         if self.val is None:
             self.val = validation_pairs(Path(p.config.data_root), p.val_size)
-        config = dataclasses.replace(p.config, **params).validate()
-        flags = {"prune": False}
-        start = time.time()
-        run = Run(resolve_run(p.runs_dir, run_name)).open()
+        run = Run(resolve_run(p.runs_dir, run_name)).open()  # a second trainer of this folder is refused here
         try:
-            training = Training(config, run, should_stop=lambda: flags["prune"] or self.should_stop())
-            self.val.to(training.device)
-            every = p.report_every or training.steps_per_epoch
-            scores, at = None, -1
-            for r in training.steps():
-                if not flags["prune"] and (r.step % every == 0 or r.step == r.total_steps):
-                    scores, at = validate(training.model, self.val), r.step
-                    trial.report(scores["psnr"], r.step)
-                    if trial.should_prune():
-                        flags["prune"] = True
-            if self.should_stop() and not flags["prune"] and training.step < training.total_steps:
-                raise SweepInterrupted(trial._trial_id)
-            if at != training.step:
-                scores = validate(training.model, self.val)
-            for k, v in scores.items():
-                trial.set_user_attr(f"val_{k}", v)
-            trial.set_user_attr("step", training.step)
-            trial.set_user_attr("duration_s", time.time() - start)
-            if flags["prune"]:
-                run.status(State.STOPPED, f"pruned by sweep '{p.study}' at step {training.step}: validation PSNR "
-                           f"{scores['psnr']:.2f} dB trailed the other trials", step=training.step,
-                           total_steps=training.total_steps)
-                raise optuna.TrialPruned()
-            return scores["psnr"]
+            return self._train(trial, dataclasses.replace(p.config, **params).validate(), run)
         except MixsepError as e:
             trial.set_user_attr("error", str(e))
             if "non-finite" in str(e):  # diverged: a real, bad result the sampler should learn from
@@ -689,6 +663,42 @@ class Worker:
             raise
         finally:
             run.close()
+
+    def _train(self, trial, config: TrainConfig, run) -> float:
+        import optuna
+
+        from .run import State, read_status
+        from .train import Training
+
+        p, pruned, start = self.plan, [False], time.time()
+        training = Training(config, run, should_stop=lambda: pruned[0] or self.should_stop())
+        self.val.to(training.device)
+        every = p.report_every or training.steps_per_epoch
+        scores, at = None, -1
+        for r in training.steps():
+            if not pruned[0] and (r.step % every == 0 or r.step == r.total_steps):
+                scores, at = validate(training.model, self.val), r.step
+                trial.report(scores["psnr"], r.step)
+                pruned[0] = trial.should_prune()
+        if self.should_stop() and not pruned[0] and training.step < training.total_steps:
+            raise SweepInterrupted(trial._trial_id)
+        if at != training.step:
+            scores = validate(training.model, self.val)
+        reports = self.study._storage.get_trial(trial._trial_id).intermediate_values  # a resumed trial's too
+        best = max([scores["psnr"], *reports.values()])
+        for k, v in {**{f"val_{k}": v for k, v in scores.items()}, "val_best_psnr": best, "step": training.step,
+                     "duration_s": time.time() - start}.items():
+            trial.set_user_attr(k, v)
+        # the run folder keeps its validation figures too, so Compare shows them without the study
+        status = read_status(run.path)
+        state, message = (State.STOPPED, f"pruned by sweep '{p.study}' at step {training.step}: validation PSNR "
+                          f"{scores['psnr']:.2f} dB trailed the other trials") if pruned[0] \
+            else (status.get("state", State.FINISHED), status.get("message", ""))
+        run.status(state, message, step=training.step, total_steps=training.total_steps,
+                   validation={**scores, "best_psnr": best, "study": p.study, "trial": trial.number})
+        if pruned[0]:
+            raise optuna.TrialPruned()
+        return scores["psnr"]
 
 
 def _short(v) -> str:

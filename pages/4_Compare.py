@@ -14,7 +14,12 @@ if not rows:
     st.info(f"No runs yet in {runs_dir.resolve()}. Start one on the Train page.")
     st.page_link("pages/1_Train.py", label="Go to Train", icon=":material/model_training:")
     st.stop()
-chosen = st.multiselect("Runs", list(rows), default=list(rows)[:3], format_func=lambda n: ui.run_label(rows[n]))
+studies = sorted({ui.study_of(n) for n in rows} - {""})
+study = st.selectbox("Study", ["all runs", *studies], help="Only one sweep's trials.") if studies else "all runs"
+if study != "all runs":
+    rows = {n: r for n, r in rows.items() if ui.study_of(n) == study}
+chosen = st.multiselect("Runs", list(rows), default=list(rows)[:3 if study == "all runs" else 10],
+                        format_func=lambda n: ui.run_label(rows[n]), key=f"compare_runs_{study}")
 opts = st.columns([2, 2, 1.3], vertical_alignment="center")
 loss = opts[0].radio("Loss", list(ui.LOSSES), format_func=ui.LOSSES.get, index=2, horizontal=True)
 smoothing = opts[1].slider("EMA smoothing", 0.0, 0.99, 0.9, 0.01)
@@ -26,13 +31,14 @@ if not chosen:
 fig = go.Figure()
 for name in chosen:
     m = read_metrics(runs_dir / name)
+    rows[name] = rows[name] | ui.best_scores(runs_dir / name, m, smoothing)
     if len(m):
         fig.add_scatter(x=m["step"], y=m[loss].ewm(alpha=1 - smoothing).mean(), name=name, mode="lines")
 st.plotly_chart(ui.style(fig, f"Training loss, {ui.LOSSES[loss]} (EMA {smoothing:.2f})", "step", "MSE loss", height=420))
 
 table = pd.DataFrame([rows[n] for n in chosen]).reindex(
     columns=["run", "state", "model", "pretrained", "lr", "beta1", "beta2", "batch_size", "epochs", "train_size",
-             "step", "last_loss"])
+             "step", "last_loss", "best_loss", "val_psnr"])
 table["train_size"] = [("all" if v == 0 else str(int(v))) if pd.notna(v) else "" for v in table["train_size"]]
 if score:
     count = st.number_input("Test pairs to score", 1, 100000, 500, step=100)
@@ -54,5 +60,8 @@ st.dataframe(table, hide_index=True, column_config={
     "lr": st.column_config.NumberColumn(format="%.0e"), "batch_size": "batch", "train_size": "pairs",
     "pretrained": st.column_config.CheckboxColumn("ImageNet"), "step": "steps",
     "last_loss": st.column_config.NumberColumn("last loss", format="%.4f"),
+    "best_loss": st.column_config.NumberColumn("best loss", format="%.4f", help="Lowest of the smoothed curve."),
+    "val_psnr": st.column_config.NumberColumn("val PSNR", format="%.2f dB",
+                                              help="A sweep trial's best validation PSNR (training data held out)."),
     "mnist PSNR": st.column_config.NumberColumn(format="%.2f dB"),
     "cifar PSNR": st.column_config.NumberColumn(format="%.2f dB")})

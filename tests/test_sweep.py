@@ -230,6 +230,9 @@ def test_study_on_the_journal_survives_a_killed_worker_prunes_and_its_best_trial
             assert 0 < a["val_ssim_mnist"] <= 1 and 0 < a["val_ssim_cifar"] <= 1 and a["val_psnr"] == t.value
             cfg = json.loads((runs / a["run"] / "config.json").read_text())
             assert cfg["train_size"] == 32 and cfg["lr"] == t.params["lr"] and cfg["repair"] is False
+            status = json.loads((runs / a["run"] / "status.json").read_text())  # the run folder keeps its scores
+            assert status["state"] == "finished" and status["validation"]["psnr"] == t.value
+            assert status["validation"]["best_psnr"] == a["val_best_psnr"] >= t.value
         if t.state == TrialState.PRUNED and "error" not in t.user_attrs:
             status = json.loads((runs / t.user_attrs["run"] / "status.json").read_text())
             assert status["state"] == "stopped" and "pruned" in status["message"]
@@ -320,3 +323,16 @@ def test_sweep_page_launches_a_study_and_shows_its_trials(page_env):
     assert "Best so far" in " ".join(s.value for s in at.success)
     cfg = json.loads((runs / "page" / "trial-0000" / "config.json").read_text())
     assert (cfg["model"], cfg["batch_size"], cfg["train_size"]) == ("unet", 16, 80)
+
+    (runs / "solo").mkdir()  # a run of its own beside the study: the filter leaves it out
+    for f in ("config.json", "metrics.csv", "status.json"):
+        (runs / "solo" / f).write_bytes((runs / "page" / "trial-0000" / f).read_bytes())
+    compare = AppTest.from_file(str(ROOT / "pages" / "4_Compare.py"), default_timeout=120).run()
+    assert not compare.exception, [e.value for e in compare.exception]
+    assert any(o.startswith("solo ") for o in compare.multiselect[0].options)
+    assert compare.selectbox[0].options == ["all runs", "page"]
+    compare.selectbox[0].set_value("page").run()
+    shown = compare.dataframe[0].value.set_index("run")
+    assert set(shown.index) == {"page/trial-0000", "page/trial-0001"} and shown["best_loss"].notna().all()
+    for _, row in table.iterrows():  # the best of a trial's validation reports, never below its final figure
+        assert shown.loc[row["run"], "val_psnr"] >= row["val PSNR"] - 1e-9
