@@ -35,6 +35,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import MixsepError
 
@@ -583,3 +584,79 @@ class Run:
         except MixsepError:
             pass
 
+
+# --------------------------------------------------------------------------- following a live run
+
+
+class Appended(NamedTuple):
+    """What one poll of a MetricsTail found."""
+
+    rows: list[dict]   # complete rows appended since the last poll, in file order
+    restarted: bool    # the file was replaced or cut (a resume): drop every row read before
+
+
+class MetricsTail:
+    """metrics.csv for a reader that polls (the dashboard): each poll returns only what was appended.
+
+    A poll costs what was appended since the last one, not the file's length (a 20-epoch run
+    has 15,000 rows). It keeps the offset after the last complete line, so a line the trainer
+    is still writing is read whole on a later poll. A resume rewrites the file through
+    atomic_write (a new inode, usually shorter): the tail notices the new inode, a size below
+    its offset, or a last-read line that is no longer where it was (an inode number reused),
+    starts over from the header and says so. A missing file reads as no rows.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / METRICS
+        self._forget()
+
+    def _forget(self) -> None:
+        self._inode: int | None = None
+        self._offset = 0                  # bytes of complete lines read so far
+        self._last = b""                  # the last complete line read, to recognise the same file
+        self._fields: list[str] | None = None
+
+    def _same_file(self, f, st: os.stat_result) -> bool:
+        if st.st_ino != self._inode or st.st_size < self._offset:
+            return False
+        if not self._last:
+            return True
+        start = self._offset - len(self._last) - 1
+        return os.pread(f.fileno(), len(self._last) + 1, start) == self._last + b"\n"
+
+    def poll(self) -> Appended:
+        try:
+            f = open(self.path, "rb")
+        except OSError:
+            restarted = self._inode is not None
+            self._forget()
+            return Appended([], restarted)
+        with f:
+            st = os.fstat(f.fileno())
+            restarted = self._inode is not None and not self._same_file(f, st)
+            if restarted:
+                self._forget()
+            self._inode = st.st_ino
+            f.seek(self._offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1  # past the last complete line; the rest waits for its newline
+        if end == 0:
+            return Appended([], restarted)
+        lines = data[:end - 1].split(b"\n")
+        self._offset += end
+        self._last = lines[-1]
+        text = [line.decode(errors="replace") for line in lines]
+        if self._fields is None:
+            self._fields, text = next(csv.reader(text[:1]), []), text[1:]
+        rows = [r for values in csv.reader(text) if (r := _metric_row(dict(zip(self._fields, values))))]
+        return Appended(rows, restarted)
+
+
+def _metric_row(r: dict) -> dict | None:
+    """One metrics.csv row as numbers, or None for a damaged one."""
+    try:
+        row = {k: float(r[k]) for k in METRIC_FIELDS}
+        row["step"], row["epoch"] = int(row["step"]), int(row["epoch"])
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None
+    return row

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .config import TrainConfig
@@ -85,3 +86,26 @@ def progress(metrics: pd.DataFrame, total_steps: int, window: int = 20) -> dict:
     return {"step": step, "total_steps": total, "fraction": step / total if total else 0.0,
             "samples_per_s": float(recent["samples_per_s"].median()) if len(recent) else None,
             "eta_s": per_step * (total - step) if per_step is not None else None}
+
+
+def downsample(metrics: pd.DataFrame, keep: int = 500, cap: int = 1500) -> pd.DataFrame:
+    """At most ``cap`` rows of a metrics frame for display; the file keeps every row.
+
+    The first row and the last ``keep`` stay as they are; the rows between are averaged in
+    buckets whose size is a power of two, aligned to fixed row numbers, so a growing run
+    re-buckets only when the size doubles and a live chart does not shimmer between polls.
+    A bucket sits at its middle row's step (and epoch): steps stay whole numbers.
+    """
+    n = len(metrics)
+    if n <= cap:
+        return metrics
+    old, recent = metrics.iloc[1:n - keep], metrics.iloc[n - keep:]
+    size = 1 << max(0, int(np.ceil(np.log2(len(old) / (cap - keep - 1)))))
+    groups = np.arange(len(old)) // size
+    buckets = old.groupby(groups).mean()
+    starts = np.arange(0, len(old), size)
+    middle = starts + (np.minimum(starts + size, len(old)) - starts) // 2
+    for col in ("step", "epoch"):
+        if col in old:
+            buckets[col] = old[col].to_numpy()[middle]
+    return pd.concat([metrics.iloc[:1], buckets, recent], ignore_index=True)
