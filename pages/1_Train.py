@@ -4,7 +4,7 @@ import streamlit as st
 import mixsep_ui as ui
 from mixsep import MixsepError, TrainConfig
 from mixsep.data import data_status, missing_message
-from mixsep.runs import progress, read_metrics
+from mixsep.runs import progress
 from mixsep.train import list_checkpoints
 from ui_settings import settings_widgets
 
@@ -37,9 +37,15 @@ with st.expander("Config of the next run"):
     st.json(config.to_dict())
 
 
-@st.fragment(run_every=1.0)
+training = jobs.running() is not None
+
+
+# every second while a run trains (the progress line shows each step), every 5 s otherwise
+@st.fragment(run_every=1.0 if training else 5.0)
 def live():
     job = jobs.poll()
+    if job.alive != training:  # a run started or ended: a full rerun sets the other pace
+        st.rerun()
     if job.run_dir is None or not (job.alive or job.run_dir.is_dir()):  # a server restart, a deleted run
         latest = ui.runs_table(runs_dir)
         if not latest:
@@ -60,14 +66,15 @@ def live():
         st.warning(f"This run folder is incomplete ({job.message}); it cannot be shown in full.")
     for w in job.warnings:  # recorded by the trainer in status.json, in its own words
         st.warning(w)
-    m = read_metrics(job.run_dir)
+    m = ui.live_metrics(job.run_dir)  # only the rows appended since the last poll are read
     p = progress(m, job.total_steps)
     sps = f"{p['samples_per_s']:.0f} samples/s" if p["samples_per_s"] else "… samples/s"
     eta = f"ETA {ui.duration(p['eta_s'])}" if job.alive else job.state
     st.progress(min(p["fraction"], 1.0), text=f"step {p['step']}/{p['total_steps'] or '?'} · {sps} · {eta}")
     smoothing = st.slider("EMA smoothing", 0.0, 0.99, 0.9, 0.01, key="ema",
                           help="Weight of the past in the exponential moving average; 0 shows the raw losses.")
-    st.plotly_chart(ui.loss_figure(m, smoothing, f"Training loss · {job.name}"), key="live_curves")
+    st.plotly_chart(ui.live_loss_figure(m, smoothing, f"Training loss · {job.name}", settled=not job.alive),
+                    key="live_curves")
     can_resume = not job.alive and job.state in ("stopped", "failed", "interrupted") and job.step < job.total_steps
     if can_resume and list_checkpoints(job.run_dir) and st.button("Resume this run", icon=":material/replay:"):
         try:

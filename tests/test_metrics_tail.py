@@ -1,0 +1,166 @@
+"""Following a live run: MetricsTail reads each appended row once, and the loss chart stays small."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mixsep.run import METRIC_FIELDS, MetricsLog, MetricsTail, _csv_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def row(step: int, loss: float = 1.0, elapsed: float | None = None) -> dict:
+    return dict(step=step, epoch=(step - 1) // 10, loss_mnist=loss / 3, loss_cifar=2 * loss / 3, loss=loss, lr=1e-3,
+                samples_per_s=100.0, elapsed_s=step * 0.5 if elapsed is None else elapsed)
+
+
+def steps(rows) -> list[int]:
+    return [r["step"] for r in rows]
+
+
+def test_a_live_writer_in_another_process_is_read_once_row_by_row(tmp_path):
+    """The writer flushes each row in two halves: polls land between them as well as between rows."""
+    MetricsLog(tmp_path).open(0).close()  # the header, as a trainer starting the run writes it
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import csv, io, sys, time
+        from mixsep.run import METRIC_FIELDS
+        with open({str(tmp_path / 'metrics.csv')!r}, "a", newline="") as f:
+            for step in range(1, 301):
+                buf = io.StringIO()
+                csv.DictWriter(buf, METRIC_FIELDS, lineterminator="\\n").writerow(dict(
+                    step=step, epoch=0, loss_mnist=0.1, loss_cifar=0.2, loss=1 / step, lr=1e-3,
+                    samples_per_s=100.0, elapsed_s=step * 0.01))
+                line = buf.getvalue()
+                f.write(line[:len(line) // 2]); f.flush(); time.sleep(0.001)
+                f.write(line[len(line) // 2:]); f.flush()
+        """)], cwd=ROOT)
+    tail, seen, polls = MetricsTail(tmp_path), [], 0
+    while writer.poll() is None:
+        new = tail.poll()
+        assert not new.restarted
+        seen += new.rows
+        polls += 1
+    assert writer.returncode == 0
+    seen += tail.poll().rows
+    assert steps(seen) == list(range(1, 301))  # each row exactly once, in order, none cut short
+    assert seen == _csv_rows(tmp_path / "metrics.csv")  # the same numbers as a full read
+    assert polls > 1 and tail.poll().rows == []
+
+
+def test_a_cut_off_last_line_waits_for_the_rest(tmp_path):
+    log = MetricsLog(tmp_path).open(0)
+    log.write(row(1))
+    tail = MetricsTail(tmp_path)
+    assert steps(tail.poll().rows) == [1]
+    with open(tmp_path / "metrics.csv", "a") as f:
+        f.write("2,0,0.1,0.2")
+    assert tail.poll().rows == []
+    with open(tmp_path / "metrics.csv", "a") as f:
+        f.write(",0.3,0.001,100.0,1.0\n")
+    new = tail.poll()
+    assert steps(new.rows) == [2] and new.rows[0]["loss"] == pytest.approx(0.3) and not new.restarted
+    log.close()
+
+
+def test_a_resume_rewrites_the_file_and_the_tail_starts_over(tmp_path):
+    log = MetricsLog(tmp_path).open(0)
+    for s in range(1, 11):
+        log.write(row(s, loss=1.0))
+    log.close()
+    tail = MetricsTail(tmp_path)
+    assert steps(tail.poll().rows) == list(range(1, 11))
+    # what a resume from the checkpoint at step 4 does: keep rows 1..4 (atomically), then redo 5..
+    log = MetricsLog(tmp_path).open(4)
+    for s in range(5, 30):  # longer than before: only the new inode tells
+        log.write(row(s, loss=2.0, elapsed=s * 0.7))
+    new = tail.poll()
+    assert new.restarted and steps(new.rows) == list(range(1, 30))
+    assert [r["loss"] for r in new.rows[3:5]] == [1.0, 2.0]
+    log.write(row(30, loss=2.0))
+    new = tail.poll()
+    assert not new.restarted and steps(new.rows) == [30]
+    log.close()
+
+
+def test_a_rewrite_in_place_is_noticed_too(tmp_path):
+    """Same inode, not shorter (an inode number reused): the last line read is no longer where it was."""
+    log = MetricsLog(tmp_path).open(0)
+    for s in range(1, 6):
+        log.write(row(s, loss=1.0))
+    log.close()
+    tail = MetricsTail(tmp_path)
+    assert len(tail.poll().rows) == 5
+    path = tmp_path / "metrics.csv"
+    inode, text = path.stat().st_ino, path.read_text()
+    with open(path, "r+") as f:
+        f.write(text.replace("1.0,", "3.0,") + "6,0,1,2,3.0,0.001,100.0,3.0\n")
+    assert path.stat().st_ino == inode
+    new = tail.poll()
+    assert new.restarted and steps(new.rows) == list(range(1, 7)) and {r["loss"] for r in new.rows} == {3.0}
+
+
+def test_a_missing_or_damaged_file(tmp_path):
+    tail = MetricsTail(tmp_path)
+    assert tail.poll() == ([], False)
+    (tmp_path / "metrics.csv").write_text(",".join(METRIC_FIELDS) + "\n1,0,0.1,0.2,0.3,0.001,100,0.5\n"
+                                          "2,0,oops,0.2,0.3,0.001,100,1.0\n3,0,0.1,0.2,0.3,0.001,100,1.5\n")
+    assert steps(tail.poll().rows) == [1, 3]  # a damaged row is skipped, as a full read skips it
+    os.unlink(tmp_path / "metrics.csv")
+    assert tail.poll() == ([], True)
+    assert tail.poll() == ([], False)
+
+
+# --------------------------------------------------------------------------- the chart
+
+
+def written_run(tmp_path: Path, n: int) -> pd.DataFrame:
+    """A run of n steps written by the trainer's own writer and read back through a tail."""
+    rng = np.random.default_rng(0)
+    log = MetricsLog(tmp_path).open(0)
+    for s in range(1, n + 1):
+        log.write(row(s, loss=float(0.05 + 1 / s + 0.01 * rng.random())))
+    log.close()
+    return pd.DataFrame(MetricsTail(tmp_path).poll().rows, columns=METRIC_FIELDS)
+
+
+def traces(fig) -> list:
+    return [(np.asarray(t.x), np.asarray(t.y), t.name) for t in fig.data]
+
+
+def test_a_15000_step_run_is_drawn_with_at_most_1500_points_a_trace(tmp_path):
+    import mixsep_ui as ui
+
+    m = written_run(tmp_path, 15_000)
+    fig = ui.loss_figure(m, 0.9, "x")
+    ema = m["loss"].ewm(alpha=0.1).mean()
+    assert len(fig.data) == 6
+    for x, y, name in traces(fig):
+        assert 1000 < len(x) <= 1500, name
+        assert x[0] == 1 and x[-1] == 15_000 and np.all(np.diff(x) > 0), name  # whole steps, in order
+        assert x.dtype.kind == "i"
+    raw = next((x, y) for x, y, name in traces(fig) if name == "total (raw)")
+    total = next((x, y) for x, y, name in traces(fig) if name == "total")
+    assert raw[1][0] == m["loss"].iloc[0] and raw[1][-1] == m["loss"].iloc[-1]
+    assert total[1][-1] == pytest.approx(ema.iloc[-1])  # the EMA runs over every row, not the shown ones
+    assert np.array_equal(raw[0][-500:], np.arange(14_501, 15_001))  # the latest steps at full resolution
+    assert fig.layout.xaxis.tickformat == "d"
+
+
+def test_a_short_run_keeps_every_point_and_whole_step_ticks(tmp_path):
+    import mixsep_ui as ui
+
+    m = written_run(tmp_path, 8)
+    fig = ui.loss_figure(m, 0.0)
+    for x, y, name in traces(fig):
+        assert x.tolist() == list(range(1, 9)), name
+    raw = next(y for x, y, name in traces(fig) if name == "total (raw)")
+    assert raw.tolist() == m["loss"].tolist()
+    assert fig.layout.xaxis.tickformat == "d" and fig.layout.xaxis.dtick == 1
+    assert ui.loss_figure(m.iloc[:0], 0.9).data == ()  # no rows yet: an empty chart, no error
