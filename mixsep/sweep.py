@@ -501,17 +501,37 @@ def default_workers(device: str) -> int:
 
 
 def create_study(p: Plan):
-    """Create (or load) the study and its folder; the first write of a sweep."""
+    """Create (or load) the study and its folder; the first write of a sweep.
+
+    The process that creates the study queues the report's defaults (each searched
+    setting's TrainConfig default, when the space holds it) as trial 0: the baseline
+    every other trial is measured against.
+    """
     import optuna
 
     storage = open_storage(p.storage, p.runs_dir, p.heartbeat)
-    study = optuna.create_study(study_name=p.study, storage=storage, direction="maximize", load_if_exists=True)
-    if ATTR not in study.user_attrs:
+    try:
+        study = optuna.create_study(study_name=p.study, storage=storage, direction="maximize")
+    except optuna.exceptions.DuplicatedStudyError:  # resumed, or another worker made it first
+        study = optuna.load_study(study_name=p.study, storage=storage)
+        if ATTR in study.user_attrs and study.user_attrs[ATTR].get("trials") != p.trials:
+            study.set_user_attr(ATTR, {**study.user_attrs[ATTR], "trials": p.trials})
+    else:
         study.set_user_attr(ATTR, p.attrs())
-    elif study.user_attrs[ATTR].get("trials") != p.trials:
-        study.set_user_attr(ATTR, {**study.user_attrs[ATTR], "trials": p.trials})
+        baseline = baseline_params(p.space)
+        if baseline is not None:
+            study.enqueue_trial(baseline, user_attrs={"baseline": True})
     p.folder.mkdir(parents=True, exist_ok=True)
     return study
+
+
+def baseline_params(space: dict[str, Dimension]) -> dict | None:
+    """The report's defaults of the searched settings, or None when one lies outside its range."""
+    defaults = TrainConfig()
+    params = {name: getattr(defaults, name) for name in space}
+    inside = all(v in d.choices if d.choices is not None else d.low <= v <= d.high
+                 for d, v in zip(space.values(), params.values()))
+    return params if inside else None
 
 
 def load_study(p: Plan, index: int = 0):
@@ -680,8 +700,8 @@ class Worker:
                 scores, at = validate(training.model, self.val), r.step
                 trial.report(scores["psnr"], r.step)
                 pruned[0] = trial.should_prune()
-        if self.should_stop() and not pruned[0] and training.step < training.total_steps:
-            raise SweepInterrupted(trial._trial_id)
+        if not pruned[0] and read_status(run.path).get("state") == State.STOPPED:
+            raise SweepInterrupted(trial._trial_id)  # by this sweep's stop, or a STOP file from outside
         if at != training.step:
             scores = validate(training.model, self.val)
         reports = self.study._storage.get_trial(trial._trial_id).intermediate_values  # a resumed trial's too
@@ -819,7 +839,8 @@ def trials_frame(study):
                      "val PSNR": a.get("val_psnr"), "MNIST PSNR": a.get("val_psnr_mnist"),
                      "CIFAR PSNR": a.get("val_psnr_cifar"), "MNIST SSIM": a.get("val_ssim_mnist"),
                      "CIFAR SSIM": a.get("val_ssim_cifar"), "step": a.get("step"), "duration_s": dur,
-                     "run": a.get("run", ""), "note": a.get("error", "")})
+                     "run": a.get("run", ""),
+                     "note": a.get("error") or ("the report's defaults" if a.get("baseline") else "")})
     return pd.DataFrame(rows)
 
 

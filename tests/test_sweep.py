@@ -214,6 +214,7 @@ def test_study_on_the_journal_survives_a_killed_worker_prunes_and_its_best_trial
     assert "trial 0: its worker is gone; marked failed and queued again" in done.stderr
     trials = study_of(runs, "demo").trials
     assert trials[0].state == TrialState.FAIL
+    assert trials[0].params == {"lr": 1e-3} and trials[0].user_attrs["baseline"]  # the report's defaults go first
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
     assert len(retry) == 1 and retry[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
     assert retry[0].user_attrs["run"] == "demo/trial-0000" and retry[0].params == trials[0].params
@@ -319,6 +320,8 @@ def test_sweep_page_launches_a_study_and_shows_its_trials(page_env):
     table = at.dataframe[0].value
     assert list(table["trial"]) == [0, 1] and set(table["run"]) == {"page/trial-0000", "page/trial-0001"}
     assert {"lr", "beta1", "beta2", "val PSNR", "MNIST SSIM", "state"} <= set(table.columns)
+    assert (table["lr"][0], table["beta1"][0], table["beta2"][0]) == (1e-3, 0.9, 0.999)  # the baseline
+    assert table["note"][0] == "the report's defaults"
     assert len(at.get("plotly_chart")) >= 2  # optimisation history and parallel coordinates
     assert "Best so far" in " ".join(s.value for s in at.success)
     cfg = json.loads((runs / "page" / "trial-0000" / "config.json").read_text())
