@@ -99,8 +99,13 @@ def cmd_train(args) -> int:
     cfg = None
     if args.run_dir:
         run = Run(Path(args.run_dir)).open()  # a second trainer on this folder stops here, with the holder's name
-    else:  # a bad setting stops here, before any folder is made
+    else:  # a bad setting or missing data stops here, before any folder is made
+        from .data import find_source, missing_message
+
         cfg = _train_config(args)
+        for source in ("mnist", "cifar"):
+            if not find_source(Path(cfg.data_root), source, "train"):
+                raise MixsepError(missing_message(Path(cfg.data_root), source, "train"))
         run = Run(new_run_dir(Path(args.runs_dir), cfg)).open()
     try:
         return _train(args, cfg or _train_config(args), run)

@@ -212,6 +212,9 @@ class TrainConfig:
                         "Mixed precision (CUDA)", "mechanics")
     checkpoint_every: int = setting(200, "steps between checkpoints (one is always written at the end)",
                                     "Steps between checkpoints", "mechanics", low=1)
+    keep_epochs: int = setting(1, "keep every k-th epoch checkpoint (weights only; the latest is always kept, and "
+                                  "last.pt holds the optimiser state a resume needs); 0 = only the latest",
+                               "Keep epoch checkpoints every", "mechanics", low=0, zero="only the latest")
     max_minutes: float = setting(0.0, "stop cleanly after this many minutes; 0 = no limit", "Time limit (minutes)",
                                  "mechanics", low=0.0, zero="no limit")
 

@@ -538,7 +538,7 @@ class PairData:
         """MNIST index paired with CIFAR image i, for i < n."""
         if not self.repair:
             return torch.arange(self.n)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**63)  # any valid seed
         return torch.randperm(len(self.mnist), generator=g)[: self.n]
 
     def __getitem__(self, i: int):
@@ -563,7 +563,7 @@ class PairData:
         """
         if batch_size > self.n:
             raise MixsepError(f"Batch size {batch_size} is larger than the {self.n} training pairs; lower it.")
-        g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+        g = torch.Generator().manual_seed((self.seed * 7919 + epoch) % 2**63)
         order = torch.randperm(self.n, generator=g) if shuffle else torch.arange(self.n)
         # indices go to the device once per epoch: a per-batch copy from the host would sync with the GPU every step
         dev = self.mnist.device

@@ -525,6 +525,43 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return last + epochs
 
 
+def prune_epoch_checkpoints(run_dir: Path, keep_every: int) -> list[Path]:
+    """Remove epoch checkpoints that the retention rule does not keep: the latest always stays,
+    older ones only when their epoch is a multiple of ``keep_every`` (0 keeps none of them)."""
+    epochs = [p for p in list_checkpoints(run_dir) if p.name != LAST]
+    removed = []
+    for p in epochs[1:]:  # newest first: epochs[0] is the latest
+        if keep_every <= 0 or _epoch_of(p) % keep_every != 0:
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed
+
+
+def delete_run(runs_dir: Path, name: str) -> Path:
+    """Delete run ``name`` (or a whole group, e.g. a study's folder): inside the runs folder only,
+    never while a trainer holds one of its runs. Returns the deleted folder."""
+    import shutil
+
+    path = resolve_run(runs_dir, name)
+    if not path.is_dir():
+        raise MixsepError(f"There is no run named '{name}' in {Path(runs_dir).resolve()}.")
+    runs = [path] if is_run(path) else [p for p in path.iterdir() if p.is_dir() and is_run(p)]
+    if not runs and any(path.iterdir()):
+        raise MixsepError(f"'{name}' is not a run folder (no config.json inside); delete it by hand if you mean it.")
+    for run in runs:
+        holder = lock_holder(run)
+        if holder is not None or (read_status(run).get("state") == State.RUNNING and is_alive(read_status(run))):
+            raise MixsepError(f"Run '{run_name(runs_dir, run)}' is training now; stop it before deleting it.")
+    try:
+        shutil.rmtree(path)
+    except OSError as e:
+        raise MixsepError(f"Could not delete {path} ({e.strerror}).") from None
+    return path
+
+
 def disk_usage(run_dir: Path) -> int:
     """Bytes used by a run folder (its files, links not followed)."""
     total = 0
@@ -581,8 +618,19 @@ class Run:
         extra = {"step": old.get("step", 0), "total_steps": old.get("total_steps", 0), **extra}
         try:
             self.status(State.FAILED, message, error=message, **extra)
-        except MixsepError:
-            pass
+        except RunWriteError:
+            # a full disk has no room for the temp file: rewrite status.json in place, in the
+            # blocks it already has (a reader may see it half written and reads "unknown", never
+            # a stale "running")
+            status = {"state": State.FAILED.value, "message": message, "error": message, "updated": time.time(),
+                      **identity(), **extra}
+            try:
+                with open(self.path / STATUS, "r+b") as f:
+                    f.truncate(0)
+                    f.write(json.dumps(status).encode())
+            except OSError:
+                pass
+
 
 
 # --------------------------------------------------------------------------- following a live run

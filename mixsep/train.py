@@ -21,8 +21,8 @@ from .data import PairData, load_pairs, to_float
 from .errors import MixsepError
 from .model import MODELS, build_model
 from .run import (CONFIG, METRIC_FIELDS, Run, RunWriteError, State, clear_stop, epoch_checkpoint,  # noqa: F401
-                  last_checkpoint, list_checkpoints, read_checkpoint, read_status, request_stop, save_checkpoint,
-                  stop_requested, write_json, write_status)
+                  last_checkpoint, list_checkpoints, prune_epoch_checkpoints, read_checkpoint, read_status,
+                  request_stop, save_checkpoint, stop_requested, write_json, write_status)
 from .run import new_run_dir as _new_folder
 
 LOG_MSE_FLOOR = 1e-5  # added to per-image MSEs under config.loss = "log_mse"; 1e-5 is 50 dB PSNR
@@ -179,6 +179,7 @@ class Training:
         self.should_stop = should_stop or (lambda: False)
         self.step = 0
         self._resume()
+        self.last_good = self.step  # the step of the newest checkpoint on disk
 
     def _resume(self) -> None:
         if self.last_path.is_file():
@@ -227,7 +228,6 @@ class Training:
             self.run.metrics.open(self.step)  # rows past the checkpoint we resume from will be redone
             clear_stop(self.run_dir)
             self._write_missing_epoch_checkpoint()
-            self.last_good = self.step
             self.run.status(State.RUNNING, step=self.step, total_steps=self.total_steps)
             self.model.train()
             self._start = self._last_read = time.perf_counter()
@@ -244,15 +244,21 @@ class Training:
             else:
                 self.run.status(State.FINISHED, step=self.step, total_steps=self.total_steps)
             clear_stop(self.run_dir)
+        except GeneratorExit:  # the consumer stopped iterating (a notebook, a benchmark): not running any more
+            self.run.status(State.STOPPED, f"stopped by its caller at step {self.step}; a resume continues from the "
+                                           f"last checkpoint (step {self.last_good})",
+                            step=self.last_good, total_steps=self.total_steps)
+            raise
         except KeyboardInterrupt:  # a second Ctrl-C: quit now, the last checkpoint stays the resume point
             self.run.status(State.STOPPED, f"force-quit by a second interrupt at step {self.step}; a resume "
                                            f"continues from the last checkpoint (step {self.last_good})",
                             step=self.last_good, total_steps=self.total_steps)
             raise
         except RunWriteError as e:
-            self.run.fail(f"{e} Training stopped at step {self.step}; the last checkpoint (step {self.last_good}) "
-                          "is kept: free some space and resume.", step=self.last_good, total_steps=self.total_steps)
-            raise MixsepError(read_status(self.run_dir).get("message") or str(e)) from None
+            msg = (f"{e} Training stopped at step {self.step}; the last checkpoint (step {self.last_good}) "
+                   "is kept: free some space and resume.")
+            self.run.fail(msg, step=self.last_good, total_steps=self.total_steps)
+            raise MixsepError(msg) from None
         finally:
             self.run.metrics.close()
             if self._owns_run:
@@ -325,6 +331,7 @@ class Training:
 
     def _save_epoch_checkpoint(self, epoch: int) -> None:
         save_checkpoint(epoch_checkpoint(self.run_dir, epoch), self.model, self.config, self.step, epoch)
+        prune_epoch_checkpoints(self.run_dir, self.config.keep_epochs)
 
     def _write_missing_epoch_checkpoint(self) -> None:
         """A kill between last.pt and epoch-E.pt at an epoch's end: the weights are last.pt's, write it now."""

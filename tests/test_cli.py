@@ -95,6 +95,7 @@ def test_no_data_anywhere(capsys, tmp_path):
     assert main(["train", "--data-root", str(tmp_path / "empty"), "--runs-dir", str(tmp_path / "runs"), *TINY]) == 2
     err = capsys.readouterr().err
     assert "No MNIST train data" in err and "python -m mixsep download" in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # no stray run folder
 
 
 def test_corrupt_checkpoint_via_cli(capsys, data_root, tmp_path):

@@ -1,0 +1,393 @@
+"""The run folder under kills, concurrency, full disks, reused pids and odd names.
+
+Real processes (`python -m mixsep train`), real signals, real files; the smallest model
+that still runs the whole loop.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mixsep import MixsepError, TrainConfig
+from mixsep import run as R
+from mixsep import train as T
+from mixsep.jobs import JobRegistry
+from mixsep.model import MODELS
+
+MODEL = "tiny" if "tiny" in MODELS else "unet"  # the smallest separator that exercises the loop
+KNOWN_STATES = {s.value for s in R.State}
+
+
+@pytest.fixture
+def small_config(tiny_config) -> TrainConfig:
+    return dataclasses.replace(tiny_config, model=MODEL, batch_size=8, checkpoint_every=2)
+
+
+def cli(*args, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mixsep", "train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def steps_in(run: Path) -> list[int]:
+    return [r["step"] for r in R._csv_rows(run / R.METRICS)]
+
+
+def temps_in(run: Path) -> list[Path]:
+    return [p for p in run.rglob("*") if p.name.endswith(R.TMP_SUFFIX)]
+
+
+def wait_for(cond, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# --------------------------------------------------------------------------- kills
+
+
+def test_sigkill_at_random_moments_loses_and_repeats_nothing(small_config, tmp_path):
+    """At least 20 SIGKILLs of a real trainer (before its first checkpoint, while a checkpoint is
+    written, mid-steps, during a resume); each time the folder is consistent, and the resumed
+    run ends with exactly the weights of an uninterrupted one."""
+    cfg = dataclasses.replace(small_config, epochs=12)  # 96 pairs / 8 = 12 steps an epoch, 144 steps
+    reference = tmp_path / "reference"
+    list(T.train_steps(cfg, reference))
+    run, cfg_file = tmp_path / "killed", tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps(cfg.to_dict()))
+    rng = random.Random(0)
+    kills, moments = 0, []
+    while True:
+        proc = cli("--config", str(cfg_file), "--run-dir", str(run), "--quiet")
+        moment = rng.choice(["early", "steps", "checkpoint", "resume"]) if kills < 24 else "none"
+        before = len(steps_in(run))
+        if moment == "early":  # anywhere from interpreter start to the first steps
+            time.sleep(rng.uniform(0.0, 2.5))
+        elif moment == "steps":
+            try:
+                wait_for(lambda: len(steps_in(run)) > before or proc.poll() is not None, 60, "a new step")
+            except AssertionError:
+                pass
+            time.sleep(rng.uniform(0, 0.05))
+        elif moment == "checkpoint":  # the moment a checkpoint's temp file exists
+            try:
+                wait_for(lambda: any((run / "checkpoints").glob("*.tmp")) or any((run / "checkpoints").glob(".*.tmp"))
+                         or proc.poll() is not None, 60, "a checkpoint being written")
+            except AssertionError:
+                pass
+        elif moment == "resume":  # just after the lock is taken: the metrics rewrite is near
+            try:
+                wait_for(lambda: R.lock_holder(run) is not None or proc.poll() is not None, 60, "the lock")
+            except AssertionError:
+                pass
+            time.sleep(rng.uniform(0, 0.3))
+        if moment != "none" and proc.poll() is None:
+            proc.kill()
+            kills += 1
+            moments.append(moment)
+        out, err = proc.communicate(timeout=300)
+        status = json.loads((run / "status.json").read_text()) if (run / "status.json").exists() else None
+        assert status is None or status["state"] in KNOWN_STATES
+        s = steps_in(run)
+        assert s == list(range(1, len(s) + 1)), f"after a kill at {moment}: steps {s}"
+        if moment == "none":
+            assert proc.returncode == 0, err
+            break
+    assert kills >= 20 and {"early", "checkpoint", "steps", "resume"} <= set(moments)
+    assert steps_in(run) == list(range(1, 145))
+    assert R.read_status(run)["state"] == "finished"
+    assert temps_in(run) == []
+    assert [p.name for p in R.list_checkpoints(run)] == ["last.pt"] + [f"epoch-{e}.pt" for e in range(12, 0, -1)]
+    a = R.read_checkpoint(R.last_checkpoint(reference))["model"]
+    b = R.read_checkpoint(R.last_checkpoint(run))["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ref_loss = [r["loss"] for r in R._csv_rows(reference / R.METRICS)]
+    assert [r["loss"] for r in R._csv_rows(run / R.METRICS)] == pytest.approx(ref_loss, rel=1e-5)
+
+
+def test_kill_before_the_first_checkpoint_leaves_no_rows_to_repeat(small_config, tmp_path):
+    run = tmp_path / "run"
+    list(T.train_steps(dataclasses.replace(small_config, checkpoint_every=1000, epochs=1), run))
+    (run / "checkpoints" / "last.pt").unlink()  # as if killed before last.pt: rows 1..12 exist, no checkpoint
+    for p in (run / "checkpoints").glob("epoch-*.pt"):
+        p.unlink()
+    (run / "checkpoints" / ".last.pt.123.tmp").write_bytes(b"x" * 1000)  # a write cut short
+    rows = list(T.train_steps(dataclasses.replace(small_config, checkpoint_every=1000, epochs=1), run))
+    assert rows[0].step == 1 and steps_in(run) == list(range(1, 13))
+    assert temps_in(run) == []
+
+
+def test_kill_between_last_and_epoch_checkpoint_still_writes_the_epoch(small_config, tmp_path):
+    run = tmp_path / "run"
+    cfg = dataclasses.replace(small_config, epochs=2)
+    for r in T.train_steps(cfg, run):
+        if r.step == 12:
+            R.request_stop(run)  # stops at the end of epoch 1 with last.pt at step 12
+    (run / "checkpoints" / "epoch-1.pt").unlink(missing_ok=True)  # the kill fell between the two files
+    assert R.read_checkpoint(R.last_checkpoint(run))["step"] == 12
+    list(T.train_steps(cfg, run))
+    assert [p.name for p in R.list_checkpoints(run)] == ["last.pt", "epoch-2.pt", "epoch-1.pt"]
+    assert R.read_checkpoint(run / "checkpoints" / "epoch-1.pt")["step"] == 12
+
+
+def test_metrics_rewrite_is_atomic(tmp_path):
+    """A resume's truncation replaces metrics.csv in one rename: a reader sees old or new, never empty."""
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = "".join(f"{i},0,0.1,0.2,0.3,0.001,10,{i}\n" for i in range(1, 8))
+    (run / "metrics.csv").write_text(",".join(R.METRIC_FIELDS) + "\n" + rows + "8,0,0.1")  # last row cut
+    inode = (run / "metrics.csv").stat().st_ino
+    log = R.MetricsLog(run).open(keep_through_step=5)
+    log.close()
+    assert steps_in(run) == [1, 2, 3, 4, 5] and (run / "metrics.csv").stat().st_ino != inode
+
+
+def test_second_ctrl_c_quits_at_once(small_config, tmp_path):
+    # the faithful model: its step and its 139 MB checkpoint leave time for a second Ctrl-C
+    cfg = dataclasses.replace(small_config, model="faithful", batch_size=16, epochs=400, checkpoint_every=10_000)
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps(cfg.to_dict()))
+    run = tmp_path / "run"
+    proc = cli("--config", str(cfg_file), "--run-dir", str(run), "--quiet")
+    wait_for(lambda: len(steps_in(run)) >= 2, 120, "two steps")
+    proc.send_signal(signal.SIGINT)
+    while "stopping after this step" not in proc.stderr.readline():  # the first one was heard
+        assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "quit at once" in err
+    status = R.read_status(run)
+    assert status["state"] == "stopped" and "force-quit" in status["message"]
+    assert temps_in(run) == []  # a checkpoint cut short leaves nothing behind
+
+
+def test_one_ctrl_c_finishes_the_step_and_checkpoints(small_config, tmp_path):
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps(dataclasses.replace(small_config, epochs=400, checkpoint_every=10_000).to_dict()))
+    run = tmp_path / "run"
+    proc = cli("--config", str(cfg_file), "--run-dir", str(run), "--quiet")
+    wait_for(lambda: len(steps_in(run)) >= 2, 120, "two steps")
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert R.read_status(run)["state"] == "stopped"
+    assert R.read_checkpoint(R.last_checkpoint(run))["step"] == steps_in(run)[-1]
+
+
+# --------------------------------------------------------------------------- concurrency and identity
+
+
+def test_two_trainers_on_one_run(small_config, tmp_path):
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps(dataclasses.replace(small_config, epochs=400).to_dict()))
+    run = tmp_path / "run"
+    first = cli("--config", str(cfg_file), "--run-dir", str(run), "--quiet")
+    wait_for(lambda: len(steps_in(run)) >= 1, 120, "the first trainer's steps")
+    second = cli("--config", str(cfg_file), "--run-dir", str(run), "--quiet")
+    out, err = second.communicate(timeout=120)
+    assert second.returncode == 2
+    assert err.count("\n") == 1 and f"process {first.pid}" in err and "already being trained" in err
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=60)
+    s = steps_in(run)
+    assert s == list(range(1, len(s) + 1))  # no interleaved rows
+    assert R.read_status(run)["pid"] == first.pid
+
+
+def test_lock_is_refused_in_process_too(small_config, tmp_path):
+    gen = T.train_steps(small_config, tmp_path / "run")
+    next(gen)
+    with pytest.raises(MixsepError, match="already being trained by process"):
+        T.Training(small_config, tmp_path / "run")
+    gen.close()  # the generator's end releases the lock
+    T.Training(small_config, tmp_path / "run").run.close()
+
+
+def test_a_reused_pid_is_not_the_trainer(small_config, tmp_path):
+    """A finished run whose status still says running, with its pid now reused by another process."""
+    runs = tmp_path / "runs"
+    run = runs / "old"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(small_config.to_dict()))
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        # written by the old trainer: the pid matches the sleeper but the start time is the old process's
+        (run / "status.json").write_text(json.dumps({"state": "running", "pid": sleeper.pid, "pid_start": "1",
+                                                     "step": 3, "total_steps": 12}))
+        assert R.live_status(run)["state"] == "interrupted"
+        jobs = JobRegistry(runs)
+        assert jobs.running() is None
+        assert jobs.stop() is False
+        assert sleeper.poll() is None  # alive: never signalled
+        # and the real process with its real identity is the trainer
+        R.write_json(run / "status.json", {"state": "running", **R.identity(sleeper.pid), "step": 3})
+        assert R.live_status(run)["state"] == "running"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_status_without_identity_is_not_trusted(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "status.json").write_text(json.dumps({"state": "running", "pid": os.getpid()}))
+    assert R.live_status(run)["state"] == "interrupted"
+
+
+def test_stop_and_time_budget_in_one_step_say_stopped(small_config, tmp_path):
+    run = tmp_path / "run"
+    cfg = dataclasses.replace(small_config, max_minutes=1e-9)  # over time after the first step
+    gen = T.Training(cfg, run, should_stop=lambda: True).steps()
+    list(gen)
+    status = R.read_status(run)
+    assert (status["state"], status["message"]) == ("stopped", "stopped by request")
+    list(T.train_steps(cfg, tmp_path / "timed"))
+    status = R.read_status(tmp_path / "timed")
+    assert (status["state"], status["message"]) == ("finished", "time budget reached")
+
+
+# --------------------------------------------------------------------------- full disk
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    disk = tmp_path / "disk"
+    if os.geteuid() != 0 or not _mount_tmpfs(disk, "64m"):
+        if os.environ.get("MIXSEP_REQUIRE_TMPFS"):
+            pytest.fail("cannot mount a tmpfs (CI runs as root and must)")
+        pytest.skip("mounting a tmpfs needs root")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_disk_full_fails_clearly_and_resumes_after_space_is_freed(small_config, tmp_path, small_disk):
+    run = small_disk / "run"
+    cfg = dataclasses.replace(small_config, epochs=2)
+    gen = T.train_steps(cfg, run)
+    filler = small_disk / "filler"
+    with pytest.raises(MixsepError) as caught:
+        for r in gen:
+            if r.step == 3 and not filler.exists():  # after the first checkpoint (step 2): fill the disk to 2 pages
+                assert R.last_checkpoint(run).stat().st_size > 12 * 1024  # so the next checkpoint cannot fit
+                free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+                with open(filler, "wb") as f:
+                    f.write(b"\0" * (free - 8 * 1024))
+    msg = str(caught.value)
+    assert "disk" in msg and "full" in msg and "last.pt" in msg and "free some space and resume" in msg
+    assert "\n" not in msg
+    status = R.read_status(run)
+    assert status["state"] == "failed" and status["message"] == msg
+    assert temps_in(run) == []  # the partial checkpoint is gone, it does not keep the disk full
+    assert R.read_checkpoint(R.last_checkpoint(run))["step"] == 2  # the previous checkpoint loads
+    filler.unlink()
+    rest = list(T.train_steps(cfg, run))
+    assert rest[0].step == 3 and rest[-1].step == 24
+    assert steps_in(run) == list(range(1, 25)) and R.read_status(run)["state"] == "finished"
+
+
+def test_disk_full_through_the_cli_exits_2_with_one_sentence(small_config, tmp_path, small_disk):
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps(small_config.to_dict()))
+    filler = small_disk / "filler"
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    filler.write_bytes(b"\0" * (free - 8 * 1024))
+    proc = cli("--config", str(cfg_file), "--run-dir", str(small_disk / "run"), "--quiet")
+    out, err = proc.communicate(timeout=120)
+    last = err.strip().splitlines()[-1]
+    assert proc.returncode == 2 and last.startswith("error: ") and "full" in last, err
+    assert "Traceback" not in err
+    assert R.read_status(small_disk / "run")["state"] in ("failed", "unknown")  # never a stale "running"
+
+
+# --------------------------------------------------------------------------- odd folders and names
+
+
+def test_run_dir_that_is_a_file_and_unwritable_runs_folder(small_config, tmp_path):
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps(small_config.to_dict()))
+    (tmp_path / "afile").write_text("x")
+    for args in (["--run-dir", str(tmp_path / "afile")], ["--runs-dir", str(tmp_path / "afile" / "runs")],
+                 ["--run-dir", str(tmp_path / "afile" / "run")]):
+        proc = cli("--config", str(cfg_file), *args, "--quiet")
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_names_with_spaces_groups_and_links(tmp_path, small_config):
+    runs = tmp_path / "runs"
+    for name in ("plain", "with space", "study/trial-0001"):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "config.json").write_text(json.dumps(small_config.to_dict()))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "config.json").write_text(json.dumps(small_config.to_dict()))
+    (runs / "escape").symlink_to(outside)
+    (runs / "alias").symlink_to(runs / "plain")
+    names = sorted(p.relative_to(runs).as_posix() for p in R.run_folders(runs))
+    assert names == ["plain", "study/trial-0001", "with space"]
+    assert R.resolve_run(runs, "with space") == (runs / "with space").resolve()
+    assert R.resolve_run(runs, "study/trial-0001") == (runs / "study" / "trial-0001").resolve()
+    for bad in ("escape", "alias", "../outside", "/etc", "a/b/c", "", " lead", "x\ny"):
+        with pytest.raises(MixsepError):
+            R.resolve_run(runs, bad)
+
+
+def test_checkpoint_whose_config_is_not_a_dict(tmp_path, data_root):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"model": {}, "config": ["not", "a", "dict"], "step": 1}, run / "checkpoints" / "last.pt")
+    with pytest.raises(MixsepError, match="not a mixsep checkpoint"):
+        T.load_run_model(run)
+    proc = subprocess.run([sys.executable, "-m", "mixsep", "evaluate", str(run), "--data-root", str(data_root)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not a mixsep checkpoint" in proc.stderr
+
+
+@pytest.mark.parametrize("keep, kept", [(1, [4, 3, 2, 1]), (2, [4, 2]), (0, [4])])
+def test_retention_keeps_the_latest_and_every_kth_epoch(small_config, tmp_path, keep, kept):
+    run = tmp_path / "run"
+    list(T.train_steps(dataclasses.replace(small_config, epochs=4, keep_epochs=keep), run))
+    assert [p.name for p in R.list_checkpoints(run)] == ["last.pt"] + [f"epoch-{e}.pt" for e in kept]
+    assert "optimizer" in R.read_checkpoint(R.last_checkpoint(run))
+    assert all("optimizer" not in R.read_checkpoint(p) for p in R.list_checkpoints(run)[1:])
+
+
+def test_delete_runs_inside_the_runs_folder_only_and_never_a_training_one(small_config, tmp_path):
+    runs = tmp_path / "runs"
+    list(T.train_steps(small_config, runs / "done"))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "config.json").write_text("{}")
+    (runs / "link").symlink_to(outside)
+    assert R.disk_usage(runs / "done") > 0
+    for bad in ("link", "../outside", "nope"):
+        with pytest.raises(MixsepError):
+            R.delete_run(runs, bad)
+    assert (outside / "config.json").exists()
+    gen = T.train_steps(dataclasses.replace(small_config, epochs=50), runs / "busy")
+    next(gen)  # holds the lock
+    with pytest.raises(MixsepError, match="training now"):
+        R.delete_run(runs, "busy")
+    gen.close()
+    R.delete_run(runs, "busy")
+    R.delete_run(runs, "done")
+    assert sorted(p.name for p in runs.iterdir()) == ["link"]
