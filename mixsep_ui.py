@@ -300,6 +300,8 @@ def style(fig: go.Figure, title: str, x: str, y: str, height: int = 380) -> go.F
     fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=height, margin=dict(l=10, r=10, t=50, b=10),
                       legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1, title_text=""),
                       showlegend=True)
+    if x == "step":  # steps are whole numbers: no 2.5 on a short run's axis
+        fig.update_xaxes(tickformat="d")
     return fig
 
 
@@ -350,3 +352,21 @@ def best_scores(run_dir: Path, metrics: pd.DataFrame, smoothing: float) -> dict:
     val = read_status(run_dir).get("validation")
     return {"best_loss": float(metrics["loss"].ewm(alpha=1 - smoothing).mean().min()) if len(metrics) else None,
             "val_psnr": val.get("best_psnr") if isinstance(val, dict) else None}
+
+
+def delete_runs(runs_dir: Path, names: list[str]) -> None:
+    """Delete the runs (mixsep.run.delete_run refuses what it must), say what happened, refresh."""
+    from mixsep.run import delete_run
+
+    done = []
+    for name in names:
+        try:
+            delete_run(runs_dir, name)
+            done.append(name)
+        except MixsepError as e:
+            st.error(str(e))
+    if done:
+        st.session_state.pop("delete_sure", None)
+        st.toast(f"Deleted {', '.join(done)}")
+        if len(done) == len(names):
+            st.rerun()

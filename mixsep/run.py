@@ -590,6 +590,7 @@ class Run:
         self.lock = RunLock(self.path)
         self.metrics = MetricsLog(self.path)
         self.warnings: list[str] = []
+        self.facts: dict = {}  # recorded with every status (e.g. whether ImageNet weights loaded)
 
     def open(self) -> "Run":
         check_run_dir(self.path)
@@ -608,6 +609,7 @@ class Run:
         self.close()
 
     def status(self, state: State | str, message: str = "", **extra) -> None:
+        extra = {**self.facts, **extra}
         if self.warnings:
             extra.setdefault("warnings", self.warnings)
         write_status(self.path, state, message, **extra)

@@ -40,7 +40,9 @@ def run_summary(run_dir: Path, name: str | None = None) -> dict:
         row["message"] = str(e)
     status = read_status(run_dir)
     row.update(state=status.get("state", "unknown"), step=status.get("step", 0),
-               total_steps=status.get("total_steps", 0), updated=status.get("updated"))
+               total_steps=status.get("total_steps", 0), updated=status.get("updated"),
+               # what loaded (None: a run from before mixsep recorded it, or one not started yet)
+               pretrained_loaded=status.get("pretrained_loaded"), disk_mb=disk_usage(run_dir) / 1e6)
     row["message"] = status.get("message") or row["message"]
     m = read_metrics(run_dir)
     if len(m):

@@ -167,6 +167,8 @@ class Training:
             warnings.simplefilter("always")
             self.model = build_model(config.model, config.pretrained).to(self.device)  # channels_last, see build_model
         self.run.warnings = list(dict.fromkeys(str(w.message) for w in caught))
+        # what loaded, not what was asked for: Compare shows it
+        self.run.facts["pretrained_loaded"] = any(getattr(m, "pretrained_loaded", False) for m in self.model.modules())
         for w in caught:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         cuda = self.device.type == "cuda"

@@ -37,8 +37,8 @@ for name in chosen:
 st.plotly_chart(ui.style(fig, f"Training loss, {ui.LOSSES[loss]} (EMA {smoothing:.2f})", "step", "MSE loss", height=420))
 
 table = pd.DataFrame([rows[n] for n in chosen]).reindex(
-    columns=["run", "state", "model", "pretrained", "lr", "beta1", "beta2", "batch_size", "epochs", "train_size",
-             "step", "last_loss", "best_loss", "val_psnr"])
+    columns=["run", "state", "model", "pretrained_loaded", "lr", "beta1", "beta2", "batch_size", "epochs",
+             "train_size", "step", "last_loss", "best_loss", "val_psnr", "disk_mb"])
 table["train_size"] = [("all" if v == 0 else str(int(v))) if pd.notna(v) else "" for v in table["train_size"]]
 if score:
     count = st.number_input("Test pairs to score", 1, 100000, 500, step=100)
@@ -58,10 +58,20 @@ if score:
         bar.progress((i + 1) / len(chosen), text=f"Scored {i + 1}/{len(chosen)} runs")
 st.dataframe(table, hide_index=True, column_config={
     "lr": st.column_config.NumberColumn(format="%.0e"), "batch_size": "batch", "train_size": "pairs",
-    "pretrained": st.column_config.CheckboxColumn("ImageNet"), "step": "steps",
+    "pretrained_loaded": st.column_config.CheckboxColumn(
+        "ImageNet", help="Whether ImageNet weights were loaded (not just asked for); empty for older runs."),
+    "disk_mb": st.column_config.NumberColumn("disk", format="%.1f MB", help="What the run folder takes on disk."),
+    "step": "steps",
     "last_loss": st.column_config.NumberColumn("last loss", format="%.4f"),
     "best_loss": st.column_config.NumberColumn("best loss", format="%.4f", help="Lowest of the smoothed curve."),
     "val_psnr": st.column_config.NumberColumn("val PSNR", format="%.2f dB",
                                               help="A sweep trial's best validation PSNR (training data held out)."),
     "mnist PSNR": st.column_config.NumberColumn(format="%.2f dB"),
     "cifar PSNR": st.column_config.NumberColumn(format="%.2f dB")})
+
+with st.expander("Delete runs", icon=":material/delete:"):
+    doomed = st.multiselect("Runs to delete", list(rows), key="delete_runs",
+                            help="Only folders inside the runs folder; a run that is training cannot be deleted.")
+    sure = st.checkbox(f"Yes, delete {len(doomed)} run folder(s) and their checkpoints for good", key="delete_sure")
+    if st.button("Delete", icon=":material/delete_forever:", disabled=not (doomed and sure)):
+        ui.delete_runs(runs_dir, doomed)

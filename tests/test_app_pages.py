@@ -172,6 +172,20 @@ def test_compare_page_curves_and_table(app_env):
     assert at.dataframe[0].value["cifar PSNR"].notna().all()
 
 
+def test_compare_shows_what_loaded_and_disk_use_and_deletes_runs(app_env):
+    data, runs = app_env
+    shutil.copytree(runs / "tiny-run", runs / "doomed")
+    at = open_page("pages/4_Compare.py")
+    table = at.dataframe[0].value
+    assert list(table["pretrained_loaded"]) == [False, False]  # recorded by the trainer, not the request
+    assert (table["disk_mb"] > 0).all()
+    at.multiselect(key="delete_runs").set_value(["doomed"]).run()
+    assert widget(at.button, "Delete").disabled  # not before the confirmation
+    at.checkbox(key="delete_sure").check().run()
+    widget(at.button, "Delete").click().run()
+    assert not at.exception and not (runs / "doomed").exists() and (runs / "tiny-run").exists()
+
+
 # --------------------------------------------------------------------------- training from the page
 
 
