@@ -31,8 +31,8 @@ def trained(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("MIXSEP_CACHE_DIR", str(base / "cache"))
     data = make_data_root(base / "data")
-    config = TrainConfig(data_root=str(data), train_size=24, batch_size=8, pretrained=False, device="cpu",
-                         checkpoint_every=2)  # 3 small steps: a CPU step costs seconds when the machine is shared
+    config = TrainConfig(data_root=str(data), model="tiny", train_size=24, batch_size=8, pretrained=False,
+                         device="cpu", checkpoint_every=2)  # 3 small steps: a CPU step costs seconds when the machine is shared
     for _ in train_steps(config, base / "runs" / "tiny-run"):
         pass
     mp.undo()
@@ -361,14 +361,14 @@ def test_corrupt_checkpoint(app_env):
 def test_run_from_another_version(app_env):
     data, runs = app_env
     run = _broken_run(runs, "future")
-    model = build_model("faithful", pretrained=False)
-    config = TrainConfig(data_root=str(data), pretrained=False)
+    model = build_model("tiny", pretrained=False)
+    config = TrainConfig(data_root=str(data), model="tiny", pretrained=False)
     save_checkpoint(run / "checkpoints" / "last.pt", model, config, 6, 1)
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     state["config"]["model"] = "hypernet-9000"
     torch.save(state, run / "checkpoints" / "last.pt")
     assert "does not know" in texts(open_page("pages/2_Samples.py", run="future").error)
-    state["config"]["model"] = "faithful"
+    state["config"]["model"] = "tiny"
     state["model"] = {k: v for k, v in list(state["model"].items())[:-2]}  # weights of another architecture
     torch.save(state, run / "checkpoints" / "last.pt")
     assert "another model or another version" in texts(open_page("pages/3_Metrics.py", run="future").error)

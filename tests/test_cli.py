@@ -12,7 +12,7 @@ from PIL import Image
 
 from mixsep.cli import main
 
-TINY = ["--batch-size", "16", "--no-pretrained", "--quiet"]
+TINY = ["--model", "tiny", "--batch-size", "16", "--no-pretrained", "--quiet"]
 
 
 def _train(capsys, data_root, runs, *extra) -> Path:

@@ -128,7 +128,7 @@ def test_corrupt_checkpoint(tmp_path):
 def test_checkpoint_of_another_architecture(tiny_config, tmp_path):
     other = torch.nn.Sequential(torch.nn.Linear(3, 3))
     T.save_checkpoint(tmp_path / "checkpoints" / "last.pt", other, tiny_config, 1, 0)
-    with pytest.raises(MixsepError, match="does not fit the 'faithful' architecture"):
+    with pytest.raises(MixsepError, match=f"does not fit the '{tiny_config.model}' architecture"):
         T.load_run_model(tmp_path)
     state = T.read_checkpoint(tmp_path / "checkpoints" / "last.pt")
     state["config"]["model"] = "from-the-future"

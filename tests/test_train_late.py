@@ -21,7 +21,7 @@ def late(cfg, run):
 
 
 def test_reading_late_gives_the_same_steps_rows_and_checkpoints(tiny_config, tmp_path):
-    cfg = dataclasses.replace(tiny_config, model="unet", train_size=64, epochs=2, checkpoint_every=3)
+    cfg = dataclasses.replace(tiny_config, train_size=64, epochs=2, checkpoint_every=3)
     sync = [r.loss for r in T.train_steps(cfg, tmp_path / "sync")]
     results = list(late(cfg, tmp_path / "late").steps())
     assert [r.step for r in results] == list(range(1, 9))
@@ -34,7 +34,7 @@ def test_reading_late_gives_the_same_steps_rows_and_checkpoints(tiny_config, tmp
 
 def test_reading_late_stops_one_step_later_and_checkpoints_it(tiny_config, tmp_path):
     run = tmp_path / "run"
-    cfg = dataclasses.replace(tiny_config, model="unet", checkpoint_every=100)
+    cfg = dataclasses.replace(tiny_config, checkpoint_every=100)
     seen = []
     for r in late(cfg, run).steps():
         seen.append(r.step)
@@ -55,7 +55,7 @@ def test_reading_late_keeps_the_last_good_checkpoint(tiny_config, tmp_path, monk
     monkeypatch.setattr(T.Training, "train_step", poisoned)
     seen = []
     with pytest.raises(MixsepError, match="non-finite at step 4"):
-        for r in late(dataclasses.replace(tiny_config, model="unet"), run).steps():
+        for r in late(tiny_config, run).steps():
             seen.append(r.step)
     assert seen == [1, 2, 3]
     assert T.read_status(run)["state"] == "failed"
