@@ -1,6 +1,7 @@
 """The separators: registry, shapes, the U-Net's mixture consistency, learning, checkpoints."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import warnings
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from mixsep import MixsepError, TrainConfig
 from mixsep import train as T
 from mixsep.data import mix
-from mixsep.model import MODELS, build_model, feasible_interval
+from mixsep.model import MODELS, FaithfulSeparator, build_model, feasible_interval
 
 
 def quiet_build(name):
@@ -35,7 +36,7 @@ def test_registry_keeps_faithful_the_default():
         build_model("nope")
 
 
-@pytest.mark.parametrize("name", ["faithful", "unet"])
+@pytest.mark.parametrize("name", ["faithful", "unet", "tiny"])
 def test_shapes_and_range(name):
     model = quiet_build(name).eval()
     *_, mean = real_mixture(3)
@@ -76,7 +77,7 @@ def test_straight_through_clamp_lets_clamped_pixels_learn():
     assert model.decoder.out.bias.grad.item() < 0  # gradient descent raises the output
 
 
-@pytest.mark.parametrize("name", ["faithful", "unet"])
+@pytest.mark.parametrize("name", ["faithful", "unet", "tiny"])
 def test_a_few_steps_on_one_batch_lower_the_loss(name):
     torch.manual_seed(0)
     model = quiet_build(name).train()
@@ -113,3 +114,71 @@ def test_log_mse_objective_trains_and_still_logs_mses(tiny_config, tmp_path):
     assert results[-1].loss < 0.8 * results[0].loss
     with pytest.raises(MixsepError, match="Unknown loss 'l1'"):
         dataclasses.replace(tiny_config, loss="l1").validate()
+
+
+def faithful_pair(seed: int = 0):
+    """The faithful model with random weights twice: decoders apart (today's checkpoints' form) and grouped."""
+    torch.manual_seed(seed)
+    plain = quiet_build("faithful")
+    with torch.no_grad():  # random biases too: the default init leaves them small
+        for p in plain.parameters():
+            if p.ndim == 1:
+                p.uniform_(-0.5, 0.5)
+    plain.grouped = False
+    grouped = copy.deepcopy(plain)
+    grouped.grouped = True
+    return plain, grouped
+
+
+def test_grouped_decoders_are_the_same_function_outputs_gradients_and_optimiser_state():
+    plain, grouped = faithful_pair()
+    mnist, cifar, mean = real_mixture(4, seed=1)
+    calls = []
+    grouped.mnist_head.register_forward_hook(lambda *_: calls.append("mnist_head"))
+    outs, grads, opts = [], [], []
+    for model in (plain, grouped):
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        mnist_hat, cifar_hat = model(mean)
+        loss = F.mse_loss(mnist_hat, mnist) + 2 * F.mse_loss(cifar_hat, cifar)  # unequal weights: heads not swappable
+        loss.backward()
+        outs.append((mnist_hat.detach(), cifar_hat.detach()))
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
+        opt.step()
+        opts.append(opt)
+    assert calls == []  # the grouped form never ran a decoder on its own
+    for a, b in zip(*outs):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert grads[0].keys() == grads[1].keys()
+    for k in grads[0]:
+        assert torch.allclose(grads[0][k], grads[1][k], rtol=1e-4, atol=1e-6), k
+    assert any(g.abs().max() > 0 for k, g in grads[1].items() if k.startswith("cifar_head"))  # both heads learn
+    # the optimiser's state has one entry per parameter in the same order, so either form resumes the other's
+    state = opts[0].state_dict()
+    assert [s["exp_avg"].shape for s in state["state"].values()] == [p.shape for p in grouped.parameters()]
+    opts[1].load_state_dict(state)
+
+
+def test_a_checkpoint_of_the_two_decoder_layout_loads_and_gives_the_same_outputs(tmp_path):
+    plain, _ = faithful_pair(seed=2)
+    state = plain.state_dict()
+    # today's layout, written out so that a change to it fails here and not in a user's old run
+    assert state["mnist_head.layers.0.weight"].shape == (2, 64, 3, 3)
+    assert state["cifar_head.layers.4.weight"].shape == (128, 64, 4, 4)
+    assert state["cifar_head.layers.6.bias"].shape == (3,)
+    T.save_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", plain, TrainConfig(model="faithful"), step=5, epoch=0)
+    loaded, _, info = T.load_run_model(tmp_path / "run")
+    assert isinstance(loaded, FaithfulSeparator) and loaded.grouped and info["step"] == 5
+    assert loaded.state_dict().keys() == state.keys()
+    _, _, mean = real_mixture(3, seed=3)
+    with torch.no_grad():
+        for a, b in zip(plain.eval()(mean), loaded(mean)):
+            assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_tiny_model_trains_through_the_generator(tiny_config, tmp_path):
+    cfg = dataclasses.replace(tiny_config, model="tiny", epochs=8, lr=1e-2)
+    losses = [r.loss for r in T.train_steps(cfg, tmp_path / "run")]
+    assert len(losses) == 48
+    assert sum(losses[-6:]) < 0.8 * sum(losses[:6])
+    model, loaded_cfg, _ = T.load_run_model(tmp_path / "run")
+    assert loaded_cfg.model == "tiny" and sum(p.numel() for p in model.parameters()) < 10_000
