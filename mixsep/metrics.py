@@ -1,6 +1,10 @@
 """Honest image metrics and the recovery modes that turn two head outputs into two sources.
 
 Every metric is a pure function of [0, 1] tensors with ``data_range=1.0`` stated.
+SSIM comes in two conventions, both named: ``ssim`` (torchmetrics, the headline) averages
+the SSIM map over every pixel, reflect-padding the border windows; ``ssim_valid``
+(scikit-image, Wang et al.'s reference code) averages only the windows that lie wholly
+inside the image. At 32x32 the 5-pixel border is half the image, so the two differ.
 The report's mistake (data_range=255 on [0, 1] images, hence its 62.79 dB) is
 reproduced only in ``audit`` figures, labelled as such.
 """
@@ -27,6 +31,11 @@ MODE_HELP = {
     "mixture": "the mixture itself, a do-nothing baseline",
 }
 SOURCES = ("mnist", "cifar")
+METRIC_HELP = {
+    "psnr": "PSNR in dB, data_range=1.0",
+    "ssim": "SSIM, torchmetrics: Gaussian window 11, sigma 1.5, mean over every pixel with reflect-padded borders (the headline)",
+    "ssim_valid": "SSIM over valid windows only (the 22x22 interior at 32x32), as scikit-image and Wang et al.'s code compute it",
+}
 # The report's mistake, reproduced only for the labelled audit figures: a 0-255 range on [0, 1] images.
 AUDIT_DATA_RANGE = 255.0
 
@@ -37,8 +46,29 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> t
 
 
 def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Per-image SSIM (Gaussian window 11, sigma 1.5, as in Wang et al. 2004)."""
+    """Per-image SSIM (Gaussian window 11, sigma 1.5, as in Wang et al. 2004), torchmetrics' whole-image mean."""
     return structural_similarity_index_measure(pred, target, data_range=data_range, reduction="none")
+
+
+SSIM_BORDER = 5  # half of the 11-pixel window: border pixels whose window reaches past the image
+
+
+def ssim_map(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """torchmetrics' SSIM map (B, C, H, W); its mean is ``ssim``, its interior's mean ``ssim_valid``."""
+    return structural_similarity_index_measure(pred, target, data_range=data_range, reduction="none",
+                                               return_full_image=True)[1]
+
+
+def valid_mean(ssim_full: torch.Tensor) -> torch.Tensor:
+    """Per-image mean of an SSIM map over the windows wholly inside the image."""
+    b = SSIM_BORDER
+    return ssim_full[..., b:-b, b:-b].mean((1, 2, 3))
+
+
+def ssim_valid(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Per-image SSIM over valid windows only, as scikit-image (gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False) and Wang et al.'s reference code compute it."""
+    return valid_mean(ssim_map(pred, target, data_range))
 
 
 def recover(mean: torch.Tensor, mnist_hat: torch.Tensor, cifar_hat: torch.Tensor, mode: str,
@@ -110,8 +140,8 @@ def fit_projection_weight(model: torch.nn.Module, pairs: PairData, count: int = 
 
 @dataclass
 class Evaluation:
-    rows: list[dict]               # one per (source, mode): psnr/ssim mean and 95% CI, n
-    per_image: pd.DataFrame        # index, source, mode, psnr, ssim
+    rows: list[dict]               # one per (source, mode): psnr/ssim/ssim_valid mean and 95% CI, n
+    per_image: pd.DataFrame        # index, source, mode, psnr, ssim, ssim_valid
     audit: list[dict]              # the report's data_range=255 figures, direct mode
     weights: dict = field(default_factory=dict)
     n: int = 0
@@ -126,24 +156,27 @@ class Evaluation:
 
     def to_markdown(self) -> str:
         """The table as Markdown: one row per recovery mode, both sources side by side."""
-        lines = ["| recovery mode | MNIST PSNR (dB) | MNIST SSIM | CIFAR PSNR (dB) | CIFAR SSIM |",
-                 "|---|---|---|---|---|"]
+        head = [f"{S} {what}" for S in ("MNIST", "CIFAR") for what in ("PSNR (dB)", "SSIM", "SSIM (valid windows)")]
+        lines = ["| recovery mode | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
         by = {(r["source"], r["mode"]): r for r in self.rows}
         for mode in MODES:
             cells = []
             for source in SOURCES:
                 r = by[(source, mode)]
-                cells += [f"{r['psnr_mean']:.2f} ± {r['psnr_ci95']:.2f}", f"{r['ssim_mean']:.3f} ± {r['ssim_ci95']:.3f}"]
+                cells += [f"{r['psnr_mean']:.2f} ± {r['psnr_ci95']:.2f}", f"{r['ssim_mean']:.3f} ± {r['ssim_ci95']:.3f}",
+                          f"{r['ssim_valid_mean']:.3f} ± {r['ssim_valid_ci95']:.3f}"]
             lines.append(f"| {mode} | " + " | ".join(cells) + " |")
         for a in self.audit:
-            lines.append(f"| *audit: the report's data_range=255 error, direct, {a['source']}* | "
-                         + (f"*{a['psnr_data_range_255']:.2f}* | *{a['ssim_data_range_255']:.3f}* | | |" if a["source"] == "mnist"
-                            else f"| | *{a['psnr_data_range_255']:.2f}* | *{a['ssim_data_range_255']:.3f}* |"))
-        return "\n".join(lines) + f"\n\n{self.n} test pairs; ± is the half-width of the 95% confidence interval.\n"
+            cells = [f"*{a['psnr_data_range_255']:.2f}*", f"*{a['ssim_data_range_255']:.3f}*", ""]
+            cells = cells + [""] * 3 if a["source"] == "mnist" else [""] * 3 + cells
+            lines.append(f"| *audit: the report's data_range=255 error, direct, {a['source']}* | " + " | ".join(cells) + " |")
+        return "\n".join(lines) + (f"\n\n{self.n} test pairs; ± is the half-width of the 95% confidence interval. "
+                                   "SSIM is torchmetrics' (reflect-padded borders); SSIM (valid windows) is "
+                                   "scikit-image's, which drops the 5-pixel border.\n")
 
     def to_json(self) -> dict:
         return {"rows": self.rows, "audit": self.audit, "weights": self.weights, "n": self.n,
-                "data_range": 1.0, "modes": MODE_HELP}
+                "data_range": 1.0, "modes": MODE_HELP, "metrics": METRIC_HELP}
 
 
 @torch.inference_mode()
@@ -166,8 +199,10 @@ def evaluate(model: torch.nn.Module, pairs: PairData, count: int = 0, batch_size
         for mode in MODES:
             est = recover(mean, mh, ch, mode, w_mnist)
             for source, pred, target in zip(SOURCES, est, (mnist, cifar)):
-                p, s = psnr(pred, target).cpu(), ssim(pred, target).cpu()
-                records.append(pd.DataFrame({"index": index, "source": source, "mode": mode, "psnr": p, "ssim": s}))
+                full = ssim_map(pred, target)  # one SSIM pass gives both conventions
+                records.append(pd.DataFrame({"index": index, "source": source, "mode": mode,
+                                             "psnr": psnr(pred, target).cpu(), "ssim": full.mean((1, 2, 3)).cpu(),
+                                             "ssim_valid": valid_mean(full).cpu()}))
                 if mode == "direct":
                     audit_records.append(pd.DataFrame({
                         "source": source,
@@ -181,8 +216,9 @@ def evaluate(model: torch.nn.Module, pairs: PairData, count: int = 0, batch_size
     for (source, mode), g in per_image.groupby(["source", "mode"], sort=False):
         pm, pc = mean_ci(g["psnr"].to_numpy())
         sm, sc = mean_ci(g["ssim"].to_numpy())
+        vm, vc = mean_ci(g["ssim_valid"].to_numpy())
         rows.append({"source": source, "mode": mode, "psnr_mean": pm, "psnr_ci95": pc,
-                     "ssim_mean": sm, "ssim_ci95": sc, "n": len(g)})
+                     "ssim_mean": sm, "ssim_ci95": sc, "ssim_valid_mean": vm, "ssim_valid_ci95": vc, "n": len(g)})
     audit_df = pd.concat(audit_records, ignore_index=True)
     audit = [{"source": s, "mode": "direct", "psnr_data_range_255": float(g["psnr"].mean()),
               "ssim_data_range_255": float(g["ssim"].mean()), "n": len(g),
@@ -193,5 +229,5 @@ def evaluate(model: torch.nn.Module, pairs: PairData, count: int = 0, batch_size
     return Evaluation(rows, per_image, audit, weights, total)
 
 
-__all__ = ["MODES", "MODE_HELP", "psnr", "ssim", "recover", "mean_ci", "predict", "fit_projection_weight",
+__all__ = ["MODES", "MODE_HELP", "METRIC_HELP", "psnr", "ssim", "ssim_valid", "ssim_map", "recover", "mean_ci", "predict", "fit_projection_weight",
            "evaluate", "Evaluation", "mix"]

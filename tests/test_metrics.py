@@ -10,7 +10,7 @@ from scipy.ndimage import correlate1d
 from skimage.metrics import structural_similarity
 
 from mixsep import metrics as M
-from mixsep.data import load_pairs
+from mixsep.data import load_pairs, to_float
 
 
 def _pair(seed=0, b=4):
@@ -53,6 +53,30 @@ def test_ssim_matches_numpy_formula_and_scikit_image():
     ref = [structural_similarity(t.numpy(), p.numpy(), data_range=1.0, channel_axis=0, gaussian_weights=True,
                                  sigma=1.5, use_sample_covariance=False) for p, t in zip(pred, target)]
     assert np.allclose(ours, ref, atol=5e-3)
+
+
+def _realish_pairs(data_root):
+    """Targets from the tiny real-format files (digits with black background, smooth colour images),
+    and predictions degraded the way a separator errs: blurred, a little noise, clipped."""
+    pairs = load_pairs(data_root, "test")
+    mnist, cifar, _ = to_float(pairs.mnist[:6], pairs.cifar[:6])
+    g = torch.Generator().manual_seed(5)
+    out = []
+    for target in (mnist.contiguous(), cifar):
+        blurred = torch.nn.functional.avg_pool2d(target, 3, stride=1, padding=1, count_include_pad=False)
+        out.append(((0.7 * target + 0.3 * blurred + 0.03 * torch.randn(target.shape, generator=g)).clamp(0, 1), target))
+    return out
+
+
+def test_valid_window_ssim_matches_scikit_image(data_root):
+    for pred, target in _realish_pairs(data_root):
+        ref = np.array([structural_similarity(t.double().numpy(), p.double().numpy(), data_range=1.0, channel_axis=0,
+                                              gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+                        for p, t in zip(pred, target)])
+        valid = M.ssim_valid(pred, target).numpy()
+        assert np.allclose(valid, ref, atol=1e-4)
+        # the headline keeps torchmetrics' whole-image mean, which is a different number at 32x32
+        assert np.abs(M.ssim(pred, target).numpy() - ref).max() > 1e-3
 
 
 def test_report_error_is_a_constant_offset_of_48_dB():
@@ -132,7 +156,15 @@ def test_evaluate_rows_and_the_optimal_weight_on_a_known_case(data_root):
     audit = {a["source"]: a for a in ev.audit}
     direct_cifar = table.loc[("cifar", "direct"), "psnr_mean"]
     assert audit["cifar"]["psnr_data_range_255"] == pytest.approx(direct_cifar + 20 * math.log10(255), abs=1e-3)
-    assert set(ev.to_json()) >= {"rows", "audit", "weights", "n"}
+    assert set(ev.to_json()) >= {"rows", "audit", "weights", "n", "metrics"}
+    # both SSIM conventions, per image and in the table, each the mean of its own per-image column
+    rows = ev.to_json()["rows"]
+    assert all({"ssim_mean", "ssim_valid_mean", "ssim_valid_ci95"} <= set(r) for r in rows)
+    g = ev.per_image[(ev.per_image["source"] == "cifar") & (ev.per_image["mode"] == "direct")]
+    assert table.loc[("cifar", "direct"), "ssim_valid_mean"] == pytest.approx(g["ssim_valid"].mean())
+    cifar, mean = cifar_all[:20], means[:20]
+    assert np.allclose(g["ssim_valid"], M.ssim_valid(torch.full_like(mean, 0.5), cifar).numpy(), atol=1e-6)
+    assert "SSIM (valid windows)" in ev.to_markdown()
 
 
 def test_evaluate_reports_progress_and_respects_count(data_root):
