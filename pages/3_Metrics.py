@@ -4,7 +4,7 @@ import streamlit as st
 
 import mixsep_ui as ui
 from mixsep import MixsepError
-from mixsep.metrics import MODE_HELP
+from mixsep.metrics import METRIC_HELP, MODE_HELP
 
 data_root, runs_dir = ui.setup("Metrics")
 run_dir, checkpoint, third = ui.pick_run_and_checkpoint(runs_dir)
@@ -31,8 +31,11 @@ st.dataframe(ev.table(), hide_index=True, column_config={
     "psnr_mean": st.column_config.NumberColumn("PSNR (dB)", format="%.2f"),
     "psnr_ci95": st.column_config.NumberColumn("± 95% CI", format="%.2f"),
     "ssim_mean": st.column_config.NumberColumn("SSIM", format="%.4f"),
-    "ssim_ci95": st.column_config.NumberColumn("± 95% CI ", format="%.4f")})
+    "ssim_ci95": st.column_config.NumberColumn("± 95% CI ", format="%.4f"),
+    "ssim_valid_mean": st.column_config.NumberColumn("SSIM, valid windows", format="%.4f", help=METRIC_HELP["ssim_valid"]),
+    "ssim_valid_ci95": st.column_config.NumberColumn("± 95% CI  ", format="%.4f")})
 st.caption("  \n".join(f"**{mode}**: {text}" for mode, text in MODE_HELP.items()) +
+           f"  \n**SSIM**: {METRIC_HELP['ssim']}. **SSIM, valid windows**: {METRIC_HELP['ssim_valid']}." +
            f"  \nOptimal projection weight: MNIST {ev.weights['mnist']:.3f} (fitted on {ev.weights['fitted_on']}).")
 
 for tab, metric in zip(st.tabs(["PSNR", "SSIM"]), ["psnr", "ssim"]):
