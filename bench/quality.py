@@ -10,7 +10,9 @@ out of training and scores them. The last line is
 
     quality: mnist_psnr=.. mnist_ssim=.. cifar_psnr=.. cifar_ssim=.. minutes=..
 
-with the best recovery mode per source and the training wall time in minutes.
+with the best recovery mode per source and the training wall time in minutes. Its SSIM is
+torchmetrics' (the headline); the tables and the JSON summary also give SSIM_valid,
+scikit-image's valid-window figure, which drops the 5-pixel border (half of a 32x32 image).
 """
 from __future__ import annotations
 
@@ -168,6 +170,8 @@ def main(argv=None) -> int:
             w_text = f"{w:.3f}" if -1 <= w <= 2 else "meaningless (no residual to split)"
             print(f"\n{ev.n} {what}, data_range=1.0; optimal projection weight mnist {w_text}")
             print(table(ev))
+            print("SSIM: torchmetrics, the headline (border windows reflect-padded); "
+                  "SSIM_valid: scikit-image's valid windows only (the 5-pixel border dropped)")
             s = summary(ev)
             results[name] = {"summary": s, "rows": ev.rows, "n": ev.n, "pairs": what}
             lines.append(summary_line(name, s, minutes))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import re
 import sys
 from pathlib import Path
@@ -42,6 +43,10 @@ def test_quality_dry_run_prints_the_quality_line(bench, data_root, tmp_path, cap
     assert HOLDOUT_LINE.match(out[-2]), out[-2]
     assert (tmp_path / "q.json").is_file()
     assert len(list((tmp_path / "runs").iterdir())) == 1  # a normal run folder, evaluable later
+    header = next(line for line in out if line.startswith("source"))
+    assert "SSIM" in header and "SSIM_valid" in header  # both conventions, named
+    summary = json.loads((tmp_path / "q.json").read_text())["quality"]["summary"]
+    assert 0 < summary["cifar_ssim_valid"] <= 1 and summary["cifar_ssim_valid"] != summary["cifar_ssim"]
 
 
 def test_quality_scores_the_files_it_is_given(bench, data_root, tmp_path, capsys):
