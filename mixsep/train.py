@@ -66,16 +66,6 @@ def load_model_state(model: nn.Module, state_dict: dict, path: Path, name: str) 
                           "it was saved by another model or another version of mixsep.") from None
 
 
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Newest first: last.pt, then epoch checkpoints from the latest."""
-    folder = Path(run_dir) / "checkpoints"
-    if not folder.is_dir():
-        return []
-    last = [folder / "last.pt"] if (folder / "last.pt").is_file() else []
-    epochs = sorted(folder.glob("epoch-*.pt"), key=lambda p: int(p.stem.split("-")[1]) if p.stem.split("-")[1].isdigit() else -1, reverse=True)
-    return last + epochs
-
-
 def load_run_model(run_dir: Path, checkpoint: Path | None = None, device="cpu") -> tuple[nn.Module, TrainConfig, dict]:
     """(model in eval mode, its config, checkpoint info) from a run folder or a checkpoint file."""
     run_dir = Path(run_dir)

@@ -3,12 +3,23 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition", interval: float = 0.05) -> None:
+    """Poll ``predicate`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> None:

@@ -89,13 +89,7 @@ def fake_env(mode: str) -> dict:
     return dict(os.environ, FAKE_MODE=mode)
 
 
-def wait_for(predicate, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+from conftest import wait_for  # noqa: E402
 
 
 def test_two_starts_at_once_one_wins(tmp_path, tiny_config, fake_python, jobs_of):

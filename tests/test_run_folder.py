@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import conftest
 import pytest
 import torch
 
@@ -47,12 +48,7 @@ def temps_in(run: Path) -> list[Path]:
 
 
 def wait_for(cond, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
+    conftest.wait_for(cond, timeout, what, interval=0.005)  # fine-grained: a checkpoint's temp file lives ms
 
 
 # --------------------------------------------------------------------------- kills
