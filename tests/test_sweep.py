@@ -245,6 +245,20 @@ def test_study_on_the_journal_survives_a_killed_worker_prunes_and_its_best_trial
     assert json.loads((runs / "demo" / "sweep.json").read_text())["state"] == "finished"
 
 
+def test_two_workers_of_one_command_share_the_journal(tmp_path):
+    from optuna.trial import TrialState
+
+    data = make_data_root(tmp_path / "data")
+    runs = tmp_path / "runs"
+    done = cli(*sweep_args(data, runs, "--study", "two", "--trials", "2", "--workers", "2", "--pruner", "none", *TINY))
+    assert done.returncode == 0, done.stderr
+    trials = study_of(runs, "two").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert len({t.user_attrs["pid"] for t in trials}) == 2  # one trial each, in two child processes
+    assert {t.user_attrs["run"] for t in trials} == {"two/trial-0000", "two/trial-0001"}
+    assert Path(done.stdout.strip().splitlines()[-1]).parent == runs / "two"
+
+
 def test_stop_requeues_the_running_trial(tmp_path):
     from optuna.trial import TrialState
 
