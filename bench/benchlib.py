@@ -1,6 +1,7 @@
 """Helpers the bench scripts share: scoring lines, tables and settings."""
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 
@@ -46,3 +47,72 @@ def table(ev: Evaluation) -> str:
         lines.append(f"{r['source']:6s} {r['mode']:19s} {r['psnr_mean']:8.2f} {r['psnr_ci95']:6.2f} "
                      f"{r['ssim_mean']:7.4f} {r['ssim_ci95']:7.4f} {r['ssim_valid_mean']:10.4f} {r['ssim_valid_ci95']:7.4f}")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the machine
+
+# fp32 FMA units per core, a documented guess by instruction set (the CPU does not report it):
+# - AVX-512 on Intel: 2 (Xeon Gold 6xxx / Platinum, Skylake-SP to Sapphire Rapids; many Silver and
+#   Gold 5xxx parts have 1, where this peak is 2x too high);
+# - AVX-512 on AMD (Zen 4): 512-bit instructions run on 256-bit pipes, so counted as AVX2;
+# - AVX2 with FMA: 2 (Intel Haswell and later, AMD Zen 2 and later; Zen 1's pipes are 128 bits wide);
+# - neither: SSE, 4 lanes, one multiply and one add a cycle, counted as one FMA unit.
+FMA_UNITS = {"avx512": 2, "avx2": 2, "sse": 1}
+FP32_LANES = {"avx512": 16, "avx2": 8, "sse": 4}
+
+
+def _cpuinfo() -> list[dict]:
+    """/proc/cpuinfo as one dict per logical CPU (empty where there is no such file)."""
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return []
+    cpus = []
+    for block in text.strip().split("\n\n"):
+        fields = dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
+        cpus.append({k.strip(): v.strip() for k, v in fields.items()})
+    return cpus
+
+
+def _max_clock_ghz() -> tuple[float, str]:
+    """(clock, where it came from): cpufreq's maximum when the kernel exposes it, else cpuinfo's 'cpu MHz'."""
+    try:
+        return int(open("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read()) / 1e6, "cpufreq max"
+    except (OSError, ValueError):
+        pass
+    for cpu in _cpuinfo():
+        if "cpu MHz" in cpu:
+            return float(cpu["cpu MHz"]) / 1e3, "cpuinfo 'cpu MHz', the clock the kernel reports (a VM shows its base clock; turbo may run faster)"
+    return float("nan"), "unknown"
+
+
+def machine(threads: int) -> dict:
+    """CPU model, cores usable here, ISA and the theoretical fp32 FMA peak for ``threads`` threads.
+
+    peak = clock x fp32 lanes x FMA units x 2 (a multiply-add is two FLOPs) x cores, with cores
+    the physical cores the threads can occupy (two hyperthreads share one core's FMA units).
+    """
+    cpus = _cpuinfo()
+    if not cpus:
+        return {"cpu": "unknown", "threads": threads, "isa": "unknown", "peak_gflops": float("nan")}
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(len(cpus)))
+    cores = {(c.get("physical id", "0"), c.get("core id", c.get("processor"))) for c in cpus
+             if int(c.get("processor", -1)) in usable}
+    flags = set(cpus[0].get("flags", "").split())
+    amd = cpus[0].get("vendor_id") == "AuthenticAMD"
+    isa = "avx512" if "avx512f" in flags and not amd else "avx2" if {"avx2", "fma"} <= flags else "sse"
+    ghz, clock_from = _max_clock_ghz()
+    used = min(threads, len(cores))
+    peak = ghz * FP32_LANES[isa] * FMA_UNITS[isa] * 2 * used
+    return {"cpu": cpus[0].get("model name", "unknown"), "threads": threads, "physical_cores": len(cores),
+            "isa": isa + (" (AVX-512 counted as AVX2: 256-bit pipes)" if amd and "avx512f" in flags else ""),
+            "clock_ghz": ghz, "clock_from": clock_from, "fp32_lanes": FP32_LANES[isa], "fma_units": FMA_UNITS[isa],
+            "cores_used": used, "peak_gflops": peak}
+
+
+def machine_line(m: dict) -> str:
+    if m["isa"] == "unknown":
+        return f"cpu: {m['cpu']}, {m['threads']} threads (no /proc/cpuinfo: no theoretical peak)"
+    return (f"cpu: {m['cpu']}, {m['threads']} threads on {m['physical_cores']} physical cores, {m['isa']}; "
+            f"theoretical fp32 FMA peak {m['clock_ghz']:.2f} GHz x {m['fp32_lanes']} lanes x {m['fma_units']} FMA units "
+            f"x 2 x {m['cores_used']} cores = {m['peak_gflops']:.0f} GFLOP/s (clock: {m['clock_from']})")

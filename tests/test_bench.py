@@ -15,7 +15,7 @@ NUM = r"(-?\d+(\.\d+)?|nan|inf)"
 QUALITY_LINE = re.compile(rf"^quality: mnist_psnr={NUM} mnist_ssim={NUM} cifar_psnr={NUM} cifar_ssim={NUM} minutes={NUM}$")
 HOLDOUT_LINE = re.compile(rf"^holdout: mnist_psnr={NUM} mnist_ssim={NUM} cifar_psnr={NUM} cifar_ssim={NUM} minutes={NUM}$")
 BENCH_LINE = re.compile(rf"^bench: data_overhead={NUM} mfu={NUM} speedup_vs_seed_style={NUM} "
-                        rf"eval_samples_per_s={NUM} time_to_22db_s={NUM}$")
+                        rf"eval_samples_per_s={NUM} time_to_22db_s={NUM} time_to_30db_s={NUM} dashboard_overhead={NUM}$")
 
 
 @pytest.fixture
@@ -71,10 +71,34 @@ def test_quality_bad_arguments_get_one_sentence(bench, data_root, tmp_path, caps
 
 def test_run_dry_run_prints_the_bench_line(bench, data_root, tmp_path, capsys):
     run = bench("run")
-    rc = run.main(["--data-root", str(data_root), "--dry-run", "--json", str(tmp_path / "b.json")])
+    rc = run.main(["--data-root", str(data_root), "--dry-run", "--profile", "--json", str(tmp_path / "b.json")])
+    out = capsys.readouterr().out
     assert rc == 0
-    assert BENCH_LINE.match(last_line(capsys))
-    assert (tmp_path / "b.json").is_file()
+    assert BENCH_LINE.match(out.strip().splitlines()[-1])
+    assert "theoretical fp32 FMA peak" in out or "no theoretical peak" in out
+    assert out.count("top ops by self CPU time") == 2 and "Self CPU" in out  # both decoder forms profiled
+    figures = json.loads((tmp_path / "b.json").read_text())
+    sps = figures["training"]["samples_per_s"]
+    assert "bare" in sps and [k for k in sps if k.startswith("bare_")] in (["bare_grouped"], ["bare_apart"])
+    assert figures["time_to_target"]["validation_pairs"] == 16
+
+
+def test_validation_pairs_are_carved_out_of_training(bench, data_root):
+    run = bench("run")
+    train, val = run.carve_validation(data_root, 16, repair=True, seed=0)
+    assert len(val) == 16 and len(train) == 96 - 16
+    assert len(train.mnist) == 96 - 16  # re-pairing cannot draw a validation digit either
+    pairs = {(m.numpy().tobytes(), c.numpy().tobytes()) for m, c in zip(train.mnist, train.cifar)}
+    assert not any((m.numpy().tobytes(), c.numpy().tobytes()) in pairs for m, c in zip(val.mnist, val.cifar))
+
+
+def test_machine_reads_this_cpu(bench):
+    lib = bench("benchlib")
+    m = lib.machine(2)
+    if m["isa"] == "unknown":
+        pytest.skip("no /proc/cpuinfo here")
+    assert m["cpu"] in Path("/proc/cpuinfo").read_text()
+    assert 1 <= m["cores_used"] <= 2 and m["peak_gflops"] > 0
 
 
 def test_run_needs_data(bench, tmp_path, capsys):
