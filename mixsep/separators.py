@@ -1,0 +1,117 @@
+"""U-Net separators beyond ``unet``: other heads, inputs, depths and a refining second pass.
+
+Every separator here predicts only the grey digit inside the interval the mixture allows
+(``feasible_interval``) and returns ``cifar_hat = 2 * mean - mnist_hat``, so both estimates
+are valid images that average exactly to the mixture. ``SeparatorNet`` takes the design
+choices as arguments; the classes at the bottom fix them under the names that
+``mixsep.model.MODELS`` registers (a model is rebuilt from its name alone).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .model import UNetDecoder, UNetEncoder, conv_bn_relu, feasible_interval
+
+HEADS = ("clamp", "fraction")
+FEATURES = ("bounds", "rich")
+
+
+def straight_through(value: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``value`` forward, the gradient of ``z`` backward: clamped pixels keep learning."""
+    return value.detach() + (z - z.detach())
+
+
+def to_interval(z: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, head: str, training: bool) -> torch.Tensor:
+    """The digit inside [lo, hi] from the network's raw output z (B, 1, 32, 32).
+
+    ``clamp`` reads z as the digit itself; ``fraction`` reads it as the position inside the
+    interval, ``lo + (hi - lo) * t`` with t clamped to [0, 1]. Both reach the bounds exactly
+    (a sigmoid never does, which costs MNIST SSIM on the black background), and both are
+    straight-through in training.
+    """
+    if head == "clamp":
+        digit = torch.maximum(torch.minimum(z, hi), lo)
+        return straight_through(digit, z) if training else digit
+    t = z.clamp(0, 1)
+    t = straight_through(t, z) if training else t
+    return lo + (hi - lo) * t
+
+
+def mixture_features(mean: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, kind: str) -> torch.Tensor:
+    """What the network sees: the mixture and the digit's bounds, and for ``rich`` more of the same facts.
+
+    ``rich`` adds the mixture's grey level, CIFAR's exact chroma (``2 * (mean - grey)``: the
+    digit is grey, so the channel differences are CIFAR's alone) and its spread across
+    channels, which a first 3x3 convolution cannot form (a max minus a min).
+    """
+    if kind == "bounds":
+        return torch.cat([mean, lo, hi], 1)                                 # (B, 5, 32, 32)
+    grey = mean.mean(1, keepdim=True)
+    chroma = 2 * (mean - grey)
+    spread = chroma.amax(1, keepdim=True) - chroma.amin(1, keepdim=True)
+    return torch.cat([mean, lo, hi, grey, chroma, spread], 1)               # (B, 10, 32, 32)
+
+
+class ResidualEncoder(UNetEncoder):
+    """``UNetEncoder`` whose second conv of each stage is a residual update (same FLOPs, easier to train)."""
+
+    def forward(self, x):
+        feats = []
+        for first, second in self.stages:
+            x = first(x)
+            x = x + second(x)
+            feats.append(x)
+        return feats
+
+
+class DeepDecoder(UNetDecoder):
+    """``UNetDecoder`` with ``depth`` conv-BN-ReLU per stage instead of one."""
+
+    def __init__(self, widths: tuple[int, ...], depth: int = 2):
+        super().__init__(widths)
+        pairs = list(zip(widths[:0:-1], widths[-2::-1]))
+        self.convs = nn.ModuleList(nn.Sequential(*(conv_bn_relu(b, b) for _ in range(depth))) for _, b in pairs)
+
+
+class UNet(nn.Module):
+    """Features (B, C, 32, 32) -> raw output (B, 1, 32, 32)."""
+
+    def __init__(self, c_in: int, widths: tuple[int, ...], residual: bool = False, decoder_depth: int = 1):
+        super().__init__()
+        self.encoder = (ResidualEncoder if residual else UNetEncoder)(c_in, widths)
+        self.decoder = DeepDecoder(widths, decoder_depth) if decoder_depth > 1 else UNetDecoder(widths)
+
+    def forward(self, x):
+        return self.decoder(self.encoder(x))
+
+
+class SeparatorNet(nn.Module):
+    """A U-Net digit estimate, optionally refined by a second U-Net that also sees the first estimate.
+
+    The refiner reads the features and the first (in-interval) digit and adds a correction to
+    the first raw output; the head then puts the sum into the interval again. Only the final
+    estimate is trained (train.py's loss sees one pair), through both passes.
+    """
+
+    def __init__(self, widths=(32, 64, 128, 256), head: str = "clamp", features: str = "bounds",
+                 residual: bool = False, decoder_depth: int = 1, refine_widths: tuple[int, ...] | None = None):
+        super().__init__()
+        if head not in HEADS or features not in FEATURES:
+            raise ValueError(f"head must be one of {HEADS} and features one of {FEATURES}")
+        self.pretrained_loaded = False
+        self.head, self.features = head, features
+        c_in = 5 if features == "bounds" else 10
+        self.net = UNet(c_in, tuple(widths), residual, decoder_depth)
+        self.refiner = UNet(c_in + 1, tuple(refine_widths), residual) if refine_widths else None
+
+    def forward(self, mean):
+        lo, hi = feasible_interval(mean)                                    # (B, 1, 32, 32) each
+        x = mixture_features(mean, lo, hi, self.features)                   # (B, C, 32, 32)
+        z = self.net(x).float()                                             # (B, 1, 32, 32)
+        if self.refiner is not None:
+            first = to_interval(z, lo, hi, self.head, self.training)
+            z = z + self.refiner(torch.cat([x, first.to(x.dtype)], 1)).float()
+        digit = to_interval(z, lo, hi, self.head, self.training)
+        mnist_hat = digit.expand(-1, 3, -1, -1)                             # grey to RGB without a copy
+        return mnist_hat, 2 * mean - mnist_hat
