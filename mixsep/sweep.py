@@ -490,11 +490,16 @@ def _stored(storage, study: str) -> dict | None:
 
 def default_workers(device: str) -> int:
     """One worker per visible GPU; on a CPU one worker, which uses every core."""
-    if device == "cpu" or device.startswith("cuda:"):
-        return 1
+    return max(1, gpu_count(device))
+
+
+def gpu_count(device: str) -> int:
+    """GPUs the workers may spread over: none for a CPU or one named GPU."""
+    if device not in ("auto", "cuda"):
+        return 0
     import torch
 
-    return max(1, torch.cuda.device_count())
+    return torch.cuda.device_count()
 
 
 # --------------------------------------------------------------------------- the study
@@ -813,9 +818,10 @@ def _spawn(p: Plan, index: int) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if p.storage:
         env[STORAGE_ENV] = p.storage  # not on the command line, where `ps` would show a password
-    gpus = default_workers(p.config.device) if p.config.device == "auto" else 0
-    if gpus > 1 or (p.config.device == "auto" and gpus == 1):
-        env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+    gpus = gpu_count(p.config.device)
+    if gpus:  # by the ids this process sees, which may already be a subset of the machine's
+        visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+        env["CUDA_VISIBLE_DEVICES"] = (visible or [str(i) for i in range(gpus)])[index % gpus]
     else:
         threads = str(max(1, (os.cpu_count() or 1) // p.workers))
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
