@@ -8,7 +8,6 @@ plotly figures. Pages stay short and hold no ML.
 from __future__ import annotations
 
 import gc
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -275,21 +274,17 @@ def live_metrics(run_dir: Path) -> pd.DataFrame:
     return live["frame"]
 
 
-def live_loss_figure(metrics: pd.DataFrame, smoothing: float, title: str, *, settled: bool,
-                     redraw_every: float = 2.0) -> go.Figure:
-    """loss_figure for a live run, rebuilt at most every ``redraw_every`` seconds while it trains.
+def live_loss_figure(metrics: pd.DataFrame, smoothing: float, title: str) -> go.Figure:
+    """loss_figure, built again only when the rows, the smoothing or the title changed.
 
-    Streamlit ties a chart's identity to its spec, so each new figure makes the browser build
-    the plot from scratch; an unchanged one costs it nothing. New rows therefore wait for the
-    next redraw (the progress bar above shows every step); a new smoothing or title, or a run
-    that ended (``settled``), redraws at once.
+    Streamlit ties a chart's identity to its spec: a new figure makes the browser build the
+    plot from scratch, the same one costs it (and the server) next to nothing.
     """
     key = (title, smoothing, len(metrics), int(metrics["step"].iloc[-1]) if len(metrics) else 0)
     cached = st.session_state.get("_live_figure")
-    now = time.monotonic()
-    if cached is not None and cached["key"] != key and cached["key"][:2] == key[:2] and not settled \
-            and now - cached["at"] < redraw_every:
-        return cached["fig"]
+    if cached is None or cached["key"] != key:
+        cached = st.session_state["_live_figure"] = {"key": key, "fig": loss_figure(metrics, smoothing, title)}
+    return cached["fig"]
     if cached is None or cached["key"] != key:
         cached = st.session_state["_live_figure"] = {"key": key, "fig": loss_figure(metrics, smoothing, title),
                                                      "at": now}

@@ -37,22 +37,34 @@ with st.expander("Config of the next run"):
     st.json(config.to_dict())
 
 
+# Watching must not slow the training it shows (they share the CPU). In headless Chromium each
+# rerun cost the browser about 0.1 CPU-seconds and each new chart (Streamlit builds the plot anew)
+# about 0.2 more, so while a run trains the status polls every 3 s and the chart every 15 s (the
+# page then took 0.06-0.09 cores, server and browser, against 0.6 at 1 s; bench/dashboard_bench.py).
+# When nothing trains the status polls every 5 s and the chart waits for a change.
 training = jobs.running() is not None
 
 
-# every second while a run trains (the progress line shows each step), every 5 s otherwise
-@st.fragment(run_every=1.0 if training else 5.0)
-def live():
+def current_job():
+    """The current or last job, or None (after saying so) when the runs folder holds no run."""
     job = jobs.poll()
-    if job.alive != training:  # a run started or ended: a full rerun sets the other pace
-        st.rerun()
     if job.run_dir is None or not (job.alive or job.run_dir.is_dir()):  # a server restart, a deleted run
         latest = ui.runs_table(runs_dir)
         if not latest:
             st.info("No run yet: choose the settings on the left and press Start.")
-            return
+            return None
         jobs.select(latest[0]["path"])
         job = jobs.poll()
+    return job
+
+
+@st.fragment(run_every=3.0 if training else 5.0)
+def status():
+    job = current_job()
+    if job is None:
+        return
+    if job.alive != training:  # a run started or ended: a full rerun sets the other pace and redraws the chart
+        st.rerun()
     st.subheader(f"{ui.STATE_ICON.get(job.state, '')} {job.name}")
     if job.state == "failed":
         st.error(job.message)
@@ -66,22 +78,29 @@ def live():
         st.warning(f"This run folder is incomplete ({job.message}); it cannot be shown in full.")
     for w in job.warnings:  # recorded by the trainer in status.json, in its own words
         st.warning(w)
-    m = ui.live_metrics(job.run_dir)  # only the rows appended since the last poll are read
-    p = progress(m, job.total_steps)
+    p = progress(ui.live_metrics(job.run_dir), job.total_steps)  # reads only the rows appended since the last poll
     sps = f"{p['samples_per_s']:.0f} samples/s" if p["samples_per_s"] else "… samples/s"
     eta = f"ETA {ui.duration(p['eta_s'])}" if job.alive else job.state
     st.progress(min(p["fraction"], 1.0), text=f"step {p['step']}/{p['total_steps'] or '?'} · {sps} · {eta}")
-    smoothing = st.slider("EMA smoothing", 0.0, 0.99, 0.9, 0.01, key="ema",
-                          help="Weight of the past in the exponential moving average; 0 shows the raw losses.")
-    st.plotly_chart(ui.live_loss_figure(m, smoothing, f"Training loss · {job.name}", settled=not job.alive),
-                    key="live_curves")
     can_resume = not job.alive and job.state in ("stopped", "failed", "interrupted") and job.step < job.total_steps
     if can_resume and list_checkpoints(job.run_dir) and st.button("Resume this run", icon=":material/replay:"):
         try:
             jobs.start(run_dir=job.run_dir)
-            st.rerun(scope="fragment")
+            st.rerun()
         except MixsepError as e:
             st.error(str(e))
 
 
-live()
+@st.fragment(run_every=15.0 if training else None)
+def chart():
+    job = jobs.poll()
+    if job.run_dir is None or not job.run_dir.is_dir():
+        return
+    smoothing = st.slider("EMA smoothing", 0.0, 0.99, 0.9, 0.01, key="ema",
+                          help="Weight of the past in the exponential moving average; 0 shows the raw losses.")
+    st.plotly_chart(ui.live_loss_figure(ui.live_metrics(job.run_dir), smoothing, f"Training loss · {job.name}"),
+                    key="live_curves")
+
+
+status()
+chart()
