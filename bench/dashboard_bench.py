@@ -1,0 +1,338 @@
+"""What watching costs: training samples/s with the Train page open in a real browser, against none.
+
+    python bench/dashboard_bench.py --data-root ../shared/data [--rounds 2] [--history 10000]
+
+One Streamlit server (`streamlit run dashboard.py`) serves a fresh runs folder for the whole
+bench. Each round trains a real `python -m mixsep train` child into that folder; rounds
+alternate A B A B...: A with no browser (the server idles, no session), B with the Train page
+open in headless Chromium, which adopts the running child as the page would after a reload.
+samples/s of a round come from the child's own metrics.csv (steps after a warm-up, wall clock
+between rows), so starting the process, loading data and the final checkpoint are not counted.
+
+--history H starts each round as a resume of a run whose metrics.csv already holds H rows (and
+a checkpoint at step H): the page then shows a run of H + the round's steps, which is what a
+long run costs to watch. The rows stand in for a long run's history; only their count matters.
+
+Over each round's timed window the bench reads CPU seconds from /proc/<pid>/stat for the
+trainer, the server and every Chromium process, so the breakdown says who takes the cores.
+
+The last line: dashboard: overhead=.. sps_without=.. sps_with=.. server_cores=.. browser_cores=..
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mixsep import MixsepError, TrainConfig  # noqa: E402
+from mixsep.config import default_data_root  # noqa: E402
+from mixsep.run import MetricsTail, read_status  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+# --------------------------------------------------------------------------- processes and CPU time
+
+
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds used) of a live process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK  # ppid, utime + stime
+
+
+def descendants(root: int) -> set[int]:
+    """root and every process below it (one /proc scan)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (s := _stat(int(entry.name))) is not None:
+            children.setdefault(s[0], []).append(int(entry.name))
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        found.add(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def cpu_seconds(pids: set[int]) -> float:
+    return sum(s[1] for pid in pids if (s := _stat(pid)) is not None)
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def browser_pids() -> set[int]:
+    """Chromium processes started by this bench (Playwright's driver runs them below us)."""
+    return {p for p in descendants(os.getpid()) if "chrom" in _comm(p).lower()}
+
+
+# --------------------------------------------------------------------------- the server and the browser
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(data_root: Path, runs_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    env = dict(os.environ, MIXSEP_DATA_ROOT=str(data_root), MIXSEP_RUNS_DIR=str(runs_dir))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "dashboard.py", "--server.headless", "true",
+         "--server.port", str(port), "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if direct.open(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                return proc, url
+        except OSError:
+            time.sleep(0.3)
+    stop_process_group(proc)
+    raise MixsepError(f"The Streamlit server did not start; its output is in {log}.")
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(15)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+def check_browser() -> None:
+    if not Path(CHROMIUM).exists():
+        raise MixsepError(f"{CHROMIUM} is missing, so the page cannot be watched; install it (apt-get install chromium).")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        raise MixsepError("Playwright for Python is missing; pip install playwright (it drives the system Chromium).") \
+            from None
+
+
+class Watcher:
+    """The Train page open in headless Chromium for one round."""
+
+    def __init__(self, url: str):
+        from playwright.sync_api import sync_playwright
+
+        self._pw = sync_playwright().start()
+        self.browser = self._pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        self.page = self.browser.new_page(viewport={"width": 1280, "height": 900})
+        self.page.set_default_timeout(120_000)
+        self.page.goto(f"{url}/Train")
+        # the live fragment has drawn once: a run's heading or the "no run yet" hint
+        self.page.locator("[data-testid=stHeading], [data-testid=stAlert]").first.wait_for()
+
+    def points(self) -> int:
+        """Points in the loss chart's last trace as plotly.js holds them (0 before the first draw)."""
+        return self.page.evaluate("""() => {
+          const g = document.querySelector('.js-plotly-plot');
+          const t = g && g._fullData && g._fullData[g._fullData.length - 1];
+          return t && t.x ? t.x.length : 0; }""")
+
+    def close(self) -> None:
+        self.browser.close()
+        self._pw.stop()
+
+
+# --------------------------------------------------------------------------- one training round
+
+
+def seed_history(run_dir: Path, config: TrainConfig, steps: int, template: Path) -> None:
+    """A run folder resumable at step ``steps``, its metrics.csv holding rows 1..steps.
+
+    The checkpoint (weights of a fresh model) is made once in ``template`` and hard-linked:
+    the trainer replaces checkpoint files atomically, so the shared copy is never written.
+    """
+    from mixsep.run import CHECKPOINTS, METRIC_FIELDS, epoch_checkpoint, last_checkpoint, save_checkpoint
+
+    spe = -(-(config.train_size) // config.batch_size) if config.train_size else None
+    if spe is None:
+        raise MixsepError("--history needs a fixed --train-size, so the run's steps per epoch are known.")
+    epoch = steps // spe
+    if not (template / "last.pt").is_file():
+        from mixsep.model import build_model
+
+        template.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(template / "last.pt", build_model(config.model, pretrained=False), config, steps, epoch)
+    (run_dir / CHECKPOINTS).mkdir(parents=True)
+    os.link(template / "last.pt", last_checkpoint(run_dir))
+    if steps % spe == 0:  # else the resume would write this epoch's checkpoint first
+        os.link(template / "last.pt", epoch_checkpoint(run_dir, epoch))
+    lines = [",".join(METRIC_FIELDS)]
+    for s in range(1, steps + 1):  # a loss that falls like a real run's; its values do not matter here
+        loss = 0.02 + 0.1 / (1 + s / 50)
+        lines.append(f"{s},{(s - 1) // spe},{loss * 0.3:.6f},{loss * 0.7:.6f},{loss:.6f},{config.lr},"
+                     f"100.0,{s * 1.28:.3f}")
+    (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
+
+
+def train_round(name: str, runs_dir: Path, config: TrainConfig, warmup: int, history: int, template: Path,
+                watcher_url: str | None, server_pid: int, log) -> dict:
+    """Train one run (watched or not) and time it from its own metrics; CPU seconds per process group."""
+    run_dir = runs_dir / name
+    if history:
+        spe = -(-config.train_size // config.batch_size)
+        config = TrainConfig(**{**config.to_dict(), "epochs": history // spe + config.epochs})
+        seed_history(run_dir, config, history, template)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.save(run_dir / "config.json")
+    watcher = Watcher(watcher_url) if watcher_url else None
+    child = None
+    try:
+        cmd = [sys.executable, "-m", "mixsep", "train", "--config", str(run_dir / "config.json"),
+               "--run-dir", str(run_dir), "--quiet"]
+        child = subprocess.Popen(cmd, cwd=ROOT, stdout=open(run_dir / "bench.log", "wb"), stderr=subprocess.STDOUT)
+        tail, rows, window = MetricsTail(run_dir), [], {}
+        server = descendants(server_pid)
+        while True:
+            done = child.poll() is not None
+            new = tail.poll()
+            rows = [] if new.restarted else rows
+            rows += [r for r in new.rows if r["step"] > history]
+            now = time.monotonic()
+            procs = {"trainer": {child.pid}, "server": server, "browser": browser_pids() if watcher else set()}
+            cpu = {k: cpu_seconds(v) for k, v in procs.items()}
+            if "start" not in window and len(rows) > warmup:
+                window["start"] = (now, cpu, rows[warmup])
+            if "start" in window and rows and not done:
+                window["end"] = (now, cpu, rows[-1])
+            if done:
+                break
+            time.sleep(0.25)
+        if child.returncode != 0:
+            raise MixsepError(f"The training child of round {name} failed ({read_status(run_dir).get('message')}); "
+                              f"see {run_dir / 'bench.log'}.")
+        points = watcher.points() if watcher else None
+    finally:
+        if child is not None and child.poll() is None:  # interrupted: leave no trainer behind
+            child.kill()
+            child.wait()
+        if watcher:
+            watcher.close()
+    if "end" not in window or window["end"][2]["step"] <= window["start"][2]["step"]:
+        raise MixsepError(f"Round {name} trained too few steps to time; raise --train-size or --epochs.")
+    (t0, c0, r0), (t1, c1, r1) = window["start"], window["end"]
+    sps = config.batch_size * (r1["step"] - r0["step"]) / (r1["elapsed_s"] - r0["elapsed_s"])
+    cores = {k: (c1[k] - c0[k]) / (t1 - t0) for k in c0}
+    out = {"round": name, "watched": watcher_url is not None, "samples_per_s": sps,
+           "steps_timed": r1["step"] - r0["step"], "seconds": t1 - t0, "cores": cores, "chart_points": points}
+    log(f"  {name:12s} {'browser' if out['watched'] else 'none':8s} {sps:7.1f} samples/s over "
+        f"{out['steps_timed']} steps ({out['seconds']:.0f} s); cores: trainer {cores['trainer']:.2f}, "
+        f"server {cores['server']:.2f}, browser {cores['browser']:.2f}"
+        + (f"; chart shows {points} points" if points is not None else ""))
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # 100+ MB each: keep the disk free
+    return out
+
+
+# --------------------------------------------------------------------------- the measurement
+
+
+def measure(data_root: Path, *, model: str = "faithful", train_size: int = 2560, batch_size: int = 128,
+            epochs: int = 1, rounds: int = 2, warmup: int = 3, history: int = 0, log=print) -> dict:
+    """Alternating rounds A (no browser) and B (the Train page open); every figure of the comparison."""
+    check_browser()
+    config = TrainConfig(data_root=str(Path(data_root).resolve()), model=model, train_size=train_size,
+                         batch_size=batch_size, epochs=epochs, pretrained=False, device="cpu",
+                         checkpoint_every=10**9).validate()
+    with tempfile.TemporaryDirectory(prefix="mixsep-dash-") as tmp:
+        work = Path(tmp)
+        runs_dir = work / "runs"
+        runs_dir.mkdir()
+        server, url = start_server(Path(data_root), runs_dir, work / "streamlit.log")
+        try:
+            results = []
+            for i in range(rounds):
+                for watched in (False, True):
+                    name = f"r{i + 1}-{'watched' if watched else 'alone'}"
+                    results.append(train_round(name, runs_dir, config, warmup, history, work / "template",
+                                               url if watched else None, server.pid, log))
+        finally:
+            stop_process_group(server)
+    alone = [r["samples_per_s"] for r in results if not r["watched"]]
+    watched = [r["samples_per_s"] for r in results if r["watched"]]
+
+    def mean_cores(who, w):
+        return statistics.mean(r["cores"][who] for r in results if r["watched"] == w)
+
+    without, with_ = statistics.median(alone), statistics.median(watched)
+    return {"overhead": 1 - with_ / without, "sps_without": without, "sps_with": with_, "rounds": results,
+            "server_cores": mean_cores("server", True), "browser_cores": mean_cores("browser", True),
+            "trainer_cores_with": mean_cores("trainer", True), "trainer_cores_without": mean_cores("trainer", False),
+            "config": {"model": model, "train_size": train_size, "batch_size": batch_size, "epochs": epochs,
+                       "rounds": rounds, "warmup": warmup, "history": history}}
+
+
+def dashboard_overhead(data_root: Path, **kwargs) -> float:
+    """1 - samples/s with the Train page watching / samples/s without (see measure for the keywords)."""
+    return measure(data_root, **kwargs)["overhead"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-root", default=default_data_root(), help="folder with MNIST/ and CIFAR-10 (default ./data)")
+    p.add_argument("--model", default="faithful", help="separator to train (default faithful)")
+    p.add_argument("--train-size", type=int, default=2560, help="training pairs per round (default 2560)")
+    p.add_argument("--batch-size", type=int, default=128, help="pairs per step (default 128)")
+    p.add_argument("--epochs", type=int, default=1, help="epochs per round (default 1)")
+    p.add_argument("--rounds", type=int, default=2, help="pairs of rounds, alone then watched (default 2)")
+    p.add_argument("--warmup", type=int, default=3, help="steps of each round left out of its timing (default 3)")
+    p.add_argument("--history", type=int, default=0,
+                   help="rows the run already holds when a round starts: the page shows a long run (default 0)")
+    p.add_argument("--json", default=None, help="also write every figure to this JSON file")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    # a SIGTERM (timeout, a CI limit) unwinds like Ctrl-C: the server, browser and trainer are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        print(f"Train page watched in headless Chromium vs no browser; {args.model}, {args.train_size} pairs, "
+              f"batch {args.batch_size}, history {args.history} rows, {args.rounds} x (alone, watched):", flush=True)
+        out = measure(Path(args.data_root), model=args.model, train_size=args.train_size, batch_size=args.batch_size,
+                      epochs=args.epochs, rounds=args.rounds, warmup=args.warmup, history=args.history,
+                      log=lambda s: print(s, flush=True))
+    except MixsepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    print(f"trainer cores alone {out['trainer_cores_without']:.2f}, watched {out['trainer_cores_with']:.2f}")
+    print(f"dashboard: overhead={out['overhead']:.3f} sps_without={out['sps_without']:.1f} "
+          f"sps_with={out['sps_with']:.1f} server_cores={out['server_cores']:.2f} "
+          f"browser_cores={out['browser_cores']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
