@@ -22,8 +22,8 @@ from mixsep.sweep import (JOURNAL, Dimension, SweepRegistry, counts, create_stud
                           plan, validation_pairs)
 
 ROOT = Path(__file__).resolve().parents[1]
-# unet on 2 steps of 16 pairs, a validation report after each step: a trial takes seconds
-TINY = ["--model", "unet", "--no-pretrained", "--device", "cpu", "--batch-size", "16", "--train-size", "32",
+# the tiny model on 2 steps of 16 pairs, a validation report after each step: a trial takes seconds
+TINY = ["--model", "tiny", "--no-pretrained", "--device", "cpu", "--batch-size", "16", "--train-size", "32",
         "--val-size", "16", "--report-every", "1", "--checkpoint-every", "1"]
 
 
@@ -199,7 +199,7 @@ def test_study_on_the_journal_survives_a_killed_worker_prunes_and_its_best_trial
 
     data = make_data_root(tmp_path / "data")
     runs = tmp_path / "runs"
-    args = sweep_args(data, runs, "--study", "demo", "--trials", "4", "--space", "lr=1e-5:1e-1:log", *TINY)
+    args = sweep_args(data, runs, "--study", "demo", "--trials", "6", "--space", "lr=1e-5:1e-1:log", *TINY)
     worker = subprocess.Popen([sys.executable, "-m", "mixsep", *args], cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     first = runs / "demo" / "trial-0000"
@@ -220,7 +220,7 @@ def test_study_on_the_journal_survives_a_killed_worker_prunes_and_its_best_trial
     assert retry[0].user_attrs["run"] == "demo/trial-0000" and retry[0].params == trials[0].params
     steps = [int(line.split(",")[0]) for line in (first / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == list(range(1, len(steps) + 1))  # resumed from its checkpoint: every step once
-    assert counts(study_of(runs, "demo")) == {"done": 4, "running": 0, "waiting": 0}
+    assert counts(study_of(runs, "demo")) == {"done": 6, "running": 0, "waiting": 0}
     assert len({t.number for t in trials}) == len(trials)
     states = [t.state for t in trials if t.number != 0]
     assert TrialState.PRUNED in states and TrialState.COMPLETE in states  # the pruner stopped some early
@@ -228,7 +228,7 @@ def test_study_on_the_journal_survives_a_killed_worker_prunes_and_its_best_trial
         if t.state == TrialState.COMPLETE:
             a = t.user_attrs
             assert t.value == pytest.approx((a["val_psnr_mnist"] + a["val_psnr_cifar"]) / 2)
-            assert 0 < a["val_ssim_mnist"] <= 1 and 0 < a["val_ssim_cifar"] <= 1 and a["val_psnr"] == t.value
+            assert -1 <= a["val_ssim_mnist"] <= 1 and -1 <= a["val_ssim_cifar"] <= 1 and a["val_psnr"] == t.value
             cfg = json.loads((runs / a["run"] / "config.json").read_text())
             assert cfg["train_size"] == 32 and cfg["lr"] == t.params["lr"] and cfg["repair"] is False
             status = json.loads((runs / a["run"] / "status.json").read_text())  # the run folder keeps its scores
@@ -250,7 +250,8 @@ def test_two_workers_of_one_command_share_the_journal(tmp_path):
 
     data = make_data_root(tmp_path / "data")
     runs = tmp_path / "runs"
-    done = cli(*sweep_args(data, runs, "--study", "two", "--trials", "2", "--workers", "2", "--pruner", "none", *TINY))
+    done = cli(*sweep_args(data, runs, "--study", "two", "--trials", "2", "--workers", "2", "--pruner", "none", *TINY,
+                        "--epochs", "3"))  # trials long enough that neither worker takes both
     assert done.returncode == 0, done.stderr
     trials = study_of(runs, "two").trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
@@ -266,7 +267,7 @@ def test_stop_requeues_the_running_trial(tmp_path):
     runs = tmp_path / "runs"
     sweeps = SweepRegistry(runs)
     sweeps.start(["--study", "s", "--data-root", str(data), "--trials", "3", *TINY[:-2], "--checkpoint-every", "1",
-                  "--epochs", "20"])
+                  "--epochs", "200"])
     first = runs / "s" / "trial-0000"
     wait_for(lambda: metric_rows(first) >= 2 or sweeps.running() is None, what="two steps")
     assert sweeps.running()["study"] == "s"
@@ -317,7 +318,7 @@ def test_sweep_page_launches_a_study_and_shows_its_trials(page_env):
     assert "not a usable study name" in " ".join(e.value for e in at.error) and not runs.exists()
 
     at.text_input(key="sweep_name").set_value("page")
-    at.multiselect(key="sweep_model").set_value(["unet"])
+    at.multiselect(key="sweep_model").set_value(["tiny"])
     at.select_slider(key="sweep_batch_size").set_value((16, 16))
     at.number_input(key="sweep_trials").set_value(2)
     at.number_input(key="sweep_val").set_value(16)
@@ -339,7 +340,7 @@ def test_sweep_page_launches_a_study_and_shows_its_trials(page_env):
     assert len(at.get("plotly_chart")) >= 2  # optimisation history and parallel coordinates
     assert "Best so far" in " ".join(s.value for s in at.success)
     cfg = json.loads((runs / "page" / "trial-0000" / "config.json").read_text())
-    assert (cfg["model"], cfg["batch_size"], cfg["train_size"]) == ("unet", 16, 80)
+    assert (cfg["model"], cfg["batch_size"], cfg["train_size"]) == ("tiny", 16, 80)
 
     (runs / "solo").mkdir()  # a run of its own beside the study: the filter leaves it out
     for f in ("config.json", "metrics.csv", "status.json"):
