@@ -82,7 +82,7 @@ def _max_clock_ghz() -> tuple[float, str]:
         pass
     for cpu in _cpuinfo():
         if "cpu MHz" in cpu:
-            return float(cpu["cpu MHz"]) / 1e3, "cpuinfo 'cpu MHz', the clock the kernel reports (a VM shows its base clock; turbo may run faster)"
+            return float(cpu["cpu MHz"]) / 1e3, "cpuinfo 'cpu MHz'; a VM reports its base clock, turbo may run faster"
     return float("nan"), "unknown"
 
 

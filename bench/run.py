@@ -340,6 +340,7 @@ def unet_config(args, train_size: int) -> TrainConfig:
         cfg.epochs, _ = fit_epochs(cfg)
     else:
         cfg.epochs = preset["epochs"]
+    cfg.max_minutes = 0.0  # the cap is enforced on the training clock here, which leaves the polls out
     return cfg
 
 
@@ -407,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="measure torch.compile of the whole step in --quick too")
     p.add_argument("--dashboard", action="store_true", help="measure dashboard_overhead in --quick too (needs Chromium)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
+    p.add_argument("--rounds", type=int, default=0,
+                   help="alternating rounds per comparison; 0 = the mode's (3 quick, 5 full); more steadies the medians on a busy machine")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the loops run (default cpu)")
     p.add_argument("--json", default=None, help="also write every figure to this JSON file")
     p.add_argument("--dry-run", action="store_true", help="tiny batches and steps on any data root: checks the plumbing only")
@@ -426,6 +429,8 @@ def settings(args) -> argparse.Namespace:
         s = dict(batch_size=128, steps=4, rounds=5, eval_count=1000, target_cap_s=300, poll_steps=25, peak_n=4096,
                  val_pairs=500, profile_rows=15, dashboard_history=10_000)
         args.compile = True
+    if args.rounds > 0:
+        s["rounds"] = args.rounds
     for k, v in s.items():
         setattr(args, k, v)
     return args
