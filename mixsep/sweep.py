@@ -385,29 +385,8 @@ def plan(args) -> Plan:
 
     Raises MixsepError with one sentence for the first problem found.
     """
-    from .run import resolve_run
-
-    study = args.study
-    try:
-        resolve_run(Path(args.runs_dir), study)
-    except MixsepError:
-        raise MixsepError(f"'{study}' is not a usable study name: it names a folder in the runs folder, so use "
-                          "letters, digits, '.', '_' and '-' only.") from None
-    if "/" in study:
-        raise MixsepError(f"'{study}' is not a usable study name: no '/' (it names one folder in the runs folder).")
-    runs_dir = Path(args.runs_dir).expanduser().resolve()
-    if (runs_dir / study / "config.json").is_file():
-        raise MixsepError(f"A training run named '{study}' already exists in {runs_dir}; choose another study name.")
-    if args.trials is not None and args.trials < 1:
-        raise MixsepError(f"--trials must be at least 1 (got {args.trials}): a study needs trials to run.")
-    if args.workers is not None and args.workers < 1:
-        raise MixsepError(f"--workers must be at least 1 (got {args.workers}).")
-    if args.val_size is not None and args.val_size < 1:
-        raise MixsepError(f"--val-size must be at least 1 validation pair (got {args.val_size}).")
-    if args.report_every < 0:
-        raise MixsepError(f"--report-every must be 0 (once per epoch) or a number of steps (got {args.report_every}).")
-    if args.heartbeat < 1:
-        raise MixsepError(f"--heartbeat must be at least 1 second (got {args.heartbeat}).")
+    study, runs_dir = args.study, Path(args.runs_dir).expanduser().resolve()
+    _check_flags(args, runs_dir)
     names = [s.name for s in settings(resolve=False)]
     given = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     local = {n: given.pop(n) for n in LOCAL if n in given}
@@ -449,23 +428,54 @@ def plan(args) -> Plan:
         for v in dim.choices or (dim.low, dim.high):
             dataclasses.replace(config, **{name: v}).validate()
 
-    available = available_pairs(Path(config.data_root))
-    if val_size >= available:
-        raise MixsepError(f"--val-size {val_size} leaves no training pairs: the data root holds {available}; "
-                          "lower --val-size.")
-    train_size = stored["config"]["train_size"] if stored is not None else (config.train_size or available - val_size)
-    if train_size > available - val_size:
-        raise MixsepError(f"--train-size {train_size} would train on validation pairs: {available} pairs less "
-                          f"{val_size} held out leaves {available - val_size}; lower --train-size or --val-size.")
-    config = dataclasses.replace(config, train_size=train_size)
-    biggest = max(dim_values(space.get("batch_size")) or [config.batch_size])
-    if biggest > train_size:
-        raise MixsepError(f"Batch size {biggest} is larger than the {train_size} pairs a trial trains on "
-                          f"({val_size} of {available} are held out for validation); lower it.")
+    config = _split(config, space, val_size, stored["config"]["train_size"] if stored is not None else None)
     workers = args.workers or default_workers(config.device)
     return Plan(study, args.storage, runs_dir, space, config, fixed, trials, val_size, args.report_every,
                 args.pruner, args.sampler_seed, args.heartbeat, workers, stored is not None,
                 args.worker_index or 0)
+
+
+def _check_flags(args, runs_dir: Path) -> None:
+    """The sweep's own flags: a study name that is one folder of the runs folder, counts that make sense."""
+    from .run import resolve_run
+
+    study = args.study
+    try:
+        resolve_run(runs_dir, study)
+    except MixsepError:
+        raise MixsepError(f"'{study}' is not a usable study name: it names a folder in the runs folder, so use "
+                          "letters, digits, '.', '_' and '-' only.") from None
+    if "/" in study:
+        raise MixsepError(f"'{study}' is not a usable study name: no '/' (it names one folder in the runs folder).")
+    if (runs_dir / study / "config.json").is_file():
+        raise MixsepError(f"A training run named '{study}' already exists in {runs_dir}; choose another study name.")
+    if args.trials is not None and args.trials < 1:
+        raise MixsepError(f"--trials must be at least 1 (got {args.trials}): a study needs trials to run.")
+    if args.workers is not None and args.workers < 1:
+        raise MixsepError(f"--workers must be at least 1 (got {args.workers}).")
+    if args.val_size is not None and args.val_size < 1:
+        raise MixsepError(f"--val-size must be at least 1 validation pair (got {args.val_size}).")
+    if args.report_every < 0:
+        raise MixsepError(f"--report-every must be 0 (once per epoch) or a number of steps (got {args.report_every}).")
+    if args.heartbeat < 1:
+        raise MixsepError(f"--heartbeat must be at least 1 second (got {args.heartbeat}).")
+
+
+def _split(config: TrainConfig, space: dict, val_size: int, train_size: int | None) -> TrainConfig:
+    """The trials' config with train_size set so that no trial reaches the last val_size pairs."""
+    available = available_pairs(Path(config.data_root))
+    if val_size >= available:
+        raise MixsepError(f"--val-size {val_size} leaves no training pairs: the data root holds {available}; "
+                          "lower --val-size.")
+    train_size = train_size or config.train_size or available - val_size
+    if train_size > available - val_size:
+        raise MixsepError(f"--train-size {train_size} would train on validation pairs: {available} pairs less "
+                          f"{val_size} held out leaves {available - val_size}; lower --train-size or --val-size.")
+    biggest = max(dim_values(space.get("batch_size")) or [config.batch_size])
+    if biggest > train_size:
+        raise MixsepError(f"Batch size {biggest} is larger than the {train_size} pairs a trial trains on "
+                          f"({val_size} of {available} are held out for validation); lower it.")
+    return dataclasses.replace(config, train_size=train_size)
 
 
 def dim_values(dim: Dimension | None) -> list:

@@ -148,6 +148,8 @@ def free_port() -> int:
     (["--lr", "0.01", "--space", "lr"], "both fixed and swept"),
     (["--val-size", "96"], "leaves no training pairs"),
     (["--batch-size", "64"], "larger than the 32 pairs"),
+    (["--best"], "There is no study 'bad'"),
+    (["--workers", "0"], "--workers must be at least 1"),
 ])
 def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(capsys, data_root, tmp_path, extra, says):
     extra = [e.format(port=free_port()) for e in extra]
