@@ -886,9 +886,6 @@ class SweepRegistry:
             live = live_sweeps(self.runs_dir)
             return live[0] if live else None
 
-    def last(self) -> str | None:
-        return self._study
-
     def start(self, argv: list[str], storage: str | None = None, busy: str | None = None) -> Path:
         """Check the sweep flags ``argv`` as the CLI would, then start the child; MixsepError if not.
 
