@@ -89,6 +89,8 @@ class JobRegistry:
         for run_dir, status in live_runs(self.runs_dir):
             if int(status["pid"]) == os.getpid():
                 continue  # a run trained in this very process (a notebook, a test) is not a child to manage
+            if "/" in run_name(self.runs_dir, run_dir):
+                continue  # a sweep's trial belongs to its sweep process, not to the Train page
             self._proc, self._pid, self._run_dir = None, int(status["pid"]), run_dir
             self._identity = {"pid": status["pid"], "pid_start": status.get("pid_start")}
             self._stop_requested = False
@@ -160,6 +162,12 @@ class JobRegistry:
             if live is not None:
                 raise MixsepError(f"A training run is already in progress ({live.name}, step {live.step}/"
                                   f"{live.total_steps or '?'}); one run at a time: stop it or wait for it to finish.")
+            from .sweep import live_sweeps
+
+            sweeps = live_sweeps(self.runs_dir)
+            if sweeps:
+                raise MixsepError(f"Sweep '{Path(sweeps[0]['folder']).name}' is running in this runs folder; one sweep "
+                                  "or training at a time: stop it on the Sweep page or wait for it to finish.")
             if run_dir is not None:
                 run_dir = Path(run_dir).resolve()
                 try:

@@ -245,3 +245,29 @@ def test_real_cli_child_refuses_a_second_start_and_stops_within_a_step(tmp_path,
     assert saved == rows == state.step and rows < 1200  # the checkpoint holds every logged step
     assert not (run / "STOP").exists()
     assert [p.name for p in list_checkpoints(run)] == ["last.pt"]
+
+
+def test_a_running_sweep_blocks_training_and_its_trials_are_not_adopted(tmp_path, tiny_config, fake_python, jobs_of):
+    import json
+    import socket
+    import subprocess
+
+    from mixsep import run as R
+
+    runs = tmp_path / "runs"
+    trial = runs / "study" / "trial-0000"
+    trial.mkdir(parents=True)
+    (trial / "config.json").write_text(json.dumps(tiny_config.to_dict()))
+    sweep = subprocess.Popen(["sleep", "60"])  # stands in for the sweep process and its trial's trainer
+    try:
+        ident = R.identity(sweep.pid)
+        R.write_json(trial / "status.json", {"state": "running", **ident, "step": 1, "total_steps": 9})
+        R.write_json(runs / "study" / "sweep.json", {"state": "running", "host": socket.gethostname(), **ident})
+        jobs = jobs_of(runs, python=fake_python, env=fake_env("train"))
+        assert jobs.running() is None  # the trial is the sweep's, not the Train page's job
+        with pytest.raises(MixsepError, match="Sweep 'study' is running"):
+            jobs.start(tiny_config)
+        assert sorted(p.name for p in runs.iterdir()) == ["study"]  # nothing started, nothing written
+    finally:
+        sweep.kill()
+        sweep.wait()
