@@ -4,8 +4,9 @@
 
 One Streamlit server (`streamlit run dashboard.py`) serves a fresh runs folder for the whole
 bench. Each round trains a real `python -m mixsep train` child into that folder; rounds
-alternate A B A B...: A with no browser (the server idles, no session), B with the Train page
+alternate A B A B ... A: A with no browser (the server idles, no session), B with the Train page
 open in headless Chromium, which adopts the running child as the page would after a reload.
+The overhead is the median over watched rounds of 1 - B / (mean of the A rounds either side).
 samples/s of a round come from the child's own metrics.csv (steps after a warm-up, wall clock
 between rows), so starting the process, loading data and the final checkpoint are not counted.
 
@@ -201,8 +202,8 @@ def train_round(name: str, runs_dir: Path, config: TrainConfig, warmup: int, his
     """Train one run (watched or not) and time it from its own metrics; CPU seconds per process group."""
     run_dir = runs_dir / name
     if history:
-        spe = -(-config.train_size // config.batch_size)
-        config = TrainConfig(**{**config.to_dict(), "epochs": history // spe + config.epochs})
+        spe = -(-config.train_size // config.batch_size)  # the round trains at least its own epochs after the history
+        config = TrainConfig(**{**config.to_dict(), "epochs": -(-history // spe) + config.epochs})
         seed_history(run_dir, config, history, template)
     run_dir.mkdir(parents=True, exist_ok=True)
     config.save(run_dir / "config.json")
@@ -271,11 +272,11 @@ def measure(data_root: Path, *, model: str = "faithful", train_size: int = 2560,
         server, url = start_server(Path(data_root), runs_dir, work / "streamlit.log")
         try:
             results = []
-            for i in range(rounds):
-                for watched in (False, True):
-                    name = f"r{i + 1}-{'watched' if watched else 'alone'}"
-                    results.append(train_round(name, runs_dir, config, warmup, history, work / "template",
-                                               url if watched else None, server.pid, log))
+            for i in range(2 * rounds + 1):  # A B A B ... A: every watched round between two unwatched ones
+                watched = i % 2 == 1
+                name = f"r{i // 2 + 1}-{'watched' if watched else 'alone'}"
+                results.append(train_round(name, runs_dir, config, warmup, history, work / "template",
+                                           url if watched else None, server.pid, log))
         finally:
             stop_process_group(server)
     alone = [r["samples_per_s"] for r in results if not r["watched"]]
@@ -284,8 +285,12 @@ def measure(data_root: Path, *, model: str = "faithful", train_size: int = 2560,
     def mean_cores(who, w):
         return statistics.mean(r["cores"][who] for r in results if r["watched"] == w)
 
+    # each watched round against the mean of the rounds either side: a machine whose load drifts
+    # (other jobs starting or ending) moves both alike
+    overheads = [1 - b / ((a0 + a1) / 2) for b, a0, a1 in zip(watched, alone, alone[1:])]
     without, with_ = statistics.median(alone), statistics.median(watched)
-    return {"overhead": 1 - with_ / without, "sps_without": without, "sps_with": with_, "rounds": results,
+    return {"overhead": statistics.median(overheads), "overheads": overheads, "sps_without": without,
+            "sps_with": with_, "rounds": results,
             "server_cores": mean_cores("server", True), "browser_cores": mean_cores("browser", True),
             "trainer_cores_with": mean_cores("trainer", True), "trainer_cores_without": mean_cores("trainer", False),
             "config": {"model": model, "train_size": train_size, "batch_size": batch_size, "epochs": epochs,
@@ -304,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-size", type=int, default=2560, help="training pairs per round (default 2560)")
     p.add_argument("--batch-size", type=int, default=128, help="pairs per step (default 128)")
     p.add_argument("--epochs", type=int, default=1, help="epochs per round (default 1)")
-    p.add_argument("--rounds", type=int, default=2, help="pairs of rounds, alone then watched (default 2)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="watched rounds, each between two unwatched ones: A B A B A (default 2)")
     p.add_argument("--warmup", type=int, default=3, help="steps of each round left out of its timing (default 3)")
     p.add_argument("--history", type=int, default=0,
                    help="rows the run already holds when a round starts: the page shows a long run (default 0)")
@@ -318,7 +324,8 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         print(f"Train page watched in headless Chromium vs no browser; {args.model}, {args.train_size} pairs, "
-              f"batch {args.batch_size}, history {args.history} rows, {args.rounds} x (alone, watched):", flush=True)
+              f"batch {args.batch_size}, history {args.history} rows, {args.rounds} watched rounds between "
+              f"{args.rounds + 1} unwatched:", flush=True)
         out = measure(Path(args.data_root), model=args.model, train_size=args.train_size, batch_size=args.batch_size,
                       epochs=args.epochs, rounds=args.rounds, warmup=args.warmup, history=args.history,
                       log=lambda s: print(s, flush=True))
@@ -327,7 +334,9 @@ def main(argv=None) -> int:
         return 2
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
-    print(f"trainer cores alone {out['trainer_cores_without']:.2f}, watched {out['trainer_cores_with']:.2f}")
+    print(f"trainer cores alone {out['trainer_cores_without']:.2f}, watched {out['trainer_cores_with']:.2f}; "
+          f"overhead of each watched round against the rounds either side: "
+          + ", ".join(f"{o:.3f}" for o in out["overheads"]))
     print(f"dashboard: overhead={out['overhead']:.3f} sps_without={out['sps_without']:.1f} "
           f"sps_with={out['sps_with']:.1f} server_cores={out['server_cores']:.2f} "
           f"browser_cores={out['browser_cores']:.2f}")

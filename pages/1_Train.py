@@ -40,7 +40,7 @@ with st.expander("Config of the next run"):
 # Watching must not slow the training it shows (they share the CPU). In headless Chromium each
 # rerun cost the browser about 0.1 CPU-seconds and each new chart (Streamlit builds the plot anew)
 # about 0.2 more, so while a run trains the status polls every 3 s and the chart every 15 s (the
-# page then took 0.06-0.09 cores, server and browser, against 0.6 at 1 s; bench/dashboard_bench.py).
+# page then took 0.07-0.09 cores, server and browser, against 0.6 before; bench/dashboard_bench.py).
 # When nothing trains the status polls every 5 s and the chart waits for a change.
 training = jobs.running() is not None
 
