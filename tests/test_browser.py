@@ -83,6 +83,17 @@ POINTS_JS = """() => {
 }"""
 
 
+# trials drawn by Optuna's parallel-coordinates chart: one line trace per completed trial
+PARCOORDS_JS = """() => {
+  for (const g of document.querySelectorAll('.js-plotly-plot')) {
+    const title = g.layout && g.layout.title;
+    if (String((title && title.text) || title).includes('Parallel Coordinate') && g._fullData)
+      return g._fullData.filter(t => t.type === 'scatter' && t.mode === 'lines').length;
+  }
+  return 0;
+}"""
+
+
 def test_dashboard_in_a_real_browser(server):
     reason = _skip_reason()
     if reason and os.environ.get("MIXSEP_REQUIRE_BROWSER"):
@@ -176,6 +187,29 @@ def test_dashboard_in_a_real_browser(server):
         expect(page.get_by_role("heading", name="Compare runs")).to_be_visible()
         expect(page.locator(".js-plotly-plot")).to_have_count(1)  # the Metrics page's four charts are gone
         snap(page, "compare")
+
+        # Sweep: a two-trial study launched from the page; its parallel-coordinates chart gains points
+        sidebar.get_by_role("link", name="Sweep").click()
+        expect(page.get_by_role("heading", name="Sweep")).to_be_visible()
+        sidebar = page.get_by_test_id("stSidebar")
+        for label, value in (("Trials", "2"), ("Validation pairs", "64")):
+            box = sidebar.get_by_label(label, exact=True)
+            box.fill(value)
+            box.press("Enter")
+            expect(box).to_have_value(value)
+        page.get_by_role("button", name="Start").click()
+        page.set_viewport_size({"width": 1280, "height": 2000})  # charts below the fold are not drawn
+        seen, deadline = [], time.monotonic() + 600
+        while time.monotonic() < deadline and (not seen or seen[-1] < 2):
+            tab = page.get_by_role("tab", name="Parallel coordinates")  # the live fragment redraws the tabs
+            if tab.count():
+                tab.first.click()
+            page.wait_for_timeout(1500)
+            seen.append(page.evaluate(PARCOORDS_JS))
+        if not seen or seen[-1] < 2:
+            snap(page, "sweep-failed")
+        assert seen[-1] == 2 and 1 in seen, seen  # one trial drawn, then the second arrives live
+        snap(page, "sweep")
         browser.close()
     assert (tmp / "screenshots" / "metrics.png").stat().st_size > 10_000
 
