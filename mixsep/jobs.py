@@ -39,8 +39,8 @@ from pathlib import Path
 from .config import TrainConfig
 from .errors import MixsepError
 from .run import LOG as LOG_NAME  # the child's stdout and stderr, inside its run folder
-from .run import State, is_alive, read_status, request_stop, run_name, write_status
-from .runs import live_runs, read_metrics
+from .run import State, is_alive, last_logged_step, read_status, request_stop, run_name, write_status
+from .runs import live_runs
 from .train import new_run_dir
 
 
@@ -125,9 +125,7 @@ class JobRegistry:
                 state = "starting"
             msg = status.get("message", "") if state not in ("starting", "running") else ""
             step = int(status.get("step") or 0)
-            m = read_metrics(run_dir)
-            if len(m):
-                step = max(step, int(m["step"].iloc[-1]))
+            step = max(step, last_logged_step(run_dir))  # the file's tail only: pages poll this every few seconds
             warns = status.get("warnings") if isinstance(status.get("warnings"), list) else []
             return JobState(run_dir, state, msg, step, int(status.get("total_steps") or 0), alive,
                             [str(w) for w in warns])
@@ -135,9 +133,7 @@ class JobRegistry:
     def _record_death(self, run_dir: Path, status: dict) -> None:
         code = self._proc.returncode if self._proc is not None else None
         step = int(status.get("step") or 0)
-        m = read_metrics(run_dir)
-        if len(m):
-            step = max(step, int(m["step"].iloc[-1]))
+        step = max(step, last_logged_step(run_dir))
         # a child that failed with a sentence recorded it in status.json itself: this is for the others
         if self._stop_requested:
             write_status(run_dir, State.STOPPED, "stopped by request before training began" if step == 0

@@ -445,6 +445,22 @@ class MetricsLog:
             self._f = None
 
 
+def last_logged_step(run_dir: Path) -> int:
+    """The step of metrics.csv's last complete row (0 if none), reading only the file's tail."""
+    path = Path(run_dir) / METRICS
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return 0
+    for line in reversed(tail[: tail.rfind("\n") + 1].splitlines()):  # a cut-off last line is skipped
+        head = line.split(",", 1)[0]
+        if head.isdigit():
+            return int(head)
+    return 0
+
+
 def _csv_rows(path: Path) -> list[dict]:
     """Complete, numeric rows of a metrics.csv (a cut-off last line is dropped)."""
     try:

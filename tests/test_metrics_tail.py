@@ -164,3 +164,12 @@ def test_a_short_run_keeps_every_point_and_whole_step_ticks(tmp_path):
     assert raw.tolist() == m["loss"].tolist()
     assert fig.layout.xaxis.tickformat == "d" and fig.layout.xaxis.dtick == 1
     assert ui.loss_figure(m.iloc[:0], 0.9).data == ()  # no rows yet: an empty chart, no error
+
+
+def test_last_logged_step_reads_the_tail_and_skips_a_cut_off_line(tmp_path):
+    from mixsep.run import METRIC_FIELDS, last_logged_step
+
+    assert last_logged_step(tmp_path) == 0  # no file
+    rows = "".join(f"{i},0,0.1,0.2,0.3,0.001,10,{i}\n" for i in range(1, 2001))  # far more than the 4 KB tail
+    (tmp_path / "metrics.csv").write_text(",".join(METRIC_FIELDS) + "\n" + rows + "2001,0,0.1")
+    assert last_logged_step(tmp_path) == 2000
