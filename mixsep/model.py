@@ -284,3 +284,6 @@ def flops_per_sample(model: nn.Module) -> int:
         if grouped is not None:
             model.grouped = grouped
     return counter.get_total_flops() // batch
+
+
+from . import separators  # noqa: E402,F401  (last: it builds on the U-Net above and registers its models in MODELS)
