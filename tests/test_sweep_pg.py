@@ -93,7 +93,7 @@ def test_two_workers_share_a_study_and_one_finishes_it_when_the_other_is_killed(
     runs = tmp_path / "runs"
     args = ["sweep", "--study", "pg", "--data-root", str(data), "--runs-dir", str(runs), "--trials", "5",
             "--heartbeat", "2", "--space", "lr=1e-4:1e-2:log,beta1=0.5:0.99", *TINY,
-            "--epochs", "10"]  # 20 steps a trial: long enough to catch a worker mid-trial
+            "--epochs", "40"]  # 80 steps a trial: long enough to catch a worker mid-trial on a busy machine
     env = dict(os.environ, MIXSEP_SWEEP_STORAGE=postgres)  # the URL reaches the workers as the CLI documents
     start = lambda seed: subprocess.Popen([sys.executable, "-m", "mixsep", *args, "--sampler-seed", seed], cwd=ROOT,
                                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
