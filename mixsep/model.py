@@ -18,8 +18,9 @@ from .errors import MixsepError
 # ImageNet statistics: the pretrained stem expects inputs normalised this way.
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-# The faithful model's two decoders as one grouped pass by default (see decode_pair; bench/run.py times both)
-GROUPED_DECODERS = True
+# The faithful model's two decoders one after the other by default: the grouped pass (decode_pair)
+# computes the same function but was no faster on the 2-core AMD EPYC measured (bench/run.py times both)
+GROUPED_DECODERS = False
 
 
 class PretrainedWeightsUnavailable(UserWarning):
@@ -82,9 +83,11 @@ def decode_pair(z: torch.Tensor, a: Decoder, b: Decoder) -> tuple[torch.Tensor, 
     Both decoders read the same map, so their first layers become one transposed conv
     with twice the output channels; the middle layers become convs with groups=2 (group
     0 is ``a``, group 1 is ``b``); the thin output layer (3 channels per head) becomes
-    one dense conv with a block-diagonal weight, which is what groups=2 computes, because
-    oneDNN's grouped kernel for 3 channels per group ran slower than the two convs apart
-    while the dense one ran faster (bench/run.py --profile).
+    one dense conv with a block-diagonal weight, which is what groups=2 computes: oneDNN's
+    grouped kernel with 3 channels per group was the slowest choice in isolation. On the
+    whole training step this form measured 0.76x-0.97x of the decoders apart on a 2-core
+    AMD EPYC (AVX2), so it is opt-in (``FaithfulSeparator(grouped=True)``); bench/run.py
+    times both forms, with --profile per op, on any machine.
 
     The weights are put together from the two decoders' own parameters at each call
     rather than stored: the state dict, the optimiser's per-parameter state and so every
