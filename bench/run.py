@@ -514,7 +514,7 @@ def main(argv=None) -> int:
                 print(f"time to {what} (unet, {target['config']['epochs']}-epoch schedule): "
                       + (f"{target[name]:.0f} s" if math.isfinite(target[name]) else f"not reached within {target['clock_s']:.0f} s"))
         dash, dash_how = dashboard_figure(args)
-        print(f"dashboard overhead (Train page in headless Chromium vs none): "
+        print("dashboard overhead (Train page in headless Chromium vs none): "
               + (f"{dash:.3f}" if dash_how == "measured" else dash_how))
         total = time.perf_counter() - start
         print(f"total wall time {total:.0f} s")
