@@ -18,7 +18,8 @@ from mixsep.config import TrainConfig, default_data_root, default_runs_dir
 from mixsep.errors import MixsepError
 from mixsep.jobs import JobRegistry
 from mixsep.run import METRIC_FIELDS, MetricsTail
-from mixsep.runs import downsample, list_runs, live_state, resolve_run
+from mixsep.run import live_status, resolve_run
+from mixsep.runs import downsample, list_runs
 
 # Streamlit runs gc.collect(2) after every script run (runner.postScriptGC), and the Train page
 # reruns every second. With torch, pandas and plotly imported, that full pass walks ~400,000
@@ -152,7 +153,7 @@ def runs_table(runs_dir: Path) -> list[dict]:
     """list_runs with live states: a 'running' run whose process died reads 'interrupted'."""
     rows = list_runs(runs_dir)
     for r in rows:
-        s = live_state(Path(r["path"]))
+        s = live_status(Path(r["path"]))
         r["state"], r["message"] = s.get("state", r["state"]), s.get("message") or r["message"]
     return rows
 
@@ -191,7 +192,7 @@ def pick_run(runs_dir: Path, key: str = "run") -> Path | None:
 
 
 def pick_checkpoint(run_dir: Path, key: str = "checkpoint") -> Path | None:
-    from mixsep.train import list_checkpoints
+    from mixsep.run import list_checkpoints
 
     found = list_checkpoints(run_dir)
     if not found:
@@ -284,10 +285,6 @@ def live_loss_figure(metrics: pd.DataFrame, smoothing: float, title: str) -> go.
     cached = st.session_state.get("_live_figure")
     if cached is None or cached["key"] != key:
         cached = st.session_state["_live_figure"] = {"key": key, "fig": loss_figure(metrics, smoothing, title)}
-    return cached["fig"]
-    if cached is None or cached["key"] != key:
-        cached = st.session_state["_live_figure"] = {"key": key, "fig": loss_figure(metrics, smoothing, title),
-                                                     "at": now}
     return cached["fig"]
 
 

@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from mixsep.metrics import RECOVERY_MODES, Evaluation  # noqa: F401  (one definition of the recovery modes)
+from mixsep.metrics import Evaluation
 
 
 def set_threads(threads: int) -> int:

@@ -49,13 +49,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from benchlib import RECOVERY_MODES, command_line, machine, machine_line, set_threads
+from benchlib import command_line, machine, machine_line, set_threads
 from quality import PRESETS, fit_epochs
 
 from mixsep import MixsepError, TrainConfig
 from mixsep.config import default_data_root
 from mixsep.data import PairData, find_source, load_pairs, load_split, to_float
-from mixsep.metrics import SOURCES, evaluate, predict, psnr, recover
+from mixsep.metrics import RECOVERY_MODES, SOURCES, evaluate, predict, psnr, recover
 from mixsep.model import build_model, flops_per_sample
 from mixsep.train import Training
 

@@ -121,12 +121,12 @@ def cmd_train(args) -> int:
 
 def _record_failure(run, message: str, only_if_not_ended: bool = False) -> None:
     """The error in status.json, in the trainer's own words, unless the loop already recorded it."""
-    from .run import read_status
+    from .run import State, read_status
 
     status = read_status(run.path)
-    if status.get("state") == "failed" and status.get("message") == message:
+    if status.get("state") == State.FAILED and status.get("message") == message:
         return
-    if only_if_not_ended and status.get("state") in ("stopped", "failed", "finished"):
+    if only_if_not_ended and status.get("state") in (State.STOPPED, State.FAILED, State.FINISHED):
         return
     run.fail(message)
 

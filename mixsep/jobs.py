@@ -124,16 +124,14 @@ class JobRegistry:
             if alive and state == "unknown":
                 state = "starting"
             msg = status.get("message", "") if state not in ("starting", "running") else ""
-            step = int(status.get("step") or 0)
-            step = max(step, last_logged_step(run_dir))  # the file's tail only: pages poll this every few seconds
+            step = _step(run_dir, status)
             warns = status.get("warnings") if isinstance(status.get("warnings"), list) else []
             return JobState(run_dir, state, msg, step, int(status.get("total_steps") or 0), alive,
                             [str(w) for w in warns])
 
     def _record_death(self, run_dir: Path, status: dict) -> None:
         code = self._proc.returncode if self._proc is not None else None
-        step = int(status.get("step") or 0)
-        step = max(step, last_logged_step(run_dir))
+        step = _step(run_dir, status)
         # a child that failed with a sentence recorded it in status.json itself: this is for the others
         if self._stop_requested:
             write_status(run_dir, State.STOPPED, "stopped by request before training began" if step == 0
@@ -219,3 +217,9 @@ class JobRegistry:
         with self._lock:
             if not self._alive():
                 self._proc, self._pid, self._identity, self._run_dir = None, None, None, Path(run_dir).resolve()
+
+
+def _step(run_dir: Path, status: dict) -> int:
+    """The latest step: the checkpoint's (status.json) or a logged one past it (metrics.csv's tail only:
+    pages poll this every few seconds)."""
+    return max(int(status.get("step") or 0), last_logged_step(run_dir))

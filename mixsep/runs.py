@@ -8,8 +8,7 @@ import pandas as pd
 
 from .config import TrainConfig
 from .errors import MixsepError
-from .run import (METRIC_FIELDS, State, disk_usage, is_alive, list_checkpoints, live_status, read_status,  # noqa: F401
-                  resolve_run, run_folders, run_name)
+from .run import METRIC_FIELDS, State, disk_usage, is_alive, list_checkpoints, read_status, run_folders
 
 
 def read_metrics(run_dir: Path) -> pd.DataFrame:
@@ -58,11 +57,6 @@ def list_runs(runs_dir: Path) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- live runs
-
-
-def live_state(run_dir: Path) -> dict:
-    """read_status, but a "running" run whose trainer is gone reads as "interrupted"."""
-    return live_status(run_dir)
 
 
 def live_runs(runs_dir: Path) -> list[tuple[Path, dict]]:

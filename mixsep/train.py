@@ -20,9 +20,9 @@ from .config import TrainConfig
 from .data import PairData, load_pairs, to_float
 from .errors import MixsepError
 from .model import MODELS, build_model
-from .run import (CONFIG, METRIC_FIELDS, Run, RunWriteError, State, clear_stop, epoch_checkpoint,  # noqa: F401
-                  last_checkpoint, list_checkpoints, prune_epoch_checkpoints, read_checkpoint, read_status,
-                  request_stop, save_checkpoint, stop_requested, write_json, write_status)
+from .run import (CONFIG, Run, RunWriteError, State, clear_stop, epoch_checkpoint, last_checkpoint,
+                  list_checkpoints, prune_epoch_checkpoints, read_checkpoint, save_checkpoint, stop_requested,
+                  write_json)
 from .run import new_run_dir as _new_folder
 
 LOG_MSE_FLOOR = 1e-5  # added to per-image MSEs under config.loss = "log_mse"; 1e-5 is 50 dB PSNR
@@ -313,11 +313,8 @@ class Training:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def checkpoint(self, epoch: int) -> None:
-        save_checkpoint(self.last_path, self.model, self.config, self.step, epoch, self.optimizer)
-
     def _checkpoint(self, epoch: int) -> None:
-        self.checkpoint(epoch)
+        save_checkpoint(self.last_path, self.model, self.config, self.step, epoch, self.optimizer)
         self.last_good = self.step
         self.run.status(State.RUNNING, step=self.step, total_steps=self.total_steps)
 

@@ -5,7 +5,7 @@ import mixsep_ui as ui
 from mixsep import MixsepError, TrainConfig
 from mixsep.data import data_status, missing_message
 from mixsep.runs import progress
-from mixsep.train import list_checkpoints
+from mixsep.run import list_checkpoints
 from ui_settings import settings_widgets
 
 data_root, runs_dir = ui.setup("Train")

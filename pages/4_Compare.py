@@ -6,7 +6,7 @@ import streamlit as st
 import mixsep_ui as ui
 from mixsep import MixsepError
 from mixsep.runs import read_metrics
-from mixsep.train import list_checkpoints
+from mixsep.run import list_checkpoints
 
 data_root, runs_dir = ui.setup("Compare runs")
 rows = {r["run"]: r for r in ui.runs_table(runs_dir)}

@@ -17,8 +17,9 @@ from streamlit.testing.v1 import AppTest
 
 from mixsep import MixsepError, TrainConfig
 from mixsep.model import build_model
+from mixsep.run import save_checkpoint, write_status
 from mixsep.runs import live_runs, read_metrics
-from mixsep.train import save_checkpoint, train_steps, write_status
+from mixsep.train import train_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["dashboard.py", "pages/1_Train.py", "pages/2_Samples.py", "pages/3_Metrics.py", "pages/4_Compare.py"]

@@ -156,7 +156,8 @@ def test_dashboard_in_a_real_browser(server):
         expect(page.get_by_text("Compare runs").first).to_be_visible()
         sidebar.get_by_role("link", name="Train").click()
         expect(sidebar.get_by_test_id("stSlider").filter(has_text="Batch size")).to_contain_text("16")  # kept
-        page.wait_for_function(f"() => ({POINTS_JS})() > {first}", timeout=120_000)
+        # the curve comes back with every point it had (the run may have finished meanwhile on a fast machine)
+        page.wait_for_function(f"() => ({POINTS_JS})() >= {first}", timeout=120_000)
         expect(page.get_by_text("Finished: 8 steps.")).to_be_visible(timeout=120_000)
         page.wait_for_function(f"() => ({POINTS_JS})() == 8")  # plotly redraws just after the text
         snap(page, "train")

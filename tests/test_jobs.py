@@ -17,8 +17,8 @@ import pytest
 
 from mixsep import MixsepError, TrainConfig
 from mixsep.jobs import JobRegistry
-from mixsep.runs import live_state, read_metrics
-from mixsep.train import list_checkpoints, read_status
+from mixsep.run import list_checkpoints, live_status, read_status
+from mixsep.runs import read_metrics
 
 FAKE_TRAINER = r'''
 import json, os, signal, sys, time
@@ -183,7 +183,7 @@ def test_killed_worker_is_noticed(tmp_path, tiny_config, fake_python, jobs_of):
     os.kill(jobs._pid, signal.SIGKILL)
     state = jobs.wait(10)
     assert state.state == "failed" and "killed by signal 9" in state.message
-    assert live_state(run)["state"] == "failed"
+    assert live_status(run)["state"] == "failed"
 
 
 def test_interrupted_run_reads_interrupted(tmp_path, tiny_config, fake_python, jobs_of):
@@ -192,7 +192,7 @@ def test_interrupted_run_reads_interrupted(tmp_path, tiny_config, fake_python, j
     run.mkdir(parents=True)
     tiny_config.save(run / "config.json")
     (run / "status.json").write_text('{"state": "running", "pid": 999999999, "step": 4, "total_steps": 6}')
-    assert live_state(run)["state"] == "interrupted"
+    assert live_status(run)["state"] == "interrupted"
     jobs = jobs_of(tmp_path / "runs", python=fake_python, env=fake_env("train"))
     assert jobs.running() is None  # not adopted
     jobs.start(tiny_config)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mixsep import MixsepError, TrainConfig
+from mixsep import run as R
 from mixsep import train as T
 from mixsep.data import mix
 from mixsep.model import MODELS, FaithfulSeparator, build_model, feasible_interval
@@ -166,11 +167,11 @@ def test_a_checkpoint_of_the_two_decoder_layout_loads_and_gives_the_same_outputs
     assert state["cifar_head.layers.4.weight"].shape == (128, 64, 4, 4)
     assert state["cifar_head.layers.6.bias"].shape == (3,)
     path = tmp_path / "run" / "checkpoints" / "last.pt"
-    T.save_checkpoint(path, plain, TrainConfig(model="faithful"), step=5, epoch=0)
+    R.save_checkpoint(path, plain, TrainConfig(model="faithful"), step=5, epoch=0)
     loaded, _, info = T.load_run_model(tmp_path / "run")  # the default form, whichever it is
     assert isinstance(loaded, FaithfulSeparator) and info["step"] == 5
     grouped = FaithfulSeparator(pretrained=False, grouped=True)
-    T.load_model_state(grouped, T.read_checkpoint(path)["model"], path, "faithful")
+    T.load_model_state(grouped, R.read_checkpoint(path)["model"], path, "faithful")
     assert loaded.state_dict().keys() == grouped.state_dict().keys() == state.keys()
     _, _, mean = real_mixture(3, seed=3)
     with torch.no_grad():

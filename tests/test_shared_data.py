@@ -1,7 +1,6 @@
 """The real data in ../shared/data, when present: exact reads and a few real training steps."""
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest

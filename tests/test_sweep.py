@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import conftest
 from conftest import make_data_root, write_cifar_batch, write_idx
 
 from mixsep import MixsepError
@@ -181,12 +182,28 @@ def study_of(runs: Path, name: str):
 
 
 def wait_for(cond, timeout: float = 240.0, what: str = "condition"):
+    conftest.wait_for(cond, timeout, what, interval=0.2)
+
+
+def frozen_when(proc: subprocess.Popen, cond, timeout: float = 240.0, what: str = "condition") -> None:
+    """Run ``proc`` in short slices (SIGCONT, sleep, SIGSTOP) until ``cond`` holds while it is stopped.
+
+    A tiny trial can finish between a poll and a kill; checked while the process is stopped, the
+    condition still holds when the kill lands, on a fast machine as on a slow one.
+    """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    try:
+        while time.monotonic() < deadline:
+            proc.send_signal(signal.SIGSTOP)
+            if cond():
+                return
+            assert proc.poll() is None, f"the process ended before {what}"
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(0.005)
+        raise AssertionError(f"timed out waiting for {what}")
+    except BaseException:
+        proc.send_signal(signal.SIGCONT)
+        raise
 
 
 def metric_rows(run: Path) -> int:
@@ -201,12 +218,21 @@ def test_study_on_the_journal_survives_a_killed_worker_prunes_and_its_best_trial
 
     data = make_data_root(tmp_path / "data")
     runs = tmp_path / "runs"
-    args = sweep_args(data, runs, "--study", "demo", "--trials", "6", "--space", "lr=1e-5:1e-1:log", *TINY)
-    worker = subprocess.Popen([sys.executable, "-m", "mixsep", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    args = sweep_args(data, runs, "--study", "demo", "--trials", "6", "--space", "lr=1e-5:1e-1:log", *TINY,
+                      "--epochs", "3")
+    worker = subprocess.Popen([sys.executable, "-m", "mixsep", *args], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = runs / "demo" / "trial-0000"
-    wait_for(lambda: (first / "checkpoints" / "last.pt").is_file() or worker.poll() is not None, what="a checkpoint")
-    worker.kill()  # SIGKILL mid-trial: no chance to clean up
+
+    def mid_trial() -> bool:
+        try:
+            return (first / "checkpoints" / "last.pt").is_file() and \
+                json.loads((first / "status.json").read_text())["state"] == "running"
+        except (OSError, ValueError, KeyError):
+            return False
+
+    frozen_when(worker, mid_trial, what="trial 0 between its first checkpoint and its end")
+    worker.kill()  # SIGKILL mid-trial (it is frozen there): no chance to clean up
     worker.communicate()
     assert (runs / JOURNAL).is_file() and json.loads((first / "status.json").read_text())["state"] == "running"
     assert study_of(runs, "demo").trials[0].state == TrialState.RUNNING  # what a dead worker leaves behind

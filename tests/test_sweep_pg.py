@@ -15,10 +15,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
+import conftest
 from conftest import make_data_root
 
 from mixsep.cli import build_parser
@@ -78,12 +78,7 @@ def postgres():
 
 
 def wait_for(cond, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+    conftest.wait_for(cond, timeout, what, interval=0.5)  # each poll queries the database
 
 
 def test_two_workers_share_a_study_and_one_finishes_it_when_the_other_is_killed(postgres, tmp_path):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mixsep import MixsepError, TrainConfig
+from mixsep import run as R
 from mixsep import train as T
 from mixsep.data import load_pairs, to_float
 from mixsep.model import build_model
@@ -30,8 +31,8 @@ def test_step_results_and_run_folder(tiny_config, tmp_path):
     m = read_metrics(run)
     assert m["step"].tolist() == [1, 2, 3, 4, 5, 6]
     assert m["loss"].tolist() == pytest.approx([x.loss for x in results])
-    assert T.read_status(run)["state"] == "finished"
-    assert [p.name for p in T.list_checkpoints(run)] == ["last.pt", "epoch-1.pt"]
+    assert R.read_status(run)["state"] == "finished"
+    assert [p.name for p in R.list_checkpoints(run)] == ["last.pt", "epoch-1.pt"]
 
 
 def test_seeded_runs_repeat_exactly(tiny_config, tmp_path):
@@ -59,8 +60,8 @@ def test_resume_continues_where_it_stopped(tiny_config, tmp_path):
     cfg = dataclasses.replace(tiny_config, epochs=2)
     for r in T.train_steps(cfg, run):
         if r.step == 4:
-            T.request_stop(run)  # as the dashboard's Stop button does
-    assert T.read_status(run)["state"] == "stopped" and read_metrics(run)["step"].max() == 4
+            R.request_stop(run)  # as the dashboard's Stop button does
+    assert R.read_status(run)["state"] == "stopped" and read_metrics(run)["step"].max() == 4
     rest = [r for r in T.train_steps(cfg, run)]
     assert rest[0].step == 5 and rest[-1].step == 12
     # same seed, same order: the resumed run reproduces the uninterrupted one
@@ -94,9 +95,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, t
         for r in T.train_steps(tiny_config, run):
             seen.append(r.step)
     assert seen == [1, 2, 3]
-    status = T.read_status(run)
+    status = R.read_status(run)
     assert status["state"] == "failed" and "last good checkpoint (step 2)" in status["message"]
-    assert T.read_checkpoint(run / "checkpoints" / "last.pt")["step"] == 2
+    assert R.read_checkpoint(run / "checkpoints" / "last.pt")["step"] == 2
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -127,10 +128,10 @@ def test_corrupt_checkpoint(tmp_path):
 
 def test_checkpoint_of_another_architecture(tiny_config, tmp_path):
     other = torch.nn.Sequential(torch.nn.Linear(3, 3))
-    T.save_checkpoint(tmp_path / "checkpoints" / "last.pt", other, tiny_config, 1, 0)
+    R.save_checkpoint(tmp_path / "checkpoints" / "last.pt", other, tiny_config, 1, 0)
     with pytest.raises(MixsepError, match=f"does not fit the '{tiny_config.model}' architecture"):
         T.load_run_model(tmp_path)
-    state = T.read_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    state = R.read_checkpoint(tmp_path / "checkpoints" / "last.pt")
     state["config"]["model"] = "from-the-future"
     torch.save(state, tmp_path / "checkpoints" / "last.pt")
     with pytest.raises(MixsepError, match="does not know"):
@@ -149,9 +150,9 @@ def test_time_budget_stops_cleanly(tiny_config, tmp_path):
     cfg = dataclasses.replace(tiny_config, epochs=50, max_minutes=1e-6)
     steps = [r.step for r in T.train_steps(cfg, tmp_path / "run")]
     assert steps == [1]
-    st = T.read_status(tmp_path / "run")
+    st = R.read_status(tmp_path / "run")
     assert st["state"] == "finished" and "time budget" in st["message"]
-    assert T.read_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 1
+    assert R.read_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 1
 
 
 def test_onecycle_schedule_warms_up_and_decays():

@@ -10,6 +10,7 @@ import dataclasses
 import pytest
 
 from mixsep import MixsepError
+from mixsep import run as R
 from mixsep import train as T
 from mixsep.runs import read_metrics
 
@@ -28,8 +29,8 @@ def test_reading_late_gives_the_same_steps_rows_and_checkpoints(tiny_config, tmp
     assert [r.loss for r in results] == sync  # the same maths, only read later
     assert all(r.samples_per_s > 0 for r in results)
     assert read_metrics(tmp_path / "late")["step"].tolist() == list(range(1, 9))
-    assert [p.name for p in T.list_checkpoints(tmp_path / "late")] == ["last.pt", "epoch-2.pt", "epoch-1.pt"]
-    assert T.read_checkpoint(tmp_path / "late" / "checkpoints" / "last.pt")["step"] == 8
+    assert [p.name for p in R.list_checkpoints(tmp_path / "late")] == ["last.pt", "epoch-2.pt", "epoch-1.pt"]
+    assert R.read_checkpoint(tmp_path / "late" / "checkpoints" / "last.pt")["step"] == 8
 
 
 def test_reading_late_stops_one_step_later_and_checkpoints_it(tiny_config, tmp_path):
@@ -39,10 +40,10 @@ def test_reading_late_stops_one_step_later_and_checkpoints_it(tiny_config, tmp_p
     for r in late(cfg, run).steps():
         seen.append(r.step)
         if r.step == 2:
-            T.request_stop(run)  # step 3 is already queued when step 2 is read
+            R.request_stop(run)  # step 3 is already queued when step 2 is read
     assert seen == [1, 2, 3]
-    assert T.read_status(run)["state"] == "stopped"
-    assert T.read_checkpoint(run / "checkpoints" / "last.pt")["step"] == 3
+    assert R.read_status(run)["state"] == "stopped"
+    assert R.read_checkpoint(run / "checkpoints" / "last.pt")["step"] == 3
 
 
 def test_reading_late_keeps_the_last_good_checkpoint(tiny_config, tmp_path, monkeypatch):
@@ -58,5 +59,5 @@ def test_reading_late_keeps_the_last_good_checkpoint(tiny_config, tmp_path, monk
         for r in late(tiny_config, run).steps():
             seen.append(r.step)
     assert seen == [1, 2, 3]
-    assert T.read_status(run)["state"] == "failed"
-    assert T.read_checkpoint(run / "checkpoints" / "last.pt")["step"] == 2
+    assert R.read_status(run)["state"] == "failed"
+    assert R.read_checkpoint(run / "checkpoints" / "last.pt")["step"] == 2
