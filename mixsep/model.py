@@ -11,7 +11,6 @@ import warnings
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.models import ResNet18_Weights, resnet18
 
 from .errors import MixsepError
 
@@ -28,7 +27,13 @@ class PretrainedWeightsUnavailable(UserWarning):
 
 
 def resnet18_backbone(pretrained: bool) -> tuple[nn.Module, bool]:
-    """torchvision's ResNet-18, ImageNet weights when they can be had (cached by torch.hub)."""
+    """torchvision's ResNet-18, ImageNet weights when they can be had (cached by torch.hub).
+
+    torchvision is imported here, not with the module: importing it costs seconds (it pulls in
+    torch._dynamo), which every command and test that never builds the faithful model saved.
+    """
+    from torchvision.models import ResNet18_Weights, resnet18
+
     if pretrained:
         try:
             return resnet18(weights=ResNet18_Weights.IMAGENET1K_V1), True
