@@ -2,20 +2,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
 import math
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from mixsep import MixsepError, TrainConfig
-from mixsep.cli import build_parser
+from mixsep.cli import build_parser, main
 from mixsep.config import GROUPS, add_train_flags, config_from_args, setting_by_name, settings
 from mixsep.model import MODELS
 
@@ -195,10 +195,18 @@ def test_load_refuses_files_that_are_not_configs(tmp_path, text, match):
 
 
 def mixsep_train(tmp_path, *args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MIXSEP_CACHE_DIR": str(tmp_path / "cache")}
-    return subprocess.run([sys.executable, "-m", "mixsep", "train", "--runs-dir", str(tmp_path / "runs"),
-                           "--data-root", str(tmp_path / "no-data"), "--quiet", *args],
-                          capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    """`mixsep train ...` through the CLI's main in this process (a bad value is refused before any
+    training; test_cli runs the real `python -m mixsep` for the traceback-free exit), as a finished process."""
+    argv = ["train", "--runs-dir", str(tmp_path / "runs"), "--data-root", str(tmp_path / "no-data"), "--quiet", *args]
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        mp.setenv("MIXSEP_CACHE_DIR", str(tmp_path / "cache"))
+        mp.chdir(tmp_path)
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse's own refusals
+            code = e.code
+    return subprocess.CompletedProcess(["mixsep", *argv], code, out.getvalue(), err.getvalue())
 
 
 def assert_one_sentence(p: subprocess.CompletedProcess, match: str, tmp_path: Path) -> None:

@@ -171,15 +171,15 @@ def test_model_output_shapes_and_range(data_root):
     assert 0 <= mh.min() and mh.max() <= 1  # sigmoid outputs are valid images
 
 
-def test_pretrained_falls_back_with_one_warning(monkeypatch):
+def test_pretrained_falls_back_with_one_warning(monkeypatch, tmp_path):
     import mixsep.model as Mo
 
-    def offline(*a, **k):
-        if k.get("weights") is not None:
-            raise OSError("no network")
-        return real(*a, **k)
-    real = Mo.resnet18
-    monkeypatch.setattr(Mo, "resnet18", offline)
+    # a real failed download: an empty weights cache and a proxy on a closed local port
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
     with pytest.warns(Mo.PretrainedWeightsUnavailable, match="random initialisation"):
         model = Mo.build_model("faithful", pretrained=True)
     assert model.encoder.pretrained_loaded is False
