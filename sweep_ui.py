@@ -18,6 +18,7 @@ from mixsep.sweep import STORAGE_ENV, SweepRegistry, check_storage, open_storage
 from ui_settings import setting_widget
 
 BUDGET = ("epochs", "train_size", "max_minutes")  # the per-trial budget, fixed for every trial
+SHARED = ("pretrained",)  # other settings every trial shares, drawn with the Train page's widget
 
 
 @st.cache_resource(show_spinner=False)
@@ -70,8 +71,13 @@ def space_widgets() -> tuple[list[str], list[str]]:
 
 
 def budget_widgets() -> list[str]:
-    """The per-trial budget (epochs, training pairs, time limit) as fixed flags."""
+    """The per-trial budget (epochs, training pairs, time limit) and the shared settings, as fixed flags."""
     flags = []
+    for name in SHARED:
+        s = setting_by_name(name)
+        v = setting_widget(s, "sweep_")
+        if v != s.default:
+            flags.append(s.flag if v else "--no-" + s.flag.removeprefix("--"))
     for name in BUDGET:
         s = setting_by_name(name)
         if s.widget:

@@ -19,7 +19,7 @@
 5. What else was tried on the bare step and for evaluation: threads, NCHW against channels_last,
    inference_mode against no_grad.
 6. Evaluation throughput: mixsep.metrics.evaluate over the test split.
-7. One U-Net run (the quality preset, its one-cycle schedule sized to this mode's time cap),
+7. One U-Net run (--quality-model, default unet_fraction; the quality preset, its one-cycle schedule sized to this mode's time cap),
    counting time inside the training generator only: time to 22.2 dB MNIST PSNR on the test
    pairs (the public clone's 30-epoch figure), and time to 30 dB mean PSNR for both sources on
    validation pairs carved from the training data (held out of this run's training).
@@ -339,8 +339,8 @@ def carve_validation(root: Path, n: int, repair: bool, seed: int) -> tuple[PairD
 
 def unet_config(args, train_size: int) -> TrainConfig:
     """The quality preset, its one-cycle schedule sized to this mode's time cap (as quality.py sizes it to --minutes)."""
-    preset = dict(PRESETS["unet"])
-    cfg = TrainConfig(data_root=args.data_root, model="unet", pretrained=False, device=args.device, seed=0,
+    preset = dict(PRESETS[args.quality_model])
+    cfg = TrainConfig(data_root=args.data_root, model=args.quality_model, pretrained=False, device=args.device, seed=0,
                       checkpoint_every=10_000, max_minutes=args.target_cap_s / 60, train_size=train_size,
                       **(preset | {"epochs": 1}))
     if args.dry_run:
@@ -357,7 +357,7 @@ def time_to_targets(args, work: Path) -> dict:
     """One U-Net run, polled every poll_steps: seconds to TARGET_DB MNIST PSNR on the test pairs and to
     QUALITY_DB for both sources on the validation pairs; the clock runs only inside the generator."""
     root = Path(args.data_root)
-    train, val = carve_validation(root, args.val_pairs, PRESETS["unet"]["repair"], seed=0)
+    train, val = carve_validation(root, args.val_pairs, PRESETS[args.quality_model]["repair"], seed=0)
     cfg = unet_config(args, len(train))
     training = Training(cfg, work / "target", data=train)
     test = load_pairs(root, "test")
@@ -381,7 +381,7 @@ def time_to_targets(args, work: Path) -> dict:
             if db >= target and name not in reached:
                 reached[name] = clock
         curve.append(point)
-        print(f"  unet step {r.step}/{training.total_steps}: {clock:.0f} s, test MNIST PSNR "
+        print(f"  {cfg.model} step {r.step}/{training.total_steps}: {clock:.0f} s, test MNIST PSNR "
               f"{point['psnr_for_22db']:.2f} dB, validation PSNR (worse source) {point['psnr_for_30db']:.2f} dB",
               file=sys.stderr, flush=True)
     gen.close()
@@ -417,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="measure torch.compile of the whole step in --quick too")
     p.add_argument("--dashboard", action="store_true", help="measure dashboard_overhead in --quick too (needs Chromium)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
+    p.add_argument("--quality-model", choices=[m for m in PRESETS if m != "faithful"], default="unet_fraction",
+                   help="the U-Net of the time-to-22/30-dB run (default unet_fraction; unet gives the figures before it)")
     p.add_argument("--rounds", type=int, default=0,
                    help="alternating rounds per comparison; 0 = the mode's (3 quick, 5 full); more steadies the medians on a busy machine")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the loops run (default cpu)")
@@ -511,7 +513,7 @@ def main(argv=None) -> int:
             target = time_to_targets(args, work)
             for name, what in (("time_to_22db_s", f"{TARGET_DB} dB MNIST PSNR on the test pairs"),
                                ("time_to_30db_s", f"{QUALITY_DB:.0f} dB PSNR, both sources, on {target['validation_pairs']} validation pairs")):
-                print(f"time to {what} (unet, {target['config']['epochs']}-epoch schedule): "
+                print(f"time to {what} ({args.quality_model}, {target['config']['epochs']}-epoch schedule): "
                       + (f"{target[name]:.0f} s" if math.isfinite(target[name]) else f"not reached within {target['clock_s']:.0f} s"))
         dash, dash_how = dashboard_figure(args)
         print("dashboard overhead (Train page in headless Chromium vs none): "
