@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import signal
 import time
 from pathlib import Path
 
@@ -20,6 +21,27 @@ def wait_for(predicate, timeout: float = 60.0, what: str = "condition", interval
             return
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def frozen_when(proc, cond, timeout: float = 240.0, what: str = "condition", slice_s: float = 0.005) -> None:
+    """Run ``proc`` in short slices (SIGCONT, sleep, SIGSTOP) until ``cond`` holds while it is stopped.
+
+    A tiny trial can finish between a poll and a kill; checked while the process is stopped, the
+    condition still holds when the kill lands, on a fast machine as on a slow one.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            proc.send_signal(signal.SIGSTOP)
+            if cond():
+                return
+            assert proc.poll() is None, f"the process ended before {what}"
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(slice_s)
+        raise AssertionError(f"timed out waiting for {what}")
+    except BaseException:
+        proc.send_signal(signal.SIGCONT)
+        raise
 
 
 def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> None:

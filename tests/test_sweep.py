@@ -185,27 +185,6 @@ def wait_for(cond, timeout: float = 240.0, what: str = "condition"):
     conftest.wait_for(cond, timeout, what, interval=0.2)
 
 
-def frozen_when(proc: subprocess.Popen, cond, timeout: float = 240.0, what: str = "condition") -> None:
-    """Run ``proc`` in short slices (SIGCONT, sleep, SIGSTOP) until ``cond`` holds while it is stopped.
-
-    A tiny trial can finish between a poll and a kill; checked while the process is stopped, the
-    condition still holds when the kill lands, on a fast machine as on a slow one.
-    """
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            proc.send_signal(signal.SIGSTOP)
-            if cond():
-                return
-            assert proc.poll() is None, f"the process ended before {what}"
-            proc.send_signal(signal.SIGCONT)
-            time.sleep(0.005)
-        raise AssertionError(f"timed out waiting for {what}")
-    except BaseException:
-        proc.send_signal(signal.SIGCONT)
-        raise
-
-
 def metric_rows(run: Path) -> int:
     try:
         return max(0, len((run / "metrics.csv").read_text().splitlines()) - 1)
@@ -231,7 +210,7 @@ def test_study_on_the_journal_survives_a_killed_worker_prunes_and_its_best_trial
         except (OSError, ValueError, KeyError):
             return False
 
-    frozen_when(worker, mid_trial, what="trial 0 between its first checkpoint and its end")
+    conftest.frozen_when(worker, mid_trial, what="trial 0 between its first checkpoint and its end")
     worker.kill()  # SIGKILL mid-trial (it is frozen there): no chance to clean up
     worker.communicate()
     assert (runs / JOURNAL).is_file() and json.loads((first / "status.json").read_text())["state"] == "running"
