@@ -66,7 +66,7 @@ def space_widgets() -> tuple[list[str], list[str]]:
         elif len(values) >= 2:
             space.append(f"{name}={values[0]:g}:{values[1]:g}")
         elif values:
-            fixed += [s.flag, str(values[0])]
+            fixed += s.argv(values[0])
     return space, fixed
 
 
@@ -77,7 +77,7 @@ def budget_widgets() -> list[str]:
         s = setting_by_name(name)
         v = setting_widget(s, "sweep_")
         if v != s.default:
-            flags.append(s.flag if v else "--no-" + s.flag.removeprefix("--"))
+            flags += s.argv(v)
     for name in BUDGET:
         s = setting_by_name(name)
         if s.widget:
@@ -86,7 +86,7 @@ def budget_widgets() -> list[str]:
             v = st.number_input(s.label + " per trial", 0.0, 24 * 60.0, 0.0, 1.0, key="sweep_" + name,
                                 help=s.help + " (0 = no limit)")
         if v != s.default:
-            flags += [s.flag, str(v)]
+            flags += s.argv(v)
     return flags
 
 

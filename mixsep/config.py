@@ -62,6 +62,12 @@ class Setting:
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
+    def argv(self, value) -> list[str]:
+        """The command-line words that set this setting to ``value``, in add_train_flags' form."""
+        if self.type is bool:
+            return [self.flag if value else "--no-" + self.flag.removeprefix("--")]
+        return [self.flag, str(value)]
+
     @property
     def categorical(self) -> bool:
         """A sweep of this setting picks among listed values rather than from a numeric range."""

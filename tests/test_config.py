@@ -49,6 +49,13 @@ def test_every_field_has_exactly_one_flag_with_its_default():
             assert f"--no-{s.flag[2:]}" in a.option_strings
 
 
+def test_setting_argv_is_read_back_by_the_train_flags():
+    for s in settings():
+        for value in ((True, False) if s.type is bool else (s.default,)):
+            args = build_parser().parse_args(["train", *s.argv(value)])
+            assert getattr(args, s.name) == value, (s.name, s.argv(value))
+
+
 def test_todays_flag_names_and_defaults_are_kept():
     by_flag = {o: a for a in train_actions().values() for o in a.option_strings}
     for flag, default in TODAYS_FLAGS.items():
