@@ -19,15 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import command_line, machine, machine_line
+from benchlib import command_line, machine, machine_line, set_threads
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 def cpu_seconds_of_children() -> float:
@@ -63,7 +57,7 @@ def main(argv=None) -> int:
     if args.workers < 2 or args.trials < 1 or args.rounds < 1:
         p.error("--workers must be at least 2, --trials and --rounds at least 1")
     print(command_line())
-    print(machine_line(machine(torch_threads())))
+    print(machine_line(machine(set_threads(0))))  # torch's default: what one worker uses
     times: dict[int, list[tuple[float, float]]] = {1: [], args.workers: []}
     for r in range(args.rounds):
         order = (1, args.workers) if r % 2 == 0 else (args.workers, 1)
