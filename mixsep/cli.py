@@ -164,17 +164,38 @@ def _train(args, cfg: TrainConfig, run) -> int:
         print(f"warning: {w.message}", file=sys.stderr)
     print(f"run folder: {run_dir}", file=sys.stderr)
     bar = tqdm(total=training.total_steps, initial=training.step, disable=args.quiet, unit="step", file=sys.stderr)
-    r = None
-    for r in training.steps():
+
+    def each(r):
         bar.update(1)
         bar.set_postfix(loss=f"{r.loss:.4f}", mnist=f"{r.loss_mnist:.4f}", cifar=f"{r.loss_cifar:.4f}",
                         sps=f"{r.samples_per_s:.0f}")
+    r = follow(training.steps(), each)
     bar.close()
     if r is not None:
         print(f"final step {r.step}/{r.total_steps}: loss {r.loss:.4f} (mnist {r.loss_mnist:.4f}, cifar {r.loss_cifar:.4f})",
               file=sys.stderr)
     print(run_dir)
     return 0
+
+
+def follow(steps, each):
+    """Run ``each`` on every step of a training loop; the last step's result (None when there was none).
+
+    A second Ctrl-C raises KeyboardInterrupt wherever it lands. One that lands here, between steps,
+    is thrown into the loop, which records the force-quit as it does for one that lands inside it
+    (merely closing the loop would record "stopped by its caller").
+    """
+    r = None
+    try:
+        for r in steps:
+            each(r)
+    except KeyboardInterrupt:
+        try:
+            steps.throw(KeyboardInterrupt)
+        except (KeyboardInterrupt, StopIteration):
+            pass
+        raise
+    return r
 
 
 def _load_model(args):

@@ -169,6 +169,25 @@ def test_second_ctrl_c_quits_at_once(small_config, tmp_path):
     assert temps_in(run) == []  # a checkpoint cut short leaves nothing behind
 
 
+def test_second_ctrl_c_between_steps_is_recorded_as_a_force_quit(small_config, tmp_path):
+    # the CLI's handler raises KeyboardInterrupt wherever the main thread is; here it lands in the
+    # CLI's own code between two steps, outside the training loop
+    from mixsep.cli import follow
+
+    run = tmp_path / "run"
+    training = T.Training(dataclasses.replace(small_config, epochs=400, checkpoint_every=2), run)
+
+    def each(r):
+        if r.step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        follow(training.steps(), each)
+    status = R.read_status(run)
+    assert status["state"] == "stopped" and "force-quit" in status["message"] and status["step"] == 2
+    assert R.read_checkpoint(R.last_checkpoint(run))["step"] == 2 and temps_in(run) == []
+
+
 def test_one_ctrl_c_finishes_the_step_and_checkpoints(small_config, tmp_path):
     cfg_file = tmp_path / "cfg.json"
     cfg_file.write_text(json.dumps(dataclasses.replace(small_config, epochs=400, checkpoint_every=10_000).to_dict()))
