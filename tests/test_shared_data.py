@@ -27,8 +27,9 @@ def test_real_files_decode_exactly():
 
 
 def test_a_few_real_training_steps_lower_the_loss(tmp_path):
-    cfg = TrainConfig(data_root=str(SHARED_DATA), train_size=256, batch_size=32, epochs=3, pretrained=False,
+    # the unet (about 4x cheaper a step than ResNet-18; tests/test_model.py trains the faithful model)
+    cfg = TrainConfig(data_root=str(SHARED_DATA), model="unet", train_size=256, batch_size=32, epochs=2, pretrained=False,
                       device="cpu", lr=2e-3, checkpoint_every=100)
     losses = [r.loss for r in train_steps(cfg, tmp_path / "run")]
-    assert len(losses) == 24 and np.mean(losses[-4:]) < np.mean(losses[:4])
+    assert len(losses) == 16 and np.mean(losses[-4:]) < np.mean(losses[:4])
     assert len(load_pairs(SHARED_DATA, "test")) == 1000  # 1,000 CIFAR test images pair with the first 1,000 digits
