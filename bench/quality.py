@@ -153,6 +153,8 @@ def main(argv=None) -> int:
         if args.holdout:
             size, held = holdout_pairs(Path(args.data_root), args.holdout)
             cfg.train_size = size
+        # the files it is scored on are read first: a wrong path stops here, not after a 15-minute run
+        test = load_pairs(Path(args.data_root), "test", mnist_path=args.mnist_test, cifar_path=args.cifar_test)
         print(f"command: {command_line()}")
         t0 = time.perf_counter()
         if PRESETS[cfg.model]["epochs"] == "auto" and args.epochs is None and not args.dry_run:
@@ -163,7 +165,6 @@ def main(argv=None) -> int:
         print(f"config: {json.dumps(cfg.to_dict())}")
         training, minutes, ended = train(cfg, run_dir)
         print(f"trained {training.step} steps ({training.step * cfg.batch_size} samples) in {minutes:.2f} min: {ended}")
-        test = load_pairs(Path(args.data_root), "test", mnist_path=args.mnist_test, cifar_path=args.cifar_test)
         count = 32 if args.dry_run else 0
         calib = calibration_pairs(training)
         results = {"command": command_line(), "run_dir": str(run_dir), "config": cfg.to_dict(),

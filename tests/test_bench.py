@@ -49,6 +49,7 @@ def test_quality_dry_run_prints_the_quality_line(bench, data_root, tmp_path, cap
     assert 0 < summary["cifar_ssim_valid"] <= 1 and summary["cifar_ssim_valid"] != summary["cifar_ssim"]
 
 
+@pytest.mark.heavy(20)
 def test_quality_scores_the_files_it_is_given(bench, data_root, tmp_path, capsys):
     quality = bench("quality")
     mnist = data_root / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
@@ -67,8 +68,10 @@ def test_quality_bad_arguments_get_one_sentence(bench, data_root, tmp_path, caps
     quality = bench("quality")
     rc = quality.main(["--data-root", str(data_root), "--dry-run", "--runs-dir", str(tmp_path / "runs"), *extra])
     assert rc == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # refused before any training, not after it
 
 
+@pytest.mark.heavy(30)
 def test_run_dry_run_prints_the_bench_line(bench, data_root, tmp_path, capsys):
     run = bench("run")
     rc = run.main(["--data-root", str(data_root), "--dry-run", "--profile", "--json", str(tmp_path / "b.json")])
