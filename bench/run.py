@@ -431,7 +431,7 @@ def settings(args) -> argparse.Namespace:
     """Sizes for the three modes; the full run times more rounds, compiles and watches the dashboard."""
     if args.dry_run:
         args.quick = True
-        s = dict(batch_size=8, steps=1, rounds=1, eval_count=16, target_cap_s=5, poll_steps=2, peak_n=256,
+        s = dict(batch_size=8, steps=1, rounds=1, eval_count=16, target_cap_s=2, poll_steps=2, peak_n=256,
                  val_pairs=16, profile_rows=8, dashboard_history=0)
     elif args.quick:
         s = dict(batch_size=64, steps=3, rounds=3, eval_count=1000, target_cap_s=100, poll_steps=25, peak_n=2048,
