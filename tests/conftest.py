@@ -13,6 +13,20 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def pytest_collection_modifyitems(config, items):
+    """The heavy tests first, the heaviest first, the rest in file order.
+
+    pytest-xdist hands tests out in order; a long test left for the end keeps one worker busy
+    while the other has nothing to do. Sent first, the long ones share the two workers and the
+    many short ones even out the end.
+    """
+    def cpu_s(item):
+        mark = item.get_closest_marker("heavy")
+        return mark.args[0] if mark else 0
+
+    items.sort(key=cpu_s, reverse=True)  # stable: equal weights (the short tests) keep their order
+
+
 def wait_for(predicate, timeout: float = 60.0, what: str = "condition", interval: float = 0.05) -> None:
     """Poll ``predicate`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

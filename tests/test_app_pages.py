@@ -217,6 +217,7 @@ def test_sliders_change_the_config(app_env):
     assert at.session_state["train_config"] == cfg
 
 
+@pytest.mark.heavy(13)
 def test_start_live_curves_reload_second_tab_stop(app_env):
     data, runs = app_env
     at = open_page("pages/1_Train.py")

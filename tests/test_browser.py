@@ -94,6 +94,7 @@ PARCOORDS_JS = """() => {
 }"""
 
 
+@pytest.mark.heavy(100)
 def test_dashboard_in_a_real_browser(server):
     reason = _skip_reason()
     if reason and os.environ.get("MIXSEP_REQUIRE_BROWSER"):

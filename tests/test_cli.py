@@ -106,6 +106,7 @@ def test_corrupt_checkpoint_via_cli(capsys, data_root, tmp_path):
     assert "truncated or corrupt" in capsys.readouterr().err
 
 
+@pytest.mark.heavy(10)
 def test_python_dash_m_prints_no_traceback(tmp_path):
     """The real entry point, as a user types it."""
     env = {**os.environ, "MIXSEP_CACHE_DIR": str(tmp_path / "c")}

@@ -131,6 +131,7 @@ def faithful_pair(seed: int = 0):
     return plain, grouped
 
 
+@pytest.mark.heavy(12)
 def test_grouped_decoders_are_the_same_function_outputs_gradients_and_optimiser_state():
     plain, grouped = faithful_pair()
     mnist, cifar, mean = real_mixture(4, seed=1)

@@ -54,6 +54,7 @@ def wait_for(cond, timeout=60.0, what="condition"):
 # --------------------------------------------------------------------------- kills
 
 
+@pytest.mark.heavy(130)
 def test_sigkill_at_random_moments_loses_and_repeats_nothing(small_config, tmp_path):
     """At least 20 SIGKILLs of a real trainer (before its first checkpoint, while a checkpoint is
     written, mid-steps, during a resume); each time the folder is consistent, and the resumed
@@ -150,6 +151,7 @@ def test_metrics_rewrite_is_atomic(tmp_path):
     assert steps_in(run) == [1, 2, 3, 4, 5] and (run / "metrics.csv").stat().st_ino != inode
 
 
+@pytest.mark.heavy(10)
 def test_second_ctrl_c_quits_at_once(small_config, tmp_path):
     # the faithful model: its step and its 139 MB checkpoint leave time for a second Ctrl-C
     cfg = dataclasses.replace(small_config, model="faithful", batch_size=16, epochs=400, checkpoint_every=10_000)
@@ -204,6 +206,7 @@ def test_one_ctrl_c_finishes_the_step_and_checkpoints(small_config, tmp_path):
 # --------------------------------------------------------------------------- concurrency and identity
 
 
+@pytest.mark.heavy(17)
 def test_two_trainers_on_one_run(small_config, tmp_path):
     cfg_file = tmp_path / "cfg.json"
     cfg_file.write_text(json.dumps(dataclasses.replace(small_config, epochs=400).to_dict()))
@@ -335,6 +338,7 @@ def test_disk_full_through_the_cli_exits_2_with_one_sentence(small_config, tmp_p
 # --------------------------------------------------------------------------- odd folders and names
 
 
+@pytest.mark.heavy(12)
 def test_run_dir_that_is_a_file_and_unwritable_runs_folder(small_config, tmp_path):
     cfg_file = tmp_path / "cfg.json"
     cfg_file.write_text(json.dumps(small_config.to_dict()))

@@ -129,6 +129,7 @@ def test_unet_fraction_is_the_unet_with_another_head():
     assert with_fraction.head == "fraction" and flops_per_sample(with_fraction) == flops_per_sample(unet)
 
 
+@pytest.mark.heavy(10)
 def test_unet_fraction_trains_and_reloads_from_its_run_folder(tiny_config, tmp_path):
     cfg = dataclasses.replace(tiny_config, model="unet_fraction", loss="log_mse", epochs=2)
     results = list(train_steps(cfg, tmp_path / "run"))

@@ -26,6 +26,7 @@ def test_real_files_decode_exactly():
     assert np.bincount(ctl.numpy()).tolist() == [1005, 974, 1032, 1016, 999, 937, 1030, 1001, 1025, 981]
 
 
+@pytest.mark.heavy(8)
 def test_a_few_real_training_steps_lower_the_loss(tmp_path):
     # the unet (about 4x cheaper a step than ResNet-18; tests/test_model.py trains the faithful model)
     cfg = TrainConfig(data_root=str(SHARED_DATA), model="unet", train_size=256, batch_size=32, epochs=2, pretrained=False,

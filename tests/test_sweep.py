@@ -192,6 +192,7 @@ def metric_rows(run: Path) -> int:
         return 0
 
 
+@pytest.mark.heavy(40)
 def test_study_on_the_journal_survives_a_killed_worker_prunes_and_its_best_trial_evaluates(tmp_path):
     from optuna.trial import TrialState
 
@@ -252,6 +253,7 @@ def test_study_on_the_journal_survives_a_killed_worker_prunes_and_its_best_trial
     assert json.loads((runs / "demo" / "sweep.json").read_text())["state"] == "finished"
 
 
+@pytest.mark.heavy(25)
 def test_two_workers_of_one_command_share_the_journal(tmp_path):
     from optuna.trial import TrialState
 
@@ -267,6 +269,7 @@ def test_two_workers_of_one_command_share_the_journal(tmp_path):
     assert Path(done.stdout.strip().splitlines()[-1]).parent == runs / "two"
 
 
+@pytest.mark.heavy(12)
 def test_stop_requeues_the_running_trial(tmp_path):
     from optuna.trial import TrialState
 
@@ -310,6 +313,7 @@ def page_env(tmp_path, monkeypatch):
         sweeps._proc.wait(10)
 
 
+@pytest.mark.heavy(12)
 def test_sweep_page_launches_a_study_and_shows_its_trials(page_env):
     from streamlit.testing.v1 import AppTest
 
