@@ -208,11 +208,12 @@ def cmd_evaluate(args) -> int:
     import pandas as pd
 
     from .data import calibration_pairs, load_pairs
-    from .metrics import evaluate
-    model, cfg, info = _load_model(args)
-    pairs = load_pairs(Path(args.data_root), "test", mnist_path=args.mnist_test, cifar_path=args.cifar_test)
     if args.samples < 0:
         raise MixsepError(f"--samples must be 0 (all) or positive (got {args.samples}).")
+    model, cfg, info = _load_model(args)
+    pairs = load_pairs(Path(args.data_root), "test", mnist_path=args.mnist_test, cifar_path=args.cifar_test)
+    from .metrics import evaluate  # torchmetrics takes seconds to import: a bad run or file is refused first
+
     result = evaluate(model, pairs, count=args.samples, batch_size=args.batch_size,
                       calibration=calibration_pairs(Path(args.data_root)))
     pd.set_option("display.width", 140)
