@@ -68,7 +68,7 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(small_config, tmp_p
     kills, moments = 0, []
     while True:
         proc = cli("--config", str(cfg_file), "--run-dir", str(run), "--quiet")
-        moment = rng.choice(["early", "steps", "checkpoint", "resume"]) if kills < 24 else "none"
+        moment = rng.choice(["early", "steps", "checkpoint", "resume"]) if kills < 20 else "none"
         before = len(steps_in(run))
         if moment == "early":  # anywhere from interpreter start to the first steps
             time.sleep(rng.uniform(0.0, 2.5))
