@@ -1,6 +1,6 @@
 """What watching costs: training samples/s with the Train page open in a real browser, against none.
 
-    python bench/dashboard_bench.py --data-root ../shared/data [--rounds 2] [--history 10000]
+    python bench/dashboard_bench.py --data-root ../shared/data [--rounds 2] [--history 10000] [--refresh "15 s"]
 
 One Streamlit server (`streamlit run dashboard.py`) serves a fresh runs folder for the whole
 bench. Each round trains a real `python -m mixsep train` child into that folder; rounds
@@ -13,6 +13,12 @@ between rows), so starting the process, loading data and the final checkpoint ar
 --history H starts each round as a resume of a run whose metrics.csv already holds H rows (and
 a checkpoint at step H): the page then shows a run of H + the round's steps, which is what a
 long run costs to watch. The rows stand in for a long run's history; only their count matters.
+
+--blank opens an empty tab (about:blank) in the watched rounds instead of the Train page: the
+overhead of a browser that is merely open, the floor under any page.
+
+--refresh picks the Train page's "Live updates" choice (2 s, 5 s, 15 s or Paused) as a user
+would click it; without it the page's default holds.
 
 Over each round's timed window the bench reads CPU seconds from /proc/<pid>/stat for the
 trainer, the server and every Chromium process, so the breakdown says who takes the cores.
@@ -140,21 +146,29 @@ def check_browser() -> None:
 
 
 class Watcher:
-    """The Train page open in headless Chromium for one round."""
+    """The Train page (or, with blank=True, an empty tab) open in headless Chromium for one round."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, refresh: str | None = None, blank: bool = False):
         from playwright.sync_api import sync_playwright
 
         self._pw = sync_playwright().start()
         self.browser = self._pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         self.page = self.browser.new_page(viewport={"width": 1280, "height": 900})
         self.page.set_default_timeout(120_000)
+        self.blank = blank
+        if blank:  # what an open browser costs by itself: the floor under any page
+            self.page.goto("about:blank")
+            return
         self.page.goto(f"{url}/Train")
         # the live fragment has drawn once: a run's heading or the "no run yet" hint
         self.page.locator("[data-testid=stHeading], [data-testid=stAlert]").first.wait_for()
+        if refresh:  # the page's "Live updates" choice, as a user would click it
+            self.page.get_by_test_id("stRadio").get_by_text(refresh, exact=True).click()
 
     def points(self) -> int:
         """Points in the loss chart's last trace as plotly.js holds them (0 before the first draw)."""
+        if self.blank:
+            return 0
         return self.page.evaluate("""() => {
           const g = document.querySelector('.js-plotly-plot');
           const t = g && g._fullData && g._fullData[g._fullData.length - 1];
@@ -198,7 +212,8 @@ def seed_history(run_dir: Path, config: TrainConfig, steps: int, template: Path)
 
 
 def train_round(name: str, runs_dir: Path, config: TrainConfig, warmup: int, history: int, template: Path,
-                watcher_url: str | None, server_pid: int, log) -> dict:
+                watcher_url: str | None, server_pid: int, log, refresh: str | None = None,
+                blank: bool = False) -> dict:
     """Train one run (watched or not) and time it from its own metrics; CPU seconds per process group."""
     run_dir = runs_dir / name
     if history:
@@ -207,7 +222,7 @@ def train_round(name: str, runs_dir: Path, config: TrainConfig, warmup: int, his
         seed_history(run_dir, config, history, template)
     run_dir.mkdir(parents=True, exist_ok=True)
     config.save(run_dir / "config.json")
-    watcher = Watcher(watcher_url) if watcher_url else None
+    watcher = Watcher(watcher_url, refresh, blank) if watcher_url else None
     child = None
     try:
         cmd = [sys.executable, "-m", "mixsep", "train", "--config", str(run_dir / "config.json"),
@@ -259,7 +274,8 @@ def train_round(name: str, runs_dir: Path, config: TrainConfig, warmup: int, his
 
 
 def measure(data_root: Path, *, model: str = "faithful", train_size: int = 2560, batch_size: int = 128,
-            epochs: int = 1, rounds: int = 2, warmup: int = 3, history: int = 0, log=print) -> dict:
+            epochs: int = 1, rounds: int = 2, warmup: int = 3, history: int = 0, refresh: str | None = None,
+            blank: bool = False, log=print) -> dict:
     """Alternating rounds A (no browser) and B (the Train page open); every figure of the comparison."""
     check_browser()
     config = TrainConfig(data_root=str(Path(data_root).resolve()), model=model, train_size=train_size,
@@ -276,7 +292,7 @@ def measure(data_root: Path, *, model: str = "faithful", train_size: int = 2560,
                 watched = i % 2 == 1
                 name = f"r{i // 2 + 1}-{'watched' if watched else 'alone'}"
                 results.append(train_round(name, runs_dir, config, warmup, history, work / "template",
-                                           url if watched else None, server.pid, log))
+                                           url if watched else None, server.pid, log, refresh, blank))
         finally:
             stop_process_group(server)
     alone = [r["samples_per_s"] for r in results if not r["watched"]]
@@ -294,7 +310,8 @@ def measure(data_root: Path, *, model: str = "faithful", train_size: int = 2560,
             "server_cores": mean_cores("server", True), "browser_cores": mean_cores("browser", True),
             "trainer_cores_with": mean_cores("trainer", True), "trainer_cores_without": mean_cores("trainer", False),
             "config": {"model": model, "train_size": train_size, "batch_size": batch_size, "epochs": epochs,
-                       "rounds": rounds, "warmup": warmup, "history": history}}
+                       "rounds": rounds, "warmup": warmup, "history": history, "refresh": refresh or "page default",
+                       "watched": "an empty tab" if blank else "the Train page"}}
 
 
 def dashboard_overhead(data_root: Path, **kwargs) -> float:
@@ -314,6 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3, help="steps of each round left out of its timing (default 3)")
     p.add_argument("--history", type=int, default=0,
                    help="rows the run already holds when a round starts: the page shows a long run (default 0)")
+    p.add_argument("--refresh", default=None,
+                   help="the Train page's Live updates choice to watch with, e.g. '2 s' or Paused (default: the page's)")
+    p.add_argument("--blank", action="store_true",
+                   help="watched rounds open an empty tab instead: what an open browser costs by itself")
     p.add_argument("--json", default=None, help="also write every figure to this JSON file")
     return p
 
@@ -323,11 +344,13 @@ def main(argv=None) -> int:
     # a SIGTERM (timeout, a CI limit) unwinds like Ctrl-C: the server, browser and trainer are stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        print(f"Train page watched in headless Chromium vs no browser; {args.model}, {args.train_size} pairs, "
-              f"batch {args.batch_size}, history {args.history} rows, {args.rounds} watched rounds between "
+        print(f"{'An empty tab' if args.blank else 'Train page'} watched in headless Chromium vs no browser; {args.model}, {args.train_size} pairs, "
+              f"batch {args.batch_size}, history {args.history} rows, live updates {args.refresh or 'as the page sets'}, "
+              f"{args.rounds} watched rounds between "
               f"{args.rounds + 1} unwatched:", flush=True)
         out = measure(Path(args.data_root), model=args.model, train_size=args.train_size, batch_size=args.batch_size,
                       epochs=args.epochs, rounds=args.rounds, warmup=args.warmup, history=args.history,
+                      refresh=args.refresh, blank=args.blank,
                       log=lambda s: print(s, flush=True))
     except MixsepError as e:
         print(f"error: {e}", file=sys.stderr)

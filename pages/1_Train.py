@@ -18,7 +18,7 @@ with st.sidebar:  # one widget per setting, drawn from its metadata in mixsep/co
 config = TrainConfig(data_root=str(data_root), **values)
 st.session_state["train_config"] = config.to_dict()
 
-left, right, _ = st.columns([1, 1, 4])
+left, right, live = st.columns([1, 1, 4], vertical_alignment="center")
 if left.button("Start", type="primary", icon=":material/play_arrow:", width="stretch"):
     missing = [r for r in data_status(data_root) if r["split"] == "train" and not r["found"]]
     try:
@@ -37,11 +37,19 @@ with st.expander("Config of the next run"):
     st.json(config.to_dict())
 
 
-# Watching must not slow the training it shows (they share the CPU). In headless Chromium each
-# rerun cost the browser about 0.1 CPU-seconds and each new chart (Streamlit builds the plot anew)
-# about 0.2 more, so while a run trains the status polls every 3 s and the chart every 15 s (the
-# page then took 0.07-0.09 cores, server and browser, against 0.6 before; bench/dashboard_bench.py).
-# When nothing trains the status polls every 5 s and the chart waits for a change.
+# Watching must not slow the training it shows (they share the CPU). In headless Chromium a
+# rerun of the status costs the browser about 0.1 CPU-seconds and a redrawn chart about 0.3, and
+# an open Streamlit page about 0.02 cores even when nothing changes (bench/dashboard_bench.py).
+# So the status polls every REFRESH seconds while a run trains and the chart at a fifth of that
+# pace; "Paused" polls nothing (the page is then as cheap as any open page; a click refreshes it).
+# When nothing trains the status polls at the same pace to notice a run started elsewhere, and
+# the chart waits for a change.
+REFRESH = {"2 s": 2.0, "5 s": 5.0, "15 s": 15.0, "Paused": None}
+refresh = REFRESH[live.radio("Live updates", list(REFRESH), index=1, horizontal=True, key="train_refresh",
+                             persist_state="session",
+                             help="How often the status and the progress refresh while a run trains; the loss "
+                                  "chart refreshes at a fifth of that pace. Each refresh takes a little CPU from "
+                                  "the training on a machine with few cores.")]
 training = jobs.running() is not None
 
 
@@ -58,12 +66,12 @@ def current_job():
     return job
 
 
-@st.fragment(run_every=3.0 if training else 5.0)
+@st.fragment(run_every=refresh)
 def status():
     job = current_job()
     if job is None:
         return
-    if job.alive != training:  # a run started or ended: a full rerun sets the other pace and redraws the chart
+    if job.alive != training:  # a run started or ended: a full rerun sets the chart's pace and redraws it
         st.rerun()
     st.subheader(f"{ui.STATE_ICON.get(job.state, '')} {job.name}")
     if job.state == "failed":
@@ -91,7 +99,7 @@ def status():
             st.error(str(e))
 
 
-@st.fragment(run_every=15.0 if training else None)
+@st.fragment(run_every=5 * refresh if training and refresh else None)
 def chart():
     job = jobs.poll()
     if job.run_dir is None or not job.run_dir.is_dir():

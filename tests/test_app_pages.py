@@ -132,6 +132,17 @@ def test_train_page_shows_the_last_run(app_env):
     assert names == {"CIFAR head", "MNIST head", "total"}
 
 
+def test_live_updates_can_be_paused_and_the_choice_is_kept(app_env):
+    at = open_page("pages/1_Train.py")
+    live = widget(at.radio, "Live updates")
+    assert live.options == ["2 s", "5 s", "15 s", "Paused"] and live.value == "5 s"
+    live.set_value("Paused").run()
+    assert not at.exception and "Finished: 3 steps." in texts(at.success) and chart_points(at) == 3
+    at.switch_page("pages/2_Samples.py").run()
+    at.switch_page("pages/1_Train.py").run()
+    assert widget(at.radio, "Live updates").value == "Paused"  # kept across pages, like the settings
+
+
 def test_samples_page_grid_pages_and_download(app_env):
     at = open_page("pages/2_Samples.py")
     assert len(at.image) == 2 and at.get("download_button")  # two strips of 10 on screen, one PNG
