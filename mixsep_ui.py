@@ -30,11 +30,11 @@ gc.freeze()
 
 # (file, title, icon) of every page, in the sidebar's order; dashboard.py routes with st.navigation
 PAGES = [("home.py", "Home", ":material/home:"),
-         ("pages/1_Train.py", "Train", ":material/model_training:"),
-         ("pages/2_Samples.py", "Samples", ":material/grid_view:"),
-         ("pages/3_Metrics.py", "Metrics", ":material/analytics:"),
-         ("pages/4_Compare.py", "Compare", ":material/stacked_line_chart:"),
-         ("pages/5_Sweep.py", "Sweep", ":material/tune:")]
+         ("app_pages/1_Train.py", "Train", ":material/model_training:"),
+         ("app_pages/2_Samples.py", "Samples", ":material/grid_view:"),
+         ("app_pages/3_Metrics.py", "Metrics", ":material/analytics:"),
+         ("app_pages/4_Compare.py", "Compare", ":material/stacked_line_chart:"),
+         ("app_pages/5_Sweep.py", "Sweep", ":material/tune:")]
 LOSSES = {"loss_cifar": "CIFAR head", "loss_mnist": "MNIST head", "loss": "total"}
 COLORS = {"loss_cifar": "#1f77b4", "loss_mnist": "#d62728", "loss": "#2ca02c"}
 STATE_ICON = {"running": ":material/play_circle:", "starting": ":material/hourglass_top:",
@@ -174,7 +174,7 @@ def pick_run(runs_dir: Path, key: str = "run") -> Path | None:
             st.session_state[key] = wanted
     if not rows:
         st.info(f"No runs yet in {Path(runs_dir).resolve()}. Start one on the Train page.")
-        st.page_link("pages/1_Train.py", label="Go to Train", icon=":material/model_training:")
+        st.page_link("app_pages/1_Train.py", label="Go to Train", icon=":material/model_training:")
         return None
     if st.session_state.get(key) not in rows:
         if key in st.session_state:

@@ -22,7 +22,7 @@ from mixsep.runs import live_runs, read_metrics
 from mixsep.train import train_steps
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["dashboard.py", "pages/1_Train.py", "pages/2_Samples.py", "pages/3_Metrics.py", "pages/4_Compare.py"]
+PAGES = ["dashboard.py", "app_pages/1_Train.py", "app_pages/2_Samples.py", "app_pages/3_Metrics.py", "app_pages/4_Compare.py"]
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_train_page_shows_the_last_run(app_env):
     warning = ("ImageNet weights for ResNet-18 could not be loaded (URLError); the encoder starts from random "
                "initialisation. Switch off the pretrained encoder to skip the attempt.")
     (runs / "tiny-run" / "status.json").write_text(json.dumps(dict(status, warnings=[warning])))
-    at = open_page("pages/1_Train.py")
+    at = open_page("app_pages/1_Train.py")
     assert warning in texts(at.warning)  # the trainer's own words, from status.json
     assert "Finished: 3 steps." in texts(at.success)
     assert chart_points(at) == 3
@@ -133,18 +133,18 @@ def test_train_page_shows_the_last_run(app_env):
 
 
 def test_live_updates_can_be_paused_and_the_choice_is_kept(app_env):
-    at = open_page("pages/1_Train.py")
+    at = open_page("app_pages/1_Train.py")
     live = widget(at.radio, "Live updates")
     assert live.options == ["2 s", "5 s", "15 s", "Paused"] and live.value == "5 s"
     live.set_value("Paused").run()
     assert not at.exception and "Finished: 3 steps." in texts(at.success) and chart_points(at) == 3
-    at.switch_page("pages/2_Samples.py").run()
-    at.switch_page("pages/1_Train.py").run()
+    at.switch_page("app_pages/2_Samples.py").run()
+    at.switch_page("app_pages/1_Train.py").run()
     assert widget(at.radio, "Live updates").value == "Paused"  # kept across pages, like the settings
 
 
 def test_samples_page_grid_pages_and_download(app_env):
-    at = open_page("pages/2_Samples.py")
+    at = open_page("app_pages/2_Samples.py")
     assert len(at.image) == 2 and at.get("download_button")  # two strips of 10 on screen, one PNG
     assert "Page 1 of 3" in texts(at.caption)  # 48 test pairs, 20 per page
     widget(at.button, "Next").click().run()
@@ -159,7 +159,7 @@ def test_samples_page_grid_pages_and_download(app_env):
 
 
 def test_metrics_page_table_charts_audit(app_env):
-    at = open_page("pages/3_Metrics.py")
+    at = open_page("app_pages/3_Metrics.py")
     table = at.dataframe[0].value
     assert len(table) == 10 and set(table["mode"]) >= {"direct", "subtraction", "mixture"}
     assert (table["n"] == 48).all()  # default: the whole test split
@@ -175,7 +175,7 @@ def test_metrics_page_table_charts_audit(app_env):
 def test_compare_page_curves_and_table(app_env):
     data, runs = app_env
     shutil.copytree(runs / "tiny-run", runs / "tiny-run-2")
-    at = open_page("pages/4_Compare.py")
+    at = open_page("app_pages/4_Compare.py")
     assert len(json.loads(at.get("plotly_chart")[0].proto.spec)["data"]) == 2
     assert chart_points(at) == 3
     assert set(at.dataframe[0].value["run"]) == {"tiny-run", "tiny-run-2"}
@@ -187,7 +187,7 @@ def test_compare_page_curves_and_table(app_env):
 def test_compare_shows_what_loaded_and_disk_use_and_deletes_runs(app_env):
     data, runs = app_env
     shutil.copytree(runs / "tiny-run", runs / "doomed")
-    at = open_page("pages/4_Compare.py")
+    at = open_page("app_pages/4_Compare.py")
     table = at.dataframe[0].value
     assert list(table["pretrained_loaded"]) == [False, False]  # recorded by the trainer, not the request
     assert (table["disk_mb"] > 0).all()
@@ -202,7 +202,7 @@ def test_compare_shows_what_loaded_and_disk_use_and_deletes_runs(app_env):
 
 
 def test_sliders_change_the_config(app_env):
-    at = open_page("pages/1_Train.py")
+    at = open_page("app_pages/1_Train.py")
     cfg = at.session_state["train_config"]
     assert (cfg["lr"], cfg["beta1"], cfg["beta2"], cfg["batch_size"], cfg["epochs"], cfg["train_size"]) == \
         (1e-3, 0.9, 0.999, 128, 1, 0)  # the report's
@@ -223,15 +223,15 @@ def test_sliders_change_the_config(app_env):
             cfg["pretrained"]) == (1e-4, 0.5, 0.99, 3, 32, 512, 7, False)
     assert (cfg["repair"], cfg["schedule"], cfg["loss"]) == (True, "onecycle", "log_mse")
     # a visit to another page keeps them
-    at.switch_page("pages/4_Compare.py").run()
-    at.switch_page("pages/1_Train.py").run()
+    at.switch_page("app_pages/4_Compare.py").run()
+    at.switch_page("app_pages/1_Train.py").run()
     assert at.session_state["train_config"] == cfg
 
 
 @pytest.mark.heavy(13)
 def test_start_live_curves_reload_second_tab_stop(app_env):
     data, runs = app_env
-    at = open_page("pages/1_Train.py")
+    at = open_page("app_pages/1_Train.py")
     widget(at.select_slider, "Batch size").set_value(16)
     widget(at.slider, "Epochs").set_value(20)  # 120 steps: the test stops it long before
     widget(at.toggle, "ImageNet").set_value(False)
@@ -242,7 +242,7 @@ def test_start_live_curves_reload_second_tab_stop(app_env):
     first = chart_points(at)
     assert "step" in at.get("progress")[0].proto.text and "samples/s" in at.get("progress")[0].proto.text
     # a reload (a new session) shows the same run, and its Start is refused: one run at a time
-    other = open_page("pages/1_Train.py")
+    other = open_page("app_pages/1_Train.py")
     run_name = next(p.name for p in runs.iterdir() if p.name != "tiny-run")
     assert run_name in texts(other.subheader) and chart_points(other) >= first
     widget(other.toggle, "ImageNet").set_value(False).run()
@@ -262,13 +262,13 @@ def test_failed_run_says_lower_the_learning_rate(app_env):
     (run / "metrics.csv").write_text("\n".join((run / "metrics.csv").read_text().splitlines()[:3]) + "\n")
     write_status(run, "failed", "The loss became non-finite at step 3 (lr=0.1); training stopped. The last good "
                  "checkpoint (step 2) is kept. Lower the learning rate and start again.", step=2, total_steps=3)
-    at = open_page("pages/1_Train.py")
+    at = open_page("app_pages/1_Train.py")
     assert "Lower the learning rate" in texts(at.error)
     assert widget(at.button, "Resume")
 
 
 def test_start_with_bad_batch_size_explains(app_env):
-    at = open_page("pages/1_Train.py")
+    at = open_page("app_pages/1_Train.py")
     widget(at.toggle, "ImageNet").set_value(False)
     widget(at.select_slider, "Training pairs").set_value(512).run()  # the tiny root has 96
     widget(at.button, "Start").click().run()
@@ -288,13 +288,13 @@ def test_no_data_every_page_explains(app_env, tmp_path, monkeypatch):
     assert texts(at.warning).count("Run `python -m mixsep download") == 4
     widget(at.button, "Download").click().run()
     assert "Could not download" in texts(at.error)
-    at = open_page("pages/1_Train.py")
+    at = open_page("app_pages/1_Train.py")
     widget(at.button, "Start").click().run()
     assert "No MNIST train data" in texts(at.error)
-    for page in ("pages/2_Samples.py", "pages/3_Metrics.py"):
+    for page in ("app_pages/2_Samples.py", "app_pages/3_Metrics.py"):
         at = open_page(page)
         assert "No MNIST test data" in texts(at.error), page
-    open_page("pages/4_Compare.py")
+    open_page("app_pages/4_Compare.py")
 
 
 def test_data_root_is_fixed_by_the_server_not_by_a_visitor(app_env, tmp_path, monkeypatch):
@@ -303,7 +303,7 @@ def test_data_root_is_fixed_by_the_server_not_by_a_visitor(app_env, tmp_path, mo
     at = open_page("dashboard.py")
     assert not at.text_input and str((tmp_path / "elsewhere").resolve()) in " ".join(m.value for m in at.markdown)
     assert "No MNIST train data under" in texts(at.warning) and str(tmp_path / "elsewhere") in texts(at.warning)
-    at.switch_page("pages/2_Samples.py").run()
+    at.switch_page("app_pages/2_Samples.py").run()
     assert f"No MNIST test data under {tmp_path / 'elsewhere'}" in texts(at.error)
 
 
@@ -321,7 +321,7 @@ def test_no_runs_yet(app_env):
     shutil.rmtree(runs / "tiny-run")
     for page in PAGES[2:]:
         assert "No runs yet" in texts(open_page(page).info)
-    assert "No run yet" in texts(open_page("pages/1_Train.py").info)
+    assert "No run yet" in texts(open_page("app_pages/1_Train.py").info)
 
 
 @pytest.mark.parametrize("name, message", [
@@ -331,7 +331,7 @@ def test_no_runs_yet(app_env):
     ("no-such-run", "There is no run named 'no-such-run'"),
 ])
 def test_run_names_cannot_escape(app_env, name, message):
-    for page in ("pages/2_Samples.py", "pages/3_Metrics.py"):
+    for page in ("app_pages/2_Samples.py", "app_pages/3_Metrics.py"):
         at = open_page(page, run=name)
         assert message in texts(at.error), page
 
@@ -347,12 +347,12 @@ def test_odd_folder_names_and_links_in_the_runs_folder(app_env, tmp_path):
     for page in PAGES:
         at = open_page(page)
         assert not at.exception, page
-    at = open_page("pages/2_Samples.py")
+    at = open_page("app_pages/2_Samples.py")
     assert at.selectbox(key="run").value == "my run" and "escape" not in at.selectbox(key="run").options
     assert not at.exception and not at.error
-    at = open_page("pages/3_Metrics.py", run="study/trial-0001")
+    at = open_page("app_pages/3_Metrics.py", run="study/trial-0001")
     assert not at.exception and not at.error and at.selectbox(key="run").value == "study/trial-0001"
-    assert "outside the runs folder" in texts(open_page("pages/2_Samples.py", run="escape").error)
+    assert "outside the runs folder" in texts(open_page("app_pages/2_Samples.py", run="escape").error)
 
 
 def _broken_run(runs: Path, name: str) -> Path:
@@ -367,7 +367,7 @@ def test_corrupt_checkpoint(app_env):
     data, runs = app_env
     run = _broken_run(runs, "corrupt")
     (run / "checkpoints" / "last.pt").write_bytes(b"PK\x03\x04 truncated")
-    for page in ("pages/2_Samples.py", "pages/3_Metrics.py"):
+    for page in ("app_pages/2_Samples.py", "app_pages/3_Metrics.py"):
         assert "not a readable mixsep checkpoint" in texts(open_page(page, run="corrupt").error)
 
 
@@ -380,11 +380,11 @@ def test_run_from_another_version(app_env):
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     state["config"]["model"] = "hypernet-9000"
     torch.save(state, run / "checkpoints" / "last.pt")
-    assert "does not know" in texts(open_page("pages/2_Samples.py", run="future").error)
+    assert "does not know" in texts(open_page("app_pages/2_Samples.py", run="future").error)
     state["config"]["model"] = "tiny"
     state["model"] = {k: v for k, v in list(state["model"].items())[:-2]}  # weights of another architecture
     torch.save(state, run / "checkpoints" / "last.pt")
-    assert "another model or another version" in texts(open_page("pages/3_Metrics.py", run="future").error)
+    assert "another model or another version" in texts(open_page("app_pages/3_Metrics.py", run="future").error)
 
 
 def test_half_written_run(app_env):
@@ -396,14 +396,14 @@ def test_half_written_run(app_env):
     home = open_page("dashboard.py")
     row = home.dataframe[1].value.set_index("run").loc["half"]
     assert "half written" in row["message"]
-    at = open_page("pages/2_Samples.py", run="half")
+    at = open_page("app_pages/2_Samples.py", run="half")
     assert "holds no checkpoint yet" in texts(at.info)
-    open_page("pages/4_Compare.py")
+    open_page("app_pages/4_Compare.py")
 
 
 def test_train_page_copes_with_deleted_and_half_written_runs(app_env):
     data, runs = app_env
-    at = open_page("pages/1_Train.py")
+    at = open_page("app_pages/1_Train.py")
     assert "tiny-run" in texts(at.subheader)
     half = _broken_run(runs, "zz-half")
     (half / "status.json").unlink()
@@ -419,7 +419,7 @@ def test_train_page_copes_with_deleted_and_half_written_runs(app_env):
 def test_run_deleted_while_shown(app_env):
     data, runs = app_env
     shutil.copytree(runs / "tiny-run", runs / "doomed")
-    at = open_page("pages/3_Metrics.py", run="doomed")
+    at = open_page("app_pages/3_Metrics.py", run="doomed")
     assert at.selectbox[0].value == "doomed"
     shutil.rmtree(runs / "doomed")
     at.run()

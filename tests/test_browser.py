@@ -136,6 +136,13 @@ def test_dashboard_in_a_real_browser(server):
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.set_default_timeout(60_000)
 
+        # the server's first visitor opens a page by its address: the sidebar is still the app's own
+        # (Home first, icons), not an old-style list of the page files (which a pages/ folder gave)
+        page.goto(f"{url}/Train")
+        nav = page.get_by_test_id("stSidebarNav")
+        expect(nav).to_contain_text("Home")
+        expect(nav).not_to_contain_text("dashboard")
+
         page.goto(url)
         expect(page.get_by_text("All four source/split sets found")).to_be_visible()
         expect(page.get_by_text("No runs yet")).to_be_visible()

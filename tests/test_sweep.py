@@ -318,7 +318,7 @@ def test_sweep_page_launches_a_study_and_shows_its_trials(page_env):
     from streamlit.testing.v1 import AppTest
 
     data, runs = page_env
-    at = AppTest.from_file(str(ROOT / "pages" / "5_Sweep.py"), default_timeout=120).run()
+    at = AppTest.from_file(str(ROOT / "app_pages" / "5_Sweep.py"), default_timeout=120).run()
     assert not at.exception, [e.value for e in at.exception]
     assert "No study yet" in " ".join(i.value for i in at.info)
     labels = [s.label for s in at.select_slider] + [s.label for s in at.slider]
@@ -357,7 +357,7 @@ def test_sweep_page_launches_a_study_and_shows_its_trials(page_env):
     (runs / "solo").mkdir()  # a run of its own beside the study: the filter leaves it out
     for f in ("config.json", "metrics.csv", "status.json"):
         (runs / "solo" / f).write_bytes((runs / "page" / "trial-0000" / f).read_bytes())
-    compare = AppTest.from_file(str(ROOT / "pages" / "4_Compare.py"), default_timeout=120).run()
+    compare = AppTest.from_file(str(ROOT / "app_pages" / "4_Compare.py"), default_timeout=120).run()
     assert not compare.exception, [e.value for e in compare.exception]
     assert any(o.startswith("solo ") for o in compare.multiselect[0].options)
     assert compare.selectbox[0].options == ["all runs", "page"]
