@@ -47,8 +47,8 @@ def temps_in(run: Path) -> list[Path]:
     return [p for p in run.rglob("*") if p.name.endswith(R.TMP_SUFFIX)]
 
 
-def wait_for(cond, timeout=60.0, what="condition"):
-    conftest.wait_for(cond, timeout, what, interval=0.005)  # fine-grained: a checkpoint's temp file lives ms
+def wait_for(cond, timeout=60.0, what="condition", interval=0.02):
+    conftest.wait_for(cond, timeout, what, interval=interval)
 
 
 # --------------------------------------------------------------------------- kills
@@ -81,7 +81,8 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(small_config, tmp_p
         elif moment == "checkpoint":  # the moment a checkpoint's temp file exists
             try:
                 wait_for(lambda: any((run / "checkpoints").glob("*.tmp")) or any((run / "checkpoints").glob(".*.tmp"))
-                         or proc.poll() is not None, 60, "a checkpoint being written")
+                         or proc.poll() is not None, 60, "a checkpoint being written",
+                         interval=0.002)  # fine-grained: a checkpoint's temp file lives ms
             except AssertionError:
                 pass
         elif moment == "resume":  # just after the lock is taken: the metrics rewrite is near
