@@ -35,6 +35,14 @@ PAGES = [("home.py", "Home", ":material/home:"),
          ("app_pages/3_Metrics.py", "Metrics", ":material/analytics:"),
          ("app_pages/4_Compare.py", "Compare", ":material/stacked_line_chart:"),
          ("app_pages/5_Sweep.py", "Sweep", ":material/tune:")]
+
+
+def page_link(title: str, label: str, where=st, **kwargs) -> None:
+    """A link to the page ``title`` of PAGES, with that page's file and icon (``where``: a container)."""
+    path, icon = next((path, icon) for path, t, icon in PAGES if t == title)
+    where.page_link(path, label=label, icon=icon, **kwargs)
+
+
 LOSSES = {"loss_cifar": "CIFAR head", "loss_mnist": "MNIST head", "loss": "total"}
 COLORS = {"loss_cifar": "#1f77b4", "loss_mnist": "#d62728", "loss": "#2ca02c"}
 STATE_ICON = {"running": ":material/play_circle:", "starting": ":material/hourglass_top:",
@@ -174,7 +182,7 @@ def pick_run(runs_dir: Path, key: str = "run") -> Path | None:
             st.session_state[key] = wanted
     if not rows:
         st.info(f"No runs yet in {Path(runs_dir).resolve()}. Start one on the Train page.")
-        st.page_link("app_pages/1_Train.py", label="Go to Train", icon=":material/model_training:")
+        page_link("Train", "Go to Train")
         return None
     if st.session_state.get(key) not in rows:
         if key in st.session_state:

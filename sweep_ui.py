@@ -141,7 +141,5 @@ def open_links(run: str | None) -> None:
         st.caption("Select a trial in the table to open it in Samples or Metrics.")
         return
     row = st.container(horizontal=True)
-    row.page_link("app_pages/2_Samples.py", label=f"Samples of {run}", icon=":material/grid_view:",
-                  query_params={"run": run})
-    row.page_link("app_pages/3_Metrics.py", label=f"Metrics of {run}", icon=":material/analytics:",
-                  query_params={"run": run})
+    for title in ("Samples", "Metrics"):
+        ui.page_link(title, f"{title} of {run}", where=row, query_params={"run": run})

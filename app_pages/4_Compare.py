@@ -12,7 +12,7 @@ data_root, runs_dir = ui.setup("Compare runs")
 rows = {r["run"]: r for r in ui.runs_table(runs_dir)}
 if not rows:
     st.info(f"No runs yet in {runs_dir.resolve()}. Start one on the Train page.")
-    st.page_link("app_pages/1_Train.py", label="Go to Train", icon=":material/model_training:")
+    ui.page_link("Train", "Go to Train")
     st.stop()
 studies = sorted({ui.study_of(n) for n in rows} - {""})
 study = st.selectbox("Study", ["all runs", *studies], help="Only one sweep's trials.") if studies else "all runs"

@@ -344,9 +344,9 @@ def main(argv=None) -> int:
     # a SIGTERM (timeout, a CI limit) unwinds like Ctrl-C: the server, browser and trainer are stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        print(f"{'An empty tab' if args.blank else 'Train page'} watched in headless Chromium vs no browser; {args.model}, {args.train_size} pairs, "
-              f"batch {args.batch_size}, history {args.history} rows, live updates {args.refresh or 'as the page sets'}, "
-              f"{args.rounds} watched rounds between "
+        print(f"{'An empty tab' if args.blank else 'Train page'} watched in headless Chromium vs no browser; "
+              f"{args.model}, {args.train_size} pairs, batch {args.batch_size}, history {args.history} rows, "
+              f"live updates {args.refresh or 'as the page sets'}, {args.rounds} watched rounds between "
               f"{args.rounds + 1} unwatched:", flush=True)
         out = measure(Path(args.data_root), model=args.model, train_size=args.train_size, batch_size=args.batch_size,
                       epochs=args.epochs, rounds=args.rounds, warmup=args.warmup, history=args.history,
