@@ -2,9 +2,15 @@
 from __future__ import annotations
 
 import gzip
+import multiprocessing
+import os
 import pickle
 import signal
+import subprocess
+import sys
+import tempfile
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +62,106 @@ def frozen_when(proc, cond, timeout: float = 240.0, what: str = "condition", sli
     except BaseException:
         proc.send_signal(signal.SIGCONT)
         raise
+
+
+# --------------------------------------------------------------------------- warm CLI processes
+
+ROOT = Path(__file__).resolve().parents[1]
+# what every `python -m mixsep` spends its first ~6 CPU-seconds importing (torch._dynamo comes with
+# the first optimizer step); the fork server imports them once per pytest worker
+WARM_IMPORTS = ["torch", "torch._dynamo", "mixsep.cli", "mixsep.train", "mixsep.sweep", "optuna", "conftest"]
+_warm_context = None
+
+
+def _run_warm(argv: list[str], cwd: str, env: dict, out: str, err: str) -> None:
+    """The forked child: become `python -m mixsep ARGV` run in ``cwd`` with ``env``."""
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    for fd, path in ((1, out), (2, err)):
+        f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(f, fd)
+        os.close(f)
+    sys.argv = [str(ROOT / "mixsep" / "__main__.py"), *argv]
+    from mixsep.cli import main
+
+    sys.exit(main(argv))
+
+
+class WarmProcess:
+    """`python -m mixsep ARGV` as a real process (its own pid, real signals, its own exit code),
+    forked from a server that has already imported torch, mixsep and Optuna.
+
+    It behaves as a cold start would from the first line of ``main``: the same arguments, working
+    folder, environment (read when it starts, so a test's settings reach it), stdout and stderr.
+    What it skips is the ~6 CPU-seconds of imports, which the fault tests would otherwise pay for
+    each of their dozens of processes. Tests of the interpreter's own start-up use cold processes.
+    The interface is the part of ``subprocess.Popen`` the tests use; output is text.
+    """
+
+    def __init__(self, argv, cwd=ROOT, env=None):
+        global _warm_context
+        if _warm_context is None:
+            _warm_context = multiprocessing.get_context("forkserver")
+            _warm_context.set_forkserver_preload(WARM_IMPORTS)
+        self.args = ["mixsep", *map(str, argv)]
+        fd, self._out = tempfile.mkstemp(prefix="warm-out-")
+        os.close(fd)
+        fd, self._err = tempfile.mkstemp(prefix="warm-err-")
+        os.close(fd)
+        self._proc = _warm_context.Process(
+            target=_run_warm, args=(self.args[1:], str(cwd), dict(env if env is not None else os.environ),
+                                    self._out, self._err))
+        # multiprocessing re-runs the parent's __main__ file in the child; under AppTest that is a
+        # Streamlit script. The child needs nothing from it: start with no main file to re-run.
+        main = sys.modules["__main__"]
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            self._proc.start()
+        finally:
+            sys.modules["__main__"] = main
+        self.pid = self._proc.pid
+        self.returncode = None
+
+    def poll(self):
+        self.returncode = self._proc.exitcode
+        return self.returncode
+
+    def wait(self, timeout=None):
+        self._proc.join(timeout)
+        if self.poll() is None:
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.returncode
+
+    def send_signal(self, sig):
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self):
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self):
+        self.send_signal(signal.SIGTERM)
+
+    def communicate(self, timeout=None):
+        self.wait(timeout)
+        try:
+            return Path(self._out).read_text(errors="replace"), Path(self._err).read_text(errors="replace")
+        finally:
+            for p in (self._out, self._err):
+                Path(p).unlink(missing_ok=True)
+
+
+def warm_run(argv, cwd=ROOT, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """``subprocess.run([python, -m, mixsep, *argv], capture_output=True, text=True)`` on a WarmProcess."""
+    proc = WarmProcess(argv, cwd, env)
+    try:
+        out, err = proc.communicate(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> None:

@@ -113,3 +113,27 @@ def test_python_dash_m_prints_no_traceback(tmp_path):
     p = subprocess.run([sys.executable, "-m", "mixsep", "evaluate", str(tmp_path / "missing-run")],
                        capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 2 and p.stderr.startswith("error: ") and "Traceback" not in p.stderr
+
+
+def _a_page(x):
+    pass
+
+
+@pytest.mark.heavy(10)
+def test_a_warm_process_answers_as_a_cold_start(tmp_path):
+    """conftest.WarmProcess, which the fault tests fork, is `python -m mixsep` as a user types it:
+    the same exit code and output, with the caller's working folder and environment, even after an
+    AppTest script has become __main__ (multiprocessing would re-run it in the child)."""
+    from streamlit.testing.v1 import AppTest
+
+    import conftest
+
+    AppTest.from_function(_a_page, args=(1,)).run()  # its script calls _a_page(*__args): not in a child
+    env = {**os.environ, "MIXSEP_DATA_ROOT": str(tmp_path / "no data here")}
+    argv = ["train", "--runs-dir", "runs", "--model", "tiny", "--quiet"]
+    cold = subprocess.run([sys.executable, "-m", "mixsep", *argv], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120)
+    warm = conftest.warm_run(argv, tmp_path, env, timeout=120)
+    assert cold.returncode == 2 and "no data here" in cold.stderr and cold.stderr.count("\n") == 1
+    assert (warm.returncode, warm.stdout, warm.stderr) == (cold.returncode, cold.stdout, cold.stderr)
+    assert not (tmp_path / "runs").exists()

@@ -1,7 +1,9 @@
 """The run folder under kills, concurrency, full disks, reused pids and odd names.
 
 Real processes (`python -m mixsep train`), real signals, real files; the smallest model
-that still runs the whole loop.
+that still runs the whole loop. Most trainers are forked warm (conftest.WarmProcess: torch
+already imported); kills during the interpreter's start-up, and the Ctrl-C test that reads
+stderr as it comes, start cold ones.
 """
 from __future__ import annotations
 
@@ -34,9 +36,12 @@ def small_config(tiny_config) -> TrainConfig:
     return dataclasses.replace(tiny_config, model=MODEL, batch_size=8, checkpoint_every=2)
 
 
-def cli(*args, **kw) -> subprocess.Popen:
+def cli(*args, cold: bool = False):
+    """`python -m mixsep train ARGS`, forked warm, or started cold (a fresh interpreter)."""
+    if not cold:
+        return conftest.WarmProcess(["train", *args])
     return subprocess.Popen([sys.executable, "-m", "mixsep", "train", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+                            stderr=subprocess.PIPE, text=True)
 
 
 def steps_in(run: Path) -> list[int]:
@@ -67,10 +72,10 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(small_config, tmp_p
     rng = random.Random(0)
     kills, moments = 0, []
     while True:
-        proc = cli("--config", str(cfg_file), "--run-dir", str(run), "--quiet")
         moment = rng.choice(["early", "steps", "checkpoint", "resume"]) if kills < 20 else "none"
+        proc = cli("--config", str(cfg_file), "--run-dir", str(run), "--quiet", cold=moment == "early")
         before = len(steps_in(run))
-        if moment == "early":  # anywhere from interpreter start to the first steps
+        if moment == "early":  # anywhere from interpreter start (a cold process) to the first steps
             time.sleep(rng.uniform(0.0, 2.5))
         elif moment == "steps":
             try:
@@ -159,7 +164,7 @@ def test_second_ctrl_c_quits_at_once(small_config, tmp_path):
     cfg_file = tmp_path / "cfg.json"
     cfg_file.write_text(json.dumps(cfg.to_dict()))
     run = tmp_path / "run"
-    proc = cli("--config", str(cfg_file), "--run-dir", str(run), "--quiet")
+    proc = cli("--config", str(cfg_file), "--run-dir", str(run), "--quiet", cold=True)
     wait_for(lambda: len(steps_in(run)) >= 2, 120, "two steps")
     proc.send_signal(signal.SIGINT)
     while "stopping after this step" not in proc.stderr.readline():  # the first one was heard

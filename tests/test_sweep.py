@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -32,9 +31,9 @@ def sweep_args(data_root, runs, *extra) -> list[str]:
     return ["sweep", "--data-root", str(data_root), "--runs-dir", str(runs), *extra]
 
 
-def cli(*args, env=None, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mixsep", *args], capture_output=True, text=True, cwd=ROOT,
-                          env=env or os.environ, timeout=600, **kw)
+def cli(*args, env=None) -> subprocess.CompletedProcess:
+    """`python -m mixsep ARGS` run to its end, forked warm (conftest.WarmProcess)."""
+    return conftest.warm_run(args, ROOT, env or os.environ, timeout=600)
 
 
 def tree(path: Path) -> dict:
@@ -200,8 +199,7 @@ def test_study_on_the_journal_survives_a_killed_worker_prunes_and_its_best_trial
     runs = tmp_path / "runs"
     args = sweep_args(data, runs, "--study", "demo", "--trials", "6", "--space", "lr=1e-5:1e-1:log", *TINY,
                       "--epochs", "3")
-    worker = subprocess.Popen([sys.executable, "-m", "mixsep", *args], cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    worker = conftest.WarmProcess(args)
     first = runs / "demo" / "trial-0000"
 
     def mid_trial() -> bool:

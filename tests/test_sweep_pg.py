@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -24,7 +23,6 @@ from conftest import make_data_root
 from mixsep.cli import build_parser
 from mixsep.sweep import counts, load_study, plan
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "tiny", "--no-pretrained", "--device", "cpu", "--batch-size", "16", "--train-size", "32",
         "--val-size", "16", "--report-every", "1", "--checkpoint-every", "1"]
 
@@ -87,8 +85,7 @@ def test_two_workers_share_a_study_and_one_finishes_it_when_the_other_is_killed(
             "--heartbeat", "2", "--space", "lr=1e-4:1e-2:log,beta1=0.5:0.99", *TINY,
             "--epochs", "40"]  # 80 steps a trial: long enough to catch a worker mid-trial on a busy machine
     env = dict(os.environ, MIXSEP_SWEEP_STORAGE=postgres)  # the URL reaches the workers as the CLI documents
-    start = lambda seed: subprocess.Popen([sys.executable, "-m", "mixsep", *args, "--sampler-seed", seed], cwd=ROOT,
-                                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    start = lambda seed: conftest.WarmProcess([*args, "--sampler-seed", seed], env=env)
     a, b = start("0"), start("1")  # together, as two machines would: both race to create the study
     try:
         p = plan(build_parser().parse_args([*args, "--storage", postgres]))  # reads only: the workers create it
