@@ -59,7 +59,7 @@ def wait_for(cond, timeout=60.0, what="condition", interval=0.02):
 # --------------------------------------------------------------------------- kills
 
 
-@pytest.mark.heavy(130)
+@pytest.mark.heavy(35)
 def test_sigkill_at_random_moments_loses_and_repeats_nothing(small_config, tmp_path):
     """At least 20 SIGKILLs of a real trainer (before its first checkpoint, while a checkpoint is
     written, mid-steps, during a resume); each time the folder is consistent, and the resumed

@@ -75,7 +75,7 @@ def postgres():
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.mark.heavy(70)
+@pytest.mark.heavy(40)
 def test_two_workers_share_a_study_and_one_finishes_it_when_the_other_is_killed(postgres, tmp_path):
     from optuna.trial import TrialState
 
