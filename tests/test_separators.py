@@ -5,13 +5,16 @@ import dataclasses
 import io
 import math
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from conftest import fake_cifar, fake_digits
 
 from mixsep.data import mix
 from mixsep.model import build_model, count_parameters, feasible_interval, flops_per_sample
 from mixsep.train import load_run_model, train_steps
-from mixsep.separators import SeparatorNet, to_interval
+from mixsep.separators import DigitSpace, SeparatorNet, to_interval, upsample_matrix
 
 TINY = dict(widths=(8, 16, 32))  # the real widths cost seconds per test; the wiring is the same
 VARIANTS = {
@@ -22,6 +25,7 @@ VARIANTS = {
     "deep-decoder": dict(decoder_depth=2),
     "refine": dict(refine_widths=(8, 16)),
     "refine-fraction-rich": dict(refine_widths=(8, 16), head="fraction", features="rich", residual=True),
+    "digit-space": dict(head="fraction", digit_space=True),
 }
 
 
@@ -139,4 +143,64 @@ def test_unet_fraction_trains_and_reloads_from_its_run_folder(tiny_config, tmp_p
     _, _, mean = mixture(2)
     with torch.no_grad():
         mnist_hat, cifar_hat = model(mean)
+    torch.testing.assert_close(mnist_hat + cifar_hat, 2 * mean, atol=1e-6, rtol=0)
+
+
+def resized_pairs(n: int, seed: int = 0):
+    """(digit (n, 1, 32, 32), mean) as mixsep makes them: 28x28 digits through data.resize_mnist."""
+    from mixsep.data import resize_mnist, to_float
+
+    rng = np.random.default_rng(seed)
+    digits, _ = fake_digits(n, rng)
+    cifar, _ = fake_cifar(n, rng)
+    mnist, _, mean = to_float(resize_mnist(digits), torch.from_numpy(cifar).permute(0, 3, 1, 2).contiguous())
+    return mnist[:, :1], mean
+
+
+def test_digit_space_is_mixseps_resize_and_gives_back_a_true_digit():
+    a = upsample_matrix()
+    x = torch.rand(4, 1, 28, 28, dtype=torch.float64)
+    torch.testing.assert_close(a @ x @ a.T, F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False))
+    digit, mean = resized_pairs(16)
+    lo, hi = feasible_interval(mean)
+    back = DigitSpace()(digit, lo, hi)
+    assert (back - digit).abs().max() < 1 / 255  # only resize_mnist's rounding to uint8 is lost
+    assert DigitSpace().state_dict() == {}  # nothing to save: checkpoints are unchanged
+
+
+def test_digit_space_removes_what_no_resized_digit_can_hold():
+    """An error no 28x28 digit can make after the resize is removed entirely; white noise loses a
+    quarter of its energy (240 of 1,024 dimensions) and more where x leaves [0, 1]."""
+    digit, mean = resized_pairs(32)
+    lo, hi = feasible_interval(mean)
+    a = upsample_matrix()
+    proj = a @ torch.linalg.pinv(a)                                 # onto what a resize can make, one axis
+    g = torch.Generator().manual_seed(0)
+    noise = 0.05 * torch.randn(digit.shape, generator=g, dtype=torch.float64)
+    outside = (noise - proj @ noise @ proj.T).float()              # invisible to the resize
+    back = DigitSpace()(digit + outside, lo, hi)
+    assert (outside ** 2).mean() > 4e-4                             # about 34 dB of error to remove
+    assert (back - digit).abs().max() < 1 / 255                     # all of it removed (resize rounding aside)
+    assert (back >= lo).all() and (back <= hi + 1e-6).all()         # lo may pass hi by a float rounding
+    white = digit + noise.float()
+    zero, one = torch.zeros_like(digit), torch.ones_like(digit)
+    assert ((DigitSpace()(white, zero, one) - digit) ** 2).mean() < 0.8 * ((white - digit) ** 2).mean()
+
+
+def test_unet_digit_trains_as_unet_fraction_and_differs_only_at_inference():
+    torch.manual_seed(0)
+    fraction, digit_net = build_model("unet_fraction"), build_model("unet_digit")
+    digit_net.load_state_dict(fraction.state_dict())  # strict: a unet_fraction checkpoint loads as is
+    _, mean = resized_pairs(4)
+    with torch.no_grad():
+        for model in (fraction, digit_net):
+            model.train()
+        torch.testing.assert_close(digit_net(mean), fraction(mean), rtol=0, atol=0)  # training: the same function
+        for model in (fraction, digit_net):
+            model.eval()
+        lo, hi = feasible_interval(mean)
+        expected = DigitSpace()(fraction(mean)[0][:, :1], lo, hi)
+        mnist_hat, cifar_hat = digit_net(mean)
+    torch.testing.assert_close(mnist_hat[:, :1], expected)
+    assert not torch.equal(mnist_hat, fraction(mean)[0])
     torch.testing.assert_close(mnist_hat + cifar_hat, 2 * mean, atol=1e-6, rtol=0)
