@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=256)
     e.add_argument("--json", default=None, help="also write the results to this JSON file")
     e.add_argument("--markdown", default=None, help="also write the table as Markdown to this file")
+    e.add_argument("--as-model", default=None, metavar="MODEL",
+                   help="score the weights as another model that holds them (a unet_fraction run as unet_digit)")
 
     g = sub.add_parser("grid", help="the report's labelled sample grid as a PNG")
     g.add_argument("run_dir", help="a run folder (or a checkpoint file inside one)")
@@ -201,7 +203,8 @@ def follow(steps, each):
 def _load_model(args):
     from .train import load_run_model, pick_device
 
-    return load_run_model(Path(args.run_dir), Path(args.checkpoint) if args.checkpoint else None, pick_device("auto"))
+    return load_run_model(Path(args.run_dir), Path(args.checkpoint) if args.checkpoint else None, pick_device("auto"),
+                          getattr(args, "as_model", None))
 
 
 def cmd_evaluate(args) -> int:
@@ -217,7 +220,8 @@ def cmd_evaluate(args) -> int:
     result = evaluate(model, pairs, count=args.samples, batch_size=args.batch_size,
                       calibration=calibration_pairs(Path(args.data_root)))
     pd.set_option("display.width", 140)
-    print(f"checkpoint {info['path']} (step {info['step']}), {result.n} test pairs, data_range=1.0")
+    scored_as = f", scored as {args.as_model}" if args.as_model else ""
+    print(f"checkpoint {info['path']} (step {info['step']}{scored_as}), {result.n} test pairs, data_range=1.0")
     print(result.table().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"optimal projection weights: mnist {result.weights['mnist']:.3f}, cifar {result.weights['cifar']:.3f} "
           f"(fitted on {result.weights['fitted_on']})")
@@ -225,7 +229,7 @@ def cmd_evaluate(args) -> int:
     for a in result.audit:
         print(f"  {a['source']}: PSNR {a['psnr_data_range_255']:.2f} dB, SSIM {a['ssim_data_range_255']:.4f}  (not a real score)")
     if args.json:
-        out = result.to_json() | {"checkpoint": info, "config": cfg.to_dict()}
+        out = result.to_json() | {"checkpoint": info, "config": cfg.to_dict(), "scored_as": args.as_model or cfg.model}
         Path(args.json).write_text(json.dumps(out, indent=2))
         print(f"wrote {args.json}")
     if args.markdown:

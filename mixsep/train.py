@@ -66,8 +66,13 @@ def load_model_state(model: nn.Module, state_dict: dict, path: Path, name: str) 
                           "it was saved by another model or another version of mixsep.") from None
 
 
-def load_run_model(run_dir: Path, checkpoint: Path | None = None, device="cpu") -> tuple[nn.Module, TrainConfig, dict]:
-    """(model in eval mode, its config, checkpoint info) from a run folder or a checkpoint file."""
+def load_run_model(run_dir: Path, checkpoint: Path | None = None, device="cpu",
+                   as_model: str | None = None) -> tuple[nn.Module, TrainConfig, dict]:
+    """(model in eval mode, its config, checkpoint info) from a run folder or a checkpoint file.
+
+    ``as_model`` builds another model that holds the same weights (a ``unet_fraction`` run
+    scored as ``unet_digit``, say); weights that do not fit it are refused.
+    """
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise MixsepError(f"Run folder {run_dir} does not exist; `python -m mixsep train` prints the folder it made.")
@@ -82,8 +87,9 @@ def load_run_model(run_dir: Path, checkpoint: Path | None = None, device="cpu") 
     config = TrainConfig.from_dict(state["config"])
     if config.model not in MODELS:
         raise MixsepError(f"{checkpoint} was saved by model '{config.model}', which this version of mixsep does not know.")
-    model = build_model(config.model, pretrained=False)  # the checkpoint holds all the weights
-    load_model_state(model, state["model"], checkpoint, config.model)
+    name = as_model or config.model
+    model = build_model(name, pretrained=False)  # the checkpoint holds all the weights
+    load_model_state(model, state["model"], checkpoint, name)
     model.to(device).eval()
     return model, config, {"path": str(checkpoint), "step": state.get("step", 0), "epoch": state.get("epoch", 0)}
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import math
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from conftest import fake_cifar, fake_digits
 
+from mixsep.cli import main
 from mixsep.data import mix
 from mixsep.model import build_model, count_parameters, feasible_interval, flops_per_sample
 from mixsep.train import load_run_model, train_steps
@@ -134,7 +136,7 @@ def test_unet_fraction_is_the_unet_with_another_head():
 
 
 @pytest.mark.heavy(10)
-def test_unet_fraction_trains_and_reloads_from_its_run_folder(tiny_config, tmp_path):
+def test_unet_fraction_trains_and_reloads_from_its_run_folder(tiny_config, tmp_path, capsys):
     cfg = dataclasses.replace(tiny_config, model="unet_fraction", loss="log_mse", epochs=2)
     results = list(train_steps(cfg, tmp_path / "run"))
     assert results[-1].step == 12 and all(math.isfinite(r.loss) for r in results)
@@ -144,6 +146,21 @@ def test_unet_fraction_trains_and_reloads_from_its_run_folder(tiny_config, tmp_p
     with torch.no_grad():
         mnist_hat, cifar_hat = model(mean)
     torch.testing.assert_close(mnist_hat + cifar_hat, 2 * mean, atol=1e-6, rtol=0)
+
+    # the same weights scored as unet_digit: the CLI's evaluate --as-model, and its refusals
+    as_digit, _, _ = load_run_model(tmp_path / "run", as_model="unet_digit")
+    lo, hi = feasible_interval(mean)
+    with torch.no_grad():
+        torch.testing.assert_close(as_digit(mean)[0][:, :1], DigitSpace()(mnist_hat[:, :1], lo, hi))
+    out = tmp_path / "scores.json"
+    run, data = str(tmp_path / "run"), tiny_config.data_root
+    assert main(["evaluate", run, "--data-root", data, "--as-model", "unet_digit", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["scored_as"] == "unet_digit"
+    assert "scored as unet_digit" in capsys.readouterr().out
+    for name, says in (("faithful", "does not fit the 'faithful' architecture"), ("nope", "Unknown model 'nope'")):
+        assert main(["evaluate", run, "--data-root", data, "--as-model", name]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1
 
 
 def resized_pairs(n: int, seed: int = 0):
