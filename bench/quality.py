@@ -31,8 +31,10 @@ from benchlib import command_line, set_threads, summary, summary_line, table
 from mixsep import MixsepError, TrainConfig
 from mixsep.config import default_runs_dir
 from mixsep.data import PairData, load_pairs, load_split
+from mixsep.data import calibration_pairs as data_calibration_pairs
 from mixsep.metrics import evaluate
-from mixsep.train import Training, new_run_dir
+from mixsep.runs import read_metrics
+from mixsep.train import Training, load_run_model, new_run_dir
 
 # Per-model settings: the faithful model at the report's (one epoch, constant 1e-3); the
 # U-Net with a one-cycle schedule as long as the budget allows ("auto": see fit_epochs).
@@ -66,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default=default_runs_dir(), help="where the run folder goes (default ./runs)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--dry-run", action="store_true", help="a few tiny steps and 32 pairs: checks the plumbing only")
+    p.add_argument("--score", default=None, metavar="RUN",
+                   help="score this run's latest checkpoint instead of training one (with --holdout N, the run "
+                        "must have kept the same last N CIFAR training images out)")
+    p.add_argument("--as-model", default=None, metavar="MODEL",
+                   help="with --score: score the weights as another model that holds them (unet_fraction as unet_digit)")
     return p
 
 
@@ -149,32 +156,48 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         threads = set_threads(args.threads)
-        cfg = make_config(args)
+        if args.as_model and not args.score:
+            raise MixsepError("--as-model needs --score RUN: it scores a trained run's weights as another model.")
+        scored = load_run_model(Path(args.score), as_model=args.as_model) if args.score else None
+        cfg = scored[1] if scored else make_config(args)
         held = None
         if args.holdout:
             size, held = holdout_pairs(Path(args.data_root), args.holdout)
+            if scored and cfg.train_size != size:
+                raise MixsepError(f"{args.score} trained on {cfg.train_size or 'all'} CIFAR training images, not the "
+                                  f"first {size}: --holdout {args.holdout} would score images it saw.")
             cfg.train_size = size
         # the files it is scored on are read first: a wrong path stops here, not after a 15-minute run
         test = load_pairs(Path(args.data_root), "test", mnist_path=args.mnist_test, cifar_path=args.cifar_test)
         print(f"command: {command_line()}")
         t0 = time.perf_counter()
-        if PRESETS[cfg.model]["epochs"] == "auto" and args.epochs is None and not args.dry_run:
-            cfg.epochs, sps = fit_epochs(cfg)
-            print(f"probe: {sps:.0f} samples/s, so {cfg.epochs} epochs fill {BUDGET_USE:.0%} of {cfg.max_minutes:g} min")
-        run_dir = new_run_dir(Path(args.runs_dir), cfg)
-        print(f"run folder: {run_dir} ({threads} threads, device {cfg.device})")
-        print(f"config: {json.dumps(cfg.to_dict())}")
-        training, minutes, ended = train(cfg, run_dir)
-        print(f"trained {training.step} steps ({training.step * cfg.batch_size} samples) in {minutes:.2f} min: {ended}")
+        if scored:
+            model, _, info = scored
+            run_dir = Path(args.score)
+            metrics = read_metrics(run_dir)
+            steps, minutes = info["step"], (float(metrics["elapsed_s"].iloc[-1]) / 60 if len(metrics) else float("nan"))
+            ended = f"scored {info['path']} (step {steps})" + (f" as {args.as_model}" if args.as_model else "")
+            calib = data_calibration_pairs(Path(args.data_root))
+        else:
+            if PRESETS[cfg.model]["epochs"] == "auto" and args.epochs is None and not args.dry_run:
+                cfg.epochs, sps = fit_epochs(cfg)
+                print(f"probe: {sps:.0f} samples/s, so {cfg.epochs} epochs fill {BUDGET_USE:.0%} of {cfg.max_minutes:g} min")
+            run_dir = new_run_dir(Path(args.runs_dir), cfg)
+            print(f"run folder: {run_dir} ({threads} threads, device {cfg.device})")
+            print(f"config: {json.dumps(cfg.to_dict())}")
+            training, minutes, ended = train(cfg, run_dir)
+            model, steps = training.model, training.step
+            calib = calibration_pairs(training)
+        print(f"trained {steps} steps ({steps * cfg.batch_size} samples) in {minutes:.2f} min: {ended}")
         count = 32 if args.dry_run else 0
-        calib = calibration_pairs(training)
         results = {"command": command_line(), "run_dir": str(run_dir), "config": cfg.to_dict(),
-                   "steps": training.step, "train_minutes": minutes, "ended": ended, "threads": threads}
+                   "steps": steps, "train_minutes": minutes, "ended": ended, "threads": threads,
+                   "scored_as": args.as_model or cfg.model}
         lines = []
         for name, pairs in (("holdout", held), ("quality", test)):
             if pairs is None:
                 continue
-            ev = evaluate(training.model, pairs, count=count, calibration=calib)
+            ev = evaluate(model, pairs, count=count, calibration=calib)
             what = (f"held-out CIFAR training images {cfg.train_size}..{cfg.train_size + len(pairs) - 1} with MNIST test digits"
                     if name == "holdout" else f"test pairs ({args.cifar_test or 'CIFAR test split'} with {args.mnist_test or 'MNIST test split'})")
             w = ev.weights["mnist"]

@@ -123,3 +123,47 @@ def test_run_refuses_cuda_without_a_gpu(bench, data_root, capsys):
     run = bench("run")
     assert run.main(["--data-root", str(data_root), "--dry-run", "--device", "cuda"]) == 2
     assert "sees no GPU" in capsys.readouterr().err
+
+
+def test_variants_trains_at_equal_steps_and_scores_off_the_test_split(bench, tmp_path, capsys):
+    from conftest import make_data_root
+
+    data = make_data_root(tmp_path / "data", n_train=96, n_test=1040)  # validation digits start at 1,000
+    variants = bench("variants")
+    args = ["--data-root", str(data), "--train-size", "64", "--epochs", "1", "--threads", "1"]
+    assert variants.main([*args, "--variant", "unet_digit", "--variant", "through-st"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["variant"] for r in lines] == ["unet_digit", "through-st"]
+    for r in lines:
+        assert r["steps"] == 1 and r["val_pairs"] == 32  # CIFAR training images 64-95: never trained on
+        assert 0 < r["val_psnr"] < 100 and 0 < r["val_psnr_digit_space"] < 100
+    for bad in (["--variant", "nope"], ["--train-size", "96", "--variant", "tiny"]):
+        assert variants.main([*args, *bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_quality_scores_a_trained_run_without_training_it(bench, data_root, tmp_path, capsys):
+    quality = bench("quality")
+    runs = tmp_path / "runs"
+    assert quality.main(["--data-root", str(data_root), "--dry-run", "--runs-dir", str(runs), "--holdout", "16",
+                         "--model", "unet_fraction"]) == 0
+    trained = capsys.readouterr().out.strip().splitlines()
+    (run,) = runs.iterdir()
+    args = ["--data-root", str(data_root), "--dry-run", "--score", str(run), "--holdout", "16"]
+    assert quality.main(args) == 0
+    again = capsys.readouterr().out.strip().splitlines()
+    assert again[-2:] == trained[-2:]  # the same weights, the same scores
+    assert list(runs.iterdir()) == [run] and "scored " in "\n".join(again)  # nothing trained, no new folder
+    assert quality.main([*args, "--as-model", "unet_digit", "--json", str(tmp_path / "q.json")]) == 0
+    assert json.loads((tmp_path / "q.json").read_text())["scored_as"] == "unet_digit"
+    assert QUALITY_LINE.match(last_line(capsys))
+    base = ["--data-root", str(data_root), "--dry-run"]
+    for bad, says in (([*base, "--score", str(run), "--holdout", "20"], "would score images it saw"),
+                      ([*args, "--as-model", "faithful"], "does not fit"),
+                      ([*base, "--score", str(tmp_path / "nope")], "does not exist")):
+        assert quality.main(bad) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, err
+    assert quality.main(["--data-root", str(data_root), "--as-model", "unet_digit"]) == 2
+    assert "--as-model needs --score" in capsys.readouterr().err

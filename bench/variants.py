@@ -1,0 +1,151 @@
+"""Separator variants at equal steps, scored on a validation split carved from the training data.
+
+    python bench/variants.py --data-root ../shared/data --variant unet_fraction --variant unet_digit
+    python bench/variants.py --data-root ../shared/data --run runs/RUN   # a trained run's weights
+
+Each variant trains through mixsep's own generator (``Training.steps``): ``--epochs`` epochs of
+``--train-size`` CIFAR training images (3 x 8,000 / 64 = 375 steps by default), fresh MNIST
+partners each epoch, one-cycle to 3e-3, per-image log-MSE, seed ``--seed``. The validation
+pairs are the CIFAR training images past ``--train-size`` (never trained on) with MNIST *test*
+digits from 1,000 on (the test pairs use digits 0-999 with CIFAR's test images; nothing here
+touches those). Each line printed is a JSON object: the PSNR over both sources (a digit
+estimate inside the mixture's interval makes the two equal), as is and with ``DigitSpace``
+applied after the network (what ``unet_digit`` does at inference).
+
+Variants: any name in ``mixsep.model.MODELS``, plus ``rich`` (the fraction head with
+``features="rich"``) and two that train *through* the digit-space projection, which
+``unet_digit`` does not: ``through-st`` (clamps straight-through) and ``through`` (true
+gradients).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from benchlib import command_line, set_threads
+
+from mixsep import MixsepError, TrainConfig
+from mixsep.data import load_split, to_float
+from mixsep.model import MODELS, feasible_interval
+from mixsep.separators import DigitSpace, SeparatorNet, straight_through
+from mixsep.train import Training, load_run_model
+
+VAL_DIGITS_FROM = 1000  # MNIST test digits 0-999 belong to the test pairs
+
+
+class _Through(DigitSpace):
+    """DigitSpace applied in training too; ``st``: its clamps pass gradients straight through."""
+
+    def __init__(self, st: bool):
+        super().__init__()
+        self.st = st
+
+    def forward(self, digit, lo, hi):
+        z = self.down @ digit.float() @ self.down.T
+        x = straight_through(z.clamp(0, 1), z) if self.st else z.clamp(0, 1)
+        y = self.up @ x @ self.up.T
+        out = torch.maximum(torch.minimum(y, hi), lo)
+        return straight_through(out, y) if self.st else out
+
+
+class _ThroughNet(SeparatorNet):
+    def __init__(self, st: bool):
+        super().__init__(head="fraction")
+        self.through = _Through(st)
+
+    def forward(self, mean):
+        lo, hi = feasible_interval(mean)
+        z = self.net(torch.cat([mean, lo, hi], 1)).float()
+        from mixsep.separators import to_interval
+
+        digit = self.through(to_interval(z, lo, hi, self.head, self.training), lo, hi)
+        mnist_hat = digit.expand(-1, 3, -1, -1)
+        return mnist_hat, 2 * mean - mnist_hat
+
+
+EXTRA = {
+    "rich": lambda pretrained=False: SeparatorNet(head="fraction", features="rich"),
+    "through-st": lambda pretrained=False: _ThroughNet(st=True),
+    "through": lambda pretrained=False: _ThroughNet(st=False),
+}
+
+
+def validation(root: Path, train_size: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    mnist, _ = load_split(root, "mnist", "test")
+    cifar, _ = load_split(root, "cifar", "train")
+    n = min(count, len(cifar) - train_size, len(mnist) - VAL_DIGITS_FROM)
+    if n < 1:
+        raise MixsepError(f"No CIFAR training images are left past --train-size {train_size} to validate on.")
+    return mnist[VAL_DIGITS_FROM: VAL_DIGITS_FROM + n], cifar[train_size: train_size + n]
+
+
+@torch.inference_mode()
+def score(model: torch.nn.Module, mnist_u8, cifar_u8, batch: int = 250) -> dict:
+    """Mean per-image PSNR of the digit (equal to CIFAR's for interval models), without and with DigitSpace."""
+    model.eval()
+    project = DigitSpace()
+    plain, projected = [], []
+    for i in range(0, len(mnist_u8), batch):
+        mnist, _, mean = to_float(mnist_u8[i: i + batch], cifar_u8[i: i + batch])
+        digit = model(mean)[0][:, :1].float()
+        lo, hi = feasible_interval(mean)
+        for out, est in ((plain, digit), (projected, project(digit, lo, hi))):
+            out.append(10 * torch.log10(1 / ((est - mnist[:, :1]) ** 2).flatten(1).mean(1)))
+    return {"val_psnr": round(torch.cat(plain).mean().item(), 3),
+            "val_psnr_digit_space": round(torch.cat(projected).mean().item(), 3), "val_pairs": len(mnist_u8)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--variant", action="append", default=[], help="repeat for several, trained one after another")
+    p.add_argument("--run", default=None, help="score this run's weights instead of training (its train_size sets the split)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--train-size", type=int, default=8000)
+    p.add_argument("--val-pairs", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    try:
+        set_threads(args.threads)
+        root = Path(args.data_root)
+        print("command:", command_line(), flush=True)
+        if args.run:
+            model, cfg, info = load_run_model(Path(args.run))
+            val = validation(root, cfg.train_size, args.val_pairs)
+            print(json.dumps({"run": args.run, "model": cfg.model, "step": info["step"], **score(model, *val)}))
+            return 0
+        unknown = [v for v in args.variant if v not in MODELS and v not in EXTRA]
+        if unknown or not args.variant:
+            raise MixsepError(f"Name one or more --variant from: {', '.join([*MODELS, *EXTRA])}.")
+        val = validation(root, args.train_size, args.val_pairs)
+        for name in args.variant:
+            MODELS.setdefault(name, EXTRA.get(name))
+            cfg = TrainConfig(data_root=str(root), train_size=args.train_size, repair=True, model=name, pretrained=False,
+                              epochs=args.epochs, batch_size=64, lr=3e-3, schedule="onecycle", loss="log_mse",
+                              seed=args.seed, device="cpu", checkpoint_every=10 ** 9)
+            run = Path(tempfile.mkdtemp(prefix="variant-"))
+            try:
+                training = Training(cfg, run / "run")
+                start = time.perf_counter()
+                for _ in training.steps():
+                    pass
+                seconds = time.perf_counter() - start
+                print(json.dumps({"variant": name, "seed": args.seed, "steps": training.step,
+                                  "train_s": round(seconds, 1), **score(training.model, *val)}), flush=True)
+            finally:
+                shutil.rmtree(run, ignore_errors=True)
+    except MixsepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
