@@ -33,7 +33,7 @@ from benchlib import command_line, set_threads
 from mixsep import MixsepError, TrainConfig
 from mixsep.data import load_split, to_float
 from mixsep.model import MODELS, feasible_interval
-from mixsep.separators import DigitSpace, SeparatorNet, straight_through
+from mixsep.separators import DigitSpace, SeparatorNet, mixture_features, straight_through, to_interval
 from mixsep.train import Training, load_run_model
 
 VAL_DIGITS_FROM = 1000  # MNIST test digits 0-999 belong to the test pairs
@@ -61,9 +61,7 @@ class _ThroughNet(SeparatorNet):
 
     def forward(self, mean):
         lo, hi = feasible_interval(mean)
-        z = self.net(torch.cat([mean, lo, hi], 1)).float()
-        from mixsep.separators import to_interval
-
+        z = self.net(mixture_features(mean, lo, hi, self.features)).float()
         digit = self.through(to_interval(z, lo, hi, self.head, self.training), lo, hi)
         mnist_hat = digit.expand(-1, 3, -1, -1)
         return mnist_hat, 2 * mean - mnist_hat
