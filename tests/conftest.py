@@ -145,10 +145,11 @@ class WarmProcess:
 
     def communicate(self, timeout=None):
         self.wait(timeout)
-        try:
-            return Path(self._out).read_text(errors="replace"), Path(self._err).read_text(errors="replace")
-        finally:
-            for p in (self._out, self._err):
+        return Path(self._out).read_text(errors="replace"), Path(self._err).read_text(errors="replace")
+
+    def __del__(self):  # the output files go with the object, read or not
+        for p in (getattr(self, "_out", None), getattr(self, "_err", None)):
+            if p:
                 Path(p).unlink(missing_ok=True)
 
 
