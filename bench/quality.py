@@ -43,6 +43,7 @@ PRESETS = {
     "unet": dict(epochs="auto", batch_size=64, lr=3e-3, schedule="onecycle", repair=True, loss="log_mse"),
     "unet_fraction": dict(epochs="auto", batch_size=64, lr=3e-3, schedule="onecycle", repair=True, loss="log_mse"),
     "unet_digit": dict(epochs="auto", batch_size=64, lr=3e-3, schedule="onecycle", repair=True, loss="log_mse"),
+    "unet_digit_rich": dict(epochs="auto", batch_size=64, lr=3e-3, schedule="onecycle", repair=True, loss="log_mse"),
 }
 CALIBRATION_PAIRS = 512
 BUDGET_USE = 0.9  # of the budget the schedule is sized for: load on a shared machine moves the speed

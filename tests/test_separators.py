@@ -221,3 +221,15 @@ def test_unet_digit_trains_as_unet_fraction_and_differs_only_at_inference():
     torch.testing.assert_close(mnist_hat[:, :1], expected)
     assert not torch.equal(mnist_hat, fraction(mean)[0])
     torch.testing.assert_close(mnist_hat + cifar_hat, 2 * mean, atol=1e-6, rtol=0)
+
+
+def test_unet_digit_rich_is_unet_digit_with_the_rich_inputs():
+    rich, digit = build_model("unet_digit_rich"), build_model("unet_digit")
+    assert (rich.head, rich.features, type(rich.digit_space)) == ("fraction", "rich", DigitSpace)
+    assert count_parameters(rich) - count_parameters(digit) == 5 * 32 * 3 * 3  # 5 more inputs to the first conv
+    _, mean = resized_pairs(2)
+    with torch.no_grad():
+        mnist_hat, cifar_hat = rich.eval()(mean)
+    lo, hi = feasible_interval(mean)
+    torch.testing.assert_close(mnist_hat + cifar_hat, 2 * mean, atol=1e-6, rtol=0)
+    assert (mnist_hat[:, :1] >= lo).all() and (mnist_hat[:, :1] <= hi + 1e-6).all()
