@@ -37,13 +37,12 @@ from mixsep.runs import read_metrics
 from mixsep.train import Training, load_run_model, new_run_dir
 
 # Per-model settings: the faithful model at the report's (one epoch, constant 1e-3); the
-# U-Net with a one-cycle schedule as long as the budget allows ("auto": see fit_epochs).
+# U-Nets with a one-cycle schedule as long as the budget allows ("auto": see fit_epochs), one
+# setting for all of them so that they compare at equal training.
+UNET = dict(epochs="auto", batch_size=64, lr=3e-3, schedule="onecycle", repair=True, loss="log_mse")
 PRESETS = {
     "faithful": dict(epochs=1, batch_size=128, lr=1e-3, schedule="constant", repair=False),
-    "unet": dict(epochs="auto", batch_size=64, lr=3e-3, schedule="onecycle", repair=True, loss="log_mse"),
-    "unet_fraction": dict(epochs="auto", batch_size=64, lr=3e-3, schedule="onecycle", repair=True, loss="log_mse"),
-    "unet_digit": dict(epochs="auto", batch_size=64, lr=3e-3, schedule="onecycle", repair=True, loss="log_mse"),
-    "unet_digit_rich": dict(epochs="auto", batch_size=64, lr=3e-3, schedule="onecycle", repair=True, loss="log_mse"),
+    **{name: UNET for name in ("unet", "unet_fraction", "unet_digit", "unet_digit_rich")},
 }
 CALIBRATION_PAIRS = 512
 BUDGET_USE = 0.9  # of the budget the schedule is sized for: load on a shared machine moves the speed

@@ -32,6 +32,7 @@ from benchlib import command_line, set_threads
 
 from mixsep import MixsepError, TrainConfig
 from mixsep.data import load_split, to_float
+from mixsep.metrics import psnr
 from mixsep.model import MODELS, feasible_interval
 from mixsep.separators import DigitSpace, SeparatorNet, mixture_features, straight_through, to_interval
 from mixsep.train import Training, load_run_model
@@ -94,7 +95,7 @@ def score(model: torch.nn.Module, mnist_u8, cifar_u8, batch: int = 250) -> dict:
         digit = model(mean)[0][:, :1].float()
         lo, hi = feasible_interval(mean)
         for out, est in ((plain, digit), (projected, project(digit, lo, hi))):
-            out.append(10 * torch.log10(1 / ((est - mnist[:, :1]) ** 2).flatten(1).mean(1)))
+            out.append(psnr(est, mnist[:, :1]))
     return {"val_psnr": round(torch.cat(plain).mean().item(), 3),
             "val_psnr_digit_space": round(torch.cat(projected).mean().item(), 3), "val_pairs": len(mnist_u8)}
 

@@ -3,7 +3,6 @@ studies on tiny data (the journal storage, a killed worker, a stop, the Sweep pa
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -33,7 +32,7 @@ def sweep_args(data_root, runs, *extra) -> list[str]:
 
 def cli(*args, env=None) -> subprocess.CompletedProcess:
     """`python -m mixsep ARGS` run to its end, forked warm (conftest.WarmProcess)."""
-    return conftest.warm_run(args, ROOT, env or os.environ, timeout=600)
+    return conftest.warm_run(args, ROOT, env, timeout=600)
 
 
 def tree(path: Path) -> dict:
