@@ -13,7 +13,7 @@ from mixsep import MixsepError, TrainConfig
 from mixsep import run as R
 from mixsep import train as T
 from mixsep.data import mix
-from mixsep.model import MODELS, FaithfulSeparator, build_model, feasible_interval
+from mixsep.model import MODELS, FaithfulSeparator, SmallMapConv2d, build_model, feasible_interval, flops_per_sample
 
 
 def quiet_build(name):
@@ -160,8 +160,56 @@ def test_grouped_decoders_are_the_same_function_outputs_gradients_and_optimiser_
     opts[1].load_state_dict(state)
 
 
+@pytest.mark.parametrize("size,stride,groups", [(1, 1, 1), (1, 2, 1), (2, 2, 1), (1, 1, 4), (2, 2, 4),
+                                                (2, 1, 1), (4, 1, 1), (3, 2, 1)])
+def test_a_small_map_conv_is_the_plain_conv_and_skips_only_products_with_padding(size, stride, groups):
+    torch.manual_seed(size * 10 + stride + groups)
+    conv = SmallMapConv2d(8, 12, 3, stride=stride, padding=1, groups=groups)
+    x = torch.randn(5, 8, size, size, requires_grad=True)
+    want = F.conv2d(x, conv.weight, conv.bias, stride, 1, 1, groups)
+    got = conv(x)
+    assert got.shape == want.shape and torch.allclose(got, want, atol=1e-6)
+    (g_x, g_w), (w_x, w_w) = (torch.autograd.grad((y * torch.arange(y.numel()).view_as(y)).sum(), (x, conv.weight))
+                              for y in (got, want))
+    assert torch.allclose(g_x, w_x, atol=1e-5) and torch.allclose(g_w, w_w, atol=1e-5)
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        conv(x)
+    taps = {1: 1, 2: 4}[size] if (size == 1 or (size, stride) == (2, 2)) else 9  # the taps it multiplies
+    assert counter.get_total_flops() == 2 * 5 * 12 * (8 // groups) * taps * want.shape[-1] * want.shape[-2]
+
+
+@pytest.mark.heavy(8)
+def test_skipping_padding_taps_is_the_same_network_outputs_gradients_training_and_checkpoints():
+    skip, _ = faithful_pair(seed=4)
+    plain = copy.deepcopy(skip)
+    plain.skip_padding = False
+    assert skip.skip_padding and not plain.skip_padding
+    # torchvision's names and shapes: checkpoints of either form, and of the code before it, load into both
+    from torchvision.models import resnet18
+    assert skip.encoder.net.state_dict().keys() == resnet18().state_dict().keys() - {"fc.weight", "fc.bias"}
+    assert skip.state_dict().keys() == plain.state_dict().keys()
+    mnist, cifar, mean = real_mixture(4, seed=5)
+    outs = []
+    for model in (skip, plain):
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        for _ in range(2):  # two Adam steps: equal gradients move equal weights, the skipped taps' included
+            mnist_hat, cifar_hat = model(mean)
+            opt.zero_grad()
+            (F.mse_loss(mnist_hat, mnist) + 2 * F.mse_loss(cifar_hat, cifar)).backward()
+            opt.step()
+        outs.append([t.detach() for t in model(mean)] + [p.detach() for p in model.parameters()])
+    for a, b in zip(*outs):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    # the network's FLOPs are counted the same in both forms; what the shortcut multiplies is less
+    assert flops_per_sample(skip) == flops_per_sample(plain) == flops_per_sample(plain, executed=True)
+    assert flops_per_sample(skip, executed=True) < 0.96 * flops_per_sample(skip)
+    assert skip.skip_padding and not plain.skip_padding  # counting put each form back
+
+
 def test_a_checkpoint_of_the_two_decoder_layout_loads_and_gives_the_same_outputs(tmp_path):
     plain, _ = faithful_pair(seed=2)
+    plain.skip_padding = False  # and every tap computed, as before SmallMapConv2d
     state = plain.state_dict()
     # today's layout, written out so that a change to it fails here and not in a user's old run
     assert state["mnist_head.layers.0.weight"].shape == (2, 64, 3, 3)
