@@ -7,12 +7,16 @@
    printed beside the measured matmul peak.
 1. Training throughput of the faithful model, loops in alternating rounds: mixsep (the
    Training.steps generator: uint8 index gathers, whole-batch mixing, CSV row), the bare step
-   on ready float tensors in the default form and in the other form of the decoders (grouped
-   pass or apart: mixsep.model.decode_pair), and a seed-style loop (torchvision MNIST with
-   per-item PIL Resize/Grayscale/ToTensor, CIFAR through PIL per item, a Dataset returning the
-   mean, a DataLoader). data_overhead = 1 - mixsep/bare; speedup_vs_seed_style = mixsep/seed.
-2. MFU: each loop's FLOPs (3x the forward count of mixsep.model.flops_per_sample) against the
-   best large fp32 matmul timed in the same rounds.
+   on ready float tensors in the default form, in the other form of the decoders (grouped
+   pass or apart: mixsep.model.decode_pair) and with every tap of the encoder's convolutions
+   computed (all_taps: without mixsep.model.SmallMapConv2d's shortcut, as torchvision computes
+   ResNet-18), and a seed-style loop (torchvision MNIST with per-item PIL Resize/Grayscale/
+   ToTensor, CIFAR through PIL per item, a Dataset returning the mean, a DataLoader, the
+   network computed with all taps as the seed's was). data_overhead = 1 - mixsep/bare;
+   speedup_vs_seed_style = mixsep/seed.
+2. MFU: each loop's FLOPs (3x the forward count of mixsep.model.flops_per_sample: the network's
+   FLOPs, every tap counted, whichever form computes them) against the best large fp32 matmul
+   timed in the same rounds; beside it, the MFU of the FLOPs the form actually multiplies.
 3. --profile: torch.profiler's table of the bare step, both decoder forms, top ops by self CPU time.
 4. torch.compile of the whole step (forward, loss, backward, Adam; full run or --compile): compile
    time, step time saved, and the break-even number of steps.
@@ -150,11 +154,17 @@ def form(model) -> str:
     return "grouped" if model.grouped else "apart"
 
 
-def other_form(model, lr: float = 1e-3):
-    """A copy of the model computing its decoders the other way, with its own Adam: the before/after pair."""
+def variant(model, lr: float = 1e-3, **form):
+    """A copy of the model computing in another form (attributes ``form``), with its own Adam: a before/after pair."""
     other = copy.deepcopy(model)
-    other.grouped = not model.grouped
+    for k, v in form.items():
+        setattr(other, k, v)
     return other, torch.optim.Adam(other.parameters(), lr=lr)
+
+
+def other_form(model, lr: float = 1e-3):
+    """A copy of the model computing its decoders the other way, with its own Adam."""
+    return variant(model, lr, grouped=not model.grouped)
 
 
 def endless_batches(pairs, batch: int):
@@ -179,11 +189,13 @@ def training_throughput(args, work: Path) -> dict:
     seed_batches = seed_style_loader(Path(args.data_root), work / "seed", args.batch_size, args.device)
     B, amp = args.batch_size, args.device == "cuda" and cfg.amp
     other, other_opt = other_form(model, cfg.lr)
+    all_taps, all_taps_opt = variant(model, cfg.lr, skip_padding=False)  # the encoder as torchvision computes it
     loops = {
         "mixsep": (lambda: next(gen), B),
         "bare": (lambda: bare_step(model, opt, ready, amp), B),
         f"bare_{form(other)}": (lambda: bare_step(other, other_opt, ready, amp), B),
-        "seed_style": (lambda: bare_step(model, opt, next(seed_batches), amp), B),
+        "bare_all_taps": (lambda: bare_step(all_taps, all_taps_opt, ready, amp), B),
+        "seed_style": (lambda: bare_step(all_taps, all_taps_opt, next(seed_batches), amp), B),
         # the peak in the precision the step computes in: fp32 on the CPU, bf16 under autocast on a GPU
         "matmul_gflops": matmul(args.peak_n, args.device, torch.bfloat16 if amp else torch.float32),
     }
@@ -197,23 +209,28 @@ def training_throughput(args, work: Path) -> dict:
     return {"samples_per_s": {k: v for k, v in got.items() if k != "_rounds"}, "rounds": got["_rounds"],
             "data_only_samples_per_s": {k: v for k, v in data.items() if k != "_rounds"},
             "peak_gflops": peak, "forward_flops_per_sample": flops_per_sample(model), "form": form(model),
-            "model": model, "opt": opt, "ready": ready, "other": other, "other_opt": other_opt}
+            "other_form": form(other), "executed_forward_flops_per_sample": {
+                "bare": flops_per_sample(model, executed=True), f"bare_{form(other)}": flops_per_sample(other, executed=True),
+                "bare_all_taps": flops_per_sample(all_taps, executed=True)},
+            "model": model, "opt": opt, "ready": ready, "other": other, "other_opt": other_opt,
+            "all_taps": all_taps, "all_taps_opt": all_taps_opt}
 
 
 def profile_step(args, t: dict) -> dict:
-    """torch.profiler's table of the bare step in each decoder form: top ops by self CPU time."""
+    """torch.profiler's table of the bare step in each form (default, other decoders, all taps): top ops by self CPU time."""
     from torch.profiler import ProfilerActivity, profile
 
     amp = args.device == "cuda"
     tables = {}
-    for model, opt in ((t["model"], t["opt"]), (t["other"], t["other_opt"])):
+    for name, model, opt in (("default", t["model"], t["opt"]), (f"decoders {form(t['other'])}", t["other"], t["other_opt"]),
+                             ("all taps", t["all_taps"], t["all_taps_opt"])):
         bare_step(model, opt, t["ready"], amp)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
         with profile(activities=activities, record_shapes=True) as prof:
             for _ in range(args.steps):
                 bare_step(model, opt, t["ready"], amp)
             synchronize(args.device)
-        tables[form(model)] = prof.key_averages(group_by_input_shape=True).table(
+        tables[name] = prof.key_averages(group_by_input_shape=True).table(
             sort_by="self_cpu_time_total", row_limit=args.profile_rows, max_name_column_width=34,
             max_shapes_column_width=64)
     return tables
@@ -454,12 +471,19 @@ def print_training(args, t: dict, m: dict) -> dict:
     print(f"\nfaithful training, batch {args.batch_size}, {args.rounds} rounds of {args.steps} steps, median samples/s;")
     print(f"fp32 matmul ({args.peak_n}^2) in the same rounds: {peak:.1f} GFLOP/s, the peak for MFU"
           + (f" ({peak / m['peak_gflops']:.2f} of the theoretical {m['peak_gflops']:.0f})" if m["peak_gflops"] > 0 else ""))
+    executed = t["executed_forward_flops_per_sample"]
+    executed = executed | {"mixsep": executed["bare"], "seed_style": executed["bare_all_taps"]}
+    print(f"  (MFU counts the network's {train_flops / 1e6:.0f} MFLOPs per sample, every tap; 'executed' the FLOPs each form multiplies)")
     for k, v in sps.items():
-        print(f"  {k:14s} {v:7.1f} samples/s  {train_flops * v / 1e9:6.1f} GFLOP/s  MFU {train_flops * v / (peak * 1e9):.2f}")
-    other = next(k for k in sps if k.startswith("bare_"))
-    print(f"  decoders {t['form']} (the default) / {other.removeprefix('bare_')}: {sps['bare'] / sps[other]:.2f}x")
+        print(f"  {k:14s} {v:7.1f} samples/s  {train_flops * v / 1e9:6.1f} GFLOP/s  MFU {train_flops * v / (peak * 1e9):.2f}"
+              f"  (executed {3 * executed[k] * v / (peak * 1e9):.2f})")
+    other = f"bare_{t['other_form']}"
+    print(f"  decoders {t['form']} (the default) / {t['other_form']}: {sps['bare'] / sps[other]:.2f}x")
+    print(f"  encoder skipping padding taps (the default) / all taps: {sps['bare'] / sps['bare_all_taps']:.2f}x")
     out = {"mfu": train_flops * sps["mixsep"] / (peak * 1e9), "data_overhead": 1 - sps["mixsep"] / sps["bare"],
-           "speedup_vs_seed_style": sps["mixsep"] / sps["seed_style"], "default_vs_other_form": sps["bare"] / sps[other]}
+           "mfu_executed": 3 * executed["mixsep"] * sps["mixsep"] / (peak * 1e9),
+           "speedup_vs_seed_style": sps["mixsep"] / sps["seed_style"], "default_vs_other_form": sps["bare"] / sps[other],
+           "skip_vs_all_taps": sps["bare"] / sps["bare_all_taps"]}
     print(f"  data overhead 1 - mixsep/bare = {out['data_overhead']:.3f}; mixsep / seed-style = {out['speedup_vs_seed_style']:.2f}x")
     d = t["data_only_samples_per_s"]
     print(f"  input pipeline alone: mixsep {d['mixsep']:.0f} samples/s, seed-style {d['seed_style']:.0f} samples/s "
@@ -497,7 +521,7 @@ def main(argv=None) -> int:
             head = print_training(args, t, m)
             prof = profile_step(args, t) if args.profile else {}
             for name, table in prof.items():
-                print(f"\ntorch.profiler, faithful bare step, decoders {name}, {args.steps} steps, top ops by self CPU time:")
+                print(f"\ntorch.profiler, faithful bare step, {name} ({t['form']} decoders unless named), {args.steps} steps, top ops by self CPU time:")
                 print(table)
             comp = compile_whole_step(args, t, work) if args.compile else {}
             if comp:
@@ -524,6 +548,7 @@ def main(argv=None) -> int:
             out = {"command": command_line(), "machine": m, "threads": threads, "peak_gflops": t["peak_gflops"], "training": {
                 "samples_per_s": t["samples_per_s"], "rounds": t["rounds"], "default_form": t["form"],
                 "forward_flops_per_sample": t["forward_flops_per_sample"],
+                "executed_forward_flops_per_sample": t["executed_forward_flops_per_sample"],
                 "data_only_samples_per_s": t["data_only_samples_per_s"]} | head,
                 "profile": prof, "compile": comp, "tried": tr, "eval": ev, "time_to_target": target,
                 "dashboard_overhead": {"value": dash, "how": dash_how}, "total_s": total}

@@ -79,10 +79,17 @@ def test_run_dry_run_prints_the_bench_line(bench, data_root, tmp_path, capsys):
     assert rc == 0
     assert BENCH_LINE.match(out.strip().splitlines()[-1])
     assert "theoretical fp32 FMA peak" in out or "no theoretical peak" in out
-    assert out.count("top ops by self CPU time") == 2 and "Self CPU" in out  # both decoder forms profiled
+    assert out.count("top ops by self CPU time") == 3 and "Self CPU" in out  # default, other decoders, all taps
     figures = json.loads((tmp_path / "b.json").read_text())
-    sps = figures["training"]["samples_per_s"]
-    assert "bare" in sps and [k for k in sps if k.startswith("bare_")] in (["bare_grouped"], ["bare_apart"])
+    training = figures["training"]
+    sps = training["samples_per_s"]
+    assert "bare" in sps and sorted(k for k in sps if k.startswith("bare_")) in (
+        ["bare_all_taps", "bare_grouped"], ["bare_all_taps", "bare_apart"])
+    # MFU counts the network's FLOPs; what the default form multiplies is fewer, the all-taps form's the same
+    executed = training["executed_forward_flops_per_sample"]
+    assert executed["bare"] < training["forward_flops_per_sample"] == executed["bare_all_taps"]
+    assert training["mfu_executed"] < training["mfu"]
+    assert "encoder skipping padding taps (the default) / all taps" in out
     assert figures["time_to_target"]["validation_pairs"] == 16
 
 
