@@ -1,4 +1,4 @@
-"""`python -m mixsep {train,evaluate,grid,info,download}`: thin wrappers over the library."""
+"""`python -m mixsep {train,evaluate,grid,separate,info,download,sweep}`: thin wrappers over the library."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .config import TrainConfig, add_train_flags, config_from_args, default_data_root, default_runs_dir
+from .config import SEPARATE_MODES, TrainConfig, add_train_flags, config_from_args, default_data_root, default_runs_dir
 from .errors import MixsepError
 
 def _add_data_root(p):
@@ -52,6 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint", default=None)
     g.add_argument("--errors", action="store_true", help="add rows of absolute error maps")
     g.add_argument("--no-direct", action="store_true", help="omit the row of direct CIFAR estimates")
+
+    s = sub.add_parser("separate", help="separate your own 32x32 mixture images into a digit and a CIFAR-like image")
+    s.add_argument("run_dir", help="a run folder (or a checkpoint file inside one)")
+    s.add_argument("images", nargs="+", help="mixture images (PNG, JPEG, ...: 32x32, the mean of a grey digit and a colour image)")
+    s.add_argument("--out", default="separated", help="folder for <name>.mnist.png and <name>.cifar.png (default ./separated)")
+    s.add_argument("--mode", default=SEPARATE_MODES[0], choices=SEPARATE_MODES,
+                   help="recovery mode (default projection_uniform: the two outputs average to the mixture; "
+                        "for interval models such as unet_digit every mode gives the same images)")
+    s.add_argument("--overwrite", action="store_true", help="replace outputs that exist already")
+    s.add_argument("--checkpoint", default=None, help="a checkpoint file; default: the run's latest")
+    s.add_argument("--as-model", default=None, metavar="MODEL", help="load the weights as another model that holds them")
 
     i = sub.add_parser("info", help="parameters, FLOPs per sample, device and data found")
     _add_data_root(i)
@@ -256,6 +267,19 @@ def cmd_grid(args) -> int:
     return 0
 
 
+def cmd_separate(args) -> int:
+    from .separate import prepare, separate, write_outputs
+
+    pixels, paths = prepare([Path(p) for p in args.images], Path(args.out), args.overwrite)  # before the model loads
+    model, _, info = _load_model(args)
+    write_outputs(paths, *separate(model, pixels, args.mode))
+    print(f"checkpoint {info['path']} (step {info['step']}), mode {args.mode}: {len(paths)} mixture(s) separated", file=sys.stderr)
+    for d in paths:
+        print(d["mnist"])
+        print(d["cifar"])
+    return 0
+
+
 def cmd_info(args) -> int:
     import torch
 
@@ -309,8 +333,8 @@ def cmd_sweep(args) -> int:
     return code
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "grid": cmd_grid, "info": cmd_info, "download": cmd_download,
-            "sweep": cmd_sweep}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "grid": cmd_grid, "separate": cmd_separate, "info": cmd_info,
+            "download": cmd_download, "sweep": cmd_sweep}
 
 
 def main(argv=None) -> int:

@@ -22,6 +22,8 @@ from .errors import MixsepError
 SEED_MAX = 2**63 - 1  # torch.manual_seed takes a signed or unsigned 64-bit seed; JSON tools keep signed ones exact
 TYPE_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
 GROUPS = ("model", "optimiser", "data", "mechanics")  # the order the Train page draws them in
+# recovery modes for separating a user's own mixtures: those that need no training data (the first is the default)
+SEPARATE_MODES = ("projection_uniform", "direct", "subtraction")
 
 
 def default_data_root() -> str:

@@ -1,0 +1,125 @@
+"""Separate a user's own mixtures: 32x32 images in, a digit and a CIFAR-like image out for each.
+
+A mixture is what every pair in training is, the pixel-wise mean of a grey digit and a colour
+image, saved as an ordinary image file (PNG, or any format Pillow reads; 8-bit, as an image
+file holds it). Files are read as pixels only, their size checked from the header before any
+decoding, and every input is checked before anything is written, so one bad file writes nothing.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .config import SEPARATE_MODES as MODES
+from .errors import MixsepError
+from .run import atomic_write
+
+SIZE = (32, 32)
+SUFFIXES = {"mnist": ".mnist.png", "cifar": ".cifar.png"}
+
+
+def read_mixture(path: Path) -> np.ndarray:
+    """(32, 32, 3) uint8 pixels of an image file, or MixsepError with one sentence."""
+    path = Path(path)
+    if not path.is_file():
+        raise MixsepError(f"{path} does not exist or is not a file.")
+    try:
+        with Image.open(path) as im:
+            if im.size != SIZE:  # from the header: a large or hostile file is never decoded
+                raise MixsepError(f"{path} is {im.size[0]}x{im.size[1]} pixels; a mixture must be 32x32, "
+                                  "the size mixsep separates (resize it first).")
+            if getattr(im, "n_frames", 1) > 1:
+                raise MixsepError(f"{path} holds {im.n_frames} frames; give one image per file.")
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except UnidentifiedImageError:
+        raise MixsepError(f"{path} is not an image file Pillow can read (PNG, JPEG, BMP, ...).") from None
+    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt after a valid header
+        raise MixsepError(f"{path} could not be read as an image ({str(e) or e.__class__.__name__}).") from None
+
+
+def output_paths(inputs: list[Path], out_dir: Path) -> list[dict[str, Path]]:
+    """{source: path} per input: OUT/<stem>.mnist.png and OUT/<stem>.cifar.png."""
+    seen: dict[str, Path] = {}
+    for p in inputs:
+        if p.stem in seen and seen[p.stem] != p:
+            raise MixsepError(f"{seen[p.stem]} and {p} would both write {p.stem}.*.png; rename one or separate them apart.")
+        seen[p.stem] = p
+    return [{s: out_dir / f"{p.stem}{suffix}" for s, suffix in SUFFIXES.items()} for p in inputs]
+
+
+def check_outputs(paths: list[dict[str, Path]], out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MixsepError(f"{out_dir} is a file, not a folder; choose another --out.")
+    if not out_dir.exists() and not out_dir.parent.is_dir():
+        raise MixsepError(f"Folder {out_dir.parent} does not exist; create it or choose another --out.")
+    if not overwrite:
+        for p in (p for d in paths for p in d.values()):
+            if p.exists():
+                raise MixsepError(f"{p} exists already; pass --overwrite to replace it, or choose another --out.")
+
+
+@torch.inference_mode()
+def separate(model: torch.nn.Module, mixtures: np.ndarray, mode: str = MODES[0],
+             batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 32, 32, 3) uint8 mixtures -> (digits (N, 32, 32) uint8, images (N, 32, 32, 3) uint8)."""
+    from .metrics import recover  # torchmetrics takes seconds to import: bad files are refused before it
+
+    if mode not in MODES:
+        raise MixsepError(f"Unknown mode '{mode}'; choose one of: {', '.join(MODES)}.")
+    model.eval()
+    device = next(model.parameters()).device
+    digits, images = [], []
+    for i in range(0, len(mixtures), batch_size):
+        mean = torch.from_numpy(mixtures[i: i + batch_size]).to(device).permute(0, 3, 1, 2).float() / 255
+        mnist_hat, cifar_hat = model(mean)
+        m, c = recover(mean, mnist_hat.float(), cifar_hat.float(), mode)  # clipped to [0, 1]
+        digits.append(to_u8(m.mean(1)))            # the digit is grey: the channels' mean
+        images.append(to_u8(c.permute(0, 2, 3, 1)))
+    return np.concatenate(digits), np.concatenate(images)
+
+
+def to_u8(x: torch.Tensor) -> np.ndarray:
+    return (x * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def prepare(inputs: list[Path], out_dir: Path, overwrite: bool = False) -> tuple[np.ndarray, list[dict[str, Path]]]:
+    """Read and check every input and every output path before anything is computed or written."""
+    inputs = [Path(p) for p in inputs]
+    if not inputs:
+        raise MixsepError("Give at least one mixture image to separate.")
+    pixels = np.stack([read_mixture(p) for p in inputs])
+    paths = output_paths(inputs, out_dir)
+    check_outputs(paths, out_dir, overwrite)
+    return pixels, paths
+
+
+def write_outputs(paths: list[dict[str, Path]], digits: np.ndarray, images: np.ndarray) -> None:
+    out_dir = next(iter(paths[0].values())).parent
+    try:
+        out_dir.mkdir(exist_ok=True)
+    except OSError as e:
+        raise MixsepError(f"Could not create {out_dir} ({e.strerror or e.__class__.__name__}).") from None
+    for d, digit, image in zip(paths, digits, images):
+        for source, px in (("mnist", digit), ("cifar", image)):
+            data = png_bytes(px)
+            atomic_write(d[source], lambda f, data=data: f.write(data))
+
+
+def separate_files(model: torch.nn.Module, inputs: list[Path], out_dir: Path, mode: str = MODES[0],
+                   overwrite: bool = False) -> list[dict[str, Path]]:
+    """Check every input and output, then separate and write OUT/<stem>.mnist.png and OUT/<stem>.cifar.png."""
+    if mode not in MODES:
+        raise MixsepError(f"Unknown mode '{mode}'; choose one of: {', '.join(MODES)}.")
+    pixels, paths = prepare(inputs, Path(out_dir), overwrite)
+    write_outputs(paths, *separate(model, pixels, mode))
+    return paths

@@ -1,0 +1,148 @@
+"""`python -m mixsep separate`: a user's own mixture images in, a digit and an image out for each."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mixsep.cli import main
+from mixsep.data import load_pairs
+from mixsep.metrics import recover
+from mixsep.train import load_run_model
+
+TINY = ["--batch-size", "16", "--no-pretrained", "--quiet"]
+
+
+def _train(capsys, data_root, runs, model="tiny") -> Path:
+    assert main(["train", "--data-root", str(data_root), "--runs-dir", str(runs), "--model", model, *TINY,
+                 "--epochs", "1"]) == 0
+    return Path(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def _mixtures(data_root: Path, folder: Path, n: int = 3) -> tuple[list[Path], np.ndarray]:
+    """n test pairs saved as 8-bit PNG mixtures, as a user would have them."""
+    pairs = load_pairs(data_root, "test")
+    digits = pairs.mnist[:n].numpy().astype(np.float64)                       # (n, 32, 32)
+    images = pairs.cifar[:n].permute(0, 2, 3, 1).numpy().astype(np.float64)   # (n, 32, 32, 3)
+    mixed = np.round((digits[..., None] + images) / 2).astype(np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, px in enumerate(mixed):
+        paths.append(folder / f"mix{i}.png")
+        Image.fromarray(px).save(paths[-1])
+    return paths, mixed
+
+
+def test_separate_writes_a_grey_digit_and_an_image_per_mixture_that_average_back_to_it(capsys, data_root, tmp_path):
+    run = _train(capsys, data_root, tmp_path / "runs", "unet_digit")
+    inputs, mixed = _mixtures(data_root, tmp_path / "in")
+    out = tmp_path / "out"
+    assert main(["separate", str(run), *map(str, inputs), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(out / f"mix{i}.{s}.png") for i in range(3) for s in ("mnist", "cifar")]
+    model, _, _ = load_run_model(run)
+    for i, px in enumerate(mixed):
+        digit, image = Image.open(out / f"mix{i}.mnist.png"), Image.open(out / f"mix{i}.cifar.png")
+        assert (digit.mode, digit.size, image.mode, image.size) == ("L", (32, 32), "RGB", (32, 32))
+        d, c = np.asarray(digit).astype(int), np.asarray(image).astype(int)
+        # an interval model's two estimates average to the mixture: here to within the PNGs' rounding
+        assert np.abs((d[..., None] + c) - 2 * px.astype(int)).max() <= 1
+        # and they are the model's own estimates of this mixture, the right way round
+        mean = torch.from_numpy(px).permute(2, 0, 1)[None].float() / 255
+        with torch.inference_mode():
+            m, _ = recover(mean, *[t.float() for t in model.eval()(mean)], "projection_uniform")
+        assert np.abs(d - (m[0, 0] * 255).round().numpy()).max() <= 1
+        assert 0 < d.mean() < 255 and c.std() > 0  # neither output is blank
+
+
+def test_each_mode_and_overwrite(capsys, data_root, tmp_path):
+    run = _train(capsys, data_root, tmp_path / "runs")
+    inputs, mixed = _mixtures(data_root, tmp_path / "in", n=1)
+    out = tmp_path / "out"
+    model, _, _ = load_run_model(run)
+    mean = torch.from_numpy(mixed).permute(0, 3, 1, 2).float() / 255
+    with torch.inference_mode():
+        heads = [t.float() for t in model.eval()(mean)]
+    written = {}
+    for mode in ("direct", "subtraction", "projection_uniform"):
+        assert main(["separate", str(run), str(inputs[0]), "--out", str(out), "--mode", mode, "--overwrite"]) == 0
+        c = np.asarray(Image.open(out / "mix0.cifar.png")).astype(int)
+        _, want = recover(mean, *heads, mode)
+        assert np.abs(c - (want[0].permute(1, 2, 0) * 255).round().numpy()).max() <= 1, mode
+        written[mode] = c
+    assert not np.array_equal(written["direct"], written["subtraction"])  # the tiny model's heads disagree
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("case,message", [
+    ("not_an_image", "is not an image file Pillow can read"),
+    ("wrong_size", "is 64x48 pixels; a mixture must be 32x32"),
+    ("missing", "does not exist or is not a file"),
+    ("truncated", "could not be read as an image"),
+    ("animated", "holds 2 frames"),
+    ("same_name", "would both write mix0.*.png"),
+    ("output_exists", "exists already; pass --overwrite"),
+    ("out_is_a_file", "is a file, not a folder"),
+    ("out_parent_missing", "does not exist; create it or choose another --out"),
+    ("bad_mode", "invalid choice"),
+])
+def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(capsys, data_root, tmp_path, case, message):
+    run = _train(capsys, data_root, tmp_path / "runs")
+    inputs, _ = _mixtures(data_root, tmp_path / "in", n=2)
+    out = tmp_path / "out"
+    extra: list[str] = []
+    if case == "not_an_image":
+        (tmp_path / "in" / "notes.png").write_text("a note, not an image")
+        inputs.append(tmp_path / "in" / "notes.png")
+    elif case == "wrong_size":
+        Image.new("RGB", (64, 48)).save(tmp_path / "in" / "big.png")
+        inputs.append(tmp_path / "in" / "big.png")
+    elif case == "missing":
+        inputs.append(tmp_path / "in" / "gone.png")
+    elif case == "truncated":
+        data = inputs[1].read_bytes()
+        inputs[1].write_bytes(data[: len(data) // 2])
+    elif case == "animated":
+        frames = [Image.new("RGB", (32, 32), (i * 90, 0, 0)) for i in range(2)]
+        frames[0].save(tmp_path / "in" / "anim.gif", save_all=True, append_images=frames[1:])
+        inputs.append(tmp_path / "in" / "anim.gif")
+    elif case == "same_name":
+        (tmp_path / "other").mkdir()
+        inputs.append(tmp_path / "other" / "mix0.png")
+        inputs[-1].write_bytes(inputs[0].read_bytes())
+    elif case == "output_exists":
+        out.mkdir()
+        (out / "mix1.cifar.png").write_bytes(b"the user's own file")
+    elif case == "out_is_a_file":
+        out.write_text("a file")
+    elif case == "out_parent_missing":
+        out = tmp_path / "nope" / "out"
+    elif case == "bad_mode":
+        extra = ["--mode", "projection_optimal"]  # needs training pairs: not offered here
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "runs" not in p.parts}
+    with pytest.raises(SystemExit) if case == "bad_mode" else _nothing():
+        rc = main(["separate", str(run), *map(str, inputs), "--out", str(out), *extra])
+        assert rc == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    if case != "bad_mode":
+        assert err.startswith("error: ") and err.count("\n") == 1
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "runs" not in p.parts}
+    assert after == before  # nothing written, nothing replaced
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_a_bad_image_is_refused_before_the_run_is_loaded(capsys, tmp_path):
+    Image.new("RGB", (31, 32)).save(tmp_path / "m.png")
+    assert main(["separate", str(tmp_path / "no-run"), str(tmp_path / "m.png")]) == 2
+    assert "31x32 pixels" in capsys.readouterr().err
