@@ -86,18 +86,24 @@ def validation(root: Path, train_size: int, count: int) -> tuple[torch.Tensor, t
 
 @torch.inference_mode()
 def score(model: torch.nn.Module, mnist_u8, cifar_u8, batch: int = 250) -> dict:
-    """Mean per-image PSNR of the digit (equal to CIFAR's for interval models), without and with DigitSpace."""
+    """Mean per-image PSNR of the digit (equal to CIFAR's for interval models), without and with DigitSpace.
+
+    val_psnr_8bit_mixture: the model as it is, given each mixture rounded to 8 bits, as an image
+    file holds it (`python -m mixsep separate`); the mean of two 8-bit images has 9.
+    """
     model.eval()
     project = DigitSpace()
-    plain, projected = [], []
+    plain, projected, rounded = [], [], []
     for i in range(0, len(mnist_u8), batch):
         mnist, _, mean = to_float(mnist_u8[i: i + batch], cifar_u8[i: i + batch])
         digit = model(mean)[0][:, :1].float()
         lo, hi = feasible_interval(mean)
-        for out, est in ((plain, digit), (projected, project(digit, lo, hi))):
+        for out, est in ((plain, digit), (projected, project(digit, lo, hi)),
+                         (rounded, model((mean * 255).round() / 255)[0][:, :1].float())):
             out.append(psnr(est, mnist[:, :1]))
     return {"val_psnr": round(torch.cat(plain).mean().item(), 3),
-            "val_psnr_digit_space": round(torch.cat(projected).mean().item(), 3), "val_pairs": len(mnist_u8)}
+            "val_psnr_digit_space": round(torch.cat(projected).mean().item(), 3),
+            "val_psnr_8bit_mixture": round(torch.cat(rounded).mean().item(), 3), "val_pairs": len(mnist_u8)}
 
 
 def main(argv=None) -> int:

@@ -143,7 +143,7 @@ def test_variants_trains_at_equal_steps_and_scores_off_the_test_split(bench, tmp
     assert [r["variant"] for r in lines] == ["unet_digit", "through-st"]
     for r in lines:
         assert r["steps"] == 1 and r["val_pairs"] == 32  # CIFAR training images 64-95: never trained on
-        assert 0 < r["val_psnr"] < 100 and 0 < r["val_psnr_digit_space"] < 100
+        assert 0 < r["val_psnr"] < 100 and 0 < r["val_psnr_digit_space"] < 100 and 0 < r["val_psnr_8bit_mixture"] < 100
     for bad in (["--variant", "nope"], ["--train-size", "96", "--variant", "tiny"]):
         assert variants.main([*args, *bad]) == 2
         err = capsys.readouterr().err
