@@ -14,8 +14,8 @@ data_root, runs_dir = ui.setup("mixsep: un-mixing MNIST and CIFAR-10")
 st.markdown(
     "Each input is the pixel-wise **mean of an MNIST digit and a CIFAR-10 image**. A ResNet-18 encoder with "
     "two small decoders learns to give both back. **Train** a separator with live loss curves, browse "
-    "**Samples** of what it recovers, score it honestly on the **Metrics** page (PSNR and SSIM with "
-    "`data_range=1`), and **Compare** runs.")
+    "**Samples** of what it recovers, **Separate** your own mixture images, score it honestly on the "
+    "**Metrics** page (PSNR and SSIM with `data_range=1`), and **Compare** runs.")
 cols = st.columns(len(ui.PAGES) - 1)
 for col, (page, title, icon) in zip(cols, ui.PAGES[1:]):
     col.page_link(page, label=title, icon=icon)

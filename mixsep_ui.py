@@ -32,6 +32,7 @@ gc.freeze()
 PAGES = [("home.py", "Home", ":material/home:"),
          ("app_pages/1_Train.py", "Train", ":material/model_training:"),
          ("app_pages/2_Samples.py", "Samples", ":material/grid_view:"),
+         ("app_pages/6_Separate.py", "Separate", ":material/call_split:"),
          ("app_pages/3_Metrics.py", "Metrics", ":material/analytics:"),
          ("app_pages/4_Compare.py", "Compare", ":material/stacked_line_chart:"),
          ("app_pages/5_Sweep.py", "Sweep", ":material/tune:")]

@@ -22,23 +22,27 @@ SIZE = (32, 32)
 SUFFIXES = {"mnist": ".mnist.png", "cifar": ".cifar.png"}
 
 
-def read_mixture(path: Path) -> np.ndarray:
-    """(32, 32, 3) uint8 pixels of an image file, or MixsepError with one sentence."""
-    path = Path(path)
-    if not path.is_file():
-        raise MixsepError(f"{path} does not exist or is not a file.")
+def read_mixture(source: Path | str | bytes, name: str | None = None) -> np.ndarray:
+    """(32, 32, 3) uint8 pixels of an image file (a path, or its bytes as uploaded), or MixsepError with one sentence."""
+    if isinstance(source, (bytes, bytearray)):
+        name, fp = name or "the upload", io.BytesIO(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise MixsepError(f"{path} does not exist or is not a file.")
+        name, fp = str(path), path
     try:
-        with Image.open(path) as im:
+        with Image.open(fp) as im:
             if im.size != SIZE:  # from the header: a large or hostile file is never decoded
-                raise MixsepError(f"{path} is {im.size[0]}x{im.size[1]} pixels; a mixture must be 32x32, "
+                raise MixsepError(f"{name} is {im.size[0]}x{im.size[1]} pixels; a mixture must be 32x32, "
                                   "the size mixsep separates (resize it first).")
             if getattr(im, "n_frames", 1) > 1:
-                raise MixsepError(f"{path} holds {im.n_frames} frames; give one image per file.")
+                raise MixsepError(f"{name} holds {im.n_frames} frames; give one image per file.")
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except UnidentifiedImageError:
-        raise MixsepError(f"{path} is not an image file Pillow can read (PNG, JPEG, BMP, ...).") from None
+        raise MixsepError(f"{name} is not an image file Pillow can read (PNG, JPEG, BMP, ...).") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt after a valid header
-        raise MixsepError(f"{path} could not be read as an image ({str(e) or e.__class__.__name__}).") from None
+        raise MixsepError(f"{name} could not be read as an image ({str(e) or e.__class__.__name__}).") from None
 
 
 def output_paths(inputs: list[Path], out_dir: Path) -> list[dict[str, Path]]:

@@ -22,7 +22,8 @@ from mixsep.runs import live_runs, read_metrics
 from mixsep.train import train_steps
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["dashboard.py", "app_pages/1_Train.py", "app_pages/2_Samples.py", "app_pages/3_Metrics.py", "app_pages/4_Compare.py"]
+PAGES = ["dashboard.py", "app_pages/1_Train.py", "app_pages/2_Samples.py", "app_pages/3_Metrics.py", "app_pages/4_Compare.py",
+         "app_pages/6_Separate.py"]
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +142,39 @@ def test_live_updates_can_be_paused_and_the_choice_is_kept(app_env):
     at.switch_page("app_pages/2_Samples.py").run()
     at.switch_page("app_pages/1_Train.py").run()
     assert widget(at.radio, "Live updates").value == "Paused"  # kept across pages, like the settings
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_separate_page_shows_each_upload_refuses_bad_ones_and_writes_nothing(app_env):
+    data, runs = app_env
+    before = sorted((p, p.stat().st_size) for root in (data, runs) for p in root.rglob("*"))
+    at = open_page("app_pages/6_Separate.py")
+    assert not at.image and "python -m mixsep separate" in texts(at.caption)  # nothing uploaded yet
+    rng = np.random.default_rng(0)
+    mixtures = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(2)]
+    at.file_uploader[0].set_value([("a.png", _png(mixtures[0]), "image/png"),
+                                   ("big.png", _png(np.zeros((40, 32, 3), np.uint8)), "image/png"),
+                                   ("notes.png", b"not an image", "image/png"),
+                                   ("b.png", _png(mixtures[1]), "image/png")]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    errors = texts(at.error)
+    assert "big.png is 32x40 pixels; a mixture must be 32x32" in errors
+    assert "notes.png is not an image file Pillow can read" in errors
+    assert len(at.image) == 6  # a.png and b.png: mixture, digit, image each
+    assert [b.label for b in at.get("download_button")] == ["Digit (PNG)", "Image (PNG)"] * 2
+    assert "2 image(s)" in texts(at.caption) and "mode projection_uniform" in texts(at.caption)
+    widget(at.selectbox, "Recovery mode").set_value("direct").run()
+    assert not at.exception and "mode direct" in texts(at.caption) and len(at.image) == 6
+    after = sorted((p, p.stat().st_size) for root in (data, runs) for p in root.rglob("*"))
+    assert after == before  # uploads stay in memory: the server wrote nothing
 
 
 def test_samples_page_grid_pages_and_download(app_env):

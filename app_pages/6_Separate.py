@@ -1,0 +1,65 @@
+"""Separate: your own 32x32 mixture images through a run's checkpoint, each shown and downloadable.
+
+Uploads are read as pixels (their size checked from the header first) and kept in memory: the
+server writes no file. The ML is mixsep.separate's, the one `python -m mixsep separate` runs.
+"""
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+
+import mixsep_ui as ui
+from mixsep import MixsepError
+from mixsep.config import SEPARATE_MODES
+from mixsep.separate import png_bytes, read_mixture, separate
+
+IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"]
+SHOWN = 128  # pixels on screen for a 32x32 image: 4x, each pixel a block
+
+data_root, runs_dir = ui.setup("Separate")
+run_dir, checkpoint, third = ui.pick_run_and_checkpoint(runs_dir)
+mode = third.selectbox("Recovery mode", SEPARATE_MODES,
+                       help="projection_uniform: the digit and the image average back to the mixture. "
+                            "For the interval models (unet, unet_digit, ...) every mode gives the same images.")
+if checkpoint is None:
+    st.stop()
+files = st.file_uploader("Mixture images: 32x32, each the mean of a grey digit and a colour image",
+                         type=IMAGE_TYPES, accept_multiple_files=True, max_upload_size=1)
+if not files:
+    st.caption("Upload one or more images to separate them with this checkpoint. The command line does the same "
+               "for files on disk: `python -m mixsep separate RUN IMAGE...`.")
+    st.stop()
+try:
+    model, config, info = ui.model(checkpoint)
+except MixsepError as e:
+    ui.show_error(e)
+
+good = []
+for f in files:
+    try:
+        good.append((f.name, read_mixture(f.getvalue(), f.name)))
+    except MixsepError as e:
+        st.error(str(e), icon=":material/image_not_supported:")
+if not good:
+    st.stop()
+digits, images = separate(model, np.stack([px for _, px in good]), mode)
+st.caption(f"{run_dir.name} · {checkpoint.name} · step {info['step']} · {config.model} · mode {mode} · "
+           f"{len(good)} image(s)")
+
+
+def shown(pixels: np.ndarray) -> Image.Image:
+    return Image.fromarray(pixels).resize((SHOWN, SHOWN), Image.NEAREST)  # sharp pixels, not a blur
+
+
+for i, ((name, px), digit, image) in enumerate(zip(good, digits, images)):
+    stem = Path(name).stem
+    row = st.columns([1, 1, 1, 2], vertical_alignment="center")
+    row[0].image(shown(px), caption=name, width=SHOWN)
+    row[1].image(shown(digit), caption="digit", width=SHOWN)
+    row[2].image(shown(image), caption="image", width=SHOWN)
+    with row[3]:
+        st.download_button("Digit (PNG)", png_bytes(digit), file_name=f"{stem}.mnist.png", mime="image/png",
+                           key=f"mnist-{i}", on_click="ignore", icon=":material/download:")
+        st.download_button("Image (PNG)", png_bytes(image), file_name=f"{stem}.cifar.png", mime="image/png",
+                           key=f"cifar-{i}", on_click="ignore", icon=":material/download:")
