@@ -36,9 +36,13 @@ def read_mixture(source: Path | str | bytes, name: str | None = None) -> np.ndar
             if im.size != SIZE:  # from the header: a large or hostile file is never decoded
                 raise MixsepError(f"{name} is {im.size[0]}x{im.size[1]} pixels; a mixture must be 32x32, "
                                   "the size mixsep separates (resize it first).")
+            if im.mode.startswith(("I", "F")):  # 16- or 32-bit: converting would clip, not scale
+                raise MixsepError(f"{name} has {im.mode} pixels; save it with 8 bits per channel, as mixtures are.")
             if getattr(im, "n_frames", 1) > 1:
                 raise MixsepError(f"{name} holds {im.n_frames} frames; give one image per file.")
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except Image.DecompressionBombError:  # Pillow refuses, from the header, sizes that would fill the memory
+        raise MixsepError(f"{name} claims a size far beyond 32x32 pixels; a mixture must be 32x32.") from None
     except UnidentifiedImageError:
         raise MixsepError(f"{name} is not an image file Pillow can read (PNG, JPEG, BMP, ...).") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt after a valid header

@@ -80,6 +80,8 @@ def test_each_mode_and_overwrite(capsys, data_root, tmp_path):
 @pytest.mark.parametrize("case,message", [
     ("not_an_image", "is not an image file Pillow can read"),
     ("wrong_size", "is 64x48 pixels; a mixture must be 32x32"),
+    ("bomb", "claims a size far beyond 32x32 pixels"),
+    ("sixteen_bit", "has I;16 pixels; save it with 8 bits per channel"),
     ("missing", "does not exist or is not a file"),
     ("truncated", "could not be read as an image"),
     ("animated", "holds 2 frames"),
@@ -100,6 +102,12 @@ def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(capsys, data_root, 
     elif case == "wrong_size":
         Image.new("RGB", (64, 48)).save(tmp_path / "in" / "big.png")
         inputs.append(tmp_path / "in" / "big.png")
+    elif case == "bomb":  # a PNG whose header claims 100,000 x 100,000 pixels, in 150 bytes
+        inputs.append(tmp_path / "in" / "bomb.png")
+        inputs[-1].write_bytes(_png_header_only(100_000, 100_000))
+    elif case == "sixteen_bit":
+        Image.fromarray(np.full((32, 32), 40_000, np.uint16)).save(tmp_path / "in" / "deep.png")
+        inputs.append(tmp_path / "in" / "deep.png")
     elif case == "missing":
         inputs.append(tmp_path / "in" / "gone.png")
     elif case == "truncated":
@@ -132,6 +140,16 @@ def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(capsys, data_root, 
         assert err.startswith("error: ") and err.count("\n") == 1
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "runs" not in p.parts}
     assert after == before  # nothing written, nothing replaced
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
 
 
 class _nothing:
