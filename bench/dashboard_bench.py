@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mixsep import MixsepError, TrainConfig  # noqa: E402
+from mixsep.cli import output_file  # noqa: E402
 from mixsep.config import default_data_root  # noqa: E402
 from mixsep.run import MetricsTail, read_status  # noqa: E402
 
@@ -344,6 +345,7 @@ def main(argv=None) -> int:
     # a SIGTERM (timeout, a CI limit) unwinds like Ctrl-C: the server, browser and trainer are stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
+        json_out = output_file(args.json, "--json")  # checked before the rounds, not after them
         print(f"{'An empty tab' if args.blank else 'Train page'} watched in headless Chromium vs no browser; "
               f"{args.model}, {args.train_size} pairs, batch {args.batch_size}, history {args.history} rows, "
               f"live updates {args.refresh or 'as the page sets'}, {args.rounds} watched rounds between "
@@ -355,8 +357,8 @@ def main(argv=None) -> int:
     except MixsepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
+    if json_out:
+        json_out.write_text(json.dumps(out, indent=2))
     print(f"trainer cores alone {out['trainer_cores_without']:.2f}, watched {out['trainer_cores_with']:.2f}; "
           f"overhead of each watched round against the rounds either side: "
           + ", ".join(f"{o:.3f}" for o in out["overheads"]))

@@ -29,6 +29,7 @@ from pathlib import Path
 from benchlib import command_line, set_threads, summary, summary_line, table
 
 from mixsep import MixsepError, TrainConfig
+from mixsep.cli import output_file
 from mixsep.config import default_runs_dir
 from mixsep.data import PairData, load_pairs, load_split
 from mixsep.data import calibration_pairs as data_calibration_pairs
@@ -156,6 +157,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         threads = set_threads(args.threads)
+        json_out = output_file(args.json, "--json")  # checked before a 15-minute run, not after it
         if args.as_model and not args.score:
             raise MixsepError("--as-model needs --score RUN: it scores a trained run's weights as another model.")
         scored = load_run_model(Path(args.score), as_model=args.as_model) if args.score else None
@@ -211,9 +213,9 @@ def main(argv=None) -> int:
             results[name] = {"summary": s, "rows": ev.rows, "n": ev.n, "pairs": what}
             lines.append(summary_line(name, s, minutes))
         results["total_minutes"] = (time.perf_counter() - t0) / 60
-        if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=2))
-            print(f"wrote {args.json}")
+        if json_out:
+            json_out.write_text(json.dumps(results, indent=2))
+            print(f"wrote {json_out}")
         print()
         print("\n".join(lines))
         return 0

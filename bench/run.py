@@ -57,6 +57,7 @@ from benchlib import command_line, machine, machine_line, set_threads
 from quality import PRESETS, fit_epochs
 
 from mixsep import MixsepError, TrainConfig
+from mixsep.cli import output_file
 from mixsep.config import default_data_root
 from mixsep.data import PairData, find_source, load_pairs, load_split, to_float
 from mixsep.metrics import RECOVERY_MODES, SOURCES, evaluate, predict, psnr, recover
@@ -507,6 +508,7 @@ def main(argv=None) -> int:
     args = settings(build_parser().parse_args(argv))
     try:
         threads = set_threads(args.threads)
+        json_out = output_file(args.json, "--json")  # checked before a 19-minute run, not after it
         start = time.perf_counter()
         print(f"command: {command_line()}")
         if args.device == "cuda" and not torch.cuda.is_available():
@@ -544,7 +546,7 @@ def main(argv=None) -> int:
               + (f"{dash:.3f}" if dash_how == "measured" else dash_how))
         total = time.perf_counter() - start
         print(f"total wall time {total:.0f} s")
-        if args.json:
+        if json_out:
             out = {"command": command_line(), "machine": m, "threads": threads, "peak_gflops": t["peak_gflops"], "training": {
                 "samples_per_s": t["samples_per_s"], "rounds": t["rounds"], "default_form": t["form"],
                 "forward_flops_per_sample": t["forward_flops_per_sample"],
@@ -552,8 +554,8 @@ def main(argv=None) -> int:
                 "data_only_samples_per_s": t["data_only_samples_per_s"]} | head,
                 "profile": prof, "compile": comp, "tried": tr, "eval": ev, "time_to_target": target,
                 "dashboard_overhead": {"value": dash, "how": dash_how}, "total_s": total}
-            Path(args.json).write_text(json.dumps(out, indent=2))
-            print(f"wrote {args.json}")
+            json_out.write_text(json.dumps(out, indent=2))
+            print(f"wrote {json_out}")
         print(f"bench: data_overhead={head['data_overhead']:.3f} mfu={head['mfu']:.2f} "
               f"speedup_vs_seed_style={head['speedup_vs_seed_style']:.2f} eval_samples_per_s={ev['samples_per_s']:.0f} "
               f"time_to_22db_s={target['time_to_22db_s']:.0f} time_to_30db_s={target['time_to_30db_s']:.0f} "

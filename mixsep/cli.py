@@ -218,12 +218,33 @@ def _load_model(args):
                           getattr(args, "as_model", None))
 
 
+def output_file(path: str | None, flag: str, suffix: str | None = None) -> Path | None:
+    """A file the user named for output, checked before any work: its folder exists, it is not a folder."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_dir():
+        raise MixsepError(f"{flag} {p} is a folder; name a file in it.")
+    if not p.parent.is_dir():
+        raise MixsepError(f"Folder {p.parent} does not exist; create it or choose another {flag}.")
+    if suffix and p.suffix.lower() != suffix:
+        raise MixsepError(f"{flag} must name a {suffix} file (got {p.name}).")
+    return p
+
+
+def _write_text(path: Path, text: str) -> None:
+    from .run import atomic_write  # a failed write is one sentence and leaves any earlier file whole
+
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
 def cmd_evaluate(args) -> int:
     import pandas as pd
 
     from .data import calibration_pairs, load_pairs
     if args.samples < 0:
         raise MixsepError(f"--samples must be 0 (all) or positive (got {args.samples}).")
+    json_out, markdown_out = output_file(args.json, "--json"), output_file(args.markdown, "--markdown")
     model, cfg, info = _load_model(args)
     pairs = load_pairs(Path(args.data_root), "test", mnist_path=args.mnist_test, cifar_path=args.cifar_test)
     from .metrics import evaluate  # torchmetrics takes seconds to import: a bad run or file is refused first
@@ -239,30 +260,30 @@ def cmd_evaluate(args) -> int:
     print("audit, the report's error (data_range=255 on [0, 1] images), direct mode:")
     for a in result.audit:
         print(f"  {a['source']}: PSNR {a['psnr_data_range_255']:.2f} dB, SSIM {a['ssim_data_range_255']:.4f}  (not a real score)")
-    if args.json:
+    if json_out:
         out = result.to_json() | {"checkpoint": info, "config": cfg.to_dict(), "scored_as": args.as_model or cfg.model}
-        Path(args.json).write_text(json.dumps(out, indent=2))
-        print(f"wrote {args.json}")
-    if args.markdown:
-        Path(args.markdown).write_text(result.to_markdown())
-        print(f"wrote {args.markdown}")
+        _write_text(json_out, json.dumps(out, indent=2))
+        print(f"wrote {json_out}")
+    if markdown_out:
+        _write_text(markdown_out, result.to_markdown())
+        print(f"wrote {markdown_out}")
     return 0
 
 
 def cmd_grid(args) -> int:
     from .data import load_pairs
     from .grid import grid_image, sample_indices
-    model, cfg, info = _load_model(args)
-    pairs = load_pairs(Path(args.data_root), args.split)
     if args.n < 1:
         raise MixsepError(f"--n must be at least 1 (got {args.n}).")
+    out = output_file(args.out, "--out", ".png")
+    model, cfg, info = _load_model(args)
+    pairs = load_pairs(Path(args.data_root), args.split)
     idx = sample_indices(len(pairs), args.n, args.seed)
     img = grid_image(model, pairs, idx, show_direct=not args.no_direct, show_errors=args.errors,
                      title=f"{Path(info['path']).parent.parent.name}  step {info['step']}  ({args.split} split)")
-    out = Path(args.out)
-    if out.parent and not out.parent.exists():
-        raise MixsepError(f"Folder {out.parent} does not exist; create it or choose another --out.")
-    img.save(out)
+    from .run import atomic_write
+
+    atomic_write(out, lambda f: img.save(f, format="PNG"))
     print(out)
     return 0
 

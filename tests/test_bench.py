@@ -63,6 +63,7 @@ def test_quality_scores_the_files_it_is_given(bench, data_root, tmp_path, capsys
     (["--model", "nope"], "No preset for model 'nope'"),
     (["--holdout", "96"], "--holdout must lie between"),
     (["--cifar-test", "/does/not/exist.npz"], "does not exist"),
+    (["--json", "/does/not/q.json"], "Folder /does/not does not exist; create it or choose another --json"),
 ])
 def test_quality_bad_arguments_get_one_sentence(bench, data_root, tmp_path, capsys, extra, message):
     quality = bench("quality")
@@ -115,6 +116,13 @@ def test_run_needs_data(bench, tmp_path, capsys):
     run = bench("run")
     assert run.main(["--data-root", str(tmp_path / "empty"), "--dry-run"]) == 2
     assert "No MNIST train data" in capsys.readouterr().err
+
+
+def test_run_refuses_a_json_path_it_could_not_write_before_timing_anything(bench, data_root, tmp_path, capsys):
+    run = bench("run")
+    assert run.main(["--data-root", str(data_root), "--dry-run", "--json", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert "is a folder; name a file in it" in captured.err and "samples/s" not in captured.out
 
 
 def test_quality_sizes_epochs_to_the_budget(bench, tiny_config):

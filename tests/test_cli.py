@@ -81,6 +81,11 @@ def test_info_lists_models_and_data(capsys, data_root):
     (["train", "--train-size", "1000", *TINY], "only 96 are available"),
     (["evaluate", "/nonexistent/run"], "does not exist"),
     (["grid", "/nonexistent/run"], "does not exist"),
+    # output files are checked before the run is even read, so nothing is computed for nothing
+    (["evaluate", "/nonexistent/run", "--json", "/nonexistent/folder/e.json"], "Folder /nonexistent/folder does not exist"),
+    (["evaluate", "/nonexistent/run", "--markdown", "/"], "--markdown / is a folder"),
+    (["grid", "/nonexistent/run", "--out", "/"], "--out / is a folder"),
+    (["grid", "/nonexistent/run", "--out", "grid.jpg"], "--out must name a .png file"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, data_root, tmp_path, argv, match):
     argv = argv + ["--data-root", str(data_root)]
