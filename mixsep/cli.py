@@ -244,6 +244,8 @@ def cmd_evaluate(args) -> int:
     from .data import calibration_pairs, load_pairs
     if args.samples < 0:
         raise MixsepError(f"--samples must be 0 (all) or positive (got {args.samples}).")
+    if args.batch_size < 1:
+        raise MixsepError(f"--batch-size must be at least 1 (got {args.batch_size}).")
     json_out, markdown_out = output_file(args.json, "--json"), output_file(args.markdown, "--markdown")
     model, cfg, info = _load_model(args)
     pairs = load_pairs(Path(args.data_root), "test", mnist_path=args.mnist_test, cifar_path=args.cifar_test)

@@ -396,6 +396,9 @@ def plan(args) -> Plan:
     check_storage(args.storage)
     storage = open_storage(args.storage, runs_dir, args.heartbeat, create=False)
     stored = _stored(storage, study)
+    if stored is None and getattr(args, "best", False):  # before checks that only a new study needs
+        raise MixsepError(f"There is no study '{study}' in {storage_label(args.storage, runs_dir)}; "
+                          "start it without --best.")
     if stored is not None:
         space = parse_space(args.space) if args.space is not None else parse_space(stored["space"])
         if format_space(space) != stored["space"]:
@@ -440,6 +443,8 @@ def _check_flags(args, runs_dir: Path) -> None:
     from .run import resolve_run
 
     study = args.study
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise MixsepError(f"The runs folder {runs_dir} is a file; choose another --runs-dir.")
     try:
         resolve_run(runs_dir, study)
     except MixsepError:

@@ -86,6 +86,7 @@ def test_info_lists_models_and_data(capsys, data_root):
     (["evaluate", "/nonexistent/run", "--markdown", "/"], "--markdown / is a folder"),
     (["grid", "/nonexistent/run", "--out", "/"], "--out / is a folder"),
     (["grid", "/nonexistent/run", "--out", "grid.jpg"], "--out must name a .png file"),
+    (["evaluate", "/nonexistent/run", "--batch-size", "0"], "--batch-size must be at least 1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, data_root, tmp_path, argv, match):
     argv = argv + ["--data-root", str(data_root)]

@@ -148,6 +148,7 @@ def free_port() -> int:
     (["--val-size", "96"], "leaves no training pairs"),
     (["--batch-size", "64"], "larger than the 32 pairs"),
     (["--best"], "There is no study 'bad'"),
+    (["--best", "--val-size", "96"], "There is no study 'bad'"),  # not a complaint about a new study's settings
     (["--workers", "0"], "--workers must be at least 1"),
 ])
 def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(capsys, data_root, tmp_path, extra, says):
@@ -158,6 +159,15 @@ def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(capsys, data_root, 
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and says in err and "\n" not in err and "secret" not in err
     assert tree(tmp_path) == before and not runs.exists()
+
+
+def test_a_runs_folder_that_is_a_file_is_one_sentence(capsys, data_root, tmp_path):
+    runs = tmp_path / "runs"
+    runs.write_text("a file")
+    assert main(sweep_args(data_root, runs, "--study", "s", *TINY)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: The runs folder {runs} is a file; choose another --runs-dir."
+    assert runs.read_text() == "a file"
 
 
 def test_a_study_that_exists_with_another_space_is_refused(capsys, data_root, tmp_path):
