@@ -79,8 +79,13 @@ def validation(root: Path, train_size: int, count: int) -> tuple[torch.Tensor, t
     mnist, _ = load_split(root, "mnist", "test")
     cifar, _ = load_split(root, "cifar", "train")
     n = min(count, len(cifar) - train_size, len(mnist) - VAL_DIGITS_FROM)
-    if n < 1:
+    if len(cifar) <= train_size:
         raise MixsepError(f"No CIFAR training images are left past --train-size {train_size} to validate on.")
+    if len(mnist) <= VAL_DIGITS_FROM:
+        raise MixsepError(f"Validation pairs use MNIST test digits from {VAL_DIGITS_FROM:,} on (the test pairs use "
+                          f"the first {VAL_DIGITS_FROM:,}), but the data root holds {len(mnist):,}.")
+    if n < 1:
+        raise MixsepError(f"--val-pairs must be at least 1 (got {count}).")
     return mnist[VAL_DIGITS_FROM: VAL_DIGITS_FROM + n], cifar[train_size: train_size + n]
 
 

@@ -152,10 +152,15 @@ def test_variants_trains_at_equal_steps_and_scores_off_the_test_split(bench, tmp
     for r in lines:
         assert r["steps"] == 1 and r["val_pairs"] == 32  # CIFAR training images 64-95: never trained on
         assert 0 < r["val_psnr"] < 100 and 0 < r["val_psnr_digit_space"] < 100 and 0 < r["val_psnr_8bit_mixture"] < 100
-    for bad in (["--variant", "nope"], ["--train-size", "96", "--variant", "tiny"]):
+    for bad, says in ((["--variant", "nope"], "Name one or more --variant"),
+                      (["--train-size", "96", "--variant", "tiny"], "No CIFAR training images are left"),
+                      (["--val-pairs", "0", "--variant", "tiny"], "--val-pairs must be at least 1")):
         assert variants.main([*args, *bad]) == 2
         err = capsys.readouterr().err
-        assert err.startswith("error: ") and err.count("\n") == 1
+        assert err.startswith("error: ") and err.count("\n") == 1 and says in err
+    short = make_data_root(tmp_path / "short", n_train=96, n_test=48)  # too few test digits to validate on
+    assert variants.main(["--data-root", str(short), "--variant", "tiny", "--train-size", "64"]) == 2
+    assert "MNIST test digits from 1,000 on" in capsys.readouterr().err
 
 
 def test_quality_scores_a_trained_run_without_training_it(bench, data_root, tmp_path, capsys):
