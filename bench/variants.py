@@ -72,6 +72,9 @@ EXTRA = {
     "rich": lambda pretrained=False: SeparatorNet(head="fraction", features="rich"),
     "through-st": lambda pretrained=False: _ThroughNet(st=True),
     "through": lambda pretrained=False: _ThroughNet(st=False),
+    # width against steps: a 512-wide bottom level (4x4 maps), or a fifth level (2x2 maps)
+    "rich-wide-bottom": lambda pretrained=False: SeparatorNet(widths=(32, 64, 128, 512), head="fraction", features="rich"),
+    "rich-5stage": lambda pretrained=False: SeparatorNet(widths=(32, 64, 128, 256, 512), head="fraction", features="rich"),
 }
 
 
