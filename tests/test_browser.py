@@ -83,6 +83,10 @@ POINTS_JS = """() => {
 }"""
 
 
+# every image on the page has loaded (an <img> is placed before its pixels arrive: naturalWidth 0 until then)
+IMAGES_LOADED_JS = "() => [...document.querySelectorAll('[data-testid=stImage] img')].every(i => i.complete && i.naturalWidth > 0)"
+
+
 # trials drawn by Optuna's parallel-coordinates chart: one line trace per completed trial
 PARCOORDS_JS = """() => {
   for (const g of document.querySelectorAll('.js-plotly-plot')) {
@@ -196,6 +200,7 @@ def test_dashboard_in_a_real_browser(server):
         strips = page.get_by_test_id("stImage").locator("img")
         expect(strips).to_have_count(2)  # 20 samples in two labelled strips of 10, at 2x
         expect(strips.first).to_be_visible()
+        page.wait_for_function(IMAGES_LOADED_JS)
         assert strips.first.evaluate("img => img.naturalWidth") > 600
         assert ".png" in strips.first.get_attribute("src")
         expect(page.get_by_text("Page 1 of")).to_be_visible()
@@ -211,6 +216,7 @@ def test_dashboard_in_a_real_browser(server):
         shown = page.get_by_test_id("stImage").locator("img")
         expect(shown).to_have_count(6)  # mixture, digit and image for each
         expect(page.get_by_role("button", name="Digit (PNG)")).to_have_count(2)
+        page.wait_for_function(IMAGES_LOADED_JS)
         assert shown.nth(1).evaluate("img => img.naturalWidth") == 128  # 32 pixels shown 4x, nearest
         snap(page, "separate")
 
