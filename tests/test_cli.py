@@ -71,6 +71,8 @@ def test_info_lists_models_and_data(capsys, data_root):
     assert main(["info", "--data-root", str(data_root)]) == 0
     out = capsys.readouterr().out
     assert "faithful" in out and "parameters" in out and "MFLOPs" in out
+    faithful = next(line for line in out.splitlines() if line.startswith("model faithful:"))
+    assert "292 MFLOPs per sample forward; 278 multiplied, the rest meet only zero padding" in faithful
     assert out.count("missing") == 0 and "data_batch_1" in out
 
 
@@ -119,6 +121,19 @@ def test_python_dash_m_prints_no_traceback(tmp_path):
     p = subprocess.run([sys.executable, "-m", "mixsep", "evaluate", str(tmp_path / "missing-run")],
                        capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 2 and p.stderr.startswith("error: ") and "Traceback" not in p.stderr
+
+
+@pytest.mark.heavy(8)
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
+    """`python -m mixsep info | head -1`: the pipe closes while mixsep still writes."""
+    # unbuffered: the first line arrives at once, and the lines after it meet the closed pipe
+    env = {**os.environ, "MIXSEP_CACHE_DIR": str(tmp_path / "c"), "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "mixsep", "info", "--data-root", str(tmp_path)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert p.stdout.readline().startswith(b"torch ")
+    p.stdout.close()  # as head does after its line
+    err = p.stderr.read().decode()
+    assert p.wait(120) == 1 and "Traceback" not in err and "BrokenPipe" not in err, err
 
 
 def _a_page(x):
