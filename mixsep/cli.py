@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -232,12 +231,6 @@ def output_file(path: str | None, flag: str, suffix: str | None = None) -> Path 
     return p
 
 
-def _write_text(path: Path, text: str) -> None:
-    from .run import atomic_write  # a failed write is one sentence and leaves any earlier file whole
-
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
 def cmd_evaluate(args) -> int:
     import pandas as pd
 
@@ -262,12 +255,14 @@ def cmd_evaluate(args) -> int:
     print("audit, the report's error (data_range=255 on [0, 1] images), direct mode:")
     for a in result.audit:
         print(f"  {a['source']}: PSNR {a['psnr_data_range_255']:.2f} dB, SSIM {a['ssim_data_range_255']:.4f}  (not a real score)")
+    from .run import atomic_write, write_json  # a failed write is one sentence and leaves any earlier file whole
+
     if json_out:
-        out = result.to_json() | {"checkpoint": info, "config": cfg.to_dict(), "scored_as": args.as_model or cfg.model}
-        _write_text(json_out, json.dumps(out, indent=2))
+        write_json(json_out, result.to_json() | {"checkpoint": info, "config": cfg.to_dict(),
+                                                 "scored_as": args.as_model or cfg.model})
         print(f"wrote {json_out}")
     if markdown_out:
-        _write_text(markdown_out, result.to_markdown())
+        atomic_write(markdown_out, lambda f: f.write(result.to_markdown().encode()))
         print(f"wrote {markdown_out}")
     return 0
 

@@ -21,7 +21,7 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 # computes the same function but was no faster on the 2-core AMD EPYC measured (bench/run.py times both)
 GROUPED_DECODERS = False
 # The encoder's 3x3 convolutions skip the taps that only ever meet zero padding (SmallMapConv2d):
-# the same outputs and gradients, 1.37x the faithful training step on the 2-core AMD EPYC measured
+# the same outputs and gradients, 1.42x the faithful bare step on the 2-core AMD EPYC (bench/run.py)
 SKIP_PADDING_TAPS = True
 
 

@@ -198,6 +198,16 @@ def run_folders(runs_dir: Path) -> list[Path]:
     return [p for _, p in found]
 
 
+def _runs_dir_is_a_file(runs_dir: Path) -> MixsepError:
+    return MixsepError(f"The runs folder {runs_dir} is a file; choose another --runs-dir.")
+
+
+def check_runs_dir(runs_dir: Path) -> None:
+    """Refuse, before any work, a runs folder that is a file (new_run_dir would, when it first writes)."""
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise _runs_dir_is_a_file(runs_dir)
+
+
 def new_run_dir(runs_dir: Path, stem: str) -> Path:
     """A fresh folder named ``stem`` (with -1, -2... if taken); never reuses an existing one."""
     runs_dir = Path(runs_dir)
@@ -211,7 +221,7 @@ def new_run_dir(runs_dir: Path, stem: str) -> Path:
             except FileExistsError:
                 continue
     except FileExistsError:
-        raise MixsepError(f"The runs folder {runs_dir} is a file; choose another --runs-dir.") from None
+        raise _runs_dir_is_a_file(runs_dir) from None
     except OSError as e:
         raise MixsepError(f"Cannot create a run folder in {runs_dir} ({e.strerror}); "
                           "choose a writable --runs-dir (or MIXSEP_RUNS_DIR).") from None

@@ -122,12 +122,3 @@ def write_outputs(paths: list[dict[str, Path]], digits: np.ndarray, images: np.n
             data = png_bytes(px)
             atomic_write(d[source], lambda f, data=data: f.write(data))
 
-
-def separate_files(model: torch.nn.Module, inputs: list[Path], out_dir: Path, mode: str = MODES[0],
-                   overwrite: bool = False) -> list[dict[str, Path]]:
-    """Check every input and output, then separate and write OUT/<stem>.mnist.png and OUT/<stem>.cifar.png."""
-    if mode not in MODES:
-        raise MixsepError(f"Unknown mode '{mode}'; choose one of: {', '.join(MODES)}.")
-    pixels, paths = prepare(inputs, Path(out_dir), overwrite)
-    write_outputs(paths, *separate(model, pixels, mode))
-    return paths

@@ -440,11 +440,10 @@ def plan(args) -> Plan:
 
 def _check_flags(args, runs_dir: Path) -> None:
     """The sweep's own flags: a study name that is one folder of the runs folder, counts that make sense."""
-    from .run import resolve_run
+    from .run import check_runs_dir, resolve_run
 
     study = args.study
-    if runs_dir.exists() and not runs_dir.is_dir():
-        raise MixsepError(f"The runs folder {runs_dir} is a file; choose another --runs-dir.")
+    check_runs_dir(runs_dir)
     try:
         resolve_run(runs_dir, study)
     except MixsepError:
