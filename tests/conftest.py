@@ -205,6 +205,24 @@ def fake_cifar(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
     return (np.clip(img, 0, 1) * 255).astype(np.uint8), rng.integers(0, 10, n).astype(np.uint8)
 
 
+def mixture_pngs(data_root: Path, folder: Path, n: int, stem: str = "mix") -> tuple[list[Path], np.ndarray]:
+    """The first n test pairs of a data root saved as 8-bit PNG mixtures, as a user would have them:
+    (the files FOLDER/<stem><i>.png, their (n, 32, 32, 3) uint8 pixels)."""
+    from PIL import Image
+
+    from mixsep.data import load_pairs
+    pairs = load_pairs(data_root, "test")
+    digits = pairs.mnist[:n].numpy().astype(np.float64)                       # (n, 32, 32)
+    images = pairs.cifar[:n].permute(0, 2, 3, 1).numpy().astype(np.float64)   # (n, 32, 32, 3)
+    mixed = np.round((digits[..., None] + images) / 2).astype(np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, px in enumerate(mixed):
+        paths.append(folder / f"{stem}{i}.png")
+        Image.fromarray(px).save(paths[-1])
+    return paths, mixed
+
+
 def make_data_root(root: Path, n_train: int = 96, n_test: int = 48, seed: int = 0) -> Path:
     """A data root in torchvision's layouts: MNIST/raw/*.gz and cifar-10-batches-py/."""
     rng = np.random.default_rng(seed)

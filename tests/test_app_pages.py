@@ -19,6 +19,7 @@ from mixsep import MixsepError, TrainConfig
 from mixsep.model import build_model
 from mixsep.run import save_checkpoint, write_status
 from mixsep.runs import live_runs, read_metrics
+from mixsep.separate import png_bytes
 from mixsep.train import train_steps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,15 +145,6 @@ def test_live_updates_can_be_paused_and_the_choice_is_kept(app_env):
     assert widget(at.radio, "Live updates").value == "Paused"  # kept across pages, like the settings
 
 
-def _png(pixels: np.ndarray) -> bytes:
-    import io
-
-    from PIL import Image
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def test_separate_page_shows_each_upload_refuses_bad_ones_and_writes_nothing(app_env):
     data, runs = app_env
     before = sorted((p, p.stat().st_size) for root in (data, runs) for p in root.rglob("*"))
@@ -160,10 +152,10 @@ def test_separate_page_shows_each_upload_refuses_bad_ones_and_writes_nothing(app
     assert not at.image and "python -m mixsep separate" in texts(at.caption)  # nothing uploaded yet
     rng = np.random.default_rng(0)
     mixtures = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(2)]
-    at.file_uploader[0].set_value([("a.png", _png(mixtures[0]), "image/png"),
-                                   ("big.png", _png(np.zeros((40, 32, 3), np.uint8)), "image/png"),
+    at.file_uploader[0].set_value([("a.png", png_bytes(mixtures[0]), "image/png"),
+                                   ("big.png", png_bytes(np.zeros((40, 32, 3), np.uint8)), "image/png"),
                                    ("notes.png", b"not an image", "image/png"),
-                                   ("b.png", _png(mixtures[1]), "image/png")]).run()
+                                   ("b.png", png_bytes(mixtures[1]), "image/png")]).run()
     assert not at.exception, [e.value for e in at.exception]
     errors = texts(at.error)
     assert "big.png is 32x40 pixels; a mixture must be 32x32" in errors

@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import make_data_root
+from conftest import make_data_root, mixture_pngs
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -96,23 +96,6 @@ PARCOORDS_JS = """() => {
   }
   return 0;
 }"""
-
-
-def mixture_pngs(data_root: Path, folder: Path, n: int) -> list[Path]:
-    """The first n test pairs of the data root as 8-bit PNG mixtures."""
-    import numpy as np
-    from PIL import Image
-
-    from mixsep.data import load_pairs
-    pairs = load_pairs(data_root, "test")
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for i in range(n):
-        d = pairs.mnist[i].numpy().astype(float)[..., None]
-        c = pairs.cifar[i].permute(1, 2, 0).numpy().astype(float)
-        out.append(folder / f"mixture-{i}.png")
-        Image.fromarray(np.round((d + c) / 2).astype(np.uint8)).save(out[-1])
-    return out
 
 
 @pytest.mark.heavy(100)
@@ -211,7 +194,8 @@ def test_dashboard_in_a_real_browser(server):
         # Separate: two test pairs saved as PNG mixtures, uploaded as a user would
         sidebar.get_by_role("link", name="Separate").click()
         expect(page.get_by_role("heading", name="Separate")).to_be_visible()
-        files = mixture_pngs(Path(os.environ.get("MIXSEP_BROWSER_DATA_ROOT") or tmp / "data"), tmp / "uploads", 2)
+        files, _ = mixture_pngs(Path(os.environ.get("MIXSEP_BROWSER_DATA_ROOT") or tmp / "data"), tmp / "uploads", 2,
+                                "mixture-")
         page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files([str(f) for f in files])
         shown = page.get_by_test_id("stImage").locator("img")
         expect(shown).to_have_count(6)  # mixture, digit and image for each

@@ -1,6 +1,7 @@
 """`python -m mixsep separate`: a user's own mixture images in, a digit and an image out for each."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -8,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import mixture_pngs
+
 from mixsep.cli import main
-from mixsep.data import load_pairs
 from mixsep.metrics import recover
 from mixsep.train import load_run_model
 
@@ -22,23 +24,9 @@ def _train(capsys, data_root, runs, model="tiny") -> Path:
     return Path(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-def _mixtures(data_root: Path, folder: Path, n: int = 3) -> tuple[list[Path], np.ndarray]:
-    """n test pairs saved as 8-bit PNG mixtures, as a user would have them."""
-    pairs = load_pairs(data_root, "test")
-    digits = pairs.mnist[:n].numpy().astype(np.float64)                       # (n, 32, 32)
-    images = pairs.cifar[:n].permute(0, 2, 3, 1).numpy().astype(np.float64)   # (n, 32, 32, 3)
-    mixed = np.round((digits[..., None] + images) / 2).astype(np.uint8)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, px in enumerate(mixed):
-        paths.append(folder / f"mix{i}.png")
-        Image.fromarray(px).save(paths[-1])
-    return paths, mixed
-
-
 def test_separate_writes_a_grey_digit_and_an_image_per_mixture_that_average_back_to_it(capsys, data_root, tmp_path):
     run = _train(capsys, data_root, tmp_path / "runs", "unet_digit")
-    inputs, mixed = _mixtures(data_root, tmp_path / "in")
+    inputs, mixed = mixture_pngs(data_root, tmp_path / "in", 3)
     out = tmp_path / "out"
     assert main(["separate", str(run), *map(str, inputs), "--out", str(out)]) == 0
     printed = capsys.readouterr().out.split()
@@ -60,7 +48,7 @@ def test_separate_writes_a_grey_digit_and_an_image_per_mixture_that_average_back
 
 def test_each_mode_and_overwrite(capsys, data_root, tmp_path):
     run = _train(capsys, data_root, tmp_path / "runs")
-    inputs, mixed = _mixtures(data_root, tmp_path / "in", n=1)
+    inputs, mixed = mixture_pngs(data_root, tmp_path / "in", 1)
     out = tmp_path / "out"
     model, _, _ = load_run_model(run)
     mean = torch.from_numpy(mixed).permute(0, 3, 1, 2).float() / 255
@@ -93,7 +81,7 @@ def test_each_mode_and_overwrite(capsys, data_root, tmp_path):
 ])
 def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(capsys, data_root, tmp_path, case, message):
     run = _train(capsys, data_root, tmp_path / "runs")
-    inputs, _ = _mixtures(data_root, tmp_path / "in", n=2)
+    inputs, _ = mixture_pngs(data_root, tmp_path / "in", 2)
     out = tmp_path / "out"
     extra: list[str] = []
     if case == "not_an_image":
@@ -131,7 +119,7 @@ def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(capsys, data_root, 
     elif case == "bad_mode":
         extra = ["--mode", "projection_optimal"]  # needs training pairs: not offered here
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "runs" not in p.parts}
-    with pytest.raises(SystemExit) if case == "bad_mode" else _nothing():
+    with pytest.raises(SystemExit) if case == "bad_mode" else contextlib.nullcontext():
         rc = main(["separate", str(run), *map(str, inputs), "--out", str(out), *extra])
         assert rc == 2
     err = capsys.readouterr().err
@@ -150,14 +138,6 @@ def _png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def test_a_bad_image_is_refused_before_the_run_is_loaded(capsys, tmp_path):
