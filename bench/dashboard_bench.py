@@ -110,7 +110,7 @@ def start_server(data_root: Path, runs_dir: Path, log: Path) -> tuple[subprocess
     env = dict(os.environ, MIXSEP_DATA_ROOT=str(data_root), MIXSEP_RUNS_DIR=str(runs_dir))
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "dashboard.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.fileWatcherType", "none"],
+         "--server.port", str(port)],
         cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))

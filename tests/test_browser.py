@@ -50,9 +50,10 @@ def server(tmp_path):
                MIXSEP_CACHE_DIR=str(tmp_path / "cache"))
     log = open(tmp_path / "streamlit.log", "wb")
     proc = subprocess.Popen(
-        # no --server.address: the repository's .streamlit/config.toml must keep it on loopback
+        # no --server.address nor a file watcher: the repository's .streamlit/config.toml must keep the
+        # server on loopback and watching nothing, as users run it
         [sys.executable, "-m", "streamlit", "run", "dashboard.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.fileWatcherType", "none"],
+         "--server.port", str(port)],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never ask a proxy for loopback
@@ -107,7 +108,7 @@ def test_dashboard_in_a_real_browser(server):
         pytest.skip(reason)
     from playwright.sync_api import expect, sync_playwright
 
-    url, tmp, _ = server
+    url, tmp, proc = server
     expect.set_options(timeout=60_000)  # the first page imports torch; the CPU may be shared
     shots = [tmp / "screenshots"]
     if os.environ.get("MIXSEP_SCREENSHOTS"):
@@ -150,6 +151,9 @@ def test_dashboard_in_a_real_browser(server):
         page.goto(url)
         expect(page.get_by_text("All four source/split sets found")).to_be_visible()
         expect(page.get_by_text("No runs yet")).to_be_visible()
+        # with a session open the server watches no file (.streamlit/config.toml: Streamlit's default
+        # puts an inotify watch on every folder below the app's, .venv included)
+        assert inotify_watches(proc.pid) == 0
 
         # Train: a short run (128 pairs, batch 16: 8 steps), random-init encoder (no internet here)
         page.goto(f"{url}/Train")
@@ -239,6 +243,17 @@ def test_dashboard_in_a_real_browser(server):
         snap(page, "sweep")
         browser.close()
     assert (tmp / "screenshots" / "metrics.png").stat().st_size > 10_000
+
+
+def inotify_watches(pid: int) -> int:
+    """How many inotify watches process ``pid`` holds, read from /proc (one 'inotify wd:' line each)."""
+    count = 0
+    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+        try:
+            count += sum(line.startswith("inotify wd:") for line in info.read_text().splitlines())
+        except OSError:  # an fd closed while we read
+            pass
+    return count
 
 
 def listening_sockets(pid: int) -> list[tuple[str, int]]:
