@@ -135,20 +135,25 @@ def model(checkpoint: Path):
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _evaluation(checkpoint: str, mtime_ns: int, data_root: str, count: int, key: tuple, _progress=None):
+def _evaluation(checkpoint: str, mtime_ns: int, data_root: str, count: int, key: tuple):
     from mixsep.metrics import evaluate
 
     m, _, _ = _model(checkpoint, mtime_ns)
-    return evaluate(m, _pairs(data_root, "test", key), count=count,
-                    calibration=_calibration(data_root, data_key(Path(data_root))), progress=_progress)
+    # Streamlit records what a cached function draws and replays it on a hit, so the bar is made
+    # here and removed here: updating one made outside failed on the replay (CacheReplayClosureError)
+    bar = st.progress(0.0, text="Scoring…")
+    ev = evaluate(m, _pairs(data_root, "test", key), count=count,
+                  calibration=_calibration(data_root, data_key(Path(data_root))),
+                  progress=lambda done, n: bar.progress(done / n, text=f"Scoring: {done}/{n} test pairs"))
+    bar.empty()
+    return ev
 
 
-def evaluation(checkpoint: Path, data_root: Path, count: int, progress=None):
-    """Every recovery mode's PSNR/SSIM on the first ``count`` test pairs (0 = all), cached."""
+def evaluation(checkpoint: Path, data_root: Path, count: int):
+    """Every recovery mode's PSNR/SSIM on the first ``count`` test pairs (0 = all), cached; a bar while it scores."""
     model(checkpoint)  # turns a deleted or corrupt checkpoint into a MixsepError first
     key = data_key(data_root)
-    return _evaluation(str(checkpoint), checkpoint.stat().st_mtime_ns, str(Path(data_root).resolve()), count,
-                       key, _progress=progress)
+    return _evaluation(str(checkpoint), checkpoint.stat().st_mtime_ns, str(Path(data_root).resolve()), count, key)
 
 
 # --------------------------------------------------------------------------- pickers
@@ -355,19 +360,24 @@ def best_scores(run_dir: Path, metrics: pd.DataFrame, smoothing: float) -> dict:
             "val_psnr": val.get("best_psnr") if isinstance(val, dict) else None}
 
 
-def delete_runs(runs_dir: Path, names: list[str]) -> None:
-    """Delete the runs (mixsep.run.delete_run refuses what it must), say what happened, refresh."""
+def delete_runs(runs_dir: Path) -> None:
+    """The Delete button's callback: delete the picked runs (mixsep.run.delete_run refuses what it must).
+
+    Then the confirmation is unticked and the pick cleared, in a callback because it runs before
+    the page is drawn: set afterwards, the browser kept the box ticked and the next pick went
+    with one click. Refusals are kept for the page to show (``delete_errors``).
+    """
     from mixsep.run import delete_run
 
-    done = []
-    for name in names:
+    picked, done, errors = st.session_state.get("delete_runs", []), [], []
+    for name in picked:
         try:
             delete_run(runs_dir, name)
             done.append(name)
         except MixsepError as e:
-            st.error(str(e))
+            errors.append(str(e))
+    st.session_state["delete_sure"] = False
+    st.session_state["delete_runs"] = [n for n in picked if n not in done]
+    st.session_state["delete_errors"] = errors
     if done:
-        st.session_state.pop("delete_sure", None)
         st.toast(f"Deleted {', '.join(done)}")
-        if len(done) == len(names):
-            st.rerun()

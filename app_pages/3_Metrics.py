@@ -17,14 +17,11 @@ except MixsepError as e:
 count = third.number_input("Test pairs to score", 1, total, total, step=100,
                             help=f"Default: the whole test split ({total} pairs). Fewer is faster.")
 
-bar = st.progress(0.0, text="Scoring…")
 try:
-    ev = ui.evaluation(checkpoint, data_root, int(count),
-                       progress=lambda done, n: bar.progress(done / n, text=f"Scoring: {done}/{n} test pairs"))
+    ev = ui.evaluation(checkpoint, data_root, int(count))
 except MixsepError as e:
-    bar.empty()
     ui.show_error(e)
-bar.progress(1.0, text=f"Scored {ev.n} test pairs with `{checkpoint.name}` (data_range = 1).")
+st.progress(1.0, text=f"Scored {ev.n} test pairs with `{checkpoint.name}` (data_range = 1).")
 
 st.subheader("Every recovery mode, both sources")
 st.dataframe(ev.table(), hide_index=True, column_config={

@@ -73,5 +73,7 @@ with st.expander("Delete runs", icon=":material/delete:"):
     doomed = st.multiselect("Runs to delete", list(rows), key="delete_runs",
                             help="Only folders inside the runs folder; a run that is training cannot be deleted.")
     sure = st.checkbox(f"Yes, delete {len(doomed)} run folder(s) and their checkpoints for good", key="delete_sure")
-    if st.button("Delete", icon=":material/delete_forever:", disabled=not (doomed and sure)):
-        ui.delete_runs(runs_dir, doomed)
+    st.button("Delete", icon=":material/delete_forever:", disabled=not (doomed and sure),
+              on_click=ui.delete_runs, args=(runs_dir,))
+    for message in st.session_state.pop("delete_errors", []):
+        st.error(message)

@@ -222,6 +222,10 @@ def test_compare_shows_what_loaded_and_disk_use_and_deletes_runs(app_env):
     at.checkbox(key="delete_sure").check().run()
     widget(at.button, "Delete").click().run()
     assert not at.exception and not (runs / "doomed").exists() and (runs / "tiny-run").exists()
+    # the confirmation is spent: another pick needs another tick (the box once stayed ticked)
+    assert at.checkbox(key="delete_sure").value is False and at.multiselect(key="delete_runs").value == []
+    at.multiselect(key="delete_runs").set_value(["tiny-run"]).run()
+    assert widget(at.button, "Delete").disabled and (runs / "tiny-run").exists()
 
 
 # --------------------------------------------------------------------------- training from the page

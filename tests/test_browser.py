@@ -218,6 +218,13 @@ def test_dashboard_in_a_real_browser(server):
         expect(page.get_by_role("heading", name="Compare runs")).to_be_visible()
         expect(page.locator(".js-plotly-plot")).to_have_count(1)  # the Metrics page's four charts are gone
         snap(page, "compare")
+        # back to Metrics: the cached scores are replayed (a progress bar made outside the cached
+        # function once broke the replay with a CacheReplayClosureError)
+        sidebar.get_by_role("link", name="Metrics").click()
+        expect(page.get_by_text(re.compile(r"^Scored \d+ test pairs"))).to_be_visible()
+        expect(page.get_by_test_id("stException")).to_have_count(0)
+        sidebar.get_by_role("link", name="Compare").click()
+        expect(page.get_by_role("heading", name="Compare runs")).to_be_visible()
 
         # Sweep: a two-trial study launched from the page; its parallel-coordinates chart gains points
         sidebar.get_by_role("link", name="Sweep").click()
