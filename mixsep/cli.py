@@ -144,9 +144,15 @@ def _record_failure(run, message: str, only_if_not_ended: bool = False) -> None:
 
 
 def _train_config(args) -> TrainConfig:
-    if not args.config and args.run_dir and (Path(args.run_dir) / "config.json").is_file():
-        args.config = str(Path(args.run_dir) / "config.json")  # resuming: the run's own settings win
+    from .run import CONFIG, last_checkpoint, read_checkpoint
+
+    if not args.config and args.run_dir and (Path(args.run_dir) / CONFIG).is_file():
+        args.config = str(Path(args.run_dir) / CONFIG)  # resuming: the run's own settings win
         print(f"resuming {args.run_dir} with its saved config", file=sys.stderr)
+    elif not args.config and args.run_dir and last_checkpoint(Path(args.run_dir)).is_file():
+        # config.json lost, the checkpoint still holds the settings it was trained with: never the flags'
+        print(f"resuming {args.run_dir} with the config saved in its checkpoint ({CONFIG} is missing)", file=sys.stderr)
+        return TrainConfig.from_dict(read_checkpoint(last_checkpoint(Path(args.run_dir)))["config"])
     return config_from_args(args)
 
 
@@ -364,8 +370,9 @@ def main(argv=None) -> int:
     except MixsepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: quit at once by a second Ctrl-C; a resume continues from the last checkpoint.", file=sys.stderr)
+    except KeyboardInterrupt:  # train and sweep finish their step on the first Ctrl-C: this is the second
+        print("error: quit at once by a second Ctrl-C; a resume continues from the last checkpoint."
+              if args.command in ("train", "sweep") else f"error: {args.command} interrupted by Ctrl-C.", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `python -m mixsep info | head -1`: the reader has all it wanted, no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail again

@@ -27,11 +27,11 @@ SEPARATE_MODES = ("projection_uniform", "direct", "subtraction")
 
 
 def default_data_root() -> str:
-    return os.environ.get("MIXSEP_DATA_ROOT", "./data")
+    return os.environ.get("MIXSEP_DATA_ROOT") or "./data"  # set but empty: the default, not "."
 
 
 def default_runs_dir() -> str:
-    return os.environ.get("MIXSEP_RUNS_DIR", "./runs")
+    return os.environ.get("MIXSEP_RUNS_DIR") or "./runs"
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,9 @@ class Setting:
         """Raise MixsepError with one sentence when ``value`` is not valid for this setting."""
         if not _is_type(value, self.type):
             shown = json.dumps(value) if _jsonable(value) else repr(value)
-            raise MixsepError(f"Setting '{self.name}' must be {TYPE_NAMES[self.type]}, not the {_json_kind(value)} "
-                              f"{shown}; write it like its default, {json.dumps(self.default)}.")
+            what = "null" if value is None else f"the {_json_kind(value)} {shown}"
+            raise MixsepError(f"Setting '{self.name}' must be {TYPE_NAMES[self.type]}, not {what}; "
+                              f"write it like its default, {json.dumps(self.default)}.")
         if self.type is float and not math.isfinite(value):
             raise MixsepError(f"{self.label} must be a finite number (got {value}); the default is {self.default:g}.")
         if self.choices is not None and value not in self.choices:
@@ -204,7 +205,8 @@ class TrainConfig:
                            "optimiser", low=0.0, high=0.99999, sweep=(0.9, 0.9999), widget="slider", step=0.0001,
                            fmt="%.4f", why="; Adam's defaults are beta1=0.9, beta2=0.999")
     weight_decay: float = setting(0.0, "Adam weight decay (L2 penalty on the weights)", "Weight decay", "optimiser",
-                                  low=0.0, widget="number", span=(0.0, 1.0), step=1e-5, fmt="%.1e", advanced=True)
+                                  low=0.0, high=1.0, widget="number", span=(0.0, 1.0), step=1e-5, fmt="%.1e", advanced=True,
+                                  why="; 0 turns it off, and beyond 1 it only pulls every weight to zero")
     schedule: str = setting("constant", "learning-rate schedule: constant, or onecycle (5% linear warm-up, then cosine "
                             "decay to zero)", "Learning-rate schedule", "optimiser", choices=("constant", "onecycle"),
                             sweep=("constant", "onecycle"), widget="select", advanced=True)
@@ -251,14 +253,23 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
+        path = Path(path)
+        in_run = (path.parent / "checkpoints").exists() or (path.parent / "metrics.csv").exists()
+        half = "; the run folder may be half written" if in_run else ""
         try:
-            d = json.loads(Path(path).read_text())
+            if path.exists() and not path.is_file() and not path.is_dir():  # a FIFO would block the read forever
+                raise MixsepError(f"{path} is not a regular file; give a config.json file.")
+            d = json.loads(path.read_text())
         except FileNotFoundError:
-            raise MixsepError(f"No config.json in {Path(path).parent}: this is not a mixsep run folder.") from None
+            raise MixsepError(f"No config.json in {path.parent}: this is not a mixsep run folder.") from None
         except IsADirectoryError:
             raise MixsepError(f"{path} is a folder; give the config.json file inside a run folder.") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise MixsepError(f"{path} is not a readable mixsep config ({e}); the run folder may be half written.") from None
+        except RecursionError:
+            raise MixsepError(f"{path} is not a readable mixsep config (nested too deeply){half}.") from None
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, or a number too long to convert
+            raise MixsepError(f"{path} is not a readable mixsep config ({e}){half}.") from None
+        except OSError as e:
+            raise MixsepError(f"{path} cannot be read ({e.strerror or e.__class__.__name__}).") from None
         if not isinstance(d, dict):
             raise MixsepError(f"{path} holds a JSON {_json_kind(d)}, not an object of settings; "
                               "it is not a mixsep config.")

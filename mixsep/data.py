@@ -20,6 +20,7 @@ The cache is keyed by the bytes of the files, so a changed file is never served 
 from __future__ import annotations
 
 import _compat_pickle
+import contextlib
 import gzip
 import hashlib
 import importlib
@@ -137,6 +138,9 @@ def read_mnist_idx(images_path: Path, labels_path: Path | None,
         what = "a labels file" if images.ndim == 1 else f"an array of shape {images.shape}"
         raise MixsepError(f"{images_path} is {what}, not MNIST images (N x 28 x 28); "
                           f"name the images-idx3 file.")
+    if len(images) == 0 or images.shape[1:] not in ((28, 28), (32, 32)):
+        raise MixsepError(f"{images_path} holds images of shape {images.shape}, expected N x 28 x 28 (or N x 32 x 32) "
+                          f"with N >= 1.")
     if labels_path is None:
         return images, np.full(len(images), -1, np.int64)
     labels = read_idx(labels_path, raws[1])
@@ -397,7 +401,7 @@ def decode_files(files: list[Path], source: str, raws: list[bytes] | None = None
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("MIXSEP_CACHE_DIR", Path.home() / ".cache" / "mixsep"))
+    return Path(os.environ.get("MIXSEP_CACHE_DIR") or Path.home() / ".cache" / "mixsep")  # set but empty: the default
 
 
 def _cache_key(files: list[Path], source: str, raws: list[bytes]) -> str:
@@ -435,10 +439,12 @@ def load_files(files: list[Path], source: str, use_cache: bool = True) -> tuple[
         try:  # write atomically; an unwritable cache only costs speed
             path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
+                tmp = f.name
                 np.savez(f, images=images.numpy(), labels=labels.numpy())
-            os.replace(f.name, path)
+            os.replace(tmp, path)
         except OSError:
-            pass
+            with contextlib.suppress(NameError, OSError):  # a full disk left a part-written temp file
+                os.unlink(tmp)
     return images, labels
 
 
@@ -473,7 +479,12 @@ def download(root: Path, splits=SPLITS) -> None:
     from torchvision import datasets
 
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    if root.exists() and not root.is_dir():
+        raise MixsepError(f"The data root {root} is a file, not a folder; name a folder to download into.")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MixsepError(f"Cannot create the data root {root} ({e.strerror}); choose a writable place.") from None
     for split in splits:
         train = split == "train"
         for source, cls in (("mnist", datasets.MNIST), ("cifar", datasets.CIFAR10)):

@@ -64,6 +64,19 @@ class State(enum.StrEnum):
 class RunWriteError(MixsepError):
     """A write into the run folder failed (disk full, permissions); the previous file is intact."""
 
+    def __init__(self, message: str, errno_: int | None = None):
+        super().__init__(message)
+        self.errno = errno_
+
+    @property
+    def advice(self) -> str:
+        """What a user does before resuming."""
+        if self.errno == errno.ENOSPC:
+            return "free some space and resume"
+        if self.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return "make the run folder writable and resume"
+        return "resume once the cause is mended"
+
 
 # --------------------------------------------------------------------------- atomic writes
 
@@ -84,6 +97,7 @@ def atomic_write(path: Path, write) -> None:
     """
     path = Path(path)
     tmp = path.parent / f".{path.name}.{os.getpid()}{TMP_SUFFIX}"
+    existed = path.is_file()
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -96,7 +110,8 @@ def atomic_write(path: Path, write) -> None:
         except OSError:
             pass
         if isinstance(e, OSError):
-            raise RunWriteError(_describe_os_error(e, path) + "; the previous version is kept.") from None
+            raise RunWriteError(_describe_os_error(e, path) + ("; the previous version is kept." if existed else "."),
+                                e.errno) from None
         raise
     try:  # the rename itself survives a power cut only once the folder is synced
         fd = os.open(path.parent, os.O_RDONLY)
@@ -242,6 +257,21 @@ def check_run_dir(run_dir: Path) -> Path:
     return run_dir
 
 
+def check_layout(run_dir: Path) -> None:
+    """Refuse a run folder whose own names hold the wrong kind of thing, before a trainer reads or rewrites it.
+
+    A file named ``checkpoints`` would make a resume start again from step 0 and cut metrics.csv
+    to the new rows before the first checkpoint failed; a folder named metrics.csv could only fail later.
+    """
+    for name, folder in ((CHECKPOINTS, True), (METRICS, False), (STATUS, False), (CONFIG, False)):
+        path = Path(run_dir) / name
+        if path.is_symlink() and not path.exists():
+            raise MixsepError(f"{path} is a link to nothing; remove it or restore what it pointed to.")
+        if path.exists() and path.is_dir() != folder:
+            raise MixsepError(f"{path} should be a {'folder' if folder else 'file'} but is "
+                              f"{'a file' if folder else 'a folder'}; move it away before training this run.")
+
+
 # --------------------------------------------------------------------------- process identity
 
 
@@ -308,7 +338,11 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> "RunLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # a folder or a symlink loop where the lock file goes
+            raise MixsepError(f"Cannot lock the run folder {self.path.parent}: {self.path.name} cannot be opened "
+                              f"({e.strerror}); move it away.") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -435,7 +469,7 @@ class MetricsLog:
         try:
             self._f = open(self.path, "a", newline="")
         except OSError as e:
-            raise RunWriteError(_describe_os_error(e, self.path) + ".") from None
+            raise RunWriteError(_describe_os_error(e, self.path) + ".", e.errno) from None
         self._writer = csv.DictWriter(self._f, METRIC_FIELDS, lineterminator="\n")
         return self
 
@@ -444,7 +478,7 @@ class MetricsLog:
             self._writer.writerow({k: row[k] for k in METRIC_FIELDS})
             self._f.flush()  # a reader (the dashboard) sees each step as it happens
         except OSError as e:
-            raise RunWriteError(_describe_os_error(e, self.path) + "; rows up to the last checkpoint are kept.") from None
+            raise RunWriteError(_describe_os_error(e, self.path) + "; rows up to the last checkpoint are kept.", e.errno) from None
 
     def close(self) -> None:
         if self._f is not None:
@@ -483,9 +517,9 @@ def _csv_rows(path: Path) -> list[dict]:
     for r in csv.DictReader(io.StringIO(text)):
         try:
             row = {k: float(r[k]) for k in METRIC_FIELDS}
-        except (KeyError, TypeError, ValueError):
+            row["step"], row["epoch"] = int(row["step"]), int(row["epoch"])  # inf or nan: not a row
+        except (KeyError, TypeError, ValueError, OverflowError):
             continue
-        row["step"], row["epoch"] = int(row["step"]), int(row["epoch"])
         rows.append(row)
     return rows
 
@@ -513,7 +547,7 @@ def save_checkpoint(path: Path, model, config, step: int, epoch: int, optimizer=
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise RunWriteError(_describe_os_error(e, path) + ".") from None
+        raise RunWriteError(_describe_os_error(e, path) + ".", e.errno) from None
     state = {"version": CHECKPOINT_VERSION, "config": config.to_dict(), "step": step, "epoch": epoch,
              "model": model.state_dict()}
     if optimizer is not None:
@@ -526,6 +560,8 @@ def read_checkpoint(path: Path, map_location="cpu") -> dict:
     import torch
 
     path = Path(path)
+    if path.is_dir():
+        raise MixsepError(f"Checkpoint {path} is a folder; name a .pt file inside a run's checkpoints folder.")
     if not path.is_file():
         raise MixsepError(f"Checkpoint {path} does not exist.")
     try:
@@ -535,6 +571,16 @@ def read_checkpoint(path: Path, map_location="cpu") -> dict:
                           "it may be truncated or corrupt. Pick another checkpoint or retrain.") from None
     if not isinstance(state, dict) or "model" not in state or not isinstance(state.get("config"), dict):
         raise MixsepError(f"{path} is a PyTorch file but not a mixsep checkpoint (no model and config inside).")
+    step, optimizer = state.get("step", 0), state.get("optimizer", {"state": {}, "param_groups": []})
+    wrong = ("its weights are not a dict of tensors" if not isinstance(state["model"], dict)
+             or not all(isinstance(v, torch.Tensor) for v in state["model"].values())
+             else "its config names no model" if not isinstance(state["config"].get("model"), str)
+             else f"its step is {step!r}, not a whole number" if type(step) is not int or step < 0
+             else "its optimizer state is not Adam's" if not isinstance(optimizer, dict)
+             or not {"state", "param_groups"} <= optimizer.keys() else None)
+    if wrong:
+        raise MixsepError(f"{path} is not a mixsep checkpoint as mixsep writes them ({wrong}); "
+                          "pick another checkpoint or retrain.")
     return state
 
 
@@ -618,6 +664,11 @@ class Run:
     def open(self) -> "Run":
         check_run_dir(self.path)
         self.lock.acquire()
+        try:
+            check_layout(self.path)
+        except MixsepError:
+            self.lock.release()
+            raise
         remove_stale_temps(self.path)
         return self
 

@@ -20,7 +20,7 @@ from .config import TrainConfig
 from .data import PairData, load_pairs, to_float
 from .errors import MixsepError
 from .model import MODELS, build_model
-from .run import (CONFIG, Run, RunWriteError, State, clear_stop, epoch_checkpoint, last_checkpoint,
+from .run import (CHECKPOINTS, CONFIG, Run, RunWriteError, State, clear_stop, epoch_checkpoint, last_checkpoint,
                   list_checkpoints, prune_epoch_checkpoints, read_checkpoint, save_checkpoint, stop_requested,
                   write_json)
 from .run import new_run_dir as _new_folder
@@ -61,7 +61,8 @@ def load_model_state(model: nn.Module, state_dict: dict, path: Path, name: str) 
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as e:
-        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)[:200]
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        first = first if len(first) <= 200 else first[:197] + "..."  # torch lists every missing key
         raise MixsepError(f"{path} does not fit the '{name}' architecture ({first}); "
                           "it was saved by another model or another version of mixsep.") from None
 
@@ -78,6 +79,8 @@ def load_run_model(run_dir: Path, checkpoint: Path | None = None, device="cpu",
         raise MixsepError(f"Run folder {run_dir} does not exist; `python -m mixsep train` prints the folder it made.")
     if run_dir.is_file():
         checkpoint, run_dir = run_dir, run_dir.parent.parent
+    elif run_dir.name == CHECKPOINTS and (run_dir.parent / CONFIG).exists():  # RUN/checkpoints: the run it belongs to
+        run_dir = run_dir.parent
     if checkpoint is None:
         found = list_checkpoints(run_dir)
         if not found:
@@ -254,9 +257,15 @@ class Training:
             raise
         except RunWriteError as e:
             msg = (f"{e} Training stopped at step {self.step}; the last checkpoint (step {self.last_good}) "
-                   "is kept: free some space and resume.")
+                   f"is kept: {e.advice}.")
             self.run.fail(msg, step=self.last_good, total_steps=self.total_steps)
             raise MixsepError(msg) from None
+        except MixsepError:
+            raise  # its status is written where it was raised
+        except Exception as e:  # a bug, or arithmetic no setting should allow: status.json must not stay "running"
+            self.run.fail(f"Training failed at step {self.step} ({e.__class__.__name__}: {str(e)[:200]}); the last "
+                          f"checkpoint (step {self.last_good}) is kept.", step=self.last_good, total_steps=self.total_steps)
+            raise
         finally:
             self.run.metrics.close()
             if self._owns_run:

@@ -8,6 +8,7 @@ import io
 import json
 import math
 import re
+import os
 import subprocess
 from pathlib import Path
 
@@ -151,7 +152,7 @@ def test_model_choices_come_from_the_models():
     ("batch_size", 1, "BatchNorm needs two samples per channel"),
     ("batch_size", True, "Setting 'batch_size' must be a whole number, not the boolean true"),
     ("batch_size", 12.5, "must be a whole number"),
-    ("weight_decay", -1e-4, "Weight decay must be at least 0"),
+    ("weight_decay", -1e-4, "Weight decay must lie in [0, 1] (got -0.0001)"),
     ("weight_decay", math.nan, "Weight decay must be a finite number"),
     ("lr", math.inf, "Learning rate must be a finite number"),
     ("lr", "0.001", "Setting 'lr' must be a number, not the string \"0.001\""),
@@ -162,7 +163,8 @@ def test_model_choices_come_from_the_models():
     ("schedule", "cosine", "Unknown learning-rate schedule 'cosine'"),
     ("device", "tpu", "Unknown device 'tpu'"),
     ("max_minutes", -1.0, "must be at least 0"),
-    ("data_root", None, "Setting 'data_root' must be text, not the null"),
+    ("data_root", None, "Setting 'data_root' must be text, not null; write it like its default"),
+    ("weight_decay", 1e39, "Weight decay must lie in [0, 1] (got 1e+39); 0 turns it off, and beyond 1 it only pulls every weight to zero"),
 ])
 def test_bad_values_get_one_sentence(field, value, match):
     with pytest.raises(MixsepError, match=re.escape(match)) as e:
@@ -190,12 +192,27 @@ def test_from_dict_reads_whole_numbers_as_floats_and_drops_unknown_keys():
     ("[1, 2]", "holds a JSON list, not an object of settings"),
     ("42", "holds a JSON number"),
     ("{\"lr\": ", "is not a readable mixsep config"),
+    ("[" * 200_000 + "]" * 200_000, "is not a readable mixsep config \\(nested too deeply\\)"),
+    ('{"seed": ' + "9" * 5000 + "}", "is not a readable mixsep config \\(Exceeds the limit"),
 ])
 def test_load_refuses_files_that_are_not_configs(tmp_path, text, match):
     path = tmp_path / "config.json"
     path.write_text(text)
-    with pytest.raises(MixsepError, match=match):
+    with pytest.raises(MixsepError, match=match) as e:
         TrainConfig.load(path)
+    assert "half written" not in str(e.value)  # only a run's own config.json may be
+
+
+def test_load_refuses_a_fifo_and_a_link_loop_without_waiting(tmp_path):
+    fifo, loop = tmp_path / "fifo.json", tmp_path / "loop.json"
+    os.mkfifo(fifo)  # reading it would wait for a writer forever
+    loop.symlink_to(loop)
+    with pytest.raises(MixsepError, match="is not a regular file"):
+        TrainConfig.load(fifo)
+    with pytest.raises(MixsepError, match=r"cannot be read \(Too many levels of symbolic links\)"):
+        TrainConfig.load(loop)
+    for path in (fifo, loop):
+        assert main(["train", "--config", str(path)]) == 2
 
 
 # --------------------------------------------------------------------------- the real command line
@@ -227,7 +244,7 @@ def assert_one_sentence(p: subprocess.CompletedProcess, match: str, tmp_path: Pa
 
 @pytest.mark.parametrize("args,match", [
     (["--batch-size", "1"], "Batch size must be at least 2 (got 1): BatchNorm needs two samples per channel"),
-    (["--weight-decay", "-0.01"], "Weight decay must be at least 0 (got -0.01)"),
+    (["--weight-decay", "-0.01"], "Weight decay must lie in [0, 1] (got -0.01)"),
     (["--weight-decay", "nan"], "Weight decay must be a finite number (got nan)"),
     (["--seed", "1e20"], "Seed must lie in [0, 9223372036854775807] (got 100000000000000000000)"),
     (["--seed", "-3"], "Seed must lie in"),
@@ -322,3 +339,4 @@ def test_largest_seed_and_smallest_batch_train(tiny_config, tmp_path):
     # data.py derives per-epoch seeds from it: they must stay inside torch's 64-bit range
     cfg = dataclasses.replace(tiny_config, seed=2**63 - 1, batch_size=2, train_size=4, repair=True)
     assert [r.step for r in train_steps(cfg.validate(), tmp_path / "run")] == [1, 2]
+

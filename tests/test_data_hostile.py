@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -295,3 +296,50 @@ def test_the_same_bytes_under_another_path_come_from_the_cache(tmp_path, monkeyp
     monkeypatch.setattr(D, "decode_files", boom)
     again, _ = D.load_split(moved, "cifar", "test")
     assert torch.equal(first, again)
+
+
+# --------------------------------------------------------------------------- empty files, empty settings, full caches
+
+
+@pytest.mark.parametrize("shape", [(0, 28, 28), (5, 0, 0), (3, 7, 7)])
+def test_idx_images_of_no_pixels_or_the_wrong_size(tmp_path, shape):
+    root = make_data_root(tmp_path / "d", n_train=8, n_test=8)
+    _swap_in(root, "t10k-images-idx3-ubyte.gz", np.zeros(shape, np.uint8))
+    _swap_in(root, "t10k-labels-idx1-ubyte.gz", np.zeros(shape[0], np.uint8))
+    refused(D.load_split, root, "mnist", "test", match=rf"holds images of shape \({shape[0]}, {shape[1]}, {shape[2]}\), "
+                                                       r"expected N x 28 x 28 \(or N x 32 x 32\) with N >= 1")
+
+
+def test_settings_set_but_empty_mean_their_defaults(monkeypatch):
+    from mixsep.config import default_data_root, default_runs_dir
+
+    for name in ("MIXSEP_CACHE_DIR", "MIXSEP_DATA_ROOT", "MIXSEP_RUNS_DIR"):
+        monkeypatch.setenv(name, "")
+    # an empty MIXSEP_CACHE_DIR once put 105 MB of decoded tensors in the working folder
+    assert D.cache_dir() == Path.home() / ".cache" / "mixsep"
+    assert (default_data_root(), default_runs_dir()) == ("./data", "./runs")
+
+
+def test_download_into_a_data_root_that_is_a_file(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("hi")
+    refused(D.download, afile, match="is a file, not a folder")
+    assert afile.read_text() == "hi"
+
+
+def test_a_full_cache_disk_leaves_no_temp_files(tmp_path, monkeypatch):
+    disk = tmp_path / "cache"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)]).returncode:
+        if os.environ.get("MIXSEP_REQUIRE_TMPFS"):
+            pytest.fail("cannot mount a tmpfs (CI runs as root and must)")
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        monkeypatch.setenv("MIXSEP_CACHE_DIR", str(disk))
+        root = make_data_root(tmp_path / "d", n_train=96, n_test=8)
+        for _ in range(2):  # the cache write fails both times: the data still loads, nothing is left behind
+            images, _ = D.load_split(root, "cifar", "train")
+            assert len(images) == 96
+        assert sorted(p.name for p in disk.iterdir()) == []
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -416,3 +417,108 @@ def test_delete_runs_inside_the_runs_folder_only_and_never_a_training_one(small_
     R.delete_run(runs, "busy")
     R.delete_run(runs, "done")
     assert sorted(p.name for p in runs.iterdir()) == ["link"]
+
+
+# --------------------------------------------------------------------------- damaged run folders, refused before anything changes
+
+
+def _finished_run(small_config, tmp_path) -> Path:
+    run = tmp_path / "run"
+    list(T.train_steps(small_config, run))
+    return run
+
+
+def _fingerprint(run: Path) -> dict:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file() and p.name != R.LOCK}
+
+
+def test_resume_without_config_json_keeps_the_checkpoints_settings(small_config, tmp_path, capsys):
+    from mixsep.cli import main
+
+    run = _finished_run(dataclasses.replace(small_config, epochs=2), tmp_path)
+    (run / R.CONFIG).unlink()
+    before = _fingerprint(run)
+    # flags that would retrain it as another run: a lost config.json once let them win over the checkpoint's
+    assert main(["train", "--run-dir", str(run), "--lr", "0.5", "--batch-size", "4", "--epochs", "3", "--quiet"]) == 0
+    assert "with the config saved in its checkpoint (config.json is missing)" in capsys.readouterr().err
+    saved = TrainConfig.load(run / R.CONFIG)
+    assert (saved.lr, saved.batch_size, saved.epochs) == (small_config.lr, small_config.batch_size, 2)
+    assert _fingerprint(run) == before | {R.CONFIG: (run / R.CONFIG).read_bytes(), R.STATUS: (run / R.STATUS).read_bytes()}
+
+
+@pytest.mark.parametrize("name,make,match", [
+    (R.CHECKPOINTS, "file", "checkpoints should be a folder but is a file"),
+    (R.METRICS, "folder", "metrics.csv should be a file but is a folder"),
+    (R.CONFIG, "dangling", "config.json is a link to nothing"),
+    (R.LOCK, "folder", r"\.lock cannot be opened \(Is a directory\)"),
+    (R.LOCK, "loop", r"\.lock cannot be opened \(Too many levels of symbolic links\)"),
+])
+def test_a_run_folder_holding_the_wrong_kinds_of_things_is_refused_untouched(small_config, tmp_path, capsys,
+                                                                           name, make, match):
+    from mixsep.cli import main
+
+    run = _finished_run(small_config, tmp_path)
+    path = run / name
+    if path.is_dir():
+        import shutil
+
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+    {"file": lambda: path.write_text("x"), "folder": path.mkdir, "dangling": lambda: path.symlink_to(tmp_path / "gone"),
+     "loop": lambda: path.symlink_to(path)}[make]()
+    before = _fingerprint(run)
+    assert main(["train", "--run-dir", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(match, err), err
+    assert _fingerprint(run) == before  # a file named checkpoints once sent it back to step 0, cutting metrics.csv
+
+
+def test_metrics_rows_whose_step_is_not_a_number_are_skipped(small_config, tmp_path):
+    run = _finished_run(small_config, tmp_path)
+    lines = (run / R.METRICS).read_text().splitlines(keepends=True)
+    good = R._csv_rows(run / R.METRICS)
+    for bad in ("inf", "nan", "1e400", "-inf"):
+        (run / R.METRICS).write_text("".join(lines[:3] + [f"{bad},0,0.1,0.1,0.2,0.001,1,1\n"] + lines[3:]))
+        assert R._csv_rows(run / R.METRICS) == good
+        list(T.train_steps(small_config, run))  # a resume reads them too (OverflowError before)
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda s: s["config"].update(model=["tiny"]), "its config names no model"),
+    (lambda s: s.update(model=[1, 2]), "its weights are not a dict of tensors"),
+    (lambda s: s.update(step="abc"), "its step is 'abc', not a whole number"),
+    (lambda s: s.update(optimizer={}), "its optimizer state is not Adam's"),
+])
+def test_hand_made_checkpoints_get_one_sentence(small_config, tmp_path, capsys, change, match):
+    from mixsep.cli import main
+
+    run = _finished_run(small_config, tmp_path)
+    state = torch.load(R.last_checkpoint(run), weights_only=True)
+    change(state)
+    torch.save(state, R.last_checkpoint(run))
+    with pytest.raises(MixsepError, match=re.escape(match)):
+        R.read_checkpoint(R.last_checkpoint(run))
+    for argv in (["evaluate", str(run), "--data-root", small_config.data_root], ["train", "--run-dir", str(run)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.splitlines()  # train says first that it resumes with the saved config
+        assert err[-1].startswith("error: ") and match in err[-1] and sum(line.startswith("error") for line in err) == 1
+
+
+def test_a_checkpoint_folder_named_where_a_file_or_run_is_meant(small_config, tmp_path, capsys):
+    from mixsep.cli import main
+
+    run = _finished_run(small_config, tmp_path)
+    assert main(["evaluate", str(run), "--checkpoint", str(run), "--data-root", small_config.data_root]) == 2
+    assert "is a folder; name a .pt file" in capsys.readouterr().err
+    model, _, info = T.load_run_model(run / R.CHECKPOINTS)  # RUN/checkpoints: the run it belongs to
+    assert info["path"] == str(R.last_checkpoint(run))
+
+
+def test_a_failed_write_advises_what_fits_the_failure(tmp_path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "x.json").mkdir()  # a folder where the file goes: not a full disk
+    with pytest.raises(R.RunWriteError) as e:
+        R.write_json(folder / "x.json", {})
+    assert "previous version is kept" not in str(e.value) and e.value.advice == "resume once the cause is mended"
