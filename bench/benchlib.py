@@ -5,6 +5,7 @@ import os
 import shlex
 import sys
 
+import mixsep  # noqa: F401  first, before torch: how its threads wait (mixsep.config.THREAD_WAIT)
 import torch
 
 from mixsep.metrics import Evaluation

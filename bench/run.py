@@ -51,6 +51,7 @@ import time
 import warnings
 from pathlib import Path
 
+import mixsep  # noqa: F401  first, before torch: how its threads wait (mixsep.config.THREAD_WAIT)
 import torch
 import torch.nn.functional as F
 from benchlib import command_line, machine, machine_line, set_threads

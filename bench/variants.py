@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import mixsep  # noqa: F401  first, before torch: how its threads wait (mixsep.config.THREAD_WAIT)
 import torch
 from benchlib import command_line, set_threads
 

@@ -307,11 +307,12 @@ def cmd_separate(args) -> int:
 def cmd_info(args) -> int:
     import torch
 
+    from .config import thread_wait
     from .data import data_status
     from .model import MODELS, build_model, count_parameters, flops_per_sample
 
     print(f"torch {torch.__version__}; device: {'cuda (' + torch.cuda.get_device_name(0) + ')' if torch.cuda.is_available() else 'cpu'}"
-          f", {torch.get_num_threads()} threads")
+          f", {torch.get_num_threads()} threads ({thread_wait()})")
     for name in ([args.model] if args.model else MODELS):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -26,6 +26,31 @@ GROUPS = ("model", "optimiser", "data", "mechanics")  # the order the Train page
 SEPARATE_MODES = ("projection_uniform", "direct", "subtraction")
 
 
+# How torch's OpenMP threads wait for each other at the end of every operation. libgomp's default
+# spins about 300,000 pause loops first: the quickest hand-over on an idle machine, but with one
+# more runnable process than cores (a browser, the dashboard's server, a second run, a test
+# suite) the spinning thread holds a core the late thread needs. Asleep at once, the faithful step
+# kept its speed alone and ran X faster beside a second trainer (bench/contention.py).
+THREAD_WAIT = {"OMP_WAIT_POLICY": "PASSIVE"}
+USER_THREAD_WAIT = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")  # set by the user: their choice stands
+
+
+def choose_thread_wait(environ=os.environ) -> None:
+    """Put ``THREAD_WAIT`` in the environment unless the user chose how threads wait.
+
+    libgomp reads it once, when torch loads it, so this runs before torch is imported:
+    ``import mixsep`` calls it first (the CLI, the dashboard, every process mixsep starts,
+    which inherit it). A program that imported torch before mixsep keeps libgomp's default.
+    """
+    if not any(name in environ for name in USER_THREAD_WAIT):
+        environ.update(THREAD_WAIT)
+
+
+def thread_wait(environ=os.environ) -> str:
+    """How this process's OpenMP threads were told to wait, as the environment says it."""
+    return ", ".join(f"{name}={environ[name]}" for name in USER_THREAD_WAIT if name in environ) or "libgomp's default"
+
+
 def default_data_root() -> str:
     return os.environ.get("MIXSEP_DATA_ROOT") or "./data"  # set but empty: the default, not "."
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import mixsep  # noqa: F401  before torch, as in every mixsep process: its OpenMP threads sleep while they wait
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

@@ -10,6 +10,7 @@ import math
 import re
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -340,3 +341,30 @@ def test_largest_seed_and_smallest_batch_train(tiny_config, tmp_path):
     cfg = dataclasses.replace(tiny_config, seed=2**63 - 1, batch_size=2, train_size=4, repair=True)
     assert [r.step for r in train_steps(cfg.validate(), tmp_path / "run")] == [1, 2]
 
+
+# --------------------------------------------------------------------------- how torch's threads wait
+
+OPENMP_SETTING = re.compile(r"^\s*(OMP_WAIT_POLICY|GOMP_SPINCOUNT) = '([^']*)'", re.M)
+
+
+def openmp_settings(args: list[str], **env) -> tuple[dict, str]:
+    """(libgomp's own report of its wait settings, stdout) of a real Python process started with ``env``."""
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run([sys.executable, *args], env={**base, **env, "OMP_DISPLAY_ENV": "VERBOSE"},
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    return dict(OPENMP_SETTING.findall(out.stderr)), out.stdout
+
+
+def test_torch_threads_sleep_while_they_wait_unless_the_user_chose():
+    """libgomp prints what it read when torch loads it (OMP_DISPLAY_ENV): the runtime's state, not ours."""
+    info = ["-m", "mixsep", "info", "--model", "tiny", "--data-root", str(ROOT)]
+    got, stdout = openmp_settings(info)
+    assert got["GOMP_SPINCOUNT"] == "0" and "(OMP_WAIT_POLICY=PASSIVE)" in stdout.splitlines()[0]
+    got, stdout = openmp_settings(info, OMP_WAIT_POLICY="ACTIVE")
+    assert got["OMP_WAIT_POLICY"] == "ACTIVE" and got["GOMP_SPINCOUNT"] != "0" and "(OMP_WAIT_POLICY=ACTIVE)" in stdout
+    got, stdout = openmp_settings(info, GOMP_SPINCOUNT="1234")
+    assert got["GOMP_SPINCOUNT"] == "1234" and "(GOMP_SPINCOUNT=1234)" in stdout
+    # read once, when torch loads libgomp: a program that imports torch before mixsep keeps the default
+    got, _ = openmp_settings(["-c", "import torch, mixsep"])
+    assert got["GOMP_SPINCOUNT"] == "300000"
