@@ -12,8 +12,9 @@ from mixsep.errors import MixsepError
 data_root, runs_dir = ui.setup("mixsep: un-mixing MNIST and CIFAR-10")
 
 st.markdown(
-    "Each input is the pixel-wise **mean of an MNIST digit and a CIFAR-10 image**. A ResNet-18 encoder with "
-    "two small decoders learns to give both back. **Train** a separator with live loss curves, browse "
+    "Each input is the pixel-wise **mean of an MNIST digit and a CIFAR-10 image**. A network learns to give "
+    "both back: the report's ResNet-18 encoder with two decoders (`faithful`), or a U-Net that places the digit "
+    "inside what the mixture allows (`unet_digit_rich` separates best). **Train** a separator with live loss curves, browse "
     "**Samples** of what it recovers, **Separate** your own mixture images, score it honestly on the "
     "**Metrics** page (PSNR and SSIM with `data_range=1`), and **Compare** runs.")
 cols = st.columns(len(ui.PAGES) - 1)
@@ -63,7 +64,7 @@ if not runs:
     st.info(f"No runs yet in `{runs_dir.resolve()}`: start one on the Train page.")
 else:
     df = pd.DataFrame(runs[:10])
-    df["progress"] = [f"{s}/{t}" for s, t in zip(df["step"], df["total_steps"])]
+    df["progress"] = [f"{s}/{t or '?'}" for s, t in zip(df["step"], df["total_steps"])]  # a damaged status.json: no total
     st.dataframe(df[["run", "state", "progress", "model", "lr", "batch_size", "epochs", "last_loss", "message"]],
                  hide_index=True, column_config={
                      "lr": st.column_config.NumberColumn(format="%.0e"), "batch_size": "batch",

@@ -24,18 +24,22 @@ n = opts[4].slider("Samples", 4, 40, 20)
 selection = (str(checkpoint), split, shuffle, seed, n)
 if st.session_state.get("grid_selection") != selection:
     st.session_state.update(grid_selection=selection, grid_page=0)
-nav = st.container(horizontal=True, vertical_alignment="center")
-if nav.button("Previous", icon=":material/chevron_left:", disabled=st.session_state.grid_page == 0):
-    st.session_state.grid_page -= 1
-if nav.button("Next", icon=":material/chevron_right:"):
-    st.session_state.grid_page += 1
-
 try:
     pairs = ui.pairs(data_root, split)
     model, config, info = ui.model(checkpoint)
 except MixsepError as e:
     ui.show_error(e)
-page = st.session_state.grid_page
+pages = -(-len(pairs) // n)
+page = st.session_state.grid_page = min(st.session_state.grid_page, pages - 1)
+
+
+def turn(by: int) -> None:  # a callback: the page has turned before the buttons are drawn, so each shows its state
+    st.session_state.grid_page += by
+
+
+nav = st.container(horizontal=True, vertical_alignment="center")
+nav.button("Previous", icon=":material/chevron_left:", disabled=page == 0, on_click=turn, args=(-1,))
+nav.button("Next", icon=":material/chevron_right:", disabled=page >= pages - 1, on_click=turn, args=(1,))
 indices = sample_indices(len(pairs), n, seed if shuffle else None, page)
 title = f"{run_dir.name}  {checkpoint.name}  step {info['step']}  ({split} split, page {page + 1})"
 with st.spinner("Separating…"):
@@ -44,7 +48,7 @@ with st.spinner("Separating…"):
     strips = [grid_image(model, pairs, indices[i:i + 10], show_direct=show_direct, show_errors=show_errors, scale=2)
               for i in range(0, len(indices), 10)]
 order = f"shuffled with seed {seed}" if shuffle else "in order"
-nav.caption(f"Page {page + 1} of {-(-len(pairs) // n)} · {len(pairs)} {split} pairs, {order}")
+nav.caption(f"Page {page + 1} of {pages} · {len(pairs)} {split} pairs, {order}")
 st.caption(title)
 for strip in strips:
     st.image(strip, output_format="PNG")  # JPEG would blur 32-pixel images

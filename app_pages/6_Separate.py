@@ -16,6 +16,7 @@ from mixsep.separate import png_bytes, read_mixture, separate
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"]
 SHOWN = 128  # pixels on screen for a 32x32 image: 4x, each pixel a block
+MAX_UPLOAD_MB = 1  # a 32x32 image is a few KB in any format; the browser refuses bigger files before they are sent
 
 data_root, runs_dir = ui.setup("Separate")
 run_dir, checkpoint, third = ui.pick_run_and_checkpoint(runs_dir)
@@ -24,16 +25,18 @@ mode = third.selectbox("Recovery mode", SEPARATE_MODES,
                             "For the interval models (unet, unet_digit, ...) every mode gives the same images.")
 if checkpoint is None:
     st.stop()
-files = st.file_uploader("Mixture images: 32x32, each the mean of a grey digit and a colour image",
-                         type=IMAGE_TYPES, accept_multiple_files=True, max_upload_size=1)
-if not files:
-    st.caption("Upload one or more images to separate them with this checkpoint. The command line does the same "
-               "for files on disk: `python -m mixsep separate RUN IMAGE...`.")
-    st.stop()
-try:
+try:  # before any upload: a checkpoint that cannot separate says so at once
     model, config, info = ui.model(checkpoint)
 except MixsepError as e:
     ui.show_error(e)
+files = st.file_uploader(f"Mixture images: 32x32, each the mean of a grey digit and a colour image "
+                         f"(up to {MAX_UPLOAD_MB} MB each)", type=IMAGE_TYPES, accept_multiple_files=True,
+                         max_upload_size=MAX_UPLOAD_MB)
+if not files:
+    st.caption(f"Upload one or more images to separate them with this checkpoint; a file over {MAX_UPLOAD_MB} MB is "
+               "refused by the uploader itself (its red mark says why). The command line does the same for files "
+               "on disk: `python -m mixsep separate RUN IMAGE...`.")
+    st.stop()
 
 good = []
 for f in files:

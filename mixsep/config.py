@@ -257,6 +257,9 @@ class TrainConfig:
         """Raise MixsepError with one clear sentence for the first value that is not valid."""
         for s in settings():
             s.check(getattr(self, s.name))
+        if self.train_size and self.batch_size > self.train_size:  # before a run folder is made for it
+            raise MixsepError(f"Batch size {self.batch_size} is larger than the {self.train_size} training pairs; "
+                              "lower it.")
         return self
 
     def to_dict(self) -> dict:

@@ -175,6 +175,8 @@ def test_samples_page_grid_pages_and_download(app_env):
     assert "Page 1 of 3" in texts(at.caption)  # 48 test pairs, 20 per page
     widget(at.button, "Next").click().run()
     assert "Page 2 of 3" in texts(at.caption)
+    widget(at.button, "Next").click().run()
+    assert "Page 3 of 3" in texts(at.caption) and widget(at.button, "Next").disabled  # no page 4 of 3
     widget(at.toggle, "Shuffle").set_value(True).run()
     assert "Page 1 of 3" in texts(at.caption) and "seed 0" in texts(at.caption)
     widget(at.toggle, "Error maps").set_value(True)
@@ -305,6 +307,18 @@ def test_start_with_bad_batch_size_explains(app_env):
     assert not at.error  # the child reports it; the page shows it once the child has ended
     poll(at, lambda a: a.error, what="the failure message")
     assert "only 96 are available" in texts(at.error)
+
+
+def test_start_with_a_batch_larger_than_the_pairs_makes_no_run_folder(app_env):
+    data, runs = app_env
+    before = sorted(p.name for p in runs.iterdir())
+    at = open_page("app_pages/1_Train.py")
+    widget(at.toggle, "ImageNet").set_value(False)
+    widget(at.select_slider, "Batch size").set_value(256)
+    widget(at.select_slider, "Training pairs").set_value(128).run()
+    widget(at.button, "Start").click().run()
+    assert "Batch size 256 is larger than the 128 training pairs; lower it." in texts(at.error)
+    assert sorted(p.name for p in runs.iterdir()) == before  # it once left a failed run behind
 
 
 # --------------------------------------------------------------------------- no data, bad input
@@ -455,3 +469,11 @@ def test_run_deleted_while_shown(app_env):
     at.run()
     assert not at.exception
     assert "'doomed' is gone" in texts(at.warning) and at.selectbox[0].value == "tiny-run"
+
+
+def test_separate_page_says_at_once_when_the_checkpoint_cannot_separate(app_env):
+    data, runs = app_env
+    (runs / "tiny-run" / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    at = open_page("app_pages/6_Separate.py")
+    # before anything is uploaded (it once waited for an upload to say so)
+    assert "is not a readable mixsep checkpoint" in texts(at.error) and not at.file_uploader
