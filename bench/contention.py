@@ -31,7 +31,6 @@ contention: passive_vs_spin_alone=.. passive_vs_spin_browser=.. passive_vs_spin_
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
