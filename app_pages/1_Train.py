@@ -99,15 +99,30 @@ def status():
             st.error(str(e))
 
 
-@st.fragment(run_every=5 * refresh if training and refresh else None)
+def has_rows() -> bool:
+    job = jobs.poll()
+    return job.run_dir is not None and job.run_dir.is_dir() and len(ui.live_metrics(job.run_dir)) > 0
+
+
+# until a new run's first steps are logged the chart polls at the status's pace, so a short run
+# shows its curve as soon as there is one (at a fifth of the pace it could end before the first draw)
+waiting = not has_rows()
+
+
+@st.fragment(run_every=(refresh if waiting else 5 * refresh) if training and refresh else None)
 def chart():
     job = jobs.poll()
     if job.run_dir is None or not job.run_dir.is_dir():
         return
+    metrics = ui.live_metrics(job.run_dir)
+    if metrics.empty:
+        st.info("The loss curves appear here with the run's first steps.")
+        return
+    if waiting and training:  # the first rows are in: a full rerun puts the chart on its slower pace
+        st.rerun()
     smoothing = st.slider("EMA smoothing", 0.0, 0.99, 0.9, 0.01, key="ema",
                           help="Weight of the past in the exponential moving average; 0 shows the raw losses.")
-    st.plotly_chart(ui.live_loss_figure(ui.live_metrics(job.run_dir), smoothing, f"Training loss · {job.name}"),
-                    key="live_curves")
+    st.plotly_chart(ui.live_loss_figure(metrics, smoothing, f"Training loss · {job.name}"), key="live_curves")
 
 
 status()
