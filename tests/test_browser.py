@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import make_data_root, mixture_pngs
+from conftest import make_data_root, mixture_pngs, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -248,6 +248,26 @@ def test_dashboard_in_a_real_browser(server):
             snap(page, "sweep-failed")
         assert seen[-1] == 2 and 1 in seen, seen  # one trial drawn, then the second arrives live
         snap(page, "sweep")
+
+        # Compare: delete a run; the confirmation is spent after it (the browser once kept the box ticked,
+        # so the next pick went with one click)
+        sidebar.get_by_role("link", name="Compare").click()
+        expect(page.get_by_role("heading", name="Compare runs")).to_be_visible()
+        page.get_by_text("Delete runs").click()
+        page.get_by_test_id("stMultiSelect").filter(has_text="Runs to delete").click()
+        option = page.get_by_role("option").filter(has_not_text="Select all").first
+        doomed = tmp / "runs" / option.inner_text().strip()
+        assert doomed.is_dir(), doomed
+        option.click()
+        page.keyboard.press("Escape")
+        sure = page.get_by_test_id("stCheckbox").filter(has_text="Yes, delete")
+        sure.click()
+        expect(sure.get_by_role("checkbox")).to_be_checked()
+        page.get_by_test_id("stBaseButton-secondary").filter(has_text="Delete").click()
+        wait_for(lambda: not doomed.exists(), 60, "the run folder to be deleted")
+        expect(sure.get_by_role("checkbox")).not_to_be_checked()
+        expect(page.get_by_test_id("stBaseButton-secondary").filter(has_text="Delete")).to_be_disabled()
+        expect(page.get_by_test_id("stException")).to_have_count(0)
         browser.close()
     assert (tmp / "screenshots" / "metrics.png").stat().st_size > 10_000
 
