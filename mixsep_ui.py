@@ -210,8 +210,8 @@ def pick_checkpoint(run_dir: Path, key: str = "checkpoint") -> Path | None:
 
     found = list_checkpoints(run_dir)
     if not found:
-        st.info(f"Run {run_dir.name} holds no checkpoint yet: a run writes one every {_checkpoint_every(run_dir)} "
-                "and when it ends. Wait for it, or pick another run.")
+        st.info(f"Run {run_dir.name} holds no checkpoint yet: a run writes one every {_checkpoint_every(run_dir)}, "
+                "at the end of each epoch and when it ends. Wait for it, or pick another run.")
         return None
     return st.selectbox("Checkpoint", found, key=key, format_func=lambda p: p.name)
 
