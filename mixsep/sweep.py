@@ -39,6 +39,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import errno
+import functools
 import os
 import signal
 import socket
@@ -124,7 +126,7 @@ def parse_space(text: str | None) -> dict[str, Dimension]:
     for entry in (e.strip() for e in text.split(",")):
         if not entry:
             continue
-        name, _, spec = (p.strip() for p in entry.partition("="))
+        name, equals, spec = (p.strip() for p in entry.partition("="))
         name = name.replace("-", "_")
         if name not in known:
             hint = "it cannot be swept; give it as a fixed flag" if name in {s.name for s in settings()} \
@@ -132,6 +134,11 @@ def parse_space(text: str | None) -> dict[str, Dimension]:
             raise MixsepError(f"--space names '{name}' ({hint}); settings that can be swept: {', '.join(known)}.")
         if name in space:
             raise MixsepError(f"--space names '{name}' twice; give each setting once.")
+        if equals and not spec:
+            example = "|".join(str(v) for v in known[name].sweep[:3]) if known[name].categorical \
+                else f"{known[name].sweep[0]:g}:{known[name].sweep[1]:g}"
+            raise MixsepError(f"--space gives '{name}=' with nothing after '='; write {name}={example}, "
+                              f"or {name} alone for its default sweep.")
         space[name] = _dimension(known[name], spec) if spec else _default_dimension(known[name])
     if not space:
         raise MixsepError(f"--space is empty; name at least one of: {', '.join(known)}.")
@@ -153,10 +160,16 @@ def _dimension(s, spec: str) -> Dimension:
     if len(parts) != 2 or scale not in (None, "log", "linear"):
         raise MixsepError(f"{s.name} takes a range low:high (or low:high:log), for example "
                           f"{s.name}={s.sweep[0]:g}:{s.sweep[1]:g}; got '{spec}'.")
-    low, high = (_value(s, p) for p in parts)
-    if not low < high:
-        raise MixsepError(f"The range {s.name}={low:g}:{high:g} is {'empty' if low == high else 'inverted'}; "
+    low, high = (_parsed(s, p) for p in parts)
+    for v in (low, high):
+        if v != v:  # NaN compares false with everything: the setting's own sentence says what is wrong
+            s.check(v)
+    if not low < high:  # before the values' own checks: 1:0 is a range the wrong way round, not a bad 0
+        raise MixsepError(f"The range {s.name}={low:g}:{high:g} is "
+                          f"{'empty' if low == high else 'inverted: its low end is above its high end'}; "
                           "give the low end first and make it smaller than the high end.")
+    for v in (low, high):
+        s.check(v)
     log = s.log if scale is None else scale == "log"
     if log and low <= 0:
         raise MixsepError(f"A log-scaled range needs a positive low end ({s.name}={low:g}:{high:g}); "
@@ -164,12 +177,17 @@ def _dimension(s, spec: str) -> Dimension:
     return Dimension(s.name, low, high, log)
 
 
-def _value(s, text: str):
-    """A value of setting ``s`` in its type and valid range, or MixsepError with the setting's own sentence."""
+def _parsed(s, text: str):
+    """A value of setting ``s`` in its type (not yet range-checked), or MixsepError with one sentence."""
     try:
-        value = s.parse(text)
+        return s.parse(text)
     except argparse.ArgumentTypeError as e:
         raise MixsepError(f"In --space, {e}") from None
+
+
+def _value(s, text: str):
+    """A value of setting ``s`` in its type and valid range, or MixsepError with the setting's own sentence."""
+    value = _parsed(s, text)
     s.check(value)
     return value
 
@@ -253,9 +271,22 @@ def check_storage(url: str | None, timeout_s: int = 10) -> None:
     if parsed.get_backend_name() == "sqlite":  # connecting would create the file: check its folder only
         if parsed.database in (None, "", ":memory:"):
             raise MixsepError(f"{shown} is an in-memory database that other processes cannot share; name a file.")
-        folder = Path(parsed.database).expanduser().resolve().parent
-        if not folder.is_dir():
-            raise MixsepError(f"The folder {folder} of {shown} does not exist; create it or choose another path.")
+        file = Path(parsed.database).expanduser().resolve()
+        if not file.parent.is_dir():
+            raise MixsepError(f"The folder {file.parent} of {shown} does not exist; create it or choose another path.")
+        if file.is_dir():
+            raise MixsepError(f"{shown} names a folder, not a database file; name a file in it.")
+        try:
+            with open(file, "rb") as f:
+                head = f.read(16)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise MixsepError(f"Cannot read the database file of {shown} ({e.strerror}); "
+                              "check its permissions.") from None
+        if head and head != b"SQLite format 3\0":  # SQLite makes an empty file a new database
+            raise MixsepError(f"{file} is not an SQLite database, so {shown} cannot hold a study; name a new file "
+                              "or the database of an earlier sweep.")
         return
     try:
         engine = sqlalchemy.create_engine(parsed, **_engine_kwargs(parsed, timeout_s))
@@ -301,17 +332,11 @@ def open_storage(url: str | None, runs_dir: Path, heartbeat_s: int = 30, create:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep prints one line per trial itself
     if not url:
-        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
-
-        path = Path(runs_dir) / JOURNAL
-        if not path.is_file():
-            if not create:
-                return None
-            Path(runs_dir).mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+        return _open_journal(Path(runs_dir), create)
     import sqlalchemy
 
     parsed = database_url(url)
+    shown = storage_label(url, Path(runs_dir))
     if not create:
         if parsed.get_backend_name() == "sqlite" and not Path(parsed.database).expanduser().is_file():
             return None
@@ -319,6 +344,8 @@ def open_storage(url: str | None, runs_dir: Path, heartbeat_s: int = 30, create:
         try:
             if not sqlalchemy.inspect(engine).has_table("studies"):
                 return None
+        except sqlalchemy.exc.SQLAlchemyError as e:
+            raise _unusable_database(shown, e) from None
         finally:
             engine.dispose()
     for attempt in range(3):
@@ -328,10 +355,189 @@ def open_storage(url: str | None, runs_dir: Path, heartbeat_s: int = 30, create:
                 heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
                     max_retry=MAX_RETRY, inherit_intermediate_values=True))
-        except sqlalchemy.exc.SQLAlchemyError:
+        except sqlalchemy.exc.SQLAlchemyError as e:
             if attempt == 2:  # workers started together race to create Optuna's tables; the loser retries
-                raise
+                raise _unusable_database(shown, e) from None
             time.sleep(1 + attempt)
+
+
+def _unusable_database(shown: str, e) -> MixsepError:
+    reason = " ".join(str(getattr(e, "orig", e) or e).split())[:200]
+    return MixsepError(f"Cannot use the database {shown} as a sweep's storage ({reason}); check --storage, "
+                       "or leave it out for the journal file in the runs folder.")
+
+
+# Optuna's journal holds one JSON object per line (json.dumps: ASCII), appended under its lock file;
+# a cut-off last line is moved to JOURNAL + _CUT_SUFFIX + a timestamp before the next append.
+_CUT_SUFFIX = ".cut-"
+
+
+def _journal_damaged(path: Path, line: int, why: str) -> MixsepError:
+    return MixsepError(f"The sweep journal {path} is damaged: line {line} {why}; move the file away (or restore "
+                       "it from a backup) and run the sweep again.")
+
+
+def _check_journal_lines(path: Path, data: bytes) -> None:
+    """Refuse (one sentence naming the line) any complete line of ``data`` that is not an Optuna journal record."""
+    import json
+
+    try:  # a private module: without it any integer op_code passes here and Optuna's replay judges it
+        from optuna.storages.journal._storage import JournalOperation
+
+        known = {int(op) for op in JournalOperation}
+    except ImportError:
+        known = None
+    for n, line in enumerate(data.splitlines(), start=1):
+        try:
+            record = json.loads(line)
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+            raise _journal_damaged(path, n, "is not JSON text") from None
+        if not isinstance(record, dict):
+            raise _journal_damaged(path, n, "is not a JSON object")
+        op = record.get("op_code")
+        if type(op) is not int or (known is not None and op not in known):
+            raise _journal_damaged(path, n, f"has no operation Optuna knows (op_code {json.dumps(op)})")
+
+
+def _looks_cut(tail: bytes) -> bool:
+    """Whether bytes after the last newline are the start of a record (a write cut short), not garbage."""
+    return tail.startswith(b"{") and tail.isascii() and b"\0" not in tail
+
+
+def _check_journal(path: Path) -> tuple[int, bytes]:
+    """Validate the journal's complete records; returns (end of the last complete one, the bytes after it).
+
+    A cut-off last line that looks like the start of a record is returned as the tail (Optuna's
+    reader skips it); anything else is refused with one sentence. Writes nothing.
+    """
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise _journal_is_a_folder(path) from None
+    except OSError as e:
+        raise MixsepError(f"Cannot read the sweep journal {path} ({e.strerror}); check its permissions.") from None
+    end = data.rfind(b"\n") + 1
+    _check_journal_lines(path, data[:end])
+    tail = data[end:]
+    if tail and not _looks_cut(tail):
+        raise _journal_damaged(path, data[:end].count(b"\n") + 1, "is not an Optuna journal record")
+    return end, tail
+
+
+def _journal_unwritable(path: Path, e: OSError) -> MixsepError:
+    return MixsepError(f"Cannot write the sweep journal {path} ({e.strerror}); choose a writable --runs-dir "
+                       "(or MIXSEP_RUNS_DIR).")
+
+
+def _journal_is_a_folder(path: Path) -> MixsepError:
+    return MixsepError(f"{path} is a folder, but a sweep keeps its journal file there; move the folder away "
+                       "or choose another --runs-dir.")
+
+
+def _open_journal(runs_dir: Path, create: bool):
+    """The journal storage of a runs folder, checked before Optuna reads or writes it."""
+    import optuna
+    from optuna.storages.journal import JournalFileOpenLock
+
+    path = runs_dir / JOURNAL
+    if path.is_dir():
+        raise _journal_is_a_folder(path)
+    if path.exists():  # read only here: `--best` reads a journal on a read-only disk too
+        _check_journal(path)
+    elif not create:
+        return None
+    else:
+        try:
+            runs_dir.mkdir(parents=True, exist_ok=True)
+            open(path, "ab").close()
+        except OSError as e:
+            raise _journal_unwritable(path, e) from None
+    backend = _journal_backend()(str(path), lock_obj=JournalFileOpenLock(str(path)))
+    try:
+        return optuna.storages.JournalStorage(backend)
+    except (KeyError, TypeError, ValueError, AssertionError, IndexError, AttributeError):
+        raise _journal_damaged(path, backend.line, "is a record Optuna cannot replay") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _journal_backend():
+    """The journal backend class (made on first use: importing mixsep.sweep imports no Optuna)."""
+    from optuna.storages.journal import JournalFileBackend
+
+    class JournalFile(JournalFileBackend):
+        """Optuna's journal file, which first drops a cut-off last line (a killed or full-disk write)
+        under Optuna's own lock, so that a new record never lands on a half-written one."""
+
+        line = 0  # the last record read (1-based): where a replay failed
+
+        def read_logs(self, log_number_from: int):
+            for self.line, log in enumerate(super().read_logs(log_number_from), start=log_number_from + 1):
+                yield log
+
+        def append_logs(self, logs: list) -> None:
+            import json
+
+            path = Path(self._file_path)
+            try:  # the lock file and the journal: a read-only disk fails at the first
+                self._lock.acquire()  # Optuna's own lock (public acquire/release), as its append takes it
+                try:
+                    _drop_cut_tail(path)
+                    text = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
+                    with open(path, "ab") as f:
+                        f.write(text.encode("utf-8"))
+                        f.flush()
+                        os.fsync(f.fileno())
+                finally:
+                    self._lock.release()
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):  # a record cut short here is dropped next time
+                    raise MixsepError(f"Cannot write the sweep journal {path} ({e.strerror}); free some space, "
+                                      "then run the same command to resume.") from None
+                if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    raise
+                raise _journal_unwritable(path, e) from None
+
+    return JournalFile
+
+
+def _drop_cut_tail(path: Path) -> None:
+    """Under the journal's lock (no append is half done): cut bytes after the last newline away,
+    keeping them in a side file and saying so once; refuse a journal that is not one."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+    end, tail = _check_journal(path)
+    if not tail:
+        return
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for i in range(1000):
+        side = path.with_name(f"{path.name}{_CUT_SUFFIX}{stamp}" + (f"-{i}" if i else ""))
+        try:
+            with open(side, "xb") as f:
+                f.write(tail)
+                f.flush()
+                os.fsync(f.fileno())
+            break
+        except FileExistsError:
+            continue
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            side.unlink(missing_ok=True)
+            raise MixsepError(f"The sweep journal {path} ends in a cut-off record, which could not be kept in "
+                              f"{side.name} ({e.strerror}); free some space, then run the sweep again.") from None
+    else:
+        raise MixsepError(f"The sweep journal {path} ends in a cut-off record, and {path.name}{_CUT_SUFFIX}{stamp} "
+                          "is taken a thousand times over; move those files away and run the sweep again.")
+    with open(path, "r+b") as f:
+        f.truncate(end)
+        os.fsync(f.fileno())
+    print(f"note: dropped a cut-off last record ({len(tail)} bytes) from {path}, left by a killed or full-disk "
+          f"write; kept in {side.name}.", file=sys.stderr, flush=True)
 
 
 def list_studies(storage) -> list:

@@ -146,7 +146,7 @@ def free_port() -> int:
     (["--trials", "0"], "--trials must be at least 1"),
     (["--lr", "0.01", "--space", "lr"], "both fixed and swept"),
     (["--val-size", "96"], "leaves no training pairs"),
-    (["--batch-size", "64"], "larger than the 32 pairs"),
+    (["--batch-size", "64"], "Batch size 64 is larger than the 32"),
     (["--best"], "There is no study 'bad'"),
     (["--best", "--val-size", "96"], "There is no study 'bad'"),  # not a complaint about a new study's settings
     (["--workers", "0"], "--workers must be at least 1"),

@@ -1,0 +1,243 @@
+"""Sweeps meeting damaged or unusable storage and bad --space values: one `error: ...` sentence and
+exit code 2, nothing written where nothing should be, and a journal cut off mid-record repaired
+(its cut bytes kept beside it) so the study resumes."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import conftest
+from conftest import make_data_root
+
+from mixsep.cli import main
+from mixsep.sweep import JOURNAL, open_storage
+
+ROOT = Path(__file__).resolve().parents[1]
+# the tiny model on 2 steps of 16 pairs: a trial takes a second or two
+TINY = ["--model", "tiny", "--no-pretrained", "--device", "cpu", "--batch-size", "16", "--train-size", "32",
+        "--val-size", "16", "--epochs", "1", "--trials", "1"]
+# a record as Optuna writes it: the creation of a study
+RECORD = b'{"op_code":0,"worker_id":"w-0","study_name":"other","directions":[2]}\n'
+
+
+def sweep_args(data_root, runs, *extra) -> list[str]:
+    return ["sweep", "--data-root", str(data_root), "--runs-dir", str(runs), "--study", "s", *TINY, *extra]
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def tree(path: Path) -> dict:
+    """Every file under path with its bytes: 'nothing written' is this not changing."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()} \
+        if path.exists() else {}
+
+
+def one_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("error: "), err
+    return err.strip()
+
+
+# --------------------------------------------------------------------------- a journal that is not one
+
+
+@pytest.mark.parametrize("content, line, why", [
+    (b"\xff\xfe\x00\x01", 1, "is not an Optuna journal record"),                 # binary, no newline
+    (b"hello, journal\n" + RECORD, 1, "is not JSON text"),                         # a garbage first line
+    (RECORD + b'{"op_code":99}\n', 2, "has no operation Optuna knows (op_code 99)"),
+    (RECORD + b"[1,2]\n", 2, "is not a JSON object"),
+    (RECORD + b'{"op_code":"0"}\n' + RECORD, 2, 'has no operation Optuna knows (op_code "0")'),
+    (RECORD + b"\x00\x00\x00", 2, "is not an Optuna journal record"),             # a NUL tail is no cut record
+    (b'{"op_code":0}\n', 1, "is a record Optuna cannot replay"),                  # no study name
+])
+@pytest.mark.parametrize("best", [False, True])
+def test_a_journal_that_is_not_one_is_refused_before_anything_is_appended(capsys, tmp_path, content, line, why, best):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    journal = runs / JOURNAL
+    journal.write_bytes(content)
+    before, digest = tree(tmp_path), sha(journal)
+    assert main(sweep_args(tmp_path / "data", runs, *(["--best"] if best else []))) == 2
+    assert one_error(capsys) == (f"error: The sweep journal {journal} is damaged: line {line} {why}; move the file "
+                                 "away (or restore it from a backup) and run the sweep again.")
+    assert sha(journal) == digest and tree(tmp_path) == before  # not a byte appended, no lock file left
+
+
+@pytest.mark.parametrize("best", [False, True])
+def test_a_journal_that_is_a_folder_is_one_sentence(capsys, tmp_path, best):
+    runs = tmp_path / "runs"
+    (runs / JOURNAL).mkdir(parents=True)
+    (runs / JOURNAL / "keep").write_text("mine")
+    data = make_data_root(tmp_path / "data")
+    before = tree(tmp_path)
+    assert main(sweep_args(data, runs, *(["--best"] if best else []))) == 2
+    assert one_error(capsys) == (f"error: {runs / JOURNAL} is a folder, but a sweep keeps its journal file there; "
+                                 "move the folder away or choose another --runs-dir.")
+    assert tree(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- other storage
+
+
+def test_a_sqlite_storage_that_is_a_text_file_is_one_sentence(capsys, tmp_path, monkeypatch):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes, not a database\n")
+    monkeypatch.setenv("MIXSEP_SWEEP_STORAGE", f"sqlite:///{notes}")
+    data = make_data_root(tmp_path / "data")
+    before = tree(tmp_path)
+    assert main(sweep_args(data, tmp_path / "runs")) == 2
+    assert one_error(capsys) == (f"error: {notes} is not an SQLite database, so sqlite:///{notes} cannot hold a "
+                                 "study; name a new file or the database of an earlier sweep.")
+    assert tree(tmp_path) == before
+
+
+@pytest.fixture
+def read_only_disk(tmp_path):
+    """A tmpfs mounted at tmp_path/disk; remount(ro=True) makes it read-only."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True).returncode == 0
+    if not mounted:
+        if os.environ.get("MIXSEP_REQUIRE_TMPFS"):
+            pytest.fail("cannot mount a tmpfs (CI runs as root and must)")
+        pytest.skip("mounting a tmpfs needs root")
+
+    def remount(ro: bool) -> None:
+        subprocess.run(["mount", "-o", f"remount,{'ro' if ro else 'rw'}", str(disk)], check=True)
+
+    try:
+        yield disk, remount
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.parametrize("sub", ["", "sub"])
+def test_a_read_only_runs_folder_is_one_sentence(capsys, tmp_path, monkeypatch, read_only_disk, sub):
+    disk, remount = read_only_disk
+    data = make_data_root(tmp_path / "data")
+    remount(ro=True)
+    runs = disk / sub if sub else disk
+    monkeypatch.setenv("MIXSEP_RUNS_DIR", str(runs))  # as the report gave it
+    assert main(["sweep", "--data-root", str(data), "--study", "s", *TINY]) == 2
+    assert one_error(capsys) == (f"error: Cannot write the sweep journal {runs / JOURNAL} (Read-only file system); "
+                                 "choose a writable --runs-dir (or MIXSEP_RUNS_DIR).")
+
+
+def test_a_study_on_a_read_only_disk_is_read_but_not_resumed(capsys, tmp_path, read_only_disk):
+    from mixsep.cli import build_parser
+    from mixsep.sweep import create_study, plan
+
+    disk, remount = read_only_disk
+    data = make_data_root(tmp_path / "data")
+    create_study(plan(build_parser().parse_args(sweep_args(data, disk))))  # the study, no trial run yet
+    remount(ro=True)
+    assert main(sweep_args(data, disk)) == 2
+    assert one_error(capsys) == (f"error: Cannot write the sweep journal {disk / JOURNAL} (Read-only file system); "
+                                 "choose a writable --runs-dir (or MIXSEP_RUNS_DIR).")
+    assert main(sweep_args(data, disk, "--best")) == 2  # --best only reads: it gets as far as the study
+    assert one_error(capsys) == "error: No trial of study 's' has completed yet; run the sweep (longer) first."
+
+
+# --------------------------------------------------------------------------- --space
+
+
+@pytest.mark.parametrize("space, says", [
+    ("lr=", "--space gives 'lr=' with nothing after '='; write lr=1e-05:0.1, or lr alone for its default sweep."),
+    ("beta1=0.8:0.99,model=", "--space gives 'model=' with nothing after '='; write model=faithful|unet|tiny, or "
+                              "model alone for its default sweep."),
+    ("lr=1:0", "The range lr=1:0 is inverted: its low end is above its high end; give the low end first and make "
+               "it smaller than the high end."),
+])
+def test_an_empty_or_inverted_space_value_is_one_sentence(capsys, tmp_path, space, says):
+    data = make_data_root(tmp_path / "data")
+    before = tree(tmp_path)
+    assert main(sweep_args(data, tmp_path / "runs", "--space", space)) == 2
+    assert one_error(capsys) == f"error: {says}"
+    assert tree(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- a journal cut off mid-record
+
+
+def cli(*args) -> subprocess.CompletedProcess:
+    """`python -m mixsep ARGS` as a real process, forked warm (conftest.WarmProcess)."""
+    return conftest.warm_run(args, ROOT, None, timeout=300)
+
+
+@pytest.mark.heavy(8)
+def test_a_journal_cut_mid_record_is_repaired_once_and_the_study_resumes(tmp_path):
+    data = make_data_root(tmp_path / "data")
+    runs = tmp_path / "runs"
+    args = sweep_args(data, runs, "--space", "lr=1e-4:1e-2")
+    first = cli(*args)
+    assert first.returncode == 0, first.stderr
+    journal = runs / JOURNAL
+    whole = journal.read_bytes()
+    lines = whole.splitlines(keepends=True)
+    # the record that completed trial 0, cut in its middle as a kill or a full disk leaves it
+    done = max(i for i, line in enumerate(lines) if json.loads(line)["op_code"] == 6
+               and json.loads(line)["state"] == 1)
+    kept = b"".join(lines[:done])
+    tail = lines[done][:len(lines[done]) // 2]
+    journal.write_bytes(kept + tail)
+
+    digest = sha(journal)
+    best = cli(*sweep_args(data, runs, "--best"))  # reads the complete records only, writes nothing
+    assert best.returncode == 2 and best.stderr == \
+        "error: No trial of study 's' has completed yet; run the sweep (longer) first.\n"
+    assert sha(journal) == digest
+
+    again = cli(*args)
+    assert again.returncode == 0, again.stderr
+    sides = sorted(runs.glob(JOURNAL + ".cut-*"))
+    assert len(sides) == 1 and sides[0].read_bytes() == tail  # the dropped bytes are kept
+    notes = [line for line in again.stderr.splitlines() if line.startswith("note:")]
+    assert notes == [f"note: dropped a cut-off last record ({len(tail)} bytes) from {journal}, left by a killed or "
+                     f"full-disk write; kept in {sides[0].name}."]
+    assert "trial 0: its worker is gone; marked failed and queued again to resume" in again.stderr
+    repaired = journal.read_bytes()
+    assert repaired.startswith(kept) and repaired.endswith(b"\n")
+    assert all(isinstance(json.loads(line), dict) for line in repaired.splitlines())
+    best = cli(*sweep_args(data, runs, "--best"))
+    assert best.returncode == 0, best.stderr
+    assert best.stdout.strip() == str(runs / "s" / "trial-0000")  # the retry resumed trial 0's run folder
+
+
+def test_the_repair_waits_for_the_journal_lock_and_never_cuts_a_live_append(tmp_path, capsys):
+    from optuna.storages.journal import JournalFileOpenLock
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    journal = runs / JOURNAL
+    journal.write_bytes(RECORD)
+    storage = open_storage(None, runs)
+    live = RECORD.replace(b"other", b"live!")
+    lock = JournalFileOpenLock(str(journal))
+    lock.acquire()  # a live worker in the middle of its append: half of its record is on disk
+    journal.write_bytes(RECORD + live[:20])
+    appender = threading.Thread(target=storage._backend.append_logs, args=([{"op_code": 1, "study_id": 5}],))
+    appender.start()
+    time.sleep(0.3)
+    assert appender.is_alive() and journal.read_bytes() == RECORD + live[:20]  # waits for the lock
+    journal.write_bytes(RECORD + live)  # the live worker finishes its record, then lets go
+    lock.release()
+    appender.join(10)
+    assert journal.read_bytes() == RECORD + live + b'{"op_code":1,"study_id":5}\n'
+    assert not list(runs.glob(JOURNAL + ".cut-*")) and capsys.readouterr().err == ""
+
+    journal.write_bytes(RECORD + live[:20])  # a dead worker's half record: nobody holds the lock
+    storage._backend.append_logs([{"op_code": 1, "study_id": 6}])
+    assert journal.read_bytes() == RECORD + b'{"op_code":1,"study_id":6}\n'
+    side, = runs.glob(JOURNAL + ".cut-*")
+    assert side.read_bytes() == live[:20]
+    assert capsys.readouterr().err == (f"note: dropped a cut-off last record (20 bytes) from {journal}, left by a "
+                                       f"killed or full-disk write; kept in {side.name}.\n")
