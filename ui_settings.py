@@ -79,10 +79,15 @@ def setting_widget(setting: Setting, key_prefix: str, value=None, range_: bool =
     return st.slider(label, lo, hi, tuple(value) if range_ else value, **kw, **common)
 
 
-def settings_widgets(key_prefix: str, advanced_label: str = "Beyond the report") -> dict:
-    """Every setting with a widget, model first; returns {name: value}. Advanced ones go in an expander."""
+def settings_widgets(key_prefix: str, advanced_label: str = "Beyond the report", initial: dict | None = None) -> dict:
+    """Every setting with a widget, model first; returns {name: value}. Advanced ones go in an expander.
+
+    ``initial``: values a session's first draw starts from instead of the defaults (a widget keeps
+    what the user set after that).
+    """
+    initial = initial or {}
     shown = sorted((s for s in settings() if s.widget), key=lambda s: GROUPS.index(s.group))
-    values = {s.name: setting_widget(s, key_prefix) for s in shown if not s.advanced}
+    values = {s.name: setting_widget(s, key_prefix, initial.get(s.name)) for s in shown if not s.advanced}
     with st.expander(advanced_label):
-        values |= {s.name: setting_widget(s, key_prefix) for s in shown if s.advanced}
+        values |= {s.name: setting_widget(s, key_prefix, initial.get(s.name)) for s in shown if s.advanced}
     return values

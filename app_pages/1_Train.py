@@ -11,9 +11,17 @@ from ui_settings import settings_widgets
 data_root, runs_dir = ui.setup("Train")
 jobs = ui.registry(runs_dir)
 
+# a new tab (or a reload) while a run trains starts from that run's settings, not the defaults:
+# the sidebar then says what the curves on the page are, and Start after it repeats it
+shown_run, initial = jobs.running(), None
+if shown_run is not None and "train_config" not in st.session_state:
+    try:
+        initial = TrainConfig.load(shown_run.run_dir / "config.json").to_dict()
+    except MixsepError:
+        pass
 with st.sidebar:  # one widget per setting, drawn from its metadata in mixsep/config.py; kept across pages
     st.subheader("Settings")
-    values = settings_widgets("train_")
+    values = settings_widgets("train_", initial=initial)
 
 config = TrainConfig(data_root=str(data_root), **values)
 st.session_state["train_config"] = config.to_dict()

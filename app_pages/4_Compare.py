@@ -56,6 +56,8 @@ if score:
         except MixsepError as e:
             table.loc[i, "note"] = str(e)
         bar.progress((i + 1) / len(chosen), text=f"Scored {i + 1}/{len(chosen)} runs")
+    scored = [c for c in ("mnist PSNR", "cifar PSNR", "mnist best mode", "cifar best mode", "note") if c in table]
+    table = table[["run", "state", *scored, *(c for c in table if c not in ("run", "state", *scored))]]  # in view
 st.dataframe(table, hide_index=True, column_config={
     "lr": st.column_config.NumberColumn(format="%.0e"), "batch_size": "batch", "train_size": "pairs",
     "pretrained_loaded": st.column_config.CheckboxColumn(

@@ -277,6 +277,9 @@ def test_start_live_curves_reload_second_tab_stop(app_env):
     other = open_page("app_pages/1_Train.py")
     run_name = next(p.name for p in runs.iterdir() if p.name != "tiny-run")
     assert run_name in texts(other.subheader) and chart_points(other) >= first
+    # its sidebar starts from the running run's settings, not the defaults (they once came back)
+    started = {k: other.session_state["train_config"][k] for k in ("batch_size", "epochs", "pretrained")}
+    assert started == {"batch_size": 16, "epochs": 20, "pretrained": False}
     widget(other.toggle, "ImageNet").set_value(False).run()
     widget(other.button, "Start").click().run()
     assert "already in progress" in texts(other.error)
