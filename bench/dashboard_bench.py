@@ -17,6 +17,9 @@ long run costs to watch. The rows stand in for a long run's history; only their 
 --blank opens an empty tab (about:blank) in the watched rounds instead of the Train page: the
 overhead of a browser that is merely open, the floor under any page.
 
+--wait-policy spin --wait-policy passive runs each A B pair once per OpenMP wait policy of the
+trainer (bench/contention.py), in turn, and prints each policy's medians.
+
 --refresh picks the Train page's "Live updates" choice (2 s, 5 s, 15 s or Paused) as a user
 would click it; without it the page's default holds.
 
@@ -48,6 +51,9 @@ from mixsep import MixsepError, TrainConfig  # noqa: E402
 from mixsep.cli import output_file  # noqa: E402
 from mixsep.config import default_data_root  # noqa: E402
 from mixsep.run import MetricsTail, read_status  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from contention import POLICIES, child_env  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -214,7 +220,7 @@ def seed_history(run_dir: Path, config: TrainConfig, steps: int, template: Path)
 
 def train_round(name: str, runs_dir: Path, config: TrainConfig, warmup: int, history: int, template: Path,
                 watcher_url: str | None, server_pid: int, log, refresh: str | None = None,
-                blank: bool = False) -> dict:
+                blank: bool = False, env: dict | None = None) -> dict:
     """Train one run (watched or not) and time it from its own metrics; CPU seconds per process group."""
     run_dir = runs_dir / name
     if history:
@@ -228,7 +234,8 @@ def train_round(name: str, runs_dir: Path, config: TrainConfig, warmup: int, his
     try:
         cmd = [sys.executable, "-m", "mixsep", "train", "--config", str(run_dir / "config.json"),
                "--run-dir", str(run_dir), "--quiet"]
-        child = subprocess.Popen(cmd, cwd=ROOT, stdout=open(run_dir / "bench.log", "wb"), stderr=subprocess.STDOUT)
+        child = subprocess.Popen(cmd, cwd=ROOT, stdout=open(run_dir / "bench.log", "wb"), stderr=subprocess.STDOUT,
+                                 env=env)
         tail, rows, window = MetricsTail(run_dir), [], {}
         server = descendants(server_pid)
         while True:
@@ -276,8 +283,13 @@ def train_round(name: str, runs_dir: Path, config: TrainConfig, warmup: int, his
 
 def measure(data_root: Path, *, model: str = "faithful", train_size: int = 2560, batch_size: int = 128,
             epochs: int = 1, rounds: int = 2, warmup: int = 3, history: int = 0, refresh: str | None = None,
-            blank: bool = False, log=print) -> dict:
-    """Alternating rounds A (no browser) and B (the Train page open); every figure of the comparison."""
+            blank: bool = False, wait_policies: tuple[str, ...] = (), log=print) -> dict:
+    """Alternating rounds A (no browser) and B (the Train page open); every figure of the comparison.
+
+    ``wait_policies`` ("spin", "passive"): each A B pair is run once per policy in turn, the
+    trainer child's OpenMP wait set as bench/contention.py sets it; the result then also holds
+    each policy's medians.
+    """
     check_browser()
     config = TrainConfig(data_root=str(Path(data_root).resolve()), model=model, train_size=train_size,
                          batch_size=batch_size, epochs=epochs, pretrained=False, device="cpu",
@@ -289,11 +301,14 @@ def measure(data_root: Path, *, model: str = "faithful", train_size: int = 2560,
         server, url = start_server(Path(data_root), runs_dir, work / "streamlit.log")
         try:
             results = []
-            for i in range(2 * rounds + 1):  # A B A B ... A: every watched round between two unwatched ones
-                watched = i % 2 == 1
-                name = f"r{i // 2 + 1}-{'watched' if watched else 'alone'}"
+            policies = list(wait_policies) or [None]
+            cells = [(w, p) for _ in range(rounds) for p in policies for w in (False, True)] + [(False, policies[0])]
+            for i, (watched, policy) in enumerate(cells):  # A B A B ... A: every watched round between unwatched ones
+                name = f"r{i // 2 + 1}-{'watched' if watched else 'alone'}" + (f"-{policy}" if policy else "")
+                env = child_env(policy) if policy else None
                 results.append(train_round(name, runs_dir, config, warmup, history, work / "template",
-                                           url if watched else None, server.pid, log, refresh, blank))
+                                           url if watched else None, server.pid, log, refresh, blank, env))
+                results[-1]["policy"] = policy
         finally:
             stop_process_group(server)
     alone = [r["samples_per_s"] for r in results if not r["watched"]]
@@ -306,7 +321,13 @@ def measure(data_root: Path, *, model: str = "faithful", train_size: int = 2560,
     # (other jobs starting or ending) moves both alike
     overheads = [1 - b / ((a0 + a1) / 2) for b, a0, a1 in zip(watched, alone, alone[1:])]
     without, with_ = statistics.median(alone), statistics.median(watched)
+    by_policy = {}
+    for policy in wait_policies:
+        a = statistics.median(r["samples_per_s"] for r in results if r["policy"] == policy and not r["watched"])
+        b = statistics.median(r["samples_per_s"] for r in results if r["policy"] == policy and r["watched"])
+        by_policy[policy] = {"sps_without": a, "sps_with": b, "overhead": 1 - b / a}
     return {"overhead": statistics.median(overheads), "overheads": overheads, "sps_without": without,
+            "by_wait_policy": by_policy,
             "sps_with": with_, "rounds": results,
             "server_cores": mean_cores("server", True), "browser_cores": mean_cores("browser", True),
             "trainer_cores_with": mean_cores("trainer", True), "trainer_cores_without": mean_cores("trainer", False),
@@ -336,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the Train page's Live updates choice to watch with, e.g. '2 s' or Paused (default: the page's)")
     p.add_argument("--blank", action="store_true",
                    help="watched rounds open an empty tab instead: what an open browser costs by itself")
+    p.add_argument("--wait-policy", action="append", choices=sorted(POLICIES), default=[],
+                   help="give both (spin, passive) to alternate the trainer's OpenMP wait policy round by round "
+                        "(bench/contention.py); default: mixsep's own")
     p.add_argument("--json", default=None, help="also write every figure to this JSON file")
     return p
 
@@ -348,11 +372,12 @@ def main(argv=None) -> int:
         json_out = output_file(args.json, "--json")  # checked before the rounds, not after them
         print(f"{'An empty tab' if args.blank else 'Train page'} watched in headless Chromium vs no browser; "
               f"{args.model}, {args.train_size} pairs, batch {args.batch_size}, history {args.history} rows, "
-              f"live updates {args.refresh or 'as the page sets'}, {args.rounds} watched rounds between "
-              f"{args.rounds + 1} unwatched:", flush=True)
+              f"live updates {args.refresh or 'as the page sets'}, {args.rounds} watched rounds"
+              + (f" of each wait policy ({', '.join(args.wait_policy)}), each after an unwatched one:"
+                 if args.wait_policy else f" between {args.rounds + 1} unwatched:"), flush=True)
         out = measure(Path(args.data_root), model=args.model, train_size=args.train_size, batch_size=args.batch_size,
                       epochs=args.epochs, rounds=args.rounds, warmup=args.warmup, history=args.history,
-                      refresh=args.refresh, blank=args.blank,
+                      refresh=args.refresh, blank=args.blank, wait_policies=tuple(args.wait_policy),
                       log=lambda s: print(s, flush=True))
     except MixsepError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -362,6 +387,9 @@ def main(argv=None) -> int:
     print(f"trainer cores alone {out['trainer_cores_without']:.2f}, watched {out['trainer_cores_with']:.2f}; "
           f"overhead of each watched round against the rounds either side: "
           + ", ".join(f"{o:.3f}" for o in out["overheads"]))
+    for policy, f in out["by_wait_policy"].items():
+        print(f"wait policy {policy}: {f['sps_without']:.1f} samples/s alone, {f['sps_with']:.1f} watched, "
+              f"overhead {f['overhead']:.3f}")
     print(f"dashboard: overhead={out['overhead']:.3f} sps_without={out['sps_without']:.1f} "
           f"sps_with={out['sps_with']:.1f} server_cores={out['server_cores']:.2f} "
           f"browser_cores={out['browser_cores']:.2f}")
