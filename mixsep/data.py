@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import MixsepError
+from .errors import MixsepError, make_folder
 
 SOURCES = ("mnist", "cifar")
 SPLITS = ("train", "test")
@@ -478,13 +478,8 @@ def download(root: Path, splits=SPLITS) -> None:
     """Fetch what is missing with torchvision's own downloaders (they show progress bars)."""
     from torchvision import datasets
 
-    root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise MixsepError(f"The data root {root} is a file, not a folder; name a folder to download into.")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise MixsepError(f"Cannot create the data root {root} ({e.strerror}); choose a writable place.") from None
+    root = make_folder(root, "the data root",
+                       f"The data root {root} is a file, not a folder; name a folder to download into.")
     for split in splits:
         train = split == "train"
         for source, cls in (("mnist", datasets.MNIST), ("cifar", datasets.CIFAR10)):

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from .errors import MixsepError
+from .errors import MixsepError, make_folder
 
 CONFIG, STATUS, METRICS, STOP, LOCK, LOG = "config.json", "status.json", "metrics.csv", "STOP", ".lock", "worker.log"
 CHECKPOINTS, LAST = "checkpoints", "last.pt"
@@ -245,13 +245,8 @@ def new_run_dir(runs_dir: Path, stem: str) -> Path:
 
 def check_run_dir(run_dir: Path) -> Path:
     """A folder a trainer can write into: created if missing, refused with one sentence otherwise."""
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise MixsepError(f"--run-dir {run_dir} is a file, not a folder; name a run folder or a new path.")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise MixsepError(f"Cannot create the run folder {run_dir} ({e.strerror}); choose a writable place.") from None
+    run_dir = make_folder(run_dir, "the run folder",
+                          f"--run-dir {run_dir} is a file, not a folder; name a run folder or a new path.")
     if not os.access(run_dir, os.W_OK | os.X_OK):
         raise MixsepError(f"The run folder {run_dir} is not writable; choose a writable place.")
     return run_dir
