@@ -44,7 +44,8 @@ from mixsep import MixsepError  # noqa: E402
 from mixsep.cli import output_file  # noqa: E402
 from mixsep.model import MODELS  # noqa: E402
 
-POLICIES = {"spin": {"GOMP_SPINCOUNT": "300000"}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}}
+POLICIES = {"spin": {"GOMP_SPINCOUNT": "300000"}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
+            "short": {"GOMP_SPINCOUNT": "30000"}}  # what libgomp itself spins when threads outnumber CPUs
 NEIGHBOURS = ("alone", "browser", "trainer")
 BURST_S, PERIOD_S = 0.012, 0.2
 
@@ -117,6 +118,10 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=8, help="timed steps per measurement")
     p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--neighbour", action="append", choices=NEIGHBOURS, default=[],
+                   help="measure only these neighbours (repeat; default: all three)")
+    p.add_argument("--policy", action="append", choices=sorted(POLICIES), default=[],
+                   help="wait policies to compare (repeat; default: spin and passive)")
     p.add_argument("--json", default=None, help="also write every measurement here")
     args = p.parse_args(argv)
     try:
@@ -125,7 +130,11 @@ def main(argv=None) -> int:
         for flag in ("batch_size", "steps", "rounds"):
             if getattr(args, flag) < 1:
                 raise MixsepError(f"--{flag.replace('_', '-')} must be at least 1 (got {getattr(args, flag)}).")
-        cells = [(p_, n) for n in NEIGHBOURS for p_ in POLICIES]
+        neighbours = [n for n in NEIGHBOURS if n in args.neighbour] or list(NEIGHBOURS)
+        policies = [p_ for p_ in POLICIES if p_ in args.policy] or ["spin", "passive"]
+        if "spin" not in policies:
+            raise MixsepError("--policy must include spin, the baseline the others are compared with.")
+        cells = [(p_, n) for n in neighbours for p_ in policies]
         got: dict[tuple[str, str], list[float]] = {c: [] for c in cells}
         print(f"{args.model}, batch {args.batch_size}, {args.steps} timed steps per child, {os.cpu_count()} CPUs "
               f"({len(os.sched_getaffinity(0))} usable); samples/s per round:", flush=True)
@@ -137,12 +146,15 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     med = {c: statistics.median(v) for c, v in got.items()}
-    print(f"{'neighbour':10s} {'spin':>9s} {'passive':>9s} {'passive/spin':>13s}")
-    for n in NEIGHBOURS:
-        print(f"{n:10s} {med[('spin', n)]:9.1f} {med[('passive', n)]:9.1f} {med[('passive', n)] / med[('spin', n)]:12.2f}x")
-    res = {f"passive_vs_spin_{n}": med[("passive", n)] / med[("spin", n)] for n in NEIGHBOURS}
-    for pol in POLICIES:
-        res[f"browser_overhead_{pol}"] = 1 - med[(pol, "browser")] / med[(pol, "alone")]
+    others = [p_ for p_ in policies if p_ != "spin"]
+    print(f"{'neighbour':10s} " + " ".join(f"{p_:>9s}" for p_ in policies) + "".join(f" {p_ + '/spin':>13s}" for p_ in others))
+    for n in neighbours:
+        print(f"{n:10s} " + " ".join(f"{med[(p_, n)]:9.1f}" for p_ in policies)
+              + "".join(f" {med[(p_, n)] / med[('spin', n)]:12.2f}x" for p_ in others))
+    res = {f"{p_}_vs_spin_{n}": med[(p_, n)] / med[("spin", n)] for p_ in others for n in neighbours}
+    if {"alone", "browser"} <= set(neighbours):
+        for pol in policies:
+            res[f"browser_overhead_{pol}"] = 1 - med[(pol, "browser")] / med[(pol, "alone")]
     if args.json:
         from mixsep.run import write_json
         write_json(Path(args.json), {"command": "python " + " ".join(sys.argv), "model": args.model,

@@ -28,9 +28,9 @@ SEPARATE_MODES = ("projection_uniform", "direct", "subtraction")
 
 # How torch's OpenMP threads wait for each other at the end of every operation. libgomp's default
 # spins about 300,000 pause loops first: the quickest hand-over on an idle machine, but with one
-# more runnable process than cores (a browser, the dashboard's server, a second run, a test
-# suite) the spinning thread holds a core the late thread needs. Asleep at once, the faithful step
-# kept its speed alone and ran X faster beside a second trainer (bench/contention.py).
+# more runnable process than cores (a second run, a test suite, other people's jobs) the spinning
+# thread holds a core the late thread needs. Asleep at once, the faithful step ran 2.2-2.8x faster
+# beside a second trainer and 5-15% slower alone (bench/contention.py); the shared case wins here.
 THREAD_WAIT = {"OMP_WAIT_POLICY": "PASSIVE"}
 USER_THREAD_WAIT = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")  # set by the user: their choice stands
 

@@ -187,3 +187,16 @@ def test_quality_scores_a_trained_run_without_training_it(bench, data_root, tmp_
         assert says in err and err.count("\n") == 1, err
     assert quality.main(["--data-root", str(data_root), "--as-model", "unet_digit"]) == 2
     assert "--as-model needs --score" in capsys.readouterr().err
+
+
+def test_contention_times_each_wait_policy_in_real_processes(bench, tmp_path, capsys):
+    contention = bench("contention")
+    out = tmp_path / "c.json"
+    assert contention.main(["--model", "tiny", "--steps", "2", "--rounds", "1", "--neighbour", "alone",
+                            "--json", str(out)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(rf"contention: passive_vs_spin_alone={NUM}", last), last
+    got = json.loads(out.read_text())["samples_per_s"]
+    assert set(got) == {"spin/alone", "passive/alone"} and all(v[0] > 0 for v in got.values())
+    assert contention.main(["--rounds", "0"]) == 2
+    assert capsys.readouterr().err == "error: --rounds must be at least 1 (got 0).\n"
