@@ -254,8 +254,16 @@ def test_dashboard_in_a_real_browser(server):
         sidebar.get_by_role("link", name="Compare").click()
         expect(page.get_by_role("heading", name="Compare runs")).to_be_visible()
         page.get_by_text("Delete runs").click()
-        page.get_by_test_id("stMultiSelect").filter(has_text="Runs to delete").click()
+        box = page.get_by_test_id("stMultiSelect").filter(has_text="Runs to delete")
+        expect(box).to_be_visible()
         option = page.get_by_role("option").filter(has_not_text="Select all").first
+        for _ in range(10):  # a click while the expander still opens (or the page reruns) may not open the list
+            box.click()
+            try:
+                option.wait_for(timeout=3000)
+                break
+            except Exception:
+                page.keyboard.press("Escape")
         doomed = tmp / "runs" / option.inner_text().strip()
         assert doomed.is_dir(), doomed
         option.click()
