@@ -112,12 +112,10 @@ def cmd_train(args) -> int:
     if args.run_dir:
         run = Run(Path(args.run_dir)).open()  # a second trainer on this folder stops here, with the holder's name
     else:  # a bad setting or missing data stops here, before any folder is made
-        from .data import find_source, missing_message
+        from .data import require_split
 
         cfg = _train_config(args)
-        for source in ("mnist", "cifar"):
-            if not find_source(Path(cfg.data_root), source, "train"):
-                raise MixsepError(missing_message(Path(cfg.data_root), source, "train"))
+        require_split(Path(cfg.data_root), "train")
         run = Run(new_run_dir(Path(args.runs_dir), cfg)).open()
     try:
         return _train(args, cfg or _train_config(args), run)

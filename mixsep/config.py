@@ -282,8 +282,11 @@ class TrainConfig:
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
         path = Path(path)
-        in_run = (path.parent / "checkpoints").exists() or (path.parent / "metrics.csv").exists()
-        half = "; the run folder may be half written" if in_run else ""
+
+        def half() -> str:  # only a run's own config.json may be half written
+            in_run = (path.parent / "checkpoints").exists() or (path.parent / "metrics.csv").exists()
+            return "; the run folder may be half written" if in_run else ""
+
         try:
             if path.exists() and not path.is_file() and not path.is_dir():  # a FIFO would block the read forever
                 raise MixsepError(f"{path} is not a regular file; give a config.json file.")
@@ -293,9 +296,9 @@ class TrainConfig:
         except IsADirectoryError:
             raise MixsepError(f"{path} is a folder; give the config.json file inside a run folder.") from None
         except RecursionError:
-            raise MixsepError(f"{path} is not a readable mixsep config (nested too deeply){half}.") from None
+            raise MixsepError(f"{path} is not a readable mixsep config (nested too deeply){half()}.") from None
         except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, or a number too long to convert
-            raise MixsepError(f"{path} is not a readable mixsep config ({e}){half}.") from None
+            raise MixsepError(f"{path} is not a readable mixsep config ({e}){half()}.") from None
         except OSError as e:
             raise MixsepError(f"{path} cannot be read ({e.strerror or e.__class__.__name__}).") from None
         if not isinstance(d, dict):

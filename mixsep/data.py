@@ -436,6 +436,7 @@ def load_files(files: list[Path], source: str, use_cache: bool = True) -> tuple[
     images, labels = decode_files(files, source, raws)
     del raws
     if use_cache:
+        tmp = None
         try:  # write atomically; an unwritable cache only costs speed
             path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
@@ -443,9 +444,18 @@ def load_files(files: list[Path], source: str, use_cache: bool = True) -> tuple[
                 np.savez(f, images=images.numpy(), labels=labels.numpy())
             os.replace(tmp, path)
         except OSError:
-            with contextlib.suppress(NameError, OSError):  # a full disk left a part-written temp file
-                os.unlink(tmp)
+            if tmp is not None:  # a full disk left a part-written temp file
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
     return images, labels
+
+
+def require_split(root: Path, split: str) -> None:
+    """Refuse, with missing_message's sentence, a data root without both sources of ``split``
+    (the CLI and the dashboard ask before they make a run folder for a run that could not load)."""
+    for source in SOURCES:
+        if not find_source(Path(root), source, split):
+            raise MixsepError(missing_message(Path(root), source, split))
 
 
 def load_split(root: Path, source: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:

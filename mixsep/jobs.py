@@ -175,11 +175,9 @@ class JobRegistry:
                     raise MixsepError("Nothing to start: give a config or a run folder to resume.")
                 # an absolute data root makes the run folder reproducible from any working directory
                 config = dataclasses.replace(config, data_root=str(Path(config.data_root).resolve())).validate()
-                from .data import find_source, missing_message
+                from .data import require_split
 
-                for source in ("mnist", "cifar"):  # no run folder for a run that cannot load its data
-                    if not find_source(Path(config.data_root), source, "train"):
-                        raise MixsepError(missing_message(Path(config.data_root), source, "train"))
+                require_split(Path(config.data_root), "train")  # no run folder for a run that cannot load its data
                 run_dir = new_run_dir(self.runs_dir, config)
                 config.save(run_dir / "config.json")
             cmd = [self.python, "-m", "mixsep", "train", "--config", str(run_dir / "config.json"),

@@ -225,6 +225,12 @@ def mixture_pngs(data_root: Path, folder: Path, n: int, stem: str = "mix") -> tu
     return paths, mixed
 
 
+def tree(path: Path, skip: tuple[str, ...] = ()) -> dict:
+    """Every file under path (but those named in ``skip``) with its bytes: 'nothing written' is this not changing."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file() and p.name not in skip} if path.exists() else {}
+
+
 def make_data_root(root: Path, n_train: int = 96, n_test: int = 48, seed: int = 0) -> Path:
     """A data root in torchvision's layouts: MNIST/raw/*.gz and cifar-10-batches-py/."""
     rng = np.random.default_rng(seed)

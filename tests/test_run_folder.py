@@ -428,22 +428,18 @@ def _finished_run(small_config, tmp_path) -> Path:
     return run
 
 
-def _fingerprint(run: Path) -> dict:
-    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file() and p.name != R.LOCK}
-
-
 def test_resume_without_config_json_keeps_the_checkpoints_settings(small_config, tmp_path, capsys):
     from mixsep.cli import main
 
     run = _finished_run(dataclasses.replace(small_config, epochs=2), tmp_path)
     (run / R.CONFIG).unlink()
-    before = _fingerprint(run)
+    before = conftest.tree(run, skip=(R.LOCK,))
     # flags that would retrain it as another run: a lost config.json once let them win over the checkpoint's
     assert main(["train", "--run-dir", str(run), "--lr", "0.5", "--batch-size", "4", "--epochs", "3", "--quiet"]) == 0
     assert "with the config saved in its checkpoint (config.json is missing)" in capsys.readouterr().err
     saved = TrainConfig.load(run / R.CONFIG)
     assert (saved.lr, saved.batch_size, saved.epochs) == (small_config.lr, small_config.batch_size, 2)
-    assert _fingerprint(run) == before | {R.CONFIG: (run / R.CONFIG).read_bytes(), R.STATUS: (run / R.STATUS).read_bytes()}
+    assert conftest.tree(run, skip=(R.LOCK,)) == before | {R.CONFIG: (run / R.CONFIG).read_bytes(), R.STATUS: (run / R.STATUS).read_bytes()}
 
 
 @pytest.mark.parametrize("name,make,match", [
@@ -467,11 +463,11 @@ def test_a_run_folder_holding_the_wrong_kinds_of_things_is_refused_untouched(sma
         path.unlink()
     {"file": lambda: path.write_text("x"), "folder": path.mkdir, "dangling": lambda: path.symlink_to(tmp_path / "gone"),
      "loop": lambda: path.symlink_to(path)}[make]()
-    before = _fingerprint(run)
+    before = conftest.tree(run, skip=(R.LOCK,))
     assert main(["train", "--run-dir", str(run), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and re.search(match, err), err
-    assert _fingerprint(run) == before  # a file named checkpoints once sent it back to step 0, cutting metrics.csv
+    assert conftest.tree(run, skip=(R.LOCK,)) == before  # a file named checkpoints once sent it back to step 0, cutting metrics.csv
 
 
 def test_metrics_rows_whose_step_is_not_a_number_are_skipped(small_config, tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import conftest
-from conftest import make_data_root, write_cifar_batch, write_idx
+from conftest import make_data_root, tree, write_cifar_batch, write_idx
 
 from mixsep import MixsepError
 from mixsep.cli import build_parser, main
@@ -33,12 +33,6 @@ def sweep_args(data_root, runs, *extra) -> list[str]:
 def cli(*args, env=None) -> subprocess.CompletedProcess:
     """`python -m mixsep ARGS` run to its end, forked warm (conftest.WarmProcess)."""
     return conftest.warm_run(args, ROOT, env, timeout=600)
-
-
-def tree(path: Path) -> dict:
-    """Every file under path with its bytes: 'nothing written' is this not changing."""
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()} \
-        if path.exists() else {}
 
 
 # --------------------------------------------------------------------------- the search space

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import conftest
-from conftest import make_data_root
+from conftest import make_data_root, tree
 
 from mixsep.cli import main
 from mixsep.sweep import JOURNAL, open_storage
@@ -32,12 +32,6 @@ def sweep_args(data_root, runs, *extra) -> list[str]:
 
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def tree(path: Path) -> dict:
-    """Every file under path with its bytes: 'nothing written' is this not changing."""
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()} \
-        if path.exists() else {}
 
 
 def one_error(capsys) -> str:
