@@ -17,10 +17,9 @@ scikit-image's valid-window figure, which drops the 5-pixel border (half of a 32
 from __future__ import annotations
 
 import argparse
-import itertools
+import dataclasses
 import json
 import sys
-import statistics
 import tempfile
 import time
 import warnings
@@ -94,28 +93,38 @@ def make_config(args) -> TrainConfig:
                        **(preset | {"epochs": epochs})).validate()
 
 
-def fit_epochs(cfg: TrainConfig, probe_steps: int = 12, warmup: int = 3) -> tuple[int, float]:
-    """(epochs whose one-cycle schedule ends inside the budget, samples/s of this model's training step).
+def fit_epochs(cfg: TrainConfig, probe_steps: int = 12, warmup: int = 3, probe_s: float = 2.0) -> tuple[int, float]:
+    """(epochs whose one-cycle schedule ends inside the budget, samples/s of this model's training loop).
 
-    The probe times ``Training.train_step`` in a throwaway run folder; the real run is
-    seeded afresh, so the probe changes nothing in it. The first ``warmup`` steps are not
-    timed (oneDNN picks its kernels, the allocator fills its pools), and the speed is the
-    median step's: a probe of 6 steps after one warm-up read 124 samples/s for a run that
-    then trained at 150 to 200, and ended its schedule after 10.7 of 15 minutes.
+    The probe runs ``Training.steps``, the generator the real run uses, in a throwaway run
+    folder: the step and everything around it (the batch gather, the metrics row, the stop
+    checks, the epoch-end checkpoints it crosses). The real run is seeded afresh, so the probe
+    changes nothing in it. The first ``warmup`` steps are not timed (oneDNN or cuDNN picks its
+    kernels, the allocator fills its pools); then it times at least ``probe_steps`` steps and
+    ``probe_s`` seconds, and the speed is their mean.
+
+    Timing ``train_step`` alone was enough on a CPU, where the step is nearly all of it; on an
+    H200 a step of the U-Net takes about 7 ms and the loop around it a quarter more: a probe of
+    the step alone read 9,646 samples/s for a run that then trained at 7,352, and ran out of its
+    5 minutes at step 34,464 of 40,600 with the learning rate still high.
     """
+    need = warmup + probe_steps
+    probe_cfg = dataclasses.replace(cfg, epochs=need + 1, max_minutes=0.0)  # every epoch has at least one step
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        probe = Training(cfg, Path(tmp))
-        batches = itertools.chain.from_iterable(probe.data.batches(e, cfg.batch_size) for e in itertools.count())
-        for _ in range(warmup):
-            probe.train_step(*next(batches), cfg.lr).tolist()
-        times = []
-        for _ in range(probe_steps):
-            x = next(batches)
-            t = time.perf_counter()
-            probe.train_step(*x, cfg.lr).tolist()
-            times.append(time.perf_counter() - t)
-        sps = cfg.batch_size / statistics.median(times)
+        probe = Training(probe_cfg, Path(tmp) / "probe")
+        gen = probe.steps()
+        try:
+            for _ in range(warmup):
+                first = next(gen).step
+            t0, last = time.perf_counter(), first
+            for r in gen:  # steps read, not launched: on a GPU a step's loss is read one step late
+                last = r.step
+                if last - first >= probe_steps and time.perf_counter() - t0 >= probe_s:
+                    break
+            sps = (last - first) * cfg.batch_size / (time.perf_counter() - t0)
+        finally:
+            gen.close()
         pairs_per_epoch = probe.steps_per_epoch * cfg.batch_size
     return max(1, int(BUDGET_USE * cfg.max_minutes * 60 * sps / pairs_per_epoch)), sps
 

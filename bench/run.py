@@ -427,6 +427,17 @@ def dashboard_figure(args) -> tuple[float, str]:
 # --------------------------------------------------------------------------- main
 
 
+def batch_size(text: str) -> int:
+    """--batch: 0 (the mode's) or a positive batch size, else argparse's one-sentence error and exit 2."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"give 0 (the mode's batch size) or a positive number of pairs, not '{text}'")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", default=default_data_root(), help="folder with MNIST/ and CIFAR-10 (default ./data or MIXSEP_DATA_ROOT)")
@@ -441,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=0,
                    help="alternating rounds per comparison; 0 = the mode's (3 quick, 5 full); more steadies the medians on a busy machine")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the loops run (default cpu)")
+    p.add_argument("--batch", type=batch_size, default=0,
+                   help="the faithful loops' batch size; 0 = the mode's (64 quick, 128 full); a GPU wants larger")
     p.add_argument("--json", default=None, help="also write every figure to this JSON file")
     p.add_argument("--dry-run", action="store_true", help="tiny batches and steps on any data root: checks the plumbing only")
     return p
@@ -461,6 +474,10 @@ def settings(args) -> argparse.Namespace:
         args.compile = True
     if args.rounds > 0:
         s["rounds"] = args.rounds
+    if args.batch > 0:
+        s["batch_size"] = args.batch
+    if args.device == "cuda" and not args.dry_run:
+        s["peak_n"] = 8192  # a GPU reaches its matmul peak only on large products (2048^2 bf16 read 181 of ~790 TFLOP/s)
     for k, v in s.items():
         setattr(args, k, v)
     return args

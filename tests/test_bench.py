@@ -4,7 +4,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -94,6 +96,33 @@ def test_run_dry_run_prints_the_bench_line(bench, data_root, tmp_path, capsys):
     assert figures["time_to_target"]["validation_pairs"] == 16
 
 
+def test_run_takes_a_batch_size_and_refuses_a_bad_one(bench, data_root, capsys):
+    run = bench("run")
+    for mode, default in (["--quick"], 64), ([], 128):
+        assert run.settings(run.build_parser().parse_args(mode)).batch_size == default
+        assert run.settings(run.build_parser().parse_args(mode + ["--batch", "512"])).batch_size == 512
+    for bad in ("-1", "many"):
+        with pytest.raises(SystemExit) as e:
+            run.main(["--data-root", str(data_root), "--dry-run", "--batch", bad])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument --batch: give 0 (the mode's batch size) or a positive number of pairs, not '{bad}'" in err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is present: the script would run for minutes")
+def test_gpu_script_stops_at_once_where_there_is_no_gpu(data_root, tmp_path):
+    script = BENCH / "gpu.sh"
+    env = os.environ | {"PYTHON": sys.executable}
+    usage = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env)
+    assert usage.returncode == 2 and "usage: bash bench/gpu.sh DATA_ROOT OUT_DIR" in usage.stderr
+    out = tmp_path / "out"
+    done = subprocess.run(["bash", str(script), str(data_root), str(out)], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 1
+    assert "PyTorch sees no GPU here: bench/gpu.sh times only CUDA" in done.stderr
+    assert not out.exists()  # nothing started, nothing written
+
+
 def test_validation_pairs_are_carved_out_of_training(bench, data_root):
     run = bench("run")
     train, val = run.carve_validation(data_root, 16, repair=True, seed=0)
@@ -128,9 +157,11 @@ def test_run_refuses_a_json_path_it_could_not_write_before_timing_anything(bench
 def test_quality_sizes_epochs_to_the_budget(bench, tiny_config):
     quality = bench("quality")
     cfg = dataclasses.replace(tiny_config, model="unet", max_minutes=1.0)
-    epochs, sps = quality.fit_epochs(cfg, probe_steps=1)
+    # 3 warm-up and 8 timed steps of the training loop: past the end of the first epoch of 6 batches
+    epochs, sps = quality.fit_epochs(cfg, probe_steps=8, probe_s=0)
     assert sps > 0
     assert epochs == max(1, int(quality.BUDGET_USE * 60 * sps / 96))  # an epoch is 6 batches of 16 pairs
+    assert cfg.epochs == 1 and cfg.max_minutes == 1.0  # the probe trained a copy, in a folder of its own
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is present: the flag is valid")
