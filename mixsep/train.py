@@ -294,10 +294,15 @@ class Training:
 
     def _read(self, keep: int) -> Iterator[StepResult]:
         """Read queued steps' losses (the host sync) until ``keep`` remain; a stop reads them all."""
+        drained = False
         while len(self._pending) > keep:
             p = self._pending.pop(0)
-            # read late, a step is timed from the previous read: the steady-state throughput
-            r = self._resolve(p, max(p.launched, self._last_read))
+            # read late, a step is timed from the previous read: the steady-state throughput. A step
+            # read right after another in one drain (a checkpoint, an epoch's end, a stop) is timed
+            # from its own launch: the time since that read is nothing (it read 40,000 samples/s
+            # beside 1,700 on the CPU, and 371,348 for the last row of a run on an H200)
+            r = self._resolve(p, p.launched if drained else max(p.launched, self._last_read))
+            drained = True
             self._last_read = time.perf_counter()
             self.run.metrics.write(asdict(r))
             yield r
