@@ -76,6 +76,12 @@ EXTRA = {
     # width against steps: a 512-wide bottom level (4x4 maps), or a fifth level (2x2 maps)
     "rich-wide-bottom": lambda pretrained=False: SeparatorNet(widths=(32, 64, 128, 512), head="fraction", features="rich"),
     "rich-5stage": lambda pretrained=False: SeparatorNet(widths=(32, 64, 128, 256, 512), head="fraction", features="rich"),
+    # and the other way: narrower levels, more steps in the same time
+    "rich-mid": lambda pretrained=False: SeparatorNet(widths=(24, 48, 96, 192), head="fraction", features="rich"),
+    "rich-narrow": lambda pretrained=False: SeparatorNet(widths=(16, 32, 64, 128), head="fraction", features="rich"),
+    "rich-12": lambda pretrained=False: SeparatorNet(widths=(12, 24, 48, 96), head="fraction", features="rich"),
+    "rich-8": lambda pretrained=False: SeparatorNet(widths=(8, 16, 32, 64), head="fraction", features="rich"),
+    "rich-16-deep": lambda pretrained=False: SeparatorNet(widths=(16, 32, 64, 128, 256), head="fraction", features="rich"),
 }
 
 
@@ -124,6 +130,8 @@ def main(argv=None) -> int:
     p.add_argument("--train-size", type=int, default=8000)
     p.add_argument("--val-pairs", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64, help="pairs per step (default 64, the presets')")
+    p.add_argument("--lr", type=float, default=3e-3, help="the one-cycle schedule's peak (default 3e-3, the presets')")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     try:
@@ -142,8 +150,8 @@ def main(argv=None) -> int:
         for name in args.variant:
             MODELS.setdefault(name, EXTRA.get(name))
             cfg = TrainConfig(data_root=str(root), train_size=args.train_size, repair=True, model=name, pretrained=False,
-                              epochs=args.epochs, batch_size=64, lr=3e-3, schedule="onecycle", loss="log_mse",
-                              seed=args.seed, device="cpu", checkpoint_every=10 ** 9)
+                              epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule="onecycle",
+                              loss="log_mse", seed=args.seed, device="cpu", checkpoint_every=10 ** 9).validate()
             run = Path(tempfile.mkdtemp(prefix="variant-"))
             try:
                 training = Training(cfg, run / "run")
@@ -151,7 +159,8 @@ def main(argv=None) -> int:
                 for _ in training.steps():
                     pass
                 seconds = time.perf_counter() - start
-                print(json.dumps({"variant": name, "seed": args.seed, "steps": training.step,
+                print(json.dumps({"variant": name, "seed": args.seed, "batch_size": cfg.batch_size, "lr": cfg.lr,
+                                  "steps": training.step,
                                   "train_s": round(seconds, 1), **score(training.model, *val)}), flush=True)
             finally:
                 shutil.rmtree(run, ignore_errors=True)
