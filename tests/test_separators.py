@@ -223,28 +223,31 @@ def test_unet_digit_trains_as_unet_fraction_and_differs_only_at_inference():
     torch.testing.assert_close(mnist_hat + cifar_hat, 2 * mean, atol=1e-6, rtol=0)
 
 
+def assert_consistent_and_feasible(model) -> None:
+    """In eval mode: the two estimates average to the mixture and the digit lies in its interval."""
+    _, mean = resized_pairs(2)
+    with torch.no_grad():
+        mnist_hat, cifar_hat = model.eval()(mean)
+    lo, hi = feasible_interval(mean)
+    torch.testing.assert_close(mnist_hat + cifar_hat, 2 * mean, atol=1e-6, rtol=0)
+    assert (mnist_hat[:, :1] >= lo).all() and (mnist_hat[:, :1] <= hi + 1e-6).all()
+
+
 def test_unet_digit_rich_is_unet_digit_with_the_rich_inputs():
     rich, digit = build_model("unet_digit_rich"), build_model("unet_digit")
     assert (rich.head, rich.features, type(rich.digit_space)) == ("fraction", "rich", DigitSpace)
     assert count_parameters(rich) - count_parameters(digit) == 5 * 32 * 3 * 3  # 5 more inputs to the first conv
-    _, mean = resized_pairs(2)
-    with torch.no_grad():
-        mnist_hat, cifar_hat = rich.eval()(mean)
-    lo, hi = feasible_interval(mean)
-    torch.testing.assert_close(mnist_hat + cifar_hat, 2 * mean, atol=1e-6, rtol=0)
-    assert (mnist_hat[:, :1] >= lo).all() and (mnist_hat[:, :1] <= hi + 1e-6).all()
+    assert_consistent_and_feasible(rich)
+
+
+def level_widths(model) -> list[int]:
+    """The encoder's widths: the first of each level's two convolutions."""
+    return [m.out_channels for m in model.net.encoder.modules() if isinstance(m, torch.nn.Conv2d)][::2]
 
 
 def test_unet_narrow_is_unet_digit_rich_at_half_the_width():
     narrow, rich = build_model("unet_narrow"), build_model("unet_digit_rich")
     assert (narrow.head, narrow.features, type(narrow.digit_space)) == ("fraction", "rich", DigitSpace)
-    widths = [m.out_channels for m in narrow.net.modules() if isinstance(m, torch.nn.Conv2d)][:8:2]
-    assert widths == [16, 32, 64, 128] and [m.out_channels for m in rich.net.modules()
-                                            if isinstance(m, torch.nn.Conv2d)][:8:2] == [32, 64, 128, 256]
+    assert level_widths(narrow) == [16, 32, 64, 128] and level_widths(rich) == [32, 64, 128, 256]
     assert count_parameters(rich) > 3.9 * count_parameters(narrow)
-    _, mean = resized_pairs(2)
-    with torch.no_grad():
-        mnist_hat, cifar_hat = narrow.eval()(mean)
-    lo, hi = feasible_interval(mean)
-    torch.testing.assert_close(mnist_hat + cifar_hat, 2 * mean, atol=1e-6, rtol=0)
-    assert (mnist_hat[:, :1] >= lo).all() and (mnist_hat[:, :1] <= hi + 1e-6).all()
+    assert_consistent_and_feasible(narrow)
