@@ -82,6 +82,8 @@ EXTRA = {
     "rich-12": lambda pretrained=False: SeparatorNet(widths=(12, 24, 48, 96), head="fraction", features="rich"),
     "rich-8": lambda pretrained=False: SeparatorNet(widths=(8, 16, 32, 64), head="fraction", features="rich"),
     "rich-16-deep": lambda pretrained=False: SeparatorNet(widths=(16, 32, 64, 128, 256), head="fraction", features="rich"),
+    "rich-narrow-wide-bottom": lambda pretrained=False: SeparatorNet(widths=(16, 32, 64, 256), head="fraction",
+                                                                     features="rich"),
 }
 
 
