@@ -23,7 +23,7 @@
 5. What else was tried on the bare step and for evaluation: threads, NCHW against channels_last,
    inference_mode against no_grad.
 6. Evaluation throughput: mixsep.metrics.evaluate over the test split.
-7. One U-Net run (--quality-model, default unet_digit; the quality preset, its one-cycle schedule sized to this mode's time cap),
+7. One U-Net run (--quality-model, default unet_narrow; the quality preset, its one-cycle schedule sized to this mode's time cap),
    counting time inside the training generator only: time to 22.2 dB MNIST PSNR on the test
    pairs (the public clone's 30-epoch figure), and time to 30 dB mean PSNR for both sources on
    validation pairs carved from the training data (held out of this run's training).
@@ -447,8 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="measure torch.compile of the whole step in --quick too")
     p.add_argument("--dashboard", action="store_true", help="measure dashboard_overhead in --quick too (needs Chromium)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
-    p.add_argument("--quality-model", choices=[m for m in PRESETS if m != "faithful"], default="unet_digit",
-                   help="the U-Net of the time-to-22/30-dB run (default unet_digit; unet and unet_fraction give the figures before it)")
+    p.add_argument("--quality-model", choices=[m for m in PRESETS if m != "faithful"], default="unet_narrow",
+                   help="the U-Net of the time-to-22/30-dB run (default unet_narrow; unet, unet_fraction and "
+                        "unet_digit give the figures before it)")
     p.add_argument("--rounds", type=int, default=0,
                    help="alternating rounds per comparison; 0 = the mode's (3 quick, 5 full); more steadies the medians on a busy machine")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the loops run (default cpu)")
