@@ -360,6 +360,32 @@ def best_scores(run_dir: Path, metrics: pd.DataFrame, smoothing: float) -> dict:
             "val_psnr": val.get("best_psnr") if isinstance(val, dict) else None}
 
 
+def use_recipe(model: str, key_prefix: str = "train_") -> None:
+    """The recipe button's callback: the settings the recipe names take its values (mixsep.config.RECIPES).
+
+    Set in the widgets' own state, in a callback because it runs before the page is drawn: the
+    browser then shows them (dropping the state instead changed nothing there, though AppTest
+    saw it change). Settings the recipe leaves alone (data, seed, device...) keep the user's.
+    """
+    from mixsep.config import recipe
+
+    for name, value in recipe(model).items():
+        st.session_state[key_prefix + name] = value
+
+
+def recipe_button(model: str) -> None:
+    """Under the Train page's model: a button that sets the model's recipe (``use_recipe``), if it has one."""
+    from mixsep.config import RECIPES, setting_by_name
+
+    if model not in RECIPES:
+        return
+    flags = " ".join(f for k, v in RECIPES[model].items() for f in setting_by_name(k).argv(v))
+    budget = "" if model == "faithful" else " (its epochs: what 15 minutes held on a 2-core CPU)"
+    st.button(f"Use {model}'s recipe", icon=":material/restaurant_menu:", width="stretch", on_click=use_recipe,
+              args=(model,), help=f"The settings {model}'s results in the README were trained with: `{flags}`"
+                                  f"{budget}. Data, seed and device stay as they are.")
+
+
 def delete_runs(runs_dir: Path) -> None:
     """The Delete button's callback: delete the picked runs (mixsep.run.delete_run refuses what it must).
 

@@ -63,7 +63,10 @@ def setting_widget(setting: Setting, key_prefix: str, value=None, range_: bool =
             return tuple(st.multiselect(label, choices, default=list(value), **common))
         return st.selectbox(label, choices, index=choices.index(value), **common)
     if s.widget == "select_slider":
-        opts = _options(s, value)
+        # the value the widget holds may be off the grid too (a recipe's lr 1.2e-2): keep it among the options
+        held = st.session_state.get(common["key"])
+        held = [] if held is None else list(held) if isinstance(held, (tuple, list)) else [held]
+        opts = _options(s, [*(value if isinstance(value, (tuple, list)) else [value]), *held])
         if range_:
             lo, hi = st.select_slider(label, opts, value=(value[0], value[-1]), format_func=_format(s), **common)
             return tuple(v for v in opts if lo <= v <= hi) if s.categorical else (lo, hi)
@@ -74,20 +77,31 @@ def setting_widget(setting: Setting, key_prefix: str, value=None, range_: bool =
     kw = {"step": s.step} if s.step else {}
     if s.fmt:
         kw["format"] = s.fmt
+    if not range_:  # a value past the slider's span (a recipe's 34 epochs, a running CLI run's) widens it
+        for v in (value, st.session_state.get(common["key"])):
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                lo = lo if lo is None else min(lo, type(lo)(v))
+                hi = hi if hi is None else max(hi, type(hi)(v))
     if s.widget == "number" and not range_:
         return st.number_input(label, lo, hi, value, **kw, **common)
     return st.slider(label, lo, hi, tuple(value) if range_ else value, **kw, **common)
 
 
-def settings_widgets(key_prefix: str, advanced_label: str = "Beyond the report", initial: dict | None = None) -> dict:
+def settings_widgets(key_prefix: str, advanced_label: str = "Beyond the report", initial: dict | None = None,
+                     after_model=None) -> dict:
     """Every setting with a widget, model first; returns {name: value}. Advanced ones go in an expander.
 
     ``initial``: values a session's first draw starts from instead of the defaults (a widget keeps
-    what the user set after that).
+    what the user set after that). ``after_model(model)`` draws what belongs under the model's widget.
     """
     initial = initial or {}
     shown = sorted((s for s in settings() if s.widget), key=lambda s: GROUPS.index(s.group))
-    values = {s.name: setting_widget(s, key_prefix, initial.get(s.name)) for s in shown if not s.advanced}
+    values = {}
+    for s in shown:
+        if not s.advanced:
+            values[s.name] = setting_widget(s, key_prefix, initial.get(s.name))
+            if s.name == "model" and after_model is not None:
+                after_model(values["model"])
     with st.expander(advanced_label):
         values |= {s.name: setting_widget(s, key_prefix, initial.get(s.name)) for s in shown if s.advanced}
     return values

@@ -20,7 +20,7 @@ if shown_run is not None and "train_config" not in st.session_state:
         pass
 with st.sidebar:  # one widget per setting, drawn from its metadata in mixsep/config.py; kept across pages
     st.subheader("Settings")
-    values = settings_widgets("train_", initial=initial)
+    values = settings_widgets("train_", initial=initial, after_model=ui.recipe_button)
 
 config = TrainConfig(data_root=str(data_root), **values)
 st.session_state["train_config"] = config.to_dict()

@@ -29,24 +29,17 @@ from benchlib import command_line, set_threads, summary, summary_line, table
 
 from mixsep import MixsepError, TrainConfig
 from mixsep.cli import output_file
-from mixsep.config import default_runs_dir
+from mixsep.config import RECIPES, default_runs_dir
 from mixsep.data import PairData, load_pairs, load_split
 from mixsep.data import calibration_pairs as data_calibration_pairs
 from mixsep.metrics import evaluate
 from mixsep.runs import read_metrics
 from mixsep.train import Training, load_run_model, new_run_dir
 
-# Per-model settings: the faithful model at the report's (one epoch, constant 1e-3); the
-# U-Nets with a one-cycle schedule as long as the budget allows ("auto": see fit_epochs), one
-# setting for all of them so that they compare at equal training.
-UNET = dict(epochs="auto", batch_size=64, lr=3e-3, schedule="onecycle", repair=True, loss="log_mse")
-PRESETS = {
-    "faithful": dict(epochs=1, batch_size=128, lr=1e-3, schedule="constant", repair=False),
-    **{name: UNET for name in ("unet", "unet_fraction", "unet_digit", "unet_digit_rich")},
-    # a quarter of the FLOPs takes a larger step: 6e-3 scored +0.19 dB over 3e-3 on the validation
-    # split, 1.2e-2 +0.10 more, 2.4e-2 +0.04 more (within a seed's spread, at twice the step: not taken)
-    "unet_narrow": UNET | {"lr": 1.2e-2},
-}
+# Per-model settings: mixsep.config.RECIPES (what `train --recipe` uses), the faithful model at
+# the report's (one epoch, constant 1e-3), the U-Nets with a one-cycle schedule as long as the
+# budget allows ("auto": see fit_epochs), one setting for all of them but unet_narrow's larger lr.
+PRESETS = {name: r if name == "faithful" else r | {"epochs": "auto"} for name, r in RECIPES.items()}
 CALIBRATION_PAIRS = 512
 BUDGET_USE = 0.9  # of the budget the schedule is sized for: load on a shared machine moves the speed
 

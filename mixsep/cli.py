@@ -22,7 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a separator; prints the run folder as its last line")
     t.add_argument("--runs-dir", default=default_runs_dir(), help="where run folders go (env MIXSEP_RUNS_DIR; default ./runs)")
     t.add_argument("--run-dir", default=None, help="train into (or resume) this exact folder instead of a new one")
-    add_train_flags(t)  # one flag per TrainConfig field, from its metadata
+    add_train_flags(t, defaults=False)  # one flag per TrainConfig field, from its metadata; left out = its default
+    t.add_argument("--recipe", action="store_true",
+                   help="start from the settings the model's results in the README were trained with "
+                        "(`python -m mixsep info --model NAME` prints them); the flags you give still win")
     t.add_argument("--config", default=None,
                    help="read every training setting from this config.json (a run's own, or one the dashboard wrote); "
                         "the flags above are then ignored")
@@ -305,7 +308,7 @@ def cmd_separate(args) -> int:
 def cmd_info(args) -> int:
     import torch
 
-    from .config import thread_wait
+    from .config import RECIPES, setting_by_name, thread_wait
     from .data import data_status
     from .model import MODELS, build_model, count_parameters, flops_per_sample
 
@@ -319,6 +322,9 @@ def cmd_info(args) -> int:
         skipped = f"; {executed / 1e6:.0f} multiplied, the rest meet only zero padding" if executed < flops else ""
         print(f"model {name}: {count_parameters(m) / 1e6:.2f} M parameters, "
               f"{flops / 1e6:.0f} MFLOPs per sample forward{skipped} (about 3x that per training sample)")
+        if name in RECIPES:
+            flags = [f for k, v in RECIPES[name].items() for f in setting_by_name(k).argv(v)]
+            print(f"  recipe (train --recipe): {' '.join(flags)}")
     print(f"data root {Path(args.data_root).resolve()}:")
     for row in data_status(Path(args.data_root)):
         where = ", ".join(row["files"]) if row["found"] else f"missing (expected {row['expected']})"

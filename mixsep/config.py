@@ -341,6 +341,29 @@ def setting_by_name(name: str, resolve: bool = True) -> Setting:
     raise KeyError(name)
 
 
+# --------------------------------------------------------------------------- recipes
+
+# The settings each separator's results in the README were trained with, declared once:
+# `train --recipe` and the Train page's recipe button start from them, and bench/quality.py
+# trains with them (sizing the U-Nets' epochs to its time budget instead). The U-Nets' epochs
+# are what a 15-minute budget held on a 2-core CPU; a GPU affords many more (--epochs).
+_UNET_RECIPE = {"epochs": 11, "batch_size": 64, "lr": 3e-3, "schedule": "onecycle", "repair": True, "loss": "log_mse"}
+RECIPES: dict[str, dict] = {
+    "faithful": {"epochs": 1, "batch_size": 128, "lr": 1e-3, "schedule": "constant", "repair": False, "loss": "mse"},
+    **{name: _UNET_RECIPE for name in ("unet", "unet_fraction", "unet_digit", "unet_digit_rich")},
+    # a quarter of the FLOPs, three times the steps, a larger step: on the validation split 6e-3
+    # scored +0.19 dB over 3e-3, 1.2e-2 +0.10 more, 2.4e-2 +0.04 more (a seed's spread: not taken)
+    "unet_narrow": _UNET_RECIPE | {"epochs": 34, "lr": 1.2e-2},
+}
+
+
+def recipe(model: str) -> dict:
+    """The settings ``model``'s results were trained with (RECIPES), or one sentence naming the models that have one."""
+    if model not in RECIPES:
+        raise MixsepError(f"No recipe for model '{model}'; models with one: {', '.join(RECIPES)}.")
+    return dict(RECIPES[model])
+
+
 # --------------------------------------------------------------------------- the command line
 
 
@@ -368,8 +391,14 @@ def _show(value) -> str:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig of parsed ``train`` flags, or of ``--config FILE`` when given (the flags are then ignored)."""
+    """The TrainConfig of parsed ``train`` flags, or of ``--config FILE`` when given (the flags are then ignored).
+
+    Flags left out are None (``add_train_flags(defaults=False)``) and take the setting's
+    default, or with ``--recipe`` the model's recipe; a flag given wins over both.
+    """
     if getattr(args, "config", None):
         return TrainConfig.load(Path(args.config)).validate()
     values = {s.name: getattr(args, s.name) for s in settings(resolve=False) if getattr(args, s.name, None) is not None}
+    if getattr(args, "recipe", False):
+        values = recipe(values.get("model", TrainConfig.model)) | values
     return TrainConfig(**values).validate()

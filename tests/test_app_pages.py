@@ -260,6 +260,31 @@ def test_sliders_change_the_config(app_env):
     assert at.session_state["train_config"] == cfg
 
 
+def test_the_recipe_button_sets_the_models_settings_and_keeps_the_rest(app_env):
+    from mixsep.config import RECIPES
+
+    at = open_page("app_pages/1_Train.py")
+    widget(at.number_input, "Seed").set_value(7)
+    widget(at.select_slider, "Training pairs").set_value(512)
+    widget(at.selectbox, "Model").set_value("unet_narrow")
+    at.run()
+    button = next(b for b in at.button if b.label == "Use unet_narrow's recipe")
+    assert "--lr 0.012 --schedule onecycle" in button.help
+    button.click().run()
+    assert not at.exception
+    cfg = at.session_state["train_config"]
+    assert {k: cfg[k] for k in RECIPES["unet_narrow"]} == RECIPES["unet_narrow"] and cfg["model"] == "unet_narrow"
+    assert (cfg["seed"], cfg["train_size"]) == (7, 512)  # what the recipe leaves alone stays the user's
+    assert widget(at.select_slider, "Learning rate").value == 1.2e-2  # the widgets show it
+    # the user can move a setting after it, and a visit to another page keeps that
+    widget(at.slider, "Epochs").set_value(5)
+    at.run()
+    at.switch_page("app_pages/4_Compare.py").run()
+    at.switch_page("app_pages/1_Train.py").run()
+    cfg = at.session_state["train_config"]
+    assert (cfg["epochs"], cfg["lr"], cfg["loss"]) == (5, 1.2e-2, "log_mse")
+
+
 @pytest.mark.heavy(13)
 def test_start_live_curves_reload_second_tab_stop(app_env):
     data, runs = app_env

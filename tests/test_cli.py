@@ -158,3 +158,30 @@ def test_a_warm_process_answers_as_a_cold_start(tmp_path):
     assert cold.returncode == 2 and "no data here" in cold.stderr and cold.stderr.count("\n") == 1
     assert (warm.returncode, warm.stdout, warm.stderr) == (cold.returncode, cold.stdout, cold.stderr)
     assert not (tmp_path / "runs").exists()
+
+
+def test_recipe_starts_from_the_models_results_settings_and_the_flags_given_win(data_root, tmp_path, capsys):
+    from mixsep.cli import build_parser
+    from mixsep.config import RECIPES, config_from_args
+
+    def config(*flags):
+        return config_from_args(build_parser().parse_args(["train", "--data-root", str(data_root), *flags]))
+
+    plain = config("--model", "unet_narrow")
+    assert (plain.lr, plain.schedule, plain.loss, plain.batch_size, plain.epochs) == (1e-3, "constant", "mse", 128, 1)
+    cooked = config("--model", "unet_narrow", "--recipe")
+    assert {k: getattr(cooked, k) for k in RECIPES["unet_narrow"]} == RECIPES["unet_narrow"]
+    assert (cooked.lr, cooked.schedule, cooked.loss, cooked.repair) == (1.2e-2, "onecycle", "log_mse", True)
+    # a flag given wins, even one that repeats the setting's default
+    mine = config("--model", "unet_narrow", "--recipe", "--epochs", "2", "--lr", "1e-3", "--no-repair")
+    assert (mine.epochs, mine.lr, mine.repair, mine.schedule) == (2, 1e-3, False, "onecycle")
+    assert config("--recipe").batch_size == RECIPES["faithful"]["batch_size"]  # the default model's
+
+    runs = tmp_path / "runs"
+    assert main(["train", "--data-root", str(data_root), "--runs-dir", str(runs), "--model", "tiny", "--recipe"]) == 2
+    assert "No recipe for model 'tiny'; models with one: faithful, unet" in capsys.readouterr().err
+    assert not runs.exists()  # refused before any run folder
+
+    assert main(["info", "--data-root", str(data_root), "--model", "unet_narrow"]) == 0
+    assert ("recipe (train --recipe): --epochs 34 --batch-size 64 --lr 0.012 --schedule onecycle --repair "
+            "--loss log_mse") in capsys.readouterr().out
