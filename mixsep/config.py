@@ -221,7 +221,7 @@ class TrainConfig:
                               why=": BatchNorm needs two samples per channel to train", widget="select_slider",
                               options=(16, 32, 64, 128, 256, 512), sweep=(16, 32, 64, 128, 256, 512))
     lr: float = setting(1e-3, "Adam learning rate", "Learning rate", "optimiser", low=1e-6, high=1.0, log=True,
-                        sweep=LR_SWEEP, widget="select_slider", fmt="%.0e",
+                        sweep=LR_SWEEP, widget="select_slider", fmt="%.2g",
                         rule="Learning rate must be a positive number from 1e-06 to 1 (got {value}); the report used 1e-3.")
     beta1: float = setting(0.9, "Adam beta1: decay of the gradient's running mean", "Adam beta1", "optimiser",
                            low=0.0, high=0.9999, sweep=(0.5, 0.999), widget="slider", step=0.001, fmt="%.3f",
