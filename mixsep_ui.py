@@ -375,11 +375,11 @@ def use_recipe(model: str, key_prefix: str = "train_") -> None:
 
 def recipe_button(model: str) -> None:
     """Under the Train page's model: a button that sets the model's recipe (``use_recipe``), if it has one."""
-    from mixsep.config import RECIPES, setting_by_name
+    from mixsep.config import RECIPES, recipe_flags
 
     if model not in RECIPES:
         return
-    flags = " ".join(f for k, v in RECIPES[model].items() for f in setting_by_name(k).argv(v))
+    flags = " ".join(recipe_flags(model))
     budget = "" if model == "faithful" else " (its epochs: what 15 minutes held on a 2-core CPU)"
     st.button(f"Use {model}'s recipe", icon=":material/restaurant_menu:", width="stretch", on_click=use_recipe,
               args=(model,), help=f"The settings {model}'s results in the README were trained with: `{flags}`"

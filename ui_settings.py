@@ -24,10 +24,12 @@ def log_grid(low: float, high: float) -> list[float]:
     return grid
 
 
-def _options(s: Setting, value) -> list:
-    """A select_slider's values, with ``value`` among them (a saved config may hold another)."""
+def _options(s: Setting, *values) -> list:
+    """A select_slider's values, with each of ``values`` (a value or a range) among them: a saved
+    config, or what the widget holds (a recipe's lr 1.2e-2), may hold one off the grid."""
     opts = list(s.options or log_grid(*(s.sweep or (s.low, s.high))))
-    extra = [v for v in (value if isinstance(value, (tuple, list)) else [value]) if v is not None and v not in opts]
+    flat = [v for value in values for v in (value if isinstance(value, (tuple, list)) else [value])]
+    extra = [v for v in flat if v is not None and v not in opts]
     if extra:
         opts = sorted(set(opts) | set(extra), key=lambda v: (v == 0, v) if s.zero else v)
     return opts
@@ -54,6 +56,7 @@ def setting_widget(setting: Setting, key_prefix: str, value=None, range_: bool =
     if value is None:
         value = tuple(s.sweep) if range_ else s.default
     common = {"help": s.help, "key": key_prefix + s.name, "persist_state": "session"}
+    held = st.session_state.get(common["key"])  # what the widget holds: a recipe may have set it
     label = s.label + (" (log scale)" if s.log else "")
     if s.widget == "toggle" and not range_:
         return st.toggle(label, value=value, **common)
@@ -63,10 +66,7 @@ def setting_widget(setting: Setting, key_prefix: str, value=None, range_: bool =
             return tuple(st.multiselect(label, choices, default=list(value), **common))
         return st.selectbox(label, choices, index=choices.index(value), **common)
     if s.widget == "select_slider":
-        # the value the widget holds may be off the grid too (a recipe's lr 1.2e-2): keep it among the options
-        held = st.session_state.get(common["key"])
-        held = [] if held is None else list(held) if isinstance(held, (tuple, list)) else [held]
-        opts = _options(s, [*(value if isinstance(value, (tuple, list)) else [value]), *held])
+        opts = _options(s, value, held)
         if range_:
             lo, hi = st.select_slider(label, opts, value=(value[0], value[-1]), format_func=_format(s), **common)
             return tuple(v for v in opts if lo <= v <= hi) if s.categorical else (lo, hi)
@@ -78,7 +78,7 @@ def setting_widget(setting: Setting, key_prefix: str, value=None, range_: bool =
     if s.fmt:
         kw["format"] = s.fmt
     if not range_:  # a value past the slider's span (a recipe's 34 epochs, a running CLI run's) widens it
-        for v in (value, st.session_state.get(common["key"])):
+        for v in (value, held):
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 lo = lo if lo is None else min(lo, type(lo)(v))
                 hi = hi if hi is None else max(hi, type(hi)(v))

@@ -69,21 +69,25 @@ class _ThroughNet(SeparatorNet):
         return mnist_hat, 2 * mean - mnist_hat
 
 
+def _rich(widths=(32, 64, 128, 256)):
+    """The fraction head with the rich inputs (unet_digit_rich in training) at these level widths."""
+    return lambda pretrained=False: SeparatorNet(widths=widths, head="fraction", features="rich")
+
+
 EXTRA = {
-    "rich": lambda pretrained=False: SeparatorNet(head="fraction", features="rich"),
+    "rich": _rich(),
     "through-st": lambda pretrained=False: _ThroughNet(st=True),
     "through": lambda pretrained=False: _ThroughNet(st=False),
     # width against steps: a 512-wide bottom level (4x4 maps), or a fifth level (2x2 maps)
-    "rich-wide-bottom": lambda pretrained=False: SeparatorNet(widths=(32, 64, 128, 512), head="fraction", features="rich"),
-    "rich-5stage": lambda pretrained=False: SeparatorNet(widths=(32, 64, 128, 256, 512), head="fraction", features="rich"),
+    "rich-wide-bottom": _rich((32, 64, 128, 512)),
+    "rich-5stage": _rich((32, 64, 128, 256, 512)),
     # and the other way: narrower levels, more steps in the same time
-    "rich-mid": lambda pretrained=False: SeparatorNet(widths=(24, 48, 96, 192), head="fraction", features="rich"),
-    "rich-narrow": lambda pretrained=False: SeparatorNet(widths=(16, 32, 64, 128), head="fraction", features="rich"),
-    "rich-12": lambda pretrained=False: SeparatorNet(widths=(12, 24, 48, 96), head="fraction", features="rich"),
-    "rich-8": lambda pretrained=False: SeparatorNet(widths=(8, 16, 32, 64), head="fraction", features="rich"),
-    "rich-16-deep": lambda pretrained=False: SeparatorNet(widths=(16, 32, 64, 128, 256), head="fraction", features="rich"),
-    "rich-narrow-wide-bottom": lambda pretrained=False: SeparatorNet(widths=(16, 32, 64, 256), head="fraction",
-                                                                     features="rich"),
+    "rich-mid": _rich((24, 48, 96, 192)),
+    "rich-narrow": _rich((16, 32, 64, 128)),
+    "rich-12": _rich((12, 24, 48, 96)),
+    "rich-8": _rich((8, 16, 32, 64)),
+    "rich-16-deep": _rich((16, 32, 64, 128, 256)),
+    "rich-narrow-wide-bottom": _rich((16, 32, 64, 256)),
 }
 
 

@@ -308,7 +308,7 @@ def cmd_separate(args) -> int:
 def cmd_info(args) -> int:
     import torch
 
-    from .config import RECIPES, setting_by_name, thread_wait
+    from .config import RECIPES, recipe_flags, thread_wait
     from .data import data_status
     from .model import MODELS, build_model, count_parameters, flops_per_sample
 
@@ -323,8 +323,7 @@ def cmd_info(args) -> int:
         print(f"model {name}: {count_parameters(m) / 1e6:.2f} M parameters, "
               f"{flops / 1e6:.0f} MFLOPs per sample forward{skipped} (about 3x that per training sample)")
         if name in RECIPES:
-            flags = [f for k, v in RECIPES[name].items() for f in setting_by_name(k).argv(v)]
-            print(f"  recipe (train --recipe): {' '.join(flags)}")
+            print(f"  recipe (train --recipe): {' '.join(recipe_flags(name))}")
     print(f"data root {Path(args.data_root).resolve()}:")
     for row in data_status(Path(args.data_root)):
         where = ", ".join(row["files"]) if row["found"] else f"missing (expected {row['expected']})"

@@ -364,6 +364,11 @@ def recipe(model: str) -> dict:
     return dict(RECIPES[model])
 
 
+def recipe_flags(model: str) -> list[str]:
+    """The train flags of ``model``'s recipe (what `info` prints and the Train page's button shows)."""
+    return [word for name, value in recipe(model).items() for word in setting_by_name(name).argv(value)]
+
+
 # --------------------------------------------------------------------------- the command line
 
 
