@@ -111,6 +111,7 @@ def fit_epochs(cfg: TrainConfig, probe_steps: int = 12, warmup: int = 3, probe_s
         probe = Training(probe_cfg, Path(tmp) / "probe")
         gen = probe.steps()
         try:
+            first = probe.step  # 0: with no warm-up, timing starts at the first step
             for _ in range(warmup):
                 first = next(gen).step
             t0, last = time.perf_counter(), first
