@@ -2,6 +2,7 @@
 
     python bench/variants.py --data-root ../shared/data --variant unet_fraction --variant unet_digit
     python bench/variants.py --data-root ../shared/data --run runs/RUN   # a trained run's weights
+    python bench/variants.py --data-root ../shared/data --run runs/RUN --flips   # and test-time flips
 
 Each variant trains through mixsep's own generator (``Training.steps``): ``--epochs`` epochs of
 ``--train-size`` CIFAR training images (3 x 8,000 / 64 = 375 steps by default), fresh MNIST
@@ -127,6 +128,36 @@ def score(model: torch.nn.Module, mnist_u8, cifar_u8, batch: int = 250) -> dict:
             "val_psnr_8bit_mixture": round(torch.cat(rounded).mean().item(), 3), "val_pairs": len(mnist_u8)}
 
 
+FLIPS = {"flip_h": ((-1,),), "flip_hv": ((-1,), (-2,), (-2, -1)), "flip_hv_t": ((-1,), (-2,), (-2, -1), "t")}
+
+
+def _flipped(t: torch.Tensor, how) -> torch.Tensor:
+    return t.transpose(-1, -2) if how == "t" else t.flip(how)
+
+
+@torch.inference_mode()
+def score_flips(model: torch.nn.Module, mnist_u8, cifar_u8, batch: int = 250) -> dict:
+    """Test-time averaging: the digit estimated from flipped (or transposed) mixtures, flipped back,
+    averaged with the plain estimate before the model's DigitSpace (the average stays in the interval).
+    Each key costs its number of forward passes; none of it is in mixsep's models."""
+    if getattr(model, "digit_space", None) is None:
+        raise MixsepError("--flips averages digit estimates before DigitSpace; this run's model has none.")
+    model.eval()
+    project, model.digit_space = model.digit_space, None
+    try:
+        out = {k: [] for k in FLIPS}
+        for i in range(0, len(mnist_u8), batch):
+            mnist, _, mean = to_float(mnist_u8[i: i + batch], cifar_u8[i: i + batch])
+            lo, hi = feasible_interval(mean)
+            plain = model(mean)[0][:, :1].float()
+            for key, ways in FLIPS.items():
+                est = [plain, *(_flipped(model(_flipped(mean, how))[0][:, :1].float(), how) for how in ways)]
+                out[key].append(psnr(project(torch.stack(est).mean(0), lo, hi), mnist[:, :1]))
+    finally:
+        model.digit_space = project
+    return {f"val_psnr_{k}": round(torch.cat(v).mean().item(), 3) for k, v in out.items()}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", required=True)
@@ -139,6 +170,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=64, help="pairs per step (default 64, the presets')")
     p.add_argument("--lr", type=float, default=3e-3, help="the one-cycle schedule's peak (default 3e-3, the presets')")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--flips", action="store_true", help="with --run: also score test-time flip averaging")
     args = p.parse_args(argv)
     try:
         set_threads(args.threads)
@@ -147,7 +179,8 @@ def main(argv=None) -> int:
         if args.run:
             model, cfg, info = load_run_model(Path(args.run))
             val = validation(root, cfg.train_size, args.val_pairs)
-            print(json.dumps({"run": args.run, "model": cfg.model, "step": info["step"], **score(model, *val)}))
+            flips = score_flips(model, *val) if args.flips else {}
+            print(json.dumps({"run": args.run, "model": cfg.model, "step": info["step"], **score(model, *val), **flips}))
             return 0
         unknown = [v for v in args.variant if v not in MODELS and v not in EXTRA]
         if unknown or not args.variant:

@@ -194,6 +194,32 @@ def test_variants_trains_at_equal_steps_and_scores_off_the_test_split(bench, tmp
     assert "MNIST test digits from 1,000 on" in capsys.readouterr().err
 
 
+def test_variants_scores_a_runs_test_time_flips(bench, tmp_path, capsys):
+    from conftest import make_data_root
+
+    from mixsep import TrainConfig
+    from mixsep.train import Training
+
+    data = make_data_root(tmp_path / "data", n_train=96, n_test=1040)
+    variants = bench("variants")
+    runs = {}
+    for model in ("unet_digit", "unet"):
+        cfg = TrainConfig(data_root=str(data), train_size=64, model=model, pretrained=False, epochs=1, batch_size=32,
+                          device="cpu").validate()
+        training = Training(cfg, tmp_path / model)
+        for _ in training.steps():
+            pass
+        runs[model] = tmp_path / model
+    assert variants.main(["--data-root", str(data), "--run", str(runs["unet_digit"]), "--flips", "--threads", "1"]) == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    flips = [row[f"val_psnr_{k}"] for k in ("flip_h", "flip_hv", "flip_hv_t")]
+    assert all(0 < v < 100 for v in flips) and row["val_pairs"] == 32
+    assert flips[0] != row["val_psnr"]  # a net trained one step is not mirror-symmetric: the flips ran
+    assert variants.main(["--data-root", str(data), "--run", str(runs["unet"]), "--flips"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "has none" in err
+
+
 def test_quality_scores_a_trained_run_without_training_it(bench, data_root, tmp_path, capsys):
     quality = bench("quality")
     runs = tmp_path / "runs"
