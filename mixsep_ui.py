@@ -213,7 +213,13 @@ def pick_checkpoint(run_dir: Path, key: str = "checkpoint") -> Path | None:
         st.info(f"Run {run_dir.name} holds no checkpoint yet: a run writes one every {_checkpoint_every(run_dir)}, "
                 "at the end of each epoch and when it ends. Wait for it, or pick another run.")
         return None
-    return st.selectbox("Checkpoint", found, key=key, format_func=lambda p: p.name)
+    # The options are names, joined to this run's folder below: a path kept from the run shown
+    # before (Streamlit keeps a choice whose label is still offered) would show that run's model
+    # under this run's name. The same name (last.pt) stays chosen from run to run.
+    by_name = {p.name: p for p in found}
+    if st.session_state.get(key) not in by_name:
+        st.session_state.pop(key, None)
+    return by_name[st.selectbox("Checkpoint", list(by_name), key=key)]
 
 
 def pick_run_and_checkpoint(runs_dir: Path):

@@ -21,7 +21,9 @@ try:
     ev = ui.evaluation(checkpoint, data_root, int(count))
 except MixsepError as e:
     ui.show_error(e)
-st.progress(1.0, text=f"Scored {ev.n} test pairs with `{checkpoint.name}` (data_range = 1).")
+_, config, info = ui.model(checkpoint)  # cached: evaluation() loaded it
+st.progress(1.0, text=f"Scored {ev.n} test pairs with {run_dir.name} · `{checkpoint.name}` · step {info['step']} · "
+                      f"{config.model} (data_range = 1).")
 
 st.subheader("Every recovery mode, both sources")
 st.dataframe(ev.table(), hide_index=True, column_config={

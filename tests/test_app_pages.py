@@ -276,9 +276,15 @@ def test_the_recipe_button_sets_the_models_settings_and_keeps_the_rest(app_env):
     assert {k: cfg[k] for k in RECIPES["unet_narrow"]} == RECIPES["unet_narrow"] and cfg["model"] == "unet_narrow"
     assert (cfg["seed"], cfg["train_size"]) == (7, 512)  # what the recipe leaves alone stays the user's
     assert widget(at.select_slider, "Learning rate").value == 1.2e-2  # the widgets show it
-    # the user can move a setting after it, and a visit to another page keeps that
+    # the user can move a setting after it, one step (the slider widened to 34 keeps its range:
+    # narrowed to the value it held, it became another widget and crashed), and a visit to
+    # another page keeps that
+    widget(at.slider, "Epochs").set_value(33)
+    at.run()
+    assert not at.exception and widget(at.slider, "Epochs").max == 34
     widget(at.slider, "Epochs").set_value(5)
     at.run()
+    assert not at.exception
     at.switch_page("app_pages/4_Compare.py").run()
     at.switch_page("app_pages/1_Train.py").run()
     cfg = at.session_state["train_config"]
@@ -433,6 +439,31 @@ def _broken_run(runs: Path, name: str) -> Path:
     shutil.rmtree(run / "checkpoints")
     (run / "checkpoints").mkdir()
     return run
+
+
+def test_switching_runs_shows_the_new_runs_checkpoint(app_env):
+    """Both runs hold a last.pt: the checkpoint chosen on the first run must not carry its path
+    over to the second (the Samples, Metrics and Separate pages showed the first run's model
+    under the second run's name)."""
+    data, runs = app_env
+    other = runs / "other-run"
+    shutil.copytree(runs / "tiny-run", other)
+    state = torch.load(other / "checkpoints" / "last.pt", weights_only=True)
+    state["step"] = 99
+    torch.save(state, other / "checkpoints" / "last.pt")
+    at = open_page("app_pages/2_Samples.py", run="tiny-run")
+    assert "tiny-run  last.pt  step 3 " in texts(at.caption)
+    widget(at.selectbox, "Run").set_value("other-run")
+    at.run()
+    assert not at.exception and "other-run  last.pt  step 99 " in texts(at.caption)
+    widget(at.selectbox, "Run").set_value("tiny-run")
+    at.run()
+    assert "tiny-run  last.pt  step 3 " in texts(at.caption)
+    at = open_page("app_pages/3_Metrics.py", run="tiny-run")  # Metrics names what it scored
+    assert "with tiny-run · `last.pt` · step 3 · tiny" in at.get("progress")[0].proto.text
+    widget(at.selectbox, "Run").set_value("other-run")
+    at.run()
+    assert not at.exception and "with other-run · `last.pt` · step 99 · tiny" in at.get("progress")[0].proto.text
 
 
 def test_corrupt_checkpoint(app_env):
