@@ -35,6 +35,22 @@ def _options(s: Setting, *values) -> list:
     return opts
 
 
+def _kept(key: str, *values) -> list:
+    """Every value this session's widget ``key`` has been given or held, ``values`` included.
+
+    A widget's range and options widen to these and never narrow again: Streamlit takes a
+    slider whose bounds changed for another widget, so narrowing the span back to the held
+    value when the user moved it (34 epochs from a recipe, moved to 33) lost the move and
+    raised "value 34 is greater than max_value 33" on the next rerun.
+    """
+    kept = st.session_state.setdefault(f"_kept_{key}", [])
+    for v in values:
+        for one in (v if isinstance(v, (tuple, list)) else [v]):
+            if one is not None and one not in kept:
+                kept.append(one)
+    return list(kept)
+
+
 def _format(s: Setting):
     def fmt(v):
         if s.zero and v == 0:
@@ -66,7 +82,7 @@ def setting_widget(setting: Setting, key_prefix: str, value=None, range_: bool =
             return tuple(st.multiselect(label, choices, default=list(value), **common))
         return st.selectbox(label, choices, index=choices.index(value), **common)
     if s.widget == "select_slider":
-        opts = _options(s, value, held)
+        opts = _options(s, value, *_kept(common["key"], value, held))
         if range_:
             lo, hi = st.select_slider(label, opts, value=(value[0], value[-1]), format_func=_format(s), **common)
             return tuple(v for v in opts if lo <= v <= hi) if s.categorical else (lo, hi)
@@ -78,7 +94,7 @@ def setting_widget(setting: Setting, key_prefix: str, value=None, range_: bool =
     if s.fmt:
         kw["format"] = s.fmt
     if not range_:  # a value past the slider's span (a recipe's 34 epochs, a running CLI run's) widens it
-        for v in (value, held):
+        for v in _kept(common["key"], value, held):
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 lo = lo if lo is None else min(lo, type(lo)(v))
                 hi = hi if hi is None else max(hi, type(hi)(v))
