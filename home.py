@@ -67,5 +67,5 @@ else:
     df["progress"] = [f"{s}/{t or '?'}" for s, t in zip(df["step"], df["total_steps"])]  # a damaged status.json: no total
     st.dataframe(df[["run", "state", "progress", "model", "lr", "batch_size", "epochs", "last_loss", "message"]],
                  hide_index=True, column_config={
-                     "lr": st.column_config.NumberColumn(format="%.0e"), "batch_size": "batch",
+                     "lr": ui.lr_column(), "batch_size": "batch",
                      "last_loss": st.column_config.NumberColumn("last loss", format="%.4f")})

@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from mixsep.config import TrainConfig, default_data_root, default_runs_dir
+from mixsep.config import TrainConfig, default_data_root, default_runs_dir, setting_by_name
 from mixsep.errors import MixsepError
 from mixsep.jobs import JobRegistry
 from mixsep.run import METRIC_FIELDS, MetricsTail
@@ -157,6 +157,11 @@ def evaluation(checkpoint: Path, data_root: Path, count: int):
 
 
 # --------------------------------------------------------------------------- pickers
+
+
+def lr_column():
+    """A table's learning-rate column, shown as the Train page's slider shows it (0.012, not 1e-2)."""
+    return st.column_config.NumberColumn("lr", format=setting_by_name("lr").fmt)
 
 
 def run_label(row: dict) -> str:

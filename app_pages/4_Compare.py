@@ -59,7 +59,7 @@ if score:
     scored = [c for c in ("mnist PSNR", "cifar PSNR", "mnist best mode", "cifar best mode", "note") if c in table]
     table = table[["run", "state", *scored, *(c for c in table if c not in ("run", "state", *scored))]]  # in view
 st.dataframe(table, hide_index=True, column_config={
-    "lr": st.column_config.NumberColumn(format="%.0e"), "batch_size": "batch", "train_size": "pairs",
+    "lr": ui.lr_column(), "batch_size": "batch", "train_size": "pairs",
     "pretrained_loaded": st.column_config.CheckboxColumn(
         "ImageNet", help="Whether ImageNet weights were loaded (not just asked for); empty for older runs."),
     "disk_mb": st.column_config.NumberColumn("disk", format="%.1f MB", help="What the run folder takes on disk."),

@@ -115,6 +115,8 @@ def test_home_shows_data_device_and_runs(app_env):
     assert list(found["found"]) == ["yes"] * 4
     runs = at.dataframe[1].value
     assert list(runs["run"]) == ["tiny-run"] and "finished" in runs["state"][0] and runs["progress"][0] == "3/3"
+    lr_format = json.loads(at.dataframe[1].proto.columns)["lr"]["type_config"]["format"]
+    assert lr_format == "%.2g"  # as the Train page's slider shows it: 0.012, not 1e-02
     assert "CPU" in texts(at.markdown) or "GPU" in texts(at.markdown)
 
 
@@ -207,6 +209,7 @@ def test_compare_page_curves_and_table(app_env):
     assert len(json.loads(at.get("plotly_chart")[0].proto.spec)["data"]) == 2
     assert chart_points(at) == 3
     assert set(at.dataframe[0].value["run"]) == {"tiny-run", "tiny-run-2"}
+    assert json.loads(at.dataframe[0].proto.columns)["lr"]["type_config"]["format"] == "%.2g"
     widget(at.toggle, "Test PSNR").set_value(True).run()
     assert not at.exception
     assert at.dataframe[0].value["cifar PSNR"].notna().all()
