@@ -121,8 +121,8 @@ class JobRegistry:
                 self._record_death(run_dir, status)
                 status = read_status(run_dir)
             state = status.get("state", "unknown")
-            if alive and state == "unknown":
-                state = "starting"
+            if alive and (state == "unknown" or status.get("pid") != self._pid):
+                state = "starting"  # a resumed run's status.json is its last trainer's until this one writes
             msg = status.get("message", "") if state not in ("starting", "running") else ""
             step = _step(run_dir, status)
             warns = status.get("warnings") if isinstance(status.get("warnings"), list) else []

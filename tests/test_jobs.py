@@ -224,6 +224,21 @@ def test_resume_restarts_the_same_folder(tmp_path, tiny_config, fake_python, job
     assert "--run-dir" in (cmd := jobs._proc.args) and cmd[cmd.index("--run-dir") + 1] == str(run.resolve())
 
 
+def test_a_resumed_run_reads_starting_until_its_new_trainer_writes(tmp_path, tiny_config, fake_python, jobs_of):
+    """status.json still holds the last trainer's "stopped" while the new one starts (imports torch):
+    the Train page showed "Run stopped at step N" above a live progress bar."""
+    jobs = jobs_of(tmp_path / "runs", python=fake_python, env=fake_env("train"))
+    run = jobs.start(tiny_config)
+    wait_for(lambda: len(read_metrics(run)) >= 2, what="metrics rows")
+    jobs.stop()
+    assert jobs.wait(10).state == "stopped"
+    jobs.env = fake_env("slowstart")  # 30 s before it writes a status
+    jobs.start(run_dir=run)
+    job = jobs.poll()
+    assert read_status(run)["state"] == "stopped" and job.alive
+    assert (job.state, job.message) == ("starting", "") and job.step >= 2
+
+
 # --------------------------------------------------------------------------- the real trainer
 
 
