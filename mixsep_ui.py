@@ -184,10 +184,12 @@ def pick_run(runs_dir: Path, key: str = "run") -> Path | None:
     if wanted and key not in st.session_state:
         try:
             path = resolve_run(runs_dir, wanted)
-        except MixsepError as e:
-            st.error(str(e))
-            return None
-        if not (path / "config.json").is_file():
+        except MixsepError as e:  # a link to no run: say so, and offer the runs there are
+            st.error(f"{e} Pick a run below.")
+            path = None
+        if path is None:
+            pass
+        elif not (path / "config.json").is_file():
             st.error(f"There is no run named '{wanted}' in {Path(runs_dir).resolve()}; pick one below.")
         else:
             st.session_state[key] = wanted
@@ -267,11 +269,18 @@ def loss_figure(metrics: pd.DataFrame, smoothing: float, title: str = "Training 
             shown[f"{col}_ema"] = shown[col].ewm(alpha=1 - smoothing).mean() if smoothing > 0 else shown[col]
         shown = downsample(shown, keep=max_points // 3, cap=max_points)
         x = shown["step"].to_numpy()
-        for col, name in LOSSES.items():
+        # the interval models return cifar = 2 * mean - digit, so the two heads' losses are equal at
+        # every step: the CIFAR curve is drawn dashed over the MNIST one, and says so, not hidden under it
+        same = metrics["loss_cifar"].equals(metrics["loss_mnist"])
+        order = ["loss_mnist", "loss_cifar", "loss"] if same else list(LOSSES)
+        for col in order:
+            name, dash = LOSSES[col], None
+            if same and col == "loss_cifar":
+                name, dash = f"{name} (= MNIST head: 2·mixture − digit)", "dash"
             fig.add_scatter(x=x, y=shown[col].to_numpy(), name=f"{name} (raw)", mode="lines",
                             line=dict(color=COLORS[col], width=1), opacity=0.3, legendgroup=col, showlegend=False)
             fig.add_scatter(x=x, y=shown[f"{col}_ema"].to_numpy(), name=name, mode="lines",
-                            line=dict(color=COLORS[col], width=2), legendgroup=col)
+                            line=dict(color=COLORS[col], width=2, dash=dash), legendgroup=col)
     fig = style(fig, title, "step", "MSE loss")
     # steps are whole numbers: no 2.5 on a short run's axis (a span under 10 gets a tick per step)
     span = int(metrics["step"].max() - metrics["step"].min()) if len(metrics) else 0

@@ -120,7 +120,8 @@ def chart():
         return
     metrics = ui.live_metrics(job.run_dir)
     if metrics.empty:
-        st.info("The loss curves appear here with the run's first steps.")
+        st.info("The loss curves appear here with the run's first steps." if job.alive else
+                f"Run {job.name} ended before its first step: there is no loss to draw.")
         return
     if waiting and training:  # the first rows are in: a full rerun puts the chart on its slower pace
         st.rerun()

@@ -12,6 +12,7 @@ from PIL import Image
 import mixsep_ui as ui
 from mixsep import MixsepError
 from mixsep.config import SEPARATE_MODES
+from mixsep.run import run_name
 from mixsep.separate import png_bytes, read_mixture, separate
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"]
@@ -20,6 +21,7 @@ MAX_UPLOAD_MB = 1  # a 32x32 image is a few KB in any format; the browser refuse
 
 data_root, runs_dir = ui.setup("Separate")
 run_dir, checkpoint, third = ui.pick_run_and_checkpoint(runs_dir)
+shown = run_name(runs_dir, run_dir)  # a sweep's trial with its study: STUDY/trial-0001
 mode = third.selectbox("Recovery mode", SEPARATE_MODES,
                        help="projection_uniform: the digit and the image average back to the mixture. "
                             "For the interval models (unet, unet_digit, ...) every mode gives the same images.")
@@ -47,7 +49,7 @@ for f in files:
 if not good:
     st.stop()
 digits, images = separate(model, np.stack([px for _, px in good]), mode)
-st.caption(f"{run_dir.name} · {checkpoint.name} · step {info['step']} · {config.model} · mode {mode} · "
+st.caption(f"{shown} · {checkpoint.name} · step {info['step']} · {config.model} · mode {mode} · "
            f"{len(good)} image(s)")
 
 

@@ -415,6 +415,9 @@ def test_run_names_cannot_escape(app_env, name, message):
     for page in ("app_pages/2_Samples.py", "app_pages/3_Metrics.py"):
         at = open_page(page, run=name)
         assert message in texts(at.error), page
+        # and the way out: the runs there are (a bad name once left only the error on the page)
+        assert widget(at.selectbox, "Run").value == "tiny-run", page
+        assert "pick" in texts(at.error).lower() and "below" in texts(at.error), page
 
 
 def test_odd_folder_names_and_links_in_the_runs_folder(app_env, tmp_path):
@@ -433,6 +436,9 @@ def test_odd_folder_names_and_links_in_the_runs_folder(app_env, tmp_path):
     assert not at.exception and not at.error
     at = open_page("app_pages/3_Metrics.py", run="study/trial-0001")
     assert not at.exception and not at.error and at.selectbox(key="run").value == "study/trial-0001"
+    assert "with study/trial-0001 · `last.pt`" in at.get("progress")[0].proto.text  # the study named: trials of
+    at = open_page("app_pages/2_Samples.py", run="study/trial-0001")                # two studies differ
+    assert "study/trial-0001  last.pt  step 3 " in texts(at.caption)
     assert "outside the runs folder" in texts(open_page("app_pages/2_Samples.py", run="escape").error)
 
 

@@ -164,6 +164,19 @@ def test_a_short_run_keeps_every_point_and_whole_step_ticks(tmp_path):
     assert raw.tolist() == m["loss"].tolist()
     assert fig.layout.xaxis.tickformat == "d" and fig.layout.xaxis.dtick == 1
     assert ui.loss_figure(m.iloc[:0], 0.9).data == ()  # no rows yet: an empty chart, no error
+    assert [t.line.dash for t in fig.data if t.showlegend is not False] == [None, None, None]  # heads differ
+
+
+def test_equal_heads_draw_the_cifar_curve_dashed_over_the_mnist_one(tmp_path):
+    """An interval model's two losses are equal at every step: the CIFAR curve was hidden under the MNIST one."""
+    import mixsep_ui as ui
+
+    m = written_run(tmp_path, 8)
+    m["loss_cifar"] = m["loss_mnist"]
+    shown = [t for t in ui.loss_figure(m, 0.5).data if t.showlegend is not False]
+    assert [t.name for t in shown] == ["MNIST head", "CIFAR head (= MNIST head: 2·mixture − digit)", "total"]
+    assert [t.line.dash for t in shown] == [None, "dash", None]
+    assert np.array_equal(shown[0].y, shown[1].y)
 
 
 def test_last_logged_step_reads_the_tail_and_skips_a_cut_off_line(tmp_path):
