@@ -136,6 +136,17 @@ def test_train_page_shows_the_last_run(app_env):
     assert names == {"CIFAR head", "MNIST head", "total"}
 
 
+def test_a_run_stopped_before_its_first_step_says_so_under_the_chart(app_env):
+    data, runs = app_env
+    run = runs / "tiny-run"
+    (run / "metrics.csv").unlink()
+    write_status(run, "stopped", "stopped by request before training began", step=0, total_steps=3)
+    at = open_page("app_pages/1_Train.py")
+    assert "Run stopped at step 0" in texts(at.warning)
+    assert "Run tiny-run ended before its first step: there is no loss to draw." in texts(at.info)
+    assert "appear here with the run's first steps" not in texts(at.info)
+
+
 def test_live_updates_can_be_paused_and_the_choice_is_kept(app_env):
     at = open_page("app_pages/1_Train.py")
     live = widget(at.radio, "Live updates")
