@@ -103,6 +103,21 @@ def setting_widget(setting: Setting, key_prefix: str, value=None, range_: bool =
     return st.slider(label, lo, hi, tuple(value) if range_ else value, **kw, **common)
 
 
+def _model_has(model: str | None, attr: str) -> bool:
+    from mixsep.model import MODELS
+
+    return bool(getattr(MODELS.get(model), attr, False))
+
+
+def _not_for(s: Setting, key_prefix: str, model: str):
+    """A toggle that does not apply to ``model``: shown off and greyed, its own widget's value kept
+    for when the user picks a model it applies to; the run gets False."""
+    assert s.widget == "toggle", "only toggles name a model attribute they need"
+    st.toggle(s.label, value=False, disabled=True, key=f"{key_prefix}{s.name}__not_for",
+              help=f"{s.help}. Only for a model with a ResNet-18 encoder (faithful): {model} has none.")
+    return False
+
+
 def settings_widgets(key_prefix: str, advanced_label: str = "Beyond the report", initial: dict | None = None,
                      after_model=None) -> dict:
     """Every setting with a widget, model first; returns {name: value}. Advanced ones go in an expander.
@@ -115,6 +130,9 @@ def settings_widgets(key_prefix: str, advanced_label: str = "Beyond the report",
     values = {}
     for s in shown:
         if not s.advanced:
+            if s.only_for and not _model_has(values.get("model"), s.only_for):
+                values[s.name] = _not_for(s, key_prefix, values["model"])
+                continue
             values[s.name] = setting_widget(s, key_prefix, initial.get(s.name))
             if s.name == "model" and after_model is not None:
                 after_model(values["model"])

@@ -84,6 +84,8 @@ class Setting:
     pattern: str | None = None       # a regex a str value must match in full, when there are no fixed choices
     rule: str | None = None          # the error sentence for an out-of-range value ({value} is filled in)
     why: str | None = None           # appended to the out-of-range sentence: the reason for the limit
+    only_for: str | None = None      # a model class attribute this setting needs (the ResNet encoder's weights):
+                                     # for a model without it the Train page shows the toggle off and greyed
 
     @property
     def flag(self) -> str:
@@ -213,7 +215,7 @@ class TrainConfig:
                          widget="select", sweep=())  # choices and sweep: mixsep.model.MODELS, filled in by settings()
     pretrained: bool = setting(True, "ImageNet weights for the ResNet-18 encoder, downloaded once and cached; without "
                                "them the encoder starts from random weights and the run says so",
-                               "ImageNet-pretrained encoder", "model", widget="toggle")
+                               "ImageNet-pretrained encoder", "model", widget="toggle", only_for="RESNET_ENCODER")
     # optimisation: the report's settings are the defaults
     epochs: int = setting(1, "passes over the training pairs", "Epochs", "optimiser", low=1, widget="slider",
                           span=(1, 20))

@@ -167,6 +167,8 @@ class FaithfulSeparator(nn.Module):
     ``skip_padding`` (a property) switches the encoder's SmallMapConv2d shortcut, likewise.
     """
 
+    RESNET_ENCODER = True  # its encoder is ResNet-18, with ImageNet weights to load (config: pretrained)
+
     def __init__(self, pretrained: bool = True, grouped: bool = GROUPED_DECODERS,
                  skip_padding: bool = SKIP_PADDING_TAPS):
         super().__init__()

@@ -147,6 +147,20 @@ def test_a_run_stopped_before_its_first_step_says_so_under_the_chart(app_env):
     assert "appear here with the run's first steps" not in texts(at.info)
 
 
+def test_the_pretrained_toggle_is_off_and_greyed_for_a_model_without_a_resnet_encoder(app_env):
+    at = open_page("app_pages/1_Train.py")
+    assert widget(at.toggle, "ImageNet").value is True and not widget(at.toggle, "ImageNet").disabled
+    widget(at.toggle, "ImageNet").set_value(False).run()
+    widget(at.selectbox, "Model").set_value("unet_narrow").run()
+    toggle = widget(at.toggle, "ImageNet")
+    assert toggle.disabled and toggle.value is False and "unet_narrow has none" in toggle.help
+    assert at.session_state["train_config"]["pretrained"] is False
+    widget(at.selectbox, "Model").set_value("faithful").run()  # the faithful model's own choice is back
+    assert widget(at.toggle, "ImageNet").value is False and not widget(at.toggle, "ImageNet").disabled
+    widget(at.toggle, "ImageNet").set_value(True).run()
+    assert at.session_state["train_config"]["pretrained"] is True
+
+
 def test_live_updates_can_be_paused_and_the_choice_is_kept(app_env):
     at = open_page("app_pages/1_Train.py")
     live = widget(at.radio, "Live updates")
