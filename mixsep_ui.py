@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
@@ -271,7 +272,8 @@ def loss_figure(metrics: pd.DataFrame, smoothing: float, title: str = "Training 
         x = shown["step"].to_numpy()
         # the interval models return cifar = 2 * mean - digit, so the two heads' losses are equal at
         # every step: the CIFAR curve is drawn dashed over the MNIST one, and says so, not hidden under it
-        same = metrics["loss_cifar"].equals(metrics["loss_mnist"])
+        # (float32 sums: equal to about 1e-7, not bit for bit)
+        same = bool(np.allclose(metrics["loss_cifar"], metrics["loss_mnist"], rtol=1e-5, atol=0))
         order = ["loss_mnist", "loss_cifar", "loss"] if same else list(LOSSES)
         for col in order:
             name, dash = LOSSES[col], None
