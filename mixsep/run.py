@@ -89,10 +89,21 @@ def _describe_os_error(e: OSError, path: Path) -> str:
     return f"Could not write {path} ({e.strerror or e.__class__.__name__})"
 
 
+def _os_error_in(e: BaseException) -> OSError | None:
+    """``e`` or the OSError it was raised while handling: torch.save's zip writer meets a full disk
+    with OSError, and its __exit__ then raises RuntimeError("unexpected pos ...") over it."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError):
+            return e
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
+
+
 def atomic_write(path: Path, write) -> None:
     """Write ``path`` through ``write(binary_file)`` so readers see the old or the new file only.
 
-    Raises RunWriteError with one sentence on any OSError; the temp file is removed then
+    Raises RunWriteError with one sentence on any OSError (also one that another error hid); the temp file is removed then
     (and after a KeyboardInterrupt), so a failed write leaves nothing behind.
     """
     path = Path(path)
@@ -109,9 +120,10 @@ def atomic_write(path: Path, write) -> None:
             tmp.unlink()
         except OSError:
             pass
-        if isinstance(e, OSError):
-            raise RunWriteError(_describe_os_error(e, path) + ("; the previous version is kept." if existed else "."),
-                                e.errno) from None
+        cause = _os_error_in(e)
+        if cause is not None:
+            raise RunWriteError(_describe_os_error(cause, path) + ("; the previous version is kept." if existed
+                                                                   else "."), cause.errno) from None
         raise
     try:  # the rename itself survives a power cut only once the folder is synced
         fd = os.open(path.parent, os.O_RDONLY)

@@ -8,6 +8,7 @@ stderr as it comes, start cold ones.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import random
@@ -326,6 +327,25 @@ def test_disk_full_fails_clearly_and_resumes_after_space_is_freed(small_config, 
     rest = list(T.train_steps(cfg, run))
     assert rest[0].step == 3 and rest[-1].step == 24
     assert steps_in(run) == list(range(1, 25)) and R.read_status(run)["state"] == "finished"
+
+
+def test_disk_full_inside_torch_save_is_a_full_disk(small_disk):
+    """torch.save meets a full disk with OSError, then its zip writer's __exit__ raises RuntimeError
+    ("unexpected pos") over it: a multi-MB checkpoint cut short came out as a traceback, exit 1."""
+    path = small_disk / "last.pt"
+    R.atomic_write(path, lambda f: torch.save({"w": torch.zeros(10)}, f))
+    filler = small_disk / "filler"
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    filler.write_bytes(b"\0" * (free - 1024 * 1024))  # 1 MB left for a 4 MB state
+    with pytest.raises(RuntimeError) as bare:  # what torch does on its own: the OSError only as the context
+        with open(small_disk / "bare.pt", "wb") as f:
+            torch.save({"w": torch.zeros(1024 * 1024)}, f)
+    assert isinstance(bare.value.__context__, OSError)
+    (small_disk / "bare.pt").unlink()
+    with pytest.raises(R.RunWriteError) as caught:
+        R.atomic_write(path, lambda f: torch.save({"w": torch.zeros(1024 * 1024)}, f))
+    assert caught.value.errno == errno.ENOSPC and "full" in str(caught.value) and "previous version is kept" in str(caught.value)
+    assert temps_in(small_disk) == [] and torch.load(path, weights_only=True)["w"].shape == (10,)
 
 
 def test_disk_full_through_the_cli_exits_2_with_one_sentence(small_config, tmp_path, small_disk):
