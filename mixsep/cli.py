@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
 import warnings
 from pathlib import Path
 
-from .config import SEPARATE_MODES, TrainConfig, add_train_flags, config_from_args, default_data_root, default_runs_dir
+from .config import (SEPARATE_MODES, TrainConfig, add_train_flags, config_from_args, default_data_root,
+                     default_runs_dir, settings)
 from .errors import MixsepError
 
 def _add_data_root(p):
@@ -21,11 +23,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a separator; prints the run folder as its last line")
     t.add_argument("--runs-dir", default=default_runs_dir(), help="where run folders go (env MIXSEP_RUNS_DIR; default ./runs)")
-    t.add_argument("--run-dir", default=None, help="train into (or resume) this exact folder instead of a new one")
+    t.add_argument("--run-dir", default=None,
+                   help="train into (or resume) this exact folder instead of a new one; a resume keeps the run's "
+                        "settings, and only " + ", ".join(s.flag for s in settings(resolve=False) if s.on_resume) +
+                        " may change them")
     add_train_flags(t, defaults=False)  # one flag per TrainConfig field, from its metadata; left out = its default
     t.add_argument("--recipe", action="store_true",
                    help="start from the settings the model's results in the README were trained with "
-                        "(`python -m mixsep info --model NAME` prints them); the flags you give still win")
+                        "(`python -m mixsep info --model NAME` prints them); the flags you give still win (a new run)")
     t.add_argument("--config", default=None,
                    help="read every training setting from this config.json (a run's own, or one the dashboard wrote); "
                         "the flags above are then ignored")
@@ -107,29 +112,89 @@ def _add_sweep(sub) -> None:
 
 
 def cmd_train(args) -> int:
-    """Train into --run-dir (resuming it) or a new folder; the folder's lock is taken before anything else."""
+    """Train into --run-dir (resuming it) or a new folder; the folder's lock is taken before anything else.
+
+    Every setting is read and checked before anything is written: a mistake leaves an existing run
+    as it was, and a folder this command made for a run that never took a step is removed again.
+    """
     from .run import Run
     from .train import new_run_dir
 
-    cfg = None
     if args.run_dir:
+        made = _missing_ancestor(Path(args.run_dir))  # the folder (or a parent) this command makes, if any
         run = Run(Path(args.run_dir)).open()  # a second trainer on this folder stops here, with the holder's name
+        try:
+            cfg = _train_config(args)
+        except BaseException:
+            run.close()
+            _remove_unstarted(run.path, made)
+            raise
     else:  # a bad setting or missing data stops here, before any folder is made
         from .data import require_split
 
         cfg = _train_config(args)
         require_split(Path(cfg.data_root), "train")
         run = Run(new_run_dir(Path(args.runs_dir), cfg)).open()
+        made = run.path
     try:
-        return _train(args, cfg or _train_config(args), run)
+        return _train(args, cfg, run)
     except MixsepError as e:
-        _record_failure(run, str(e))
+        if not _remove_unstarted(run.path, made, run):  # a new run that never started (no GPU, corrupt data)
+            _record_failure(run, str(e))
         raise
     except KeyboardInterrupt:
-        _record_failure(run, "Training was force-quit before its first step.", only_if_not_ended=True)
+        if not _remove_unstarted(run.path, made, run):
+            _record_failure(run, "Training was force-quit before its first step.", only_if_not_ended=True)
         raise
     finally:
         run.close()
+
+
+def _missing_ancestor(path: Path) -> Path | None:
+    """The outermost of ``path`` and its parents that does not exist yet (None: ``path`` exists)."""
+    path, missing = path.absolute(), None
+    while not path.exists() and path != path.parent:
+        missing, path = path, path.parent
+    return missing
+
+
+def _remove_unstarted(run_dir: Path, made: Path | None, run=None) -> bool:
+    """Remove a run folder this command made, when the run never wrote a checkpoint or a step.
+
+    Only mixsep's own files go (the lock, status.json, an empty metrics.csv or checkpoints
+    folder, config.json), then the folders this command made, when empty; anything else keeps
+    the folder, and the failure is recorded in it instead. True when the folder was removed.
+    """
+    from .run import CHECKPOINTS, CONFIG, LOCK, METRICS, STATUS
+
+    if made is None:
+        return False
+    run_dir = run_dir.absolute()
+    try:
+        names = {p.name for p in run_dir.iterdir()}
+        ckpt = run_dir / CHECKPOINTS
+        if not names <= {LOCK, STATUS, CONFIG, METRICS, CHECKPOINTS} or (ckpt.is_dir() and any(ckpt.iterdir())):
+            return False
+        metrics = run_dir / METRICS
+        if metrics.is_file() and len(metrics.read_bytes().splitlines()) > 1:
+            return False
+        if run is not None:
+            run.close()  # the lock goes with its file
+        for name in names - {CHECKPOINTS}:
+            (run_dir / name).unlink()
+        if ckpt.is_dir():
+            ckpt.rmdir()
+        folder = run_dir
+        while True:
+            folder.rmdir()
+            if folder == made.absolute() or folder.parent == folder:
+                break
+            folder = folder.parent
+            if any(folder.iterdir()):
+                break
+    except OSError:
+        return False
+    return True
 
 
 def _record_failure(run, message: str, only_if_not_ended: bool = False) -> None:
@@ -145,16 +210,67 @@ def _record_failure(run, message: str, only_if_not_ended: bool = False) -> None:
 
 
 def _train_config(args) -> TrainConfig:
+    """The settings to train with: the flags (or --config, or --recipe) for a new run; for a run that
+    exists, the settings it was started with, where flags may change only where and how it runs."""
+    import dataclasses
+
     from .run import CONFIG, last_checkpoint, read_checkpoint
 
-    if not args.config and args.run_dir and (Path(args.run_dir) / CONFIG).is_file():
-        args.config = str(Path(args.run_dir) / CONFIG)  # resuming: the run's own settings win
-        print(f"resuming {args.run_dir} with its saved config", file=sys.stderr)
-    elif not args.config and args.run_dir and last_checkpoint(Path(args.run_dir)).is_file():
-        # config.json lost, the checkpoint still holds the settings it was trained with: never the flags'
-        print(f"resuming {args.run_dir} with the config saved in its checkpoint ({CONFIG} is missing)", file=sys.stderr)
-        return TrainConfig.from_dict(read_checkpoint(last_checkpoint(Path(args.run_dir)))["config"])
-    return config_from_args(args)
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    if run_dir is not None and (run_dir / CONFIG).is_file():
+        saved, where = TrainConfig.load(run_dir / CONFIG).validate(), "its saved config"
+    elif run_dir is not None and last_checkpoint(run_dir).is_file():
+        # config.json lost, the checkpoint still holds the settings it was trained with
+        saved = TrainConfig.from_dict(read_checkpoint(last_checkpoint(run_dir))["config"])
+        where = f"the config saved in its checkpoint ({CONFIG} is missing)"
+    else:
+        cfg = config_from_args(args)  # a relative data root would break a resume from another folder
+        return dataclasses.replace(cfg, data_root=str(Path(cfg.data_root).resolve()))
+    cfg = _resume_settings(args, run_dir, saved)
+    print(f"resuming {args.run_dir} with {where}", file=sys.stderr)
+    return cfg
+
+
+def _resume_settings(args, run_dir: Path, saved: TrainConfig) -> TrainConfig:
+    """``saved`` with the settings given on the command line that a resume may change (Setting.on_resume:
+    where the data is, the device, the checkpoint cadence, the time budget), written back to config.json;
+    one sentence, and nothing written, when a given setting that shapes the run differs from it."""
+    import dataclasses
+
+    from .config import setting_by_name, settings
+    from .run import CONFIG, write_json
+
+    if getattr(args, "config", None):
+        given = TrainConfig.load(Path(args.config)).validate().to_dict()
+        source = f"--config {args.config}"
+    else:
+        given = {s.name: getattr(args, s.name) for s in settings(resolve=False) if getattr(args, s.name, None) is not None}
+        if getattr(args, "recipe", False):
+            from .config import recipe
+
+            given = recipe(given.get("model", saved.model)) | given
+        source = "the flags"
+    if "data_root" in given:
+        given["data_root"] = str(Path(given["data_root"]).resolve())
+    changed = {k: v for k, v in given.items() if v != getattr(saved, k)}
+    fixed = [k for k in changed if not setting_by_name(k, resolve=False).on_resume]
+    if fixed:
+        shown = ", ".join(f"{setting_by_name(k, resolve=False).flag} {_word(changed[k])} (the run's: "
+                          f"{_word(getattr(saved, k))})" for k in fixed)
+        raise MixsepError(f"{run_dir} resumes with the settings it was started with, and {source} change "
+                          f"{shown}; leave out --run-dir to start a new run with them, or drop them to resume.")
+    if not changed:
+        return saved
+    cfg = dataclasses.replace(saved, **changed).validate()
+    write_json(run_dir / CONFIG, cfg.to_dict())
+    print("resuming with " + ", ".join(f"{setting_by_name(k, resolve=False).flag} {_word(v)}"
+                                        for k, v in changed.items()) + f" (saved in {run_dir / CONFIG})",
+          file=sys.stderr)
+    return cfg
+
+
+def _word(value) -> str:
+    return json.dumps(value) if isinstance(value, str) and not value else str(value)
 
 
 def _train(args, cfg: TrainConfig, run) -> int:

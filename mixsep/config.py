@@ -84,6 +84,7 @@ class Setting:
     pattern: str | None = None       # a regex a str value must match in full, when there are no fixed choices
     rule: str | None = None          # the error sentence for an out-of-range value ({value} is filled in)
     why: str | None = None           # appended to the out-of-range sentence: the reason for the limit
+    on_resume: bool = False          # a resumed run may change it (where and how it runs, not what it computes)
     only_for: str | None = None      # a model class attribute this setting needs (the ResNet encoder's weights):
                                      # for a model without it the Train page shows the toggle off and greyed
 
@@ -202,7 +203,7 @@ LR_SWEEP = (1e-5, 1e-1)
 class TrainConfig:
     # data
     data_root: str = setting(default_data_root, "folder with MNIST/ and cifar-10-batches-py/ or cifar10/*.npz "
-                             "(env MIXSEP_DATA_ROOT)", "Data root", "data")
+                             "(env MIXSEP_DATA_ROOT)", "Data root", "data", on_resume=True)
     train_size: int = setting(0, "training pairs per epoch; 0 = all (the shorter of the two training sets)",
                               "Training pairs per epoch", "data", low=0, widget="select_slider", zero="all",
                               options=(128, 256, 512, 1024, 2048, 5000, 10000, 20000, 50000, 0),
@@ -244,16 +245,18 @@ class TrainConfig:
     seed: int = setting(0, "seed for initialisation, order and pairing", "Seed", "mechanics", low=0, high=SEED_MAX,
                         widget="number", span=(0, 2**31 - 1))
     device: str = setting("auto", "auto (CUDA when present, else CPU), cpu, cuda or cuda:N", "Device", "mechanics",
-                          pattern=r"auto|cpu|cuda(:\d+)?", rule="Unknown device '{value}'; choose auto, cpu or cuda.")
+                          pattern=r"auto|cpu|cuda(:\d+)?", rule="Unknown device '{value}'; choose auto, cpu or cuda.",
+                          on_resume=True)
     amp: bool = setting(True, "bfloat16 autocast on CUDA only; the CPU stays fp32 for exact results",
-                        "Mixed precision (CUDA)", "mechanics")
+                        "Mixed precision (CUDA)", "mechanics", on_resume=True)
     checkpoint_every: int = setting(200, "steps between checkpoints (one is always written at the end)",
-                                    "Steps between checkpoints", "mechanics", low=1)
+                                    "Steps between checkpoints", "mechanics", low=1, on_resume=True)
     keep_epochs: int = setting(1, "keep every k-th epoch checkpoint (weights only; the latest is always kept, and "
                                   "last.pt holds the optimiser state a resume needs); 0 = only the latest",
-                               "Keep epoch checkpoints every", "mechanics", low=0, zero="only the latest")
+                               "Keep epoch checkpoints every", "mechanics", low=0, zero="only the latest",
+                               on_resume=True)
     max_minutes: float = setting(0.0, "stop cleanly after this many minutes; 0 = no limit", "Time limit (minutes)",
-                                 "mechanics", low=0.0, zero="no limit")
+                                 "mechanics", low=0.0, zero="no limit", on_resume=True)
 
     def validate(self) -> "TrainConfig":
         """Raise MixsepError with one clear sentence for the first value that is not valid."""
@@ -294,6 +297,8 @@ class TrainConfig:
                 raise MixsepError(f"{path} is not a regular file; give a config.json file.")
             d = json.loads(path.read_text())
         except FileNotFoundError:
+            if path.name != "config.json":  # a config file the user named, not a run folder's
+                raise MixsepError(f"There is no config file {path}; check the path.") from None
             raise MixsepError(f"No config.json in {path.parent}: this is not a mixsep run folder.") from None
         except IsADirectoryError:
             raise MixsepError(f"{path} is a folder; give the config.json file inside a run folder.") from None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -185,3 +186,62 @@ def test_recipe_starts_from_the_models_results_settings_and_the_flags_given_win(
     assert main(["info", "--data-root", str(data_root), "--model", "unet_narrow"]) == 0
     assert ("recipe (train --recipe): --epochs 34 --batch-size 64 --lr 0.012 --schedule onecycle --repair "
             "--loss log_mse") in capsys.readouterr().out
+
+
+def test_a_resume_keeps_the_runs_settings_and_a_mistake_changes_nothing(capsys, data_root, tmp_path, monkeypatch):
+    """--run-dir on a run that exists: flags that shape the run are refused when they differ, where
+    they once were dropped without a word (or, from --config, trained with while config.json still
+    said otherwise); a mistake rewrites nothing, where it once marked a finished run failed."""
+    runs = tmp_path / "runs"
+    monkeypatch.chdir(tmp_path)
+    assert data_root.parent == tmp_path
+    assert main(["train", "--data-root", data_root.name, "--runs-dir", str(runs), *TINY]) == 0  # a relative data root
+    run = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["data_root"] == str(data_root.resolve())  # resolved: the run resumes from any folder
+    before = {p: p.read_bytes() for p in (run / "config.json", run / "status.json", run / "metrics.csv")}
+
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(dict(saved, lr=0.5, epochs=3)))
+    for extra, says in ((["--epochs", "3", "--lr", "0.5"], "the flags change --epochs 3 (the run's: 1), --lr 0.5"),
+                        (["--config", str(other)], f"--config {other} change --epochs 3 (the run's: 1), --lr 0.5"),
+                        (["--config", str(tmp_path / "nope.json")], f"There is no config file {tmp_path / 'nope.json'}"),
+                        (["--model", "unet"], "--model unet (the run's: tiny)")):
+        assert main(["train", "--run-dir", str(run), "--quiet", *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and says in err, err
+        assert {p: p.read_bytes() for p in before} == before  # status.json still "finished"
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
+
+    # what a resume may change: where the data is (moved here), the budget; saved to config.json, and said
+    moved = tmp_path / "moved"
+    shutil.copytree(data_root, moved)
+    monkeypatch.chdir(runs)
+    assert main(["train", "--run-dir", str(run), "--quiet", "--data-root", str(moved), "--max-minutes", "5",
+                 "--model", "tiny"]) == 0  # the run's own model repeated is no change
+    err = capsys.readouterr().err
+    assert f"resuming with --data-root {moved}, --max-minutes 5.0 (saved in" in err, err
+    now = json.loads((run / "config.json").read_text())
+    assert (now["data_root"], now["max_minutes"]) == (str(moved), 5.0)
+    assert {k: v for k, v in now.items() if k not in ("data_root", "max_minutes")} == \
+        {k: v for k, v in saved.items() if k not in ("data_root", "max_minutes")}
+
+
+def test_a_run_that_never_starts_leaves_no_folder(capsys, data_root, tmp_path):
+    """A bad setting with a new --run-dir, or a failure before the first step (no GPU), left a folder
+    holding only a lock and a 'failed' status.json, which no run list shows."""
+    runs = tmp_path / "runs"
+    assert main(["train", "--data-root", str(data_root), "--run-dir", str(runs / "a" / "b" / "new"), *TINY,
+                 "--lr", "-1"]) == 2
+    assert "Learning rate" in capsys.readouterr().err and not runs.exists()  # the parents it made went too
+    (runs / "keep").mkdir(parents=True)
+    (runs / "keep" / "mine.txt").write_text("the user's")  # a folder with other files is not removed
+    assert main(["train", "--data-root", str(data_root), "--run-dir", str(runs / "keep"), *TINY, "--lr", "-1"]) == 2
+    capsys.readouterr()
+    assert (runs / "keep" / "mine.txt").read_text() == "the user's"
+    import torch
+
+    if not torch.cuda.is_available():  # found only once the run folder exists (Training's setup)
+        assert main(["train", "--data-root", str(data_root), "--runs-dir", str(runs), *TINY, "--device", "cuda"]) == 2
+        assert "no GPU" in capsys.readouterr().err
+        assert sorted(p.name for p in runs.iterdir()) == ["keep"]

@@ -454,8 +454,12 @@ def test_resume_without_config_json_keeps_the_checkpoints_settings(small_config,
     run = _finished_run(dataclasses.replace(small_config, epochs=2), tmp_path)
     (run / R.CONFIG).unlink()
     before = conftest.tree(run, skip=(R.LOCK,))
-    # flags that would retrain it as another run: a lost config.json once let them win over the checkpoint's
-    assert main(["train", "--run-dir", str(run), "--lr", "0.5", "--batch-size", "4", "--epochs", "3", "--quiet"]) == 0
+    # flags that would retrain it as another run: a lost config.json once let them win over the checkpoint's;
+    # they are refused against the checkpoint's settings as against config.json's, and nothing is written
+    assert main(["train", "--run-dir", str(run), "--lr", "0.5", "--batch-size", "4", "--epochs", "3", "--quiet"]) == 2
+    assert "--lr 0.5 (the run's: 0.001)" in capsys.readouterr().err
+    assert conftest.tree(run, skip=(R.LOCK,)) == before
+    assert main(["train", "--run-dir", str(run), "--quiet"]) == 0
     assert "with the config saved in its checkpoint (config.json is missing)" in capsys.readouterr().err
     saved = TrainConfig.load(run / R.CONFIG)
     assert (saved.lr, saved.batch_size, saved.epochs) == (small_config.lr, small_config.batch_size, 2)
