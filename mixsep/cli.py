@@ -395,6 +395,10 @@ def cmd_grid(args) -> int:
     from .grid import grid_image, sample_indices
     if args.n < 1:
         raise MixsepError(f"--n must be at least 1 (got {args.n}).")
+    if args.seed is not None:  # the training seed's rule: torch takes no seed past 64 bits
+        from .config import setting_by_name
+
+        setting_by_name("seed", resolve=False).check(args.seed)
     out = output_file(args.out, "--out", ".png")
     model, cfg, info = _load_model(args)
     pairs = load_pairs(Path(args.data_root), args.split)

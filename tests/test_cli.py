@@ -89,6 +89,8 @@ def test_info_lists_models_and_data(capsys, data_root):
     (["evaluate", "/nonexistent/run", "--markdown", "/"], "--markdown / is a folder"),
     (["grid", "/nonexistent/run", "--out", "/"], "--out / is a folder"),
     (["grid", "/nonexistent/run", "--out", "grid.jpg"], "--out must name a .png file"),
+    (["grid", "/nonexistent/run", "--seed", str(2**64)], "Seed must lie in [0, 9223372036854775807]"),
+    (["grid", "/nonexistent/run", "--seed", "-1"], "Seed must lie in [0, 9223372036854775807]"),
     (["evaluate", "/nonexistent/run", "--batch-size", "0"], "--batch-size must be at least 1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, data_root, tmp_path, argv, match):
