@@ -81,7 +81,7 @@ class RunWriteError(MixsepError):
 # --------------------------------------------------------------------------- atomic writes
 
 
-def _describe_os_error(e: OSError, path: Path) -> str:
+def describe_os_error(e: OSError, path: Path) -> str:
     if e.errno == errno.ENOSPC:
         return f"The disk holding {path.parent} is full, so {path.name} could not be written"
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -122,7 +122,7 @@ def atomic_write(path: Path, write) -> None:
             pass
         cause = _os_error_in(e)
         if cause is not None:
-            raise RunWriteError(_describe_os_error(cause, path) + ("; the previous version is kept." if existed
+            raise RunWriteError(describe_os_error(cause, path) + ("; the previous version is kept." if existed
                                                                    else "."), cause.errno) from None
         raise
     try:  # the rename itself survives a power cut only once the folder is synced
@@ -476,7 +476,7 @@ class MetricsLog:
         try:
             self._f = open(self.path, "a", newline="")
         except OSError as e:
-            raise RunWriteError(_describe_os_error(e, self.path) + ".", e.errno) from None
+            raise RunWriteError(describe_os_error(e, self.path) + ".", e.errno) from None
         self._writer = csv.DictWriter(self._f, METRIC_FIELDS, lineterminator="\n")
         return self
 
@@ -485,7 +485,7 @@ class MetricsLog:
             self._writer.writerow({k: row[k] for k in METRIC_FIELDS})
             self._f.flush()  # a reader (the dashboard) sees each step as it happens
         except OSError as e:
-            raise RunWriteError(_describe_os_error(e, self.path) + "; rows up to the last checkpoint are kept.", e.errno) from None
+            raise RunWriteError(describe_os_error(e, self.path) + "; rows up to the last checkpoint are kept.", e.errno) from None
 
     def close(self) -> None:
         if self._f is not None:
@@ -554,7 +554,7 @@ def save_checkpoint(path: Path, model, config, step: int, epoch: int, optimizer=
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise RunWriteError(_describe_os_error(e, path) + ".", e.errno) from None
+        raise RunWriteError(describe_os_error(e, path) + ".", e.errno) from None
     state = {"version": CHECKPOINT_VERSION, "config": config.to_dict(), "step": step, "epoch": epoch,
              "model": model.state_dict()}
     if optimizer is not None:

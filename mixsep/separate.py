@@ -8,6 +8,7 @@ decoding, and every input is checked before anything is written, so one bad file
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .config import SEPARATE_MODES as MODES
 from .errors import MixsepError
-from .run import atomic_write
+from .run import TMP_SUFFIX, describe_os_error
 
 SIZE = (32, 32)
 SUFFIXES = {"mnist": ".mnist.png", "cifar": ".cifar.png"}
@@ -64,10 +65,11 @@ def check_outputs(paths: list[dict[str, Path]], out_dir: Path, overwrite: bool) 
         raise MixsepError(f"{out_dir} is a file, not a folder; choose another --out.")
     if not out_dir.exists() and not out_dir.parent.is_dir():
         raise MixsepError(f"Folder {out_dir.parent} does not exist; create it or choose another --out.")
-    if not overwrite:
-        for p in (p for d in paths for p in d.values()):
-            if p.exists():
-                raise MixsepError(f"{p} exists already; pass --overwrite to replace it, or choose another --out.")
+    for p in (p for d in paths for p in d.values()):
+        if (p.exists() or p.is_symlink()) and not p.is_file():  # --overwrite replaces files, never a folder
+            raise MixsepError(f"{p} exists and is not a file; move it away or choose another --out.")
+        if p.exists() and not overwrite:
+            raise MixsepError(f"{p} exists already; pass --overwrite to replace it, or choose another --out.")
 
 
 @torch.inference_mode()
@@ -117,8 +119,29 @@ def write_outputs(paths: list[dict[str, Path]], digits: np.ndarray, images: np.n
         out_dir.mkdir(exist_ok=True)
     except OSError as e:
         raise MixsepError(f"Could not create {out_dir} ({e.strerror or e.__class__.__name__}).") from None
-    for d, digit, image in zip(paths, digits, images):
-        for source, px in (("mnist", digit), ("cifar", image)):
-            data = png_bytes(px)
-            atomic_write(d[source], lambda f, data=data: f.write(data))
+    # every file is written under a temporary name first, and renamed only once all are whole:
+    # a full disk halfway through leaves none of them (it once left 10 of 40)
+    written: list[tuple[Path, Path]] = []
+    try:
+        for d, digit, image in zip(paths, digits, images):
+            for source, px in (("mnist", digit), ("cifar", image)):
+                tmp = d[source].with_name(f".{d[source].name}.{os.getpid()}{TMP_SUFFIX}")
+                written.append((tmp, d[source]))
+                with open(tmp, "wb") as f:
+                    f.write(png_bytes(px))
+                    f.flush()
+                    os.fsync(f.fileno())
+    except BaseException as e:
+        for tmp, _ in written:
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise MixsepError(describe_os_error(e, written[-1][1]) + "; nothing was written.") from None
+        raise
+    for tmp, final in written:
+        try:
+            os.replace(tmp, final)
+        except OSError as e:
+            for left, _ in written:
+                left.unlink(missing_ok=True)
+            raise MixsepError(describe_os_error(e, final) + "; the outputs named before it were written.") from None
 

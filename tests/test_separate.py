@@ -75,6 +75,7 @@ def test_each_mode_and_overwrite(capsys, data_root, tmp_path):
     ("animated", "holds 2 frames"),
     ("same_name", "would both write mix0.*.png"),
     ("output_exists", "exists already; pass --overwrite"),
+    ("output_is_a_folder", "exists and is not a file; move it away"),
     ("out_is_a_file", "is a file, not a folder"),
     ("out_parent_missing", "does not exist; create it or choose another --out"),
     ("bad_mode", "invalid choice"),
@@ -112,6 +113,10 @@ def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(capsys, data_root, 
     elif case == "output_exists":
         out.mkdir()
         (out / "mix1.cifar.png").write_bytes(b"the user's own file")
+    elif case == "output_is_a_folder":  # --overwrite replaces files only: this one once failed halfway
+        (out / "mix1.cifar.png").mkdir(parents=True)
+        (out / "mix0.mnist.png").write_bytes(b"the user's own file")
+        extra = ["--overwrite"]
     elif case == "out_is_a_file":
         out.write_text("a file")
     elif case == "out_parent_missing":
@@ -144,3 +149,32 @@ def test_a_bad_image_is_refused_before_the_run_is_loaded(capsys, tmp_path):
     Image.new("RGB", (31, 32)).save(tmp_path / "m.png")
     assert main(["separate", str(tmp_path / "no-run"), str(tmp_path / "m.png")]) == 2
     assert "31x32 pixels" in capsys.readouterr().err
+
+
+def test_a_full_disk_halfway_writes_none_of_the_outputs(capsys, data_root, tmp_path):
+    """20 mixtures, 40 outputs, a disk with room for a few: every output is written under a
+    temporary name first and renamed only once all are whole (10 of 40 were left before)."""
+    import os
+    import subprocess
+
+    run = _train(capsys, data_root, tmp_path / "runs")
+    inputs, _ = mixture_pngs(data_root, tmp_path / "in", 20)
+    out = tmp_path / "out"
+    out.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(out)]).returncode:
+        if os.environ.get("MIXSEP_REQUIRE_TMPFS"):
+            pytest.fail("cannot mount a tmpfs (CI runs as root and must)")
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        filler = out / "filler"
+        free = os.statvfs(out).f_bavail * os.statvfs(out).f_frsize
+        filler.write_bytes(b"\0" * (free - 16 * 1024))  # room for a few 32x32 PNGs, not for 40
+        assert main(["separate", str(run), *map(str, inputs), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and "full" in err and "nothing was written" in err
+        assert sorted(p.name for p in out.iterdir()) == ["filler"]  # no output, no temporary file
+        filler.unlink()
+        assert main(["separate", str(run), *map(str, inputs), "--out", str(out)]) == 0
+        assert len(list(out.glob("*.png"))) == 40
+    finally:
+        subprocess.run(["umount", "-l", str(out)], check=False)
