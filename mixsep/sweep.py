@@ -41,7 +41,9 @@ import dataclasses
 import datetime
 import errno
 import functools
+import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -331,6 +333,7 @@ def open_storage(url: str | None, runs_dir: Path, heartbeat_s: int = 30, create:
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep prints one line per trial itself
+    _quiet_interrupts()
     if not url:
         return _open_journal(Path(runs_dir), create)
     import sqlalchemy
@@ -834,6 +837,33 @@ def fail_dead_trials(study, journal: bool) -> list[int]:
 
 class SweepInterrupted(Exception):
     """The sweep was asked to stop during a trial; the trial is requeued to resume later."""
+
+
+class _QuietInterrupts(logging.Filter):
+    """Optuna logs a trial that ends in SweepInterrupted as a failure, with the traceback, and then
+    "Trial N failed with value None."; the sweep says in one line that the trial stopped and resumes
+    from its checkpoint, so both records are dropped (every other record passes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stopped: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        number = re.match(r"Trial (\d+) failed", message)
+        if record.exc_info and isinstance(record.exc_info[1], SweepInterrupted) and number:
+            self.stopped.add(number.group(1))
+            return False
+        if number and message.endswith("failed with value None.") and number.group(1) in self.stopped:
+            self.stopped.discard(number.group(1))
+            return False
+        return True
+
+
+@functools.lru_cache(maxsize=None)
+def _quiet_interrupts() -> None:
+    """Once per process, on the logger of Optuna's optimize loop (where both records come from)."""
+    logging.getLogger("optuna.study._optimize").addFilter(_QuietInterrupts())
 
 
 @dataclass

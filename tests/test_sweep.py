@@ -17,7 +17,7 @@ from conftest import make_data_root, tree, write_cifar_batch, write_idx
 from mixsep import MixsepError
 from mixsep.cli import build_parser, main
 from mixsep.config import settings
-from mixsep.sweep import (JOURNAL, Dimension, SweepRegistry, counts, create_study, format_space, load_study, parse_space,
+from mixsep.sweep import (JOURNAL, SWEEP_LOG, Dimension, SweepRegistry, counts, create_study, format_space, load_study, parse_space,
                           plan, validation_pairs)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -292,6 +292,9 @@ def test_stop_requeues_the_running_trial(tmp_path):
     assert json.loads((first / "status.json").read_text())["state"] == "stopped"
     assert json.loads((runs / "s" / "sweep.json").read_text())["state"] == "stopped"
     assert sweeps.error() is None
+    log = (runs / "s" / SWEEP_LOG).read_text()  # the stop in one line, not Optuna's traceback of it
+    assert "trial 0: stopped; it resumes from its last checkpoint" in log and "Traceback" not in log, log
+    assert "failed with value None" not in log, log
 
 
 # --------------------------------------------------------------------------- the Sweep page
