@@ -640,7 +640,8 @@ def plan(args) -> Plan:
         for v in dim.choices or (dim.low, dim.high):
             dataclasses.replace(config, **{name: v}).validate()
 
-    config = _split(config, space, val_size, stored["config"]["train_size"] if stored is not None else None)
+    if not getattr(args, "best", False):  # --best reads the study only: no data is needed to print its winner
+        config = _split(config, space, val_size, stored["config"]["train_size"] if stored is not None else None)
     workers = args.workers or default_workers(config.device)
     return Plan(study, args.storage, runs_dir, space, config, fixed, trials, val_size, args.report_every,
                 args.pruner, args.sampler_seed, args.heartbeat, workers, stored is not None,

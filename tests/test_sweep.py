@@ -249,6 +249,8 @@ def test_study_on_the_journal_survives_a_killed_worker_prunes_and_its_best_trial
     best = Path(done.stdout.strip().splitlines()[-1])
     assert best.parent == runs / "demo" and (best / "checkpoints" / "last.pt").is_file()
     assert cli(*sweep_args(data, runs, "--study", "demo", "--best")).stdout.strip() == str(best)
+    gone = cli(*sweep_args(tmp_path / "no-data", runs, "--study", "demo", "--best"))  # it trains nothing:
+    assert gone.returncode == 0 and gone.stdout.strip() == str(best), gone.stderr       # no data needed
     scored = cli("evaluate", str(best), "--data-root", str(data))
     assert scored.returncode == 0 and "48 test pairs" in scored.stdout  # the test split, untouched by the study
     assert json.loads((runs / "demo" / "sweep.json").read_text())["state"] == "finished"
