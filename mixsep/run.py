@@ -30,6 +30,7 @@ import errno
 import fcntl
 import io
 import json
+import math
 import os
 import re
 import time
@@ -136,7 +137,19 @@ def atomic_write(path: Path, write) -> None:
 
 
 def write_json(path: Path, obj) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
+    """Standard JSON, atomically: a non-finite number (the PSNR of two equal images, the interval of one
+    image) is written as null, where Python's NaN and Infinity are not JSON that other readers accept."""
+    atomic_write(path, lambda f: f.write(json.dumps(_finite(obj), indent=2, allow_nan=False).encode()))
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def remove_stale_temps(run_dir: Path) -> list[Path]:

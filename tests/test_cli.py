@@ -59,6 +59,12 @@ def test_evaluate_on_user_named_files(capsys, data_root, tmp_path):
     assert main(["evaluate", str(run), "--data-root", str(data_root), "--mnist-test", str(mnist),
                  "--cifar-test", str(cifar), "--json", str(out_json)]) == 0
     assert json.loads(out_json.read_text())["n"] == 96
+    # one pair: its 95% intervals are NaN, written as null (Python's NaN is not JSON other readers take)
+    assert main(["evaluate", str(run), "--data-root", str(data_root), "--samples", "1", "--json", str(out_json)]) == 0
+    text = out_json.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    rows = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))["rows"]
+    assert all(r["psnr_ci95"] is None and r["n"] == 1 for r in rows)
 
 
 def test_environment_sets_the_defaults(capsys, data_root, tmp_path, monkeypatch):
