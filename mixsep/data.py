@@ -395,6 +395,9 @@ def decode_files(files: list[Path], source: str, raws: list[bytes] | None = None
         images, labels = read_cifar_batches(files, raws)
     if source == "mnist":
         if images.ndim == 4:  # RGB digits: they are grey, keep one channel
+            if not (np.array_equal(images[..., 0], images[..., 1]) and np.array_equal(images[..., 0], images[..., 2])):
+                raise MixsepError(f"{files[0]} holds colour images, where MNIST digits are grey (their three "
+                                  "channels equal); is it a CIFAR file given as MNIST?")
             images = images[..., 0]
         return resize_mnist(images), torch.from_numpy(labels)
     return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))), torch.from_numpy(labels)

@@ -163,6 +163,20 @@ def test_npz_labels_of_the_wrong_kind(tmp_path, labels, match):
     refused(D.read_npz, tmp_path / "x.npz", "cifar", match=match)
 
 
+def test_colour_images_given_as_mnist_are_refused_and_grey_rgb_digits_load(tmp_path):
+    """An N x 32 x 32 x 3 .npz for MNIST: grey digits stored as RGB load; colour images (a CIFAR file
+    given as --mnist-test) were taken as digits by their red channel, without a word."""
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (4, 32, 32), dtype=np.uint8)
+    np.savez(tmp_path / "grey.npz", images=np.repeat(grey[..., None], 3, axis=-1), labels=np.arange(4))
+    images, _ = D.decode_files([tmp_path / "grey.npz"], "mnist")
+    assert images.shape == (4, 32, 32)
+    colour = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    np.savez(tmp_path / "colour.npz", images=colour, labels=np.arange(4))
+    with pytest.raises(MixsepError, match="holds colour images, where MNIST digits are grey"):
+        D.decode_files([tmp_path / "colour.npz"], "mnist")
+
+
 @pytest.mark.parametrize("dtype", [np.int16, np.int64, np.uint16])
 def test_npz_wide_pixels_load_in_range_and_are_refused_outside(tmp_path, dtype):
     imgs, labels = fake_cifar(2, np.random.default_rng(0))
