@@ -6,6 +6,8 @@ Other separators register in ``MODELS`` with the same constructor and forward.
 """
 from __future__ import annotations
 
+import contextlib
+import sys
 import warnings
 
 import torch
@@ -38,8 +40,9 @@ def resnet18_backbone(pretrained: bool) -> tuple[nn.Module, bool]:
     from torchvision.models import ResNet18_Weights, resnet18
 
     if pretrained:
-        try:
-            return resnet18(weights=ResNet18_Weights.IMAGENET1K_V1), True
+        try:  # torch.hub says "Downloading: ..." on stdout, where `train` prints only the run folder
+            with contextlib.redirect_stdout(sys.stderr):
+                return resnet18(weights=ResNet18_Weights.IMAGENET1K_V1), True
         except Exception as e:  # offline, proxy, corrupt cache: all end the same way
             warnings.warn(
                 f"ImageNet weights for ResNet-18 could not be loaded ({e.__class__.__name__}); "

@@ -171,7 +171,7 @@ def test_model_output_shapes_and_range(data_root):
     assert 0 <= mh.min() and mh.max() <= 1  # sigmoid outputs are valid images
 
 
-def test_pretrained_falls_back_with_one_warning(monkeypatch, tmp_path):
+def test_pretrained_falls_back_with_one_warning(monkeypatch, tmp_path, capsys):
     import mixsep.model as Mo
 
     # a real failed download: an empty weights cache and a proxy on a closed local port
@@ -183,3 +183,5 @@ def test_pretrained_falls_back_with_one_warning(monkeypatch, tmp_path):
     with pytest.warns(Mo.PretrainedWeightsUnavailable, match="random initialisation"):
         model = Mo.build_model("faithful", pretrained=True)
     assert model.encoder.pretrained_loaded is False
+    out, err = capsys.readouterr()  # torch.hub's "Downloading: ..." goes to stderr: `train` prints only the
+    assert out == "" and "Downloading" in err  # run folder on stdout (RUN=$(python -m mixsep train ...))
