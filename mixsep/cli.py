@@ -494,9 +494,14 @@ def main(argv=None) -> int:
     except MixsepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # train and sweep finish their step on the first Ctrl-C: this is the second
+    except KeyboardInterrupt:
+        # train and sweep finish their step on a first Ctrl-C once their handler is in place (it raises
+        # on the second); a first Ctrl-C before that (loading torch, reading the data) ends here too
+        handled = signal.getsignal(signal.SIGINT) is not signal.default_int_handler
         print("error: quit at once by a second Ctrl-C; a resume continues from the last checkpoint."
-              if args.command in ("train", "sweep") else f"error: {args.command} interrupted by Ctrl-C.", file=sys.stderr)
+              if args.command in ("train", "sweep") and handled else
+              f"error: {args.command} interrupted by Ctrl-C" + (" before training began." if args.command in
+                                                                 ("train", "sweep") else "."), file=sys.stderr)
         return 130
     except BrokenPipeError:  # `python -m mixsep info | head -1`: the reader has all it wanted, no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail again

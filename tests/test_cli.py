@@ -133,6 +133,25 @@ def test_python_dash_m_prints_no_traceback(tmp_path):
 
 
 @pytest.mark.heavy(8)
+def test_a_ctrl_c_while_train_starts_says_what_happened(data_root, tmp_path):
+    """A first Ctrl-C while torch loads (before train's own handler) was reported as 'quit at once by a
+    second Ctrl-C; a resume continues from the last checkpoint', with no second Ctrl-C and no checkpoint."""
+    import signal
+    import time
+
+    env = {**os.environ, "MIXSEP_CACHE_DIR": str(tmp_path / "c")}
+    p = subprocess.Popen([sys.executable, "-m", "mixsep", "train", "--data-root", str(data_root), "--runs-dir",
+                          str(tmp_path / "runs"), *TINY], stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 60
+    while "libtorch" not in Path(f"/proc/{p.pid}/maps").read_text() and time.time() < deadline:
+        time.sleep(0.005)  # torch is loading: seconds before the handler is in place
+    p.send_signal(signal.SIGINT)
+    err = p.communicate(timeout=120)[1]
+    assert p.returncode == 130 and err.splitlines()[-1] == "error: train interrupted by Ctrl-C before training began.", err
+    assert "Traceback" not in err and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.heavy(8)
 def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
     """`python -m mixsep info | head -1`: the pipe closes while mixsep still writes."""
     # unbuffered: the first line arrives at once, and the lines after it meet the closed pipe
