@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 import warnings
@@ -18,8 +19,19 @@ def _add_data_root(p):
                    help="folder with MNIST/ and cifar-10-batches-py/ or cifar10/*.npz (env MIXSEP_DATA_ROOT; default ./data)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose mistakes read as every other mistake here: one line, exit 2 (not a usage block
+    of a dozen lines, with the flag named twice)."""
+
+    def error(self, message: str):
+        said = re.match(r"argument ([^:]+): (.*)$", message, re.S)
+        if said and said.group(2).startswith(said.group(1).split("/")[0]):  # "argument --epochs: --epochs takes ..."
+            message = said.group(2)
+        self.exit(2, f"error: {message.rstrip('.')}; `{self.prog} --help` lists the options.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mixsep", description="Separate MNIST digits from CIFAR-10 images in their pixel-wise mean.")
+    parser = _Parser(prog="python -m mixsep", description="Separate MNIST digits from CIFAR-10 images in their pixel-wise mean.")
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a separator; prints the run folder as its last line")
     t.add_argument("--runs-dir", default=default_runs_dir(), help="where run folders go (env MIXSEP_RUNS_DIR; default ./runs)")
@@ -434,7 +446,7 @@ def cmd_info(args) -> int:
 
     print(f"torch {torch.__version__}; device: {'cuda (' + torch.cuda.get_device_name(0) + ')' if torch.cuda.is_available() else 'cpu'}"
           f", {torch.get_num_threads()} threads ({thread_wait()})")
-    for name in ([args.model] if args.model else MODELS):
+    for name in ([args.model] if args.model is not None else MODELS):  # --model "" is a name, and refused
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             m = build_model(name, pretrained=False)

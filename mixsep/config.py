@@ -254,6 +254,8 @@ class TrainConfig:
     keep_epochs: int = setting(1, "keep every k-th epoch checkpoint (weights only; the latest is always kept, and "
                                   "last.pt holds the optimiser state a resume needs); 0 = only the latest",
                                "Keep epoch checkpoints every", "mechanics", low=0, zero="only the latest",
+                               rule="--keep-epochs must be 0 (keep only the latest epoch checkpoint) or k >= 1 "
+                                    "(keep every k-th); got {value}.",
                                on_resume=True)
     max_minutes: float = setting(0.0, "stop cleanly after this many minutes; 0 = no limit", "Time limit (minutes)",
                                  "mechanics", low=0.0, zero="no limit", on_resume=True)
@@ -295,7 +297,7 @@ class TrainConfig:
         try:
             if path.exists() and not path.is_file() and not path.is_dir():  # a FIFO would block the read forever
                 raise MixsepError(f"{path} is not a regular file; give a config.json file.")
-            d = json.loads(path.read_text())
+            d = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark (Windows editors) is no error
         except FileNotFoundError:
             if path.name != "config.json":  # a config file the user named, not a run folder's
                 raise MixsepError(f"There is no config file {path}; check the path.") from None

@@ -280,10 +280,12 @@ def check_run_dir(run_dir: Path) -> Path:
 def check_layout(run_dir: Path) -> None:
     """Refuse a run folder whose own names hold the wrong kind of thing, before a trainer reads or rewrites it.
 
-    A file named ``checkpoints`` would make a resume start again from step 0 and cut metrics.csv
-    to the new rows before the first checkpoint failed; a folder named metrics.csv could only fail later.
+    A file named ``checkpoints`` (or a folder named last.pt) would make a resume start again from step 0
+    and cut metrics.csv to the new rows before the first checkpoint failed; a folder named metrics.csv
+    could only fail later.
     """
-    for name, folder in ((CHECKPOINTS, True), (METRICS, False), (STATUS, False), (CONFIG, False)):
+    for name, folder in ((CHECKPOINTS, True), (METRICS, False), (STATUS, False), (CONFIG, False),
+                         (f"{CHECKPOINTS}/{LAST}", False)):
         path = Path(run_dir) / name
         if path.is_symlink() and not path.exists():
             raise MixsepError(f"{path} is a link to nothing; remove it or restore what it pointed to.")

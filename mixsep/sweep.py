@@ -658,7 +658,7 @@ def _check_flags(args, runs_dir: Path) -> None:
         resolve_run(runs_dir, study)
     except MixsepError:
         raise MixsepError(f"'{study}' is not a usable study name: it names a folder in the runs folder, so use "
-                          "letters, digits, '.', '_' and '-' only.") from None
+                          "letters, digits, spaces, '.', '_' and '-', starting with a letter or digit.") from None
     if "/" in study:
         raise MixsepError(f"'{study}' is not a usable study name: no '/' (it names one folder in the runs folder).")
     if (runs_dir / study / "config.json").is_file():

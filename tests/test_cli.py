@@ -97,6 +97,8 @@ def test_info_lists_models_and_data(capsys, data_root):
     (["grid", "/nonexistent/run", "--out", "grid.jpg"], "--out must name a .png file"),
     (["grid", "/nonexistent/run", "--seed", str(2**64)], "Seed must lie in [0, 9223372036854775807]"),
     (["grid", "/nonexistent/run", "--seed", "-1"], "Seed must lie in [0, 9223372036854775807]"),
+    (["info", "--model", ""], "Unknown model ''"),
+    (["train", "--keep-epochs", "-1", *TINY], "--keep-epochs must be 0 (keep only the latest epoch checkpoint) or k"),
     (["evaluate", "/nonexistent/run", "--batch-size", "0"], "--batch-size must be at least 1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, data_root, tmp_path, argv, match):
@@ -272,3 +274,26 @@ def test_a_run_that_never_starts_leaves_no_folder(capsys, data_root, tmp_path):
         assert main(["train", "--data-root", str(data_root), "--runs-dir", str(runs), *TINY, "--device", "cuda"]) == 2
         assert "no GPU" in capsys.readouterr().err
         assert sorted(p.name for p in runs.iterdir()) == ["keep"]
+
+
+def test_a_config_file_with_a_byte_order_mark_is_read(capsys, data_root, tmp_path):
+    """Windows editors start a UTF-8 file with a byte-order mark; it was refused as not JSON."""
+    run = _train(capsys, data_root, tmp_path / "runs")
+    cfg = tmp_path / "edited.json"
+    cfg.write_bytes("\ufeff".encode() + (run / "config.json").read_bytes())
+    assert main(["train", "--config", str(cfg), "--runs-dir", str(tmp_path / "more"), "--quiet"]) == 0
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["train", "--epochs", "1.5"], "error: --epochs takes a whole number (got '1.5'), for example 1; "
+                                   "`python -m mixsep train --help` lists the options."),
+    (["sweep"], "error: the following arguments are required: --study; `python -m mixsep sweep --help` lists"),
+    (["bogus"], "error: argument command: invalid choice: 'bogus'"),
+])
+def test_a_mistyped_command_line_is_one_line_exit_2(capsys, argv, says):
+    """argparse printed a usage block of a dozen lines, the flag named twice."""
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.count("\n") == 1 and err.startswith(says), err

@@ -470,6 +470,7 @@ def test_resume_without_config_json_keeps_the_checkpoints_settings(small_config,
     (R.CHECKPOINTS, "file", "checkpoints should be a folder but is a file"),
     (R.METRICS, "folder", "metrics.csv should be a file but is a folder"),
     (R.CONFIG, "dangling", "config.json is a link to nothing"),
+    (f"{R.CHECKPOINTS}/{R.LAST}", "folder", "last.pt should be a file but is a folder"),
     (R.LOCK, "folder", r"\.lock cannot be opened \(Is a directory\)"),
     (R.LOCK, "loop", r"\.lock cannot be opened \(Too many levels of symbolic links\)"),
 ])
