@@ -225,7 +225,8 @@ def _unpickle_batch(path: Path, raw: bytes) -> dict:
         raise
     except Exception as e:  # pickle errors come in many classes; all mean the same to a user
         raise MixsepError(
-            f"{path} is not a readable CIFAR-10 batch ({e.__class__.__name__}: {e}); delete it and download it again."
+            f"{path} is not a readable CIFAR-10 batch ({e.__class__.__name__}: {e}): another kind of file, or a "
+            "damaged batch (then delete it and download it again)."
         ) from None
     if not isinstance(d, dict):
         raise MixsepError(f"{path} holds a {type(d).__name__}, not a CIFAR-10 batch (a dict with 'data' and "

@@ -246,25 +246,23 @@ class Training:
                 self.run.status(State.FINISHED, step=self.step, total_steps=self.total_steps)
             clear_stop(self.run_dir)
         except GeneratorExit:  # the consumer stopped iterating (a notebook, a benchmark): not running any more
-            self.run.status(State.STOPPED, f"stopped by its caller at step {self.step}; a resume continues from the "
-                                           f"last checkpoint (step {self.last_good})",
+            self.run.status(State.STOPPED, f"stopped by its caller at step {self.step}; {self._resume_point()}",
                             step=self.last_good, total_steps=self.total_steps)
             raise
         except KeyboardInterrupt:  # a second Ctrl-C: quit now, the last checkpoint stays the resume point
-            self.run.status(State.STOPPED, f"force-quit by a second interrupt at step {self.step}; a resume "
-                                           f"continues from the last checkpoint (step {self.last_good})",
+            self.run.status(State.STOPPED, f"force-quit by a second interrupt at step {self.step}; "
+                                           f"{self._resume_point()}",
                             step=self.last_good, total_steps=self.total_steps)
             raise
         except RunWriteError as e:
-            msg = (f"{e} Training stopped at step {self.step}; the last checkpoint (step {self.last_good}) "
-                   f"is kept: {e.advice}.")
+            msg = f"{e} Training stopped at step {self.step}; {self._kept()}: {e.advice}."
             self.run.fail(msg, step=self.last_good, total_steps=self.total_steps)
             raise MixsepError(msg) from None
         except MixsepError:
             raise  # its status is written where it was raised
         except Exception as e:  # a bug, or arithmetic no setting should allow: status.json must not stay "running"
-            self.run.fail(f"Training failed at step {self.step} ({e.__class__.__name__}: {str(e)[:200]}); the last "
-                          f"checkpoint (step {self.last_good}) is kept.", step=self.last_good, total_steps=self.total_steps)
+            self.run.fail(f"Training failed at step {self.step} ({e.__class__.__name__}: {str(e)[:200]}); "
+                          f"{self._kept()}.", step=self.last_good, total_steps=self.total_steps)
             raise
         finally:
             self.run.metrics.close()
@@ -319,12 +317,22 @@ class Training:
             return "time"
         return None
 
+    def _kept(self) -> str:
+        """What a failure leaves to resume from (a run that failed before its first checkpoint has none)."""
+        return (f"the last checkpoint (step {self.last_good}) is kept" if self.last_good
+                else "no checkpoint was written yet")
+
+    def _resume_point(self) -> str:
+        return (f"a resume continues from the last checkpoint (step {self.last_good})" if self.last_good
+                else "no checkpoint was written yet, so a resume starts from step 0")
+
     def _resolve(self, p: _Pending, since: float) -> StepResult:
         """One step's result; a non-finite loss fails the run, keeping the last good checkpoint."""
         loss_m, loss_c = p.losses.tolist()
         if not (math.isfinite(loss_m) and math.isfinite(loss_c)):
+            kept = self._kept().replace("the last checkpoint", "the last good checkpoint")
             msg = (f"The loss became non-finite at step {p.step} (lr={p.lr:g}); training stopped. "
-                   f"The last good checkpoint (step {self.last_good}) is kept. Lower the learning rate and start again.")
+                   f"{kept[0].upper()}{kept[1:]}. Lower the learning rate and start again.")
             self.run.fail(msg, step=self.last_good, total_steps=self.total_steps)
             raise MixsepError(msg)
         now = time.perf_counter()

@@ -329,6 +329,20 @@ def test_disk_full_fails_clearly_and_resumes_after_space_is_freed(small_config, 
     assert steps_in(run) == list(range(1, 25)) and R.read_status(run)["state"] == "finished"
 
 
+def test_disk_full_before_the_first_checkpoint_says_there_is_none(small_config, small_disk):
+    """A failure before the first checkpoint said 'the last checkpoint (step 0) is kept' of a file that never was."""
+    run = small_disk / "run"
+    filler = small_disk / "filler"
+    with pytest.raises(MixsepError) as caught:
+        for r in T.train_steps(small_config, run):
+            if r.step == 1:  # the first checkpoint comes at step 2
+                free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+                filler.write_bytes(b"\0" * free)
+    msg = str(caught.value)
+    assert "full" in msg and "no checkpoint was written yet" in msg and "step 0" not in msg, msg
+    assert not R.last_checkpoint(run).exists() and R.read_status(run)["message"] == msg
+
+
 def test_disk_full_inside_torch_save_is_a_full_disk(small_disk):
     """torch.save meets a full disk with OSError, then its zip writer's __exit__ raises RuntimeError
     ("unexpected pos") over it: a multi-MB checkpoint cut short came out as a traceback, exit 1."""
