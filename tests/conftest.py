@@ -1,6 +1,7 @@
 """Shared fixtures: tiny data roots written in the real on-disk formats."""
 from __future__ import annotations
 
+import contextlib
 import gzip
 import multiprocessing
 import os
@@ -33,6 +34,24 @@ def pytest_collection_modifyitems(config, items):
         return mark.args[0] if mark else 0
 
     items.sort(key=cpu_s, reverse=True)  # stable: equal weights (the short tests) keep their order
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str):
+    """A real small disk: a tmpfs of ``size`` mounted at ``path`` (made if missing), unmounted after.
+
+    Mounting needs root; without it the test is skipped, or fails where MIXSEP_REQUIRE_TMPFS is set
+    (CI runs as root, and must run the full-disk tests)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                                           capture_output=True).returncode:
+        if os.environ.get("MIXSEP_REQUIRE_TMPFS"):
+            pytest.fail("cannot mount a tmpfs (CI runs as root and must)")
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def wait_for(predicate, timeout: float = 60.0, what: str = "condition", interval: float = 0.05) -> None:

@@ -287,21 +287,10 @@ def test_stop_and_time_budget_in_one_step_say_stopped(small_config, tmp_path):
 # --------------------------------------------------------------------------- full disk
 
 
-def _mount_tmpfs(path: Path, size: str) -> bool:
-    path.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
-
-
 @pytest.fixture
 def small_disk(tmp_path):
-    disk = tmp_path / "disk"
-    if os.geteuid() != 0 or not _mount_tmpfs(disk, "64m"):
-        if os.environ.get("MIXSEP_REQUIRE_TMPFS"):
-            pytest.fail("cannot mount a tmpfs (CI runs as root and must)")
-        pytest.skip("mounting a tmpfs needs root")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=False)
+    with conftest.tmpfs(tmp_path / "disk", "64m") as disk:
+        yield disk
 
 
 def test_disk_full_fails_clearly_and_resumes_after_space_is_freed(small_config, tmp_path, small_disk):

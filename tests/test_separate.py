@@ -155,17 +155,12 @@ def test_a_full_disk_halfway_writes_none_of_the_outputs(capsys, data_root, tmp_p
     """20 mixtures, 40 outputs, a disk with room for a few: every output is written under a
     temporary name first and renamed only once all are whole (10 of 40 were left before)."""
     import os
-    import subprocess
+
+    from conftest import tmpfs
 
     run = _train(capsys, data_root, tmp_path / "runs")
     inputs, _ = mixture_pngs(data_root, tmp_path / "in", 20)
-    out = tmp_path / "out"
-    out.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(out)]).returncode:
-        if os.environ.get("MIXSEP_REQUIRE_TMPFS"):
-            pytest.fail("cannot mount a tmpfs (CI runs as root and must)")
-        pytest.skip("mounting a tmpfs needs root")
-    try:
+    with tmpfs(tmp_path / "out", "512k") as out:
         filler = out / "filler"
         free = os.statvfs(out).f_bavail * os.statvfs(out).f_frsize
         filler.write_bytes(b"\0" * (free - 16 * 1024))  # room for a few 32x32 PNGs, not for 40
@@ -176,5 +171,3 @@ def test_a_full_disk_halfway_writes_none_of_the_outputs(capsys, data_root, tmp_p
         filler.unlink()
         assert main(["separate", str(run), *map(str, inputs), "--out", str(out)]) == 0
         assert len(list(out.glob("*.png"))) == 40
-    finally:
-        subprocess.run(["umount", "-l", str(out)], check=False)
