@@ -196,10 +196,12 @@ def _remove_unstarted(run_dir: Path, made: Path | None, run=None) -> bool:
             (run_dir / name).unlink()
         if ckpt.is_dir():
             ckpt.rmdir()
+        made = made.absolute()  # the parents it made go too, never a folder above those
+        stop_at = made if made == run_dir or made in run_dir.parents else run_dir
         folder = run_dir
         while True:
             folder.rmdir()
-            if folder == made.absolute() or folder.parent == folder:
+            if folder == stop_at:
                 break
             folder = folder.parent
             if any(folder.iterdir()):
