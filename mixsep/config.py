@@ -218,7 +218,8 @@ class TrainConfig:
                                "them the encoder starts from random weights and the run says so",
                                "ImageNet-pretrained encoder", "model", widget="toggle", only_for="RESNET_ENCODER")
     # optimisation: the report's settings are the defaults
-    epochs: int = setting(1, "passes over the training pairs", "Epochs", "optimiser", low=1, widget="slider",
+    epochs: int = setting(1, "passes over the training pairs", "Epochs", "optimiser", low=1, high=100_000,
+                          why=": more is surely a typo (a recipe's 15 CPU minutes hold 34)", widget="slider",
                           span=(1, 20))
     batch_size: int = setting(128, "pairs per step", "Batch size", "optimiser", low=2,
                               why=": BatchNorm needs two samples per channel to train", widget="select_slider",

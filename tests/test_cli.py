@@ -99,6 +99,7 @@ def test_info_lists_models_and_data(capsys, data_root):
     (["grid", "/nonexistent/run", "--seed", "-1"], "Seed must lie in [0, 9223372036854775807]"),
     (["info", "--model", ""], "Unknown model ''"),
     (["train", "--keep-epochs", "-1", *TINY], "--keep-epochs must be 0 (keep only the latest epoch checkpoint) or k"),
+    (["train", "--epochs", "99999999999999999999", *TINY], "Epochs must lie in [1, 100000] (got 99999999999999999999)"),
     (["evaluate", "/nonexistent/run", "--batch-size", "0"], "--batch-size must be at least 1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, data_root, tmp_path, argv, match):
