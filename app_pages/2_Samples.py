@@ -10,7 +10,7 @@ from mixsep.run import run_name
 
 data_root, runs_dir = ui.setup("Samples")
 run_dir, checkpoint, third = ui.pick_run_and_checkpoint(runs_dir)
-shown = run_name(runs_dir, run_dir)  # a sweep's trial with its study: STUDY/trial-0001
+run_shown = run_name(runs_dir, run_dir)  # a sweep's trial with its study: STUDY/trial-0001
 split = third.radio("Split", ["test", "train"], horizontal=True)
 if checkpoint is None:
     st.stop()
@@ -43,7 +43,7 @@ nav = st.container(horizontal=True, vertical_alignment="center")
 nav.button("Previous", icon=":material/chevron_left:", disabled=page == 0, on_click=turn, args=(-1,))
 nav.button("Next", icon=":material/chevron_right:", disabled=page >= pages - 1, on_click=turn, args=(1,))
 indices = sample_indices(len(pairs), n, seed if shuffle else None, page)
-title = f"{shown}  {checkpoint.name}  step {info['step']}  ({split} split, page {page + 1})"
+title = f"{run_shown}  {checkpoint.name}  step {info['step']}  ({split} split, page {page + 1})"
 with st.spinner("Separating…"):
     image = grid_image(model, pairs, indices, show_direct=show_direct, show_errors=show_errors, scale=2, title=title)
     # on screen: strips of 10 samples, shown at their own size so labels and pixels stay legible at laptop width
@@ -58,5 +58,6 @@ st.caption("Rows: MNIST, CIFAR-10, their mean (the input), the reconstructed dig
            "(2·mean − digit), optionally the CIFAR head's direct output and error maps. The download is one image.")
 buffer = io.BytesIO()
 image.save(buffer, format="PNG")
-st.download_button("Download grid (PNG)", buffer.getvalue(), file_name=f"{shown.replace('/', '-')}-{checkpoint.stem}-grid.png",
+st.download_button("Download grid (PNG)", buffer.getvalue(),
+                   file_name=f"{run_shown.replace('/', '-')}-{checkpoint.stem}-grid.png",
                    mime="image/png", icon=":material/download:")

@@ -9,7 +9,7 @@ from mixsep.run import run_name
 
 data_root, runs_dir = ui.setup("Metrics")
 run_dir, checkpoint, third = ui.pick_run_and_checkpoint(runs_dir)
-shown = run_name(runs_dir, run_dir)  # a sweep's trial with its study: STUDY/trial-0001
+run_shown = run_name(runs_dir, run_dir)  # a sweep's trial with its study: STUDY/trial-0001
 if checkpoint is None:
     st.stop()
 try:
@@ -24,7 +24,7 @@ try:
 except MixsepError as e:
     ui.show_error(e)
 _, config, info = ui.model(checkpoint)  # cached: evaluation() loaded it
-st.progress(1.0, text=f"Scored {ev.n} test pairs with {shown} · `{checkpoint.name}` · step {info['step']} · "
+st.progress(1.0, text=f"Scored {ev.n} test pairs with {run_shown} · `{checkpoint.name}` · step {info['step']} · "
                       f"{config.model} (data_range = 1).")
 
 st.subheader("Every recovery mode, both sources")
@@ -58,7 +58,7 @@ st.dataframe(pd.DataFrame([{"source": a["source"], "honest PSNR (dB)": direct[a[
 st.info("The report scored images in [0, 1] with `data_range=255`, which adds 20·log10(255) = 48.13 dB to every "
         "PSNR and pushes SSIM towards 1; the report-style columns reproduce that error and are not real scores.")
 
-name = f"{shown.replace('/', '-')}-{checkpoint.stem}"
+name = f"{run_shown.replace('/', '-')}-{checkpoint.stem}"
 dl = st.container(horizontal=True)
 dl.download_button("Summary CSV", ev.table().to_csv(index=False), f"{name}-metrics.csv", "text/csv",
                    icon=":material/download:")

@@ -21,7 +21,7 @@ MAX_UPLOAD_MB = 1  # a 32x32 image is a few KB in any format; the browser refuse
 
 data_root, runs_dir = ui.setup("Separate")
 run_dir, checkpoint, third = ui.pick_run_and_checkpoint(runs_dir)
-shown = run_name(runs_dir, run_dir)  # a sweep's trial with its study: STUDY/trial-0001
+run_shown = run_name(runs_dir, run_dir)  # a sweep's trial with its study: STUDY/trial-0001
 mode = third.selectbox("Recovery mode", SEPARATE_MODES,
                        help="projection_uniform: the digit and the image average back to the mixture. "
                             "For the interval models (unet, unet_digit, ...) every mode gives the same images.")
@@ -49,7 +49,7 @@ for f in files:
 if not good:
     st.stop()
 digits, images = separate(model, np.stack([px for _, px in good]), mode)
-st.caption(f"{shown} · {checkpoint.name} · step {info['step']} · {config.model} · mode {mode} · "
+st.caption(f"{run_shown} · {checkpoint.name} · step {info['step']} · {config.model} · mode {mode} · "
            f"{len(good)} image(s)")
 
 
