@@ -41,6 +41,7 @@ from mixsep.train import Training, load_run_model, new_run_dir
 # budget allows ("auto": see fit_epochs), one setting for all of them but unet_narrow's larger lr.
 PRESETS = {name: r if name == "faithful" else r | {"epochs": "auto"} for name, r in RECIPES.items()}
 CALIBRATION_PAIRS = 512
+DRY_PAIRS = 64  # --dry-run trains one epoch of these (4 steps of 16)
 BUDGET_USE = 0.9  # of the budget the schedule is sized for: load on a shared machine moves the speed
 
 
@@ -63,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
     p.add_argument("--runs-dir", default=default_runs_dir(), help="where the run folder goes (default ./runs)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    p.add_argument("--dry-run", action="store_true", help="a few tiny steps and 32 pairs: checks the plumbing only")
+    p.add_argument("--dry-run", action="store_true",
+                   help=f"one epoch of {DRY_PAIRS} pairs at batch 16, scored on 32 pairs: checks the plumbing only")
     p.add_argument("--score", default=None, metavar="RUN",
                    help="score this run's latest checkpoint instead of training one (with --holdout N, the run "
                         "must have kept the same last N CIFAR training images out)")
@@ -168,13 +170,16 @@ def main(argv=None) -> int:
             raise MixsepError("--as-model needs --score RUN: it scores a trained run's weights as another model.")
         scored = load_run_model(Path(args.score), as_model=args.as_model) if args.score else None
         cfg = scored[1] if scored else make_config(args)
-        held = None
+        held, held_from = None, None
         if args.holdout:
-            size, held = holdout_pairs(Path(args.data_root), args.holdout)
-            if scored and cfg.train_size != size:
-                raise MixsepError(f"{args.score} trained on {cfg.train_size or 'all'} CIFAR training images, not the "
-                                  f"first {size}: --holdout {args.holdout} would score images it saw.")
-            cfg.train_size = size
+            held_from, held = holdout_pairs(Path(args.data_root), args.holdout)
+            if scored and not 0 < cfg.train_size <= held_from:  # it trained on the first train_size images
+                raise MixsepError(f"{args.score} trained on {cfg.train_size or 'all'} CIFAR training images, which "
+                                  f"reach past the first {held_from}: --holdout {args.holdout} would score images it saw.")
+            if not scored:
+                cfg.train_size = held_from
+        if args.dry_run and not scored:  # the plumbing only: one epoch of DRY_PAIRS, not of the whole set
+            cfg.train_size = min(cfg.train_size or DRY_PAIRS, DRY_PAIRS)
         # the files it is scored on are read first: a wrong path stops here, not after a 15-minute run
         test = load_pairs(Path(args.data_root), "test", mnist_path=args.mnist_test, cifar_path=args.cifar_test)
         print(f"command: {command_line()}")
@@ -206,7 +211,7 @@ def main(argv=None) -> int:
             if pairs is None:
                 continue
             ev = evaluate(model, pairs, count=count, calibration=calib)
-            what = (f"held-out CIFAR training images {cfg.train_size}..{cfg.train_size + len(pairs) - 1} with MNIST test digits"
+            what = (f"held-out CIFAR training images {held_from}..{held_from + len(pairs) - 1} with MNIST test digits"
                     if name == "holdout" else f"test pairs ({args.cifar_test or 'CIFAR test split'} with {args.mnist_test or 'MNIST test split'})")
             w = ev.weights["mnist"]
             # a mixture-consistent model leaves no residual, and the fitted weight is 0/0 noise

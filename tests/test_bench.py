@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from mixsep.runs import read_metrics
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 NUM = r"(-?\d+(\.\d+)?|nan|inf)"
 QUALITY_LINE = re.compile(rf"^quality: mnist_psnr={NUM} mnist_ssim={NUM} cifar_psnr={NUM} cifar_ssim={NUM} minutes={NUM}$")
@@ -44,7 +46,10 @@ def test_quality_dry_run_prints_the_quality_line(bench, data_root, tmp_path, cap
     assert QUALITY_LINE.match(out[-1]), out[-1]
     assert HOLDOUT_LINE.match(out[-2]), out[-2]
     assert (tmp_path / "q.json").is_file()
-    assert len(list((tmp_path / "runs").iterdir())) == 1  # a normal run folder, evaluable later
+    (run,) = (tmp_path / "runs").iterdir()  # a normal run folder, evaluable later
+    config = json.loads((run / "config.json").read_text())
+    assert config["train_size"] == quality.DRY_PAIRS and len(read_metrics(run)) == quality.DRY_PAIRS // 16  # a few
+    assert "held-out CIFAR training images 80..95" in "\n".join(out)  # the last 16 of 96, not the trained ones
     header = next(line for line in out if line.startswith("source"))
     assert "SSIM" in header and "SSIM_valid" in header  # both conventions, named
     summary = json.loads((tmp_path / "q.json").read_text())["quality"]["summary"]
@@ -236,7 +241,10 @@ def test_quality_scores_a_trained_run_without_training_it(bench, data_root, tmp_
     assert json.loads((tmp_path / "q.json").read_text())["scored_as"] == "unet_digit"
     assert QUALITY_LINE.match(last_line(capsys))
     base = ["--data-root", str(data_root), "--dry-run"]
-    for bad, says in (([*base, "--score", str(run), "--holdout", "20"], "would score images it saw"),
+    # it trained on CIFAR training images 0-63: a holdout of the last 40 of 96 (56-95) reaches them
+    assert quality.main([*base, "--score", str(run), "--holdout", "32"]) == 0  # 64-95: never trained on
+    capsys.readouterr()
+    for bad, says in (([*base, "--score", str(run), "--holdout", "40"], "reach past the first 56: --holdout 40 would"),
                       ([*args, "--as-model", "faithful"], "does not fit"),
                       ([*base, "--score", str(tmp_path / "nope")], "does not exist")):
         assert quality.main(bad) == 2
