@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(`python -m mixsep info --model NAME` prints them); the flags you give still win (a new run)")
     t.add_argument("--config", default=None,
                    help="read every training setting from this config.json (a run's own, or one the dashboard wrote); "
-                        "the flags above are then ignored")
+                        "a setting flag given beside it is refused, not ignored")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
     e = sub.add_parser("evaluate", help="PSNR/SSIM of every recovery mode, honest and audited")
@@ -230,6 +230,10 @@ def _train_config(args) -> TrainConfig:
 
     from .run import CONFIG, last_checkpoint, read_checkpoint
 
+    flags = [s.flag for s in settings(resolve=False) if getattr(args, s.name, None) is not None]
+    if getattr(args, "config", None) and (flags or getattr(args, "recipe", False)):
+        raise MixsepError(f"--config {args.config} holds every setting, so {', '.join(flags or ['--recipe'])} would be "
+                          "ignored; drop them, or drop --config and give the settings as flags.")
     run_dir = Path(args.run_dir) if args.run_dir else None
     if run_dir is not None and (run_dir / CONFIG).is_file():
         saved, where = TrainConfig.load(run_dir / CONFIG).validate(), "its saved config"
@@ -256,14 +260,14 @@ def _resume_settings(args, run_dir: Path, saved: TrainConfig) -> TrainConfig:
 
     if getattr(args, "config", None):
         given = TrainConfig.load(Path(args.config)).validate().to_dict()
-        source = f"--config {args.config}"
+        source = f"--config {args.config} changes"
     else:
         given = {s.name: getattr(args, s.name) for s in settings(resolve=False) if getattr(args, s.name, None) is not None}
         if getattr(args, "recipe", False):
             from .config import recipe
 
             given = recipe(given.get("model", saved.model)) | given
-        source = "the flags"
+        source = "the flags change"
     if "data_root" in given:
         given["data_root"] = str(Path(given["data_root"]).resolve())
     changed = {k: v for k, v in given.items() if v != getattr(saved, k)}
@@ -271,7 +275,7 @@ def _resume_settings(args, run_dir: Path, saved: TrainConfig) -> TrainConfig:
     if fixed:
         shown = ", ".join(f"{setting_by_name(k, resolve=False).flag} {_word(changed[k])} (the run's: "
                           f"{_word(getattr(saved, k))})" for k in fixed)
-        raise MixsepError(f"{run_dir} resumes with the settings it was started with, and {source} change "
+        raise MixsepError(f"{run_dir} resumes with the settings it was started with, and {source} "
                           f"{shown}; leave out --run-dir to start a new run with them, or drop them to resume.")
     if not changed:
         return saved
@@ -454,7 +458,8 @@ def cmd_info(args) -> int:
             m = build_model(name, pretrained=False)
         flops, executed = flops_per_sample(m), flops_per_sample(m, executed=True)
         skipped = f"; {executed / 1e6:.0f} multiplied, the rest meet only zero padding" if executed < flops else ""
-        print(f"model {name}: {count_parameters(m) / 1e6:.2f} M parameters, "
+        n = count_parameters(m)
+        print(f"model {name}: " + (f"{n / 1e6:.2f} M" if n >= 10_000 else f"{n:,}") + " parameters, "
               f"{flops / 1e6:.0f} MFLOPs per sample forward{skipped} (about 3x that per training sample)")
         if name in RECIPES:
             print(f"  recipe (train --recipe): {' '.join(recipe_flags(name))}")

@@ -234,7 +234,8 @@ def test_a_resume_keeps_the_runs_settings_and_a_mistake_changes_nothing(capsys, 
     other = tmp_path / "other.json"
     other.write_text(json.dumps(dict(saved, lr=0.5, epochs=3)))
     for extra, says in ((["--epochs", "3", "--lr", "0.5"], "the flags change --epochs 3 (the run's: 1), --lr 0.5"),
-                        (["--config", str(other)], f"--config {other} change --epochs 3 (the run's: 1), --lr 0.5"),
+                        (["--config", str(other)], f"--config {other} changes --epochs 3 (the run's: 1), --lr 0.5"),
+                        (["--config", str(other), "--lr", "0.1"], "so --lr would be ignored; drop them, or drop --config"),
                         (["--config", str(tmp_path / "nope.json")], f"There is no config file {tmp_path / 'nope.json'}"),
                         (["--model", "unet"], "--model unet (the run's: tiny)")):
         assert main(["train", "--run-dir", str(run), "--quiet", *extra]) == 2, extra
