@@ -23,7 +23,8 @@ data_root, runs_dir = ui.setup("Separate")
 run_dir, checkpoint, third = ui.pick_run_and_checkpoint(runs_dir)
 run_shown = run_name(runs_dir, run_dir)  # a sweep's trial with its study: STUDY/trial-0001
 mode = third.selectbox("Recovery mode", SEPARATE_MODES,
-                       help="projection_uniform: the digit and the image average back to the mixture. "
+                       help="projection_uniform: what the heads leave over is split evenly, so the digit and the image "
+                            "average back to the mixture up to the clip to [0, 1] and the grey digit. "
                             "For the interval models (unet, unet_digit, ...) every mode gives the same images.")
 if checkpoint is None:
     st.stop()

@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("images", nargs="+", help="mixture images (PNG, JPEG, ...: 32x32, the mean of a grey digit and a colour image)")
     s.add_argument("--out", default="separated", help="folder for <name>.mnist.png and <name>.cifar.png (default ./separated)")
     s.add_argument("--mode", default=SEPARATE_MODES[0], choices=SEPARATE_MODES,
-                   help="recovery mode (default projection_uniform: the two outputs average to the mixture; "
+                   help="recovery mode (default projection_uniform: what the heads leave over is split evenly, so the "
+                        "two outputs average to the mixture up to the clip to [0, 1] and the grey digit; "
                         "for interval models such as unet_digit every mode gives the same images)")
     s.add_argument("--overwrite", action="store_true", help="replace outputs that exist already")
     s.add_argument("--checkpoint", default=None, help="a checkpoint file; default: the run's latest")
