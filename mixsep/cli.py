@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(`python -m mixsep info --model NAME` prints them); the flags you give still win (a new run)")
     t.add_argument("--config", default=None,
                    help="read every training setting from this config.json (a run's own, or one the dashboard wrote); "
-                        "a setting flag given beside it is refused, not ignored")
+                        "beside it only the flags of where and how the run runs apply ("
+                        + ", ".join(s.flag for s in settings(resolve=False) if s.on_resume) + "); others are refused")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
     e = sub.add_parser("evaluate", help="PSNR/SSIM of every recovery mode, honest and audited")
@@ -231,8 +232,8 @@ def _train_config(args) -> TrainConfig:
 
     from .run import CONFIG, last_checkpoint, read_checkpoint
 
-    flags = [s.flag for s in settings(resolve=False) if getattr(args, s.name, None) is not None]
-    if getattr(args, "config", None) and (flags or getattr(args, "recipe", False)):
+    flags = [s.flag for s in settings(resolve=False) if getattr(args, s.name, None) is not None and not s.on_resume]
+    if getattr(args, "config", None) and (flags or getattr(args, "recipe", False)):  # where and how it runs may differ
         raise MixsepError(f"--config {args.config} holds every setting, so {', '.join(flags or ['--recipe'])} would be "
                           "ignored; drop them, or drop --config and give the settings as flags.")
     run_dir = Path(args.run_dir) if args.run_dir else None
@@ -260,7 +261,7 @@ def _resume_settings(args, run_dir: Path, saved: TrainConfig) -> TrainConfig:
     from .run import CONFIG, write_json
 
     if getattr(args, "config", None):
-        given = TrainConfig.load(Path(args.config)).validate().to_dict()
+        given = config_from_args(args).to_dict()  # the file, with the where-and-how flags given beside it
         source = f"--config {args.config} changes"
     else:
         given = {s.name: getattr(args, s.name) for s in settings(resolve=False) if getattr(args, s.name, None) is not None}

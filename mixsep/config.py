@@ -406,13 +406,18 @@ def _show(value) -> str:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig of parsed ``train`` flags, or of ``--config FILE`` when given (the flags are then ignored).
+    """The TrainConfig of parsed ``train`` flags, or of ``--config FILE`` when given.
 
     Flags left out are None (``add_train_flags(defaults=False)``) and take the setting's
-    default, or with ``--recipe`` the model's recipe; a flag given wins over both.
+    default, or with ``--recipe`` the model's recipe; a flag given wins over both. Beside
+    ``--config`` only the flags of where and how a run runs (Setting.on_resume: data root,
+    device, ...) apply; the CLI refuses the others there.
     """
     if getattr(args, "config", None):
-        return TrainConfig.load(Path(args.config)).validate()
+        cfg = TrainConfig.load(Path(args.config))
+        where = {s.name: getattr(args, s.name) for s in settings(resolve=False)
+                 if s.on_resume and getattr(args, s.name, None) is not None}
+        return dataclasses.replace(cfg, **where).validate()
     values = {s.name: getattr(args, s.name) for s in settings(resolve=False) if getattr(args, s.name, None) is not None}
     if getattr(args, "recipe", False):
         values = recipe(values.get("model", TrainConfig.model)) | values

@@ -283,8 +283,11 @@ def test_a_config_file_with_a_byte_order_mark_is_read(capsys, data_root, tmp_pat
     run = _train(capsys, data_root, tmp_path / "runs")
     cfg = tmp_path / "edited.json"
     cfg.write_bytes("\ufeff".encode() + (run / "config.json").read_bytes())
-    assert main(["train", "--config", str(cfg), "--runs-dir", str(tmp_path / "more"), "--quiet"]) == 0
-    capsys.readouterr()
+    # and the flags of where and how it runs apply beside --config (the others are refused there)
+    assert main(["train", "--config", str(cfg), "--runs-dir", str(tmp_path / "more"), "--quiet",
+                 "--max-minutes", "3"]) == 0
+    made = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert json.loads((made / "config.json").read_text())["max_minutes"] == 3.0
 
 
 @pytest.mark.parametrize("argv, says", [
