@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 from .config import (SEPARATE_MODES, TrainConfig, add_train_flags, config_from_args, default_data_root,
-                     default_runs_dir, settings)
+                     default_runs_dir, given_settings, settings)
 from .errors import MixsepError
 
 def _add_data_root(p):
@@ -257,35 +257,26 @@ def _resume_settings(args, run_dir: Path, saved: TrainConfig) -> TrainConfig:
     one sentence, and nothing written, when a given setting that shapes the run differs from it."""
     import dataclasses
 
-    from .config import setting_by_name, settings
     from .run import CONFIG, write_json
 
-    if getattr(args, "config", None):
-        given = config_from_args(args).to_dict()  # the file, with the where-and-how flags given beside it
-        source = f"--config {args.config} changes"
-    else:
-        given = {s.name: getattr(args, s.name) for s in settings(resolve=False) if getattr(args, s.name, None) is not None}
-        if getattr(args, "recipe", False):
-            from .config import recipe
-
-            given = recipe(given.get("model", saved.model)) | given
-        source = "the flags change"
+    by_name = {s.name: s for s in settings(resolve=False)}
+    given = given_settings(args, model=saved.model)  # --config's file, or the flags over --recipe's
+    source = f"--config {args.config} changes" if getattr(args, "config", None) else "the flags change"
     if "data_root" in given:
         given["data_root"] = str(Path(given["data_root"]).resolve())
     changed = {k: v for k, v in given.items() if v != getattr(saved, k)}
-    fixed = [k for k in changed if not setting_by_name(k, resolve=False).on_resume]
+    fixed = [k for k in changed if not by_name[k].on_resume]
     if fixed:
-        shown = ", ".join(f"{setting_by_name(k, resolve=False).flag} {_word(changed[k])} (the run's: "
-                          f"{_word(getattr(saved, k))})" for k in fixed)
+        shown = ", ".join(f"{by_name[k].flag} {_word(changed[k])} (the run's: {_word(getattr(saved, k))})"
+                          for k in fixed)
         raise MixsepError(f"{run_dir} resumes with the settings it was started with, and {source} "
                           f"{shown}; leave out --run-dir to start a new run with them, or drop them to resume.")
     if not changed:
         return saved
     cfg = dataclasses.replace(saved, **changed).validate()
     write_json(run_dir / CONFIG, cfg.to_dict())
-    print("resuming with " + ", ".join(f"{setting_by_name(k, resolve=False).flag} {_word(v)}"
-                                        for k, v in changed.items()) + f" (saved in {run_dir / CONFIG})",
-          file=sys.stderr)
+    print("resuming with " + ", ".join(f"{by_name[k].flag} {_word(v)}" for k, v in changed.items())
+          + f" (saved in {run_dir / CONFIG})", file=sys.stderr)
     return cfg
 
 
@@ -518,11 +509,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         # train and sweep finish their step on a first Ctrl-C once their handler is in place (it raises
         # on the second); a first Ctrl-C before that (loading torch, reading the data) ends here too
-        handled = signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-        print("error: quit at once by a second Ctrl-C; a resume continues from the last checkpoint."
-              if args.command in ("train", "sweep") and handled else
-              f"error: {args.command} interrupted by Ctrl-C" + (" before training began." if args.command in
-                                                                 ("train", "sweep") else "."), file=sys.stderr)
+        trains = args.command in ("train", "sweep")
+        if trains and signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            said = "quit at once by a second Ctrl-C; a resume continues from the last checkpoint."
+        else:
+            said = f"{args.command} interrupted by Ctrl-C" + (" before training began." if trains else ".")
+        print(f"error: {said}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `python -m mixsep info | head -1`: the reader has all it wanted, no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail again

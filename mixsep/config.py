@@ -405,20 +405,25 @@ def _show(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig of parsed ``train`` flags, or of ``--config FILE`` when given.
+def given_settings(args: argparse.Namespace, model: str | None = None) -> dict:
+    """The settings parsed ``train`` flags give, by name.
 
-    Flags left out are None (``add_train_flags(defaults=False)``) and take the setting's
-    default, or with ``--recipe`` the model's recipe; a flag given wins over both. Beside
-    ``--config`` only the flags of where and how a run runs (Setting.on_resume: data root,
-    device, ...) apply; the CLI refuses the others there.
+    Flags left out are None (``add_train_flags(defaults=False)``) and absent here; with
+    ``--recipe`` the recipe of the flag's model (else ``model``, else the default model) fills
+    them, and a flag given wins. With ``--config FILE``: the file's settings, and beside them only
+    the flags of where and how a run runs (Setting.on_resume: data root, device, ...); the CLI
+    refuses the others there.
     """
+    flags = {s.name: getattr(args, s.name) for s in settings(resolve=False) if getattr(args, s.name, None) is not None}
     if getattr(args, "config", None):
-        cfg = TrainConfig.load(Path(args.config))
-        where = {s.name: getattr(args, s.name) for s in settings(resolve=False)
-                 if s.on_resume and getattr(args, s.name, None) is not None}
-        return dataclasses.replace(cfg, **where).validate()
-    values = {s.name: getattr(args, s.name) for s in settings(resolve=False) if getattr(args, s.name, None) is not None}
+        where = {s.name for s in settings(resolve=False) if s.on_resume}
+        return TrainConfig.load(Path(args.config)).to_dict() | {k: v for k, v in flags.items() if k in where}
     if getattr(args, "recipe", False):
-        values = recipe(values.get("model", TrainConfig.model)) | values
-    return TrainConfig(**values).validate()
+        flags = recipe(flags.get("model", model or TrainConfig.model)) | flags
+    return flags
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of parsed ``train`` flags, or of ``--config FILE`` when given (``given_settings``);
+    a setting no flag gives takes its default."""
+    return TrainConfig.from_dict(given_settings(args)).validate()
