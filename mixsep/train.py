@@ -317,9 +317,9 @@ class Training:
             return "time"
         return None
 
-    def _kept(self) -> str:
+    def _kept(self, good: bool = False) -> str:
         """What a failure leaves to resume from (a run that failed before its first checkpoint has none)."""
-        return (f"the last checkpoint (step {self.last_good}) is kept" if self.last_good
+        return (f"the last {'good ' if good else ''}checkpoint (step {self.last_good}) is kept" if self.last_good
                 else "no checkpoint was written yet")
 
     def _resume_point(self) -> str:
@@ -330,7 +330,7 @@ class Training:
         """One step's result; a non-finite loss fails the run, keeping the last good checkpoint."""
         loss_m, loss_c = p.losses.tolist()
         if not (math.isfinite(loss_m) and math.isfinite(loss_c)):
-            kept = self._kept().replace("the last checkpoint", "the last good checkpoint")
+            kept = self._kept(good=True)
             msg = (f"The loss became non-finite at step {p.step} (lr={p.lr:g}); training stopped. "
                    f"{kept[0].upper()}{kept[1:]}. Lower the learning rate and start again.")
             self.run.fail(msg, step=self.last_good, total_steps=self.total_steps)
