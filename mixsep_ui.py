@@ -178,8 +178,9 @@ def runs_table(runs_dir: Path) -> list[dict]:
     return rows
 
 
-def pick_run(runs_dir: Path, key: str = "run") -> Path | None:
-    """A run of the runs folder, from the URL (?run=NAME) or a select box; None after a message."""
+def pick_run(runs_dir: Path, key: str = "run") -> tuple[Path, str] | None:
+    """A run of the runs folder and its name there (a sweep's trial: STUDY/trial-0001), from the URL
+    (?run=NAME) or a select box; None after a message."""
     rows = {r["run"]: r for r in runs_table(runs_dir)}
     wanted = st.query_params.get("run")
     if wanted and key not in st.session_state:
@@ -187,13 +188,11 @@ def pick_run(runs_dir: Path, key: str = "run") -> Path | None:
             path = resolve_run(runs_dir, wanted)
         except MixsepError as e:  # a link to no run: say so, and offer the runs there are
             st.error(f"{e} Pick a run below.")
-            path = None
-        if path is None:
-            pass
-        elif not (path / "config.json").is_file():
-            st.error(f"There is no run named '{wanted}' in {Path(runs_dir).resolve()}; pick one below.")
         else:
-            st.session_state[key] = wanted
+            if not (path / "config.json").is_file():
+                st.error(f"There is no run named '{wanted}' in {Path(runs_dir).resolve()}; pick one below.")
+            else:
+                st.session_state[key] = wanted
     if not rows:
         st.info(f"No runs yet in {Path(runs_dir).resolve()}. Start one on the Train page.")
         page_link("Train", "Go to Train")
@@ -207,7 +206,7 @@ def pick_run(runs_dir: Path, key: str = "run") -> Path | None:
     st.session_state["last_run"] = name
     st.query_params["run"] = name  # a link to this page shows this run
     try:
-        return resolve_run(runs_dir, name)
+        return resolve_run(runs_dir, name), name
     except MixsepError as e:  # renamed or relinked since it was listed
         st.error(str(e))
         return None
@@ -231,18 +230,20 @@ def pick_checkpoint(run_dir: Path, key: str = "checkpoint") -> Path | None:
 
 
 def pick_run_and_checkpoint(runs_dir: Path):
-    """The header row of the Samples and Metrics pages: run, checkpoint, and a third column for the page.
+    """The header row of the Samples, Metrics and Separate pages: (run folder, its name, checkpoint, a third
+    column for the page).
 
     Stops the page (after saying why) when there is no run or no checkpoint to show.
     """
     top = st.columns([2, 1, 1])
     with top[0]:
-        run_dir = pick_run(runs_dir)
-    if run_dir is None:
+        picked = pick_run(runs_dir)
+    if picked is None:
         st.stop()
+    run_dir, name = picked
     with top[1]:
         checkpoint = pick_checkpoint(run_dir)
-    return run_dir, checkpoint, top[2]
+    return run_dir, name, checkpoint, top[2]
 
 
 def _checkpoint_every(run_dir: Path):

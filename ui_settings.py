@@ -82,7 +82,7 @@ def setting_widget(setting: Setting, key_prefix: str, value=None, range_: bool =
             return tuple(st.multiselect(label, choices, default=list(value), **common))
         return st.selectbox(label, choices, index=choices.index(value), **common)
     if s.widget == "select_slider":
-        opts = _options(s, value, *_kept(common["key"], value, held))
+        opts = _options(s, *_kept(common["key"], value, held))
         if range_:
             lo, hi = st.select_slider(label, opts, value=(value[0], value[-1]), format_func=_format(s), **common)
             return tuple(v for v in opts if lo <= v <= hi) if s.categorical else (lo, hi)

@@ -6,11 +6,9 @@ import streamlit as st
 import mixsep_ui as ui
 from mixsep import MixsepError
 from mixsep.grid import grid_image, sample_indices
-from mixsep.run import run_name
 
 data_root, runs_dir = ui.setup("Samples")
-run_dir, checkpoint, third = ui.pick_run_and_checkpoint(runs_dir)
-run_shown = run_name(runs_dir, run_dir)  # a sweep's trial with its study: STUDY/trial-0001
+run_dir, run_shown, checkpoint, third = ui.pick_run_and_checkpoint(runs_dir)  # run_shown: STUDY/trial-0001 too
 split = third.radio("Split", ["test", "train"], horizontal=True)
 if checkpoint is None:
     st.stop()

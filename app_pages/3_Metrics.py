@@ -5,11 +5,9 @@ import streamlit as st
 import mixsep_ui as ui
 from mixsep import MixsepError
 from mixsep.metrics import METRIC_HELP, MODE_HELP
-from mixsep.run import run_name
 
 data_root, runs_dir = ui.setup("Metrics")
-run_dir, checkpoint, third = ui.pick_run_and_checkpoint(runs_dir)
-run_shown = run_name(runs_dir, run_dir)  # a sweep's trial with its study: STUDY/trial-0001
+run_dir, run_shown, checkpoint, third = ui.pick_run_and_checkpoint(runs_dir)  # run_shown: STUDY/trial-0001 too
 if checkpoint is None:
     st.stop()
 try:

@@ -12,7 +12,6 @@ from PIL import Image
 import mixsep_ui as ui
 from mixsep import MixsepError
 from mixsep.config import SEPARATE_MODES
-from mixsep.run import run_name
 from mixsep.separate import png_bytes, read_mixture, separate
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"]
@@ -20,8 +19,7 @@ SHOWN = 128  # pixels on screen for a 32x32 image: 4x, each pixel a block
 MAX_UPLOAD_MB = 1  # a 32x32 image is a few KB in any format; the browser refuses bigger files before they are sent
 
 data_root, runs_dir = ui.setup("Separate")
-run_dir, checkpoint, third = ui.pick_run_and_checkpoint(runs_dir)
-run_shown = run_name(runs_dir, run_dir)  # a sweep's trial with its study: STUDY/trial-0001
+run_dir, run_shown, checkpoint, third = ui.pick_run_and_checkpoint(runs_dir)  # run_shown: STUDY/trial-0001 too
 mode = third.selectbox("Recovery mode", SEPARATE_MODES,
                        help="projection_uniform: what the heads leave over is split evenly, so the digit and the image "
                             "average back to the mixture up to the clip to [0, 1] and the grey digit. "
