@@ -101,6 +101,11 @@ def _os_error_in(e: BaseException) -> OSError | None:
     return None
 
 
+def temp_path(path: Path) -> Path:
+    """Where a write of ``path`` goes before its rename: hidden beside it, named by this process."""
+    return path.parent / f".{path.name}.{os.getpid()}{TMP_SUFFIX}"
+
+
 def atomic_write(path: Path, write) -> None:
     """Write ``path`` through ``write(binary_file)`` so readers see the old or the new file only.
 
@@ -108,7 +113,7 @@ def atomic_write(path: Path, write) -> None:
     (and after a KeyboardInterrupt), so a failed write leaves nothing behind.
     """
     path = Path(path)
-    tmp = path.parent / f".{path.name}.{os.getpid()}{TMP_SUFFIX}"
+    tmp = temp_path(path)
     existed = path.is_file()
     try:
         with open(tmp, "wb") as f:

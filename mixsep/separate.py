@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .config import SEPARATE_MODES as MODES
 from .errors import MixsepError
-from .run import TMP_SUFFIX, describe_os_error
+from .run import describe_os_error, temp_path
 
 SIZE = (32, 32)
 SUFFIXES = {"mnist": ".mnist.png", "cifar": ".cifar.png"}
@@ -125,7 +125,7 @@ def write_outputs(paths: list[dict[str, Path]], digits: np.ndarray, images: np.n
     try:
         for d, digit, image in zip(paths, digits, images):
             for source, px in (("mnist", digit), ("cifar", image)):
-                tmp = d[source].with_name(f".{d[source].name}.{os.getpid()}{TMP_SUFFIX}")
+                tmp = temp_path(d[source])
                 written.append((tmp, d[source]))
                 with open(tmp, "wb") as f:
                     f.write(png_bytes(px))
