@@ -128,7 +128,8 @@ def score(model: torch.nn.Module, mnist_u8, cifar_u8, batch: int = 250) -> dict:
             "val_psnr_8bit_mixture": round(torch.cat(rounded).mean().item(), 3), "val_pairs": len(mnist_u8)}
 
 
-FLIPS = {"flip_h": ((-1,),), "flip_hv": ((-1,), (-2,), (-2, -1)), "flip_hv_t": ((-1,), (-2,), (-2, -1), "t")}
+WAYS = {"h": (-1,), "v": (-2,), "hv": (-2, -1), "t": "t"}  # mirrored left-right, up-down, both (a 180° turn), transposed
+FLIPS = {"flip_h": ("h",), "flip_hv": ("h", "v", "hv"), "flip_hv_t": ("h", "v", "hv", "t")}
 
 
 def _flipped(t: torch.Tensor, how) -> torch.Tensor:
@@ -139,7 +140,8 @@ def _flipped(t: torch.Tensor, how) -> torch.Tensor:
 def score_flips(model: torch.nn.Module, mnist_u8, cifar_u8, batch: int = 250) -> dict:
     """Test-time averaging: the digit estimated from flipped (or transposed) mixtures, flipped back,
     averaged with the plain estimate before the model's DigitSpace (the average stays in the interval).
-    Each key costs its number of forward passes; none of it is in mixsep's models."""
+    Each way is one forward pass, made once and shared by the keys that average it; none of it is in
+    mixsep's models."""
     if getattr(model, "digit_space", None) is None:
         raise MixsepError("--flips averages digit estimates before DigitSpace; this run's model has none.")
     model.eval()
@@ -150,9 +152,10 @@ def score_flips(model: torch.nn.Module, mnist_u8, cifar_u8, batch: int = 250) ->
             mnist, _, mean = to_float(mnist_u8[i: i + batch], cifar_u8[i: i + batch])
             lo, hi = feasible_interval(mean)
             plain = model(mean)[0][:, :1].float()
+            back = {w: _flipped(model(_flipped(mean, how))[0][:, :1].float(), how) for w, how in WAYS.items()}
             for key, ways in FLIPS.items():
-                est = [plain, *(_flipped(model(_flipped(mean, how))[0][:, :1].float(), how) for how in ways)]
-                out[key].append(psnr(project(torch.stack(est).mean(0), lo, hi), mnist[:, :1]))
+                est = torch.stack([plain, *(back[w] for w in ways)]).mean(0)
+                out[key].append(psnr(project(est, lo, hi), mnist[:, :1]))
     finally:
         model.digit_space = project
     return {f"val_psnr_{k}": round(torch.cat(v).mean().item(), 3) for k, v in out.items()}
