@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import threading
 import time
@@ -95,23 +94,14 @@ def test_a_sqlite_storage_that_is_a_text_file_is_one_sentence(capsys, tmp_path, 
 
 @pytest.fixture
 def read_only_disk(tmp_path):
-    """A tmpfs mounted at tmp_path/disk; remount(ro=True) makes it read-only."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = os.geteuid() == 0 and subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True).returncode == 0
-    if not mounted:
-        if os.environ.get("MIXSEP_REQUIRE_TMPFS"):
-            pytest.fail("cannot mount a tmpfs (CI runs as root and must)")
-        pytest.skip("mounting a tmpfs needs root")
+    """A tmpfs mounted at tmp_path/disk (conftest.tmpfs); remount(ro=True) makes it read-only."""
+    from conftest import tmpfs
 
     def remount(ro: bool) -> None:
         subprocess.run(["mount", "-o", f"remount,{'ro' if ro else 'rw'}", str(disk)], check=True)
 
-    try:
+    with tmpfs(tmp_path / "disk", "2m") as disk:
         yield disk, remount
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 @pytest.mark.parametrize("sub", ["", "sub"])
