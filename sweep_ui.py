@@ -14,7 +14,7 @@ import streamlit as st
 
 import mixsep_ui as ui
 from mixsep.config import setting_by_name
-from mixsep.sweep import STORAGE_ENV, SweepRegistry, check_storage, open_storage, sweepable
+from mixsep.sweep import STORAGE_ENV, SweepRegistry, check_storage, open_storage, storage_label, sweepable
 from ui_settings import setting_widget
 
 BUDGET = ("epochs", "train_size", "max_minutes")  # the per-trial budget, fixed for every trial
@@ -44,10 +44,16 @@ def storage(url: str, runs_dir: Path):
 
 
 def storage_url() -> str:
-    return st.text_input("Storage", value=os.environ.get(STORAGE_ENV, ""), key="sweep_storage",
-                         placeholder="the journal file in the runs folder",
-                         help="Empty: Optuna's journal file in the runs folder. Or a database URL such as "
-                              "postgresql://user@host/db, which several machines can share.").strip()
+    """The storage the page uses. The server's own (``MIXSEP_SWEEP_STORAGE``) is shown with its
+    password hidden, never sent to the browser, and used while the box still shows it."""
+    server = os.environ.get(STORAGE_ENV, "").strip()
+    shown = storage_label(server, Path(".")) if server else ""
+    typed = st.text_input("Storage", value=shown, key="sweep_storage",
+                          placeholder="the journal file in the runs folder",
+                          help="Empty: Optuna's journal file in the runs folder. Or a database URL such as "
+                               "postgresql://user@host/db, which several machines can share. A password is "
+                               f"best kept in the server's {STORAGE_ENV}: the box then shows it as ***.").strip()
+    return server if server and typed == shown else typed
 
 
 def space_widgets() -> tuple[list[str], list[str]]:

@@ -241,12 +241,16 @@ def validate(model, pairs, batch_size: int = 256) -> dict:
 
 
 def storage_label(url: str | None, runs_dir: Path) -> str:
-    """The storage as people may see it: a journal path, or the URL with its password hidden."""
+    """The storage as people may see it: a journal path, or the URL with its password hidden
+    (also in a string that is not a URL at all: whatever stands between ':' and '@' is masked)."""
     if not url:
         return str(Path(runs_dir).resolve() / JOURNAL)
     from sqlalchemy.engine import make_url
 
-    return make_url(url).render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # ArgumentError, or ValueError for a port that is not a number
+        return re.sub(r"^((?:[^/@:]*://)?[^/@:]*):[^@]*@", r"\1:***@", url)
 
 
 def check_storage(url: str | None, timeout_s: int = 10) -> None:
@@ -257,9 +261,11 @@ def check_storage(url: str | None, timeout_s: int = 10) -> None:
 
     try:
         parsed = database_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        raise MixsepError(f"--storage '{url}' is not a database URL; write it like postgresql://user@host/dbname, "
-                          "or leave --storage out for the journal file in the runs folder.") from None
+    except (sqlalchemy.exc.ArgumentError, ValueError) as e:  # ValueError: a port that is not a number
+        why = "" if isinstance(e, sqlalchemy.exc.ArgumentError) else " (its host or port does not parse)"
+        raise MixsepError(f"The storage '{storage_label(url, Path('.'))}' is not a database URL{why}; write it like "
+                          "postgresql://user@host/dbname, or leave it empty for the journal file in the runs "
+                          "folder.") from None
     shown = storage_label(url, Path("."))
     missing = (f"{shown} needs a Python database driver that is not installed ('{{}}'); install it, "
                "or use postgresql:// (psycopg2 comes with mixsep).")
@@ -300,7 +306,7 @@ def check_storage(url: str | None, timeout_s: int = 10) -> None:
     except sqlalchemy.exc.SQLAlchemyError as e:
         reason = " ".join(str(getattr(e, "orig", e) or e).split())[:200]
         raise MixsepError(f"Cannot reach the database {shown} ({reason}); start it, or check the host, port, "
-                          "user and database name in --storage.") from None
+                          "user and database name in the storage URL.") from None
 
 
 def database_url(url: str):

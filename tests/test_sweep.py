@@ -135,6 +135,8 @@ def free_port() -> int:
 @pytest.mark.parametrize("extra, says", [
     (["--storage", "mongodb://localhost/x"], "Unknown storage URL scheme 'mongodb'"),
     (["--storage", "postgresql://mixsep:secret@127.0.0.1:{port}/db"], "Cannot reach the database"),
+    (["--storage", "postgresql://mixsep:secret@127.0.0.1:notaport/db"], "its host or port does not parse"),
+    (["--storage", "mixsep:secret@127.0.0.1/db"], "The storage 'mixsep:***@127.0.0.1/db' is not a database URL"),
     (["--space", "lr=1e-2:1e-3"], "inverted"),
     (["--space", "beta2=0.99:0.99"], "empty"),
     (["--trials", "0"], "--trials must be at least 1"),
@@ -372,3 +374,20 @@ def test_sweep_page_launches_a_study_and_shows_its_trials(page_env):
     assert set(shown.index) == {"page/trial-0000", "page/trial-0001"} and shown["best_loss"].notna().all()
     for _, row in table.iterrows():  # the best of a trial's validation reports, never below its final figure
         assert shown.loc[row["run"], "val_psnr"] >= row["val PSNR"] - 1e-9
+
+
+def test_sweep_page_hides_the_servers_database_password_and_still_uses_it(page_env, monkeypatch):
+    """The server's MIXSEP_SWEEP_STORAGE reaches the page as postgresql://user:***@...; the page
+    connects with the real URL (here to a closed port, so it says it cannot reach it)."""
+    from streamlit.testing.v1 import AppTest
+
+    port = free_port()
+    monkeypatch.setenv("MIXSEP_SWEEP_STORAGE", f"postgresql://mixsep:S3cret!pw@127.0.0.1:{port}/db")
+    at = AppTest.from_file(str(ROOT / "app_pages" / "5_Sweep.py"), default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    box = at.text_input(key="sweep_storage")
+    assert box.value == f"postgresql://mixsep:***@127.0.0.1:{port}/db"
+    assert f"Cannot reach the database postgresql://mixsep:***@127.0.0.1:{port}/db" in at.error[0].value
+    assert "S3cret" not in str(at._tree), "the password reached the page"
+    box.set_value(f"postgresql://mixsep@127.0.0.1:{free_port()}/other").run()  # a URL the user types is used as typed
+    assert "/other" in at.error[0].value and "S3cret" not in str(at._tree)
