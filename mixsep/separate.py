@@ -102,9 +102,19 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def prepare(inputs: list[Path], out_dir: Path, overwrite: bool = False) -> tuple[np.ndarray, list[dict[str, Path]]]:
-    """Read and check every input and every output path before anything is computed or written."""
-    inputs = [Path(p) for p in inputs]
+def prepare(inputs: list[Path], out_dir: Path | str,
+            overwrite: bool = False) -> tuple[np.ndarray, list[dict[str, Path]]]:
+    """Read and check every input and every output path before anything is computed or written.
+
+    An input named twice (the same file by resolved path) is separated once: two writes of one
+    output would share one temporary name."""
+    if isinstance(out_dir, str) and not out_dir.strip():  # Path("") is Path("."): the current folder, silently
+        raise MixsepError("--out is empty; name the folder for the outputs (default ./separated).")
+    out_dir = Path(out_dir)
+    named: dict[Path, Path] = {}
+    for p in map(Path, inputs):
+        named.setdefault(p.resolve(), p)  # the first naming of each file
+    inputs = list(named.values())
     if not inputs:
         raise MixsepError("Give at least one mixture image to separate.")
     pixels = np.stack([read_mixture(p) for p in inputs])
@@ -114,7 +124,9 @@ def prepare(inputs: list[Path], out_dir: Path, overwrite: bool = False) -> tuple
 
 
 def write_outputs(paths: list[dict[str, Path]], digits: np.ndarray, images: np.ndarray) -> None:
+    """Every output or, with one sentence, none; a --out folder made here is removed again then."""
     out_dir = next(iter(paths[0].values())).parent
+    made = not out_dir.exists()
     try:
         out_dir.mkdir(exist_ok=True)
     except OSError as e:
@@ -132,16 +144,30 @@ def write_outputs(paths: list[dict[str, Path]], digits: np.ndarray, images: np.n
                     f.flush()
                     os.fsync(f.fileno())
     except BaseException as e:
-        for tmp, _ in written:
-            tmp.unlink(missing_ok=True)
+        _discard([tmp for tmp, _ in written], out_dir if made else None)
         if isinstance(e, OSError):
             raise MixsepError(describe_os_error(e, written[-1][1]) + "; nothing was written.") from None
         raise
-    for tmp, final in written:
+    for n, (tmp, final) in enumerate(written):
         try:
             os.replace(tmp, final)
         except OSError as e:
-            for left, _ in written:
-                left.unlink(missing_ok=True)
-            raise MixsepError(describe_os_error(e, final) + "; the outputs named before it were written.") from None
+            _discard([left for left, _ in written[n:]], out_dir if made and n == 0 else None)
+            said = "; nothing was written." if n == 0 else "; the outputs named before it were written."
+            raise MixsepError(describe_os_error(e, final) + said) from None
 
+
+def _discard(temps: list[Path], made: Path | None) -> None:
+    """Remove what a failed write left: its temporary files, and the folder ``made`` for it if that is
+    empty now. Never raises: the disk that failed the write (read-only, gone) may fail these too, and the
+    sentence saying why the write failed is the one to show."""
+    for tmp in temps:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+    if made is not None:
+        try:
+            made.rmdir()  # only if empty: a file someone put there meanwhile stays, with the folder
+        except OSError:
+            pass

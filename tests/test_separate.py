@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import mixture_pngs
+from conftest import mixture_pngs, tmpfs, tree
 
 from mixsep.cli import main
 from mixsep.metrics import recover
@@ -156,8 +156,6 @@ def test_a_full_disk_halfway_writes_none_of_the_outputs(capsys, data_root, tmp_p
     temporary name first and renamed only once all are whole (10 of 40 were left before)."""
     import os
 
-    from conftest import tmpfs
-
     run = _train(capsys, data_root, tmp_path / "runs")
     inputs, _ = mixture_pngs(data_root, tmp_path / "in", 20)
     with tmpfs(tmp_path / "out", "512k") as out:
@@ -171,3 +169,71 @@ def test_a_full_disk_halfway_writes_none_of_the_outputs(capsys, data_root, tmp_p
         filler.unlink()
         assert main(["separate", str(run), *map(str, inputs), "--out", str(out)]) == 0
         assert len(list(out.glob("*.png"))) == 40
+
+
+def _one_error_line(err: str, *parts: str) -> None:
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    for part in parts:
+        assert part in err, err
+
+
+@pytest.mark.parametrize("into", ["mount", "folder"])
+def test_a_read_only_disk_is_one_sentence_and_nothing_is_written(capsys, data_root, tmp_path, into):
+    """--out on a read-only filesystem, the mount itself or a folder on it that exists: the temporary
+    file cannot be made, and its clean-up (which meets EROFS too) once raised over the message."""
+    import subprocess
+
+    run = _train(capsys, data_root, tmp_path / "runs")
+    inputs, _ = mixture_pngs(data_root, tmp_path / "in", 2)
+    with tmpfs(tmp_path / "ro", "200k") as disk:
+        (disk / "exist").mkdir()
+        (disk / "exist" / "keep.txt").write_text("the user's own file")
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        out = disk if into == "mount" else disk / "exist"
+        before = tree(tmp_path)
+        assert main(["separate", str(run), *map(str, inputs), "--out", str(out)]) == 2
+        _one_error_line(capsys.readouterr().err, f"{out} is not writable", "mix0.mnist.png", "nothing was written")
+        assert tree(tmp_path) == before
+
+
+def test_the_same_input_named_twice_is_separated_once(capsys, data_root, tmp_path):
+    """`separate RUN a.png a.png` (or a.png and a link to it): one file, one pair of outputs; it once
+    shared one temporary name, failed the second rename and said only the first outputs were written."""
+    run = _train(capsys, data_root, tmp_path / "runs")
+    inputs, _ = mixture_pngs(data_root, tmp_path / "in", 2)
+    (tmp_path / "in" / "link.png").symlink_to(inputs[0])
+    out = tmp_path / "out"
+    named = [inputs[0], inputs[1], inputs[0], tmp_path / "in" / ".." / "in" / "mix0.png", tmp_path / "in" / "link.png"]
+    assert main(["separate", str(run), *map(str, named), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(out / f"mix{i}.{s}.png") for i in range(2) for s in ("mnist", "cifar")]
+    assert sorted(p.name for p in out.iterdir()) == sorted(Path(p).name for p in printed)  # no temporary file
+
+
+def test_an_empty_out_is_refused(capsys, data_root, tmp_path, monkeypatch):
+    """--out "" once wrote into the current folder, silently: Path("") is Path(".")."""
+    run = _train(capsys, data_root, tmp_path / "runs")
+    inputs, _ = mixture_pngs(data_root, tmp_path / "in", 1)
+    monkeypatch.chdir(tmp_path)
+    before = tree(tmp_path)
+    for out in ("", "  "):
+        assert main(["separate", str(run), *map(str, inputs), "--out", out]) == 2
+        _one_error_line(capsys.readouterr().err, "--out is empty; name the folder")
+    assert tree(tmp_path) == before
+
+
+def test_a_full_disk_removes_the_out_folder_separate_made(capsys, data_root, tmp_path):
+    """"nothing was written" holds for the folder too: --out made for this call is removed again
+    (only it, only empty); a folder that was there already stays."""
+    import os
+
+    run = _train(capsys, data_root, tmp_path / "runs")
+    inputs, _ = mixture_pngs(data_root, tmp_path / "in", 2)
+    with tmpfs(tmp_path / "disk", "64k") as disk:
+        (disk / "there").mkdir()
+        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+        (disk / "filler").write_bytes(b"\0" * free)  # no room for one PNG; a folder still fits
+        for out in (disk / "new", disk / "there"):
+            assert main(["separate", str(run), *map(str, inputs), "--out", str(out)]) == 2
+            _one_error_line(capsys.readouterr().err, "full", "mix0.mnist.png", "nothing was written")
+        assert sorted(p.name for p in disk.rglob("*")) == ["filler", "there"]
