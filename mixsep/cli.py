@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .config import (SEPARATE_MODES, TrainConfig, add_train_flags, config_from_args, default_data_root,
                      default_runs_dir, given_settings, settings)
-from .errors import MixsepError
+from .errors import MixsepError, SecondInterrupt
 
 def _add_data_root(p):
     p.add_argument("--data-root", default=default_data_root(),
@@ -426,7 +426,7 @@ def cmd_grid(args) -> int:
 def cmd_separate(args) -> int:
     from .separate import prepare, separate, write_outputs
 
-    pixels, paths = prepare([Path(p) for p in args.images], Path(args.out), args.overwrite)  # before the model loads
+    pixels, paths = prepare([Path(p) for p in args.images], args.out, args.overwrite)  # before the model loads
     model, _, info = _load_model(args)
     write_outputs(paths, *separate(model, pixels, args.mode))
     print(f"checkpoint {info['path']} (step {info['step']}), mode {args.mode}: {len(paths)} mixture(s) separated", file=sys.stderr)
@@ -506,11 +506,11 @@ def main(argv=None) -> int:
     except MixsepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         # train and sweep finish their step on a first Ctrl-C once their handler is in place (it raises
         # on the second); a first Ctrl-C before that (loading torch, reading the data) ends here too
         trains = args.command in ("train", "sweep")
-        if trains and signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        if trains and (isinstance(e, SecondInterrupt) or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
             said = "quit at once by a second Ctrl-C; a resume continues from the last checkpoint."
         else:
             said = f"{args.command} interrupted by Ctrl-C" + (" before training began." if trains else ".")

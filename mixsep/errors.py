@@ -11,6 +11,10 @@ class MixsepError(Exception):
     """A problem the user can fix; ``str(err)`` is the message to show."""
 
 
+class SecondInterrupt(KeyboardInterrupt):
+    """A second Ctrl-C: quit at once (the first one asked to finish the step and stop)."""
+
+
 def make_folder(path, what: str, is_a_file: str):
     """``path`` as a folder, made if missing: ``is_a_file`` (a sentence) when a file is there, one
     sentence naming ``what`` ("the run folder", "the data root") when it cannot be made."""

@@ -56,16 +56,17 @@ from pathlib import Path
 from typing import Callable
 
 from .config import TrainConfig, default_data_root, settings
-from .errors import MixsepError
+from .errors import MixsepError, SecondInterrupt
 
 JOURNAL = "optuna.journal"
 SWEEP_FILE, SWEEP_LOG = "sweep.json", "sweep.log"
 ATTR = "mixsep"               # the study's user attribute holding its space and fixed settings
 LOCAL = ("data_root", "device")  # settings each machine chooses for itself when it joins a study
-MAX_RETRY = 3                 # requeues of a trial whose worker died, before it counts as failed
+MAX_RETRY = 3                 # requeues of a trial whose worker died, before it counts as failed (stops don't count)
 PSNR_CAP = 100.0              # dB; a pixel-perfect image is +inf PSNR and would swamp the mean
 POLL_S = 2.0                  # how often an idle worker looks at the others' trials
 STORAGE_ENV = "MIXSEP_SWEEP_STORAGE"  # keeps a database password off the command line
+_CHILD_ENV = "MIXSEP_SWEEP_WORKER"  # set in a worker child: its parent speaks for the command
 
 
 # --------------------------------------------------------------------------- the search space
@@ -304,8 +305,7 @@ def check_storage(url: str | None, timeout_s: int = 10) -> None:
     except ImportError as e:
         raise MixsepError(missing.format(e.name)) from None
     except sqlalchemy.exc.SQLAlchemyError as e:
-        reason = " ".join(str(getattr(e, "orig", e) or e).split())[:200]
-        raise MixsepError(f"Cannot reach the database {shown} ({reason}); start it, or check the host, port, "
+        raise MixsepError(f"Cannot reach the database {shown} ({_reason(e)}); start it, or check the host, port, "
                           "user and database name in the storage URL.") from None
 
 
@@ -362,8 +362,7 @@ def open_storage(url: str | None, runs_dir: Path, heartbeat_s: int = 30, create:
             return optuna.storages.RDBStorage(
                 parsed.render_as_string(hide_password=False), engine_kwargs=_engine_kwargs(parsed, 10),
                 heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=MAX_RETRY, inherit_intermediate_values=True))
+                heartbeat_stale_trial_callback=requeue)
         except sqlalchemy.exc.SQLAlchemyError as e:
             if attempt == 2:  # workers started together race to create Optuna's tables; the loser retries
                 raise _unusable_database(shown, e) from None
@@ -371,8 +370,7 @@ def open_storage(url: str | None, runs_dir: Path, heartbeat_s: int = 30, create:
 
 
 def _unusable_database(shown: str, e) -> MixsepError:
-    reason = " ".join(str(getattr(e, "orig", e) or e).split())[:200]
-    return MixsepError(f"Cannot use the database {shown} as a sweep's storage ({reason}); check --storage, "
+    return MixsepError(f"Cannot use the database {shown} as a sweep's storage ({_reason(e)}); check the storage URL, "
                        "or leave it out for the journal file in the runs folder.")
 
 
@@ -793,20 +791,34 @@ def counts(study) -> dict:
             "waiting": sum(t.state == TrialState.WAITING for t in trials)}
 
 
-def requeue(study, trial) -> None:
-    """Queue a copy of a trial that did not finish, with its parameters and run folder, to be resumed."""
+def crashes(trial) -> int:
+    """How many times the workers of this trial's chain died (its requeues that were not stops)."""
+    return len(trial.system_attrs.get("retry_history", [])) - trial.system_attrs.get("stops", 0)
+
+
+def requeue(study, trial, stopped: bool = False) -> bool:
+    """Queue a copy of a trial that did not finish, with its parameters and run folder, to be resumed.
+
+    ``stopped``: the sweep was asked to stop, or could not write (a full disk): the trial
+    always comes back. A trial whose worker died comes back MAX_RETRY times, then it counts
+    as failed; returns whether it was queued. Also Optuna's heartbeat callback for a database.
+    """
     import optuna
 
+    if not stopped and crashes(trial) >= MAX_RETRY:
+        return False
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
     user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ("host", "pid", "pid_start")}
     study.add_trial(optuna.trial.create_trial(
         state=optuna.trial.TrialState.WAITING, params=trial.params, distributions=trial.distributions,
         user_attrs=user_attrs, intermediate_values=trial.intermediate_values,
-        system_attrs={"failed_trial": history[0], "retry_history": history}))
+        system_attrs={"failed_trial": history[0], "retry_history": history,
+                      "stops": trial.system_attrs.get("stops", 0) + stopped}))
+    return True
 
 
-def fail_dead_trials(study, journal: bool) -> list[int]:
-    """Fail (and requeue) running trials whose worker is gone; returns their numbers.
+def fail_dead_trials(study, journal: bool) -> list[tuple[int, bool]]:
+    """Fail (and requeue) running trials whose worker is gone; returns (number, queued again) for each.
 
     A database has heartbeats (Optuna fails stale trials and calls the retry callback).
     The journal serves one machine: a running trial of this host whose process is not
@@ -819,10 +831,10 @@ def fail_dead_trials(study, journal: bool) -> list[int]:
     from .run import is_alive
 
     if not journal:
-        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        before = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         optuna.storages.fail_stale_trials(study)
         after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        return sorted(before - after)
+        return [(n, crashes(before[n]) < MAX_RETRY) for n in sorted(set(before) - after)]
     host, dead = socket.gethostname(), []
     now = datetime.datetime.now()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -836,14 +848,17 @@ def fail_dead_trials(study, journal: bool) -> list[int]:
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker got there first
-        if len(t.system_attrs.get("retry_history", [])) < MAX_RETRY:
-            requeue(study, t)
-        dead.append(t.number)
+        dead.append((t.number, requeue(study, t)))
     return dead
 
 
 class SweepInterrupted(Exception):
     """The sweep was asked to stop during a trial; the trial is requeued to resume later."""
+
+
+class SweepHalted(SweepInterrupted):
+    """A trial could not write its run folder (a full disk, a read-only one): the sweep stops with
+    that sentence, and the trial is requeued to resume once the disk is fixed."""
 
 
 class _QuietInterrupts(logging.Filter):
@@ -858,7 +873,7 @@ class _QuietInterrupts(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         number = re.match(r"Trial (\d+) failed", message)
-        if record.exc_info and isinstance(record.exc_info[1], SweepInterrupted) and number:
+        if record.exc_info and isinstance(record.exc_info[1], (SweepInterrupted, KeyboardInterrupt)) and number:
             self.stopped.add(number.group(1))
             return False
         if number and message.endswith("failed with value None.") and number.group(1) in self.stopped:
@@ -869,8 +884,41 @@ class _QuietInterrupts(logging.Filter):
 
 @functools.lru_cache(maxsize=None)
 def _quiet_interrupts() -> None:
-    """Once per process, on the logger of Optuna's optimize loop (where both records come from)."""
+    """Once per process, on the logger of Optuna's optimize loop (where both records come from);
+    and a database lost by Optuna's heartbeat thread is one line, not that thread's traceback
+    (the worker itself then stops with one sentence, at its next write)."""
     logging.getLogger("optuna.study._optimize").addFilter(_QuietInterrupts())
+    warnings.filterwarnings("ignore", message="The reported value is ignored because this step",
+                            category=UserWarning)  # a resumed trial reports again the steps after its checkpoint
+    default = threading.excepthook
+
+    def hook(args):
+        if _database_error(args.exc_value) and "heartbeat" in (args.thread.name if args.thread else ""):
+            print(f"warning: the sweep's heartbeat lost the database ({_reason(args.exc_value)})", file=sys.stderr)
+            return
+        default(args)
+
+    threading.excepthook = hook
+
+
+def _database_error(e: BaseException | None):
+    """The SQLAlchemy error behind ``e`` (Optuna may raise another error while handling it), or None."""
+    try:
+        import sqlalchemy
+    except ImportError:
+        return None
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, sqlalchemy.exc.SQLAlchemyError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _reason(e: BaseException) -> str:
+    e = _database_error(e) or e
+    return " ".join(str(getattr(e, "orig", e) or e).split())[:200]
 
 
 @dataclass
@@ -887,12 +935,14 @@ class Worker:
 
         p = self.plan
         self.study = load_study(p, self.index)
-        self.val, self.last = None, None
+        self.val, self.last, self.trial_id = None, None, None
         journal = not p.storage
         waiting_said = False
         while not self.should_stop():
-            for n in fail_dead_trials(self.study, journal):
-                self.say(f"trial {n}: its worker is gone; marked failed and queued again to resume")
+            for n, queued in fail_dead_trials(self.study, journal):
+                self.say(f"trial {n}: its worker is gone; marked failed and queued again to resume" if queued else
+                         f"trial {n}: its worker is gone; marked failed for good (its workers died {MAX_RETRY} "
+                         "times before)")
             c = counts(self.study)
             if c["done"] >= p.trials:
                 break
@@ -904,11 +954,26 @@ class Worker:
                 continue
             waiting_said = False
             try:
-                self.study.optimize(self.objective, n_trials=1, catch=(MixsepError,), gc_after_trial=True)
+                try:
+                    self.study.optimize(self.objective, n_trials=1, catch=(MixsepError,), gc_after_trial=True)
+                except Exception as e:
+                    if _database_error(e) is None:
+                        raise
+                    raise MixsepError(f"The sweep lost its database {storage_label(p.storage, p.runs_dir)} "
+                                      f"({_reason(e)}); once it is back, run the same command: the trial that was "
+                                      "running resumes from its last checkpoint.") from None
+            except KeyboardInterrupt:  # a second Ctrl-C: the trial comes back when the sweep does
+                trial = self.study._storage.get_trial(self.trial_id) if self.trial_id is not None else None
+                if trial is not None and trial.state == TrialState.FAIL:
+                    requeue(self.study, trial, stopped=True)
+                raise
             except SweepInterrupted as e:
                 trial = self.study._storage.get_trial(e.args[0])
                 if trial.state == TrialState.FAIL:
-                    requeue(self.study, trial)
+                    requeue(self.study, trial, stopped=True)
+                if isinstance(e, SweepHalted):
+                    raise MixsepError(f"{e.args[1]} Trial {trial.number} is queued to resume from its last "
+                                      "checkpoint: fix that, then run the same command.") from None
                 self.say(f"trial {trial.number}: stopped; it resumes from its last checkpoint when the sweep does")
                 break
             if self.last is not None:
@@ -925,19 +990,25 @@ class Worker:
         """Train one trial into its run folder, reporting validation PSNR; return the final one."""
         import optuna
 
-        from .run import Run, identity, resolve_run
+        from .run import Run, RunWriteError, identity, resolve_run
 
         p = self.plan
-        self.last = trial.number
+        self.last, self.trial_id = trial.number, trial._trial_id
         params = {name: dim.suggest(trial) for name, dim in p.space.items()}
         run_name = trial.user_attrs.get("run") or f"{p.study}/trial-{trial.number:04d}"
         for k, v in {"run": run_name, "host": socket.gethostname(), **identity()}.items():
             trial.set_user_attr(k, v)
         if self.val is None:
             self.val = validation_pairs(Path(p.config.data_root), p.val_size)
-        run = Run(resolve_run(p.runs_dir, run_name)).open()  # a second trainer of this folder is refused here
+        try:
+            run = Run(resolve_run(p.runs_dir, run_name)).open()  # a second trainer of this folder is refused here
+        except RunWriteError as e:
+            raise SweepHalted(trial._trial_id, str(e)) from None
         try:
             return self._train(trial, dataclasses.replace(p.config, **params).validate(), run)
+        except RunWriteError as e:  # every later trial would fail the same way: stop, and resume this one later
+            trial.set_user_attr("error", str(e))
+            raise SweepHalted(trial._trial_id, str(e)) from None
         except MixsepError as e:
             trial.set_user_attr("error", str(e))
             if "non-finite" in str(e):  # diverged: a real, bad result the sampler should learn from
@@ -1035,6 +1106,11 @@ def run_sweep(p: Plan, say: Callable[[str], None] | None = None) -> int:
     stop = {"flag": False}
 
     def on_signal(signum, frame):  # finish this step, checkpoint the trial, requeue it, exit
+        if stop["flag"] and signum == signal.SIGINT:  # a second Ctrl-C: quit at once (the trial is requeued)
+            raise SecondInterrupt
+        if signum == signal.SIGINT and not stop["flag"] and not os.environ.get(_CHILD_ENV):  # one line per command
+            print("\nstopping: the running trial finishes its step and is queued to resume (Ctrl-C again to quit "
+                  "at once)", file=sys.stderr, flush=True)
         stop["flag"] = True
         for child in children:
             try:
@@ -1054,11 +1130,21 @@ def run_sweep(p: Plan, say: Callable[[str], None] | None = None) -> int:
         else:
             children.extend(_spawn(p, i) for i in range(p.workers))
             codes = [c.wait() for c in children]
-            if any(c not in (0, -signal.SIGTERM) for c in codes) and not stop["flag"]:
+            failed = sum(c not in (0, -signal.SIGTERM) for c in codes)
+            if failed and not stop["flag"] and counts(study)["done"] >= p.trials:  # the others finished it
+                say(f"{failed} of {p.workers} sweep workers ended early (exit codes {codes}); the others finished "
+                    "the study")
+            elif failed and not stop["flag"]:
                 raise MixsepError(f"{sum(c != 0 for c in codes)} of {p.workers} sweep workers failed "
                                   f"(exit codes {codes}); see their output above, then run the same command to resume.")
     except BaseException as e:
-        write_sweep_status(p, "failed", str(e) if isinstance(e, MixsepError) else f"{e.__class__.__name__}: {e}")
+        try:
+            if isinstance(e, KeyboardInterrupt):
+                write_sweep_status(p, "stopped", "quit at once by a second Ctrl-C; run the same command to resume")
+            else:
+                write_sweep_status(p, "failed", str(e) if isinstance(e, MixsepError) else f"{e.__class__.__name__}: {e}")
+        except MixsepError:
+            pass  # a full disk: the error being raised says so
         raise
     finally:
         for s, h in previous.items():
@@ -1072,7 +1158,7 @@ def run_sweep(p: Plan, say: Callable[[str], None] | None = None) -> int:
 
 def _spawn(p: Plan, index: int) -> subprocess.Popen:
     """A worker child: the same study, one GPU each (or an equal share of the CPU cores)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{_CHILD_ENV: "1"})
     if p.storage:
         env[STORAGE_ENV] = p.storage  # not on the command line, where `ps` would show a password
     gpus = gpu_count(p.config.device)

@@ -257,7 +257,7 @@ class Training:
         except RunWriteError as e:
             msg = f"{e} Training stopped at step {self.step}; {self._kept()}: {e.advice}."
             self.run.fail(msg, step=self.last_good, total_steps=self.total_steps)
-            raise MixsepError(msg) from None
+            raise RunWriteError(msg, e.errno) from None  # a sweep halts on it, where other errors fail one trial
         except MixsepError:
             raise  # its status is written where it was raised
         except Exception as e:  # a bug, or arithmetic no setting should allow: status.json must not stay "running"

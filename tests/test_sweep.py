@@ -3,9 +3,11 @@ studies on tiny data (the journal storage, a killed worker, a stop, the Sweep pa
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -178,6 +180,45 @@ def test_a_study_that_exists_with_another_space_is_refused(capsys, data_root, tm
     assert tree(runs) == before
 
 
+# --------------------------------------------------------------------------- requeues
+
+
+def test_stops_never_use_up_the_retries_of_a_trial_whose_worker_dies(tmp_path):
+    """Each stop (Ctrl-C, SIGTERM, a full disk) requeues the trial; a dead worker only MAX_RETRY
+    times, and then the worker says the trial failed for good rather than "queued again"."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import TrialState, create_trial
+
+    from mixsep.sweep import MAX_RETRY, fail_dead_trials, requeue
+
+    study = optuna.create_study(storage=optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "j"))))
+    study.add_trial(create_trial(state=TrialState.WAITING, params={"lr": 1e-3}, user_attrs={"run": "s/trial-0000"},
+                                 distributions={"lr": optuna.distributions.FloatDistribution(1e-5, 0.1, log=True)}))
+
+    def fail_the_waiting_one(pid: int | None = None):
+        t = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))[-1]
+        study._storage.set_trial_state_values(t._trial_id, TrialState.RUNNING)
+        if pid is None:
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        else:  # a worker of this machine that is gone: a real process that has ended
+            for k, v in {"host": socket.gethostname(), "pid": pid, "pid_start": 0}.items():
+                study._storage.set_trial_user_attr(t._trial_id, k, v)
+        return study._storage.get_trial(t._trial_id)
+
+    for _ in range(MAX_RETRY + 2):  # stopped more often than a dead worker is retried
+        assert requeue(study, fail_the_waiting_one(), stopped=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for n in range(MAX_RETRY + 1):
+        running = fail_the_waiting_one(pid=dead.pid)
+        assert fail_dead_trials(study, journal=True) == [(running.number, n < MAX_RETRY)]
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.FAIL] * len(trials) and len(trials) == MAX_RETRY + 2 + MAX_RETRY + 1
+    assert {t.user_attrs["run"] for t in trials} == {"s/trial-0000"} and {t.params["lr"] for t in trials} == {1e-3}
+    assert counts(study) == {"done": 1, "running": 0, "waiting": 0}  # the chain counts once, as failed for good
+
+
 # --------------------------------------------------------------------------- a real study
 
 
@@ -274,6 +315,41 @@ def test_two_workers_of_one_command_share_the_journal(tmp_path):
     assert Path(done.stdout.strip().splitlines()[-1]).parent == runs / "two"
 
 
+@pytest.mark.heavy(25)
+def test_a_worker_killed_while_the_other_finishes_the_study_ends_it_finished(tmp_path):
+    """The study is what the command is for: a worker that died is a note, not a failed sweep."""
+    from optuna.trial import TrialState
+
+    data = make_data_root(tmp_path / "data")
+    runs = tmp_path / "runs"
+    parent = subprocess.Popen([sys.executable, "-m", "mixsep", *sweep_args(
+        data, runs, "--study", "w", "--trials", "3", "--workers", "2", "--pruner", "none", *TINY, "--epochs", "20")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        victim = []
+
+        def a_worker_trains() -> bool:
+            try:
+                running = [t for t in study_of(runs, "w").trials if t.state == TrialState.RUNNING and "pid" in t.user_attrs]
+            except (KeyError, MixsepError):
+                return False
+            victim[:] = [t.user_attrs["pid"] for t in running]
+            return bool(running)
+
+        wait_for(a_worker_trains, what="a worker's first trial")
+        os.kill(victim[0], signal.SIGKILL)
+        out, err = parent.communicate(timeout=300)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.communicate()
+    assert parent.returncode == 0, err
+    assert "1 of 2 sweep workers ended early (exit codes" in err and "-9" in err, err
+    assert counts(study_of(runs, "w")) == {"done": 3, "running": 0, "waiting": 0}
+    assert json.loads((runs / "w" / "sweep.json").read_text())["state"] == "finished"
+    assert Path(out.strip().splitlines()[-1]).parent == runs / "w"
+
+
 @pytest.mark.heavy(12)
 def test_stop_requeues_the_running_trial(tmp_path):
     from optuna.trial import TrialState
@@ -299,6 +375,34 @@ def test_stop_requeues_the_running_trial(tmp_path):
     log = (runs / "s" / SWEEP_LOG).read_text()  # the stop in one line, not Optuna's traceback of it
     assert "trial 0: stopped; it resumes from its last checkpoint" in log and "Traceback" not in log, log
     assert "failed with value None" not in log, log
+
+
+@pytest.mark.heavy(12)
+def test_a_second_ctrl_c_quits_at_once_and_the_trial_still_resumes(tmp_path):
+    from optuna.trial import TrialState
+
+    data = make_data_root(tmp_path / "data")
+    runs = tmp_path / "runs"
+    args = sweep_args(data, runs, "--study", "q", "--trials", "1", *TINY, "--epochs", "200")
+    worker = conftest.WarmProcess(args)
+    first = runs / "q" / "trial-0000"
+    said = lambda: "Ctrl-C again to quit at once" in Path(worker._err).read_text()
+    conftest.frozen_when(worker, lambda: metric_rows(first) >= 2, what="two steps of trial 0")
+    worker.send_signal(signal.SIGINT)  # delivered when it runs again: it finishes its step...
+    conftest.frozen_when(worker, said, what="the first Ctrl-C's line", slice_s=0.001)
+    worker.send_signal(signal.SIGINT)  # ...and a second one, while it still does, quits at once
+    worker.send_signal(signal.SIGCONT)
+    out, err = worker.communicate(timeout=120)
+    assert worker.returncode == 130, err
+    assert "Traceback" not in err and "quit at once by a second Ctrl-C" in err, err
+    trials = study_of(runs, "q").trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[1].user_attrs["run"] == "q/trial-0000"
+    assert json.loads((runs / "q" / "sweep.json").read_text())["state"] == "stopped"
+    done = cli(*args)  # the same command finishes it, from its checkpoint
+    assert done.returncode == 0, done.stderr
+    steps = [int(line.split(",")[0]) for line in (first / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == list(range(1, 401))
 
 
 # --------------------------------------------------------------------------- the Sweep page

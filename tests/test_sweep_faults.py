@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import subprocess
 import threading
 import time
@@ -225,3 +226,59 @@ def test_the_repair_waits_for_the_journal_lock_and_never_cuts_a_live_append(tmp_
     assert side.read_bytes() == live[:20]
     assert capsys.readouterr().err == (f"note: dropped a cut-off last record (20 bytes) from {journal}, left by a "
                                        f"killed or full-disk write; kept in {side.name}.\n")
+
+
+# --------------------------------------------------------------------------- a disk that fills mid-trial
+
+
+def test_a_disk_that_fills_mid_trial_stops_the_sweep_and_the_trial_resumes_once_there_is_room(tmp_path):
+    """The study's folder (its trials' run folders) on a small real disk, filled while trial 0 trains:
+    one sentence and exit 2, no traceback, no further trial started on the full disk, and trial 0
+    queued to resume; after room is made, the same command resumes it from its checkpoint."""
+    from optuna.trial import TrialState
+
+    from mixsep.cli import build_parser
+    from mixsep.sweep import counts, load_study, plan
+
+    data = make_data_root(tmp_path / "data")
+    runs = tmp_path / "runs"
+    args = ["sweep", "--data-root", str(data), "--runs-dir", str(runs), "--study", "s", *TINY[:-4], "--epochs", "100",
+            "--trials", "2", "--checkpoint-every", "1", "--report-every", "100"]
+    with conftest.tmpfs(runs / "s", "8m") as disk:
+        worker = conftest.WarmProcess(args)
+        first = disk / "trial-0000"
+
+        def mid_trial() -> bool:
+            try:
+                return (first / "checkpoints" / "last.pt").is_file() and len((first / "metrics.csv").read_text()
+                                                                            .splitlines()) > 3
+            except OSError:
+                return False
+
+        conftest.frozen_when(worker, mid_trial, what="trial 0 past its first checkpoints", slice_s=0.3)
+        with open(disk / "filler", "wb") as f:  # fill the disk while the trainer is frozen
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        worker.send_signal(signal.SIGCONT)
+        out, err = worker.communicate(timeout=240)
+        assert worker.returncode == 2, err
+        assert "Traceback" not in err and err.count("error: ") == 1, err
+        line = err.strip().splitlines()[-1]
+        assert line.startswith("error: ") and "full" in line and "Trial 0 is queued to resume" in line, err
+        assert not (disk / "trial-0001").exists()  # no new trial on a full disk
+        p = plan(build_parser().parse_args([*args]))
+        trials = load_study(p).trials
+        assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+        assert trials[1].user_attrs["run"] == "s/trial-0000"
+
+        (disk / "filler").unlink()
+        done = conftest.WarmProcess(args)
+        out, err = done.communicate(timeout=240)
+        assert done.returncode == 0, err
+        assert counts(load_study(p)) == {"done": 2, "running": 0, "waiting": 0}
+        steps = [int(row.split(",")[0]) for row in (first / "metrics.csv").read_text().splitlines()[1:]]
+        assert steps == list(range(1, 201))  # resumed from its checkpoint, every step once

@@ -43,6 +43,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_SERVER: dict = {}  # how the module's server is stopped and started again (a test that loses it)
+
+
+def pg_ctl(action: str) -> None:
+    cmd = [*_SERVER["as_postgres"], str(_SERVER["bindir"] / "pg_ctl"), "-D", str(_SERVER["data"]), "-w", "-t", "60"]
+    if action == "start":
+        cmd += ["-l", str(_SERVER["log"]), "-o", _SERVER["options"], "start"]
+    else:
+        cmd += ["-m", "immediate", "stop"]
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
 @pytest.fixture(scope="module")
 def postgres():
     """A throwaway PostgreSQL server; yields its SQLAlchemy URL (over a unix socket)."""
@@ -62,10 +74,12 @@ def postgres():
             shutil.chown(folder, "postgres")
     port = free_port()  # with listen_addresses='' it only names the socket file, but keep it unique
     run = lambda *cmd: subprocess.run([*as_postgres, *map(str, cmd)], check=True, capture_output=True, text=True)
+    _SERVER.update(as_postgres=as_postgres, bindir=bindir, data=data, log=sock / "server.log",
+                   options=f"-k {sock} -c listen_addresses='' -p {port} -c fsync=off")
     try:
         run(bindir / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync")
-        run(bindir / "pg_ctl", "-D", data, "-l", sock / "server.log", "-w", "-t", "60", "-o",
-            f"-k {sock} -c listen_addresses='' -p {port} -c fsync=off", "start")
+        run(bindir / "pg_ctl", "-D", data, "-l", sock / "server.log", "-w", "-t", "60", "-o", _SERVER["options"],
+            "start")
         yield f"postgresql://postgres@/postgres?host={sock}&port={port}"  # the database initdb makes
     except subprocess.CalledProcessError as e:
         pytest.fail(f"could not start PostgreSQL: {e.cmd}: {e.stderr}")
@@ -137,3 +151,49 @@ def test_two_workers_share_a_study_and_one_finishes_it_when_the_other_is_killed(
     assert steps == list(range(1, len(steps) + 1))  # resumed from its checkpoint, every step once
     best = Path(out.strip().splitlines()[-1])
     assert best.parent == runs / "pg" and (best / "checkpoints" / "last.pt").is_file()
+
+
+@pytest.mark.heavy(30)
+def test_a_database_lost_mid_trial_is_one_sentence_and_the_study_resumes_when_it_is_back(postgres, tmp_path):
+    from optuna.trial import TrialState
+
+    data = make_data_root(tmp_path / "data")
+    runs = tmp_path / "runs"
+    args = ["sweep", "--study", "lost", "--data-root", str(data), "--runs-dir", str(runs), "--trials", "2",
+            "--heartbeat", "1", "--pruner", "none", *TINY, "--epochs", "60"]
+    env = dict(os.environ, MIXSEP_SWEEP_STORAGE=postgres)
+    p = plan(build_parser().parse_args([*args, "--storage", postgres]))
+    worker = conftest.WarmProcess(args, env=env)
+    try:
+        def mid_trial() -> bool:
+            if worker.poll() is not None:
+                raise AssertionError(f"the sweep ended early: {worker.communicate()[1][-2000:]}")
+            try:
+                return any(t.state == TrialState.RUNNING and len(t.intermediate_values) >= 3
+                           for t in load_study(p).get_trials(deepcopy=False))
+            except KeyError:
+                return False
+
+        conftest.wait_for(mid_trial, 240, "trial 0 to report three steps", interval=0.2)
+        pg_ctl("stop")
+        try:
+            out, err = worker.communicate(timeout=240)
+        finally:
+            pg_ctl("start")
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+    assert worker.returncode == 2, err
+    assert "Traceback" not in err and err.count("error: ") == 1, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: The sweep lost its database postgresql://postgres@/postgres") and \
+        "run the same command" in last, err
+
+    again = conftest.WarmProcess(args, env=env)
+    out, err = again.communicate(timeout=400)
+    assert again.returncode == 0, err
+    assert counts(load_study(p)) == {"done": 2, "running": 0, "waiting": 0}
+    resumed = runs / "lost" / "trial-0000"
+    steps = [int(line.split(",")[0]) for line in (resumed / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) == 120  # resumed from its checkpoint, every step once
