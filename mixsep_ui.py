@@ -8,6 +8,7 @@ plotly figures. Pages stay short and hold no ML.
 from __future__ import annotations
 
 import gc
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,8 @@ import streamlit as st
 from mixsep.config import TrainConfig, default_data_root, default_runs_dir, setting_by_name
 from mixsep.errors import MixsepError
 from mixsep.jobs import JobRegistry
-from mixsep.run import METRIC_FIELDS, MetricsTail
-from mixsep.run import live_status, resolve_run
+from mixsep.run import METRIC_FIELDS, MetricsTail, State
+from mixsep.run import live_status, lock_holder, resolve_run
 from mixsep.runs import downsample, list_runs
 
 # Streamlit runs gc.collect(2) after every script run (runner.postScriptGC), and the Train page
@@ -50,6 +51,28 @@ COLORS = {"loss_cifar": "#1f77b4", "loss_mnist": "#d62728", "loss": "#2ca02c"}
 STATE_ICON = {"running": ":material/play_circle:", "starting": ":material/hourglass_top:",
               "finished": ":material/check_circle:", "stopped": ":material/stop_circle:", "failed": ":material/error:",
               "interrupted": ":material/warning:", "unknown": ":material/help:"}  # for markdown text
+
+
+# --------------------------------------------------------------------------- user text in markdown
+
+# Streamlit renders most text as markdown: links, images, emphasis, $math$, :color[...] and
+# :material/icon: directives, GFM autolinks (https://..., www...., a@b.c), even "->" as an arrow.
+# A run name, an uploaded file's name or an error quoting them is data: ``literal`` makes it read as typed.
+_MARKUP = re.compile(r"([\\`*_\[\]<>#!|~$:&@])")  # backslash-escaped: shown as the character itself
+_BLOCK_START = re.compile(r"^(\s*)(?:([-+=])|(\d+)([.)]))")  # a list, a heading underline: only at the start
+# Rewrites that run on the parsed text, after the escapes are gone (remark-gfm's autolink literals,
+# Streamlit's :streamlit: logo, emoji shortcodes, its arrows and dashes), are broken with a WORD
+# JOINER: U+2060, invisible and zero-width, after each ':' and '@', in "www." and in "->"-like pairs.
+_JOINER = "\u2060"
+_REWRITTEN = re.compile(r"(?<=[:@])|(?i:(?<=www)(?=\.))|(?<=[-<>~])(?=[-<>=])")
+
+
+def literal(text) -> str:
+    """``text`` as markdown that shows exactly those characters (a name, a file name, an error quoting them)."""
+    text = " ".join(str(text).splitlines())  # no line may start a heading, a list or a quote
+    text = _REWRITTEN.sub(_JOINER, text)
+    text = _MARKUP.sub(r"\\\1", text)
+    return _BLOCK_START.sub(lambda m: m[1] + (f"\\{m[2]}" if m[2] else f"{m[3]}\\{m[4]}"), text, count=1)
 
 
 def setup(title: str) -> tuple[Path, Path]:
@@ -186,11 +209,11 @@ def pick_run(runs_dir: Path, key: str = "run") -> tuple[Path, str] | None:
     if wanted and key not in st.session_state:
         try:
             path = resolve_run(runs_dir, wanted)
-        except MixsepError as e:  # a link to no run: say so, and offer the runs there are
-            st.error(f"{e} Pick a run below.")
+        except MixsepError as e:  # a link to no run: say so, and offer the runs there are (the link's words as text)
+            st.error(f"{literal(e)} Pick a run below.")
         else:
             if not (path / "config.json").is_file():
-                st.error(f"There is no run named '{wanted}' in {Path(runs_dir).resolve()}; pick one below.")
+                st.error(literal(f"There is no run named '{wanted}' in {Path(runs_dir).resolve()}; pick one below."))
             else:
                 st.session_state[key] = wanted
     if not rows:
@@ -199,7 +222,7 @@ def pick_run(runs_dir: Path, key: str = "run") -> tuple[Path, str] | None:
         return None
     if st.session_state.get(key) not in rows:
         if key in st.session_state:
-            st.warning(f"Run '{st.session_state[key]}' is gone (deleted?); showing the latest run instead.")
+            st.warning(literal(f"Run '{st.session_state[key]}' is gone (deleted?); showing the latest run instead."))
         st.session_state[key] = st.session_state.get("last_run") if st.session_state.get("last_run") in rows \
             else next(iter(rows))
     name = st.selectbox("Run", list(rows), key=key, format_func=lambda n: run_label(rows[n]))
@@ -208,7 +231,7 @@ def pick_run(runs_dir: Path, key: str = "run") -> tuple[Path, str] | None:
     try:
         return resolve_run(runs_dir, name), name
     except MixsepError as e:  # renamed or relinked since it was listed
-        st.error(str(e))
+        st.error(literal(e))
         return None
 
 
@@ -217,8 +240,13 @@ def pick_checkpoint(run_dir: Path, key: str = "checkpoint") -> Path | None:
 
     found = list_checkpoints(run_dir)
     if not found:
-        st.info(f"Run {run_dir.name} holds no checkpoint yet: a run writes one every {_checkpoint_every(run_dir)}, "
-                "at the end of each epoch and when it ends. Wait for it, or pick another run.")
+        name, state = literal(run_dir.name), live_status(run_dir).get("state")
+        if training_now(run_dir, state):
+            st.info(f"Run {name} holds no checkpoint yet: a run writes one every {_checkpoint_every(run_dir)}, "
+                    "at the end of each epoch and when it ends. Wait for it, or pick another run.")
+        else:  # no checkpoint will come: waiting would be in vain
+            st.info(f"Run {name} holds no checkpoint: its checkpoints folder has none (they were removed, or never "
+                    f"written) and the run is not training ({literal(state)}). Pick another run.")
         return None
     # The options are names, joined to this run's folder below: a path kept from the run shown
     # before (Streamlit keeps a choice whose label is still offered) would show that run's model
@@ -244,6 +272,21 @@ def pick_run_and_checkpoint(runs_dir: Path):
     with top[1]:
         checkpoint = pick_checkpoint(run_dir)
     return run_dir, name, checkpoint, top[2]
+
+
+def training_now(run_dir: Path, state: str | None) -> bool:
+    """Whether the run (its live state: runs_table's, live_status's) is training, so a checkpoint may yet come.
+
+    "unknown" (no readable status.json) is a run being written only while a trainer holds its lock.
+    """
+    if state in (State.RUNNING, "starting"):
+        return True
+    return state == State.UNKNOWN and lock_holder(run_dir) is not None
+
+
+def no_checkpoint_note(run_dir: Path, state: str | None) -> str:
+    """Compare's note for a run without a checkpoint to score."""
+    return "no checkpoint yet" if training_now(run_dir, state) else "no checkpoint: removed, or never written"
 
 
 def _checkpoint_every(run_dir: Path):
@@ -343,9 +386,12 @@ def duration(seconds: float | None) -> str:
     return f"{seconds // 60}m {seconds % 60:02d}s"
 
 
-def show_error(e: Exception) -> None:
-    """One clear sentence for what the user can fix; st.stop() ends the page there."""
-    st.error(str(e))
+def show_error(e: Exception, literal_text: bool = False) -> None:
+    """One clear sentence for what the user can fix; st.stop() ends the page there.
+
+    ``literal_text``: show it as typed, for a message that quotes a user's names (``literal``).
+    """
+    st.error(literal(e) if literal_text else str(e))
     st.stop()
 
 
@@ -429,4 +475,4 @@ def delete_runs(runs_dir: Path) -> None:
     st.session_state["delete_runs"] = [n for n in picked if n not in done]
     st.session_state["delete_errors"] = errors
     if done:
-        st.toast(f"Deleted {', '.join(done)}")
+        st.toast(literal(f"Deleted {', '.join(done)}"))

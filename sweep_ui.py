@@ -148,4 +148,4 @@ def open_links(run: str | None) -> None:
         return
     row = st.container(horizontal=True)
     for title in ("Samples", "Metrics"):
-        ui.page_link(title, f"{title} of {run}", where=row, query_params={"run": run})
+        ui.page_link(title, f"{title} of {ui.literal(run)}", where=row, query_params={"run": run})

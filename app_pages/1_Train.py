@@ -29,9 +29,9 @@ left, right, live = st.columns([1, 1, 4], vertical_alignment="center")
 if left.button("Start", type="primary", icon=":material/play_arrow:", width="stretch"):
     try:  # jobs.start refuses a data root without training data before it makes a run folder
         run = jobs.start(config)
-        st.toast(f"Started {run.name}")
+        st.toast(f"Started {ui.literal(run.name)}")
     except MixsepError as e:
-        st.error(str(e))
+        st.error(ui.literal(e))
 if right.button("Stop", icon=":material/stop:", width="stretch"):
     if jobs.stop():
         st.info("Stopping after the current step; a checkpoint will be kept.")
@@ -77,19 +77,19 @@ def status():
         return
     if job.alive != training:  # a run started or ended: a full rerun sets the chart's pace and redraws it
         st.rerun()
-    st.subheader(f"{ui.STATE_ICON.get(job.state, '')} {job.name}")
+    st.subheader(f"{ui.STATE_ICON.get(job.state, '')} {ui.literal(job.name)}")  # names and messages as text
     if job.state == "failed":
-        st.error(job.message)
+        st.error(ui.literal(job.message))
     elif job.state in ("stopped", "interrupted"):
-        st.warning(f"Run {job.state} at step {job.step}: {job.message}")
+        st.warning(f"Run {job.state} at step {job.step}: {ui.literal(job.message)}")
     elif job.state == "finished":
         st.success(f"Finished: {job.step} steps.")
     elif job.state == "starting":
         st.info("Starting: loading the data and the model…")
     elif job.state == "unknown":
-        st.warning(f"This run folder is incomplete ({job.message}); it cannot be shown in full.")
+        st.warning(f"This run folder is incomplete ({ui.literal(job.message)}); it cannot be shown in full.")
     for w in job.warnings:  # recorded by the trainer in status.json, in its own words
-        st.warning(w)
+        st.warning(ui.literal(w))
     p = progress(ui.live_metrics(job.run_dir), job.total_steps)  # reads only the rows appended since the last poll
     sps = f"{p['samples_per_s']:.0f} samples/s" if p["samples_per_s"] else "… samples/s"
     eta = f"ETA {ui.duration(p['eta_s'])}" if job.alive else job.state
@@ -100,7 +100,7 @@ def status():
             jobs.start(run_dir=job.run_dir)
             st.rerun()
         except MixsepError as e:
-            st.error(str(e))
+            st.error(ui.literal(e))
 
 
 def has_rows() -> bool:

@@ -26,9 +26,12 @@ if st.session_state.get("grid_selection") != selection:
     st.session_state.update(grid_selection=selection, grid_page=0)
 try:
     pairs = ui.pairs(data_root, split)
-    model, config, info = ui.model(checkpoint)
 except MixsepError as e:
     ui.show_error(e)
+try:
+    model, config, info = ui.model(checkpoint)
+except MixsepError as e:
+    ui.show_error(e, literal_text=True)  # it quotes the checkpoint's path: the run's name, as text
 pages = -(-len(pairs) // n)
 page = st.session_state.grid_page = min(st.session_state.grid_page, pages - 1)
 
@@ -49,7 +52,7 @@ with st.spinner("Separating…"):
               for i in range(0, len(indices), 10)]
 order = f"shuffled with seed {seed}" if shuffle else "in order"
 nav.caption(f"Page {page + 1} of {pages} · {len(pairs)} {split} pairs, {order}")
-st.caption(title)
+st.caption(ui.literal(title))  # the run's name as typed, never markdown
 for strip in strips:
     st.image(strip, output_format="PNG")  # JPEG would blur 32-pixel images
 st.caption("Rows: MNIST, CIFAR-10, their mean (the input), the reconstructed digit, CIFAR recovered by subtraction "

@@ -20,10 +20,10 @@ count = third.number_input("Test pairs to score", 1, total, total, step=100,
 try:
     ev = ui.evaluation(checkpoint, data_root, int(count))
 except MixsepError as e:
-    ui.show_error(e)
+    ui.show_error(e, literal_text=True)  # it quotes the checkpoint's path: the run's name, as text
 _, config, info = ui.model(checkpoint)  # cached: evaluation() loaded it
-st.progress(1.0, text=f"Scored {ev.n} test pairs with {run_shown} · `{checkpoint.name}` · step {info['step']} · "
-                      f"{config.model} (data_range = 1).")
+st.progress(1.0, text=f"Scored {ev.n} test pairs with {ui.literal(run_shown)} · `{checkpoint.name}` · "
+                      f"step {info['step']} · {config.model} (data_range = 1).")
 
 st.subheader("Every recovery mode, both sources")
 st.dataframe(ev.table(), hide_index=True, column_config={

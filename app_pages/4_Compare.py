@@ -37,8 +37,12 @@ for name in chosen:
 st.plotly_chart(ui.style(fig, f"Training loss, {ui.LOSSES[loss]} (EMA {smoothing:.2f})", "step", "MSE loss", height=420))
 
 table = pd.DataFrame([rows[n] for n in chosen]).reindex(
-    columns=["run", "state", "model", "pretrained_loaded", "lr", "beta1", "beta2", "batch_size", "epochs",
-             "train_size", "step", "last_loss", "best_loss", "val_psnr", "disk_mb"])
+    columns=["run", "state", "note", "model", "pretrained_loaded", "lr", "beta1", "beta2", "batch_size", "epochs",
+             "train_size", "step", "last_loss", "best_loss", "val_psnr", "disk"])
+table["note"] = [rows[n]["message"] for n in chosen]  # why a run is odd: an unreadable config, a failure...
+numbers = ["lr", "beta1", "beta2", "batch_size", "epochs", "step", "last_loss", "best_loss", "val_psnr"]
+table[numbers] = table[numbers].apply(pd.to_numeric, errors="coerce")  # a column of None reads "None", NaN blank
+table["disk"] = [rows[n]["disk_mb"] * 1e6 for n in chosen]  # bytes: shown in KB, MB or GB
 table["train_size"] = [("all" if v == 0 else str(int(v))) if pd.notna(v) else "" for v in table["train_size"]]
 if score:
     count = st.number_input("Test pairs to score", 1, 100000, 500, step=100)
@@ -47,22 +51,22 @@ if score:
         found = list_checkpoints(runs_dir / name)
         try:
             if not found:
-                raise MixsepError("no checkpoint yet")
+                raise MixsepError(ui.no_checkpoint_note(runs_dir / name, rows[name]["state"]))
             ev = ui.evaluation(found[0], data_root, int(count))
             for source in ("mnist", "cifar"):
                 best = ev.best(source)
                 table.loc[i, f"{source} PSNR"] = best["psnr_mean"]
                 table.loc[i, f"{source} best mode"] = best["mode"]
         except MixsepError as e:
-            table.loc[i, "note"] = str(e)
+            table.loc[i, "note"] = "; ".join(filter(None, [table.loc[i, "note"], str(e)]))
         bar.progress((i + 1) / len(chosen), text=f"Scored {i + 1}/{len(chosen)} runs")
-    scored = [c for c in ("mnist PSNR", "cifar PSNR", "mnist best mode", "cifar best mode", "note") if c in table]
+    scored = [c for c in ("mnist PSNR", "cifar PSNR", "mnist best mode", "cifar best mode") if c in table]
     table = table[["run", "state", *scored, *(c for c in table if c not in ("run", "state", *scored))]]  # in view
 st.dataframe(table, hide_index=True, column_config={
     "lr": ui.lr_column(), "batch_size": "batch", "train_size": "pairs",
     "pretrained_loaded": st.column_config.CheckboxColumn(
         "ImageNet", help="Whether ImageNet weights were loaded (not just asked for); empty for older runs."),
-    "disk_mb": st.column_config.NumberColumn("disk", format="%.1f MB", help="What the run folder takes on disk."),
+    "disk": st.column_config.NumberColumn(format="bytes", help="What the run folder takes on disk."),
     "step": "steps",
     "last_loss": st.column_config.NumberColumn("last loss", format="%.4f"),
     "best_loss": st.column_config.NumberColumn("best loss", format="%.4f", help="Lowest of the smoothed curve."),
@@ -78,4 +82,4 @@ with st.expander("Delete runs", icon=":material/delete:"):
     st.button("Delete", icon=":material/delete_forever:", disabled=not (doomed and sure),
               on_click=ui.delete_runs, args=(runs_dir,))
     for message in st.session_state.pop("delete_errors", []):
-        st.error(message)
+        st.error(ui.literal(message))  # it quotes the run's name

@@ -32,7 +32,7 @@ busy = f"Training run {training.name} is in progress; one sweep or training at a
 try:
     studies = [s.study_name for s in list_studies(sw.storage(url, runs_dir))]
 except MixsepError as e:
-    ui.show_error(e)
+    ui.show_error(e, literal_text=True)  # it may quote a study, a path or a URL: as text
 flags = ["--data-root", str(data_root), "--trials", str(trials), "--val-size", str(val_size),
          "--report-every", str(every), *fixed, *budget] + (["--space", ",".join(space)] if space else [])
 if top[2].button("Start", type="primary", icon=":material/play_arrow:", disabled=live is not None, width="stretch"):
@@ -43,7 +43,7 @@ if top[2].button("Start", type="primary", icon=":material/play_arrow:", disabled
         st.session_state["sweep_show"] = name
         st.rerun()
     except MixsepError as e:
-        st.error(str(e))
+        st.error(ui.literal(e))
 if top[3].button("Stop", icon=":material/stop:", disabled=live is None, width="stretch"):
     sweeps.stop()
     st.info("Stopping: the running trial checkpoints and is queued to resume with the study.")
@@ -60,7 +60,7 @@ if top[4].button("Resume", icon=":material/replay:", disabled=live is not None o
         sweeps.start(["--study", shown, "--data-root", str(data_root)], storage=url or None, busy=busy)
         st.rerun()
     except MixsepError as e:
-        st.error(str(e))
+        st.error(ui.literal(e))
 
 
 @st.fragment(run_every=2.0 if live else None)
@@ -71,7 +71,7 @@ def show(study_name: str) -> None:
     try:
         study = optuna.load_study(study_name=study_name, storage=store)
     except (KeyError, AttributeError):
-        st.info(f"Study '{study_name}' is starting…")
+        st.info(f"Study '{ui.literal(study_name)}' is starting…")
         return
     now = sweeps.running()
     if live and not now:  # it just ended: one last full rerun stops the refresh
@@ -81,7 +81,7 @@ def show(study_name: str) -> None:
     st.progress(min(c["done"] / max(target, 1), 1.0), text=f"{c['done']} of {target} trials done · "
                 f"{c['running']} running · {c['waiting']} queued · sweep {state}")
     if sweeps.error() and not now:
-        st.error(sweeps.error())
+        st.error(ui.literal(sweeps.error()))
     best = best_trial(study)
     if best is not None:
         st.success(f"Best so far: trial {best.number}, validation PSNR {best.value:.2f} dB, "

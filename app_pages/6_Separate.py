@@ -29,7 +29,7 @@ if checkpoint is None:
 try:  # before any upload: a checkpoint that cannot separate says so at once
     model, config, info = ui.model(checkpoint)
 except MixsepError as e:
-    ui.show_error(e)
+    ui.show_error(e, literal_text=True)  # it quotes the checkpoint's path: the run's name, as text
 files = st.file_uploader(f"Mixture images: 32x32, each the mean of a grey digit and a colour image "
                          f"(up to {MAX_UPLOAD_MB} MB each)", type=IMAGE_TYPES, accept_multiple_files=True,
                          max_upload_size=MAX_UPLOAD_MB)
@@ -44,12 +44,12 @@ for f in files:
     try:
         good.append((f.name, read_mixture(f.getvalue(), f.name)))
     except MixsepError as e:
-        st.error(str(e), icon=":material/image_not_supported:")
+        st.error(ui.literal(e), icon=":material/image_not_supported:")  # it quotes the file's name
 if not good:
     st.stop()
 digits, images = separate(model, np.stack([px for _, px in good]), mode)
-st.caption(f"{run_shown} · {checkpoint.name} · step {info['step']} · {config.model} · mode {mode} · "
-           f"{len(good)} image(s)")
+st.caption(f"{ui.literal(run_shown)} · {ui.literal(checkpoint.name)} · step {info['step']} · {config.model} · "
+           f"mode {mode} · {len(good)} image(s)")
 
 
 def shown(pixels: np.ndarray) -> Image.Image:
@@ -59,9 +59,10 @@ def shown(pixels: np.ndarray) -> Image.Image:
 for i, ((name, px), digit, image) in enumerate(zip(good, digits, images)):
     stem = Path(name).stem
     row = st.columns([1, 1, 1, 2], vertical_alignment="center")
-    row[0].image(shown(px), caption=name, width=SHOWN)
-    row[1].image(shown(digit), caption="digit", width=SHOWN)
-    row[2].image(shown(image), caption="image", width=SHOWN)
+    # PNG: Streamlit sends an RGB image as JPEG by default, which would blur the enlarged pixels
+    row[0].image(shown(px), caption=ui.literal(name), width=SHOWN, output_format="PNG")
+    row[1].image(shown(digit), caption="digit", width=SHOWN, output_format="PNG")
+    row[2].image(shown(image), caption="image", width=SHOWN, output_format="PNG")
     with row[3]:
         st.download_button("Digit (PNG)", png_bytes(digit), file_name=f"{stem}.mnist.png", mime="image/png",
                            key=f"mnist-{i}", on_click="ignore", icon=":material/download:")

@@ -4,12 +4,15 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import make_data_root
@@ -17,7 +20,7 @@ from streamlit.testing.v1 import AppTest
 
 from mixsep import MixsepError, TrainConfig
 from mixsep.model import build_model
-from mixsep.run import save_checkpoint, write_status
+from mixsep.run import disk_usage, identity, save_checkpoint, write_status
 from mixsep.runs import live_runs, read_metrics
 from mixsep.separate import png_bytes
 from mixsep.train import train_steps
@@ -246,7 +249,7 @@ def test_compare_shows_what_loaded_and_disk_use_and_deletes_runs(app_env):
     at = open_page("app_pages/4_Compare.py")
     table = at.dataframe[0].value
     assert list(table["pretrained_loaded"]) == [False, False]  # recorded by the trainer, not the request
-    assert (table["disk_mb"] > 0).all()
+    assert (table["disk"] > 0).all()
     at.multiselect(key="delete_runs").set_value(["doomed"]).run()
     assert widget(at.button, "Delete").disabled  # not before the confirmation
     at.checkbox(key="delete_sure").check().run()
@@ -534,7 +537,7 @@ def test_half_written_run(app_env):
     row = home.dataframe[1].value.set_index("run").loc["half"]
     assert "half written" in row["message"]
     at = open_page("app_pages/2_Samples.py", run="half")
-    assert "holds no checkpoint yet" in texts(at.info)
+    assert "holds no checkpoint" in texts(at.info) and "Wait" not in texts(at.info)  # no trainer: none will come
     open_page("app_pages/4_Compare.py")
 
 
@@ -570,3 +573,137 @@ def test_separate_page_says_at_once_when_the_checkpoint_cannot_separate(app_env)
     at = open_page("app_pages/6_Separate.py")
     # before anything is uploaded (it once waited for an upload to say so)
     assert "is not a readable mixsep checkpoint" in texts(at.error) and not at.file_uploader
+
+
+
+# --------------------------------------------------------------------------- names are text, not markdown
+
+
+def seen(markdown: str) -> str:
+    """What a reader sees of markdown whose markup is escaped: the escapes dropped (word joiners kept)."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
+
+
+def markup(markdown: str) -> list[str]:
+    """What Streamlit would still render as markup in ``markdown``: unescaped link, image, emphasis, code,
+    math, HTML and directive characters, and what it rewrites in the parsed text, where escapes are gone
+    (remark-gfm's autolink literals, their regexes copied here; :shortcodes:)."""
+    bare = re.sub(r"\\[!-/:-@\[-`{-~]", "", markdown)  # escaped characters show as themselves
+    text = seen(markdown)
+    return (re.findall(r"[\[\]*_`$<>!~|:@]", bare)
+            + re.findall(r"(?i)https?://|www(?=\.)", text)
+            + re.findall(r"[-.\w+]+@[-\w]+(?:\.[-\w]+)+", text)
+            + re.findall(r":(?:streamlit|material/\w+|[\w+-][\w_+-]*):", text))
+
+
+def shows_literally(markdown: str, text: str) -> bool:
+    """Whether ``markdown`` shows ``text`` character for character, and no markup at all."""
+    return text in seen(markdown).replace("\u2060", "") and not markup(markdown)
+
+
+@pytest.fixture
+def trainer():
+    """A live process to name as a run's trainer in its status.json (a run "training now")."""
+    proc = subprocess.Popen(["sleep", "120"])
+    yield identity(proc.pid)
+    proc.kill()
+    proc.wait()
+
+
+LINK = "[Your session expired, log in here](https://evil.example/login)"
+IMAGE = "![x](https://evil.example/track.png)"
+ODD = "**bold** $x^2$ _it_ :red[red] :material/home: https://evil.example www.evil.example a@evil.example"
+
+
+@pytest.mark.parametrize("page, name", [("app_pages/6_Separate.py", LINK), ("app_pages/3_Metrics.py", IMAGE),
+                                        ("app_pages/2_Samples.py", ODD)])
+def test_a_link_to_a_run_shows_its_name_as_text_never_as_markdown(app_env, page, name):
+    at = open_page(page, run=name)
+    error = next(e.value for e in at.error if "not a valid run name" in e.value)
+    assert shows_literally(error, f"'{name}' is not a valid run name"), (error, markup(error))
+    assert widget(at.selectbox, "Run").value == "tiny-run"  # and the way out is still there
+
+
+def test_odd_but_valid_run_names_show_as_typed(app_env, trainer):
+    data, runs = app_env
+    name = "1. a _b_ -- c"  # a list item, italics and an em dash, were it markdown
+    shutil.copytree(runs / "tiny-run", runs / name)
+    at = open_page("app_pages/2_Samples.py", run=name)
+    assert any(shows_literally(c.value, f"{name}  last.pt  step 3") for c in at.caption), texts(at.caption)
+    at = open_page("app_pages/3_Metrics.py", run=name)
+    assert shows_literally(at.get("progress")[0].proto.text.split(" · ")[0], f"with {name}")
+    at = open_page("app_pages/6_Separate.py", run=name)
+    at.file_uploader[0].set_value([("a.png", png_bytes(np.zeros((32, 32, 3), np.uint8)), "image/png")]).run()
+    caption = next(c.value for c in at.caption if " · mode " in c.value).split(" · mode ")[0]  # the run's part
+    assert shows_literally(caption, f"{name} · last.pt · step 3"), caption
+    busy = _broken_run(runs, "x _y_ z")
+    write_status(busy, "running", step=1, total_steps=3, **trainer)
+    at = open_page("app_pages/6_Separate.py", run=busy.name)
+    info = at.info[0].value
+    assert shows_literally(info.split(" holds")[0], "Run x _y_ z") and "holds no checkpoint yet" in info, info
+    at = open_page("app_pages/4_Compare.py")  # a refused deletion quotes the name
+    at.multiselect(key="delete_runs").set_value([busy.name]).run()
+    at.checkbox(key="delete_sure").check().run()
+    widget(at.button, "Delete").click().run()
+    assert shows_literally(at.error[0].value, "Run 'x _y_ z' is training now"), texts(at.error)
+    write_status(busy, "failed", step=1, total_steps=3, message=f"failed in {name}")  # the Train page's last run
+    at = open_page("app_pages/1_Train.py")
+    assert shows_literally(at.subheader[0].value.split(" ", 1)[1], "x _y_ z"), texts(at.subheader)
+    assert shows_literally(at.error[0].value, f"failed in {name}"), texts(at.error)
+
+
+def test_separate_shows_uploaded_file_names_as_text(app_env):
+    at = open_page("app_pages/6_Separate.py")
+    good, bad = "**bold** $x^2$ _it_.png", "[click](https://evil.example) <b>:red[x]</b>.png"
+    mixture = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    at.file_uploader[0].set_value([(good, png_bytes(mixture), "image/png"),
+                                   (bad, b"not an image", "image/png")]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert shows_literally(at.error[0].value, f"{bad} is not an image file"), at.error[0].value
+    assert len(at.image) == 3 and shows_literally(at.image[0].captions[0], good), at.image[0].captions
+
+
+def test_separate_sends_its_enlarged_pixels_as_png(app_env):
+    """The 4x nearest-neighbour enlargements reach the browser losslessly (as JPEG they blurred)."""
+    at = open_page("app_pages/6_Separate.py")
+    mixture = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    at.file_uploader[0].set_value([("a.png", png_bytes(mixture), "image/png")]).run()
+    urls = [url for img in at.image for url in img.value]
+    assert len(urls) == 3 and all(url.endswith(".png") for url in urls), urls
+
+
+def test_compare_notes_a_run_whose_config_is_unreadable(app_env):
+    data, runs = app_env
+    shutil.copytree(runs / "tiny-run", runs / "garbled")
+    (runs / "garbled" / "config.json").write_text('{"lr": 0.001, "mod')
+    at = open_page("app_pages/4_Compare.py")
+    notes = at.dataframe[0].value.set_index("run")["note"]
+    assert "not a readable mixsep config" in notes["garbled"] and notes["tiny-run"] == ""
+
+
+def test_compare_shows_blanks_not_none_and_small_runs_in_kb(app_env):
+    data, runs = app_env
+    small = _broken_run(runs, "small")  # no checkpoint: a few KB on disk
+    at = open_page("app_pages/4_Compare.py")
+    table = at.dataframe[0].value.set_index("run")
+    # no run here has a validation PSNR: a number column of blanks, not a column of None (shown "None")
+    assert table["val_psnr"].dtype.kind == "f" and table["val_psnr"].isna().all()
+    # the disk in bytes, shown in KB, MB or GB by the browser (a few KB read "0.0 MB")
+    assert json.loads(at.dataframe[0].proto.columns)["disk"]["type_config"]["format"] == "bytes"
+    assert table.loc["small", "disk"] == disk_usage(small) < 100_000
+
+
+def test_a_run_without_checkpoints_is_told_to_wait_only_while_it_trains(app_env, trainer):
+    data, runs = app_env
+    _broken_run(runs, "emptied")  # finished, its checkpoints deleted
+    write_status(_broken_run(runs, "training"), "running", step=1, total_steps=3, **trainer)
+    at = open_page("app_pages/2_Samples.py", run="emptied")
+    info = texts(at.info)
+    assert "holds no checkpoint" in info and "removed, or never written" in info and "Pick another run" in info
+    assert "Wait for it" not in info and "yet" not in info
+    at = open_page("app_pages/2_Samples.py", run="training")
+    assert "holds no checkpoint yet" in texts(at.info) and "Wait for it" in texts(at.info)
+    at = open_page("app_pages/4_Compare.py")
+    widget(at.toggle, "Test PSNR").set_value(True).run()
+    notes = at.dataframe[0].value.set_index("run")["note"]
+    assert notes["emptied"] == "no checkpoint: removed, or never written" and notes["training"] == "no checkpoint yet"
