@@ -53,6 +53,8 @@ if not studies and live is None:
     st.info("No study yet: set the ranges on the left, name the study and press Start.")
     st.stop()
 shown = live["study"] if live else st.session_state.get("sweep_show")
+if shown in studies and st.session_state.get("sweep_followed") != shown:  # a study just started (here or
+    st.session_state["sweep_pick"] = st.session_state["sweep_followed"] = shown  # elsewhere): show it, once
 shown = st.selectbox("Show study", studies, index=studies.index(shown) if shown in studies else 0, key="sweep_pick") \
     if studies else shown
 if top[4].button("Resume", icon=":material/replay:", disabled=live is not None or not shown, width="stretch"):

@@ -441,6 +441,9 @@ def test_sweep_page_launches_a_study_and_shows_its_trials(page_env):
     at.button[0].click().run()  # Start with a name that would leave the runs folder
     assert "not a usable study name" in " ".join(e.value for e in at.error) and not runs.exists()
 
+    create_study(plan(build_parser().parse_args(sweep_args(data, runs, "--study", "older", *TINY))))
+    at.run()
+    assert at.selectbox(key="sweep_pick").value == "older"  # the study there is, until one starts
     at.text_input(key="sweep_name").set_value("page")
     at.multiselect(key="sweep_model").set_value(["tiny"])
     at.select_slider(key="sweep_batch_size").set_value((16, 16))
@@ -457,6 +460,7 @@ def test_sweep_page_launches_a_study_and_shows_its_trials(page_env):
         at.run()
         if at.dataframe and len(at.dataframe[0].value) == 2 and "2 of 2 trials done" in at.get("progress")[0].proto.text:
             break
+    assert at.selectbox(key="sweep_pick").value == "page"  # the started study, not the one shown before
     table = at.dataframe[0].value
     assert list(table["trial"]) == [0, 1] and set(table["run"]) == {"page/trial-0000", "page/trial-0001"}
     assert {"lr", "beta1", "beta2", "val PSNR", "MNIST SSIM", "state"} <= set(table.columns)
