@@ -639,10 +639,13 @@ def plan(args) -> Plan:
     if config.repair:
         raise MixsepError("A sweep validates on the last training digits, which --repair would draw as training "
                           "partners; drop --repair for a sweep (retrain the winner with it if you like).")
-    config = config.validate()
+    # a swept setting's default is never trained with: check the others beside a value it can take,
+    # then every value it can take (a batch size of 128 on 64 pairs is no reason to refuse 16|32)
+    drawn = dataclasses.replace(config, **{name: (dim.choices or (dim.low,))[0] for name, dim in space.items()})
+    drawn.validate()
     for name, dim in space.items():  # a trial's config must pass validate() with any value drawn
         for v in dim.choices or (dim.low, dim.high):
-            dataclasses.replace(config, **{name: v}).validate()
+            dataclasses.replace(drawn, **{name: v}).validate()
 
     if not getattr(args, "best", False):  # --best reads the study only: no data is needed to print its winner
         config = _split(config, space, val_size, stored["config"]["train_size"] if stored is not None else None)

@@ -160,6 +160,16 @@ def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(capsys, data_root, 
     assert tree(tmp_path) == before and not runs.exists()
 
 
+def test_a_swept_batch_size_is_checked_by_its_values_not_by_the_default(tmp_path, data_root):
+    small = ["--model", "tiny", "--no-pretrained", "--train-size", "32", "--val-size", "16"]  # default batch: 128
+    p = plan(build_parser().parse_args(sweep_args(data_root, tmp_path / "runs", "--study", "b", *small,
+                                                  "--space", "batch_size=8|16,lr=1e-4:1e-2:log")))
+    assert p.space["batch_size"].choices == (8, 16) and not (tmp_path / "runs").exists()
+    with pytest.raises(MixsepError, match="Batch size 64 is larger than the 32 training pairs"):
+        plan(build_parser().parse_args(sweep_args(data_root, tmp_path / "runs", "--study", "b", *small,
+                                                  "--space", "batch_size=16|64")))
+
+
 def test_a_runs_folder_that_is_a_file_is_one_sentence(capsys, data_root, tmp_path):
     runs = tmp_path / "runs"
     runs.write_text("a file")
