@@ -491,6 +491,9 @@ def cmd_sweep(args) -> int:
     params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
     print(f"best: trial {best.number}, validation PSNR {best.value:.2f} dB (mnist {a['val_psnr_mnist']:.2f}, "
           f"cifar {a['val_psnr_cifar']:.2f}), {params}", file=sys.stderr)
+    if not (p.runs_dir / a["run"]).is_dir():  # a database study whose trial ran elsewhere, or a deleted folder
+        print(f"note: {p.runs_dir / a['run']} is not there: trial {best.number} trained on {a.get('host', '?')}; "
+              "copy its run folder into this runs folder (or use --runs-dir) to evaluate it", file=sys.stderr)
     print(p.runs_dir / a["run"])
     return code
 
