@@ -143,6 +143,7 @@ def cmd_train(args) -> int:
             run.close()
             _remove_unstarted(run.path, made)
             raise
+        _say_if_unlisted(run.path, Path(args.runs_dir))
     else:  # a bad setting or missing data stops here, before any folder is made
         from .data import require_split
 
@@ -170,6 +171,20 @@ def _missing_ancestor(path: Path) -> Path | None:
     while not path.exists() and path != path.parent:
         missing, path = path, path.parent
     return missing
+
+
+def _say_if_unlisted(run_dir: Path, runs_dir: Path) -> None:
+    """A --run-dir inside the runs folder that the dashboard (and --run NAME) cannot list says so."""
+    from .run import resolve_run
+
+    try:
+        name = run_dir.resolve().relative_to(runs_dir.resolve()).as_posix()
+    except ValueError:
+        return  # another folder: the dashboard of another runs folder shows it
+    try:
+        resolve_run(runs_dir, name)
+    except MixsepError as e:
+        print(f"warning: the dashboard will not list this run: {e}", file=sys.stderr)
 
 
 def _remove_unstarted(run_dir: Path, made: Path | None, run=None) -> bool:

@@ -278,6 +278,20 @@ def test_a_run_that_never_starts_leaves_no_folder(capsys, data_root, tmp_path):
         assert sorted(p.name for p in runs.iterdir()) == ["keep"]
 
 
+def test_a_run_dir_the_dashboard_cannot_list_says_so(capsys, data_root, tmp_path):
+    """train --run-dir accepts any folder; one in the runs folder under a name the pages do not list
+    (two levels deep, or characters outside a run name's) trains, with a warning that says why."""
+    runs = tmp_path / "runs"
+    for where, listed in (("exp(2)", False), ("grp/sub/deep", False), ("fine name-1", True), ("grp/ok", True)):
+        assert main(["train", "--data-root", str(data_root), "--runs-dir", str(runs), "--run-dir", str(runs / where),
+                     *TINY, "--train-size", "16", "--epochs", "1"]) == 0
+        err = capsys.readouterr().err
+        assert ("warning: the dashboard will not list this run" in err) == (not listed), (where, err)
+    from mixsep.run import run_folders
+
+    assert sorted(p.relative_to(runs).as_posix() for p in run_folders(runs)) == ["fine name-1", "grp/ok"]
+
+
 def test_a_config_file_with_a_byte_order_mark_is_read(capsys, data_root, tmp_path):
     """Windows editors start a UTF-8 file with a byte-order mark; it was refused as not JSON."""
     run = _train(capsys, data_root, tmp_path / "runs")
