@@ -389,6 +389,9 @@ def cmd_evaluate(args) -> int:
     if args.batch_size < 1:
         raise MixsepError(f"--batch-size must be at least 1 (got {args.batch_size}).")
     json_out, markdown_out = output_file(args.json, "--json"), output_file(args.markdown, "--markdown")
+    if json_out and markdown_out and json_out.resolve() == markdown_out.resolve():
+        raise MixsepError(f"--json and --markdown both name {json_out}; the second would overwrite the first: "
+                          "give each its own file.")
     model, cfg, info = _load_model(args)
     pairs = load_pairs(Path(args.data_root), "test", mnist_path=args.mnist_test, cifar_path=args.cifar_test)
     from .metrics import evaluate  # torchmetrics takes seconds to import: a bad run or file is refused first
@@ -429,6 +432,9 @@ def cmd_grid(args) -> int:
     model, cfg, info = _load_model(args)
     pairs = load_pairs(Path(args.data_root), args.split)
     idx = sample_indices(len(pairs), args.n, args.seed)
+    if args.n > len(pairs):
+        print(f"note: the {args.split} split holds {len(pairs)} pairs, so the grid shows {len(idx)}, not {args.n}",
+              file=sys.stderr)
     img = grid_image(model, pairs, idx, show_direct=not args.no_direct, show_errors=args.errors,
                      title=f"{Path(info['path']).parent.parent.name}  step {info['step']}  ({args.split} split)")
     from .run import atomic_write

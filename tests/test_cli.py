@@ -49,6 +49,9 @@ def test_train_evaluate_grid_end_to_end(capsys, data_root, tmp_path):
     assert main(["grid", str(run), "--data-root", str(data_root), "--n", "7", "--out", str(png), "--seed", "3", "--errors"]) == 0
     img = Image.open(png)
     assert img.size[0] > 7 * 64 and img.size[1] > 8 * 64  # 7 columns, 8 labelled rows at 2x
+    capsys.readouterr()
+    assert main(["grid", str(run), "--data-root", str(data_root), "--n", "5000", "--out", str(png)]) == 0
+    assert "note: the test split holds 48 pairs, so the grid shows 48, not 5000" in capsys.readouterr().err
 
 
 def test_evaluate_on_user_named_files(capsys, data_root, tmp_path):
@@ -93,6 +96,7 @@ def test_info_lists_models_and_data(capsys, data_root):
     # output files are checked before the run is even read, so nothing is computed for nothing
     (["evaluate", "/nonexistent/run", "--json", "/nonexistent/folder/e.json"], "Folder /nonexistent/folder does not exist"),
     (["evaluate", "/nonexistent/run", "--markdown", "/"], "--markdown / is a folder"),
+    (["evaluate", "/nonexistent/run", "--json", "same.out", "--markdown", "./same.out"], "both name same.out"),
     (["grid", "/nonexistent/run", "--out", "/"], "--out / is a folder"),
     (["grid", "/nonexistent/run", "--out", "grid.jpg"], "--out must name a .png file"),
     (["grid", "/nonexistent/run", "--seed", str(2**64)], "Seed must lie in [0, 9223372036854775807]"),
