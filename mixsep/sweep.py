@@ -613,9 +613,10 @@ def plan(args) -> Plan:
         raise MixsepError(f"There is no study '{study}' in {storage_label(args.storage, runs_dir)}; "
                           "start it without --best.")
     if stored is not None:
-        space = parse_space(args.space) if args.space is not None else parse_space(stored["space"])
-        if format_space(space) != stored["space"]:
-            raise MixsepError(f"Study '{study}' exists with the space {stored['space']}, not {format_space(space)}; "
+        space = parse_space(stored["space"])
+        if args.space is not None and parse_space(args.space) != space:  # the same ranges in any order are the same
+            given_space = format_space(parse_space(args.space))
+            raise MixsepError(f"Study '{study}' exists with the space {stored['space']}, not {given_space}; "
                               "resume it without --space (or with that one), or choose another study name.")
         for name, value in given.items():
             was = stored["fixed"].get(name, TrainConfig.__dataclass_fields__[name].default)

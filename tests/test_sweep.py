@@ -186,6 +186,8 @@ def test_a_study_that_exists_with_another_space_is_refused(capsys, data_root, tm
     assert main(sweep_args(data_root, runs, "--study", "s", *TINY, "--space", "lr=1e-4:1e-2")) == 2
     err = capsys.readouterr().err
     assert "exists with the space lr=1e-05:0.1:log,beta1=0.5:0.999,beta2=0.9:0.9999" in err
+    same = "beta2=0.9:0.9999,lr=1e-5:0.1:log,beta1=0.5:0.999"  # the study's own ranges, in another order
+    assert plan(build_parser().parse_args(sweep_args(data_root, runs, "--study", "s", "--space", same))).exists
     assert main(sweep_args(data_root, runs, "--study", "s", "--epochs", "3")) == 2
     assert "was made with epochs=1, not 3" in capsys.readouterr().err
     assert tree(runs) == before
