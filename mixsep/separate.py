@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import SEPARATE_MODES as MODES
 from .errors import MixsepError
@@ -41,6 +41,11 @@ def read_mixture(source: Path | str | bytes, name: str | None = None) -> np.ndar
                 raise MixsepError(f"{name} has {im.mode} pixels; save it with 8 bits per channel, as mixtures are.")
             if getattr(im, "n_frames", 1) > 1:
                 raise MixsepError(f"{name} holds {im.n_frames} frames; give one image per file.")
+            if "A" in im.getbands() or "transparency" in im.info:  # RGBA, LA, PA, or a palette/colour key
+                if im.convert("RGBA").getchannel("A").getextrema()[0] < 255:
+                    raise MixsepError(f"{name} has transparent pixels, which a mixture never has; save it without "
+                                      "transparency (flattened onto the background it is shown on).")
+            im = ImageOps.exif_transpose(im)  # the pixels as the image is shown, as a JPEG's EXIF turns them
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except Image.DecompressionBombError:  # Pillow refuses, from the header, sizes that would fill the memory
         raise MixsepError(f"{name} claims a size far beyond 32x32 pixels; a mixture must be 32x32.") from None

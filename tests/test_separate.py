@@ -78,6 +78,8 @@ def test_each_mode_and_overwrite(capsys, data_root, tmp_path):
     ("output_is_a_folder", "exists and is not a file; move it away"),
     ("out_is_a_file", "is a file, not a folder"),
     ("out_parent_missing", "does not exist; create it or choose another --out"),
+    ("transparent", "has transparent pixels, which a mixture never has"),
+    ("transparent_palette", "has transparent pixels, which a mixture never has"),
     ("bad_mode", "invalid choice"),
 ])
 def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(capsys, data_root, tmp_path, case, message):
@@ -97,6 +99,14 @@ def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(capsys, data_root, 
     elif case == "sixteen_bit":
         Image.fromarray(np.full((32, 32), 40_000, np.uint16)).save(tmp_path / "in" / "deep.png")
         inputs.append(tmp_path / "in" / "deep.png")
+    elif case == "transparent":  # an RGBA file whose alpha hides some pixels
+        rgba = np.asarray(Image.open(inputs[0]).convert("RGBA")).copy()
+        rgba[:4, :, 3] = 0
+        Image.fromarray(rgba).save(tmp_path / "in" / "see-through.png")
+        inputs.append(tmp_path / "in" / "see-through.png")
+    elif case == "transparent_palette":  # a palette file with a transparent colour in use
+        Image.open(inputs[0]).quantize(16).save(tmp_path / "in" / "keyed.png", transparency=0)
+        inputs.append(tmp_path / "in" / "keyed.png")
     elif case == "missing":
         inputs.append(tmp_path / "in" / "gone.png")
     elif case == "truncated":
@@ -143,6 +153,22 @@ def _png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+
+
+def test_opaque_alpha_is_accepted_and_exif_orientation_is_applied(data_root, tmp_path):
+    """An RGBA file with every pixel opaque holds a mixture; a JPEG turned by its EXIF orientation
+    is read as it is shown."""
+    from mixsep.separate import read_mixture
+
+    inputs, _ = mixture_pngs(data_root, tmp_path / "in", 1)
+    rgb = read_mixture(inputs[0])
+    Image.fromarray(rgb).convert("RGBA").save(tmp_path / "opaque.png")
+    assert (read_mixture(tmp_path / "opaque.png") == rgb).all()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: shown turned 90 degrees clockwise
+    Image.fromarray(rgb).save(tmp_path / "turned.jpg", quality=100, exif=exif)
+    shown = read_mixture(tmp_path / "turned.jpg").astype(int)
+    assert np.abs(shown - np.rot90(rgb, k=-1)).mean() < np.abs(shown - rgb).mean() / 2
 
 
 def test_a_bad_image_is_refused_before_the_run_is_loaded(capsys, tmp_path):
