@@ -260,7 +260,7 @@ def test_dashboard_in_a_real_browser(server):
         for _ in range(10):  # a click while the expander still opens (or the page reruns) may not open the list
             box.click()
             try:
-                option.wait_for(timeout=3000)
+                option.wait_for(timeout=8000)  # a loaded machine (the suite's other worker) is slow to draw it
                 break
             except Exception:
                 page.keyboard.press("Escape")
