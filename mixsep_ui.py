@@ -149,13 +149,16 @@ def _model(checkpoint: str, mtime_ns: int):
     return load_run_model(Path(checkpoint).parent.parent, Path(checkpoint), pick_device("auto"))
 
 
-def model(checkpoint: Path):
-    """(model, config, info) of a checkpoint; reloaded when the file changes."""
+def _mtime(checkpoint: Path) -> int:
     try:
-        mtime = checkpoint.stat().st_mtime_ns
+        return checkpoint.stat().st_mtime_ns
     except OSError:
         raise MixsepError(f"Checkpoint {checkpoint} was deleted; pick another one.") from None
-    return _model(str(checkpoint), mtime)
+
+
+def model(checkpoint: Path):
+    """(model, config, info) of a checkpoint; reloaded when the file changes."""
+    return _model(str(checkpoint), _mtime(checkpoint))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -174,10 +177,13 @@ def _evaluation(checkpoint: str, mtime_ns: int, data_root: str, count: int, key:
 
 
 def evaluation(checkpoint: Path, data_root: Path, count: int):
-    """Every recovery mode's PSNR/SSIM on the first ``count`` test pairs (0 = all), cached; a bar while it scores."""
-    model(checkpoint)  # turns a deleted or corrupt checkpoint into a MixsepError first
-    key = data_key(data_root)
-    return _evaluation(str(checkpoint), checkpoint.stat().st_mtime_ns, str(Path(data_root).resolve()), count, key)
+    """(evaluation, config, info): every recovery mode's PSNR/SSIM on the first ``count`` test pairs
+    (0 = all), cached, a bar while it scores; config and info are those of the very version of the
+    checkpoint it scored (a trainer may replace last.pt meanwhile: the page must not name a newer step)."""
+    mtime = _mtime(checkpoint)
+    _, config, info = _model(str(checkpoint), mtime)  # a corrupt checkpoint is a MixsepError here, first
+    ev = _evaluation(str(checkpoint), mtime, str(Path(data_root).resolve()), count, data_key(data_root))
+    return ev, config, info
 
 
 # --------------------------------------------------------------------------- pickers

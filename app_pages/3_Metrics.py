@@ -18,10 +18,9 @@ count = third.number_input("Test pairs to score", 1, total, total, step=100,
                             help=f"Default: the whole test split ({total} pairs). Fewer is faster.")
 
 try:
-    ev = ui.evaluation(checkpoint, data_root, int(count))
+    ev, config, info = ui.evaluation(checkpoint, data_root, int(count))  # the step it scored, not a newer one
 except MixsepError as e:
     ui.show_error(e, literal_text=True)  # it quotes the checkpoint's path: the run's name, as text
-_, config, info = ui.model(checkpoint)  # cached: evaluation() loaded it
 st.progress(1.0, text=f"Scored {ev.n} test pairs with {ui.literal(run_shown)} · `{checkpoint.name}` · "
                       f"step {info['step']} · {config.model} (data_range = 1).")
 

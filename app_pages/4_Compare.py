@@ -52,7 +52,7 @@ if score:
         try:
             if not found:
                 raise MixsepError(ui.no_checkpoint_note(runs_dir / name, rows[name]["state"]))
-            ev = ui.evaluation(found[0], data_root, int(count))
+            ev, _, _ = ui.evaluation(found[0], data_root, int(count))
             for source in ("mnist", "cifar"):
                 best = ev.best(source)
                 table.loc[i, f"{source} PSNR"] = best["psnr_mean"]
