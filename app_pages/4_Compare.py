@@ -56,7 +56,7 @@ if score:
             for source in ("mnist", "cifar"):
                 best = ev.best(source)
                 table.loc[i, f"{source} PSNR"] = best["psnr_mean"]
-                table.loc[i, f"{source} best mode"] = best["mode"]
+                table.loc[i, f"{source} best mode"] = ev.best_mode(source)
         except MixsepError as e:
             table.loc[i, "note"] = "; ".join(filter(None, [table.loc[i, "note"], str(e)]))
         bar.progress((i + 1) / len(chosen), text=f"Scored {i + 1}/{len(chosen)} runs")

@@ -213,3 +213,6 @@ def test_best_mode_is_never_the_do_nothing_mixture():
     ev = Evaluation(rows=rows, per_image=None, audit=[])
     assert ev.best("mnist")["mode"] == "subtraction"
     assert benchlib.best(ev, "mnist")["mode"] == "subtraction"
+    assert ev.best_mode("mnist") == "subtraction"
+    equal = [dict(r, psnr_mean=31.5 if r["mode"] != "mixture" else 20.0) for r in rows]  # an interval model
+    assert Evaluation(rows=equal, per_image=None, audit=[]).best_mode("mnist") == "all equal"
