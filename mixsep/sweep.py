@@ -1194,7 +1194,11 @@ def trials_frame(study):
                      "CIFAR SSIM": a.get("val_ssim_cifar"), "step": a.get("step"), "duration_s": dur,
                      "run": a.get("run", ""),
                      "note": a.get("error") or ("the report's defaults" if a.get("baseline") else "")})
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    numbers = ["val PSNR", "MNIST PSNR", "CIFAR PSNR", "MNIST SSIM", "CIFAR SSIM", "step", "duration_s"]
+    if len(frame):  # a trial that failed has none of them: NaN (a blank cell), not None (the word)
+        frame[numbers] = frame[numbers].apply(pd.to_numeric, errors="coerce")
+    return frame
 
 
 # --------------------------------------------------------------------------- the dashboard's child

@@ -230,6 +230,10 @@ def test_stops_never_use_up_the_retries_of_a_trial_whose_worker_dies(tmp_path):
     assert [t.state for t in trials] == [TrialState.FAIL] * len(trials) and len(trials) == MAX_RETRY + 2 + MAX_RETRY + 1
     assert {t.user_attrs["run"] for t in trials} == {"s/trial-0000"} and {t.params["lr"] for t in trials} == {1e-3}
     assert counts(study) == {"done": 1, "running": 0, "waiting": 0}  # the chain counts once, as failed for good
+    from mixsep.sweep import trials_frame
+
+    frame = trials_frame(study)  # failed trials have no figures: blank cells on the page, not "None"
+    assert frame["val PSNR"].dtype.kind == "f" and frame["val PSNR"].isna().all()
 
 
 # --------------------------------------------------------------------------- a real study
