@@ -1112,10 +1112,10 @@ def run_sweep(p: Plan, say: Callable[[str], None] | None = None) -> int:
     def on_signal(signum, frame):  # finish this step, checkpoint the trial, requeue it, exit
         if stop["flag"] and signum == signal.SIGINT:  # a second Ctrl-C: quit at once (the trial is requeued)
             raise SecondInterrupt
-        if signum == signal.SIGINT and not stop["flag"] and not os.environ.get(_CHILD_ENV):  # one line per command
+        first, stop["flag"] = not stop["flag"], True  # set before the line: a second Ctrl-C may land inside it
+        if signum == signal.SIGINT and first and not os.environ.get(_CHILD_ENV):  # one line per command
             print("\nstopping: the running trial finishes its step and is queued to resume (Ctrl-C again to quit "
                   "at once)", file=sys.stderr, flush=True)
-        stop["flag"] = True
         for child in children:
             try:
                 child.send_signal(signal.SIGTERM)

@@ -400,7 +400,7 @@ def test_a_second_ctrl_c_quits_at_once_and_the_trial_still_resumes(tmp_path):
 
     data = make_data_root(tmp_path / "data")
     runs = tmp_path / "runs"
-    args = sweep_args(data, runs, "--study", "q", "--trials", "1", *TINY, "--epochs", "200")
+    args = sweep_args(data, runs, "--study", "q", "--trials", "1", *TINY, "--epochs", "60")
     worker = conftest.WarmProcess(args)
     first = runs / "q" / "trial-0000"
     said = lambda: "Ctrl-C again to quit at once" in Path(worker._err).read_text()
@@ -419,7 +419,7 @@ def test_a_second_ctrl_c_quits_at_once_and_the_trial_still_resumes(tmp_path):
     done = cli(*args)  # the same command finishes it, from its checkpoint
     assert done.returncode == 0, done.stderr
     steps = [int(line.split(",")[0]) for line in (first / "metrics.csv").read_text().splitlines()[1:]]
-    assert steps == list(range(1, 401))
+    assert steps == list(range(1, 121))
     first.rename(tmp_path / "elsewhere")  # as on a database study whose trial ran on another machine
     best = cli(*sweep_args(data, runs, "--study", "q", "--best"))
     assert best.returncode == 0 and best.stdout.strip() == str(first), best.stderr
