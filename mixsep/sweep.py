@@ -306,7 +306,7 @@ def check_storage(url: str | None, timeout_s: int = 10) -> None:
         raise MixsepError(missing.format(e.name)) from None
     except sqlalchemy.exc.SQLAlchemyError as e:
         raise MixsepError(f"Cannot reach the database {shown} ({_reason(e)}); start it, or check the host, port, "
-                          "user and database name in the storage URL.") from None
+                          "user, password and database name in the storage URL.") from None
 
 
 def database_url(url: str):
