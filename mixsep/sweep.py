@@ -249,8 +249,12 @@ def storage_label(url: str | None, runs_dir: Path) -> str:
     from sqlalchemy.engine import make_url
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        if "password" in parsed.query:  # libpq also takes it as a query parameter
+            parsed = parsed.update_query_dict({"password": "***"})
+        return parsed.render_as_string(hide_password=True).replace("password=%2A%2A%2A", "password=***")
     except Exception:  # ArgumentError, or ValueError for a port that is not a number
+        url = re.sub(r"([?&]password=)[^&]*", r"\1***", url)
         return re.sub(r"^((?:[^/@:]*://)?[^/@:]*):[^@]*@", r"\1:***@", url)
 
 

@@ -140,6 +140,7 @@ def free_port() -> int:
     (["--storage", "postgresql://mixsep:secret@127.0.0.1:{port}/db"], "Cannot reach the database"),
     (["--storage", "postgresql://mixsep:secret@127.0.0.1:notaport/db"], "its host or port does not parse"),
     (["--storage", "mixsep:secret@127.0.0.1/db"], "The storage 'mixsep:***@127.0.0.1/db' is not a database URL"),
+    (["--storage", "postgresql://mixsep@127.0.0.1:{port}/db?password=secret"], "db?password=*** ("),  # libpq's way
     (["--space", "lr=1e-2:1e-3"], "inverted"),
     (["--space", "beta2=0.99:0.99"], "empty"),
     (["--trials", "0"], "--trials must be at least 1"),
