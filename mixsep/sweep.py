@@ -366,7 +366,8 @@ def open_storage(url: str | None, runs_dir: Path, heartbeat_s: int = 30, create:
             return optuna.storages.RDBStorage(
                 parsed.render_as_string(hide_password=False), engine_kwargs=_engine_kwargs(parsed, 10),
                 heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s,
-                heartbeat_stale_trial_callback=requeue)
+                heartbeat_stale_trial_callback=lambda study, trial: requeue(
+                    study, trial, stopped=ended_cleanly(runs_dir, trial)))
         except sqlalchemy.exc.SQLAlchemyError as e:
             if attempt == 2:  # workers started together race to create Optuna's tables; the loser retries
                 raise _unusable_database(shown, e) from None
@@ -825,7 +826,23 @@ def requeue(study, trial, stopped: bool = False) -> bool:
     return True
 
 
-def fail_dead_trials(study, journal: bool) -> list[tuple[int, bool]]:
+def ended_cleanly(runs_dir: Path | None, trial) -> bool:
+    """Whether the trial's run folder (here) says its trainer ended on its own (a stop, a lost database,
+    a full disk) rather than died mid-step (kill -9, OOM: "running"): its requeue is then a stop,
+    which never uses up the retries. A folder this machine does not hold counts as a death."""
+    from .run import State, read_status, resolve_run
+
+    run = trial.user_attrs.get("run")
+    if runs_dir is None or not isinstance(run, str):
+        return False
+    try:
+        state = read_status(resolve_run(runs_dir, run)).get("state")
+    except MixsepError:
+        return False
+    return state in (State.STOPPED.value, State.FAILED.value)
+
+
+def fail_dead_trials(study, journal: bool, runs_dir: Path | None = None) -> list[tuple[int, bool]]:
     """Fail (and requeue) running trials whose worker is gone; returns (number, queued again) for each.
 
     A database has heartbeats (Optuna fails stale trials and calls the retry callback).
@@ -842,7 +859,8 @@ def fail_dead_trials(study, journal: bool) -> list[tuple[int, bool]]:
         before = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         optuna.storages.fail_stale_trials(study)
         after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        return [(n, crashes(before[n]) < MAX_RETRY) for n in sorted(set(before) - after)]
+        return [(n, ended_cleanly(runs_dir, before[n]) or crashes(before[n]) < MAX_RETRY)
+                for n in sorted(set(before) - after)]
     host, dead = socket.gethostname(), []
     now = datetime.datetime.now()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -856,7 +874,7 @@ def fail_dead_trials(study, journal: bool) -> list[tuple[int, bool]]:
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker got there first
-        dead.append((t.number, requeue(study, t)))
+        dead.append((t.number, requeue(study, t, stopped=ended_cleanly(runs_dir, t))))
     return dead
 
 
@@ -947,7 +965,7 @@ class Worker:
         journal = not p.storage
         waiting_said = False
         while not self.should_stop():
-            for n, queued in fail_dead_trials(self.study, journal):
+            for n, queued in fail_dead_trials(self.study, journal, p.runs_dir):
                 self.say(f"trial {n}: its worker is gone; marked failed and queued again to resume" if queued else
                          f"trial {n}: its worker is gone; marked failed for good (its workers died {MAX_RETRY} "
                          "times before)")

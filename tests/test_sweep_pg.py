@@ -194,6 +194,10 @@ def test_a_database_lost_mid_trial_is_one_sentence_and_the_study_resumes_when_it
     out, err = again.communicate(timeout=400)
     assert again.returncode == 0, err
     assert counts(load_study(p)) == {"done": 2, "running": 0, "waiting": 0}
+    from mixsep.sweep import crashes
+
+    again_0 = [t for t in load_study(p).trials if t.system_attrs.get("failed_trial") == 0]
+    assert len(again_0) == 1 and crashes(again_0[0]) == 0  # a lost database is a stop, not a dead worker's retry
     resumed = runs / "lost" / "trial-0000"
     steps = [int(line.split(",")[0]) for line in (resumed / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) == 120  # resumed from its checkpoint, every step once
