@@ -817,7 +817,7 @@ def requeue(study, trial, stopped: bool = False) -> bool:
     if not stopped and crashes(trial) >= MAX_RETRY:
         return False
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
-    user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ("host", "pid", "pid_start")}
+    user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ("host", "pid", "pid_start", "halted")}
     study.add_trial(optuna.trial.create_trial(
         state=optuna.trial.TrialState.WAITING, params=trial.params, distributions=trial.distributions,
         user_attrs=user_attrs, intermediate_values=trial.intermediate_values,
@@ -840,6 +840,19 @@ def ended_cleanly(runs_dir: Path | None, trial) -> bool:
     except MixsepError:
         return False
     return state in (State.STOPPED.value, State.FAILED.value)
+
+
+def requeue_halted(study) -> list[int]:
+    """Requeue each trial halted by a write error (a full disk) whose requeue record was lost: the
+    journal's own disk can take the trial's FAIL and cut off the copy that follows it."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    requeued = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    lost = [t for t in trials if t.state == TrialState.FAIL and "halted" in t.user_attrs and t.number not in requeued]
+    for t in lost:
+        requeue(study, t, stopped=True)
+    return [t.number for t in lost]
 
 
 def fail_dead_trials(study, journal: bool, runs_dir: Path | None = None) -> list[tuple[int, bool]]:
@@ -965,6 +978,9 @@ class Worker:
         journal = not p.storage
         waiting_said = False
         while not self.should_stop():
+            for n in requeue_halted(self.study):
+                self.say(f"trial {n}: halted by a write error, and its place in the queue was lost with the "
+                         "journal's last record; queued again to resume")
             for n, queued in fail_dead_trials(self.study, journal, p.runs_dir):
                 self.say(f"trial {n}: its worker is gone; marked failed and queued again to resume" if queued else
                          f"trial {n}: its worker is gone; marked failed for good (its workers died {MAX_RETRY} "
@@ -1033,7 +1049,10 @@ class Worker:
         try:
             return self._train(trial, dataclasses.replace(p.config, **params).validate(), run)
         except RunWriteError as e:  # every later trial would fail the same way: stop, and resume this one later
-            trial.set_user_attr("error", str(e))
+            try:  # marked first: if the disk is the journal's too, the requeue after Optuna's FAIL may be cut off
+                trial.set_user_attr("halted", str(e))
+            except Exception:
+                pass  # then not even FAIL gets written: the trial stays running and comes back as a dead worker's
             raise SweepHalted(trial._trial_id, str(e)) from None
         except MixsepError as e:
             trial.set_user_attr("error", str(e))

@@ -237,6 +237,28 @@ def test_stops_never_use_up_the_retries_of_a_trial_whose_worker_dies(tmp_path):
     assert frame["val PSNR"].dtype.kind == "f" and frame["val PSNR"].isna().all()
 
 
+def test_a_halted_trial_whose_requeue_record_was_cut_off_is_queued_again(tmp_path):
+    """The journal's own disk full: Optuna's FAIL of the halted trial fits, the copy that requeues it is
+    cut off (and dropped at the next start). The next worker queues it again, once."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import TrialState, create_trial
+
+    from mixsep.sweep import requeue_halted
+
+    study = optuna.create_study(storage=optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "j"))))
+    dist = {"lr": optuna.distributions.FloatDistribution(1e-5, 0.1, log=True)}
+    study.add_trial(create_trial(state=TrialState.FAIL, params={"lr": 1e-3}, distributions=dist,
+                                 user_attrs={"run": "s/trial-0000", "halted": "The disk holding ... is full"}))
+    study.add_trial(create_trial(state=TrialState.FAIL, params={"lr": 1e-2}, distributions=dist,
+                                 user_attrs={"run": "s/trial-0001", "error": "a real failure"}))
+    assert counts(study)["done"] == 2
+    assert requeue_halted(study) == [0] and requeue_halted(study) == []
+    again = study.get_trials(deepcopy=False)[-1]
+    assert again.state == TrialState.WAITING and again.user_attrs["run"] == "s/trial-0000"
+    assert "halted" not in again.user_attrs and counts(study) == {"done": 1, "running": 0, "waiting": 1}
+
+
 # --------------------------------------------------------------------------- a real study
 
 

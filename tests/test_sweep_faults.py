@@ -273,6 +273,7 @@ def test_a_disk_that_fills_mid_trial_stops_the_sweep_and_the_trial_resumes_once_
         p = plan(build_parser().parse_args([*args]))
         trials = load_study(p).trials
         assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+        assert "full" in trials[0].user_attrs["halted"]  # marked, in case the journal had lost the requeue
         assert trials[1].user_attrs["run"] == "s/trial-0000"
 
         (disk / "filler").unlink()
