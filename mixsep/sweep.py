@@ -927,7 +927,7 @@ def _quiet_interrupts() -> None:
     and a database lost by Optuna's heartbeat thread is one line, not that thread's traceback
     (the worker itself then stops with one sentence, at its next write)."""
     logging.getLogger("optuna.study._optimize").addFilter(_QuietInterrupts())
-    warnings.filterwarnings("ignore", message="The reported value is ignored because this step",
+    warnings.filterwarnings("ignore", message="The reported value is ignored because",
                             category=UserWarning)  # a resumed trial reports again the steps after its checkpoint
     default = threading.excepthook
 
