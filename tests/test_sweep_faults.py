@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -256,13 +257,14 @@ def test_a_disk_that_fills_mid_trial_stops_the_sweep_and_the_trial_resumes_once_
                 return False
 
         conftest.frozen_when(worker, mid_trial, what="trial 0 past its first checkpoints", slice_s=0.3)
-        with open(disk / "filler", "wb") as f:  # fill the disk while the trainer is frozen
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError:
-                pass
+        fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)  # fill the disk while the trainer is frozen
+        try:  # unbuffered: nothing is left to flush (and fail) when the file is closed
+            while True:
+                os.write(fd, b"\0" * 65536)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
         worker.send_signal(signal.SIGCONT)
         out, err = worker.communicate(timeout=240)
         assert worker.returncode == 2, err
