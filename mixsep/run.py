@@ -162,10 +162,10 @@ def remove_stale_temps(run_dir: Path) -> list[Path]:
     run_dir = Path(run_dir)
     found = [*run_dir.glob(f"*{TMP_SUFFIX}"), *run_dir.glob(f".*{TMP_SUFFIX}"),
              *(run_dir / CHECKPOINTS).glob(f"*{TMP_SUFFIX}"), *(run_dir / CHECKPOINTS).glob(f".*{TMP_SUFFIX}")]
-    return _unlink_all(dict.fromkeys(found))
+    return unlink_all(dict.fromkeys(found))
 
 
-def _unlink_all(paths) -> list[Path]:
+def unlink_all(paths) -> list[Path]:
     """Remove what can be removed; returns what was."""
     removed = []
     for p in paths:
@@ -633,7 +633,7 @@ def prune_epoch_checkpoints(run_dir: Path, keep_every: int) -> list[Path]:
     """Remove epoch checkpoints that the retention rule does not keep: the latest always stays,
     older ones only when their epoch is a multiple of ``keep_every`` (0 keeps none of them)."""
     epochs = [p for p in list_checkpoints(run_dir) if p.name != LAST]  # newest first: epochs[0] stays
-    return _unlink_all(p for p in epochs[1:] if keep_every <= 0 or _epoch_of(p) % keep_every != 0)
+    return unlink_all(p for p in epochs[1:] if keep_every <= 0 or _epoch_of(p) % keep_every != 0)
 
 
 def delete_run(runs_dir: Path, name: str) -> Path:

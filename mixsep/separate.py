@@ -17,7 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import SEPARATE_MODES as MODES
 from .errors import MixsepError
-from .run import describe_os_error, temp_path
+from .run import describe_os_error, temp_path, unlink_all
 
 SIZE = (32, 32)
 SUFFIXES = {"mnist": ".mnist.png", "cifar": ".cifar.png"}
@@ -166,11 +166,7 @@ def _discard(temps: list[Path], made: Path | None) -> None:
     """Remove what a failed write left: its temporary files, and the folder ``made`` for it if that is
     empty now. Never raises: the disk that failed the write (read-only, gone) may fail these too, and the
     sentence saying why the write failed is the one to show."""
-    for tmp in temps:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
+    unlink_all(temps)
     if made is not None:
         try:
             made.rmdir()  # only if empty: a file someone put there meanwhile stays, with the folder

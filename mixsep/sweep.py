@@ -793,11 +793,16 @@ def counts(study) -> dict:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried = _requeued(trials)
     done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
                or (t.state == TrialState.FAIL and t.number not in retried) for t in trials)
     return {"done": done, "running": sum(t.state == TrialState.RUNNING for t in trials),
             "waiting": sum(t.state == TrialState.WAITING for t in trials)}
+
+
+def _requeued(trials) -> set[int]:
+    """The numbers of the trials that another trial continues (its copy in the queue, or later)."""
+    return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
 
 
 def crashes(trial) -> int:
@@ -848,7 +853,7 @@ def requeue_halted(study) -> list[int]:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    requeued = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    requeued = _requeued(trials)
     lost = [t for t in trials if t.state == TrialState.FAIL and "halted" in t.user_attrs and t.number not in requeued]
     for t in lost:
         requeue(study, t, stopped=True)

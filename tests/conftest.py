@@ -6,6 +6,7 @@ import gzip
 import multiprocessing
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -52,6 +53,11 @@ def tmpfs(path: Path, size: str):
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def seen(markdown: str) -> str:
+    """What a reader sees of markdown whose markup is escaped: the escapes dropped (word joiners kept)."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
 
 
 def wait_for(predicate, timeout: float = 60.0, what: str = "condition", interval: float = 0.05) -> None:

@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-from conftest import make_data_root
+from conftest import make_data_root, seen
 from streamlit.testing.v1 import AppTest
 
 from mixsep import MixsepError, TrainConfig
@@ -577,11 +576,6 @@ def test_separate_page_says_at_once_when_the_checkpoint_cannot_separate(app_env)
 
 
 # --------------------------------------------------------------------------- names are text, not markdown
-
-
-def seen(markdown: str) -> str:
-    """What a reader sees of markdown whose markup is escaped: the escapes dropped (word joiners kept)."""
-    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
 
 
 def markup(markdown: str) -> list[str]:

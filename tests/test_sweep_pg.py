@@ -52,7 +52,7 @@ def pg_ctl(action: str) -> None:
         cmd += ["-l", str(_SERVER["log"]), "-o", _SERVER["options"], "start"]
     else:
         cmd += ["-m", "immediate", "stop"]
-    subprocess.run(cmd, check=True, capture_output=True)
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +78,7 @@ def postgres():
                    options=f"-k {sock} -c listen_addresses='' -p {port} -c fsync=off")
     try:
         run(bindir / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync")
-        run(bindir / "pg_ctl", "-D", data, "-l", sock / "server.log", "-w", "-t", "60", "-o", _SERVER["options"],
-            "start")
+        pg_ctl("start")
         yield f"postgresql://postgres@/postgres?host={sock}&port={port}"  # the database initdb makes
     except subprocess.CalledProcessError as e:
         pytest.fail(f"could not start PostgreSQL: {e.cmd}: {e.stderr}")
