@@ -211,7 +211,8 @@ def test_dashboard_in_a_real_browser(server):
         sidebar.get_by_role("link", name="Metrics").click()
         expect(page.get_by_text(re.compile(r"^Scored \d+ test pairs"))).to_be_visible(timeout=120_000)
         expect(page.locator("th").filter(has_text="report-style PSNR")).to_be_attached()
-        assert page.locator(".js-plotly-plot").count() >= 2
+        # the charts stream in after the "Scored" line: wait for them, do not count at once
+        expect(page.locator(".js-plotly-plot").nth(1)).to_be_attached()
         snap(page, "metrics")
 
         sidebar.get_by_role("link", name="Compare").click()
