@@ -248,6 +248,13 @@ def storage_label(url: str | None, runs_dir: Path) -> str:
         return str(Path(runs_dir).resolve() / JOURNAL)
     from sqlalchemy.engine import make_url
 
+    if _extra_at(url):  # SQLAlchemy would take the password's tail for the host: mask up to the last '@'
+        url = re.sub(r"([?&]password=)[^&]*", r"\1***", url)
+        head, _, rest = url.partition("://") if "://" in url else ("", "", url)
+        authority, path = re.match(r"([^/?]*)(.*)", rest).groups()
+        user, _, host = authority.rpartition("@")
+        user = user.split(":", 1)[0] + ":***" if ":" in user else "***"
+        return (head + "://" if head else "") + f"{user}@{host}{path}"
     try:
         parsed = make_url(url)
         if "password" in parsed.query:  # libpq also takes it as a query parameter
@@ -258,10 +265,19 @@ def storage_label(url: str | None, runs_dir: Path) -> str:
         return re.sub(r"^((?:[^/@:]*://)?[^/@:]*):[^@]*@", r"\1:***@", url)
 
 
+def _extra_at(url: str) -> bool:
+    """Whether the URL's user and password hold an '@' that is not written as %40."""
+    rest = url.partition("://")[2] if "://" in url else url
+    return re.match(r"[^/?]*", rest).group(0).count("@") > 1
+
+
 def check_storage(url: str | None, timeout_s: int = 10) -> None:
     """Refuse an unknown scheme or an unreachable database, writing nothing anywhere."""
     if not url:
         return
+    if _extra_at(url):
+        raise MixsepError(f"The storage '{storage_label(url, Path('.'))}' has more than one '@' before its host; "
+                          "write an '@' in the user name or password as %40.")
     import sqlalchemy
 
     try:

@@ -140,6 +140,8 @@ def free_port() -> int:
     (["--storage", "postgresql://mixsep:secret@127.0.0.1:notaport/db"], "its host or port does not parse"),
     (["--storage", "mixsep:secret@127.0.0.1/db"], "The storage 'mixsep:***@127.0.0.1/db' is not a database URL"),
     (["--storage", "postgresql://mixsep@127.0.0.1:{port}/db?password=secret"], "db?password=*** ("),  # libpq's way
+    (["--storage", "postgresql://mixsep:sec@ret@127.0.0.1/db"],  # SQLAlchemy would take 'ret@127.0.0.1' for the host
+     "The storage 'postgresql://mixsep:***@127.0.0.1/db' has more than one '@' before its host; write an '@' in"),
     (["--space", "lr=1e-2:1e-3"], "inverted"),
     (["--space", "beta2=0.99:0.99"], "empty"),
     (["--trials", "0"], "--trials must be at least 1"),
@@ -156,7 +158,7 @@ def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(capsys, data_root, 
     before = tree(tmp_path)
     assert main(sweep_args(data_root, runs, "--study", "bad", *TINY, *extra)) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and says in err and "\n" not in err and "secret" not in err
+    assert err.startswith("error: ") and says in err and "\n" not in err and "secret" not in err and "ret@" not in err
     assert tree(tmp_path) == before and not runs.exists()
 
 
