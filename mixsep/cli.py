@@ -113,13 +113,17 @@ def _add_sweep(sub) -> None:
                         "takes that setting's default range (default: lr=1e-05:0.1:log,beta1=0.5:0.999,beta2=0.9:0.9999)")
     s.add_argument("--val-size", type=int, default=None,
                    help="validation pairs held out from the end of the training data (default 2000)")
-    s.add_argument("--report-every", type=int, default=0,
-                   help="steps between validation reports that the pruner judges; 0 = once per epoch")
-    s.add_argument("--pruner", choices=["median", "halving", "none"], default="median",
-                   help="stop trials early: median (below the median of earlier trials) or successive halving")
-    s.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler (worker i adds i)")
-    s.add_argument("--heartbeat", type=int, default=30,
-                   help="seconds between a database trial's heartbeats; one silent for 3x that is failed and requeued")
+    s.add_argument("--report-every", type=int, default=None,
+                   help="steps between validation reports that the pruner judges; 0 = once per epoch "
+                        "(default 0; on resume, the study's own)")
+    s.add_argument("--pruner", choices=["median", "halving", "none"], default=None,
+                   help="stop trials early: median (below the median of earlier trials) or successive halving "
+                        "(default median; on resume, the study's own)")
+    s.add_argument("--sampler-seed", type=int, default=None,
+                   help="seed of the TPE sampler, worker i adds i (default 0; on resume, the study's own)")
+    s.add_argument("--heartbeat", type=int, default=None,
+                   help="seconds between a database trial's heartbeats; one silent for 3x that is failed and requeued "
+                        "(default 30; on resume, the study's own)")
     s.add_argument("--best", action="store_true", help="train nothing: print the best trial's run folder")
     s.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)  # set on a worker child
     add_train_flags(s, defaults=False)  # the fixed settings of every trial

@@ -61,6 +61,8 @@ from .errors import MixsepError, SecondInterrupt
 JOURNAL = "optuna.journal"
 SWEEP_FILE, SWEEP_LOG = "sweep.json", "sweep.log"
 ATTR = "mixsep"               # the study's user attribute holding its space and fixed settings
+# the sweep's own flags and their defaults; a study keeps those it was made with (so does its resume)
+SWEEP_FLAGS = {"report_every": 0, "pruner": "median", "sampler_seed": 0, "heartbeat": 30}
 LOCAL = ("data_root", "device")  # settings each machine chooses for itself when it joins a study
 MAX_RETRY = 3                 # requeues of a trial whose worker died, before it counts as failed (stops don't count)
 PSNR_CAP = 100.0              # dB; a pixel-perfect image is +inf PSNR and would swamp the mean
@@ -611,7 +613,8 @@ class Plan:
 
     def attrs(self) -> dict:
         return {"space": format_space(self.space), "config": self.config.to_dict(), "fixed": self.fixed,
-                "val_size": self.val_size, "trials": self.trials}
+                "val_size": self.val_size, "trials": self.trials,
+                "flags": {name: getattr(self, name) for name in SWEEP_FLAGS}}
 
 
 def plan(args) -> Plan:
@@ -628,7 +631,7 @@ def plan(args) -> Plan:
     local["data_root"] = str(Path(local["data_root"]).expanduser().resolve())
 
     check_storage(args.storage)
-    storage = open_storage(args.storage, runs_dir, args.heartbeat, create=False)
+    storage = open_storage(args.storage, runs_dir, create=False)
     stored = _stored(storage, study)
     if stored is None and getattr(args, "best", False):  # before checks that only a new study needs
         raise MixsepError(f"There is no study '{study}' in {storage_label(args.storage, runs_dir)}; "
@@ -647,12 +650,19 @@ def plan(args) -> Plan:
         if args.val_size is not None and args.val_size != stored["val_size"]:
             raise MixsepError(f"Study '{study}' validates on {stored['val_size']} pairs, not {args.val_size}; "
                               "resume it without --val-size, or choose another study name.")
+        for name, was in stored.get("flags", {}).items():  # studies made before these were kept: any value
+            value = getattr(args, name)
+            if value is not None and value != was:
+                raise MixsepError(f"Study '{study}' was made with --{name.replace('_', '-')} {was}, not {value}; "
+                                  f"resume it without --{name.replace('_', '-')}, or choose another study name.")
+        flags = {**SWEEP_FLAGS, **stored.get("flags", {})}
         fixed, val_size = stored["fixed"], stored["val_size"]
         config = TrainConfig.from_dict({**stored["config"], **local})
         trials = args.trials or stored["trials"]
     else:
         space = parse_space(args.space)
         fixed, val_size, trials = given, args.val_size or 2000, args.trials or 20
+        flags = dict(SWEEP_FLAGS)
         config = TrainConfig(**{**given, **local})
     clash = sorted(set(space) & set(given))
     if clash:
@@ -672,8 +682,9 @@ def plan(args) -> Plan:
     if not getattr(args, "best", False):  # --best reads the study only: no data is needed to print its winner
         config = _split(config, space, val_size, stored["config"]["train_size"] if stored is not None else None)
     workers = args.workers or default_workers(config.device)
-    return Plan(study, args.storage, runs_dir, space, config, fixed, trials, val_size, args.report_every,
-                args.pruner, args.sampler_seed, args.heartbeat, workers, stored is not None,
+    flags.update({name: getattr(args, name) for name in SWEEP_FLAGS if getattr(args, name) is not None})
+    return Plan(study, args.storage, runs_dir, space, config, fixed, trials, val_size, flags["report_every"],
+                flags["pruner"], flags["sampler_seed"], flags["heartbeat"], workers, stored is not None,
                 args.worker_index or 0)
 
 
@@ -698,9 +709,9 @@ def _check_flags(args, runs_dir: Path) -> None:
         raise MixsepError(f"--workers must be at least 1 (got {args.workers}).")
     if args.val_size is not None and args.val_size < 1:
         raise MixsepError(f"--val-size must be at least 1 validation pair (got {args.val_size}).")
-    if args.report_every < 0:
+    if args.report_every is not None and args.report_every < 0:
         raise MixsepError(f"--report-every must be 0 (once per epoch) or a number of steps (got {args.report_every}).")
-    if args.heartbeat < 1:
+    if args.heartbeat is not None and args.heartbeat < 1:
         raise MixsepError(f"--heartbeat must be at least 1 second (got {args.heartbeat}).")
 
 
@@ -772,8 +783,9 @@ def create_study(p: Plan):
         study = optuna.create_study(study_name=p.study, storage=storage, direction="maximize")
     except optuna.exceptions.DuplicatedStudyError:  # resumed, or another worker made it first
         study = optuna.load_study(study_name=p.study, storage=storage)
-        if ATTR in study.user_attrs and study.user_attrs[ATTR].get("trials") != p.trials:
-            study.set_user_attr(ATTR, {**study.user_attrs[ATTR], "trials": p.trials})
+        kept = study.user_attrs.get(ATTR)
+        if kept is not None and (kept.get("trials"), kept.get("flags")) != (p.trials, p.attrs()["flags"]):
+            study.set_user_attr(ATTR, {**kept, "trials": p.trials, "flags": p.attrs()["flags"]})
     else:
         study.set_user_attr(ATTR, p.attrs())
         baseline = baseline_params(p.space)
