@@ -97,6 +97,12 @@ class Dimension:
         return trial.suggest_float(self.name, self.low, self.high, log=self.log)
 
 
+def _unordered(space: dict[str, Dimension]) -> dict:
+    """A space as a set of ranges: the same settings, ranges and choices in any order compare equal."""
+    return {name: dataclasses.replace(dim, choices=frozenset(dim.choices)) if dim.choices else dim
+            for name, dim in space.items()}
+
+
 def sweepable() -> dict:
     """The settings a sweep may vary, by name (those whose metadata gives a default sweep)."""
     return {s.name: s for s in settings() if s.sweep is not None}
@@ -638,7 +644,7 @@ def plan(args) -> Plan:
                           "start it without --best.")
     if stored is not None:
         space = parse_space(stored["space"])
-        if args.space is not None and parse_space(args.space) != space:  # the same ranges in any order are the same
+        if args.space is not None and _unordered(parse_space(args.space)) != _unordered(space):  # in any order
             given_space = format_space(parse_space(args.space))
             raise MixsepError(f"Study '{study}' exists with the space {stored['space']}, not {given_space}; "
                               "resume it without --space (or with that one), or choose another study name.")
@@ -655,14 +661,14 @@ def plan(args) -> Plan:
             if value is not None and value != was:
                 raise MixsepError(f"Study '{study}' was made with --{name.replace('_', '-')} {was}, not {value}; "
                                   f"resume it without --{name.replace('_', '-')}, or choose another study name.")
-        flags = {**SWEEP_FLAGS, **stored.get("flags", {})}
+        own = {**SWEEP_FLAGS, **stored.get("flags", {})}
         fixed, val_size = stored["fixed"], stored["val_size"]
         config = TrainConfig.from_dict({**stored["config"], **local})
         trials = args.trials or stored["trials"]
     else:
         space = parse_space(args.space)
         fixed, val_size, trials = given, args.val_size or 2000, args.trials or 20
-        flags = dict(SWEEP_FLAGS)
+        own = dict(SWEEP_FLAGS)
         config = TrainConfig(**{**given, **local})
     clash = sorted(set(space) & set(given))
     if clash:
@@ -682,9 +688,9 @@ def plan(args) -> Plan:
     if not getattr(args, "best", False):  # --best reads the study only: no data is needed to print its winner
         config = _split(config, space, val_size, stored["config"]["train_size"] if stored is not None else None)
     workers = args.workers or default_workers(config.device)
-    flags.update({name: getattr(args, name) for name in SWEEP_FLAGS if getattr(args, name) is not None})
-    return Plan(study, args.storage, runs_dir, space, config, fixed, trials, val_size, flags["report_every"],
-                flags["pruner"], flags["sampler_seed"], flags["heartbeat"], workers, stored is not None,
+    own.update({name: getattr(args, name) for name in SWEEP_FLAGS if getattr(args, name) is not None})
+    return Plan(study, args.storage, runs_dir, space, config, fixed, trials, val_size, own["report_every"],
+                own["pruner"], own["sampler_seed"], own["heartbeat"], workers, stored is not None,
                 args.worker_index or 0)
 
 

@@ -190,6 +190,14 @@ def test_a_study_that_exists_with_another_space_is_refused(capsys, data_root, tm
     assert "exists with the space lr=1e-05:0.1:log,beta1=0.5:0.999,beta2=0.9:0.9999" in err
     same = "beta2=0.9:0.9999,lr=1e-5:0.1:log,beta1=0.5:0.999"  # the study's own ranges, in another order
     assert plan(build_parser().parse_args(sweep_args(data_root, runs, "--study", "s", "--space", same))).exists
+    create_study(plan(build_parser().parse_args(sweep_args(data_root, runs, "--study", "c", *TINY[2:],
+                                                           "--space", "model=tiny|unet_narrow"))))
+    before = tree(runs)
+    resumed = plan(build_parser().parse_args(sweep_args(data_root, runs, "--study", "c",
+                                                        "--space", "model=unet_narrow|tiny")))  # its choices, reordered
+    assert resumed.exists and resumed.space["model"].choices == ("tiny", "unet_narrow")  # Optuna's own order kept
+    assert main(sweep_args(data_root, runs, "--study", "c", "--space", "model=tiny|faithful")) == 2
+    assert "exists with the space model=tiny|unet_narrow, not model=tiny|faithful" in capsys.readouterr().err
     assert main(sweep_args(data_root, runs, "--study", "s", "--epochs", "3")) == 2
     assert "was made with epochs=1, not 3" in capsys.readouterr().err
     assert tree(runs) == before
