@@ -119,11 +119,10 @@ def _add_sweep(sub) -> None:
     s.add_argument("--pruner", choices=["median", "halving", "none"], default=None,
                    help="stop trials early: median (below the median of earlier trials) or successive halving "
                         "(default median; on resume, the study's own)")
-    s.add_argument("--sampler-seed", type=int, default=None,
-                   help="seed of the TPE sampler, worker i adds i (default 0; on resume, the study's own)")
-    s.add_argument("--heartbeat", type=int, default=None,
-                   help="seconds between a database trial's heartbeats; one silent for 3x that is failed and requeued "
-                        "(default 30; on resume, the study's own)")
+    s.add_argument("--sampler-seed", type=int, default=0,
+                   help="seed of this command's TPE sampler, worker i adds i (give each machine its own)")
+    s.add_argument("--heartbeat", type=int, default=30,
+                   help="seconds between a database trial's heartbeats; one silent for 3x that is failed and requeued")
     s.add_argument("--best", action="store_true", help="train nothing: print the best trial's run folder")
     s.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)  # set on a worker child
     add_train_flags(s, defaults=False)  # the fixed settings of every trial

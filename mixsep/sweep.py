@@ -61,8 +61,9 @@ from .errors import MixsepError, SecondInterrupt
 JOURNAL = "optuna.journal"
 SWEEP_FILE, SWEEP_LOG = "sweep.json", "sweep.log"
 ATTR = "mixsep"               # the study's user attribute holding its space and fixed settings
-# the sweep's own flags and their defaults; a study keeps those it was made with (so does its resume)
-SWEEP_FLAGS = {"report_every": 0, "pruner": "median", "sampler_seed": 0, "heartbeat": 30}
+# the sweep's flags that make the study what it is, and their defaults: a study keeps those it was made with
+# (--sampler-seed and --heartbeat belong to each command: machines joining one study give their own seeds)
+SWEEP_FLAGS = {"report_every": 0, "pruner": "median"}
 LOCAL = ("data_root", "device")  # settings each machine chooses for itself when it joins a study
 MAX_RETRY = 3                 # requeues of a trial whose worker died, before it counts as failed (stops don't count)
 PSNR_CAP = 100.0              # dB; a pixel-perfect image is +inf PSNR and would swamp the mean
@@ -637,7 +638,7 @@ def plan(args) -> Plan:
     local["data_root"] = str(Path(local["data_root"]).expanduser().resolve())
 
     check_storage(args.storage)
-    storage = open_storage(args.storage, runs_dir, create=False)
+    storage = open_storage(args.storage, runs_dir, args.heartbeat, create=False)
     stored = _stored(storage, study)
     if stored is None and getattr(args, "best", False):  # before checks that only a new study needs
         raise MixsepError(f"There is no study '{study}' in {storage_label(args.storage, runs_dir)}; "
@@ -690,7 +691,7 @@ def plan(args) -> Plan:
     workers = args.workers or default_workers(config.device)
     own.update({name: getattr(args, name) for name in SWEEP_FLAGS if getattr(args, name) is not None})
     return Plan(study, args.storage, runs_dir, space, config, fixed, trials, val_size, own["report_every"],
-                own["pruner"], own["sampler_seed"], own["heartbeat"], workers, stored is not None,
+                own["pruner"], args.sampler_seed, args.heartbeat, workers, stored is not None,
                 args.worker_index or 0)
 
 
@@ -717,7 +718,7 @@ def _check_flags(args, runs_dir: Path) -> None:
         raise MixsepError(f"--val-size must be at least 1 validation pair (got {args.val_size}).")
     if args.report_every is not None and args.report_every < 0:
         raise MixsepError(f"--report-every must be 0 (once per epoch) or a number of steps (got {args.report_every}).")
-    if args.heartbeat is not None and args.heartbeat < 1:
+    if args.heartbeat < 1:
         raise MixsepError(f"--heartbeat must be at least 1 second (got {args.heartbeat}).")
 
 
