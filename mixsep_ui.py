@@ -462,18 +462,17 @@ def recipe_button(model: str) -> None:
 
 
 def delete_runs(runs_dir: Path) -> None:
-    """The Delete button's callback: delete the picked runs (mixsep.run.delete_run refuses what it must).
+    """The Delete button's callback: delete the picked runs (the job registry refuses what it must: a run
+    that trains, or that another tab has just started or resumed and whose trainer is still loading).
 
     Then the confirmation is unticked and the pick cleared, in a callback because it runs before
     the page is drawn: set afterwards, the browser kept the box ticked and the next pick went
     with one click. Refusals are kept for the page to show (``delete_errors``).
     """
-    from mixsep.run import delete_run
-
     picked, done, errors = st.session_state.get("delete_runs", []), [], []
     for name in picked:
         try:
-            delete_run(runs_dir, name)
+            registry(runs_dir).delete(name)
             done.append(name)
         except MixsepError as e:
             errors.append(str(e))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,7 +40,8 @@ from pathlib import Path
 from .config import TrainConfig
 from .errors import MixsepError
 from .run import LOG as LOG_NAME  # the child's stdout and stderr, inside its run folder
-from .run import State, is_alive, last_logged_step, read_status, request_stop, run_name, write_status
+from .run import CONFIG, RunWriteError, State, delete_run, describe_os_error, is_alive, last_logged_step, \
+    live_status, read_status, request_stop, run_name, write_json, write_status
 from .runs import live_runs
 from .train import new_run_dir
 
@@ -115,8 +117,9 @@ class JobRegistry:
             run_dir, alive = self._run_dir, self._alive()
             if not run_dir.is_dir():
                 return JobState(run_dir, "failed", f"The run folder {run_dir} was deleted.", alive=alive)
-            status = read_status(run_dir)
             owned = self._proc is not None or self._pid is not None  # not a run merely selected for display
+            # a run merely selected whose trainer died with the server (a crash, an OOM kill) reads "interrupted"
+            status = read_status(run_dir) if owned else live_status(run_dir)
             if owned and not alive and status.get("state") in (State.UNKNOWN, State.RUNNING, None):
                 self._record_death(run_dir, status)
                 status = read_status(run_dir)
@@ -162,6 +165,7 @@ class JobRegistry:
             if sweeps:
                 raise MixsepError(f"Sweep '{Path(sweeps[0]['folder']).name}' is running in this runs folder; one sweep "
                                   "or training at a time: stop it on the Sweep page or wait for it to finish.")
+            made = None  # the run folder this start makes (removed again if the start fails)
             if run_dir is not None:
                 run_dir = Path(run_dir).resolve()
                 try:
@@ -178,14 +182,21 @@ class JobRegistry:
                 from .data import require_split
 
                 require_split(Path(config.data_root), "train")  # no run folder for a run that cannot load its data
-                run_dir = new_run_dir(self.runs_dir, config)
-                config.save(run_dir / "config.json")
+                made = run_dir = new_run_dir(self.runs_dir, config)
             cmd = [self.python, "-m", "mixsep", "train", "--config", str(run_dir / "config.json"),
                    "--run-dir", str(run_dir), "--quiet"]
             env = dict(self.env if self.env is not None else os.environ, PYTHONUNBUFFERED="1")
-            with open(run_dir / LOG_NAME, "ab") as log:
-                self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                              env=env)
+            try:  # a full or read-only disk: one sentence, and no half-made run folder left to list
+                if made is not None:
+                    write_json(run_dir / CONFIG, config.to_dict())
+                with open(run_dir / LOG_NAME, "ab") as log:
+                    self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                                  stdin=subprocess.DEVNULL, env=env)
+            except (OSError, RunWriteError) as e:
+                if made is not None:
+                    shutil.rmtree(made, ignore_errors=True)
+                why = str(e).rstrip(".") if isinstance(e, RunWriteError) else describe_os_error(e, run_dir / LOG_NAME)
+                raise MixsepError(f"{why}; nothing was started.") from None
             self._pid, self._run_dir, self._stop_requested = self._proc.pid, run_dir, False
             self._identity = None
             return run_dir
@@ -214,6 +225,16 @@ class JobRegistry:
                 return self.poll()
             time.sleep(interval)
         raise TimeoutError(f"training job still running after {timeout} s")
+
+    def delete(self, name: str) -> Path:
+        """Delete run ``name`` (or a group of runs) as ``run.delete_run`` does, also refusing the run this
+        registry has just started or resumed: its child holds no lock yet while Python and torch load."""
+        with self._lock:
+            target = (self.runs_dir / name).resolve()
+            if self._alive() and self._run_dir is not None and self._run_dir.is_relative_to(target):
+                raise MixsepError(f"Run '{run_name(self.runs_dir, self._run_dir)}' is training now (or starting); "
+                                  "stop it before deleting it.")
+            return delete_run(self.runs_dir, name)
 
     def select(self, run_dir: Path) -> None:
         """Show this run as the 'last job' when nothing runs (e.g. after a server restart)."""

@@ -438,10 +438,18 @@ def read_status(run_dir: Path) -> dict:
     try:
         status = json.loads((Path(run_dir) / STATUS).read_text())
         if isinstance(status, dict) and isinstance(status.get("state"), str):
-            return status
+            bad = [k for k in ("step", "total_steps", "pid") if not _count(status.get(k))]
+            if not bad:
+                return status
+            return {"state": State.UNKNOWN.value, "message": f"status.json is damaged ({bad[0]} is not a count)"}
     except (OSError, ValueError):
         pass
     return {"state": State.UNKNOWN.value, "message": "status.json is missing or half written"}
+
+
+def _count(v) -> bool:
+    """A status field that may be absent (None) or a whole number >= 0, never text or a bool."""
+    return v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
 
 
 def write_status(run_dir: Path, state: State | str, message: str = "", **extra) -> None:
@@ -796,11 +804,19 @@ class MetricsTail:
         lines = data[:end - 1].split(b"\n")
         self._offset += end
         self._last = lines[-1]
-        text = [line.decode(errors="replace") for line in lines]
+        text = [_csv_line(line.decode(errors="replace")) for line in lines]
         if self._fields is None:
-            self._fields, text = next(csv.reader(text[:1]), []), text[1:]
-        rows = [r for values in csv.reader(text) if (r := _metric_row(dict(zip(self._fields, values))))]
+            self._fields, text = text[0], text[1:]
+        rows = [r for values in text if (r := _metric_row(dict(zip(self._fields, values))))]
         return Appended(rows, restarted)
+
+
+def _csv_line(line: str) -> list[str]:
+    """One line's CSV fields; none for a damaged line (a stray carriage return or quote in it)."""
+    try:
+        return next(csv.reader([line]), [])
+    except csv.Error:
+        return []
 
 
 def _metric_row(r: dict) -> dict | None:
@@ -808,6 +824,6 @@ def _metric_row(r: dict) -> dict | None:
     try:
         row = {k: float(r[k]) for k in METRIC_FIELDS}
         row["step"], row["epoch"] = int(row["step"]), int(row["epoch"])
-    except (KeyError, TypeError, ValueError, OverflowError):
+    except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: int() of an infinite step
         return None
-    return row
+    return row if math.isfinite(row["loss"]) else None  # a hand-edited inf would blank the whole chart

@@ -1,6 +1,7 @@
 """Reading run folders for people: listing, summaries and metrics frames (through mixsep.run)."""
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +16,15 @@ def read_metrics(run_dir: Path) -> pd.DataFrame:
     """metrics.csv as a frame; empty (with the right columns) when absent or half written."""
     path = Path(run_dir) / "metrics.csv"
     try:
-        df = pd.read_csv(path, on_bad_lines="skip")
-    except (OSError, pd.errors.EmptyDataError, pd.errors.ParserError):
+        # numbers only: no quoting (a stray quote would swallow the lines after it), odd bytes replaced
+        df = pd.read_csv(path, on_bad_lines="skip", quoting=csv.QUOTE_NONE, encoding_errors="replace")
+    except (OSError, ValueError):  # EmptyDataError and ParserError are ValueErrors
         return pd.DataFrame(columns=METRIC_FIELDS)
     if not set(METRIC_FIELDS) <= set(df.columns):
         return pd.DataFrame(columns=METRIC_FIELDS)
-    # a row being written while we read may be cut short: coerce and drop it
-    df = df[METRIC_FIELDS].apply(pd.to_numeric, errors="coerce").dropna(subset=["step", "loss"])
+    # a row being written while we read may be cut short: coerce and drop it (and a hand-edited inf with it)
+    df = df[METRIC_FIELDS].apply(pd.to_numeric, errors="coerce").replace([np.inf, -np.inf], np.nan)
+    df = df.dropna(subset=["step", "loss"])
     return df.astype({"step": int, "epoch": int}).reset_index(drop=True)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import make_data_root, seen
@@ -537,6 +539,24 @@ def test_half_written_run(app_env):
     assert "half written" in row["message"]
     at = open_page("app_pages/2_Samples.py", run="half")
     assert "holds no checkpoint" in texts(at.info) and "Wait" not in texts(at.info)  # no trainer: none will come
+    open_page("app_pages/4_Compare.py")
+
+
+def test_damaged_status_and_binary_metrics_leave_every_page_standing(app_env):
+    """A status.json step that is text, or a metrics.csv of random bytes, in any one run took Home, Train and
+    Compare down with a TypeError or a UnicodeDecodeError."""
+    data, runs = app_env
+    words = _broken_run(runs, "zz-words")
+    (words / "status.json").write_text('{"state": "finished", "step": "abc", "total_steps": 6}')
+    noise = _broken_run(runs, "zz-noise")
+    (noise / "metrics.csv").write_bytes(random.Random(0).randbytes(3000))
+    os.utime(noise)  # the newest run: the one the Train page shows
+    home = open_page("dashboard.py")
+    rows = home.dataframe[1].value.set_index("run")
+    assert rows.loc["zz-words", "state"] == "unknown" and "step is not a count" in rows.loc["zz-words", "message"]
+    assert rows.loc["zz-noise", "last_loss"] is None or pd.isna(rows.loc["zz-noise", "last_loss"])
+    train = open_page("app_pages/1_Train.py")
+    assert "zz-noise" in texts(train.subheader)
     open_page("app_pages/4_Compare.py")
 
 

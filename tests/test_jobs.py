@@ -286,3 +286,64 @@ def test_a_running_sweep_blocks_training_and_its_trials_are_not_adopted(tmp_path
     finally:
         sweep.kill()
         sweep.wait()
+
+
+# --------------------------------------------------------------------------- faults around a start
+
+
+def test_a_start_on_a_full_disk_is_one_sentence_and_leaves_no_folder(tmp_path, tiny_config, fake_python, jobs_of):
+    """The Train page showed an OSError traceback and left a run folder with an empty config.json."""
+    from conftest import tmpfs
+
+    with tmpfs(tmp_path / "runs", "64k") as runs:
+        with open(runs / "filler", "wb", buffering=0) as f:  # the disk is full before Start is pressed
+            try:
+                while True:
+                    f.write(b"x" * 4096)
+            except OSError:
+                pass
+        jobs = jobs_of(runs, python=fake_python, env=fake_env("train"))
+        with pytest.raises(MixsepError) as e:
+            jobs.start(tiny_config)
+        assert str(e.value).startswith(f"The disk holding {runs}") and "is full" in str(e.value)
+        assert str(e.value).endswith("; nothing was started.") and "\n" not in str(e.value)
+        assert sorted(p.name for p in runs.iterdir()) == ["filler"]
+        assert jobs.poll().state == "idle"
+        (runs / "filler").unlink()  # room again: the same Start works
+        run = jobs.start(tiny_config)
+        assert jobs.wait(30).state == "finished" and read_status(run)["step"] == 1000
+
+
+def test_a_selected_run_whose_trainer_died_with_the_server_reads_interrupted(tmp_path, tiny_config, fake_python,
+                                                                             jobs_of):
+    """Server and trainer killed together (a crash): the restarted Train page showed a dead run as running."""
+    jobs = jobs_of(tmp_path / "runs", python=fake_python, env=fake_env("train"))
+    run = jobs.start(tiny_config)
+    wait_for(lambda: read_status(run).get("state") == "running", what="running status")
+    os.kill(jobs._pid, signal.SIGKILL)
+    jobs._proc.wait(10)
+    again = jobs_of(tmp_path / "runs", python=fake_python, env=fake_env("train"))  # the restarted server
+    assert again.running() is None
+    again.select(run)  # what the Train page does with the last run
+    job = again.poll()
+    assert (job.state, job.alive) == ("interrupted", False) and "resume it" in job.message
+    assert read_status(run)["state"] == "running"  # only read: the folder is not rewritten by a mere viewer
+
+
+def test_a_run_that_is_starting_cannot_be_deleted(tmp_path, tiny_config, fake_python, jobs_of):
+    """Resume in one tab, Delete in another while the trainer still loads (it holds no lock yet): the folder
+    was deleted under it."""
+    jobs = jobs_of(tmp_path / "runs", python=fake_python, env=fake_env("train"))
+    run = jobs.start(tiny_config)
+    wait_for(lambda: len(read_metrics(run)) >= 2, what="metrics rows")
+    jobs.stop()
+    assert jobs.wait(10).state == "stopped"
+    jobs.env = fake_env("slowstart")  # loads for 30 s, as torch does for a few
+    jobs.start(run_dir=run)
+    assert jobs.poll().state == "starting"
+    with pytest.raises(MixsepError, match=f"Run '{run.name}' is training now \\(or starting\\); stop it before"):
+        jobs.delete(run.name)
+    assert run.is_dir()
+    jobs.stop()
+    wait_for(lambda: jobs.running() is None, what="the stopped start")
+    assert jobs.delete(run.name) == run.resolve() and not run.exists()

@@ -186,3 +186,19 @@ def test_last_logged_step_reads_the_tail_and_skips_a_cut_off_line(tmp_path):
     rows = "".join(f"{i},0,0.1,0.2,0.3,0.001,10,{i}\n" for i in range(1, 2001))  # far more than the 4 KB tail
     (tmp_path / "metrics.csv").write_text(",".join(METRIC_FIELDS) + "\n" + rows + "2001,0,0.1")
     assert last_logged_step(tmp_path) == 2000
+
+
+def test_damaged_lines_and_non_finite_losses_are_skipped_by_both_readers(tmp_path):
+    """A line with a stray carriage return (random bytes) raised csv.Error in the Train page's tail;
+    a hand-edited inf loss blanked the whole chart."""
+    from mixsep.runs import read_metrics
+
+    header = ",".join(METRIC_FIELDS) + "\n"
+    good = [",".join(str(v) for v in row(s).values()) + "\n" for s in (1, 2, 4)]
+    bad = ["3,0,0.1,0.2,inf,0.001,100,1.5\n", '5,0,"0.1\r,0.2\n', "\x00\xff\r\x1b,,\n"]
+    (tmp_path / "metrics.csv").write_bytes((header + good[0] + good[1] + bad[0] + good[2] + bad[1] + bad[2])
+                                           .encode("latin-1"))
+    assert steps(MetricsTail(tmp_path).poll().rows) == [1, 2, 4]
+    assert read_metrics(tmp_path)["step"].tolist() == [1, 2, 4]
+    (tmp_path / "metrics.csv").write_bytes(os.urandom(3000))  # not text at all
+    assert MetricsTail(tmp_path).poll().rows == [] and read_metrics(tmp_path).empty
