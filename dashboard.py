@@ -7,5 +7,7 @@ import streamlit as st
 
 import mixsep_ui as ui
 
-st.navigation([st.Page(path, title=title, icon=icon, default=i == 0)
-               for i, (path, title, icon) in enumerate(ui.PAGES)]).run()
+# The sidebar's links are drawn by ui.setup with Material icons from Streamlit's own font: a page
+# icon given here would also become the tab's favicon, which the browser fetches from fonts.gstatic.com.
+st.navigation([st.Page(path, title=title, default=i == 0) for i, (path, title, _) in enumerate(ui.PAGES)],
+              position="hidden").run()

@@ -79,7 +79,10 @@ def setup(title: str) -> tuple[Path, Path]:
     """Page config, title and the sidebar's folders; returns (data_root, runs_dir)."""
     st.set_page_config(page_title=f"{title} · mixsep", page_icon="🧩", layout="wide")
     data_root, runs_dir = folders()
-    with st.sidebar:  # short names here, the full paths on hover
+    with st.sidebar:  # the pages (see dashboard.py), then the folders: short names here, the full paths on hover
+        for path, label, icon in PAGES:
+            st.page_link(path, label=label, icon=icon)
+        st.divider()
         st.caption(f"Data `{data_root.resolve().name}` · runs `{runs_dir.resolve().name}`",
                    help=f"Data root: {data_root.resolve()}  \nRuns folder: {runs_dir.resolve()}  \n"
                         "Set them when starting the server: `streamlit run dashboard.py -- --data-root DIR "

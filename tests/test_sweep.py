@@ -498,12 +498,19 @@ def page_env(tmp_path, monkeypatch):
         sweeps._proc.wait(10)
 
 
-@pytest.mark.heavy(12)
-def test_sweep_page_launches_a_study_and_shows_its_trials(page_env):
+def app_page(name: str, timeout: int):
+    """A page of the dashboard under AppTest, opened as a user does: through dashboard.py's navigation
+    (a page run on its own has no navigation for the sidebar's links)."""
     from streamlit.testing.v1 import AppTest
 
+    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=timeout).run()
+    return at.switch_page(f"app_pages/{name}").run()
+
+
+@pytest.mark.heavy(12)
+def test_sweep_page_launches_a_study_and_shows_its_trials(page_env):
     data, runs = page_env
-    at = AppTest.from_file(str(ROOT / "app_pages" / "5_Sweep.py"), default_timeout=120).run()
+    at = app_page("5_Sweep.py", 120)
     assert not at.exception, [e.value for e in at.exception]
     assert "No study yet" in " ".join(i.value for i in at.info)
     labels = [s.label for s in at.select_slider] + [s.label for s in at.slider]
@@ -546,7 +553,7 @@ def test_sweep_page_launches_a_study_and_shows_its_trials(page_env):
     (runs / "solo").mkdir()  # a run of its own beside the study: the filter leaves it out
     for f in ("config.json", "metrics.csv", "status.json"):
         (runs / "solo" / f).write_bytes((runs / "page" / "trial-0000" / f).read_bytes())
-    compare = AppTest.from_file(str(ROOT / "app_pages" / "4_Compare.py"), default_timeout=120).run()
+    compare = app_page("4_Compare.py", 120)
     assert not compare.exception, [e.value for e in compare.exception]
     assert any(o.startswith("solo ") for o in compare.multiselect[0].options)
     assert compare.selectbox[0].options == ["all runs", "page"]
@@ -560,11 +567,9 @@ def test_sweep_page_launches_a_study_and_shows_its_trials(page_env):
 def test_sweep_page_hides_the_servers_database_password_and_still_uses_it(page_env, monkeypatch):
     """The server's MIXSEP_SWEEP_STORAGE reaches the page as postgresql://user:***@...; the page
     connects with the real URL (here to a closed port, so it says it cannot reach it)."""
-    from streamlit.testing.v1 import AppTest
-
     port = free_port()
     monkeypatch.setenv("MIXSEP_SWEEP_STORAGE", f"postgresql://mixsep:S3cret!pw@127.0.0.1:{port}/db")
-    at = AppTest.from_file(str(ROOT / "app_pages" / "5_Sweep.py"), default_timeout=60).run()
+    at = app_page("5_Sweep.py", 60)
     assert not at.exception, [e.value for e in at.exception]
     box = at.text_input(key="sweep_storage")
     assert box.value == f"postgresql://mixsep:***@127.0.0.1:{port}/db"
