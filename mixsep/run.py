@@ -85,6 +85,8 @@ class RunWriteError(MixsepError):
 def describe_os_error(e: OSError, path: Path) -> str:
     if e.errno == errno.ENOSPC:
         return f"The disk holding {path.parent} is full, so {path.name} could not be written"
+    if e.errno == errno.ENOENT and not path.parent.exists():
+        return f"The folder {path.parent} was deleted, so {path.name} could not be written"
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"{path.parent} is not writable, so {path.name} could not be written"
     return f"Could not write {path} ({e.strerror or e.__class__.__name__})"
@@ -579,8 +581,8 @@ def save_checkpoint(path: Path, model, config, step: int, epoch: int, optimizer=
     import torch
 
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # the checkpoints folder, never its run folder: one deleted mid-run is not made again, half
+        path.parent.mkdir(exist_ok=True)
     except OSError as e:
         raise RunWriteError(describe_os_error(e, path) + ".", e.errno) from None
     state = {"version": CHECKPOINT_VERSION, "config": config.to_dict(), "step": step, "epoch": epoch,

@@ -255,7 +255,9 @@ class Training:
                             step=self.last_good, total_steps=self.total_steps)
             raise
         except RunWriteError as e:
-            msg = f"{e} Training stopped at step {self.step}; {self._kept()}: {e.advice}."
+            msg = (f"{e} Training stopped at step {self.step}; the run folder is gone with its checkpoints: "
+                   "start a new run." if not self.run_dir.is_dir() else
+                   f"{e} Training stopped at step {self.step}; {self._kept()}: {e.advice}.")
             self.run.fail(msg, step=self.last_good, total_steps=self.total_steps)
             raise RunWriteError(msg, e.errno) from None  # a sweep halts on it, where other errors fail one trial
         except MixsepError:

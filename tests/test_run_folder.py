@@ -147,6 +147,23 @@ def test_kill_between_last_and_epoch_checkpoint_still_writes_the_epoch(small_con
     assert R.read_checkpoint(run / "checkpoints" / "epoch-1.pt")["step"] == 12
 
 
+def test_a_run_folder_deleted_mid_run_stops_the_run_and_is_not_made_again(small_config, tmp_path):
+    """rm -rf of a training run's folder: the trainer made it again with only checkpoints/ and status.json,
+    a folder no page lists, and trained on into it."""
+    import shutil
+
+    run = tmp_path / "run"
+    steps = T.train_steps(dataclasses.replace(small_config, checkpoint_every=2, epochs=3), run)
+    assert next(steps).step == 1
+    shutil.rmtree(run)
+    with pytest.raises(R.RunWriteError) as e:
+        for _ in steps:
+            pass
+    assert str(e.value) == (f"The folder {run / 'checkpoints'} was deleted, so last.pt could not be written. Training "
+                            "stopped at step 2; the run folder is gone with its checkpoints: start a new run.")
+    assert not run.exists()
+
+
 def test_metrics_rewrite_is_atomic(tmp_path):
     """A resume's truncation replaces metrics.csv in one rename: a reader sees old or new, never empty."""
     run = tmp_path / "run"
