@@ -576,13 +576,16 @@ def epoch_checkpoint(run_dir: Path, epoch: int) -> Path:
     return checkpoint_dir(run_dir) / f"epoch-{epoch}.pt"
 
 
-def save_checkpoint(path: Path, model, config, step: int, epoch: int, optimizer=None) -> None:
-    """Write atomically: a crash or a full disk mid-write leaves the previous checkpoint intact."""
+def save_checkpoint(path: Path, model, config, step: int, epoch: int, optimizer=None, parents: bool = True) -> None:
+    """Write atomically: a crash or a full disk mid-write leaves the previous checkpoint intact.
+
+    A trainer passes ``parents=False``: it makes the checkpoints folder, never its run folder, so a
+    run folder deleted mid-run is not made again, half."""
     import torch
 
     path = Path(path)
-    try:  # the checkpoints folder, never its run folder: one deleted mid-run is not made again, half
-        path.parent.mkdir(exist_ok=True)
+    try:
+        path.parent.mkdir(parents=parents, exist_ok=True)
     except OSError as e:
         raise RunWriteError(describe_os_error(e, path) + ".", e.errno) from None
     state = {"version": CHECKPOINT_VERSION, "config": config.to_dict(), "step": step, "epoch": epoch,

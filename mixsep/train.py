@@ -344,12 +344,12 @@ class Training:
     # ------------------------------------------------------------------ checkpoints
 
     def _checkpoint(self, epoch: int) -> None:
-        save_checkpoint(self.last_path, self.model, self.config, self.step, epoch, self.optimizer)
+        save_checkpoint(self.last_path, self.model, self.config, self.step, epoch, self.optimizer, parents=False)
         self.last_good = self.step
         self.run.status(State.RUNNING, step=self.step, total_steps=self.total_steps)
 
     def _save_epoch_checkpoint(self, epoch: int) -> None:
-        save_checkpoint(epoch_checkpoint(self.run_dir, epoch), self.model, self.config, self.step, epoch)
+        save_checkpoint(epoch_checkpoint(self.run_dir, epoch), self.model, self.config, self.step, epoch, parents=False)
         prune_epoch_checkpoints(self.run_dir, self.config.keep_epochs)
 
     def _write_missing_epoch_checkpoint(self) -> None:
