@@ -8,6 +8,7 @@ import torch
 import mixsep_ui as ui
 from mixsep.data import data_status, download, missing_message
 from mixsep.errors import MixsepError
+from mixsep.run import unlisted_runs
 
 data_root, runs_dir = ui.setup("mixsep: un-mixing MNIST and CIFAR-10")
 
@@ -68,4 +69,12 @@ else:
     st.dataframe(df[["run", "state", "progress", "model", "lr", "batch_size", "epochs", "last_loss", "message"]],
                  hide_index=True, column_config={
                      "lr": ui.lr_column(), "batch_size": "batch",
-                     "last_loss": st.column_config.NumberColumn("last loss", format="%.4f")})
+                     "last_loss": st.column_config.NumberColumn("last loss", format="%.4f"),
+                     "message": st.column_config.TextColumn("message", width="large")})
+    if len(runs) > 10:
+        ui.page_link("Compare", f"The 10 newest of {len(runs)} runs; Compare lists them all")
+odd = unlisted_runs(runs_dir)
+if odd:  # made by hand or by another tool: say why they are missing rather than leave them out unseen
+    st.caption(f"Not listed: {len(odd)} run folder{'s' * (len(odd) > 1)} whose name the pages cannot use ("
+               f"{ui.literal(', '.join(odd[:5]))}{', …' if len(odd) > 5 else ''}); rename "
+               f"{'them' if len(odd) > 1 else 'it'} with letters, digits, spaces, '.', '_' and '-'.")

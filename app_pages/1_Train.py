@@ -94,6 +94,8 @@ def status():
     sps = f"{p['samples_per_s']:.0f} samples/s" if p["samples_per_s"] else "… samples/s"
     eta = f"ETA {ui.duration(p['eta_s'])}" if job.alive else job.state
     st.progress(min(p["fraction"], 1.0), text=f"step {p['step']}/{p['total_steps'] or '?'} · {sps} · {eta}")
+    if job.alive and refresh is None:  # nothing polls: say so, or a started run looks frozen at "Starting"
+        st.caption("Live updates are paused: pick a pace above to follow the run (any click refreshes it once).")
     can_resume = not job.alive and job.state in ("stopped", "failed", "interrupted") and job.step < job.total_steps
     if can_resume and list_checkpoints(job.run_dir) and st.button("Resume this run", icon=":material/replay:"):
         try:

@@ -219,14 +219,21 @@ def is_run(path: Path) -> bool:
 
 def run_folders(runs_dir: Path) -> list[Path]:
     """Every run folder in runs_dir, one group level deep, that resolve_run accepts (newest first)."""
+    return _scan(runs_dir)[0]
+
+
+def unlisted_runs(runs_dir: Path) -> list[str]:
+    """The run folders (config.json inside) that run_folders leaves out for their names, by name."""
+    return _scan(runs_dir)[1]
+
+
+def _scan(runs_dir: Path) -> tuple[list[Path], list[str]]:
     root = Path(runs_dir)
-    if not root.is_dir():
-        return []
-    found = []
+    found, odd = [], []
     try:
-        children = list(root.iterdir())
+        children = list(root.iterdir()) if root.is_dir() else []
     except OSError:
-        return []
+        return [], []
     for child in children:
         candidates = [child]
         try:
@@ -235,14 +242,15 @@ def run_folders(runs_dir: Path) -> list[Path]:
         except OSError:
             continue
         for p in candidates:
+            name = p.relative_to(root).as_posix()
             try:
-                name = p.relative_to(root).as_posix()
                 if p.is_dir() and is_run(p) and resolve_run(root, name) is not None:
                     found.append((p.stat().st_mtime, p))
-            except (OSError, MixsepError, ValueError):
-                continue  # odd names and links leaving the folder are not runs we show
+            except (OSError, MixsepError, ValueError):  # odd names and links leaving the folder: not shown
+                if not p.is_symlink() and p.is_dir() and is_run(p):
+                    odd.append(name)
     found.sort(key=lambda t: t[0], reverse=True)
-    return [p for _, p in found]
+    return [p for _, p in found], sorted(odd)
 
 
 def _runs_dir_is_a_file(runs_dir: Path) -> MixsepError:

@@ -124,6 +124,21 @@ def test_home_shows_data_device_and_runs(app_env):
     assert "CPU" in texts(at.markdown) or "GPU" in texts(at.markdown)
 
 
+def test_home_says_how_many_runs_it_leaves_out_and_which_names_it_cannot_list(app_env):
+    """57 runs showed as the newest 10 without a word, and runs with odd names were left out unseen."""
+    data, runs = app_env
+    for i in range(11):
+        _broken_run(runs, f"r{i:02d}")
+    for odd in ("ünï code", ".hidden-run", "x:y", "-dash"):
+        _broken_run(runs, odd)
+    at = open_page("dashboard.py")
+    assert len(at.dataframe[1].value) == 10
+    assert "The 10 newest of 12 runs; Compare lists them all" in [link.label for link in at.get("page_link")]
+    note = seen(texts(at.caption)).replace("\u2060", "")  # as a reader sees it
+    assert ("Not listed: 4 run folders whose name the pages cannot use (-dash, .hidden-run, x:y, ünï code); "
+            "rename them") in note
+
+
 def test_train_page_shows_the_last_run(app_env):
     data, runs = app_env
     status = json.loads((runs / "tiny-run" / "status.json").read_text())
@@ -336,6 +351,10 @@ def test_start_live_curves_reload_second_tab_stop(app_env):
     poll(at, lambda a: chart_points(a) >= 1, what="the first curve point")
     first = chart_points(at)
     assert "step" in at.get("progress")[0].proto.text and "samples/s" in at.get("progress")[0].proto.text
+    assert "Live updates are paused" not in texts(at.caption)
+    widget(at.radio, "Live updates").set_value("Paused").run()  # nothing polls now: the page says so
+    assert "Live updates are paused: pick a pace above" in texts(at.caption)
+    widget(at.radio, "Live updates").set_value("2 s").run()
     # a reload (a new session) shows the same run, and its Start is refused: one run at a time
     other = open_page("app_pages/1_Train.py")
     run_name = next(p.name for p in runs.iterdir() if p.name != "tiny-run")
