@@ -96,8 +96,11 @@ def status():
     st.progress(min(p["fraction"], 1.0), text=f"step {p['step']}/{p['total_steps'] or '?'} · {sps} · {eta}")
     if job.alive and refresh is None:  # nothing polls: say so, or a started run looks frozen at "Starting"
         st.caption("Live updates are paused: pick a pace above to follow the run (any click refreshes it once).")
-    can_resume = not job.alive and job.state in ("stopped", "failed", "interrupted") and job.step < job.total_steps
-    if can_resume and list_checkpoints(job.run_dir) and st.button("Resume this run", icon=":material/replay:"):
+    # a run stopped before its first step has no total and no checkpoint: it starts again, in its own folder
+    can_resume = not job.alive and job.state in ("stopped", "failed", "interrupted") and (
+        job.step < job.total_steps or not job.total_steps)
+    label = "Resume this run" if list_checkpoints(job.run_dir) else "Start this run again"
+    if can_resume and st.button(label, icon=":material/replay:"):
         try:
             jobs.start(run_dir=job.run_dir)
             st.rerun()

@@ -21,7 +21,7 @@ from streamlit.testing.v1 import AppTest
 
 from mixsep import MixsepError, TrainConfig
 from mixsep.model import build_model
-from mixsep.run import disk_usage, identity, save_checkpoint, write_status
+from mixsep.run import METRIC_FIELDS, disk_usage, identity, save_checkpoint, write_status
 from mixsep.runs import live_runs, read_metrics
 from mixsep.separate import png_bytes
 from mixsep.train import train_steps
@@ -382,6 +382,17 @@ def test_failed_run_says_lower_the_learning_rate(app_env):
     at = open_page("app_pages/1_Train.py")
     assert "Lower the learning rate" in texts(at.error)
     assert widget(at.button, "Resume")
+
+
+def test_a_run_stopped_before_its_first_step_can_be_started_again(app_env):
+    """Stop pressed while the trainer loaded left a run with no total, no checkpoint and no button: dead."""
+    data, runs = app_env
+    early = _broken_run(runs, "zz-early")
+    (early / "metrics.csv").write_text(",".join(METRIC_FIELDS) + "\n")
+    write_status(early, "stopped", "stopped by request before training began", step=0, total_steps=0)
+    at = open_page("app_pages/1_Train.py")
+    assert "zz-early" in texts(at.subheader) and not [b for b in at.button if b.label == "Resume this run"]
+    assert widget(at.button, "Start this run again")
 
 
 def test_start_with_bad_batch_size_explains(app_env):
