@@ -313,7 +313,7 @@ def loss_figure(metrics: pd.DataFrame, smoothing: float, title: str = "Training 
     """Raw per-step losses (faint) and their EMA (solid), x in whole steps.
 
     The EMA runs over every row; then a long run is downsampled for display (runs.downsample:
-    the last third at full resolution, older steps averaged), so a trace never has more than
+    the last third at full resolution, older steps sampled), so a trace never has more than
     ``max_points`` points and drawing step 15,000 costs what drawing step 1,500 did.
     """
     fig = go.Figure()

@@ -90,21 +90,18 @@ def progress(metrics: pd.DataFrame, total_steps: int, window: int = 20) -> dict:
 def downsample(metrics: pd.DataFrame, keep: int = 500, cap: int = 1500) -> pd.DataFrame:
     """At most ``cap`` rows of a metrics frame for display; the file keeps every row.
 
-    The first row and the last ``keep`` stay as they are; the rows between are averaged in
-    buckets whose size is a power of two, aligned to fixed row numbers, so a growing run
-    re-buckets only when the size doubles and a live chart does not shimmer between polls.
-    A bucket sits at its middle row's step (and epoch): steps stay whole numbers.
+    The first row and the last ``keep`` stay as they are; of the rows between, one in each
+    bucket is shown: its middle row, as written (whole steps; an EMA column computed before
+    this is exact there). Buckets are a power of two in size and aligned to fixed row numbers,
+    so a growing run re-buckets only when the size doubles and a live chart does not shimmer
+    between polls. Averaged buckets made the faint raw trace look calmer before the last
+    ``keep`` steps than after, as if training had turned noisy there; a sample keeps its spread.
     """
     n = len(metrics)
     if n <= cap:
         return metrics
     old, recent = metrics.iloc[1:n - keep], metrics.iloc[n - keep:]
     size = 1 << max(0, int(np.ceil(np.log2(len(old) / (cap - keep - 1)))))
-    groups = np.arange(len(old)) // size
-    buckets = old.groupby(groups).mean()
     starts = np.arange(0, len(old), size)
     middle = starts + (np.minimum(starts + size, len(old)) - starts) // 2
-    for col in ("step", "epoch"):
-        if col in old:
-            buckets[col] = old[col].to_numpy()[middle]
-    return pd.concat([metrics.iloc[:1], buckets, recent], ignore_index=True)
+    return pd.concat([metrics.iloc[:1], old.iloc[middle], recent], ignore_index=True)

@@ -153,6 +153,22 @@ def test_a_15000_step_run_is_drawn_with_at_most_1500_points_a_trace(tmp_path):
     assert fig.layout.xaxis.tickformat == "d"
 
 
+def test_the_raw_trace_of_a_long_run_keeps_its_spread_where_it_is_downsampled():
+    """Bucket means made the faint raw trace calm before the last 500 steps and noisy after them, as if
+    training had turned noisy there; shown rows are now rows of the file, with the file's spread."""
+    import mixsep_ui as ui
+
+    rng = np.random.default_rng(0)
+    n = 15_000
+    loss = 0.05 + 0.01 * rng.standard_normal(n)  # a flat, noisy run
+    m = pd.DataFrame(dict(step=np.arange(1, n + 1), epoch=0, loss_mnist=loss / 2, loss_cifar=loss / 2, loss=loss,
+                          lr=1e-3, samples_per_s=100.0, elapsed_s=np.arange(n) * 0.5))
+    x, y = next((x, y) for x, y, name in traces(ui.loss_figure(m, 0.9)) if name == "total (raw)")
+    old, recent = y[x <= n - 500], y[x > n - 500]
+    assert 0.8 < old.std() / recent.std() < 1.25
+    assert np.array_equal(y, loss[x - 1])  # every shown point is the file's row at its step
+
+
 def test_a_short_run_keeps_every_point_and_whole_step_ticks(tmp_path):
     import mixsep_ui as ui
 
