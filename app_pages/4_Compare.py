@@ -5,7 +5,7 @@ import streamlit as st
 
 import mixsep_ui as ui
 from mixsep import MixsepError
-from mixsep.runs import read_metrics
+from mixsep.runs import downsample, read_metrics
 from mixsep.run import list_checkpoints
 
 data_root, runs_dir = ui.setup("Compare runs")
@@ -32,8 +32,9 @@ fig = go.Figure()
 for name in chosen:
     m = read_metrics(runs_dir / name)
     rows[name] = rows[name] | ui.best_scores(runs_dir / name, m, smoothing)
-    if len(m):
-        fig.add_scatter(x=m["step"], y=m[loss].ewm(alpha=1 - smoothing).mean(), name=name, mode="lines")
+    if len(m):  # the EMA over every row, then at most 1,500 points a run for the browser to draw
+        curve = downsample(pd.DataFrame({"step": m["step"], "ema": m[loss].ewm(alpha=1 - smoothing).mean()}))
+        fig.add_scatter(x=curve["step"], y=curve["ema"], name=name, mode="lines")
 st.plotly_chart(ui.style(fig, f"Training loss, {ui.LOSSES[loss]} (EMA {smoothing:.2f})", "step", "MSE loss", height=420))
 
 table = pd.DataFrame([rows[n] for n in chosen]).reindex(

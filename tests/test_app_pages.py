@@ -257,6 +257,12 @@ def test_compare_page_curves_and_table(app_env):
     widget(at.toggle, "Test PSNR").set_value(True).run()
     assert not at.exception
     assert at.dataframe[0].value["cifar PSNR"].notna().all()
+    long = runs / "tiny-run-2" / "metrics.csv"  # a 20-epoch run's 15,000 rows: at most 1,500 points are sent
+    long.write_text(",".join(METRIC_FIELDS) + "\n" + "".join(f"{i},0,0.1,0.2,{1 / i},0.001,100,{i}\n"
+                                                              for i in range(1, 15_001)))
+    at.run()
+    short, drawn = sorted(chart_points(at, trace=t) for t in (0, 1))
+    assert short == 3 and 1000 < drawn <= 1500
 
 
 def test_compare_shows_what_loaded_and_disk_use_and_deletes_runs(app_env):
