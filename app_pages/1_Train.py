@@ -32,11 +32,8 @@ if left.button("Start", type="primary", icon=":material/play_arrow:", width="str
         st.toast(f"Started {ui.literal(run.name)}")
     except MixsepError as e:
         st.error(ui.literal(e))
-if right.button("Stop", icon=":material/stop:", width="stretch"):
-    if jobs.stop():
-        st.info("Stopping after the current step; a checkpoint will be kept.")
-    else:
-        st.info("No training is running.")
+if right.button("Stop", icon=":material/stop:", width="stretch") and not jobs.stop():
+    st.info("No training is running.")  # a stopping run says so itself, below, in every tab, while it stops
 with st.expander("Config of the next run"):
     st.json(config.to_dict())
 
@@ -84,6 +81,8 @@ def status():
         st.warning(f"Run {job.state} at step {job.step}: {ui.literal(job.message)}")
     elif job.state == "finished":
         st.success(f"Finished: {job.step} steps.")
+    elif job.stopping:
+        st.info("Stopping after the current step; a checkpoint will be kept.")
     elif job.state == "starting":
         st.info("Starting: loading the data and the model…")
     elif job.state == "unknown":

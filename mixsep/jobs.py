@@ -57,6 +57,7 @@ class JobState:
     total_steps: int = 0
     alive: bool = False        # the child process still runs
     warnings: list[str] = field(default_factory=list)  # the child's warnings, from status.json
+    stopping: bool = False     # alive, and asked to stop (from any tab): it ends after its current step
 
     @property
     def name(self) -> str:
@@ -130,7 +131,7 @@ class JobRegistry:
             step = _step(run_dir, status)
             warns = status.get("warnings") if isinstance(status.get("warnings"), list) else []
             return JobState(run_dir, state, msg, step, int(status.get("total_steps") or 0), alive,
-                            [str(w) for w in warns])
+                            [str(w) for w in warns], stopping=alive and self._stop_requested)
 
     def _record_death(self, run_dir: Path, status: dict) -> None:
         code = self._proc.returncode if self._proc is not None else None

@@ -52,6 +52,8 @@ with open(run / "metrics.csv", "w") as f:
     for step in range(1, 1001):
         f.write(f"{step},0,0.1,0.2,0.3,0.001,100,{step * 0.02}\n"); f.flush()
         if stop or (run / "STOP").exists():
+            if mode == "slowstop":  # a long last step
+                time.sleep(3)
             status("stopped", "stopped by request", step); sys.exit(0)
         time.sleep(0.02)
 status("finished", "", 1000)
@@ -347,3 +349,19 @@ def test_a_run_that_is_starting_cannot_be_deleted(tmp_path, tiny_config, fake_py
     jobs.stop()
     wait_for(lambda: jobs.running() is None, what="the stopped start")
     assert jobs.delete(run.name) == run.resolve() and not run.exists()
+
+
+def test_every_tab_sees_a_run_stopping_until_it_has_stopped(tmp_path, tiny_config, fake_python, jobs_of):
+    """Only the tab that pressed Stop said "Stopping"; another kept its own stale words."""
+    jobs = jobs_of(tmp_path / "runs", python=fake_python, env=fake_env("slowstop"))
+    run = jobs.start(tiny_config)
+    wait_for(lambda: len(read_metrics(run)) >= 2, what="metrics rows")
+    assert not jobs.poll().stopping
+    assert jobs.stop()
+    job = jobs.poll()  # what any tab of this server reads: the registry is shared
+    assert job.alive and job.stopping and job.state == "running"
+    done = jobs.wait(10)
+    assert done.state == "stopped" and not done.stopping
+    jobs.env = fake_env("train")
+    jobs.start(run_dir=run)  # a resume is not stopping
+    assert not jobs.poll().stopping
