@@ -391,8 +391,11 @@ class RunLock:
             os.close(fd)
             raise MixsepError(f"Cannot lock the run folder {self.path.parent} ({e.strerror}).") from None
         info = json.dumps({**identity(), "cmd": " ".join(_cmdline(os.getpid()))[:500], "since": time.time()})
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, info.encode(), 0)
+        try:  # who holds it, for a second trainer's message; the flock is the lock, so a full disk is no
+            os.ftruncate(fd, 0)  # reason to fail here (the run's first real write says so in one sentence)
+            os.pwrite(fd, info.encode(), 0)
+        except OSError:
+            pass
         self._fd = fd
         return self
 

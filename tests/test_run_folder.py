@@ -382,6 +382,29 @@ def test_disk_full_through_the_cli_exits_2_with_one_sentence(small_config, tmp_p
     assert R.read_status(small_disk / "run")["state"] in ("failed", "unknown")  # never a stale "running"
 
 
+def test_a_disk_full_before_the_lock_is_written_is_one_sentence_and_leaves_no_folder(small_config, tmp_path,
+                                                                                     small_disk):
+    """Writing the lock holder's name into .lock raised ENOSPC: a traceback, exit 1, and a folder left with
+    an empty .lock (in a sweep, the baseline trial failed for good)."""
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps(small_config.to_dict()))
+    with open(small_disk / "filler", "wb", buffering=0) as f:  # not one page left
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    proc = cli("--config", str(cfg_file), "--run-dir", str(small_disk / "run"), "--quiet")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == f"error: The disk holding {small_disk / 'run'} is full, so config.json " \
+                                           "could not be written."
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+    with R.RunLock(small_disk):  # the lock holds all the same; a second one says someone holds it
+        with pytest.raises(MixsepError, match="is already being trained by another process"):
+            R.RunLock(small_disk).acquire()
+
+
 # --------------------------------------------------------------------------- odd folders and names
 
 
