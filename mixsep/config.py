@@ -288,7 +288,8 @@ class TrainConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
     @classmethod
-    def load(cls, path: Path) -> "TrainConfig":
+    def load(cls, path: Path, strict: bool = False) -> "TrainConfig":
+        """A config.json; ``strict`` refuses keys that name no setting (a file the user wrote)."""
         path = Path(path)
 
         def half() -> str:  # only a run's own config.json may be half written
@@ -314,6 +315,11 @@ class TrainConfig:
         if not isinstance(d, dict):
             raise MixsepError(f"{path} holds a JSON {_json_kind(d)}, not an object of settings; "
                               "it is not a mixsep config.")
+        unknown = [k for k in d if k not in {f.name for f in dataclasses.fields(cls)}]
+        if strict and unknown:
+            names = ", ".join(repr(k) for k in unknown[:5]) + (", …" if len(unknown) > 5 else "")
+            raise MixsepError(f"{path} names {'a setting' if len(unknown) == 1 else 'settings'} mixsep does not "
+                              f"know ({names}); the settings are {', '.join(f.name for f in dataclasses.fields(cls))}.")
         return cls.from_dict(d)
 
 
@@ -417,7 +423,12 @@ def given_settings(args: argparse.Namespace, model: str | None = None) -> dict:
     flags = {s.name: getattr(args, s.name) for s in settings(resolve=False) if getattr(args, s.name, None) is not None}
     if getattr(args, "config", None):
         where = {s.name for s in settings(resolve=False) if s.on_resume}
-        return TrainConfig.load(Path(args.config)).to_dict() | {k: v for k, v in flags.items() if k in where}
+        # a file the user wrote must name known settings (a typo would train with the default unseen);
+        # a run's own config.json may hold keys of another version, and resumes all the same
+        run_dir = getattr(args, "run_dir", None)
+        own = bool(run_dir) and Path(args.config).resolve() == (Path(run_dir) / "config.json").resolve()
+        return TrainConfig.load(Path(args.config), strict=not own).to_dict() | {k: v for k, v in flags.items()
+                                                                                  if k in where}
     if getattr(args, "recipe", False):
         flags = recipe(flags.get("model", model or TrainConfig.model)) | flags
     return flags

@@ -93,6 +93,23 @@ def test_config_file_overrides_the_flags(tmp_path):
     assert config_from_args(args) == TrainConfig(lr=5e-4, epochs=4)
 
 
+def test_a_config_file_with_unknown_keys_is_refused_but_a_runs_own_is_read(tmp_path, capsys):
+    """{"rows": [], "foo": 1} trained a full default run; a typo such as "learning_rate" was dropped unseen."""
+    typo = tmp_path / "mine.json"
+    typo.write_text('{"learning_rate": 0.01, "epochs": 1}')
+    runs = tmp_path / "runs"
+    assert main(["train", "--config", str(typo), "--runs-dir", str(runs)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {typo} names a setting mixsep does not know ('learning_rate'); the settings are "
+                          "data_root, ") and "\n" not in err
+    assert not runs.exists()
+    run = tmp_path / "old-run"  # a run folder of another version: its extra key is dropped, as before
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({**TrainConfig(lr=5e-4).to_dict(), "retired_setting": 3}))
+    args = build_parser().parse_args(["train", "--config", str(run / "config.json"), "--run-dir", str(run)])
+    assert config_from_args(args).lr == 5e-4
+
+
 # --------------------------------------------------------------------------- metadata
 
 
