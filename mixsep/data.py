@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import MixsepError, make_folder
+from .errors import MixsepError, make_folder, network_timeout
 
 SOURCES = ("mnist", "cifar")
 SPLITS = ("train", "test")
@@ -501,8 +501,9 @@ def download(root: Path, splits=SPLITS) -> None:
                 print(f"{source} {split}: found under {root}")
                 continue
             try:
-                cls(str(root), train=train, download=True)
-            except Exception as e:  # URLError, HTTPError, md5 mismatch...
+                with network_timeout():
+                    cls(str(root), train=train, download=True)
+            except Exception as e:  # URLError, HTTPError, a timeout, md5 mismatch...
                 why = " ".join(str(e).split())  # torchvision lists every mirror it tried on its own line
                 why = why if len(why) <= 160 else why[:157] + "..."
                 raise MixsepError(

@@ -28,3 +28,27 @@ def make_folder(path, what: str, is_a_file: str):
     except OSError as e:
         raise MixsepError(f"Cannot create {what} {path} ({e.strerror}); choose a writable place.") from None
     return path
+
+
+def network_timeout():
+    """A context in which a download gives up on a server that stops answering: urllib (which
+    torchvision's and torch.hub's downloaders use) waits for ever by default, and a trainer stuck
+    there cannot reach the step at which it would stop. MIXSEP_NETWORK_TIMEOUT seconds (default 60)
+    per connect or read."""
+    import contextlib
+    import os
+    import socket
+
+    @contextlib.contextmanager
+    def context():
+        old = socket.getdefaulttimeout()
+        try:
+            seconds = float(os.environ.get("MIXSEP_NETWORK_TIMEOUT") or 60)
+        except ValueError:
+            seconds = 60.0
+        socket.setdefaulttimeout(seconds if seconds > 0 else 60.0)
+        try:
+            yield
+        finally:
+            socket.setdefaulttimeout(old)
+    return context()

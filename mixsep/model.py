@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import MixsepError
+from .errors import MixsepError, network_timeout
 
 # ImageNet statistics: the pretrained stem expects inputs normalised this way.
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -41,9 +41,9 @@ def resnet18_backbone(pretrained: bool) -> tuple[nn.Module, bool]:
 
     if pretrained:
         try:  # torch.hub says "Downloading: ..." on stdout, where `train` prints only the run folder
-            with contextlib.redirect_stdout(sys.stderr):
+            with contextlib.redirect_stdout(sys.stderr), network_timeout():
                 return resnet18(weights=ResNet18_Weights.IMAGENET1K_V1), True
-        except Exception as e:  # offline, proxy, corrupt cache: all end the same way
+        except Exception as e:  # offline, proxy, a server that stopped answering, corrupt cache: all end the same way
             warnings.warn(
                 f"ImageNet weights for ResNet-18 could not be loaded ({e.__class__.__name__}); "
                 "the encoder starts from random initialisation. Switch the pretrained setting off "

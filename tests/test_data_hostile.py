@@ -351,3 +351,45 @@ def test_a_full_cache_disk_leaves_no_temp_files(tmp_path, monkeypatch):
             images, _ = D.load_split(root, "cifar", "train")
             assert len(images) == 96
         assert sorted(p.name for p in disk.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- a network that stops answering
+
+
+@pytest.fixture
+def stalled_proxy():
+    """A real server that accepts connections and never answers: the proxy every download goes through."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held, done = [], threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not done.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    yield dict(os.environ, http_proxy=url, https_proxy=url, HTTP_PROXY=url, HTTPS_PROXY=url, no_proxy="",
+               MIXSEP_NETWORK_TIMEOUT="2")
+    done.set()
+    thread.join(5)
+    for c in held:
+        c.close()
+    server.close()
+
+
+def test_a_download_from_a_server_that_stops_answering_gives_up_in_one_sentence(tmp_path, stalled_proxy):
+    """urllib waits for ever by default: `download` hung until killed (and a trainer in torch.hub with it)."""
+    proc = subprocess.run([sys.executable, "-m", "mixsep", "download", "--data-root", str(tmp_path / "root")],
+                          capture_output=True, text=True, env=stalled_proxy, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: Could not download mnist train into ")
+    assert "timed out" in proc.stderr and "Traceback" not in proc.stderr
