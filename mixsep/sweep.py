@@ -643,6 +643,14 @@ def plan(args) -> Plan:
     if stored is None and getattr(args, "best", False):  # before checks that only a new study needs
         raise MixsepError(f"There is no study '{study}' in {storage_label(args.storage, runs_dir)}; "
                           "start it without --best.")
+    if stored is None:  # trial folders of an earlier study of this name (its journal deleted, another storage):
+        from .run import is_run
+
+        left = sorted(d.name for d in (runs_dir / study).glob("trial-*") if is_run(d))  # trial 0 would train on in one
+        if left:
+            raise MixsepError(f"{runs_dir / study} holds {left[0]}{' and more' if len(left) > 1 else ''} from an "
+                              f"earlier study named '{study}' that {storage_label(args.storage, runs_dir)} does not "
+                              "know; move that folder away or choose another study name.")
     if stored is not None:
         space = parse_space(stored["space"])
         if args.space is not None and _unordered(parse_space(args.space)) != _unordered(space):  # in any order

@@ -16,7 +16,7 @@ import pytest
 import conftest
 from conftest import make_data_root, tree, write_cifar_batch, write_idx
 
-from mixsep import MixsepError
+from mixsep import MixsepError, TrainConfig
 from mixsep.cli import build_parser, main
 from mixsep.config import settings
 from mixsep.sweep import (JOURNAL, SWEEP_LOG, Dimension, SweepRegistry, counts, create_study, format_space, load_study, parse_space,
@@ -201,6 +201,22 @@ def test_a_study_that_exists_with_another_space_is_refused(capsys, data_root, tm
     assert main(sweep_args(data_root, runs, "--study", "s", "--epochs", "3")) == 2
     assert "was made with epochs=1, not 3" in capsys.readouterr().err
     assert tree(runs) == before
+
+
+def test_a_new_study_refuses_trial_folders_left_by_an_earlier_study_of_its_name(capsys, data_root, tmp_path):
+    """The journal deleted (or the same name on another storage): trial 0 adopted the old trial-0000 and
+    printed its results, trained with the old settings."""
+    runs = tmp_path / "runs"
+    old = runs / "s" / "trial-0000"
+    old.mkdir(parents=True)
+    TrainConfig(data_root=str(data_root), model="tiny", train_size=32, batch_size=8).save(old / "config.json")
+    before = tree(tmp_path)
+    assert main(sweep_args(data_root, runs, "--study", "s", *TINY)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {runs.resolve() / 's'} holds trial-0000 from an earlier study named 's' that "
+                   f"{runs.resolve() / 'optuna.journal'} does not know; move that folder away or choose another "
+                   "study name.")
+    assert tree(tmp_path) == before
 
 
 def test_a_resumed_study_keeps_its_pruner_and_reports_and_each_command_its_seed(capsys, data_root, tmp_path):
