@@ -14,6 +14,9 @@ from .config import (SEPARATE_MODES, TrainConfig, add_train_flags, config_from_a
                      default_runs_dir, given_settings, settings)
 from .errors import MixsepError, SecondInterrupt
 
+GRID_MAX_N = 100  # columns of `grid`: the report's shows 20; 100,000 once took 98 s, 7.8 GB and a 661,000-px PNG
+
+
 def _add_data_root(p):
     p.add_argument("--data-root", default=default_data_root(),
                    help="folder with MNIST/ and cifar-10-batches-py/ or cifar10/*.npz (env MIXSEP_DATA_ROOT; default ./data)")
@@ -56,20 +59,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--mnist-test", default=None, help="score these MNIST images instead (idx or npz)")
     e.add_argument("--cifar-test", default=None, help="score these CIFAR images instead (batch or npz)")
     e.add_argument("--checkpoint", default=None, help="a checkpoint file; default: the run's latest")
-    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--batch-size", type=int, default=256,
+                   help="pairs scored at once (default 256); lower it if memory runs short")
     e.add_argument("--json", default=None, help="also write the results to this JSON file")
     e.add_argument("--markdown", default=None, help="also write the table as Markdown to this file")
+    e.add_argument("--overwrite", action="store_true", help="replace --json and --markdown files that exist already")
     e.add_argument("--as-model", default=None, metavar="MODEL",
                    help="score the weights as another model that holds them (a unet_fraction run as unet_digit)")
 
     g = sub.add_parser("grid", help="the report's labelled sample grid as a PNG")
     g.add_argument("run_dir", help="a run folder (or a checkpoint file inside one)")
     _add_data_root(g)
-    g.add_argument("--n", type=int, default=20, help="samples (columns)")
+    g.add_argument("--n", type=int, default=20,
+                   help=f"samples (columns), at most {GRID_MAX_N}; the report's grid shows 20")
     g.add_argument("--out", default="grid.png", help="PNG to write")
+    g.add_argument("--overwrite", action="store_true", help="replace an --out file that exists already")
     g.add_argument("--seed", type=int, default=None, help="shuffle the samples with this seed; default: the first n")
-    g.add_argument("--split", choices=["test", "train"], default="test")
-    g.add_argument("--checkpoint", default=None)
+    g.add_argument("--split", choices=["test", "train"], default="test",
+                   help="the split the samples come from (default test)")
+    g.add_argument("--checkpoint", default=None, help="a checkpoint file; default: the run's latest")
     g.add_argument("--errors", action="store_true", help="add rows of absolute error maps")
     g.add_argument("--no-direct", action="store_true", help="omit the row of direct CIFAR estimates")
 
@@ -383,6 +391,97 @@ def output_file(path: str | None, flag: str, suffix: str | None = None) -> Path 
     return p
 
 
+def _run_folder_of(run_dir: str) -> Path:
+    """The run folder that RUN_DIR names (a run folder, its checkpoints folder or a checkpoint in it),
+    as load_run_model reads it."""
+    from .run import CHECKPOINTS
+
+    p = Path(run_dir)
+    if p.is_file():
+        p = p.parent.parent
+    elif p.name == CHECKPOINTS:
+        p = p.parent
+    return p.resolve()
+
+
+def new_output(path: str | None, flag: str, overwrite: bool, run_dir: str, inputs=(),
+               suffix: str | None = None) -> Path | None:
+    """An output file of evaluate or grid, checked before the slow work (output_file's checks and more):
+    never one of a run's own files (config.json, status.json, metrics.csv, .lock, worker.log, STOP, or
+    anything in its checkpoints folder) nor an input of this command; a file that exists only with
+    --overwrite; and its folder must take a new file."""
+    import tempfile
+
+    from .run import CHECKPOINTS, CONFIG, LOCK, LOG, METRICS, STATUS, STOP, TMP_SUFFIX, is_run
+
+    p = output_file(path, flag, suffix)
+    if p is None:
+        return None
+    where = p.parent.resolve() / p.name  # where the write lands, through any symlinked folder
+    this_run = _run_folder_of(run_dir)
+
+    def a_run(folder: Path) -> bool:  # this command's run is one even when its config.json is lost
+        return folder == this_run or is_run(folder)
+
+    if where.name in (CONFIG, STATUS, METRICS, LOCK, LOG, STOP) and a_run(where.parent):
+        raise MixsepError(f"{flag} {p} is the run's own {where.name}, which evaluate and grid never write; "
+                          f"choose another {flag}.")
+    if any(folder.name == CHECKPOINTS and a_run(folder.parent) for folder in where.parents):
+        raise MixsepError(f"{flag} {p} is in the run's {CHECKPOINTS} folder, which only training writes; "
+                          f"choose another {flag}.")
+    if any(i and where == Path(i).resolve() for i in inputs):
+        raise MixsepError(f"{flag} {p} is a file this command reads; choose another {flag}.")
+    if (p.exists() or p.is_symlink()) and not p.is_file():  # --overwrite replaces files, never anything else
+        raise MixsepError(f"{p} exists and is not a file; move it away or choose another {flag}.")
+    if p.exists() and not overwrite:
+        raise MixsepError(f"{p} exists already; pass --overwrite to replace it, or choose another {flag}.")
+    try:  # a read-only folder, found now and not after the whole evaluation
+        fd, probe = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=TMP_SUFFIX)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise MixsepError(f"Folder {p.parent} is not writable ({e.strerror or e.__class__.__name__}); "
+                          f"choose another {flag}.") from None
+    return p
+
+
+def _write_all(files: list[tuple[Path, bytes]]) -> None:
+    """Every file or, with one sentence, none: each is written whole under a temporary name beside it,
+    and all are renamed only once every one is written (a Markdown write that failed once left the JSON)."""
+    from .run import describe_os_error, temp_path, unlink_all
+
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, data in files:
+            staged.append((temp_path(path), path))
+            with open(staged[-1][0], "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+    except BaseException as e:
+        unlink_all(tmp for tmp, _ in staged)
+        if isinstance(e, OSError):
+            raise MixsepError(describe_os_error(e, staged[-1][1]) + "; nothing was written.") from None
+        raise
+    for n, (tmp, path) in enumerate(staged):
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            unlink_all(t for t, _ in staged[n:])
+            done = ", ".join(str(p) for _, p in staged[:n])
+            raise MixsepError(describe_os_error(e, path) + (f"; only {done} was written." if done
+                                                            else "; nothing was written.")) from None
+    for folder in {path.parent for _, path in staged}:  # the renames survive a power cut once the folder is synced
+        try:
+            fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+
+
 def cmd_evaluate(args) -> int:
     import pandas as pd
 
@@ -395,6 +494,9 @@ def cmd_evaluate(args) -> int:
     if json_out and markdown_out and json_out.resolve() == markdown_out.resolve():
         raise MixsepError(f"--json and --markdown both name {json_out}; the second would overwrite the first: "
                           "give each its own file.")
+    inputs = (args.checkpoint, args.run_dir, args.mnist_test, args.cifar_test)
+    json_out = new_output(args.json, "--json", args.overwrite, args.run_dir, inputs)
+    markdown_out = new_output(args.markdown, "--markdown", args.overwrite, args.run_dir, inputs)
     model, cfg, info = _load_model(args)
     pairs = load_pairs(Path(args.data_root), "test", mnist_path=args.mnist_test, cifar_path=args.cifar_test)
     from .metrics import evaluate  # torchmetrics takes seconds to import: a bad run or file is refused first
@@ -403,35 +505,45 @@ def cmd_evaluate(args) -> int:
                       calibration=calibration_pairs(Path(args.data_root)))
     pd.set_option("display.width", 140)
     scored_as = f", scored as {args.as_model}" if args.as_model else ""
-    print(f"checkpoint {info['path']} (step {info['step']}{scored_as}), {result.n} test pairs, data_range=1.0")
-    print(result.table().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    print(f"optimal projection weights: mnist {result.weights['mnist']:.3f}, cifar {result.weights['cifar']:.3f} "
-          f"(fitted on {result.weights['fitted_on']})")
-    print("audit, the report's error (data_range=255 on [0, 1] images), direct mode:")
-    for a in result.audit:
-        print(f"  {a['source']}: PSNR {a['psnr_data_range_255']:.2f} dB, SSIM {a['ssim_data_range_255']:.4f}  (not a real score)")
-    from .run import atomic_write, write_json  # a failed write is one sentence and leaves any earlier file whole
+    try:  # the table first (a failed write below still leaves it on screen), but a reader that stops early
+        # (`| head`) costs no file: the files are written all the same, then the closed pipe ends the command
+        print(f"checkpoint {info['path']} (step {info['step']}{scored_as}), {result.n} test pairs, data_range=1.0")
+        print(result.table().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(f"optimal projection weights: mnist {result.weights['mnist']:.3f}, cifar {result.weights['cifar']:.3f} "
+              f"(fitted on {result.weights['fitted_on']})")
+        print("audit, the report's error (data_range=255 on [0, 1] images), direct mode:")
+        for a in result.audit:
+            print(f"  {a['source']}: PSNR {a['psnr_data_range_255']:.2f} dB, SSIM {a['ssim_data_range_255']:.4f}  (not a real score)")
+        sys.stdout.flush()
+        closed = None
+    except BrokenPipeError as e:
+        closed = e
+    from .run import _finite  # write_json's rule: a non-finite number is null, standard JSON
 
+    files = []
     if json_out:
-        write_json(json_out, result.to_json() | {"checkpoint": info, "config": cfg.to_dict(),
-                                                 "scored_as": args.as_model or cfg.model})
-        print(f"wrote {json_out}")
+        obj = result.to_json() | {"checkpoint": info, "config": cfg.to_dict(), "scored_as": args.as_model or cfg.model}
+        files.append((json_out, json.dumps(_finite(obj), indent=2, allow_nan=False).encode()))
     if markdown_out:
-        atomic_write(markdown_out, lambda f: f.write(result.to_markdown().encode()))
-        print(f"wrote {markdown_out}")
+        files.append((markdown_out, result.to_markdown().encode()))
+    _write_all(files)  # both or neither
+    if closed is not None:
+        raise closed
+    for path, _ in files:
+        print(f"wrote {path}")
     return 0
 
 
 def cmd_grid(args) -> int:
     from .data import load_pairs
     from .grid import grid_image, sample_indices
-    if args.n < 1:
-        raise MixsepError(f"--n must be at least 1 (got {args.n}).")
+    if not 1 <= args.n <= GRID_MAX_N:
+        raise MixsepError(f"--n must lie in [1, {GRID_MAX_N}] (got {args.n}); the report's grid shows 20.")
     if args.seed is not None:  # the training seed's rule: torch takes no seed past 64 bits
         from .config import setting_by_name
 
         setting_by_name("seed", resolve=False).check(args.seed)
-    out = output_file(args.out, "--out", ".png")
+    out = new_output(args.out, "--out", args.overwrite, args.run_dir, suffix=".png")
     model, cfg, info = _load_model(args)
     pairs = load_pairs(Path(args.data_root), args.split)
     idx = sample_indices(len(pairs), args.n, args.seed)
