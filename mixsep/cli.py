@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .config import (SEPARATE_MODES, TrainConfig, add_train_flags, config_from_args, default_data_root,
                      default_runs_dir, given_settings, settings)
-from .errors import MixsepError, SecondInterrupt
+from .errors import MixsepError, SecondInterrupt, StoppedBeforeTraining
 
 GRID_MAX_N = 100  # columns of `grid`: the report's shows 20; 100,000 once took 98 s, 7.8 GB and a 661,000-px PNG
 
@@ -168,6 +168,10 @@ def cmd_train(args) -> int:
         if not _remove_unstarted(run.path, made, run):  # a new run that never started (no GPU, corrupt data)
             _record_failure(run, str(e))
         raise
+    except StoppedBeforeTraining:
+        if not _remove_unstarted(run.path, made, run):  # a resume keeps its folder: stopped, as it was
+            _record_stop(run, "stopped by Ctrl-C or SIGTERM before training began")
+        raise
     except KeyboardInterrupt:
         if not _remove_unstarted(run.path, made, run):
             _record_failure(run, "Training was force-quit before its first step.", only_if_not_ended=True)
@@ -237,6 +241,17 @@ def _remove_unstarted(run_dir: Path, made: Path | None, run=None) -> bool:
     except OSError:
         return False
     return True
+
+
+def _record_stop(run, message: str) -> None:
+    """A run stopped before it trained: "stopped", keeping the step and total its status had."""
+    from .run import RunWriteError, State, read_status
+
+    old = read_status(run.path)
+    try:
+        run.status(State.STOPPED, message, step=old.get("step", 0), total_steps=old.get("total_steps", 0))
+    except RunWriteError:
+        pass  # a full disk: the status stays what it was (never "running": this trainer had not written it)
 
 
 def _record_failure(run, message: str, only_if_not_ended: bool = False) -> None:
@@ -315,11 +330,15 @@ def _train(args, cfg: TrainConfig, run) -> int:
 
     from .train import Training
 
-    stop = {"flag": False}
+    stop = {"flag": False, "training": False}
 
     def on_signal(signum, frame):
         # the first Ctrl-C or SIGTERM finishes this step, checkpoints and exits cleanly;
-        # a second Ctrl-C quits at once (the last checkpoint stays the resume point)
+        # a second Ctrl-C quits at once (the last checkpoint stays the resume point).
+        # Before the first step (building the model, fetching its weights, loading the data) there is
+        # no step to finish: stop at once (a stalled download never reached one, nor the page's Stop)
+        if not stop["training"]:
+            raise StoppedBeforeTraining
         if stop["flag"] and signum == signal.SIGINT:
             raise KeyboardInterrupt
         stop["flag"] = True
@@ -332,6 +351,7 @@ def _train(args, cfg: TrainConfig, run) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         training = Training(cfg, run, should_stop=lambda: stop["flag"])
+    stop["training"] = True
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     print(f"run folder: {run_dir}", file=sys.stderr)
@@ -649,7 +669,9 @@ def main(argv=None) -> int:
         # train and sweep finish their step on a first Ctrl-C once their handler is in place (it raises
         # on the second); a first Ctrl-C before that (loading torch, reading the data) ends here too
         trains = args.command in ("train", "sweep")
-        if trains and (isinstance(e, SecondInterrupt) or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        if isinstance(e, StoppedBeforeTraining):
+            said = "train stopped before training began (Ctrl-C or SIGTERM); nothing was trained."
+        elif trains and (isinstance(e, SecondInterrupt) or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
             said = "quit at once by a second Ctrl-C; a resume continues from the last checkpoint."
         else:
             said = f"{args.command} interrupted by Ctrl-C" + (" before training began." if trains else ".")

@@ -15,6 +15,10 @@ class SecondInterrupt(KeyboardInterrupt):
     """A second Ctrl-C: quit at once (the first one asked to finish the step and stop)."""
 
 
+class StoppedBeforeTraining(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM while a trainer still builds its model or loads its data: no step to finish."""
+
+
 def make_folder(path, what: str, is_a_file: str):
     """``path`` as a folder, made if missing: ``is_a_file`` (a sentence) when a file is there, one
     sentence naming ``what`` ("the run folder", "the data root") when it cannot be made."""

@@ -378,7 +378,7 @@ def stalled_proxy():
     thread.start()
     url = f"http://127.0.0.1:{server.getsockname()[1]}"
     yield dict(os.environ, http_proxy=url, https_proxy=url, HTTP_PROXY=url, HTTPS_PROXY=url, no_proxy="",
-               MIXSEP_NETWORK_TIMEOUT="2")
+               MIXSEP_NETWORK_TIMEOUT="2"), held
     done.set()
     thread.join(5)
     for c in held:
@@ -389,7 +389,31 @@ def stalled_proxy():
 def test_a_download_from_a_server_that_stops_answering_gives_up_in_one_sentence(tmp_path, stalled_proxy):
     """urllib waits for ever by default: `download` hung until killed (and a trainer in torch.hub with it)."""
     proc = subprocess.run([sys.executable, "-m", "mixsep", "download", "--data-root", str(tmp_path / "root")],
-                          capture_output=True, text=True, env=stalled_proxy, timeout=120)
+                          capture_output=True, text=True, env=stalled_proxy[0], timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: Could not download mnist train into ")
     assert "timed out" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sigterm_while_the_weights_download_stalls_stops_the_trainer_at_once(tmp_path, stalled_proxy, data_root):
+    """SIGTERM (the page's Stop) only asked for a stop after a step that a trainer stuck in torch.hub never
+    reached: still hung 11 minutes later."""
+    import signal
+    import time
+
+    env, held = stalled_proxy
+    env = dict(env, MIXSEP_NETWORK_TIMEOUT="600", TORCH_HOME=str(tmp_path / "hub"))  # no cached weights
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "-m", "mixsep", "train", "--data-root", str(data_root), "--runs-dir",
+                             str(runs), "--model", "faithful", "--train-size", "32", "--batch-size", "16", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not held and time.monotonic() < deadline and proc.poll() is None:  # it asks the proxy for the weights
+        time.sleep(0.1)
+    assert held, proc.communicate(timeout=10)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == ("error: train stopped before training began (Ctrl-C or SIGTERM); "
+                                            "nothing was trained.")
+    assert not runs.exists() or not any(runs.iterdir())  # the run folder it made is gone again
