@@ -661,6 +661,12 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "grid": cmd_grid, "sep
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        for name in ("runs_dir", "data_root", "run_dir"):  # Path("") is the current folder: never meant
+            if getattr(args, name, None) == "":
+                if name == "run_dir" and args.command != "train":  # a positional: it has no default
+                    raise MixsepError("RUN_DIR is empty; name a run folder (or a checkpoint file inside one).")
+                raise MixsepError(f"--{name.replace('_', '-')} is empty; name a folder (or leave the flag out "
+                                  "for its default).")
         return COMMANDS[args.command](args)
     except MixsepError as e:
         print(f"error: {e}", file=sys.stderr)

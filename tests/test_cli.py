@@ -125,6 +125,21 @@ def test_bad_input_is_one_line_and_exit_2(capsys, data_root, tmp_path, argv, mat
     assert match in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("argv,says", [
+    (["train", "--runs-dir", "", *TINY], "--runs-dir is empty; name a folder (or leave the flag out for its default)."),
+    (["train", "--data-root", "", *TINY], "--data-root is empty"),
+    (["evaluate", ""], "RUN_DIR is empty; name a run folder (or a checkpoint file inside one)."),
+    (["info", "--data-root", ""], "--data-root is empty"),
+])
+def test_an_empty_folder_name_is_refused_not_taken_for_the_current_folder(capsys, tmp_path, monkeypatch, argv, says):
+    """--runs-dir "" trained into the current folder (Path("") is ".")."""
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {says}") and "\n" not in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_no_data_anywhere(capsys, tmp_path):
     assert main(["train", "--data-root", str(tmp_path / "empty"), "--runs-dir", str(tmp_path / "runs"), *TINY]) == 2
     err = capsys.readouterr().err
