@@ -468,7 +468,7 @@ def new_output(path: str | None, flag: str, overwrite: bool, run_dir: str, input
 def _write_all(files: list[tuple[Path, bytes]]) -> None:
     """Every file or, with one sentence, none: each is written whole under a temporary name beside it,
     and all are renamed only once every one is written (a Markdown write that failed once left the JSON)."""
-    from .run import describe_os_error, temp_path, unlink_all
+    from .run import describe_os_error, sync_folder, temp_path, unlink_all
 
     staged: list[tuple[Path, Path]] = []
     try:
@@ -491,15 +491,8 @@ def _write_all(files: list[tuple[Path, bytes]]) -> None:
             done = ", ".join(str(p) for _, p in staged[:n])
             raise MixsepError(describe_os_error(e, path) + (f"; only {done} was written." if done
                                                             else "; nothing was written.")) from None
-    for folder in {path.parent for _, path in staged}:  # the renames survive a power cut once the folder is synced
-        try:
-            fd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError:
-            pass
+    for folder in {path.parent for _, path in staged}:
+        sync_folder(folder)
 
 
 def cmd_evaluate(args) -> int:

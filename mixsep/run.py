@@ -133,8 +133,13 @@ def atomic_write(path: Path, write) -> None:
             raise RunWriteError(describe_os_error(cause, path) + ("; the previous version is kept." if existed
                                                                    else "."), cause.errno) from None
         raise
-    try:  # the rename itself survives a power cut only once the folder is synced
-        fd = os.open(path.parent, os.O_RDONLY)
+    sync_folder(path.parent)
+
+
+def sync_folder(folder: Path) -> None:
+    """Make the renames in ``folder`` survive a power cut (best effort: some file systems refuse)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
