@@ -343,6 +343,8 @@ def expected_files(root: Path, source: str, split: str) -> str:
 
 def missing_message(root: Path, source: str, split: str) -> str:
     name = "MNIST" if source == "mnist" else "CIFAR-10"
+    if Path(root).exists() and not Path(root).is_dir():  # download says so too
+        return f"The data root {root} is a file, not a folder; name the folder that holds MNIST/ and CIFAR-10."
     return (f"No {name} {split} data under {root}: expected {expected_files(root, source, split)}. "
             f"Run `python -m mixsep download --data-root {root}` where the internet is reachable, "
             f"or copy the files there.")

@@ -338,6 +338,9 @@ def test_download_into_a_data_root_that_is_a_file(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("hi")
     refused(D.download, afile, match="is a file, not a folder")
+    # train and evaluate said "No MNIST train data under …/afile … run download" of the same file
+    refused(D.require_split, afile, "train", match=f"The data root {afile} is a file, not a folder; name the folder")
+    refused(D.load_split, afile, "cifar", "test", match="is a file, not a folder")
     assert afile.read_text() == "hi"
 
 
