@@ -219,8 +219,8 @@ class TrainConfig:
                                "ImageNet-pretrained encoder", "model", widget="toggle", only_for="RESNET_ENCODER")
     # optimisation: the report's settings are the defaults
     epochs: int = setting(1, "passes over the training pairs", "Epochs", "optimiser", low=1, high=100_000,
-                          why=": more is surely a typo (a recipe's 15 CPU minutes hold 34)", widget="slider",
-                          span=(1, 20))
+                          why=": fewer trains nothing, and more is surely a typo (a recipe's 15 CPU minutes hold 34)",
+                          widget="slider", span=(1, 20))
     batch_size: int = setting(128, "pairs per step", "Batch size", "optimiser", low=2,
                               why=": BatchNorm needs two samples per channel to train", widget="select_slider",
                               options=(16, 32, 64, 128, 256, 512), sweep=(16, 32, 64, 128, 256, 512))

@@ -170,6 +170,7 @@ def test_model_choices_come_from_the_models():
 
 @pytest.mark.parametrize("field,value,match", [
     ("batch_size", 1, "BatchNorm needs two samples per channel"),
+    ("epochs", 0, "Epochs must lie in [1, 100000] (got 0): fewer trains nothing, and more is surely a typo"),
     ("batch_size", True, "Setting 'batch_size' must be a whole number, not the boolean true"),
     ("batch_size", 12.5, "must be a whole number"),
     ("weight_decay", -1e-4, "Weight decay must lie in [0, 1] (got -0.0001)"),
