@@ -574,7 +574,9 @@ def cmd_grid(args) -> int:
 
 def cmd_separate(args) -> int:
     from .separate import prepare, separate, write_outputs
+    from .train import require_run_path
 
+    require_run_path(args.run_dir)  # a mistyped run is named first, not an output it would have written
     pixels, paths = prepare([Path(p) for p in args.images], args.out, args.overwrite)  # before the model loads
     model, _, info = _load_model(args)
     write_outputs(paths, *separate(model, pixels, args.mode))

@@ -67,6 +67,14 @@ def load_model_state(model: nn.Module, state_dict: dict, path: Path, name: str) 
                           "it was saved by another model or another version of mixsep.") from None
 
 
+def require_run_path(run_dir: Path) -> Path:
+    """A run folder or checkpoint path that exists (commands check it before their other arguments)."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise MixsepError(f"Run folder {run_dir} does not exist; `python -m mixsep train` prints the folder it made.")
+    return run_dir
+
+
 def load_run_model(run_dir: Path, checkpoint: Path | None = None, device="cpu",
                    as_model: str | None = None) -> tuple[nn.Module, TrainConfig, dict]:
     """(model in eval mode, its config, checkpoint info) from a run folder or a checkpoint file.
@@ -74,9 +82,7 @@ def load_run_model(run_dir: Path, checkpoint: Path | None = None, device="cpu",
     ``as_model`` builds another model that holds the same weights (a ``unet_fraction`` run
     scored as ``unet_digit``, say); weights that do not fit it are refused.
     """
-    run_dir = Path(run_dir)
-    if not run_dir.exists():
-        raise MixsepError(f"Run folder {run_dir} does not exist; `python -m mixsep train` prints the folder it made.")
+    run_dir = require_run_path(run_dir)
     if run_dir.is_file():
         checkpoint, run_dir = run_dir, run_dir.parent.parent
     elif run_dir.name == CHECKPOINTS and (run_dir.parent / CONFIG).exists():  # RUN/checkpoints: the run it belongs to

@@ -173,8 +173,20 @@ def test_opaque_alpha_is_accepted_and_exif_orientation_is_applied(data_root, tmp
 
 def test_a_bad_image_is_refused_before_the_run_is_loaded(capsys, tmp_path):
     Image.new("RGB", (31, 32)).save(tmp_path / "m.png")
-    assert main(["separate", str(tmp_path / "no-run"), str(tmp_path / "m.png")]) == 2
+    (tmp_path / "not-a-run").mkdir()  # it exists (checked first, cheaply); loading it would fail
+    assert main(["separate", str(tmp_path / "not-a-run"), str(tmp_path / "m.png")]) == 2
     assert "31x32 pixels" in capsys.readouterr().err
+
+
+def test_a_missing_run_is_named_before_the_outputs_it_would_have_written(capsys, tmp_path, monkeypatch):
+    """`separate nope img.png` with last time's outputs still there said the outputs exist already."""
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (32, 32)).save(tmp_path / "m.png")
+    (tmp_path / "separated").mkdir()
+    for name in ("m.mnist.png", "m.cifar.png"):
+        (tmp_path / "separated" / name).write_bytes(b"last time's")
+    assert main(["separate", "nope", "m.png"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: Run folder nope does not exist")
 
 
 def test_a_full_disk_halfway_writes_none_of_the_outputs(capsys, data_root, tmp_path):
