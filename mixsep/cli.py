@@ -465,36 +465,6 @@ def new_output(path: str | None, flag: str, overwrite: bool, run_dir: str, input
     return p
 
 
-def _write_all(files: list[tuple[Path, bytes]]) -> None:
-    """Every file or, with one sentence, none: each is written whole under a temporary name beside it,
-    and all are renamed only once every one is written (a Markdown write that failed once left the JSON)."""
-    from .run import describe_os_error, sync_folder, temp_path, unlink_all
-
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for path, data in files:
-            staged.append((temp_path(path), path))
-            with open(staged[-1][0], "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-    except BaseException as e:
-        unlink_all(tmp for tmp, _ in staged)
-        if isinstance(e, OSError):
-            raise MixsepError(describe_os_error(e, staged[-1][1]) + "; nothing was written.") from None
-        raise
-    for n, (tmp, path) in enumerate(staged):
-        try:
-            os.replace(tmp, path)
-        except OSError as e:
-            unlink_all(t for t, _ in staged[n:])
-            done = ", ".join(str(p) for _, p in staged[:n])
-            raise MixsepError(describe_os_error(e, path) + (f"; only {done} was written." if done
-                                                            else "; nothing was written.")) from None
-    for folder in {path.parent for _, path in staged}:
-        sync_folder(folder)
-
-
 def cmd_evaluate(args) -> int:
     import pandas as pd
 
@@ -503,13 +473,12 @@ def cmd_evaluate(args) -> int:
         raise MixsepError(f"--samples must be 0 (all) or positive (got {args.samples}).")
     if args.batch_size < 1:
         raise MixsepError(f"--batch-size must be at least 1 (got {args.batch_size}).")
-    json_out, markdown_out = output_file(args.json, "--json"), output_file(args.markdown, "--markdown")
-    if json_out and markdown_out and json_out.resolve() == markdown_out.resolve():
-        raise MixsepError(f"--json and --markdown both name {json_out}; the second would overwrite the first: "
-                          "give each its own file.")
     inputs = (args.checkpoint, args.run_dir, args.mnist_test, args.cifar_test)
     json_out = new_output(args.json, "--json", args.overwrite, args.run_dir, inputs)
     markdown_out = new_output(args.markdown, "--markdown", args.overwrite, args.run_dir, inputs)
+    if json_out and markdown_out and json_out.resolve() == markdown_out.resolve():
+        raise MixsepError(f"--json and --markdown both name {json_out}; the second would overwrite the first: "
+                          "give each its own file.")
     model, cfg, info = _load_model(args)
     pairs = load_pairs(Path(args.data_root), "test", mnist_path=args.mnist_test, cifar_path=args.cifar_test)
     from .metrics import evaluate  # torchmetrics takes seconds to import: a bad run or file is refused first
@@ -531,15 +500,15 @@ def cmd_evaluate(args) -> int:
         closed = None
     except BrokenPipeError as e:
         closed = e
-    from .run import _finite  # write_json's rule: a non-finite number is null, standard JSON
+    from .run import json_bytes, write_all
 
     files = []
     if json_out:
         obj = result.to_json() | {"checkpoint": info, "config": cfg.to_dict(), "scored_as": args.as_model or cfg.model}
-        files.append((json_out, json.dumps(_finite(obj), indent=2, allow_nan=False).encode()))
+        files.append((json_out, json_bytes(obj)))
     if markdown_out:
         files.append((markdown_out, result.to_markdown().encode()))
-    _write_all(files)  # both or neither
+    write_all(files)  # both or neither
     if closed is not None:
         raise closed
     for path, _ in files:

@@ -148,10 +148,57 @@ def sync_folder(folder: Path) -> None:
         pass
 
 
+def write_all(files, made: Path | None = None) -> None:
+    """Write every ``(path, bytes)`` of ``files`` or, with one sentence, none (separate's images,
+    evaluate's JSON and Markdown): each is written whole under a temporary name beside it, and all are
+    renamed only once every one is written (a full disk halfway once left 10 of 40). A failure removes
+    the temporary files, and the folder ``made`` for the outputs if it is empty then. ``files`` may be
+    a generator: each file's bytes are made only when it is written."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, data in files:
+            staged.append((temp_path(path), path))
+            with open(staged[-1][0], "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+    except BaseException as e:
+        _discard([tmp for tmp, _ in staged], made)
+        if isinstance(e, OSError) and staged:
+            raise MixsepError(describe_os_error(e, staged[-1][1]) + "; nothing was written.") from None
+        raise
+    for n, (tmp, path) in enumerate(staged):
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            _discard([left for left, _ in staged[n:]], made if n == 0 else None)
+            said = "; nothing was written." if n == 0 else "; the outputs named before it were written."
+            raise MixsepError(describe_os_error(e, path) + said) from None
+    for folder in {path.parent for _, path in staged}:
+        sync_folder(folder)
+
+
+def _discard(temps: list[Path], made: Path | None) -> None:
+    """Remove what a failed write left: its temporary files, and the folder ``made`` for it if that is
+    empty now. Never raises: the disk that failed the write (read-only, gone) may fail these too, and the
+    sentence saying why the write failed is the one to show."""
+    unlink_all(temps)
+    if made is not None:
+        try:
+            made.rmdir()  # only if empty: a file someone put there meanwhile stays, with the folder
+        except OSError:
+            pass
+
+
 def write_json(path: Path, obj) -> None:
-    """Standard JSON, atomically: a non-finite number (the PSNR of two equal images, the interval of one
-    image) is written as null, where Python's NaN and Infinity are not JSON that other readers accept."""
-    atomic_write(path, lambda f: f.write(json.dumps(_finite(obj), indent=2, allow_nan=False).encode()))
+    """Standard JSON (json_bytes), atomically."""
+    atomic_write(path, lambda f: f.write(json_bytes(obj)))
+
+
+def json_bytes(obj) -> bytes:
+    """Standard JSON: a non-finite number (the PSNR of two equal images, the interval of one image) is
+    written as null, where Python's NaN and Infinity are not JSON that other readers accept."""
+    return json.dumps(_finite(obj), indent=2, allow_nan=False).encode()
 
 
 def _finite(obj):

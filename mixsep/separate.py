@@ -17,7 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import SEPARATE_MODES as MODES
 from .errors import MixsepError
-from .run import describe_os_error, temp_path, unlink_all
+from .run import write_all
 
 SIZE = (32, 32)
 SUFFIXES = {"mnist": ".mnist.png", "cifar": ".cifar.png"}
@@ -136,39 +136,7 @@ def write_outputs(paths: list[dict[str, Path]], digits: np.ndarray, images: np.n
         out_dir.mkdir(exist_ok=True)
     except OSError as e:
         raise MixsepError(f"Could not create {out_dir} ({e.strerror or e.__class__.__name__}).") from None
-    # every file is written under a temporary name first, and renamed only once all are whole:
-    # a full disk halfway through leaves none of them (it once left 10 of 40)
-    written: list[tuple[Path, Path]] = []
-    try:
-        for d, digit, image in zip(paths, digits, images):
-            for source, px in (("mnist", digit), ("cifar", image)):
-                tmp = temp_path(d[source])
-                written.append((tmp, d[source]))
-                with open(tmp, "wb") as f:
-                    f.write(png_bytes(px))
-                    f.flush()
-                    os.fsync(f.fileno())
-    except BaseException as e:
-        _discard([tmp for tmp, _ in written], out_dir if made else None)
-        if isinstance(e, OSError):
-            raise MixsepError(describe_os_error(e, written[-1][1]) + "; nothing was written.") from None
-        raise
-    for n, (tmp, final) in enumerate(written):
-        try:
-            os.replace(tmp, final)
-        except OSError as e:
-            _discard([left for left, _ in written[n:]], out_dir if made and n == 0 else None)
-            said = "; nothing was written." if n == 0 else "; the outputs named before it were written."
-            raise MixsepError(describe_os_error(e, final) + said) from None
+    write_all(((d[source], png_bytes(px)) for d, digit, image in zip(paths, digits, images)
+               for source, px in (("mnist", digit), ("cifar", image))), out_dir if made else None)
 
 
-def _discard(temps: list[Path], made: Path | None) -> None:
-    """Remove what a failed write left: its temporary files, and the folder ``made`` for it if that is
-    empty now. Never raises: the disk that failed the write (read-only, gone) may fail these too, and the
-    sentence saying why the write failed is the one to show."""
-    unlink_all(temps)
-    if made is not None:
-        try:
-            made.rmdir()  # only if empty: a file someone put there meanwhile stays, with the folder
-        except OSError:
-            pass
