@@ -98,8 +98,8 @@ def status():
     # a run stopped before its first step has no total and no checkpoint: it starts again, in its own folder
     can_resume = not job.alive and job.state in ("stopped", "failed", "interrupted") and (
         job.step < job.total_steps or not job.total_steps)
-    label = "Resume this run" if list_checkpoints(job.run_dir) else "Start this run again"
-    if can_resume and st.button(label, icon=":material/replay:"):
+    if can_resume and st.button("Resume this run" if list_checkpoints(job.run_dir) else "Start this run again",
+                                icon=":material/replay:"):  # the folder is listed only when the button shows
         try:
             jobs.start(run_dir=job.run_dir)
             st.rerun()

@@ -315,11 +315,12 @@ class TrainConfig:
         if not isinstance(d, dict):
             raise MixsepError(f"{path} holds a JSON {_json_kind(d)}, not an object of settings; "
                               "it is not a mixsep config.")
-        unknown = [k for k in d if k not in {f.name for f in dataclasses.fields(cls)}]
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in d if k not in known]
         if strict and unknown:
             names = ", ".join(repr(k) for k in unknown[:5]) + (", …" if len(unknown) > 5 else "")
             raise MixsepError(f"{path} names {'a setting' if len(unknown) == 1 else 'settings'} mixsep does not "
-                              f"know ({names}); the settings are {', '.join(f.name for f in dataclasses.fields(cls))}.")
+                              f"know ({names}); the settings are {', '.join(known)}.")
         return cls.from_dict(d)
 
 

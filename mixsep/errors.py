@@ -5,6 +5,7 @@ raised as a ``MixsepError`` carrying one sentence that says what is wrong and
 what to do. The CLI prints that sentence instead of a stack trace; the
 dashboard shows it with ``st.error``.
 """
+import contextlib
 
 
 class MixsepError(Exception):
@@ -34,25 +35,22 @@ def make_folder(path, what: str, is_a_file: str):
     return path
 
 
+@contextlib.contextmanager
 def network_timeout():
     """A context in which a download gives up on a server that stops answering: urllib (which
     torchvision's and torch.hub's downloaders use) waits for ever by default, and a trainer stuck
     there cannot reach the step at which it would stop. MIXSEP_NETWORK_TIMEOUT seconds (default 60)
     per connect or read."""
-    import contextlib
     import os
     import socket
 
-    @contextlib.contextmanager
-    def context():
-        old = socket.getdefaulttimeout()
-        try:
-            seconds = float(os.environ.get("MIXSEP_NETWORK_TIMEOUT") or 60)
-        except ValueError:
-            seconds = 60.0
-        socket.setdefaulttimeout(seconds if seconds > 0 else 60.0)
-        try:
-            yield
-        finally:
-            socket.setdefaulttimeout(old)
-    return context()
+    old = socket.getdefaulttimeout()
+    try:
+        seconds = float(os.environ.get("MIXSEP_NETWORK_TIMEOUT") or 60)
+    except ValueError:
+        seconds = 60.0
+    socket.setdefaulttimeout(seconds if seconds > 0 else 60.0)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)
