@@ -51,20 +51,32 @@ refresh = REFRESH[live.radio("Live updates", list(REFRESH), index=1, horizontal=
                              help="How often the status and the progress refresh while a run trains; the loss "
                                   "chart refreshes at a fifth of that pace. Each refresh takes a little CPU from "
                                   "the training on a machine with few cores.")]
-training = jobs.running() is not None
+live_job = jobs.running()
+training = live_job is not None
+
+# The run this tab shows: the one training (every tab follows it), else the one picked here, by
+# default the last one started. A sweep's trials are not offered: their sweep resumes them.
+runs = {r["run"]: r for r in ui.runs_table(runs_dir) if "/" not in r["run"]}
+if live_job is not None and live_job.name in runs:
+    st.session_state["train_run"] = live_job.name
+elif st.session_state.get("train_run") not in runs:
+    last = jobs.poll().run_dir
+    st.session_state["train_run"] = last.name if last is not None and last.name in runs else next(iter(runs), None)
+if runs:
+    st.selectbox("Run", list(runs), key="train_run", format_func=lambda n: ui.run_label(runs[n]), disabled=training,
+                 help="The run whose progress and curves this page shows; a stopped one can be resumed here. "
+                      "While a run trains the page shows it.")
 
 
 def current_job():
-    """The current or last job, or None (after saying so) when the runs folder holds no run."""
-    job = jobs.poll()
-    if job.run_dir is None or not (job.alive or job.run_dir.is_dir()):  # a server restart, a deleted run
-        latest = ui.runs_table(runs_dir)
-        if not latest:
-            st.info("No run yet: choose the settings on the left and press Start.")
-            return None
-        jobs.select(latest[0]["path"])
-        job = jobs.poll()
-    return job
+    """The job this tab shows, or None (after saying so) when the runs folder holds no run."""
+    if training or jobs.running() is not None:  # a run started since this script began (in another tab) too
+        return jobs.running() or jobs.poll()
+    name = st.session_state.get("train_run")
+    if name is None:
+        st.info("No run yet: choose the settings on the left and press Start.")
+        return None
+    return jobs.view(runs_dir / name)
 
 
 @st.fragment(run_every=refresh)
@@ -72,7 +84,9 @@ def status():
     job = current_job()
     if job is None:
         return
-    if job.alive != training:  # a run started or ended: a full rerun sets the chart's pace and redraws it
+    # a run started or ended: a full rerun sets the chart's pace and redraws it; the run shown was
+    # deleted: a full rerun shows another
+    if job.alive != training or not (job.alive or job.run_dir.is_dir()):
         st.rerun()
     st.subheader(f"{ui.STATE_ICON.get(job.state, '')} {ui.literal(job.name)}")  # names and messages as text
     if job.state == "failed":
@@ -108,8 +122,8 @@ def status():
 
 
 def has_rows() -> bool:
-    job = jobs.poll()
-    return job.run_dir is not None and job.run_dir.is_dir() and len(ui.live_metrics(job.run_dir)) > 0
+    name = st.session_state.get("train_run")
+    return name is not None and (runs_dir / name).is_dir() and len(ui.live_metrics(runs_dir / name)) > 0
 
 
 # until a new run's first steps are logged the chart polls at the status's pace, so a short run
@@ -119,8 +133,8 @@ waiting = not has_rows()
 
 @st.fragment(run_every=(refresh if waiting else 5 * refresh) if training and refresh else None)
 def chart():
-    job = jobs.poll()
-    if job.run_dir is None or not job.run_dir.is_dir():
+    job = current_job() if runs else None
+    if job is None or not job.run_dir.is_dir():
         return
     metrics = ui.live_metrics(job.run_dir)
     if metrics.empty:

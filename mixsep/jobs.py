@@ -115,23 +115,39 @@ class JobRegistry:
             self._adopt()
             if self._run_dir is None:
                 return JobState()
-            run_dir, alive = self._run_dir, self._alive()
-            if not run_dir.is_dir():
-                return JobState(run_dir, "failed", f"The run folder {run_dir} was deleted.", alive=alive)
             owned = self._proc is not None or self._pid is not None  # not a run merely selected for display
-            # a run merely selected whose trainer died with the server (a crash, an OOM kill) reads "interrupted"
-            status = read_status(run_dir) if owned else live_status(run_dir)
-            if owned and not alive and status.get("state") in (State.UNKNOWN, State.RUNNING, None):
-                self._record_death(run_dir, status)
-                status = read_status(run_dir)
-            state = status.get("state", "unknown")
-            if alive and (state == "unknown" or status.get("pid") != self._pid):
-                state = "starting"  # a resumed run's status.json is its last trainer's until this one writes
-            msg = status.get("message", "") if state not in ("starting", "running") else ""
-            step = _step(run_dir, status)
-            warns = status.get("warnings") if isinstance(status.get("warnings"), list) else []
-            return JobState(run_dir, state, msg, step, int(status.get("total_steps") or 0), alive,
-                            [str(w) for w in warns], stopping=alive and self._stop_requested)
+            return self._state(self._run_dir, owned, self._alive())
+
+    def view(self, run_dir: Path) -> JobState:
+        """The state of any run of this runs folder, for a page showing it: this registry's own job as
+        ``poll`` gives it, another run as read from its folder (without making it the current job, so a
+        tab looking at an older run does not change what the other tabs show)."""
+        with self._lock:
+            self._adopt()
+            run_dir = Path(run_dir).resolve()
+            if run_dir == self._run_dir:
+                return self.poll()
+            return self._state(run_dir, False, None)
+
+    def _state(self, run_dir: Path, owned: bool, alive: bool | None) -> JobState:
+        """``alive`` None: another run than this registry's, alive while live_status reads it running."""
+        if not run_dir.is_dir():
+            return JobState(run_dir, "failed", f"The run folder {run_dir} was deleted.", alive=bool(alive))
+        # a run merely selected whose trainer died with the server (a crash, an OOM kill) reads "interrupted"
+        status = read_status(run_dir) if owned else live_status(run_dir)
+        if alive is None:  # trained by another process (a terminal's train, when this registry has a child)
+            alive = status.get("state") == State.RUNNING
+        if owned and not alive and status.get("state") in (State.UNKNOWN, State.RUNNING, None):
+            self._record_death(run_dir, status)
+            status = read_status(run_dir)
+        state = status.get("state", "unknown")
+        if owned and alive and (state == "unknown" or status.get("pid") != self._pid):
+            state = "starting"  # a resumed run's status.json is its last trainer's until this one writes
+        msg = status.get("message", "") if state not in ("starting", "running") else ""
+        step = _step(run_dir, status)
+        warns = status.get("warnings") if isinstance(status.get("warnings"), list) else []
+        return JobState(run_dir, state, msg, step, int(status.get("total_steps") or 0), alive,
+                        [str(w) for w in warns], stopping=owned and alive and self._stop_requested)
 
     def _record_death(self, run_dir: Path, status: dict) -> None:
         code = self._proc.returncode if self._proc is not None else None

@@ -365,6 +365,8 @@ def test_start_live_curves_reload_second_tab_stop(app_env):
     other = open_page("app_pages/1_Train.py")
     run_name = next(p.name for p in runs.iterdir() if p.name != "tiny-run")
     assert run_name in texts(other.subheader) and chart_points(other) >= first
+    picker = widget(other.selectbox, "Run")  # while a run trains every tab shows it, and no other can be picked
+    assert picker.value == run_name and picker.disabled
     # its sidebar starts from the running run's settings, not the defaults (they once came back)
     started = {k: other.session_state["train_config"][k] for k in ("batch_size", "epochs", "pretrained")}
     assert started == {"batch_size": 16, "epochs": 20, "pretrained": False}
@@ -399,6 +401,28 @@ def test_a_run_stopped_before_its_first_step_can_be_started_again(app_env):
     at = open_page("app_pages/1_Train.py")
     assert "zz-early" in texts(at.subheader) and not [b for b in at.button if b.label == "Resume this run"]
     assert widget(at.button, "Start this run again")
+
+
+def test_an_older_run_can_be_picked_and_resumed_and_other_tabs_keep_their_own_pick(app_env):
+    """The page showed only the newest run: a run stopped earlier could not be resumed from the dashboard."""
+    data, runs = app_env
+    older = _broken_run(runs, "aa-older")
+    (older / "metrics.csv").write_text(",".join(METRIC_FIELDS) + "\n")
+    write_status(older, "stopped", "stopped by request before training began", step=0, total_steps=0)
+    os.utime(older, (time.time() - 3600,) * 2)  # tiny-run is the newest, so it is shown first
+    at, other = open_page("app_pages/1_Train.py"), open_page("app_pages/1_Train.py")
+    assert "tiny-run" in texts(at.subheader) and "Finished: 3 steps." in texts(at.success)
+    assert widget(at.selectbox, "Run").options == ["tiny-run  (finished)", "aa-older  (stopped)"]
+    widget(at.selectbox, "Run").set_value("aa-older").run()
+    assert "aa-older" in texts(at.subheader) and "Run stopped at step 0" in texts(at.warning)
+    other.run()  # looking at a run in one tab does not change what another tab shows
+    assert "tiny-run" in texts(other.subheader) and "aa-older" not in texts(other.subheader)
+    widget(at.button, "Start this run again").click().run()
+    assert not at.error, texts(at.error)
+    poll(at, lambda a: "Finished: 3 steps." in texts(a.success), what="the picked run to train to its end")
+    assert "aa-older" in texts(at.subheader) and len(read_metrics(older)) == 3
+    assert (older / "checkpoints" / "last.pt").is_file()
+    assert json.loads((runs / "tiny-run" / "status.json").read_text())["state"] == "finished"  # untouched
 
 
 def test_start_with_bad_batch_size_explains(app_env):
