@@ -70,9 +70,9 @@ class _ThroughNet(SeparatorNet):
         return mnist_hat, 2 * mean - mnist_hat
 
 
-def _rich(widths=(32, 64, 128, 256)):
+def _rich(widths=(32, 64, 128, 256), features="rich"):
     """The fraction head with the rich inputs (unet_digit_rich in training) at these level widths."""
-    return lambda pretrained=False: SeparatorNet(widths=widths, head="fraction", features="rich")
+    return lambda pretrained=False: SeparatorNet(widths=widths, head="fraction", features=features)
 
 
 EXTRA = {
@@ -89,6 +89,8 @@ EXTRA = {
     "rich-8": _rich((8, 16, 32, 64)),
     "rich-16-deep": _rich((16, 32, 64, 128, 256)),
     "rich-narrow-wide-bottom": _rich((16, 32, 64, 256)),
+    # and what no resized digit can hold, as three more inputs (unet_hf in training)
+    "rich-narrow-hf": _rich((16, 32, 64, 128), features="hf"),
 }
 
 

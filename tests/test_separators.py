@@ -16,7 +16,7 @@ from mixsep.cli import main
 from mixsep.data import mix
 from mixsep.model import build_model, count_parameters, feasible_interval, flops_per_sample
 from mixsep.train import load_run_model, train_steps
-from mixsep.separators import DigitSpace, SeparatorNet, to_interval, upsample_matrix
+from mixsep.separators import DigitSpace, SeparatorNet, high_frequency, to_interval, upsample_matrix
 
 TINY = dict(widths=(8, 16, 32))  # the real widths cost seconds per test; the wiring is the same
 VARIANTS = {
@@ -28,6 +28,7 @@ VARIANTS = {
     "refine": dict(refine_widths=(8, 16)),
     "refine-fraction-rich": dict(refine_widths=(8, 16), head="fraction", features="rich", residual=True),
     "digit-space": dict(head="fraction", digit_space=True),
+    "hf": dict(head="fraction", features="hf", digit_space=True),
 }
 
 
@@ -251,3 +252,25 @@ def test_unet_narrow_is_unet_digit_rich_at_half_the_width():
     assert level_widths(narrow) == [16, 32, 64, 128] and level_widths(rich) == [32, 64, 128, 256]
     assert count_parameters(rich) > 3.9 * count_parameters(narrow)
     assert_consistent_and_feasible(narrow)
+
+
+def test_high_frequency_is_cifars_alone_whatever_the_digit():
+    """Every digit is A x A.T (A the 32x28 resize): what the mixture holds outside that range is CIFAR's."""
+    g = torch.Generator().manual_seed(0)
+    a = upsample_matrix().float()
+    cifar = torch.rand(2, 3, 32, 32, generator=g)
+    digits = [(a @ torch.rand(2, 1, 28, 28, generator=g) @ a.T).expand(-1, 3, -1, -1) for _ in range(2)]
+    first, second = (high_frequency(mix(d, cifar)) for d in digits)
+    torch.testing.assert_close(first, second, atol=1e-5, rtol=0)  # the digit leaves no trace in it
+    p = a @ torch.linalg.pinv(a)
+    torch.testing.assert_close(first, (cifar - p @ cifar @ p.T) / 2, atol=1e-5, rtol=0)
+    assert first.abs().mean() > 0.02  # and CIFAR's noise-like detail is there: it is no zero channel
+    assert high_frequency(mix(digits[0], torch.zeros_like(cifar))).abs().max() < 1e-5  # a digit alone holds none
+
+
+def test_unet_hf_is_unet_narrow_with_three_more_inputs():
+    hf, narrow = build_model("unet_hf"), build_model("unet_narrow")
+    assert (hf.head, hf.features, type(hf.digit_space)) == ("fraction", "hf", DigitSpace)
+    assert level_widths(hf) == level_widths(narrow)
+    assert count_parameters(hf) - count_parameters(narrow) == 3 * 16 * 3 * 3  # 3 more inputs to the first conv
+    assert_consistent_and_feasible(hf)
