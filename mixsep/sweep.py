@@ -799,6 +799,8 @@ def create_study(p: Plan):
     except optuna.exceptions.DuplicatedStudyError:  # resumed, or another worker made it first
         study = optuna.load_study(study_name=p.study, storage=storage)
         kept = study.user_attrs.get(ATTR)
+        if not p.exists:  # planned as new, made meanwhile by another command: the same study, or refused
+            kept = _made_meanwhile(study, p)
         if kept is not None and (kept.get("trials"), kept.get("flags")) != (p.trials, p.attrs()["flags"]):
             study.set_user_attr(ATTR, {**kept, "trials": p.trials, "flags": p.attrs()["flags"]})
     else:
@@ -808,6 +810,31 @@ def create_study(p: Plan):
             study.enqueue_trial(baseline, user_attrs={"baseline": True})
     p.folder.mkdir(parents=True, exist_ok=True)
     return study
+
+
+def _made_meanwhile(study, p: Plan, wait_s: float = 30.0) -> dict:
+    """The attributes of a study another command created after this one's plan found none.
+
+    Its creator sets them just after creating it; a command that planned another space, other
+    fixed settings or another validation set must not add its trials to that study (they would
+    be compared with trials of another problem), so it is refused as plan() refuses a resume.
+    """
+    deadline = time.monotonic() + wait_s
+    while (kept := study.user_attrs.get(ATTR)) is None:
+        if time.monotonic() > deadline:
+            raise MixsepError(f"Study '{p.study}' appeared in {p.storage_label} while this sweep started, but not "
+                              "as `python -m mixsep sweep` makes one; choose another study name.")
+        time.sleep(0.2)  # user_attrs reads the storage again each time
+    mine = p.attrs()
+    local = lambda config: {k: v for k, v in config.items() if k not in LOCAL}  # noqa: E731
+    differs = [what for what, same in (
+        ("space", _unordered(parse_space(kept["space"])) == _unordered(p.space)),
+        ("fixed settings", kept["fixed"] == mine["fixed"] and local(kept["config"]) == local(mine["config"])),
+        ("validation pairs", kept["val_size"] == mine["val_size"])) if not same]
+    if differs:
+        raise MixsepError(f"Study '{p.study}' was just made by another command with another {' and '.join(differs)}; "
+                          "run the same command as that one to join it, or choose another study name.")
+    return kept
 
 
 def baseline_params(space: dict[str, Dimension]) -> dict | None:

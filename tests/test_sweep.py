@@ -203,6 +203,40 @@ def test_a_study_that_exists_with_another_space_is_refused(capsys, data_root, tm
     assert tree(runs) == before
 
 
+def test_two_commands_that_start_one_new_study_together_join_only_when_they_plan_the_same(data_root, tmp_path):
+    """Both planned before either had made it: the second one's other model, space or validation set went into
+    the first one's study, its trials scored against another problem."""
+    runs = tmp_path / "runs"
+    planned = lambda *extra: plan(build_parser().parse_args(sweep_args(data_root, runs, "--study", "race", *extra)))  # noqa: E731
+    first, same, other_model, other_space, other_val = (
+        planned(*TINY), planned(*TINY, "--trials", "5"), planned(*TINY[2:], "--model", "faithful"),
+        planned(*TINY, "--space", "lr=1e-4:1e-2"), planned(*TINY[:-6], "--val-size", "20", *TINY[-4:]))
+    assert not any(p.exists for p in (first, same, other_model, other_space, other_val))
+    create_study(first)
+    for late, what in ((other_model, "another fixed settings"), (other_space, "another space"),
+                       (other_val, "another validation pairs")):
+        with pytest.raises(MixsepError, match=f"Study 'race' was just made by another command with {what}; run "
+                                              "the same command as that one to join it"):
+            create_study(late)
+    study = create_study(same)  # the same command joins (its own target of trials is kept, as on a resume)
+    assert study.user_attrs["mixsep"]["trials"] == 5 and study.user_attrs["mixsep"]["config"]["model"] == "tiny"
+    assert len(study.get_trials()) == 1  # the baseline, queued once
+
+
+def test_a_study_made_meanwhile_is_waited_for_until_its_maker_describes_it(data_root, tmp_path):
+    import threading
+
+    import optuna
+
+    runs = tmp_path / "runs"
+    p = plan(build_parser().parse_args(sweep_args(data_root, runs, "--study", "late", *TINY)))
+    runs.mkdir()
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(runs / JOURNAL)))
+    made = optuna.create_study(study_name="late", storage=storage, direction="maximize")  # described 1 s later
+    threading.Timer(1.0, lambda: made.set_user_attr("mixsep", p.attrs())).start()
+    assert create_study(p).user_attrs["mixsep"]["space"] == p.attrs()["space"]
+
+
 def test_a_new_study_refuses_trial_folders_left_by_an_earlier_study_of_its_name(capsys, data_root, tmp_path):
     """The journal deleted (or the same name on another storage): trial 0 adopted the old trial-0000 and
     printed its results, trained with the old settings."""
