@@ -975,6 +975,31 @@ class SweepHalted(SweepInterrupted):
     that sentence, and the trial is requeued to resume once the disk is fixed."""
 
 
+class FolderTaken(SweepInterrupted):
+    """A trial's run folder holds a run of other settings: not this trial's, nor one of its earlier tries.
+    The sweep stops with that sentence; the trial is requeued to train once the folder is moved away."""
+
+
+def _check_own_folder(folder: Path, config: TrainConfig, number: int) -> None:
+    """Refuse to train trial ``number`` in a folder that trained other settings.
+
+    A journal restored from a copy (what its damaged-journal message advises), or replaced, no
+    longer knows the trials that made the newest folders; the same numbers come again with other
+    parameters, and reopening such a folder would credit its old results to the new parameters.
+    The settings each machine chooses for itself (LOCAL) may differ: a trial resumed elsewhere.
+    """
+    from .run import CONFIG
+
+    if not (folder / CONFIG).is_file():
+        return
+    theirs, ours = TrainConfig.load(folder / CONFIG).to_dict(), config.to_dict()
+    differ = sorted(k for k in ours if k not in LOCAL and theirs.get(k) != ours[k])
+    if differ:
+        raise FolderTaken(f"{folder} holds a run with other settings ({', '.join(differ[:3])}) than trial {number} "
+                          "of this study, whose journal no longer knows it (restored from a copy, or replaced?); "
+                          "move that folder away, then run the same command: the trial is queued to resume.")
+
+
 class _QuietInterrupts(logging.Filter):
     """Optuna logs a trial that ends in SweepInterrupted as a failure, with the traceback, and then
     "Trial N failed with value None."; the sweep says in one line that the trial stopped and resumes
@@ -1084,6 +1109,9 @@ class Worker:
                 if trial is not None and trial.state == TrialState.FAIL:
                     requeue(self.study, trial, stopped=True)
                 raise
+            except FolderTaken as e:  # every later trial number may be taken too: stop, and lose nothing
+                requeue(self.study, self.study._storage.get_trial(self.trial_id), stopped=True)
+                raise MixsepError(str(e)) from None
             except SweepInterrupted as e:
                 trial = self.study._storage.get_trial(e.args[0])
                 if trial.state == TrialState.FAIL:
@@ -1117,12 +1145,14 @@ class Worker:
             trial.set_user_attr(k, v)
         if self.val is None:
             self.val = validation_pairs(Path(p.config.data_root), p.val_size)
+        config = dataclasses.replace(p.config, **params).validate()
+        _check_own_folder(resolve_run(p.runs_dir, run_name), config, trial.number)
         try:
             run = Run(resolve_run(p.runs_dir, run_name)).open()  # a second trainer of this folder is refused here
         except RunWriteError as e:
             raise SweepHalted(trial._trial_id, str(e)) from None
         try:
-            return self._train(trial, dataclasses.replace(p.config, **params).validate(), run)
+            return self._train(trial, config, run)
         except RunWriteError as e:  # every later trial would fail the same way: stop, and resume this one later
             try:  # marked first: if the disk is the journal's too, the requeue after Optuna's FAIL may be cut off
                 trial.set_user_attr("halted", str(e))

@@ -434,6 +434,34 @@ def test_two_workers_of_one_command_share_the_journal(tmp_path):
     assert Path(done.stdout.strip().splitlines()[-1]).parent == runs / "two"
 
 
+def test_a_journal_restored_from_a_copy_never_credits_an_old_folder_to_new_parameters(tmp_path):
+    """The trials after the copy came again under the same numbers, with other parameters: the new trial 2
+    reopened the old trial-0002 (finished), trained nothing and was recorded with the old folder's score."""
+    from optuna.trial import TrialState
+
+    data = make_data_root(tmp_path / "data")
+    runs = tmp_path / "runs"
+    assert cli(*sweep_args(data, runs, "--study", "s", "--trials", "2", *TINY)).returncode == 0
+    copy = (runs / JOURNAL).read_bytes()
+    assert cli(*sweep_args(data, runs, "--study", "s", "--trials", "3")).returncode == 0
+    old = tree(runs / "s" / "trial-0002")
+    (runs / JOURNAL).write_bytes(copy)  # what the damaged-journal message advises
+    refused = cli(*sweep_args(data, runs, "--study", "s", "--trials", "3", "--sampler-seed", "9"))
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.strip().endswith(
+        f"error: {runs.resolve() / 's' / 'trial-0002'} holds a run with other settings (beta1, beta2, lr) than "
+        "trial 2 of this study, whose journal no longer knows it (restored from a copy, or replaced?); move that "
+        "folder away, then run the same command: the trial is queued to resume."), refused.stderr
+    assert "Traceback" not in refused.stderr and tree(runs / "s" / "trial-0002") == old  # the old run, untouched
+    assert all(t.state != TrialState.COMPLETE for t in study_of(runs, "s").trials[2:])
+    (runs / "s" / "trial-0002").rename(tmp_path / "old-trial-0002")
+    assert cli(*sweep_args(data, runs, "--study", "s", "--trials", "3", "--sampler-seed", "9")).returncode == 0
+    done = [t for t in study_of(runs, "s").trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 3 and done[-1].user_attrs["run"] == "s/trial-0002"
+    trained = json.loads((runs / "s" / "trial-0002" / "config.json").read_text())
+    assert {k: trained[k] for k in done[-1].params} == pytest.approx(done[-1].params)  # its own parameters
+
+
 @pytest.mark.heavy(25)
 def test_a_worker_killed_while_the_other_finishes_the_study_ends_it_finished(tmp_path):
     """The study is what the command is for: a worker that died is a note, not a failed sweep."""
