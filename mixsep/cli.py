@@ -639,6 +639,8 @@ def main(argv=None) -> int:
         # train and sweep finish their step on a first Ctrl-C once their handler is in place (it raises
         # on the second); a first Ctrl-C before that (loading torch, reading the data) ends here too
         trains = args.command in ("train", "sweep")
+        if args.command == "sweep" and os.environ.get("MIXSEP_SWEEP_WORKER"):  # a worker child: its parent says it
+            return 130
         if isinstance(e, StoppedBeforeTraining):
             said = "train stopped before training began (Ctrl-C or SIGTERM); nothing was trained."
         elif trains and (isinstance(e, SecondInterrupt) or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):

@@ -697,6 +697,10 @@ def plan(args) -> Plan:
     if not getattr(args, "best", False):  # --best reads the study only: no data is needed to print its winner
         config = _split(config, space, val_size, stored["config"]["train_size"] if stored is not None else None)
     workers = args.workers or default_workers(config.device)
+    most = max(os.cpu_count() or 1, gpu_count(config.device))
+    if workers > most:  # each is a Python process holding torch and the data: thousands would swamp the machine
+        raise MixsepError(f"--workers {workers} is more than this machine can run side by side (it has "
+                          f"{os.cpu_count() or 1} CPU cores and {gpu_count(config.device)} GPUs); give at most {most}.")
     own.update({name: getattr(args, name) for name in SWEEP_FLAGS if getattr(args, name) is not None})
     return Plan(study, args.storage, runs_dir, space, config, fixed, trials, val_size, own["report_every"],
                 own["pruner"], args.sampler_seed, args.heartbeat, workers, stored is not None,
@@ -716,6 +720,11 @@ def _check_flags(args, runs_dir: Path) -> None:
                           "letters, digits, spaces, '.', '_' and '-', starting with a letter or digit.") from None
     if "/" in study:
         raise MixsepError(f"'{study}' is not a usable study name: no '/' (it names one folder in the runs folder).")
+    if study == JOURNAL or study.startswith(JOURNAL + "."):  # the journal and its lock and side files
+        raise MixsepError(f"'{study}' is the name of the runs folder's sweep journal; choose another study name.")
+    if (runs_dir / study).exists() and not (runs_dir / study).is_dir():
+        raise MixsepError(f"{runs_dir / study} is a file, and a study keeps its trials in a folder of its name; "
+                          "choose another study name.")
     if (runs_dir / study / "config.json").is_file():
         raise MixsepError(f"A training run named '{study}' already exists in {runs_dir}; choose another study name.")
     if args.trials is not None and args.trials < 1:
@@ -1230,8 +1239,11 @@ def _read_sweep(folder: Path) -> dict:
 
 
 def write_sweep_status(p: Plan, state: str, message: str = "") -> None:
+    """sweep.json: the command's state and the pid a Stop signals (the parent's: it stops its workers)."""
     from .run import identity, write_json
 
+    if os.environ.get(_CHILD_ENV):  # a worker child: its parent speaks for the command, and must stay the pid named
+        return
     write_json(p.folder / SWEEP_FILE, {"study": p.study, "storage": storage_label(p.storage, p.runs_dir),
                                        "state": state, "message": message, "host": socket.gethostname(),
                                        "workers": p.workers, "trials": p.trials, "updated": time.time(),
@@ -1278,7 +1290,10 @@ def run_sweep(p: Plan, say: Callable[[str], None] | None = None) -> int:
         if p.workers == 1:
             Worker(p, lambda: stop["flag"], p.worker_index, say).run()
         else:
-            children.extend(_spawn(p, i) for i in range(p.workers))
+            for i in range(p.workers):
+                if stop["flag"]:  # asked to stop while starting them: start no more (the started ones were told)
+                    break
+                children.append(_spawn(p, i))
             codes = [c.wait() for c in children]
             failed = sum(c not in (0, -signal.SIGTERM) for c in codes)
             if failed and not stop["flag"] and counts(study)["done"] >= p.trials:  # the others finished it

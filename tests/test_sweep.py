@@ -151,6 +151,7 @@ def free_port() -> int:
     (["--best"], "There is no study 'bad'"),
     (["--best", "--val-size", "96"], "There is no study 'bad'"),  # not a complaint about a new study's settings
     (["--workers", "0"], "--workers must be at least 1"),
+    (["--workers", "100000"], "--workers 100000 is more than this machine can run side by side"),
 ])
 def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(capsys, data_root, tmp_path, extra, says):
     extra = [e.format(port=free_port()) for e in extra]
@@ -170,6 +171,24 @@ def test_a_swept_batch_size_is_checked_by_its_values_not_by_the_default(tmp_path
     with pytest.raises(MixsepError, match="Batch size 64 is larger than the 32 training pairs"):
         plan(build_parser().parse_args(sweep_args(data_root, tmp_path / "runs", "--study", "b", *small,
                                                   "--space", "batch_size=16|64")))
+
+
+@pytest.mark.parametrize("name, says", [
+    ("notes", "runs/notes is a file, and a study keeps its trials in a folder of its name; choose another"),
+    ("optuna.journal", "'optuna.journal' is the name of the runs folder's sweep journal; choose another study name."),
+    ("optuna.journal.lock", "is the name of the runs folder's sweep journal"),
+])
+def test_a_study_name_taken_by_a_file_of_the_runs_folder_is_one_sentence(capsys, data_root, tmp_path, name, says):
+    """It gave FileExistsError's traceback, after the study was made in the journal."""
+    runs = tmp_path / "runs"
+    assert main(sweep_args(data_root, runs, "--study", "s", *TINY, "--trials", "1")) == 0  # a journal to keep
+    (runs / "notes").write_text("mine")
+    capsys.readouterr()
+    before = tree(tmp_path)
+    assert main(sweep_args(data_root, runs, "--study", name, *TINY)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and says in err and "\n" not in err, err
+    assert tree(tmp_path) == before
 
 
 def test_a_runs_folder_that_is_a_file_is_one_sentence(capsys, data_root, tmp_path):
@@ -495,6 +514,50 @@ def test_a_worker_killed_while_the_other_finishes_the_study_ends_it_finished(tmp
     assert counts(study_of(runs, "w")) == {"done": 3, "running": 0, "waiting": 0}
     assert json.loads((runs / "w" / "sweep.json").read_text())["state"] == "finished"
     assert Path(out.strip().splitlines()[-1]).parent == runs / "w"
+
+
+@pytest.mark.heavy(20)
+@pytest.mark.parametrize("how", ["the page's Stop", "two Ctrl-Cs"])
+def test_a_terminals_two_worker_sweep_stops_whole(tmp_path, how):
+    """Each worker child wrote sweep.json with its own pid, so the page's Stop signalled one child and the
+    other worker and the parent trained on; a second Ctrl-C printed its sentence once per process."""
+    from optuna.trial import TrialState
+
+    from mixsep.run import is_alive
+
+    data = make_data_root(tmp_path / "data")
+    runs = tmp_path / "runs"
+    parent = subprocess.Popen([sys.executable, "-m", "mixsep", *sweep_args(
+        data, runs, "--study", "w", "--trials", "6", "--workers", "2", "--pruner", "none", *TINY, "--epochs", "200")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    workers = []
+    try:
+        def both_train() -> bool:
+            try:
+                workers[:] = [t.user_attrs for t in study_of(runs, "w").trials
+                              if t.state == TrialState.RUNNING and "pid" in t.user_attrs]
+            except (KeyError, MixsepError):
+                return False
+            return len(workers) == 2
+
+        wait_for(both_train, what="both workers' first trials")
+        assert json.loads((runs / "w" / "sweep.json").read_text())["pid"] == parent.pid  # the parent speaks
+        if how == "the page's Stop":
+            assert SweepRegistry(runs).stop()  # a server that did not start it: it adopts it through sweep.json
+        else:
+            os.killpg(parent.pid, signal.SIGINT)
+            time.sleep(0.5)
+            os.killpg(parent.pid, signal.SIGINT)
+        out, err = parent.communicate(timeout=120)
+    finally:
+        if parent.poll() is None:
+            os.killpg(parent.pid, signal.SIGKILL)
+            parent.communicate()
+    wait_for(lambda: not any(is_alive(w) for w in workers), timeout=30, what="the workers to end")
+    assert json.loads((runs / "w" / "sweep.json").read_text())["state"] == "stopped"
+    assert counts(study_of(runs, "w"))["running"] == 0
+    if how == "two Ctrl-Cs":
+        assert err.count("quit at once by a second Ctrl-C") == 1 and "Traceback" not in err, err
 
 
 @pytest.mark.heavy(12)
