@@ -139,6 +139,9 @@ def free_port() -> int:
     (["--storage", "postgresql://mixsep:secret@127.0.0.1:{port}/db"], "Cannot reach the database"),
     (["--storage", "postgresql://mixsep:secret@127.0.0.1:notaport/db"], "its host or port does not parse"),
     (["--storage", "mixsep:secret@127.0.0.1/db"], "The storage 'mixsep:***@127.0.0.1/db' is not a database URL"),
+    (["--storage", "host=127.0.0.1 user=mixsep password=secret dbname=db"],  # libpq's keyword form
+     "The storage 'host=127.0.0.1 user=mixsep password=*** dbname=db' is not a database URL"),
+    (["--storage", "host=h password='sec ret' dbname=db"], "password=*** dbname=db' is not a database URL"),
     (["--storage", "postgresql://mixsep@127.0.0.1:{port}/db?password=secret"], "db?password=*** ("),  # libpq's way
     (["--storage", "postgresql://mixsep:sec@ret@127.0.0.1/db"],  # SQLAlchemy would take 'ret@127.0.0.1' for the host
      "The storage 'postgresql://mixsep:***@127.0.0.1/db' has more than one '@' before its host; write an '@' in"),
