@@ -67,7 +67,7 @@ else:
     df = pd.DataFrame(runs[:10])
     df["progress"] = [f"{s}/{t or '?'}" for s, t in zip(df["step"], df["total_steps"])]  # a damaged status.json: no total
     st.dataframe(df[["run", "state", "progress", "model", "lr", "batch_size", "epochs", "last_loss", "message"]],
-                 hide_index=True, column_config={
+                 hide_index=True, placeholder="", column_config={
                      "lr": ui.lr_column(), "batch_size": "batch",
                      "last_loss": st.column_config.NumberColumn("last loss", format="%.4f"),
                      "message": st.column_config.TextColumn("message", width="large")})

@@ -42,7 +42,7 @@ table = pd.DataFrame([rows[n] for n in chosen]).reindex(
              "train_size", "step", "last_loss", "best_loss", "val_psnr", "disk"])
 table["note"] = [rows[n]["message"] for n in chosen]  # why a run is odd: an unreadable config, a failure...
 numbers = ["lr", "beta1", "beta2", "batch_size", "epochs", "step", "last_loss", "best_loss", "val_psnr"]
-table[numbers] = table[numbers].apply(pd.to_numeric, errors="coerce")  # a column of None reads "None", NaN blank
+table[numbers] = table[numbers].apply(pd.to_numeric, errors="coerce")  # numbers sort and format as numbers; a missing one is blank
 table["disk"] = [rows[n]["disk_mb"] * 1e6 for n in chosen]  # bytes: shown in KB, MB or GB
 table["train_size"] = [("all" if v == 0 else str(int(v))) if pd.notna(v) else "" for v in table["train_size"]]
 if score:
@@ -63,7 +63,7 @@ if score:
         bar.progress((i + 1) / len(chosen), text=f"Scored {i + 1}/{len(chosen)} runs")
     scored = [c for c in ("mnist PSNR", "cifar PSNR", "mnist best mode", "cifar best mode") if c in table]
     table = table[["run", "state", *scored, *(c for c in table if c not in ("run", "state", *scored))]]  # in view
-st.dataframe(table, hide_index=True, column_config={
+st.dataframe(table, hide_index=True, placeholder="", column_config={
     "lr": ui.lr_column(), "batch_size": "batch", "train_size": "pairs",
     "pretrained_loaded": st.column_config.CheckboxColumn(
         "ImageNet", help="Whether ImageNet weights were loaded (not just asked for); empty for older runs."),

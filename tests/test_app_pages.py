@@ -762,6 +762,7 @@ def test_compare_shows_blanks_not_none_and_small_runs_in_kb(app_env):
     table = at.dataframe[0].value.set_index("run")
     # no run here has a validation PSNR: a number column of blanks, not a column of None (shown "None")
     assert table["val_psnr"].dtype.kind == "f" and table["val_psnr"].isna().all()
+    assert at.dataframe[0].proto.HasField("placeholder") and at.dataframe[0].proto.placeholder == ""  # not "None"
     # the disk in bytes, shown in KB, MB or GB by the browser (a few KB read "0.0 MB")
     assert json.loads(at.dataframe[0].proto.columns)["disk"]["type_config"]["format"] == "bytes"
     assert table.loc["small", "disk"] == disk_usage(small) < 100_000
