@@ -1346,9 +1346,18 @@ def trials_frame(study):
     """One row per trial: number, state, parameters, validation figures, duration, run folder."""
     import pandas as pd
 
-    rows = []
-    for t in study.get_trials(deepcopy=False):
+    rows, trials = [], study.get_trials(deepcopy=False)
+    by_number, continued = {t.number: t for t in trials}, {}  # a trial that did not finish -> its copy in the queue
+    for t in trials:
+        for n in t.system_attrs.get("retry_history", []):
+            continued.setdefault(n, t.number)
+    for t in trials:
         a = t.user_attrs
+        then = None
+        if t.number in continued:  # a stop (or a dead worker) is no failure: say where the trial went on
+            copy = by_number[continued[t.number]]
+            how = "stopped" if copy.system_attrs.get("stops", 0) > t.system_attrs.get("stops", 0) else "its worker died"
+            then = f"{how}; continues as trial {copy.number}"
         dur = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start \
             else None
         rows.append({"trial": t.number, "state": t.state.name.lower(), **t.params,
@@ -1356,7 +1365,8 @@ def trials_frame(study):
                      "CIFAR PSNR": a.get("val_psnr_cifar"), "MNIST SSIM": a.get("val_ssim_mnist"),
                      "CIFAR SSIM": a.get("val_ssim_cifar"), "step": a.get("step"), "duration_s": dur,
                      "run": a.get("run", ""),
-                     "note": a.get("error") or ("the report's defaults" if a.get("baseline") else "")})
+                     "note": "; ".join(filter(None, [a.get("error"), then,
+                                                      "the report's defaults" if a.get("baseline") else ""]))})
     frame = pd.DataFrame(rows)
     numbers = ["val PSNR", "MNIST PSNR", "CIFAR PSNR", "MNIST SSIM", "CIFAR SSIM", "step", "duration_s"]
     if len(frame):  # a trial that failed has none of them: NaN (a blank cell), not None (the word)

@@ -20,7 +20,7 @@ from mixsep import MixsepError, TrainConfig
 from mixsep.cli import build_parser, main
 from mixsep.config import settings
 from mixsep.sweep import (JOURNAL, SWEEP_LOG, Dimension, SweepRegistry, counts, create_study, format_space, load_study, parse_space,
-                          plan, validation_pairs)
+                          plan, trials_frame, validation_pairs)
 
 ROOT = Path(__file__).resolve().parents[1]
 # the tiny model on 2 steps of 16 pairs, a validation report after each step: a trial takes seconds
@@ -582,6 +582,8 @@ def test_stop_requeues_the_running_trial(tmp_path):
     trials = study_of(runs, "s").trials
     assert trials[0].state == TrialState.FAIL and trials[-1].state == TrialState.WAITING
     assert trials[-1].user_attrs["run"] == "s/trial-0000" and trials[-1].params == trials[0].params
+    frame = trials_frame(study_of(runs, "s")).set_index("trial")  # "fail" beside a blank note read as a crash
+    assert frame.loc[0, "note"] == f"stopped; continues as trial {trials[-1].number}; the report's defaults"
     assert json.loads((first / "status.json").read_text())["state"] == "stopped"
     assert json.loads((runs / "s" / "sweep.json").read_text())["state"] == "stopped"
     assert sweeps.error() is None
