@@ -65,7 +65,10 @@ def output_paths(inputs: list[Path], out_dir: Path) -> list[dict[str, Path]]:
     return [{s: out_dir / f"{p.stem}{suffix}" for s, suffix in SUFFIXES.items()} for p in inputs]
 
 
-def check_outputs(paths: list[dict[str, Path]], out_dir: Path, overwrite: bool) -> None:
+def check_outputs(paths: list[dict[str, Path]], out_dir: Path, overwrite: bool, inputs: list[Path] = ()) -> None:
+    """Refuse, before any work, an output that is a folder, one of the inputs (even with --overwrite: `separate
+    *.png --out .` run twice reads a.mnist.png and would write it), or a file that exists, unless --overwrite."""
+    read = {p.resolve() for p in inputs}
     if out_dir.exists() and not out_dir.is_dir():
         raise MixsepError(f"{out_dir} is a file, not a folder; choose another --out.")
     if not out_dir.exists() and not out_dir.parent.is_dir():
@@ -73,6 +76,9 @@ def check_outputs(paths: list[dict[str, Path]], out_dir: Path, overwrite: bool) 
     for p in (p for d in paths for p in d.values()):
         if (p.exists() or p.is_symlink()) and not p.is_file():  # --overwrite replaces files, never a folder
             raise MixsepError(f"{p} exists and is not a file; move it away or choose another --out.")
+        if p.resolve() in read:
+            raise MixsepError(f"{p} would be written over one of the images being separated; choose another --out "
+                              "(or leave that image out).")
         if p.exists() and not overwrite:
             raise MixsepError(f"{p} exists already; pass --overwrite to replace it, or choose another --out.")
 
@@ -124,7 +130,7 @@ def prepare(inputs: list[Path], out_dir: Path | str,
         raise MixsepError("Give at least one mixture image to separate.")
     pixels = np.stack([read_mixture(p) for p in inputs])
     paths = output_paths(inputs, out_dir)
-    check_outputs(paths, out_dir, overwrite)
+    check_outputs(paths, out_dir, overwrite, inputs)
     return pixels, paths
 
 

@@ -78,6 +78,7 @@ def test_each_mode_and_overwrite(capsys, data_root, tmp_path):
     ("output_is_a_folder", "exists and is not a file; move it away"),
     ("out_is_a_file", "is a file, not a folder"),
     ("out_parent_missing", "does not exist; create it or choose another --out"),
+    ("output_is_an_input", "mix0.mnist.png would be written over one of the images being separated"),
     ("transparent", "has transparent pixels, which a mixture never has"),
     ("transparent_palette", "has transparent pixels, which a mixture never has"),
     ("bad_mode", "invalid choice"),
@@ -126,6 +127,11 @@ def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(capsys, data_root, 
     elif case == "output_is_a_folder":  # --overwrite replaces files only: this one once failed halfway
         (out / "mix1.cifar.png").mkdir(parents=True)
         (out / "mix0.mnist.png").write_bytes(b"the user's own file")
+        extra = ["--overwrite"]
+    elif case == "output_is_an_input":  # `separate *.png --out . --overwrite` run twice: a.mnist.png is an input
+        out = tmp_path / "in"
+        inputs.append(out / "mix0.mnist.png")
+        inputs[-1].write_bytes(inputs[1].read_bytes())
         extra = ["--overwrite"]
     elif case == "out_is_a_file":
         out.write_text("a file")
