@@ -103,13 +103,17 @@ class Setting:
         """A sweep of this setting picks among listed values rather than from a numeric range."""
         return self.sweep is not None and (self.type in (str, bool) or self.options is not None)
 
-    def check(self, value) -> None:
-        """Raise MixsepError with one sentence when ``value`` is not valid for this setting."""
+    def check_type(self, value) -> None:
+        """Raise MixsepError with one sentence when ``value`` is not of this setting's type."""
         if not _is_type(value, self.type):
             shown = json.dumps(value) if _jsonable(value) else repr(value)
             what = "null" if value is None else f"the {_json_kind(value)} {shown}"
             raise MixsepError(f"Setting '{self.name}' must be {TYPE_NAMES[self.type]}, not {what}; "
                               f"write it like its default, {json.dumps(self.default)}.")
+
+    def check(self, value) -> None:
+        """Raise MixsepError with one sentence when ``value`` is not valid for this setting."""
+        self.check_type(value)
         if self.type is float and not math.isfinite(value):
             raise MixsepError(f"{self.label} must be a finite number (got {value}); the default is {self.default:g}.")
         if self.choices is not None and value not in self.choices:
@@ -280,9 +284,11 @@ class TrainConfig:
                               "use a config.json written by `python -m mixsep train` or the dashboard.")
         # Unknown keys come from other versions: drop them rather than fail, so old
         # runs stay readable; missing keys take today's defaults.
-        known = {f.name for f in dataclasses.fields(cls)}
-        floats = {s.name for s in settings(resolve=False) if s.type is float}
-        return cls(**{k: float(v) if k in floats and type(v) is int else v for k, v in d.items() if k in known})
+        declared = {s.name: s for s in settings(resolve=False)}
+        for k, v in d.items():  # a value out of range is validate()'s; one of another type no version wrote
+            if k in declared:
+                declared[k].check_type(v)
+        return cls(**{k: float(v) if declared[k].type is float else v for k, v in d.items() if k in declared})
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
@@ -321,7 +327,10 @@ class TrainConfig:
             names = ", ".join(repr(k) for k in unknown[:5]) + (", …" if len(unknown) > 5 else "")
             raise MixsepError(f"{path} names {'a setting' if len(unknown) == 1 else 'settings'} mixsep does not "
                               f"know ({names}); the settings are {', '.join(known)}.")
-        return cls.from_dict(d)
+        try:
+            return cls.from_dict(d)
+        except MixsepError as e:  # name the file: a page lists many runs
+            raise MixsepError(f"{path}: {e}") from None
 
 
 def _json_kind(value) -> str:

@@ -755,6 +755,20 @@ def test_compare_notes_a_run_whose_config_is_unreadable(app_env):
     assert "not a readable mixsep config" in notes["garbled"] and notes["tiny-run"] == ""
 
 
+def test_compare_notes_a_config_with_a_value_of_another_type(app_env):
+    """train_size "all" took the page down (int("all")); lr "fast" was listed as a healthy run."""
+    data, runs = app_env
+    for name, key, value in (("typed-all", "train_size", "all"), ("typed-fast", "lr", "fast")):
+        shutil.copytree(runs / "tiny-run", runs / name)
+        config = json.loads((runs / name / "config.json").read_text())
+        (runs / name / "config.json").write_text(json.dumps(dict(config, **{key: value})))
+    at = open_page("app_pages/4_Compare.py")
+    notes = at.dataframe[0].value.set_index("run")["note"]
+    assert "config.json: Setting 'train_size' must be a whole number, not the string \"all\"" in notes["typed-all"]
+    assert "config.json: Setting 'lr' must be a number, not the string \"fast\"" in notes["typed-fast"]
+    assert notes["tiny-run"] == ""
+
+
 def test_compare_shows_blanks_not_none_and_small_runs_in_kb(app_env):
     data, runs = app_env
     small = _broken_run(runs, "small")  # no checkpoint: a few KB on disk
