@@ -14,7 +14,8 @@ import streamlit as st
 
 import mixsep_ui as ui
 from mixsep.config import setting_by_name
-from mixsep.sweep import STORAGE_ENV, SweepRegistry, check_storage, open_storage, storage_label, sweepable
+from mixsep.sweep import (ATTR, STORAGE_ENV, SweepRegistry, check_storage, list_studies, open_storage, storage_label,
+                          sweepable)
 from ui_settings import setting_widget
 
 BUDGET = ("epochs", "train_size", "max_minutes")  # the per-trial budget, fixed for every trial
@@ -41,6 +42,29 @@ def storage(url: str, runs_dir: Path):
     """The study storage for reading (None while it does not exist yet); reopened once it appears."""
     journal = (Path(runs_dir) / "optuna.journal").is_file()
     return _storage(url, str(Path(runs_dir).resolve()), journal if not url else True)
+
+
+def mixsep_studies(store) -> tuple[list[str], int]:
+    """(the studies `python -m mixsep sweep` made in ``store``, newest first; how many other studies it holds).
+
+    A storage may be shared (a PostgreSQL database, a journal other scripts write): a study without
+    mixsep's attributes has no target, no run folders and no space to draw, and mixsep cannot resume it.
+    """
+    found = list_studies(store)
+    ours = [s.study_name for s in found if isinstance(s.user_attrs.get(ATTR), dict)]
+    return ours, len(found) - len(ours)
+
+
+def made_by_mixsep(store, name: str) -> bool:
+    """Whether ``store`` holds the study ``name`` with mixsep's attributes (set just after it is created)."""
+    import optuna
+
+    if store is None:
+        return False
+    try:
+        return isinstance(optuna.load_study(study_name=name, storage=store).user_attrs.get(ATTR), dict)
+    except (KeyError, AttributeError):  # as the page's load_study
+        return False
 
 
 def storage_url() -> str:
@@ -106,7 +130,7 @@ def trials_table(frame: pd.DataFrame, key: str) -> str | None:
     fmt |= {c: st.column_config.NumberColumn(format="%.3f") for c in frame if c.endswith("SSIM")}
     if "lr" in frame:
         fmt["lr"] = st.column_config.NumberColumn(format="%.2e")
-    picked = st.dataframe(frame, hide_index=True, column_config=fmt, key=key, on_select="rerun",
+    picked = st.dataframe(frame, hide_index=True, placeholder="", column_config=fmt, key=key, on_select="rerun",
                           selection_mode="single-row")
     rows = picked.selection.rows if picked is not None else []
     return str(frame["run"].iloc[rows[0]]) if rows else None

@@ -1,4 +1,5 @@
 """Sweep: search the learning rate, Adam's betas (and more) with Optuna; watch the trials live."""
+import shlex
 import time
 
 import streamlit as st
@@ -6,7 +7,7 @@ import streamlit as st
 import mixsep_ui as ui
 import sweep_ui as sw
 from mixsep import MixsepError
-from mixsep.sweep import best_trial, counts, list_studies, trials_frame
+from mixsep.sweep import ATTR, best_trial, counts, trials_frame
 
 data_root, runs_dir = ui.setup("Sweep")
 sweeps = sw.registry(runs_dir)
@@ -30,7 +31,7 @@ live = sweeps.running()
 training = ui.registry(runs_dir).running()
 busy = f"Training run {training.name} is in progress; one sweep or training at a time." if training else None
 try:
-    studies = [s.study_name for s in list_studies(sw.storage(url, runs_dir))]
+    studies, others = sw.mixsep_studies(sw.storage(url, runs_dir))
 except MixsepError as e:
     ui.show_error(e, literal_text=True)  # it may quote a study, a path or a URL: as text
 flags = ["--data-root", str(data_root), "--trials", str(trials), "--val-size", str(val_size),
@@ -49,6 +50,9 @@ if top[3].button("Stop", icon=":material/stop:", disabled=live is None, width="s
     st.info("Stopping: the running trial checkpoints and is queued to resume with the study.")
 if busy and live is None:
     st.warning(busy)
+if others:  # a shared storage: say why its other studies are not in the picker
+    st.caption(f"{others} {'study' if others == 1 else 'studies'} of this storage not made by "
+               f"`python -m mixsep sweep` {'is' if others == 1 else 'are'} not listed.")
 if not studies and live is None:
     st.info("No study yet: set the ranges on the left, name the study and press Start.")
     st.stop()
@@ -70,26 +74,36 @@ def show(study_name: str) -> None:
     import optuna
 
     store = sw.storage(url, runs_dir)
-    try:
-        study = optuna.load_study(study_name=study_name, storage=store)
-    except (KeyError, AttributeError):
-        st.info(f"Study '{ui.literal(study_name)}' is starting…")
-        return
     now = sweeps.running()
     if live and not now:  # it just ended: one last full rerun stops the refresh
         st.rerun()
-    c, target = counts(study), study.user_attrs.get("mixsep", {}).get("trials", 0)
+    if now and now["study"] not in studies and sw.made_by_mixsep(store, now["study"]):
+        st.rerun(scope="app")  # the picker was built before the new study existed: rebuilt, it shows the study
+    try:
+        study = optuna.load_study(study_name=study_name, storage=store)
+        attrs = study.user_attrs.get(ATTR)
+    except (KeyError, AttributeError):
+        study = attrs = None
+    if not isinstance(attrs, dict):  # the sweep creates the study, then sets its attributes
+        why = ("is starting…" if now and now["study"] == study_name else "is not in this storage." if study is None
+               else "was not made by `python -m mixsep sweep`; there is nothing of it to show.")
+        st.info(f"Study '{ui.literal(study_name)}' {why}")
+        return
+    c, target = counts(study), attrs.get("trials") if isinstance(attrs.get("trials"), int) else 0
     state = f"running (pid {now['pid']})" if now and now["study"] == study_name else "not running"
     st.progress(min(c["done"] / max(target, 1), 1.0), text=f"{c['done']} of {target} trials done · "
                 f"{c['running']} running · {c['waiting']} queued · sweep {state}")
     if sweeps.error() and not now:
         st.error(ui.literal(sweeps.error()))
     best = best_trial(study)
-    if best is not None:
-        st.success(f"Best so far: trial {best.number}, validation PSNR {best.value:.2f} dB, "
-                   + ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
-                               for k, v in best.params.items()) + f" · `python -m mixsep evaluate "
-                   f"{runs_dir / best.user_attrs['run']}` scores it on the test split.")
+    if best is not None:  # names and values come from the storage, which others may write: shown as text
+        values = ", ".join(f"{ui.literal(k)} = {ui.literal(f'{v:.4g}' if isinstance(v, float) else v)}"
+                           for k, v in best.params.items())
+        st.success(f"Best so far: trial {best.number}, validation PSNR {best.value:.2f} dB, {values}")
+        run = best.user_attrs.get("run")
+        if isinstance(run, str) and run:
+            st.code(f"python -m mixsep evaluate {shlex.quote(str(runs_dir / run))}  # scores it on the test split",
+                    language="bash")
     sw.open_links(sw.trials_table(trials_frame(study), key="sweep_table"))
     sw.figures(study, space)
 

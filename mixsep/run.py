@@ -442,7 +442,8 @@ class RunLock:
         except OSError as e:
             os.close(fd)
             raise MixsepError(f"Cannot lock the run folder {self.path.parent} ({e.strerror}).") from None
-        info = json.dumps({**identity(), "cmd": " ".join(_cmdline(os.getpid()))[:500], "since": time.time()})
+        info = json.dumps({**identity(), "cmd": " ".join(mask_secrets(_cmdline(os.getpid())))[:500],
+                           "since": time.time()})
         try:  # who holds it, for a second trainer's message; the flock is the lock, so a full disk is no
             os.ftruncate(fd, 0)  # reason to fail here (the run's first real write says so in one sentence)
             os.pwrite(fd, info.encode(), 0)
@@ -470,9 +471,29 @@ class RunLock:
 def _read_holder(fd: int) -> str:
     try:
         info = json.loads(os.pread(fd, 4096, 0) or b"{}")
-        return f"process {info['pid']} ({info.get('cmd') or 'unknown command'})"
+        cmd = " ".join(mask_secrets(str(info.get("cmd") or "").split(" ")))  # a lock an older mixsep wrote
+        return f"process {info['pid']} ({cmd or 'unknown command'})"
     except (OSError, ValueError, KeyError, TypeError):
         return "another process"
+
+
+# A command line may carry a database password (`sweep --storage postgresql://user:pw@host/db`), and
+# .lock is readable by whoever can read the runs folder and quoted in a second trainer's refusal.
+_URL_PASSWORD = re.compile(r"(://[^/:@\s]*):[^/\s]*@")  # up to the last '@' before the path
+_PASSWORD_KEYWORD = re.compile(r"(?i)(password\s*=\s*)(?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&]+)")
+
+
+def mask_secrets(argv: list[str]) -> list[str]:
+    """``argv`` with ``***`` for the value of --storage, a URL's password and a password=... keyword."""
+    masked, after_storage = [], False
+    for word in argv:
+        if after_storage:
+            word = "***"
+        elif word.startswith("--storage="):
+            word = "--storage=***"
+        after_storage = word == "--storage"
+        masked.append(_PASSWORD_KEYWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", word)))
+    return masked
 
 
 def _cmdline(pid: int) -> list[str]:

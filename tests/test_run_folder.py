@@ -586,3 +586,59 @@ def test_a_failed_write_advises_what_fits_the_failure(tmp_path):
     with pytest.raises(R.RunWriteError) as e:
         R.write_json(folder / "x.json", {})
     assert "previous version is kept" not in str(e.value) and e.value.advice == "resume once the cause is mended"
+
+
+# --------------------------------------------------------------------------- secrets on a command line
+
+
+@pytest.mark.parametrize("argv, masked", [
+    (["sweep", "--storage", "postgresql://u:pw@h/db", "--study", "s"], ["sweep", "--storage", "***", "--study", "s"]),
+    (["--storage=sqlite:///s.db"], ["--storage=***"]),
+    (["postgresql://u:p@ss@h:5432/db"], ["postgresql://u:***@h:5432/db"]),  # an '@' in the password
+    (["postgresql://u@h/db", "http://h:8080/a@b"], ["postgresql://u@h/db", "http://h:8080/a@b"]),  # no password
+    (["host=h password=pw dbname=d"], ["host=h password=*** dbname=d"]),
+    (["host=h PASSWORD = 'p w\\' x' dbname=d"], ["host=h PASSWORD = *** dbname=d"]),
+    (['password="p w"', "db?password=pw&sslmode=require"], ["password=***", "db?password=***&sslmode=require"]),
+])
+def test_mask_secrets_hides_the_storage_url_passwords_and_password_keywords(argv, masked):
+    assert R.mask_secrets(argv) == masked
+
+
+def test_a_lock_held_by_a_command_with_a_password_names_it_without_the_password(tmp_path):
+    """`sweep --storage postgresql://user:password@...` wrote the password into every trial's .lock,
+    and a second trainer's refusal quoted it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    url = "postgresql://postgres:s3cr3tPW@127.0.0.1:55432/mixsep"
+    hold = "import sys, time; from mixsep.run import RunLock; RunLock(sys.argv[1]).acquire(); " \
+           "print('held', flush=True); time.sleep(120)"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(run), "--storage", url, f"--other={url}",
+                               "password='pw two'"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(MixsepError) as refused:
+            R.RunLock(run).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = (run / R.LOCK).read_text()  # what the folder keeps after its trainer is gone
+    for text in (str(refused.value), lock):
+        assert "s3cr3tPW" not in text and "pw two" not in text, text
+    assert f"already being trained by process {holder.pid} (" in str(refused.value)
+    assert "--storage *** --other=postgresql://postgres:***@127.0.0.1:55432/mixsep password=***" in str(refused.value)
+    assert json.loads(lock)["pid"] == holder.pid
+
+
+def test_a_lock_an_older_mixsep_wrote_is_quoted_without_its_password(tmp_path):
+    old = {"pid": 4242, "cmd": "mixsep sweep --storage postgresql://u:s3cr3t@h/db"}  # as typed, password and all
+    (tmp_path / R.LOCK).write_text(json.dumps(old))
+    hold = "import fcntl, os, sys, time; fcntl.flock(os.open(sys.argv[1], os.O_RDWR), fcntl.LOCK_EX); " \
+           "print('held', flush=True); time.sleep(120)"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / R.LOCK)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(MixsepError, match=re.escape("by process 4242 (mixsep sweep --storage ***);")):
+            R.RunLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()

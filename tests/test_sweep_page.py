@@ -1,0 +1,147 @@
+"""The Sweep page with studies it did not make (a shared storage), hostile values in a study, and
+the switch to a study that starts while the page refreshes only its live part."""
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from conftest import make_data_root, seen
+from test_app_pages import markup, shows_literally
+
+from mixsep.cli import build_parser
+from mixsep.sweep import ATTR, create_study, open_storage, plan
+
+ROOT = Path(__file__).resolve().parents[1]
+# the tiny model on 2 steps of 16 pairs, a validation report after each step: a trial takes seconds
+TINY = ["--model", "tiny", "--no-pretrained", "--device", "cpu", "--batch-size", "16", "--train-size", "32",
+        "--val-size", "16", "--report-every", "1", "--checkpoint-every", "1"]
+HOSTILE = "**bold** [link](http://evil.example) <b>x</b> :red[RED]"
+HOSTILE_RUN = "x` [evil link](http://evil.example) **BOLD** `y"
+
+
+@pytest.fixture
+def page_env(tmp_path, monkeypatch):
+    data = make_data_root(tmp_path / "data")
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("MIXSEP_DATA_ROOT", str(data))
+    monkeypatch.setenv("MIXSEP_RUNS_DIR", str(runs))
+    monkeypatch.delenv("MIXSEP_SWEEP_STORAGE", raising=False)
+    monkeypatch.syspath_prepend(str(ROOT))
+    yield data, runs
+    import sweep_ui
+
+    sweeps = sweep_ui.registry(runs)
+    if sweeps._proc is not None and sweeps._proc.poll() is None:
+        sweeps._proc.send_signal(signal.SIGKILL)
+        sweeps._proc.wait(10)
+
+
+def app_page(name: str, timeout: int):
+    """A page of the dashboard under AppTest, opened through dashboard.py's navigation as a user does."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=timeout).run()
+    return at.switch_page(f"app_pages/{name}").run()
+
+
+def mixsep_study(data: Path, runs: Path, name: str):
+    return create_study(plan(build_parser().parse_args(
+        ["sweep", "--data-root", str(data), "--runs-dir", str(runs), "--study", name, *TINY])))
+
+
+def picker(at):
+    """The "Show study" box, or None when the last run did not draw it."""
+    return next((s for s in at.selectbox if s.key == "sweep_pick"), None)
+
+
+def test_studies_others_made_are_not_listed_and_a_studys_values_show_as_text(page_env):
+    """A plain Optuna study in the runs folder's journal gave KeyError: 'run' and "3 of 0 trials done";
+    a trial's parameter value and run folder rendered as bold, red and live links."""
+    import optuna
+
+    data, runs = page_env
+    made = mixsep_study(data, runs, "made")
+    storage = open_storage(None, runs)
+    plain = optuna.create_study(study_name="plain", storage=storage, direction="maximize")
+    plain.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    for name, attrs in (("bare", {}), ("evil", {"run": HOSTILE_RUN, "val_psnr": 12.0})):
+        study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+        study.set_user_attr(ATTR, made.user_attrs[ATTR])
+        study.add_trial(optuna.trial.create_trial(
+            params={HOSTILE: HOSTILE, "lr": 0.002}, value=12.0, user_attrs=attrs,
+            distributions={HOSTILE: optuna.distributions.CategoricalDistribution([HOSTILE]),
+                           "lr": optuna.distributions.FloatDistribution(1e-5, 1, log=True)}))
+
+    at = app_page("5_Sweep.py", 60)
+    assert not at.exception, [e.value for e in at.exception]
+    assert picker(at).options == ["evil", "bare", "made"]
+    note = "1 study of this storage not made by `python -m mixsep sweep` is not listed."
+    assert note in [c.value for c in at.caption]
+
+    picker(at).set_value("bare").run()  # a mixsep study's trial without a run folder: no command to score it
+    assert not at.exception, [e.value for e in at.exception]
+    assert "1 of 20 trials done" in at.get("progress")[0].proto.text and not at.code
+    assert at.dataframe[0].proto.placeholder == ""  # its missing figures are blank cells, not a grey "None"
+
+    picker(at).set_value("evil").run()
+    assert not at.exception, [e.value for e in at.exception]
+    best = next(s.value for s in at.success if s.value.startswith("Best so far: "))
+    values = best.split(" dB, ", 1)[1]
+    assert shows_literally(values, f"{HOSTILE} = {HOSTILE}, lr = 0.002"), (values, markup(values))
+    assert [c.value for c in at.code] == [f"python -m mixsep evaluate '{runs / HOSTILE_RUN}'  # scores it on the "
+                                          "test split"]  # a code block: shown as typed, and quoted to paste
+
+    at.text_input(key="sweep_name").set_value("plain")
+    at.button[0].click().run()  # Start: the name of the study that is not listed
+    assert "not made by `python -m mixsep sweep`" in seen(at.error[0].value), [e.value for e in at.error]
+    assert not (runs / "plain").exists()
+
+
+def fragment_tick(at, monkeypatch):
+    """One beat of a fragment's run_every timer, as the browser sends it: a rerun of that fragment alone.
+
+    AppTest only reruns the whole page, which rebuilds the picker and hid the bug; the runner's rerun
+    request carries the fragment's id here, as the browser's does.
+    """
+    import streamlit.testing.v1.local_script_runner as runner
+
+    fragment, = at._fragment_storage._fragments  # the page's one fragment, registered by the last full run
+    real = runner.RerunData
+    with monkeypatch.context() as m:
+        m.setattr(runner, "RerunData", lambda **kw: real(**{**kw, "fragment_id": fragment, "is_auto_rerun": True}))
+        at.run()
+
+
+@pytest.mark.heavy(12)
+def test_a_study_started_on_the_page_is_shown_while_it_runs(page_env, monkeypatch):
+    """Just after Start the new study is not in the storage yet; the picker kept the study shown before,
+    and the live part, refreshing alone, showed that one until the sweep ended."""
+    import sweep_ui
+
+    data, runs = page_env
+    mixsep_study(data, runs, "older")
+    at = app_page("5_Sweep.py", 120)
+    assert picker(at).value == "older"
+    at.text_input(key="sweep_name").set_value("page")
+    at.multiselect(key="sweep_model").set_value(["tiny"])
+    at.select_slider(key="sweep_batch_size").set_value((16, 16))
+    at.toggle(key="sweep_pretrained").set_value(False)  # no download attempt per trial
+    at.number_input(key="sweep_trials").set_value(1000)  # runs past the test's end: it is stopped below
+    at.number_input(key="sweep_val").set_value(16)
+    at.button[0].click().run()
+    assert not at.error, [e.value for e in at.error]
+    sweeps = sweep_ui.registry(runs)
+    try:
+        assert sweeps.running() is not None and picker(at).value == "older"  # the child has not made it yet
+        deadline = time.monotonic() + 120
+        while (picker(at) is None or picker(at).value != "page") and time.monotonic() < deadline:
+            time.sleep(1)
+            fragment_tick(at, monkeypatch)
+            assert not at.exception, [e.value for e in at.exception]
+        assert picker(at) is not None and picker(at).value == "page"
+        assert "sweep running" in at.get("progress")[0].proto.text  # while it runs, not at its end
+    finally:
+        sweeps.stop()
+        sweeps.wait(120)
