@@ -480,7 +480,7 @@ def _read_holder(fd: int) -> str:
 # A command line may carry a database password (`sweep --storage postgresql://user:pw@host/db`), and
 # .lock is readable by whoever can read the runs folder and quoted in a second trainer's refusal.
 _URL_PASSWORD = re.compile(r"(://[^/:@\s]*):[^/\s]*@")  # up to the last '@' before the path
-_PASSWORD_KEYWORD = re.compile(r"(?i)(password\s*=\s*)(?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&]+)")
+PASSWORD_KEYWORD = re.compile(r"(?i)(password\s*=\s*)(?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&]+)")
 
 
 def mask_secrets(argv: list[str]) -> list[str]:
@@ -492,7 +492,7 @@ def mask_secrets(argv: list[str]) -> list[str]:
         elif word.startswith("--storage="):
             word = "--storage=***"
         after_storage = word == "--storage"
-        masked.append(_PASSWORD_KEYWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", word)))
+        masked.append(PASSWORD_KEYWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", word)))
     return masked
 
 

@@ -271,8 +271,9 @@ def storage_label(url: str | None, runs_dir: Path) -> str:
         return parsed.render_as_string(hide_password=True).replace("password=%2A%2A%2A", "password=***")
     except Exception:  # ArgumentError, or ValueError for a port that is not a number
         url = re.sub(r"([?&]password=)[^&]*", r"\1***", url)
-        # libpq's keyword form ("host=h password=p dbname=d"), a value quoted or not
-        url = re.sub(r"(?i)\b((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s'&]+)", r"\1***", url)
+        from .run import PASSWORD_KEYWORD
+
+        url = PASSWORD_KEYWORD.sub(r"\1***", url)  # libpq's keyword form: "host=h password='p q' dbname=d"
         return re.sub(r"^((?:[^/@:]*://)?[^/@:]*):[^@]*@", r"\1:***@", url)
 
 
