@@ -621,7 +621,7 @@ def last_logged_step(run_dir: Path) -> int:
         return 0
     for line in reversed(tail[: tail.rfind("\n") + 1].splitlines()):  # a cut-off last line is skipped
         head = line.split(",", 1)[0]
-        if head.isdigit():
+        if head.isascii() and head.isdigit():  # not "²": isdigit takes it, int() does not
             return int(head)
     return 0
 
@@ -691,6 +691,10 @@ def read_checkpoint(path: Path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
+        if "Weights only load failed" in str(e):  # it asks to build objects: maybe code, never run here
+            raise MixsepError(f"{path} holds Python objects other than weights, which mixsep refuses to load "
+                              "(a checkpoint is loaded as data only); it was not written by mixsep. Pick another "
+                              "checkpoint or retrain.") from None
         raise MixsepError(f"{path} is not a readable mixsep checkpoint ({e.__class__.__name__}); "
                           "it may be truncated or corrupt. Pick another checkpoint or retrain.") from None
     if not isinstance(state, dict) or "model" not in state or not isinstance(state.get("config"), dict):
@@ -710,7 +714,7 @@ def read_checkpoint(path: Path, map_location="cpu") -> dict:
 
 def _epoch_of(p: Path) -> int:
     tail = p.stem.split("-", 1)[-1]
-    return int(tail) if tail.isdigit() else -1
+    return int(tail) if tail.isascii() and tail.isdigit() else -1  # "epoch-².pt": a stray name
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

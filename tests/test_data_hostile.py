@@ -420,3 +420,23 @@ def test_sigterm_while_the_weights_download_stalls_stops_the_trainer_at_once(tmp
     assert err.strip().splitlines()[-1] == ("error: train stopped before training began (Ctrl-C or SIGTERM); "
                                             "nothing was trained.")
     assert not runs.exists() or not any(runs.iterdir())  # the run folder it made is gone again
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_unrun_and_said_so(tmp_path):
+    """Loaded as data only (weights_only): the payload never runs, and the sentence says why the file was refused
+    (it read "may be truncated or corrupt")."""
+    import torch
+
+    from mixsep import MixsepError
+    from mixsep.run import read_checkpoint
+
+    marker = tmp_path / "ran"
+    path = tmp_path / "last.pt"
+    torch.save({"version": 1, "config": {"model": "tiny"}, "step": 1, "model": {}, "x": _payloads(marker)["os.system"]},
+               path)
+    with pytest.raises(MixsepError, match="holds Python objects other than weights, which mixsep refuses to load"):
+        read_checkpoint(path)
+    assert not marker.exists()
+    path.write_bytes(path.read_bytes()[:200])  # a truncated one is still called that
+    with pytest.raises(MixsepError, match="it may be truncated or corrupt"):
+        read_checkpoint(path)

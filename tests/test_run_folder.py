@@ -642,3 +642,14 @@ def test_a_lock_an_older_mixsep_wrote_is_quoted_without_its_password(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_stray_file_name_with_unicode_digits_is_ignored_not_a_traceback(tmp_path):
+    """str.isdigit() takes '²' and '①', int() does not: one 'epoch-².pt' took down every page and command."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("epoch-2.pt", "epoch-10.pt", "epoch-².pt", "epoch-①.pt", "epoch-٣.pt", "last.pt"):
+        (run / "checkpoints" / name).write_bytes(b"x")
+    assert [p.name for p in R.list_checkpoints(run)] == ["last.pt", "epoch-10.pt", "epoch-2.pt"]
+    (run / "metrics.csv").write_text(",".join(R.METRIC_FIELDS) + "\n7" + ",0" * (len(R.METRIC_FIELDS) - 1) + "\n²,x\n")
+    assert R.last_logged_step(run) == 7
