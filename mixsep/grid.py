@@ -10,10 +10,11 @@ from .metrics import predict, recover
 
 
 def sample_indices(total: int, n: int = 20, seed: int | None = None, page: int = 0) -> list[int]:
-    """Page ``page`` of ``n`` indices: in order, or a seeded shuffle of all ``total``."""
+    """Page ``page`` of ``n`` indices: in order, or a seeded shuffle of all ``total``. The last page holds
+    what is left (it showed the first samples again after them)."""
     order = torch.arange(total) if seed is None else torch.randperm(total, generator=torch.Generator().manual_seed(seed))
     start = (page * n) % max(total, 1)
-    return order.roll(-start)[: min(n, total)].tolist()
+    return order[start: start + n].tolist()
 
 
 def grid_rows(model: torch.nn.Module, pairs: PairData, indices: list[int], show_direct: bool = True,

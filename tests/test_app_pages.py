@@ -223,6 +223,7 @@ def test_samples_page_grid_pages_and_download(app_env):
     assert "Page 2 of 3" in texts(at.caption)
     widget(at.button, "Next").click().run()
     assert "Page 3 of 3" in texts(at.caption) and widget(at.button, "Next").disabled  # no page 4 of 3
+    assert len(at.image) == 1 and "(test split, page 3)" in texts(at.caption)  # pairs 40-47: not 0-11 after them
     widget(at.toggle, "Shuffle").set_value(True).run()
     assert "Page 1 of 3" in texts(at.caption) and "seed 0" in texts(at.caption)
     widget(at.toggle, "Error maps").set_value(True)
