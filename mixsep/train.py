@@ -21,8 +21,8 @@ from .data import PairData, load_pairs, to_float
 from .errors import MixsepError
 from .model import MODELS, build_model
 from .run import (CHECKPOINTS, CONFIG, Run, RunWriteError, State, clear_stop, epoch_checkpoint, last_checkpoint,
-                  list_checkpoints, prune_epoch_checkpoints, read_checkpoint, save_checkpoint, stop_requested,
-                  write_json)
+                  list_checkpoints, live_status, prune_epoch_checkpoints, read_checkpoint, save_checkpoint,
+                  stop_requested, write_json)
 from .run import new_run_dir as _new_folder
 
 LOG_MSE_FLOOR = 1e-5  # added to per-image MSEs under config.loss = "log_mse"; 1e-5 is 50 dB PSNR
@@ -89,8 +89,14 @@ def load_run_model(run_dir: Path, checkpoint: Path | None = None, device="cpu",
         run_dir = run_dir.parent
     if checkpoint is None:
         found = list_checkpoints(run_dir)
+        if not found and not (run_dir / CONFIG).is_file():
+            raise MixsepError(f"{run_dir} is not a mixsep run folder (no {CONFIG}); give the folder "
+                              "`python -m mixsep train` made, or a checkpoint file.")
         if not found:
-            raise MixsepError(f"{run_dir} holds no checkpoint yet; train it first (or wait for its first checkpoint).")
+            if live_status(run_dir).get("state") == State.RUNNING:
+                raise MixsepError(f"{run_dir} holds no checkpoint yet; wait for its first (it is training).")
+            raise MixsepError(f"{run_dir} holds no checkpoint: its checkpoints were removed, or never written "
+                              "(the run ended before its first); train it again or pick another run.")
         checkpoint = found[0]
     state = read_checkpoint(checkpoint)
     config = TrainConfig.from_dict(state["config"])

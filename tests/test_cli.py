@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from mixsep import TrainConfig
 from mixsep.cli import main
 
 TINY = ["--model", "tiny", "--batch-size", "16", "--no-pretrained", "--quiet"]
@@ -450,3 +451,19 @@ def test_every_evaluate_and_grid_option_says_what_it_does():
         bare = [a.option_strings[0] for a in sub.choices[name]._actions if a.option_strings and not a.help]
         assert bare == [], (name, bare)
     assert "--overwrite" in sub.choices["evaluate"].format_help() and "--overwrite" in sub.choices["grid"].format_help()
+
+
+def test_a_folder_that_is_no_run_or_holds_no_checkpoint_is_told_what_it_is(capsys, tmp_path, data_root):
+    """Both read "holds no checkpoint yet; train it first (or wait for its first checkpoint)": /etc included."""
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert main(["evaluate", str(plain), "--data-root", str(data_root)]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {plain} is not a mixsep run folder (no config.json); give the "
+                                               "folder `python -m mixsep train` made, or a checkpoint file.")
+    run = tmp_path / "emptied"
+    (run / "checkpoints").mkdir(parents=True)
+    TrainConfig(data_root=str(data_root), model="tiny").save(run / "config.json")
+    assert main(["grid", str(run), "--data-root", str(data_root), "--out", str(tmp_path / "g.png")]) == 2
+    err = capsys.readouterr().err
+    assert "holds no checkpoint: its checkpoints were removed, or never written" in err and "wait" not in err
+    assert not (tmp_path / "g.png").exists()
