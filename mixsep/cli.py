@@ -432,7 +432,7 @@ def new_output(path: str | None, flag: str, overwrite: bool, run_dir: str, input
     --overwrite; and its folder must take a new file."""
     import tempfile
 
-    from .run import CHECKPOINTS, CONFIG, LOCK, LOG, METRICS, STATUS, STOP, TMP_SUFFIX, is_run
+    from .run import CHECKPOINTS, CONFIG, LOCK, LOG, METRICS, STATUS, STOP, TMP_SUFFIX, in_checkpoints, is_run
 
     p = output_file(path, flag, suffix)
     if p is None:
@@ -446,7 +446,7 @@ def new_output(path: str | None, flag: str, overwrite: bool, run_dir: str, input
     if where.name in (CONFIG, STATUS, METRICS, LOCK, LOG, STOP) and a_run(where.parent):
         raise MixsepError(f"{flag} {p} is the run's own {where.name}, which evaluate and grid never write; "
                           f"choose another {flag}.")
-    if any(folder.name == CHECKPOINTS and a_run(folder.parent) for folder in where.parents):
+    if in_checkpoints(where.parent, this_run):
         raise MixsepError(f"{flag} {p} is in the run's {CHECKPOINTS} folder, which only training writes; "
                           f"choose another {flag}.")
     if any(i and where == Path(i).resolve() for i in inputs):

@@ -269,6 +269,12 @@ def is_run(path: Path) -> bool:
     return (Path(path) / CONFIG).is_file()
 
 
+def in_checkpoints(path: Path, this_run: Path | None = None) -> bool:
+    """Whether ``path`` (a resolved file or folder) lies in a run's checkpoints folder, which only training
+    writes: of a run folder, or of ``this_run`` (a command's own run, also when its config.json is lost)."""
+    return any(f.name == CHECKPOINTS and (f.parent == this_run or is_run(f.parent)) for f in (path, *path.parents))
+
+
 def run_folders(runs_dir: Path) -> list[Path]:
     """Every run folder in runs_dir, one group level deep, that resolve_run accepts (newest first)."""
     return _scan(runs_dir)[0]

@@ -17,7 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import SEPARATE_MODES as MODES
 from .errors import MixsepError
-from .run import write_all
+from .run import CHECKPOINTS, in_checkpoints, write_all
 
 SIZE = (32, 32)
 SUFFIXES = {"mnist": ".mnist.png", "cifar": ".cifar.png"}
@@ -73,6 +73,9 @@ def check_outputs(paths: list[dict[str, Path]], out_dir: Path, overwrite: bool, 
         raise MixsepError(f"{out_dir} is a file, not a folder; choose another --out.")
     if not out_dir.exists() and not out_dir.parent.is_dir():
         raise MixsepError(f"Folder {out_dir.parent} does not exist; create it or choose another --out.")
+    if in_checkpoints(out_dir.resolve()):
+        raise MixsepError(f"--out {out_dir} is in a run's {CHECKPOINTS} folder, which only training writes; "
+                          "choose another --out.")
     for p in (p for d in paths for p in d.values()):
         if (p.exists() or p.is_symlink()) and not p.is_file():  # --overwrite replaces files, never a folder
             raise MixsepError(f"{p} exists and is not a file; move it away or choose another --out.")

@@ -79,6 +79,7 @@ def test_each_mode_and_overwrite(capsys, data_root, tmp_path):
     ("out_is_a_file", "is a file, not a folder"),
     ("out_parent_missing", "does not exist; create it or choose another --out"),
     ("output_is_an_input", "mix0.mnist.png would be written over one of the images being separated"),
+    ("out_in_checkpoints", "is in a run's checkpoints folder, which only training writes; choose another --out"),
     ("transparent", "has transparent pixels, which a mixture never has"),
     ("transparent_palette", "has transparent pixels, which a mixture never has"),
     ("bad_mode", "invalid choice"),
@@ -133,6 +134,8 @@ def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(capsys, data_root, 
         inputs.append(out / "mix0.mnist.png")
         inputs[-1].write_bytes(inputs[1].read_bytes())
         extra = ["--overwrite"]
+    elif case == "out_in_checkpoints":
+        out = run / "checkpoints" / "pngs"
     elif case == "out_is_a_file":
         out.write_text("a file")
     elif case == "out_parent_missing":
