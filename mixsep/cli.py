@@ -608,9 +608,14 @@ def cmd_sweep(args) -> int:
             return code
         raise MixsepError(f"No trial of study '{p.study}' has completed yet; run the sweep (longer) first.")
     a = best.user_attrs
+    if not isinstance(a.get("run"), str) or not a["run"]:  # a trial others added to the study by hand
+        raise MixsepError(f"The best trial of study '{p.study}', trial {best.number}, names no run folder: it was not "
+                          "trained by `python -m mixsep sweep`.")
     params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
-    print(f"best: trial {best.number}, validation PSNR {best.value:.2f} dB (mnist {a['val_psnr_mnist']:.2f}, "
-          f"cifar {a['val_psnr_cifar']:.2f}), {params}", file=sys.stderr)
+    heads = ", ".join(f"{s} {a[f'val_psnr_{s}']:.2f}" for s in ("mnist", "cifar")
+                      if isinstance(a.get(f"val_psnr_{s}"), (int, float)))
+    print(f"best: trial {best.number}, validation PSNR {best.value:.2f} dB{f' ({heads})' if heads else ''}, {params}",
+          file=sys.stderr)
     if not (p.runs_dir / a["run"]).is_dir():  # a database study whose trial ran elsewhere, or a deleted folder
         print(f"note: {p.runs_dir / a['run']} is not there: trial {best.number} trained on {a.get('host', '?')}; "
               "copy its run folder into this runs folder (or use --runs-dir) to evaluate it", file=sys.stderr)

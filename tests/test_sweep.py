@@ -245,6 +245,24 @@ def test_two_commands_that_start_one_new_study_together_join_only_when_they_plan
     assert len(study.get_trials()) == 1  # the baseline, queued once
 
 
+def test_best_of_a_study_whose_best_trial_was_added_by_hand_is_one_sentence(capsys, data_root, tmp_path):
+    """--best indexed the trial's attributes: KeyError's traceback for a trial another script added."""
+    import optuna
+
+    runs = tmp_path / "runs"
+    study = create_study(plan(build_parser().parse_args(sweep_args(data_root, runs, "--study", "s", *TINY))))
+    lr = optuna.distributions.FloatDistribution(1e-5, 0.1, log=True)
+    study.add_trial(optuna.trial.create_trial(params={"lr": 1e-3}, distributions={"lr": lr}, value=20.0))
+    assert main(sweep_args(data_root, runs, "--study", "s", "--best")) == 2
+    assert capsys.readouterr().err.strip() == ("error: The best trial of study 's', trial 1, names no run folder: it "
+                                               "was not trained by `python -m mixsep sweep`.")
+    study.add_trial(optuna.trial.create_trial(params={"lr": 2e-3}, distributions={"lr": lr}, value=21.0,
+                                              user_attrs={"run": "s/trial-0002"}))
+    assert main(sweep_args(data_root, runs, "--study", "s", "--best")) == 0  # no figures per head: none shown
+    out, err = capsys.readouterr()
+    assert "best: trial 2, validation PSNR 21.00 dB, lr=0.002" in err and out.strip() == str(runs.resolve() / "s" / "trial-0002")
+
+
 def test_a_study_made_meanwhile_is_waited_for_until_its_maker_describes_it(data_root, tmp_path):
     import threading
 
