@@ -378,9 +378,12 @@ def live_loss_figure(metrics: pd.DataFrame, smoothing: float, title: str) -> go.
 
 
 def style(fig: go.Figure, title: str, x: str, y: str, height: int = 380) -> go.Figure:
+    # a few entries sit in a row beside the title; more wrap onto it (Compare's runs), so they go under the plot
+    entries = sum(t.showlegend is not False for t in fig.data)
+    legend = dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1) if entries <= 4 else \
+        dict(orientation="h", yanchor="top", y=-0.3, xanchor="left", x=0)
     fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=height, margin=dict(l=10, r=10, t=50, b=10),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1, title_text=""),
-                      showlegend=True)
+                      legend=dict(legend, title_text=""), showlegend=True)
     if x == "step":  # steps are whole numbers: no 2.5 on a short run's axis
         fig.update_xaxes(tickformat="d")
     return fig

@@ -797,3 +797,17 @@ def test_a_run_without_checkpoints_is_told_to_wait_only_while_it_trains(app_env,
     widget(at.toggle, "Test PSNR").set_value(True).run()
     notes = at.dataframe[0].value.set_index("run")["note"]
     assert notes["emptied"] == "no checkpoint: removed, or never written" and notes["training"] == "no checkpoint yet"
+
+
+def test_a_legend_of_many_runs_goes_under_the_plot_not_over_its_title(app_env):
+    """Compare's legend, one entry a run, wrapped onto the chart's title from about 7 runs."""
+    import plotly.graph_objects as go
+
+    import mixsep_ui
+
+    def legend_y(entries: int) -> float:
+        fig = go.Figure([go.Scatter(x=[1, 2], y=[1, 2], name=f"run-{i}") for i in range(entries)])
+        return mixsep_ui.style(fig, "Training loss", "step", "loss").layout.legend.y
+
+    assert legend_y(3) == 1.0 and legend_y(4) == 1.0  # the training chart's three heads: beside the title
+    assert legend_y(9) < 0
