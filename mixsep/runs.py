@@ -50,7 +50,17 @@ def run_summary(run_dir: Path, name: str | None = None) -> dict:
     if len(m):
         row["last_loss"] = float(m["loss"].iloc[-1])
         row["step"] = max(row["step"] or 0, int(m["step"].iloc[-1]))
+    elif _lines_past_header(run_dir / "metrics.csv"):  # rows, none readable: say why the run has no curve
+        row["message"] = "; ".join(filter(None, [row["message"], "metrics.csv holds no readable row"]))
     return row
+
+
+def _lines_past_header(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return len(f.read(65536).strip().splitlines()) > 1
+    except OSError:
+        return False
 
 
 def list_runs(runs_dir: Path) -> list[dict]:

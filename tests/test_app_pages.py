@@ -811,3 +811,21 @@ def test_a_legend_of_many_runs_goes_under_the_plot_not_over_its_title(app_env):
 
     assert legend_y(3) == 1.0 and legend_y(4) == 1.0  # the training chart's three heads: beside the title
     assert legend_y(9) < 0
+
+
+def test_compare_notes_a_checkpoint_of_another_model_and_unreadable_metrics(app_env):
+    """The row named the config's model beside the scores of whatever last.pt held; a metrics.csv of no readable
+    row left the run without a curve or a loss, and no word why."""
+    data, runs = app_env
+    shutil.copytree(runs / "tiny-run", runs / "relabelled")
+    config = json.loads((runs / "relabelled" / "config.json").read_text())
+    (runs / "relabelled" / "config.json").write_text(json.dumps(dict(config, model="unet_narrow")))
+    shutil.copytree(runs / "tiny-run", runs / "garbled-metrics")
+    (runs / "garbled-metrics" / "metrics.csv").write_text("step,epoch\nfoo,bar\n")
+    at = open_page("app_pages/4_Compare.py")
+    widget(at.multiselect, "Runs").set_value(["relabelled", "garbled-metrics", "tiny-run"])
+    widget(at.toggle, "Test PSNR").set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    notes = at.dataframe[0].value.set_index("run")["note"]
+    assert notes["relabelled"] == "last.pt holds a tiny model, not the config's unet_narrow: the scores are the tiny's"
+    assert notes["garbled-metrics"] == "metrics.csv holds no readable row" and notes["tiny-run"] == ""
