@@ -16,7 +16,9 @@ from mixsep.separate import png_bytes, read_mixture, separate
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"]
 SHOWN = 128  # pixels on screen for a 32x32 image: 4x, each pixel a block
-MAX_UPLOAD_MB = 1  # a 32x32 image is a few KB in any format; the browser refuses bigger files before they are sent
+# declared in .streamlit/config.toml (a 32x32 image is a few KB in any format): the browser refuses a bigger
+# file before sending it, and the server refuses it too
+MAX_UPLOAD_MB = st.get_option("server.maxUploadSize")
 
 data_root, runs_dir = ui.setup("Separate")
 run_dir, run_shown, checkpoint, third = ui.pick_run_and_checkpoint(runs_dir)  # run_shown: STUDY/trial-0001 too
@@ -31,8 +33,7 @@ try:  # before any upload: a checkpoint that cannot separate says so at once
 except MixsepError as e:
     ui.show_error(e, literal_text=True)  # it quotes the checkpoint's path: the run's name, as text
 files = st.file_uploader(f"Mixture images: 32x32, each the mean of a grey digit and a colour image "
-                         f"(up to {MAX_UPLOAD_MB} MB each)", type=IMAGE_TYPES, accept_multiple_files=True,
-                         max_upload_size=MAX_UPLOAD_MB)
+                         f"(up to {MAX_UPLOAD_MB} MB each)", type=IMAGE_TYPES, accept_multiple_files=True)
 if not files:
     st.caption(f"Upload one or more images to separate them with this checkpoint; a file over {MAX_UPLOAD_MB} MB is "
                "refused by the uploader itself (its red mark says why). The command line does the same for files "
