@@ -389,6 +389,8 @@ def open_storage(url: str | None, runs_dir: Path, heartbeat_s: int = 30, create:
             raise _unusable_database(shown, e) from None
         finally:
             engine.dispose()
+    sqlite = Path(parsed.database).expanduser() if parsed.get_backend_name() == "sqlite" else None
+    new_file = sqlite is not None and not sqlite.exists()
     for attempt in range(3):
         try:
             return optuna.storages.RDBStorage(
@@ -398,6 +400,8 @@ def open_storage(url: str | None, runs_dir: Path, heartbeat_s: int = 30, create:
                     study, trial, stopped=ended_cleanly(runs_dir, trial)))
         except sqlalchemy.exc.SQLAlchemyError as e:
             if attempt == 2:  # workers started together race to create Optuna's tables; the loser retries
+                if new_file and sqlite.is_file() and sqlite.stat().st_size == 0:  # a full disk: leave nothing
+                    sqlite.unlink()
                 raise _unusable_database(shown, e) from None
             time.sleep(1 + attempt)
 

@@ -94,6 +94,25 @@ def test_a_sqlite_storage_that_is_a_text_file_is_one_sentence(capsys, tmp_path, 
     assert tree(tmp_path) == before
 
 
+def test_a_sqlite_storage_on_a_full_disk_leaves_no_empty_file(capsys, tmp_path, monkeypatch):
+    """The sentence and exit 2 were right, but SQLite had made a 0-byte x.db before its first write failed."""
+    from conftest import tmpfs
+
+    data = make_data_root(tmp_path / "data")
+    with tmpfs(tmp_path / "full", "64k") as full:
+        try:
+            with open(full / "filler", "wb") as f:
+                while True:
+                    f.write(b"\0" * 4096)
+                    f.flush()
+        except OSError:  # the disk is full now
+            pass
+        monkeypatch.setenv("MIXSEP_SWEEP_STORAGE", f"sqlite:///{full / 'x.db'}")
+        assert main(sweep_args(data, tmp_path / "runs")) == 2
+        assert "Cannot use the database sqlite:///" in one_error(capsys)
+        assert sorted(p.name for p in full.iterdir()) == ["filler"]
+
+
 @pytest.fixture
 def read_only_disk(tmp_path):
     """A tmpfs mounted at tmp_path/disk (conftest.tmpfs); remount(ro=True) makes it read-only."""
