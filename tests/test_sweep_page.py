@@ -2,48 +2,19 @@
 the switch to a study that starts while the page refreshes only its live part."""
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
 
 import pytest
-from conftest import make_data_root, seen
+from conftest import seen
 from test_app_pages import markup, shows_literally
+from test_sweep import TINY, app_page, page_env  # noqa: F401  (page_env: the fixture, shared)
 
 from mixsep.cli import build_parser
 from mixsep.sweep import ATTR, create_study, open_storage, plan
 
-ROOT = Path(__file__).resolve().parents[1]
-# the tiny model on 2 steps of 16 pairs, a validation report after each step: a trial takes seconds
-TINY = ["--model", "tiny", "--no-pretrained", "--device", "cpu", "--batch-size", "16", "--train-size", "32",
-        "--val-size", "16", "--report-every", "1", "--checkpoint-every", "1"]
 HOSTILE = "**bold** [link](http://evil.example) <b>x</b> :red[RED]"
 HOSTILE_RUN = "x` [evil link](http://evil.example) **BOLD** `y"
-
-
-@pytest.fixture
-def page_env(tmp_path, monkeypatch):
-    data = make_data_root(tmp_path / "data")
-    runs = tmp_path / "runs"
-    monkeypatch.setenv("MIXSEP_DATA_ROOT", str(data))
-    monkeypatch.setenv("MIXSEP_RUNS_DIR", str(runs))
-    monkeypatch.delenv("MIXSEP_SWEEP_STORAGE", raising=False)
-    monkeypatch.syspath_prepend(str(ROOT))
-    yield data, runs
-    import sweep_ui
-
-    sweeps = sweep_ui.registry(runs)
-    if sweeps._proc is not None and sweeps._proc.poll() is None:
-        sweeps._proc.send_signal(signal.SIGKILL)
-        sweeps._proc.wait(10)
-
-
-def app_page(name: str, timeout: int):
-    """A page of the dashboard under AppTest, opened through dashboard.py's navigation as a user does."""
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=timeout).run()
-    return at.switch_page(f"app_pages/{name}").run()
 
 
 def mixsep_study(data: Path, runs: Path, name: str):
