@@ -697,7 +697,7 @@ def read_checkpoint(path: Path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        if "Weights only load failed" in str(e):  # it asks to build objects: maybe code, never run here
+        if "Weights only load failed" in str(e) and "GLOBAL" in str(e):  # it names a function or class to build
             raise MixsepError(f"{path} holds Python objects other than weights, which mixsep refuses to load "
                               "(a checkpoint is loaded as data only); it was not written by mixsep. Pick another "
                               "checkpoint or retrain.") from None

@@ -141,8 +141,8 @@ def test_checkpoint_of_another_architecture(tiny_config, tmp_path):
 def test_missing_run_folder_and_empty_run(tmp_path):
     with pytest.raises(MixsepError, match="does not exist"):
         T.load_run_model(tmp_path / "nope")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(MixsepError, match="no checkpoint yet"):
+    (tmp_path / "empty").mkdir()  # no config.json: no run (it was told to train it or wait for a checkpoint)
+    with pytest.raises(MixsepError, match="is not a mixsep run folder"):
         T.load_run_model(tmp_path / "empty")
 
 
