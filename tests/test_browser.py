@@ -203,9 +203,17 @@ def test_dashboard_in_a_real_browser(server):
         expect(page.get_by_role("heading", name="Separate")).to_be_visible()
         files, _ = mixture_pngs(Path(os.environ.get("MIXSEP_BROWSER_DATA_ROOT") or tmp / "data"), tmp / "uploads", 2,
                                 "mixture-")
-        page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files([str(f) for f in files])
+        with page.expect_request(lambda r: r.method == "PUT" and "/_stcore/upload_file/" in r.url) as upload:
+            page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files([str(f) for f in files])
         shown = page.get_by_test_id("stImage").locator("img")
         expect(shown).to_have_count(6)  # mixture, digit and image for each
+        # the uploader's 1 MB limit is the server's too: a script replaying the browser's own upload with
+        # its session and XSRF token could leave 200 MB a file in the server's memory (the widget's limit
+        # is checked in the browser only)
+        sent = upload.value
+        big = page.request.put(sent.url.rsplit("/", 1)[0] + "/replayed", headers={"X-Xsrftoken": sent.headers["x-xsrftoken"]},
+                               multipart={"file": {"name": "x.png", "mimeType": "image/png", "buffer": b"x" * (2 << 20)}})
+        assert big.status == 413, big.status
         expect(page.get_by_role("button", name="Digit (PNG)")).to_have_count(2)
         page.wait_for_function(IMAGES_LOADED_JS)
         assert shown.nth(1).evaluate("img => img.naturalWidth") == 128  # 32 pixels shown 4x, nearest
@@ -333,3 +341,22 @@ def test_server_listens_on_loopback_only_and_sends_no_statistics(server):
     assert {a for a, _ in sockets} <= {"127.0.0.1", "::1"}, sockets
     log = (tmp / "streamlit.log").read_text()
     assert "collecting usage statistics" not in log.lower() and "0.0.0.0" not in log
+    # DNS rebinding: a page elsewhere whose name now resolves to 127.0.0.1 is same-origin to the browser,
+    # so XSRF and CORS let it in; only the loopback names are served
+    for host, status in (("rebound.example", 403), ("localhost", 101), ("127.0.0.1", 101)):
+        assert websocket_status(url, host) == status, host
+
+
+def websocket_status(url: str, host: str) -> int:
+    import http.client
+
+    port = int(url.rsplit(":", 1)[1])
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request("GET", "/_stcore/stream", headers={
+            "Host": f"{host}:{port}", "Origin": f"http://{host}:{port}", "Connection": "Upgrade", "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Protocol": "streamlit"})
+        return c.getresponse().status
+    finally:
+        c.close()
