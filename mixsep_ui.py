@@ -206,7 +206,9 @@ def runs_table(runs_dir: Path) -> list[dict]:
     rows = list_runs(runs_dir)
     for r in rows:
         s = live_status(Path(r["path"]))
-        r["state"], r["message"] = s.get("state", r["state"]), s.get("message") or r["message"]
+        r["state"] = s.get("state", r["state"])
+        if s.get("message") and s["message"] not in r["message"]:  # an interrupted run: said beside a bad config
+            r["message"] = "; ".join(filter(None, [s["message"], r["message"]]))
     return rows
 
 

@@ -63,7 +63,10 @@ elif st.session_state.get("train_run") not in runs:
     last = jobs.poll().run_dir
     st.session_state["train_run"] = last.name if last is not None and last.name in runs else next(iter(runs), None)
 if runs:
-    st.selectbox("Run", list(runs), key="train_run", format_func=lambda n: ui.run_label(runs[n]), disabled=training,
+    def label(name: str) -> str:  # the training run by its live state (the table was read before it began)
+        return f"{name}  ({live_job.state})" if training and name == live_job.name else ui.run_label(runs[name])
+
+    st.selectbox("Run", list(runs), key="train_run", format_func=label, disabled=training, persist_state="session",
                  help="The run whose progress and curves this page shows; a stopped one can be resumed here. "
                       "While a run trains the page shows it.")
 
@@ -116,9 +119,13 @@ def status():
                                 icon=":material/replay:"):  # the folder is listed only when the button shows
         try:
             jobs.start(run_dir=job.run_dir)
+            st.session_state.pop("train_refused", None)
             st.rerun()
-        except MixsepError as e:
-            st.error(ui.literal(e))
+        except MixsepError as e:  # kept: the fragment's next refresh would wipe a message drawn once
+            st.session_state["train_refused"] = (str(job.run_dir), str(e))
+    refused = st.session_state.get("train_refused")
+    if refused and refused[0] == str(job.run_dir) and not job.alive:
+        st.error(ui.literal(refused[1]))
 
 
 def has_rows() -> bool:

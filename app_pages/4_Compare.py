@@ -54,7 +54,7 @@ if score:
             if not found:
                 raise MixsepError(ui.no_checkpoint_note(runs_dir / name, rows[name]["state"]))
             ev, scored_config, _ = ui.evaluation(found[0], data_root, int(count))
-            if scored_config.model != rows[name].get("model"):  # the figures are the checkpoint's model's
+            if rows[name].get("model") and scored_config.model != rows[name]["model"]:  # the checkpoint's model's figures
                 table.loc[i, "note"] = "; ".join(filter(None, [  # a table cell is plain text, never markdown
                     table.loc[i, "note"], f"{found[0].name} holds a {scored_config.model} model, not the config's "
                     f"{rows[name].get('model')}: the scores are the {scored_config.model}'s"]))

@@ -45,7 +45,7 @@ def run_summary(run_dir: Path, name: str | None = None) -> dict:
                total_steps=status.get("total_steps", 0), updated=status.get("updated"),
                # what loaded (None: a run from before mixsep recorded it, or one not started yet)
                pretrained_loaded=status.get("pretrained_loaded"), disk_mb=disk_usage(run_dir) / 1e6)
-    row["message"] = status.get("message") or row["message"]
+    row["message"] = "; ".join(filter(None, [status.get("message"), row["message"]]))  # a stopped run's bad config too
     m = read_metrics(run_dir)
     if len(m):
         row["last_loss"] = float(m["loss"].iloc[-1])

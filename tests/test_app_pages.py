@@ -829,3 +829,31 @@ def test_compare_notes_a_checkpoint_of_another_model_and_unreadable_metrics(app_
     notes = at.dataframe[0].value.set_index("run")["note"]
     assert notes["relabelled"] == "last.pt holds a tiny model, not the config's unet_narrow: the scores are the tiny's"
     assert notes["garbled-metrics"] == "metrics.csv holds no readable row" and notes["tiny-run"] == ""
+
+
+def test_a_stopped_run_with_a_bad_config_says_so_everywhere_and_keeps_saying_it(app_env):
+    """Its status message hid the config's refusal on Home and Compare, Compare then claimed the checkpoint held
+    another model than the config's (blank) one, and the Train page's refusal of Resume vanished at the next
+    refresh; the Train page's pick was lost on a visit to another page."""
+    data, runs = app_env
+    bad = runs / "bad-config"
+    shutil.copytree(runs / "tiny-run", bad)
+    config = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps(dict(config, lr="fast")))
+    (bad / "metrics.csv").write_text("\n".join((bad / "metrics.csv").read_text().splitlines()[:3]) + "\n")
+    write_status(bad, "stopped", "stopped by request", step=2, total_steps=3)
+    os.utime(bad, (time.time() - 3600,) * 2)  # not the newest: it must be picked
+    refusal = "config.json: Setting 'lr' must be a number, not the string \"fast\""
+    at = open_page("app_pages/4_Compare.py")
+    widget(at.multiselect, "Runs").set_value(["bad-config", "tiny-run"])
+    widget(at.toggle, "Test PSNR").set_value(True).run()
+    note = at.dataframe[0].value.set_index("run")["note"]["bad-config"]
+    assert note.startswith("stopped by request; ") and refusal in note and "holds a" not in note, note
+    at = open_page("app_pages/1_Train.py")
+    widget(at.selectbox, "Run").set_value("bad-config").run()
+    widget(at.button, "Resume this run").click().run()
+    at.run()  # the status's next refresh
+    assert refusal in seen(texts(at.error)).replace("\u2060", "")  # the word joiner is invisible
+    at.switch_page("app_pages/2_Samples.py").run()
+    at.switch_page("app_pages/1_Train.py").run()
+    assert widget(at.selectbox, "Run").value == "bad-config" and refusal in seen(texts(at.error)).replace("\u2060", "")
