@@ -258,7 +258,9 @@ def test_dashboard_in_a_real_browser(server):
             seen.append(page.evaluate(PARCOORDS_JS))
         if not seen or seen[-1] < 2:
             snap(page, "sweep-failed")
-        assert seen[-1] == 2 and 1 in seen, seen  # one trial drawn, then the second arrives live
+        # drawn live: fewer lines first, both at the end (on a fast machine both tiny trials may end
+        # between two looks, so the one-line state is not always seen)
+        assert seen[-1] == 2 and min(seen) < 2, seen
         snap(page, "sweep")
 
         # Compare: delete a run; the confirmation is spent after it (the browser once kept the box ticked,
