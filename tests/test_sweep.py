@@ -575,6 +575,7 @@ def test_a_terminals_two_worker_sweep_stops_whole(tmp_path, how):
             os.killpg(parent.pid, signal.SIGKILL)
             parent.communicate()
     wait_for(lambda: not any(is_alive(w) for w in workers), timeout=30, what="the workers to end")
+    assert parent.returncode == (1 if how == "the page's Stop" else 130), err  # stopped, not finished: not 0
     assert json.loads((runs / "w" / "sweep.json").read_text())["state"] == "stopped"
     assert counts(study_of(runs, "w"))["running"] == 0
     if how == "two Ctrl-Cs":
