@@ -14,7 +14,8 @@ estimate inside the mixture's interval makes the two equal), as is and with ``Di
 applied after the network (what ``unet_digit`` does at inference).
 
 Variants: any name in ``mixsep.model.MODELS``, plus ``rich`` (the fraction head with
-``features="rich"``) and two that train *through* the digit-space projection, which
+``features="rich"``), its widths (``rich-narrow`` is ``unet_narrow`` in training,
+``rich-narrow-hf`` ``unet_hf``) and two that train *through* the digit-space projection, which
 ``unet_digit`` does not: ``through-st`` (clamps straight-through) and ``through`` (true
 gradients).
 """
