@@ -90,12 +90,6 @@ def high_frequency(mean: torch.Tensor) -> torch.Tensor:
         return (m - p @ m @ p.T).to(mean.dtype)
 
 
-def upsample_matrix(n_in: int = 28, n_out: int = 32) -> torch.Tensor:
-    """(n_out, n_in): one axis of data.resize_mnist's bilinear resize (align_corners=False)."""
-    eye = torch.eye(n_in, dtype=torch.float64).reshape(n_in, 1, 1, n_in)
-    return F.interpolate(eye, size=(1, n_out), mode="bilinear", align_corners=False).reshape(n_in, n_out).T
-
-
 class DigitSpace(nn.Module):
     """Put a 32x32 digit estimate back among the images the data can hold, then into [lo, hi].
 
