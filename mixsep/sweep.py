@@ -842,15 +842,19 @@ def _made_meanwhile(study, p: Plan, wait_s: float = 30.0) -> dict:
                               "as `python -m mixsep sweep` makes one; choose another study name.")
         time.sleep(0.2)  # user_attrs reads the storage again each time
     mine = p.attrs()
-    local = lambda config: {k: v for k, v in config.items() if k not in LOCAL}  # noqa: E731
     differs = [what for what, same in (
         ("space", _unordered(parse_space(kept["space"])) == _unordered(p.space)),
-        ("fixed settings", kept["fixed"] == mine["fixed"] and local(kept["config"]) == local(mine["config"])),
+        ("fixed settings", kept["fixed"] == mine["fixed"] and _shared(kept["config"]) == _shared(mine["config"])),
         ("validation pairs", kept["val_size"] == mine["val_size"])) if not same]
     if differs:
         raise MixsepError(f"Study '{p.study}' was just made by another command with another {' and '.join(differs)}; "
                           "run the same command as that one to join it, or choose another study name.")
     return kept
+
+
+def _shared(config: dict) -> dict:
+    """A config's settings less those each machine chooses for itself (LOCAL): what machines must agree on."""
+    return {k: v for k, v in config.items() if k not in LOCAL}
 
 
 def baseline_params(space: dict[str, Dimension]) -> dict | None:
@@ -1008,8 +1012,8 @@ def _check_own_folder(folder: Path, config: TrainConfig, number: int) -> None:
 
     if not (folder / CONFIG).is_file():
         return
-    theirs, ours = TrainConfig.load(folder / CONFIG).to_dict(), config.to_dict()
-    differ = sorted(k for k in ours if k not in LOCAL and theirs.get(k) != ours[k])
+    theirs, ours = _shared(TrainConfig.load(folder / CONFIG).to_dict()), _shared(config.to_dict())
+    differ = sorted(k for k in ours if theirs.get(k) != ours[k])
     if differ:
         raise FolderTaken(f"{folder} holds a run with other settings ({', '.join(differ[:3])}) than trial {number} "
                           "of this study, whose journal no longer knows it (restored from a copy, or replaced?); "
@@ -1161,10 +1165,10 @@ class Worker:
             trial.set_user_attr(k, v)
         if self.val is None:
             self.val = validation_pairs(Path(p.config.data_root), p.val_size)
-        config = dataclasses.replace(p.config, **params).validate()
-        _check_own_folder(resolve_run(p.runs_dir, run_name), config, trial.number)
+        config, folder = dataclasses.replace(p.config, **params).validate(), resolve_run(p.runs_dir, run_name)
+        _check_own_folder(folder, config, trial.number)
         try:
-            run = Run(resolve_run(p.runs_dir, run_name)).open()  # a second trainer of this folder is refused here
+            run = Run(folder).open()  # a second trainer of this folder is refused here
         except RunWriteError as e:
             raise SweepHalted(trial._trial_id, str(e)) from None
         try:
