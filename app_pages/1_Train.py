@@ -73,8 +73,9 @@ if runs:
 
 def current_job():
     """The job this tab shows, or None (after saying so) when the runs folder holds no run."""
-    if training or jobs.running() is not None:  # a run started since this script began (in another tab) too
-        return jobs.running() or jobs.poll()
+    live = jobs.running()  # also a run started since this script began (in another tab)
+    if live is not None or training:  # training, or just ended: poll() has its last state
+        return live or jobs.poll()
     name = st.session_state.get("train_run")
     if name is None:
         st.info("No run yet: choose the settings on the left and press Start.")

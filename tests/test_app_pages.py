@@ -396,9 +396,7 @@ def test_failed_run_says_lower_the_learning_rate(app_env):
 def test_a_run_stopped_before_its_first_step_can_be_started_again(app_env):
     """Stop pressed while the trainer loaded left a run with no total, no checkpoint and no button: dead."""
     data, runs = app_env
-    early = _broken_run(runs, "zz-early")
-    (early / "metrics.csv").write_text(",".join(METRIC_FIELDS) + "\n")
-    write_status(early, "stopped", "stopped by request before training began", step=0, total_steps=0)
+    early = _stopped_before_its_first_step(runs, "zz-early")
     at = open_page("app_pages/1_Train.py")
     assert "zz-early" in texts(at.subheader) and not [b for b in at.button if b.label == "Resume this run"]
     assert widget(at.button, "Start this run again")
@@ -407,9 +405,7 @@ def test_a_run_stopped_before_its_first_step_can_be_started_again(app_env):
 def test_an_older_run_can_be_picked_and_resumed_and_other_tabs_keep_their_own_pick(app_env):
     """The page showed only the newest run: a run stopped earlier could not be resumed from the dashboard."""
     data, runs = app_env
-    older = _broken_run(runs, "aa-older")
-    (older / "metrics.csv").write_text(",".join(METRIC_FIELDS) + "\n")
-    write_status(older, "stopped", "stopped by request before training began", step=0, total_steps=0)
+    older = _stopped_before_its_first_step(runs, "aa-older")
     os.utime(older, (time.time() - 3600,) * 2)  # tiny-run is the newest, so it is shown first
     at, other = open_page("app_pages/1_Train.py"), open_page("app_pages/1_Train.py")
     assert "tiny-run" in texts(at.subheader) and "Finished: 3 steps." in texts(at.success)
@@ -537,6 +533,14 @@ def _broken_run(runs: Path, name: str) -> Path:
     shutil.copytree(runs / "tiny-run", run)
     shutil.rmtree(run / "checkpoints")
     (run / "checkpoints").mkdir()
+    return run
+
+
+def _stopped_before_its_first_step(runs: Path, name: str) -> Path:
+    """A run whose Stop came while its trainer loaded: no checkpoint, no metric row, no total."""
+    run = _broken_run(runs, name)
+    (run / "metrics.csv").write_text(",".join(METRIC_FIELDS) + "\n")
+    write_status(run, "stopped", "stopped by request before training began", step=0, total_steps=0)
     return run
 
 
