@@ -108,9 +108,10 @@ def rounds(loops: dict, calls: int, n_rounds: int, device: str = "cpu") -> dict:
 
 
 def bare_step(model, opt, batch, amp: bool = False):
-    """Forward, summed MSE, backward, Adam: nothing but the compute (bf16 autocast as Training on a GPU)."""
+    """Forward, summed MSE, backward, Adam: nothing but the compute (``amp``: bf16 autocast, as Training
+    on a GPU, or on the CPU with ``cpu_bf16``)."""
     mnist, cifar, mean = batch
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+    with torch.autocast(mean.device.type, dtype=torch.bfloat16, enabled=amp):
         mnist_hat, cifar_hat = model(mean)
     loss = F.mse_loss(mnist_hat.float(), mnist) + F.mse_loss(cifar_hat.float(), cifar)
     opt.zero_grad(set_to_none=True)
@@ -300,6 +301,8 @@ def tried(args, t: dict) -> dict:
              "nchw": (lambda: bare_step(nchw_model, nchw_opt, ready, amp), B)}
     if dev == "cpu":
         loops["threads_1"] = (with_threads(1), B)
+        # TrainConfig.cpu_bf16: AMX CPUs compute bf16 convolutions natively, others emulate them
+        loops["cpu_bf16"] = (lambda: bare_step(model, opt, ready, True), B)
     sps = rounds(loops, max(1, args.steps - 1), args.rounds, dev)
     out["train_step_vs_default"] = {k: sps[k] / sps["default"] for k in loops}
 

@@ -176,6 +176,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=64, help="pairs per step (default 64, the presets')")
     p.add_argument("--lr", type=float, default=3e-3, help="the one-cycle schedule's peak (default 3e-3, the presets')")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cpu-bf16", action="store_true", help="train with bfloat16 autocast on the CPU (TrainConfig.cpu_bf16)")
     p.add_argument("--flips", action="store_true", help="with --run: also score test-time flip averaging")
     args = p.parse_args(argv)
     try:
@@ -196,7 +197,8 @@ def main(argv=None) -> int:
             MODELS.setdefault(name, EXTRA.get(name))
             cfg = TrainConfig(data_root=str(root), train_size=args.train_size, repair=True, model=name, pretrained=False,
                               epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule="onecycle",
-                              loss="log_mse", seed=args.seed, device="cpu", checkpoint_every=10 ** 9).validate()
+                              loss="log_mse", seed=args.seed, device="cpu", cpu_bf16=args.cpu_bf16,
+                              checkpoint_every=10 ** 9).validate()
             run = Path(tempfile.mkdtemp(prefix="variant-"))
             try:
                 training = Training(cfg, run / "run")
@@ -205,7 +207,7 @@ def main(argv=None) -> int:
                     pass
                 seconds = time.perf_counter() - start
                 print(json.dumps({"variant": name, "seed": args.seed, "batch_size": cfg.batch_size, "lr": cfg.lr,
-                                  "steps": training.step,
+                                  "cpu_bf16": cfg.cpu_bf16, "steps": training.step,
                                   "train_s": round(seconds, 1), **score(training.model, *val)}), flush=True)
             finally:
                 shutil.rmtree(run, ignore_errors=True)

@@ -214,7 +214,7 @@ class Training:
         mnist, cifar, mean = to_float(mnist_u8, cifar_u8)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        use_amp = self.config.amp and self.device.type == "cuda"
+        use_amp = self.config.amp if self.device.type == "cuda" else self.config.cpu_bf16
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
             mnist_hat, cifar_hat = self.model(mean)
         if self.config.loss == "log_mse":

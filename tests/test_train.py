@@ -185,3 +185,24 @@ def test_pretrained_falls_back_with_one_warning(monkeypatch, tmp_path, capsys):
     assert model.encoder.pretrained_loaded is False
     out, err = capsys.readouterr()  # torch.hub's "Downloading: ..." goes to stderr: `train` prints only the
     assert out == "" and "Downloading" in err  # run folder on stdout (RUN=$(python -m mixsep train ...))
+
+
+def test_cpu_bf16_computes_the_convolutions_in_bfloat16_and_still_learns(tiny_config, tmp_path):
+    """cpu_bf16 is off by default (fp32, exact); on, the CPU's forward convolutions run under bf16 autocast."""
+    seen = {}
+
+    def training_dtypes(cfg, run):
+        training = T.Training(cfg, run)
+        conv = next(m for m in training.model.modules() if isinstance(m, torch.nn.Conv2d))
+        hook = conv.register_forward_hook(lambda mod, inp, out: seen.setdefault(cfg.cpu_bf16, out.dtype) and None)
+        losses = [r.loss for r in training.steps()]
+        hook.remove()
+        return losses
+
+    assert tiny_config.cpu_bf16 is False
+    fp32 = training_dtypes(dataclasses.replace(tiny_config, train_size=16, epochs=12, lr=2e-3), tmp_path / "a")
+    bf16 = training_dtypes(dataclasses.replace(tiny_config, train_size=16, epochs=12, lr=2e-3, cpu_bf16=True),
+                           tmp_path / "b")
+    assert seen == {False: torch.float32, True: torch.bfloat16}
+    assert bf16 != fp32 and bf16[-1] < 0.7 * bf16[0]  # other arithmetic, and it still trains
+    assert TrainConfig.load(tmp_path / "b" / "config.json").cpu_bf16 is True
