@@ -21,6 +21,7 @@
 4. torch.compile of the whole step (forward, loss, backward, Adam; full run or --compile): compile
    time, step time saved, and the break-even number of steps.
 5. What else was tried on the bare step and for evaluation: threads, NCHW against channels_last,
+   bf16 autocast on the CPU (TrainConfig.cpu_bf16; also on the --quality-model's step),
    inference_mode against no_grad.
 6. Evaluation throughput: mixsep.metrics.evaluate over the test split.
 7. One U-Net run (--quality-model, default unet_narrow; the quality preset, its one-cycle schedule sized to this mode's time cap),
@@ -305,6 +306,17 @@ def tried(args, t: dict) -> dict:
         loops["cpu_bf16"] = (lambda: bare_step(model, opt, ready, True), B)
     sps = rounds(loops, max(1, args.steps - 1), args.rounds, dev)
     out["train_step_vs_default"] = {k: sps[k] / sps["default"] for k in loops}
+    if dev == "cpu":  # the same question for the quality model, whose convolutions are thinner
+        torch.manual_seed(0)
+        unet = build_model(args.quality_model, pretrained=False).train()
+        unet_opt = torch.optim.Adam(unet.parameters(), lr=1e-3)
+        b = PRESETS[args.quality_model]["batch_size"] if not args.dry_run else B
+        unet_batch = tuple(x[:b] for x in ready) if b <= B else tuple(torch.cat([x] * -(-b // B))[:b] for x in ready)
+        sps = rounds({"fp32": (lambda: bare_step(unet, unet_opt, unet_batch), b),
+                      "cpu_bf16": (lambda: bare_step(unet, unet_opt, unet_batch, True), b)},
+                     max(2, args.steps), args.rounds, dev)
+        out["quality_model_cpu_bf16_vs_fp32"] = sps["cpu_bf16"] / sps["fp32"]
+        out["quality_model_samples_per_s"] = {k: v for k, v in sps.items() if k != "_rounds"}
 
     # evaluation forward passes: grad on (but eval mode), no_grad, inference_mode
     mean = ready[2]
@@ -554,6 +566,10 @@ def main(argv=None) -> int:
             print(f"tried on the bare step (samples/s relative to the default: {threads} threads, channels_last, eager):")
             for k, v in tr["train_step_vs_default"].items():
                 print(f"  {k:14s} {v:.2f}x")
+            if "quality_model_cpu_bf16_vs_fp32" in tr:
+                q = tr["quality_model_samples_per_s"]
+                print(f"{args.quality_model} bare step, bf16 autocast (--cpu-bf16) / fp32: "
+                      f"{tr['quality_model_cpu_bf16_vs_fp32']:.2f}x ({q['cpu_bf16']:.0f} vs {q['fp32']:.0f} samples/s)")
             print("evaluation forward, samples/s: " + ", ".join(f"{k} {v:.0f}" for k, v in tr["eval_forward_samples_per_s"].items()))
             ev = eval_throughput(args, t["model"])
             print(f"evaluate() over {ev['pairs']} test pairs (5 modes x 2 sources, PSNR and SSIM): "

@@ -99,6 +99,11 @@ def test_run_dry_run_prints_the_bench_line(bench, data_root, tmp_path, capsys):
     assert training["mfu_executed"] < training["mfu"]
     assert "encoder skipping padding taps (the default) / all taps" in out
     assert figures["time_to_target"]["validation_pairs"] == 16
+    # bf16 autocast on the CPU, timed beside fp32 for the faithful step and the quality model's
+    tried = figures["tried"]
+    assert tried["train_step_vs_default"]["cpu_bf16"] > 0 and tried["quality_model_cpu_bf16_vs_fp32"] > 0
+    assert set(tried["quality_model_samples_per_s"]) == {"fp32", "cpu_bf16"}
+    assert "unet_narrow bare step, bf16 autocast (--cpu-bf16) / fp32:" in out
 
 
 def test_run_takes_a_batch_size_and_refuses_a_bad_one(bench, data_root, capsys):
