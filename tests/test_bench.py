@@ -270,3 +270,22 @@ def test_contention_times_each_wait_policy_in_real_processes(bench, tmp_path, ca
     assert set(got) == {"spin/alone", "passive/alone"} and all(v[0] > 0 for v in got.values())
     assert contention.main(["--rounds", "0"]) == 2
     assert capsys.readouterr().err == "error: --rounds must be at least 1 (got 0).\n"
+
+
+def test_hf_widths_trains_the_wider_unet_hf_through_quality_and_names_its_script(data_root, tmp_path):
+    """bench/hf_widths.py registers unet_hf at wider levels in its own process (mixsep's MODELS stay as
+    they are here) and hands the rest of its arguments to quality.py; without a script name: exit 2."""
+    def run(*args):
+        return subprocess.run([sys.executable, str(BENCH / "hf_widths.py"), *args], capture_output=True, text=True,
+                              cwd=BENCH.parent, timeout=300)
+
+    done = run("quality", "--data-root", str(data_root), "--dry-run", "--model", "unet_hf_wide", "--cpu-bf16",
+               "--runs-dir", str(tmp_path / "runs"))
+    assert done.returncode == 0, done.stderr
+    assert QUALITY_LINE.match(done.stdout.strip().splitlines()[-1])
+    saved = json.loads(next((tmp_path / "runs").glob("*/config.json")).read_text())
+    assert saved["model"] == "unet_hf_wide" and saved["cpu_bf16"] is True
+    refused = run("--data-root", str(data_root))
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "quality or variants" in refused.stderr
+    from mixsep.model import MODELS
+    assert "unet_hf_wide" not in MODELS
