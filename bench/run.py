@@ -376,6 +376,7 @@ def unet_config(args, train_size: int) -> TrainConfig:
     preset = dict(PRESETS[args.quality_model])
     cfg = TrainConfig(data_root=args.data_root, model=args.quality_model, pretrained=False, device=args.device, seed=0,
                       checkpoint_every=10_000, max_minutes=args.target_cap_s / 60, train_size=train_size,
+                      cpu_bf16=args.cpu_bf16,
                       **(preset | {"epochs": 1}))
     if args.dry_run:
         cfg.batch_size = args.batch_size
@@ -465,6 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality-model", choices=[m for m in PRESETS if m != "faithful"], default="unet_narrow",
                    help="the U-Net of the time-to-22/30-dB run (default unet_narrow; unet, unet_fraction and "
                         "unet_digit give the figures before it)")
+    p.add_argument("--cpu-bf16", action="store_true",
+                   help="train the time-to-dB run with bf16 autocast on the CPU (TrainConfig.cpu_bf16; faster with AMX)")
     p.add_argument("--rounds", type=int, default=0,
                    help="alternating rounds per comparison; 0 = the mode's (3 quick, 5 full); more steadies the medians on a busy machine")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the loops run (default cpu)")
