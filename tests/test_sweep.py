@@ -223,6 +223,10 @@ def test_a_study_that_exists_with_another_space_is_refused(capsys, data_root, tm
     assert main(sweep_args(data_root, runs, "--study", "s", "--epochs", "3")) == 2
     assert "was made with epochs=1, not 3" in capsys.readouterr().err
     assert tree(runs) == before
+    # how a machine computes is its own choice: a machine with AMX joins in bf16, one with a GPU without amp
+    joined = plan(build_parser().parse_args(sweep_args(data_root, runs, "--study", "s", "--cpu-bf16", "--no-amp")))
+    assert joined.exists and joined.config.cpu_bf16 is True and joined.config.amp is False
+    assert joined.config.model == "tiny" and not {"cpu_bf16", "amp"} & set(joined.fixed)
 
 
 def test_two_commands_that_start_one_new_study_together_join_only_when_they_plan_the_same(data_root, tmp_path):
