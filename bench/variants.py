@@ -71,9 +71,9 @@ class _ThroughNet(SeparatorNet):
         return mnist_hat, 2 * mean - mnist_hat
 
 
-def _rich(widths=(32, 64, 128, 256), features="rich"):
+def _rich(widths=(32, 64, 128, 256), features="rich", **more):
     """The fraction head with the rich inputs (unet_digit_rich in training) at these level widths."""
-    return lambda pretrained=False: SeparatorNet(widths=widths, head="fraction", features=features)
+    return lambda pretrained=False: SeparatorNet(widths=widths, head="fraction", features=features, **more)
 
 
 EXTRA = {
@@ -92,6 +92,9 @@ EXTRA = {
     "rich-narrow-wide-bottom": _rich((16, 32, 64, 256)),
     # and what no resized digit can hold, as three more inputs (unet_hf in training)
     "rich-narrow-hf": _rich((16, 32, 64, 128), features="hf"),
+    # and on it: two convolutions per decoder level, or residual encoder stages
+    "rich-narrow-hf-deep": _rich((16, 32, 64, 128), features="hf", decoder_depth=2),
+    "rich-narrow-hf-res": _rich((16, 32, 64, 128), features="hf", residual=True),
 }
 
 
