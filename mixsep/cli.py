@@ -308,7 +308,7 @@ def _resume_settings(args, run_dir: Path, saved: TrainConfig) -> TrainConfig:
     changed = {k: v for k, v in given.items() if v != getattr(saved, k)}
     fixed = [k for k in changed if not by_name[k].on_resume]
     if fixed:
-        shown = ", ".join(f"{by_name[k].flag} {_word(changed[k])} (the run's: {_word(getattr(saved, k))})"
+        shown = ", ".join(f"{_words(by_name[k], changed[k])} (the run's: {_was(by_name[k], getattr(saved, k))})"
                           for k in fixed)
         raise MixsepError(f"{run_dir} resumes with the settings it was started with, and {source} "
                           f"{shown}; leave out --run-dir to start a new run with them, or drop them to resume.")
@@ -316,13 +316,23 @@ def _resume_settings(args, run_dir: Path, saved: TrainConfig) -> TrainConfig:
         return saved
     cfg = dataclasses.replace(saved, **changed).validate()
     write_json(run_dir / CONFIG, cfg.to_dict())
-    print("resuming with " + ", ".join(f"{by_name[k].flag} {_word(v)}" for k, v in changed.items())
+    print("resuming with " + ", ".join(_words(by_name[k], v) for k, v in changed.items())
           + f" (saved in {run_dir / CONFIG})", file=sys.stderr)
     return cfg
 
 
 def _word(value) -> str:
     return json.dumps(value) if isinstance(value, str) and not value else str(value)
+
+
+def _words(setting, value) -> str:
+    """The flag as a user would type it: ``--no-cpu-bf16`` for a switch turned off, ``--lr 0.01`` otherwise."""
+    return " ".join(setting.argv(value)) if setting.type is bool else f"{setting.flag} {_word(value)}"
+
+
+def _was(setting, value) -> str:
+    """A run's saved value beside the flag that would change it: the switch's flag, else the value alone."""
+    return " ".join(setting.argv(value)) if setting.type is bool else _word(value)
 
 
 def _train(args, cfg: TrainConfig, run) -> int:

@@ -1020,6 +1020,17 @@ def _check_own_folder(folder: Path, config: TrainConfig, number: int) -> None:
                           "move that folder away, then run the same command: the trial is queued to resume.")
 
 
+def _save_local(folder: Path, config: TrainConfig) -> None:
+    """A trial resumed with this machine's own LOCAL settings (another device, --cpu-bf16, data root) saves
+    them to its config.json, as `train --run-dir` saves the settings a resume may change; the others are
+    equal (_check_own_folder). Called under the folder's lock."""
+    from .run import CONFIG, write_json
+
+    path = folder / CONFIG
+    if path.is_file() and TrainConfig.load(path).to_dict() != config.to_dict():
+        write_json(path, config.to_dict())
+
+
 class _QuietInterrupts(logging.Filter):
     """Optuna logs a trial that ends in SweepInterrupted as a failure, with the traceback, and then
     "Trial N failed with value None."; the sweep says in one line that the trial stopped and resumes
@@ -1172,6 +1183,7 @@ class Worker:
         except RunWriteError as e:
             raise SweepHalted(trial._trial_id, str(e)) from None
         try:
+            _save_local(folder, config)
             return self._train(trial, config, run)
         except RunWriteError as e:  # every later trial would fail the same way: stop, and resume this one later
             try:  # marked first: if the disk is the journal's too, the requeue after Optuna's FAIL may be cut off

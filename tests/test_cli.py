@@ -267,7 +267,8 @@ def test_a_resume_keeps_the_runs_settings_and_a_mistake_changes_nothing(capsys, 
                         (["--config", str(other)], f"--config {other} changes --epochs 3 (the run's: 1), --lr 0.5"),
                         (["--config", str(other), "--lr", "0.1"], "so --lr would be ignored; drop them, or drop --config"),
                         (["--config", str(tmp_path / "nope.json")], f"There is no config file {tmp_path / 'nope.json'}"),
-                        (["--model", "unet"], "--model unet (the run's: tiny)")):
+                        (["--model", "unet"], "--model unet (the run's: tiny)"),
+                        (["--repair"], "--repair (the run's: --no-repair)")):  # a switch as it is typed
         assert main(["train", "--run-dir", str(run), "--quiet", *extra]) == 2, extra
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and says in err, err
@@ -279,13 +280,13 @@ def test_a_resume_keeps_the_runs_settings_and_a_mistake_changes_nothing(capsys, 
     shutil.copytree(data_root, moved)
     monkeypatch.chdir(runs)
     assert main(["train", "--run-dir", str(run), "--quiet", "--data-root", str(moved), "--max-minutes", "5",
-                 "--model", "tiny"]) == 0  # the run's own model repeated is no change
+                 "--model", "tiny", "--no-amp"]) == 0  # the run's own model repeated is no change
     err = capsys.readouterr().err
-    assert f"resuming with --data-root {moved}, --max-minutes 5.0 (saved in" in err, err
+    assert f"resuming with --data-root {moved}, --no-amp, --max-minutes 5.0 (saved in" in err, err
     now = json.loads((run / "config.json").read_text())
-    assert (now["data_root"], now["max_minutes"]) == (str(moved), 5.0)
-    assert {k: v for k, v in now.items() if k not in ("data_root", "max_minutes")} == \
-        {k: v for k, v in saved.items() if k not in ("data_root", "max_minutes")}
+    assert (now["data_root"], now["max_minutes"], now["amp"]) == (str(moved), 5.0, False)
+    changed = ("data_root", "max_minutes", "amp")
+    assert {k: v for k, v in now.items() if k not in changed} == {k: v for k, v in saved.items() if k not in changed}
 
 
 def test_a_run_that_never_starts_leaves_no_folder(capsys, data_root, tmp_path):

@@ -613,6 +613,16 @@ def test_stop_requeues_the_running_trial(tmp_path):
     log = (runs / "s" / SWEEP_LOG).read_text()  # the stop in one line, not Optuna's traceback of it
     assert "trial 0: stopped; it resumes from its last checkpoint" in log and "Traceback" not in log, log
     assert "failed with value None" not in log, log
+    # resumed by a command with its own --cpu-bf16 (each machine's choice): the trial's folder records it,
+    # as `train --run-dir` records a setting a resume may change
+    assert json.loads((first / "config.json").read_text())["cpu_bf16"] is False
+    sweeps.start(["--study", "s", "--data-root", str(data), "--cpu-bf16"])
+    wait_for(lambda: json.loads((first / "config.json").read_text())["cpu_bf16"] or sweeps.running() is None,
+             what="the resumed trial's config")
+    assert sweeps.stop()
+    sweeps.wait(120)
+    saved = json.loads((first / "config.json").read_text())
+    assert saved["cpu_bf16"] is True and saved["lr"] == trials[0].params["lr"] and sweeps.error() is None
 
 
 @pytest.mark.heavy(12)
