@@ -46,6 +46,9 @@ with st.expander("Config of the next run"):
 # When nothing trains the status polls at the same pace to notice a run started elsewhere, and
 # the chart waits for a change.
 REFRESH = {"2 s": 2.0, "5 s": 5.0, "15 s": 15.0, "Paused": None}
+RESUME_HELP = ("Continues with the run's saved settings; the settings above are for a new run. A resume may "
+               "change the time budget, device or precision from the command line: python -m mixsep train "
+               "--run-dir RUN --max-minutes M (or --device, --cpu-bf16, --checkpoint-every).")
 refresh = REFRESH[live.radio("Live updates", list(REFRESH), index=1, horizontal=True, key="train_refresh",
                              persist_state="session",
                              help="How often the status and the progress refresh while a run trains; the loss "
@@ -117,7 +120,7 @@ def status():
     can_resume = not job.alive and job.state in ("stopped", "failed", "interrupted") and (
         job.step < job.total_steps or not job.total_steps)
     if can_resume and st.button("Resume this run" if list_checkpoints(job.run_dir) else "Start this run again",
-                                icon=":material/replay:"):  # the folder is listed only when the button shows
+                                icon=":material/replay:", help=RESUME_HELP):  # the folder is listed only when the button shows
         try:
             jobs.start(run_dir=job.run_dir)
             st.session_state.pop("train_refused", None)

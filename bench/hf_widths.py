@@ -33,6 +33,9 @@ def register() -> None:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
     if not argv or argv[0] not in ("quality", "variants"):
         print("error: name the bench script first: quality or variants, then its arguments.", file=sys.stderr)
         return 2

@@ -580,7 +580,8 @@ def main(argv=None) -> int:
             target = time_to_targets(args, work)
             for name, what in (("time_to_22db_s", f"{TARGET_DB} dB MNIST PSNR on the test pairs"),
                                ("time_to_30db_s", f"{QUALITY_DB:.0f} dB PSNR, both sources, on {target['validation_pairs']} validation pairs")):
-                print(f"time to {what} ({args.quality_model}, {target['config']['epochs']}-epoch schedule): "
+                print(f"time to {what} ({args.quality_model}, {target['config']['epochs']}-epoch schedule"
+                      + (", bf16 autocast" if target["config"]["cpu_bf16"] else "") + "): "
                       + (f"{target[name]:.0f} s" if math.isfinite(target[name]) else f"not reached within {target['clock_s']:.0f} s"))
         dash, dash_how = dashboard_figure(args)
         print("dashboard overhead (Train page in headless Chromium vs none): "

@@ -252,11 +252,11 @@ class TrainConfig:
     device: str = setting("auto", "auto (CUDA when present, else CPU), cpu, cuda or cuda:N", "Device", "mechanics",
                           pattern=r"auto|cpu|cuda(:\d+)?", rule="Unknown device '{value}'; choose auto, cpu or cuda.",
                           on_resume=True)
-    amp: bool = setting(True, "bfloat16 autocast on CUDA only; the CPU stays fp32 for exact results",
+    amp: bool = setting(True, "bfloat16 autocast on CUDA; on the CPU, cpu_bf16 decides (off: fp32)",
                         "Mixed precision (CUDA)", "mechanics", on_resume=True)
     cpu_bf16: bool = setting(False, "bfloat16 autocast on the CPU too: faster where the CPU computes bf16 itself "
                              "(AMX, as on Xeon Sapphire Rapids and later: 1.3 to 2x a step), emulated where it "
-                             "does not; results then differ from fp32's in the last bits", "Mixed precision on the CPU (bf16)",
+                             "does not; results then differ from fp32's from the first step (bf16 keeps 8 bits of mantissa, fp32 24)", "Mixed precision on the CPU (bf16)",
                              "mechanics", on_resume=True, widget="toggle", advanced=True)
     checkpoint_every: int = setting(200, "steps between checkpoints (one is always written at the end)",
                                     "Steps between checkpoints", "mechanics", low=1, on_resume=True)

@@ -855,7 +855,9 @@ def test_a_stopped_run_with_a_bad_config_says_so_everywhere_and_keeps_saying_it(
     assert note.startswith("stopped by request; ") and refusal in note and "holds a" not in note, note
     at = open_page("app_pages/1_Train.py")
     widget(at.selectbox, "Run").set_value("bad-config").run()
-    widget(at.button, "Resume this run").click().run()
+    resume = widget(at.button, "Resume this run")
+    assert "saved settings" in resume.help and "--run-dir" in resume.help  # the sidebar's toggles do not apply
+    resume.click().run()
     at.run()  # the status's next refresh
     assert refusal in seen(texts(at.error)).replace("\u2060", "")  # the word joiner is invisible
     at.switch_page("app_pages/2_Samples.py").run()

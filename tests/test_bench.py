@@ -287,5 +287,7 @@ def test_hf_widths_trains_the_wider_unet_hf_through_quality_and_names_its_script
     assert saved["model"] == "unet_hf_wide" and saved["cpu_bf16"] is True
     refused = run("--data-root", str(data_root))
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "quality or variants" in refused.stderr
+    helped = run("--help")
+    assert helped.returncode == 0 and "unet_hf_wide" in helped.stdout and not helped.stderr
     from mixsep.model import MODELS
     assert "unet_hf_wide" not in MODELS
