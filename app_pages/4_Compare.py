@@ -38,7 +38,7 @@ for name in chosen:
 st.plotly_chart(ui.style(fig, f"Training loss, {ui.LOSSES[loss]} (EMA {smoothing:.2f})", "step", "MSE loss", height=420))
 
 table = pd.DataFrame([rows[n] for n in chosen]).reindex(
-    columns=["run", "state", "note", "model", "pretrained_loaded", "lr", "beta1", "beta2", "batch_size", "epochs",
+    columns=["run", "state", "note", "model", "pretrained_loaded", "cpu_bf16", "lr", "beta1", "beta2", "batch_size", "epochs",
              "train_size", "step", "last_loss", "best_loss", "val_psnr", "disk"])
 table["note"] = [rows[n]["message"] for n in chosen]  # why a run is odd: an unreadable config, a failure...
 numbers = ["lr", "beta1", "beta2", "batch_size", "epochs", "step", "last_loss", "best_loss", "val_psnr"]
@@ -71,6 +71,8 @@ st.dataframe(table, hide_index=True, placeholder="", column_config={
     "lr": ui.lr_column(), "batch_size": "batch", "train_size": "pairs",
     "pretrained_loaded": st.column_config.CheckboxColumn(
         "ImageNet", help="Whether ImageNet weights were loaded (not just asked for); empty for older runs."),
+    "cpu_bf16": st.column_config.CheckboxColumn(
+        "bf16 (CPU)", help="Trained under bf16 autocast on the CPU (--cpu-bf16) rather than in fp32."),
     "disk": st.column_config.NumberColumn(format="bytes", help="What the run folder takes on disk."),
     "step": "steps",
     "last_loss": st.column_config.NumberColumn("last loss", format="%.4f"),

@@ -37,7 +37,8 @@ def run_summary(run_dir: Path, name: str | None = None) -> dict:
     try:
         cfg = TrainConfig.load(run_dir / "config.json")
         row.update(model=cfg.model, lr=cfg.lr, beta1=cfg.beta1, beta2=cfg.beta2, batch_size=cfg.batch_size,
-                   epochs=cfg.epochs, train_size=cfg.train_size, seed=cfg.seed, pretrained=cfg.pretrained)
+                   epochs=cfg.epochs, train_size=cfg.train_size, seed=cfg.seed, pretrained=cfg.pretrained,
+                   cpu_bf16=cfg.cpu_bf16)
     except MixsepError as e:
         row["message"] = str(e)
     status = read_status(run_dir)

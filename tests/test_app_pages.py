@@ -269,9 +269,12 @@ def test_compare_page_curves_and_table(app_env):
 def test_compare_shows_what_loaded_and_disk_use_and_deletes_runs(app_env):
     data, runs = app_env
     shutil.copytree(runs / "tiny-run", runs / "doomed")
+    config = json.loads((runs / "doomed" / "config.json").read_text())
+    (runs / "doomed" / "config.json").write_text(json.dumps(dict(config, cpu_bf16=True)))
     at = open_page("app_pages/4_Compare.py")
     table = at.dataframe[0].value
     assert list(table["pretrained_loaded"]) == [False, False]  # recorded by the trainer, not the request
+    assert table.set_index("run")["cpu_bf16"].to_dict() == {"doomed": True, "tiny-run": False}  # its precision
     assert (table["disk"] > 0).all()
     at.multiselect(key="delete_runs").set_value(["doomed"]).run()
     assert widget(at.button, "Delete").disabled  # not before the confirmation
