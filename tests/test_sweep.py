@@ -706,6 +706,7 @@ def test_sweep_page_launches_a_study_and_shows_its_trials(page_env):
     at.multiselect(key="sweep_model").set_value(["tiny"])
     at.select_slider(key="sweep_batch_size").set_value((16, 16))
     at.toggle(key="sweep_pretrained").set_value(False)  # no download attempt per trial
+    at.toggle(key="sweep_cpu_bf16").set_value(True)  # the Train page's precision toggle, here too
     at.number_input(key="sweep_trials").set_value(2)
     at.number_input(key="sweep_val").set_value(16)
     at.number_input(key="sweep_every").set_value(1)
@@ -728,6 +729,7 @@ def test_sweep_page_launches_a_study_and_shows_its_trials(page_env):
     assert "Best so far" in " ".join(s.value for s in at.success)
     cfg = json.loads((runs / "page" / "trial-0000" / "config.json").read_text())
     assert (cfg["model"], cfg["batch_size"], cfg["train_size"], cfg["pretrained"]) == ("tiny", 16, 80, False)
+    assert cfg["cpu_bf16"] is True
 
     (runs / "solo").mkdir()  # a run of its own beside the study: the filter leaves it out
     for f in ("config.json", "metrics.csv", "status.json"):
