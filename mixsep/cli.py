@@ -151,7 +151,7 @@ def cmd_train(args) -> int:
         try:
             cfg = _train_config(args)
         except BaseException:
-            run.close()
+            run.close(restore_lock=True)  # refused: the run's files byte for byte as they were, .lock included
             _remove_unstarted(run.path, made)
             raise
         _say_if_unlisted(run.path, Path(args.runs_dir))

@@ -431,6 +431,7 @@ class RunLock:
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / LOCK
         self._fd: int | None = None
+        self._previous: bytes | None = None  # the last holder's line, for release(restore=True)
 
     def acquire(self) -> "RunLock":
         try:
@@ -451,6 +452,7 @@ class RunLock:
         info = json.dumps({**identity(), "cmd": " ".join(mask_secrets(_cmdline(os.getpid())))[:500],
                            "since": time.time()})
         try:  # who holds it, for a second trainer's message; the flock is the lock, so a full disk is no
+            self._previous = os.pread(fd, 1 << 16, 0)
             os.ftruncate(fd, 0)  # reason to fail here (the run's first real write says so in one sentence)
             os.pwrite(fd, info.encode(), 0)
         except OSError:
@@ -458,8 +460,16 @@ class RunLock:
         self._fd = fd
         return self
 
-    def release(self) -> None:
+    def release(self, restore: bool = False) -> None:
+        """Drop the lock; ``restore``: first put back the previous holder's line (a command refused before it
+        wrote anything leaves the folder's files as they were, .lock included)."""
         if self._fd is not None:
+            if restore and self._previous is not None:
+                try:
+                    os.ftruncate(self._fd, 0)
+                    os.pwrite(self._fd, self._previous, 0)
+                except OSError:
+                    pass  # the line only names a holder; the flock is the lock
             os.close(self._fd)  # closing drops the flock
             self._fd = None
 
@@ -801,14 +811,15 @@ class Run:
         try:
             check_layout(self.path)
         except MixsepError:
-            self.lock.release()
+            self.lock.release(restore=True)  # refused before anything was written
             raise
         remove_stale_temps(self.path)
         return self
 
-    def close(self) -> None:
+    def close(self, restore_lock: bool = False) -> None:
+        """Release the folder; ``restore_lock``: nothing was done, so .lock gets its previous holder's line back."""
         self.metrics.close()
-        self.lock.release()
+        self.lock.release(restore=restore_lock)
 
     def __enter__(self):
         return self.open()

@@ -259,7 +259,7 @@ def test_a_resume_keeps_the_runs_settings_and_a_mistake_changes_nothing(capsys, 
     run = Path(capsys.readouterr().out.strip().splitlines()[-1])
     saved = json.loads((run / "config.json").read_text())
     assert saved["data_root"] == str(data_root.resolve())  # resolved: the run resumes from any folder
-    before = {p: p.read_bytes() for p in (run / "config.json", run / "status.json", run / "metrics.csv")}
+    before = {p: p.read_bytes() for p in (run / "config.json", run / "status.json", run / "metrics.csv", run / ".lock")}
 
     other = tmp_path / "other.json"
     other.write_text(json.dumps(dict(saved, lr=0.5, epochs=3)))
