@@ -16,18 +16,14 @@ import sys
 import mixsep  # noqa: F401  first, before torch: how its threads wait
 from mixsep import config
 from mixsep.model import MODELS
-from mixsep.separators import SeparatorNet
+from variants import _rich
 
 WIDTHS = {"unet_hf_wide": (32, 64, 128, 256), "unet_hf_mid": (24, 48, 96, 192)}
 
 
-def _maker(widths):
-    return lambda pretrained=False: SeparatorNet(widths=widths, head="fraction", features="hf", digit_space=True)
-
-
 def register() -> None:
     for name, widths in WIDTHS.items():
-        MODELS[name] = _maker(widths)
+        MODELS[name] = _rich(widths, features="hf", digit_space=True)  # unet_hf's class, these widths
         config.RECIPES[name] = dict(config.RECIPES["unet_digit_rich"])
 
 

@@ -256,8 +256,9 @@ class TrainConfig:
                         "Mixed precision (CUDA)", "mechanics", on_resume=True)
     cpu_bf16: bool = setting(False, "bfloat16 autocast on the CPU too: faster where the CPU computes bf16 itself "
                              "(AMX, as on Xeon Sapphire Rapids and later: 1.3 to 2x a step), emulated where it "
-                             "does not; results then differ from fp32's from the first step (bf16 keeps 8 bits of mantissa, fp32 24)", "Mixed precision on the CPU (bf16)",
-                             "mechanics", on_resume=True, widget="toggle", advanced=True)
+                             "does not; results then differ from fp32's from the first step (bf16 keeps 8 bits "
+                             "of mantissa, fp32 24)", "Mixed precision on the CPU (bf16)", "mechanics",
+                             on_resume=True, widget="toggle", advanced=True)
     checkpoint_every: int = setting(200, "steps between checkpoints (one is always written at the end)",
                                     "Steps between checkpoints", "mechanics", low=1, on_resume=True)
     keep_epochs: int = setting(1, "keep every k-th epoch checkpoint (weights only; the latest is always kept, and "
