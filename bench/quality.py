@@ -88,7 +88,7 @@ def make_config(args) -> TrainConfig:
     if preset["epochs"] == "auto" and args.minutes <= 0:
         raise MixsepError("With no time budget (--minutes 0) give --epochs: the preset sizes them to the budget.")
     epochs = 1 if preset["epochs"] == "auto" else preset["epochs"]  # sized in main once the data is known
-    return TrainConfig(data_root=args.data_root, model=args.model, pretrained=False, seed=args.seed,
+    return TrainConfig(data_root=str(Path(args.data_root).resolve()), model=args.model, pretrained=False, seed=args.seed,
                        device=args.device, cpu_bf16=args.cpu_bf16, max_minutes=args.minutes, checkpoint_every=10_000,
                        **(preset | {"epochs": epochs})).validate()
 

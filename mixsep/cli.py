@@ -17,9 +17,26 @@ from .errors import MixsepError, SecondInterrupt, StoppedBeforeTraining
 GRID_MAX_N = 100  # columns of `grid`: the report's shows 20; 100,000 once took 98 s, 7.8 GB and a 661,000-px PNG
 
 
-def _add_data_root(p):
+def _add_data_root(p, of_run: bool = False):
+    if of_run:  # a run knows where its data is: the default is that folder, not ./data
+        p.add_argument("--data-root", default=None,
+                       help="folder with MNIST/ and cifar-10-batches-py/ or cifar10/*.npz; default: the run's own "
+                            "(its config.json) where that folder exists, else env MIXSEP_DATA_ROOT, else ./data")
+        return
     p.add_argument("--data-root", default=default_data_root(),
                    help="folder with MNIST/ and cifar-10-batches-py/ or cifar10/*.npz (env MIXSEP_DATA_ROOT; default ./data)")
+
+
+def _data_root_of(args, cfg: TrainConfig) -> Path:
+    """--data-root if given; else the folder the run trained on, if it is there; else the usual default."""
+    if args.data_root is not None:
+        return Path(args.data_root)
+    if Path(cfg.data_root).is_dir():
+        print(f"data root {cfg.data_root} (the run's; --data-root chooses another)", file=sys.stderr)
+        return Path(cfg.data_root)
+    print(f"note: the run's data root {cfg.data_root} is not a folder here; reading {default_data_root()} "
+          "(--data-root chooses another)", file=sys.stderr)
+    return Path(default_data_root())
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="PSNR/SSIM of every recovery mode, honest and audited")
     e.add_argument("run_dir", help="a run folder (or a checkpoint file inside one)")
-    _add_data_root(e)
+    _add_data_root(e, of_run=True)
     e.add_argument("--samples", type=int, default=0, help="test pairs to score; 0 = the whole test split")
     e.add_argument("--mnist-test", default=None, help="score these MNIST images instead (idx or npz)")
     e.add_argument("--cifar-test", default=None, help="score these CIFAR images instead (batch or npz)")
@@ -69,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("grid", help="the report's labelled sample grid as a PNG")
     g.add_argument("run_dir", help="a run folder (or a checkpoint file inside one)")
-    _add_data_root(g)
+    _add_data_root(g, of_run=True)
     g.add_argument("--n", type=int, default=20,
                    help=f"samples (columns), at most {GRID_MAX_N}; the report's grid shows 20")
     g.add_argument("--out", default="grid.png", help="PNG to write")
@@ -490,11 +507,12 @@ def cmd_evaluate(args) -> int:
         raise MixsepError(f"--json and --markdown both name {json_out}; the second would overwrite the first: "
                           "give each its own file.")
     model, cfg, info = _load_model(args)
-    pairs = load_pairs(Path(args.data_root), "test", mnist_path=args.mnist_test, cifar_path=args.cifar_test)
+    root = _data_root_of(args, cfg)
+    pairs = load_pairs(root, "test", mnist_path=args.mnist_test, cifar_path=args.cifar_test)
     from .metrics import evaluate  # torchmetrics takes seconds to import: a bad run or file is refused first
 
     result = evaluate(model, pairs, count=args.samples, batch_size=args.batch_size,
-                      calibration=calibration_pairs(Path(args.data_root)))
+                      calibration=calibration_pairs(root))
     pd.set_option("display.width", 140)
     scored_as = f", scored as {args.as_model}" if args.as_model else ""
     try:  # the table first (a failed write below still leaves it on screen), but a reader that stops early
@@ -537,7 +555,7 @@ def cmd_grid(args) -> int:
         setting_by_name("seed", resolve=False).check(args.seed)
     out = new_output(args.out, "--out", args.overwrite, args.run_dir, suffix=".png")
     model, cfg, info = _load_model(args)
-    pairs = load_pairs(Path(args.data_root), args.split)
+    pairs = load_pairs(_data_root_of(args, cfg), args.split)
     idx = sample_indices(len(pairs), args.n, args.seed)
     if args.n > len(pairs):
         print(f"note: the {args.split} split holds {len(pairs)} pairs, so the grid shows {len(idx)}, not {args.n}",

@@ -725,6 +725,13 @@ def read_checkpoint(path: Path, map_location="cpu") -> dict:
     if wrong:
         raise MixsepError(f"{path} is not a mixsep checkpoint as mixsep writes them ({wrong}); "
                           "pick another checkpoint or retrain.")
+    from .config import TrainConfig
+
+    try:  # every reader builds a TrainConfig from it: a damaged value is named with its file, here
+        TrainConfig.from_dict(state["config"])
+    except MixsepError as e:
+        reason = str(e).split("; write it like")[0].rstrip(".")
+        raise MixsepError(f"{path} holds damaged saved settings ({reason}); pick another checkpoint or retrain.") from None
     return state
 
 

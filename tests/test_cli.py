@@ -55,6 +55,35 @@ def test_train_evaluate_grid_end_to_end(capsys, data_root, tmp_path):
     assert "note: the test split holds 48 pairs, so the grid shows 48, not 100" in capsys.readouterr().err
 
 
+def test_evaluate_and_grid_read_the_runs_own_data_root_by_default(capsys, data_root, tmp_path, monkeypatch):
+    run = _train(capsys, data_root, tmp_path / "runs")
+    elsewhere = tmp_path / "elsewhere"  # no ./data here, and no MIXSEP_DATA_ROOT: only the run knows where its data is
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("MIXSEP_DATA_ROOT", raising=False)
+    assert main(["evaluate", str(run), "--samples", "8"]) == 0
+    out, err = capsys.readouterr()
+    assert "8 test pairs" in out and f"data root {Path(data_root).resolve()} (the run's" in err
+    assert main(["grid", str(run), "--n", "3", "--out", "g.png"]) == 0 and (elsewhere / "g.png").is_file()
+    capsys.readouterr()
+    empty = tmp_path / "empty"  # the flag still wins over the run's folder
+    empty.mkdir()
+    assert main(["evaluate", str(run), "--data-root", str(empty)]) == 2
+    assert str(empty) in capsys.readouterr().err
+    cfg = json.loads((run / "config.json").read_text())  # the run's folder is gone: the usual default, ./data
+    cfg["data_root"] = str(tmp_path / "moved")
+    (run / "config.json").write_text(json.dumps(cfg))
+    ckpt = run / "checkpoints" / "last.pt"
+    import torch
+    state = torch.load(ckpt, weights_only=True)
+    state["config"]["data_root"] = str(tmp_path / "moved")
+    torch.save(state, ckpt)
+    assert main(["evaluate", str(run)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"note: the run's data root {tmp_path / 'moved'} is not a folder here; reading ./data")
+    assert err[-1].startswith("error: No MNIST test data under data") and len(err) == 2
+
+
 def test_evaluate_on_user_named_files(capsys, data_root, tmp_path):
     run = _train(capsys, data_root, tmp_path / "runs")
     cifar = data_root / "cifar-10-batches-py" / "data_batch_1"

@@ -553,6 +553,8 @@ def test_metrics_rows_whose_step_is_not_a_number_are_skipped(small_config, tmp_p
     (lambda s: s.update(model=[1, 2]), "its weights are not a dict of tensors"),
     (lambda s: s.update(step="abc"), "its step is 'abc', not a whole number"),
     (lambda s: s.update(optimizer={}), "its optimizer state is not Adam's"),
+    (lambda s: s["config"].update(batch_size="x"), "holds damaged saved settings (Setting 'batch_size' must be a whole"),
+    (lambda s: s["config"].update(lr=True), "holds damaged saved settings (Setting 'lr'"),
 ])
 def test_hand_made_checkpoints_get_one_sentence(small_config, tmp_path, capsys, change, match):
     from mixsep.cli import main
