@@ -159,7 +159,7 @@ def cmd_train(args) -> int:
     Every setting is read and checked before anything is written: a mistake leaves an existing run
     as it was, and a folder this command made for a run that never took a step is removed again.
     """
-    from .run import Run
+    from .run import Run, UnreadableCheckpoint
     from .train import new_run_dir
 
     if args.run_dir:
@@ -181,6 +181,9 @@ def cmd_train(args) -> int:
         made = run.path
     try:
         return _train(args, cfg, run)
+    except UnreadableCheckpoint:  # read before anything was written: the run stays as it was, .lock included
+        run.close(restore_lock=True)
+        raise
     except MixsepError as e:
         if not _remove_unstarted(run.path, made, run):  # a new run that never started (no GPU, corrupt data)
             _record_failure(run, str(e))

@@ -695,6 +695,23 @@ def save_checkpoint(path: Path, model, config, step: int, epoch: int, optimizer=
     atomic_write(path, lambda f: torch.save(state, f))
 
 
+class UnreadableCheckpoint(MixsepError):
+    """A checkpoint file that is there but cannot be used: truncated, corrupt, or not mixsep's."""
+
+
+def newest_readable(run_dir: Path, skip: Path) -> str:
+    """A clause naming the run's newest checkpoint other than ``skip`` that reads, or '' if none does."""
+    for p in list_checkpoints(run_dir):
+        if p == skip:
+            continue
+        try:
+            state = read_checkpoint(p)
+        except MixsepError:
+            continue
+        return f"its newest readable checkpoint is {p} (step {state.get('step', 0)})"
+    return ""
+
+
 def read_checkpoint(path: Path, map_location="cpu") -> dict:
     """A checkpoint's contents, loaded as data only (weights_only): a checkpoint cannot run code."""
     import torch
@@ -708,13 +725,13 @@ def read_checkpoint(path: Path, map_location="cpu") -> dict:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         if "Weights only load failed" in str(e) and "GLOBAL" in str(e):  # it names a function or class to build
-            raise MixsepError(f"{path} holds Python objects other than weights, which mixsep refuses to load "
+            raise UnreadableCheckpoint(f"{path} holds Python objects other than weights, which mixsep refuses to load "
                               "(a checkpoint is loaded as data only); it was not written by mixsep. Pick another "
                               "checkpoint or retrain.") from None
-        raise MixsepError(f"{path} is not a readable mixsep checkpoint ({e.__class__.__name__}); "
+        raise UnreadableCheckpoint(f"{path} is not a readable mixsep checkpoint ({e.__class__.__name__}); "
                           "it may be truncated or corrupt. Pick another checkpoint or retrain.") from None
     if not isinstance(state, dict) or "model" not in state or not isinstance(state.get("config"), dict):
-        raise MixsepError(f"{path} is a PyTorch file but not a mixsep checkpoint (no model and config inside).")
+        raise UnreadableCheckpoint(f"{path} is a PyTorch file but not a mixsep checkpoint (no model and config inside).")
     step, optimizer = state.get("step", 0), state.get("optimizer", {"state": {}, "param_groups": []})
     wrong = ("its weights are not a dict of tensors" if not isinstance(state["model"], dict)
              or not all(isinstance(v, torch.Tensor) for v in state["model"].values())
@@ -723,7 +740,7 @@ def read_checkpoint(path: Path, map_location="cpu") -> dict:
              else "its optimizer state is not Adam's" if not isinstance(optimizer, dict)
              or not {"state", "param_groups"} <= optimizer.keys() else None)
     if wrong:
-        raise MixsepError(f"{path} is not a mixsep checkpoint as mixsep writes them ({wrong}); "
+        raise UnreadableCheckpoint(f"{path} is not a mixsep checkpoint as mixsep writes them ({wrong}); "
                           "pick another checkpoint or retrain.")
     from .config import TrainConfig
 
@@ -731,7 +748,7 @@ def read_checkpoint(path: Path, map_location="cpu") -> dict:
         TrainConfig.from_dict(state["config"])
     except MixsepError as e:
         reason = str(e).split("; write it like")[0].rstrip(".")
-        raise MixsepError(f"{path} holds damaged saved settings ({reason}); pick another checkpoint or retrain.") from None
+        raise UnreadableCheckpoint(f"{path} holds damaged saved settings ({reason}); pick another checkpoint or retrain.") from None
     return state
 
 

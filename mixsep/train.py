@@ -6,6 +6,7 @@ this module keeps the loop: one Adam step, the late-read queue of losses, the ep
 from __future__ import annotations
 
 import math
+import re
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -20,9 +21,9 @@ from .config import TrainConfig
 from .data import PairData, load_pairs, to_float
 from .errors import MixsepError
 from .model import MODELS, build_model
-from .run import (CHECKPOINTS, CONFIG, Run, RunWriteError, State, clear_stop, epoch_checkpoint, last_checkpoint,
-                  list_checkpoints, live_status, prune_epoch_checkpoints, read_checkpoint, save_checkpoint,
-                  stop_requested, write_json)
+from .run import (CHECKPOINTS, CONFIG, Run, RunWriteError, State, UnreadableCheckpoint, clear_stop, epoch_checkpoint,
+                  last_checkpoint, list_checkpoints, live_status, newest_readable, prune_epoch_checkpoints,
+                  read_checkpoint, save_checkpoint, stop_requested, write_json)
 from .run import new_run_dir as _new_folder
 
 LOG_MSE_FLOOR = 1e-5  # added to per-image MSEs under config.loss = "log_mse"; 1e-5 is 50 dB PSNR
@@ -67,6 +68,11 @@ def load_model_state(model: nn.Module, state_dict: dict, path: Path, name: str) 
                           "it was saved by another model or another version of mixsep.") from None
 
 
+def _without_advice(e: Exception) -> str:
+    """A checkpoint error without its closing advice, for a sentence that gives better advice."""
+    return re.sub(r"[;.] [Pp]ick another checkpoint or retrain\.$", "", str(e))
+
+
 def require_run_path(run_dir: Path) -> Path:
     """A run folder or checkpoint path that exists (commands check it before their other arguments)."""
     run_dir = Path(run_dir)
@@ -98,7 +104,13 @@ def load_run_model(run_dir: Path, checkpoint: Path | None = None, device="cpu",
             raise MixsepError(f"{run_dir} holds no checkpoint: its checkpoints were removed, or never written "
                               "(the run ended before its first); train it again or pick another run.")
         checkpoint = found[0]
-    state = read_checkpoint(checkpoint)
+        try:
+            state = read_checkpoint(checkpoint)
+        except UnreadableCheckpoint as e:  # a damaged last.pt: say which checkpoint still reads
+            other = newest_readable(run_dir, checkpoint)
+            raise UnreadableCheckpoint(f"{_without_advice(e)}; {other}." if other else str(e)) from None
+    else:
+        state = read_checkpoint(checkpoint)
     config = TrainConfig.from_dict(state["config"])
     if config.model not in MODELS:
         raise MixsepError(f"{checkpoint} was saved by model '{config.model}', which this version of mixsep does not know.")
@@ -196,7 +208,13 @@ class Training:
 
     def _resume(self) -> None:
         if self.last_path.is_file():
-            state = read_checkpoint(self.last_path, map_location=self.device)
+            try:
+                state = read_checkpoint(self.last_path, map_location=self.device)
+            except UnreadableCheckpoint as e:  # refused before anything is written: the run stays as it was
+                other = newest_readable(self.run_dir, self.last_path)
+                raise UnreadableCheckpoint(
+                    f"{_without_advice(e)}, so the run cannot resume and is left as it was"
+                    + (f"; {other}, which evaluate and grid read with --checkpoint." if other else ".")) from None
             old = TrainConfig.from_dict(state["config"])
             if old.model != self.config.model:
                 raise MixsepError(f"{self.run_dir} holds a '{old.model}' run; it cannot resume as '{self.config.model}'.")

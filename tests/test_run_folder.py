@@ -571,6 +571,26 @@ def test_hand_made_checkpoints_get_one_sentence(small_config, tmp_path, capsys, 
         assert err[-1].startswith("error: ") and match in err[-1] and sum(line.startswith("error") for line in err) == 1
 
 
+def test_a_damaged_last_checkpoint_leaves_a_finished_run_as_it_was_and_names_one_that_reads(small_config, tmp_path,
+                                                                                             capsys):
+    from mixsep.cli import main
+
+    run = _finished_run(small_config, tmp_path)
+    last = R.last_checkpoint(run)
+    last.write_bytes(last.read_bytes()[:1000])  # cut short, as an interrupted copy leaves it
+    before = conftest.tree(run)  # .lock included: a refusal puts its holder line back
+    assert main(["train", "--run-dir", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    epoch = R.epoch_checkpoint(run, small_config.epochs)
+    assert err.startswith(f"error: {last} is not a readable mixsep checkpoint") and "left as it was" in err, err
+    assert f"its newest readable checkpoint is {epoch} (step " in err and "--checkpoint" in err
+    assert conftest.tree(run) == before and R.read_status(run)["state"] == "finished"  # it read "failed" before
+    assert main(["evaluate", str(run), "--data-root", small_config.data_root, "--samples", "4"]) == 2
+    assert f"its newest readable checkpoint is {epoch}" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--data-root", small_config.data_root, "--samples", "4",
+                 "--checkpoint", str(epoch)]) == 0
+
+
 def test_a_checkpoint_folder_named_where_a_file_or_run_is_meant(small_config, tmp_path, capsys):
     from mixsep.cli import main
 
