@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="parameters, FLOPs per sample, device and data found")
     _add_data_root(i)
     i.add_argument("--model", default=None, help="one model; default: all")
+    i.add_argument("--check", action="store_true",
+                   help="also read every data file found through, and count its images (exit 2 if one does not read)")
 
     dl = sub.add_parser("download", help="fetch MNIST and CIFAR-10 with torchvision's downloaders")
     _add_data_root(dl)
@@ -608,9 +610,22 @@ def cmd_info(args) -> int:
         if name in RECIPES:
             print(f"  recipe (train --recipe): {' '.join(recipe_flags(name))}")
     print(f"data root {Path(args.data_root).resolve()}:")
+    bad = []
     for row in data_status(Path(args.data_root)):
         where = ", ".join(row["files"]) if row["found"] else f"missing (expected {row['expected']})"
         print(f"  {row['source']:5s} {row['split']:5s} {where}")
+        if args.check and row["found"]:  # found is not readable: a truncated archive is found all the same
+            from .data import load_files
+
+            try:
+                images, _ = load_files([Path(f) for f in row["files"]], row["source"])
+                print(f"              reads: {len(images):,} images")
+            except MixsepError as e:
+                print(f"              does not read: {e}")
+                bad.append(f"{row['source']} {row['split']}")
+    if bad:
+        raise MixsepError(f"The {' and '.join(bad)} data under {args.data_root} do not read (above); "
+                          "download them again or copy them there.")
     return 0
 
 

@@ -123,6 +123,21 @@ def test_info_lists_models_and_data(capsys, data_root):
     assert out.count("missing") == 0 and "data_batch_1" in out
 
 
+def test_info_check_reads_each_file_through_and_names_the_one_that_does_not(capsys, data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("MIXSEP_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["info", "--data-root", str(data_root), "--model", "tiny", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("reads: 96 images") == 2 and out.count("reads: 48 images") == 2  # the fixture's train and test
+    gz = data_root / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[:200])  # cut short: `info` alone still lists it as found
+    assert main(["info", "--data-root", str(data_root), "--model", "tiny"]) == 0
+    assert "missing" not in capsys.readouterr().out
+    assert main(["info", "--data-root", str(data_root), "--model", "tiny", "--check"]) == 2
+    out, err = capsys.readouterr()
+    assert out.count("reads: ") == 3 and out.count("does not read: ") == 1 and str(gz) in out
+    assert err == f"error: The mnist test data under {data_root} do not read (above); download them again or copy them there.\n"
+
+
 @pytest.mark.parametrize("argv,match", [
     (["train", "--lr", "0", *TINY], "Learning rate must be a positive number"),
     (["train", "--beta2", "1.0", *TINY], "beta2 must lie in"),
