@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 import streamlit as st
 
 from mixsep.config import TrainConfig, default_data_root, default_runs_dir, setting_by_name
@@ -48,6 +49,14 @@ def page_link(title: str, label: str, where=st, **kwargs) -> None:
 
 LOSSES = {"loss_cifar": "CIFAR head", "loss_mnist": "MNIST head", "loss": "total"}
 COLORS = {"loss_cifar": "#1f77b4", "loss_mnist": "#d62728", "loss": "#2ca02c"}
+RUN_DASHES = ("solid", "dash", "dot", "dashdot")
+
+
+def run_line(i: int) -> dict:
+    """The i-th run's line on a chart of many: Plotly's own colours repeat after 10, Dark24's 24 after 24, and
+    each further 24 runs get the next dash, so 96 runs are told apart."""
+    palette = qualitative.Dark24
+    return dict(color=palette[i % len(palette)], dash=RUN_DASHES[i // len(palette) % len(RUN_DASHES)], width=2)
 STATE_ICON = {"running": ":material/play_circle:", "starting": ":material/hourglass_top:",
               "finished": ":material/check_circle:", "stopped": ":material/stop_circle:", "failed": ":material/error:",
               "interrupted": ":material/warning:", "unknown": ":material/help:"}  # for markdown text

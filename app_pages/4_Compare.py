@@ -29,12 +29,12 @@ if not chosen:
     st.stop()
 
 fig = go.Figure()
-for name in chosen:
+for i, name in enumerate(chosen):
     m = read_metrics(runs_dir / name)
     rows[name] = rows[name] | ui.best_scores(runs_dir / name, m, smoothing)
     if len(m):  # the EMA over every row, then at most 1,500 points a run for the browser to draw
         curve = downsample(pd.DataFrame({"step": m["step"], "ema": m[loss].ewm(alpha=1 - smoothing).mean()}))
-        fig.add_scatter(x=curve["step"], y=curve["ema"], name=name, mode="lines")
+        fig.add_scatter(x=curve["step"], y=curve["ema"], name=name, mode="lines", line=ui.run_line(i))
 st.plotly_chart(ui.style(fig, f"Training loss, {ui.LOSSES[loss]} (EMA {smoothing:.2f})", "step", "MSE loss", height=420))
 
 table = pd.DataFrame([rows[n] for n in chosen]).reindex(

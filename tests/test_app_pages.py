@@ -266,6 +266,18 @@ def test_compare_page_curves_and_table(app_env):
     assert short == 3 and 1000 < drawn <= 1500
 
 
+def test_compare_tells_many_runs_apart(app_env):
+    """Plotly's own colours repeat after ten traces: the 11th run was drawn in the first one's colour."""
+    data, runs = app_env
+    for i in range(30):
+        shutil.copytree(runs / "tiny-run", runs / f"tiny-run-{i:02d}")
+    at = open_page("app_pages/4_Compare.py")
+    widget(at.multiselect, "Runs").set_value(sorted(p.name for p in runs.iterdir())).run()
+    lines = [(t["line"]["color"], t["line"]["dash"]) for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]]
+    assert len(lines) == 31 and len(set(lines)) == 31
+    assert len({c for c, _ in lines}) == 24 and {d for _, d in lines} == {"solid", "dash"}
+
+
 def test_compare_shows_what_loaded_and_disk_use_and_deletes_runs(app_env):
     data, runs = app_env
     shutil.copytree(runs / "tiny-run", runs / "doomed")
