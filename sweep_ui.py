@@ -148,19 +148,24 @@ def figures(study, space: list[str]) -> None:
         for tab in tabs:
             tab.info("The figures appear once a trial completes.")
         return
-    tabs[0].plotly_chart(vis.plot_optimization_history(study, target_name="validation PSNR (dB)"), key="sweep_hist")
-    tabs[1].plotly_chart(vis.plot_parallel_coordinate(study, target_name="validation PSNR (dB)"), key="sweep_par")
+    target = "validation PSNR (dB)"
+
+    def draw(tab, key: str, plot, **kw) -> None:
+        # a study another tool wrote to (a value of 1e308, a learning rate of 1e-300) can break a view:
+        # that view says so, the others and the page stay
+        try:
+            tab.plotly_chart(plot(study, target_name=target, **kw), key=key)
+        except (ArithmeticError, RuntimeError, TypeError, ValueError) as e:
+            tab.info(f"This view cannot be drawn for this study's values ({e.__class__.__name__}: {e}).")
+
+    draw(tabs[0], "sweep_hist", vis.plot_optimization_history)
+    draw(tabs[1], "sweep_par", vis.plot_parallel_coordinate)
     if {"lr", "beta1"} <= set(names) and len(done) >= 2:
-        tabs[2].plotly_chart(vis.plot_contour(study, params=["lr", "beta1"], target_name="validation PSNR (dB)"),
-                             key="sweep_contour")
+        draw(tabs[2], "sweep_contour", vis.plot_contour, params=["lr", "beta1"])
     else:
         tabs[2].info("The contour needs lr and beta1 in the space and two completed trials.")
     if len(set(names)) >= 2 and len(done) >= 3:
-        try:
-            tabs[3].plotly_chart(vis.plot_param_importances(study, target_name="validation PSNR (dB)"),
-                                 key="sweep_imp")
-        except (RuntimeError, ValueError) as e:
-            tabs[3].info(f"Importances are not available yet ({e}).")
+        draw(tabs[3], "sweep_imp", vis.plot_param_importances)
     else:
         tabs[3].info("Importances need two or more searched settings and three completed trials.")
 

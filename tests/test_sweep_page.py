@@ -45,9 +45,20 @@ def test_studies_others_made_are_not_listed_and_a_studys_values_show_as_text(pag
             distributions={HOSTILE: optuna.distributions.CategoricalDistribution([HOSTILE]),
                            "lr": optuna.distributions.FloatDistribution(1e-5, 1, log=True)}))
 
+    huge = optuna.create_study(study_name="huge", storage=storage, direction="maximize")
+    huge.set_user_attr(ATTR, made.user_attrs[ATTR])
+    for value, lr in ((1e308, 1e-300), (-1e308, 1e300), (29.0, 3e-3)):  # parallel coordinates: NaN to integer
+        huge.add_trial(optuna.trial.create_trial(
+            params={"lr": lr, "beta1": 0.9}, value=value,
+            distributions={"lr": optuna.distributions.FloatDistribution(1e-300, 1e300, log=True),
+                           "beta1": optuna.distributions.FloatDistribution(0.5, 0.99)}))
+
     at = app_page("5_Sweep.py", 60)
     assert not at.exception, [e.value for e in at.exception]
-    assert picker(at).options == ["evil", "bare", "made"]
+    assert picker(at).options == ["huge", "evil", "bare", "made"]
+    assert any(i.value.startswith("This view cannot be drawn for this study's values (ValueError") for i in at.info)
+    infos = [i.value for i in at.info]
+    assert len(at.get("plotly_chart")) + sum(v.startswith("This view cannot") for v in infos) == 4, infos  # the rest stand
     note = "1 study of this storage not made by `python -m mixsep sweep` is not listed."
     assert note in [c.value for c in at.caption]
 
