@@ -725,13 +725,14 @@ def read_checkpoint(path: Path, map_location="cpu") -> dict:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         if "Weights only load failed" in str(e) and "GLOBAL" in str(e):  # it names a function or class to build
-            raise UnreadableCheckpoint(f"{path} holds Python objects other than weights, which mixsep refuses to load "
-                              "(a checkpoint is loaded as data only); it was not written by mixsep. Pick another "
-                              "checkpoint or retrain.") from None
+            raise UnreadableCheckpoint(f"{path} holds Python objects other than weights, which mixsep refuses to "
+                                       "load (a checkpoint is loaded as data only); it was not written by mixsep. "
+                                       "Pick another checkpoint or retrain.") from None
         raise UnreadableCheckpoint(f"{path} is not a readable mixsep checkpoint ({e.__class__.__name__}); "
-                          "it may be truncated or corrupt. Pick another checkpoint or retrain.") from None
+                                   "it may be truncated or corrupt. Pick another checkpoint or retrain.") from None
     if not isinstance(state, dict) or "model" not in state or not isinstance(state.get("config"), dict):
-        raise UnreadableCheckpoint(f"{path} is a PyTorch file but not a mixsep checkpoint (no model and config inside).")
+        raise UnreadableCheckpoint(f"{path} is a PyTorch file but not a mixsep checkpoint (no model and config "
+                                   "inside).")
     step, optimizer = state.get("step", 0), state.get("optimizer", {"state": {}, "param_groups": []})
     wrong = ("its weights are not a dict of tensors" if not isinstance(state["model"], dict)
              or not all(isinstance(v, torch.Tensor) for v in state["model"].values())
@@ -741,14 +742,15 @@ def read_checkpoint(path: Path, map_location="cpu") -> dict:
              or not {"state", "param_groups"} <= optimizer.keys() else None)
     if wrong:
         raise UnreadableCheckpoint(f"{path} is not a mixsep checkpoint as mixsep writes them ({wrong}); "
-                          "pick another checkpoint or retrain.")
+                                   "pick another checkpoint or retrain.")
     from .config import TrainConfig
 
     try:  # every reader builds a TrainConfig from it: a damaged value is named with its file, here
         TrainConfig.from_dict(state["config"])
     except MixsepError as e:
         reason = str(e).split("; write it like")[0].rstrip(".")
-        raise UnreadableCheckpoint(f"{path} holds damaged saved settings ({reason}); pick another checkpoint or retrain.") from None
+        raise UnreadableCheckpoint(f"{path} holds damaged saved settings ({reason}); "
+                                   "pick another checkpoint or retrain.") from None
     return state
 
 

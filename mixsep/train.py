@@ -73,6 +73,18 @@ def _without_advice(e: Exception) -> str:
     return re.sub(r"[;.] [Pp]ick another checkpoint or retrain\.$", "", str(e))
 
 
+def read_resume_point(run_dir: Path, map_location="cpu") -> dict:
+    """The run's last.pt, which a resume continues from; a damaged one is refused before anything is written,
+    naming the newest checkpoint that still reads (the dashboard asks before it starts a resume, too)."""
+    try:
+        return read_checkpoint(last_checkpoint(run_dir), map_location=map_location)
+    except UnreadableCheckpoint as e:
+        other = newest_readable(run_dir, last_checkpoint(run_dir))
+        raise UnreadableCheckpoint(
+            f"{_without_advice(e)}, so the run cannot resume and is left as it was"
+            + (f"; {other}, which `evaluate --checkpoint` and the Metrics page still score." if other else ".")) from None
+
+
 def require_run_path(run_dir: Path) -> Path:
     """A run folder or checkpoint path that exists (commands check it before their other arguments)."""
     run_dir = Path(run_dir)
@@ -208,13 +220,7 @@ class Training:
 
     def _resume(self) -> None:
         if self.last_path.is_file():
-            try:
-                state = read_checkpoint(self.last_path, map_location=self.device)
-            except UnreadableCheckpoint as e:  # refused before anything is written: the run stays as it was
-                other = newest_readable(self.run_dir, self.last_path)
-                raise UnreadableCheckpoint(
-                    f"{_without_advice(e)}, so the run cannot resume and is left as it was"
-                    + (f"; {other}, which evaluate and grid read with --checkpoint." if other else ".")) from None
+            state = read_resume_point(self.run_dir, self.device)
             old = TrainConfig.from_dict(state["config"])
             if old.model != self.config.model:
                 raise MixsepError(f"{self.run_dir} holds a '{old.model}' run; it cannot resume as '{self.config.model}'.")

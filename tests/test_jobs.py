@@ -5,6 +5,7 @@ protocol and start in milliseconds); two drive the real `python -m mixsep train`
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -13,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import conftest
 import pytest
 
 from mixsep import MixsepError, TrainConfig
@@ -210,7 +212,16 @@ def test_bad_config_and_bad_resume_start_nothing(tmp_path, tiny_config, fake_pyt
     (tmp_path / "runs" / "half").mkdir(parents=True)
     with pytest.raises(MixsepError, match="No config.json"):
         jobs.start(run_dir=tmp_path / "runs" / "half")
-    assert not [p for p in (tmp_path / "runs").iterdir() if p.name != "half"]
+    damaged = tmp_path / "runs" / "damaged"  # Resume on a run whose last.pt is cut short: the page says why
+    (damaged / "checkpoints").mkdir(parents=True)
+    (damaged / "config.json").write_text(json.dumps(tiny_config.to_dict() | {"lr": 1e-3}))
+    (damaged / "checkpoints" / "last.pt").write_bytes(b"PK\x03\x04 cut short")
+    before = conftest.tree(damaged)
+    with pytest.raises(MixsepError, match="is not a readable mixsep checkpoint .*, so the run cannot resume and is "
+                                          "left as it was\\.$"):
+        jobs.start(run_dir=damaged)
+    assert conftest.tree(damaged) == before  # no worker.log, STOP kept or not: nothing was started
+    assert not [p for p in (tmp_path / "runs").iterdir() if p.name not in ("half", "damaged")]
     assert jobs.poll().state == "idle"
 
 

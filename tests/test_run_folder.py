@@ -583,7 +583,7 @@ def test_a_damaged_last_checkpoint_leaves_a_finished_run_as_it_was_and_names_one
     err = capsys.readouterr().err.splitlines()[-1]
     epoch = R.epoch_checkpoint(run, small_config.epochs)
     assert err.startswith(f"error: {last} is not a readable mixsep checkpoint") and "left as it was" in err, err
-    assert f"its newest readable checkpoint is {epoch} (step " in err and "--checkpoint" in err
+    assert f"its newest readable checkpoint is {epoch} (step " in err and "evaluate --checkpoint" in err
     assert conftest.tree(run) == before and R.read_status(run)["state"] == "finished"  # it read "failed" before
     assert main(["evaluate", str(run), "--data-root", small_config.data_root, "--samples", "4"]) == 2
     assert f"its newest readable checkpoint is {epoch}" in capsys.readouterr().err
