@@ -3,6 +3,7 @@
     python bench/variants.py --data-root ../shared/data --variant unet_fraction --variant unet_digit
     python bench/variants.py --data-root ../shared/data --run runs/RUN   # a trained run's weights
     python bench/variants.py --data-root ../shared/data --run runs/RUN --flips   # and test-time flips
+    python bench/variants.py --data-root ../shared/data --run runs/RUN --diagnose   # where its error is
 
 Each variant trains through mixsep's own generator (``Training.steps``): ``--epochs`` epochs of
 ``--train-size`` CIFAR training images (3 x 8,000 / 64 = 375 steps by default), fresh MNIST
@@ -134,6 +135,40 @@ def score(model: torch.nn.Module, mnist_u8, cifar_u8, batch: int = 250) -> dict:
             "val_psnr_8bit_mixture": round(torch.cat(rounded).mean().item(), 3), "val_pairs": len(mnist_u8)}
 
 
+BANDS = {"digit 0": lambda d: d == 0, "digit in (0, 0.2)": lambda d: (d > 0) & (d < 0.2),  # the true digit's value
+         "digit in [0.2, 0.8]": lambda d: (d >= 0.2) & (d <= 0.8), "digit in (0.8, 1]": lambda d: d > 0.8}
+
+
+@torch.inference_mode()
+def diagnose(model: torch.nn.Module, mnist_u8, cifar_u8, trained_cifar_u8, batch: int = 250) -> dict:
+    """Where a run's error is, on the validation pairs: the share of the squared error (and the pixels) in each band
+    of the true digit's value; and the fit gap, the same digits over CIFAR images the run trained on."""
+    model.eval()
+    digits, errors = [], []
+    for i in range(0, len(mnist_u8), batch):
+        mnist, _, mean = to_float(mnist_u8[i: i + batch], cifar_u8[i: i + batch])
+        digits.append(mnist[:, 0])
+        errors.append((model(mean)[0][:, 0].float() - mnist[:, 0]).pow(2))
+    digit, err = torch.cat(digits), torch.cat(errors)
+    out = {}
+    for name, where in BANDS.items():
+        band = where(digit)
+        out[name] = {"pixels": round(band.float().mean().item(), 4),
+                     "error_share": round((err[band].sum() / err.sum()).item(), 4),
+                     "rmse": round(err[band].mean().sqrt().item(), 4) if band.any() else None}
+    def per_image(cifar):
+        return torch.cat([psnr(model(to_float(mnist_u8[i: i + batch], cifar[i: i + batch])[2])[0][:, :1].float(),
+                               to_float(mnist_u8[i: i + batch], cifar[i: i + batch])[0][:, :1])
+                          for i in range(0, len(mnist_u8), batch)])
+
+    seen, unseen = per_image(trained_cifar_u8), per_image(cifar_u8)
+    # two sets of images, not one: the gap carries their difference in difficulty, hence its 95% interval
+    ci = 1.96 * (seen.var() / len(seen) + unseen.var() / len(unseen)).sqrt().item()
+    return {"bands": out, "psnr_unseen_cifar": round(unseen.mean().item(), 3),
+            "psnr_trained_cifar": round(seen.mean().item(), 3),
+            "fit_gap_db": round((seen.mean() - unseen.mean()).item(), 3), "fit_gap_ci95": round(ci, 3)}
+
+
 WAYS = {"h": (-1,), "v": (-2,), "hv": (-2, -1), "t": "t"}  # mirrored left-right, up-down, both (a 180° turn), transposed
 FLIPS = {"flip_h": ("h",), "flip_hv": ("h", "v", "hv"), "flip_hv_t": ("h", "v", "hv", "t")}
 
@@ -181,6 +216,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cpu-bf16", action="store_true", help="train with bfloat16 autocast on the CPU (TrainConfig.cpu_bf16)")
     p.add_argument("--flips", action="store_true", help="with --run: also score test-time flip averaging")
+    p.add_argument("--diagnose", action="store_true",
+                   help="with --run: the error's share in bands of the digit's value, and the fit gap (the same "
+                        "digits over CIFAR images the run trained on; positive: it fits them better than new ones)")
     args = p.parse_args(argv)
     try:
         set_threads(args.threads)
@@ -191,6 +229,11 @@ def main(argv=None) -> int:
             val = validation(root, cfg.train_size, args.val_pairs)
             flips = score_flips(model, *val) if args.flips else {}
             print(json.dumps({"run": args.run, "model": cfg.model, "step": info["step"], **score(model, *val), **flips}))
+            if args.diagnose:
+                cifar, _ = load_split(root, "cifar", "train")
+                trained = cifar[: min(len(val[1]), cfg.train_size or len(cifar))]
+                print(json.dumps({"run": args.run, "diagnose": diagnose(model, val[0][: len(trained)],
+                                                                         val[1][: len(trained)], trained)}))
             return 0
         unknown = [v for v in args.variant if v not in MODELS and v not in EXTRA]
         if unknown or not args.variant:

@@ -225,6 +225,12 @@ def test_variants_scores_a_runs_test_time_flips(bench, tmp_path, capsys):
     flips = [row[f"val_psnr_{k}"] for k in ("flip_h", "flip_hv", "flip_hv_t")]
     assert all(0 < v < 100 for v in flips) and row["val_pairs"] == 32
     assert flips[0] != row["val_psnr"]  # a net trained one step is not mirror-symmetric: the flips ran
+    assert variants.main(["--data-root", str(data), "--run", str(runs["unet_digit"]), "--diagnose", "--threads", "1"]) == 0
+    row, diag = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    bands, d = diag["diagnose"]["bands"], diag["diagnose"]
+    assert abs(sum(b["pixels"] for b in bands.values()) - 1) < 1e-3 and abs(sum(b["error_share"] for b in bands.values()) - 1) < 1e-3
+    assert bands["digit 0"]["pixels"] > 0.3 and d["psnr_unseen_cifar"] == row["val_psnr"]  # the same 32 pairs
+    assert d["fit_gap_db"] == round(d["psnr_trained_cifar"] - d["psnr_unseen_cifar"], 3) and d["fit_gap_ci95"] > 0
     assert variants.main(["--data-root", str(data), "--run", str(runs["unet"]), "--flips"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "has none" in err
