@@ -165,6 +165,12 @@ def cmd_train(args) -> int:
     from .train import new_run_dir
 
     if args.run_dir:
+        from .run import CHECKPOINTS, CONFIG
+
+        given = Path(args.run_dir)
+        if given.name == CHECKPOINTS and (given.parent / CONFIG).is_file():  # before its lock file is made there
+            raise MixsepError(f"{given} is the checkpoints folder of the run {given.parent}; give --run-dir "
+                              f"{given.parent} to resume it.")
         made = _missing_ancestor(Path(args.run_dir))  # the folder (or a parent) this command makes, if any
         run = Run(Path(args.run_dir)).open()  # a second trainer on this folder stops here, with the holder's name
         try:
@@ -293,18 +299,21 @@ def _train_config(args) -> TrainConfig:
     exists, the settings it was started with, where flags may change only where and how it runs."""
     import dataclasses
 
-    from .run import CONFIG, last_checkpoint, read_checkpoint
+    from .run import CONFIG
+    from .train import read_resume_point
 
     flags = [s.flag for s in settings(resolve=False) if getattr(args, s.name, None) is not None and not s.on_resume]
     if getattr(args, "config", None) and (flags or getattr(args, "recipe", False)):  # where and how it runs may differ
         raise MixsepError(f"--config {args.config} holds every setting, so {', '.join(flags or ['--recipe'])} would be "
                           "ignored; drop them, or drop --config and give the settings as flags.")
     run_dir = Path(args.run_dir) if args.run_dir else None
+    # the point a resume continues from, read before anything is written: a damaged one changes nothing
+    state = read_resume_point(run_dir) if run_dir is not None else None
     if run_dir is not None and (run_dir / CONFIG).is_file():
         saved, where = TrainConfig.load(run_dir / CONFIG).validate(), "its saved config"
-    elif run_dir is not None and last_checkpoint(run_dir).is_file():
+    elif state is not None:
         # config.json lost, the checkpoint still holds the settings it was trained with
-        saved = TrainConfig.from_dict(read_checkpoint(last_checkpoint(run_dir))["config"])
+        saved = TrainConfig.from_dict(state["config"])
         where = f"the config saved in its checkpoint ({CONFIG} is missing)"
     else:
         cfg = config_from_args(args)  # a relative data root would break a resume from another folder
@@ -320,7 +329,7 @@ def _resume_settings(args, run_dir: Path, saved: TrainConfig) -> TrainConfig:
     one sentence, and nothing written, when a given setting that shapes the run differs from it."""
     import dataclasses
 
-    from .run import CONFIG, write_json
+    from .run import CONFIG
 
     by_name = {s.name: s for s in settings(resolve=False)}
     given = given_settings(args, model=saved.model)  # --config's file, or the flags over --recipe's
@@ -337,9 +346,9 @@ def _resume_settings(args, run_dir: Path, saved: TrainConfig) -> TrainConfig:
     if not changed:
         return saved
     cfg = dataclasses.replace(saved, **changed).validate()
-    write_json(run_dir / CONFIG, cfg.to_dict())
-    print("resuming with " + ", ".join(_words(by_name[k], v) for k, v in changed.items())
-          + f" (saved in {run_dir / CONFIG})", file=sys.stderr)
+    # saved once the run has loaded (its data, model and last.pt): a resume refused before that writes nothing
+    args.save_resumed = (run_dir / CONFIG, cfg, "resuming with " + ", ".join(
+        _words(by_name[k], v) for k, v in changed.items()) + f" (saved in {run_dir / CONFIG})")
     return cfg
 
 
@@ -383,6 +392,12 @@ def _train(args, cfg: TrainConfig, run) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         training = Training(cfg, run, should_stop=lambda: stop["flag"])
+    if getattr(args, "save_resumed", None):
+        from .run import write_json
+
+        path, saved, message = args.save_resumed
+        write_json(path, saved.to_dict())
+        print(message, file=sys.stderr)
     stop["training"] = True
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)

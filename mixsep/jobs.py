@@ -40,8 +40,8 @@ from pathlib import Path
 from .config import TrainConfig
 from .errors import MixsepError
 from .run import LOG as LOG_NAME  # the child's stdout and stderr, inside its run folder
-from .run import CONFIG, RunWriteError, State, delete_run, describe_os_error, is_alive, last_checkpoint, \
-    last_logged_step, live_status, read_status, request_stop, run_name, write_json, write_status
+from .run import CONFIG, RunWriteError, State, delete_run, describe_os_error, is_alive, last_logged_step, \
+    live_status, read_status, request_stop, run_name, write_json, write_status
 from .runs import live_runs
 from .train import new_run_dir, read_resume_point
 
@@ -190,8 +190,7 @@ class JobRegistry:
                 except ValueError:
                     raise MixsepError(f"{run_dir} is not a run in {self.runs_dir}.") from None
                 config = TrainConfig.load(run_dir / "config.json").validate()
-                if last_checkpoint(run_dir).is_file():  # a damaged one: said on the page, not only in worker.log
-                    read_resume_point(run_dir)
+                read_resume_point(run_dir)  # a damaged last.pt: said on the page, not only in worker.log
                 (run_dir / "STOP").unlink(missing_ok=True)
             else:
                 if config is None:

@@ -70,19 +70,33 @@ def load_model_state(model: nn.Module, state_dict: dict, path: Path, name: str) 
 
 def _without_advice(e: Exception) -> str:
     """A checkpoint error without its closing advice, for a sentence that gives better advice."""
-    return re.sub(r"[;.] [Pp]ick another checkpoint or retrain\.$", "", str(e))
+    return re.sub(r"[;.] [Pp]ick another checkpoint or retrain\.$", "", str(e)).rstrip(".")
 
 
-def read_resume_point(run_dir: Path, map_location="cpu") -> dict:
-    """The run's last.pt, which a resume continues from; a damaged one is refused before anything is written,
-    naming the newest checkpoint that still reads (the dashboard asks before it starts a resume, too)."""
-    try:
-        return read_checkpoint(last_checkpoint(run_dir), map_location=map_location)
-    except UnreadableCheckpoint as e:
-        other = newest_readable(run_dir, last_checkpoint(run_dir))
-        raise UnreadableCheckpoint(
-            f"{_without_advice(e)}, so the run cannot resume and is left as it was"
-            + (f"; {other}, which `evaluate --checkpoint` and the Metrics page still score." if other else ".")) from None
+def _cannot_resume(run_dir: Path, why: str) -> UnreadableCheckpoint:
+    other = newest_readable(run_dir, last_checkpoint(run_dir))
+    return UnreadableCheckpoint(f"{why}, so the run cannot resume and is left as it was"
+                                + (f"; {other}, which evaluate --checkpoint and the Metrics page still score."
+                                   if other else "."))
+
+
+def read_resume_point(run_dir: Path, map_location="cpu") -> dict | None:
+    """The run's last.pt, which a resume continues from (None: the run has no checkpoint yet, and starts at
+    step 0). Refused before anything is written, naming the newest checkpoint that still reads: a damaged
+    last.pt, one that is not a file, or none beside epoch checkpoints (a resume would train the run again from
+    step 0, over its metrics). The CLI and the dashboard ask before they change or start anything."""
+    last = last_checkpoint(run_dir)
+    if last.is_file():
+        try:
+            return read_checkpoint(last, map_location=map_location)
+        except UnreadableCheckpoint as e:
+            raise _cannot_resume(run_dir, _without_advice(e)) from None
+    if last.exists() or last.is_symlink():  # a FIFO, a folder, a dangling link
+        raise _cannot_resume(run_dir, f"{last} is not a checkpoint file")
+    if any(p != last for p in list_checkpoints(run_dir)):  # last.pt is written first: it was removed
+        raise _cannot_resume(run_dir, f"{last} is missing, though the run holds epoch checkpoints (a resume would "
+                                      "train it again from step 0, over its metrics)")
+    return None
 
 
 def require_run_path(run_dir: Path) -> Path:
@@ -219,14 +233,20 @@ class Training:
         self.last_good = self.step  # the step of the newest checkpoint on disk
 
     def _resume(self) -> None:
-        if self.last_path.is_file():
-            state = read_resume_point(self.run_dir, self.device)
+        state = read_resume_point(self.run_dir, self.device)
+        if state is not None:  # what does not fit the run is refused as a damaged last.pt: the run stays as it was
             old = TrainConfig.from_dict(state["config"])
             if old.model != self.config.model:
-                raise MixsepError(f"{self.run_dir} holds a '{old.model}' run; it cannot resume as '{self.config.model}'.")
-            load_model_state(self.model, state["model"], self.last_path, old.model)
-            if "optimizer" in state:
-                self.optimizer.load_state_dict(state["optimizer"])
+                raise _cannot_resume(self.run_dir, f"{self.last_path} holds a '{old.model}' model, not the run's "
+                                                   f"'{self.config.model}'")
+            try:
+                load_model_state(self.model, state["model"], self.last_path, old.model)
+                if "optimizer" in state:
+                    self.optimizer.load_state_dict(state["optimizer"])
+            except (MixsepError, ValueError, KeyError, RuntimeError) as e:
+                why = _without_advice(e) if isinstance(e, MixsepError) else \
+                    f"{self.last_path}'s optimizer state does not fit the '{old.model}' model ({e.__class__.__name__})"
+                raise _cannot_resume(self.run_dir, why.split("; it was saved by")[0]) from None
             self.step = int(state["step"])
         if not (self.run_dir / CONFIG).exists():
             write_json(self.run_dir / CONFIG, self.config.to_dict())

@@ -591,6 +591,42 @@ def test_a_damaged_last_checkpoint_leaves_a_finished_run_as_it_was_and_names_one
                  "--checkpoint", str(epoch)]) == 0
 
 
+
+@pytest.mark.parametrize("damage,says", [
+    (lambda last: last.write_bytes(last.read_bytes()[:1000]), "is not a readable mixsep checkpoint"),
+    (lambda last: last.unlink(), "is missing, though the run holds epoch checkpoints (a resume would train it again"),
+    (lambda last: (last.unlink(), os.mkfifo(last)), "is not a checkpoint file"),
+    (lambda last: torch.save({**torch.load(last, weights_only=True), "model": {}}, last), "does not fit the 'tiny'"),
+    (lambda last: torch.save({**(s := torch.load(last, weights_only=True)), "config": {**s["config"], "model": "unet"}},
+                             last), "holds a 'unet' model, not the run's 'tiny'"),
+])
+def test_a_resume_refused_for_its_checkpoint_writes_nothing_even_with_flags_it_may_change(small_config, tmp_path,
+                                                                                         capsys, damage, says):
+    """--data-root and --max-minutes were saved to config.json before last.pt was read; a missing last.pt (or a
+    FIFO there) trained a finished run again from step 0 over its metrics; a last.pt of another model read "failed"."""
+    from mixsep.cli import main
+
+    run = _finished_run(small_config, tmp_path)
+    damage(R.last_checkpoint(run))
+    before = conftest.tree(run)
+    assert main(["train", "--run-dir", str(run), "--quiet", "--data-root", small_config.data_root,
+                 "--max-minutes", "5"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert says in err[-1] and "so the run cannot resume and is left as it was" in err[-1], err
+    assert ".," not in err[-1] and "its newest readable checkpoint is" in err[-1]
+    assert conftest.tree(run) == before and R.read_status(run)["state"] == "finished"
+
+
+def test_a_runs_checkpoints_folder_as_run_dir_names_the_run(small_config, tmp_path, capsys):
+    from mixsep.cli import main
+
+    run = _finished_run(small_config, tmp_path)
+    before = conftest.tree(run)
+    assert main(["train", "--run-dir", str(run / R.CHECKPOINTS), "--quiet"]) == 2  # it trained a new run in there
+    assert f"give --run-dir {run} to resume it" in capsys.readouterr().err
+    assert conftest.tree(run) == before
+
+
 def test_a_checkpoint_folder_named_where_a_file_or_run_is_meant(small_config, tmp_path, capsys):
     from mixsep.cli import main
 
