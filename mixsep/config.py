@@ -110,6 +110,10 @@ class Setting:
             what = "null" if value is None else f"the {_json_kind(value)} {shown}"
             raise MixsepError(f"Setting '{self.name}' must be {TYPE_NAMES[self.type]}, not {what}; "
                               f"write it like its default, {json.dumps(self.default)}.")
+        if self.type is float and isinstance(value, int) and not _fits_float(value):
+            digits = int(abs(value).bit_length() * math.log10(2)) + 1  # str() refuses past 4,300 digits
+            raise MixsepError(f"Setting '{self.name}' is a whole number of about {digits:,} digits, too large for a "
+                              f"float; write it like its default, {json.dumps(self.default)}.")
 
     def check(self, value) -> None:
         """Raise MixsepError with one sentence when ``value`` is not valid for this setting."""
@@ -163,6 +167,14 @@ def _is_type(value, kind: type) -> bool:
     if kind is float:
         return isinstance(value, (int, float))
     return isinstance(value, kind)
+
+
+def _fits_float(value: int) -> bool:
+    try:
+        float(value)
+        return True
+    except OverflowError:  # a JSON file may hold a whole number of 400 digits
+        return False
 
 
 def _jsonable(value) -> bool:

@@ -778,14 +778,18 @@ def test_compare_notes_a_run_whose_config_is_unreadable(app_env):
 def test_compare_notes_a_config_with_a_value_of_another_type(app_env):
     """train_size "all" took the page down (int("all")); lr "fast" was listed as a healthy run."""
     data, runs = app_env
-    for name, key, value in (("typed-all", "train_size", "all"), ("typed-fast", "lr", "fast")):
+    for name, key, value in (("typed-all", "train_size", "all"), ("typed-fast", "lr", "fast"),
+                             ("typed-huge", "lr", 10 ** 400)):  # float() overflowed: every page fell over
         shutil.copytree(runs / "tiny-run", runs / name)
         config = json.loads((runs / name / "config.json").read_text())
         (runs / name / "config.json").write_text(json.dumps(dict(config, **{key: value})))
     at = open_page("app_pages/4_Compare.py")
+    widget(at.multiselect, "Runs").set_value(sorted(p.name for p in runs.iterdir())).run()
     notes = at.dataframe[0].value.set_index("run")["note"]
     assert "config.json: Setting 'train_size' must be a whole number, not the string \"all\"" in notes["typed-all"]
     assert "config.json: Setting 'lr' must be a number, not the string \"fast\"" in notes["typed-fast"]
+    assert "config.json: Setting 'lr' is a whole number of about 401 digits, too large for a float" in notes["typed-huge"]
+    open_page("dashboard.py")  # the home page's table of runs reads them too
     assert notes["tiny-run"] == ""
 
 

@@ -555,6 +555,7 @@ def test_metrics_rows_whose_step_is_not_a_number_are_skipped(small_config, tmp_p
     (lambda s: s.update(optimizer={}), "its optimizer state is not Adam's"),
     (lambda s: s["config"].update(batch_size="x"), "holds damaged saved settings (Setting 'batch_size' must be a whole"),
     (lambda s: s["config"].update(lr=True), "holds damaged saved settings (Setting 'lr'"),
+    (lambda s: s["config"].update(lr=10 ** 400), "holds damaged saved settings (Setting 'lr' is a whole number of"),
 ])
 def test_hand_made_checkpoints_get_one_sentence(small_config, tmp_path, capsys, change, match):
     from mixsep.cli import main
