@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_root(i)
     i.add_argument("--model", default=None, help="one model; default: all")
     i.add_argument("--check", action="store_true",
-                   help="also read every data file found through, and count its images (exit 2 if one does not read)")
+                   help="also read every data file found through and count its images; exit 2 if a split is missing "
+                        "or does not read")
 
     dl = sub.add_parser("download", help="fetch MNIST and CIFAR-10 with torchvision's downloaders")
     _add_data_root(dl)
@@ -625,11 +626,15 @@ def cmd_info(args) -> int:
         if name in RECIPES:
             print(f"  recipe (train --recipe): {' '.join(recipe_flags(name))}")
     print(f"data root {Path(args.data_root).resolve()}:")
-    bad = []
+    bad, missing = [], []
+    names = {"mnist": "MNIST", "cifar": "CIFAR-10"}
     for row in data_status(Path(args.data_root)):
         where = ", ".join(row["files"]) if row["found"] else f"missing (expected {row['expected']})"
         print(f"  {row['source']:5s} {row['split']:5s} {where}")
-        if args.check and row["found"]:  # found is not readable: a truncated archive is found all the same
+        name = f"{names[row['source']]} {row['split']}"
+        if args.check and not row["found"]:
+            missing.append(name)
+        elif args.check:  # found is not readable: a truncated archive is found all the same
             from .data import load_files
 
             try:
@@ -637,10 +642,12 @@ def cmd_info(args) -> int:
                 print(f"              reads: {len(images):,} images")
             except MixsepError as e:
                 print(f"              does not read: {e}")
-                bad.append(f"{row['source']} {row['split']}")
-    if bad:
-        raise MixsepError(f"The {' and '.join(bad)} data under {args.data_root} do not read (above); "
-                          "download them again or copy them there.")
+                bad.append(name)
+    if bad or missing:  # `download` fetches only what is not there: a damaged file must go first
+        said = "; ".join(filter(None, [f"the {' and '.join(bad)} files do not read (remove them first)" if bad
+                                       else "", f"the {' and '.join(missing)} files are missing" if missing else ""]))
+        raise MixsepError(f"Under {args.data_root}, {said}; then run `python -m mixsep download --data-root "
+                          f"{args.data_root}` where the internet is reachable, or copy the files there.")
     return 0
 
 

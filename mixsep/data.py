@@ -50,6 +50,8 @@ _CACHE_VERSION = 2  # bump when the decoded format or the key changes
 
 def _file_bytes(path: Path) -> bytes:
     """The file as stored on disk: the cache key and the decoders read these same bytes."""
+    if Path(path).exists() and not Path(path).is_file():  # a FIFO would block the read forever
+        raise MixsepError(f"{path} is not a regular file; put the data file itself there.")
     try:
         return Path(path).read_bytes()
     except OSError as e:

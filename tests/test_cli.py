@@ -135,7 +135,19 @@ def test_info_check_reads_each_file_through_and_names_the_one_that_does_not(caps
     assert main(["info", "--data-root", str(data_root), "--model", "tiny", "--check"]) == 2
     out, err = capsys.readouterr()
     assert out.count("reads: ") == 3 and out.count("does not read: ") == 1 and str(gz) in out
-    assert err == f"error: The mnist test data under {data_root} do not read (above); download them again or copy them there.\n"
+    assert err == (f"error: Under {data_root}, the MNIST test files do not read (remove them first); then run "
+                   f"`python -m mixsep download --data-root {data_root}` where the internet is reachable, or copy the "
+                   "files there.\n")
+    batch = data_root / "cifar-10-batches-py" / "test_batch"  # a FIFO where a file goes: read, it blocked for ever
+    batch.unlink()
+    (data_root / "cifar10").mkdir()
+    os.mkfifo(data_root / "cifar10" / "cifar10_test.npz")
+    (data_root / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz").unlink()
+    p = subprocess.run([sys.executable, "-m", "mixsep", "info", "--data-root", str(data_root), "--model", "tiny",
+                        "--check"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "cifar10_test.npz is not a regular file" in p.stdout, p.stdout + p.stderr
+    assert p.stderr.startswith(f"error: Under {data_root}, the MNIST test and CIFAR-10 test files do not read (remove "
+                               "them first); the MNIST train files are missing; then run") and p.stderr.count("\n") == 1
 
 
 @pytest.mark.parametrize("argv,match", [
