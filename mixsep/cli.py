@@ -28,13 +28,26 @@ def _add_data_root(p, of_run: bool = False):
 
 
 def _data_root_of(args, cfg: TrainConfig) -> Path:
-    """--data-root if given; else the folder the run trained on, if it is there; else the usual default."""
+    """--data-root if given; else the folder the run trained on (its config.json's, which a resume with
+    --data-root updates, else its checkpoint's), if it is there; else the usual default."""
     if args.data_root is not None:
         return Path(args.data_root)
-    if Path(cfg.data_root).is_dir():
-        print(f"data root {cfg.data_root} (the run's; --data-root chooses another)", file=sys.stderr)
-        return Path(cfg.data_root)
-    print(f"note: the run's data root {cfg.data_root} is not a folder here; reading {default_data_root()} "
+    from .run import CONFIG
+
+    try:
+        root = TrainConfig.load(_run_folder_of(args.run_dir) / CONFIG).data_root
+    except MixsepError:  # config.json lost or damaged: the checkpoint's settings
+        root = cfg.data_root
+    if root == default_data_root():  # a config without a data root of its own
+        return Path(root)
+    try:
+        here = Path(root).is_dir()
+    except OSError:  # a name too long for the system, say
+        here = False
+    if here:
+        print(f"data root {root} (the run's; --data-root chooses another)", file=sys.stderr)
+        return Path(root)
+    print(f"note: the run's data root {root} is not a folder here; reading {default_data_root()} "
           "(--data-root chooses another)", file=sys.stderr)
     return Path(default_data_root())
 

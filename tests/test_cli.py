@@ -70,17 +70,17 @@ def test_evaluate_and_grid_read_the_runs_own_data_root_by_default(capsys, data_r
     empty.mkdir()
     assert main(["evaluate", str(run), "--data-root", str(empty)]) == 2
     assert str(empty) in capsys.readouterr().err
-    cfg = json.loads((run / "config.json").read_text())  # the run's folder is gone: the usual default, ./data
-    cfg["data_root"] = str(tmp_path / "moved")
-    (run / "config.json").write_text(json.dumps(cfg))
-    ckpt = run / "checkpoints" / "last.pt"
-    import torch
-    state = torch.load(ckpt, weights_only=True)
-    state["config"]["data_root"] = str(tmp_path / "moved")
-    torch.save(state, ckpt)
+    moved = tmp_path / "moved"  # a resume with --data-root moves the run's data: config.json says where, not last.pt
+    shutil.copytree(data_root, moved)
+    assert main(["train", "--run-dir", str(run), "--data-root", str(moved), "--quiet"]) == 0
+    capsys.readouterr()
+    shutil.rmtree(data_root)
+    assert main(["evaluate", str(run), "--samples", "8"]) == 0
+    assert f"data root {moved} (the run's" in capsys.readouterr().err
+    shutil.rmtree(moved)  # the run's folder is gone: the usual default, ./data
     assert main(["evaluate", str(run)]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err[0].startswith(f"note: the run's data root {tmp_path / 'moved'} is not a folder here; reading ./data")
+    assert err[0].startswith(f"note: the run's data root {moved} is not a folder here; reading ./data")
     assert err[-1].startswith("error: No MNIST test data under data") and len(err) == 2
 
 
