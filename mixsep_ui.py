@@ -52,11 +52,27 @@ COLORS = {"loss_cifar": "#1f77b4", "loss_mnist": "#d62728", "loss": "#2ca02c"}
 RUN_DASHES = ("solid", "dash", "dot", "dashdot")
 
 
+def _luminance(hex_colour: str) -> float:
+    """WCAG relative luminance of '#RRGGBB'."""
+    def linear(c: float) -> float:
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+    r, g, b = (linear(int(hex_colour[i: i + 2], 16) / 255) for i in (1, 3, 5))
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+# Dark24's colours that keep a 3:1 contrast on the light theme's white and the dark theme's #0E1117 alike
+# (luminance 0.12 to 0.30): 15 of its 24
+RUN_COLOURS = tuple(c for c in qualitative.Dark24 if 0.12 <= _luminance(c) <= 0.30)
+
+
 def run_line(i: int) -> dict:
-    """The i-th run's line on a chart of many: Plotly's own colours repeat after 10, Dark24's 24 after 24, and
-    each further 24 runs get the next dash, so 96 runs are told apart."""
-    palette = qualitative.Dark24
-    return dict(color=palette[i % len(palette)], dash=RUN_DASHES[i // len(palette) % len(RUN_DASHES)], width=2)
+    """The line of the run at place i of the runs a chart can show (its place among them, so a run keeps its
+    colour when another is left out): Plotly's own ten colours repeated from the 11th run; here each further
+    15 runs get the next dash, so 60 runs are told apart."""
+    return dict(color=RUN_COLOURS[i % len(RUN_COLOURS)], dash=RUN_DASHES[i // len(RUN_COLOURS) % len(RUN_DASHES)],
+                width=2)
+
+
 STATE_ICON = {"running": ":material/play_circle:", "starting": ":material/hourglass_top:",
               "finished": ":material/check_circle:", "stopped": ":material/stop_circle:", "failed": ":material/error:",
               "interrupted": ":material/warning:", "unknown": ":material/help:"}  # for markdown text

@@ -29,12 +29,13 @@ if not chosen:
     st.stop()
 
 fig = go.Figure()
-for i, name in enumerate(chosen):
+place = {name: i for i, name in enumerate(rows)}  # a run's colour follows it, not its place among those chosen
+for name in chosen:
     m = read_metrics(runs_dir / name)
     rows[name] = rows[name] | ui.best_scores(runs_dir / name, m, smoothing)
     if len(m):  # the EMA over every row, then at most 1,500 points a run for the browser to draw
         curve = downsample(pd.DataFrame({"step": m["step"], "ema": m[loss].ewm(alpha=1 - smoothing).mean()}))
-        fig.add_scatter(x=curve["step"], y=curve["ema"], name=name, mode="lines", line=ui.run_line(i))
+        fig.add_scatter(x=curve["step"], y=curve["ema"], name=name, mode="lines", line=ui.run_line(place[name]))
 st.plotly_chart(ui.style(fig, f"Training loss, {ui.LOSSES[loss]} (EMA {smoothing:.2f})", "step", "MSE loss", height=420))
 
 table = pd.DataFrame([rows[n] for n in chosen]).reindex(

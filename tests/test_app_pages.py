@@ -273,9 +273,17 @@ def test_compare_tells_many_runs_apart(app_env):
         shutil.copytree(runs / "tiny-run", runs / f"tiny-run-{i:02d}")
     at = open_page("app_pages/4_Compare.py")
     widget(at.multiselect, "Runs").set_value(sorted(p.name for p in runs.iterdir())).run()
-    lines = [(t["line"]["color"], t["line"]["dash"]) for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]]
-    assert len(lines) == 31 and len(set(lines)) == 31
-    assert len({c for c, _ in lines}) == 24 and {d for _, d in lines} == {"solid", "dash"}
+    def lines(at):
+        return {t["name"]: (t["line"]["color"], t["line"]["dash"])
+                for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]}
+
+    drawn = lines(at)
+    assert len(drawn) == 31 and len(set(drawn.values())) == 31
+    assert len({c for c, _ in drawn.values()}) == 15 and {d for _, d in drawn.values()} == {"solid", "dash", "dot"}
+    import mixsep_ui
+    assert all(0.12 <= mixsep_ui._luminance(c) <= 0.30 for c, _ in drawn.values())  # seen on a white and a dark page
+    widget(at.multiselect, "Runs").set_value(["tiny-run-03", "tiny-run-07"]).run()
+    assert lines(at) == {n: drawn[n] for n in ("tiny-run-03", "tiny-run-07")}  # a run keeps its colour
 
 
 def test_compare_shows_what_loaded_and_disk_use_and_deletes_runs(app_env):
