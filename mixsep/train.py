@@ -134,7 +134,8 @@ def load_run_model(run_dir: Path, checkpoint: Path | None = None, device="cpu",
             state = read_checkpoint(checkpoint)
         except UnreadableCheckpoint as e:  # a damaged last.pt: say which checkpoint still reads
             other = newest_readable(run_dir, checkpoint)
-            raise UnreadableCheckpoint(f"{_without_advice(e)}; {other}." if other else str(e)) from None
+            raise UnreadableCheckpoint(f"{_without_advice(e)}; {other}, which --checkpoint reads." if other
+                                       else str(e)) from None
     else:
         state = read_checkpoint(checkpoint)
     config = TrainConfig.from_dict(state["config"])

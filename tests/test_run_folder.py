@@ -587,7 +587,9 @@ def test_a_damaged_last_checkpoint_leaves_a_finished_run_as_it_was_and_names_one
     assert f"its newest readable checkpoint is {epoch} (step " in err and "evaluate --checkpoint" in err
     assert conftest.tree(run) == before and R.read_status(run)["state"] == "finished"  # it read "failed" before
     assert main(["evaluate", str(run), "--data-root", small_config.data_root, "--samples", "4"]) == 2
-    assert f"its newest readable checkpoint is {epoch}" in capsys.readouterr().err
+    steps = R.read_status(run)["step"]  # the epoch checkpoint is the run's last step: it ended at an epoch's end
+    assert f"its newest readable checkpoint is {epoch} (step {steps}), which --checkpoint reads." \
+        in capsys.readouterr().err
     assert main(["evaluate", str(run), "--data-root", small_config.data_root, "--samples", "4",
                  "--checkpoint", str(epoch)]) == 0
 
