@@ -207,7 +207,9 @@ def cmd_train(args) -> int:
         run.close(restore_lock=True)
         raise
     except MixsepError as e:
-        if not _remove_unstarted(run.path, made, run):  # a new run that never started (no GPU, corrupt data)
+        if made is None and _finished(run.path):  # a finished run trains no step: it stays finished (data gone, say)
+            run.close(restore_lock=True)
+        elif not _remove_unstarted(run.path, made, run):  # a new run that never started (no GPU, corrupt data)
             _record_failure(run, str(e))
         raise
     except StoppedBeforeTraining:
@@ -242,6 +244,12 @@ def _say_if_unlisted(run_dir: Path, runs_dir: Path) -> None:
         resolve_run(runs_dir, name)
     except MixsepError as e:
         print(f"warning: the dashboard will not list this run: {e}", file=sys.stderr)
+
+
+def _finished(run_dir: Path) -> bool:
+    from .run import State, read_status
+
+    return read_status(run_dir).get("state") == State.FINISHED
 
 
 def _remove_unstarted(run_dir: Path, made: Path | None, run=None) -> bool:

@@ -620,6 +620,18 @@ def test_a_resume_refused_for_its_checkpoint_writes_nothing_even_with_flags_it_m
     assert conftest.tree(run) == before and R.read_status(run)["state"] == "finished"
 
 
+def test_a_finished_run_whose_data_is_gone_stays_finished(small_config, tmp_path, capsys):
+    """Its resume loads the data before it finds nothing left to train: that refusal read "failed"."""
+    from mixsep.cli import main
+
+    run = _finished_run(small_config, tmp_path)
+    before = conftest.tree(run)
+    Path(small_config.data_root).rename(tmp_path / "elsewhere")
+    assert main(["train", "--run-dir", str(run), "--quiet"]) == 2
+    assert "No MNIST train data under" in capsys.readouterr().err
+    assert conftest.tree(run) == before and R.read_status(run)["state"] == "finished"
+
+
 def test_a_runs_checkpoints_folder_as_run_dir_names_the_run(small_config, tmp_path, capsys):
     from mixsep.cli import main
 
