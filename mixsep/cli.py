@@ -175,16 +175,19 @@ def cmd_train(args) -> int:
     Every setting is read and checked before anything is written: a mistake leaves an existing run
     as it was, and a folder this command made for a run that never took a step is removed again.
     """
-    from .run import Run, UnreadableCheckpoint
+    from .errors import ResumeRefused
+    from .run import Run
     from .train import new_run_dir
 
     if args.run_dir:
-        from .run import CHECKPOINTS, CONFIG
+        from .run import CHECKPOINTS, CONFIG, LAST, METRICS, STATUS
 
-        given = Path(args.run_dir)
-        if given.name == CHECKPOINTS and (given.parent / CONFIG).is_file():  # before its lock file is made there
-            raise MixsepError(f"{given} is the checkpoints folder of the run {given.parent}; give --run-dir "
-                              f"{given.parent} to resume it.")
+        given = Path(args.run_dir).resolve()  # a link to it, or RUN/checkpoints/.
+        run_files = (CONFIG, METRICS, STATUS, CHECKPOINTS + "/" + LAST)
+        for inside in (given, *given.parents):  # before a lock file is made in there
+            if inside.name == CHECKPOINTS and any((inside.parent / f).exists() for f in run_files):
+                raise MixsepError(f"{args.run_dir} is inside the checkpoints folder of the run {inside.parent}; give "
+                                  f"--run-dir {inside.parent} to resume it.")
         made = _missing_ancestor(Path(args.run_dir))  # the folder (or a parent) this command makes, if any
         run = Run(Path(args.run_dir)).open()  # a second trainer on this folder stops here, with the holder's name
         try:
@@ -203,7 +206,7 @@ def cmd_train(args) -> int:
         made = run.path
     try:
         return _train(args, cfg, run)
-    except UnreadableCheckpoint:  # read before anything was written: the run stays as it was, .lock included
+    except ResumeRefused:  # found before anything was written: the run stays as it was, .lock included
         run.close(restore_lock=True)
         raise
     except MixsepError as e:

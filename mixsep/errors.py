@@ -12,6 +12,11 @@ class MixsepError(Exception):
     """A problem the user can fix; ``str(err)`` is the message to show."""
 
 
+class ResumeRefused(MixsepError):
+    """A run that cannot resume as it is (its last checkpoint, or the data it would read): found before anything
+    was written, so the run is left as it was."""
+
+
 class SecondInterrupt(KeyboardInterrupt):
     """A second Ctrl-C: quit at once (the first one asked to finish the step and stop)."""
 

@@ -43,7 +43,7 @@ from .run import LOG as LOG_NAME  # the child's stdout and stderr, inside its ru
 from .run import CONFIG, RunWriteError, State, delete_run, describe_os_error, is_alive, last_logged_step, \
     live_status, read_status, request_stop, run_name, write_json, write_status
 from .runs import live_runs
-from .train import new_run_dir, read_resume_point
+from .train import check_fits, new_run_dir, read_resume_point
 
 
 @dataclass
@@ -190,7 +190,9 @@ class JobRegistry:
                 except ValueError:
                     raise MixsepError(f"{run_dir} is not a run in {self.runs_dir}.") from None
                 config = TrainConfig.load(run_dir / "config.json").validate()
-                read_resume_point(run_dir)  # a damaged last.pt: said on the page, not only in worker.log
+                state = read_resume_point(run_dir)  # a damaged last.pt: said on the page, not only in worker.log
+                if state is not None:
+                    check_fits(run_dir, state, config.model)
                 (run_dir / "STOP").unlink(missing_ok=True)
             else:
                 if config is None:

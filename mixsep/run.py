@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from .errors import MixsepError, make_folder
+from .errors import MixsepError, ResumeRefused, make_folder
 
 CONFIG, STATUS, METRICS, STOP, LOCK, LOG = "config.json", "status.json", "metrics.csv", "STOP", ".lock", "worker.log"
 CHECKPOINTS, LAST = "checkpoints", "last.pt"
@@ -695,7 +695,7 @@ def save_checkpoint(path: Path, model, config, step: int, epoch: int, optimizer=
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-class UnreadableCheckpoint(MixsepError):
+class UnreadableCheckpoint(ResumeRefused):
     """A checkpoint file that is there but cannot be used: truncated, corrupt, or not mixsep's."""
 
 

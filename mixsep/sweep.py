@@ -1183,7 +1183,6 @@ class Worker:
         except RunWriteError as e:
             raise SweepHalted(trial._trial_id, str(e)) from None
         try:
-            _save_local(folder, config)
             return self._train(trial, config, run)
         except RunWriteError as e:  # every later trial would fail the same way: stop, and resume this one later
             try:  # marked first: if the disk is the journal's too, the requeue after Optuna's FAIL may be cut off
@@ -1207,6 +1206,7 @@ class Worker:
 
         p, pruned, start = self.plan, [False], time.time()
         training = Training(config, run, should_stop=lambda: pruned[0] or self.should_stop())
+        _save_local(run.path, config)  # once the trial has loaded: a resume refused before that writes nothing
         self.val.to(training.device)
         every = p.report_every or training.steps_per_epoch
         scores, at = None, -1

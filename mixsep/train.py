@@ -19,11 +19,11 @@ import torch.nn.functional as F
 
 from .config import TrainConfig
 from .data import PairData, load_pairs, to_float
-from .errors import MixsepError
+from .errors import MixsepError, ResumeRefused
 from .model import MODELS, build_model
 from .run import (CHECKPOINTS, CONFIG, Run, RunWriteError, State, UnreadableCheckpoint, clear_stop, epoch_checkpoint,
                   last_checkpoint, list_checkpoints, live_status, newest_readable, prune_epoch_checkpoints,
-                  read_checkpoint, save_checkpoint, stop_requested, write_json)
+                  read_checkpoint, read_status, save_checkpoint, stop_requested, write_json)
 from .run import new_run_dir as _new_folder
 
 LOG_MSE_FLOOR = 1e-5  # added to per-image MSEs under config.loss = "log_mse"; 1e-5 is 50 dB PSNR
@@ -76,8 +76,23 @@ def _without_advice(e: Exception) -> str:
 def _cannot_resume(run_dir: Path, why: str) -> UnreadableCheckpoint:
     other = newest_readable(run_dir, last_checkpoint(run_dir))
     return UnreadableCheckpoint(f"{why}, so the run cannot resume and is left as it was"
-                                + (f"; {other}, which evaluate --checkpoint and the Metrics page still score."
-                                   if other else "."))
+                                + (f"; {other}, which evaluate --checkpoint and the Metrics page still score, and "
+                                   f"copied over {last_checkpoint(run_dir)} resumes the run from (with a fresh "
+                                   "optimizer state)." if other else "."))
+
+
+def check_fits(run_dir: Path, state: dict, model: str) -> None:
+    """Refuse (as a damaged last.pt) a resume point of another model, or whose weights do not fit ``model``:
+    built on the meta device, so asking costs no memory and no time (the dashboard asks before a Resume)."""
+    last = last_checkpoint(run_dir)
+    if state["config"].get("model") != model:
+        raise _cannot_resume(run_dir, f"{last} holds a '{state['config'].get('model')}' model, not the run's '{model}'")
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        shapes = {k: tuple(v.shape) for k, v in build_model(model, pretrained=False).state_dict().items()}
+    if {k: tuple(v.shape) for k, v in state["model"].items()} != shapes:
+        raise _cannot_resume(run_dir, f"{last} does not fit the '{model}' architecture (its weights' names or "
+                                      "shapes differ)")
 
 
 def read_resume_point(run_dir: Path, map_location="cpu") -> dict | None:
@@ -237,9 +252,14 @@ class Training:
         state = read_resume_point(self.run_dir, self.device)
         if state is not None:  # what does not fit the run is refused as a damaged last.pt: the run stays as it was
             old = TrainConfig.from_dict(state["config"])
-            if old.model != self.config.model:
-                raise _cannot_resume(self.run_dir, f"{self.last_path} holds a '{old.model}' model, not the run's "
-                                                   f"'{self.config.model}'")
+            check_fits(self.run_dir, state, self.config.model)
+            total = read_status(self.run_dir).get("total_steps")
+            if type(total) is int and total > 0 and total != self.total_steps and int(state["step"]) > 0:
+                raise ResumeRefused(  # --data-root on a resume names a folder with other data
+                    f"{self.run_dir} trained {total:,} steps in all on its data, and the data under "
+                    f"{self.config.data_root} make {self.total_steps:,} ({len(self.data):,} pairs, "
+                    f"{self.steps_per_epoch:,} steps an epoch), so the run cannot resume on them and is left as "
+                    "it was; resume it with --data-root naming the data it trained on.")
             try:
                 load_model_state(self.model, state["model"], self.last_path, old.model)
                 if "optimizer" in state:

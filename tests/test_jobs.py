@@ -5,6 +5,7 @@ protocol and start in milliseconds); two drive the real `python -m mixsep train`
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -221,6 +222,17 @@ def test_bad_config_and_bad_resume_start_nothing(tmp_path, tiny_config, fake_pyt
                                           "left as it was\\.$"):
         jobs.start(run_dir=damaged)
     assert conftest.tree(damaged) == before  # no worker.log, STOP kept or not: nothing was started
+    from mixsep.run import save_checkpoint
+    from mixsep.model import build_model
+    for model, says in (("unet", "holds a 'unet' model, not the run's 'tiny'"),
+                        ("tiny", "does not fit the 'tiny' architecture")):  # the worker found these, the page did not
+        weights = build_model("unet_narrow") if model == "tiny" else build_model("unet")
+        save_checkpoint(damaged / "checkpoints" / "last.pt", weights, dataclasses.replace(tiny_config, model=model),
+                        step=3, epoch=0)
+        before = conftest.tree(damaged)
+        with pytest.raises(MixsepError, match=says):
+            jobs.start(run_dir=damaged)
+        assert conftest.tree(damaged) == before
     assert not [p for p in (tmp_path / "runs").iterdir() if p.name not in ("half", "damaged")]
     assert jobs.poll().state == "idle"
 

@@ -640,6 +640,26 @@ def test_a_runs_checkpoints_folder_as_run_dir_names_the_run(small_config, tmp_pa
     assert main(["train", "--run-dir", str(run / R.CHECKPOINTS), "--quiet"]) == 2  # it trained a new run in there
     assert f"give --run-dir {run} to resume it" in capsys.readouterr().err
     assert conftest.tree(run) == before
+    (run / R.CONFIG).unlink()  # a run without config.json, named through a link or a folder inside
+    (tmp_path / "link").symlink_to(run / R.CHECKPOINTS)
+    before = conftest.tree(run)
+    for given in (tmp_path / "link", run / R.CHECKPOINTS / "sub"):
+        assert main(["train", "--run-dir", str(given), "--quiet"]) == 2
+        assert f"is inside the checkpoints folder of the run {run}; give --run-dir {run}" in capsys.readouterr().err
+    assert conftest.tree(run) == before
+
+
+def test_a_resume_on_data_of_another_size_is_refused(small_config, tmp_path, capsys):
+    """--data-root on a resume may move a run's data, not change it: a smaller set finished it at once."""
+    from mixsep.cli import main
+
+    run = _finished_run(small_config, tmp_path)
+    before = conftest.tree(run)
+    other = conftest.make_data_root(tmp_path / "other", n_train=64)
+    assert main(["train", "--run-dir", str(run), "--quiet", "--data-root", str(other)]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert f"and the data under {other} make " in err and "so the run cannot resume on them and is left as it was" in err
+    assert conftest.tree(run) == before
 
 
 def test_a_checkpoint_folder_named_where_a_file_or_run_is_meant(small_config, tmp_path, capsys):

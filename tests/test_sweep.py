@@ -625,6 +625,26 @@ def test_stop_requeues_the_running_trial(tmp_path):
     assert saved["cpu_bf16"] is True and saved["lr"] == trials[0].params["lr"] and sweeps.error() is None
 
 
+def test_a_trial_whose_resume_is_refused_keeps_its_config(tmp_path):
+    """A trial resumed with this machine's own --cpu-bf16 saved it to config.json, then found its last.pt cut short."""
+    data = make_data_root(tmp_path / "data")
+    runs = tmp_path / "runs"
+    sweeps = SweepRegistry(runs)
+    sweeps.start(["--study", "s", "--data-root", str(data), "--trials", "1", *TINY[:-2], "--checkpoint-every", "1",
+                  "--epochs", "200"])
+    first = runs / "s" / "trial-0000"
+    wait_for(lambda: metric_rows(first) >= 2 or sweeps.running() is None, what="two steps")
+    assert sweeps.stop()
+    sweeps.wait(120)
+    last = first / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    before = conftest.tree(first, skip=(".lock",))
+    sweeps.start(["--study", "s", "--data-root", str(data), "--cpu-bf16"])
+    sweeps.wait(120)
+    assert conftest.tree(first, skip=(".lock",)) == before  # config.json too: cpu_bf16 still false
+    assert "so the run cannot resume and is left as it was" in study_of(runs, "s").trials[-1].user_attrs["error"]
+
+
 @pytest.mark.heavy(12)
 def test_a_second_ctrl_c_quits_at_once_and_the_trial_still_resumes(tmp_path):
     from optuna.trial import TrialState
