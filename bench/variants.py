@@ -96,6 +96,8 @@ EXTRA = {
     # and on it: two convolutions per decoder level, or residual encoder stages
     "rich-narrow-hf-deep": _rich((16, 32, 64, 128), features="hf", decoder_depth=2),
     "rich-narrow-hf-res": _rich((16, 32, 64, 128), features="hf", residual=True),
+    # and a smooth activation (unet_hf_silu in training)
+    "rich-narrow-hf-silu": _rich((16, 32, 64, 128), features="hf", act="silu"),
 }
 
 

@@ -274,3 +274,19 @@ def test_unet_hf_is_unet_narrow_with_three_more_inputs():
     assert level_widths(hf) == level_widths(narrow)
     assert count_parameters(hf) - count_parameters(narrow) == 3 * 16 * 3 * 3  # 3 more inputs to the first conv
     assert_consistent_and_feasible(hf)
+
+
+def test_unet_hf_silu_is_unet_hf_with_silu_where_it_has_relu():
+    torch.manual_seed(0)
+    silu, hf = build_model("unet_hf_silu"), build_model("unet_hf")
+    acts = [type(m) for m in silu.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.SiLU))]
+    assert acts == [torch.nn.SiLU] * sum(isinstance(m, torch.nn.ReLU) for m in hf.modules()) and len(acts) == 11
+    assert {k: v.shape for k, v in silu.state_dict().items()} == {k: v.shape for k, v in hf.state_dict().items()}
+    assert (silu.head, silu.features, type(silu.digit_space)) == ("fraction", "hf", DigitSpace)
+    silu.load_state_dict(hf.state_dict())  # the same weights compute another function: the activation is all
+    mean = torch.rand(4, 3, 32, 32)
+    hf.train(), silu.train()  # no DigitSpace after the net: the raw estimates differ
+    assert not torch.allclose(silu(mean)[0], hf(mean)[0])
+    assert_consistent_and_feasible(silu)
+    with pytest.raises(ValueError, match="act one of \\('relu', 'silu'\\)"):
+        SeparatorNet(act="tanh")
