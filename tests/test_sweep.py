@@ -586,17 +586,23 @@ def test_a_terminals_two_worker_sweep_stops_whole(tmp_path, how):
         assert err.count("quit at once by a second Ctrl-C") == 1 and "Traceback" not in err, err
 
 
+def _running_sweep(tmp_path, trials: int):
+    """A page's sweep "s" of long tiny trials, its first trial two steps in: (data, runs, registry, trial folder)."""
+    data = make_data_root(tmp_path / "data")
+    runs = tmp_path / "runs"
+    sweeps = SweepRegistry(runs)
+    sweeps.start(["--study", "s", "--data-root", str(data), "--trials", str(trials), *TINY[:-2], "--checkpoint-every",
+                  "1", "--epochs", "200"])
+    first = runs / "s" / "trial-0000"
+    wait_for(lambda: metric_rows(first) >= 2 or sweeps.running() is None, what="two steps")
+    return data, runs, sweeps, first
+
+
 @pytest.mark.heavy(12)
 def test_stop_requeues_the_running_trial(tmp_path):
     from optuna.trial import TrialState
 
-    data = make_data_root(tmp_path / "data")
-    runs = tmp_path / "runs"
-    sweeps = SweepRegistry(runs)
-    sweeps.start(["--study", "s", "--data-root", str(data), "--trials", "3", *TINY[:-2], "--checkpoint-every", "1",
-                  "--epochs", "200"])
-    first = runs / "s" / "trial-0000"
-    wait_for(lambda: metric_rows(first) >= 2 or sweeps.running() is None, what="two steps")
+    data, runs, sweeps, first = _running_sweep(tmp_path, trials=3)
     assert sweeps.running()["study"] == "s"
     with pytest.raises(MixsepError, match="already running"):
         sweeps.start(["--study", "t", "--data-root", str(data), *TINY])
@@ -627,13 +633,7 @@ def test_stop_requeues_the_running_trial(tmp_path):
 
 def test_a_trial_whose_resume_is_refused_keeps_its_config(tmp_path):
     """A trial resumed with this machine's own --cpu-bf16 saved it to config.json, then found its last.pt cut short."""
-    data = make_data_root(tmp_path / "data")
-    runs = tmp_path / "runs"
-    sweeps = SweepRegistry(runs)
-    sweeps.start(["--study", "s", "--data-root", str(data), "--trials", "1", *TINY[:-2], "--checkpoint-every", "1",
-                  "--epochs", "200"])
-    first = runs / "s" / "trial-0000"
-    wait_for(lambda: metric_rows(first) >= 2 or sweeps.running() is None, what="two steps")
+    data, runs, sweeps, first = _running_sweep(tmp_path, trials=1)
     assert sweeps.stop()
     sweeps.wait(120)
     last = first / "checkpoints" / "last.pt"
