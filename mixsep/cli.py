@@ -633,7 +633,7 @@ def cmd_info(args) -> int:
     import torch
 
     from .config import RECIPES, recipe_flags, thread_wait
-    from .data import data_status
+    from .data import data_status, load_files
     from .model import MODELS, build_model, count_parameters, flops_per_sample
 
     print(f"torch {torch.__version__}; device: {'cuda (' + torch.cuda.get_device_name(0) + ')' if torch.cuda.is_available() else 'cpu'}"
@@ -659,8 +659,6 @@ def cmd_info(args) -> int:
         if args.check and not row["found"]:
             missing.append(name)
         elif args.check:  # found is not readable: a truncated archive is found all the same
-            from .data import load_files
-
             try:
                 images, _ = load_files([Path(f) for f in row["files"]], row["source"])
                 print(f"              reads: {len(images):,} images")

@@ -81,15 +81,18 @@ def _cannot_resume(run_dir: Path, why: str) -> UnreadableCheckpoint:
                                    "optimizer state)." if other else "."))
 
 
-def check_fits(run_dir: Path, state: dict, model: str) -> None:
-    """Refuse (as a damaged last.pt) a resume point of another model, or whose weights do not fit ``model``:
-    built on the meta device, so asking costs no memory and no time (the dashboard asks before a Resume)."""
+def check_fits(run_dir: Path, state: dict, model: str, built: nn.Module | None = None) -> None:
+    """Refuse (as a damaged last.pt) a resume point of another model, or whose weights do not fit ``model``.
+    ``built``: the model already made (a trainer's); else it is built on the meta device, so asking costs no
+    memory and no time (the dashboard asks before a Resume)."""
     last = last_checkpoint(run_dir)
     if state["config"].get("model") != model:
         raise _cannot_resume(run_dir, f"{last} holds a '{state['config'].get('model')}' model, not the run's '{model}'")
-    with torch.device("meta"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        shapes = {k: tuple(v.shape) for k, v in build_model(model, pretrained=False).state_dict().items()}
+    if built is None:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            built = build_model(model, pretrained=False)
+    shapes = {k: tuple(v.shape) for k, v in built.state_dict().items()}
     if {k: tuple(v.shape) for k, v in state["model"].items()} != shapes:
         raise _cannot_resume(run_dir, f"{last} does not fit the '{model}' architecture (its weights' names or "
                                       "shapes differ)")
@@ -252,7 +255,7 @@ class Training:
         state = read_resume_point(self.run_dir, self.device)
         if state is not None:  # what does not fit the run is refused as a damaged last.pt: the run stays as it was
             old = TrainConfig.from_dict(state["config"])
-            check_fits(self.run_dir, state, self.config.model)
+            check_fits(self.run_dir, state, self.config.model, self.model)
             total = read_status(self.run_dir).get("total_steps")
             if type(total) is int and total > 0 and total != self.total_steps and int(state["step"]) > 0:
                 raise ResumeRefused(  # --data-root on a resume names a folder with other data
