@@ -396,7 +396,7 @@ def _train(args, cfg: TrainConfig, run) -> int:
 
     from .train import Training
 
-    stop = {"flag": False, "training": False}
+    stop = {"flag": False, "training": False, "early": False}
 
     def on_signal(signum, frame):
         # the first Ctrl-C or SIGTERM finishes this step, checkpoints and exits cleanly;
@@ -404,6 +404,9 @@ def _train(args, cfg: TrainConfig, run) -> int:
         # Before the first step (building the model, fetching its weights, loading the data) there is
         # no step to finish: stop at once (a stalled download never reached one, nor the page's Stop)
         if not stop["training"]:
+            # kept as well as raised: Python drops an exception raised inside a callback it cannot pass
+            # it out of (an import lock's weakref callback, a gc callback), and loading then went on to train
+            stop["early"] = True
             raise StoppedBeforeTraining
         if stop["flag"] and signum == signal.SIGINT:
             raise KeyboardInterrupt
@@ -417,6 +420,8 @@ def _train(args, cfg: TrainConfig, run) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         training = Training(cfg, run, should_stop=lambda: stop["flag"])
+    if stop["early"]:  # a stop asked for while loading, whose exception Python dropped
+        raise StoppedBeforeTraining
     if getattr(args, "save_resumed", None):
         from .run import write_json
 
