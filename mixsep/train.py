@@ -98,6 +98,15 @@ def check_fits(run_dir: Path, state: dict, model: str, built: nn.Module | None =
                                       "shapes differ)")
 
 
+def _check_moments(optimizer: torch.optim.Optimizer) -> None:
+    """Adam's running moments have their parameter's shape: load_state_dict takes any tensors, and a crafted
+    or damaged state failed only at the first step, recording the run as failed."""
+    for param, state in optimizer.state.items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state and (not torch.is_tensor(state[key]) or state[key].shape != param.shape):
+                raise ValueError(f"{key} is not of its parameter's shape")
+
+
 def read_resume_point(run_dir: Path, map_location="cpu") -> dict | None:
     """The run's last.pt, which a resume continues from (None: the run has no checkpoint yet, and starts at
     step 0). Refused before anything is written, naming the newest checkpoint that still reads: a damaged
@@ -267,6 +276,7 @@ class Training:
                 load_model_state(self.model, state["model"], self.last_path, old.model)
                 if "optimizer" in state:
                     self.optimizer.load_state_dict(state["optimizer"])
+                    _check_moments(self.optimizer)
             except (MixsepError, ValueError, KeyError, RuntimeError) as e:
                 why = _without_advice(e) if isinstance(e, MixsepError) else \
                     f"{self.last_path}'s optimizer state does not fit the '{old.model}' model ({e.__class__.__name__})"

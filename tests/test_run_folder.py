@@ -637,11 +637,15 @@ def test_a_damaged_last_checkpoint_leaves_a_finished_run_as_it_was_and_names_one
     (lambda last: torch.save({**torch.load(last, weights_only=True), "model": {}}, last), "does not fit the 'tiny'"),
     (lambda last: torch.save({**(s := torch.load(last, weights_only=True)), "config": {**s["config"], "model": "unet"}},
                              last), "holds a 'unet' model, not the run's 'tiny'"),
+    (lambda last: torch.save({**(s := torch.load(last, weights_only=True)), "optimizer": {**s["optimizer"], "state": {
+        **s["optimizer"]["state"], 0: {**s["optimizer"]["state"][0], "exp_avg": torch.zeros(7, 7, 7)}}}}, last),
+     "optimizer state does not fit the 'tiny' model"),
 ])
 def test_a_resume_refused_for_its_checkpoint_writes_nothing_even_with_flags_it_may_change(small_config, tmp_path,
                                                                                          capsys, damage, says):
     """--data-root and --max-minutes were saved to config.json before last.pt was read; a missing last.pt (or a
-    FIFO there) trained a finished run again from step 0 over its metrics; a last.pt of another model read "failed"."""
+    FIFO there) trained a finished run again from step 0 over its metrics; a last.pt of another model read "failed",
+    and so did Adam moments of the wrong shape, at the first step."""
     from mixsep.cli import main
 
     run = _finished_run(small_config, tmp_path)
