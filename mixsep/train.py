@@ -96,15 +96,24 @@ def check_fits(run_dir: Path, state: dict, model: str, built: nn.Module | None =
     if {k: tuple(v.shape) for k, v in state["model"].items()} != shapes:
         raise _cannot_resume(run_dir, f"{last} does not fit the '{model}' architecture (its weights' names or "
                                       "shapes differ)")
+    if not _moments_fit(state.get("optimizer"), [tuple(p.shape) for p in built.parameters()]):
+        raise _cannot_resume(run_dir, f"{last}'s optimizer state does not fit the '{model}' model (Adam's running "
+                                      "moments are not of their weights' shapes)")
 
 
-def _check_moments(optimizer: torch.optim.Optimizer) -> None:
-    """Adam's running moments have their parameter's shape: load_state_dict takes any tensors, and a crafted
-    or damaged state failed only at the first step, recording the run as failed."""
-    for param, state in optimizer.state.items():
-        for key in ("exp_avg", "exp_avg_sq"):
-            if key in state and (not torch.is_tensor(state[key]) or state[key].shape != param.shape):
-                raise ValueError(f"{key} is not of its parameter's shape")
+def _moments_fit(optimizer: object, shapes: list[tuple]) -> bool:
+    """Adam's running moments have their parameter's shape (the state's keys index ``model.parameters()``):
+    load_state_dict takes any tensors, and a crafted or damaged state failed the run at its first step."""
+    if optimizer is None:  # a checkpoint without one resumes with a fresh optimizer
+        return True
+    try:
+        for index, moments in optimizer["state"].items():
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in moments and (not torch.is_tensor(moments[key]) or tuple(moments[key].shape) != shapes[index]):
+                    return False
+    except (TypeError, KeyError, IndexError, AttributeError):
+        return False
+    return True
 
 
 def read_resume_point(run_dir: Path, map_location="cpu") -> dict | None:
@@ -276,7 +285,6 @@ class Training:
                 load_model_state(self.model, state["model"], self.last_path, old.model)
                 if "optimizer" in state:
                     self.optimizer.load_state_dict(state["optimizer"])
-                    _check_moments(self.optimizer)
             except (MixsepError, ValueError, KeyError, RuntimeError) as e:
                 why = _without_advice(e) if isinstance(e, MixsepError) else \
                     f"{self.last_path}'s optimizer state does not fit the '{old.model}' model ({e.__class__.__name__})"
