@@ -602,7 +602,13 @@ class MetricsLog:
         w = csv.DictWriter(buf, METRIC_FIELDS, lineterminator="\n")
         w.writeheader()
         w.writerows({k: r[k] for k in METRIC_FIELDS} for r in rows)
-        atomic_write(self.path, lambda f: f.write(buf.getvalue().encode()))
+        data = buf.getvalue().encode()
+        try:
+            same = self.path.read_bytes() == data  # nothing to drop (a finished run's resume): no rewrite, which
+        except OSError:                            # a full disk would refuse
+            same = False
+        if not same:
+            atomic_write(self.path, lambda f: f.write(data))
         try:
             self._f = open(self.path, "a", newline="")
         except OSError as e:

@@ -370,6 +370,20 @@ def test_disk_full_fails_clearly_and_resumes_after_space_is_freed(small_config, 
     assert steps_in(run) == list(range(1, 25)) and R.read_status(run)["state"] == "finished"
 
 
+def test_a_finished_run_resumed_on_a_full_disk_stays_finished_and_untouched(small_config, small_disk, capsys):
+    """Its resume rewrote metrics.csv and status.json, which a full disk refused: the finished run read "failed"."""
+    from mixsep.cli import main
+
+    run = small_disk / "run"
+    list(T.train_steps(small_config, run))
+    before, inode = conftest.tree(run, skip=(R.LOCK,)), (run / R.METRICS).stat().st_ino
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    (small_disk / "filler").write_bytes(b"\0" * (free - 8 * 1024))  # room for .lock, none to spare
+    assert main(["train", "--run-dir", str(run), "--quiet"]) == 0, capsys.readouterr().err
+    assert conftest.tree(run, skip=(R.LOCK,)) == before and (run / R.METRICS).stat().st_ino == inode
+    assert R.read_status(run)["state"] == "finished"
+
+
 def test_disk_full_before_the_first_checkpoint_says_there_is_none(small_config, small_disk):
     """A failure before the first checkpoint said 'the last checkpoint (step 0) is kept' of a file that never was."""
     run = small_disk / "run"
