@@ -301,8 +301,14 @@ def read_npz(path: Path, source: str, raw: bytes | None = None) -> tuple[np.ndar
 _MNIST_PREFIX = {"train": "train", "test": "t10k"}
 
 
+def _there(path: Path) -> bool:
+    """Something is at the path: a file, or what the reader refuses in one sentence naming it (a FIFO, a
+    folder, a link to nothing), rather than calling the data missing."""
+    return path.exists() or path.is_symlink()
+
+
 def _first_existing(*candidates: Path) -> Path | None:
-    return next((c for c in candidates if c.is_file()), None)
+    return next((c for c in candidates if c.is_file()), None) or next((c for c in candidates if _there(c)), None)
 
 
 def _npz_candidates(root: Path, source: str, split: str) -> list[Path]:
@@ -326,7 +332,7 @@ def find_source(root: Path, source: str, split: str) -> list[Path] | None:
     else:
         folder = root / "cifar-10-batches-py"
         names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-        found = [folder / n for n in names if (folder / n).is_file()]
+        found = [folder / n for n in names if _there(folder / n)]
         if found:
             return found
     npz = _npz_candidates(root, source, split)

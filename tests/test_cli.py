@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import conftest
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -148,6 +150,26 @@ def test_info_check_reads_each_file_through_and_names_the_one_that_does_not(caps
     assert p.returncode == 2 and "cifar10_test.npz is not a regular file" in p.stdout, p.stdout + p.stderr
     assert p.stderr.startswith(f"error: Under {data_root}, the MNIST test and CIFAR-10 test files do not read (remove "
                                "them first); the MNIST train files are missing; then run") and p.stderr.count("\n") == 1
+
+
+def test_a_fifo_or_folder_where_a_data_file_goes_is_named_not_called_missing(capsys, data_root, tmp_path):
+    """A FIFO at the MNIST images' path read "the MNIST train files are missing" (so: download them), and a folder
+    named like a CIFAR batch was left out: training went on with the batches that were files."""
+    images = data_root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
+    images.unlink()
+    os.mkfifo(images)
+    assert main(["info", "--data-root", str(data_root), "--model", "tiny", "--check"]) == 2
+    out, err = capsys.readouterr()
+    assert f"does not read: {images} is not a regular file" in out and "the MNIST train files do not read" in err
+    assert "missing" not in out + err
+    assert main(["train", "--data-root", str(data_root), "--runs-dir", str(tmp_path / "runs"), *TINY]) == 2
+    assert capsys.readouterr().err == f"error: {images} is not a regular file; put the data file itself there.\n"
+    images.unlink()
+    conftest.write_idx(images, conftest.fake_digits(96, np.random.default_rng(0))[0])
+    (data_root / "cifar-10-batches-py" / "data_batch_2").mkdir()
+    assert main(["train", "--data-root", str(data_root), "--runs-dir", str(tmp_path / "runs"), *TINY]) == 2
+    assert "data_batch_2 is not a regular file" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
 @pytest.mark.parametrize("argv,match", [
