@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the preset's epochs (the unet's default sizes them to fill the budget)")
     p.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
     p.add_argument("--lr", type=float, default=None, help="override the preset's peak learning rate")
+    p.add_argument("--beta2", type=float, default=None, help="override the preset's Adam beta2 (0.999)")
     p.add_argument("--loss", choices=["mse", "log_mse"], default=None, help="override the preset's training objective")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cpu-bf16", action="store_true",
@@ -80,7 +81,7 @@ def make_config(args) -> TrainConfig:
     if args.model not in PRESETS:
         raise MixsepError(f"No preset for model '{args.model}'; choose one of: {', '.join(PRESETS)}.")
     preset = dict(PRESETS[args.model])
-    for name in ("epochs", "batch_size", "lr", "loss"):
+    for name in ("epochs", "batch_size", "lr", "beta2", "loss"):
         if getattr(args, name) is not None:
             preset[name] = getattr(args, name)
     if args.dry_run:

@@ -77,6 +77,18 @@ def _rich(widths=(32, 64, 128, 256), features="rich", **more):
     return lambda pretrained=False: SeparatorNet(widths=widths, head="fraction", features=features, **more)
 
 
+def _without_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """Each conv-BN-activation without its BN: the convolution gets a bias and He initialisation."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.BatchNorm2d):
+                setattr(module, name, torch.nn.Identity())
+        if isinstance(module, torch.nn.Conv2d) and module.bias is None:
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            module.bias = torch.nn.Parameter(torch.zeros(module.out_channels))
+    return model
+
+
 EXTRA = {
     "rich": _rich(),
     "through-st": lambda pretrained=False: _ThroughNet(st=True),
@@ -98,6 +110,11 @@ EXTRA = {
     "rich-narrow-hf-res": _rich((16, 32, 64, 128), features="hf", residual=True),
     # and a smooth activation (unet_hf_silu in training)
     "rich-narrow-hf-silu": _rich((16, 32, 64, 128), features="hf", act="silu"),
+    # and on it: two convolutions per decoder level (0.89x the bf16 step's speed)
+    "rich-narrow-hf-silu-deep": _rich((16, 32, 64, 128), features="hf", act="silu", decoder_depth=2),
+    # and on it: no BatchNorm (1.25x the bf16 step's speed)
+    "rich-narrow-hf-silu-nobn": lambda pretrained=False: _without_batchnorm(
+        _rich((16, 32, 64, 128), features="hf", act="silu")()),
 }
 
 
@@ -215,6 +232,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64, help="pairs per step (default 64, the presets')")
     p.add_argument("--lr", type=float, default=3e-3, help="the one-cycle schedule's peak (default 3e-3, the presets')")
+    p.add_argument("--beta2", type=float, default=0.999, help="Adam's beta2 (default 0.999, the presets')")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="Adam's L2 penalty (default 0, the presets')")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cpu-bf16", action="store_true", help="train with bfloat16 autocast on the CPU (TrainConfig.cpu_bf16)")
     p.add_argument("--flips", action="store_true", help="with --run: also score test-time flip averaging")
@@ -244,7 +263,8 @@ def main(argv=None) -> int:
         for name in args.variant:
             MODELS.setdefault(name, EXTRA.get(name))
             cfg = TrainConfig(data_root=str(root), train_size=args.train_size, repair=True, model=name, pretrained=False,
-                              epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule="onecycle",
+                              epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta2=args.beta2,
+                              weight_decay=args.weight_decay, schedule="onecycle",
                               loss="log_mse", seed=args.seed, device="cpu", cpu_bf16=args.cpu_bf16,
                               checkpoint_every=10 ** 9).validate()
             run = Path(tempfile.mkdtemp(prefix="variant-"))
@@ -255,6 +275,7 @@ def main(argv=None) -> int:
                     pass
                 seconds = time.perf_counter() - start
                 print(json.dumps({"variant": name, "seed": args.seed, "batch_size": cfg.batch_size, "lr": cfg.lr,
+                                  "beta2": cfg.beta2, "weight_decay": cfg.weight_decay,
                                   "cpu_bf16": cfg.cpu_bf16, "steps": training.step,
                                   "train_s": round(seconds, 1), **score(training.model, *val)}), flush=True)
             finally:
