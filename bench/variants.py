@@ -38,7 +38,8 @@ from mixsep import MixsepError, TrainConfig
 from mixsep.data import load_split, to_float
 from mixsep.metrics import psnr
 from mixsep.model import MODELS, feasible_interval
-from mixsep.separators import DigitSpace, SeparatorNet, mixture_features, straight_through, to_interval
+from mixsep.separators import (DigitSpace, SeparatorNet, _digit_projector, mixture_features, straight_through,
+                               to_interval)
 from mixsep.train import Training, load_run_model
 
 VAL_DIGITS_FROM = 1000  # MNIST test digits 0-999 belong to the test pairs
@@ -68,6 +69,22 @@ class _ThroughNet(SeparatorNet):
         lo, hi = feasible_interval(mean)
         z = self.net(mixture_features(mean, lo, hi, self.features)).float()
         digit = self.through(to_interval(z, lo, hi, self.head, self.training), lo, hi)
+        mnist_hat = digit.expand(-1, 3, -1, -1)
+        return mnist_hat, 2 * mean - mnist_hat
+
+
+class _ProjectedNet(SeparatorNet):
+    """The fraction head's digit, before its clamp, projected into the resized digits' subspace (``P d P.T``,
+    linear: exact gradients), then clamped into the interval (straight-through in training)."""
+
+    def forward(self, mean):
+        lo, hi = feasible_interval(mean)
+        z = self.net(mixture_features(mean, lo, hi, self.features)).float()
+        p = _digit_projector(mean.device)
+        d = p @ (lo + (hi - lo) * z) @ p.T
+        digit = to_interval(d, lo, hi, "clamp", self.training)
+        if self.digit_space is not None and not self.training:
+            digit = self.digit_space(digit, lo, hi)
         mnist_hat = digit.expand(-1, 3, -1, -1)
         return mnist_hat, 2 * mean - mnist_hat
 
@@ -110,6 +127,9 @@ EXTRA = {
     "rich-narrow-hf-res": _rich((16, 32, 64, 128), features="hf", residual=True),
     # and a smooth activation (unet_hf_silu in training)
     "rich-narrow-hf-silu": _rich((16, 32, 64, 128), features="hf", act="silu"),
+    # and on it: the digit projected into the resized digits' subspace in training too, before its clamp
+    "rich-narrow-hf-silu-proj": lambda pretrained=False: _ProjectedNet(
+        widths=(16, 32, 64, 128), head="fraction", features="hf", act="silu"),
     # and on it: two convolutions per decoder level (0.89x the bf16 step's speed)
     "rich-narrow-hf-silu-deep": _rich((16, 32, 64, 128), features="hf", act="silu", decoder_depth=2),
     # and on it: no BatchNorm (1.25x the bf16 step's speed)
