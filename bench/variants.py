@@ -38,8 +38,8 @@ from mixsep import MixsepError, TrainConfig
 from mixsep.data import load_split, to_float
 from mixsep.metrics import psnr
 from mixsep.model import MODELS, feasible_interval
-from mixsep.separators import (DigitSpace, SeparatorNet, _digit_projector, mixture_features, straight_through,
-                               to_interval)
+from mixsep.separators import (ACTIVATIONS, CHANNELS, DigitSpace, SeparatorNet, UNet, _digit_projector, mixture_features,
+                               straight_through, to_interval)
 from mixsep.train import Training, load_run_model
 
 VAL_DIGITS_FROM = 1000  # MNIST test digits 0-999 belong to the test pairs
@@ -89,6 +89,32 @@ class _ProjectedNet(SeparatorNet):
         return mnist_hat, 2 * mean - mnist_hat
 
 
+class _PriorNet(SeparatorNet):
+    """Three more inputs no convolution can form: ``DigitSpace`` (a non-local map with clamps) of the
+    interval's bounds and of its midpoint, each a resized digit that fits the mixture as best it can."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.net = UNet(CHANNELS[self.features] + 3, tuple(kw["widths"]), False, 1)
+        self.prior = DigitSpace()
+        if kw.get("act", "relu") != "relu":
+            for module in list(self.net.modules()):
+                for name, child in list(module.named_children()):
+                    if isinstance(child, torch.nn.ReLU):
+                        setattr(module, name, ACTIVATIONS[kw["act"]]())
+
+    def forward(self, mean):
+        lo, hi = feasible_interval(mean)
+        with torch.autocast(mean.device.type, enabled=False):
+            lo32, hi32 = lo.float(), hi.float()
+            prior = torch.cat([self.prior(b, lo32, hi32) for b in (lo32, hi32, (lo32 + hi32) / 2)], 1)
+        x = torch.cat([mixture_features(mean, lo, hi, self.features), prior.to(mean.dtype)], 1)
+        z = self.net(x).float()
+        digit = to_interval(z, lo, hi, self.head, self.training)
+        mnist_hat = digit.expand(-1, 3, -1, -1)
+        return mnist_hat, 2 * mean - mnist_hat
+
+
 def _rich(widths=(32, 64, 128, 256), features="rich", **more):
     """The fraction head with the rich inputs (unet_digit_rich in training) at these level widths."""
     return lambda pretrained=False: SeparatorNet(widths=widths, head="fraction", features=features, **more)
@@ -129,6 +155,9 @@ EXTRA = {
     "rich-narrow-hf-silu": _rich((16, 32, 64, 128), features="hf", act="silu"),
     # and on it: the digit projected into the resized digits' subspace in training too, before its clamp
     "rich-narrow-hf-silu-proj": lambda pretrained=False: _ProjectedNet(
+        widths=(16, 32, 64, 128), head="fraction", features="hf", act="silu"),
+    # and on it: DigitSpace of the interval's bounds and midpoint as three more inputs
+    "rich-narrow-hf-silu-prior": lambda pretrained=False: _PriorNet(
         widths=(16, 32, 64, 128), head="fraction", features="hf", act="silu"),
     # and on it: two convolutions per decoder level (0.89x the bf16 step's speed)
     "rich-narrow-hf-silu-deep": _rich((16, 32, 64, 128), features="hf", act="silu", decoder_depth=2),
