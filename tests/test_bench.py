@@ -187,15 +187,18 @@ def test_variants_trains_at_equal_steps_and_scores_off_the_test_split(bench, tmp
     data = make_data_root(tmp_path / "data", n_train=96, n_test=1040)  # validation digits start at 1,000
     variants = bench("variants")
     args = ["--data-root", str(data), "--train-size", "64", "--epochs", "1", "--threads", "1"]
-    assert variants.main([*args, "--variant", "unet_digit", "--variant", "through-st"]) == 0
+    assert variants.main([*args, "--variant", "unet_digit", "--variant", "through-st", "--variant",
+                          "rich-narrow-hf-silu-prior", "--beta2", "0.99"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    assert [r["variant"] for r in lines] == ["unet_digit", "through-st"]
+    assert [r["variant"] for r in lines] == ["unet_digit", "through-st", "rich-narrow-hf-silu-prior"]
     for r in lines:
         assert r["steps"] == 1 and r["val_pairs"] == 32  # CIFAR training images 64-95: never trained on
+        assert r["beta2"] == 0.99 and r["weight_decay"] == 0.0
         assert 0 < r["val_psnr"] < 100 and 0 < r["val_psnr_digit_space"] < 100 and 0 < r["val_psnr_8bit_mixture"] < 100
     for bad, says in ((["--variant", "nope"], "Name one or more --variant"),
                       (["--train-size", "96", "--variant", "tiny"], "No CIFAR training images are left"),
-                      (["--val-pairs", "0", "--variant", "tiny"], "--val-pairs must be at least 1")):
+                      (["--val-pairs", "0", "--variant", "tiny"], "--val-pairs must be at least 1"),
+                      (["--beta2", "1.5", "--variant", "tiny"], "beta2 must lie in")):
         assert variants.main([*args, *bad]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and says in err
