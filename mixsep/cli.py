@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -391,12 +392,24 @@ def _was(setting, value) -> str:
     return " ".join(setting.argv(value)) if setting.type is bool else _word(value)
 
 
+_SIGNALLED_EARLY: list[int] = []  # signals that asked train to stop before its first step
+
+
+def _early_signal(signum, frame):
+    """train's handler from its first line until its own (importing torch, reading the settings and data): as
+    Python's own for Ctrl-C (KeyboardInterrupt), a stop for SIGTERM (the page's Stop), and remembered. Python
+    drops an exception raised inside a callback it cannot pass it out of (an import lock's weakref callback, a
+    gc callback), and a Ctrl-C while torch loaded then went on to train the whole run."""
+    _SIGNALLED_EARLY.append(signum)
+    raise KeyboardInterrupt if signum == signal.SIGINT else StoppedBeforeTraining
+
+
 def _train(args, cfg: TrainConfig, run) -> int:
     from tqdm import tqdm
 
     from .train import Training
 
-    stop = {"flag": False, "training": False, "early": False}
+    stop = {"flag": False, "training": False}
 
     def on_signal(signum, frame):
         # the first Ctrl-C or SIGTERM finishes this step, checkpoints and exits cleanly;
@@ -404,9 +417,7 @@ def _train(args, cfg: TrainConfig, run) -> int:
         # Before the first step (building the model, fetching its weights, loading the data) there is
         # no step to finish: stop at once (a stalled download never reached one, nor the page's Stop)
         if not stop["training"]:
-            # kept as well as raised: Python drops an exception raised inside a callback it cannot pass
-            # it out of (an import lock's weakref callback, a gc callback), and loading then went on to train
-            stop["early"] = True
+            _SIGNALLED_EARLY.append(signum)  # kept as well as raised: Python may drop the exception (_early_signal)
             raise StoppedBeforeTraining
         if stop["flag"] and signum == signal.SIGINT:
             raise KeyboardInterrupt
@@ -415,12 +426,14 @@ def _train(args, cfg: TrainConfig, run) -> int:
             print("\nstopping after this step (Ctrl-C again to quit at once)", file=sys.stderr)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    if _SIGNALLED_EARLY:  # while torch loaded, its exception dropped
+        raise StoppedBeforeTraining
 
     run_dir = run.path
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         training = Training(cfg, run, should_stop=lambda: stop["flag"])
-    if stop["early"]:  # a stop asked for while loading, whose exception Python dropped
+    if _SIGNALLED_EARLY:  # a stop asked for while loading, whose exception Python dropped
         raise StoppedBeforeTraining
     if getattr(args, "save_resumed", None):
         from .run import write_json
@@ -724,6 +737,10 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "grid": cmd_grid, "sep
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    previous = {}
+    if args.command == "train" and threading.current_thread() is threading.main_thread():
+        _SIGNALLED_EARLY.clear()
+        previous = {s: signal.signal(s, _early_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         for name in ("runs_dir", "data_root", "run_dir"):  # Path("") is the current folder: never meant
             if getattr(args, name, None) == "":
@@ -743,7 +760,8 @@ def main(argv=None) -> int:
             return 130
         if isinstance(e, StoppedBeforeTraining):
             said = "train stopped before training began (Ctrl-C or SIGTERM); nothing was trained."
-        elif trains and (isinstance(e, SecondInterrupt) or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        elif trains and (isinstance(e, SecondInterrupt) or
+                         signal.getsignal(signal.SIGINT) not in (signal.default_int_handler, _early_signal)):
             said = "quit at once by a second Ctrl-C; a resume continues from the last checkpoint."
         else:
             said = f"{args.command} interrupted by Ctrl-C" + (" before training began." if trains else ".")
@@ -752,3 +770,7 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # `python -m mixsep info | head -1`: the reader has all it wanted, no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail again
         return 1
+    finally:
+        for s, h in previous.items():  # called in-process (a notebook, the tests): the caller's handlers again
+            if h is not None:
+                signal.signal(s, h)

@@ -258,7 +258,11 @@ def test_a_ctrl_c_while_train_starts_says_what_happened(data_root, tmp_path):
         time.sleep(0.005)  # torch is loading: seconds before the handler is in place
     p.send_signal(signal.SIGINT)
     err = p.communicate(timeout=120)[1]
-    assert p.returncode == 130 and err.splitlines()[-1] == "error: train interrupted by Ctrl-C before training began.", err
+    # the second sentence when Python dropped the KeyboardInterrupt inside a callback while torch loaded and
+    # train stopped on its record of the signal (tests/test_run_folder.py lands one there on purpose)
+    assert p.returncode == 130 and err.splitlines()[-1] in (
+        "error: train interrupted by Ctrl-C before training began.",
+        "error: train stopped before training began (Ctrl-C or SIGTERM); nothing was trained."), err
     assert "Traceback" not in err and not (tmp_path / "runs").exists()
 
 
