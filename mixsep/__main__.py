@@ -1,5 +1,12 @@
+import signal
 import sys
 
 from .cli import main
 
-sys.exit(main())
+code = main()
+# The command is done and has saved what it made. A Ctrl-C while the interpreter shuts down raised
+# KeyboardInterrupt inside an exit callback (torch's, tqdm's): a traceback, and exit 0. From here on a Ctrl-C
+# or SIGTERM ends the process at once, as the operating system does by default, with no traceback.
+for s in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(s, signal.SIG_DFL)
+sys.exit(code)

@@ -409,13 +409,15 @@ def _train(args, cfg: TrainConfig, run) -> int:
 
     from .train import Training
 
-    stop = {"flag": False, "training": False}
+    stop = {"flag": False, "training": False, "done": False}
 
     def on_signal(signum, frame):
         # the first Ctrl-C or SIGTERM finishes this step, checkpoints and exits cleanly;
         # a second Ctrl-C quits at once (the last checkpoint stays the resume point).
         # Before the first step (building the model, fetching its weights, loading the data) there is
         # no step to finish: stop at once (a stalled download never reached one, nor the page's Stop)
+        if stop["done"]:  # the loop has ended and saved everything: nothing is left to stop or to quit
+            return
         if not stop["training"]:
             _SIGNALLED_EARLY.append(signum)  # kept as well as raised: Python may drop the exception (_early_signal)
             raise StoppedBeforeTraining
@@ -452,6 +454,7 @@ def _train(args, cfg: TrainConfig, run) -> int:
         bar.set_postfix(loss=f"{r.loss:.4f}", mnist=f"{r.loss_mnist:.4f}", cifar=f"{r.loss_cifar:.4f}",
                         sps=f"{r.samples_per_s:.0f}")
     r = follow(training.steps(), each)
+    stop["done"] = True  # a Ctrl-C from here on raised inside tqdm's or torch's exit code: a traceback
     bar.close()
     if r is not None:
         print(f"final step {r.step}/{r.total_steps}: loss {r.loss:.4f} (mnist {r.loss_mnist:.4f}, cifar {r.loss_cifar:.4f})",

@@ -272,6 +272,27 @@ def test_a_signal_whose_exception_python_drops_while_a_resume_loads_still_stops_
     assert R.read_status(run)["state"] == "stopped" and R.read_status(run)["step"] == 1
 
 
+@pytest.mark.heavy(10)
+def test_ctrl_c_after_the_last_step_ends_quietly(small_config, tmp_path):
+    """Ctrl-Cs that landed after the loop had ended and saved everything raised KeyboardInterrupt inside torch's or
+    tqdm's exit callbacks: a traceback, and exit 0 (5 in 5 in a QA pass); or read as a force-quit."""
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps(dataclasses.replace(small_config, epochs=1).to_dict()))
+    run = tmp_path / "run"
+    proc = cli("--config", str(cfg_file), "--run-dir", str(run), "--quiet", cold=True)
+    lines = []
+    while not (lines and lines[-1].startswith("final step")):
+        lines.append(proc.stderr.readline())
+        assert lines[-1], lines  # it ended without a final step
+    while proc.poll() is None:  # Ctrl-Cs until it has gone: in the CLI's last lines and in the interpreter's exit
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.002)
+    err = "".join(lines) + proc.stderr.read()
+    assert proc.returncode in (0, -signal.SIGINT), err
+    assert "Traceback" not in err and "Exception ignored" not in err and "quit at once" not in err, err
+    assert R.read_status(run)["state"] == "finished"
+
+
 # --------------------------------------------------------------------------- concurrency and identity
 
 
