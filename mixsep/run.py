@@ -365,6 +365,10 @@ def check_layout(run_dir: Path) -> None:
         if path.exists() and path.is_dir() != folder:
             raise MixsepError(f"{path} should be a {'folder' if folder else 'file'} but is "
                               f"{'a file' if folder else 'a folder'}; move it away before training this run.")
+        # a FIFO: reading or writing it would wait for ever (last.pt has its own sentence, naming a checkpoint)
+        if name != f"{CHECKPOINTS}/{LAST}" and path.exists() and not folder and not path.is_file():
+            raise MixsepError(f"{path} should be a file but is not a regular file (a FIFO, say); move it away "
+                              "before training this run.")
 
 
 # --------------------------------------------------------------------------- process identity
@@ -535,10 +539,20 @@ def lock_holder(run_dir: Path) -> dict | None:
 # --------------------------------------------------------------------------- status
 
 
+def _regular(path: Path) -> Path:
+    """``path``, for reading, if it is a regular file (or a link to one): reading a FIFO put there by hand would
+    block for ever (a trainer's resume, the dashboard's run list). Anything else is an OSError, as a missing
+    file is, to the readers that treat one as unreadable."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return path
+
+
 def read_status(run_dir: Path) -> dict:
     """status.json as a dict; {"state": "unknown", ...} when missing or unreadable."""
     try:
-        status = json.loads((Path(run_dir) / STATUS).read_text())
+        status = json.loads(_regular(Path(run_dir) / STATUS).read_text())
         if isinstance(status, dict) and isinstance(status.get("state"), str):
             bad = [k for k in ("step", "total_steps", "pid") if not _count(status.get(k))]
             if not bad:
@@ -604,7 +618,7 @@ class MetricsLog:
         w.writerows({k: r[k] for k in METRIC_FIELDS} for r in rows)
         data = buf.getvalue().encode()
         try:
-            same = self.path.read_bytes() == data  # nothing to drop (a finished run's resume): no rewrite, which
+            same = _regular(self.path).read_bytes() == data  # nothing to drop (a finished run's resume): no rewrite, which
         except OSError:                            # a full disk would refuse
             same = False
         if not same:
@@ -636,7 +650,7 @@ def last_logged_step(run_dir: Path) -> int:
     """The step of metrics.csv's last complete row (0 if none), reading only the file's tail."""
     path = Path(run_dir) / METRICS
     try:
-        with open(path, "rb") as f:
+        with open(_regular(path), "rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
             tail = f.read().decode(errors="replace")
     except OSError:
@@ -651,7 +665,7 @@ def last_logged_step(run_dir: Path) -> int:
 def _csv_rows(path: Path) -> list[dict]:
     """Complete, numeric rows of a metrics.csv (a cut-off last line is dropped)."""
     try:
-        text = Path(path).read_text(errors="replace")
+        text = _regular(path).read_text(errors="replace")
     except OSError:
         return []
     if not text.endswith("\n"):
@@ -927,7 +941,7 @@ class MetricsTail:
 
     def poll(self) -> Appended:
         try:
-            f = open(self.path, "rb")
+            f = open(_regular(self.path), "rb")
         except OSError:
             restarted = self._inode is not None
             self._forget()

@@ -595,6 +595,10 @@ def test_resume_without_config_json_keeps_the_checkpoints_settings(small_config,
     (f"{R.CHECKPOINTS}/{R.LAST}", "folder", "last.pt should be a file but is a folder"),
     (R.LOCK, "folder", r"\.lock cannot be opened \(Is a directory\)"),
     (R.LOCK, "loop", r"\.lock cannot be opened \(Too many levels of symbolic links\)"),
+    # a FIFO: the resume waited for ever, and a Ctrl-C or SIGTERM did not end it
+    (R.STATUS, "fifo", r"status\.json should be a file but is not a regular file \(a FIFO, say\); move it away"),
+    (R.METRICS, "fifo", r"metrics\.csv should be a file but is not a regular file"),
+    (R.CONFIG, "fifo", r"config\.json should be a file but is not a regular file"),
 ])
 def test_a_run_folder_holding_the_wrong_kinds_of_things_is_refused_untouched(small_config, tmp_path, capsys,
                                                                            name, make, match):
@@ -609,12 +613,30 @@ def test_a_run_folder_holding_the_wrong_kinds_of_things_is_refused_untouched(sma
     elif path.exists() or path.is_symlink():
         path.unlink()
     {"file": lambda: path.write_text("x"), "folder": path.mkdir, "dangling": lambda: path.symlink_to(tmp_path / "gone"),
-     "loop": lambda: path.symlink_to(path)}[make]()
+     "loop": lambda: path.symlink_to(path), "fifo": lambda: os.mkfifo(path)}[make]()
     before = conftest.tree(run, skip=(R.LOCK,))
     assert main(["train", "--run-dir", str(run), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and re.search(match, err), err
     assert conftest.tree(run, skip=(R.LOCK,)) == before  # a file named checkpoints once sent it back to step 0, cutting metrics.csv
+
+
+def test_readers_of_a_run_folder_do_not_wait_on_a_fifo(small_config, tmp_path):
+    """The dashboard lists every run's status.json and follows its metrics.csv: a FIFO there blocked the read."""
+    import threading
+
+    run = _finished_run(small_config, tmp_path)
+    for name in (R.STATUS, R.METRICS):
+        (run / name).unlink()
+        os.mkfifo(run / name)
+    got = {}
+    reader = threading.Thread(target=lambda: got.update(
+        status=R.read_status(run), rows=R._csv_rows(run / R.METRICS), last=R.last_logged_step(run),
+        tail=R.MetricsTail(run / R.METRICS).poll()), daemon=True)
+    reader.start()
+    reader.join(30)
+    assert not reader.is_alive(), "a reader waits on the FIFO"
+    assert got["status"]["state"] == "unknown" and got["rows"] == [] and got["last"] == 0 and got["tail"].rows == []
 
 
 def test_metrics_rows_whose_step_is_not_a_number_are_skipped(small_config, tmp_path):
