@@ -558,6 +558,19 @@ def new_output(path: str | None, flag: str, overwrite: bool, run_dir: str, input
     return p
 
 
+def _not_a_data_file(root: Path, *outputs: tuple[Path | None, str]) -> None:
+    """Refuse an output that is one of the data root's files (known only once the run's data root is read):
+    with --overwrite, `evaluate --markdown DATA/MNIST/raw/train-images-idx3-ubyte.gz` replaced the images."""
+    from .data import find_source
+
+    files = {f.resolve() for source in ("mnist", "cifar") for split in ("train", "test")
+             for f in find_source(root, source, split) or ()}
+    for out, flag in outputs:
+        if out is not None and out.parent.resolve() / out.name in files:
+            raise MixsepError(f"{flag} {out} is a data file under {root}, which this command reads; choose another "
+                              f"{flag}.")
+
+
 def cmd_evaluate(args) -> int:
     import pandas as pd
 
@@ -574,6 +587,7 @@ def cmd_evaluate(args) -> int:
                           "give each its own file.")
     model, cfg, info = _load_model(args)
     root = _data_root_of(args, cfg)
+    _not_a_data_file(root, (json_out, "--json"), (markdown_out, "--markdown"))
     pairs = load_pairs(root, "test", mnist_path=args.mnist_test, cifar_path=args.cifar_test)
     from .metrics import evaluate  # torchmetrics takes seconds to import: a bad run or file is refused first
 

@@ -468,6 +468,15 @@ def test_evaluate_and_grid_never_write_over_a_runs_own_files(capsys, data_root, 
             err = _one_line(capsys)
             assert f"{flag} {target} " in err and says in err and f"choose another {flag}." in err, err
             assert tree(tmp_path / "runs") == before, argv
+    # nor the data it reads, which the run names (`--markdown DATA/MNIST/raw/...gz --overwrite` replaced the images)
+    data_before = tree(data_root)
+    for flag, target in (("--markdown", data_root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"),
+                         ("--json", data_root / "cifar-10-batches-py" / "test_batch")):
+        assert main(["evaluate", str(run), "--samples", "4", flag, str(target), "--overwrite"]) == 2
+        note, err = capsys.readouterr().err.splitlines()  # the note names the run's data root, then one sentence
+        assert note.startswith(f"data root {data_root} (the run's") and err.startswith("error: ")
+        assert f"{flag} {target} is a data file under {data_root}, which this command reads" in err, err
+    assert tree(data_root) == data_before
     # beside a run's files is fine
     assert main(["evaluate", str(run), *base, "--samples", "4", "--json", str(run / "eval.json")]) == 0
     assert json.loads((run / "eval.json").read_text())["n"] == 4
