@@ -937,9 +937,13 @@ def ended_cleanly(runs_dir: Path | None, trial) -> bool:
     return state in (State.STOPPED.value, State.FAILED.value)
 
 
-def requeue_halted(study) -> list[int]:
-    """Requeue each trial halted by a write error (a full disk) whose requeue record was lost: the
-    journal's own disk can take the trial's FAIL and cut off the copy that follows it."""
+STOPPED_MARK = "stopped"  # the "halted" mark of a trial stopped by request (a write error's is its sentence)
+
+
+def requeue_halted(study) -> list[tuple[int, bool]]:
+    """Requeue each trial halted by a write error (a full disk) or stopped by request whose requeue record was
+    lost: the journal's own disk can take the trial's FAIL and cut off the copy that follows it, and a kill
+    can land between the two. (number, whether it was a stop) for each."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
@@ -947,7 +951,7 @@ def requeue_halted(study) -> list[int]:
     lost = [t for t in trials if t.state == TrialState.FAIL and "halted" in t.user_attrs and t.number not in requeued]
     for t in lost:
         requeue(study, t, stopped=True)
-    return [t.number for t in lost]
+    return [(t.number, t.user_attrs["halted"] == STOPPED_MARK) for t in lost]
 
 
 def fail_dead_trials(study, journal: bool, runs_dir: Path | None = None) -> list[tuple[int, bool]]:
@@ -1109,9 +1113,9 @@ class Worker:
         journal = not p.storage
         waiting_said = False
         while not self.should_stop():
-            for n in requeue_halted(self.study):
-                self.say(f"trial {n}: halted by a write error, and its place in the queue was lost with the "
-                         "journal's last record; queued again to resume")
+            for n, stopped in requeue_halted(self.study):
+                self.say(f"trial {n}: {'stopped' if stopped else 'halted by a write error'}, and its place in the "
+                         "queue was lost with the journal's last record; queued again to resume")
             for n, queued in fail_dead_trials(self.study, journal, p.runs_dir):
                 self.say(f"trial {n}: its worker is gone; marked failed and queued again to resume" if queued else
                          f"trial {n}: its worker is gone; marked failed for good (its workers died {MAX_RETRY} "
@@ -1216,6 +1220,9 @@ class Worker:
                 trial.report(scores["psnr"], r.step)
                 pruned[0] = trial.should_prune()
         if not pruned[0] and read_status(run.path).get("state") == State.STOPPED:
+            # marked first, as for a write error: a kill, or a journal cut off, between Optuna's FAIL and the
+            # requeue that follows it lost the trial for good, and the study counted it done
+            trial.set_user_attr("halted", STOPPED_MARK)
             raise SweepInterrupted(trial._trial_id)  # by this sweep's stop, or a STOP file from outside
         if at != training.step:
             scores = validate(training.model, self.val)
