@@ -108,6 +108,8 @@ def _moments_fit(optimizer: object, shapes: list[tuple]) -> bool:
         return True
     try:
         for index, moments in optimizer["state"].items():
+            if type(index) is not int or not 0 <= index < len(shapes):  # -1 would read the last weight's shape
+                return False
             for key in ("exp_avg", "exp_avg_sq"):
                 if key in moments and (not torch.is_tensor(moments[key]) or tuple(moments[key].shape) != shapes[index]):
                     return False
