@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .config import (SEPARATE_MODES, TrainConfig, add_train_flags, config_from_args, default_data_root,
                      default_runs_dir, given_settings, settings)
-from .errors import MixsepError, SecondInterrupt, StoppedBeforeTraining
+from .errors import EARLY_SIGNALS, MixsepError, SecondInterrupt, StoppedBeforeTraining
 
 GRID_MAX_N = 100  # columns of `grid`: the report's shows 20; 100,000 once took 98 s, 7.8 GB and a 661,000-px PNG
 
@@ -392,15 +392,11 @@ def _was(setting, value) -> str:
     return " ".join(setting.argv(value)) if setting.type is bool else _word(value)
 
 
-_SIGNALLED_EARLY: list[int] = []  # signals that asked train to stop before its first step
-
-
 def _early_signal(signum, frame):
-    """train's handler from its first line until its own (importing torch, reading the settings and data): as
-    Python's own for Ctrl-C (KeyboardInterrupt), a stop for SIGTERM (the page's Stop), and remembered. Python
-    drops an exception raised inside a callback it cannot pass it out of (an import lock's weakref callback, a
-    gc callback), and a Ctrl-C while torch loaded then went on to train the whole run."""
-    _SIGNALLED_EARLY.append(signum)
+    """train's and sweep's handler from their first line until their own (importing torch, reading the settings
+    and data): as Python's own for Ctrl-C (KeyboardInterrupt), a stop for SIGTERM (train's only: the page's
+    Stop), and remembered in EARLY_SIGNALS, since Python may drop the exception (errors.EARLY_SIGNALS)."""
+    EARLY_SIGNALS.append(signum)
     raise KeyboardInterrupt if signum == signal.SIGINT else StoppedBeforeTraining
 
 
@@ -419,7 +415,7 @@ def _train(args, cfg: TrainConfig, run) -> int:
         if stop["done"]:  # the loop has ended and saved everything: nothing is left to stop or to quit
             return
         if not stop["training"]:
-            _SIGNALLED_EARLY.append(signum)  # kept as well as raised: Python may drop the exception (_early_signal)
+            EARLY_SIGNALS.append(signum)  # kept as well as raised: Python may drop the exception
             raise StoppedBeforeTraining
         if stop["flag"] and signum == signal.SIGINT:
             raise KeyboardInterrupt
@@ -428,14 +424,14 @@ def _train(args, cfg: TrainConfig, run) -> int:
             print("\nstopping after this step (Ctrl-C again to quit at once)", file=sys.stderr)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    if _SIGNALLED_EARLY:  # while torch loaded, its exception dropped
+    if EARLY_SIGNALS:  # while torch loaded, its exception dropped
         raise StoppedBeforeTraining
 
     run_dir = run.path
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         training = Training(cfg, run, should_stop=lambda: stop["flag"])
-    if _SIGNALLED_EARLY:  # a stop asked for while loading, whose exception Python dropped
+    if EARLY_SIGNALS:  # a stop asked for while loading, whose exception Python dropped
         raise StoppedBeforeTraining
     if getattr(args, "save_resumed", None):
         from .run import write_json
@@ -755,9 +751,10 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "grid": cmd_grid, "sep
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     previous = {}
-    if args.command == "train" and threading.current_thread() is threading.main_thread():
-        _SIGNALLED_EARLY.clear()
-        previous = {s: signal.signal(s, _early_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    if args.command in ("train", "sweep") and threading.current_thread() is threading.main_thread():
+        EARLY_SIGNALS.clear()  # a sweep's worker children are ended by SIGTERM in start-up too: its default stays
+        signals = (signal.SIGINT, signal.SIGTERM) if args.command == "train" else (signal.SIGINT,)
+        previous = {s: signal.signal(s, _early_signal) for s in signals}
     try:
         for name in ("runs_dir", "data_root", "run_dir"):  # Path("") is the current folder: never meant
             if getattr(args, name, None) == "":
@@ -791,3 +788,5 @@ def main(argv=None) -> int:
         for s, h in previous.items():  # called in-process (a notebook, the tests): the caller's handlers again
             if h is not None:
                 signal.signal(s, h)
+        if previous:
+            EARLY_SIGNALS.clear()

@@ -25,6 +25,12 @@ class StoppedBeforeTraining(KeyboardInterrupt):
     """Ctrl-C or SIGTERM while a trainer still builds its model or loads its data: no step to finish."""
 
 
+# Signals a command was sent before its own handler was in place (train's and sweep's start-up handler records
+# them as well as raising): Python drops an exception raised inside a callback it cannot pass it out of (an
+# import lock's weakref callback, a gc callback), and a Ctrl-C while torch loaded then went on to train.
+EARLY_SIGNALS: list[int] = []
+
+
 def make_folder(path, what: str, is_a_file: str):
     """``path`` as a folder, made if missing: ``is_a_file`` (a sentence) when a file is there, one
     sentence naming ``what`` ("the run folder", "the data root") when it cannot be made."""

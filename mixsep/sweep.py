@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import TrainConfig, default_data_root, settings
-from .errors import MixsepError, SecondInterrupt
+from .errors import EARLY_SIGNALS, MixsepError, SecondInterrupt
 
 JOURNAL = "optuna.journal"
 SWEEP_FILE, SWEEP_LOG = "sweep.json", "sweep.log"
@@ -1295,6 +1295,8 @@ def live_sweeps(runs_dir: Path) -> list[dict]:
 
 def run_sweep(p: Plan, say: Callable[[str], None] | None = None) -> int:
     """Run the study to its target with p.workers processes (this one, or children); 0 when it got there."""
+    if EARLY_SIGNALS:  # a Ctrl-C while torch or Optuna loaded, whose KeyboardInterrupt Python dropped
+        raise KeyboardInterrupt
     stop = {"flag": False}
 
     def on_signal(signum, frame):  # finish this step, checkpoint the trial, requeue it, exit

@@ -387,6 +387,34 @@ def test_a_halted_or_stopped_trial_whose_requeue_record_was_cut_off_is_queued_ag
     assert requeue_halted(study) == [(3, True)] and counts(study)["waiting"] == 2
 
 
+@pytest.mark.heavy(12)
+def test_a_ctrl_c_whose_exception_python_drops_while_the_sweep_loads_still_stops_it(tmp_path):
+    """As for train (tests/test_run_folder.py): Python drops a KeyboardInterrupt raised inside a callback, here a gc
+    callback of a real, cold sweep while Optuna and torch load, and the sweep then ran its whole study."""
+    import textwrap
+
+    data, runs = conftest.make_data_root(tmp_path / "data"), tmp_path / "runs"
+    land = textwrap.dedent("""
+        import gc, signal, sys
+        fired = []
+        def land_inside_a_callback(phase, info):
+            if not fired and "optuna" in sys.modules:
+                fired.append(phase)
+                signal.raise_signal(signal.SIGINT)
+                for _ in range(1000):  # the handler runs here, and Python drops what it raises
+                    pass
+        gc.callbacks.append(land_inside_a_callback)
+        from mixsep.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """)
+    proc = subprocess.run([sys.executable, "-c", land, *sweep_args(data, runs, "--study", "s", "--trials", "2", *TINY)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert "Exception ignored" in proc.stderr and "KeyboardInterrupt" in proc.stderr  # it was dropped
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "error: sweep interrupted by Ctrl-C before training began."
+    assert not list(runs.glob("s/trial-*"))  # no trial trained
+
+
 # --------------------------------------------------------------------------- a real study
 
 
