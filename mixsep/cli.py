@@ -203,8 +203,9 @@ def cmd_train(args) -> int:
 
         cfg = _train_config(args)
         require_split(Path(cfg.data_root), "train")
+        top = _missing_ancestor(Path(args.runs_dir))  # a --runs-dir this command makes goes too, if nothing trains
         run = Run(new_run_dir(Path(args.runs_dir), cfg)).open()
-        made = run.path
+        made = top or run.path
     try:
         return _train(args, cfg, run)
     except ResumeRefused:  # found before anything was written: the run stays as it was, .lock included

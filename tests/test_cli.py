@@ -389,6 +389,10 @@ def test_a_run_that_never_starts_leaves_no_folder(capsys, data_root, tmp_path):
         assert main(["train", "--data-root", str(data_root), "--runs-dir", str(runs), *TINY, "--device", "cuda"]) == 2
         assert "no GPU" in capsys.readouterr().err
         assert sorted(p.name for p in runs.iterdir()) == ["keep"]
+        # and a --runs-dir the command made for it goes too (QA: an empty runs folder was left)
+        assert main(["train", "--data-root", str(data_root), "--runs-dir", str(tmp_path / "new" / "runs"), *TINY,
+                     "--device", "cuda"]) == 2
+        assert "no GPU" in capsys.readouterr().err and not (tmp_path / "new").exists()
 
 
 def test_a_run_dir_the_dashboard_cannot_list_says_so(capsys, data_root, tmp_path):
