@@ -38,8 +38,8 @@ from mixsep import MixsepError, TrainConfig
 from mixsep.data import load_split, to_float
 from mixsep.metrics import psnr
 from mixsep.model import MODELS, feasible_interval
-from mixsep.separators import (ACTIVATIONS, CHANNELS, DigitSpace, SeparatorNet, UNet, _digit_projector, mixture_features,
-                               straight_through, to_interval)
+from mixsep.separators import (CHANNELS, DigitSpace, SeparatorNet, UNet, _digit_projector, mixture_features,
+                               straight_through, to_interval, use_activation)
 from mixsep.train import Training, load_run_model
 
 VAL_DIGITS_FROM = 1000  # MNIST test digits 0-999 belong to the test pairs
@@ -95,13 +95,9 @@ class _PriorNet(SeparatorNet):
 
     def __init__(self, **kw):
         super().__init__(**kw)
-        self.net = UNet(CHANNELS[self.features] + 3, tuple(kw["widths"]), False, 1)
+        self.net = use_activation(UNet(CHANNELS[self.features] + 3, tuple(kw["widths"]), False, 1),
+                                  kw.get("act", "relu"))
         self.prior = DigitSpace()
-        if kw.get("act", "relu") != "relu":
-            for module in list(self.net.modules()):
-                for name, child in list(module.named_children()):
-                    if isinstance(child, torch.nn.ReLU):
-                        setattr(module, name, ACTIVATIONS[kw["act"]]())
 
     def forward(self, mean):
         lo, hi = feasible_interval(mean)

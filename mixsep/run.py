@@ -609,7 +609,12 @@ class MetricsLog:
 
     def open(self, keep_through_step: int) -> "MetricsLog":
         """Keep rows with step <= ``keep_through_step`` (the checkpoint resumed from; 0 = none), atomically."""
-        rows = [r for r in _csv_rows(self.path) if r["step"] <= keep_through_step]
+        try:  # read once: the rows to keep, and whether the file already holds just those
+            old = _regular(self.path).read_bytes()
+        except OSError:
+            old = None
+        text = "" if old is None else old.decode(errors="replace").replace("\r\n", "\n").replace("\r", "\n")
+        rows = [r for r in _parse_rows(text) if r["step"] <= keep_through_step]
         # rows must count 1..step without a gap or a repeat; anything else was a writer's bug
         rows = [r for i, r in enumerate(rows) if r["step"] == i + 1]
         buf = io.StringIO()
@@ -617,11 +622,7 @@ class MetricsLog:
         w.writeheader()
         w.writerows({k: r[k] for k in METRIC_FIELDS} for r in rows)
         data = buf.getvalue().encode()
-        try:
-            same = _regular(self.path).read_bytes() == data  # nothing to drop (a finished run's resume): no rewrite, which
-        except OSError:                            # a full disk would refuse
-            same = False
-        if not same:
+        if old != data:  # nothing to drop: no rewrite (which a full disk would refuse)
             atomic_write(self.path, lambda f: f.write(data))
         try:
             self._f = open(self.path, "a", newline="")
@@ -668,6 +669,11 @@ def _csv_rows(path: Path) -> list[dict]:
         text = _regular(path).read_text(errors="replace")
     except OSError:
         return []
+    return _parse_rows(text)
+
+
+def _parse_rows(text: str) -> list[dict]:
+    """The complete, numeric rows of a metrics.csv's text."""
     if not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]  # the last line was being written
     rows = []

@@ -149,6 +149,17 @@ class DeepDecoder(UNetDecoder):
 ACTIVATIONS = {"relu": lambda: nn.ReLU(inplace=True), "silu": lambda: nn.SiLU(inplace=True)}
 
 
+def use_activation(net: nn.Module, act: str) -> nn.Module:
+    """Each ReLU in ``net`` replaced by ``act``: an activation holds no parameters, so the state dict stays
+    the ReLU net's."""
+    if act != "relu":
+        for module in list(net.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, nn.ReLU):
+                    setattr(module, name, ACTIVATIONS[act]())
+    return net
+
+
 class UNet(nn.Module):
     """Features (B, C, 32, 32) -> raw output (B, 1, 32, 32)."""
 
@@ -182,11 +193,7 @@ class SeparatorNet(nn.Module):
         self.net = UNet(c_in, tuple(widths), residual, decoder_depth)
         self.refiner = UNet(c_in + 1, tuple(refine_widths), residual) if refine_widths else None
         self.digit_space = DigitSpace() if digit_space else None
-        if act != "relu":  # an activation holds no parameters: the state dict is the ReLU net's
-            for module in list(self.modules()):
-                for name, child in list(module.named_children()):
-                    if isinstance(child, nn.ReLU):
-                        setattr(module, name, ACTIVATIONS[act]())
+        use_activation(self, act)
 
     def forward(self, mean):
         lo, hi = feasible_interval(mean)                                    # (B, 1, 32, 32) each

@@ -326,13 +326,15 @@ class Training:
     def steps(self) -> Iterator[StepResult]:
         """Train to the end (or a stop), yielding each step once its losses are read."""
         try:
-            if self.step >= self.total_steps and read_status(self.run_dir).get("state") == State.FINISHED.value:
-                clear_stop(self.run_dir)  # a finished run resumed: it stays as it is, and nothing is rewritten
-                self._write_missing_epoch_checkpoint()  # (which a full disk would refuse, reading "failed")
-                return
-            self.run.metrics.open(self.step)  # rows past the checkpoint we resume from will be redone
+            # a finished run resumed stays as it is: nothing is rewritten (which a full disk would refuse,
+            # turning it "failed")
+            finished = self.step >= self.total_steps and read_status(self.run_dir).get("state") == State.FINISHED.value
+            if not finished:
+                self.run.metrics.open(self.step)  # rows past the checkpoint we resume from will be redone
             clear_stop(self.run_dir)
             self._write_missing_epoch_checkpoint()
+            if finished:
+                return
             self.run.status(State.RUNNING, step=self.step, total_steps=self.total_steps)
             self.model.train()
             self._start = self._last_read = time.perf_counter()
