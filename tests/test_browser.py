@@ -261,6 +261,10 @@ def test_dashboard_in_a_real_browser(server):
         # drawn live: fewer lines first, both at the end (on a fast machine both tiny trials may end
         # between two looks, so the one-line state is not always seen)
         assert seen[-1] == 2 and min(seen) < 2, seen
+        # the page notices the sweep's end by itself (one last full rerun ends the live refresh). Wait for it:
+        # a page switch that lands on that rerun is lost inside Streamlit (once in CI the Compare click left
+        # the Sweep page shown, its sidebar reset), a race a user meets only in that instant
+        expect(page.get_by_text(re.compile(r"2 of 2 trials done .* sweep not running"))).to_be_visible(timeout=120_000)
         snap(page, "sweep")
 
         # Compare: delete a run; the confirmation is spent after it (the browser once kept the box ticked,
