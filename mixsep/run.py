@@ -436,23 +436,49 @@ class RunLock:
         self.path = Path(run_dir) / LOCK
         self._fd: int | None = None
         self._previous: bytes | None = None  # the last holder's line, for release(restore=True)
+        self._created = False  # .lock was made by this acquire: release(restore=True) removes it
+
+    def _open(self) -> tuple[int, bool]:
+        """The lock file's descriptor, and whether this call made the file."""
+        why = "it keeps changing"
+        for _ in range(20):  # made or removed by another process between two calls: ask again
+            for flags in (os.O_RDWR, os.O_RDWR | os.O_CREAT | os.O_EXCL):
+                try:
+                    return os.open(self.path, flags, 0o644), bool(flags & os.O_CREAT)
+                except (FileNotFoundError, FileExistsError) as e:
+                    why = e.strerror
+                except OSError as e:  # a folder or a symlink loop where the lock file goes
+                    why = e.strerror
+                    break
+            else:
+                if not self.path.is_symlink():
+                    continue
+                why = "a link to nothing"
+            break
+        raise MixsepError(f"Cannot lock the run folder {self.path.parent}: {self.path.name} cannot be opened "
+                          f"({why}); move it away.")
 
     def acquire(self) -> "RunLock":
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:  # a folder or a symlink loop where the lock file goes
-            raise MixsepError(f"Cannot lock the run folder {self.path.parent}: {self.path.name} cannot be opened "
-                              f"({e.strerror}); move it away.") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_holder(fd)
+        while True:
+            fd, created = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise MixsepError(f"Run {self.path.parent} is already being trained by {holder}; "
+                                  "wait for it to end or stop it first.") from None
+            except OSError as e:
+                os.close(fd)
+                raise MixsepError(f"Cannot lock the run folder {self.path.parent} ({e.strerror}).") from None
+            try:  # a refused command that made .lock removes it again (below): a lock taken on the file it
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))  # unlinked is no lock, so look again
+            except OSError:
+                same = False
+            if same:
+                break
             os.close(fd)
-            raise MixsepError(f"Run {self.path.parent} is already being trained by {holder}; "
-                              "wait for it to end or stop it first.") from None
-        except OSError as e:
-            os.close(fd)
-            raise MixsepError(f"Cannot lock the run folder {self.path.parent} ({e.strerror}).") from None
+        self._created = created
         info = json.dumps({**identity(), "cmd": " ".join(mask_secrets(_cmdline(os.getpid())))[:500],
                            "since": time.time()})
         try:  # who holds it, for a second trainer's message; the flock is the lock, so a full disk is no
@@ -468,7 +494,12 @@ class RunLock:
         """Drop the lock; ``restore``: first put back the previous holder's line (a command refused before it
         wrote anything leaves the folder's files as they were, .lock included)."""
         if self._fd is not None:
-            if restore and self._previous is not None:
+            if restore and self._created:  # the folder had no .lock before: it has none after
+                try:
+                    os.unlink(self.path)
+                except OSError:
+                    pass
+            elif restore and self._previous is not None:
                 try:
                     os.ftruncate(self._fd, 0)
                     os.pwrite(self._fd, self._previous, 0)

@@ -595,6 +595,7 @@ def test_resume_without_config_json_keeps_the_checkpoints_settings(small_config,
     (f"{R.CHECKPOINTS}/{R.LAST}", "folder", "last.pt should be a file but is a folder"),
     (R.LOCK, "folder", r"\.lock cannot be opened \(Is a directory\)"),
     (R.LOCK, "loop", r"\.lock cannot be opened \(Too many levels of symbolic links\)"),
+    (R.LOCK, "dangling", r"\.lock cannot be opened \(a link to nothing\)"),  # not followed out of the folder
     # a FIFO: the resume waited for ever, and a Ctrl-C or SIGTERM did not end it
     (R.STATUS, "fifo", r"status\.json should be a file but is not a regular file \(a FIFO, say\); move it away"),
     (R.METRICS, "fifo", r"metrics\.csv should be a file but is not a regular file"),
@@ -693,6 +694,12 @@ def test_a_damaged_last_checkpoint_leaves_a_finished_run_as_it_was_and_names_one
         in capsys.readouterr().err
     assert main(["evaluate", str(run), "--data-root", small_config.data_root, "--samples", "4",
                  "--checkpoint", str(epoch)]) == 0
+    # a run copied without its hidden files has no .lock: a refusal leaves none (it left an empty one)
+    (run / R.LOCK).unlink()
+    before = conftest.tree(run)
+    assert main(["train", "--run-dir", str(run), "--quiet"]) == 2
+    assert "is not a readable mixsep checkpoint" in capsys.readouterr().err
+    assert conftest.tree(run) == before and not (run / R.LOCK).exists()
 
 
 
