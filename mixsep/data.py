@@ -502,6 +502,8 @@ def download(root: Path, splits=SPLITS) -> None:
     """Fetch what is missing with torchvision's own downloaders (they show progress bars)."""
     from torchvision import datasets
 
+    root = Path(root)
+    made = [] if root.is_dir() else [p for p in (root, *root.parents) if not p.exists()]
     root = make_folder(root, "the data root",
                        f"The data root {root} is a file, not a folder; name a folder to download into.")
     for split in splits:
@@ -510,16 +512,49 @@ def download(root: Path, splits=SPLITS) -> None:
             if find_source(root, source, split):
                 print(f"{source} {split}: found under {root}")
                 continue
+            before = set(root.rglob("*"))
             try:
                 with network_timeout():
                     cls(str(root), train=train, download=True)
-            except Exception as e:  # URLError, HTTPError, a timeout, md5 mismatch...
+            except BaseException as e:  # URLError, HTTPError, a timeout, md5 mismatch, Ctrl-C...
+                _undo_download(root, before, made)
+                if not isinstance(e, Exception):
+                    raise
                 why = " ".join(str(e).split())  # torchvision lists every mirror it tried on its own line
                 why = why if len(why) <= 160 else why[:157] + "..."
                 raise MixsepError(
                     f"Could not download {source} {split} into {root} ({e.__class__.__name__}: {why}). "
                     f"Copy the files there by hand: {expected_files(root, source, split)}."
                 ) from None
+
+
+def _undo_download(root: Path, before: set, made: list) -> None:
+    """After a failed download: remove what it left that is not a whole archive (a file cut off mid-transfer,
+    which a later load would call damaged) and the folders it made that are empty. An archive that passed
+    torchvision's checksum stays, and so do the files extracted from it; nothing that was there is touched."""
+    from torchvision import datasets
+    from torchvision.datasets.utils import check_integrity
+
+    whole = dict(datasets.MNIST.resources) | {datasets.CIFAR10.filename: datasets.CIFAR10.tgz_md5}
+    try:
+        new = set(root.rglob("*")) - before
+    except OSError:
+        return
+    for path in sorted(new, key=lambda p: len(p.parts), reverse=True):  # a folder's files before the folder
+        try:
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()
+                continue
+            archive = path if path.name in whole else path.with_name(path.name + ".gz")  # or MNIST's unpacked file
+            if archive.name not in whole or not check_integrity(str(archive), whole[archive.name]):
+                path.unlink()
+        except OSError:
+            pass  # not empty (a file that stays) or already gone
+    for folder in made:  # deepest first: root, then the parents this call made for it
+        try:
+            folder.rmdir()
+        except OSError:
+            break  # not empty, or not made here: its parents are not ours to remove
 
 
 # --------------------------------------------------------------------------- pairs

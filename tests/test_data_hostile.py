@@ -389,6 +389,53 @@ def stalled_proxy():
     server.close()
 
 
+@pytest.fixture
+def cutting_proxy():
+    """A real proxy that refuses https and cuts every http file off after its first 5,000 bytes."""
+    import http.server
+    import threading
+
+    class Cut(http.server.BaseHTTPRequestHandler):
+        def do_CONNECT(self):
+            self.send_error(502)
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b"\x1f\x8b" + b"\0" * 4998)
+            self.wfile.flush()
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Cut)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield dict(os.environ, http_proxy=url, https_proxy=url, HTTP_PROXY=url, HTTPS_PROXY=url, no_proxy="",
+               MIXSEP_NETWORK_TIMEOUT="5")
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_download_cut_off_mid_file_leaves_nothing_behind(tmp_path, cutting_proxy):
+    """A refused download left the folders it made and the file it cut off, which the next train called a
+    damaged MNIST file instead of missing data."""
+    fresh = tmp_path / "new" / "root"  # made by the command, parents and all
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    for root in (fresh, kept):
+        proc = subprocess.run([sys.executable, "-m", "mixsep", "download", "--data-root", str(root)],
+                              capture_output=True, text=True, env=cutting_proxy, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().splitlines()[-1].startswith("error: Could not download mnist train into ")
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "new").exists()
+    assert [p.name for p in kept.rglob("*")] == ["notes.txt"] and (kept / "notes.txt").read_text() == "mine"
+
+
 def test_a_download_from_a_server_that_stops_answering_gives_up_in_one_sentence(tmp_path, stalled_proxy):
     """urllib waits for ever by default: `download` hung until killed (and a trainer in torch.hub with it)."""
     proc = subprocess.run([sys.executable, "-m", "mixsep", "download", "--data-root", str(tmp_path / "root")],
