@@ -532,10 +532,10 @@ def _undo_download(root: Path, before: set, made: list) -> None:
     """After a failed download: remove what it left that is not a whole archive (a file cut off mid-transfer,
     which a later load would call damaged) and the folders it made that are empty. An archive that passed
     torchvision's checksum stays, and so do the files extracted from it; nothing that was there is touched."""
-    from torchvision import datasets
+    from torchvision.datasets import cifar, mnist
     from torchvision.datasets.utils import check_integrity
 
-    whole = dict(datasets.MNIST.resources) | {datasets.CIFAR10.filename: datasets.CIFAR10.tgz_md5}
+    whole = dict(mnist.MNIST.resources) | {cifar.CIFAR10.filename: cifar.CIFAR10.tgz_md5}
     try:
         new = set(root.rglob("*")) - before
     except OSError:
