@@ -12,9 +12,8 @@ from PIL import Image
 import mixsep_ui as ui
 from mixsep import MixsepError
 from mixsep.config import SEPARATE_MODES
-from mixsep.separate import png_bytes, read_mixture, separate
+from mixsep.separate import EXTENSIONS, png_bytes, read_mixture, separate
 
-IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"]
 SHOWN = 128  # pixels on screen for a 32x32 image: 4x, each pixel a block
 # declared in .streamlit/config.toml (a 32x32 image is a few KB in any format): the browser refuses a bigger
 # file before sending it, and the server refuses it too
@@ -33,7 +32,7 @@ try:  # before any upload: a checkpoint that cannot separate says so at once
 except MixsepError as e:
     ui.show_error(e, literal_text=True)  # it quotes the checkpoint's path: the run's name, as text
 files = st.file_uploader(f"Mixture images: 32x32, each the mean of a grey digit and a colour image "
-                         f"(up to {MAX_UPLOAD_MB} MB each)", type=IMAGE_TYPES, accept_multiple_files=True)
+                         f"(up to {MAX_UPLOAD_MB} MB each)", type=EXTENSIONS, accept_multiple_files=True)
 if not files:
     st.caption(f"Upload one or more images to separate them with this checkpoint; a file over {MAX_UPLOAD_MB} MB is "
                "refused by the uploader itself (its red mark says why). The command line does the same for files "

@@ -3,6 +3,10 @@ import sys
 
 from .cli import main
 
+# A file name that is not UTF-8 (bytes Python keeps as surrogates) is printed back as the same bytes, not as
+# a UnicodeEncodeError after the outputs were written: a UTF-8 locale's stdout is strict by default.
+if hasattr(sys.stdout, "reconfigure"):
+    sys.stdout.reconfigure(errors="surrogateescape")
 code = main()
 # The command is done and has saved what it made. A Ctrl-C while the interpreter shuts down raised
 # KeyboardInterrupt inside an exit callback (torch's, tqdm's): a traceback, and exit 0. From here on a Ctrl-C

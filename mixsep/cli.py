@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .config import (SEPARATE_MODES, TrainConfig, add_train_flags, config_from_args, default_data_root,
                      default_runs_dir, given_settings, settings)
-from .errors import EARLY_SIGNALS, MixsepError, SecondInterrupt, StoppedBeforeTraining
+from .errors import EARLY_SIGNALS, MixsepError, SecondInterrupt, StoppedBeforeTraining, Terminated
 
 GRID_MAX_N = 100  # columns of `grid`: the report's shows 20; 100,000 once took 98 s, 7.8 GB and a 661,000-px PNG
 
@@ -401,6 +401,11 @@ def _early_signal(signum, frame):
     raise KeyboardInterrupt if signum == signal.SIGINT else StoppedBeforeTraining
 
 
+def _terminated(signum, frame):
+    """SIGTERM to a command that trains nothing: the Ctrl-C path, which removes its half-written files."""
+    raise Terminated
+
+
 def _train(args, cfg: TrainConfig, run) -> int:
     from tqdm import tqdm
 
@@ -480,9 +485,18 @@ def follow(steps, each):
     return r
 
 
+def _one_checkpoint(args) -> None:
+    """A checkpoint file as RUN_DIR and a --checkpoint naming another: refused, not one of them quietly read."""
+    given = Path(args.run_dir)
+    if args.checkpoint and given.is_file() and given.resolve() != Path(args.checkpoint).resolve():
+        raise MixsepError(f"RUN_DIR {args.run_dir} is a checkpoint and --checkpoint names another, {args.checkpoint}; "
+                          "give the checkpoint once.")
+
+
 def _load_model(args):
     from .train import load_run_model, pick_device
 
+    _one_checkpoint(args)
     return load_run_model(Path(args.run_dir), Path(args.checkpoint) if args.checkpoint else None, pick_device("auto"),
                           getattr(args, "as_model", None))
 
@@ -576,6 +590,7 @@ def cmd_evaluate(args) -> int:
         raise MixsepError(f"--samples must be 0 (all) or positive (got {args.samples}).")
     if args.batch_size < 1:
         raise MixsepError(f"--batch-size must be at least 1 (got {args.batch_size}).")
+    _one_checkpoint(args)
     inputs = (args.checkpoint, args.run_dir, args.mnist_test, args.cifar_test)
     json_out = new_output(args.json, "--json", args.overwrite, args.run_dir, inputs)
     markdown_out = new_output(args.markdown, "--markdown", args.overwrite, args.run_dir, inputs)
@@ -630,7 +645,8 @@ def cmd_grid(args) -> int:
         from .config import setting_by_name
 
         setting_by_name("seed", resolve=False).check(args.seed)
-    out = new_output(args.out, "--out", args.overwrite, args.run_dir, suffix=".png")
+    _one_checkpoint(args)
+    out = new_output(args.out, "--out", args.overwrite, args.run_dir, (args.checkpoint, args.run_dir), suffix=".png")
     model, cfg, info = _load_model(args)
     pairs = load_pairs(_data_root_of(args, cfg), args.split)
     idx = sample_indices(len(pairs), args.n, args.seed)
@@ -651,7 +667,9 @@ def cmd_separate(args) -> int:
     from .train import require_run_path
 
     require_run_path(args.run_dir)  # a mistyped run is named first, not an output it would have written
-    pixels, paths = prepare([Path(p) for p in args.images], args.out, args.overwrite)  # before the model loads
+    _one_checkpoint(args)
+    pixels, paths = prepare([Path(p) for p in args.images], args.out, args.overwrite,  # before the model loads
+                            this_run=_run_folder_of(args.run_dir), reads=[p for p in (args.checkpoint, args.run_dir) if p])
     model, _, info = _load_model(args)
     write_outputs(paths, *separate(model, pixels, args.mode))
     print(f"checkpoint {info['path']} (step {info['step']}), mode {args.mode}: {len(paths)} mixture(s) separated", file=sys.stderr)
@@ -756,6 +774,8 @@ def main(argv=None) -> int:
         EARLY_SIGNALS.clear()  # a sweep's worker children are ended by SIGTERM in start-up too: its default stays
         signals = (signal.SIGINT, signal.SIGTERM) if args.command == "train" else (signal.SIGINT,)
         previous = {s: signal.signal(s, _early_signal) for s in signals}
+    elif threading.current_thread() is threading.main_thread():
+        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _terminated)}
     try:
         for name in ("runs_dir", "data_root", "run_dir"):  # Path("") is the current folder: never meant
             if getattr(args, name, None) == "":
@@ -779,9 +799,18 @@ def main(argv=None) -> int:
                          signal.getsignal(signal.SIGINT) not in (signal.default_int_handler, _early_signal)):
             said = "quit at once by a second Ctrl-C; a resume continues from the last checkpoint."
         else:
-            said = f"{args.command} interrupted by Ctrl-C" + (" before training began." if trains else ".")
+            said = f"{args.command} interrupted by {'SIGTERM' if isinstance(e, Terminated) else 'Ctrl-C'}" + (
+                " before training began." if trains else ".")
         print(f"error: {said}", file=sys.stderr)
         return 130
+    except RuntimeError as e:  # pathlib's resolve() of a link that leads back to itself (Python 3.11)
+        loop = "Symlink loop from "
+        if not str(e).startswith(loop):
+            raise
+        path = str(e)[len(loop):]
+        path = path[1:-1] if path[:1] in "'\"" and path[-1:] == path[:1] else path  # pathlib quotes it as repr
+        print(f"error: {path} is a link that leads back to itself; remove it or name another path.", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # `python -m mixsep info | head -1`: the reader has all it wanted, no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail again
         return 1

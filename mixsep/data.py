@@ -502,6 +502,8 @@ def download(root: Path, splits=SPLITS) -> None:
     """Fetch what is missing with torchvision's own downloaders (they show progress bars)."""
     from torchvision import datasets
 
+    with network_timeout():  # a bad MIXSEP_NETWORK_TIMEOUT is refused before anything is made
+        pass
     root = Path(root)
     made = [] if root.is_dir() else [p for p in (root, *root.parents) if not p.exists()]
     root = make_folder(root, "the data root",

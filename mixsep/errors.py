@@ -21,6 +21,11 @@ class SecondInterrupt(KeyboardInterrupt):
     """A second Ctrl-C: quit at once (the first one asked to finish the step and stop)."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM to a command that trains nothing (evaluate, grid, separate, info, download): it stops as at a
+    Ctrl-C, removing what it had half written, where the default action killed it with its temp files left."""
+
+
 class StoppedBeforeTraining(KeyboardInterrupt):
     """Ctrl-C or SIGTERM while a trainer still builds its model or loads its data: no step to finish."""
 
@@ -52,15 +57,20 @@ def network_timeout():
     torchvision's and torch.hub's downloaders use) waits for ever by default, and a trainer stuck
     there cannot reach the step at which it would stop. MIXSEP_NETWORK_TIMEOUT seconds (default 60)
     per connect or read."""
+    import math
     import os
     import socket
 
-    old = socket.getdefaulttimeout()
+    given = os.environ.get("MIXSEP_NETWORK_TIMEOUT") or "60"
     try:
-        seconds = float(os.environ.get("MIXSEP_NETWORK_TIMEOUT") or 60)
+        seconds = float(given)
     except ValueError:
-        seconds = 60.0
-    socket.setdefaulttimeout(seconds if seconds > 0 else 60.0)
+        seconds = math.nan
+    if not 0 < seconds <= 86400:  # nan, inf and the rest: socket takes no timeout past a time_t
+        raise MixsepError(f"MIXSEP_NETWORK_TIMEOUT={given} is not a number of seconds in (0, 86400]; set it to "
+                          "one, or unset it for the default, 60.")
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
     try:
         yield
     finally:

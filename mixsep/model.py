@@ -43,6 +43,8 @@ def resnet18_backbone(pretrained: bool) -> tuple[nn.Module, bool]:
         try:  # torch.hub says "Downloading: ..." on stdout, where `train` prints only the run folder
             with contextlib.redirect_stdout(sys.stderr), network_timeout():
                 return resnet18(weights=ResNet18_Weights.IMAGENET1K_V1), True
+        except MixsepError:  # MIXSEP_NETWORK_TIMEOUT set to what is not a timeout: said, not a fallback
+            raise
         except Exception as e:  # offline, proxy, a server that stopped answering, corrupt cache: all end the same way
             warnings.warn(
                 f"ImageNet weights for ResNet-18 could not be loaded ({e.__class__.__name__}); "

@@ -24,6 +24,7 @@ Rules (SQLite's and Git's write-new-then-rename discipline):
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import enum
 import errno
@@ -167,15 +168,43 @@ def write_all(files, made: Path | None = None) -> None:
         if isinstance(e, OSError) and staged:
             raise MixsepError(describe_os_error(e, staged[-1][1]) + "; nothing was written.") from None
         raise
-    for n, (tmp, path) in enumerate(staged):
-        try:
-            os.replace(tmp, path)
-        except OSError as e:
-            _discard([left for left, _ in staged[n:]], made if n == 0 else None)
-            said = "; nothing was written." if n == 0 else "; the outputs named before it were written."
-            raise MixsepError(describe_os_error(e, path) + said) from None
+    with signals_held():  # a Ctrl-C or SIGTERM here waits until every name is in place: all written, or none
+        for n, (tmp, path) in enumerate(staged):
+            try:
+                os.replace(tmp, path)
+            except BaseException as e:
+                _discard([left for left, _ in staged[n:]], made if n == 0 else None)
+                if not isinstance(e, OSError):
+                    raise
+                said = "; nothing was written." if n == 0 else "; the outputs named before it were written."
+                raise MixsepError(describe_os_error(e, path) + said) from None
     for folder in {path.parent for _, path in staged}:
         sync_folder(folder)
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Hold a Ctrl-C or SIGTERM back for the block (a few renames): it is raised again, once, after it. In the
+    main thread only, where Python runs signal handlers; elsewhere the block's own clean-up has to do."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s, handler in before.items():
+        if handler is not None:  # None: a handler not set from Python, which cannot be put back
+            signal.signal(s, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            if handler is not None:
+                signal.signal(s, handler)
+        if got:
+            signal.raise_signal(got[0])
 
 
 def _discard(temps: list[Path], made: Path | None) -> None:

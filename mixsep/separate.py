@@ -20,6 +20,12 @@ from .errors import MixsepError
 from .run import CHECKPOINTS, in_checkpoints, write_all
 
 SIZE = (32, 32)
+# The formats a mixture may come in (Pillow's names) and their file extensions. Pillow picks a decoder by a
+# file's content, not its name, and some would run a program (EPS goes to Ghostscript, a PostScript
+# interpreter): a file is read only by these, whatever it is called.
+FORMATS = {"PNG": ("png",), "JPEG": ("jpg", "jpeg"), "BMP": ("bmp",), "GIF": ("gif",), "TIFF": ("tif", "tiff"),
+           "WEBP": ("webp",), "PPM": ("ppm", "pgm", "pbm"), "ICO": ("ico",)}
+EXTENSIONS = [e for names in FORMATS.values() for e in names]
 SUFFIXES = {"mnist": ".mnist.png", "cifar": ".cifar.png"}
 
 
@@ -33,12 +39,14 @@ def read_mixture(source: Path | str | bytes, name: str | None = None) -> np.ndar
             raise MixsepError(f"{path} does not exist or is not a file.")
         name, fp = str(path), path
     try:
-        with Image.open(fp) as im:
+        with Image.open(fp, formats=list(FORMATS)) as im:
             if im.size != SIZE:  # from the header: a large or hostile file is never decoded
                 raise MixsepError(f"{name} is {im.size[0]}x{im.size[1]} pixels; a mixture must be 32x32, "
                                   "the size mixsep separates (resize it first).")
             if im.mode.startswith(("I", "F")):  # 16- or 32-bit: converting would clip, not scale
                 raise MixsepError(f"{name} has {im.mode} pixels; save it with 8 bits per channel, as mixtures are.")
+            if any(";16" in _rawmode(tile) for tile in im.tile):  # RGB of 16 bits: Pillow keeps the high bytes
+                raise MixsepError(f"{name} has 16 bits per channel; save it with 8 bits per channel, as mixtures are.")
             if getattr(im, "n_frames", 1) > 1:
                 raise MixsepError(f"{name} holds {im.n_frames} frames; give one image per file.")
             if "A" in im.getbands() or "transparency" in im.info:  # RGBA, LA, PA, or a palette/colour key
@@ -50,9 +58,15 @@ def read_mixture(source: Path | str | bytes, name: str | None = None) -> np.ndar
     except Image.DecompressionBombError:  # Pillow refuses, from the header, sizes that would fill the memory
         raise MixsepError(f"{name} claims a size far beyond 32x32 pixels; a mixture must be 32x32.") from None
     except UnidentifiedImageError:
-        raise MixsepError(f"{name} is not an image file Pillow can read (PNG, JPEG, BMP, ...).") from None
+        raise MixsepError(f"{name} is not an image file of a format mixsep reads ({', '.join(FORMATS)}).") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt after a valid header
         raise MixsepError(f"{name} could not be read as an image ({str(e) or e.__class__.__name__}).") from None
+
+
+def _rawmode(tile) -> str:
+    """The pixel layout of a tile of an opened image, as its decoder reads it (e.g. 'RGB;16B')."""
+    args = tile[3]
+    return args if isinstance(args, str) else args[0] if args and isinstance(args[0], str) else ""
 
 
 def output_paths(inputs: list[Path], out_dir: Path) -> list[dict[str, Path]]:
@@ -65,15 +79,19 @@ def output_paths(inputs: list[Path], out_dir: Path) -> list[dict[str, Path]]:
     return [{s: out_dir / f"{p.stem}{suffix}" for s, suffix in SUFFIXES.items()} for p in inputs]
 
 
-def check_outputs(paths: list[dict[str, Path]], out_dir: Path, overwrite: bool, inputs: list[Path] = ()) -> None:
+def check_outputs(paths: list[dict[str, Path]], out_dir: Path, overwrite: bool, inputs: list[Path] = (),
+                  this_run: Path | None = None, reads=()) -> None:
     """Refuse, before any work, an output that is a folder, one of the inputs (even with --overwrite: `separate
-    *.png --out .` run twice reads a.mnist.png and would write it), or a file that exists, unless --overwrite."""
+    *.png --out .` run twice reads a.mnist.png and would write it), another file read (``reads``: the
+    checkpoint), a file in a run's checkpoints folder (``this_run``'s too, also when its config.json is lost),
+    or a file that exists, unless --overwrite."""
     read = {p.resolve() for p in inputs}
+    others = {Path(p).resolve() for p in reads}
     if out_dir.exists() and not out_dir.is_dir():
         raise MixsepError(f"{out_dir} is a file, not a folder; choose another --out.")
     if not out_dir.exists() and not out_dir.parent.is_dir():
         raise MixsepError(f"Folder {out_dir.parent} does not exist; create it or choose another --out.")
-    if in_checkpoints(out_dir.resolve()):
+    if in_checkpoints(out_dir.resolve(), this_run):
         raise MixsepError(f"--out {out_dir} is in a run's {CHECKPOINTS} folder, which only training writes; "
                           "choose another --out.")
     for p in (p for d in paths for p in d.values()):
@@ -82,6 +100,8 @@ def check_outputs(paths: list[dict[str, Path]], out_dir: Path, overwrite: bool, 
         if p.resolve() in read:
             raise MixsepError(f"{p} would be written over one of the images being separated; choose another --out "
                               "(or leave that image out).")
+        if p.resolve() in others:
+            raise MixsepError(f"{p} would be written over the checkpoint that separates them; choose another --out.")
         if p.exists() and not overwrite:
             raise MixsepError(f"{p} exists already; pass --overwrite to replace it, or choose another --out.")
 
@@ -116,8 +136,8 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def prepare(inputs: list[Path], out_dir: Path | str,
-            overwrite: bool = False) -> tuple[np.ndarray, list[dict[str, Path]]]:
+def prepare(inputs: list[Path], out_dir: Path | str, overwrite: bool = False, this_run: Path | None = None,
+            reads=()) -> tuple[np.ndarray, list[dict[str, Path]]]:
     """Read and check every input and every output path before anything is computed or written.
 
     An input named twice (the same file by resolved path) is separated once: two writes of one
@@ -133,7 +153,7 @@ def prepare(inputs: list[Path], out_dir: Path | str,
         raise MixsepError("Give at least one mixture image to separate.")
     pixels = np.stack([read_mixture(p) for p in inputs])
     paths = output_paths(inputs, out_dir)
-    check_outputs(paths, out_dir, overwrite, inputs)
+    check_outputs(paths, out_dir, overwrite, inputs, this_run, reads)
     return pixels, paths
 
 

@@ -205,7 +205,7 @@ def test_separate_page_shows_each_upload_refuses_bad_ones_and_writes_nothing(app
     assert not at.exception, [e.value for e in at.exception]
     errors = texts(at.error)
     assert "big.png is 32x40 pixels; a mixture must be 32x32" in errors
-    assert "notes.png is not an image file Pillow can read" in errors
+    assert "notes.png is not an image file of a format mixsep reads" in errors
     assert len(at.image) == 6  # a.png and b.png: mixture, digit, image each
     assert [b.label for b in at.get("download_button")] == ["Digit (PNG)", "Image (PNG)"] * 2
     assert "2 image(s)" in texts(at.caption) and "mode projection_uniform" in texts(at.caption)

@@ -563,3 +563,64 @@ def test_a_folder_that_is_no_run_or_holds_no_checkpoint_is_told_what_it_is(capsy
     err = capsys.readouterr().err
     assert "holds no checkpoint: its checkpoints were removed, or never written" in err and "wait" not in err
     assert not (tmp_path / "g.png").exists()
+
+
+def test_a_checkpoint_read_is_never_written_and_is_named_once(capsys, data_root, tmp_path):
+    """`grid --checkpoint mine.png --out mine.png --overwrite` replaced the checkpoint with the grid; a
+    checkpoint file as RUN_DIR silently won over a --checkpoint naming another."""
+    from conftest import tree
+
+    run = _train(capsys, data_root, tmp_path / "runs", "--epochs", "2")
+    mine = tmp_path / "mine.png"
+    mine.write_bytes((run / "checkpoints" / "last.pt").read_bytes())
+    before = tree(tmp_path)
+    assert main(["grid", str(run), "--checkpoint", str(mine), "--out", str(mine), "--overwrite"]) == 2
+    assert f"--out {mine} is a file this command reads" in _one_line(capsys)
+    epoch1 = run / "checkpoints" / "epoch-1.pt"
+    for cmd in (["evaluate", str(epoch1), "--samples", "4"], ["grid", str(epoch1), "--out", str(tmp_path / "g.png")],
+                ["separate", str(epoch1), str(mine), "--out", str(tmp_path / "sep")]):  # before the image is read
+        assert main([*cmd, "--checkpoint", str(run / "checkpoints" / "last.pt")]) == 2
+        assert f"RUN_DIR {epoch1} is a checkpoint and --checkpoint names another" in _one_line(capsys), cmd
+    assert tree(tmp_path) == before
+
+
+def test_a_link_that_leads_back_to_itself_is_one_sentence(capsys, data_root, tmp_path):
+    """pathlib's resolve() raises RuntimeError on a symlink loop: a traceback and exit 1 in every command."""
+    from conftest import tree
+
+    loop = tmp_path / "selfdir"
+    loop.symlink_to(loop)
+    before = tree(tmp_path)
+    for argv in (["grid", str(loop), "--out", str(tmp_path / "g.png")],
+                 ["evaluate", str(loop), "--json", str(tmp_path / "e.json")],
+                 ["info", "--data-root", str(loop)]):
+        assert main(argv) == 2, argv
+        assert f"{loop} is a link that leads back to itself" in _one_line(capsys), argv
+    assert tree(tmp_path) == before
+
+
+def test_a_network_timeout_that_is_no_number_of_seconds_is_refused(tmp_path, monkeypatch, capsys):
+    """MIXSEP_NETWORK_TIMEOUT=inf failed every download as "OverflowError: timestamp out of range" (it was
+    the setting, not the network); nan and words silently meant 60."""
+    for value in ("inf", "nan", "-1", "soon", "1e10"):
+        monkeypatch.setenv("MIXSEP_NETWORK_TIMEOUT", value)
+        assert main(["download", "--data-root", str(tmp_path / "root")]) == 2
+        assert f"MIXSEP_NETWORK_TIMEOUT={value} is not a number of seconds in (0, 86400]" in _one_line(capsys)
+    assert not (tmp_path / "root").exists()
+
+
+@pytest.mark.heavy(8)
+def test_a_file_name_that_is_not_utf8_is_printed_back_as_its_bytes(capsys, data_root, tmp_path):
+    """Under a UTF-8 locale stdout is strict: separate wrote its outputs, then printing their names raised
+    UnicodeEncodeError (a traceback, exit 1)."""
+    from conftest import ROOT, mixture_pngs
+
+    run = _train(capsys, data_root, tmp_path / "runs")
+    (png,), _ = mixture_pngs(data_root, tmp_path / "in", 1)
+    odd = os.fsencode(tmp_path / "in") + b"/bad\xff.png"
+    os.rename(png, odd)
+    out = os.fsencode(tmp_path / "out")
+    proc = subprocess.run([sys.executable, "-m", "mixsep", "separate", os.fsencode(run), odd, b"--out", out],
+                          cwd=ROOT, capture_output=True, env=dict(os.environ, PYTHONIOENCODING="utf-8:strict"))
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    assert proc.stdout.split(b"\n")[:2] == [out + b"/bad\xff.mnist.png", out + b"/bad\xff.cifar.png"]

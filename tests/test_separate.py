@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,7 @@ def test_each_mode_and_overwrite(capsys, data_root, tmp_path):
 
 
 @pytest.mark.parametrize("case,message", [
-    ("not_an_image", "is not an image file Pillow can read"),
+    ("not_an_image", "is not an image file of a format mixsep reads"),
     ("wrong_size", "is 64x48 pixels; a mixture must be 32x32"),
     ("bomb", "claims a size far beyond 32x32 pixels"),
     ("sixteen_bit", "has I;16 pixels; save it with 8 bits per channel"),
@@ -83,8 +84,14 @@ def test_each_mode_and_overwrite(capsys, data_root, tmp_path):
     ("transparent", "has transparent pixels, which a mixture never has"),
     ("transparent_palette", "has transparent pixels, which a mixture never has"),
     ("bad_mode", "invalid choice"),
+    # Pillow reads EPS (by content, whatever the name) by running Ghostscript on it: never here
+    ("postscript", "ps.png is not an image file of a format mixsep reads (PNG, JPEG, BMP, GIF, TIFF, WEBP, PPM, ICO)"),
+    ("sixteen_bit_rgb", "has 16 bits per channel; save it with 8 bits per channel"),  # it was read as its high bytes
+    ("out_in_checkpoints_config_lost", "is in a run's checkpoints folder"),  # this run's, its config.json lost
+    ("over_the_checkpoint", "mix0.mnist.png would be written over the checkpoint that separates them"),
+    ("out_loops", "selfdir is a link that leads back to itself"),  # a traceback, exit 1
 ])
-def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(capsys, data_root, tmp_path, case, message):
+def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(capsys, data_root, tmp_path, monkeypatch, case, message):
     run = _train(capsys, data_root, tmp_path / "runs")
     inputs, _ = mixture_pngs(data_root, tmp_path / "in", 2)
     out = tmp_path / "out"
@@ -142,6 +149,27 @@ def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(capsys, data_root, 
         out = tmp_path / "nope" / "out"
     elif case == "bad_mode":
         extra = ["--mode", "projection_optimal"]  # needs training pairs: not offered here
+    elif case == "postscript":
+        inputs.append(tmp_path / "in" / "ps.png")
+        inputs[-1].write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 32 32\n0 0 32 32 rectfill\nshowpage\n")
+        gs = tmp_path / "bin" / "gs"  # a Ghostscript that leaves a mark when it is run
+        gs.parent.mkdir()
+        gs.write_text(f"#!/bin/sh\ntouch {tmp_path / 'gs-ran'}\nexit 1\n")
+        gs.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{gs.parent}:{os.environ['PATH']}")
+    elif case == "sixteen_bit_rgb":
+        inputs.append(tmp_path / "in" / "deep-rgb.png")
+        inputs[-1].write_bytes(_png16_rgb(np.full((32, 32, 3), 65280)))
+    elif case == "out_in_checkpoints_config_lost":
+        (run / "config.json").unlink()
+        out = run / "checkpoints"
+    elif case == "over_the_checkpoint":
+        out.mkdir()
+        (out / "mix0.mnist.png").write_bytes((run / "checkpoints" / "last.pt").read_bytes())
+        extra = ["--checkpoint", str(out / "mix0.mnist.png"), "--overwrite"]
+    elif case == "out_loops":
+        out = tmp_path / "selfdir"
+        out.symlink_to(out)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "runs" not in p.parts}
     with pytest.raises(SystemExit) if case == "bad_mode" else contextlib.nullcontext():
         rc = main(["separate", str(run), *map(str, inputs), "--out", str(out), *extra])
@@ -152,6 +180,19 @@ def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(capsys, data_root, 
         assert err.startswith("error: ") and err.count("\n") == 1
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "runs" not in p.parts}
     assert after == before  # nothing written, nothing replaced
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch-1.pt", "last.pt"]
+
+
+def _png16_rgb(pixels: np.ndarray) -> bytes:
+    """A PNG of 16 bits per channel, RGB (Pillow writes none itself)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in pixels)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", *pixels.shape[1::-1], 16, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -284,3 +325,42 @@ def test_a_full_disk_removes_the_out_folder_separate_made(capsys, data_root, tmp
             assert main(["separate", str(run), *map(str, inputs), "--out", str(out)]) == 2
             _one_error_line(capsys.readouterr().err, "full", "mix0.mnist.png", "nothing was written")
         assert sorted(p.name for p in disk.rglob("*")) == ["filler", "there"]
+
+
+@pytest.mark.parametrize("sig,phase", [("SIGINT", "renames"), ("SIGTERM", "temps")])
+def test_a_signal_while_separate_writes_leaves_every_output_or_none(capsys, data_root, tmp_path, sig, phase):
+    """A Ctrl-C while the outputs were renamed into place left thousands of hidden temp files and some of
+    the outputs; a SIGTERM while they were written killed the process with its temp files and --out left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT, frozen_when
+
+    run = _train(capsys, data_root, tmp_path / "runs")
+    first, _ = mixture_pngs(data_root, tmp_path / "in", 1)
+    inputs = [first[0]] + [tmp_path / "in" / f"copy{i}.png" for i in range(1, 1500)]
+    for p in inputs[1:]:
+        os.link(first[0], p)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "mixsep", "separate", str(run), *map(str, inputs), "--out", str(out)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def shown() -> tuple[int, int]:
+        names = [n for n in os.listdir(out)] if out.is_dir() else []
+        return sum(n.startswith(".") for n in names), sum(not n.startswith(".") for n in names)
+
+    if phase == "renames":  # some outputs in place, others still temp files
+        frozen_when(proc, lambda: 0 < shown()[1] < 2 * len(inputs), what="the renames", slice_s=0.001)
+    else:
+        frozen_when(proc, lambda: shown()[0] > 10 and shown()[1] == 0, what="the temp files")
+    proc.send_signal(getattr(signal, sig))
+    proc.send_signal(signal.SIGCONT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == f"error: separate interrupted by {'Ctrl-C' if sig == 'SIGINT' else sig}."
+    if phase == "renames":  # the signal waits for the last rename: all written
+        assert shown() == (0, 2 * len(inputs))
+    else:  # none written, and the --out folder it made is gone
+        assert not out.exists()
