@@ -59,8 +59,12 @@ def read_mixture(source: Path | str | bytes, name: str | None = None) -> np.ndar
         raise MixsepError(f"{name} claims a size far beyond 32x32 pixels; a mixture must be 32x32.") from None
     except UnidentifiedImageError:
         raise MixsepError(f"{name} is not an image file of a format mixsep reads ({', '.join(FORMATS)}).") from None
+    except MixsepError:
+        raise
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt after a valid header
         raise MixsepError(f"{name} could not be read as an image ({str(e) or e.__class__.__name__}).") from None
+    except Exception as e:  # Pillow's decoders meet a damaged file with IndexError, TypeError, KeyError... too
+        raise MixsepError(f"{name} could not be read as an image (it is damaged: {e.__class__.__name__}).") from None
 
 
 def _rawmode(tile) -> str:
