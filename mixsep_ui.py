@@ -222,10 +222,6 @@ def lr_column():
     return st.column_config.NumberColumn("lr", format=setting_by_name("lr").fmt)
 
 
-def run_label(row: dict) -> str:
-    return f"{row['run']}  ({row['state']})"
-
-
 def runs_table(runs_dir: Path) -> list[dict]:
     """list_runs with live states: a 'running' run whose process died reads 'interrupted'."""
     rows = list_runs(runs_dir)
@@ -261,7 +257,10 @@ def pick_run(runs_dir: Path, key: str = "run") -> tuple[Path, str] | None:
             st.warning(literal(f"Run '{st.session_state[key]}' is gone (deleted?); showing the latest run instead."))
         st.session_state[key] = st.session_state.get("last_run") if st.session_state.get("last_run") in rows \
             else next(iter(rows))
-    name = st.selectbox("Run", list(rows), key=key, format_func=lambda n: run_label(rows[n]))
+    # the names alone: Streamlit keeps a pick by its label, and a label with the run's state in it stopped
+    # matching once the state changed (the run read as gone); the state is said beneath
+    name = st.selectbox("Run", list(rows), key=key)
+    st.caption(f"State: {literal(rows[name]['state'])}")
     st.session_state["last_run"] = name
     st.query_params["run"] = name  # a link to this page shows this run
     try:

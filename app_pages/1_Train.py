@@ -65,11 +65,9 @@ if live_job is not None and live_job.name in runs:
 elif st.session_state.get("train_run") not in runs:
     last = jobs.poll().run_dir
     st.session_state["train_run"] = last.name if last is not None and last.name in runs else next(iter(runs), None)
-if runs:
-    def label(name: str) -> str:  # the training run by its live state (the table was read before it began)
-        return f"{name}  ({live_job.state})" if training and name == live_job.name else ui.run_label(runs[name])
-
-    st.selectbox("Run", list(runs), key="train_run", format_func=label, disabled=training, persist_state="session",
+if runs:  # by name only: Streamlit keeps a pick by its label, and one with the run's state lost it once the state
+    # changed (the first Resume click after a Stop was lost); the page says the picked run's state below
+    st.selectbox("Run", list(runs), key="train_run", disabled=training, persist_state="session",
                  help="The run whose progress and curves this page shows; a stopped one can be resumed here. "
                       "While a run trains the page shows it.")
 

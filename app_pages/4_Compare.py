@@ -18,8 +18,8 @@ studies = sorted({ui.study_of(n) for n in rows} - {""})
 study = st.selectbox("Study", ["all runs", *studies], help="Only one sweep's trials.") if studies else "all runs"
 if study != "all runs":
     rows = {n: r for n, r in rows.items() if ui.study_of(n) == study}
-chosen = st.multiselect("Runs", list(rows), default=list(rows)[:3 if study == "all runs" else 10],
-                        format_func=lambda n: ui.run_label(rows[n]), key=f"compare_runs_{study}")
+chosen = st.multiselect("Runs", list(rows), default=list(rows)[:3 if study == "all runs" else 10],  # by name only:
+                        key=f"compare_runs_{study}")  # a label with the state lost the pick when the state changed
 opts = st.columns([2, 2, 1.3], vertical_alignment="center")
 loss = opts[0].radio("Loss", list(ui.LOSSES), format_func=ui.LOSSES.get, index=2, horizontal=True)
 smoothing = opts[1].slider("EMA smoothing", 0.0, 0.99, 0.9, 0.01)

@@ -366,3 +366,44 @@ def websocket_status(url: str, host: str) -> int:
         return c.getresponse().status
     finally:
         c.close()
+
+
+@pytest.mark.heavy(30)
+def test_a_picked_run_stays_picked_when_its_state_changes(server):
+    """The run pickers labelled each run with its state, and the browser hands a pick back by its label:
+    once the run's state changed, the second click anywhere read the pick as a run that was gone (Samples
+    said so and showed another run; Compare dropped it; the Train page lost the first Resume click)."""
+    reason = _skip_reason()
+    if reason and os.environ.get("MIXSEP_REQUIRE_BROWSER"):
+        pytest.fail(f"MIXSEP_REQUIRE_BROWSER is set (as in CI) but {reason}")
+    if reason:
+        pytest.skip(reason)
+    from playwright.sync_api import expect, sync_playwright
+
+    from mixsep.cli import main
+    from mixsep.run import write_status
+
+    url, tmp, proc = server
+    expect.set_options(timeout=60_000)
+    data = Path(os.environ.get("MIXSEP_BROWSER_DATA_ROOT") or tmp / "data")
+    made = []
+    for seed in ("0", "1"):  # the second is the newest: shown when a pick is lost
+        assert main(["train", "--data-root", str(data), "--runs-dir", str(tmp / "runs"), "--model", "tiny",
+                     "--no-pretrained", "--epochs", "1", "--batch-size", "64", "--seed", seed, "--quiet"]) == 0
+        made.append(sorted(p for p in (tmp / "runs").iterdir() if p.is_dir() and p not in made)[-1])
+        time.sleep(1.1)  # run folders are named by the second
+    run = made[0]
+    write_status(run, "stopped", "stopped by request", step=2, total_steps=4)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(f"{url}/Samples?run={run.name}")
+        expect(page.get_by_text("State: stopped")).to_be_visible()
+        write_status(run, "finished", "", step=4, total_steps=4)  # resumed to its end elsewhere
+        for n in (2, 3):
+            page.get_by_role("button", name="Next").click()
+            expect(page.get_by_text(f"Page {n} of")).to_be_visible()
+        expect(page.get_by_text("State: finished")).to_be_visible()
+        expect(page.get_by_text(f"{run.name}  last.pt")).to_be_visible()
+        expect(page.get_by_text("is gone")).to_have_count(0)
+        browser.close()
