@@ -9,16 +9,19 @@ from mixsep.grid import grid_image, sample_indices
 
 data_root, runs_dir = ui.setup("Samples")
 run_dir, run_shown, checkpoint, third = ui.pick_run_and_checkpoint(runs_dir)  # run_shown: STUDY/trial-0001 too
-split = third.radio("Split", ["test", "train"], horizontal=True)
+# the settings are kept across pages (persist_state), as the Train page's are
+split = third.radio("Split", ["test", "train"], horizontal=True, key="grid_split", persist_state="session")
 if checkpoint is None:
     st.stop()
 
 opts = st.columns([1, 1, 1, 1, 1.5], vertical_alignment="center")
-show_direct = opts[0].toggle("Direct CIFAR", value=True, help="Add a row with the CIFAR head's own output.")
-show_errors = opts[1].toggle("Error maps", value=False, help="Add rows of |estimate - truth|, brightened 4x.")
-shuffle = opts[2].toggle("Shuffle", value=False)
-seed = opts[3].number_input("Seed", 0, 10**6, 0, disabled=not shuffle)
-n = opts[4].slider("Samples", 4, 40, 20)
+show_direct = opts[0].toggle("Direct CIFAR", value=True, help="Add a row with the CIFAR head's own output.",
+                             key="grid_direct", persist_state="session")
+show_errors = opts[1].toggle("Error maps", value=False, help="Add rows of |estimate - truth|, brightened 4x.",
+                             key="grid_errors", persist_state="session")
+shuffle = opts[2].toggle("Shuffle", value=False, key="grid_shuffle", persist_state="session")
+seed = opts[3].number_input("Seed", 0, 10**6, 0, disabled=not shuffle, key="grid_seed", persist_state="session")
+n = opts[4].slider("Samples", 4, 40, 20, key="grid_n", persist_state="session")
 
 # the page of samples shown restarts at 0 whenever the selection changes
 selection = (str(checkpoint), split, shuffle, seed, n)

@@ -231,6 +231,12 @@ def test_samples_page_grid_pages_and_download(app_env):
     assert not at.exception and "train pairs" in texts(at.caption)
     widget(at.slider, "Samples").set_value(4).run()
     assert len(at.image) == 1
+    widget(at.button, "Next").click().run()
+    at.switch_page("app_pages/1_Train.py").run()  # another page and back: the settings and the page are kept
+    at.switch_page("app_pages/2_Samples.py").run()  # (they went back to their defaults, page 1)
+    assert (widget(at.radio, "Split").value, widget(at.toggle, "Error maps").value, widget(at.toggle, "Shuffle").value,
+            widget(at.slider, "Samples").value) == ("train", True, True, 4)
+    assert "Page 2 of" in texts(at.caption)
 
 
 def test_metrics_page_table_charts_audit(app_env):
