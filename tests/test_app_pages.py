@@ -403,11 +403,15 @@ def test_start_live_curves_reload_second_tab_stop(app_env):
     widget(other.toggle, "ImageNet").set_value(False).run()
     widget(other.button, "Start").click().run()
     assert "already in progress" in texts(other.error)
+    other.run()  # the next rerun (the chart's, when rows arrive) kept the refusal: it wiped it, leaving the
+    assert "already in progress" in texts(other.error)  # other tab's run shown under this tab's settings, unsaid
     poll(at, lambda a: chart_points(a) > first, what="the curve to gain points")
     widget(at.button, "Stop").click().run()
     assert "Stopping after the current step" in texts(at.info)
     poll(at, lambda a: "Run stopped" in texts(a.warning), timeout=60, what="the stop")
     assert (runs / run_name / "checkpoints" / "last.pt").is_file()
+    poll(other, lambda a: "already in progress" not in texts(a.error), timeout=60,  # the run that refused it
+         what="the refusal to go once that run ended")  # has ended (its process gone)
     assert len(read_metrics(runs / run_name)) < 120
 
 
