@@ -559,7 +559,7 @@ def _read_holder(fd: int) -> str:
 
 # A command line may carry a database password (`sweep --storage postgresql://user:pw@host/db`), and
 # .lock is readable by whoever can read the runs folder and quoted in a second trainer's refusal.
-_URL_PASSWORD = re.compile(r"(://[^/:@\s]*):[^/\s]*@")  # up to the last '@' before the path
+_URL_PASSWORD = re.compile(r"(://[^/:@\s]*):\S*@")  # up to the last '@' (a password may hold '/', '?', '@')
 PASSWORD_KEYWORD = re.compile(r"(?i)(password\s*=\s*)(?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&]+)")
 
 

@@ -86,9 +86,14 @@ class Dimension:
     choices: tuple | None = None
 
     def text(self) -> str:
+        """The dimension as --space writes it, read back by parse_space as this same dimension: its ends in full
+        (repr: the shortest text that reads back as the same float; ':g' kept 6 digits, and a study of a narrow
+        range read back as an empty one) and its scale whenever it is not the setting's own (':linear' was lost)."""
         if self.choices is not None:
             return f"{self.name}=" + "|".join(str(c) for c in self.choices)
-        return f"{self.name}={self.low:g}:{self.high:g}" + (":log" if self.log else "")
+        own = getattr(sweepable().get(self.name), "log", False)
+        scale = ":log" if self.log else ":linear" if own else ""
+        return f"{self.name}={self.low!r}:{self.high!r}{scale}"
 
     def suggest(self, trial):
         if self.choices is not None:
@@ -255,15 +260,24 @@ def storage_label(url: str | None, runs_dir: Path) -> str:
     (also in a string that is not a URL at all: whatever stands between ':' and '@' is masked)."""
     if not url:
         return str(Path(runs_dir).resolve() / JOURNAL)
+    return _mask_to_last_at(_storage_label(url))
+
+
+def _mask_to_last_at(label: str) -> str:
+    """A URL's password hidden up to the last '@' in it: an unencoded '/', '?' or '@' in a password made the
+    parsers end it early, and its tail was shown (over-masking a query's '@' hides nothing secret)."""
+    return re.sub(r"^([^:/@]*://[^:/@]*):.*@", r"\1:***@", label, flags=re.S)
+
+
+def _storage_label(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     if _extra_at(url):  # SQLAlchemy would take the password's tail for the host: mask up to the last '@'
         url = re.sub(r"([?&]password=)[^&]*", r"\1***", url)
         head, _, rest = url.partition("://") if "://" in url else ("", "", url)
-        authority, path = re.match(r"([^/?]*)(.*)", rest).groups()
-        user, _, host = authority.rpartition("@")
+        user, _, host = rest.rpartition("@")
         user = user.split(":", 1)[0] + ":***" if ":" in user else "***"
-        return (head + "://" if head else "") + f"{user}@{host}{path}"
+        return (head + "://" if head else "") + f"{user}@{host}"
     try:
         parsed = make_url(url)
         if "password" in parsed.query:  # libpq also takes it as a query parameter
@@ -278,9 +292,10 @@ def storage_label(url: str | None, runs_dir: Path) -> str:
 
 
 def _extra_at(url: str) -> bool:
-    """Whether the URL's user and password hold an '@' that is not written as %40."""
+    """Whether the URL's user and password hold an '@' that is not written as %40 (or its query does: refused
+    alike, as the two cannot be told apart)."""
     rest = url.partition("://")[2] if "://" in url else url
-    return re.match(r"[^/?]*", rest).group(0).count("@") > 1
+    return rest.count("@") > 1  # anywhere: a '/' or '?' in the password ended the part looked at
 
 
 def check_storage(url: str | None, timeout_s: int = 10) -> None:

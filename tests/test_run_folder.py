@@ -800,7 +800,10 @@ def test_a_failed_write_advises_what_fits_the_failure(tmp_path):
     (["sweep", "--storage", "postgresql://u:pw@h/db", "--study", "s"], ["sweep", "--storage", "***", "--study", "s"]),
     (["--storage=sqlite:///s.db"], ["--storage=***"]),
     (["postgresql://u:p@ss@h:5432/db"], ["postgresql://u:***@h:5432/db"]),  # an '@' in the password
-    (["postgresql://u@h/db", "http://h:8080/a@b"], ["postgresql://u@h/db", "http://h:8080/a@b"]),  # no password
+    (["postgresql://u:p@ss:w/rd@h/db"], ["postgresql://u:***@h/db"]),  # and a '/' after it
+    (["postgresql://u@h/db", "http://h:8080/a"], ["postgresql://u@h/db", "http://h:8080/a"]),  # no password
+    # 'h:8080/a@b' cannot be told from a user 'h' whose password '8080/a' holds a '/': masked, to be safe
+    (["http://h:8080/a@b"], ["http://h:***@b"]),
     (["host=h password=pw dbname=d"], ["host=h password=*** dbname=d"]),
     (["host=h PASSWORD = 'p w\\' x' dbname=d"], ["host=h PASSWORD = *** dbname=d"]),
     (['password="p w"', "db?password=pw&sslmode=require"], ["password=***", "db?password=***&sslmode=require"]),

@@ -62,6 +62,16 @@ def test_space_parsing():
     assert parse_space("lr=1e-4:1e-2")["lr"].log is True  # lr is declared log-scaled
 
 
+@pytest.mark.parametrize("text", [
+    "lr=1.0000001e-3:1.0000002e-3",  # written as 'lr=0.001:0.001' (6 digits), read back as an empty range
+    "beta1=0.81234567:0.9",  # read back narrower: a resume with the same --space was refused
+    "lr=1e-5:1e-1:linear",  # written without ':linear', read back log-scaled: a resume raised in Optuna
+])
+def test_a_space_as_the_study_stores_it_reads_back_as_the_same_space(text):
+    space = parse_space(text)
+    assert parse_space(format_space(space)) == space
+
+
 @pytest.mark.parametrize("text, says", [
     ("lr=1e-2:1e-4", "is inverted"),
     ("beta1=0.9:0.9", "is empty"),
@@ -145,6 +155,11 @@ def free_port() -> int:
     (["--storage", "postgresql://mixsep@127.0.0.1:{port}/db?password=secret"], "db?password=*** ("),  # libpq's way
     (["--storage", "postgresql://mixsep:sec@ret@127.0.0.1/db"],  # SQLAlchemy would take 'ret@127.0.0.1' for the host
      "The storage 'postgresql://mixsep:***@127.0.0.1/db' has more than one '@' before its host; write an '@' in"),
+    # a '/' or '?' in the password ended the part masked: its tail ('w/rd', 'ef') was shown
+    (["--storage", "postgresql://mixsep:s@cr:w/rd@127.0.0.1:5432/db"],
+     "The storage 'postgresql://mixsep:***@127.0.0.1:5432/db' has more than one '@'"),
+    (["--storage", "postgresql://mixsep:ab@cd?ef@dbhost/db"], "The storage 'postgresql://mixsep:***@dbhost/db' has"),
+    (["--storage", "postgresql://mixsep:top/secret@127.0.0.1:{port}/db"], "postgresql://mixsep:***@127.0.0.1:"),
     (["--space", "lr=1e-2:1e-3"], "inverted"),
     (["--space", "beta2=0.99:0.99"], "empty"),
     (["--trials", "0"], "--trials must be at least 1"),
@@ -163,6 +178,7 @@ def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(capsys, data_root, 
     assert main(sweep_args(data_root, runs, "--study", "bad", *TINY, *extra)) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and says in err and "\n" not in err and "secret" not in err and "ret@" not in err
+    assert not any(tail in err for tail in ("w/rd", "cr:", "cd?", "ef@")), err
     assert tree(tmp_path) == before and not runs.exists()
 
 
