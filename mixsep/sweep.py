@@ -1380,8 +1380,12 @@ def _spawn(p: Plan, index: int) -> subprocess.Popen:
     else:
         threads = str(max(1, (os.cpu_count() or 1) // p.workers))
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-    cmd = [sys.executable, "-m", "mixsep", "sweep", "--study", p.study, "--runs-dir", str(p.runs_dir),
-           "--data-root", p.config.data_root, "--device", p.config.device, "--trials", str(p.trials),
+    own = []  # every setting this machine chooses (LOCAL), as this command has it: a child left to the study's
+    for name in LOCAL:  # stored values trained with --cpu-bf16 where --no-cpu-bf16 was given here
+        value, flag = getattr(p.config, name), "--" + name.replace("_", "-")
+        own += ([flag if value else "--no-" + flag[2:]] if isinstance(value, bool) else [flag, str(value)])
+    cmd = [sys.executable, "-m", "mixsep", "sweep", "--study", p.study, "--runs-dir", str(p.runs_dir), *own,
+           "--trials", str(p.trials),
            "--workers", "1", "--worker-index", str(index), "--report-every", str(p.report_every),
            "--pruner", p.pruner, "--sampler-seed", str(p.sampler_seed), "--heartbeat", str(p.heartbeat)]
     return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)

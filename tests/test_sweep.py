@@ -517,14 +517,19 @@ def test_two_workers_of_one_command_share_the_journal(tmp_path):
 
     data = make_data_root(tmp_path / "data")
     runs = tmp_path / "runs"
-    done = cli(*sweep_args(data, runs, "--study", "two", "--trials", "2", "--workers", "2", "--pruner", "none", *TINY,
-                        "--epochs", "3"))  # trials long enough that neither worker takes both
-    assert done.returncode == 0, done.stderr
+    made = cli(*sweep_args(data, runs, "--study", "two", "--trials", "1", "--pruner", "none", *TINY, "--epochs", "3",
+                           "--cpu-bf16"))
+    assert made.returncode == 0, made.stderr
+    # this machine's own choice (a LOCAL setting) reaches both workers: they took the study's stored value
+    done = cli(*sweep_args(data, runs, "--study", "two", "--trials", "3", "--workers", "2", "--no-cpu-bf16"))
+    assert done.returncode == 0, done.stderr  # (trials long enough that neither worker takes both)
     trials = study_of(runs, "two").trials
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
-    assert len({t.user_attrs["pid"] for t in trials}) == 2  # one trial each, in two child processes
-    assert {t.user_attrs["run"] for t in trials} == {"two/trial-0000", "two/trial-0001"}
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert len({t.user_attrs["pid"] for t in trials[1:]}) == 2  # one trial each, in two child processes
+    assert {t.user_attrs["run"] for t in trials} == {"two/trial-0000", "two/trial-0001", "two/trial-0002"}
     assert Path(done.stdout.strip().splitlines()[-1]).parent == runs / "two"
+    bf16 = [json.loads((runs / t.user_attrs["run"] / "config.json").read_text())["cpu_bf16"] for t in trials]
+    assert bf16 == [True, False, False]
 
 
 def test_a_journal_restored_from_a_copy_never_credits_an_old_folder_to_new_parameters(tmp_path):
