@@ -631,6 +631,7 @@ class Plan:
     workers: int
     exists: bool = False         # the study is in the storage already (this command resumes it)
     worker_index: int = 0
+    pairs: int = 0               # the training pairs of the data root: its last val_size are the validation pairs
 
     @property
     def folder(self) -> Path:
@@ -642,7 +643,7 @@ class Plan:
 
     def attrs(self) -> dict:
         return {"space": format_space(self.space), "config": self.config.to_dict(), "fixed": self.fixed,
-                "val_size": self.val_size, "trials": self.trials,
+                "val_size": self.val_size, "trials": self.trials, **({"pairs": self.pairs} if self.pairs else {}),
                 "flags": {name: getattr(self, name) for name in SWEEP_FLAGS}}
 
 
@@ -716,8 +717,14 @@ def plan(args) -> Plan:
         for v in dim.choices or (dim.low, dim.high):
             dataclasses.replace(drawn, **{name: v}).validate()
 
+    pairs = 0
     if not getattr(args, "best", False):  # --best reads the study only: no data is needed to print its winner
-        config = _split(config, space, val_size, stored["config"]["train_size"] if stored is not None else None)
+        config, pairs = _split(config, space, val_size, stored["config"]["train_size"] if stored is not None else None)
+        was = (stored or {}).get("pairs")  # studies made before it was kept: not known
+        if isinstance(was, int) and was != pairs:  # the validation pairs are the last val_size: others, on other data
+            raise MixsepError(f"Study '{study}' validates on the last {val_size} of the {was:,} training pairs of the "
+                              f"data it was made on, and {config.data_root} holds {pairs:,}, so its trials would be "
+                              "scored on other pairs; give --data-root naming the study's data (or a copy of it).")
     workers = args.workers or default_workers(config.device)
     most = max(os.cpu_count() or 1, gpu_count(config.device))
     if workers > most:  # each is a Python process holding torch and the data: thousands would swamp the machine
@@ -726,7 +733,7 @@ def plan(args) -> Plan:
     own.update({name: getattr(args, name) for name in SWEEP_FLAGS if getattr(args, name) is not None})
     return Plan(study, args.storage, runs_dir, space, config, fixed, trials, val_size, own["report_every"],
                 own["pruner"], args.sampler_seed, args.heartbeat, workers, stored is not None,
-                args.worker_index or 0)
+                args.worker_index or 0, pairs)
 
 
 def _check_flags(args, runs_dir: Path) -> None:
@@ -761,8 +768,9 @@ def _check_flags(args, runs_dir: Path) -> None:
         raise MixsepError(f"--heartbeat must be at least 1 second (got {args.heartbeat}).")
 
 
-def _split(config: TrainConfig, space: dict, val_size: int, train_size: int | None) -> TrainConfig:
-    """The trials' config with train_size set so that no trial reaches the last val_size pairs."""
+def _split(config: TrainConfig, space: dict, val_size: int, train_size: int | None) -> tuple[TrainConfig, int]:
+    """The trials' config with train_size set so that no trial reaches the last val_size pairs, and how many
+    training pairs the data root holds."""
     available = available_pairs(Path(config.data_root))
     if val_size >= available:
         raise MixsepError(f"--val-size {val_size} leaves no training pairs: the data root holds {available}; "
@@ -775,7 +783,7 @@ def _split(config: TrainConfig, space: dict, val_size: int, train_size: int | No
     if biggest > train_size:
         raise MixsepError(f"Batch size {biggest} is larger than the {train_size} pairs a trial trains on "
                           f"({val_size} of {available} are held out for validation); lower it.")
-    return dataclasses.replace(config, train_size=train_size)
+    return dataclasses.replace(config, train_size=train_size), available
 
 
 def dim_values(dim: Dimension | None) -> list:
@@ -860,7 +868,8 @@ def _made_meanwhile(study, p: Plan, wait_s: float = 30.0) -> dict:
     differs = [what for what, same in (
         ("space", _unordered(parse_space(kept["space"])) == _unordered(p.space)),
         ("fixed settings", kept["fixed"] == mine["fixed"] and _shared(kept["config"]) == _shared(mine["config"])),
-        ("validation pairs", kept["val_size"] == mine["val_size"])) if not same]
+        ("validation pairs", kept["val_size"] == mine["val_size"] and kept.get("pairs") == mine.get("pairs")))
+        if not same]
     if differs:
         raise MixsepError(f"Study '{p.study}' was just made by another command with another {' and '.join(differs)}; "
                           "run the same command as that one to join it, or choose another study name.")

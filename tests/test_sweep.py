@@ -835,3 +835,24 @@ def test_sweep_page_hides_the_servers_database_password_and_still_uses_it(page_e
     assert "S3cret" not in str(at._tree), "the password reached the page"
     box.set_value(f"postgresql://mixsep@127.0.0.1:{free_port()}/other").run()  # a URL the user types is used as typed
     assert "/other" in seen(at.error[0].value) and "S3cret" not in str(at._tree)
+
+
+def test_a_study_resumed_on_data_of_another_size_is_refused_not_scored_on_other_pairs(tmp_path):
+    """The validation pairs are the data root's last val_size: resumed on a data root of 64 pairs, a study made
+    on 96 scored its next trials on other pairs, and ranked them with the first ones."""
+    data = make_data_root(tmp_path / "data")
+    runs = tmp_path / "runs"
+    assert cli(*sweep_args(data, runs, "--study", "s", "--trials", "1", *TINY)).returncode == 0
+    small = make_data_root(tmp_path / "small", n_train=64)
+    before = tree(runs)
+    refused = cli(*sweep_args(small, runs, "--study", "s", "--trials", "2"))
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"error: Study 's' validates on the last 16 of the 96 training pairs of the data it was made on, and "
+        f"{small.resolve()} holds 64, so its trials would be scored on other pairs; give --data-root naming the "
+        "study's data (or a copy of it).")
+    assert tree(runs) == before
+    import shutil
+
+    shutil.copytree(data, tmp_path / "copy")  # the same data elsewhere (another machine's copy) is the study's data
+    assert cli(*sweep_args(tmp_path / "copy", runs, "--study", "s", "--trials", "2")).returncode == 0
