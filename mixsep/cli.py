@@ -757,8 +757,13 @@ def cmd_sweep(args) -> int:
     print(f"best: trial {best.number}, validation PSNR {best.value:.2f} dB{f' ({heads})' if heads else ''}, {params}",
           file=sys.stderr)
     if not (p.runs_dir / a["run"]).is_dir():  # a database study whose trial ran elsewhere, or a deleted folder
-        print(f"note: {p.runs_dir / a['run']} is not there: trial {best.number} trained on {a.get('host', '?')}; "
-              "copy its run folder into this runs folder (or use --runs-dir) to evaluate it", file=sys.stderr)
+        import socket
+
+        host = a.get("host", "?")
+        where = (f"it trained on this machine ({host}), so its folder was moved or deleted; put it back"
+                 if host == socket.gethostname() else
+                 f"trial {best.number} trained on {host}; copy its run folder into this runs folder (or use --runs-dir)")
+        print(f"note: {p.runs_dir / a['run']} is not there: {where} to evaluate it", file=sys.stderr)
     print(p.runs_dir / a["run"])
     return code
 

@@ -169,7 +169,7 @@ def _dimension(s, spec: str) -> Dimension:
                               f"{s.name}={'|'.join(str(v) for v in s.sweep[:3])}; not a range.")
         values = tuple(dict.fromkeys(_value(s, v.strip()) for v in spec.split("|") if v.strip()))
         if len(values) < 2:
-            raise MixsepError(f"Sweeping {s.name} over {len(values)} value is no sweep; give two or more "
+            raise MixsepError(f"Sweeping {s.name} over {len(values)} value{'' if len(values) == 1 else 's'} is no sweep; give two or more "
                               f"separated by '|', or set it with the fixed flag {s.flag}.")
         return Dimension(s.name, choices=values)
     parts = [p.strip() for p in spec.split(":")]

@@ -727,10 +727,11 @@ def test_a_second_ctrl_c_quits_at_once_and_the_trial_still_resumes(tmp_path):
     assert done.returncode == 0, done.stderr
     steps = [int(line.split(",")[0]) for line in (first / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == list(range(1, 121))
-    first.rename(tmp_path / "elsewhere")  # as on a database study whose trial ran on another machine
+    first.rename(tmp_path / "elsewhere")  # moved away: it trained here, so "copy it from this machine" misled
     best = cli(*sweep_args(data, runs, "--study", "q", "--best"))
     assert best.returncode == 0 and best.stdout.strip() == str(first), best.stderr
-    assert f"note: {first} is not there: trial 1 trained on {socket.gethostname()}" in best.stderr
+    assert (f"note: {first} is not there: it trained on this machine ({socket.gethostname()}), so its folder was "
+            "moved or deleted; put it back to evaluate it") in best.stderr
 
 
 # --------------------------------------------------------------------------- the Sweep page
