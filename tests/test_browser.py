@@ -35,6 +35,15 @@ def _skip_reason() -> str | None:
     return None
 
 
+def _need_browser() -> None:
+    """Skip without Chromium or Playwright, or fail where CI asks for them (MIXSEP_REQUIRE_BROWSER)."""
+    reason = _skip_reason()
+    if reason and os.environ.get("MIXSEP_REQUIRE_BROWSER"):
+        pytest.fail(f"MIXSEP_REQUIRE_BROWSER is set (as in CI) but {reason}")
+    if reason:
+        pytest.skip(reason)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -101,11 +110,7 @@ PARCOORDS_JS = """() => {
 
 @pytest.mark.heavy(100)
 def test_dashboard_in_a_real_browser(server):
-    reason = _skip_reason()
-    if reason and os.environ.get("MIXSEP_REQUIRE_BROWSER"):
-        pytest.fail(f"MIXSEP_REQUIRE_BROWSER is set (as in CI) but {reason}")
-    if reason:
-        pytest.skip(reason)
+    _need_browser()
     from playwright.sync_api import expect, sync_playwright
 
     url, tmp, proc = server
@@ -373,11 +378,7 @@ def test_a_picked_run_stays_picked_when_its_state_changes(server):
     """The run pickers labelled each run with its state, and the browser hands a pick back by its label:
     once the run's state changed, the second click anywhere read the pick as a run that was gone (Samples
     said so and showed another run; Compare dropped it; the Train page lost the first Resume click)."""
-    reason = _skip_reason()
-    if reason and os.environ.get("MIXSEP_REQUIRE_BROWSER"):
-        pytest.fail(f"MIXSEP_REQUIRE_BROWSER is set (as in CI) but {reason}")
-    if reason:
-        pytest.skip(reason)
+    _need_browser()
     from playwright.sync_api import expect, sync_playwright
 
     from mixsep.cli import main
