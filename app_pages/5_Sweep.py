@@ -101,9 +101,12 @@ def show(study_name: str) -> None:
                            for k, v in best.params.items())
         st.success(f"Best so far: trial {best.number}, validation PSNR {best.value:.2f} dB, {values}")
         run = best.user_attrs.get("run")
-        if isinstance(run, str) and run:
+        if isinstance(run, str) and run and (runs_dir / run).is_dir():
             st.code(f"python -m mixsep evaluate {shlex.quote(str(runs_dir / run))}  # scores it on the test split",
                     language="bash")
+        elif isinstance(run, str) and run:  # a command that would fail: say why instead
+            st.caption(f"Its run folder, {ui.literal(run)}, is not in this runs folder (trained on another machine, "
+                       "or moved); copy it here to score it on the test split.")
     sw.open_links(sw.trials_table(trials_frame(study), key="sweep_table"))
     sw.figures(study, space)
 

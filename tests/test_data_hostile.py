@@ -426,9 +426,10 @@ def test_a_download_cut_off_mid_file_leaves_nothing_behind(tmp_path, cutting_pro
     kept = tmp_path / "kept"
     kept.mkdir()
     (kept / "notes.txt").write_text("mine")
-    for root in (fresh, kept):
-        proc = subprocess.run([sys.executable, "-m", "mixsep", "download", "--data-root", str(root)],
-                              capture_output=True, text=True, env=cutting_proxy, timeout=120)
+    from conftest import warm_run
+
+    for root in (fresh, kept):  # real processes, forked warm
+        proc = warm_run(["download", "--data-root", str(root)], env=cutting_proxy, timeout=120)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip().splitlines()[-1].startswith("error: Could not download mnist train into ")
         assert "Traceback" not in proc.stderr

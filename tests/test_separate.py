@@ -332,12 +332,9 @@ def test_a_full_disk_removes_the_out_folder_separate_made(capsys, data_root, tmp
 def test_a_signal_while_separate_writes_leaves_every_output_or_none(capsys, data_root, tmp_path, sig, phase):
     """A Ctrl-C while the outputs were renamed into place left thousands of hidden temp files and some of
     the outputs; a SIGTERM while they were written killed the process with its temp files and --out left."""
-    import os
     import signal
-    import subprocess
-    import sys
 
-    from conftest import ROOT, frozen_when
+    from conftest import ROOT, WarmProcess, frozen_when
 
     run = _train(capsys, data_root, tmp_path / "runs")
     first, _ = mixture_pngs(data_root, tmp_path / "in", 1)
@@ -345,8 +342,7 @@ def test_a_signal_while_separate_writes_leaves_every_output_or_none(capsys, data
     for p in inputs[1:]:
         os.link(first[0], p)
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "mixsep", "separate", str(run), *map(str, inputs), "--out", str(out)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = WarmProcess(["separate", str(run), *map(str, inputs), "--out", str(out)], ROOT)  # a real process
 
     def shown() -> tuple[int, int]:
         names = [n for n in os.listdir(out)] if out.is_dir() else []
@@ -358,7 +354,7 @@ def test_a_signal_while_separate_writes_leaves_every_output_or_none(capsys, data
         frozen_when(proc, lambda: shown()[0] > 10 and shown()[1] == 0, what="the temp files")
     proc.send_signal(getattr(signal, sig))
     proc.send_signal(signal.SIGCONT)
-    err = proc.communicate(timeout=120)[1]
+    err = proc.communicate(timeout=120)[1]  # (forked warm: it skips only the imports)
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == f"error: separate interrupted by {'Ctrl-C' if sig == 'SIGINT' else sig}."
     if phase == "renames":  # the signal waits for the last rename: all written

@@ -67,8 +67,12 @@ def test_studies_others_made_are_not_listed_and_a_studys_values_show_as_text(pag
     assert "1 of 20 trials done" in at.get("progress")[0].proto.text and not at.code
     assert at.dataframe[0].proto.placeholder == ""  # its missing figures are blank cells, not a grey "None"
 
-    picker(at).set_value("evil").run()
+    picker(at).set_value("evil").run()  # its run folder is not here: no command that would fail, a note
     assert not at.exception, [e.value for e in at.exception]
+    assert not at.code
+    assert any(shows_literally(c.value, f"Its run folder, {HOSTILE_RUN}, is not in this runs folder") for c in at.caption)
+    (runs / HOSTILE_RUN).mkdir(parents=True)  # there now
+    at.run()
     best = next(s.value for s in at.success if s.value.startswith("Best so far: "))
     values = best.split(" dB, ", 1)[1]
     assert shows_literally(values, f"{HOSTILE} = {HOSTILE}, lr = 0.002"), (values, markup(values))
