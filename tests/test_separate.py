@@ -363,6 +363,7 @@ def test_a_signal_while_separate_writes_leaves_every_output_or_none(capsys, data
         assert not out.exists()
 
 
+@pytest.mark.filterwarnings("ignore")  # Pillow warns of some damage (a truncated TIFF tag, say) before it refuses
 def test_a_damaged_file_of_every_format_read_is_one_sentence():
     """Pillow's GIF and TIFF decoders met damaged files with IndexError and TypeError: a traceback on the CLI,
     and on the Separate page one bad upload hid every good one. Seeded damage to one file of each format."""
