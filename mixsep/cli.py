@@ -338,6 +338,8 @@ def _train_config(args) -> TrainConfig:
     state = read_resume_point(run_dir) if run_dir is not None else None
     if run_dir is not None and (run_dir / CONFIG).is_file():
         saved, where = TrainConfig.load(run_dir / CONFIG).validate(), "its saved config"
+        if state is not None:
+            _config_as_trained(run_dir, saved, state)
     elif state is not None:
         # config.json lost, the checkpoint still holds the settings it was trained with
         saved = TrainConfig.from_dict(state["config"])
@@ -348,6 +350,26 @@ def _train_config(args) -> TrainConfig:
     cfg = _resume_settings(args, run_dir, saved)
     print(f"resuming {args.run_dir} with {where}", file=sys.stderr)
     return cfg
+
+
+def _config_as_trained(run_dir: Path, saved: TrainConfig, state: dict) -> None:
+    """Refuse a config.json whose settings that shape the run differ from those its last.pt trained with: it
+    was edited by hand, and a resume took the edit mid-run without a word (then wrote it into last.pt)."""
+    from .run import CONFIG
+
+    try:
+        trained = TrainConfig.from_dict(state["config"])
+    except (MixsepError, TypeError, ValueError, KeyError):
+        return  # a checkpoint whose settings do not read: the resume's own checks name it
+    if trained.model != saved.model:
+        return  # a last.pt of another model: refused as a damaged last.pt, naming the newest that reads (check_fits)
+    by_name = {s.name: s for s in settings(resolve=False)}
+    differ = [k for k, s in by_name.items() if not s.on_resume and getattr(saved, k) != getattr(trained, k)]
+    if differ:
+        shown = ", ".join(f"{k} {_word(getattr(saved, k))} (its checkpoint trained with {_word(getattr(trained, k))})"
+                          for k in differ)
+        raise MixsepError(f"{run_dir / CONFIG} says {shown}: it was edited after the run began, so the run is left as "
+                          "it was; put those values back to resume it, or start a new run with the new ones.")
 
 
 def _resume_settings(args, run_dir: Path, saved: TrainConfig) -> TrainConfig:

@@ -570,6 +570,28 @@ def _finished_run(small_config, tmp_path) -> Path:
     return run
 
 
+def test_a_config_json_edited_after_the_run_began_is_refused_not_trained_with(small_config, tmp_path, capsys):
+    """A resume took config.json's hand-edited lr and seed mid-run without a word, then wrote them into last.pt
+    as if the whole run had trained with them; an edited epochs was blamed on the data root."""
+    from mixsep.cli import main
+
+    run = _finished_run(small_config, tmp_path)
+    saved = json.loads((run / R.CONFIG).read_text())
+    for edit, says in (({"lr": 0.5, "seed": 7}, f"lr 0.5 (its checkpoint trained with {saved['lr']}), seed 7 (its "
+                                                f"checkpoint trained with {saved['seed']})"),
+                       ({"epochs": saved["epochs"] + 2}, f"epochs {saved['epochs'] + 2} (its checkpoint trained with "
+                                                         f"{saved['epochs']})")):
+        (run / R.CONFIG).write_text(json.dumps({**saved, **edit}))
+        before = conftest.tree(run)
+        assert main(["train", "--run-dir", str(run), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err == f"error: {run / R.CONFIG} says {says}: it was edited after the run began, so the run is left " \
+                      "as it was; put those values back to resume it, or start a new run with the new ones.\n", err
+        assert conftest.tree(run) == before
+    (run / R.CONFIG).write_text(json.dumps({**saved, "checkpoint_every": 1}))  # a setting a resume may change
+    assert main(["train", "--run-dir", str(run), "--quiet"]) == 0
+
+
 def test_resume_without_config_json_keeps_the_checkpoints_settings(small_config, tmp_path, capsys):
     from mixsep.cli import main
 
