@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import re
@@ -830,6 +831,17 @@ def main(argv=None) -> int:
                 " before training began." if trains else ".")
         print(f"error: {said}", file=sys.stderr)
         return 130
+    except OSError as e:  # a path no file system takes: a name past its length limit
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+        print(f"error: {e.filename or 'a path given'} has a name too long for the file system; choose a shorter one.",
+              file=sys.stderr)
+        return 2
+    except ValueError as e:  # a path holding a NUL character (from a --config file, say)
+        if "embedded null byte" not in str(e):
+            raise
+        print("error: a path given holds a NUL character, which no file name can hold; remove it.", file=sys.stderr)
+        return 2
     except RuntimeError as e:  # pathlib's resolve() of a link that leads back to itself (Python 3.11)
         loop = "Symlink loop from "
         if not str(e).startswith(loop):

@@ -441,7 +441,11 @@ def load_files(files: list[Path], source: str, use_cache: bool = True) -> tuple[
     files = [Path(f) for f in files]
     raws = [_file_bytes(f) for f in files]
     path = cache_dir() / f"{source}-{_cache_key(files, source, raws)}.npz"
-    if use_cache and path.is_file():
+    try:  # a cache folder whose name cannot be (too long, say) is no cache: it only costs speed
+        cached = use_cache and path.is_file()
+    except (OSError, ValueError):
+        cached = use_cache = False
+    if cached:
         try:
             with np.load(path, allow_pickle=False) as z:
                 return torch.from_numpy(z["images"]), torch.from_numpy(z["labels"])

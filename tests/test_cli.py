@@ -624,3 +624,21 @@ def test_a_file_name_that_is_not_utf8_is_printed_back_as_its_bytes(capsys, data_
                           cwd=ROOT, capture_output=True, env=dict(os.environ, PYTHONIOENCODING="utf-8:strict"))
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     assert proc.stdout.split(b"\n")[:2] == [out + b"/bad\xff.mnist.png", out + b"/bad\xff.cifar.png"]
+
+
+def test_a_path_too_long_or_holding_a_nul_is_one_sentence(capsys, data_root, tmp_path, monkeypatch):
+    """A path component past 255 bytes, or a NUL from a --config file, raised OSError or ValueError: a traceback,
+    exit 1; an over-long cache folder did so after the run folder was made, and left it."""
+    from conftest import tree
+
+    long = tmp_path / ("a" * 300)
+    assert main(["train", "--runs-dir", str(tmp_path / "runs"), "--data-root", str(long), *TINY]) == 2
+    assert f"error: {long}" in (said := _one_line(capsys)) and "has a name too long for the file system" in said
+    config = tmp_path / "nul.json"
+    config.write_text(json.dumps({"model": "tiny", "pretrained": False, "data_root": str(data_root) + "\0"}))
+    assert main(["train", "--runs-dir", str(tmp_path / "runs"), "--config", str(config)]) == 2
+    assert "a path given holds a NUL character" in _one_line(capsys)
+    assert not (tmp_path / "runs").exists()
+    monkeypatch.setenv("MIXSEP_CACHE_DIR", str(long))  # no cache: slower, and nothing else
+    run = _train(capsys, data_root, tmp_path / "runs")
+    assert tree(run) and not os.path.exists(long)
