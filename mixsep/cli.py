@@ -831,12 +831,6 @@ def main(argv=None) -> int:
                 " before training began." if trains else ".")
         print(f"error: {said}", file=sys.stderr)
         return 130
-    except OSError as e:  # a path no file system takes: a name past its length limit
-        if e.errno != errno.ENAMETOOLONG:
-            raise
-        print(f"error: {e.filename or 'a path given'} has a name too long for the file system; choose a shorter one.",
-              file=sys.stderr)
-        return 2
     except ValueError as e:  # a path holding a NUL character (from a --config file, say)
         if "embedded null byte" not in str(e):
             raise
@@ -853,6 +847,12 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # `python -m mixsep info | head -1`: the reader has all it wanted, no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail again
         return 1
+    except OSError as e:  # (after BrokenPipeError, one of them) a path no file system takes: a name past its length limit
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+        print(f"error: {e.filename or 'a path given'} has a name too long for the file system; choose a shorter one.",
+              file=sys.stderr)
+        return 2
     finally:
         for s, h in previous.items():  # called in-process (a notebook, the tests): the caller's handlers again
             if h is not None:
