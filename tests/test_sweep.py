@@ -619,7 +619,7 @@ def test_a_terminals_two_worker_sweep_stops_whole(tmp_path, how):
                 return False
             return len(workers) == 2
 
-        wait_for(both_train, what="both workers' first trials")
+        wait_for(both_train, 180, "both workers' first trials")  # three cold processes import torch: slow when loaded
         assert json.loads((runs / "w" / "sweep.json").read_text())["pid"] == parent.pid  # the parent speaks
         if how == "the page's Stop":
             assert SweepRegistry(runs).stop()  # a server that did not start it: it adopts it through sweep.json
