@@ -26,17 +26,19 @@ config = TrainConfig(data_root=str(data_root), **values)
 st.session_state["train_config"] = config.to_dict()
 
 left, right, live = st.columns([1, 1, 4], vertical_alignment="center")
+refused = None
 if left.button("Start", type="primary", icon=":material/play_arrow:", width="stretch"):
     st.session_state.pop("train_start_refused", None)
     try:  # jobs.start refuses a data root without training data before it makes a run folder
         run = jobs.start(config)
         st.toast(f"Started {ui.literal(run.name)}")
-    except MixsepError as e:  # kept while what refused it lasts (the run training then): a rerun drew it once
-        blocking = jobs.running()
-        st.session_state["train_start_refused"] = (str(e), blocking.name if blocking else None)
+    except MixsepError as e:
+        refused = str(e)
+now = jobs.running() if refused is not None or "train_start_refused" in st.session_state else None
+if refused is not None:  # kept while what refused it lasts (the run training then): a rerun drew it once
+    st.session_state["train_start_refused"] = (refused, now.name if now else None)
 start_refused = st.session_state.get("train_start_refused")
 if start_refused:
-    now = jobs.running()
     if start_refused[1] == (now.name if now else None):
         st.error(ui.literal(start_refused[0]))
     else:

@@ -519,7 +519,6 @@ def _one_checkpoint(args) -> None:
 def _load_model(args):
     from .train import load_run_model, pick_device
 
-    _one_checkpoint(args)
     return load_run_model(Path(args.run_dir), Path(args.checkpoint) if args.checkpoint else None, pick_device("auto"),
                           getattr(args, "as_model", None))
 

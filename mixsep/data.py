@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import MixsepError, make_folder, network_timeout
+from .errors import MixsepError, make_folder, network_timeout, network_timeout_seconds
 
 SOURCES = ("mnist", "cifar")
 SPLITS = ("train", "test")
@@ -506,8 +506,7 @@ def download(root: Path, splits=SPLITS) -> None:
     """Fetch what is missing with torchvision's own downloaders (they show progress bars)."""
     from torchvision import datasets
 
-    with network_timeout():  # a bad MIXSEP_NETWORK_TIMEOUT is refused before anything is made
-        pass
+    network_timeout_seconds()  # a bad MIXSEP_NETWORK_TIMEOUT is refused before anything is made
     root = Path(root)
     made = [] if root.is_dir() else [p for p in (root, *root.parents) if not p.exists()]
     root = make_folder(root, "the data root",

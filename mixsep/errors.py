@@ -51,15 +51,10 @@ def make_folder(path, what: str, is_a_file: str):
     return path
 
 
-@contextlib.contextmanager
-def network_timeout():
-    """A context in which a download gives up on a server that stops answering: urllib (which
-    torchvision's and torch.hub's downloaders use) waits for ever by default, and a trainer stuck
-    there cannot reach the step at which it would stop. MIXSEP_NETWORK_TIMEOUT seconds (default 60)
-    per connect or read."""
+def network_timeout_seconds() -> float:
+    """MIXSEP_NETWORK_TIMEOUT (default 60), or one sentence when it is not a number of seconds a socket takes."""
     import math
     import os
-    import socket
 
     given = os.environ.get("MIXSEP_NETWORK_TIMEOUT") or "60"
     try:
@@ -69,6 +64,18 @@ def network_timeout():
     if not 0 < seconds <= 86400:  # nan, inf and the rest: socket takes no timeout past a time_t
         raise MixsepError(f"MIXSEP_NETWORK_TIMEOUT={given} is not a number of seconds in (0, 86400]; set it to "
                           "one, or unset it for the default, 60.")
+    return seconds
+
+
+@contextlib.contextmanager
+def network_timeout():
+    """A context in which a download gives up on a server that stops answering: urllib (which
+    torchvision's and torch.hub's downloaders use) waits for ever by default, and a trainer stuck
+    there cannot reach the step at which it would stop. MIXSEP_NETWORK_TIMEOUT seconds (default 60)
+    per connect or read."""
+    import socket
+
+    seconds = network_timeout_seconds()
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(seconds)
     try:

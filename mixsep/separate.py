@@ -101,10 +101,11 @@ def check_outputs(paths: list[dict[str, Path]], out_dir: Path, overwrite: bool, 
     for p in (p for d in paths for p in d.values()):
         if (p.exists() or p.is_symlink()) and not p.is_file():  # --overwrite replaces files, never a folder
             raise MixsepError(f"{p} exists and is not a file; move it away or choose another --out.")
-        if p.resolve() in read:
+        where = p.resolve()
+        if where in read:
             raise MixsepError(f"{p} would be written over one of the images being separated; choose another --out "
                               "(or leave that image out).")
-        if p.resolve() in others:
+        if where in others:
             raise MixsepError(f"{p} would be written over the checkpoint that separates them; choose another --out.")
         if p.exists() and not overwrite:
             raise MixsepError(f"{p} exists already; pass --overwrite to replace it, or choose another --out.")

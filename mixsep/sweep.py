@@ -1389,10 +1389,11 @@ def _spawn(p: Plan, index: int) -> subprocess.Popen:
     else:
         threads = str(max(1, (os.cpu_count() or 1) // p.workers))
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-    own = []  # every setting this machine chooses (LOCAL), as this command has it: a child left to the study's
-    for name in LOCAL:  # stored values trained with --cpu-bf16 where --no-cpu-bf16 was given here
-        value, flag = getattr(p.config, name), "--" + name.replace("_", "-")
-        own += ([flag if value else "--no-" + flag[2:]] if isinstance(value, bool) else [flag, str(value)])
+    from .config import setting_by_name
+
+    # every setting this machine chooses (LOCAL), as this command has it: a child left to the study's stored
+    # values trained with --cpu-bf16 where --no-cpu-bf16 was given here
+    own = [word for name in LOCAL for word in setting_by_name(name, resolve=False).argv(getattr(p.config, name))]
     cmd = [sys.executable, "-m", "mixsep", "sweep", "--study", p.study, "--runs-dir", str(p.runs_dir), *own,
            "--trials", str(p.trials),
            "--workers", "1", "--worker-index", str(index), "--report-every", str(p.report_every),
