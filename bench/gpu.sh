@@ -6,14 +6,16 @@
 # 1. a GPU that PyTorch sees (else exit 1 at once); the machine (nvidia-smi, torch, CUDA); two
 #    dry runs that stop the script if either bench cannot run there: a broken CUDA path costs a
 #    minute, not the whole run;
-# 2. bench/run.py --device cuda --quick: samples/s, MFU against the bf16 matmul peak measured
+# 2. bench/quality.py --device cuda --minutes MINUTES (default 5) on MODEL (default the best
+#    U-Net, unet_hf_silu), scored on the test pairs and on 1,000 held-out CIFAR training images;
+#    its metrics.csv comes back too, one row per step;
+# 3. bench/run.py --device cuda --quick: samples/s, MFU against the bf16 matmul peak measured
 #    in the same rounds, the speed-up over the seed-style loop, evaluation pairs/s, and the
-#    times to 22.2 and 30 dB (time-capped, so a slow step cannot eat the whole budget);
-# 3. bench/quality.py --device cuda --minutes 5 on the best U-Net, scored on the test pairs
-#    and on 1,000 held-out CIFAR training images.
+#    times to 22.2 and 30 dB, at batch BATCH (default 64) over ROUNDS rounds (default 5).
 #
+# Quality runs first: of the two it is the figure a short lease cannot measure again.
 # Each step writes its log and JSON into OUT_DIR as it goes; PYTHON picks the interpreter
-# (default python3), SPEED_CAP_S and QUALITY_CAP_S cap steps 2 and 3 in wall seconds.
+# (default python3), QUALITY_CAP_S and SPEED_CAP_S cap steps 2 and 3 in wall seconds.
 set -u -o pipefail
 if [ $# -ne 2 ]; then
   echo "usage: bash bench/gpu.sh DATA_ROOT OUT_DIR" >&2
@@ -22,6 +24,8 @@ fi
 data=$1
 out=$2
 py=${PYTHON:-python3}
+model=${MODEL:-unet_hf_silu}
+minutes=${MINUTES:-5}
 here=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MIXSEP_DATA_ROOT="$data"
 if ! "$py" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
@@ -42,7 +46,7 @@ trap 'rm -rf "$work"' EXIT
 
 echo "== dry runs" | tee "$out/dry.log"
 if ! { "$py" bench/run.py --data-root "$data" --device cuda --dry-run \
-       && "$py" bench/quality.py --data-root "$data" --device cuda --dry-run --model unet_digit_rich \
+       && "$py" bench/quality.py --data-root "$data" --device cuda --dry-run --model "$model" \
             --holdout 1000 --runs-dir "$work/dry"; } >>"$out/dry.log" 2>&1; then
   tail -40 "$out/dry.log"
   echo "a dry run failed on this GPU: stopped before the timed runs" >&2
@@ -50,13 +54,13 @@ if ! { "$py" bench/run.py --data-root "$data" --device cuda --dry-run \
 fi
 tail -3 "$out/dry.log"
 
-echo "== speed"
-timeout "${SPEED_CAP_S:-210}" "$py" bench/run.py --data-root "$data" --device cuda --quick --rounds 5 \
-  --json "$out/speed-cuda.json" 2>&1 | tee "$out/speed.log" | grep -v "^  unet"
-
 echo "== quality"
-timeout "${QUALITY_CAP_S:-345}" "$py" bench/quality.py --data-root "$data" --device cuda --minutes 5 \
-  --model unet_digit_rich --holdout 1000 --runs-dir "$work/runs" --json "$out/quality-cuda.json" 2>&1 \
+timeout "${QUALITY_CAP_S:-345}" "$py" bench/quality.py --data-root "$data" --device cuda --minutes "$minutes" \
+  --model "$model" --holdout 1000 --runs-dir "$work/runs" --json "$out/quality-cuda.json" 2>&1 \
   | tee "$out/quality.log" | grep -v "^  step"
 cp "$work"/runs/*/metrics.csv "$out/quality-metrics.csv" 2>/dev/null
+echo "== speed"
+timeout "${SPEED_CAP_S:-210}" "$py" bench/run.py --data-root "$data" --device cuda --quick --rounds "${ROUNDS:-5}" --batch "${BATCH:-64}" \
+  --json "$out/speed-cuda.json" 2>&1 | tee "$out/speed.log" | grep -v "^  unet"
+
 date -u
