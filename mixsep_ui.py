@@ -277,8 +277,8 @@ def pick_checkpoint(run_dir: Path, key: str = "checkpoint") -> Path | None:
     if not found:
         name, state = literal(run_dir.name), live_status(run_dir).get("state")
         if training_now(run_dir, state):
-            st.info(f"Run {name} holds no checkpoint yet: a run writes one every {_checkpoint_every(run_dir)}, "
-                    "at the end of each epoch and when it ends. Wait for it, or pick another run.")
+            st.info(f"Run {name} holds no checkpoint yet: a run writes one {_checkpoint_cadence(run_dir)}, "
+                    "and when it ends. Wait for it, or pick another run.")
         else:  # no checkpoint will come: waiting would be in vain
             st.info(f"Run {name} holds no checkpoint: its checkpoints folder has none (they were removed, or never "
                     f"written) and the run is not training ({literal(state)}). Pick another run.")
@@ -324,11 +324,13 @@ def no_checkpoint_note(run_dir: Path, state: str | None) -> str:
     return "no checkpoint yet" if training_now(run_dir, state) else "no checkpoint: removed, or never written"
 
 
-def _checkpoint_every(run_dir: Path):
+def _checkpoint_cadence(run_dir: Path) -> str:
     try:
-        return f"{TrainConfig.load(run_dir / 'config.json').checkpoint_every} steps"
+        cfg = TrainConfig.load(run_dir / "config.json")
     except MixsepError:
-        return "few hundred steps"
+        return "every few hundred steps and at the end of each epoch"
+    floor = f", at most once in {cfg.checkpoint_seconds:g} s" if cfg.checkpoint_seconds else ""
+    return f"every {cfg.checkpoint_every} steps and at the end of each epoch{floor}"
 
 
 # --------------------------------------------------------------------------- figures

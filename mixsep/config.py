@@ -273,6 +273,12 @@ class TrainConfig:
                              on_resume=True, widget="toggle", advanced=True)
     checkpoint_every: int = setting(200, "steps between checkpoints (one is always written at the end)",
                                     "Steps between checkpoints", "mechanics", low=1, on_resume=True)
+    checkpoint_seconds: float = setting(10.0, "write checkpoints (every checkpoint_every steps and at each epoch's "
+                                        "end) at most once in this many seconds; the run's end and a stop are "
+                                        "always written. On a GPU an epoch can take a second, and a checkpoint "
+                                        "every epoch took a fifth of a run; 0 = at every epoch's end",
+                                        "Seconds between checkpoints (at least)", "mechanics", low=0.0,
+                                        zero="every epoch", on_resume=True, advanced=True)
     keep_epochs: int = setting(1, "keep every k-th epoch checkpoint (weights only; the latest is always kept, and "
                                   "last.pt holds the optimiser state a resume needs); 0 = only the latest",
                                "Keep epoch checkpoints every", "mechanics", low=0, zero="only the latest",

@@ -337,7 +337,7 @@ class Training:
                 return
             self.run.status(State.RUNNING, step=self.step, total_steps=self.total_steps)
             self.model.train()
-            self._start = self._last_read = time.perf_counter()
+            self._start = self._last_read = self._last_checkpoint = time.perf_counter()
             self._pending: list[_Pending] = []
             self._stop_reason: str | None = None
             epoch = self.step // self.steps_per_epoch
@@ -389,14 +389,18 @@ class Training:
             losses = self.train_step(m_u8, c_u8, lr)
             self.step += 1
             self._pending.append(_Pending(self.step, epoch, lr, losses, launched))
-            # a checkpoint must hold only steps whose losses were seen to be finite
-            boundary = self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps or b == spe - 1
+            # a checkpoint must hold only steps whose losses were seen to be finite; checkpoints are due
+            # every checkpoint_every steps and at an epoch's end, at most once in checkpoint_seconds
+            due = (self.step % cfg.checkpoint_every == 0 or b == spe - 1) and \
+                time.perf_counter() - self._last_checkpoint >= cfg.checkpoint_seconds
+            boundary = due or self.step == self.total_steps
             yield from self._read(keep=0 if boundary or not self.read_late else 1)
             if boundary or self._stop_reason:
                 self._checkpoint(epoch)
             if self._stop_reason:
                 return
-        self._save_epoch_checkpoint(epoch + 1)
+        if self.last_good == self.step:  # last.pt holds this epoch's end: so does its epoch checkpoint
+            self._save_epoch_checkpoint(epoch + 1)
 
     def _read(self, keep: int) -> Iterator[StepResult]:
         """Read queued steps' losses (the host sync) until ``keep`` remain; a stop reads them all."""
@@ -452,6 +456,7 @@ class Training:
     def _checkpoint(self, epoch: int) -> None:
         save_checkpoint(self.last_path, self.model, self.config, self.step, epoch, self.optimizer, parents=False)
         self.last_good = self.step
+        self._last_checkpoint = time.perf_counter()
         self.run.status(State.RUNNING, step=self.step, total_steps=self.total_steps)
 
     def _save_epoch_checkpoint(self, epoch: int) -> None:

@@ -290,4 +290,4 @@ def tiny_config(data_root):
     from mixsep import TrainConfig
 
     return TrainConfig(data_root=str(data_root), model="tiny", batch_size=16, epochs=1, pretrained=False,
-                       device="cpu", checkpoint_every=2)
+                       device="cpu", checkpoint_every=2, checkpoint_seconds=0)

@@ -39,7 +39,7 @@ def trained(tmp_path_factory):
     mp.setenv("MIXSEP_CACHE_DIR", str(base / "cache"))
     data = make_data_root(base / "data")
     config = TrainConfig(data_root=str(data), model="tiny", train_size=24, batch_size=8, pretrained=False,
-                         device="cpu", checkpoint_every=2)  # 3 small steps: a CPU step costs seconds when the machine is shared
+                         device="cpu", checkpoint_every=2, checkpoint_seconds=0)  # 3 small steps: a CPU step costs seconds when the machine is shared
     for _ in train_steps(config, base / "runs" / "tiny-run"):
         pass
     mp.undo()

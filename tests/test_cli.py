@@ -16,7 +16,7 @@ from PIL import Image
 from mixsep import TrainConfig
 from mixsep.cli import main
 
-TINY = ["--model", "tiny", "--batch-size", "16", "--no-pretrained", "--quiet"]
+TINY = ["--model", "tiny", "--batch-size", "16", "--no-pretrained", "--quiet", "--checkpoint-seconds", "0"]
 
 
 def _train(capsys, data_root, runs, *extra) -> Path:

@@ -16,7 +16,7 @@ from mixsep.cli import main
 from mixsep.metrics import recover
 from mixsep.train import load_run_model
 
-TINY = ["--batch-size", "16", "--no-pretrained", "--quiet"]
+TINY = ["--batch-size", "16", "--no-pretrained", "--quiet", "--checkpoint-seconds", "0"]
 
 
 def _train(capsys, data_root, runs, model="tiny") -> Path:

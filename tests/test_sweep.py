@@ -24,7 +24,7 @@ from mixsep.sweep import (JOURNAL, SWEEP_LOG, Dimension, SweepRegistry, counts, 
 
 ROOT = Path(__file__).resolve().parents[1]
 # the tiny model on 2 steps of 16 pairs, a validation report after each step: a trial takes seconds
-TINY = ["--model", "tiny", "--no-pretrained", "--device", "cpu", "--batch-size", "16", "--train-size", "32",
+TINY = ["--model", "tiny", "--checkpoint-seconds", "0", "--no-pretrained", "--device", "cpu", "--batch-size", "16", "--train-size", "32",
         "--val-size", "16", "--report-every", "1", "--checkpoint-every", "1"]
 
 

@@ -21,7 +21,7 @@ from mixsep.sweep import JOURNAL, open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 # the tiny model on 2 steps of 16 pairs: a trial takes a second or two
-TINY = ["--model", "tiny", "--no-pretrained", "--device", "cpu", "--batch-size", "16", "--train-size", "32",
+TINY = ["--model", "tiny", "--checkpoint-seconds", "0", "--no-pretrained", "--device", "cpu", "--batch-size", "16", "--train-size", "32",
         "--val-size", "16", "--epochs", "1", "--trials", "1"]
 # a record as Optuna writes it: the creation of a study
 RECORD = b'{"op_code":0,"worker_id":"w-0","study_name":"other","directions":[2]}\n'

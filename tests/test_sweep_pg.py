@@ -23,7 +23,7 @@ from conftest import make_data_root
 from mixsep.cli import build_parser
 from mixsep.sweep import counts, load_study, plan
 
-TINY = ["--model", "tiny", "--no-pretrained", "--device", "cpu", "--batch-size", "16", "--train-size", "32",
+TINY = ["--model", "tiny", "--checkpoint-seconds", "0", "--no-pretrained", "--device", "cpu", "--batch-size", "16", "--train-size", "32",
         "--val-size", "16", "--report-every", "1", "--checkpoint-every", "1"]
 
 

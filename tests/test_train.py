@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 import torch
@@ -206,3 +207,60 @@ def test_cpu_bf16_computes_the_convolutions_in_bfloat16_and_still_learns(tiny_co
     assert seen == {False: torch.float32, True: torch.bfloat16}
     assert bf16 != fp32 and bf16[-1] < 0.7 * bf16[0]  # other arithmetic, and it still trains
     assert TrainConfig.load(tmp_path / "b" / "config.json").cpu_bf16 is True
+
+
+def _last_pt_writes(steps, run, pause_s: float = 0.0) -> list[int]:
+    """The steps whose last.pt was written: each write is a new file renamed into place, and a step's
+    checkpoint is written after the step is yielded, so it is seen at the next one (or at the end)."""
+    def inode():
+        try:
+            return (run / "checkpoints" / "last.pt").stat().st_ino
+        except FileNotFoundError:
+            return None
+
+    seen, writes, step = None, [], 0
+    for r in steps:
+        if inode() != seen:
+            seen = inode()
+            writes.append(step)
+        step = r.step
+        time.sleep(pause_s)  # the generator waits while its consumer does: the run's clock goes on
+    if inode() != seen:
+        writes.append(step)
+    return writes
+
+
+def test_checkpoints_come_at_most_once_in_checkpoint_seconds_and_the_end_always_does(tiny_config, tmp_path):
+    """On a GPU an epoch can take a second and its checkpoints a quarter of the run: checkpoint_seconds
+    rate-limits them (every checkpoint_every steps and each epoch's end), never the run's last one."""
+    cfg = dataclasses.replace(tiny_config, train_size=32, epochs=6, checkpoint_every=1, keep_epochs=1)  # 2 steps an epoch
+    every = tmp_path / "every"
+    assert _last_pt_writes(T.train_steps(cfg, every), every) == list(range(1, 13))
+    assert sorted(p.name for p in R.list_checkpoints(every)) == sorted(["last.pt"] + [f"epoch-{e}.pt" for e in range(1, 7)])
+
+    floored = tmp_path / "floored"
+    assert _last_pt_writes(T.train_steps(dataclasses.replace(cfg, checkpoint_seconds=3600), floored), floored) == [12]
+    assert [p.name for p in R.list_checkpoints(floored)] == ["last.pt", "epoch-6.pt"]  # the epoch its last.pt ended
+    assert R.read_checkpoint(floored / "checkpoints" / "last.pt")["step"] == 12
+    assert R.read_status(floored)["state"] == "finished"
+
+    # 0.35 s between steps, a floor of 1 s: a write, then none for at least the next two steps
+    paced = tmp_path / "paced"
+    writes = _last_pt_writes(T.train_steps(dataclasses.replace(cfg, checkpoint_seconds=1.0), paced), paced, 0.35)
+    assert writes[-1] == 12 and len(writes) >= 2, writes  # 4 s of steps: some written mid-run
+    assert all(b - a >= 3 for a, b in zip(writes[:-1], writes[1:-1])), writes
+    # an epoch's end whose last.pt was written has its epoch checkpoint (a resume relies on it); no other has
+    ends = sorted(p.name for p in R.list_checkpoints(paced) if p.name != "last.pt")
+    assert ends == sorted(f"epoch-{s // 2}.pt" for s in writes if s % 2 == 0), (writes, ends)
+
+
+def test_a_stop_is_checkpointed_whatever_checkpoint_seconds_says(tiny_config, tmp_path):
+    cfg = dataclasses.replace(tiny_config, train_size=32, epochs=6, checkpoint_every=1, checkpoint_seconds=3600)
+    run, seen = tmp_path / "run", []
+    for r in T.Training(cfg, run, should_stop=lambda: len(seen) >= 5).steps():
+        seen.append(r.step)
+    assert R.read_status(run)["state"] == "stopped"
+    stopped_at = R.read_checkpoint(run / "checkpoints" / "last.pt")["step"]
+    assert stopped_at == seen[-1] >= 5
+    rest = [r.step for r in T.train_steps(cfg, run)]
+    assert rest == list(range(stopped_at + 1, 13))
