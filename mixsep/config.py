@@ -277,7 +277,7 @@ class TrainConfig:
                                         "end) at most once in this many seconds; the run's end and a stop are "
                                         "always written. On a GPU an epoch can take a second, and a checkpoint "
                                         "every epoch took a fifth of a run; 0 = at every epoch's end",
-                                        "Seconds between checkpoints (at least)", "mechanics", low=0.0,
+                                        "Minimum seconds between checkpoints", "mechanics", low=0.0,
                                         zero="every epoch", on_resume=True, advanced=True)
     keep_epochs: int = setting(1, "keep every k-th epoch checkpoint (weights only; the latest is always kept, and "
                                   "last.pt holds the optimiser state a resume needs); 0 = only the latest",
