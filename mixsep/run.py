@@ -806,6 +806,9 @@ def read_checkpoint(path: Path, map_location="cpu") -> dict:
     if path.is_dir():
         raise MixsepError(f"Checkpoint {path} is a folder; name a .pt file inside a run's checkpoints folder.")
     if not path.is_file():
+        if path.exists():  # a FIFO would block torch.load, /dev/zero would fill memory
+            raise MixsepError(f"Checkpoint {path} is not a regular file (a FIFO or a device, say); name a .pt file "
+                              "inside a run's checkpoints folder.")
         raise MixsepError(f"Checkpoint {path} does not exist.")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)

@@ -234,6 +234,20 @@ def test_corrupt_checkpoint_via_cli(capsys, data_root, tmp_path):
     assert "truncated or corrupt" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_checkpoint_that_is_no_regular_file_is_named_so(capsys, data_root, tmp_path, kind):
+    """A FIFO or /dev/zero given as --checkpoint was reported as missing ("does not exist")."""
+    run = _train(capsys, data_root, tmp_path / "runs")
+    if kind == "fifo":
+        ck = tmp_path / "pipe.pt"
+        os.mkfifo(ck)
+    else:
+        ck = Path("/dev/zero")
+    assert main(["evaluate", str(run), "--data-root", str(data_root), "--checkpoint", str(ck)]) == 2
+    err = capsys.readouterr().err
+    assert f"Checkpoint {ck} is not a regular file" in err and "does not exist" not in err, err
+
+
 @pytest.mark.heavy(10)
 def test_python_dash_m_prints_no_traceback(tmp_path):
     """The real entry point, as a user types it."""
