@@ -325,10 +325,12 @@ class TrainConfig:
             in_run = (path.parent / "checkpoints").exists() or (path.parent / "metrics.csv").exists()
             return "; the run folder may be half written" if in_run else ""
 
+        twice: list[str] = []
         try:
             if path.exists() and not path.is_file() and not path.is_dir():  # a FIFO would block the read forever
                 raise MixsepError(f"{path} is not a regular file; give a config.json file.")
-            d = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark (Windows editors) is no error
+            # a byte-order mark (Windows editors) is no error
+            d = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=lambda kv: _note_twice(kv, twice))
         except FileNotFoundError:
             if path.name != "config.json":  # a config file the user named, not a run folder's
                 raise MixsepError(f"There is no config file {path}; check the path.") from None
@@ -346,6 +348,10 @@ class TrainConfig:
                               "it is not a mixsep config.")
         known = [f.name for f in dataclasses.fields(cls)]
         unknown = [k for k in d if k not in known]
+        if strict and twice:  # JSON keeps the last, silently: which one the user meant is not known
+            names = ", ".join(repr(k) for k in twice[:5]) + (", …" if len(twice) > 5 else "")
+            raise MixsepError(f"{path} gives {names} more than once; keep one of each (JSON would silently take "
+                              "the last).")
         if strict and unknown:
             names = ", ".join(repr(k) for k in unknown[:5]) + (", …" if len(unknown) > 5 else "")
             raise MixsepError(f"{path} names {'a setting' if len(unknown) == 1 else 'settings'} mixsep does not "
@@ -354,6 +360,16 @@ class TrainConfig:
             return cls.from_dict(d)
         except MixsepError as e:  # name the file: a page lists many runs
             raise MixsepError(f"{path}: {e}") from None
+
+
+def _note_twice(pairs, twice: list) -> dict:
+    """json's object_pairs_hook: the object, noting into ``twice`` each key given more than once."""
+    d: dict = {}
+    for k, v in pairs:
+        if k in d and k not in twice:
+            twice.append(k)
+        d[k] = v
+    return d
 
 
 def _json_kind(value) -> str:

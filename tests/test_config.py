@@ -103,6 +103,12 @@ def test_a_config_file_with_unknown_keys_is_refused_but_a_runs_own_is_read(tmp_p
     assert err.startswith(f"error: {typo} names a setting mixsep does not know ('learning_rate'); the settings are "
                           "data_root, ") and "\n" not in err
     assert not runs.exists()
+    twice = tmp_path / "twice.json"  # the last "lr" was taken without a word
+    twice.write_text('{"lr": 0.5, "epochs": 1, "lr": 0.001}')
+    assert main(["train", "--config", str(twice), "--runs-dir", str(runs)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {twice} gives 'lr' more than once; keep one of each (JSON would silently take the last)."
+    assert not runs.exists()
     run = tmp_path / "old-run"  # a run folder of another version: its extra key is dropped, as before
     run.mkdir()
     (run / "config.json").write_text(json.dumps({**TrainConfig(lr=5e-4).to_dict(), "retired_setting": 3}))
