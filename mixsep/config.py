@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import decimal
 import json
 import math
 import os
@@ -197,10 +198,13 @@ def _convert(text: str, kind: type):
         try:
             return int(text)
         except ValueError:
-            f = float(text)  # 5e4 is a fine way to write 50000
-            if not (math.isfinite(f) and f == int(f)):
-                raise
-            return int(f)
+            try:  # 5e4 is a fine way to write 50000; read exactly, where a float rounds 12345678901234567.0
+                d = decimal.Decimal(text)
+            except decimal.InvalidOperation:
+                raise ValueError(text) from None
+            if not d.is_finite() or d != d.to_integral_value() or d.adjusted() > 4300:
+                raise ValueError(text)
+            return int(d)
     return text
 
 

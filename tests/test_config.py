@@ -86,6 +86,13 @@ def test_flags_without_defaults_tell_what_the_user_gave():
     assert config_from_args(args) == TrainConfig(epochs=3, pretrained=False)
 
 
+@pytest.mark.parametrize("text,value", [("5e4", 50000), ("12345678901234567.0", 12345678901234567),
+                                        ("9223372036854775807.0", 2**63 - 1), ("1_000", 1000)])
+def test_a_whole_number_written_in_any_form_is_read_exactly(text, value):
+    """--seed 12345678901234567.0 was read through a float and became ...568 without a word."""
+    assert config_from_args(build_parser().parse_args(["train", "--seed", text])).seed == value
+
+
 def test_config_file_overrides_the_flags(tmp_path):
     path = tmp_path / "config.json"
     TrainConfig(lr=5e-4, epochs=4).save(path)
