@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 from .config import (SEPARATE_MODES, TrainConfig, add_train_flags, config_from_args, default_data_root,
-                     default_runs_dir, given_settings, settings)
+                     default_runs_dir, given_settings, settings, whole_number)
 from .errors import EARLY_SIGNALS, MixsepError, SecondInterrupt, StoppedBeforeTraining, Terminated
 
 GRID_MAX_N = 100  # columns of `grid`: the report's shows 20; 100,000 once took 98 s, 7.8 GB and a 661,000-px PNG
@@ -87,11 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="PSNR/SSIM of every recovery mode, honest and audited")
     e.add_argument("run_dir", help="a run folder (or a checkpoint file inside one)")
     _add_data_root(e, of_run=True)
-    e.add_argument("--samples", type=int, default=0, help="test pairs to score; 0 = the whole test split")
+    e.add_argument("--samples", type=whole_number, default=0, help="test pairs to score; 0 = the whole test split")
     e.add_argument("--mnist-test", default=None, help="score these MNIST images instead (idx or npz)")
     e.add_argument("--cifar-test", default=None, help="score these CIFAR images instead (batch or npz)")
     e.add_argument("--checkpoint", default=None, help="a checkpoint file; default: the run's latest")
-    e.add_argument("--batch-size", type=int, default=256,
+    e.add_argument("--batch-size", type=whole_number, default=256,
                    help="pairs scored at once (default 256); lower it if memory runs short")
     e.add_argument("--json", default=None, help="also write the results to this JSON file")
     e.add_argument("--markdown", default=None, help="also write the table as Markdown to this file")
@@ -102,11 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("grid", help="the report's labelled sample grid as a PNG")
     g.add_argument("run_dir", help="a run folder (or a checkpoint file inside one)")
     _add_data_root(g, of_run=True)
-    g.add_argument("--n", type=int, default=20,
+    g.add_argument("--n", type=whole_number, default=20,
                    help=f"samples (columns), at most {GRID_MAX_N}; the report's grid shows 20")
     g.add_argument("--out", default="grid.png", help="PNG to write")
     g.add_argument("--overwrite", action="store_true", help="replace an --out file that exists already")
-    g.add_argument("--seed", type=int, default=None, help="shuffle the samples with this seed; default: the first n")
+    g.add_argument("--seed", type=whole_number, default=None, help="shuffle the samples with this seed; default: the first n")
     g.add_argument("--split", choices=["test", "train"], default="test",
                    help="the split the samples come from (default test)")
     g.add_argument("--checkpoint", default=None, help="a checkpoint file; default: the run's latest")
@@ -147,27 +147,27 @@ def _add_sweep(sub) -> None:
                    help="a database URL (postgresql://user@host/db) shared by every machine of the study; "
                         "default: the journal file optuna.journal in the runs folder (env MIXSEP_SWEEP_STORAGE)")
     s.add_argument("--runs-dir", default=default_runs_dir(), help="where the trials' run folders go (env MIXSEP_RUNS_DIR)")
-    s.add_argument("--trials", type=int, default=None, help="finished trials the study aims at, across all workers "
+    s.add_argument("--trials", type=whole_number, default=None, help="finished trials the study aims at, across all workers "
                                                             "(default 20; on resume, the study's own)")
-    s.add_argument("--workers", type=int, default=None,
+    s.add_argument("--workers", type=whole_number, default=None,
                    help="worker processes on this machine (default: one per GPU, or one using every CPU core)")
     s.add_argument("--space", default=None,
                    help='what to search, e.g. "lr=1e-4:1e-2:log,beta1=0.8:0.99,model=faithful|unet"; a bare name '
                         "takes that setting's default range (default: lr=1e-05:0.1:log,beta1=0.5:0.999,beta2=0.9:0.9999)")
-    s.add_argument("--val-size", type=int, default=None,
+    s.add_argument("--val-size", type=whole_number, default=None,
                    help="validation pairs held out from the end of the training data (default 2000)")
-    s.add_argument("--report-every", type=int, default=None,
+    s.add_argument("--report-every", type=whole_number, default=None,
                    help="steps between validation reports that the pruner judges; 0 = once per epoch "
                         "(default 0; on resume, the study's own)")
     s.add_argument("--pruner", choices=["median", "halving", "none"], default=None,
                    help="stop trials early: median (below the median of earlier trials) or successive halving "
                         "(default median; on resume, the study's own)")
-    s.add_argument("--sampler-seed", type=int, default=0,
+    s.add_argument("--sampler-seed", type=whole_number, default=0,
                    help="seed of this command's TPE sampler, worker i adds i (give each machine its own)")
-    s.add_argument("--heartbeat", type=int, default=30,
+    s.add_argument("--heartbeat", type=whole_number, default=30,
                    help="seconds between a database trial's heartbeats; one silent for 3x that is failed and requeued")
     s.add_argument("--best", action="store_true", help="train nothing: print the best trial's run folder")
-    s.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)  # set on a worker child
+    s.add_argument("--worker-index", type=whole_number, default=None, help=argparse.SUPPRESS)  # set on a worker child
     add_train_flags(s, defaults=False)  # the fixed settings of every trial
 
 

@@ -145,6 +145,13 @@ class Setting:
         """
         try:
             return _convert(text, self.type)
+        except _TooLarge:
+            if self.low is not None and self.high is not None:  # as validate() says it of a number it can print
+                raise argparse.ArgumentTypeError(
+                    f"{self.label} must lie in [{self.low}, {self.high}] (got {text}){self.why or ''}.") from None
+            raise argparse.ArgumentTypeError(
+                f"{self.flag} takes a whole number no larger than {SEED_MAX} (got '{text}'), for example "
+                f"{_show(self.default)}.") from None
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"{self.flag} takes {TYPE_NAMES[self.type]} (got '{text}'), for example {_show(self.default)}.") from None
@@ -190,22 +197,42 @@ def _in_range(value, low, high) -> bool:
     return (low is None or value >= low) and (high is None or value <= high)
 
 
+class _TooLarge(ValueError):
+    """A whole number past what any setting holds (torch's seeds stop at 2**63 - 1)."""
+
+
 def _convert(text: str, kind: type):
     """ValueError when ``text`` does not spell a value of ``kind``."""
     if kind is float:
         return float(text)
     if kind is int:
         try:
-            return int(text)
+            value = int(text)
         except ValueError:
             try:  # 5e4 is a fine way to write 50000; read exactly, where a float rounds 12345678901234567.0
                 d = decimal.Decimal(text)
             except decimal.InvalidOperation:
                 raise ValueError(text) from None
-            if not d.is_finite() or d != d.to_integral_value() or d.adjusted() > 4300:
-                raise ValueError(text)
-            return int(d)
+            if not d.is_finite() or d != d.to_integral_value():
+                raise ValueError(text) from None
+            if d.adjusted() > 18:  # before int(): 1e4300 would be a number no message can print
+                raise _TooLarge(text) from None
+            value = int(d)
+        if abs(value) > SEED_MAX:
+            raise _TooLarge(text)
+        return value
     return text
+
+
+def whole_number(text: str) -> int:
+    """argparse's type for the commands' own whole-number flags: written as the settings' are (5e4, 1_000)."""
+    try:
+        return _convert(text, int)
+    except _TooLarge:
+        raise argparse.ArgumentTypeError(f"takes a whole number no larger than {SEED_MAX} (got '{text}')") from None
+
+
+whole_number.__name__ = "whole number"  # argparse: "invalid whole number value: '2.5'"
 
 
 def setting(default, help: str, label: str = "", group: str = "mechanics", **meta):
@@ -278,13 +305,15 @@ class TrainConfig:
     checkpoint_every: int = setting(200, "steps between checkpoints (one is always written at the end)",
                                     "Steps between checkpoints", "mechanics", low=1, on_resume=True)
     checkpoint_seconds: float = setting(10.0, "write checkpoints (every checkpoint_every steps and at each epoch's "
-                                        "end) at most once in this many seconds; the run's end and a stop are "
-                                        "always written. On a GPU an epoch can take a second, and a checkpoint "
+                                        "end) at most once in this many seconds; the run's end, a stop and the "
+                                        "epochs keep_epochs >= 2 asks for are always written. On a GPU an epoch can take a second, and a checkpoint "
                                         "every epoch took a fifth of a run; 0 = at every epoch's end",
                                         "Minimum seconds between checkpoints", "mechanics", low=0.0,
                                         zero="every epoch", on_resume=True, advanced=True)
     keep_epochs: int = setting(1, "keep every k-th epoch checkpoint (weights only; the latest is always kept, and "
-                                  "last.pt holds the optimiser state a resume needs); 0 = only the latest",
+                                  "last.pt holds the optimiser state a resume needs); 0 = only the latest. k >= 2 "
+                                  "writes every k-th epoch's whatever checkpoint_seconds says; k = 1 keeps every "
+                                  "one written",
                                "Keep epoch checkpoints every", "mechanics", low=0, zero="only the latest",
                                rule="--keep-epochs must be 0 (keep only the latest epoch checkpoint) or k >= 1 "
                                     "(keep every k-th); got {value}.",

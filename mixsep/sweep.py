@@ -764,8 +764,8 @@ def _check_flags(args, runs_dir: Path) -> None:
         raise MixsepError(f"--val-size must be at least 1 validation pair (got {args.val_size}).")
     if args.report_every is not None and args.report_every < 0:
         raise MixsepError(f"--report-every must be 0 (once per epoch) or a number of steps (got {args.report_every}).")
-    if args.heartbeat < 1:
-        raise MixsepError(f"--heartbeat must be at least 1 second (got {args.heartbeat}).")
+    if not 1 <= args.heartbeat <= 86400:  # Optuna's heartbeat thread waits on it: past a day it overflowed
+        raise MixsepError(f"--heartbeat must be from 1 second to 86400 (a day) (got {args.heartbeat}).")
 
 
 def _split(config: TrainConfig, space: dict, val_size: int, train_size: int | None) -> tuple[TrainConfig, int]:

@@ -390,11 +390,15 @@ class Training:
             self.step += 1
             self._pending.append(_Pending(self.step, epoch, lr, losses, launched))
             # a checkpoint must hold only steps whose losses were seen to be finite; checkpoints are due
-            # every checkpoint_every steps and at an epoch's end, at most once in checkpoint_seconds
-            due = (self.step % cfg.checkpoint_every == 0 or b == spe - 1) and \
+            # every checkpoint_every steps and at an epoch's end, at most once in checkpoint_seconds, and
+            # always at the end of an epoch that keep_epochs (K >= 2: every K-th) asks to keep
+            kept_epoch = b == spe - 1 and cfg.keep_epochs > 1 and (epoch + 1) % cfg.keep_epochs == 0
+            due = kept_epoch or (self.step % cfg.checkpoint_every == 0 or b == spe - 1) and \
                 time.perf_counter() - self._last_checkpoint >= cfg.checkpoint_seconds
             boundary = due or self.step == self.total_steps
             yield from self._read(keep=0 if boundary or not self.read_late else 1)
+            if self.step == self.total_steps:
+                self._stop_reason = None  # a stop that lands on the last step finds the run complete: finished
             if boundary or self._stop_reason:
                 self._checkpoint(epoch)
             if self._stop_reason:

@@ -89,8 +89,10 @@ def test_flags_without_defaults_tell_what_the_user_gave():
 @pytest.mark.parametrize("text,value", [("5e4", 50000), ("12345678901234567.0", 12345678901234567),
                                         ("9223372036854775807.0", 2**63 - 1), ("1_000", 1000)])
 def test_a_whole_number_written_in_any_form_is_read_exactly(text, value):
-    """--seed 12345678901234567.0 was read through a float and became ...568 without a word."""
+    """--seed 12345678901234567.0 was read through a float and became ...568 without a word; the other
+    commands' whole numbers (grid --n, sweep --trials) took no 2e1 at all."""
     assert config_from_args(build_parser().parse_args(["train", "--seed", text])).seed == value
+    assert build_parser().parse_args(["grid", "run", "--seed", text]).seed == value
 
 
 def test_config_file_overrides_the_flags(tmp_path):
@@ -280,11 +282,15 @@ def assert_one_sentence(p: subprocess.CompletedProcess, match: str, tmp_path: Pa
     (["--batch-size", "1"], "Batch size must be at least 2 (got 1): BatchNorm needs two samples per channel"),
     (["--weight-decay", "-0.01"], "Weight decay must lie in [0, 1] (got -0.01)"),
     (["--weight-decay", "nan"], "Weight decay must be a finite number (got nan)"),
-    (["--seed", "1e20"], "Seed must lie in [0, 9223372036854775807] (got 100000000000000000000)"),
+    (["--seed", "1e20"], "Seed must lie in [0, 9223372036854775807] (got 1e20)"),
     (["--seed", "-3"], "Seed must lie in"),
     (["--lr", "abc"], "--lr takes a number (got 'abc')"),
     (["--lr", "inf"], "Learning rate must be a finite number"),
     (["--epochs", "2.5"], "--epochs takes a whole number (got '2.5')"),
+    # past 2**63 - 1: 1e4300 left a run folder and a traceback (no message can print its 4,301 digits)
+    (["--seed", "1e4300"], "Seed must lie in [0, 9223372036854775807] (got 1e4300)"),
+    (["--checkpoint-every", "1e4300"], "--checkpoint-every takes a whole number no larger than"),
+    (["--train-size", "99999999999999999999"], "--train-size takes a whole number no larger than"),
     (["--schedule", "cosine"], "Unknown learning-rate schedule 'cosine'; choose one of: constant, onecycle"),
     (["--model", "nope"], "Unknown model 'nope'"),
 ])

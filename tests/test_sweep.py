@@ -170,6 +170,8 @@ def free_port() -> int:
     (["--best", "--val-size", "96"], "There is no study 'bad'"),  # not a complaint about a new study's settings
     (["--workers", "0"], "--workers must be at least 1"),
     (["--workers", "100000"], "--workers 100000 is more than this machine can run side by side"),
+    (["--heartbeat", "100000"], "--heartbeat must be from 1 second to 86400 (a day)"),  # Optuna's thread overflowed
+    (["--space", "batch_size=16|1e4300"], "1e4300"),  # the number was too long for any message: a traceback
 ])
 def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(capsys, data_root, tmp_path, extra, says):
     extra = [e.format(port=free_port()) for e in extra]

@@ -264,3 +264,26 @@ def test_a_stop_is_checkpointed_whatever_checkpoint_seconds_says(tiny_config, tm
     assert stopped_at == seen[-1] >= 5
     rest = [r.step for r in T.train_steps(cfg, run)]
     assert rest == list(range(stopped_at + 1, 13))
+
+
+def test_every_kth_epoch_that_keep_epochs_asks_for_is_written_whatever_the_floor(tiny_config, tmp_path):
+    """--keep-epochs 2 under a floor kept next to nothing: epoch ends fell due by chance, then were pruned."""
+    cfg = dataclasses.replace(tiny_config, train_size=32, epochs=7, checkpoint_every=10**6, keep_epochs=2,
+                              checkpoint_seconds=3600)
+    run = tmp_path / "run"
+    list(T.train_steps(cfg, run))
+    assert sorted(p.name for p in R.list_checkpoints(run)) == sorted(
+        ["last.pt", "epoch-2.pt", "epoch-4.pt", "epoch-6.pt", "epoch-7.pt"])  # every 2nd, and the latest
+
+
+@pytest.mark.parametrize("floor", [0, 3600])
+def test_a_stop_that_lands_on_the_last_step_finishes_the_run_with_its_epoch_checkpoint(tiny_config, tmp_path, floor):
+    """All steps done, yet the run read "stopped" and its last epoch checkpoint was never written (a
+    plain resume then wrote it: a finished run's files changed)."""
+    cfg = dataclasses.replace(tiny_config, train_size=32, epochs=3, checkpoint_every=1, checkpoint_seconds=floor)
+    run, seen = tmp_path / "run", []
+    for r in T.Training(cfg, run, should_stop=lambda: len(seen) >= 6).steps():
+        seen.append(r.step)
+    assert seen == [1, 2, 3, 4, 5, 6]
+    assert R.read_status(run)["state"] == "finished"
+    assert (run / "checkpoints" / "epoch-3.pt").is_file()
