@@ -381,7 +381,7 @@ class TrainConfig:
                               "it is not a mixsep config.")
         known = [f.name for f in dataclasses.fields(cls)]
         unknown = [k for k in d if k not in known]
-        if strict and twice:  # JSON keeps the last, silently: which one the user meant is not known
+        if twice:  # JSON keeps the last, silently; mixsep never writes a key twice: a hand edited it
             names = ", ".join(repr(k) for k in twice[:5]) + (", …" if len(twice) > 5 else "")
             raise MixsepError(f"{path} gives {names} more than once; keep one of each (JSON would silently take "
                               "the last).")

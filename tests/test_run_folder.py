@@ -588,6 +588,14 @@ def test_a_config_json_edited_after_the_run_began_is_refused_not_trained_with(sm
         assert err == f"error: {run / R.CONFIG} says {says}: it was edited after the run began, so the run is left " \
                       "as it was; put those values back to resume it, or start a new run with the new ones.\n", err
         assert conftest.tree(run) == before
+    # a setting given twice (the dashboard's Resume reads the run's own file as --config): JSON took the last
+    twice = json.dumps({**saved, "max_minutes": 1.0})[:-1] + ', "max_minutes": 0.0}'
+    (run / R.CONFIG).write_text(twice)
+    before = conftest.tree(run)
+    assert main(["train", "--config", str(run / R.CONFIG), "--run-dir", str(run), "--quiet"]) == 2
+    assert capsys.readouterr().err == f"error: {run / R.CONFIG} gives 'max_minutes' more than once; keep one of " \
+                                      "each (JSON would silently take the last).\n"
+    assert conftest.tree(run) == before
     (run / R.CONFIG).write_text(json.dumps({**saved, "checkpoint_every": 1}))  # a setting a resume may change
     assert main(["train", "--run-dir", str(run), "--quiet"]) == 0
 
