@@ -194,11 +194,12 @@ def _evaluation(checkpoint: str, mtime_ns: int, data_root: str, count: int, key:
     from mixsep.metrics import evaluate
 
     m, _, _ = _model(checkpoint, mtime_ns)
+    calibration = _calibration(data_root, data_key(Path(data_root)))  # a damaged training split: said before the bar
     # Streamlit records what a cached function draws and replays it on a hit, so the bar is made
     # here and removed here: updating one made outside failed on the replay (CacheReplayClosureError)
     bar = st.progress(0.0, text="Scoring…")
     ev = evaluate(m, _pairs(data_root, "test", key), count=count,
-                  calibration=_calibration(data_root, data_key(Path(data_root))),
+                  calibration=calibration,
                   progress=lambda done, n: bar.progress(done / n, text=f"Scoring: {done}/{n} test pairs"))
     bar.empty()
     return ev

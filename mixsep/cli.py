@@ -607,13 +607,14 @@ def _not_a_data_file(root: Path, *outputs: tuple[Path | None, str]) -> None:
 def cmd_evaluate(args) -> int:
     import pandas as pd
 
-    from .data import calibration_pairs, load_pairs
+    from .data import calibration_pairs, labels_beside, load_pairs
     if args.samples < 0:
         raise MixsepError(f"--samples must be 0 (all) or positive (got {args.samples}).")
     if args.batch_size < 1:
         raise MixsepError(f"--batch-size must be at least 1 (got {args.batch_size}).")
     _one_checkpoint(args)
-    inputs = (args.checkpoint, args.run_dir, args.mnist_test, args.cifar_test)
+    inputs = (args.checkpoint, args.run_dir, args.mnist_test, args.cifar_test,
+              args.mnist_test and labels_beside(args.mnist_test))  # the labels read beside the images
     json_out = new_output(args.json, "--json", args.overwrite, args.run_dir, inputs)
     markdown_out = new_output(args.markdown, "--markdown", args.overwrite, args.run_dir, inputs)
     if json_out and markdown_out and json_out.resolve() == markdown_out.resolve():
@@ -810,6 +811,10 @@ def main(argv=None) -> int:
                     raise MixsepError("RUN_DIR is empty; name a run folder (or a checkpoint file inside one).")
                 raise MixsepError(f"--{name.replace('_', '-')} is empty; name a folder (or leave the flag out "
                                   "for its default).")
+        for name in ("checkpoint", "mnist_test", "cifar_test", "as_model"):  # "" read as not given: the default
+            if getattr(args, name, None) == "":  # was used, and `--checkpoint "$CKPT"` scored another checkpoint
+                raise MixsepError(f"--{name.replace('_', '-')} is empty; name {'a model' if name == 'as_model' else 'a file'}"
+                                  " (or leave the flag out for its default).")
         return COMMANDS[args.command](args)
     except MixsepError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -493,10 +493,19 @@ def load_path(path: Path, source: str) -> tuple[torch.Tensor, torch.Tensor]:
     if path.suffix == ".npz":
         return load_files([path], source)
     if source == "mnist":
-        lab_path = Path(str(path).replace("images-idx3", "labels-idx1"))
-        images, labels = read_mnist_idx(path, lab_path if lab_path != path and lab_path.is_file() else None)
+        lab_path = labels_beside(path)
+        images, labels = read_mnist_idx(path, lab_path)
         return resize_mnist(images), torch.from_numpy(labels)
     return load_files([path], source)
+
+
+def labels_beside(path: Path) -> Path | None:
+    """The IDX labels file that ``load_path`` reads beside MNIST images given by the user, if there is one."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        return None
+    lab_path = Path(str(path).replace("images-idx3", "labels-idx1"))
+    return lab_path if lab_path != path and lab_path.is_file() else None
 
 
 # --------------------------------------------------------------------------- download
@@ -669,11 +678,10 @@ def calibration_pairs(root: Path, count: int = CALIBRATION_PAIRS) -> PairData | 
     (``train_size`` smaller than the split); a single scalar fitted on 512 pairs
     cannot overfit them either way.
     """
-    try:
-        m, ml = load_split(root, "mnist", "train")
-        c, cl = load_split(root, "cifar", "train")
-    except MixsepError:
-        return None
+    if find_source(root, "mnist", "train") is None or find_source(root, "cifar", "train") is None:
+        return None  # no training split: the weight stays 1/2; one that is there but damaged is said so
+    m, ml = load_split(root, "mnist", "train")
+    c, cl = load_split(root, "cifar", "train")
     end = min(len(m), len(c))
     n = min(end, count)
     return PairData(m[end - n:end], ml[end - n:end], c[end - n:end], cl[end - n:end])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,8 @@ from .errors import MixsepError
 from .run import CHECKPOINTS, in_checkpoints, write_all
 
 SIZE = (32, 32)
+# an icon whose directory gives one size and whose image holds another: refused by that size below, not warned of
+warnings.filterwarnings("ignore", message="Image was not the expected size", category=UserWarning)
 # The formats a mixture may come in (Pillow's names) and their file extensions. Pillow picks a decoder by a
 # file's content, not its name, and some would run a program (EPS goes to Ghostscript, a PostScript
 # interpreter): a file is read only by these, whatever it is called.
@@ -38,6 +41,44 @@ def read_mixture(source: Path | str | bytes, name: str | None = None) -> np.ndar
         if not path.is_file():
             raise MixsepError(f"{path} does not exist or is not a file.")
         name, fp = str(path), path
+    try:
+        if isinstance(fp, Path):
+            with open(fp, "rb") as f:
+                return _read_pixels(f, name)
+        return _read_pixels(fp, name)
+    except OSError as e:
+        raise MixsepError(f"{name} could not be read ({e.strerror or e.__class__.__name__}).") from None
+
+
+def _icon_too_large(f, name: str) -> None:
+    """Refuse an icon holding an image larger than icons are (256x256), from that image's own header.
+
+    Pillow decodes an icon's largest image inside Image.open, sized by what the image says, not by
+    the icon's directory: a 700 KB icon holding a 13000x13000 PNG took 646 MB before any size check.
+    """
+    head = f.read(6)
+    if head[:4] == b"\0\0\1\0":
+        count = int.from_bytes(head[4:6], "little")
+        directory = f.read(16 * count)
+        for i in range(len(directory) // 16):
+            offset = int.from_bytes(directory[16 * i + 12:16 * i + 16], "little")
+            f.seek(offset)
+            image = f.read(24)
+            if image[:8] == b"\x89PNG\r\n\x1a\n":
+                w, h = int.from_bytes(image[16:20], "big"), int.from_bytes(image[20:24], "big")
+            elif len(image) >= 12:  # a DIB: its height counts the image and its mask
+                w = abs(int.from_bytes(image[4:8], "little", signed=True))
+                h = abs(int.from_bytes(image[8:12], "little", signed=True)) // 2
+            else:
+                continue
+            if w > 256 or h > 256:
+                raise MixsepError(f"{name} is an icon holding a {w}x{h} image; a mixture must be 32x32, the size "
+                                  "mixsep separates.")
+    f.seek(0)
+
+
+def _read_pixels(fp, name: str) -> np.ndarray:
+    _icon_too_large(fp, name)
     try:
         with Image.open(fp, formats=list(FORMATS)) as im:
             if im.size != SIZE:  # from the header: a large or hostile file is never decoded

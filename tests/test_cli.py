@@ -660,3 +660,50 @@ def test_a_path_too_long_or_holding_a_nul_is_one_sentence(capsys, data_root, tmp
     monkeypatch.setenv("MIXSEP_CACHE_DIR", str(long))  # no cache: slower, and nothing else
     run = _train(capsys, data_root, tmp_path / "runs")
     assert tree(run) and not os.path.exists(long)
+
+
+def test_evaluate_never_writes_over_the_labels_it_reads_beside_the_mnist_test_images(capsys, data_root, tmp_path):
+    """--mnist-test mt/t10k-images... --json mt/t10k-labels... --overwrite replaced the labels with JSON."""
+    run = _train(capsys, data_root, tmp_path / "runs")
+    mt = tmp_path / "mt"
+    shutil.copytree(data_root / "MNIST" / "raw", mt)
+    labels = mt / "t10k-labels-idx1-ubyte.gz"
+    before = labels.read_bytes()
+    for flag in ("--json", "--markdown"):
+        assert main(["evaluate", str(run), "--data-root", str(data_root), "--samples", "2", "--mnist-test",
+                     str(mt / "t10k-images-idx3-ubyte.gz"), flag, str(labels), "--overwrite"]) == 2
+        assert capsys.readouterr().err == f"error: {flag} {labels} is a file this command reads; choose another {flag}.\n"
+        assert labels.read_bytes() == before
+
+
+@pytest.mark.parametrize("argv", [["evaluate", "RUN", "--checkpoint", ""], ["evaluate", "RUN", "--mnist-test", ""],
+                                  ["evaluate", "RUN", "--cifar-test", ""], ["evaluate", "RUN", "--as-model", ""],
+                                  ["grid", "RUN", "--checkpoint", ""], ["separate", "RUN", "x.png", "--checkpoint", ""]])
+def test_an_empty_file_or_model_flag_is_refused_not_read_as_not_given(capsys, data_root, tmp_path, monkeypatch, argv):
+    """`--checkpoint "$CKPT"` with CKPT unset scored the latest checkpoint instead, exit 0."""
+    run = _train(capsys, data_root, tmp_path / "runs")
+    monkeypatch.chdir(tmp_path)
+    before = conftest.tree(tmp_path)
+    root = ["--data-root", str(data_root)] if argv[0] != "separate" else []
+    assert main([str(run) if a == "RUN" else a for a in argv] + root) == 2
+    flag = argv[argv.index("") - 1]
+    assert capsys.readouterr().err.startswith(f"error: {flag} is empty; name a ")
+    assert conftest.tree(tmp_path) == before
+
+
+def test_a_damaged_training_split_is_named_not_taken_for_a_missing_one(capsys, data_root, tmp_path):
+    """evaluate fitted the optimal projection weight on "none (fell back to 1/2)" when the training
+    images were truncated, and said nothing of the file."""
+    run = _train(capsys, data_root, tmp_path / "runs")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(data_root, damaged)
+    images = damaged / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[:300])
+    assert main(["evaluate", str(run), "--data-root", str(damaged), "--samples", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "train-images-idx3-ubyte.gz" in err and err.count("\n") == 1, err
+    shutil.rmtree(damaged / "MNIST" / "raw")  # no training split at all: the weight stays 1/2, as before
+    shutil.copytree(data_root / "MNIST" / "raw", damaged / "MNIST" / "raw",
+                    ignore=shutil.ignore_patterns("train-*"))
+    assert main(["evaluate", str(run), "--data-root", str(damaged), "--samples", "2"]) == 0
+    assert "fell back to 1/2" in capsys.readouterr().out

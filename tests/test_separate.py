@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from pathlib import Path
 
@@ -90,6 +91,8 @@ def test_each_mode_and_overwrite(capsys, data_root, tmp_path):
     ("out_in_checkpoints_config_lost", "is in a run's checkpoints folder"),  # this run's, its config.json lost
     ("over_the_checkpoint", "mix0.mnist.png would be written over the checkpoint that separates them"),
     ("out_loops", "selfdir is a link that leads back to itself"),  # a traceback, exit 1
+    # its directory says 32x32; Pillow decoded the 2000x2000 PNG inside while opening it (13000x13000: 646 MB)
+    ("icon_holding_a_large_png", "big.ico is an icon holding a 2000x2000 image; a mixture must be 32x32"),
 ])
 def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(capsys, data_root, tmp_path, monkeypatch, case, message):
     run = _train(capsys, data_root, tmp_path / "runs")
@@ -157,6 +160,14 @@ def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(capsys, data_root, 
         gs.write_text(f"#!/bin/sh\ntouch {tmp_path / 'gs-ran'}\nexit 1\n")
         gs.chmod(0o755)
         monkeypatch.setenv("PATH", f"{gs.parent}:{os.environ['PATH']}")
+    elif case == "icon_holding_a_large_png":
+        import struct
+
+        png = io.BytesIO()
+        Image.new("RGB", (2000, 2000), (10, 20, 30)).save(png, "PNG")
+        inputs.append(tmp_path / "in" / "big.ico")
+        inputs[-1].write_bytes(struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 32, 32, 0, 0, 1, 32,
+                                                                            len(png.getvalue()), 22) + png.getvalue())
     elif case == "sixteen_bit_rgb":
         inputs.append(tmp_path / "in" / "deep-rgb.png")
         inputs[-1].write_bytes(_png16_rgb(np.full((32, 32, 3), 65280)))
