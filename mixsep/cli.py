@@ -586,6 +586,9 @@ def new_output(path: str | None, flag: str, overwrite: bool, run_dir: str, input
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:  # the folder is fine: the hidden name written beside it first is not
+            raise MixsepError(f"{flag} {p.name} is too long a name here: mixsep writes it under a longer hidden "
+                              f"name first; choose a shorter {flag}.") from None
         raise MixsepError(f"Folder {p.parent} is not writable ({e.strerror or e.__class__.__name__}); "
                           f"choose another {flag}.") from None
     return p

@@ -707,3 +707,13 @@ def test_a_damaged_training_split_is_named_not_taken_for_a_missing_one(capsys, d
                     ignore=shutil.ignore_patterns("train-*"))
     assert main(["evaluate", str(run), "--data-root", str(damaged), "--samples", "2"]) == 0
     assert "fell back to 1/2" in capsys.readouterr().out
+
+
+def test_an_output_name_too_long_for_its_hidden_temp_name_is_said_so(capsys, data_root, tmp_path):
+    """A 245-character --json said "Folder . is not writable (File name too long)" of a writable folder."""
+    run = _train(capsys, data_root, tmp_path / "runs")
+    out = tmp_path / ("e" * 245 + ".json")
+    assert main(["evaluate", str(run), "--data-root", str(data_root), "--samples", "2", "--json", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --json {out.name} is too long a name here") and "not writable" not in err, err
+    assert not out.exists()
