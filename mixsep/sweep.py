@@ -269,22 +269,26 @@ def _mask_to_last_at(label: str) -> str:
     return re.sub(r"^([^:/@]*://[^:/@]*):.*@", r"\1:***@", label, flags=re.S)
 
 
+_QUERY_PASSWORD = re.compile(r"(?i)([?&][^&=]*password=)[^&]*")  # ?password=, &sslpassword=, ...
+
+
 def _storage_label(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     if _extra_at(url):  # SQLAlchemy would take the password's tail for the host: mask up to the last '@'
-        url = re.sub(r"([?&]password=)[^&]*", r"\1***", url)
+        url = _QUERY_PASSWORD.sub(r"\1***", url)
         head, _, rest = url.partition("://") if "://" in url else ("", "", url)
         user, _, host = rest.rpartition("@")
         user = user.split(":", 1)[0] + ":***" if ":" in user else "***"
         return (head + "://" if head else "") + f"{user}@{host}"
     try:
         parsed = make_url(url)
-        if "password" in parsed.query:  # libpq also takes it as a query parameter
-            parsed = parsed.update_query_dict({"password": "***"})
-        return parsed.render_as_string(hide_password=True).replace("password=%2A%2A%2A", "password=***")
+        secret = {k: "***" for k in parsed.query if k.lower().endswith("password")}  # libpq's password, sslpassword
+        if secret:
+            parsed = parsed.update_query_dict(secret)
+        return re.sub(r"(?i)(password=)%2A%2A%2A", r"\1***", parsed.render_as_string(hide_password=True))
     except Exception:  # ArgumentError, or ValueError for a port that is not a number
-        url = re.sub(r"([?&]password=)[^&]*", r"\1***", url)
+        url = _QUERY_PASSWORD.sub(r"\1***", url)
         from .run import PASSWORD_KEYWORD
 
         url = PASSWORD_KEYWORD.sub(r"\1***", url)  # libpq's keyword form: "host=h password='p q' dbname=d"
@@ -766,6 +770,10 @@ def _check_flags(args, runs_dir: Path) -> None:
         raise MixsepError(f"--report-every must be 0 (once per epoch) or a number of steps (got {args.report_every}).")
     if not 1 <= args.heartbeat <= 86400:  # Optuna's heartbeat thread waits on it: past a day it overflowed
         raise MixsepError(f"--heartbeat must be from 1 second to 86400 (a day) (got {args.heartbeat}).")
+    last = 2**32 - (args.workers or 1)  # worker k seeds its sampler with seed + k, and numpy takes 0 .. 2**32 - 1
+    if not 0 <= args.sampler_seed <= last:
+        raise MixsepError(f"--sampler-seed must be from 0 to {last}{' with ' + str(args.workers) + ' workers' if (args.workers or 1) > 1 else ''} "
+                          f"(got {args.sampler_seed}).")
 
 
 def _split(config: TrainConfig, space: dict, val_size: int, train_size: int | None) -> tuple[TrainConfig, int]:
@@ -1040,8 +1048,11 @@ def _check_own_folder(folder: Path, config: TrainConfig, number: int) -> None:
 
     if not (folder / CONFIG).is_file():
         return
+    # nor do those a resume may change (checkpoint cadence, time budget): `train --run-dir TRIAL
+    # --checkpoint-seconds 0` changed what it writes, not what it computes
+    mechanics = {s.name for s in settings() if s.on_resume}
     theirs, ours = _shared(TrainConfig.load(folder / CONFIG).to_dict()), _shared(config.to_dict())
-    differ = sorted(k for k in ours if theirs.get(k) != ours[k])
+    differ = sorted(k for k in ours if k not in mechanics and theirs.get(k) != ours[k])
     if differ:
         raise FolderTaken(f"{folder} holds a run with other settings ({', '.join(differ[:3])}) than trial {number} "
                           "of this study, whose journal no longer knows it (restored from a copy, or replaced?); "

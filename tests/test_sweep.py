@@ -171,6 +171,11 @@ def free_port() -> int:
     (["--workers", "0"], "--workers must be at least 1"),
     (["--workers", "100000"], "--workers 100000 is more than this machine can run side by side"),
     (["--heartbeat", "100000"], "--heartbeat must be from 1 second to 86400 (a day)"),  # Optuna's thread overflowed
+    # numpy's seeds stop at 2**32 - 1: a traceback after the study was written
+    (["--sampler-seed", "-1"], "--sampler-seed must be from 0 to 4294967295 (got -1)."),
+    (["--sampler-seed", "4294967295", "--workers", "2"], "--sampler-seed must be from 0 to 4294967294 with 2 workers"),
+    # libpq's sslpassword was shown in clear
+    (["--storage", "postgresql://mixsep@127.0.0.1:{port}/db?sslpassword=secret&sslmode=disable"], "sslpassword=***"),
     (["--space", "batch_size=16|1e4300"], "1e4300"),  # the number was too long for any message: a traceback
 ])
 def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(capsys, data_root, tmp_path, extra, says):
@@ -859,3 +864,20 @@ def test_a_study_resumed_on_data_of_another_size_is_refused_not_scored_on_other_
 
     shutil.copytree(data, tmp_path / "copy")  # the same data elsewhere (another machine's copy) is the study's data
     assert cli(*sweep_args(tmp_path / "copy", runs, "--study", "s", "--trials", "2")).returncode == 0
+
+
+def test_a_trial_folder_resumed_by_train_with_another_checkpoint_cadence_is_still_the_trials(tmp_path, data_root):
+    """`train --run-dir TRIAL --checkpoint-seconds 0` (a setting a resume may change) made the sweep refuse
+    the folder as another run's, "whose journal no longer knows it": moving it away lost its training."""
+    from mixsep.run import CONFIG
+    from mixsep.sweep import FolderTaken, _check_own_folder
+
+    study = TrainConfig(data_root=str(data_root), model="tiny", pretrained=False, batch_size=16, train_size=32)
+    folder = tmp_path / "trial-0000"
+    folder.mkdir()
+    for changed in ({"checkpoint_seconds": 0.0}, {"checkpoint_every": 1, "keep_epochs": 0, "max_minutes": 3.0}):
+        (folder / CONFIG).write_text(json.dumps({**study.to_dict(), **changed}))
+        _check_own_folder(folder, study, 0)  # the trial's own folder: resumed, its cadence the study's again
+    (folder / CONFIG).write_text(json.dumps({**study.to_dict(), "lr": 0.5}))  # another run's: refused as before
+    with pytest.raises(FolderTaken, match=r"holds a run with other settings \(lr\)"):
+        _check_own_folder(folder, study, 0)
