@@ -1221,6 +1221,9 @@ class Worker:
             run = Run(folder).open()  # a second trainer of this folder is refused here
         except RunWriteError as e:
             raise SweepHalted(trial._trial_id, str(e)) from None
+        except MixsepError as e:  # busy (`train --run-dir` on it, or a stalled worker's): failed for good before
+            raise FolderTaken(f"{str(e).rstrip('.')}. Trial {trial.number} is queued to resume from its last "
+                              "checkpoint: once that is over, run the same command.") from None
         try:
             return self._train(trial, config, run)
         except RunWriteError as e:  # every later trial would fail the same way: stop, and resume this one later

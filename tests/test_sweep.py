@@ -881,3 +881,26 @@ def test_a_trial_folder_resumed_by_train_with_another_checkpoint_cadence_is_stil
     (folder / CONFIG).write_text(json.dumps({**study.to_dict(), "lr": 0.5}))  # another run's: refused as before
     with pytest.raises(FolderTaken, match=r"holds a run with other settings \(lr\)"):
         _check_own_folder(folder, study, 0)
+
+
+def test_a_trial_whose_folder_is_being_trained_is_queued_again_not_failed_for_good(capsys, data_root, tmp_path):
+    """`train --run-dir` on a stopped trial's folder while the sweep resumed: the trial was FAIL for good,
+    with Optuna's traceback, and later runs counted it done."""
+    from optuna.trial import TrialState
+
+    from mixsep.run import Run
+
+    runs = tmp_path / "runs"
+    args = sweep_args(data_root, runs, "--study", "busy", *TINY, "--trials", "1", "--epochs", "1")
+    held = Run(runs / "busy" / "trial-0000").open()  # as a `train --run-dir` of it would
+    try:
+        assert main(args) == 2
+    finally:
+        held.close()
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: Run ") and "is already being trained by" in err, err
+    assert "Trial 0 is queued to resume from its last checkpoint: once that is over, run the same command." in err
+    study = load_study(plan(build_parser().parse_args(args)))
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert main(args) == 0  # once it is over: the same command trains it
+    assert [t.state for t in load_study(plan(build_parser().parse_args(args))).trials][-1] == TrialState.COMPLETE
