@@ -904,3 +904,22 @@ def test_a_trial_whose_folder_is_being_trained_is_queued_again_not_failed_for_go
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]
     assert main(args) == 0  # once it is over: the same command trains it
     assert [t.state for t in load_study(plan(build_parser().parse_args(args))).trials][-1] == TrialState.COMPLETE
+
+
+def test_a_command_spelling_out_a_default_joins_a_study_made_a_moment_before(data_root, tmp_path):
+    """Two commands starting one study at once, one giving `--keep-epochs 1` (the default): the
+    second was refused as "another fixed settings", though the same command a moment later joined it."""
+    import optuna
+
+    from mixsep.sweep import ATTR, _made_meanwhile
+
+    runs = tmp_path / "runs"
+    made = plan(build_parser().parse_args(sweep_args(data_root, runs, "--study", "m", *TINY)))
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr(ATTR, made.attrs())
+    spelled = plan(build_parser().parse_args(sweep_args(data_root, runs, "--study", "m", *TINY,
+                                                        "--keep-epochs", "1")))
+    assert _made_meanwhile(study, spelled) == made.attrs()
+    other = plan(build_parser().parse_args(sweep_args(data_root, runs, "--study", "m", *TINY, "--keep-epochs", "2")))
+    with pytest.raises(MixsepError, match="another fixed settings"):
+        _made_meanwhile(study, other)
