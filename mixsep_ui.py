@@ -260,7 +260,7 @@ def pick_run(runs_dir: Path, key: str = "run") -> tuple[Path, str] | None:
             else next(iter(rows))
     # the names alone: Streamlit keeps a pick by its label, and a label with the run's state in it stopped
     # matching once the state changed (the run read as gone); the state is said beneath
-    name = st.selectbox("Run", list(rows), key=key)
+    name = st.selectbox("Run", list(rows), key=key, persist_state="session")  # kept from page to page
     st.caption(f"State: {literal(rows[name]['state'])}")
     st.session_state["last_run"] = name
     st.query_params["run"] = name  # a link to this page shows this run

@@ -309,7 +309,8 @@ class TrainConfig:
                                         "epochs keep_epochs >= 2 asks for are always written. On a GPU an epoch can take a second, and a checkpoint "
                                         "every epoch took a fifth of a run; 0 = at every epoch's end",
                                         "Minimum seconds between checkpoints", "mechanics", low=0.0,
-                                        zero="every epoch", on_resume=True, advanced=True)
+                                        zero="no minimum", on_resume=True, advanced=True, widget="number",
+                                        span=(0.0, 3600.0), step=1.0, fmt="%g")
     keep_epochs: int = setting(1, "keep every k-th epoch checkpoint (weights only; the latest is always kept, and "
                                   "last.pt holds the optimiser state a resume needs); 0 = only the latest. k >= 2 "
                                   "writes every k-th epoch's whatever checkpoint_seconds says; k = 1 keeps every "

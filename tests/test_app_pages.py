@@ -332,11 +332,13 @@ def test_sliders_change_the_config(app_env):
     widget(at.toggle, "Fresh MNIST partners").set_value(True)
     widget(at.selectbox, "Learning-rate schedule").set_value("onecycle")
     widget(at.selectbox, "Loss").set_value("log_mse")
+    assert at.session_state["train_config"]["checkpoint_seconds"] == 10.0
+    widget(at.number_input, "Minimum seconds between checkpoints").set_value(0.0)  # it was missing from the page
     at.run()
     cfg = at.session_state["train_config"]
     assert (cfg["lr"], cfg["beta1"], cfg["beta2"], cfg["epochs"], cfg["batch_size"], cfg["train_size"], cfg["seed"],
             cfg["pretrained"]) == (1e-4, 0.5, 0.99, 3, 32, 512, 7, False)
-    assert (cfg["repair"], cfg["schedule"], cfg["loss"]) == (True, "onecycle", "log_mse")
+    assert (cfg["repair"], cfg["schedule"], cfg["loss"], cfg["checkpoint_seconds"]) == (True, "onecycle", "log_mse", 0.0)
     # a visit to another page keeps them
     at.switch_page("app_pages/4_Compare.py").run()
     at.switch_page("app_pages/1_Train.py").run()

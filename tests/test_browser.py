@@ -405,4 +405,15 @@ def test_a_picked_run_stays_picked_when_its_state_changes(server):
         expect(page.get_by_text("State: finished")).to_be_visible()
         expect(page.get_by_text(f"{run.name}  last.pt")).to_be_visible()
         expect(page.get_by_text("is gone")).to_have_count(0)
+        # a run picked in the box survives page after page: the second switch showed the newest run, without a word
+        for pick in ("zz-newer", run.name):
+            page.get_by_role("combobox").first.click()
+            page.get_by_role("option", name=pick).click()
+            expect(page).to_have_url(re.compile(f"run={re.escape(pick)}"))
+        for name in ("Separate", "Metrics", "Samples"):
+            page.get_by_role("link", name=name).first.click()
+            expect(page).to_have_url(re.compile(f"/{name}"))
+            expect(page.get_by_text("State: finished")).to_be_visible()
+            page.wait_for_timeout(1500)  # the page's own reruns settle
+            assert f"run={run.name}" in page.url, (name, page.url)
         browser.close()
