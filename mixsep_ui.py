@@ -271,13 +271,13 @@ def pick_run(runs_dir: Path, key: str = "run") -> tuple[Path, str] | None:
         return None
 
 
-def pick_checkpoint(run_dir: Path, key: str = "checkpoint") -> Path | None:
+def pick_checkpoint(run_dir: Path, key: str = "checkpoint", runs_dir: Path | None = None) -> Path | None:
     from mixsep.run import list_checkpoints
 
     found = list_checkpoints(run_dir)
     if not found:
         name, state = literal(run_dir.name), live_status(run_dir).get("state")
-        if training_now(run_dir, state):
+        if training_now(run_dir, state, runs_dir):
             st.info(f"Run {name} holds no checkpoint yet: a run writes one {_checkpoint_cadence(run_dir)}, "
                     "and when it ends. Wait for it, or pick another run.")
         else:  # no checkpoint will come: waiting would be in vain
@@ -306,23 +306,32 @@ def pick_run_and_checkpoint(runs_dir: Path):
         st.stop()
     run_dir, name = picked
     with top[1]:
-        checkpoint = pick_checkpoint(run_dir)
+        checkpoint = pick_checkpoint(run_dir, runs_dir=runs_dir)
     return run_dir, name, checkpoint, top[2]
 
 
-def training_now(run_dir: Path, state: str | None) -> bool:
+def training_now(run_dir: Path, state: str | None, runs_dir: Path | None = None) -> bool:
     """Whether the run (its live state: runs_table's, live_status's) is training, so a checkpoint may yet come.
 
-    "unknown" (no readable status.json) is a run being written only while a trainer holds its lock.
+    "unknown" (no readable status.json) is a run being written only while a trainer holds its lock, or
+    while the Train page's job starts it (its child loads torch and the data for seconds before that:
+    other pages called its checkpoints "removed").
     """
     if state in (State.RUNNING, "starting"):
         return True
-    return state == State.UNKNOWN and lock_holder(run_dir) is not None
+    if state != State.UNKNOWN:
+        return False
+    if lock_holder(run_dir) is not None:
+        return True
+    if runs_dir is None or Path(run_dir).resolve().parent != Path(runs_dir).resolve():
+        return False  # a sweep's trial: its sweep, not the Train page, starts it
+    job = registry(runs_dir).running()
+    return job is not None and Path(job.run_dir).resolve() == Path(run_dir).resolve()
 
 
-def no_checkpoint_note(run_dir: Path, state: str | None) -> str:
+def no_checkpoint_note(run_dir: Path, state: str | None, runs_dir: Path | None = None) -> str:
     """Compare's note for a run without a checkpoint to score."""
-    return "no checkpoint yet" if training_now(run_dir, state) else "no checkpoint: removed, or never written"
+    return "no checkpoint yet" if training_now(run_dir, state, runs_dir) else "no checkpoint: removed, or never written"
 
 
 def _checkpoint_cadence(run_dir: Path) -> str:

@@ -53,7 +53,7 @@ if score:
         found = list_checkpoints(runs_dir / name)
         try:
             if not found:
-                raise MixsepError(ui.no_checkpoint_note(runs_dir / name, rows[name]["state"]))
+                raise MixsepError(ui.no_checkpoint_note(runs_dir / name, rows[name]["state"], runs_dir))
             ev, scored_config, _ = ui.evaluation(found[0], data_root, int(count))
             if rows[name].get("model") and scored_config.model != rows[name]["model"]:  # the checkpoint's model's figures
                 table.loc[i, "note"] = "; ".join(filter(None, [  # a table cell is plain text, never markdown

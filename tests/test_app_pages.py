@@ -923,3 +923,21 @@ def test_a_stopped_run_with_a_bad_config_says_so_everywhere_and_keeps_saying_it(
     at.switch_page("app_pages/2_Samples.py").run()
     at.switch_page("app_pages/1_Train.py").run()
     assert widget(at.selectbox, "Run").value == "bad-config" and refusal in seen(texts(at.error)).replace("\u2060", "")
+
+
+def test_a_run_the_train_page_just_started_has_no_checkpoint_yet_not_a_removed_one(app_env, tmp_path, monkeypatch):
+    """For the seconds its child loads torch and the data (no status.json, no lock yet), other pages said the
+    run was not training and its checkpoints "were removed, or never written"."""
+    import mixsep_ui
+    from mixsep import TrainConfig
+
+    data, runs = app_env
+    slow = tmp_path / "slow"  # the child starts as slowly as on a loaded machine: a real process, held at start
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text("import time\ntime.sleep(8)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(slow), os.environ.get("PYTHONPATH")])))
+    run = mixsep_ui.registry(runs).start(TrainConfig(data_root=str(data), model="tiny", pretrained=False,
+                                                     device="cpu", batch_size=8, train_size=24))
+    at = open_page("app_pages/3_Metrics.py", run=run.name)
+    info = texts(at.info)
+    assert "holds no checkpoint yet" in info and "removed" not in info, info
