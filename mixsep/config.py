@@ -302,8 +302,8 @@ class TrainConfig:
                              "does not; results then differ from fp32's from the first step (bf16 keeps 8 bits "
                              "of mantissa, fp32 24)", "Mixed precision on the CPU (bf16)", "mechanics",
                              on_resume=True, widget="toggle", advanced=True)
-    checkpoint_every: int = setting(200, "steps between checkpoints, at most one in checkpoint_seconds (one is always written at "
-                                    "the end)",
+    checkpoint_every: int = setting(200, "steps between checkpoints, at most one in checkpoint_seconds (one is "
+                                         "always written at the end)",
                                     "Steps between checkpoints", "mechanics", low=1, on_resume=True)
     checkpoint_seconds: float = setting(10.0, "write checkpoints (every checkpoint_every steps and at each epoch's "
                                         "end) at most once in this many seconds; the run's end, a stop and the "
