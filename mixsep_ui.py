@@ -279,7 +279,8 @@ def pick_checkpoint(run_dir: Path, key: str = "checkpoint", runs_dir: Path | Non
         name, state = literal(run_dir.name), live_status(run_dir).get("state")
         if training_now(run_dir, state, runs_dir):
             st.info(f"Run {name} holds no checkpoint yet: a run writes one {_checkpoint_cadence(run_dir)}, "
-                    "and when it ends. Wait for it, or pick another run.")
+                    "and when it ends. Wait for it (this page shows it once it is written), or pick another run.")
+            _show_when_a_checkpoint_comes(str(run_dir))
         else:  # no checkpoint will come: waiting would be in vain
             st.info(f"Run {name} holds no checkpoint: its checkpoints folder has none (they were removed, or never "
                     f"written) and the run is not training ({literal(state)}). Pick another run.")
@@ -291,6 +292,16 @@ def pick_checkpoint(run_dir: Path, key: str = "checkpoint", runs_dir: Path | Non
     if st.session_state.get(key) not in by_name:
         st.session_state.pop(key, None)
     return by_name[st.selectbox("Checkpoint", list(by_name), key=key)]
+
+
+@st.fragment(run_every=2.0)
+def _show_when_a_checkpoint_comes(run_dir: str) -> None:
+    """Look again every 2 s while a training run has no checkpoint, and show the page once it has one
+    ("wait for it" was never answered: the page stayed as it was until the user reloaded it)."""
+    from mixsep.run import list_checkpoints
+
+    if list_checkpoints(Path(run_dir)):
+        st.rerun()
 
 
 def pick_run_and_checkpoint(runs_dir: Path):

@@ -417,3 +417,36 @@ def test_a_picked_run_stays_picked_when_its_state_changes(server):
             page.wait_for_timeout(1500)  # the page's own reruns settle
             assert f"run={run.name}" in page.url, (name, page.url)
         browser.close()
+
+
+def test_a_page_waiting_for_a_first_checkpoint_shows_it_once_it_is_written(server):
+    """"Holds no checkpoint yet ... Wait for it" was never answered: the page stayed as it was until reloaded."""
+    _need_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    from mixsep.cli import main
+    from mixsep.run import RunLock, write_status
+
+    url, tmp, proc = server
+    expect.set_options(timeout=60_000)
+    data = Path(os.environ.get("MIXSEP_BROWSER_DATA_ROOT") or tmp / "data")
+    runs = tmp / "runs"
+    assert main(["train", "--data-root", str(data), "--runs-dir", str(runs), "--model", "tiny",
+                 "--no-pretrained", "--epochs", "1", "--batch-size", "64", "--quiet"]) == 0
+    done = max(runs.iterdir(), key=lambda p: p.stat().st_mtime)
+    waiting = runs / "zzz-waiting"  # the newest: training (this process holds its lock), no checkpoint yet
+    shutil.copytree(done, waiting, ignore=shutil.ignore_patterns("checkpoints", ".lock"))
+    lock = RunLock(waiting).acquire()
+    try:
+        write_status(waiting, "running", step=1, total_steps=4)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM)
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"{url}/Samples?run={waiting.name}")
+            expect(page.get_by_text("holds no checkpoint yet")).to_be_visible()
+            shutil.copytree(done / "checkpoints", waiting / "checkpoints")  # its first checkpoint is written
+            expect(page.get_by_text(f"{waiting.name}  last.pt")).to_be_visible(timeout=30_000)
+            expect(page.get_by_text("holds no checkpoint yet")).to_have_count(0)
+            browser.close()
+    finally:
+        lock.release()
