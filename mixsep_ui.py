@@ -334,10 +334,11 @@ def training_now(run_dir: Path, state: str | None, runs_dir: Path | None = None)
         return False
     if lock_holder(run_dir) is not None:
         return True
-    if runs_dir is None or Path(run_dir).resolve().parent != Path(runs_dir).resolve():
+    here = Path(run_dir).resolve()
+    if runs_dir is None or here.parent != Path(runs_dir).resolve():
         return False  # a sweep's trial: its sweep, not the Train page, starts it
     job = registry(runs_dir).running()
-    return job is not None and Path(job.run_dir).resolve() == Path(run_dir).resolve()
+    return job is not None and Path(job.run_dir).resolve() == here
 
 
 def no_checkpoint_note(run_dir: Path, state: str | None, runs_dir: Path | None = None) -> str:

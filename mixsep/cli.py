@@ -808,16 +808,16 @@ def main(argv=None) -> int:
     elif threading.current_thread() is threading.main_thread():
         previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _terminated)}
     try:
-        for name in ("runs_dir", "data_root", "run_dir"):  # Path("") is the current folder: never meant
+        # "" is never meant: Path("") is the current folder, and a file or model read as not given took the
+        # default (`--checkpoint "$CKPT"` with CKPT unset scored another checkpoint)
+        for name, what in (("runs_dir", "a folder"), ("data_root", "a folder"), ("run_dir", "a folder"),
+                           ("checkpoint", "a file"), ("mnist_test", "a file"), ("cifar_test", "a file"),
+                           ("as_model", "a model")):
             if getattr(args, name, None) == "":
                 if name == "run_dir" and args.command != "train":  # a positional: it has no default
                     raise MixsepError("RUN_DIR is empty; name a run folder (or a checkpoint file inside one).")
-                raise MixsepError(f"--{name.replace('_', '-')} is empty; name a folder (or leave the flag out "
-                                  "for its default).")
-        for name in ("checkpoint", "mnist_test", "cifar_test", "as_model"):  # "" read as not given: the default
-            if getattr(args, name, None) == "":  # was used, and `--checkpoint "$CKPT"` scored another checkpoint
-                raise MixsepError(f"--{name.replace('_', '-')} is empty; name {'a model' if name == 'as_model' else 'a file'}"
-                                  " (or leave the flag out for its default).")
+                raise MixsepError(f"--{name.replace('_', '-')} is empty; name {what} (or leave the flag out for its "
+                                  "default).")
         return COMMANDS[args.command](args)
     except MixsepError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -283,10 +283,8 @@ def _storage_label(url: str) -> str:
         return (head + "://" if head else "") + f"{user}@{host}"
     try:
         parsed = make_url(url)
-        secret = {k: "***" for k in parsed.query if k.lower().endswith("password")}  # libpq's password, sslpassword
-        if secret:
-            parsed = parsed.update_query_dict(secret)
-        return re.sub(r"(?i)(password=)%2A%2A%2A", r"\1***", parsed.render_as_string(hide_password=True))
+        # libpq also takes a password (and sslpassword) as a query parameter: masked as in the fallbacks
+        return _QUERY_PASSWORD.sub(r"\1***", parsed.render_as_string(hide_password=True))
     except Exception:  # ArgumentError, or ValueError for a port that is not a number
         url = _QUERY_PASSWORD.sub(r"\1***", url)
         from .run import PASSWORD_KEYWORD
@@ -770,10 +768,11 @@ def _check_flags(args, runs_dir: Path) -> None:
         raise MixsepError(f"--report-every must be 0 (once per epoch) or a number of steps (got {args.report_every}).")
     if not 1 <= args.heartbeat <= 86400:  # Optuna's heartbeat thread waits on it: past a day it overflowed
         raise MixsepError(f"--heartbeat must be from 1 second to 86400 (a day) (got {args.heartbeat}).")
-    last = 2**32 - (args.workers or 1)  # worker k seeds its sampler with seed + k, and numpy takes 0 .. 2**32 - 1
+    workers = args.workers or 1
+    last = 2**32 - workers  # worker k seeds its sampler with seed + k, and numpy takes 0 .. 2**32 - 1
     if not 0 <= args.sampler_seed <= last:
-        raise MixsepError(f"--sampler-seed must be from 0 to {last}{' with ' + str(args.workers) + ' workers' if (args.workers or 1) > 1 else ''} "
-                          f"(got {args.sampler_seed}).")
+        with_workers = f" with {workers} workers" if workers > 1 else ""
+        raise MixsepError(f"--sampler-seed must be from 0 to {last}{with_workers} (got {args.sampler_seed}).")
 
 
 def _split(config: TrainConfig, space: dict, val_size: int, train_size: int | None) -> tuple[TrainConfig, int]:
