@@ -18,7 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import SEPARATE_MODES as MODES
 from .errors import MixsepError
-from .run import CHECKPOINTS, in_checkpoints, write_all
+from .run import CHECKPOINTS, in_checkpoints, temp_path, write_all
 
 SIZE = (32, 32)
 # an icon whose directory gives one size and whose image holds another: refused by that size below, not warned of
@@ -139,7 +139,11 @@ def check_outputs(paths: list[dict[str, Path]], out_dir: Path, overwrite: bool, 
     if in_checkpoints(out_dir.resolve(), this_run):
         raise MixsepError(f"--out {out_dir} is in a run's {CHECKPOINTS} folder, which only training writes; "
                           "choose another --out.")
+    longest = _name_max(out_dir if out_dir.is_dir() else out_dir.parent)
     for p in (p for d in paths for p in d.values()):
+        if len(os.fsencode(temp_path(p).name)) > longest:  # found now, not after the whole batch is separated
+            raise MixsepError(f"{p.name} is too long a name here: mixsep writes it under a longer hidden name first; "
+                              "give the image a shorter name.")
         if (p.exists() or p.is_symlink()) and not p.is_file():  # --overwrite replaces files, never a folder
             raise MixsepError(f"{p} exists and is not a file; move it away or choose another --out.")
         where = p.resolve()
@@ -150,6 +154,14 @@ def check_outputs(paths: list[dict[str, Path]], out_dir: Path, overwrite: bool, 
             raise MixsepError(f"{p} would be written over the checkpoint that separates them; choose another --out.")
         if p.exists() and not overwrite:
             raise MixsepError(f"{p} exists already; pass --overwrite to replace it, or choose another --out.")
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name (in bytes) the folder's file system takes; 255 where it will not say."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
 
 
 @torch.inference_mode()

@@ -406,3 +406,17 @@ def test_a_damaged_file_of_every_format_read_is_one_sentence():
             except Exception as e:  # noqa: BLE001 (what escapes is the finding)
                 escaped.setdefault(f"{fmt}: {e.__class__.__name__}", repr(e))
     assert not escaped, escaped
+
+
+def test_an_image_name_too_long_for_its_outputs_is_refused_before_any_work(capsys, data_root, tmp_path):
+    """A 240-character stem: `<stem>.mnist.png` fits in 255 bytes, its hidden temporary name does not. It was
+    found only when the first output was written, after the whole batch had been separated."""
+    run = _train(capsys, data_root, tmp_path / "runs")
+    inputs, _ = mixture_pngs(data_root, tmp_path / "in", 2)
+    long = inputs[1].with_name("a" * 240 + ".png")
+    inputs[1].rename(long)
+    out = tmp_path / "out"
+    before = tree(tmp_path)
+    assert main(["separate", str(run), str(inputs[0]), str(long), "--out", str(out)]) == 2
+    _one_error_line(capsys.readouterr().err, "a" * 240 + ".mnist.png is too long a name here", "shorter name")
+    assert tree(tmp_path) == before
