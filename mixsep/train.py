@@ -118,6 +118,20 @@ def _moments_fit(optimizer: object, shapes: list[tuple]) -> bool:
     return True
 
 
+# The last.pt a resume read, and the file it was: the CLI reads it before it writes anything, and the run reads it
+# again as it starts (a faithful run's is 139 MB). Kept only while the file is the same one, unchanged.
+_resume_read: list = [None, None]
+
+
+def _file_identity(path: Path) -> tuple:
+    st = path.stat()
+    return (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def forget_resume_point() -> None:
+    _resume_read[:] = [None, None]
+
+
 def read_resume_point(run_dir: Path, map_location="cpu") -> dict | None:
     """The run's last.pt, which a resume continues from (None: the run has no checkpoint yet, and starts at
     step 0). Refused before anything is written, naming the newest checkpoint that still reads: a damaged
@@ -126,7 +140,12 @@ def read_resume_point(run_dir: Path, map_location="cpu") -> dict | None:
     last = last_checkpoint(run_dir)
     if last.is_file():
         try:
-            return read_checkpoint(last, map_location=map_location)
+            seen = _file_identity(last)
+            if _resume_read[0] is not None and _resume_read[0] == seen:  # read moments ago, and unchanged since
+                return _resume_read[1]
+            state = read_checkpoint(last, map_location=map_location)
+            _resume_read[:] = [seen, state]
+            return state
         except UnreadableCheckpoint as e:
             raise _cannot_resume(run_dir, _without_advice(e)) from None
     if last.exists() or last.is_symlink():  # a FIFO, a folder, a dangling link
@@ -273,6 +292,7 @@ class Training:
 
     def _resume(self) -> None:
         state = read_resume_point(self.run_dir, self.device)
+        forget_resume_point()  # the run holds its weights now: 139 MB of a faithful checkpoint need not stay
         if state is not None:  # what does not fit the run is refused as a damaged last.pt: the run stays as it was
             old = TrainConfig.from_dict(state["config"])
             check_fits(self.run_dir, state, self.config.model, self.model)

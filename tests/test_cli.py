@@ -717,3 +717,33 @@ def test_an_output_name_too_long_for_its_hidden_temp_name_is_said_so(capsys, dat
     err = capsys.readouterr().err
     assert err.startswith(f"error: --json {out.name} is too long a name here") and "not writable" not in err, err
     assert not out.exists()
+
+
+_COUNT_READS = """
+import sys
+reads = []
+sys.addaudithook(lambda event, args: reads.append(args[1]) if event == "open" and str(args[0]).endswith("last.pt") else None)
+from mixsep.cli import main
+code = main(sys.argv[1:])
+print("reads of last.pt:", len(reads), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def test_a_resume_reads_its_last_checkpoint_once_unless_it_changed(capsys, data_root, tmp_path):
+    """`train --run-dir` read last.pt before it wrote anything and the run read it again as it began: twice
+    139 MB for a faithful run. Read once now; a last.pt replaced between the two reads is read again."""
+    run = _train(capsys, data_root, tmp_path / "runs")
+    out = subprocess.run([sys.executable, "-c", _COUNT_READS, "train", "--run-dir", str(run), "--quiet"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "reads of last.pt: 1\n" in out.stderr, out.stderr
+
+    from mixsep.train import read_resume_point
+    last = run / "checkpoints" / "last.pt"
+    first = read_resume_point(run)
+    again = read_resume_point(run)
+    assert again is first  # the same file, unchanged: not read again
+    import torch
+    torch.save(dict(first, step=first["step"] + 1), last)  # another last.pt in its place (a run resumed meanwhile)
+    assert read_resume_point(run)["step"] == first["step"] + 1
