@@ -43,6 +43,11 @@ if start_refused:
         st.error(ui.literal(start_refused[0]))
     else:
         del st.session_state["train_start_refused"]
+last_job = jobs.poll()
+if last_job.removed and not st.session_state.get("train_start_refused"):
+    # its trainer refused the new run before its first step (damaged data, say): its folder is gone, as the
+    # CLI's train removes it, and what it said stays here (every tab followed it) until the next start
+    st.error(ui.literal(last_job.message))
 if right.button("Stop", icon=":material/stop:", width="stretch") and not jobs.stop():
     st.info("No training is running.")  # a stopping run says so itself, below, in every tab, while it stops
 with st.expander("Config of the next run"):

@@ -178,7 +178,7 @@ def cmd_train(args) -> int:
     as it was, and a folder this command made for a run that never took a step is removed again.
     """
     from .errors import ResumeRefused
-    from .run import Run
+    from .run import Run, remove_unstarted
     from .train import new_run_dir
 
     if args.run_dir:
@@ -196,7 +196,7 @@ def cmd_train(args) -> int:
             cfg = _train_config(args)
         except BaseException:
             run.close(restore_lock=True)  # refused: the run's files byte for byte as they were, .lock included
-            _remove_unstarted(run.path, made)
+            remove_unstarted(run.path, made)
             raise
         _say_if_unlisted(run.path, Path(args.runs_dir))
     else:  # a bad setting or missing data stops here, before any folder is made
@@ -215,15 +215,15 @@ def cmd_train(args) -> int:
     except MixsepError as e:
         if made is None and _finished(run.path):  # a finished run trains no step: it stays finished (data gone, say)
             run.close(restore_lock=True)
-        elif not _remove_unstarted(run.path, made, run):  # a new run that never started (no GPU, corrupt data)
+        elif not remove_unstarted(run.path, made, run):  # a new run that never started (no GPU, corrupt data)
             _record_failure(run, str(e))
         raise
     except StoppedBeforeTraining:
-        if not _remove_unstarted(run.path, made, run):  # a resume keeps its folder: stopped, as it was
+        if not remove_unstarted(run.path, made, run):  # a resume keeps its folder: stopped, as it was
             _record_stop(run, "stopped by Ctrl-C or SIGTERM before training began")
         raise
     except KeyboardInterrupt:
-        if not _remove_unstarted(run.path, made, run):
+        if not remove_unstarted(run.path, made, run):
             _record_failure(run, "Training was force-quit before its first step.", only_if_not_ended=True)
         raise
     finally:
@@ -256,47 +256,6 @@ def _finished(run_dir: Path) -> bool:
     from .run import State, read_status
 
     return read_status(run_dir).get("state") == State.FINISHED
-
-
-def _remove_unstarted(run_dir: Path, made: Path | None, run=None) -> bool:
-    """Remove a run folder this command made, when the run never wrote a checkpoint or a step.
-
-    Only mixsep's own files go (the lock, status.json, an empty metrics.csv or checkpoints
-    folder, config.json), then the folders this command made, when empty; anything else keeps
-    the folder, and the failure is recorded in it instead. True when the folder was removed.
-    """
-    from .run import CHECKPOINTS, CONFIG, LOCK, METRICS, STATUS
-
-    if made is None:
-        return False
-    run_dir = run_dir.absolute()
-    try:
-        names = {p.name for p in run_dir.iterdir()}
-        ckpt = run_dir / CHECKPOINTS
-        if not names <= {LOCK, STATUS, CONFIG, METRICS, CHECKPOINTS} or (ckpt.is_dir() and any(ckpt.iterdir())):
-            return False
-        metrics = run_dir / METRICS
-        if metrics.is_file() and len(metrics.read_bytes().splitlines()) > 1:
-            return False
-        if run is not None:
-            run.close()  # the lock goes with its file
-        for name in names - {CHECKPOINTS}:
-            (run_dir / name).unlink()
-        if ckpt.is_dir():
-            ckpt.rmdir()
-        made = made.absolute()  # the parents it made go too, never a folder above those
-        stop_at = made if made == run_dir or made in run_dir.parents else run_dir
-        folder = run_dir
-        while True:
-            folder.rmdir()
-            if folder == stop_at:
-                break
-            folder = folder.parent
-            if any(folder.iterdir()):
-                break
-    except OSError:
-        return False
-    return True
 
 
 def _record_stop(run, message: str) -> None:

@@ -41,7 +41,7 @@ from .config import TrainConfig
 from .errors import MixsepError
 from .run import LOG as LOG_NAME  # the child's stdout and stderr, inside its run folder
 from .run import CONFIG, RunWriteError, State, delete_run, describe_os_error, is_alive, last_logged_step, \
-    live_status, read_status, request_stop, run_name, write_json, write_status
+    live_status, lock_holder, read_status, remove_unstarted, request_stop, run_name, write_json, write_status
 from .runs import live_runs
 from .train import check_fits, new_run_dir, read_resume_point
 
@@ -58,6 +58,8 @@ class JobState:
     alive: bool = False        # the child process still runs
     warnings: list[str] = field(default_factory=list)  # the child's warnings, from status.json
     stopping: bool = False     # alive, and asked to stop (from any tab): it ends after its current step
+    removed: bool = False      # a new run refused before its first step (bad data, say): its folder was removed,
+                               # as train's is, and ``message`` is its trainer's sentence
 
     @property
     def name(self) -> str:
@@ -76,6 +78,8 @@ class JobRegistry:
         self._pid: int | None = None       # the live child's pid, ours or adopted
         self._identity: dict | None = None # an adopted child's {"pid", "pid_start"}: re-checked before any signal
         self._run_dir: Path | None = None  # the current or last job's folder
+        self._made: Path | None = None     # the current job's folder when start() made it for a new run
+        self._removed: JobState | None = None  # the last job, refused before its first step, its folder removed
         self._stop_requested = False
 
     # ------------------------------------------------------------------ queries
@@ -96,14 +100,18 @@ class JobRegistry:
                 continue  # a sweep's trial belongs to its sweep process, not to the Train page
             self._proc, self._pid, self._run_dir = None, int(status["pid"]), run_dir
             self._identity = {"pid": status["pid"], "pid_start": status.get("pid_start")}
-            self._stop_requested = False
+            self._stop_requested, self._made, self._removed = False, None, None
             return
 
     def running(self) -> JobState | None:
         """The live job, or None."""
         with self._lock:
             self._adopt()
-            return self.poll() if self._alive() else None
+            if self._alive():
+                return self.poll()
+            if self._made is not None:  # a new run just ended: one refused before its first step goes now,
+                self.poll()             # before any page lists it
+            return None
 
     def poll(self) -> JobState:
         """The current or last job's state, read from its run folder.
@@ -131,6 +139,8 @@ class JobRegistry:
 
     def _state(self, run_dir: Path, owned: bool, alive: bool | None) -> JobState:
         """``alive`` None: another run than this registry's, alive while live_status reads it running."""
+        if owned and self._removed is not None and self._removed.run_dir == run_dir:
+            return self._removed
         if not run_dir.is_dir():
             return JobState(run_dir, "failed", f"The run folder {run_dir} was deleted.", alive=bool(alive))
         # a run merely selected whose trainer died with the server (a crash, an OOM kill) reads "interrupted"
@@ -140,6 +150,10 @@ class JobRegistry:
         if owned and not alive and status.get("state") in (State.UNKNOWN, State.RUNNING, None):
             self._record_death(run_dir, status)
             status = read_status(run_dir)
+        if owned and not alive and self._made == run_dir:
+            self._made = None  # its end is settled once
+            if self._remove_refused(run_dir, status):
+                return self._removed
         state = status.get("state", "unknown")
         if owned and alive and (state == "unknown" or status.get("pid") != self._pid):
             state = "starting"  # a resumed run's status.json is its last trainer's until this one writes
@@ -148,6 +162,16 @@ class JobRegistry:
         warns = status.get("warnings") if isinstance(status.get("warnings"), list) else []
         return JobState(run_dir, state, msg, step, int(status.get("total_steps") or 0), alive,
                         [str(w) for w in warns], stopping=owned and alive and self._stop_requested)
+
+    def _remove_refused(self, run_dir: Path, status: dict) -> bool:
+        """A new run whose trainer refused it before its first step (its data damaged, say) and said why in
+        status.json: its folder goes, as ``train`` removes the folder it made (the same code), and the
+        sentence is kept here for the page. A crash (a traceback in worker.log), a kill or a stop keeps it."""
+        if (status.get("state") != State.FAILED or status.get("pid") != self._pid or _step(run_dir, status)
+                or lock_holder(run_dir) is not None or not remove_unstarted(run_dir, run_dir)):
+            return False
+        self._removed = JobState(run_dir, State.FAILED.value, str(status.get("message") or ""), removed=True)
+        return True
 
     def _record_death(self, run_dir: Path, status: dict) -> None:
         code = self._proc.returncode if self._proc is not None else None
@@ -218,7 +242,7 @@ class JobRegistry:
                 why = str(e).rstrip(".") if isinstance(e, RunWriteError) else describe_os_error(e, run_dir / LOG_NAME)
                 raise MixsepError(f"{why}; nothing was started.") from None
             self._pid, self._run_dir, self._stop_requested = self._proc.pid, run_dir, False
-            self._identity = None
+            self._identity, self._made, self._removed = None, made, None
             return run_dir
 
     def stop(self) -> bool:
@@ -261,6 +285,7 @@ class JobRegistry:
         with self._lock:
             if not self._alive():
                 self._proc, self._pid, self._identity, self._run_dir = None, None, None, Path(run_dir).resolve()
+                self._made = self._removed = None
 
 
 def _step(run_dir: Path, status: dict) -> int:

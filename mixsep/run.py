@@ -890,6 +890,47 @@ def delete_run(runs_dir: Path, name: str) -> Path:
     return path
 
 
+def remove_unstarted(run_dir: Path, made: Path | None, run=None) -> bool:
+    """Remove a run folder made for a new run (by ``train``, or by the dashboard for its child), when the
+    run never wrote a checkpoint or a step.
+
+    Only mixsep's own files go (the lock, status.json, an empty metrics.csv or checkpoints
+    folder, config.json, the dashboard child's worker.log), then the folders that were made
+    (``made``: the run folder or a parent of it), when empty; anything else keeps the folder,
+    and the failure is recorded in it instead. True when the folder was removed.
+    """
+    if made is None:
+        return False
+    run_dir = run_dir.absolute()
+    try:
+        names = {p.name for p in run_dir.iterdir()}
+        ckpt = run_dir / CHECKPOINTS
+        if not names <= {LOCK, STATUS, CONFIG, METRICS, CHECKPOINTS, LOG} or (ckpt.is_dir() and any(ckpt.iterdir())):
+            return False
+        metrics = run_dir / METRICS
+        if metrics.is_file() and len(metrics.read_bytes().splitlines()) > 1:
+            return False
+        if run is not None:
+            run.close()  # the lock goes with its file
+        for name in names - {CHECKPOINTS}:
+            (run_dir / name).unlink()
+        if ckpt.is_dir():
+            ckpt.rmdir()
+        made = made.absolute()  # the parents it made go too, never a folder above those
+        stop_at = made if made == run_dir or made in run_dir.parents else run_dir
+        folder = run_dir
+        while True:
+            folder.rmdir()
+            if folder == stop_at:
+                break
+            folder = folder.parent
+            if any(folder.iterdir()):
+                break
+    except OSError:
+        return False
+    return True
+
+
 def disk_usage(run_dir: Path) -> int:
     """Bytes used by a run folder (its files, links not followed)."""
     total = 0

@@ -479,6 +479,27 @@ def test_start_with_a_batch_larger_than_the_pairs_makes_no_run_folder(app_env):
     assert sorted(p.name for p in runs.iterdir()) == before  # it once left a failed run behind
 
 
+def test_start_on_damaged_training_data_says_why_and_leaves_no_run_folder(app_env, tmp_path, monkeypatch):
+    """The trainer refuses a training file cut short only once it reads it: the page showed a failed run, kept
+    among the runs, where `train` removes the folder it made for a run the data refused."""
+    data, runs = app_env
+    damaged = shutil.copytree(data, tmp_path / "damaged")
+    images = damaged / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[:len(images.read_bytes()) // 2])
+    monkeypatch.setenv("MIXSEP_DATA_ROOT", str(damaged))
+    before = sorted(p.name for p in runs.iterdir())
+    at = open_page("app_pages/1_Train.py")
+    widget(at.toggle, "ImageNet").set_value(False).run()
+    widget(at.button, "Start").click().run()
+    # the trainer says why, then ends: its run folder goes with it
+    poll(at, lambda a: a.error and sorted(p.name for p in runs.iterdir()) == before, timeout=60,
+         what="the trainer's refusal, and its run folder removed")
+    assert f"{images} is truncated or corrupt" in seen(texts(at.error))
+    assert widget(at.selectbox, "Run").options == before  # no failed run to pick, resume or delete
+    at.run()  # it stays said (every tab followed the start) until the next one
+    assert "is truncated or corrupt" in seen(texts(at.error))
+
+
 # --------------------------------------------------------------------------- no data, bad input
 
 

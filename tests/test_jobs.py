@@ -139,7 +139,9 @@ def test_worker_that_fails_says_why(tmp_path, tiny_config, fake_python, jobs_of)
     run = jobs.start(tiny_config)
     state = jobs.wait(10)
     assert state.state == "failed" and state.message.startswith("No MNIST train data")
-    assert read_status(run)["state"] == "failed"  # recorded in the folder, the source of truth
+    # refused before its first step: the folder made for it goes, as train's does, and the sentence stays
+    assert state.removed and not run.exists() and not list((tmp_path / "runs").iterdir())
+    assert jobs.poll() == state and jobs.view(run) == state and jobs.running() is None
 
 
 def test_worker_crash_and_nonfinite(tmp_path, tiny_config, fake_python, jobs_of):
@@ -150,9 +152,10 @@ def test_worker_crash_and_nonfinite(tmp_path, tiny_config, fake_python, jobs_of)
     assert "Traceback" in (run / "worker.log").read_text()
 
     jobs = jobs_of(tmp_path / "runs2", python=fake_python, env=fake_env("nonfinite"))
-    jobs.start(tiny_config)
+    run = jobs.start(tiny_config)
     state = jobs.wait(10)
     assert state.state == "failed" and "Lower the learning rate" in state.message  # the trainer's own words kept
+    assert read_status(run)["state"] == "failed" and not state.removed  # in the folder, the source of truth
 
 
 def test_stop_while_starting(tmp_path, tiny_config, fake_python, jobs_of):
