@@ -100,6 +100,16 @@ def literal(text) -> str:
     return _BLOCK_START.sub(lambda m: m[1] + (f"\\{m[2]}" if m[2] else f"{m[3]}\\{m[4]}"), text, count=1)
 
 
+_CODE = re.compile(r"`([^`]+)`")  # a command quoted in mixsep's sentences, as the CLI prints it: `python -m ...`
+
+
+def sentence(text) -> str:
+    """A sentence of mixsep's own (an error, a run's message) as markdown: the commands it quotes between
+    backticks shown as code, everything else as ``literal`` text (``literal`` alone showed the backticks)."""
+    parts = _CODE.split(" ".join(str(text).splitlines()))
+    return "".join(f"`{part}`" if i % 2 else literal(part) for i, part in enumerate(parts))
+
+
 def setup(title: str) -> tuple[Path, Path]:
     """Page config, title and the sidebar's folders; returns (data_root, runs_dir)."""
     st.set_page_config(page_title=f"{title} · mixsep", page_icon="🧩", layout="wide")
@@ -451,9 +461,9 @@ def duration(seconds: float | None) -> str:
 def show_error(e: Exception, literal_text: bool = False) -> None:
     """One clear sentence for what the user can fix; st.stop() ends the page there.
 
-    ``literal_text``: show it as typed, for a message that quotes a user's names (``literal``).
+    ``literal_text``: show it as typed, for a message that quotes a user's names (``sentence``).
     """
-    st.error(literal(e) if literal_text else str(e))
+    st.error(sentence(e) if literal_text else str(e))
     st.stop()
 
 

@@ -40,14 +40,14 @@ if refused is not None:  # kept while what refused it lasts (the run training th
 start_refused = st.session_state.get("train_start_refused")
 if start_refused:
     if start_refused[1] == (now.name if now else None):
-        st.error(ui.literal(start_refused[0]))
+        st.error(ui.sentence(start_refused[0]))
     else:
         del st.session_state["train_start_refused"]
 last_job = jobs.poll()
 if last_job.removed and not st.session_state.get("train_start_refused"):
     # its trainer refused the new run before its first step (damaged data, say): its folder is gone, as the
     # CLI's train removes it, and what it said stays here (every tab followed it) until the next start
-    st.error(ui.literal(last_job.message))
+    st.error(ui.sentence(last_job.message))
 if right.button("Stop", icon=":material/stop:", width="stretch") and not jobs.stop():
     st.info("No training is running.")  # a stopping run says so itself, below, in every tab, while it stops
 with st.expander("Config of the next run"):
@@ -111,9 +111,9 @@ def status():
         st.rerun()
     st.subheader(f"{ui.STATE_ICON.get(job.state, '')} {ui.literal(job.name)}")  # names and messages as text
     if job.state == "failed":
-        st.error(ui.literal(job.message))
+        st.error(ui.sentence(job.message))
     elif job.state in ("stopped", "interrupted"):
-        st.warning(f"Run {job.state} at step {job.step}: {ui.literal(job.message)}")
+        st.warning(f"Run {job.state} at step {job.step}: {ui.sentence(job.message)}")
     elif job.state == "finished":
         st.success(f"Finished: {job.step} steps.")
     elif job.stopping:
@@ -121,9 +121,9 @@ def status():
     elif job.state == "starting":
         st.info("Starting: loading the data and the model…")
     elif job.state == "unknown":
-        st.warning(f"This run folder is incomplete ({ui.literal(job.message)}); it cannot be shown in full.")
+        st.warning(f"This run folder is incomplete ({ui.sentence(job.message)}); it cannot be shown in full.")
     for w in job.warnings:  # recorded by the trainer in status.json, in its own words
-        st.warning(ui.literal(w))
+        st.warning(ui.sentence(w))
     p = progress(ui.live_metrics(job.run_dir), job.total_steps)  # reads only the rows appended since the last poll
     sps = f"{p['samples_per_s']:.0f} samples/s" if p["samples_per_s"] else "… samples/s"
     eta = f"ETA {ui.duration(p['eta_s'])}" if job.alive else job.state
@@ -143,7 +143,7 @@ def status():
             st.session_state["train_refused"] = (str(job.run_dir), str(e))
     refused = st.session_state.get("train_refused")
     if refused and refused[0] == str(job.run_dir) and not job.alive:
-        st.error(ui.literal(refused[1]))
+        st.error(ui.sentence(refused[1]))
 
 
 def has_rows() -> bool:

@@ -44,7 +44,7 @@ if top[2].button("Start", type="primary", icon=":material/play_arrow:", disabled
         st.session_state["sweep_show"] = name
         st.rerun()
     except MixsepError as e:
-        st.error(ui.literal(e))
+        st.error(ui.sentence(e))
 if top[3].button("Stop", icon=":material/stop:", disabled=live is None, width="stretch"):
     sweeps.stop()
     st.info("Stopping: the running trial checkpoints and is queued to resume with the study.")
@@ -66,7 +66,7 @@ if top[4].button("Resume", icon=":material/replay:", disabled=live is not None o
         sweeps.start(["--study", shown, "--data-root", str(data_root)], storage=url or None, busy=busy)
         st.rerun()
     except MixsepError as e:
-        st.error(ui.literal(e))
+        st.error(ui.sentence(e))
 
 
 @st.fragment(run_every=2.0 if live else None)

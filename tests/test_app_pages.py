@@ -495,12 +495,30 @@ def test_start_on_damaged_training_data_says_why_and_leaves_no_run_folder(app_en
     poll(at, lambda a: a.error and sorted(p.name for p in runs.iterdir()) == before, timeout=60,
          what="the trainer's refusal, and its run folder removed")
     assert f"{images} is truncated or corrupt" in seen(texts(at.error))
+    assert "with `python -m mixsep download`." in texts(at.error) and "\\`" not in texts(at.error)  # code, not `
     assert widget(at.selectbox, "Run").options == before  # no failed run to pick, resume or delete
     at.run()  # it stays said (every tab followed the start) until the next one
     assert "is truncated or corrupt" in seen(texts(at.error))
 
 
 # --------------------------------------------------------------------------- no data, bad input
+
+
+def test_a_command_in_a_sentence_shows_as_code_never_as_backticks(app_env, tmp_path, monkeypatch):
+    """mixsep's sentences quote commands between backticks, as the CLI prints them; the Train page showed the
+    backticks themselves (it made the whole sentence literal text)."""
+    monkeypatch.setenv("MIXSEP_DATA_ROOT", str(tmp_path / "empty"))
+    at = open_page("app_pages/1_Train.py")
+    widget(at.button, "Start").click().run()
+    error = next(e.value for e in at.error if "No MNIST train data" in e.value)
+    assert f"Run `python -m mixsep download --data-root {tmp_path / 'empty'}` where" in error  # a code span
+    text = re.sub(r"`[^`]*`", "", error)  # the rest: text, as typed, with no backtick shown
+    assert not markup(text) and "`" not in seen(text)
+    assert seen(text).replace("\u2060", "").startswith(f"No MNIST train data under {tmp_path / 'empty'}: expected")
+    at.run()
+    assert not at.exception
+
+
 
 
 def test_no_data_every_page_explains(app_env, tmp_path, monkeypatch):
