@@ -176,16 +176,20 @@ class JobRegistry:
     def _record_death(self, run_dir: Path, status: dict) -> None:
         code = self._proc.returncode if self._proc is not None else None
         step = _step(run_dir, status)
+        # status.json's step is its newest checkpoint's (the trainer records it with each one), where a resume
+        # continues; it stays that, as the trainer's own failures keep it: steps logged since are done again
+        saved = int(status.get("step") or 0)
         # a child that failed with a sentence recorded it in status.json itself: this is for the others
         if self._stop_requested:
             write_status(run_dir, State.STOPPED, "stopped by request before training began" if step == 0
-                         else "stopped by request", step=step, total_steps=status.get("total_steps", 0))
+                         else "stopped by request", step=saved, total_steps=status.get("total_steps", 0))
             return
         how = (f"was killed by signal {-code}" if code is not None and code < 0
                else f"exited with code {code}" if code is not None else "is gone")
-        error = (f"The training process {how} at step {step}; its output is in {run_dir / LOG_NAME}. "
-                 "Resume the run from its last checkpoint or start a new one.")
-        write_status(run_dir, State.FAILED, error, step=step, total_steps=status.get("total_steps", 0), error=error)
+        resume = (f"Resume the run from its last checkpoint (step {saved}) or start a new one." if saved else
+                  "It wrote no checkpoint, so a resume starts from step 0; or start a new run.")
+        error = f"The training process {how} at step {step}; its output is in {run_dir / LOG_NAME}. {resume}"
+        write_status(run_dir, State.FAILED, error, step=saved, total_steps=status.get("total_steps", 0), error=error)
 
     # ------------------------------------------------------------------ actions
 

@@ -20,7 +20,7 @@ import pytest
 
 from mixsep import MixsepError, TrainConfig
 from mixsep.jobs import JobRegistry
-from mixsep.run import list_checkpoints, live_status, read_status
+from mixsep.run import last_logged_step, list_checkpoints, live_status, read_status
 from mixsep.runs import read_metrics
 
 FAKE_TRAINER = r'''
@@ -288,6 +288,32 @@ def test_real_cli_child_refuses_a_second_start_and_stops_within_a_step(tmp_path,
     assert saved == rows == state.step and rows < 1200  # the checkpoint holds every logged step
     assert not (run / "STOP").exists()
     assert [p.name for p in list_checkpoints(run)] == ["last.pt"]
+
+
+def test_a_killed_child_names_the_checkpoint_a_resume_starts_from(tmp_path, tiny_config, jobs_of):
+    """SIGKILL between checkpoints: status.json took the last logged step, and its sentence said to resume from
+    the last checkpoint, which is older: the step a resume continues from was said nowhere."""
+    import torch
+
+    tiny_config.epochs, tiny_config.batch_size, tiny_config.checkpoint_every = 50, 4, 5  # 1200 small steps
+    jobs = jobs_of(tmp_path / "runs")
+    run = jobs.start(tiny_config)
+
+    def checkpoint_step() -> int:
+        last = run / "checkpoints" / "last.pt"
+        return torch.load(last, weights_only=True)["step"] if last.is_file() else 0
+
+    def past_a_checkpoint() -> bool:  # checked while the child is stopped: still true when the kill lands
+        recorded = read_status(run).get("step") or 0
+        return 0 < recorded == checkpoint_step() < last_logged_step(run)
+    conftest.frozen_when(jobs._proc, past_a_checkpoint, what="steps logged past a checkpoint")
+    logged, saved = last_logged_step(run), checkpoint_step()
+    os.kill(jobs._pid, signal.SIGKILL)
+    state = jobs.wait(30)
+    assert state.state == "failed" and "killed by signal 9" in state.message, state.message
+    assert read_status(run)["step"] == saved  # the step a resume continues from, not the last logged one
+    assert f"at step {logged};" in state.message and f"last checkpoint (step {saved})" in state.message
+    assert state.step == logged  # the page's progress still counts the logged steps
 
 
 def test_a_running_sweep_blocks_training_and_its_trials_are_not_adopted(tmp_path, tiny_config, fake_python, jobs_of):
