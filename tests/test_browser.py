@@ -450,3 +450,33 @@ def test_a_page_waiting_for_a_first_checkpoint_shows_it_once_it_is_written(serve
             browser.close()
     finally:
         lock.release()
+
+
+@pytest.mark.heavy(15)
+def test_a_whole_number_typed_as_5e4_reads_50000_and_a_fraction_is_refused(server):
+    """Streamlit's integer box reads what is typed with the browser's parseInt: a seed typed 5e4 became 5
+    (and 2.5 became 2), without a word."""
+    _need_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    url, tmp, proc = server
+    expect.set_options(timeout=60_000)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(f"{url}/Train")
+        box = page.get_by_role("spinbutton", name="Seed")
+        page.get_by_text("Config of the next run").click()
+        config = page.get_by_test_id("stJson")
+        expect(config).to_contain_text('"seed":0')
+        box.fill("5e4")
+        box.press("Enter")
+        expect(config).to_contain_text('"seed":50000')
+        expect(box).to_have_value("50000")
+        box.fill("2.5")
+        box.press("Enter")
+        expect(page.get_by_text("Seed must be a whole number (got 2.5).")).to_be_visible()
+        page.get_by_role("button", name="Start").click()
+        expect(page.get_by_text("must be a whole number, not the number 2.5")).to_be_visible()
+        assert not (tmp / "runs").exists() or not list((tmp / "runs").iterdir())  # nothing was started
+        browser.close()
