@@ -473,6 +473,10 @@ def test_a_whole_number_typed_as_5e4_reads_50000_and_a_fraction_is_refused(serve
         box.press("Enter")
         expect(config).to_contain_text('"seed":50000')
         expect(box).to_have_value("50000")
+        box.fill("1234567")  # shown as typed: %g here is JavaScript's own number format, not C's six digits
+        box.press("Enter")
+        expect(config).to_contain_text('"seed":1234567')
+        expect(box).to_have_value("1234567")
         box.fill("2.5")
         box.press("Enter")
         expect(page.get_by_text("Seed must be a whole number (got 2.5).")).to_be_visible()
