@@ -941,6 +941,8 @@ def requeue(study, trial, stopped: bool = False) -> bool:
     """
     import optuna
 
+    if trial.number in _requeued(study.get_trials(deepcopy=False)):  # queued already: by the worker that took it
+        return True                                                    # over while this one stalled, say
     if not stopped and crashes(trial) >= MAX_RETRY:
         return False
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
@@ -1029,6 +1031,11 @@ class SweepInterrupted(Exception):
 class SweepHalted(SweepInterrupted):
     """A trial could not write its run folder (a full disk, a read-only one): the sweep stops with
     that sentence, and the trial is requeued to resume once the disk is fixed."""
+
+
+class TrialTakenOver(SweepInterrupted):
+    """Another worker failed this worker's trial (its heartbeat went stale while this worker stalled) and
+    requeued it: the trial is no longer this worker's, which leaves it as it is and goes on."""
 
 
 class FolderTaken(SweepInterrupted):
@@ -1165,15 +1172,23 @@ class Worker:
                 time.sleep(POLL_S)
                 continue
             waiting_said = False
+            self.trial_id, self.raised = None, None  # the objective sets them: a trial of this very call
             try:
                 try:
                     self.study.optimize(self.objective, n_trials=1, catch=(MixsepError,), gc_after_trial=True)
                 except Exception as e:
-                    if _database_error(e) is None:
+                    if _database_error(e) is not None:
+                        raise MixsepError(f"The sweep lost its database {storage_label(p.storage, p.runs_dir)} "
+                                          f"({_reason(e)}); once it is back, run the same command: the trial that "
+                                          "was running resumes from its last checkpoint.") from None
+                    if not self._taken_over(e):
                         raise
-                    raise MixsepError(f"The sweep lost its database {storage_label(p.storage, p.runs_dir)} "
-                                      f"({_reason(e)}); once it is back, run the same command: the trial that was "
-                                      "running resumes from its last checkpoint.") from None
+                    copy = next((t.number for t in self.study.get_trials(deepcopy=False)
+                                 if self.last in t.system_attrs.get("retry_history", [])), None)
+                    self.say(f"trial {self.last}: another worker took it over while this one stalled past its "
+                             f"heartbeat ({'it continues as trial ' + str(copy) if copy is not None else 'failed'}); "
+                             "this worker leaves it to that one and goes on")
+                    continue
             except KeyboardInterrupt:  # a second Ctrl-C: the trial comes back when the sweep does
                 trial = self.study._storage.get_trial(self.trial_id) if self.trial_id is not None else None
                 if trial is not None and trial.state == TrialState.FAIL:
@@ -1194,6 +1209,15 @@ class Worker:
             if self.last is not None:
                 self._report(self.last)
 
+    def _taken_over(self, e: Exception) -> bool:
+        """Whether optimize() ended in ``e`` because another worker finished this worker's trial meanwhile: the
+        objective did not raise ``e`` (Optuna's tell refused a finished trial), and the trial is failed."""
+        from optuna.trial import TrialState
+
+        if e is self.raised or self.trial_id is None:
+            return False
+        return self.study._storage.get_trial(self.trial_id).state == TrialState.FAIL
+
     def _report(self, number: int) -> None:
         t = next(t for t in self.study.get_trials(deepcopy=False) if t.number == number)
         params = " ".join(f"{k}={_short(v)}" for k, v in t.params.items())
@@ -1205,10 +1229,22 @@ class Worker:
         """Train one trial into its run folder, reporting validation PSNR; return the final one."""
         import optuna
 
+        self.last, self.trial_id, self.raised = trial.number, trial._trial_id, None
+        try:
+            return self._objective(trial)
+        except optuna.exceptions.UpdateFinishedTrialError:  # a write to a trial another worker took over
+            self.raised = TrialTakenOver(trial._trial_id)  # a SweepInterrupted: Optuna's log of it is dropped
+            raise self.raised from None
+        except BaseException as e:
+            self.raised = e
+            raise
+
+    def _objective(self, trial) -> float:
+        import optuna
+
         from .run import Run, RunWriteError, identity, resolve_run
 
         p = self.plan
-        self.last, self.trial_id = trial.number, trial._trial_id
         params = {name: dim.suggest(trial) for name, dim in p.space.items()}
         run_name = trial.user_attrs.get("run") or f"{p.study}/trial-{trial.number:04d}"
         for k, v in {"run": run_name, "host": socket.gethostname(), **identity()}.items():
@@ -1252,11 +1288,23 @@ class Worker:
         self.val.to(training.device)
         every = p.report_every or training.steps_per_epoch
         scores, at = None, -1
-        for r in training.steps():
-            if not pruned[0] and (r.step % every == 0 or r.step == r.total_steps):
-                scores, at = validate(training.model, self.val), r.step
-                trial.report(scores["psnr"], r.step)
-                pruned[0] = trial.should_prune()
+        steps = training.steps()
+        try:
+            for r in steps:
+                if not pruned[0] and (r.step % every == 0 or r.step == r.total_steps):
+                    scores, at = validate(training.model, self.val), r.step
+                    try:
+                        trial.report(scores["psnr"], r.step)
+                        pruned[0] = trial.should_prune()
+                    except optuna.exceptions.UpdateFinishedTrialError:  # failed by another worker, which requeued it
+                        steps.close()
+                        run.status(State.STOPPED, f"stopped at step {r.step}: another worker took trial {trial.number} "
+                                   f"of sweep '{p.study}' over while this one stalled past its heartbeat; the last "
+                                   f"checkpoint (step {training.last_good}) is kept", step=training.last_good,
+                                   total_steps=training.total_steps)
+                        raise
+        finally:  # under the folder's lock: an error here left the generator to write its status after run.close()
+            steps.close()
         if not pruned[0] and read_status(run.path).get("state") == State.STOPPED:
             # marked first, as for a write error: a kill, or a journal cut off, between Optuna's FAIL and the
             # requeue that follows it lost the trial for good, and the study counted it done

@@ -304,3 +304,74 @@ def test_a_disk_that_fills_mid_trial_stops_the_sweep_and_the_trial_resumes_once_
         assert counts(load_study(p)) == {"done": 2, "running": 0, "waiting": 0}
         steps = [int(row.split(",")[0]) for row in (first / "metrics.csv").read_text().splitlines()[1:]]
         assert steps == list(range(1, 201))  # resumed from its checkpoint, every step once
+
+
+# --------------------------------------------------------------------------- a worker that stalls
+
+
+def holds_a_lock_on(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` holds a POSIX lock on ``path`` (SQLite's, mid-transaction): frozen there, it would
+    keep the other worker out of the database."""
+    inode = os.stat(path).st_ino
+    return any(f[4] == str(pid) and f[5].rsplit(":", 1)[-1] == str(inode)
+               for f in (line.split() for line in Path("/proc/locks").read_text().splitlines()) if len(f) > 5)
+
+
+@pytest.mark.heavy(25)
+def test_a_stalled_worker_whose_trial_was_taken_over_leaves_it_and_goes_on(tmp_path):
+    """Worker a stalls (SIGSTOP) past its heartbeat; worker b, on another machine (its own runs folder), fails
+    a's trial and trains the copy. Woken, a crashed at its next trial.report with Optuna's
+    UpdateFinishedTrialError (a traceback, exit 1); it must say so in one line, leave the copy and its
+    folder to b, stop training its own copy of the trial, and wait for the study to finish."""
+    from optuna.trial import TrialState
+
+    from mixsep.cli import build_parser
+    from mixsep.run import read_status
+    from mixsep.sweep import load_study, plan
+
+    data = make_data_root(tmp_path / "data")
+    db = tmp_path / "study.db"
+    url = f"sqlite:///{db}"
+    env = dict(os.environ, MIXSEP_SWEEP_STORAGE=url)
+    args = lambda runs: ["sweep", "--study", "s", "--data-root", str(data), "--runs-dir", str(runs),  # noqa: E731
+                         "--heartbeat", "2", "--pruner", "none", *TINY[:-4], "--epochs", "60", "--trials", "1",
+                         "--report-every", "1", "--checkpoint-every", "1"]
+    runs_a, runs_b = tmp_path / "a", tmp_path / "b"
+    a = conftest.WarmProcess(args(runs_a), env=env)
+    b = None
+    try:
+        mine = runs_a / "s" / "trial-0000"
+        conftest.frozen_when(a, lambda: (mine / "checkpoints" / "last.pt").is_file() and db.is_file()
+                             and not holds_a_lock_on(a.pid, db), what="worker a mid-trial, outside a transaction")
+        time.sleep(8)  # past the heartbeat's grace period (3 heartbeats): a's trial is stale
+        b = conftest.WarmProcess(args(runs_b), env=env)
+        p = plan(build_parser().parse_args([*args(runs_b), "--storage", url]))
+        copy = lambda: next((t for t in load_study(p).get_trials(deepcopy=False)  # noqa: E731
+                             if t.system_attrs.get("failed_trial") == 0), None)
+        theirs = runs_b / "s" / "trial-0000"
+        conftest.wait_for(lambda: (theirs / "checkpoints" / "last.pt").is_file() and copy().state == TrialState.RUNNING,
+                          120, "worker b training the copy")
+        a.send_signal(signal.SIGCONT)
+        said = "trial 0: another worker took it over while this one stalled past its heartbeat (it continues as " \
+               "trial 1); this worker leaves it to that one and goes on"
+        conftest.wait_for(lambda: said in Path(a._err).read_text() or a.poll() is not None, 120, "worker a's line")
+        assert said in Path(a._err).read_text(), Path(a._err).read_text()[-3000:]
+        if b.poll() is None:  # b still at it: its copy untouched, still b's
+            assert copy().state == TrialState.RUNNING and copy().user_attrs["pid"] == b.pid
+        out_b, err_b = b.communicate(timeout=300)
+        out_a, err_a = a.communicate(timeout=300)
+    finally:
+        for proc in (a, b):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+                proc.wait()
+    assert b.returncode == 0, err_b
+    assert a.returncode == 0 and "Traceback" not in err_a and "error" not in err_a, err_a
+    trials = load_study(p).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]  # one copy, trained by b
+    assert trials[1].user_attrs["pid"] == b.pid and trials[1].user_attrs["run"] == "s/trial-0000"
+    status = read_status(mine)
+    assert status["state"] == "stopped" and "another worker took trial 0 of sweep 's' over" in status["message"]
+    assert "validation" not in status  # a's folder does not claim the trial's result
+    assert read_status(theirs)["state"] == "finished" and read_status(theirs)["validation"]["trial"] == 1
