@@ -904,10 +904,40 @@ def load_study(p: Plan, index: int = 0):
     n_startup = max(1, min(10, p.trials // 3))
     sampler = optuna.samplers.TPESampler(seed=p.sampler_seed + index, n_startup_trials=n_startup, constant_liar=True)
     pruner = {"median": optuna.pruners.MedianPruner(n_startup_trials=max(1, min(5, p.trials // 4)), n_warmup_steps=0),
-              "halving": optuna.pruners.SuccessiveHalvingPruner(),
+              "halving": _halving()(),
               "none": optuna.pruners.NopPruner()}[p.pruner]
     return optuna.load_study(study_name=p.study, storage=open_storage(p.storage, p.runs_dir, p.heartbeat),
                              sampler=sampler, pruner=pruner)
+
+
+@functools.lru_cache(maxsize=None)
+def _halving():
+    """Optuna's successive halving pruner, blind to the trials a requeued copy continues (made on first use)."""
+    from optuna.pruners import SuccessiveHalvingPruner
+
+    class Halving(SuccessiveHalvingPruner):
+        """A rung counts the values every trial reached there, failed ones too; a trial whose worker died (or
+        that was stopped) is failed and continued by its copy, which carries its rung values on (requeue), so
+        the original is left out: it counted twice against the others."""
+
+        def prune(self, study, trial) -> bool:
+            return super().prune(_LatestTries(study), trial)
+
+    return Halving
+
+
+class _LatestTries:
+    """A study seen without the trials that a requeued copy continues (the copy stands for them)."""
+
+    def __init__(self, study):
+        self._study = study
+
+    def __getattr__(self, name):
+        return getattr(self._study, name)
+
+    def get_trials(self, deepcopy: bool = True, states=None) -> list:
+        continued = _requeued(self._study.get_trials(deepcopy=False))
+        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states) if t.number not in continued]
 
 
 def counts(study) -> dict:
@@ -947,10 +977,12 @@ def requeue(study, trial, stopped: bool = False) -> bool:
         return False
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
     user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ("host", "pid", "pid_start", "halted")}
+    # successive halving's values at the rungs the trial reached: the copy goes on from its rung (_halving)
+    rungs = {k: v for k, v in trial.system_attrs.items() if k.startswith("completed_rung_")}
     study.add_trial(optuna.trial.create_trial(
         state=optuna.trial.TrialState.WAITING, params=trial.params, distributions=trial.distributions,
         user_attrs=user_attrs, intermediate_values=trial.intermediate_values,
-        system_attrs={"failed_trial": history[0], "retry_history": history,
+        system_attrs={**rungs, "failed_trial": history[0], "retry_history": history,
                       "stops": trial.system_attrs.get("stops", 0) + stopped}))
     return True
 

@@ -375,3 +375,46 @@ def test_a_stalled_worker_whose_trial_was_taken_over_leaves_it_and_goes_on(tmp_p
     assert status["state"] == "stopped" and "another worker took trial 0 of sweep 's' over" in status["message"]
     assert "validation" not in status  # a's folder does not claim the trial's result
     assert read_status(theirs)["state"] == "finished" and read_status(theirs)["validation"]["trial"] == 1
+
+
+# --------------------------------------------------------------------------- successive halving and requeued trials
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_requeued_trial_counts_once_at_the_halving_rungs(data_root, tmp_path):
+    """A trial whose worker died is failed and continued by its copy; the failed original kept its
+    completed_rung_* values, so at each rung it counted twice (original and copy) against the others, and a
+    trial in the top 2 of 8 was pruned as if it were third of 9."""
+    from optuna.trial import TrialState
+
+    from mixsep.cli import build_parser
+    from mixsep.sweep import create_study, load_study, plan, requeue
+
+    p = plan(build_parser().parse_args(sweep_args(data_root, tmp_path / "runs", "--storage",
+                                                  f"sqlite:///{tmp_path / 'study.db'}", "--pruner", "halving",
+                                                  "--space", "lr=1e-4:1e-2", "--trials", "20")))
+    create_study(p)
+    study = load_study(p)  # a real study on SQLite, with the sweep's pruner: rung 0 at step 1, rung 1 at step 4
+
+    def trial(value: float, step: int = 1, prune: bool = True):
+        t = study.ask()
+        t.report(value, step)
+        return t, prune and t.should_prune()
+
+    done, _ = trial(5.0, prune=False)
+    study.tell(done, 5.0)  # a complete trial: the pruner's resource unit comes from it
+    for value in (10.0, 11.0, 12.0, 13.0, 14.0, 15.0):  # six trials at rung 0, each promoted in turn
+        t, pruned = trial(value)
+        assert not pruned
+        study.tell(t, value)
+    dying, pruned = trial(20.0)  # the best at rung 0 ...
+    assert not pruned
+    study._storage.set_trial_state_values(dying._trial_id, TrialState.FAIL)  # ... when its worker dies
+    assert requeue(study, study._storage.get_trial(dying._trial_id))
+    copy = study.ask()  # the copy resumes: it reports the steps after its checkpoint
+    assert copy.number == dying.number + 1
+    copy.report(20.5, 2)
+    assert not copy.should_prune()
+    assert study._storage.get_trial(copy._trial_id).system_attrs["completed_rung_0"] == 20.0  # carried on
+    _, pruned = trial(19.0)  # 8 at rung 0 (the copy once): the top 2 go on, and 19 is second
+    assert not pruned
