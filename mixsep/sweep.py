@@ -976,7 +976,8 @@ def requeue(study, trial, stopped: bool = False) -> bool:
     if not stopped and crashes(trial) >= MAX_RETRY:
         return False
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
-    user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ("host", "pid", "pid_start", "halted")}
+    user_attrs = {k: v for k, v in trial.user_attrs.items()
+                  if k not in ("host", "pid", "pid_start", "halted", "error")}  # the try's own, not the trial's
     # successive halving's values at the rungs the trial reached: the copy goes on from its rung (_halving)
     rungs = {k: v for k, v in trial.system_attrs.items() if k.startswith("completed_rung_")}
     study.add_trial(optuna.trial.create_trial(
@@ -1070,7 +1071,13 @@ class TrialTakenOver(SweepInterrupted):
     requeued it: the trial is no longer this worker's, which leaves it as it is and goes on."""
 
 
-class FolderTaken(SweepInterrupted):
+class TrialRefused(SweepInterrupted):
+    """A trial refused for something the user must fix (its run folder busy, damaged or another run's, the
+    data gone), not for its parameters: failing it for good spent it, and the next trial met the same
+    refusal. The sweep stops with that sentence; the trial is requeued to train once it is fixed."""
+
+
+class FolderTaken(TrialRefused):
     """A trial's run folder holds a run of other settings: not this trial's, nor one of its earlier tries.
     The sweep stops with that sentence; the trial is requeued to train once the folder is moved away."""
 
@@ -1226,7 +1233,7 @@ class Worker:
                 if trial is not None and trial.state == TrialState.FAIL:
                     requeue(self.study, trial, stopped=True)
                 raise
-            except FolderTaken as e:  # every later trial number may be taken too: stop, and lose nothing
+            except TrialRefused as e:  # every later trial may be refused alike (its number taken): stop, lose nothing
                 requeue(self.study, self.study._storage.get_trial(self.trial_id), stopped=True)
                 raise MixsepError(str(e)) from None
             except SweepInterrupted as e:
@@ -1267,6 +1274,11 @@ class Worker:
         except optuna.exceptions.UpdateFinishedTrialError:  # a write to a trial another worker took over
             self.raised = TrialTakenOver(trial._trial_id)  # a SweepInterrupted: Optuna's log of it is dropped
             raise self.raised from None
+        except MixsepError as e:  # a refusal (a diverged trial is pruned): no result of the trial's parameters
+            trial.set_user_attr("error", str(e))
+            self.raised = TrialRefused(f"{str(e).rstrip('.')}. Trial {trial.number} is queued to train again: once "
+                                       "that is fixed, run the same command.")
+            raise self.raised from None
         except BaseException as e:
             self.raised = e
             raise
@@ -1301,8 +1313,8 @@ class Worker:
                 pass  # then not even FAIL gets written: the trial stays running and comes back as a dead worker's
             raise SweepHalted(trial._trial_id, str(e)) from None
         except MixsepError as e:
-            trial.set_user_attr("error", str(e))
             if "non-finite" in str(e):  # diverged: a real, bad result the sampler should learn from
+                trial.set_user_attr("error", str(e))
                 raise optuna.TrialPruned() from None
             raise
         finally:

@@ -696,6 +696,8 @@ def test_stop_requeues_the_running_trial(tmp_path):
 
 def test_a_trial_whose_resume_is_refused_keeps_its_config(tmp_path):
     """A trial resumed with this machine's own --cpu-bf16 saved it to config.json, then found its last.pt cut short."""
+    from optuna.trial import TrialState
+
     data, runs, sweeps, first = _running_sweep(tmp_path, trials=1)
     assert sweeps.stop()
     sweeps.wait(120)
@@ -705,7 +707,12 @@ def test_a_trial_whose_resume_is_refused_keeps_its_config(tmp_path):
     sweeps.start(["--study", "s", "--data-root", str(data), "--cpu-bf16"])
     sweeps.wait(120)
     assert conftest.tree(first, skip=(".lock",)) == before  # config.json too: cpu_bf16 still false
-    assert "so the run cannot resume and is left as it was" in study_of(runs, "s").trials[-1].user_attrs["error"]
+    trials = study_of(runs, "s").trials  # refused, not spent: queued again, it trains once last.pt is dealt with
+    assert "so the run cannot resume and is left as it was" in trials[-2].user_attrs["error"]
+    assert trials[-1].state == TrialState.WAITING and trials[-1].user_attrs["run"] == "s/trial-0000"
+    said = sweeps.error()
+    assert "so the run cannot resume and is left as it was" in said and said.endswith(
+        f"Trial {trials[-2].number} is queued to train again: once that is fixed, run the same command."), said
 
 
 @pytest.mark.heavy(12)

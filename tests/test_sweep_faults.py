@@ -418,3 +418,43 @@ def test_a_requeued_trial_counts_once_at_the_halving_rungs(data_root, tmp_path):
     assert study._storage.get_trial(copy._trial_id).system_attrs["completed_rung_0"] == 20.0  # carried on
     _, pruned = trial(19.0)  # 8 at rung 0 (the copy once): the top 2 go on, and 19 is second
     assert not pruned
+
+
+# --------------------------------------------------------------------------- a trial refused
+
+
+def test_a_trial_refused_for_its_folder_is_queued_again_not_spent(tmp_path):
+    """Trial 1's folder held a config.json that does not read: the trial was failed for good (Optuna's
+    traceback on stderr), the sweep ended "finished" with exit 0 and the next runs counted it done. Refused,
+    it stops the sweep with one sentence and exit 2, and trains once the folder is fixed."""
+    from optuna.trial import TrialState
+
+    from mixsep.cli import build_parser
+    from mixsep.sweep import counts, load_study, plan
+
+    data = make_data_root(tmp_path / "data")
+    runs = tmp_path / "runs"
+    args = sweep_args(data, runs, "--pruner", "none")
+    assert cli(*args).returncode == 0  # trial 0
+    bad = runs / "s" / "trial-0001"
+    bad.mkdir()
+    (bad / "config.json").write_text('{"lr": ')  # a half-written config, as a full disk leaves one
+    before = tree(runs / "s", skip=("sweep.json",))
+    more = [*args, "--trials", "2"]  # the last --trials wins
+    refused = cli(*more)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.startswith(f"error: {bad / 'config.json'} is not a readable mixsep config (") and \
+        refused.stderr.endswith(". Trial 1 is queued to train again: once that is fixed, run the same command.\n") \
+        and refused.stderr.count("\n") == 1, refused.stderr
+    assert tree(runs / "s", skip=("sweep.json",)) == before  # the folder left as it was
+    p = plan(build_parser().parse_args(more))
+    trials = load_study(p).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
+    assert "error" not in trials[2].user_attrs and trials[2].user_attrs["run"] == "s/trial-0001"
+    assert counts(load_study(p))["done"] == 1  # not spent
+
+    (bad / "config.json").unlink()  # fixed: the same command trains it
+    again = cli(*more)
+    assert again.returncode == 0, again.stderr
+    assert counts(load_study(p)) == {"done": 2, "running": 0, "waiting": 0}
+    assert load_study(p).trials[-1].state == TrialState.COMPLETE and (bad / "checkpoints" / "last.pt").is_file()
