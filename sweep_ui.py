@@ -34,7 +34,7 @@ def registry(runs_dir: Path) -> SweepRegistry:
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _storage(url: str, runs_dir: str, exists: bool):
-    check_storage(url or None)  # one sentence for a bad URL or a database that is down (errors are not cached)
+    check_storage(url or None, writes=False)  # one sentence for a bad URL or a database that is down (not cached)
     return open_storage(url or None, Path(runs_dir), create=False)
 
 

@@ -300,8 +300,13 @@ def _extra_at(url: str) -> bool:
     return rest.count("@") > 1  # anywhere: a '/' or '?' in the password ended the part looked at
 
 
-def check_storage(url: str | None, timeout_s: int = 10) -> None:
-    """Refuse an unknown scheme or an unreachable database, writing nothing anywhere."""
+_SQLITE_QUERY = ("mode", "timeout")  # the query options of a sqlite:/// storage that take effect (_connect_url)
+_SQLITE_MODES = ("ro", "rw", "rwc")  # SQLite's own: read-only, read-write, read-write-create (its default)
+
+
+def check_storage(url: str | None, timeout_s: int = 10, writes: bool = True) -> None:
+    """Refuse an unknown scheme or an unreachable database, writing nothing anywhere; ``writes``: the command
+    writes the study (a sweep, not --best), so a read-only storage is refused too."""
     if not url:
         return
     if _extra_at(url):
@@ -329,6 +334,7 @@ def check_storage(url: str | None, timeout_s: int = 10) -> None:
     if parsed.get_backend_name() == "sqlite":  # connecting would create the file: check its folder only
         if parsed.database in (None, "", ":memory:"):
             raise MixsepError(f"{shown} is an in-memory database that other processes cannot share; name a file.")
+        _check_sqlite_query(parsed.query, shown, writes)
         file = Path(parsed.database).expanduser().resolve()
         if not file.parent.is_dir():
             raise MixsepError(f"The folder {file.parent} of {shown} does not exist; create it or choose another path.")
@@ -356,6 +362,38 @@ def check_storage(url: str | None, timeout_s: int = 10) -> None:
     except sqlalchemy.exc.SQLAlchemyError as e:
         raise MixsepError(f"Cannot reach the database {shown} ({_reason(e)}); start it, or check the host, port, "
                           "user, password and database name in the storage URL.") from None
+
+
+def _check_sqlite_query(query, shown: str, writes: bool) -> None:
+    """Refuse a sqlite:/// storage's query option that would not take effect (SQLite's driver silently drops all
+    but its own, and its 'uri' reads the path as another file), and a read-only one for a command that writes."""
+    for key, value in query.items():
+        if key not in _SQLITE_QUERY:
+            raise MixsepError(f"{shown} has the query option '{key}', which a SQLite storage does not take (its driver "
+                              "would ignore it); drop it: one takes mode=ro|rw|rwc and timeout=SECONDS.")
+        if not isinstance(value, str):
+            raise MixsepError(f"{shown} gives '{key}' {len(value)} times; give it once.")
+    mode, timeout = query.get("mode"), query.get("timeout")
+    if mode is not None and mode not in _SQLITE_MODES:
+        raise MixsepError(f"{shown} has mode={mode}; a SQLite storage takes mode=ro (read-only), rw or rwc "
+                          "(read-write).")
+    if timeout is not None and not re.fullmatch(r"\d+(\.\d*)?", timeout):
+        raise MixsepError(f"{shown} has timeout={timeout}; give the seconds a worker waits for another's write, "
+                          "such as timeout=30.")
+    if mode == "ro" and writes:
+        raise MixsepError(f"{shown} opens the database read-only (mode=ro), and a sweep writes its study there; drop "
+                          "'?mode=ro' to run it (--best, which only reads, takes it).")
+
+
+def _connect_url(parsed):
+    """The URL SQLAlchemy connects to: a sqlite:/// storage's mode (mode=ro: read-only) is an option of SQLite's
+    own URI filenames, which its driver passes on only with uri=true; from a plain path it drops it silently."""
+    if parsed.get_backend_name() != "sqlite" or "mode" not in parsed.query:
+        return parsed
+    from urllib.parse import quote
+
+    file = Path(parsed.database).expanduser().resolve()
+    return parsed.set(database="file:" + quote(str(file)), query={**parsed.query, "uri": "true"})
 
 
 def database_url(url: str):
@@ -398,7 +436,7 @@ def open_storage(url: str | None, runs_dir: Path, heartbeat_s: int = 30, create:
     if not create:
         if parsed.get_backend_name() == "sqlite" and not Path(parsed.database).expanduser().is_file():
             return None
-        engine = sqlalchemy.create_engine(parsed, **_engine_kwargs(parsed, 10))
+        engine = sqlalchemy.create_engine(_connect_url(parsed), **_engine_kwargs(parsed, 10))
         try:
             if not sqlalchemy.inspect(engine).has_table("studies"):
                 return None
@@ -411,7 +449,7 @@ def open_storage(url: str | None, runs_dir: Path, heartbeat_s: int = 30, create:
     for attempt in range(3):
         try:
             return optuna.storages.RDBStorage(
-                parsed.render_as_string(hide_password=False), engine_kwargs=_engine_kwargs(parsed, 10),
+                _connect_url(parsed).render_as_string(hide_password=False), engine_kwargs=_engine_kwargs(parsed, 10),
                 heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s,
                 heartbeat_stale_trial_callback=lambda study, trial: requeue(
                     study, trial, stopped=ended_cleanly(runs_dir, trial)))
@@ -662,7 +700,7 @@ def plan(args) -> Plan:
     local.setdefault("data_root", default_data_root())
     local["data_root"] = str(Path(local["data_root"]).expanduser().resolve())
 
-    check_storage(args.storage)
+    check_storage(args.storage, writes=not getattr(args, "best", False))
     storage = open_storage(args.storage, runs_dir, args.heartbeat, create=False)
     stored = _stored(storage, study)
     if stored is None and getattr(args, "best", False):  # before checks that only a new study needs

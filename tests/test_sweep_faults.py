@@ -458,3 +458,43 @@ def test_a_trial_refused_for_its_folder_is_queued_again_not_spent(tmp_path):
     assert again.returncode == 0, again.stderr
     assert counts(load_study(p)) == {"done": 2, "running": 0, "waiting": 0}
     assert load_study(p).trials[-1].state == TrialState.COMPLETE and (bad / "checkpoints" / "last.pt").is_file()
+
+
+# --------------------------------------------------------------------------- a read-only sqlite storage
+
+
+def test_a_read_only_sqlite_storage_is_read_by_best_and_refused_by_a_sweep(capsys, tmp_path, monkeypatch):
+    """`sqlite:///x.db?mode=ro` ran the sweep read-write: SQLite's driver dropped the query (with a warning
+    on stderr) and the study was written. A sweep, which writes, is refused; --best reads it read-only."""
+    data = make_data_root(tmp_path / "data")
+    runs, db = tmp_path / "runs", tmp_path / "study.db"
+    monkeypatch.setenv("MIXSEP_SWEEP_STORAGE", f"sqlite:///{db}")
+    assert main(sweep_args(data, runs, "--pruner", "none")) == 0  # a study of one trial
+    capsys.readouterr()
+    monkeypatch.setenv("MIXSEP_SWEEP_STORAGE", f"sqlite:///{db}?mode=ro")
+    before, digest = tree(tmp_path), sha(db)
+    assert main(sweep_args(data, runs, "--trials", "2")) == 2
+    assert one_error(capsys) == (f"error: sqlite:///{db}?mode=ro opens the database read-only (mode=ro), and a sweep "
+                                 "writes its study there; drop '?mode=ro' to run it (--best, which only reads, takes "
+                                 "it).")
+    assert tree(tmp_path) == before
+    assert main(sweep_args(data, runs, "--best")) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{runs / 's' / 'trial-0000'}\n" and err.startswith("best: trial 0, ") and err.count("\n") == 1, err
+    assert sha(db) == digest and tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("query, says", [
+    ("?journal_mode=wal", "has the query option 'journal_mode', which a SQLite storage does not take (its driver "
+                          "would ignore it); drop it: one takes mode=ro|rw|rwc and timeout=SECONDS."),
+    ("?mode=ro&uri=true", "has the query option 'uri', which a SQLite storage does not take"),  # a file 'x.db?mode=ro'
+    ("?mode=memory", "has mode=memory; a SQLite storage takes mode=ro (read-only), rw or rwc (read-write)."),
+    ("?timeout=soon", "has timeout=soon; give the seconds a worker waits for another's write, such as timeout=30."),
+])
+def test_a_sqlite_query_option_that_would_not_take_effect_is_one_sentence(capsys, tmp_path, monkeypatch, query, says):
+    data = make_data_root(tmp_path / "data")
+    monkeypatch.setenv("MIXSEP_SWEEP_STORAGE", f"sqlite:///{tmp_path / 'study.db'}{query}")
+    before = tree(tmp_path)
+    assert main(sweep_args(data, tmp_path / "runs")) == 2
+    assert one_error(capsys).startswith(f"error: sqlite:///{tmp_path / 'study.db'}{query} {says}")
+    assert tree(tmp_path) == before
