@@ -375,6 +375,35 @@ def _was(setting, value) -> str:
     return " ".join(setting.argv(value)) if setting.type is bool else _word(value)
 
 
+class StdoutFailed(OSError):
+    """A write to standard output failed (other than a reader closing the pipe): `> /dev/full`, a full disk."""
+
+
+class _Stdout:
+    """sys.stdout, whose failed writes say that they were stdout's: an OSError from a bare print() names no file,
+    and came out as a traceback."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _do(self, how, *args):
+        try:
+            return how(*args)
+        except BrokenPipeError:  # the reader has all it wanted: main() says nothing
+            raise
+        except OSError as e:
+            raise StdoutFailed(e.errno, e.strerror or e.__class__.__name__) from None
+
+    def write(self, text):
+        return self._do(self._stream.write, text)
+
+    def flush(self):
+        return self._do(self._stream.flush)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def _early_signal(signum, frame):
     """train's and sweep's handler from their first line until their own (importing torch, reading the settings
     and data): as Python's own for Ctrl-C (KeyboardInterrupt), a stop for SIGTERM (train's only: the page's
@@ -603,7 +632,7 @@ def cmd_evaluate(args) -> int:
             print(f"  {a['source']}: PSNR {a['psnr_data_range_255']:.2f} dB, SSIM {a['ssim_data_range_255']:.4f}  (not a real score)")
         sys.stdout.flush()
         closed = None
-    except BrokenPipeError as e:
+    except (BrokenPipeError, StdoutFailed) as e:  # the files are written all the same
         closed = e
     from .run import json_bytes, write_all
 
@@ -766,6 +795,7 @@ def main(argv=None) -> int:
         previous = {s: signal.signal(s, _early_signal) for s in signals}
     elif threading.current_thread() is threading.main_thread():
         previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _terminated)}
+    stdout, sys.stdout = sys.stdout, _Stdout(sys.stdout)
     try:
         # "" is never meant: Path("") is the current folder, and a file or model read as not given took the
         # default (`--checkpoint "$CKPT"` with CKPT unset scored another checkpoint)
@@ -777,7 +807,9 @@ def main(argv=None) -> int:
                     raise MixsepError("RUN_DIR is empty; name a run folder (or a checkpoint file inside one).")
                 raise MixsepError(f"--{name.replace('_', '-')} is empty; name {what} (or leave the flag out for its "
                                   "default).")
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a stdout that cannot be written fails here, not in the interpreter's exit
+        return code
     except MixsepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -814,12 +846,18 @@ def main(argv=None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail again
         return 1
     except OSError as e:  # (after BrokenPipeError, one of them) a path no file system takes: a name past its length limit
+        if isinstance(e, StdoutFailed):  # `> /dev/full`, or a full disk or quota under a redirect
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush would fail again
+            print(f"error: could not write to standard output ({e.strerror}); what {args.command} printed there "
+                  "is lost.", file=sys.stderr)
+            return 1
         if e.errno != errno.ENAMETOOLONG:
             raise
         print(f"error: {e.filename or 'a path given'} has a name too long for the file system; choose a shorter one.",
               file=sys.stderr)
         return 2
     finally:
+        sys.stdout = stdout
         for s, h in previous.items():  # called in-process (a notebook, the tests): the caller's handlers again
             if h is not None:
                 signal.signal(s, h)

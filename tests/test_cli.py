@@ -747,3 +747,19 @@ def test_a_resume_reads_its_last_checkpoint_once_unless_it_changed(capsys, data_
     import torch
     torch.save(dict(first, step=first["step"] + 1), last)  # another last.pt in its place (a run resumed meanwhile)
     assert read_resume_point(run)["step"] == first["step"] + 1
+
+
+def test_a_stdout_that_cannot_be_written_is_one_sentence_and_the_files_are_written(capsys, data_root, tmp_path):
+    """`> /dev/full` (or a full disk under a redirect): print() raised OSError, which names no file, and came
+    out as a traceback; evaluate's files were not written at all."""
+    run = _train(capsys, data_root, tmp_path / "runs")
+    out = tmp_path / "e.json"
+    for argv in (["info", "--data-root", str(data_root)],
+                 ["evaluate", str(run), "--data-root", str(data_root), "--samples", "8", "--json", str(out)]):
+        with open("/dev/full", "w") as full:
+            p = subprocess.run([sys.executable, "-m", "mixsep", *argv], stdout=full, stderr=subprocess.PIPE,
+                               text=True, timeout=300)
+        assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+        assert p.stderr.strip().splitlines()[-1] == (f"error: could not write to standard output (No space left on "
+                                                     f"device); what {argv[0]} printed there is lost."), p.stderr
+    assert json.loads(out.read_text())["checkpoint"]["step"] > 0  # the table was lost, not the file
