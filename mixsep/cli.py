@@ -519,6 +519,11 @@ def output_file(path: str | None, flag: str, suffix: str | None = None) -> Path 
     if p.is_dir():
         raise MixsepError(f"{flag} {p} is a folder; name a file in it.")
     if not p.parent.is_dir():
+        if p.parent.is_symlink():  # a link to nothing, or one that leads back to itself
+            raise MixsepError(f"Folder {p.parent} is a link that leads nowhere (to a missing folder, or back to "
+                              f"itself); fix or remove it, or choose another {flag}.")
+        if p.parent.exists():
+            raise MixsepError(f"{p.parent} is not a folder; choose another {flag}.")
         raise MixsepError(f"Folder {p.parent} does not exist; create it or choose another {flag}.")
     if suffix and p.suffix.lower() != suffix:
         raise MixsepError(f"{flag} must name a {suffix} file (got {p.name}).")

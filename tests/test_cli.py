@@ -763,3 +763,16 @@ def test_a_stdout_that_cannot_be_written_is_one_sentence_and_the_files_are_writt
         assert p.stderr.strip().splitlines()[-1] == (f"error: could not write to standard output (No space left on "
                                                      f"device); what {argv[0]} printed there is lost."), p.stderr
     assert json.loads(out.read_text())["checkpoint"]["step"] > 0  # the table was lost, not the file
+
+
+def test_an_output_whose_folder_is_a_broken_link_or_a_file_is_named_so(capsys, tmp_path):
+    """`--json loop/e.json` with `loop` a link leading back to itself said "Folder loop does not exist"."""
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    (tmp_path / "file").write_text("the user's own")
+    for folder, says in (("loop", "is a link that leads nowhere"), ("dangling", "is a link that leads nowhere"),
+                         ("file", "is not a folder")):
+        assert main(["evaluate", "/nonexistent/run", "--json", str(tmp_path / folder / "e.json")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{tmp_path / folder} {says}" in err, err
+    assert (tmp_path / "file").read_text() == "the user's own"
