@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import contextlib
+import errno
 import gzip
 import hashlib
 import importlib
@@ -28,6 +29,7 @@ import io
 import math
 import os
 import pickle
+import shutil
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -512,7 +514,13 @@ def labels_beside(path: Path) -> Path | None:
 
 
 def download(root: Path, splits=SPLITS) -> None:
-    """Fetch what is missing with torchvision's own downloaders (they show progress bars)."""
+    """Fetch what is missing with torchvision's own downloaders (they show progress bars).
+
+    torchvision writes into a hidden folder inside the data root (the same file system), and only the files
+    that are missing are moved into place from there: its MNIST walks all four archives whatever the split,
+    fetches again any .gz that is not the official one and unpacks every archive over the files beside it, and
+    its CIFAR-10 unpacks all six batches, so run on the data root itself it overwrote the user's own files.
+    """
     from torchvision import datasets
 
     network_timeout_seconds()  # a bad MIXSEP_NETWORK_TIMEOUT is refused before anything is made
@@ -521,18 +529,19 @@ def download(root: Path, splits=SPLITS) -> None:
     root = make_folder(root, "the data root",
                        f"The data root {root} is a file, not a folder; name a folder to download into.")
     for split in splits:
-        train = split == "train"
-        for source, cls in (("mnist", datasets.MNIST), ("cifar", datasets.CIFAR10)):
+        for source in SOURCES:
             if find_source(root, source, split):
                 print(f"{source} {split}: found under {root}")
                 continue
-            before = set(root.rglob("*"))
             try:
-                with network_timeout():
-                    cls(str(root), train=train, download=True)
-            except BaseException as e:  # URLError, HTTPError, a timeout, md5 mismatch, Ctrl-C...
-                _undo_download(root, before, made)
-                if not isinstance(e, Exception):
+                kept = _fetch(datasets, root, source, split)
+            except BaseException as e:  # URLError, HTTPError, a timeout, md5 mismatch, Ctrl-C, SIGTERM...
+                for folder in made:  # deepest first: root, then the parents this call made for it
+                    try:
+                        folder.rmdir()
+                    except OSError:
+                        break  # not empty (an earlier split, or a whole archive kept), or not made here
+                if not isinstance(e, Exception) or isinstance(e, MixsepError):
                     raise
                 why = " ".join(str(e).split())  # torchvision lists every mirror it tried on its own line
                 why = why if len(why) <= 160 else why[:157] + "..."
@@ -540,35 +549,129 @@ def download(root: Path, splits=SPLITS) -> None:
                     f"Could not download {source} {split} into {root} ({e.__class__.__name__}: {why}). "
                     f"Copy the files there by hand: {expected_files(root, source, split)}."
                 ) from None
+            note = f" (kept the files that were there: {', '.join(p.name for p in kept)})" if kept else ""
+            print(f"{source} {split}: downloaded into {root}{note}")
 
 
-def _undo_download(root: Path, before: set, made: list) -> None:
-    """After a failed download: remove what it left that is not a whole archive (a file cut off mid-transfer,
-    which a later load would call damaged) and the folders it made that are empty. An archive that passed
-    torchvision's checksum stays, and so do the files extracted from it; nothing that was there is touched."""
-    from torchvision.datasets import cifar, mnist
+def _fetcher(datasets, source: str, split: str):
+    """torchvision's dataset class for one source/split. MNIST's own fetches the archives of both splits:
+    this one fetches the split's two (its class name is the folder it writes to, MNIST/raw)."""
+    if source == "cifar":
+        return datasets.CIFAR10
+    pre = f"{_MNIST_PREFIX[split]}-"
+    resources = [r for r in datasets.MNIST.resources if r[0].startswith(pre)]
+    return type("MNIST", (datasets.MNIST,), {"resources": resources})
+
+
+def _download_files(cls, source: str, split: str) -> tuple[dict, list]:
+    """What a download of source/split puts in place, as paths under the data root: its archives with their
+    md5, and its files in groups. A group is put in place only where none of its files is there but the
+    official archive: an unpacked MNIST file and its .gz hold the same data, so a user's own one of either
+    stays what is read."""
+    if source == "mnist":
+        raw = Path("MNIST", "raw")
+        archives = {raw / name: md5 for name, md5 in cls.resources}
+        return archives, [(raw / os.path.splitext(name)[0], raw / name) for name, _ in cls.resources]
+    folder = Path(cls.base_folder)
+    batches = cls.train_list if split == "train" else cls.test_list
+    return ({Path(cls.filename): cls.tgz_md5},
+            [(Path(cls.filename),)] + [(folder / name,) for name, _ in batches] + [(folder / cls.meta["filename"],)])
+
+
+def _fetch(datasets, root: Path, source: str, split: str) -> list[Path]:
+    """Download one source/split into a hidden folder in root and move into root the files that are missing
+    there; the folder goes whatever happens. Returns the files of the download that were there and stay.
+
+    After a failure only the archives that passed their checksum are moved (the next download starts from
+    them): a file cut off mid-transfer, or one unpacked from an archive when Ctrl-C came, never reaches root.
+    """
     from torchvision.datasets.utils import check_integrity
 
-    whole = dict(mnist.MNIST.resources) | {cifar.CIFAR10.filename: cifar.CIFAR10.tgz_md5}
+    cls = _fetcher(datasets, source, split)
+    archives, groups = _download_files(cls, source, split)
+    staging, seeded = None, set()
     try:
-        new = set(root.rglob("*")) - before
-    except OSError:
-        return
-    for path in sorted(new, key=lambda p: len(p.parts), reverse=True):  # a folder's files before the folder
+        with _signals_held():  # made and known as one step: a Ctrl-C between them would leave it behind
+            staging = Path(tempfile.mkdtemp(prefix=".mixsep-download-", dir=root))
+        for rel, md5 in archives.items():  # an official archive that is here is copied in, not fetched again
+            with contextlib.suppress(OSError):  # unreadable, or not a regular file (a FIFO would block)
+                if (root / rel).is_file() and check_integrity(str(root / rel), md5):
+                    (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(root / rel, staging / rel)
+                    seeded.add(rel)
+        with network_timeout():
+            cls(str(staging), train=split == "train", download=True)
+    except BaseException:
+        with _signals_held():
+            if staging is not None:
+                with contextlib.suppress(OSError, MixsepError):  # best effort: the download's own error is said
+                    whole = {rel for rel, md5 in archives.items() if check_integrity(str(staging / rel), md5)}
+                    _put_in_place(staging, root, groups, seeded, whole)
+                shutil.rmtree(staging, ignore_errors=True)
+        raise
+    with _signals_held():  # renames, quickly done: never left half done by a Ctrl-C
         try:
-            if path.is_dir() and not path.is_symlink():
-                path.rmdir()
-                continue
-            archive = path if path.name in whole else path.with_name(path.name + ".gz")  # or MNIST's unpacked file
-            if archive.name not in whole or not check_integrity(str(archive), whole[archive.name]):
-                path.unlink()
-        except OSError:
-            pass  # not empty (a file that stays) or already gone
-    for folder in made:  # deepest first: root, then the parents this call made for it
+            kept = _put_in_place(staging, root, groups, seeded)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return [root / rel for rel in kept if rel not in seeded]
+
+
+def _put_in_place(staging: Path, root: Path, groups: list, official: set, only: set | None = None) -> list[Path]:
+    """Move each group of downloaded files (those in ``only``, if given) from staging to the same place under
+    root, where none of the group is there but ``official`` archives; the files that are there stay as they
+    are, and those of groups left out are returned."""
+    kept = []
+    for group in groups:
+        there = [rel for rel in group if _there(root / rel)]
+        if set(there) - official:
+            kept += there
+            continue
+        for rel in group:
+            if rel not in there and (staging / rel).is_file() and (only is None or rel in only):
+                _move(staging / rel, root / rel)
+    return kept
+
+
+def _move(src: Path, dst: Path) -> None:
+    """Rename src to dst, or copy it there (then rename) across file systems: a folder of the data root
+    linked elsewhere. Never a file cut off halfway at dst."""
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
         try:
-            folder.rmdir()
-        except OSError:
-            break  # not empty, or not made here: its parents are not ours to remove
+            os.rename(src, dst)
+            return
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
+        try:
+            with open(fd, "wb") as out, open(src, "rb") as f:
+                shutil.copyfileobj(f, out)
+            os.replace(tmp, dst)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    except OSError as e:
+        raise MixsepError(f"Downloaded {dst.name}, but could not put it in {dst.parent} "
+                          f"({e.strerror or e.__class__.__name__}); make that a writable folder and download "
+                          f"again.") from None
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Ctrl-C and SIGTERM wait until the block is done, then act as usual: a clean-up is never cut off halfway."""
+    import signal
+
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    except (AttributeError, OSError, ValueError):  # no pthread_sigmask on this system
+        old = None
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 # --------------------------------------------------------------------------- pairs
