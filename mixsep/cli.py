@@ -702,7 +702,7 @@ def cmd_info(args) -> int:
     import torch
 
     from .config import RECIPES, recipe_flags, thread_wait
-    from .data import data_status, load_files
+    from .data import data_status, load_files, root_is_a_file
     from .model import MODELS, build_model, count_parameters, flops_per_sample
 
     print(f"torch {torch.__version__}; device: {'cuda (' + torch.cuda.get_device_name(0) + ')' if torch.cuda.is_available() else 'cpu'}"
@@ -734,6 +734,8 @@ def cmd_info(args) -> int:
             except MixsepError as e:
                 print(f"              does not read: {e}")
                 bad.append(name)
+    if missing and (a_file := root_is_a_file(Path(args.data_root))):  # not "missing, run download", which says so
+        raise MixsepError(a_file)
     if bad or missing:  # `download` fetches only what is not there: a damaged file must go first
         said = "; ".join(filter(None, [f"the {' and '.join(bad)} files do not read (remove them first)" if bad
                                        else "", f"the {' and '.join(missing)} files are missing" if missing else ""]))

@@ -351,13 +351,18 @@ def expected_files(root: Path, source: str, split: str) -> str:
     return f"{root}/cifar-10-batches-py/{names} (or {root}/cifar10/cifar10_{split}.npz)"
 
 
+def root_is_a_file(root: Path) -> str | None:
+    """The sentence for a data root that is a file, not a folder (download says so too); None otherwise."""
+    if Path(root).exists() and not Path(root).is_dir():
+        return f"The data root {root} is a file, not a folder; name the folder that holds MNIST/ and CIFAR-10."
+    return None
+
+
 def missing_message(root: Path, source: str, split: str) -> str:
     name = "MNIST" if source == "mnist" else "CIFAR-10"
-    if Path(root).exists() and not Path(root).is_dir():  # download says so too
-        return f"The data root {root} is a file, not a folder; name the folder that holds MNIST/ and CIFAR-10."
-    return (f"No {name} {split} data under {root}: expected {expected_files(root, source, split)}. "
-            f"Run `python -m mixsep download --data-root {root}` where the internet is reachable, "
-            f"or copy the files there.")
+    return root_is_a_file(root) or (f"No {name} {split} data under {root}: expected "
+                                    f"{expected_files(root, source, split)}. Run `python -m mixsep download "
+                                    f"--data-root {root}` where the internet is reachable, or copy the files there.")
 
 
 def data_status(root: Path) -> list[dict]:

@@ -344,6 +344,19 @@ def test_download_into_a_data_root_that_is_a_file(tmp_path):
     assert afile.read_text() == "hi"
 
 
+def test_info_check_of_a_data_root_that_is_a_file_says_so(tmp_path):
+    """`info --check` called the four sets missing and said to run `download`, which then said the root is a file."""
+    from conftest import warm_run
+
+    afile = tmp_path / "afile"
+    afile.write_text("hi")
+    proc = warm_run(["info", "--check", "--model", "tiny", "--data-root", str(afile)], timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (f"error: The data root {afile} is a file, not a folder; name the "
+                                                    "folder that holds MNIST/ and CIFAR-10.")
+    assert afile.read_text() == "hi"
+
+
 def test_a_full_cache_disk_leaves_no_temp_files(tmp_path, monkeypatch):
     from conftest import tmpfs
 
