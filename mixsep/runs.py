@@ -9,15 +9,17 @@ import pandas as pd
 
 from .config import TrainConfig
 from .errors import MixsepError
-from .run import METRIC_FIELDS, State, disk_usage, is_alive, list_checkpoints, read_status, run_folders
+from .run import METRIC_FIELDS, METRICS, State, _regular, disk_usage, is_alive, list_checkpoints, read_status, \
+    run_folders
 
 
 def read_metrics(run_dir: Path) -> pd.DataFrame:
-    """metrics.csv as a frame; empty (with the right columns) when absent or half written."""
-    path = Path(run_dir) / "metrics.csv"
+    """metrics.csv as a frame; empty (with the right columns) when absent, half written or not a regular file."""
+    path = Path(run_dir) / METRICS
     try:
-        # numbers only: no quoting (a stray quote would swallow the lines after it), odd bytes replaced
-        df = pd.read_csv(path, on_bad_lines="skip", quoting=csv.QUOTE_NONE, encoding_errors="replace")
+        # numbers only: no quoting (a stray quote would swallow the lines after it), odd bytes replaced;
+        # a FIFO would be read until a writer came, for ever (_regular refuses it)
+        df = pd.read_csv(_regular(path), on_bad_lines="skip", quoting=csv.QUOTE_NONE, encoding_errors="replace")
     except (OSError, ValueError):  # EmptyDataError and ParserError are ValueErrors
         return pd.DataFrame(columns=METRIC_FIELDS)
     if not set(METRIC_FIELDS) <= set(df.columns):
@@ -51,14 +53,22 @@ def run_summary(run_dir: Path, name: str | None = None) -> dict:
     if len(m):
         row["last_loss"] = float(m["loss"].iloc[-1])
         row["step"] = max(row["step"] or 0, int(m["step"].iloc[-1]))
-    elif _lines_past_header(run_dir / "metrics.csv"):  # rows, none readable: say why the run has no curve
-        row["message"] = "; ".join(filter(None, [row["message"], "metrics.csv holds no readable row"]))
+    else:  # no row to show: say why the run has no curve, if it is not just young
+        row["message"] = "; ".join(filter(None, [row["message"], _no_rows_note(run_dir / METRICS)]))
     return row
+
+
+def _no_rows_note(path: Path) -> str:
+    """Why metrics.csv gives no row, when the reason is not that none was written yet."""
+    if path.exists() and not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file (a FIFO, say)"
+        return f"metrics.csv is {kind}, so its rows are not read"
+    return "metrics.csv holds no readable row" if _lines_past_header(path) else ""
 
 
 def _lines_past_header(path: Path) -> bool:
     try:
-        with open(path, "rb") as f:
+        with open(_regular(path), "rb") as f:
             return len(f.read(65536).strip().splitlines()) > 1
     except OSError:
         return False

@@ -70,6 +70,20 @@ def wait_for(predicate, timeout: float = 60.0, what: str = "condition", interval
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def unblock_fifo(fifo: Path, seconds: float = 2.0) -> None:
+    """Move ``fifo`` aside and, for ``seconds``, give every reader blocked opening it its end of file: a test that
+    failed by waiting on a FIFO then ends, and nothing opens it again by its name."""
+    aside = fifo.with_name(f"{fifo.name}.aside")
+    os.rename(fifo, aside)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.close(os.open(aside, os.O_WRONLY | os.O_NONBLOCK))  # refused (ENXIO) while no reader waits
+        except OSError:
+            pass
+        time.sleep(0.02)
+
+
 def frozen_when(proc, cond, timeout: float = 240.0, what: str = "condition", slice_s: float = 0.005) -> None:
     """Run ``proc`` in short slices (SIGCONT, sleep, SIGSTOP) until ``cond`` holds while it is stopped.
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import make_data_root, seen
+from conftest import make_data_root, seen, unblock_fifo
 from streamlit.testing.v1 import AppTest
 
 from mixsep import MixsepError, TrainConfig
@@ -718,6 +718,31 @@ def test_damaged_status_and_binary_metrics_leave_every_page_standing(app_env):
     train = open_page("app_pages/1_Train.py")
     assert "zz-noise" in texts(train.subheader)
     open_page("app_pages/4_Compare.py")
+
+
+def test_a_fifo_for_metrics_csv_leaves_the_run_listed_and_every_page_standing(app_env):
+    """Every page that lists runs hung for good on a run whose metrics.csv was a FIFO (the list read it to its end)."""
+    import threading
+
+    data, runs = app_env
+    piped = _broken_run(runs, "piped")
+    (piped / "metrics.csv").unlink()
+    os.mkfifo(piped / "metrics.csv")
+    waited = []  # a page that waits on it is let go after 30 s, and fails
+    watchdog = threading.Timer(30, lambda: (waited.append(True), unblock_fifo(piped / "metrics.csv")))
+    watchdog.start()
+    try:
+        home = open_page("dashboard.py")
+        assert not waited, "Home waited on the FIFO"
+        rows = home.dataframe[1].value.set_index("run")
+        assert rows.loc["piped", "message"] == "metrics.csv is not a regular file (a FIFO, say), so its rows are not read"
+        at = open_page("app_pages/4_Compare.py")
+        widget(at.multiselect, "Runs").set_value(["piped", "tiny-run"]).run()
+        assert "metrics.csv is not a regular file" in at.dataframe[0].value.set_index("run")["note"]["piped"]
+        open_page("app_pages/1_Train.py")
+        assert not waited, "a page waited on the FIFO"
+    finally:
+        watchdog.cancel()
 
 
 def test_train_page_copes_with_deleted_and_half_written_runs(app_env):
