@@ -673,8 +673,7 @@ class MetricsLog:
             old = _regular(self.path).read_bytes()
         except OSError:
             old = None
-        text = "" if old is None else old.decode(errors="replace").replace("\r\n", "\n").replace("\r", "\n")
-        rows = [r for r in _parse_rows(text) if r["step"] <= keep_through_step]
+        rows = [r for r in (_records(parse_metrics(old)) if old else []) if r["step"] <= keep_through_step]
         # rows must count 1..step without a gap or a repeat; anything else was a writer's bug
         rows = [r for i, r in enumerate(rows) if r["step"] == i + 1]
         buf = io.StringIO()
@@ -708,43 +707,91 @@ class MetricsLog:
 
 
 def last_logged_step(run_dir: Path) -> int:
-    """The step of metrics.csv's last complete row (0 if none), reading only the file's tail."""
+    """The step of metrics.csv's last row (0 if none), reading only its header and its last 4 KB."""
     path = Path(run_dir) / METRICS
     try:
         with open(_regular(path), "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
-            tail = f.read().decode(errors="replace")
+            header = f.readline(4096)
+            start = max(len(header), f.seek(0, os.SEEK_END) - 4096)
+            f.seek(start - 1 if start > len(header) else start)  # from the byte before the window: see below
+            tail = f.read()
     except OSError:
         return 0
-    for line in reversed(tail[: tail.rfind("\n") + 1].splitlines()):  # a cut-off last line is skipped
-        head = line.split(",", 1)[0]
-        if head.isascii() and head.isdigit():  # not "²": isdigit takes it, int() does not
-            return int(head)
-    return 0
+    if start > len(header):
+        tail = tail[tail.find(b"\n") + 1:]  # up to the first newline: a line the window cut at its start
+    rows = parse_metrics(header + tail)
+    return int(rows["step"].iloc[-1]) if len(rows) else 0
 
 
 def _csv_rows(path: Path) -> list[dict]:
-    """Complete, numeric rows of a metrics.csv (a cut-off last line is dropped)."""
+    """The rows of a metrics.csv (metric_frame's rule)."""
     try:
-        text = _regular(path).read_text(errors="replace")
+        return _records(parse_metrics(_regular(path).read_bytes()))
     except OSError:
         return []
-    return _parse_rows(text)
 
 
-def _parse_rows(text: str) -> list[dict]:
-    """The complete, numeric rows of a metrics.csv's text."""
-    if not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]  # the last line was being written
-    rows = []
-    for r in csv.DictReader(io.StringIO(text)):
-        try:
-            row = {k: float(r[k]) for k in METRIC_FIELDS}
-            row["step"], row["epoch"] = int(row["step"]), int(row["epoch"])  # inf or nan: not a row
-        except (KeyError, TypeError, ValueError, OverflowError):
-            continue
-        rows.append(row)
-    return rows
+# --------------------------------------------------------------------------- the rows of metrics.csv: one rule
+
+# A step or an epoch from here on is no count a float holds exactly: a hand edit, never the trainer's
+# (a step of 1e30 overflowed int64 and was drawn at step -9223372036854775808)
+COUNT_LIMIT = 2 ** 53
+LOSS_FIELDS = ["loss_mnist", "loss_cifar", "loss"]
+
+
+def metric_lines(data: bytes) -> list[str]:
+    """The complete lines of metrics.csv's bytes, as text (odd bytes replaced): a line ends at a newline, or at an
+    editor's carriage return; what follows the last newline is a row still being written, read once it is whole."""
+    text = data[: data.rfind(b"\n") + 1].decode(errors="replace")
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")[:-1]
+
+
+def metric_header(line: str) -> list[str]:
+    """The field names of metrics.csv's first line (an editor's byte order mark dropped)."""
+    return line.removeprefix("\ufeff").split(",")
+
+
+def parse_metrics(data: bytes):
+    """metrics.csv's bytes as a frame of its rows (metric_frame's rule); empty, with the right columns, when none."""
+    lines = metric_lines(data)
+    return metric_frame(metric_header(lines[0]) if lines else [], lines[1:])
+
+
+def metric_frame(fields: list[str], lines: list[str]):
+    """The lines of metrics.csv under the header ``fields`` that are steps, as a frame of numbers: the one rule
+    of every reader of the file (the run list and Compare's curves, the Train page's tail, a resume, the
+    Train page's step). A line that is not a step is skipped; its neighbours stay.
+
+    A step has as many fields as the header (numbers only: no quoting, so a stray quote swallows nothing),
+    each a finite number; its step is a whole number from 1 and its epoch one from 0, both below 2**53; its
+    losses, MSEs, are not negative. The trainer writes nothing else: anything else was cut short or edited.
+    """
+    import numpy as np
+    import pandas as pd
+
+    place = {name: i for i, name in reversed(list(enumerate(fields)))}  # a name given twice: its first column
+    lines = [line for line in lines if line.count(",") == len(fields) - 1]
+    if not set(METRIC_FIELDS) <= place.keys() or not lines:
+        return pd.DataFrame(columns=METRIC_FIELDS)
+    # every line has the header's fields, so none is taken for an index (a first row of one field more was)
+    df = pd.read_csv(io.StringIO("\n".join(lines)), header=None, names=range(len(fields)), quoting=csv.QUOTE_NONE,
+                     skip_blank_lines=False, low_memory=False)
+    df = df[[place[k] for k in METRIC_FIELDS]].set_axis(METRIC_FIELDS, axis=1)
+    # numbers, each; anything else is NaN (text, and a column of True and False that the parser took for booleans)
+    df = df.apply(lambda c: pd.Series(np.nan, index=c.index) if c.dtype == bool else pd.to_numeric(c, errors="coerce"))
+
+    def count(v, low):
+        return (v >= low) & (v < COUNT_LIMIT) & (v % 1 == 0)
+
+    step = (np.isfinite(df).all(axis=1) & count(df["step"], 1) & count(df["epoch"], 0)
+            & (df[LOSS_FIELDS] >= 0).all(axis=1))
+    return df[step].astype({k: "int64" if k in ("step", "epoch") else "float64" for k in METRIC_FIELDS}
+                           ).reset_index(drop=True)
+
+
+def _records(frame) -> list[dict]:
+    """A metrics frame's rows as dicts of Python numbers, as a reader that polls gets them."""
+    return [dict(zip(METRIC_FIELDS, values)) for values in zip(*(frame[k].tolist() for k in METRIC_FIELDS))]
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -1067,29 +1114,9 @@ class MetricsTail:
         end = data.rfind(b"\n") + 1  # past the last complete line; the rest waits for its newline
         if end == 0:
             return Appended([], restarted)
-        lines = data[:end - 1].split(b"\n")
         self._offset += end
-        self._last = lines[-1]
-        text = [_csv_line(line.decode(errors="replace")) for line in lines]
+        self._last = data[:end - 1].rsplit(b"\n", 1)[-1]
+        lines = metric_lines(data[:end])
         if self._fields is None:
-            self._fields, text = text[0], text[1:]
-        rows = [r for values in text if (r := _metric_row(dict(zip(self._fields, values))))]
-        return Appended(rows, restarted)
-
-
-def _csv_line(line: str) -> list[str]:
-    """One line's CSV fields; none for a damaged line (a stray carriage return or quote in it)."""
-    try:
-        return next(csv.reader([line]), [])
-    except csv.Error:
-        return []
-
-
-def _metric_row(r: dict) -> dict | None:
-    """One metrics.csv row as numbers, or None for a damaged one."""
-    try:
-        row = {k: float(r[k]) for k in METRIC_FIELDS}
-        row["step"], row["epoch"] = int(row["step"]), int(row["epoch"])
-    except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: int() of an infinite step
-        return None
-    return row if math.isfinite(row["loss"]) else None  # a hand-edited inf would blank the whole chart
+            self._fields, lines = metric_header(lines[0]), lines[1:]
+        return Appended(_records(metric_frame(self._fields, lines)), restarted)

@@ -1,7 +1,6 @@
 """Reading run folders for people: listing, summaries and metrics frames (through mixsep.run)."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -9,25 +8,17 @@ import pandas as pd
 
 from .config import TrainConfig
 from .errors import MixsepError
-from .run import METRIC_FIELDS, METRICS, State, _regular, disk_usage, is_alive, list_checkpoints, read_status, \
-    run_folders
+from .run import METRICS, State, _regular, disk_usage, is_alive, list_checkpoints, parse_metrics, read_status, run_folders
 
 
 def read_metrics(run_dir: Path) -> pd.DataFrame:
-    """metrics.csv as a frame; empty (with the right columns) when absent, half written or not a regular file."""
-    path = Path(run_dir) / METRICS
+    """metrics.csv's rows as a frame (run.metric_frame's rule: a row that cannot be a step is skipped); empty, with
+    the right columns, when absent, half written or not a regular file."""
     try:
-        # numbers only: no quoting (a stray quote would swallow the lines after it), odd bytes replaced;
-        # a FIFO would be read until a writer came, for ever (_regular refuses it)
-        df = pd.read_csv(_regular(path), on_bad_lines="skip", quoting=csv.QUOTE_NONE, encoding_errors="replace")
-    except (OSError, ValueError):  # EmptyDataError and ParserError are ValueErrors
-        return pd.DataFrame(columns=METRIC_FIELDS)
-    if not set(METRIC_FIELDS) <= set(df.columns):
-        return pd.DataFrame(columns=METRIC_FIELDS)
-    # a row being written while we read may be cut short: coerce and drop it (and a hand-edited inf with it)
-    df = df[METRIC_FIELDS].apply(pd.to_numeric, errors="coerce").replace([np.inf, -np.inf], np.nan)
-    df = df.dropna(subset=["step", "loss"])
-    return df.astype({"step": int, "epoch": int}).reset_index(drop=True)
+        data = _regular(Path(run_dir) / METRICS).read_bytes()  # a FIFO would be read until a writer came, for ever
+    except OSError:
+        data = b""
+    return parse_metrics(data)
 
 
 def run_summary(run_dir: Path, name: str | None = None) -> dict:

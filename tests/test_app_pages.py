@@ -80,18 +80,23 @@ def texts(elements) -> str:
     return " | ".join(str(e.value) for e in elements)
 
 
-def chart_points(at: AppTest, index: int = 0, trace: int = -1) -> int:
-    """Points in a plotly chart's trace (plotly ships numpy arrays base64-encoded)."""
+def chart_x(at: AppTest, index: int = 0, trace: int = -1) -> list:
+    """The x values of a plotly chart's trace (plotly ships numpy arrays base64-encoded)."""
     charts = at.get("plotly_chart")
     if len(charts) <= index:
-        return 0
+        return []
     data = json.loads(charts[index].proto.spec)["data"]
     if not data:
-        return 0
+        return []
     x = data[trace]["x"]
     if isinstance(x, dict):
-        return len(base64.b64decode(x["bdata"])) // np.dtype(x["dtype"]).itemsize
-    return len(x)
+        return np.frombuffer(base64.b64decode(x["bdata"]), dtype=x["dtype"]).tolist()
+    return list(x)
+
+
+def chart_points(at: AppTest, index: int = 0, trace: int = -1) -> int:
+    """Points in a plotly chart's trace."""
+    return len(chart_x(at, index, trace))
 
 
 def poll(at: AppTest, until, timeout: float = 120.0, what: str = "condition") -> AppTest:
@@ -743,6 +748,22 @@ def test_a_fifo_for_metrics_csv_leaves_the_run_listed_and_every_page_standing(ap
         assert not waited, "a page waited on the FIFO"
     finally:
         watchdog.cancel()
+
+
+def test_junk_metrics_rows_are_neither_drawn_nor_shown_as_the_last_loss(app_env):
+    """A hand-edited row of step 1e30 was drawn at step -9223372036854775808 on Compare's curve (and reached the
+    Train page as a step of 10**30); a row of loss -5, an MSE below zero, was shown as the run's last loss."""
+    data, runs = app_env
+    metrics = runs / "tiny-run" / "metrics.csv"
+    last = read_metrics(runs / "tiny-run")["loss"].iloc[-1]
+    with open(metrics, "a") as f:
+        f.write("1e30,0,0.1,0.2,0.3,0.001,100,9\n4,0,0.1,0.2,-5,0.001,100,9\n")
+    home = open_page("dashboard.py")
+    row = home.dataframe[1].value.set_index("run").loc["tiny-run"]
+    assert row["last_loss"] == last and row["progress"] == "3/3"
+    assert chart_x(open_page("app_pages/4_Compare.py")) == [1, 2, 3]
+    progress = open_page("app_pages/1_Train.py").get("progress")[0].proto.text  # its tail's last step
+    assert progress.startswith("step 3/3 · "), progress
 
 
 def test_train_page_copes_with_deleted_and_half_written_runs(app_env):

@@ -244,3 +244,40 @@ def test_a_fifo_for_metrics_csv_is_listed_as_unread_not_waited_on(tmp_path):
     assert got["frame"].empty and list(got["frame"].columns) == METRIC_FIELDS
     assert [r["run"] for r in got["runs"]] == ["piped"] and got["summary"]["last_loss"] is None
     assert "metrics.csv is not a regular file (a FIFO, say), so its rows are not read" in got["summary"]["message"]
+
+
+def test_every_reader_skips_the_same_rows_that_cannot_be_steps(tmp_path):
+    """A step of 1e30 became step -9223372036854775808 on Compare's curve (int64 overflow) and a step of 10**30
+    on the Train page; a loss of -5 (an MSE is never negative) was shown as the last loss; a row with a field
+    more than the header was skipped by the run list and taken by the Train page's tail (and, as the first row,
+    made the run list read every column one place off)."""
+    from mixsep.run import last_logged_step
+    from mixsep.runs import read_metrics
+
+    def line(step, epoch=0, mnist=0.1, cifar=0.2, loss=0.3, lr=0.001, speed=100, elapsed=1.0, more=()):
+        return ",".join(str(v) for v in (step, epoch, mnist, cifar, loss, lr, speed, elapsed, *more)) + "\n"
+
+    junk = [line(1, more=(9,)), line("1e30"), line(2.5), line(-1), line(0), line("99999999999999999999"),
+            line(1, epoch=-1), line(1, epoch=0.5), line(1, loss=-5), line(1, mnist=-0.1), line(1, cifar="inf"),
+            line(1, lr="inf"), line(1, speed="nan"), line(1, elapsed="-inf"), line(1, loss="nan"),
+            line(1, elapsed=""), line(1, more=("",)), "1,0,0.1,0.2,0.3\n", line("١"), line("1_0"), line('"1"')]
+    good = [line(s, loss=s / 10, elapsed=s / 2) for s in (1, 2, 3)]
+    path = tmp_path / "metrics.csv"
+    path.write_text(",".join(METRIC_FIELDS) + "\n" + junk[0] + good[0] + "".join(junk[1:]) + good[1] + good[2]
+                    + line("1e30") + line(4, loss=-5))
+    frame, tail = read_metrics(tmp_path), MetricsTail(tmp_path).poll().rows
+    assert frame["step"].tolist() == steps(tail) == steps(_csv_rows(path)) == [1, 2, 3]
+    assert frame.to_dict("records") == tail == _csv_rows(path)  # the same numbers too
+    assert frame["loss"].tolist() == [0.1, 0.2, 0.3] and frame["step"].dtype == np.int64
+    assert {type(r[k]) for r in tail for k in METRIC_FIELDS} == {int, float}  # ints: step and epoch only
+    assert {type(r["samples_per_s"]) for r in tail} == {float}  # written "100": a float as the trainer's are
+    assert last_logged_step(tmp_path) == 3
+    # polled line by line, the tail takes the same rows as a full read
+    tail, polled = MetricsTail(tmp_path), []
+    text = path.read_text()
+    path.write_text("")
+    for part in text.splitlines(keepends=True):
+        with open(path, "a") as f:
+            f.write(part)
+        polled += tail.poll().rows
+    assert polled == frame.to_dict("records")
