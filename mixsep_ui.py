@@ -396,11 +396,7 @@ def loss_figure(metrics: pd.DataFrame, smoothing: float, title: str = "Training 
                             line=dict(color=COLORS[col], width=1), opacity=0.3, legendgroup=col, showlegend=False)
             fig.add_scatter(x=x, y=shown[f"{col}_ema"].to_numpy(), name=name, mode="lines",
                             line=dict(color=COLORS[col], width=2, dash=dash), legendgroup=col)
-    fig = style(fig, title, "step", "MSE loss")
-    # steps are whole numbers: no 2.5 on a short run's axis (a span under 10 gets a tick per step)
-    span = int(metrics["step"].max() - metrics["step"].min()) if len(metrics) else 0
-    fig.update_xaxes(tickformat="d", dtick=1 if span < 10 else None)
-    return fig
+    return style(fig, title, "step", "MSE loss")
 
 
 def live_metrics(run_dir: Path) -> pd.DataFrame:
@@ -444,8 +440,12 @@ def style(fig: go.Figure, title: str, x: str, y: str, height: int = 380) -> go.F
         dict(orientation="h", yanchor="top", y=-0.3, xanchor="left", x=0)
     fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=height, margin=dict(l=10, r=10, t=50, b=10),
                       legend=dict(legend, title_text=""), showlegend=True)
-    if x == "step":  # steps are whole numbers: no 2.5 on a short run's axis
-        fig.update_xaxes(tickformat="d")
+    if x == "step":
+        # steps are whole numbers: no 2.5 on a short run's axis, and a span under 10 gets a tick per step (plotly's
+        # ticks every half step, labelled as whole numbers, read "1 2 2 3 3 4 4"), on every chart of steps
+        steps = [np.asarray(t.x, dtype=float) for t in fig.data if t.x is not None and len(t.x)]
+        span = max(v.max() for v in steps) - min(v.min() for v in steps) if steps else 0
+        fig.update_xaxes(tickformat="d", dtick=1 if span < 10 else None)
     return fig
 
 

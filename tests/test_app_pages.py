@@ -277,6 +277,19 @@ def test_compare_page_curves_and_table(app_env):
     assert short == 3 and 1000 < drawn <= 1500
 
 
+def test_compare_ticks_a_short_runs_steps_once_each(app_env):
+    """Compare's x axis read "1 2 2 3 3 4 4" for a 3-step run: whole-number labels on ticks every half step."""
+    data, runs = app_env
+    at = open_page("app_pages/4_Compare.py")
+    axis = json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["xaxis"]
+    assert axis["tickformat"] == "d" and axis["dtick"] == 1
+    (runs / "tiny-run" / "metrics.csv").write_text(",".join(METRIC_FIELDS) + "\n" + "".join(
+        f"{i},0,0.1,0.2,{1 / i},0.001,100,{i}\n" for i in range(1, 41)))
+    at.run()
+    axis = json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["xaxis"]
+    assert axis["tickformat"] == "d" and "dtick" not in axis  # 40 steps: plotly's own whole-number ticks
+
+
 def test_compare_tells_many_runs_apart(app_env):
     """Plotly's own colours repeat after ten traces: the 11th run was drawn in the first one's colour."""
     data, runs = app_env
