@@ -21,7 +21,7 @@ from mixsep.config import TrainConfig, default_data_root, default_runs_dir, sett
 from mixsep.errors import MixsepError
 from mixsep.jobs import JobRegistry
 from mixsep.run import METRIC_FIELDS, MetricsTail, State
-from mixsep.run import live_status, lock_holder, resolve_run
+from mixsep.run import checkpoints_not_a_folder, live_status, lock_holder, resolve_run
 from mixsep.runs import downsample, list_runs
 
 # Streamlit runs gc.collect(2) after every script run (runner.postScriptGC), and the Train page
@@ -286,8 +286,11 @@ def pick_checkpoint(run_dir: Path, key: str = "checkpoint", runs_dir: Path | Non
 
     found = list_checkpoints(run_dir)
     if not found:
-        name, state = literal(run_dir.name), live_status(run_dir).get("state")
-        if training_now(run_dir, state, runs_dir):
+        name, state, wrong = literal(run_dir.name), live_status(run_dir).get("state"), checkpoints_not_a_folder(run_dir)
+        if wrong:  # none can come, and none was removed
+            st.info(f"Run {name} holds no checkpoint: {wrong}; move it away before training this run again. "
+                    "Pick another run.")
+        elif training_now(run_dir, state, runs_dir):
             st.info(f"Run {name} holds no checkpoint yet: a run writes one {_checkpoint_cadence(run_dir)}, "
                     "and when it ends. Wait for it (this page shows it once it is written), or pick another run.")
             _show_when_a_checkpoint_comes(str(run_dir))
@@ -353,6 +356,9 @@ def training_now(run_dir: Path, state: str | None, runs_dir: Path | None = None)
 
 def no_checkpoint_note(run_dir: Path, state: str | None, runs_dir: Path | None = None) -> str:
     """Compare's note for a run without a checkpoint to score."""
+    wrong = checkpoints_not_a_folder(run_dir)
+    if wrong:
+        return f"no checkpoint: {wrong}"
     return "no checkpoint yet" if training_now(run_dir, state, runs_dir) else "no checkpoint: removed, or never written"
 
 

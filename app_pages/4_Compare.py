@@ -42,6 +42,17 @@ table = pd.DataFrame([rows[n] for n in chosen]).reindex(
     columns=["run", "state", "note", "model", "pretrained_loaded", "cpu_bf16", "lr", "beta1", "beta2", "batch_size", "epochs",
              "train_size", "step", "last_loss", "best_loss", "val_psnr", "disk"])
 table["note"] = [rows[n]["message"] for n in chosen]  # why a run is odd: an unreadable config, a failure...
+
+
+def add_note(i: int, text: str) -> None:
+    """Add ``text`` to row i's note, unless it says so already (a table cell is plain text, never markdown)."""
+    if text not in table.loc[i, "note"].split("; "):
+        table.loc[i, "note"] = "; ".join(filter(None, [table.loc[i, "note"], text]))
+
+
+for i, name in enumerate(chosen):  # no checkpoint: said whether or not the runs are scored
+    if not rows[name]["checkpoints"]:
+        add_note(i, ui.no_checkpoint_note(runs_dir / name, rows[name]["state"], runs_dir))
 numbers = ["lr", "beta1", "beta2", "batch_size", "epochs", "step", "last_loss", "best_loss", "val_psnr"]
 table[numbers] = table[numbers].apply(pd.to_numeric, errors="coerce")  # numbers sort and format as numbers; a missing one is blank
 table["disk"] = [rows[n]["disk_mb"] * 1e6 for n in chosen]  # bytes: shown in KB, MB or GB
@@ -56,15 +67,14 @@ if score:
                 raise MixsepError(ui.no_checkpoint_note(runs_dir / name, rows[name]["state"], runs_dir))
             ev, scored_config, _ = ui.evaluation(found[0], data_root, int(count))
             if rows[name].get("model") and scored_config.model != rows[name]["model"]:  # the checkpoint's model's figures
-                table.loc[i, "note"] = "; ".join(filter(None, [  # a table cell is plain text, never markdown
-                    table.loc[i, "note"], f"{found[0].name} holds a {scored_config.model} model, not the config's "
-                    f"{rows[name].get('model')}: the scores are the {scored_config.model}'s"]))
+                add_note(i, f"{found[0].name} holds a {scored_config.model} model, not the config's "
+                            f"{rows[name].get('model')}: the scores are the {scored_config.model}'s")
             for source in ("mnist", "cifar"):
                 best = ev.best(source)
                 table.loc[i, f"{source} PSNR"] = best["psnr_mean"]
                 table.loc[i, f"{source} best mode"] = ev.best_mode(source)
         except MixsepError as e:
-            table.loc[i, "note"] = "; ".join(filter(None, [table.loc[i, "note"], str(e)]))
+            add_note(i, str(e))
         bar.progress((i + 1) / len(chosen), text=f"Scored {i + 1}/{len(chosen)} runs")
     scored = [c for c in ("mnist PSNR", "cifar PSNR", "mnist best mode", "cifar best mode") if c in table]
     table = table[["run", "state", *scored, *(c for c in table if c not in ("run", "state", *scored))]]  # in view

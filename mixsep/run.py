@@ -895,6 +895,14 @@ def _epoch_of(p: Path) -> int:
     return int(tail) if tail.isascii() and tail.isdigit() else -1  # "epoch-².pt": a stray name
 
 
+def checkpoints_not_a_folder(run_dir: Path) -> str:
+    """Why the run can hold no checkpoint at all, in a clause ("its checkpoints is a file, not a folder"), or ''."""
+    folder = checkpoint_dir(run_dir)
+    if folder.exists() and not folder.is_dir():
+        return f"its {CHECKPOINTS} is {'a file' if folder.is_file() else 'a FIFO or a device'}, not a folder"
+    return ""
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Newest first: last.pt, then epoch checkpoints from the latest."""
     folder = checkpoint_dir(run_dir)

@@ -961,6 +961,28 @@ def test_a_run_without_checkpoints_is_told_to_wait_only_while_it_trains(app_env,
     assert notes["emptied"] == "no checkpoint: removed, or never written" and notes["training"] == "no checkpoint yet"
 
 
+def test_compare_notes_a_run_without_a_checkpoint_unscored_too_and_a_checkpoints_file_is_named(app_env, trainer):
+    """Compare said "no checkpoint" only once Test PSNR was on, though its note column is documented to say it; a
+    run whose checkpoints was a file was said to hold none in its checkpoints folder, which it does not have."""
+    data, runs = app_env
+    _broken_run(runs, "emptied")  # finished, its checkpoints deleted
+    write_status(_broken_run(runs, "training"), "running", step=1, total_steps=3, **trainer)
+    filed = _broken_run(runs, "filed")
+    (filed / "checkpoints").rmdir()
+    (filed / "checkpoints").write_text("not a folder")
+    at = open_page("app_pages/4_Compare.py")
+    widget(at.multiselect, "Runs").set_value(["emptied", "training", "filed", "tiny-run"]).run()
+    expected = {"emptied": "no checkpoint: removed, or never written", "training": "no checkpoint yet",
+                "filed": "no checkpoint: its checkpoints is a file, not a folder", "tiny-run": ""}
+    assert at.dataframe[0].value.set_index("run")["note"].to_dict() == expected
+    widget(at.toggle, "Test PSNR").set_value(True).run()  # scored: the same notes, each said once
+    assert at.dataframe[0].value.set_index("run")["note"].to_dict() == expected
+    for page in ("app_pages/2_Samples.py", "app_pages/3_Metrics.py"):
+        info = texts(open_page(page, run="filed").info)
+        assert "Run filed holds no checkpoint: its checkpoints is a file, not a folder" in info, page
+        assert "checkpoints folder has none" not in info and "Pick another run" in info, page
+
+
 def test_a_legend_of_many_runs_goes_under_the_plot_not_over_its_title(app_env):
     """Compare's legend, one entry a run, wrapped onto the chart's title from about 7 runs."""
     import plotly.graph_objects as go
