@@ -73,8 +73,12 @@ else:
                      "message": st.column_config.TextColumn("message", width="large")})
     if len(runs) > 10:
         ui.page_link("Compare", f"The 10 newest of {len(runs)} runs; Compare lists them all")
-odd = unlisted_runs(runs_dir)
-if odd:  # made by hand or by another tool: say why they are missing rather than leave them out unseen
-    st.caption(f"Not listed: {len(odd)} run folder{'s' * (len(odd) > 1)} whose name the pages cannot use ("
-               f"{ui.literal(', '.join(odd[:5]))}{', …' if len(odd) > 5 else ''}); rename "
-               f"{'them' if len(odd) > 1 else 'it'} with letters, digits, spaces, '.', '_' and '-'.")
+unlisted = unlisted_runs(runs_dir)  # made by hand or by another tool: say why they are missing, not leave them out unseen
+for found, why, mend in (
+        (unlisted.names, "whose name the pages cannot use", "rename {} with letters, digits, spaces, '.', '_' and '-'"),
+        (unlisted.outside, "behind a link that leads out of the runs folder",
+         "the pages open runs inside it only: move or copy {} in")):
+    if found:
+        st.caption(f"Not listed: {len(found)} run folder{'s' * (len(found) > 1)} {why} ("
+                   f"{ui.literal(', '.join(found[:5]))}{', …' if len(found) > 5 else ''}); "
+                   f"{mend.format('them' if len(found) > 1 else 'it')}.")

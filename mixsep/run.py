@@ -309,18 +309,27 @@ def run_folders(runs_dir: Path) -> list[Path]:
     return _scan(runs_dir)[0]
 
 
-def unlisted_runs(runs_dir: Path) -> list[str]:
-    """The run folders (config.json inside) that run_folders leaves out for their names, by name."""
-    return _scan(runs_dir)[1]
+class Unlisted(NamedTuple):
+    """The run folders (config.json inside) that run_folders leaves out, by name, and why."""
+
+    names: list[str]    # names the pages cannot use (x:y, .hidden): a rename lists them
+    outside: list[str]  # behind a link, the run's own or its group's, that leads out of the runs folder
 
 
-def _scan(runs_dir: Path) -> tuple[list[Path], list[str]]:
+def unlisted_runs(runs_dir: Path) -> Unlisted:
+    """The run folders that run_folders leaves out, by name and why (a link to a run inside the runs folder
+    is none: that run is listed by its own name)."""
+    return Unlisted(*_scan(runs_dir)[1:])
+
+
+def _scan(runs_dir: Path) -> tuple[list[Path], list[str], list[str]]:
     root = Path(runs_dir)
-    found, odd = [], []
+    found, odd, outside = [], [], []
     try:
         children = list(root.iterdir()) if root.is_dir() else []
-    except OSError:
-        return [], []
+        real_root = root.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop, before Python 3.13
+        return [], [], []
     for child in children:
         candidates = [child]
         try:
@@ -331,13 +340,26 @@ def _scan(runs_dir: Path) -> tuple[list[Path], list[str]]:
         for p in candidates:
             name = p.relative_to(root).as_posix()
             try:
-                if p.is_dir() and is_run(p) and resolve_run(root, name) is not None:
-                    found.append((p.stat().st_mtime, p))
-            except (OSError, MixsepError, ValueError):  # odd names and links leaving the folder: not shown
-                if not p.is_symlink() and p.is_dir() and is_run(p):
-                    odd.append(name)
+                if not (p.is_dir() and is_run(p)):
+                    continue
+                resolve_run(root, name)
+            except (OSError, MixsepError, ValueError, RuntimeError):  # odd names and links: not shown, said why
+                try:
+                    where = p.resolve().relative_to(real_root).parts
+                except ValueError:
+                    outside.append(name)
+                except (OSError, RuntimeError):
+                    pass
+                else:  # a link to a run inside is listed by that run's own name; a real folder by no name
+                    if where == tuple(name.split("/")):
+                        odd.append(name)
+                continue
+            try:
+                found.append((p.stat().st_mtime, p))
+            except OSError:  # deleted meanwhile
+                pass
     found.sort(key=lambda t: t[0], reverse=True)
-    return [p for _, p in found], sorted(odd)
+    return [p for _, p in found], sorted(odd), sorted(outside)
 
 
 def _runs_dir_is_a_file(runs_dir: Path) -> MixsepError:

@@ -144,6 +144,26 @@ def test_home_says_how_many_runs_it_leaves_out_and_which_names_it_cannot_list(ap
             "rename them") in note
 
 
+def test_home_says_which_runs_a_link_leading_out_of_the_runs_folder_hides_and_why(app_env, tmp_path):
+    """Runs under a group folder that links out of the runs folder were said to have names the pages cannot use;
+    the names were fine. A link back into the runs folder hides nothing: its runs are listed by their own names."""
+    data, runs = app_env
+    for name in ("r1", "r2"):
+        shutil.copytree(runs / "tiny-run", tmp_path / "elsewhere" / name)
+    (runs / "ext").symlink_to(tmp_path / "elsewhere")
+    (runs / "solo").symlink_to(tmp_path / "elsewhere" / "r1")
+    shutil.copytree(runs / "tiny-run", runs / "study" / "trial-0001")
+    (runs / "alias").symlink_to(runs / "study")
+    _broken_run(runs, "x:y")
+    at = open_page("dashboard.py")
+    assert set(at.dataframe[1].value["run"]) == {"tiny-run", "study/trial-0001"}
+    note = seen(texts(at.caption)).replace("\u2060", "")  # as a reader sees it
+    assert "Not listed: 1 run folder whose name the pages cannot use (x:y); rename it" in note
+    assert ("Not listed: 3 run folders behind a link that leads out of the runs folder (ext/r1, ext/r2, solo); the "
+            "pages open runs inside it only: move or copy them in.") in note
+    assert "alias" not in note
+
+
 def test_train_page_shows_the_last_run(app_env):
     data, runs = app_env
     status = json.loads((runs / "tiny-run" / "status.json").read_text())
