@@ -18,7 +18,7 @@ from plotly.colors import qualitative
 import streamlit as st
 
 from mixsep.config import TrainConfig, default_data_root, default_runs_dir, setting_by_name
-from mixsep.errors import MixsepError
+from mixsep.errors import MixsepError, unreachable
 from mixsep.jobs import JobRegistry
 from mixsep.run import METRIC_FIELDS, MetricsTail, State
 from mixsep.run import checkpoints_not_a_folder, live_status, lock_holder, resolve_run
@@ -110,19 +110,31 @@ def sentence(text) -> str:
     return "".join(f"`{part}`" if i % 2 else literal(part) for i, part in enumerate(parts))
 
 
+FOLDER_FLAGS = (("data root", "--data-root", "MIXSEP_DATA_ROOT"), ("runs folder", "--runs-dir", "MIXSEP_RUNS_DIR"))
+
+
 def setup(title: str) -> tuple[Path, Path]:
     """Page config, title and the sidebar's folders; returns (data_root, runs_dir)."""
     st.set_page_config(page_title=f"{title} · mixsep", page_icon="🧩", layout="wide")
     data_root, runs_dir = folders()
+    # a folder no file system call takes (a link that leads back to itself, a name too long) raised on every page
+    # (resolve(), the data's stat): one sentence each says so, and the page stops there
+    wrong = [(path, f"The {what} {path} {why}; start the server with another {flag} (or {variable}).")
+             for path, (what, flag, variable) in zip((data_root, runs_dir), FOLDER_FLAGS) if (why := unreachable(path))]
+    data_shown, runs_shown = (p.absolute() if p in {w for w, _ in wrong} else p.resolve() for p in (data_root, runs_dir))
     with st.sidebar:  # the pages (see dashboard.py), then the folders: short names here, the full paths on hover
         for path, label, icon in PAGES:
             st.page_link(path, label=label, icon=icon)
         st.divider()
-        st.caption(f"Data `{data_root.resolve().name}` · runs `{runs_dir.resolve().name}`",
-                   help=f"Data root: {data_root.resolve()}  \nRuns folder: {runs_dir.resolve()}  \n"
+        st.caption(f"Data `{data_shown.name}` · runs `{runs_shown.name}`",
+                   help=f"Data root: {data_shown}  \nRuns folder: {runs_shown}  \n"
                         "Set them when starting the server: `streamlit run dashboard.py -- --data-root DIR "
                         "--runs-dir DIR`, or MIXSEP_DATA_ROOT and MIXSEP_RUNS_DIR.")
     st.title(title)
+    for _, said in wrong:
+        st.error(literal(said))  # the path as typed, never markdown
+    if wrong:
+        st.stop()
     return data_root, runs_dir
 
 

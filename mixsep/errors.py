@@ -51,6 +51,26 @@ def make_folder(path, what: str, is_a_file: str):
     return path
 
 
+def unreachable(path) -> str:
+    """Why no file system call can take ``path``, in a clause ("is a link that leads back to itself", "has a name
+    too long for the file system"), or '' when one can (the path may still be missing)."""
+    import errno
+    from pathlib import Path
+
+    try:
+        Path(path).resolve()
+        Path(path).exists()  # raises for a name too long; resolve() does not
+    except RuntimeError:  # pathlib's resolve() of a link that leads back to itself (Python 3.11)
+        return "is a link that leads back to itself"
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "is a link that leads back to itself"
+        if e.errno == errno.ENAMETOOLONG:
+            return "has a name too long for the file system"
+        return f"cannot be reached ({e.strerror or e.__class__.__name__})"
+    return ""
+
+
 def network_timeout_seconds() -> float:
     """MIXSEP_NETWORK_TIMEOUT (default 60), or one sentence when it is not a number of seconds a socket takes."""
     import math

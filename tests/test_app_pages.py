@@ -586,6 +586,31 @@ def test_data_root_is_fixed_by_the_server_not_by_a_visitor(app_env, tmp_path, mo
     assert f"No MNIST test data under {tmp_path / 'elsewhere'}" in texts(at.error)
 
 
+@pytest.mark.parametrize("variable, make, says", [
+    ("MIXSEP_RUNS_DIR", "loop", "The runs folder {} is a link that leads back to itself; start the server with "
+                                "another --runs-dir (or MIXSEP_RUNS_DIR)."),
+    ("MIXSEP_DATA_ROOT", "loop", "The data root {} is a link that leads back to itself; start the server with "
+                                 "another --data-root (or MIXSEP_DATA_ROOT)."),
+    ("MIXSEP_DATA_ROOT", "long", "The data root {} has a name too long for the file system; start the server with "
+                                 "another --data-root (or MIXSEP_DATA_ROOT)."),
+])
+def test_a_folder_no_file_system_call_takes_gets_one_sentence_on_every_page(app_env, tmp_path, monkeypatch,
+                                                                           variable, make, says):
+    """A runs folder or data root that was a symlink loop showed RuntimeError: Symlink loop on every page, and a
+    data root of a 300-character name showed [Errno 36] File name too long on Home."""
+    if make == "loop":
+        (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+        (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+        folder = tmp_path / "loop1"
+    else:
+        folder = tmp_path / ("d" * 300)
+    monkeypatch.setenv(variable, str(folder))
+    for page in [*PAGES, "app_pages/5_Sweep.py"]:
+        at = open_page(page)  # no exception
+        assert [seen(e.value).replace("\u2060", "") for e in at.error] == [says.format(folder)], page
+        assert len(at.sidebar.get("page_link")) == len(PAGES) + 1, page  # the way to the other pages stays
+
+
 def test_download_button_fetches_and_reruns(app_env, tmp_path, monkeypatch):
     target = tmp_path / "new-root"
     monkeypatch.setenv("MIXSEP_DATA_ROOT", str(target))
