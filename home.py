@@ -6,7 +6,7 @@ import streamlit as st
 import torch
 
 import mixsep_ui as ui
-from mixsep.data import data_status, download, missing_message
+from mixsep.data import data_status, download, missing_message, root_is_a_file
 from mixsep.errors import MixsepError
 from mixsep.run import unlisted_runs
 
@@ -35,9 +35,9 @@ table = pd.DataFrame([{"source": "MNIST" if r["source"] == "mnist" else "CIFAR-1
 st.dataframe(table, hide_index=True)
 missing = [r for r in rows if not r["found"]]
 if missing:
-    for r in missing:
-        st.warning(missing_message(data_root, r["source"], r["split"]))
-    if st.button("Download MNIST and CIFAR-10 (about 180 MB)", icon=":material/download:"):
+    for said in dict.fromkeys(missing_message(data_root, r["source"], r["split"]) for r in missing):
+        st.warning(said)  # a data root that is a file is said once, not once per source and split
+    if root_is_a_file(data_root) is None and st.button("Download MNIST and CIFAR-10 (about 180 MB)", icon=":material/download:"):
         bar = st.progress(0.0, text="Downloading…")
         try:
             splits = sorted({r["split"] for r in missing})

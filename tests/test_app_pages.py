@@ -1106,3 +1106,15 @@ def test_a_run_the_train_page_just_started_has_no_checkpoint_yet_not_a_removed_o
     at = open_page("app_pages/3_Metrics.py", run=run.name)
     info = texts(at.info)
     assert "holds no checkpoint yet" in info and "removed" not in info, info
+
+
+def test_home_says_once_that_the_data_root_is_a_file_and_offers_no_download(app_env, tmp_path, monkeypatch):
+    """The sentence was shown four times, once per source and split, over a Download button that could only
+    say the same again."""
+    (tmp_path / "data-file").write_text("not a folder")
+    monkeypatch.setenv("MIXSEP_DATA_ROOT", str(tmp_path / "data-file"))
+    at = open_page("dashboard.py")
+    warned = [w.value for w in at.warning]
+    assert len(warned) == 1 and "is a file, not a folder" in warned[0], warned
+    assert not [b for b in at.button if "Download" in str(b.label)]
+    assert list(at.dataframe[0].value["found"]) == ["missing"] * 4
