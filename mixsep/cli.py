@@ -719,6 +719,8 @@ def cmd_info(args) -> int:
         if name in RECIPES:
             print(f"  recipe (train --recipe): {' '.join(recipe_flags(name))}")
     print(f"data root {Path(args.data_root).resolve()}:")
+    if not args.check and (a_file := root_is_a_file(Path(args.data_root))):  # why all four read "missing"
+        print(f"  note: {a_file}")
     bad, missing = [], []
     names = {"mnist": "MNIST", "cifar": "CIFAR-10"}
     for row in data_status(Path(args.data_root)):

@@ -355,6 +355,9 @@ def test_info_check_of_a_data_root_that_is_a_file_says_so(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (f"error: The data root {afile} is a file, not a folder; name the "
                                                     "folder that holds MNIST/ and CIFAR-10.")
     assert afile.read_text() == "hi"
+    listed = warm_run(["info", "--model", "tiny", "--data-root", str(afile)], timeout=120)  # without --check: a list
+    assert listed.returncode == 0 and f"  note: The data root {afile} is a file, not a folder" in listed.stdout, \
+        listed.stdout + listed.stderr
 
 
 def test_a_full_cache_disk_leaves_no_temp_files(tmp_path, monkeypatch):
