@@ -719,7 +719,8 @@ def cmd_info(args) -> int:
         if name in RECIPES:
             print(f"  recipe (train --recipe): {' '.join(recipe_flags(name))}")
     print(f"data root {Path(args.data_root).resolve()}:")
-    if not args.check and (a_file := root_is_a_file(Path(args.data_root))):  # why all four read "missing"
+    a_file = root_is_a_file(Path(args.data_root))
+    if a_file and not args.check:  # why all four read "missing"
         print(f"  note: {a_file}")
     bad, missing = [], []
     names = {"mnist": "MNIST", "cifar": "CIFAR-10"}
@@ -736,7 +737,7 @@ def cmd_info(args) -> int:
             except MixsepError as e:
                 print(f"              does not read: {e}")
                 bad.append(name)
-    if missing and (a_file := root_is_a_file(Path(args.data_root))):  # not "missing, run download", which says so
+    if missing and a_file:  # not "missing, run download", which says so
         raise MixsepError(a_file)
     if bad or missing:  # `download` fetches only what is not there: a damaged file must go first
         said = "; ".join(filter(None, [f"the {' and '.join(bad)} files do not read (remove them first)" if bad
@@ -851,15 +852,13 @@ def main(argv=None) -> int:
         path = path[1:-1] if path[:1] in "'\"" and path[-1:] == path[:1] else path  # pathlib quotes it as repr
         print(f"error: {path} is a link that leads back to itself; remove it or name another path.", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # `python -m mixsep info | head -1`: the reader has all it wanted, no traceback
+    except (BrokenPipeError, StdoutFailed) as e:  # `| head -1`: the reader has all it wanted, no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail again
-        return 1
-    except OSError as e:  # (after BrokenPipeError, one of them) a path no file system takes: a name past its length limit
         if isinstance(e, StdoutFailed):  # `> /dev/full`, or a full disk or quota under a redirect
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush would fail again
             print(f"error: could not write to standard output ({e.strerror}); what {args.command} printed there "
                   "is lost.", file=sys.stderr)
-            return 1
+        return 1
+    except OSError as e:  # (after the two above) a path no file system takes: a name past its length limit
         if e.errno != errno.ENAMETOOLONG:
             raise
         print(f"error: {e.filename or 'a path given'} has a name too long for the file system; choose a shorter one.",

@@ -745,12 +745,19 @@ def last_logged_step(run_dir: Path) -> int:
     return int(rows["step"].iloc[-1]) if len(rows) else 0
 
 
+def read_metric_frame(path: Path):
+    """A metrics.csv's rows as a frame (metric_frame's rule); empty, with the right columns, when it is absent,
+    half written or not a regular file (a FIFO would be read until a writer came, for ever)."""
+    try:
+        data = _regular(path).read_bytes()
+    except OSError:
+        data = b""
+    return parse_metrics(data)
+
+
 def _csv_rows(path: Path) -> list[dict]:
     """The rows of a metrics.csv (metric_frame's rule)."""
-    try:
-        return _records(parse_metrics(_regular(path).read_bytes()))
-    except OSError:
-        return []
+    return _records(read_metric_frame(path))
 
 
 # --------------------------------------------------------------------------- the rows of metrics.csv: one rule

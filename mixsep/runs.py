@@ -8,17 +8,14 @@ import pandas as pd
 
 from .config import TrainConfig
 from .errors import MixsepError
-from .run import METRICS, State, _regular, disk_usage, is_alive, list_checkpoints, parse_metrics, read_status, run_folders
+from .run import (METRICS, State, _regular, disk_usage, is_alive, list_checkpoints, read_metric_frame, read_status,
+                  run_folders)
 
 
 def read_metrics(run_dir: Path) -> pd.DataFrame:
     """metrics.csv's rows as a frame (run.metric_frame's rule: a row that cannot be a step is skipped); empty, with
     the right columns, when absent, half written or not a regular file."""
-    try:
-        data = _regular(Path(run_dir) / METRICS).read_bytes()  # a FIFO would be read until a writer came, for ever
-    except OSError:
-        data = b""
-    return parse_metrics(data)
+    return read_metric_frame(Path(run_dir) / METRICS)
 
 
 def run_summary(run_dir: Path, name: str | None = None) -> dict:

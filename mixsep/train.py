@@ -141,7 +141,7 @@ def read_resume_point(run_dir: Path, map_location="cpu") -> dict | None:
     if last.is_file():
         try:
             seen = _file_identity(last)
-            if _resume_read[0] is not None and _resume_read[0] == seen:  # read moments ago, and unchanged since
+            if _resume_read[0] == seen:  # read moments ago, and unchanged since
                 return _resume_read[1]
             state = read_checkpoint(last, map_location=map_location)
             _resume_read[:] = [seen, state]
