@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import MixsepError, make_folder, network_timeout, network_timeout_seconds
+from .run import signals_held
 
 SOURCES = ("mnist", "cifar")
 SPLITS = ("train", "test")
@@ -596,7 +597,7 @@ def _fetch(datasets, root: Path, source: str, split: str) -> list[Path]:
     archives, groups = _download_files(cls, source, split)
     staging, seeded = None, set()
     try:
-        with _signals_held():  # made and known as one step: a Ctrl-C between them would leave it behind
+        with signals_held():  # made and known as one step: a Ctrl-C between them would leave it behind
             staging = Path(tempfile.mkdtemp(prefix=".mixsep-download-", dir=root))
         for rel, md5 in archives.items():  # an official archive that is here is copied in, not fetched again
             with contextlib.suppress(OSError):  # unreadable, or not a regular file (a FIFO would block)
@@ -607,14 +608,14 @@ def _fetch(datasets, root: Path, source: str, split: str) -> list[Path]:
         with network_timeout():
             cls(str(staging), train=split == "train", download=True)
     except BaseException:
-        with _signals_held():
+        with signals_held():
             if staging is not None:
                 with contextlib.suppress(OSError, MixsepError):  # best effort: the download's own error is said
                     whole = {rel for rel, md5 in archives.items() if check_integrity(str(staging / rel), md5)}
                     _put_in_place(staging, root, groups, seeded, whole)
                 shutil.rmtree(staging, ignore_errors=True)
         raise
-    with _signals_held():  # renames, quickly done: never left half done by a Ctrl-C
+    with signals_held():  # renames, quickly done: never left half done by a Ctrl-C
         try:
             kept = _put_in_place(staging, root, groups, seeded)
         finally:
@@ -661,22 +662,6 @@ def _move(src: Path, dst: Path) -> None:
         raise MixsepError(f"Downloaded {dst.name}, but could not put it in {dst.parent} "
                           f"({e.strerror or e.__class__.__name__}); make that a writable folder and download "
                           f"again.") from None
-
-
-@contextlib.contextmanager
-def _signals_held():
-    """Ctrl-C and SIGTERM wait until the block is done, then act as usual: a clean-up is never cut off halfway."""
-    import signal
-
-    try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    except (AttributeError, OSError, ValueError):  # no pthread_sigmask on this system
-        old = None
-    try:
-        yield
-    finally:
-        if old is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 # --------------------------------------------------------------------------- pairs
