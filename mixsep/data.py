@@ -534,6 +534,7 @@ def download(root: Path, splits=SPLITS) -> None:
     made = [] if root.is_dir() else [p for p in (root, *root.parents) if not p.exists()]
     root = make_folder(root, "the data root",
                        f"The data root {root} is a file, not a folder; name a folder to download into.")
+    _remove_stale_staging(root)
     for split in splits:
         for source in SOURCES:
             if find_source(root, source, split):
@@ -557,6 +558,41 @@ def download(root: Path, splits=SPLITS) -> None:
                 ) from None
             note = f" (kept the files that were there: {', '.join(p.name for p in kept)})" if kept else ""
             print(f"{source} {split}: downloaded into {root}{note}")
+
+
+_STAGING = ".mixsep-download-"
+
+
+def _remove_stale_staging(root: Path, min_age_s: float = 60.0) -> None:
+    """Remove the hidden folders that downloads killed outright (SIGKILL, a power cut) left in root: each
+    download holds a lock on its own folder while it lives, so a folder whose lock is free is one nobody
+    owns. One younger than ``min_age_s`` is left alone: its download may not have locked it yet."""
+    import fcntl
+    import time
+
+    try:
+        entries = [p for p in root.iterdir() if p.name.startswith(_STAGING)]
+    except OSError:
+        return
+    for folder in entries:
+        try:
+            if folder.is_symlink() or not folder.is_dir() or time.time() - folder.stat().st_mtime < min_age_s:
+                continue
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a download that is running holds it
+            os.close(fd)
+            continue
+        try:
+            shutil.rmtree(folder)
+            print(f"Removed {folder.name} from {root}: what a download stopped before it could clean up left there.")
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def _fetcher(datasets, source: str, split: str):
@@ -591,14 +627,18 @@ def _fetch(datasets, root: Path, source: str, split: str) -> list[Path]:
     After a failure only the archives that passed their checksum are moved (the next download starts from
     them): a file cut off mid-transfer, or one unpacked from an archive when Ctrl-C came, never reaches root.
     """
+    import fcntl
+
     from torchvision.datasets.utils import check_integrity
 
     cls = _fetcher(datasets, source, split)
     archives, groups = _download_files(cls, source, split)
-    staging, seeded = None, set()
+    staging, lock, seeded = None, None, set()
     try:
         with signals_held():  # made and known as one step: a Ctrl-C between them would leave it behind
-            staging = Path(tempfile.mkdtemp(prefix=".mixsep-download-", dir=root))
+            staging = Path(tempfile.mkdtemp(prefix=_STAGING, dir=root))
+            lock = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)  # held while this process lives: the folder
+            fcntl.flock(lock, fcntl.LOCK_EX)                        # of one killed outright is known by its free lock
         for rel, md5 in archives.items():  # an official archive that is here is copied in, not fetched again
             with contextlib.suppress(OSError):  # unreadable, or not a regular file (a FIFO would block)
                 if (root / rel).is_file() and check_integrity(str(root / rel), md5):
@@ -614,12 +654,15 @@ def _fetch(datasets, root: Path, source: str, split: str) -> list[Path]:
                     whole = {rel for rel, md5 in archives.items() if check_integrity(str(staging / rel), md5)}
                     _put_in_place(staging, root, groups, seeded, whole)
                 shutil.rmtree(staging, ignore_errors=True)
+            if lock is not None:
+                os.close(lock)
         raise
     with signals_held():  # renames, quickly done: never left half done by a Ctrl-C
         try:
             kept = _put_in_place(staging, root, groups, seeded)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            os.close(lock)
     return [root / rel for rel in kept if rel not in seeded]
 
 

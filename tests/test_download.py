@@ -281,3 +281,42 @@ def test_a_download_into_a_mnist_folder_linked_to_another_disk_copies_whole_file
             f"raw/{n[:-3]}": gzip.decompress(server.files[n]) for n in MNIST_NAMES}
         assert sorted(p.name for p in root.iterdir()) == ["MNIST", "cifar10_test.npz", "cifar10_train.npz"]
         assert len(D.load_split(root, "mnist", "test")[0]) == 12
+
+
+@pytest.mark.heavy(12)  # three cold child processes
+def test_a_hidden_folder_left_by_a_killed_download_is_removed_by_the_next_but_never_a_running_ones(tmp_path, server):
+    """SIGKILL gives a download no chance to remove the hidden folder it fetches into: half an archive stayed in
+    the data root for good. The next download removes it; a folder that a running download holds stays."""
+    root = tmp_path / "data"
+    root.mkdir()
+    hidden = lambda: sorted(p for p in root.iterdir() if p.name.startswith("."))  # noqa: E731
+    server.stall = set(server.files)
+
+    first = server.start(root, timeout=600)
+    wait_for(lambda: server.stalled.is_set() or first.poll() is not None, 120, "the first download to stall")
+    first.kill()
+    first.communicate(timeout=60)
+    [left] = hidden()  # killed outright: its folder, and the half archive in it, stay
+    assert any(p.is_file() for p in left.rglob("*"))
+    hour_ago = time.time() - 3600
+    os.utime(left, (hour_ago, hour_ago))
+
+    server.stalled.clear()
+    second = server.start(root, timeout=600)  # removes what the first left, then stalls in a folder of its own
+    wait_for(lambda: server.stalled.is_set() or second.poll() is not None, 120, "the second download to stall")
+    [running] = hidden()
+    assert running != left
+    os.utime(running, (hour_ago, hour_ago))  # as old as the killed one was: only its lock says it is in use
+
+    server.stall = set()
+    code, out, err = server.run(root)  # a third download, while the second still runs
+    assert code == 0, err
+    assert "Removed" not in out
+    assert hidden() == [running]  # the running download's folder is left alone
+
+    second.send_signal(signal.SIGTERM)
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 130, err
+    assert f"Removed {left.name} from {root}: what a download stopped before it could clean up left there." in out
+    assert hidden() == []
+    assert len(D.load_split(root, "mnist", "train")[0]) == 24  # the third download's files are all in place
