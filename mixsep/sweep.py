@@ -344,6 +344,11 @@ def check_storage(url: str | None, timeout_s: int = 10, writes: bool = True) -> 
             with open(file, "rb") as f:
                 head = f.read(16)
         except FileNotFoundError:
+            mode = parsed.query.get("mode")
+            if mode in ("ro", "rw"):  # SQLite opens only a file that is there, and says just 'unable to open'
+                fix = f", or drop '?mode={mode}' to make a new one" if writes else ""
+                raise MixsepError(f"There is no database file {file}, and {shown} opens only one that is there "
+                                  f"(mode={mode}); name the database of an earlier sweep{fix}.") from None
             return
         except OSError as e:
             raise MixsepError(f"Cannot read the database file of {shown} ({e.strerror}); "

@@ -498,3 +498,19 @@ def test_a_sqlite_query_option_that_would_not_take_effect_is_one_sentence(capsys
     assert main(sweep_args(data, tmp_path / "runs")) == 2
     assert one_error(capsys).startswith(f"error: sqlite:///{tmp_path / 'study.db'}{query} {says}")
     assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("mode, best", [("rw", False), ("rw", True), ("ro", True)])
+def test_a_sqlite_storage_that_opens_only_an_existing_file_names_the_missing_file(capsys, tmp_path, monkeypatch,
+                                                                                 mode, best):
+    """`?mode=rw` (or ro) on a file that is not there: the sweep said only "unable to open database file", and
+    --best "There is no study", of a database that does not exist."""
+    data = make_data_root(tmp_path / "data")
+    db = tmp_path / "study.db"
+    monkeypatch.setenv("MIXSEP_SWEEP_STORAGE", f"sqlite:///{db}?mode={mode}")
+    before = tree(tmp_path)
+    assert main(sweep_args(data, tmp_path / "runs", *(["--best"] if best else []))) == 2
+    fix = "" if best else f", or drop '?mode={mode}' to make a new one"
+    assert one_error(capsys) == (f"error: There is no database file {db}, and sqlite:///{db}?mode={mode} opens only "
+                                 f"one that is there (mode={mode}); name the database of an earlier sweep{fix}.")
+    assert tree(tmp_path) == before
