@@ -979,8 +979,12 @@ class _LatestTries:
         return getattr(self._study, name)
 
     def get_trials(self, deepcopy: bool = True, states=None) -> list:
-        continued = _requeued(self._study.get_trials(deepcopy=False))
-        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states) if t.number not in continued]
+        import copy
+
+        trials = self._study.get_trials(deepcopy=False)  # read once: on a database, every trial comes over
+        continued = _requeued(trials)
+        kept = [t for t in trials if t.number not in continued and (states is None or t.state in states)]
+        return copy.deepcopy(kept) if deepcopy else kept
 
 
 def counts(study) -> dict:

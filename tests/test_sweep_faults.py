@@ -416,8 +416,13 @@ def test_a_requeued_trial_counts_once_at_the_halving_rungs(data_root, tmp_path):
     copy.report(20.5, 2)
     assert not copy.should_prune()
     assert study._storage.get_trial(copy._trial_id).system_attrs["completed_rung_0"] == 20.0  # carried on
-    _, pruned = trial(19.0)  # 8 at rung 0 (the copy once): the top 2 go on, and 19 is second
-    assert not pruned
+    last = study.ask()
+    last.report(19.0, 1)
+    reads = []
+    get_all_trials = study._storage.get_all_trials
+    study._storage.get_all_trials = lambda *a, **k: reads.append(1) or get_all_trials(*a, **k)
+    assert not last.should_prune()  # 8 at rung 0 (the copy once): the top 2 go on, and 19 is second
+    assert len(reads) == 1  # the pruner reads the trials once, to leave out the continued ones too (twice before)
 
 
 # --------------------------------------------------------------------------- a trial refused
