@@ -218,7 +218,8 @@ class JobRegistry:
                 except ValueError:
                     raise MixsepError(f"{run_dir} is not a run in {self.runs_dir}.") from None
                 config = TrainConfig.load(run_dir / "config.json").validate()
-                state = read_resume_point(run_dir)  # a damaged last.pt: said on the page, not only in worker.log
+                # a damaged last.pt: said on the page, not only in worker.log (a look: the child reads it whole)
+                state = read_resume_point(run_dir, peek=True)
                 if state is not None:
                     check_fits(run_dir, state, config.model)
                 (run_dir / "STOP").unlink(missing_ok=True)

@@ -874,8 +874,11 @@ def newest_readable(run_dir: Path, skip: Path) -> str:
     return ""
 
 
-def read_checkpoint(path: Path, map_location="cpu") -> dict:
-    """A checkpoint's contents, loaded as data only (weights_only): a checkpoint cannot run code."""
+def read_checkpoint(path: Path, map_location="cpu", mmap: bool = False) -> dict:
+    """A checkpoint's contents, loaded as data only (weights_only): a checkpoint cannot run code.
+
+    ``mmap``: the tensors are mapped from the file, not read: a look at the settings and the weights' shapes
+    reads a few kilobytes of a 139 MB file (damage inside a tensor's bytes is then found only by a full read)."""
     import torch
 
     path = Path(path)
@@ -887,7 +890,7 @@ def read_checkpoint(path: Path, map_location="cpu") -> dict:
                               "inside a run's checkpoints folder.")
         raise MixsepError(f"Checkpoint {path} does not exist.")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:
         if "Weights only load failed" in str(e) and "GLOBAL" in str(e):  # it names a function or class to build
             raise UnreadableCheckpoint(f"{path} holds Python objects other than weights, which mixsep refuses to "

@@ -132,14 +132,19 @@ def forget_resume_point() -> None:
     _resume_read[:] = [None, None]
 
 
-def read_resume_point(run_dir: Path, map_location="cpu") -> dict | None:
+def read_resume_point(run_dir: Path, map_location="cpu", peek: bool = False) -> dict | None:
     """The run's last.pt, which a resume continues from (None: the run has no checkpoint yet, and starts at
     step 0). Refused before anything is written, naming the newest checkpoint that still reads: a damaged
     last.pt, one that is not a file, or none beside epoch checkpoints (a resume would train the run again from
-    step 0, over its metrics). The CLI and the dashboard ask before they change or start anything."""
+    step 0, over its metrics). The CLI and the dashboard ask before they change or start anything.
+
+    ``peek``: the dashboard's look before its child resumes: the tensors are mapped, not read, and nothing is
+    kept (the server lives on, and the child reads the file whole)."""
     last = last_checkpoint(run_dir)
     if last.is_file():
         try:
+            if peek:
+                return read_checkpoint(last, map_location=map_location, mmap=True)
             seen = _file_identity(last)
             if _resume_read[0] == seen:  # read moments ago, and unchanged since
                 return _resume_read[1]

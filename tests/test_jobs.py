@@ -418,3 +418,33 @@ def test_every_tab_sees_a_run_stopping_until_it_has_stopped(tmp_path, tiny_confi
     jobs.env = fake_env("train")
     jobs.start(run_dir=run)  # a resume is not stopping
     assert not jobs.poll().stopping
+
+
+def test_a_resume_on_the_page_maps_last_pt_and_keeps_none_of_it(tmp_path, tiny_config, fake_python, jobs_of):
+    """The page's check before a Resume read the whole last.pt (139 MB for a faithful run) and the server kept it
+    in memory until the next resume; its child then read it again. Now the page maps it: it reads the settings
+    and the shapes, and keeps nothing."""
+    from mixsep import train
+    from mixsep.model import build_model
+    from mixsep.run import save_checkpoint
+
+    config = dataclasses.replace(tiny_config, model="faithful", pretrained=False)
+    jobs = jobs_of(tmp_path / "runs", python=fake_python, env=fake_env("train"))
+    run = jobs.start(config)
+    wait_for(lambda: len(read_metrics(run)) >= 2, what="metrics rows")
+    jobs.stop()
+    assert jobs.wait(10).state == "stopped"
+    last = run / "checkpoints" / "last.pt"
+    save_checkpoint(last, build_model("faithful", pretrained=False), config, step=2, epoch=0)
+    size = last.stat().st_size
+    assert size > 40e6
+
+    def bytes_read() -> int:  # read() calls of this process: a mapped file's pages do not count
+        return int(next(line for line in Path("/proc/self/io").read_text().splitlines()
+                        if line.startswith("rchar:")).split()[1])
+
+    train.forget_resume_point()
+    before = bytes_read()
+    assert jobs.start(run_dir=run) == run.resolve()
+    assert bytes_read() - before < size / 20  # a few kilobytes of settings and shapes, not the weights
+    assert train._resume_read == [None, None]  # and nothing of it stays in the server
