@@ -17,7 +17,6 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from .data import PairData, mix, to_float
 
@@ -42,11 +41,17 @@ AUDIT_DATA_RANGE = 255.0
 
 def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """Per-image PSNR in dB of (B, C, H, W) batches."""
+    # imported where it is used: torchmetrics brings torchvision's models, torch._dynamo and scipy.signal (seconds
+    # of a cold start), which `separate`, `grid` and the pages that use only recover() and predict() never need
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
     return peak_signal_noise_ratio(pred, target, data_range=data_range, reduction="none", dim=(1, 2, 3))
 
 
 def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """Per-image SSIM (Gaussian window 11, sigma 1.5, as in Wang et al. 2004), torchmetrics' whole-image mean."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     return structural_similarity_index_measure(pred, target, data_range=data_range, reduction="none")
 
 
@@ -55,6 +60,8 @@ SSIM_BORDER = 5  # half of the 11-pixel window: border pixels whose window reach
 
 def ssim_map(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """torchmetrics' SSIM map (B, C, H, W); its mean is ``ssim``, its interior's mean ``ssim_valid``."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     return structural_similarity_index_measure(pred, target, data_range=data_range, reduction="none",
                                                return_full_image=True)[1]
 

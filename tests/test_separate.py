@@ -4,6 +4,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import mixture_pngs, tmpfs, tree
+from conftest import ROOT, mixture_pngs, tmpfs, tree
 
 from mixsep.cli import main
 from mixsep.metrics import recover
@@ -30,8 +32,14 @@ def test_separate_writes_a_grey_digit_and_an_image_per_mixture_that_average_back
     run = _train(capsys, data_root, tmp_path / "runs", "unet_digit")
     inputs, mixed = mixture_pngs(data_root, tmp_path / "in", 3)
     out = tmp_path / "out"
-    assert main(["separate", str(run), *map(str, inputs), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out.split()
+    # a cold process, as a user's: torchmetrics (with torchvision's models, torch._dynamo and scipy.signal, seconds
+    # of imports) is not loaded, as nothing is scored
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "mixsep", "separate", str(run), *map(str, inputs),
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "mixsep.separate" in imported and not {"torchmetrics", "scipy.signal", "torch._dynamo"} & imported
+    printed = done.stdout.split()
     assert printed == [str(out / f"mix{i}.{s}.png") for i in range(3) for s in ("mnist", "cifar")]
     model, _, _ = load_run_model(run)
     for i, px in enumerate(mixed):
@@ -280,8 +288,6 @@ def _one_error_line(err: str, *parts: str) -> None:
 def test_a_read_only_disk_is_one_sentence_and_nothing_is_written(capsys, data_root, tmp_path, into):
     """--out on a read-only filesystem, the mount itself or a folder on it that exists: the temporary
     file cannot be made, and its clean-up (which meets EROFS too) once raised over the message."""
-    import subprocess
-
     run = _train(capsys, data_root, tmp_path / "runs")
     inputs, _ = mixture_pngs(data_root, tmp_path / "in", 2)
     with tmpfs(tmp_path / "ro", "200k") as disk:
