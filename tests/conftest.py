@@ -109,8 +109,10 @@ def frozen_when(proc, cond, timeout: float = 240.0, what: str = "condition", sli
 
 ROOT = Path(__file__).resolve().parents[1]
 # what every `python -m mixsep` spends its first ~6 CPU-seconds importing (torch._dynamo comes with
-# the first optimizer step); the fork server imports them once per pytest worker
-WARM_IMPORTS = ["torch", "torch._dynamo", "mixsep.cli", "mixsep.train", "mixsep.sweep", "optuna", "conftest"]
+# the first optimizer step, torchmetrics with a sweep trial's first score: seconds more for each worker);
+# the fork server imports them once per pytest worker
+WARM_IMPORTS = ["torch", "torch._dynamo", "mixsep.cli", "mixsep.train", "mixsep.sweep", "mixsep.metrics", "torchmetrics",
+                "optuna", "conftest"]
 _warm_context = None
 
 
