@@ -34,6 +34,7 @@ import json
 import math
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -621,20 +622,32 @@ def lock_holder(run_dir: Path) -> dict | None:
 # --------------------------------------------------------------------------- status
 
 
-def _regular(path: Path) -> Path:
-    """``path``, for reading, if it is a regular file (or a link to one): reading a FIFO put there by hand would
-    block for ever (a trainer's resume, the dashboard's run list). Anything else is an OSError, as a missing
-    file is, to the readers that treat one as unreadable."""
-    path = Path(path)
-    if path.exists() and not path.is_file():
-        raise OSError(errno.EINVAL, "not a regular file", str(path))
-    return path
+def open_regular(path: Path):
+    """``path`` opened for reading (binary) if it is a regular file (or a link to one): reading a FIFO put there by
+    hand would block for ever (a trainer's resume, the dashboard's run list). Anything else is an OSError, as a
+    missing file is, to the readers that treat one as unreadable. The file opened is the one checked: opening
+    does not wait on a FIFO (O_NONBLOCK), so one put in place of the file after a look cannot block either."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: Path) -> bytes:
+    """The bytes of ``path`` if it is a regular file (open_regular)."""
+    with open_regular(path) as f:
+        return f.read()
 
 
 def read_status(run_dir: Path) -> dict:
     """status.json as a dict; {"state": "unknown", ...} when missing or unreadable."""
     try:
-        status = json.loads(_regular(Path(run_dir) / STATUS).read_text())
+        status = json.loads(read_regular(Path(run_dir) / STATUS))
         if isinstance(status, dict) and isinstance(status.get("state"), str):
             bad = [k for k in ("step", "total_steps", "pid") if not _count(status.get(k))]
             if not bad:
@@ -692,7 +705,7 @@ class MetricsLog:
     def open(self, keep_through_step: int) -> "MetricsLog":
         """Keep rows with step <= ``keep_through_step`` (the checkpoint resumed from; 0 = none), atomically."""
         try:  # read once: the rows to keep, and whether the file already holds just those
-            old = _regular(self.path).read_bytes()
+            old = read_regular(self.path)
         except OSError:
             old = None
         rows = [r for r in (_records(parse_metrics(old)) if old else []) if r["step"] <= keep_through_step]
@@ -732,7 +745,7 @@ def last_logged_step(run_dir: Path) -> int:
     """The step of metrics.csv's last row (0 if none), reading only its header and its last 4 KB."""
     path = Path(run_dir) / METRICS
     try:
-        with open(_regular(path), "rb") as f:
+        with open_regular(path) as f:
             header = f.readline(4096)
             start = max(len(header), f.seek(0, os.SEEK_END) - 4096)
             f.seek(start - 1 if start > len(header) else start)  # from the byte before the window: see below
@@ -749,7 +762,7 @@ def read_metric_frame(path: Path):
     """A metrics.csv's rows as a frame (metric_frame's rule); empty, with the right columns, when it is absent,
     half written or not a regular file (a FIFO would be read until a writer came, for ever)."""
     try:
-        data = _regular(path).read_bytes()
+        data = read_regular(path)
     except OSError:
         data = b""
     return parse_metrics(data)
@@ -1138,7 +1151,7 @@ class MetricsTail:
 
     def poll(self) -> Appended:
         try:
-            f = open(_regular(self.path), "rb")
+            f = open_regular(self.path)
         except OSError:
             restarted = self._inode is not None
             self._forget()

@@ -8,7 +8,7 @@ import pandas as pd
 
 from .config import TrainConfig
 from .errors import MixsepError
-from .run import (METRICS, State, _regular, disk_usage, is_alive, list_checkpoints, read_metric_frame, read_status,
+from .run import (METRICS, State, disk_usage, is_alive, list_checkpoints, open_regular, read_metric_frame, read_status,
                   run_folders)
 
 
@@ -56,7 +56,7 @@ def _no_rows_note(path: Path) -> str:
 
 def _lines_past_header(path: Path) -> bool:
     try:
-        with open(_regular(path), "rb") as f:
+        with open_regular(path) as f:
             return len(f.read(65536).strip().splitlines()) > 1
     except OSError:
         return False

@@ -7,6 +7,7 @@ stderr as it comes, start cold ones.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -891,3 +892,45 @@ def test_a_stray_file_name_with_unicode_digits_is_ignored_not_a_traceback(tmp_pa
     assert [p.name for p in R.list_checkpoints(run)] == ["last.pt", "epoch-10.pt", "epoch-2.pt"]
     (run / "metrics.csv").write_text(",".join(R.METRIC_FIELDS) + "\n7" + ",0" * (len(R.METRIC_FIELDS) - 1) + "\n²,x\n")
     assert R.last_logged_step(run) == 7
+
+
+def test_a_file_swapped_for_a_fifo_while_it_is_read_never_blocks_the_reader(tmp_path):
+    """The readers checked that status.json was a regular file, then opened it by its name: a FIFO put there
+    between the two blocked the reader (the dashboard's run list) until a writer came, for ever."""
+    import threading
+
+    run = tmp_path / "run"
+    run.mkdir()
+    status = run / R.STATUS
+    good = json.dumps({"state": "running", "step": 1, "total_steps": 2, "pid": 1}).encode()
+    status.write_bytes(good)
+    stop, blocked = threading.Event(), []
+
+    def swap():  # a regular file and a FIFO take turns under the name, each put there by a rename
+        while not stop.is_set():
+            os.mkfifo(run / "f.tmp")
+            os.replace(run / "f.tmp", status)
+            (run / "r.tmp").write_bytes(good)
+            os.replace(run / "r.tmp", status)
+
+    def read():
+        while not stop.is_set():
+            R.read_status(run)
+            R.read_metric_frame(status)
+
+    swapper, reader = threading.Thread(target=swap, daemon=True), threading.Thread(target=read, daemon=True)
+    swapper.start()
+    reader.start()
+    time.sleep(3)
+    stop.set()
+    swapper.join(10)
+    reader.join(5)  # the round it was in
+    if reader.is_alive():  # stuck opening a FIFO: give it a writer so that the thread ends
+        blocked.append(1)
+        deadline = time.monotonic() + 10
+        while reader.is_alive() and time.monotonic() < deadline:
+            for p in run.iterdir():
+                with contextlib.suppress(OSError):
+                    os.close(os.open(p, os.O_WRONLY | os.O_NONBLOCK))
+            time.sleep(0.01)
+    assert not blocked, "a reader opened a FIFO put in place of the file it had checked"
