@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -190,6 +191,23 @@ def cmd_train(args) -> int:
             if inside.name == CHECKPOINTS and any((inside.parent / f).exists() for f in run_files):
                 raise MixsepError(f"{args.run_dir} is inside the checkpoints folder of the run {inside.parent}; give "
                                   f"--run-dir {inside.parent} to resume it.")
+            if inside != given and (inside / CONFIG).is_file() and (inside / STATUS).is_file():  # a run's folder
+                raise MixsepError(f"{args.run_dir} is inside the run folder {inside}, and a run holds no other run "
+                                  "(the dashboard would not list it, and deleting that run would take this one); "
+                                  "name a folder outside it.")
+        from .sweep import SWEEP_FILE
+
+        held = None
+        with contextlib.suppress(OSError):  # not a folder yet, or unreadable: Run.open says what is wrong
+            held = next((c for c in given.iterdir() if c.is_dir() and not c.is_symlink() and (
+                (c / CONFIG).is_file() and (c / STATUS).is_file() or (c / SWEEP_FILE).is_file())), None)
+        if held is not None:
+            raise MixsepError(f"{args.run_dir} holds the run or study {held.name}, and a run folder holds no other run "
+                              "(is it the runs folder?); name a new folder, or a run's own folder to resume it.")
+        if (given / SWEEP_FILE).is_file():
+            raise MixsepError(f"{args.run_dir} is the folder of the sweep study '{given.name}', which keeps its trials "
+                              "in it (a run there would stop the study from resuming); name another folder, or one of "
+                              "its trial folders to resume that trial.")
         made = _missing_ancestor(Path(args.run_dir))  # the folder (or a parent) this command makes, if any
         run = Run(Path(args.run_dir)).open()  # a second trainer on this folder stops here, with the holder's name
         try:

@@ -409,7 +409,7 @@ def check_layout(run_dir: Path) -> None:
     and cut metrics.csv to the new rows before the first checkpoint failed; a folder named metrics.csv
     could only fail later.
     """
-    for name, folder in ((CHECKPOINTS, True), (METRICS, False), (STATUS, False), (CONFIG, False),
+    for name, folder in ((CHECKPOINTS, True), (METRICS, False), (STATUS, False), (CONFIG, False), (STOP, False),
                          (f"{CHECKPOINTS}/{LAST}", False)):
         path = Path(run_dir) / name
         if path.is_symlink() and not path.exists():
@@ -495,12 +495,14 @@ class RunLock:
         why = "it keeps changing"
         for _ in range(20):  # made or removed by another process between two calls: ask again
             for flags in (os.O_RDWR, os.O_RDWR | os.O_CREAT | os.O_EXCL):
-                try:
-                    return os.open(self.path, flags, 0o644), bool(flags & os.O_CREAT)
+                try:  # never through a link: the holder's line would be written over the file it leads to
+                    return os.open(self.path, flags | os.O_NOFOLLOW, 0o644), bool(flags & os.O_CREAT)
                 except (FileNotFoundError, FileExistsError) as e:
                     why = e.strerror
-                except OSError as e:  # a folder or a symlink loop where the lock file goes
-                    why = e.strerror
+                except OSError as e:  # a folder or a link where the lock file goes
+                    why = (e.strerror if e.errno != errno.ELOOP or not self.path.is_symlink() else
+                           "a link to nothing" if not self.path.exists() else
+                           "a link, and the trainer would write over what it leads to")
                     break
             else:
                 if not self.path.is_symlink():
@@ -976,13 +978,21 @@ def delete_run(runs_dir: Path, name: str) -> Path:
     path = resolve_run(runs_dir, name)
     if not path.is_dir():
         raise MixsepError(f"There is no run named '{name}' in {Path(runs_dir).resolve()}.")
-    runs = [path] if is_run(path) else [p for p in path.iterdir() if p.is_dir() and is_run(p)]
+    inside = [Path(top, d) for top, dirs, _ in os.walk(path) for d in dirs]  # links are not walked into
+    runs = [p for p in (path, *inside) if is_run(p)]  # a run trained into another run's folder, or a study's, too
+    from .sweep import live_sweeps  # a sweep between two trials holds no run's lock
+
+    for sweep in live_sweeps(runs_dir):
+        if Path(sweep["folder"]).resolve().is_relative_to(path):
+            raise MixsepError(f"Sweep '{Path(sweep['folder']).name}' is running in '{name}'; stop it on the Sweep page "
+                              "(or wait for it to finish) before deleting it.")
     if not runs and any(path.iterdir()):
         raise MixsepError(f"'{name}' is not a run folder (no config.json inside); delete it by hand if you mean it.")
     for run in runs:
         holder = lock_holder(run)
         if holder is not None or (read_status(run).get("state") == State.RUNNING and is_alive(read_status(run))):
-            raise MixsepError(f"Run '{run_name(runs_dir, run)}' is training now; stop it before deleting it.")
+            raise MixsepError(f"Run '{run_name(runs_dir, run)}' is training now; stop it before deleting "
+                              f"{'it' if run == path else f'the folder {name} it is in'}.")
     try:
         shutil.rmtree(path)
     except OSError as e:

@@ -562,6 +562,64 @@ def test_delete_runs_inside_the_runs_folder_only_and_never_a_training_one(small_
     assert sorted(p.name for p in runs.iterdir()) == ["link"]
 
 
+
+def test_delete_never_takes_a_folder_with_a_training_run_or_a_running_sweep_anywhere_inside(small_config, tmp_path):
+    """A run nested in another run's folder (made by hand, or by a train that was not refused then) trained on
+    while Delete took the outer run and all in it; a study's folder went while its sweep ran between trials."""
+    from mixsep.cli import build_parser
+    from mixsep.sweep import plan, write_sweep_status
+
+    runs = tmp_path / "runs"
+    list(T.train_steps(small_config, runs / "outer"))
+    gen = T.train_steps(dataclasses.replace(small_config, epochs=50), runs / "outer" / "deeper" / "inner")
+    next(gen)  # trains on, holding its lock
+    with pytest.raises(MixsepError, match=r"^Run 'outer/deeper/inner' is training now; stop it before deleting the "
+                                          r"folder outer it is in\.$"):
+        R.delete_run(runs, "outer")
+    gen.close()
+    R.delete_run(runs, "outer")
+
+    p = plan(build_parser().parse_args(["sweep", "--study", "demo", "--runs-dir", str(runs),
+                                        "--data-root", small_config.data_root, "--val-size", "16", "--batch-size", "8"]))
+    list(T.train_steps(small_config, p.folder / "trial-0000"))  # its first trial, done
+    write_sweep_status(p, "running")  # this process is the sweep: alive, on this machine, between two trials
+    with pytest.raises(MixsepError, match=r"^Sweep 'demo' is running in 'demo'; stop it on the Sweep page"):
+        R.delete_run(runs, "demo")
+    write_sweep_status(p, "stopped")
+    R.delete_run(runs, "demo")
+    assert list(runs.iterdir()) == []
+
+
+
+def test_a_run_dir_inside_a_run_holding_runs_or_a_studys_own_is_refused_untouched(small_config, tmp_path, capsys):
+    """`train --run-dir` inside another run's folder trained a run that no page lists and that deleting the outer run
+    took with it; into a study's folder it trained beside sweep.json, and the study could no longer resume or
+    name its best trial; into the runs folder itself it made every run a run inside a run."""
+    from mixsep.cli import build_parser, main
+    from mixsep.sweep import plan, write_sweep_status
+
+    run = _finished_run(small_config, tmp_path)
+    new = ["--data-root", small_config.data_root, "--model", small_config.model, "--batch-size", "8", "--no-pretrained",
+           "--quiet"]
+    p = plan(build_parser().parse_args(["sweep", "--study", "demo", "--runs-dir", str(tmp_path / "runs"),
+                                        "--data-root", small_config.data_root, "--val-size", "16", "--batch-size", "8"]))
+    p.folder.mkdir(parents=True)
+    write_sweep_status(p, "finished")
+    before = conftest.tree(tmp_path)
+    for run_dir, says in (
+            (run / "inner", f"{run / 'inner'} is inside the run folder {run}, and a run holds no other run (the "
+                            "dashboard would not list it, and deleting that run would take this one); name a folder "
+                            "outside it."),
+            (tmp_path, f"{tmp_path} holds the run or study run, and a run folder holds no other run (is it the runs "
+                       "folder?); name a new folder, or a run's own folder to resume it."),
+            (p.folder, f"{p.folder} is the folder of the sweep study 'demo', which keeps its trials in it (a run there "
+                       "would stop the study from resuming); name another folder, or one of its trial folders to "
+                       "resume that trial.")):
+        assert main(["train", "--run-dir", str(run_dir), *new]) == 2
+        assert capsys.readouterr().err == f"error: {says}\n"
+        assert conftest.tree(tmp_path) == before
+
+
 # --------------------------------------------------------------------------- damaged run folders, refused before anything changes
 
 
@@ -625,8 +683,11 @@ def test_resume_without_config_json_keeps_the_checkpoints_settings(small_config,
     (R.CONFIG, "dangling", "config.json is a link to nothing"),
     (f"{R.CHECKPOINTS}/{R.LAST}", "folder", "last.pt should be a file but is a folder"),
     (R.LOCK, "folder", r"\.lock cannot be opened \(Is a directory\)"),
-    (R.LOCK, "loop", r"\.lock cannot be opened \(Too many levels of symbolic links\)"),
+    (R.LOCK, "loop", r"\.lock cannot be opened \(a link to nothing\)"),
     (R.LOCK, "dangling", r"\.lock cannot be opened \(a link to nothing\)"),  # not followed out of the folder
+    # a link to a file of the user's: the trainer's line was written over it
+    (R.LOCK, "link", r"\.lock cannot be opened \(a link, and the trainer would write over what it leads to\)"),
+    (R.STOP, "folder", "STOP should be a file but is a folder"),  # a traceback, and a finished run read "failed"
     # a FIFO: the resume waited for ever, and a Ctrl-C or SIGTERM did not end it
     (R.STATUS, "fifo", r"status\.json should be a file but is not a regular file \(a FIFO, say\); move it away"),
     (R.METRICS, "fifo", r"metrics\.csv should be a file but is not a regular file"),
@@ -644,12 +705,15 @@ def test_a_run_folder_holding_the_wrong_kinds_of_things_is_refused_untouched(sma
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
     {"file": lambda: path.write_text("x"), "folder": path.mkdir, "dangling": lambda: path.symlink_to(tmp_path / "gone"),
-     "loop": lambda: path.symlink_to(path), "fifo": lambda: os.mkfifo(path)}[make]()
+     "loop": lambda: path.symlink_to(path), "fifo": lambda: os.mkfifo(path), "link": lambda: path.symlink_to(mine)}[make]()
     before = conftest.tree(run, skip=(R.LOCK,))
     assert main(["train", "--run-dir", str(run), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and re.search(match, err), err
+    assert mine.read_text() == "mine"
     assert conftest.tree(run, skip=(R.LOCK,)) == before  # a file named checkpoints once sent it back to step 0, cutting metrics.csv
 
 
