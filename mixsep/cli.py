@@ -197,6 +197,10 @@ def cmd_train(args) -> int:
                                   "name a folder outside it.")
         from .sweep import SWEEP_FILE
 
+        if (given / SWEEP_FILE).is_file():
+            raise MixsepError(f"{args.run_dir} is the folder of the sweep study '{given.name}', which keeps its trials "
+                              "in it (a run there would stop the study from resuming); name another folder, or one of "
+                              "its trial folders to resume that trial.")
         held = None
         with contextlib.suppress(OSError):  # not a folder yet, or unreadable: Run.open says what is wrong
             held = next((c for c in given.iterdir() if c.is_dir() and not c.is_symlink() and (
@@ -204,10 +208,6 @@ def cmd_train(args) -> int:
         if held is not None:
             raise MixsepError(f"{args.run_dir} holds the run or study {held.name}, and a run folder holds no other run "
                               "(is it the runs folder?); name a new folder, or a run's own folder to resume it.")
-        if (given / SWEEP_FILE).is_file():
-            raise MixsepError(f"{args.run_dir} is the folder of the sweep study '{given.name}', which keeps its trials "
-                              "in it (a run there would stop the study from resuming); name another folder, or one of "
-                              "its trial folders to resume that trial.")
         made = _missing_ancestor(Path(args.run_dir))  # the folder (or a parent) this command makes, if any
         run = Run(Path(args.run_dir)).open()  # a second trainer on this folder stops here, with the holder's name
         try:

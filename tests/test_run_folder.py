@@ -603,7 +603,7 @@ def test_a_run_dir_inside_a_run_holding_runs_or_a_studys_own_is_refused_untouche
            "--quiet"]
     p = plan(build_parser().parse_args(["sweep", "--study", "demo", "--runs-dir", str(tmp_path / "runs"),
                                         "--data-root", small_config.data_root, "--val-size", "16", "--batch-size", "8"]))
-    p.folder.mkdir(parents=True)
+    list(T.train_steps(small_config, p.folder / "trial-0000"))  # its first trial
     write_sweep_status(p, "finished")
     before = conftest.tree(tmp_path)
     for run_dir, says in (
