@@ -260,8 +260,11 @@ def pick_run(runs_dir: Path, key: str = "run") -> tuple[Path, str] | None:
     """A run of the runs folder and its name there (a sweep's trial: STUDY/trial-0001), from the URL
     (?run=NAME) or a select box; None after a message."""
     rows = {r["run"]: r for r in runs_table(runs_dir)}
-    wanted = st.query_params.get("run")
-    if wanted and key not in st.session_state:
+    wanted, written = st.query_params.get("run"), st.session_state.get(f"_{key}_in_url")
+    # the URL's run wins unless it is the one this page wrote there itself: a link (the Sweep page's "Samples of
+    # TRIAL"), a typed URL and the browser's Back and Forward show their run, not the one picked earlier in the
+    # session; a page opened from the sidebar (no ?run=) keeps the pick, as does a rerun after a pick here
+    if wanted and (key not in st.session_state or wanted != written):
         try:
             path = resolve_run(runs_dir, wanted)
         except MixsepError as e:  # a link to no run: say so, and offer the runs there are (the link's words as text)
@@ -285,7 +288,7 @@ def pick_run(runs_dir: Path, key: str = "run") -> tuple[Path, str] | None:
     name = st.selectbox("Run", list(rows), key=key, persist_state="session")  # kept from page to page
     st.caption(f"State: {literal(rows[name]['state'])}")
     st.session_state["last_run"] = name
-    st.query_params["run"] = name  # a link to this page shows this run
+    st.query_params["run"] = st.session_state[f"_{key}_in_url"] = name  # a link to this page shows this run
     try:
         return resolve_run(runs_dir, name), name
     except MixsepError as e:  # renamed or relinked since it was listed

@@ -706,6 +706,27 @@ def test_switching_runs_shows_the_new_runs_checkpoint(app_env):
     assert not at.exception and "with other-run · `last.pt` · step 99 · tiny" in at.get("progress")[0].proto.text
 
 
+def test_a_link_or_back_to_another_run_shows_that_run_and_the_sidebar_keeps_the_pick(app_env):
+    """A page opened with ?run=X shows X even after another run was picked in the session (the Sweep page's
+    "Samples of TRIAL" opened the earlier pick, and the page wrote that pick back into the URL); the browser's
+    Back to ?run=A after picking B shows A. A page opened from the sidebar (no ?run=) keeps the pick."""
+    data, runs = app_env
+    shutil.copytree(runs / "tiny-run", runs / "other-run")
+    at = open_page("app_pages/2_Samples.py", run="tiny-run")
+    widget(at.selectbox, "Run").set_value("other-run").run()
+    assert at.query_params["run"] == "other-run"
+    at.query_params["run"] = "tiny-run"  # Back, or a link to tiny-run
+    at.run()
+    assert not at.exception and widget(at.selectbox, "Run").value == "tiny-run"
+    assert at.query_params["run"] == "tiny-run" and "tiny-run  last.pt" in texts(at.caption)
+    widget(at.selectbox, "Run").set_value("other-run").run()  # a pick here is kept over the URL it replaces
+    at.run()
+    assert widget(at.selectbox, "Run").value == "other-run" and at.query_params["run"] == "other-run"
+    at.query_params.clear()  # the sidebar's link to Metrics: no ?run=
+    at.switch_page("app_pages/3_Metrics.py").run()
+    assert widget(at.selectbox, "Run").value == "other-run" and at.query_params["run"] == "other-run"
+
+
 def test_a_picked_runs_state_is_said_beneath_the_picker_and_follows_it(app_env):
     """The pickers now list runs by name (a label with the state lost the pick in a browser once the state
     changed: tests/test_browser.py reproduces that); the picked run's state is a caption that follows it."""
