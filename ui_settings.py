@@ -99,23 +99,26 @@ def setting_widget(setting: Setting, key_prefix: str, value=None, range_: bool =
                 lo = lo if lo is None else min(lo, type(lo)(v))
                 hi = hi if hi is None else max(hi, type(hi)(v))
     if s.widget == "number" and not range_ and s.type is int:
-        return _whole_number_box(s, label, lo, hi, value, kw, common)
+        return whole_number_box(label, lo, hi, value, what=s.label, **kw, **common)
     if s.widget == "number" and not range_:
         return st.number_input(label, lo, hi, value, **kw, **common)
     return st.slider(label, lo, hi, tuple(value) if range_ else value, **kw, **common)
 
 
-def _whole_number_box(s: Setting, label: str, lo, hi, value, kw: dict, common: dict):
-    """A whole-number setting's box (the seed). Streamlit's integer box reads what is typed with the browser's
-    parseInt, so 5e4 became 5 and 2.5 became 2, without a word; a box of floats reads them as typed (50000,
-    2.5), as the CLI's flags read 5e4. A whole number comes back as an int (the one given while unchanged:
-    a seed past 2**53 that a float cannot hold); another is refused under the box, and by Start."""
-    lo, hi = (None if v is None else float(v) for v in (lo, hi))
-    got = st.number_input(label, lo, hi, float(value), **{"step": 1.0, "format": "%g", **kw}, **common)
+def whole_number_box(label: str, min_value, max_value, value: int, where=st, what: str | None = None, **kwargs):
+    """The box for every whole number the dashboard asks for (a seed, a count of pairs or trials), in ``where``
+    (a container, or st). Streamlit's integer box reads what is typed with the browser's parseInt, so 5e4
+    became 5 and 2.5 became 2, without a word; a box of floats reads them as typed (50000, 2.5), as the CLI's
+    flags read 5e4. A whole number comes back as an int (the one given while unchanged: a seed past 2**53 that
+    a float cannot hold); another is said under the box (as ``what``, by default the label) and comes back as
+    the float typed: the caller refuses it (``isinstance(got, int)``)."""
+    lo, hi = (None if v is None else float(v) for v in (min_value, max_value))
+    kwargs = {"format": "%g", **kwargs, "step": float(kwargs.get("step") or 1)}  # a float box: every number a float
+    got = where.number_input(label, lo, hi, float(value), **kwargs)
     if isinstance(value, int) and got == float(value):
         return value
     if not float(got).is_integer():
-        st.error(f"{s.label} must be a whole number (got {got}).")
+        where.error(f"{what or label} must be a whole number (got {got}).")
         return got
     return int(got)
 

@@ -6,6 +6,7 @@ import streamlit as st
 import mixsep_ui as ui
 from mixsep import MixsepError
 from mixsep.grid import grid_image, sample_indices
+from ui_settings import whole_number_box
 
 data_root, runs_dir = ui.setup("Samples")
 run_dir, run_shown, checkpoint, third = ui.pick_run_and_checkpoint(runs_dir)  # run_shown: STUDY/trial-0001 too
@@ -20,7 +21,10 @@ show_direct = opts[0].toggle("Direct CIFAR", value=True, help="Add a row with th
 show_errors = opts[1].toggle("Error maps", value=False, help="Add rows of |estimate - truth|, brightened 4x.",
                              key="grid_errors", persist_state="session")
 shuffle = opts[2].toggle("Shuffle", value=False, key="grid_shuffle", persist_state="session")
-seed = opts[3].number_input("Seed", 0, 10**6, 0, disabled=not shuffle, key="grid_seed", persist_state="session")
+seed = whole_number_box("Seed", 0, 10**6, 0, where=opts[3], disabled=not shuffle, key="grid_seed",
+                        persist_state="session")
+if not isinstance(seed, int):  # a fraction: said under the box
+    st.stop()
 n = opts[4].slider("Samples", 4, 40, 20, key="grid_n", persist_state="session")
 
 # the page of samples shown restarts at 0 whenever the selection changes

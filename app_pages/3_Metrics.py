@@ -5,6 +5,7 @@ import streamlit as st
 import mixsep_ui as ui
 from mixsep import MixsepError
 from mixsep.metrics import METRIC_HELP, MODE_HELP
+from ui_settings import whole_number_box
 
 data_root, runs_dir = ui.setup("Metrics")
 run_dir, run_shown, checkpoint, third = ui.pick_run_and_checkpoint(runs_dir)  # run_shown: STUDY/trial-0001 too
@@ -14,8 +15,10 @@ try:
     total = len(ui.pairs(data_root, "test"))
 except MixsepError as e:
     ui.show_error(e)
-count = third.number_input("Test pairs to score", 1, total, total, step=100,
-                            help=f"Default: the whole test split ({total} pairs). Fewer is faster.")
+count = whole_number_box("Test pairs to score", 1, total, total, where=third, step=100,
+                         help=f"Default: the whole test split ({total} pairs). Fewer is faster.")
+if not isinstance(count, int):  # a fraction: said under the box
+    st.stop()
 
 try:
     ev, config, info = ui.evaluation(checkpoint, data_root, int(count))  # the step it scored, not a newer one

@@ -7,6 +7,7 @@ import mixsep_ui as ui
 from mixsep import MixsepError
 from mixsep.runs import downsample, read_metrics
 from mixsep.run import list_checkpoints
+from ui_settings import whole_number_box
 
 data_root, runs_dir = ui.setup("Compare runs")
 rows = {r["run"]: r for r in ui.runs_table(runs_dir)}
@@ -58,7 +59,9 @@ table[numbers] = table[numbers].apply(pd.to_numeric, errors="coerce")  # numbers
 table["disk"] = [rows[n]["disk_mb"] * 1e6 for n in chosen]  # bytes: shown in KB, MB or GB
 table["train_size"] = [("all" if v == 0 else str(int(v))) if pd.notna(v) else "" for v in table["train_size"]]
 if score:
-    count = st.number_input("Test pairs to score", 1, 100000, 500, step=100)
+    count = whole_number_box("Test pairs to score", 1, 100000, 500, step=100)
+    if not isinstance(count, int):  # a fraction: said under the box
+        st.stop()
     bar = st.progress(0.0, text="Scoring…")
     for i, name in enumerate(chosen):
         found = list_checkpoints(runs_dir / name)

@@ -8,6 +8,7 @@ import mixsep_ui as ui
 import sweep_ui as sw
 from mixsep import MixsepError
 from mixsep.sweep import ATTR, best_trial, counts, trials_frame
+from ui_settings import whole_number_box
 
 data_root, runs_dir = ui.setup("Sweep")
 sweeps = sw.registry(runs_dir)
@@ -17,11 +18,11 @@ with st.sidebar:
     space, fixed = sw.space_widgets()
     st.subheader("Each trial")
     budget = sw.budget_widgets()
-    trials = st.number_input("Trials", 1, 1000, 20, key="sweep_trials", help="Finished trials the study aims at.")
-    val_size = st.number_input("Validation pairs", 1, 20000, 2000, key="sweep_val",
-                               help="Held out from the end of the training data; no trial trains on them.")
-    every = st.number_input("Report every (steps)", 0, 100000, 0, key="sweep_every",
-                            help="Validation reports the pruner judges; 0 = once per epoch.")
+    trials = whole_number_box("Trials", 1, 1000, 20, key="sweep_trials", help="Finished trials the study aims at.")
+    val_size = whole_number_box("Validation pairs", 1, 20000, 2000, key="sweep_val",
+                                help="Held out from the end of the training data; no trial trains on them.")
+    every = whole_number_box("Report every (steps)", 0, 100000, 0, key="sweep_every",
+                             help="Validation reports the pruner judges; 0 = once per epoch.")
 
 top = st.columns([2, 2, 1, 1, 1], vertical_alignment="bottom")
 name = top[0].text_input("Study", value=time.strftime("sweep-%Y%m%d"), key="sweep_name")
@@ -38,6 +39,9 @@ flags = ["--data-root", str(data_root), "--trials", str(trials), "--val-size", s
          "--report-every", str(every), *fixed, *budget] + (["--space", ",".join(space)] if space else [])
 if top[2].button("Start", type="primary", icon=":material/play_arrow:", disabled=live is not None, width="stretch"):
     try:
+        for label, v in (("Trials", trials), ("Validation pairs", val_size), ("Report every (steps)", every)):
+            if not isinstance(v, int):  # said under its box too
+                raise MixsepError(f"{label} must be a whole number (got {v}); correct it on the left.")
         if name in studies:
             raise MixsepError(f"Study '{name}' exists already; pick it below and press Resume, or choose a new name.")
         sweeps.start(["--study", name, *flags], storage=url or None, busy=busy)

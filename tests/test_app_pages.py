@@ -495,6 +495,30 @@ def test_an_older_run_can_be_picked_and_resumed_and_other_tabs_keep_their_own_pi
     assert json.loads((runs / "tiny-run" / "status.json").read_text())["state"] == "finished"  # untouched
 
 
+@pytest.mark.parametrize("page, label, toggle", [("app_pages/2_Samples.py", "Seed", "Shuffle"),
+                                                 ("app_pages/3_Metrics.py", "Test pairs to score", None),
+                                                 ("app_pages/4_Compare.py", "Test pairs to score", "Test PSNR")])
+def test_every_whole_number_box_reads_what_is_typed_and_refuses_a_fraction(app_env, page, label, toggle):
+    """Streamlit's integer box reads what is typed with the browser's parseInt (1e3 became 1, 2.5 became 2,
+    without a word): each whole number box is Train's float box (ui_settings.whole_number_box), which gives an
+    int back and says a fraction is refused (the real browser's reading: tests/test_browser.py)."""
+    from streamlit.proto.NumberInput_pb2 import NumberInput
+
+    at = open_page(page)
+    if toggle:
+        widget(at.toggle, toggle).set_value(True).run()
+    box = widget(at.number_input, label)
+    assert box.proto.data_type == NumberInput.FLOAT and box.proto.format == "%g"
+    box.set_value(3.0).run()
+    assert not at.exception and not at.error, texts(at.error)
+    if page.endswith("Metrics.py"):
+        assert (at.dataframe[0].value["n"] == 3).all()  # an int reached the scoring
+    widget(at.number_input, label).set_value(2.5).run()
+    assert not at.exception and f"{label} must be a whole number (got 2.5)." in texts(at.error)
+    if page.endswith("Metrics.py"):
+        assert not at.dataframe  # nothing scored on 2 pairs
+
+
 def test_start_with_bad_batch_size_explains(app_env):
     at = open_page("app_pages/1_Train.py")
     widget(at.toggle, "ImageNet").set_value(False)

@@ -131,3 +131,22 @@ def test_a_study_started_on_the_page_is_shown_while_it_runs(page_env, monkeypatc
     finally:
         sweeps.stop()
         sweeps.wait(120)
+
+
+def test_the_sweeps_whole_number_boxes_read_what_is_typed_and_start_refuses_a_fraction(page_env):
+    """Trials, Validation pairs and Report every were integer boxes: the browser's parseInt read 1e3 as 1 and
+    2.5 as 2, without a word. They are Train's float box now (ui_settings.whole_number_box)."""
+    from streamlit.proto.NumberInput_pb2 import NumberInput
+
+    data, runs = page_env
+    at = app_page("5_Sweep.py", 60)
+    boxes = {b.key: b for b in at.number_input}
+    for key in ("sweep_trials", "sweep_val", "sweep_every"):
+        assert boxes[key].proto.data_type == NumberInput.FLOAT and boxes[key].proto.format == "%g"
+    at.number_input(key="sweep_trials").set_value(1e3).run()
+    assert at.number_input(key="sweep_trials").value == 1000 and not at.error
+    at.number_input(key="sweep_trials").set_value(2.5).run()
+    assert "Trials must be a whole number (got 2.5)." in " ".join(e.value for e in at.error)
+    at.button[0].click().run()  # Start
+    assert any("correct it on the left" in e.value for e in at.error)
+    assert not runs.exists() or not any(runs.iterdir())  # no study was started
