@@ -35,11 +35,12 @@ if left.button("Start", type="primary", icon=":material/play_arrow:", width="str
     except MixsepError as e:
         refused = str(e)
 now = jobs.running() if refused is not None or "train_start_refused" in st.session_state else None
-if refused is not None:  # kept while what refused it lasts (the run training then): a rerun drew it once
-    st.session_state["train_start_refused"] = (refused, now.name if now else None)
+if refused is not None:  # kept while what refused it lasts (the run training then, the settings): a rerun drew it
+    # once; keyed on the run alone (None when none trains) it outlived a setting fixed since (a seed of 2.5 made 7)
+    st.session_state["train_start_refused"] = (refused, now.name if now else None, config.to_dict())
 start_refused = st.session_state.get("train_start_refused")
 if start_refused:
-    if start_refused[1] == (now.name if now else None):
+    if start_refused[1:] == (now.name if now else None, config.to_dict()):
         st.error(ui.sentence(start_refused[0]))
     else:
         del st.session_state["train_start_refused"]

@@ -529,6 +529,21 @@ def test_start_with_bad_batch_size_explains(app_env):
     assert "only 96 are available" in texts(at.error)
 
 
+def test_a_start_refusal_goes_once_the_setting_it_was_about_changes(app_env):
+    """Start refused a seed of 2.5; with the seed made 7 the refusal stayed (it was kept while the run training
+    then, none, was still the one training: None == None)."""
+    data, runs = app_env
+    at = open_page("app_pages/1_Train.py")
+    at.number_input(key="train_seed").set_value(2.5).run()
+    widget(at.button, "Start").click().run()
+    assert "must be a whole number, not the number 2.5" in texts(at.error)
+    at.run()  # kept while nothing changes
+    assert "must be a whole number, not the number 2.5" in texts(at.error)
+    at.number_input(key="train_seed").set_value(7.0).run()
+    assert not at.exception and not at.error, texts(at.error)
+    assert sorted(p.name for p in runs.iterdir()) == ["tiny-run"]  # nothing was started
+
+
 def test_start_with_a_batch_larger_than_the_pairs_makes_no_run_folder(app_env):
     data, runs = app_env
     before = sorted(p.name for p in runs.iterdir())
