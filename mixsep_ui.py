@@ -103,10 +103,18 @@ def literal(text) -> str:
 _CODE = re.compile(r"`([^`]+)`")  # a command quoted in mixsep's sentences, as the CLI prints it: `python -m ...`
 
 
-def sentence(text) -> str:
+def sentence(text, *names) -> str:
     """A sentence of mixsep's own (an error, a run's message) as markdown: the commands it quotes between
-    backticks shown as code, everything else as ``literal`` text (``literal`` alone showed the backticks)."""
-    parts = _CODE.split(" ".join(str(text).splitlines()))
+    backticks shown as code, everything else as ``literal`` text (``literal`` alone showed the backticks).
+
+    ``names``: what a user typed that the sentence quotes (a study's name), shown as typed wherever it occurs:
+    a name holding backticks lost them, its middle shown as code."""
+    text = " ".join(str(text).splitlines())
+    names = sorted({" ".join(str(n).splitlines()) for n in names if n}, key=len, reverse=True)
+    if names:
+        split = re.compile("(" + "|".join(map(re.escape, names)) + ")").split(text)
+        return "".join(literal(part) if i % 2 else sentence(part) for i, part in enumerate(split))
+    parts = _CODE.split(text)
     return "".join(f"`{part}`" if i % 2 else literal(part) for i, part in enumerate(parts))
 
 

@@ -47,8 +47,8 @@ if top[2].button("Start", type="primary", icon=":material/play_arrow:", disabled
         sweeps.start(["--study", name, *flags], storage=url or None, busy=busy)
         st.session_state["sweep_show"] = name
         st.rerun()
-    except MixsepError as e:
-        st.error(ui.sentence(e))
+    except MixsepError as e:  # the study's and the training run's names as typed
+        st.error(ui.sentence(e, name, training and training.name))
 if top[3].button("Stop", icon=":material/stop:", disabled=live is None, width="stretch"):
     sweeps.stop()
     st.info("Stopping: the running trial checkpoints and is queued to resume with the study.")
@@ -70,7 +70,7 @@ if top[4].button("Resume", icon=":material/replay:", disabled=live is not None o
         sweeps.start(["--study", shown, "--data-root", str(data_root)], storage=url or None, busy=busy)
         st.rerun()
     except MixsepError as e:
-        st.error(ui.sentence(e))
+        st.error(ui.sentence(e, shown, training and training.name))
 
 
 @st.fragment(run_every=2.0 if live else None)

@@ -150,3 +150,15 @@ def test_the_sweeps_whole_number_boxes_read_what_is_typed_and_start_refuses_a_fr
     at.button[0].click().run()  # Start
     assert any("correct it on the left" in e.value for e in at.error)
     assert not runs.exists() or not any(runs.iterdir())  # no study was started
+
+
+def test_a_typed_study_name_in_starts_refusal_shows_as_typed(page_env):
+    """The refusal quoting a typed study name went through ui.sentence, which shows what sits between backticks
+    as code: 'bad `name`/x' read 'bad name/x' with 'name' in code."""
+    data, runs = page_env
+    at = app_page("5_Sweep.py", 60)
+    typed = "bad `name`/x **b**"
+    at.text_input(key="sweep_name").set_value(typed).run()
+    at.button[0].click().run()  # Start
+    said = [e.value for e in at.error if "not a usable study name" in e.value]
+    assert said and shows_literally(said[0], f"'{typed}' is not a usable study name"), said
