@@ -28,7 +28,7 @@ st.progress(1.0, text=f"Scored {ev.n} test pairs with {ui.literal(run_shown)} ·
                       f"step {info['step']} · {config.model} (data_range = 1).")
 
 st.subheader("Every recovery mode, both sources")
-st.dataframe(ev.table(), hide_index=True, column_config={
+st.dataframe(ev.table(), hide_index=True, placeholder="", column_config={  # no CI of 1 pair: blank, not "None"
     "psnr_mean": st.column_config.NumberColumn("PSNR (dB)", format="%.2f"),
     "psnr_ci95": st.column_config.NumberColumn("± 95% CI", format="%.2f"),
     "ssim_mean": st.column_config.NumberColumn("SSIM", format="%.4f"),

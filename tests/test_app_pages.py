@@ -278,6 +278,15 @@ def test_metrics_page_table_charts_audit(app_env):
     assert (at.dataframe[0].value["n"] == 10).all()
 
 
+def test_metrics_shows_a_blank_not_none_for_the_ci_of_one_pair(app_env):
+    """One pair scored has no 95% CI: the table showed the word "None" in its CI columns."""
+    at = open_page("app_pages/3_Metrics.py")
+    widget(at.number_input, "Test pairs").set_value(1).run()
+    table = at.dataframe[0].value
+    assert (table["n"] == 1).all() and table["psnr_ci95"].isna().all()
+    assert at.dataframe[0].proto.HasField("placeholder") and at.dataframe[0].proto.placeholder == ""
+
+
 def test_compare_page_curves_and_table(app_env):
     data, runs = app_env
     shutil.copytree(runs / "tiny-run", runs / "tiny-run-2")
