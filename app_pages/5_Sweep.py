@@ -37,6 +37,7 @@ except MixsepError as e:
     ui.show_error(e, literal_text=True)  # it may quote a study, a path or a URL: as text
 flags = ["--data-root", str(data_root), "--trials", str(trials), "--val-size", str(val_size),
          "--report-every", str(every), *fixed, *budget] + (["--space", ",".join(space)] if space else [])
+said = []  # Start's refusal: the warning below does not say it again
 if top[2].button("Start", type="primary", icon=":material/play_arrow:", disabled=live is not None, width="stretch"):
     try:
         for label, v in (("Trials", trials), ("Validation pairs", val_size), ("Report every (steps)", every)):
@@ -48,12 +49,13 @@ if top[2].button("Start", type="primary", icon=":material/play_arrow:", disabled
         st.session_state["sweep_show"] = name
         st.rerun()
     except MixsepError as e:  # the study's and the training run's names as typed
+        said.append(str(e))
         st.error(ui.sentence(e, name, training and training.name))
 if top[3].button("Stop", icon=":material/stop:", disabled=live is None, width="stretch"):
     sweeps.stop()
     st.info("Stopping: the running trial checkpoints and is queued to resume with the study.")
-if busy and live is None:
-    st.warning(busy)
+if busy and live is None and busy not in said:
+    st.warning(ui.sentence(busy, training.name))  # the run's name as typed
 if others:  # a shared storage: say why its other studies are not in the picker
     st.caption(f"{others} {'study' if others == 1 else 'studies'} of this storage not made by "
                f"`python -m mixsep sweep` {'is' if others == 1 else 'are'} not listed.")
@@ -70,7 +72,8 @@ if top[4].button("Resume", icon=":material/replay:", disabled=live is not None o
         sweeps.start(["--study", shown, "--data-root", str(data_root)], storage=url or None, busy=busy)
         st.rerun()
     except MixsepError as e:
-        st.error(ui.sentence(e, shown, training and training.name))
+        if str(e) != busy:  # busy: the warning above says so already
+            st.error(ui.sentence(e, shown, training and training.name))
 
 
 @st.fragment(run_every=2.0 if live else None)

@@ -162,3 +162,22 @@ def test_a_typed_study_name_in_starts_refusal_shows_as_typed(page_env):
     at.button[0].click().run()  # Start
     said = [e.value for e in at.error if "not a usable study name" in e.value]
     assert said and shows_literally(said[0], f"'{typed}' is not a usable study name"), said
+
+
+def test_start_while_a_run_trains_says_why_once(page_env, monkeypatch):
+    """Start pressed while the Train page trains a run said the same sentence twice: as Start's error and as
+    the page's warning. The run's name shows as typed in it."""
+    from types import SimpleNamespace
+
+    import mixsep_ui
+
+    data, runs = page_env
+    name = "run `one` **b**"
+    monkeypatch.setattr(mixsep_ui.registry(runs), "running", lambda: SimpleNamespace(name=name))
+    at = app_page("5_Sweep.py", 60)
+    busy = f"Training run {name} is in progress; one sweep or training at a time."
+    assert [shows_literally(w.value, busy) for w in at.warning] == [True]
+    at.button[0].click().run()  # Start
+    said = [a.value for a in (*at.error, *at.warning) if "in progress" in a.value]
+    assert len(said) == 1 and shows_literally(said[0], busy), said
+    assert not runs.exists() or not any(runs.iterdir())
