@@ -80,6 +80,9 @@ runs = {r["run"]: r for r in ui.runs_table(runs_dir) if "/" not in r["run"]}
 if live_job is not None and live_job.name in runs:
     st.session_state["train_run"] = live_job.name
 elif st.session_state.get("train_run") not in runs:
+    if st.session_state.get("train_run") is not None and runs:  # said as Samples says it, not switched in silence
+        st.warning(ui.literal(f"Run '{st.session_state['train_run']}' is gone (deleted?); showing the latest run "
+                              "instead."))
     last = jobs.poll().run_dir
     st.session_state["train_run"] = last.name if last is not None and last.name in runs else next(iter(runs), None)
 if runs:  # by name only: Streamlit keeps a pick by its label, and one with the run's state lost it once the state

@@ -908,6 +908,19 @@ def test_train_page_copes_with_deleted_and_half_written_runs(app_env):
     assert not at.exception and "No run yet" in texts(at.info)
 
 
+def test_train_says_when_the_run_it_shows_is_deleted(app_env):
+    """Train switched to another run in silence when the one it showed was deleted; Samples says so."""
+    data, runs = app_env
+    shutil.copytree(runs / "tiny-run", runs / "doomed")
+    at = open_page("app_pages/1_Train.py")
+    widget(at.selectbox, "Run").set_value("doomed").run()
+    assert "doomed" in texts(at.subheader)
+    shutil.rmtree(runs / "doomed")
+    at.run()
+    assert not at.exception and "tiny-run" in texts(at.subheader)
+    assert "Run 'doomed' is gone (deleted?); showing the latest run instead." in texts(at.warning)
+
+
 def test_run_deleted_while_shown(app_env):
     data, runs = app_env
     shutil.copytree(runs / "tiny-run", runs / "doomed")
