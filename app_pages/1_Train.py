@@ -3,7 +3,8 @@ import streamlit as st
 
 import mixsep_ui as ui
 from mixsep import MixsepError, TrainConfig
-from mixsep.runs import progress
+from mixsep.run import METRICS
+from mixsep.runs import no_rows_note, progress
 from mixsep.run import list_checkpoints
 from ui_settings import settings_widgets
 
@@ -128,7 +129,7 @@ def status():
         st.warning(f"This run folder is incomplete ({ui.sentence(job.message)}); it cannot be shown in full.")
     for w in job.warnings:  # recorded by the trainer in status.json, in its own words
         st.warning(ui.sentence(w))
-    p = progress(ui.live_metrics(job.run_dir), job.total_steps)  # reads only the rows appended since the last poll
+    p = progress(ui.live_metrics(job.run_dir), job.total_steps, taken=job.step)  # reads only the rows appended since the last poll
     sps = f"{p['samples_per_s']:.0f} samples/s" if p["samples_per_s"] else "… samples/s"
     eta = f"ETA {ui.duration(p['eta_s'])}" if job.alive else job.state
     st.progress(min(p["fraction"], 1.0), text=f"step {p['step']}/{p['total_steps'] or '?'} · {sps} · {eta}")
@@ -167,8 +168,14 @@ def chart():
         return
     metrics = ui.live_metrics(job.run_dir)
     if metrics.empty:
-        st.info("The loss curves appear here with the run's first steps." if job.alive else
-                f"Run {job.name} ended before its first step: there is no loss to draw.")
+        if job.alive:
+            st.info("The loss curves appear here with the run's first steps.")
+        elif job.step:  # status.json counts steps that metrics.csv does not hold: not a run that never stepped
+            why = no_rows_note(job.run_dir / METRICS) or "metrics.csv holds no readable row (cut short?)"
+            st.warning(f"Run {ui.literal(job.name)} took {job.step} steps, but {ui.literal(why)}: there is no "
+                       "loss to draw.")
+        else:
+            st.info(f"Run {ui.literal(job.name)} ended before its first step: there is no loss to draw.")
         return
     if waiting and training:  # the first rows are in: a full rerun puts the chart on its slower pace
         st.rerun()

@@ -42,11 +42,11 @@ def run_summary(run_dir: Path, name: str | None = None) -> dict:
         row["last_loss"] = float(m["loss"].iloc[-1])
         row["step"] = max(row["step"] or 0, int(m["step"].iloc[-1]))
     else:  # no row to show: say why the run has no curve, if it is not just young
-        row["message"] = "; ".join(filter(None, [row["message"], _no_rows_note(run_dir / METRICS)]))
+        row["message"] = "; ".join(filter(None, [row["message"], no_rows_note(run_dir / METRICS)]))
     return row
 
 
-def _no_rows_note(path: Path) -> str:
+def no_rows_note(path: Path) -> str:
     """Why metrics.csv gives no row, when the reason is not that none was written yet."""
     if path.exists() and not path.is_file():
         kind = "a folder" if path.is_dir() else "not a regular file (a FIFO, say)"
@@ -81,9 +81,10 @@ def live_runs(runs_dir: Path) -> list[tuple[Path, dict]]:
     return found
 
 
-def progress(metrics: pd.DataFrame, total_steps: int, window: int = 20) -> dict:
-    """Step, fraction done, recent samples/s and ETA (seconds) from a run's metrics."""
-    step = int(metrics["step"].iloc[-1]) if len(metrics) else 0
+def progress(metrics: pd.DataFrame, total_steps: int, window: int = 20, taken: int = 0) -> dict:
+    """Step, fraction done, recent samples/s and ETA (seconds) from a run's metrics; ``taken``: the steps its
+    status.json counts, so a metrics.csv cut short does not read as a run back at step 0."""
+    step = max(int(metrics["step"].iloc[-1]) if len(metrics) else 0, int(taken or 0))
     total = max(int(total_steps or 0), step)
     recent = metrics.tail(window)
     # seconds per step from the wall clock, so checkpoints and logging count; a resume restarts

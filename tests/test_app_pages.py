@@ -191,6 +191,20 @@ def test_a_run_stopped_before_its_first_step_says_so_under_the_chart(app_env):
     assert "appear here with the run's first steps" not in texts(at.info)
 
 
+@pytest.mark.parametrize("cut", [10, 60])  # inside the header, inside the first row
+def test_a_cut_short_metrics_file_is_said_not_read_as_a_run_that_never_stepped(app_env, cut):
+    """A finished run whose metrics.csv was cut short read "Finished: 3 steps.", then "step 0/3", then "ended
+    before its first step"; status.json's steps are the run's, and the chart says the file holds no row."""
+    data, runs = app_env
+    with open(runs / "tiny-run" / "metrics.csv", "r+") as f:
+        f.truncate(cut)
+    at = open_page("app_pages/1_Train.py")
+    assert not at.exception and "Finished: 3 steps." in texts(at.success)
+    assert at.get("progress")[0].proto.text.startswith("step 3/3 ")
+    assert "ended before its first step" not in texts(at.info)
+    assert "Run tiny-run took 3 steps, but metrics.csv holds no readable row" in texts(at.warning)
+
+
 def test_the_pretrained_toggle_is_off_and_greyed_for_a_model_without_a_resnet_encoder(app_env):
     at = open_page("app_pages/1_Train.py")
     assert widget(at.toggle, "ImageNet").value is True and not widget(at.toggle, "ImageNet").disabled
