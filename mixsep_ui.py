@@ -463,9 +463,11 @@ def live_loss_figure(metrics: pd.DataFrame, smoothing: float, title: str) -> go.
 
 
 def style(fig: go.Figure, title: str, x: str, y: str, height: int = 380) -> go.Figure:
-    # a few entries sit in a row beside the title; more wrap onto it (Compare's runs), so they go under the plot
-    entries = sum(t.showlegend is not False for t in fig.data)
-    legend = dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1) if entries <= 4 else \
+    # a few short entries sit in a row beside the title; more, or long ones (Compare's sweep trials, three
+    # "sweep-20261130/trial-0002" covered the title at a laptop's width), wrap onto it, so they go under the plot
+    names = [t.name or "" for t in fig.data if t.showlegend is not False]
+    beside = len(names) <= 4 and sum(map(len, names)) <= 40
+    legend = dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1) if beside else \
         dict(orientation="h", yanchor="top", y=-0.3, xanchor="left", x=0)
     fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=height, margin=dict(l=10, r=10, t=50, b=10),
                       legend=dict(legend, title_text=""), showlegend=True)

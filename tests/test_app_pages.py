@@ -1130,12 +1130,13 @@ def test_a_legend_of_many_runs_goes_under_the_plot_not_over_its_title(app_env):
 
     import mixsep_ui
 
-    def legend_y(entries: int) -> float:
-        fig = go.Figure([go.Scatter(x=[1, 2], y=[1, 2], name=f"run-{i}") for i in range(entries)])
+    def legend_y(entries: int, name: str = "run-{}") -> float:
+        fig = go.Figure([go.Scatter(x=[1, 2], y=[1, 2], name=name.format(i)) for i in range(entries)])
         return mixsep_ui.style(fig, "Training loss", "step", "loss").layout.legend.y
 
     assert legend_y(3) == 1.0 and legend_y(4) == 1.0  # the training chart's three heads: beside the title
     assert legend_y(9) < 0
+    assert legend_y(3, "sweep-20261130/trial-000{}") < 0  # three long names covered the title at narrow widths
 
 
 def test_compare_notes_a_checkpoint_of_another_model_and_unreadable_metrics(app_env):
