@@ -300,3 +300,29 @@ def test_hf_widths_trains_the_wider_unet_hf_through_quality_and_names_its_script
     assert helped.returncode == 0 and "unet_hf_wide" in helped.stdout and not helped.stderr
     from mixsep.model import MODELS
     assert "unet_hf_wide" not in MODELS
+
+
+def test_startup_times_a_cold_command_at_two_trees_and_removes_its_outputs_first(bench, data_root, tmp_path, capsys):
+    """bench/startup.py: a command run cold at another checkout and at this one, alternating; what it wrote is
+    removed before each run (separate refuses to write over its outputs), and a tree that is no checkout is one
+    sentence."""
+    from conftest import mixture_pngs
+
+    startup = bench("startup")
+    from mixsep.cli import main as mixsep
+
+    assert mixsep(["train", "--data-root", str(data_root), "--runs-dir", str(tmp_path / "runs"), "--model", "tiny",
+                   "--no-pretrained", "--batch-size", "16", "--epochs", "1", "--quiet"]) == 0
+    run = capsys.readouterr().out.strip().splitlines()[-1]
+    [mixture], _ = mixture_pngs(data_root, tmp_path / "in", 1)
+    out = tmp_path / "out"
+    assert startup.main(["--before", str(BENCH.parent), "--rounds", "1", "--", "separate", run, str(mixture),
+                         "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" s")[0].rsplit(" ", 1)[0] for line in lines[:2]] == ["round 1: before", "round 1: after"]
+    assert re.fullmatch(r"startup: after/before=\d+\.\d\d", lines[-1])
+    assert sorted(p.name for p in out.iterdir()) == ["mix0.cifar.png", "mix0.mnist.png"]
+    assert startup.main(["--before", str(tmp_path), "--", "info"]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path} is not a checkout of mixsep (no mixsep/__main__.py in it).\n"
+    assert startup.main(["--before", str(BENCH.parent)]) == 2
+    assert capsys.readouterr().err.startswith("error: give the mixsep command to time after --")

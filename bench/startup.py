@@ -1,0 +1,84 @@
+"""What a command costs before it does anything: a cold `python -m mixsep ARGS`, timed at two source trees.
+
+    python bench/startup.py --before /tmp/before -- separate RUN mix0.png mix1.png --out OUT [--rounds 4]
+
+`--before` is another checkout of mixsep (`git clone -q . /tmp/before && git -C /tmp/before checkout -q REV`);
+the other is this one. Each round runs the command once with each tree first on PYTHONPATH, alternating, in
+fresh interpreters, and removes OUT (an `--out` folder, or a file after `--json`/`--markdown`) before each run
+so that neither finds the other's files. It prints every time, each tree's median and the ratio, after/before:
+docs/benchmarks.md, "A cold `separate`", measured `separate` this way before and after torchmetrics was
+imported only to score.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                usage="python bench/startup.py --before DIR [--rounds N] -- MIXSEP_ARGS ...")
+    p.add_argument("--before", required=True, help="the other checkout of mixsep (its root folder)")
+    p.add_argument("--rounds", type=int, default=4, help="alternating rounds (default 4)")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="the mixsep command and its arguments, after --")
+    return p
+
+
+def outputs(command: list[str]) -> list[Path]:
+    """What the command writes, to remove before each run: the values of --out, --json and --markdown."""
+    return [Path(command[i + 1]) for i, a in enumerate(command[:-1]) if a in ("--out", "--json", "--markdown")]
+
+
+def timed(tree: Path, command: list[str]) -> float:
+    for out in outputs(command):
+        if out.is_dir():
+            shutil.rmtree(out)
+        else:
+            out.unlink(missing_ok=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")])))
+    start = time.perf_counter()
+    # -P: the working folder is not put first on sys.path (`python -m` does so), or a run from a checkout would
+    # import that checkout's mixsep at both trees
+    done = subprocess.run([sys.executable, "-P", "-m", "mixsep", *command], env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        tail = (done.stderr.strip().splitlines() or ["(nothing on stderr)"])[-1]
+        raise SystemExit(f"error: `mixsep {' '.join(command)}` failed at {tree} (exit {done.returncode}): {tail}")
+    return seconds
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    before = Path(args.before).resolve()
+    if not command:
+        print("error: give the mixsep command to time after --, such as -- separate RUN mix.png --out OUT.",
+              file=sys.stderr)
+        return 2
+    if not (before / "mixsep" / "__main__.py").is_file():
+        print(f"error: {before} is not a checkout of mixsep (no mixsep/__main__.py in it).", file=sys.stderr)
+        return 2
+    if args.rounds < 1:
+        print(f"error: --rounds must be at least 1 (got {args.rounds}).", file=sys.stderr)
+        return 2
+    times = {"before": [], "after": []}
+    for r in range(args.rounds):
+        for name, tree in (("before", before), ("after", HERE)):
+            times[name].append(timed(tree, command))
+            print(f"round {r + 1}: {name} {times[name][-1]:.2f} s", flush=True)
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    print(f"median: before {medians['before']:.2f} s, after {medians['after']:.2f} s")
+    print(f"startup: after/before={medians['after'] / medians['before']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
