@@ -118,7 +118,8 @@ def whole_number_box(label: str, min_value, max_value, value: int, where=st, wha
     if isinstance(value, int) and got == float(value):
         return value
     if not float(got).is_integer():
-        where.error(f"{what or label} must be a whole number (got {got}).")
+        if not kwargs.get("disabled"):  # a box the user cannot edit now is not in use: nothing to correct there
+            where.error(f"{what or label} must be a whole number (got {got}).")
         return got
     return int(got)
 

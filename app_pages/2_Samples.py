@@ -23,7 +23,7 @@ show_errors = opts[1].toggle("Error maps", value=False, help="Add rows of |estim
 shuffle = opts[2].toggle("Shuffle", value=False, key="grid_shuffle", persist_state="session")
 seed = whole_number_box("Seed", 0, 10**6, 0, where=opts[3], disabled=not shuffle, key="grid_seed",
                         persist_state="session")
-if not isinstance(seed, int):  # a fraction: said under the box
+if shuffle and not isinstance(seed, int):  # a fraction: said under the box (unused, and not said, without Shuffle)
     st.stop()
 n = opts[4].slider("Samples", 4, 40, 20, key="grid_n", persist_state="session")
 

@@ -540,6 +540,11 @@ def test_every_whole_number_box_reads_what_is_typed_and_refuses_a_fraction(app_e
     assert not at.exception and f"{label} must be a whole number (got 2.5)." in texts(at.error)
     if page.endswith("Metrics.py"):
         assert not at.dataframe  # nothing scored on 2 pairs
+    if toggle:  # the box is disabled, and so unused, with its toggle off: the page goes on, and says nothing of it
+        widget(at.toggle, toggle).set_value(False).run()
+        assert not at.exception and not at.error, texts(at.error)
+        if page.endswith("Samples.py"):
+            assert at.image  # the grid, drawn in order
 
 
 def test_start_with_bad_batch_size_explains(app_env):
