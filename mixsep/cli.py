@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import json
 import os
@@ -183,7 +182,7 @@ def cmd_train(args) -> int:
     from .train import new_run_dir
 
     if args.run_dir:
-        from .run import CHECKPOINTS, CONFIG, LAST, METRICS, STATUS
+        from .run import CHECKPOINTS, CONFIG, LAST, METRICS, STATUS, is_mixsep_run, is_run
 
         given = Path(args.run_dir).resolve()  # a link to it, or RUN/checkpoints/.
         run_files = (CONFIG, METRICS, STATUS, CHECKPOINTS + "/" + LAST)
@@ -191,7 +190,7 @@ def cmd_train(args) -> int:
             if inside.name == CHECKPOINTS and any((inside.parent / f).exists() for f in run_files):
                 raise MixsepError(f"{args.run_dir} is inside the checkpoints folder of the run {inside.parent}; give "
                                   f"--run-dir {inside.parent} to resume it.")
-            if inside != given and (inside / CONFIG).is_file() and (inside / STATUS).is_file():  # a run's folder
+            if inside != given and is_mixsep_run(inside):
                 raise MixsepError(f"{args.run_dir} is inside the run folder {inside}, and a run holds no other run "
                                   "(the dashboard would not list it, and deleting that run would take this one); "
                                   "name a folder outside it.")
@@ -201,13 +200,16 @@ def cmd_train(args) -> int:
             raise MixsepError(f"{args.run_dir} is the folder of the sweep study '{given.name}', which keeps its trials "
                               "in it (a run there would stop the study from resuming); name another folder, or one of "
                               "its trial folders to resume that trial.")
-        held = None
-        with contextlib.suppress(OSError):  # not a folder yet, or unreadable: Run.open says what is wrong
-            held = next((c for c in given.iterdir() if c.is_dir() and not c.is_symlink() and (
-                (c / CONFIG).is_file() and (c / STATUS).is_file() or (c / SWEEP_FILE).is_file())), None)
+        study = next((a for a in given.parents if (a / SWEEP_FILE).is_file()), None)
+        if study is not None and not is_run(given):  # a trial's own folder resumes; a new run there is in the way
+            raise MixsepError(f"{args.run_dir} is inside the folder of the sweep study '{study.name}', where the sweep "
+                              "makes its trials' folders (a run there would stop the study from resuming); name a "
+                              "folder outside it, or a trial's own folder to resume that trial.")
+        held = _held_run(given)
         if held is not None:
-            raise MixsepError(f"{args.run_dir} holds the run or study {held.name}, and a run folder holds no other run "
-                              "(is it the runs folder?); name a new folder, or a run's own folder to resume it.")
+            raise MixsepError(f"{args.run_dir} holds the run or study {held.relative_to(given)}, and a run folder holds no "
+                              "other run (is it the runs folder?); name a new folder, or a run's own folder to resume "
+                              "it.")
         made = _missing_ancestor(Path(args.run_dir))  # the folder (or a parent) this command makes, if any
         run = Run(Path(args.run_dir)).open()  # a second trainer on this folder stops here, with the holder's name
         try:
@@ -246,6 +248,21 @@ def cmd_train(args) -> int:
         raise
     finally:
         run.close()
+
+
+def _held_run(folder: Path, depth: int = 3) -> Path | None:
+    """A run or sweep study in ``folder`` (a --run-dir), up to ``depth`` folders down; links are not followed."""
+    from .run import CHECKPOINTS, is_mixsep_run
+    from .sweep import SWEEP_FILE
+
+    try:
+        children = [c for c in folder.iterdir() if c.is_dir() and not c.is_symlink() and c.name != CHECKPOINTS]
+    except OSError:  # not a folder yet, or unreadable: Run.open says what is wrong
+        return None
+    found = next((c for c in children if is_mixsep_run(c) or (c / SWEEP_FILE).is_file()), None)
+    if found is None and depth > 1:
+        found = next(filter(None, (_held_run(c, depth - 1) for c in children)), None)
+    return found
 
 
 def _missing_ancestor(path: Path) -> Path | None:

@@ -299,6 +299,13 @@ def is_run(path: Path) -> bool:
     return (Path(path) / CONFIG).is_file()
 
 
+def is_mixsep_run(path: Path) -> bool:
+    """A folder mixsep trained in: a config.json, and a status.json in a state mixsep writes (a project's own
+    config.json and status.json are not a run)."""
+    return is_run(path) and read_status(path).get("state") in (State.RUNNING, State.FINISHED, State.STOPPED,
+                                                               State.FAILED)
+
+
 def in_checkpoints(path: Path, this_run: Path | None = None) -> bool:
     """Whether ``path`` (a resolved file or folder) lies in a run's checkpoints folder, which only training
     writes: of a run folder, or of ``this_run`` (a command's own run, also when its config.json is lost)."""
@@ -978,7 +985,8 @@ def delete_run(runs_dir: Path, name: str) -> Path:
     path = resolve_run(runs_dir, name)
     if not path.is_dir():
         raise MixsepError(f"There is no run named '{name}' in {Path(runs_dir).resolve()}.")
-    inside = [Path(top, d) for top, dirs, _ in os.walk(path) for d in dirs]  # links are not walked into
+    inside = [Path(top, d) for top, dirs, _ in os.walk(path) for d in dirs]
+    inside = [p for p in inside if not p.is_symlink()]  # rmtree takes a link, never what it leads to
     runs = [p for p in (path, *inside) if is_run(p)]  # a run trained into another run's folder, or a study's, too
     from .sweep import live_sweeps  # a sweep between two trials holds no run's lock
 

@@ -144,7 +144,10 @@ def read_resume_point(run_dir: Path, map_location="cpu", peek: bool = False) -> 
     if last.is_file():
         try:
             if peek:
-                return read_checkpoint(last, map_location=map_location, mmap=True)
+                try:
+                    return read_checkpoint(last, map_location=map_location, mmap=True)
+                except UnreadableCheckpoint:  # torch maps only its zip format: an old torch.save's is read whole,
+                    return read_checkpoint(last, map_location=map_location)  # as the child will, or refused
             seen = _file_identity(last)
             if _resume_read[0] == seen:  # read moments ago, and unchanged since
                 return _resume_read[1]

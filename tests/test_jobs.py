@@ -448,3 +448,9 @@ def test_a_resume_on_the_page_maps_last_pt_and_keeps_none_of_it(tmp_path, tiny_c
     assert jobs.start(run_dir=run) == run.resolve()
     assert bytes_read() - before < size / 20  # a few kilobytes of settings and shapes, not the weights
     assert train._resume_read == [None, None]  # and nothing of it stays in the server
+    jobs.stop()
+    assert jobs.wait(10).state == "stopped"
+    import torch
+
+    torch.save(torch.load(last, weights_only=True), last, _use_new_zipfile_serialization=False)  # torch's old format,
+    assert jobs.start(run_dir=run) == run.resolve()  # which it cannot map: read whole, as the CLI reads it

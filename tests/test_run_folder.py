@@ -577,7 +577,13 @@ def test_delete_never_takes_a_folder_with_a_training_run_or_a_running_sweep_anyw
                                           r"folder outer it is in\.$"):
         R.delete_run(runs, "outer")
     gen.close()
+    os.symlink(runs / "other", runs / "outer" / "link")  # a link to a run training elsewhere: rmtree takes the link
+    gen = T.train_steps(dataclasses.replace(small_config, epochs=50), runs / "other")
+    next(gen)
     R.delete_run(runs, "outer")
+    assert (runs / "other" / "config.json").is_file()
+    gen.close()
+    R.delete_run(runs, "other")
 
     p = plan(build_parser().parse_args(["sweep", "--study", "demo", "--runs-dir", str(runs),
                                         "--data-root", small_config.data_root, "--val-size", "16", "--batch-size", "8"]))
@@ -605,11 +611,19 @@ def test_a_run_dir_inside_a_run_holding_runs_or_a_studys_own_is_refused_untouche
                                         "--data-root", small_config.data_root, "--val-size", "16", "--batch-size", "8"]))
     list(T.train_steps(small_config, p.folder / "trial-0000"))  # its first trial
     write_sweep_status(p, "finished")
+    deep = tmp_path / "group" / "g" / "b"  # a run three levels down is held too
+    list(T.train_steps(small_config, deep))
     before = conftest.tree(tmp_path)
     for run_dir, says in (
             (run / "inner", f"{run / 'inner'} is inside the run folder {run}, and a run holds no other run (the "
                             "dashboard would not list it, and deleting that run would take this one); name a folder "
                             "outside it."),
+            (tmp_path / "group", f"{tmp_path / 'group'} holds the run or study g/b, and a run folder holds no other "
+                                 "run (is it the runs folder?); name a new folder, or a run's own folder to resume it."),
+            (p.folder / "trial-0001", f"{p.folder / 'trial-0001'} is inside the folder of the sweep study 'demo', where "
+                                      "the sweep makes its trials' folders (a run there would stop the study from "
+                                      "resuming); name a folder outside it, or a trial's own folder to resume that "
+                                      "trial."),
             (tmp_path, f"{tmp_path} holds the run or study run, and a run folder holds no other run (is it the runs "
                        "folder?); name a new folder, or a run's own folder to resume it."),
             (p.folder, f"{p.folder} is the folder of the sweep study 'demo', which keeps its trials in it (a run there "
@@ -618,6 +632,14 @@ def test_a_run_dir_inside_a_run_holding_runs_or_a_studys_own_is_refused_untouche
         assert main(["train", "--run-dir", str(run_dir), *new]) == 2
         assert capsys.readouterr().err == f"error: {says}\n"
         assert conftest.tree(tmp_path) == before
+    # a trial's own folder still resumes by hand; a project folder's own config.json and status.json are no run
+    assert main(["train", "--run-dir", str(p.folder / "trial-0000"), "--quiet"]) == 0
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "config.json").write_text('{"name": "mine"}')
+    (project / "status.json").write_text("{}")
+    assert main(["train", "--run-dir", str(project / "runs" / "new"), *new]) == 0
+    assert main(["train", "--run-dir", str(project / "runs" / "new"), "--quiet"]) == 0  # and resumes
 
 
 # --------------------------------------------------------------------------- damaged run folders, refused before anything changes
