@@ -3,9 +3,8 @@ import streamlit as st
 
 import mixsep_ui as ui
 from mixsep import MixsepError, TrainConfig
-from mixsep.run import METRICS
+from mixsep.run import METRICS, list_checkpoints
 from mixsep.runs import no_rows_note, progress
-from mixsep.run import list_checkpoints
 from ui_settings import settings_widgets
 
 data_root, runs_dir = ui.setup("Train")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import _compat_pickle
 import contextlib
 import errno
+import fcntl
 import gzip
 import hashlib
 import importlib
@@ -31,6 +32,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -567,9 +569,6 @@ def _remove_stale_staging(root: Path, min_age_s: float = 60.0) -> None:
     """Remove the hidden folders that downloads killed outright (SIGKILL, a power cut) left in root: each
     download holds a lock on its own folder while it lives, so a folder whose lock is free is one nobody
     owns. One younger than ``min_age_s`` is left alone: its download may not have locked it yet."""
-    import fcntl
-    import time
-
     try:
         entries = [p for p in root.iterdir() if p.name.startswith(_STAGING)]
     except OSError:
@@ -627,8 +626,6 @@ def _fetch(datasets, root: Path, source: str, split: str) -> list[Path]:
     After a failure only the archives that passed their checksum are moved (the next download starts from
     them): a file cut off mid-transfer, or one unpacked from an archive when Ctrl-C came, never reaches root.
     """
-    import fcntl
-
     from torchvision.datasets.utils import check_integrity
 
     cls = _fetcher(datasets, source, split)
