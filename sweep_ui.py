@@ -19,7 +19,7 @@ from mixsep.sweep import (ATTR, STORAGE_ENV, SweepRegistry, check_storage, list_
 from ui_settings import setting_widget
 
 BUDGET = ("epochs", "train_size", "max_minutes")  # the per-trial budget, fixed for every trial
-SHARED = ("pretrained", "cpu_bf16")  # other settings every trial shares, drawn with the Train page's widget
+SHARED = ("pretrained", "cpu_bf16", "compile")  # other settings every trial shares, drawn with the Train page's widget
 
 
 @st.cache_resource(show_spinner=False)

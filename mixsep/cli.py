@@ -497,7 +497,13 @@ def _train(args, cfg: TrainConfig, run) -> int:
     print(f"run folder: {run_dir}", file=sys.stderr)
     bar = tqdm(total=training.total_steps, initial=training.step, disable=args.quiet, unit="step", file=sys.stderr)
 
+    said = len(training.run.warnings)
+
     def each(r):
+        nonlocal said
+        for w in training.run.warnings[said:]:  # said during training (a compile that failed at the first step)
+            bar.write(f"warning: {w}", file=sys.stderr)
+        said = len(training.run.warnings)
         bar.update(1)
         bar.set_postfix(loss=f"{r.loss:.4f}", mnist=f"{r.loss_mnist:.4f}", cifar=f"{r.loss_cifar:.4f}",
                         sps=f"{r.samples_per_s:.0f}")

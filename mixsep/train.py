@@ -5,6 +5,7 @@ this module keeps the loop: one Adam step, the late-read queue of losses, the ep
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -293,6 +294,10 @@ class Training:
         # Reading a loss waits for its step. On the GPU each step's loss is read one step
         # late, after the next step is queued, so the GPU never idles while the host waits.
         self.read_late = cuda
+        # torch.compile wraps the same modules (the checkpoints, evaluation and validation use self.model): the
+        # first training step compiles, and a compile that fails there falls back to eager (_compiled_step)
+        self._forward = torch.compile(self.model) if config.compile else self.model
+        self._compiling = config.compile
         self.should_stop = should_stop or (lambda: False)
         self.step = 0
         self._resume()
@@ -327,12 +332,38 @@ class Training:
 
     def train_step(self, mnist_u8, cifar_u8, lr: float) -> torch.Tensor:
         """One Adam step on the summed loss of the two sources; returns the detached (mnist, cifar) MSEs."""
+        if self._compiling:
+            return self._compiled_step(mnist_u8, cifar_u8, lr)
+        return self._step(mnist_u8, cifar_u8, lr)
+
+    def _compiled_step(self, mnist_u8, cifar_u8, lr: float) -> torch.Tensor:
+        """The first step with ``compile``: it compiles forward and backward. Where that fails (no C++ compiler, an
+        operation inductor cannot lower) the run trains without compiling, and its status says so."""
+        quiet = logging.getLogger("torch.utils.cpp_extension")  # "No CUDA runtime is found" on every CPU compile
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            out = self._step(mnist_u8, cifar_u8, lr)
+        except (MemoryError, torch.OutOfMemoryError):
+            raise
+        except Exception as e:  # nothing stepped (Adam steps last); BatchNorm saw the batch once more
+            why = " ".join(str(e).split()).split(" Set TORCHDYNAMO_VERBOSE")[0][:300]  # less torch's advice
+            self.run.warnings.append(f"torch.compile failed on this machine, so the run trains without it "
+                                     f"({e.__class__.__name__}: {why})")
+            self._forward = self.model
+            out = self._step(mnist_u8, cifar_u8, lr)
+        finally:
+            quiet.setLevel(level)
+        self._compiling = False
+        return out
+
+    def _step(self, mnist_u8, cifar_u8, lr: float) -> torch.Tensor:
         mnist, cifar, mean = to_float(mnist_u8, cifar_u8)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         use_amp = self.config.amp if self.device.type == "cuda" else self.config.cpu_bf16
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-            mnist_hat, cifar_hat = self.model(mean)
+            mnist_hat, cifar_hat = self._forward(mean)
         if self.config.loss == "log_mse":
             err_m = (mnist_hat.float() - mnist).pow(2).mean((1, 2, 3))  # (B,) per-image MSE
             err_c = (cifar_hat.float() - cifar).pow(2).mean((1, 2, 3))

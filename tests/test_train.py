@@ -287,3 +287,53 @@ def test_a_stop_that_lands_on_the_last_step_finishes_the_run_with_its_epoch_chec
     assert seen == [1, 2, 3, 4, 5, 6]
     assert R.read_status(run)["state"] == "finished"
     assert (run / "checkpoints" / "epoch-3.pt").is_file()
+
+
+@pytest.mark.heavy(25)  # inductor compiles the tiny network from an empty cache (seconds to tens of seconds)
+def test_compile_trains_the_same_network_and_its_checkpoints_load_without_it(tiny_config, tmp_path, monkeypatch):
+    """``compile`` runs the steps through torch.compile: the same losses as eager to float rounding, a real
+    compiled graph, and checkpoints of the plain network (no torch.compile prefix in the keys) that load and
+    resume without compiling."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # compiled here, not read back
+    from torch._dynamo.utils import counters
+
+    eager = [r.loss for r in T.train_steps(tiny_config, tmp_path / "eager")]
+    graphs = counters["stats"]["unique_graphs"]
+    compiled = T.Training(dataclasses.replace(tiny_config, compile=True), tmp_path / "compiled")
+    losses = [r.loss for r in compiled.steps()]
+    assert counters["stats"]["unique_graphs"] > graphs  # dynamo captured the network: it did compile
+    assert losses == pytest.approx(eager, rel=1e-4) and len(losses) == 6
+    assert R.read_status(tmp_path / "compiled").get("warnings") is None  # nothing fell back
+    plain = torch.load(tmp_path / "eager" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    saved = torch.load(tmp_path / "compiled" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    assert list(saved) == list(plain)
+    model, cfg, info = T.load_run_model(tmp_path / "compiled")  # the plain network, as evaluate loads it
+    assert cfg.compile and info["step"] == 6
+    compiled.model.eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        for a, b in zip(compiled.model(x), model(x)):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.heavy(8)
+def test_compile_without_a_working_compiler_trains_without_it_and_says_so(tiny_config, tmp_path):
+    """Where inductor cannot build its kernels (here a C++ compiler that always fails), the first step's
+    compile fails: the run trains as without compile, and the terminal and status.json say why."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CXX": "/bin/false", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
+           "MIXSEP_CACHE_DIR": str(tmp_path / "c")}
+    run = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "mixsep", "train", "--data-root", tiny_config.data_root, "--run-dir",
+                        str(run), "--model", "tiny", "--no-pretrained", "--batch-size", "16", "--device", "cpu",
+                        "--compile", "--quiet"], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    said = [line for line in p.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(said) == 1 and said[0].startswith(
+        "warning: torch.compile failed on this machine, so the run trains without it (") and "/bin/false" in said[0]
+    assert "Traceback" not in p.stderr and "TORCHDYNAMO_VERBOSE" not in p.stderr and "CUDA" not in p.stderr, p.stderr
+    status = R.read_status(run)
+    assert status["state"] == "finished" and status["step"] == 6 and status["warnings"] == [said[0][len("warning: "):]]
