@@ -41,7 +41,8 @@ from .config import TrainConfig
 from .errors import MixsepError
 from .run import LOG as LOG_NAME  # the child's stdout and stderr, inside its run folder
 from .run import CONFIG, RunWriteError, State, delete_run, describe_os_error, is_alive, last_logged_step, \
-    live_status, lock_holder, read_status, remove_unstarted, request_stop, run_name, write_json, write_status
+    live_status, lock_holder, open_regular, read_status, remove_unstarted, request_stop, run_name, write_json, \
+    write_status
 from .runs import live_runs
 from .train import check_fits, new_run_dir, read_resume_point
 
@@ -147,13 +148,13 @@ class JobRegistry:
         status = read_status(run_dir) if owned else live_status(run_dir)
         if alive is None:  # trained by another process (a terminal's train, when this registry has a child)
             alive = status.get("state") == State.RUNNING
-        if owned and not alive and status.get("state") in (State.UNKNOWN, State.RUNNING, None):
-            self._record_death(run_dir, status)
-            status = read_status(run_dir)
         if owned and not alive and self._made == run_dir:
             self._made = None  # its end is settled once
             if self._remove_refused(run_dir, status):
                 return self._removed
+        if owned and not alive and status.get("state") in (State.UNKNOWN, State.RUNNING, None):
+            self._record_death(run_dir, status)
+            status = read_status(run_dir)
         state = status.get("state", "unknown")
         if owned and alive and (state == "unknown" or status.get("pid") != self._pid):
             state = "starting"  # a resumed run's status.json is its last trainer's until this one writes
@@ -164,13 +165,22 @@ class JobRegistry:
                         [str(w) for w in warns], stopping=owned and alive and self._stop_requested)
 
     def _remove_refused(self, run_dir: Path, status: dict) -> bool:
-        """A new run whose trainer refused it before its first step (its data damaged, say) and said why in
-        status.json: its folder goes, as ``train`` removes the folder it made (the same code), and the
-        sentence is kept here for the page. A crash (a traceback in worker.log), a kill or a stop keeps it."""
-        if (status.get("state") != State.FAILED or status.get("pid") != self._pid or _step(run_dir, status)
-                or lock_holder(run_dir) is not None or not remove_unstarted(run_dir, run_dir)):
+        """A new run whose trainer refused it before its first step and said why: its folder goes, as ``train``
+        removes the folder it made (the same code), and the sentence is kept here for the page. The trainer says
+        why in status.json (its data damaged, say) or, refused before it opened the folder (a runs folder inside
+        another run's, say), which it then never writes, only in its last line, ``error: ...``, with exit code 2.
+        A crash (a traceback in worker.log), a kill or a stop keeps it."""
+        if status.get("state") == State.FAILED and status.get("pid") == self._pid:
+            said = str(status.get("message") or "")
+        elif (status.get("state") == State.UNKNOWN and not self._stop_requested and self._proc is not None
+              and self._proc.returncode == 2):
+            said = _refusal(run_dir / LOG_NAME)
+        else:
             return False
-        self._removed = JobState(run_dir, State.FAILED.value, str(status.get("message") or ""), removed=True)
+        if (said is None or _step(run_dir, status) or lock_holder(run_dir) is not None
+                or not remove_unstarted(run_dir, run_dir)):
+            return False
+        self._removed = JobState(run_dir, State.FAILED.value, said, removed=True)
         return True
 
     def _record_death(self, run_dir: Path, status: dict) -> None:
@@ -297,3 +307,14 @@ def _step(run_dir: Path, status: dict) -> int:
     """The latest step: the checkpoint's (status.json) or a logged one past it (metrics.csv's tail only:
     pages poll this every few seconds)."""
     return max(int(status.get("step") or 0), last_logged_step(run_dir))
+
+
+def _refusal(log: Path) -> str | None:
+    """The sentence of the ``error: ...`` line a trainer's output ends with (how the CLI refuses), or None."""
+    try:
+        with open_regular(log) as f:  # a FIFO put there by hand would block the page
+            f.seek(max(0, f.seek(0, os.SEEK_END) - (1 << 16)))  # a refusal is its output's last line
+            lines = f.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return None
+    return lines[-1][len("error: "):] if lines and lines[-1].startswith("error: ") else None

@@ -454,3 +454,22 @@ def test_a_resume_on_the_page_maps_last_pt_and_keeps_none_of_it(tmp_path, tiny_c
 
     torch.save(torch.load(last, weights_only=True), last, _use_new_zipfile_serialization=False)  # torch's old format,
     assert jobs.start(run_dir=run) == run.resolve()  # which it cannot map: read whole, as the CLI reads it
+
+
+def test_a_child_refused_before_it_opens_the_run_folder_leaves_no_run_and_says_why(tmp_path, tiny_config, jobs_of):
+    """A runs folder inside another run's folder: the real trainer refuses the run before it opens (and locks) the
+    folder the page made for it, so it writes no status.json and says why only in worker.log. The page recorded
+    the exit as a death of its own, kept the empty failed run for every page to list, and said only that the
+    process "exited with code 2"."""
+    from mixsep.train import train_steps
+
+    outer = tmp_path / "outer"
+    list(train_steps(tiny_config, outer))  # a run, finished
+    jobs = jobs_of(outer / "runs")
+    run = jobs.start(tiny_config)
+    state = jobs.wait(120)
+    assert state.state == "failed" and state.removed, state.message
+    assert state.message == (f"{run} is inside the run folder {outer}, and a run holds no other run (the dashboard "
+                             "would not list it, and deleting that run would take this one); name a folder outside it.")
+    assert not run.exists() and list((outer / "runs").iterdir()) == []  # no failed run left to list
+    assert jobs.poll() == state and jobs.view(run) == state and jobs.running() is None
