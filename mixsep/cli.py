@@ -191,9 +191,7 @@ def cmd_train(args) -> int:
                 raise MixsepError(f"{args.run_dir} is inside the checkpoints folder of the run {inside.parent}; give "
                                   f"--run-dir {inside.parent} to resume it.")
             if inside != given and is_mixsep_run(inside):
-                raise MixsepError(f"{args.run_dir} is inside the run folder {inside}, and a run holds no other run "
-                                  "(the dashboard would not list it, and deleting that run would take this one); "
-                                  "name a folder outside it.")
+                raise _inside_a_run(args.run_dir, inside)
         from .sweep import SWEEP_FILE
 
         if (given / SWEEP_FILE).is_file():
@@ -207,12 +205,11 @@ def cmd_train(args) -> int:
                               "folder outside it, or a trial's own folder to resume that trial.")
         held = _held_run(given)
         if held is not None:
-            raise MixsepError(f"{args.run_dir} holds the run or study {held.relative_to(given)}, and a run folder holds no "
-                              "other run (is it the runs folder?); name a new folder, or a run's own folder to resume "
-                              "it.")
+            raise _holds_a_run(args.run_dir, held.relative_to(given))
         made = _missing_ancestor(Path(args.run_dir))  # the folder (or a parent) this command makes, if any
         run = Run(Path(args.run_dir)).open()  # a second trainer on this folder stops here, with the holder's name
         try:
+            _no_trainer_around(args.run_dir, given)
             cfg = _train_config(args)
         except BaseException:
             run.close(restore_lock=True)  # refused: the run's files byte for byte as they were, .lock included
@@ -250,18 +247,46 @@ def cmd_train(args) -> int:
         run.close()
 
 
-def _held_run(folder: Path, depth: int = 3) -> Path | None:
-    """A run or sweep study in ``folder`` (a --run-dir), up to ``depth`` folders down; links are not followed."""
+def _inside_a_run(run_dir: str, outer: Path) -> MixsepError:
+    return MixsepError(f"{run_dir} is inside the run folder {outer}, and a run holds no other run (the dashboard would "
+                       "not list it, and deleting that run would take this one); name a folder outside it.")
+
+
+def _holds_a_run(run_dir: str, held: Path) -> MixsepError:
+    return MixsepError(f"{run_dir} holds the run or study {held}, and a run folder holds no other run (is it the runs "
+                       "folder?); name a new folder, or a run's own folder to resume it.")
+
+
+def _no_trainer_around(run_dir: str, given: Path) -> None:
+    """The nesting look again once this run holds its lock, a folder whose lock is held counting as a run: two
+    trainers started at once in A and A/B both passed the first look (neither had written a thing yet) and both
+    trained. Of two such, the later to take its lock sees the other's held, and is refused."""
+    from .run import is_mixsep_run, lock_holder
+
+    def a_run(folder: Path) -> bool:
+        return lock_holder(folder) is not None or is_mixsep_run(folder)
+    outer = next((p for p in given.parents if a_run(p)), None)
+    if outer is not None:
+        raise _inside_a_run(run_dir, outer)
+    held = _held_run(given, a_run=a_run)
+    if held is not None:
+        raise _holds_a_run(run_dir, held.relative_to(given))
+
+
+def _held_run(folder: Path, depth: int = 3, a_run=None) -> Path | None:
+    """A run (``a_run``, by default a folder mixsep trained in) or sweep study in ``folder`` (a --run-dir), up to
+    ``depth`` folders down; links are not followed."""
     from .run import CHECKPOINTS, is_mixsep_run
     from .sweep import SWEEP_FILE
 
+    a_run = a_run or is_mixsep_run
     try:
         children = [c for c in folder.iterdir() if c.is_dir() and not c.is_symlink() and c.name != CHECKPOINTS]
     except OSError:  # not a folder yet, or unreadable: Run.open says what is wrong
         return None
-    found = next((c for c in children if is_mixsep_run(c) or (c / SWEEP_FILE).is_file()), None)
+    found = next((c for c in children if a_run(c) or (c / SWEEP_FILE).is_file()), None)
     if found is None and depth > 1:
-        found = next(filter(None, (_held_run(c, depth - 1) for c in children)), None)
+        found = next(filter(None, (_held_run(c, depth - 1, a_run) for c in children)), None)
     return found
 
 

@@ -642,6 +642,44 @@ def test_a_run_dir_inside_a_run_holding_runs_or_a_studys_own_is_refused_untouche
     assert main(["train", "--run-dir", str(project / "runs" / "new"), "--quiet"]) == 0  # and resumes
 
 
+def test_of_two_trainers_started_at_once_in_a_folder_and_inside_it_one_is_refused(small_config, tmp_path):
+    """`train --run-dir A` and `train --run-dir A/B` started together both passed the nesting look (neither folder
+    was a run yet: the look came before either took its lock) and both trained, a run inside a run. Each trainer,
+    frozen once it holds its lock and before it has written a thing, is the race's widest window; the other,
+    started then, is refused in one sentence and leaves nothing it made."""
+    args = ["--data-root", small_config.data_root, "--model", small_config.model, "--batch-size", "8",
+            "--no-pretrained", "--device", "cpu", "--quiet"]
+
+    def frozen_holding_its_lock(run: Path):
+        proc = cli("--run-dir", str(run), *args)
+        conftest.frozen_when(proc, lambda: R.lock_holder(run) is not None and not R.is_mixsep_run(run),
+                             what="its lock taken, nothing written")
+        return proc
+
+    def outside(run: Path, files: dict) -> dict:
+        return {name: data for name, data in files.items() if not (tmp_path / name).is_relative_to(run)}
+
+    for first, second, says in (
+            ("a", "a/b", "{second} is inside the run folder {first}, and a run holds no other run (the dashboard "
+                         "would not list it, and deleting that run would take this one); name a folder outside it."),
+            ("c/d", "c", "{second} holds the run or study d, and a run folder holds no other run (is it the runs "
+                         "folder?); name a new folder, or a run's own folder to resume it.")):
+        first, second = tmp_path / first, tmp_path / second
+        proc = frozen_holding_its_lock(first)
+        before = conftest.tree(tmp_path, skip=(R.LOCK,))
+        try:
+            late = conftest.warm_run(["train", "--run-dir", str(second), *args], timeout=120)
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        assert late.returncode == 2, late.stderr
+        assert late.stderr == "error: " + says.format(first=first, second=second) + "\n"
+        proc.communicate(timeout=120)
+        assert proc.returncode == 0 and R.read_status(first)["state"] == "finished"
+        # the refused one's .lock and the folder it made are gone: the winner's run is all that changed
+        assert not (second / R.LOCK).exists() and not (tmp_path / "a" / "b").exists()
+        assert outside(first, conftest.tree(tmp_path, skip=(R.LOCK,))) == outside(first, before)
+
+
 # --------------------------------------------------------------------------- damaged run folders, refused before anything changes
 
 
