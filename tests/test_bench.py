@@ -348,3 +348,13 @@ def test_compile_bench_times_both_sides_and_says_when_the_compiled_one_fell_back
     figures = json.loads(out.read_text())
     assert "/bin/false" in figures["compile_failed"] and len(figures["rounds_s"]["compiled"]) == 2
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("mixsep-compile-bench-")] == []  # scratch gone
+
+
+def test_quality_passes_compile_and_bf16_to_the_run_it_trains(bench, data_root):
+    """quality.py's --compile and --cpu-bf16 reach the TrainConfig its run trains with (and nothing else does)."""
+    quality = bench("quality")
+    base = ["--data-root", str(data_root), "--model", "unet_hf_silu"]
+    plain = quality.make_config(quality.build_parser().parse_args(base))
+    both = quality.make_config(quality.build_parser().parse_args(base + ["--compile", "--cpu-bf16"]))
+    assert (plain.compile, plain.cpu_bf16, both.compile, both.cpu_bf16) == (False, False, True, True)
+    assert dataclasses.replace(both, compile=False, cpu_bf16=False) == plain
