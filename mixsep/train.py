@@ -343,7 +343,9 @@ class Training:
         level = quiet.level
         quiet.setLevel(logging.ERROR)
         try:
-            out = self._step(mnist_u8, cifar_u8, lr)
+            with warnings.catch_warnings():  # dynamo traces through the cached projector of unet_hf's inputs
+                warnings.filterwarnings("ignore", "Dynamo detected a call to a `functools.lru_cache`")
+                out = self._step(mnist_u8, cifar_u8, lr)
         except (MemoryError, torch.OutOfMemoryError):
             raise
         except Exception as e:  # nothing stepped (Adam steps last); BatchNorm saw the batch once more
