@@ -302,12 +302,13 @@ class TrainConfig:
                              "does not; results then differ from fp32's from the first step (bf16 keeps 8 bits "
                              "of mantissa, fp32 24)", "Mixed precision on the CPU (bf16)", "mechanics",
                              on_resume=True, widget="toggle", advanced=True)
-    compile: bool = setting(False, "torch.compile the network for training: the first step compiles it (about a "
-                            "minute on a 2-core CPU, seconds once inductor's cache holds it), then each step runs "
-                            "about 1.1 times faster, so it pays for runs longer than about 1,000 steps (bench/run.py "
-                            "measures the break-even on your machine); where compiling fails the run trains without "
-                            "it and says so", "Compile the network (torch.compile)", "mechanics", on_resume=True,
-                            widget="toggle", advanced=True)
+    compile: bool = setting(False, "torch.compile the network for training: the first step compiles it (30 to 60 s "
+                            "on a 2-core CPU, seconds once inductor's cache holds it), then each step runs about 1.08 "
+                            "times faster there, so it pays for runs longer than about 600 steps of the report's "
+                            "network and 5,000 of a U-Net's (bench/compile.py measures it on your machine); where "
+                            "compiling fails the run trains without it and says so",
+                            "Compile the network (torch.compile)", "mechanics", on_resume=True, widget="toggle",
+                            advanced=True)
     checkpoint_every: int = setting(200, "steps between checkpoints, at most one in checkpoint_seconds (one is "
                                          "always written at the end)",
                                     "Steps between checkpoints", "mechanics", low=1, on_resume=True)
