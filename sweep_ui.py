@@ -7,6 +7,7 @@ which ``st.cache_resource`` keeps open so a journal file is replayed incremental
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +15,7 @@ import streamlit as st
 
 import mixsep_ui as ui
 from mixsep.config import setting_by_name
-from mixsep.sweep import (ATTR, STORAGE_ENV, SweepRegistry, check_storage, list_studies, open_storage, storage_label,
+from mixsep.sweep import (ATTR, JOURNAL, STORAGE_ENV, SweepRegistry, check_storage, list_studies, open_storage, storage_label,
                           sweepable)
 from ui_settings import setting_widget
 
@@ -33,15 +34,38 @@ def registry(runs_dir: Path) -> SweepRegistry:
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def _storage(url: str, runs_dir: str, exists: bool):
+def _storage(url: str, runs_dir: str, journal: tuple | bool):
     check_storage(url or None, writes=False)  # one sentence for a bad URL or a database that is down (not cached)
     return open_storage(url or None, Path(runs_dir), create=False)
 
 
+_JOURNALS: dict[Path, tuple] = {}  # a journal's path: (its file's identity, its size, how many times it was replaced)
+_JOURNALS_LOCK = threading.Lock()
+
+
+def _journal_version(path: Path) -> tuple | bool:
+    """What the cached storage of the journal at ``path`` is keyed on: False while there is none, then a version
+    that changes when the file is replaced (moved away and made anew, as the damaged-journal sentence advises) or
+    restored over from a shorter copy. A storage replays a journal from where it last read, so a new file read from
+    the old one's offset lost its first studies and kept listing the gone ones."""
+    try:
+        st_ = path.stat()
+    except OSError:
+        return False
+    ident = (st_.st_dev, st_.st_ino)
+    with _JOURNALS_LOCK:
+        seen_ident, seen_size, replaced = _JOURNALS.get(path, (ident, 0, 0))
+        if ident != seen_ident or st_.st_size < seen_size:
+            replaced += 1
+        _JOURNALS[path] = (ident, st_.st_size, replaced)
+    return ident + (replaced,)
+
+
 def storage(url: str, runs_dir: Path):
-    """The study storage for reading (None while it does not exist yet); reopened once it appears."""
-    journal = (Path(runs_dir) / "optuna.journal").is_file()
-    return _storage(url, str(Path(runs_dir).resolve()), journal if not url else True)
+    """The study storage for reading (None while it does not exist yet); reopened once it appears, and again
+    whenever its journal file is replaced."""
+    runs_dir = Path(runs_dir).resolve()
+    return _storage(url, str(runs_dir), _journal_version(runs_dir / JOURNAL) if not url else True)
 
 
 def mixsep_studies(store) -> tuple[list[str], int]:

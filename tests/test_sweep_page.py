@@ -181,3 +181,25 @@ def test_start_while_a_run_trains_says_why_once(page_env, monkeypatch):
     said = [a.value for a in (*at.error, *at.warning) if "in progress" in a.value]
     assert len(said) == 1 and shows_literally(said[0], busy), said
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_a_journal_replaced_or_restored_from_a_shorter_copy_is_read_anew(page_env, tmp_path):
+    """The page keeps the runs folder's journal open and replays it from where it last read. Moved away and made
+    anew (what the damaged-journal sentence advises), or restored over from an older copy, it was read from the old
+    file's offset: the page listed the gone studies and not the new ones, until the server restarted."""
+    import shutil
+
+    data, runs = page_env
+    mixsep_study(data, runs, "old")
+    assert picker(app_page("5_Sweep.py", 60)).options == ["old"]
+    journal = runs / "optuna.journal"
+    journal.rename(tmp_path / "journal.old")
+    mixsep_study(data, runs, "fresh")
+    mixsep_study(data, runs, "fresher")  # a longer file than the old one
+    at = app_page("5_Sweep.py", 60)  # another tab of the same server: the storage it cached
+    assert not at.exception, [e.value for e in at.exception]
+    assert sorted(picker(at).options) == ["fresh", "fresher"]
+    shutil.copyfile(tmp_path / "journal.old", journal)  # written over in place: the same file, now shorter
+    assert picker(app_page("5_Sweep.py", 60)).options == ["old"]
+    mixsep_study(data, runs, "later")  # and a journal that grows is still read on from where it was
+    assert sorted(picker(app_page("5_Sweep.py", 60)).options) == ["later", "old"]
