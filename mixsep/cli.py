@@ -613,7 +613,7 @@ def new_output(path: str | None, flag: str, overwrite: bool, run_dir: str, input
                suffix: str | None = None) -> Path | None:
     """An output file of evaluate or grid, checked before the slow work (output_file's checks and more):
     never one of a run's own files (config.json, status.json, metrics.csv, .lock, worker.log, STOP, or
-    anything in its checkpoints folder) nor an input of this command; a file that exists only with
+    anything in its checkpoints folder), a sweep's journal or a study's own files, nor an input of this command; a file that exists only with
     --overwrite; and its folder must take a new file."""
     import tempfile
 
@@ -634,6 +634,14 @@ def new_output(path: str | None, flag: str, overwrite: bool, run_dir: str, input
     if in_checkpoints(where.parent, this_run):
         raise MixsepError(f"{flag} {p} is in the run's {CHECKPOINTS} folder, which only training writes; "
                           f"choose another {flag}.")
+    from .sweep import _CUT_SUFFIX, JOURNAL, SWEEP_FILE, SWEEP_LOG
+
+    if where.name in (JOURNAL, JOURNAL + ".lock") or where.name.startswith(JOURNAL + _CUT_SUFFIX):  # Optuna's lock
+        raise MixsepError(f"{flag} {p} is named as a sweep's journal, which holds every study of its runs folder "
+                          f"and which evaluate and grid never write; choose another {flag}.")
+    if where.name in (SWEEP_FILE, SWEEP_LOG) and (where.parent / SWEEP_FILE).is_file():
+        raise MixsepError(f"{flag} {p} is the sweep study's own {where.name}, which evaluate and grid never "
+                          f"write; choose another {flag}.")
     if any(i and where == Path(i).resolve() for i in inputs):
         raise MixsepError(f"{flag} {p} is a file this command reads; choose another {flag}.")
     if (p.exists() or p.is_symlink()) and not p.is_file():  # --overwrite replaces files, never anything else

@@ -504,6 +504,38 @@ def test_evaluate_and_grid_never_write_over_a_runs_own_files(capsys, data_root, 
     assert json.loads((run / "eval.json").read_text())["n"] == 4
 
 
+def test_evaluate_and_grid_never_write_over_a_sweeps_journal_or_a_studys_own_files(capsys, data_root, tmp_path):
+    """`evaluate RUN --json RUNS/optuna.journal --overwrite` replaced the journal of every study of the runs folder,
+    and `--json RUNS/STUDY/sweep.json` a study's own file: both are refused now, --overwrite or not."""
+    from conftest import tree
+
+    runs = tmp_path / "runs"
+    assert main(["sweep", "--data-root", str(data_root), "--runs-dir", str(runs), "--study", "demo",
+                 *[a for a in TINY if a != "--quiet"], "--train-size", "32", "--val-size", "16", "--trials", "1"]) == 0
+    best = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    study = runs / "demo"
+    assert (runs / "optuna.journal").is_file() and (study / "sweep.json").is_file()
+    (study / "sweep.log").write_text("the page's sweep child's output\n")
+    before = tree(runs)
+    for cmd, flag, target, says in (
+            ("evaluate", "--json", runs / "optuna.journal", "is named as a sweep's journal"),
+            ("evaluate", "--markdown", runs / "optuna.journal.cut-1", "is named as a sweep's journal"),
+            ("evaluate", "--json", runs / "optuna.journal.lock", "is named as a sweep's journal"),
+            ("evaluate", "--json", study / "sweep.json", "is the sweep study's own sweep.json"),
+            ("evaluate", "--markdown", study / "sweep.log", "is the sweep study's own sweep.log")):
+        for overwrite in ([], ["--overwrite"]):
+            argv = [cmd, str(best), "--data-root", str(data_root), flag, str(target), *overwrite]
+            assert main(argv + (["--samples", "4"] if cmd == "evaluate" else [])) == 2, argv
+            err = _one_line(capsys)
+            assert f"{flag} {target} " in err and says in err and f"choose another {flag}." in err, err
+            assert tree(runs) == before, argv
+    assert main(["sweep", "--runs-dir", str(runs), "--study", "demo", "--best"]) == 0  # the study reads as it was
+    assert capsys.readouterr().out.strip() == str(best)
+    # a sweep.json where no study is, is a file like any other
+    assert main(["evaluate", str(best), "--data-root", str(data_root), "--samples", "4", "--json",
+                 str(tmp_path / "sweep.json")]) == 0
+
+
 def test_an_output_folder_that_is_read_only_is_refused_before_the_work(capsys, data_root, tmp_path):
     """A read-only --json/--markdown/--out folder was found only after the whole evaluation; now the
     folder is tried first (the run named here does not even exist: nothing is loaded)."""
