@@ -298,7 +298,8 @@ class TrainConfig:
     amp: bool = setting(True, "bfloat16 autocast on CUDA; on the CPU, cpu_bf16 decides (off: fp32)",
                         "Mixed precision (CUDA)", "mechanics", on_resume=True)
     cpu_bf16: bool = setting(False, "bfloat16 autocast on the CPU too: faster where the CPU computes bf16 itself "
-                             "(AMX, as on Xeon Sapphire Rapids and later: 1.3 to 2x a step), emulated where it "
+                             "(AMX, as on Xeon Sapphire Rapids and later: 1.3 to 2x a step; AVX512-BF16, as on AMD Zen 4: 1.3 "
+                             "to 1.6x), emulated where it "
                              "does not; results then differ from fp32's from the first step (bf16 keeps 8 bits "
                              "of mantissa, fp32 24)", "Mixed precision on the CPU (bf16)", "mechanics",
                              on_resume=True, widget="toggle", advanced=True)
