@@ -77,7 +77,9 @@ unlisted = unlisted_runs(runs_dir)  # made by hand or by another tool: say why t
 for found, why, mend in (
         (unlisted.names, "whose name the pages cannot use", "rename {} with letters, digits, spaces, '.', '_' and '-'"),
         (unlisted.outside, "behind a link that leads out of the runs folder",
-         "the pages open runs inside it only: move or copy {} in")):
+         "the pages open runs inside it only: move or copy {} in"),
+        (unlisted.deep, "more than one group folder deep",
+         "the pages list RUN and GROUP/RUN in the runs folder: move {} up to GROUP/RUN")):
     if found:
         st.caption(f"Not listed: {len(found)} run folder{'s' * (len(found) > 1)} {why} ("
                    f"{ui.literal(', '.join(found[:5]))}{', …' if len(found) > 5 else ''}); "

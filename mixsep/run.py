@@ -322,6 +322,7 @@ class Unlisted(NamedTuple):
 
     names: list[str]    # names the pages cannot use (x:y, .hidden): a rename lists them
     outside: list[str]  # behind a link, the run's own or its group's, that leads out of the runs folder
+    deep: list[str]     # more than one group folder down (grp/sub/run), DEEP_LOOK folders down at most
 
 
 def unlisted_runs(runs_dir: Path) -> Unlisted:
@@ -330,14 +331,17 @@ def unlisted_runs(runs_dir: Path) -> Unlisted:
     return Unlisted(*_scan(runs_dir)[1:])
 
 
-def _scan(runs_dir: Path) -> tuple[list[Path], list[str], list[str]]:
+DEEP_LOOK = 3  # how many folders below the runs folder the look for unlisted runs goes (the Home page polls it)
+
+
+def _scan(runs_dir: Path) -> tuple[list[Path], list[str], list[str], list[str]]:
     root = Path(runs_dir)
-    found, odd, outside = [], [], []
+    found, odd, outside, deep = [], [], [], []
     try:
         children = list(root.iterdir()) if root.is_dir() else []
         real_root = root.resolve()
     except (OSError, RuntimeError):  # RuntimeError: a symlink loop, before Python 3.13
-        return [], [], []
+        return [], [], [], []
     for child in children:
         candidates = [child]
         try:
@@ -349,6 +353,8 @@ def _scan(runs_dir: Path) -> tuple[list[Path], list[str], list[str]]:
             name = p.relative_to(root).as_posix()
             try:
                 if not (p.is_dir() and is_run(p)):
+                    if p is not child and not (child.is_symlink() or p.is_symlink()):  # a group's: runs further down?
+                        deep += _deeper_runs(root, p, DEEP_LOOK - 2)
                     continue
                 resolve_run(root, name)
             except (OSError, MixsepError, ValueError, RuntimeError):  # odd names and links: not shown, said why
@@ -367,7 +373,25 @@ def _scan(runs_dir: Path) -> tuple[list[Path], list[str], list[str]]:
             except OSError:  # deleted meanwhile
                 pass
     found.sort(key=lambda t: t[0], reverse=True)
-    return [p for _, p in found], sorted(odd), sorted(outside)
+    return [p for _, p in found], sorted(odd), sorted(outside), sorted(deep)
+
+
+def _deeper_runs(root: Path, folder: Path, depth: int) -> list[str]:
+    """The names of the run folders in ``folder`` (no run itself), up to ``depth`` folders down. Links are not
+    followed (a link to a run inside is listed by that run's name), and no run or checkpoints folder is entered:
+    the look stays cheap, and a run inside a run is no run (train refuses one)."""
+    if depth < 1 or folder.name == CHECKPOINTS:
+        return []
+    try:
+        subs = [f for f in folder.iterdir() if f.is_dir() and not f.is_symlink()]
+        runs = {f for f in subs if is_run(f)}
+    except OSError:  # unreadable, or deleted meanwhile: nothing to name
+        return []
+    names = [f.relative_to(root).as_posix() for f in runs]
+    for f in subs:
+        if f not in runs:
+            names += _deeper_runs(root, f, depth - 1)
+    return names
 
 
 def _runs_dir_is_a_file(runs_dir: Path) -> MixsepError:

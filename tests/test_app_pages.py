@@ -164,6 +164,25 @@ def test_home_says_which_runs_a_link_leading_out_of_the_runs_folder_hides_and_wh
     assert "alias" not in note
 
 
+def test_home_names_runs_more_than_one_group_folder_deep_and_how_to_list_them(app_env, tmp_path):
+    """train --run-dir runs/grp/deep/x warned that the dashboard would not list it, and Home said nothing of it.
+    The look goes three folders down at most, through no link, run folder or checkpoints folder."""
+    data, runs = app_env
+    shutil.copytree(runs / "tiny-run", runs / "grp" / "deep" / "x")
+    shutil.copytree(runs / "tiny-run", runs / "grp" / "ok")
+    shutil.copytree(runs / "tiny-run", runs / "grp" / "a" / "b" / "too-deep")  # four down: past the look
+    shutil.copytree(runs / "tiny-run", runs / "tiny-run" / "inner" / "r")  # inside a run: train refuses those
+    shutil.copytree(runs / "tiny-run", runs / "lost" / "checkpoints" / "r")  # a run whose config.json is gone
+    shutil.copytree(runs / "tiny-run", tmp_path / "elsewhere" / "sub" / "r")
+    (runs / "grp" / "link").symlink_to(tmp_path / "elsewhere")
+    at = open_page("dashboard.py")
+    assert set(at.dataframe[1].value["run"]) == {"tiny-run", "grp/ok"}
+    note = seen(texts(at.caption)).replace("\u2060", "")  # as a reader sees it
+    assert ("Not listed: 1 run folder more than one group folder deep (grp/deep/x); the pages list RUN and "
+            "GROUP/RUN in the runs folder: move it up to GROUP/RUN.") in note
+    assert not {"too-deep", "inner", "lost", "link"} & set(re.findall(r"[\w-]+", note))
+
+
 def test_train_page_shows_the_last_run(app_env):
     data, runs = app_env
     status = json.loads((runs / "tiny-run" / "status.json").read_text())
