@@ -694,6 +694,9 @@ def cmd_evaluate(args) -> int:
     root = _data_root_of(args, cfg)
     _not_a_data_file(root, (json_out, "--json"), (markdown_out, "--markdown"))
     pairs = load_pairs(root, "test", mnist_path=args.mnist_test, cifar_path=args.cifar_test)
+    if args.samples > len(pairs):
+        print(f"note: the test split holds {len(pairs)} pairs, so evaluate scores {len(pairs)}, not {args.samples}",
+              file=sys.stderr)
     from .metrics import evaluate  # torchmetrics takes seconds to import: a bad run or file is refused first
 
     result = evaluate(model, pairs, count=args.samples, batch_size=args.batch_size,

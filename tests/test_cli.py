@@ -55,6 +55,12 @@ def test_train_evaluate_grid_end_to_end(capsys, data_root, tmp_path):
     capsys.readouterr()
     assert main(["grid", str(run), "--data-root", str(data_root), "--n", "100", "--out", str(png), "--overwrite"]) == 0
     assert "note: the test split holds 48 pairs, so the grid shows 48, not 100" in capsys.readouterr().err
+    # evaluate said "48 test pairs" and nothing of the 100 asked for
+    assert main(["evaluate", str(run), "--data-root", str(data_root), "--samples", "100", "--json", str(out_json),
+                 "--overwrite"]) == 0
+    out, err = capsys.readouterr()
+    assert "note: the test split holds 48 pairs, so evaluate scores 48, not 100" in err and "48 test pairs" in out
+    assert all(r["n"] == 48 for r in json.loads(out_json.read_text())["rows"])
 
 
 def test_evaluate_and_grid_read_the_runs_own_data_root_by_default(capsys, data_root, tmp_path, monkeypatch):
