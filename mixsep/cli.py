@@ -350,6 +350,9 @@ def _train_config(args) -> TrainConfig:
     from .train import read_resume_point
 
     flags = [s.flag for s in settings(resolve=False) if getattr(args, s.name, None) is not None and not s.on_resume]
+    if getattr(args, "config", None):
+        # a file that is not there (or does not read) is said first: dropping the flags would only lead to it
+        TrainConfig.load(Path(args.config))
     if getattr(args, "config", None) and (flags or getattr(args, "recipe", False)):  # where and how it runs may differ
         raise MixsepError(f"--config {args.config} holds every setting, so {', '.join(flags or ['--recipe'])} would be "
                           "ignored; drop them, or drop --config and give the settings as flags.")

@@ -313,6 +313,27 @@ def test_bad_config_file_one_sentence_exit_2(tmp_path, config, match):
     assert_one_sentence(mixsep_train(tmp_path, "--config", str(path)), match, tmp_path)
 
 
+@pytest.mark.parametrize("kind,match", [
+    ("missing", "There is no config file"),
+    ("folder", "is a folder; give the config.json file"),
+    ("fifo", "is not a regular file; give a config.json file"),
+    ("link loop", "cannot be read (Too many levels of symbolic links)"),
+])
+def test_a_config_file_that_does_not_read_is_said_before_the_flags_beside_it(tmp_path, kind, match):
+    """`train --config missing.json --model tiny` said --model would be ignored, and only once it was dropped
+    that the file was not there."""
+    path = tmp_path / "mine.json"
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)  # reading it would wait for a writer forever
+    elif kind == "link loop":
+        path.symlink_to(path)
+    p = mixsep_train(tmp_path, "--config", str(path), "--model", "tiny")
+    assert_one_sentence(p, match, tmp_path)
+    assert "would be ignored" not in p.stderr
+
+
 # --------------------------------------------------------------------------- widgets
 
 
