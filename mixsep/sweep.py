@@ -873,12 +873,12 @@ def gpu_count(device: str) -> int:
 # --------------------------------------------------------------------------- the study
 
 
-def create_study(p: Plan):
+def create_study(p: Plan, say: Callable[[str], None] | None = None):
     """Create (or load) the study and its folder; the first write of a sweep.
 
     The process that creates the study queues the report's defaults (each searched
     setting's TrainConfig default, when the space holds it) as trial 0: the baseline
-    every other trial is measured against.
+    every other trial is measured against. A default outside the space is said (``say``).
     """
     import optuna
 
@@ -897,6 +897,13 @@ def create_study(p: Plan):
         baseline = baseline_params(p.space)
         if baseline is not None:
             study.enqueue_trial(baseline, user_attrs={"baseline": True})
+        elif say is not None:
+            outside = defaults_outside(p.space)
+            named = [f"{d.name} {v}" for d, v in outside]
+            named = ", ".join(named[:-1]) + " and " + named[-1] if len(named) > 1 else named[0]
+            say(f"note: no baseline trial: the default{'s' * (len(outside) > 1)} {named} "
+                f"lie{'s' * (len(outside) == 1)} outside --space {format_space({d.name: d for d, _ in outside})}, "
+                "so trial 0 is a draw like the others (widen the space to hold the defaults for one)")
     p.folder.mkdir(parents=True, exist_ok=True)
     return study
 
@@ -935,10 +942,14 @@ def _shared(config: dict) -> dict:
 def baseline_params(space: dict[str, Dimension]) -> dict | None:
     """The report's defaults of the searched settings, or None when one lies outside its range."""
     defaults = TrainConfig()
-    params = {name: getattr(defaults, name) for name in space}
-    inside = all(v in d.choices if d.choices is not None else d.low <= v <= d.high
-                 for d, v in zip(space.values(), params.values()))
-    return params if inside else None
+    return None if defaults_outside(space) else {name: getattr(defaults, name) for name in space}
+
+
+def defaults_outside(space: dict[str, Dimension]) -> list[tuple[Dimension, object]]:
+    """The dimensions whose setting's TrainConfig default lies outside them, with that default."""
+    defaults = TrainConfig()
+    pairs = [(d, getattr(defaults, name)) for name, d in space.items()]
+    return [(d, v) for d, v in pairs if not (v in d.choices if d.choices is not None else d.low <= v <= d.high)]
 
 
 def load_study(p: Plan, index: int = 0):
@@ -1493,7 +1504,7 @@ def run_sweep(p: Plan, say: Callable[[str], None] | None = None) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} \
         if threading.current_thread() is threading.main_thread() else {}
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
-    study = create_study(p)
+    study = create_study(p, say)
     write_sweep_status(p, "running")
     try:
         if p.workers == 1:

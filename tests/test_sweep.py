@@ -518,6 +518,22 @@ def test_study_on_the_journal_survives_a_killed_worker_prunes_and_its_best_trial
     assert json.loads((runs / "demo" / "sweep.json").read_text())["state"] == "finished"
 
 
+def test_a_sweep_whose_space_leaves_out_a_default_says_it_has_no_baseline(data_root, tmp_path):
+    """A default outside --space made trial 0 a sampler draw like the others, and nothing said so."""
+    runs = tmp_path / "runs"
+    far = cli(*sweep_args(data_root, runs, "--study", "far", "--trials", "1", "--space", "lr=1e-2:1e-1,beta1=0.8:0.99",
+                          *TINY))
+    assert far.returncode == 0, far.stderr
+    notes = [line for line in far.stderr.splitlines() if line.startswith("note:")]
+    assert notes == ["note: no baseline trial: the default lr 0.001 lies outside --space lr=0.01:0.1:log, so trial 0 "
+                     "is a draw like the others (widen the space to hold the defaults for one)"], far.stderr
+    trial = study_of(runs, "far").trials[0]
+    assert "baseline" not in trial.user_attrs and 1e-2 <= trial.params["lr"] <= 1e-1
+    near = cli(*sweep_args(data_root, runs, "--study", "near", "--trials", "1", "--space", "lr=1e-4:1e-2", *TINY))
+    assert near.returncode == 0 and "baseline" not in near.stderr, near.stderr
+    assert study_of(runs, "near").trials[0].user_attrs["baseline"]  # the defaults inside: queued, not a word
+
+
 @pytest.mark.heavy(25)
 def test_two_workers_of_one_command_share_the_journal(tmp_path):
     from optuna.trial import TrialState
