@@ -15,6 +15,7 @@ import streamlit as st
 
 import mixsep_ui as ui
 from mixsep.config import setting_by_name
+from mixsep.run import open_regular
 from mixsep.sweep import (ATTR, JOURNAL, STORAGE_ENV, SweepRegistry, check_storage, list_studies, open_storage, storage_label,
                           sweepable)
 from ui_settings import setting_widget
@@ -39,25 +40,30 @@ def _storage(url: str, runs_dir: str, journal: tuple | bool):
     return open_storage(url or None, Path(runs_dir), create=False)
 
 
-_JOURNALS: dict[Path, tuple] = {}  # a journal's path: (its file's identity, its size, how many times it was replaced)
+_JOURNALS: dict[Path, tuple] = {}  # a journal's path: (its identity, its size, how many times it was replaced)
 _JOURNALS_LOCK = threading.Lock()
 
 
 def _journal_version(path: Path) -> tuple | bool:
     """What the cached storage of the journal at ``path`` is keyed on: False while there is none, then a version
-    that changes when the file is replaced (moved away and made anew, as the damaged-journal sentence advises) or
-    restored over from a shorter copy. A storage replays a journal from where it last read, so a new file read from
-    the old one's offset lost its first studies and kept listing the gone ones."""
+    that changes whenever the file holds another journal than the one read so far. A storage replays a journal from
+    where it last read, so another file read from the old one's offset lost its first studies and kept listing the
+    gone ones, or failed on half a record. Another journal is another file (a new inode: moved away and made anew,
+    as the damaged-journal sentence advises), another first record (written over in place: a backup restored,
+    or a new journal on a reused inode; a journal's first record holds its first writer's random id), or a file
+    shorter than when last seen (an older copy of the same journal restored over it)."""
     try:
-        st_ = path.stat()
+        with open_regular(path) as f:
+            first = f.readline(65536)
+            size = os.fstat(f.fileno())
     except OSError:
         return False
-    ident = (st_.st_dev, st_.st_ino)
+    ident = (size.st_dev, size.st_ino, hash(first))
     with _JOURNALS_LOCK:
         seen_ident, seen_size, replaced = _JOURNALS.get(path, (ident, 0, 0))
-        if ident != seen_ident or st_.st_size < seen_size:
+        if ident != seen_ident or size.st_size < seen_size:
             replaced += 1
-        _JOURNALS[path] = (ident, st_.st_size, replaced)
+        _JOURNALS[path] = (ident, size.st_size, replaced)
     return ident + (replaced,)
 
 

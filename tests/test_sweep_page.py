@@ -203,3 +203,17 @@ def test_a_journal_replaced_or_restored_from_a_shorter_copy_is_read_anew(page_en
     assert picker(app_page("5_Sweep.py", 60)).options == ["old"]
     mixsep_study(data, runs, "later")  # and a journal that grows is still read on from where it was
     assert sorted(picker(app_page("5_Sweep.py", 60)).options) == ["later", "old"]
+    other = tmp_path / "other"
+    for name in ("o1", "o2", "o3"):
+        mixsep_study(data, other, name)
+    shutil.copyfile(other / "optuna.journal", journal)  # written over in place by a longer journal: the same size check
+    at = app_page("5_Sweep.py", 60)                       # passes, the first record differs
+    assert not at.exception, [e.value for e in at.exception]
+    assert sorted(picker(at).options) == ["o1", "o2", "o3"]
+    inode = journal.stat().st_ino
+    journal.unlink()  # removed, and a new journal made (on this file system, often on the same inode)
+    for name in ("n1", "n2", "n3", "n4"):
+        mixsep_study(data, runs, name)
+    at = app_page("5_Sweep.py", 60)
+    assert not at.exception, ([e.value for e in at.exception], journal.stat().st_ino == inode)
+    assert sorted(picker(at).options) == ["n1", "n2", "n3", "n4"]
