@@ -645,6 +645,10 @@ def new_output(path: str | None, flag: str, overwrite: bool, run_dir: str, input
     if where.name in (SWEEP_FILE, SWEEP_LOG) and (where.parent / SWEEP_FILE).is_file():
         raise MixsepError(f"{flag} {p} is the sweep study's own {where.name}, which evaluate and grid never "
                           f"write; choose another {flag}.")
+    base = where.with_name(where.name.rsplit("-", 1)[0]) if where.name.endswith(("-journal", "-wal", "-shm")) else where
+    if _is_sqlite(base):  # a sweep's sqlite:/// storage holds every study in it: --overwrite is no reason to lose them
+        raise MixsepError(f"{flag} {p} is {'a file of ' * (base != where)}an SQLite database (a sweep's storage, say), "
+                          f"which evaluate and grid never write; choose another {flag}.")
     if any(i and where == Path(i).resolve() for i in inputs):
         raise MixsepError(f"{flag} {p} is a file this command reads; choose another {flag}.")
     if (p.exists() or p.is_symlink()) and not p.is_file():  # --overwrite replaces files, never anything else
@@ -662,6 +666,17 @@ def new_output(path: str | None, flag: str, overwrite: bool, run_dir: str, input
         raise MixsepError(f"Folder {p.parent} is not writable ({e.strerror or e.__class__.__name__}); "
                           f"choose another {flag}.") from None
     return p
+
+
+def _is_sqlite(path: Path) -> bool:
+    """Whether ``path`` is an SQLite database file (by its header; a FIFO or a missing file is not)."""
+    from .run import open_regular
+
+    try:
+        with open_regular(path) as f:
+            return f.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
 
 
 def _not_a_data_file(root: Path, *outputs: tuple[Path | None, str]) -> None:

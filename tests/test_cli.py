@@ -537,6 +537,24 @@ def test_evaluate_and_grid_never_write_over_a_sweeps_journal_or_a_studys_own_fil
             assert tree(runs) == before, argv
     assert main(["sweep", "--runs-dir", str(runs), "--study", "demo", "--best"]) == 0  # the study reads as it was
     assert capsys.readouterr().out.strip() == str(best)
+    # a sqlite:/// storage: any SQLite database, and the files SQLite keeps beside one
+    db = tmp_path / "studies.db"
+    url = f"sqlite:///{db}"
+    assert main(["sweep", "--data-root", str(data_root), "--runs-dir", str(tmp_path / "sruns"), "--study", "s",
+                 "--storage", url, *[a for a in TINY if a != "--quiet"], "--train-size", "32", "--val-size", "16",
+                 "--trials", "1"]) == 0
+    sbest = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    (tmp_path / "studies.db-wal").write_bytes(b"")  # as SQLite leaves one in WAL mode
+    before = tree(tmp_path)
+    for flag, target, says in (("--json", db, "is an SQLite database"),
+                               ("--markdown", tmp_path / "studies.db-wal", "is a file of an SQLite database")):
+        assert main(["evaluate", str(sbest), "--data-root", str(data_root), "--samples", "4", flag, str(target),
+                     "--overwrite"]) == 2
+        err = _one_line(capsys)
+        assert f"{flag} {target} {says} (a sweep's storage, say)" in err, err
+        assert tree(tmp_path) == before
+    assert main(["sweep", "--runs-dir", str(tmp_path / "sruns"), "--study", "s", "--storage", url, "--best"]) == 0
+    assert capsys.readouterr().out.strip() == str(sbest)
     # a sweep.json where no study is, is a file like any other
     assert main(["evaluate", str(best), "--data-root", str(data_root), "--samples", "4", "--json",
                  str(tmp_path / "sweep.json")]) == 0
