@@ -28,7 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 SCRATCH = Path(tempfile.mkdtemp(prefix="mixsep-compile-bench-"))
-os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(SCRATCH / "inductor")  # empty: a first run's compile
+# empty, as on a machine's first compile: inductor's cache, and the precompiled headers torch keeps under the
+# temporary folder outside that cache (152 MB, which also made a second run's compile faster); all removed after
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(SCRATCH / "inductor")
+os.environ["TMPDIR"] = str(SCRATCH)
+tempfile.tempdir = None
 
 from benchlib import command_line, machine, machine_line, set_threads  # noqa: E402
 
@@ -58,11 +62,27 @@ def timed_steps(steps, n: int) -> float:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from mixsep import MixsepError
+
+    try:
+        return measure(args)
+    except MixsepError as e:  # a data root, model or batch size the trainer refuses
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def measure(args) -> int:
     import dataclasses
 
-    from mixsep import TrainConfig
+    from mixsep import MixsepError, TrainConfig
     from mixsep.data import load_pairs
     from mixsep.train import Training
+
+    for flag, value in (("--rounds", args.rounds), ("--steps", args.steps)):
+        if value < 1:
+            raise MixsepError(f"{flag} must be at least 1 (got {value}).")
+    if args.json and not Path(args.json).parent.is_dir():  # found now, not after minutes of measuring
+        raise MixsepError(f"Folder {Path(args.json).parent} does not exist; create it or choose another --json.")
 
     threads = set_threads(args.threads)
     print(f"command: {command_line()}")
@@ -90,25 +110,33 @@ def main(argv=None) -> int:
     compile_s = max(0.0, first["compiled"] - step["eager"])
     saved = step["eager"] - step["compiled"]
     even = compile_s / saved if saved > 0 else math.inf
+    if warned:  # both sides trained eager: no figure of compiling to give
+        compile_s = even = math.nan
     out = {"model": args.model, "batch_size": args.batch_size, "cpu_bf16": args.cpu_bf16, "threads": threads,
            "first_step_s": first, "step_s": step, "rounds_s": times, "compile_s": compile_s,
-           "speedup": step["eager"] / step["compiled"], "break_even_steps": even, "command": command_line(),
-           "machine": machine(threads), "compile_failed": warned[-1] if warned else None}
-    print(f"{args.model}, batch {args.batch_size}{', bf16' if args.cpu_bf16 else ''}: first step {first['eager']:.1f} s "
-          f"eager, {first['compiled']:.1f} s compiled; then {step['eager'] * 1e3:.0f} ms eager, "
-          f"{step['compiled'] * 1e3:.0f} ms compiled ({out['speedup']:.2f}x, median of {args.rounds} rounds of "
-          f"{args.steps} steps); " + (f"compiling pays for runs longer than {math.ceil(even):,} steps"
-                                      if math.isfinite(even) else "compiling never pays: a compiled step is not faster"))
+           "speedup": math.nan if warned else step["eager"] / step["compiled"], "break_even_steps": even,
+           "command": command_line(), "machine": machine(threads), "compile_failed": warned[-1] if warned else None}
+    if warned:
+        print(f"{args.model}, batch {args.batch_size}: compiling failed, so there is nothing to measure")
+    else:
+        print(f"{args.model}, batch {args.batch_size}{', bf16' if args.cpu_bf16 else ''}: first step {first['eager']:.1f} s "
+              f"eager, {first['compiled']:.1f} s compiled; then {step['eager'] * 1e3:.0f} ms eager, "
+              f"{step['compiled'] * 1e3:.0f} ms compiled ({out['speedup']:.2f}x, median of {args.rounds} rounds of "
+              f"{args.steps} steps); " + (f"compiling pays for runs longer than {math.ceil(even):,} steps"
+                                          if math.isfinite(even) else "compiling never pays: a compiled step is not faster"))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2, default=str) + "\n")
         print(f"wrote {args.json}")
-    print(f"compile: model={args.model} speedup={out['speedup']:.3f} compile_s={compile_s:.1f} "
+    print(f"compile: model={args.model} speedup={out['speedup']:.3f} compile_s={compile_s:.1f} "  # nan: it failed
           f"step_ms_eager={step['eager'] * 1e3:.1f} step_ms_compiled={step['compiled'] * 1e3:.1f} "
           f"break_even_steps={even:.0f}")
     return 0
 
 
 if __name__ == "__main__":
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # the scratch folder goes then too
     try:
         sys.exit(main())
     finally:

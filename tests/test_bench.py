@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import math
 import os
 import re
 import subprocess
@@ -328,26 +329,39 @@ def test_startup_times_a_cold_command_at_two_trees_and_removes_its_outputs_first
     assert capsys.readouterr().err.startswith("error: give the mixsep command to time after --")
 
 
-@pytest.mark.heavy(8)
+@pytest.mark.heavy(14)
 def test_compile_bench_times_both_sides_and_says_when_the_compiled_one_fell_back(data_root, tmp_path):
     """bench/compile.py on the trainer itself: a first step and alternating rounds per side, the JSON, the last
     line; here inductor has no working C++ compiler, so the compiled side trained eager and the script says so
     rather than report a compile time (the compile itself is tests/test_train.py's)."""
     out = tmp_path / "compile.json"
-    env = {**os.environ, "CXX": "/bin/false", "TMPDIR": str(tmp_path), "MIXSEP_CACHE_DIR": str(tmp_path / "c")}
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "CXX": "/bin/false", "TMPDIR": str(scratch), "MIXSEP_CACHE_DIR": str(tmp_path / "c")}
     p = subprocess.run([sys.executable, str(BENCH / "compile.py"), "--data-root", str(data_root), "--model", "tiny",
                         "--batch-size", "16", "--train-size", "96", "--rounds", "2", "--steps", "2", "--json", str(out)],
                        capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr
     lines = p.stdout.strip().splitlines()
-    assert re.fullmatch(rf"compile: model=tiny speedup={NUM} compile_s={NUM} step_ms_eager={NUM} "
-                        rf"step_ms_compiled={NUM} break_even_steps={NUM}", lines[-1]), lines[-1]
+    assert re.fullmatch(rf"compile: model=tiny speedup=nan compile_s=nan step_ms_eager={NUM} "
+                        rf"step_ms_compiled={NUM} break_even_steps=nan", lines[-1]), lines[-1]  # no made-up figures
     assert any(line.startswith("compile failed here, so the compiled side trained eager: torch.compile failed")
                for line in lines), p.stdout
+    assert "tiny, batch 16: compiling failed, so there is nothing to measure" in lines
     assert [line.split(":")[0] for line in lines if line.startswith("  round")] == ["  round 1", "  round 2"]
     figures = json.loads(out.read_text())
     assert "/bin/false" in figures["compile_failed"] and len(figures["rounds_s"]["compiled"]) == 2
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("mixsep-compile-bench-")] == []  # scratch gone
+    assert math.isnan(figures["speedup"]) and math.isnan(figures["break_even_steps"])
+    assert list(scratch.iterdir()) == []  # its scratch folder, precompiled headers and all, is gone
+    for extra, says in ((["--rounds", "0"], "--rounds must be at least 1 (got 0)."),
+                        (["--json", str(tmp_path / "no" / "c.json")], f"Folder {tmp_path / 'no'} does not exist"),
+                        (["--model", "nope"], "nope")):
+        p = subprocess.run([sys.executable, str(BENCH / "compile.py"), "--data-root", str(data_root), "--batch-size",
+                            "16", *(["--model", "tiny"] if "--model" not in extra else []), *extra],
+                           capture_output=True, text=True, env=env, timeout=300)
+        assert p.returncode == 2 and p.stderr.startswith("error: ") and says in p.stderr, p.stderr
+        assert "Traceback" not in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    assert list(scratch.iterdir()) == []
 
 
 def test_quality_passes_compile_and_bf16_to_the_run_it_trains(bench, data_root):
