@@ -27,12 +27,6 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-SCRATCH = Path(tempfile.mkdtemp(prefix="mixsep-compile-bench-"))
-# empty, as on a machine's first compile: inductor's cache, and the precompiled headers torch keeps under the
-# temporary folder outside that cache (152 MB, which also made a second run's compile faster); all removed after
-os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(SCRATCH / "inductor")
-os.environ["TMPDIR"] = str(SCRATCH)
-tempfile.tempdir = None
 
 from benchlib import command_line, machine, machine_line, set_threads  # noqa: E402
 
@@ -72,17 +66,40 @@ def main(argv=None) -> int:
 
 
 def measure(args) -> int:
-    import dataclasses
-
-    from mixsep import MixsepError, TrainConfig
-    from mixsep.data import load_pairs
-    from mixsep.train import Training
+    from mixsep import MixsepError
 
     for flag, value in (("--rounds", args.rounds), ("--steps", args.steps)):
         if value < 1:
             raise MixsepError(f"{flag} must be at least 1 (got {value}).")
     if args.json and not Path(args.json).parent.is_dir():  # found now, not after minutes of measuring
         raise MixsepError(f"Folder {Path(args.json).parent} does not exist; create it or choose another --json.")
+    scratch = Path(tempfile.mkdtemp(prefix="mixsep-compile-bench-"))
+    # empty, as on a machine's first compile: inductor's cache, and the precompiled headers torch keeps under the
+    # temporary folder outside that cache (152 MB, which also made a second run's compile faster); all removed after
+    saved_env = {name: os.environ.get(name) for name in ("TORCHINDUCTOR_CACHE_DIR", "TMPDIR")}
+    os.environ.update(TORCHINDUCTOR_CACHE_DIR=str(scratch / "inductor"), TMPDIR=str(scratch))
+    tempfile.tempdir = None
+    try:
+        return _measure(args, scratch)
+    finally:
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        tempfile.tempdir = None
+
+
+def _measure(args, scratch: Path) -> int:
+    import dataclasses
+
+    from mixsep import TrainConfig
+    from mixsep.data import load_pairs
+    from mixsep.train import Training
+
 
     threads = set_threads(args.threads)
     print(f"command: {command_line()}")
@@ -91,7 +108,7 @@ def measure(args) -> int:
                       batch_size=args.batch_size, train_size=args.train_size, epochs=10_000, device=args.device,
                       cpu_bf16=args.cpu_bf16, checkpoint_every=10**9, checkpoint_seconds=3600.0).validate()
     data = load_pairs(Path(cfg.data_root), "train", size=cfg.train_size, seed=cfg.seed)
-    sides = {name: Training(dataclasses.replace(cfg, compile=name == "compiled"), SCRATCH / name, data=data)
+    sides = {name: Training(dataclasses.replace(cfg, compile=name == "compiled"), scratch / name, data=data)
              for name in ("eager", "compiled")}
     gens = {name: t.steps() for name, t in sides.items()}
     first = {name: timed_steps(gen, 1) for name, gen in gens.items()}
@@ -137,9 +154,4 @@ if __name__ == "__main__":
     import signal
 
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # the scratch folder goes then too
-    try:
-        sys.exit(main())
-    finally:
-        import shutil
-
-        shutil.rmtree(SCRATCH, ignore_errors=True)
+    sys.exit(main())

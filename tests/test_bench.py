@@ -329,7 +329,7 @@ def test_startup_times_a_cold_command_at_two_trees_and_removes_its_outputs_first
     assert capsys.readouterr().err.startswith("error: give the mixsep command to time after --")
 
 
-@pytest.mark.heavy(14)
+@pytest.mark.heavy(8)
 def test_compile_bench_times_both_sides_and_says_when_the_compiled_one_fell_back(data_root, tmp_path):
     """bench/compile.py on the trainer itself: a first step and alternating rounds per side, the JSON, the last
     line; here inductor has no working C++ compiler, so the compiled side trained eager and the script says so
@@ -353,15 +353,24 @@ def test_compile_bench_times_both_sides_and_says_when_the_compiled_one_fell_back
     assert "/bin/false" in figures["compile_failed"] and len(figures["rounds_s"]["compiled"]) == 2
     assert math.isnan(figures["speedup"]) and math.isnan(figures["break_even_steps"])
     assert list(scratch.iterdir()) == []  # its scratch folder, precompiled headers and all, is gone
+
+
+def test_compile_bench_bad_input_is_one_sentence(bench, data_root, tmp_path, capsys, monkeypatch):
+    compile_bench = bench("compile")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    env = dict(os.environ)
     for extra, says in ((["--rounds", "0"], "--rounds must be at least 1 (got 0)."),
+                        (["--steps", "-1"], "--steps must be at least 1 (got -1)."),
                         (["--json", str(tmp_path / "no" / "c.json")], f"Folder {tmp_path / 'no'} does not exist"),
-                        (["--model", "nope"], "nope")):
-        p = subprocess.run([sys.executable, str(BENCH / "compile.py"), "--data-root", str(data_root), "--batch-size",
-                            "16", *(["--model", "tiny"] if "--model" not in extra else []), *extra],
-                           capture_output=True, text=True, env=env, timeout=300)
-        assert p.returncode == 2 and p.stderr.startswith("error: ") and says in p.stderr, p.stderr
-        assert "Traceback" not in p.stderr and p.stderr.count("\n") == 1, p.stderr
-    assert list(scratch.iterdir()) == []
+                        (["--model", "nope"], "nope"), (["--train-size", "96", "--batch-size", "1000"], "Batch size 1000 is larger"),
+                        ([], "Asked for 2048 pairs but only 96 are available")):  # the default --train-size
+        argv = ["--data-root", str(data_root), "--batch-size", "16", "--model", "tiny", *extra]
+        assert compile_bench.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and says in err and err.count("\n") == 1, err
+        assert dict(os.environ) == env and list(scratch.iterdir()) == [], extra  # nothing left, nothing changed
 
 
 def test_quality_passes_compile_and_bf16_to_the_run_it_trains(bench, data_root):
