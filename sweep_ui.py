@@ -16,8 +16,8 @@ import streamlit as st
 import mixsep_ui as ui
 from mixsep.config import setting_by_name
 from mixsep.run import open_regular
-from mixsep.sweep import (ATTR, JOURNAL, STORAGE_ENV, SweepRegistry, check_storage, list_studies, open_storage, storage_label,
-                          sweepable)
+from mixsep.sweep import (ATTR, JOURNAL, LOCAL, STORAGE_ENV, SweepRegistry, check_storage, list_studies, open_storage,
+                          storage_label, sweepable)
 from ui_settings import setting_widget
 
 BUDGET = ("epochs", "train_size", "max_minutes")  # the per-trial budget, fixed for every trial
@@ -130,14 +130,18 @@ def space_widgets() -> tuple[list[str], list[str]]:
     return space, fixed
 
 
-def budget_widgets() -> list[str]:
-    """The per-trial budget (epochs, training pairs, time limit) and the shared settings, as fixed flags."""
-    flags = []
+def budget_widgets() -> tuple[list[str], list[str]]:
+    """The per-trial budget (epochs, training pairs, time limit) and the shared settings, as fixed flags for Start;
+    and this machine's own choices among them (LOCAL: --cpu-bf16, --compile), always given, for Resume: a study
+    resumed here trains as the page shows, not as the machine that started it chose."""
+    flags, local = [], []
     for name in SHARED:
         s = setting_by_name(name)
         v = setting_widget(s, "sweep_")
         if v != s.default:
             flags += s.argv(v)
+        if name in LOCAL:
+            local += s.argv(v)
     for name in BUDGET:
         s = setting_by_name(name)
         if s.widget:
@@ -147,7 +151,7 @@ def budget_widgets() -> list[str]:
                                 help=s.help + " (0 = no limit)")
         if v != s.default:
             flags += s.argv(v)
-    return flags
+    return flags, local
 
 
 def trials_table(frame: pd.DataFrame, key: str) -> str | None:

@@ -17,7 +17,7 @@ with st.sidebar:
     st.subheader("Search space")
     space, fixed = sw.space_widgets()
     st.subheader("Each trial")
-    budget = sw.budget_widgets()
+    budget, local = sw.budget_widgets()
     trials = whole_number_box("Trials", 1, 1000, 20, key="sweep_trials", help="Finished trials the study aims at.")
     val_size = whole_number_box("Validation pairs", 1, 20000, 2000, key="sweep_val",
                                 help="Held out from the end of the training data; no trial trains on them.")
@@ -69,7 +69,7 @@ shown = st.selectbox("Show study", studies, index=studies.index(shown) if shown 
     if studies else shown
 if top[4].button("Resume", icon=":material/replay:", disabled=live is not None or not shown, width="stretch"):
     try:
-        sweeps.start(["--study", shown, "--data-root", str(data_root)], storage=url or None, busy=busy)
+        sweeps.start(["--study", shown, "--data-root", str(data_root), *local], storage=url or None, busy=busy)
         st.rerun()
     except MixsepError as e:
         if str(e) != busy:  # busy: the warning above says so already

@@ -217,3 +217,20 @@ def test_a_journal_replaced_or_restored_from_a_shorter_copy_is_read_anew(page_en
     at = app_page("5_Sweep.py", 60)
     assert not at.exception, ([e.value for e in at.exception], journal.stat().st_ino == inode)
     assert sorted(picker(at).options) == ["n1", "n2", "n3", "n4"]
+
+
+def test_resume_on_the_page_trains_as_its_per_machine_toggles_show(page_env):
+    """Resume gave the sweep only the study and the data root, so a study started with --compile or --cpu-bf16
+    resumed with them whatever this page's toggles showed (a machine's own choices: LOCAL)."""
+    import sweep_ui
+
+    data, runs = page_env
+    mixsep_study(data, runs, "s")
+    at = app_page("5_Sweep.py", 60)
+    next(t for t in at.toggle if t.key == "sweep_compile").set_value(True).run()
+    next(b for b in at.button if b.label == "Resume").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    child = sweep_ui.registry(runs)._proc
+    assert child is not None, [e.value for e in at.error]
+    words = child.args[child.args.index("--study"):]
+    assert words[:2] == ["--study", "s"] and "--compile" in words and "--no-cpu-bf16" in words, words
