@@ -40,8 +40,9 @@ def _storage(url: str, runs_dir: str, journal: tuple | bool):
     return open_storage(url or None, Path(runs_dir), create=False)
 
 
-_JOURNALS: dict[Path, tuple] = {}  # a journal's path: (its identity, its size, how many times it was replaced)
+_JOURNALS: dict[Path, tuple] = {}  # a journal's path: (identity, size, the bytes before that size, replacements)
 _JOURNALS_LOCK = threading.Lock()
+_WINDOW = 512  # bytes of a journal remembered just before the size last seen
 
 
 def _journal_version(path: Path) -> tuple | bool:
@@ -49,21 +50,26 @@ def _journal_version(path: Path) -> tuple | bool:
     that changes whenever the file holds another journal than the one read so far. A storage replays a journal from
     where it last read, so another file read from the old one's offset lost its first studies and kept listing the
     gone ones, or failed on half a record. Another journal is another file (a new inode: moved away and made anew,
-    as the damaged-journal sentence advises), another first record (written over in place: a backup restored,
-    or a new journal on a reused inode; a journal's first record holds its first writer's random id), or a file
-    shorter than when last seen (an older copy of the same journal restored over it)."""
-    try:
-        with open_regular(path) as f:
-            first = f.readline(65536)
-            size = os.fstat(f.fileno())
-    except OSError:
-        return False
-    ident = (size.st_dev, size.st_ino, hash(first))
-    with _JOURNALS_LOCK:
-        seen_ident, seen_size, replaced = _JOURNALS.get(path, (ident, 0, 0))
-        if ident != seen_ident or size.st_size < seen_size:
+    as the damaged-journal sentence advises), another first record (a new journal on a reused inode; a journal's
+    first record holds its first writer's random id), or a file whose bytes just before the size last seen are no
+    longer the same (a backup restored over it in place, also when it has grown past that size since; the records
+    there hold times and trial numbers)."""
+    with _JOURNALS_LOCK:  # one look at a time: two tabs' looks out of order read as a shrink
+        try:
+            with open_regular(path) as f:
+                first = f.readline(65536)
+                size = os.fstat(f.fileno())
+                ident = (size.st_dev, size.st_ino, hash(first))
+                seen_ident, seen_size, seen_tail, replaced = _JOURNALS.get(path, (ident, 0, b"", 0))
+                f.seek(max(0, seen_size - len(seen_tail)))
+                was = f.read(len(seen_tail))
+                f.seek(max(0, size.st_size - _WINDOW))
+                tail = f.read(_WINDOW)
+        except OSError:
+            return False
+        if ident != seen_ident or size.st_size < seen_size or was != seen_tail:
             replaced += 1
-        _JOURNALS[path] = (ident, size.st_size, replaced)
+        _JOURNALS[path] = (ident, size.st_size, tail, replaced)
     return ident + (replaced,)
 
 

@@ -203,6 +203,15 @@ def test_a_journal_replaced_or_restored_from_a_shorter_copy_is_read_anew(page_en
     assert picker(app_page("5_Sweep.py", 60)).options == ["old"]
     mixsep_study(data, runs, "later")  # and a journal that grows is still read on from where it was
     assert sorted(picker(app_page("5_Sweep.py", 60)).options) == ["later", "old"]
+    shutil.copyfile(journal, tmp_path / "backup")
+    mixsep_study(data, runs, "gone")
+    assert sorted(picker(app_page("5_Sweep.py", 60)).options) == ["gone", "later", "old"]
+    shutil.copyfile(tmp_path / "backup", journal)  # restored in place while no tab looked, and then it grew past
+    for name in ("g1", "g2", "g3"):                # the size the page last saw
+        mixsep_study(data, runs, name)
+    at = app_page("5_Sweep.py", 60)
+    assert not at.exception, [e.value for e in at.exception]
+    assert sorted(picker(at).options) == ["g1", "g2", "g3", "later", "old"]
     other = tmp_path / "other"
     for name in ("o1", "o2", "o3"):
         mixsep_study(data, other, name)
