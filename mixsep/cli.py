@@ -637,12 +637,13 @@ def new_output(path: str | None, flag: str, overwrite: bool, run_dir: str, input
     if in_checkpoints(where.parent, this_run):
         raise MixsepError(f"{flag} {p} is in the run's {CHECKPOINTS} folder, which only training writes; "
                           f"choose another {flag}.")
-    from .sweep import _CUT_SUFFIX, JOURNAL, SWEEP_FILE, SWEEP_LOG
+    from .sweep import _CUT_SUFFIX, JOURNAL, SWEEP_FILE, SWEEP_LOG, _read_sweep
 
     if where.name in (JOURNAL, JOURNAL + ".lock") or where.name.startswith(JOURNAL + _CUT_SUFFIX):  # Optuna's lock
         raise MixsepError(f"{flag} {p} is named as a sweep's journal, which holds every study of its runs folder "
                           f"and which evaluate and grid never write; choose another {flag}.")
-    if where.name in (SWEEP_FILE, SWEEP_LOG) and (where.parent / SWEEP_FILE).is_file():
+    study = _read_sweep(where.parent) if where.name in (SWEEP_FILE, SWEEP_LOG) else {}
+    if isinstance(study.get("study"), str) and "storage" in study:  # a study's sweep.json, as a sweep writes it
         raise MixsepError(f"{flag} {p} is the sweep study's own {where.name}, which evaluate and grid never "
                           f"write; choose another {flag}.")
     base = where.with_name(where.name.rsplit("-", 1)[0]) if where.name.endswith(("-journal", "-wal", "-shm")) else where

@@ -555,9 +555,10 @@ def test_evaluate_and_grid_never_write_over_a_sweeps_journal_or_a_studys_own_fil
         assert tree(tmp_path) == before
     assert main(["sweep", "--runs-dir", str(tmp_path / "sruns"), "--study", "s", "--storage", url, "--best"]) == 0
     assert capsys.readouterr().out.strip() == str(sbest)
-    # a sweep.json where no study is, is a file like any other
-    assert main(["evaluate", str(best), "--data-root", str(data_root), "--samples", "4", "--json",
-                 str(tmp_path / "sweep.json")]) == 0
+    # a sweep.json where no study is, is a file like any other: written, and written over with --overwrite
+    for overwrite in ([], ["--overwrite"]):
+        assert main(["evaluate", str(best), "--data-root", str(data_root), "--samples", "4", "--json",
+                     str(tmp_path / "sweep.json"), "--markdown", str(tmp_path / "sweep.log"), *overwrite]) == 0
 
 
 def test_an_output_folder_that_is_read_only_is_refused_before_the_work(capsys, data_root, tmp_path):
