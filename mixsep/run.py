@@ -353,8 +353,8 @@ def _scan(runs_dir: Path) -> tuple[list[Path], list[str], list[str], list[str]]:
             name = p.relative_to(root).as_posix()
             try:
                 if not (p.is_dir() and is_run(p)):
-                    if p is not child and not (child.is_symlink() or p.is_symlink()):  # a group's: runs further down?
-                        deep += _deeper_runs(root, p, DEEP_LOOK - 2)
+                    if p is not child and not (child.is_symlink() or p.is_symlink() or _other_runs_dir(child)):
+                        deep += _deeper_runs(root, p, DEEP_LOOK - 2)  # a group's: runs further down?
                     continue
                 resolve_run(root, name)
             except (OSError, MixsepError, ValueError, RuntimeError):  # odd names and links: not shown, said why
@@ -376,11 +376,19 @@ def _scan(runs_dir: Path) -> tuple[list[Path], list[str], list[str], list[str]]:
     return [p for _, p in found], sorted(odd), sorted(outside), sorted(deep)
 
 
+def _other_runs_dir(folder: Path) -> bool:
+    """A folder a sweep used as its runs folder (its journal inside): its trials belong to that journal, which names
+    them from there, so moving one up (the deep runs' mend) would take it from its study."""
+    from .sweep import JOURNAL
+
+    return (folder / JOURNAL).exists()
+
+
 def _deeper_runs(root: Path, folder: Path, depth: int) -> list[str]:
     """The names of the run folders in ``folder`` (no run itself), up to ``depth`` folders down. Links are not
     followed (a link to a run inside is listed by that run's name), and no run or checkpoints folder is entered:
     the look stays cheap, and a run inside a run is no run (train refuses one)."""
-    if depth < 1 or folder.name == CHECKPOINTS:
+    if depth < 1 or folder.name == CHECKPOINTS or _other_runs_dir(folder):
         return []
     try:
         subs = [f for f in folder.iterdir() if f.is_dir() and not f.is_symlink()]

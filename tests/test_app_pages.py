@@ -175,12 +175,14 @@ def test_home_names_runs_more_than_one_group_folder_deep_and_how_to_list_them(ap
     shutil.copytree(runs / "tiny-run", runs / "lost" / "checkpoints" / "r")  # a run whose config.json is gone
     shutil.copytree(runs / "tiny-run", tmp_path / "elsewhere" / "sub" / "r")
     (runs / "grp" / "link").symlink_to(tmp_path / "elsewhere")
+    shutil.copytree(runs / "tiny-run", runs / "sw" / "s1" / "trial-0000")  # a sweep's own runs folder, copied in:
+    (runs / "sw" / "optuna.journal").write_bytes(b"")                        # moving its trial up breaks its study
     at = open_page("dashboard.py")
     assert set(at.dataframe[1].value["run"]) == {"tiny-run", "grp/ok"}
     note = seen(texts(at.caption)).replace("\u2060", "")  # as a reader sees it
     assert ("Not listed: 1 run folder more than one group folder deep (grp/deep/x); the pages list RUN and "
             "GROUP/RUN in the runs folder: move it up to GROUP/RUN.") in note
-    assert not {"too-deep", "inner", "lost", "link"} & set(re.findall(r"[\w-]+", note))
+    assert not {"too-deep", "inner", "lost", "link", "trial-0000"} & set(re.findall(r"[\w-]+", note))
 
 
 def test_train_page_shows_the_last_run(app_env):
