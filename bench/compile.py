@@ -71,8 +71,12 @@ def measure(args) -> int:
     for flag, value in (("--rounds", args.rounds), ("--steps", args.steps)):
         if value < 1:
             raise MixsepError(f"{flag} must be at least 1 (got {value}).")
+    if args.threads < 0:
+        raise MixsepError(f"--threads must be 0 (torch's default) or more (got {args.threads}).")
     if args.json and not Path(args.json).parent.is_dir():  # found now, not after minutes of measuring
         raise MixsepError(f"Folder {Path(args.json).parent} does not exist; create it or choose another --json.")
+    if args.json and Path(args.json).exists() and not Path(args.json).is_file():
+        raise MixsepError(f"--json {args.json} exists and is not a file; name a file.")
     scratch = Path(tempfile.mkdtemp(prefix="mixsep-compile-bench-"))
     # empty, as on a machine's first compile: inductor's cache, and the precompiled headers torch keeps under the
     # temporary folder outside that cache (152 MB, which also made a second run's compile faster); all removed after
@@ -100,7 +104,6 @@ def _measure(args, scratch: Path) -> int:
     from mixsep.data import load_pairs
     from mixsep.train import Training
 
-
     threads = set_threads(args.threads)
     print(f"command: {command_line()}")
     print(machine_line(machine(threads)))
@@ -111,6 +114,14 @@ def _measure(args, scratch: Path) -> int:
     sides = {name: Training(dataclasses.replace(cfg, compile=name == "compiled"), scratch / name, data=data)
              for name in ("eager", "compiled")}
     gens = {name: t.steps() for name, t in sides.items()}
+    try:
+        return _rounds(args, sides, gens, threads)
+    finally:  # before the scratch folder goes: each run writes its status as it closes
+        for gen in gens.values():
+            gen.close()
+
+
+def _rounds(args, sides: dict, gens: dict, threads: int) -> int:
     first = {name: timed_steps(gen, 1) for name, gen in gens.items()}
     warned = sides["compiled"].run.warnings
     if warned:
@@ -121,12 +132,10 @@ def _measure(args, scratch: Path) -> int:
             times[name].append(timed_steps(gen, args.steps) / args.steps)
         print(f"  round {r + 1}: eager {times['eager'][-1] * 1e3:.0f} ms/step, "
               f"compiled {times['compiled'][-1] * 1e3:.0f} ms/step")
-    for gen in gens.values():
-        gen.close()
     step = {name: statistics.median(t) for name, t in times.items()}
     compile_s = max(0.0, first["compiled"] - step["eager"])
     saved = step["eager"] - step["compiled"]
-    even = compile_s / saved if saved > 0 else math.inf
+    even = math.ceil(compile_s / saved) if saved > 0 else math.inf  # the steps from which it pays, one figure
     if warned:  # both sides trained eager: no figure of compiling to give
         compile_s = even = math.nan
     out = {"model": args.model, "batch_size": args.batch_size, "cpu_bf16": args.cpu_bf16, "threads": threads,
@@ -139,7 +148,7 @@ def _measure(args, scratch: Path) -> int:
         print(f"{args.model}, batch {args.batch_size}{', bf16' if args.cpu_bf16 else ''}: first step {first['eager']:.1f} s "
               f"eager, {first['compiled']:.1f} s compiled; then {step['eager'] * 1e3:.0f} ms eager, "
               f"{step['compiled'] * 1e3:.0f} ms compiled ({out['speedup']:.2f}x, median of {args.rounds} rounds of "
-              f"{args.steps} steps); " + (f"compiling pays for runs longer than {math.ceil(even):,} steps"
+              f"{args.steps} steps); " + (f"compiling pays for runs longer than {even:,} steps"
                                           if math.isfinite(even) else "compiling never pays: a compiled step is not faster"))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2, default=str) + "\n")
