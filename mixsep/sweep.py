@@ -64,7 +64,8 @@ ATTR = "mixsep"               # the study's user attribute holding its space and
 # the sweep's flags that make the study what it is, and their defaults: a study keeps those it was made with
 # (--sampler-seed and --heartbeat belong to each command: machines joining one study give their own seeds)
 SWEEP_FLAGS = {"report_every": 0, "pruner": "median"}
-LOCAL = ("data_root", "device", "amp", "cpu_bf16", "compile")  # settings each machine chooses for itself when it joins a study
+# settings each machine chooses for itself when it joins a study
+LOCAL = ("data_root", "device", "amp", "cpu_bf16", "compile")
 MAX_RETRY = 3                 # requeues of a trial whose worker died, before it counts as failed (stops don't count)
 PSNR_CAP = 100.0              # dB; a pixel-perfect image is +inf PSNR and would swamp the mean
 POLL_S = 2.0                  # how often an idle worker looks at the others' trials
