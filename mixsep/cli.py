@@ -616,8 +616,8 @@ def new_output(path: str | None, flag: str, overwrite: bool, run_dir: str, input
                suffix: str | None = None) -> Path | None:
     """An output file of evaluate or grid, checked before the slow work (output_file's checks and more):
     never one of a run's own files (config.json, status.json, metrics.csv, .lock, worker.log, STOP, or
-    anything in its checkpoints folder), a sweep's journal or a study's own files, nor an input of this command; a file that exists only with
-    --overwrite; and its folder must take a new file."""
+    anything in its checkpoints folder), a sweep's journal, a study's own files or an SQLite database, nor an
+    input of this command; a file that exists only with --overwrite; and its folder must take a new file."""
     import tempfile
 
     from .run import CHECKPOINTS, CONFIG, LOCK, LOG, METRICS, STATUS, STOP, TMP_SUFFIX, in_checkpoints, is_run
