@@ -328,13 +328,15 @@ class Unlisted(NamedTuple):
 def unlisted_runs(runs_dir: Path) -> Unlisted:
     """The run folders that run_folders leaves out, by name and why (a link to a run inside the runs folder
     is none: that run is listed by its own name)."""
-    return Unlisted(*_scan(runs_dir)[1:])
+    return Unlisted(*_scan(runs_dir, look_deep=True)[1:])
 
 
 DEEP_LOOK = 3  # how many folders below the runs folder the look for unlisted runs goes (the Home page polls it)
 
 
-def _scan(runs_dir: Path) -> tuple[list[Path], list[str], list[str], list[str]]:
+def _scan(runs_dir: Path, look_deep: bool = False) -> tuple[list[Path], list[str], list[str], list[str]]:
+    """(the runs listed, the names the pages cannot use, those behind a link out, and with ``look_deep`` those more
+    than one group folder down: only Home names them, and the run list is polled every few seconds)."""
     root = Path(runs_dir)
     found, odd, outside, deep = [], [], [], []
     try:
@@ -353,7 +355,8 @@ def _scan(runs_dir: Path) -> tuple[list[Path], list[str], list[str], list[str]]:
             name = p.relative_to(root).as_posix()
             try:
                 if not (p.is_dir() and is_run(p)):
-                    if p is not child and not (child.is_symlink() or p.is_symlink() or _other_runs_dir(child)):
+                    if look_deep and p is not child and not (child.is_symlink() or p.is_symlink()
+                                                             or _other_runs_dir(child)):
                         deep += _deeper_runs(root, p, DEEP_LOOK - 2)  # a group's: runs further down?
                     continue
                 resolve_run(root, name)
