@@ -672,10 +672,11 @@ def new_output(path: str | None, flag: str, overwrite: bool, run_dir: str, input
 def _is_sqlite(path: Path) -> bool:
     """Whether ``path`` is an SQLite database file (by its header; a FIFO or a missing file is not)."""
     from .run import open_regular
+    from .sweep import SQLITE_HEADER
 
     try:
         with open_regular(path) as f:
-            return f.read(16) == b"SQLite format 3\x00"
+            return f.read(len(SQLITE_HEADER)) == SQLITE_HEADER
     except OSError:
         return False
 

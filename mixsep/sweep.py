@@ -60,6 +60,7 @@ from .errors import EARLY_SIGNALS, MixsepError, SecondInterrupt
 
 JOURNAL = "optuna.journal"
 SWEEP_FILE, SWEEP_LOG = "sweep.json", "sweep.log"
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 ATTR = "mixsep"               # the study's user attribute holding its space and fixed settings
 # the sweep's flags that make the study what it is, and their defaults: a study keeps those it was made with
 # (--sampler-seed and --heartbeat belong to each command: machines joining one study give their own seeds)
@@ -343,7 +344,7 @@ def check_storage(url: str | None, timeout_s: int = 10, writes: bool = True) -> 
             raise MixsepError(f"{shown} names a folder, not a database file; name a file in it.")
         try:
             with open(file, "rb") as f:
-                head = f.read(16)
+                head = f.read(len(SQLITE_HEADER))
         except FileNotFoundError:
             mode = parsed.query.get("mode")
             if mode in ("ro", "rw"):  # SQLite opens only a file that is there, and says just 'unable to open'
@@ -354,7 +355,7 @@ def check_storage(url: str | None, timeout_s: int = 10, writes: bool = True) -> 
         except OSError as e:
             raise MixsepError(f"Cannot read the database file of {shown} ({e.strerror}); "
                               "check its permissions.") from None
-        if head and head != b"SQLite format 3\0":  # SQLite makes an empty file a new database
+        if head and head != SQLITE_HEADER:  # SQLite makes an empty file a new database
             raise MixsepError(f"{file} is not an SQLite database, so {shown} cannot hold a study; name a new file "
                               "or the database of an earlier sweep.")
         return
