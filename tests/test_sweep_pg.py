@@ -117,9 +117,9 @@ def test_two_workers_share_a_study_and_one_finishes_it_when_the_other_is_killed(
             running = [t for t in mine if t.state == TrialState.RUNNING]
             return bool(finished and running and (runs / running[0].user_attrs["run"] / "checkpoints").is_dir())
 
-        # checked while worker a is stopped (SIGSTOP between 0.3 s slices), so the trial is still
+        # checked while worker a is stopped (SIGSTOP between 0.05 s slices), so the trial is still
         # running when the kill lands, however fast this machine runs a tiny trial
-        conftest.frozen_when(a, a_is_mid_second_trial, 400, "worker a to finish a trial and start another", slice_s=0.3)
+        conftest.frozen_when(a, a_is_mid_second_trial, 400, "worker a to finish a trial and start another", slice_s=0.05)
         killed = next(t for t in study.get_trials(deepcopy=False)
                       if t.user_attrs.get("pid") == a.pid and t.state == TrialState.RUNNING)
         a.send_signal(signal.SIGKILL)
