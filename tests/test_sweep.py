@@ -596,13 +596,26 @@ def test_a_worker_killed_while_the_other_finishes_the_study_ends_it_finished(tmp
     try:
         victim = []
 
-        def a_worker_trains() -> bool:
+        def running_pids() -> list[int]:
             try:
-                running = [t for t in study_of(runs, "w").trials if t.state == TrialState.RUNNING and "pid" in t.user_attrs]
+                return [t.user_attrs["pid"] for t in study_of(runs, "w").trials
+                        if t.state == TrialState.RUNNING and "pid" in t.user_attrs]
             except (KeyError, MixsepError):
-                return False
-            victim[:] = [t.user_attrs["pid"] for t in running]
-            return bool(running)
+                return []
+
+        def a_worker_trains() -> bool:
+            """A worker seen mid-trial, and still mid-trial once stopped (SIGSTOP): a tiny trial could end, and
+            the worker with it once the study was done, between a look and the kill."""
+            for pid in running_pids():
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                except ProcessLookupError:
+                    continue
+                if pid in running_pids():
+                    victim[:] = [pid]
+                    return True
+                os.kill(pid, signal.SIGCONT)
+            return False
 
         wait_for(a_worker_trains, what="a worker's first trial")
         os.kill(victim[0], signal.SIGKILL)
