@@ -1067,6 +1067,17 @@ def ended_cleanly(runs_dir: Path | None, trial) -> bool:
 STOPPED_MARK = "stopped"  # the "halted" mark of a trial stopped by request (a write error's is its sentence)
 
 
+def _mark_halted(trial, mark: str) -> None:
+    """Mark a trial about to fail as one to come back (``requeue_halted``), before Optuna writes its FAIL.
+    Best effort: on a full disk even this write may fail, and then so does the FAIL (the trial stays running
+    and comes back as a dead worker's)."""
+    try:
+        if "halted" not in trial.user_attrs:
+            trial.set_user_attr("halted", mark)
+    except Exception:
+        pass
+
+
 def requeue_halted(study) -> list[tuple[int, bool]]:
     """Requeue each trial halted by a write error (a full disk) or stopped by request whose requeue record was
     lost: the journal's own disk can take the trial's FAIL and cut off the copy that follows it, and a kill
@@ -1338,9 +1349,14 @@ class Worker:
             trial.set_user_attr("error", str(e))
             self.raised = TrialRefused(f"{str(e).rstrip('.')}. Trial {trial.number} is queued to train again: once "
                                        "that is fixed, run the same command.")
+            _mark_halted(trial, STOPPED_MARK)
             raise self.raised from None
         except BaseException as e:
             self.raised = e
+            if isinstance(e, (KeyboardInterrupt, SweepInterrupted)) and not isinstance(e, TrialTakenOver):
+                # a second Ctrl-C, a refused folder, a run folder that cannot be opened: the worker requeues
+                # the trial after Optuna's FAIL, and a kill or a cut-off journal between the two would lose it
+                _mark_halted(trial, e.args[1] if isinstance(e, SweepHalted) else STOPPED_MARK)
             raise
 
     def _objective(self, trial) -> float:
@@ -1367,11 +1383,7 @@ class Worker:
         try:
             return self._train(trial, config, run)
         except RunWriteError as e:  # every later trial would fail the same way: stop, and resume this one later
-            try:  # marked first: if the disk is the journal's too, the requeue after Optuna's FAIL may be cut off
-                trial.set_user_attr("halted", str(e))
-            except Exception:
-                pass  # then not even FAIL gets written: the trial stays running and comes back as a dead worker's
-            raise SweepHalted(trial._trial_id, str(e)) from None
+            raise SweepHalted(trial._trial_id, str(e)) from None  # marked "halted" by objective()
         except MixsepError as e:
             if "non-finite" in str(e):  # diverged: a real, bad result the sampler should learn from
                 trial.set_user_attr("error", str(e))
@@ -1410,9 +1422,8 @@ class Worker:
         finally:  # under the folder's lock: an error here left the generator to write its status after run.close()
             steps.close()
         if not pruned[0] and read_status(run.path).get("state") == State.STOPPED:
-            # marked first, as for a write error: a kill, or a journal cut off, between Optuna's FAIL and the
-            # requeue that follows it lost the trial for good, and the study counted it done
-            trial.set_user_attr("halted", STOPPED_MARK)
+            # marked "halted" by objective(), as a write error is: a kill, or a journal cut off, between Optuna's
+            # FAIL and the requeue that follows it lost the trial for good, and the study counted it done
             raise SweepInterrupted(trial._trial_id)  # by this sweep's stop, or a STOP file from outside
         if at != training.step:
             scores = validate(training.model, self.val)

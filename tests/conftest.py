@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import json
 import multiprocessing
 import os
 import pickle
@@ -82,6 +83,13 @@ def unblock_fifo(fifo: Path, seconds: float = 2.0) -> None:
         except OSError:
             pass
         time.sleep(0.02)
+
+
+def cut_last_record(journal: Path, op_code: int) -> None:
+    """Drop a sweep journal's last record, checking that it is of the kind named (4: a trial created)."""
+    records = journal.read_bytes().splitlines(keepends=True)
+    assert json.loads(records[-1])["op_code"] == op_code, records[-1]
+    journal.write_bytes(b"".join(records[:-1]))
 
 
 def frozen_when(proc, cond, timeout: float = 240.0, what: str = "condition", slice_s: float = 0.005) -> None:

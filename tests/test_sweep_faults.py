@@ -457,10 +457,17 @@ def test_a_trial_refused_for_its_folder_is_queued_again_not_spent(tmp_path):
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
     assert "error" not in trials[2].user_attrs and trials[2].user_attrs["run"] == "s/trial-0001"
     assert counts(load_study(p))["done"] == 1  # not spent
+    # marked before Optuna's FAIL, so that the copy queued after it may be lost (a kill between the two, the
+    # journal's disk full) and the trial still comes back: here the copy's record is cut off
+    assert trials[1].user_attrs["halted"] == "stopped"
+    conftest.cut_last_record(runs / JOURNAL, op_code=4)
+    assert [t.state for t in load_study(p).trials] == [TrialState.COMPLETE, TrialState.FAIL]
 
     (bad / "config.json").unlink()  # fixed: the same command trains it
     again = cli(*more)
     assert again.returncode == 0, again.stderr
+    assert "trial 1: stopped, and its place in the queue was lost with the journal's last record; queued again " \
+        "to resume" in again.stderr, again.stderr
     assert counts(load_study(p)) == {"done": 2, "running": 0, "waiting": 0}
     assert load_study(p).trials[-1].state == TrialState.COMPLETE and (bad / "checkpoints" / "last.pt").is_file()
 
