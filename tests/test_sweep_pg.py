@@ -104,14 +104,21 @@ def test_two_workers_share_a_study_and_one_finishes_it_when_the_other_is_killed(
         p = plan(build_parser().parse_args([*args, "--storage", postgres]))  # reads only: the workers create it
         study = None
 
-        def a_is_mid_second_trial() -> bool:
+        def created() -> bool:
             nonlocal study
-            if a.poll() is not None:
-                raise AssertionError(f"worker a ended early: {a.communicate()[1][-2000:]}")
             try:
-                study = study or load_study(p)
+                study = load_study(p)
+                return True
             except KeyError:
                 return False
+
+        # loaded while both workers run: a worker frozen inside the transaction that creates Optuna's tables
+        # blocked every other connection, this test's own too, for good
+        conftest.wait_for(created, 240, "the workers to create the study", interval=0.1)
+
+        def a_is_mid_second_trial() -> bool:
+            if a.poll() is not None:
+                raise AssertionError(f"worker a ended early: {a.communicate()[1][-2000:]}")
             mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("pid") == a.pid]
             finished = [t for t in mine if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
             running = [t for t in mine if t.state == TrialState.RUNNING]
