@@ -111,14 +111,21 @@ def whole_number_box(label: str, min_value, max_value, value: int, where=st, wha
     became 5 and 2.5 became 2, without a word; a box of floats reads them as typed (50000, 2.5), as the CLI's
     flags read 5e4. A whole number comes back as an int (the one given while unchanged: a seed past 2**53 that
     a float cannot hold); another is said under the box (as ``what``, by default the label) and comes back as
-    the float typed: the caller refuses it (``isinstance(got, int)``)."""
+    the float typed: the caller refuses it (``isinstance(got, int)``). So does a number typed from 2**53 up,
+    which the browser's double may have rounded (9007199254740993 arrives as ...992)."""
     lo, hi = (None if v is None else float(v) for v in (min_value, max_value))
     kwargs = {"format": "%g", **kwargs, "step": float(kwargs.get("step") or 1)}  # a float box: every number a float
     got = where.number_input(label, lo, hi, float(value), **kwargs)
     if isinstance(value, int) and got == float(value):
         return value
-    if not float(got).is_integer():
-        if not kwargs.get("disabled"):  # a box the user cannot edit now is not in use: nothing to correct there
+    whole = float(got).is_integer()
+    if not whole or abs(got) >= 2**53:
+        if kwargs.get("disabled"):  # a box the user cannot edit now is not in use: nothing to correct there
+            pass
+        elif whole:
+            where.error(f"{what or label} must be below 2**53 (9007199254740992) when typed here: the browser keeps a "
+                        "typed number as a double, which rounds one that large (the command line takes it whole).")
+        else:
             where.error(f"{what or label} must be a whole number (got {got}).")
         return got
     return int(got)

@@ -593,6 +593,31 @@ def test_a_start_refusal_goes_once_the_setting_it_was_about_changes(app_env):
     assert sorted(p.name for p in runs.iterdir()) == ["tiny-run"]  # nothing was started
 
 
+def _box_script():
+    import streamlit as st
+
+    from ui_settings import whole_number_box
+
+    got = whole_number_box("Seed", 0, 2**63 - 1, 2**60 + 1, key="seed")  # a box a held seed widened this far
+    st.write(f"got {got!r}")
+
+
+def test_a_whole_number_past_2_53_typed_in_a_box_is_refused_not_rounded(app_env):
+    """The browser keeps a typed number as a double: 9007199254740993 reaches the page as 9007199254740992.0
+    (here as the double that follows it), a whole number, which became another seed without a word. A number
+    that large, once typed, is said under the box and comes back as a float, which every caller refuses; the
+    value the box was given, unchanged, comes back whole."""
+    at = AppTest.from_function(_box_script, default_timeout=60)
+    at.run()
+    assert not at.exception and not at.error and at.markdown[0].value == f"got {2**60 + 1!r}"  # given: kept whole
+    at.number_input(key="seed").set_value(2.0**53 + 2).run()
+    assert not at.exception and at.markdown[0].value == "got 9007199254740994.0"
+    assert texts(at.error) == ("Seed must be below 2**53 (9007199254740992) when typed here: the browser keeps a typed "
+                               "number as a double, which rounds one that large (the command line takes it whole).")
+    at.number_input(key="seed").set_value(2.0**53 - 1).run()  # the largest a double holds whole
+    assert not at.error and at.markdown[0].value == f"got {2**53 - 1!r}"
+
+
 def test_start_with_a_batch_larger_than_the_pairs_makes_no_run_folder(app_env):
     data, runs = app_env
     before = sorted(p.name for p in runs.iterdir())
