@@ -3,7 +3,7 @@ import streamlit as st
 
 import mixsep_ui as ui
 from mixsep import MixsepError, TrainConfig
-from mixsep.run import METRICS, list_checkpoints
+from mixsep.run import METRICS, State, list_checkpoints
 from mixsep.runs import no_rows_note, progress
 from ui_settings import settings_widgets
 
@@ -104,6 +104,9 @@ def current_job():
     return jobs.view(runs_dir / name)
 
 
+ENDED = {s.value for s in State if s.ended}
+
+
 @st.fragment(run_every=refresh)
 def status():
     job = current_job()
@@ -130,7 +133,8 @@ def status():
         st.warning(ui.sentence(w))
     p = progress(ui.live_metrics(job.run_dir), job.total_steps, taken=job.step)  # reads only the rows appended since the last poll
     sps = f"{p['samples_per_s']:.0f} samples/s" if p["samples_per_s"] else "… samples/s"
-    eta = f"ETA {ui.duration(p['eta_s'])}" if job.alive else job.state
+    # by the state, as the banner above goes: the trainer writes "finished" a moment before its process ends
+    eta = f"ETA {ui.duration(p['eta_s'])}" if job.alive and job.state not in ENDED else job.state
     st.progress(min(p["fraction"], 1.0), text=f"step {p['step']}/{p['total_steps'] or '?'} · {sps} · {eta}")
     if job.alive and refresh is None:  # nothing polls: say so, or a started run looks frozen at "Starting"
         st.caption("Live updates are paused: pick a pace above to follow the run (any click refreshes it once).")

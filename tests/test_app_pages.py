@@ -458,6 +458,40 @@ def test_the_recipe_button_sets_the_models_settings_and_keeps_the_rest(app_env):
     assert (cfg["epochs"], cfg["lr"], cfg["loss"]) == (5, 1.2e-2, "log_mse")
 
 
+def test_a_run_that_says_finished_while_its_trainer_exits_shows_no_eta(app_env):
+    """The trainer writes "finished" to status.json a moment (seconds, on a busy machine) before its process
+    ends: the page read "Finished: 6 steps." above "step 6/6 · … · ETA 0m 00s" until then."""
+    import conftest
+    import mixsep_ui
+
+    data, runs = app_env
+    at = open_page("app_pages/1_Train.py")
+    widget(at.select_slider, "Batch size").set_value(16)
+    widget(at.toggle, "ImageNet").set_value(False)
+    at.run()
+    widget(at.button, "Start").click().run()
+    assert not at.error, texts(at.error)
+    child = mixsep_ui.registry(runs)._proc
+    run = next(p for p in runs.iterdir() if p.name != "tiny-run")
+
+    def said_finished() -> bool:
+        try:
+            return json.loads((run / "status.json").read_text())["state"] == "finished"
+        except (OSError, ValueError, KeyError):
+            return False
+
+    conftest.frozen_when(child, said_finished, 120, "the trainer's last status", slice_s=0.002)
+    try:  # the trainer frozen between its last status and its exit: alive, and finished
+        at.run()
+        assert not at.exception
+        assert "Finished: 6 steps." in texts(at.success)
+        text = at.get("progress")[0].proto.text
+        assert text.startswith("step 6/6 · ") and text.endswith(" · finished") and "ETA" not in text, text
+    finally:
+        child.send_signal(signal.SIGCONT)
+    child.wait(60)
+
+
 @pytest.mark.heavy(13)
 def test_start_live_curves_reload_second_tab_stop(app_env):
     data, runs = app_env
