@@ -89,12 +89,17 @@ st.dataframe(table, hide_index=True, placeholder="", column_config={
         "bf16 (CPU)", help="Trained under bf16 autocast on the CPU (--cpu-bf16) rather than in fp32."),
     "disk": st.column_config.NumberColumn(format="bytes", help="What the run folder takes on disk."),
     "step": "steps",
-    "last_loss": st.column_config.NumberColumn("last loss", format="%.4f"),
-    "best_loss": st.column_config.NumberColumn("best loss", format="%.4f", help="Lowest of the smoothed curve."),
+    "last_loss": st.column_config.NumberColumn("last loss (raw)", format="%.4f",
+                                               help="The total loss of the run's last logged step, as logged."),
+    "best_loss": st.column_config.NumberColumn(f"best loss (EMA {smoothing:.2f})", format="%.4f", help=(
+        "The lowest point of the smoothed curve above: above the raw last loss when the last steps' batches "
+        "happened to be easy.")),
     "val_psnr": st.column_config.NumberColumn("val PSNR", format="%.2f dB",
                                               help="A sweep trial's best validation PSNR (training data held out)."),
-    "mnist PSNR": st.column_config.NumberColumn(format="%.2f dB"),
-    "cifar PSNR": st.column_config.NumberColumn(format="%.2f dB")})
+    **{f"{source} PSNR": st.column_config.NumberColumn(  # the Metrics page's default scores every test pair
+        f"{source} PSNR ({count} pairs)", format="%.2f dB",
+        help=f"Mean PSNR of the {source.upper()} estimates over the first {count} test pairs, in the best recovery "
+             "mode (next columns); the Metrics page shows every mode.") for source in ("mnist", "cifar") if score}})
 
 with st.expander("Delete runs", icon=":material/delete:"):
     doomed = st.multiselect("Runs to delete", list(rows), key="delete_runs",

@@ -333,6 +333,10 @@ def test_compare_page_curves_and_table(app_env):
     widget(at.toggle, "Test PSNR").set_value(True).run()
     assert not at.exception
     assert at.dataframe[0].value["cifar PSNR"].notna().all()
+    columns = json.loads(at.dataframe[0].proto.columns)  # how many pairs, where Metrics scores every one by default
+    assert columns["cifar PSNR"]["label"] == "cifar PSNR (500 pairs)" and "first 500 test pairs" in \
+        columns["cifar PSNR"]["help"]
+    assert (columns["last_loss"]["label"], columns["best_loss"]["label"]) == ("last loss (raw)", "best loss (EMA 0.90)")
     long = runs / "tiny-run-2" / "metrics.csv"  # a 20-epoch run's 15,000 rows: at most 1,500 points are sent
     long.write_text(",".join(METRIC_FIELDS) + "\n" + "".join(f"{i},0,0.1,0.2,{1 / i},0.001,100,{i}\n"
                                                               for i in range(1, 15_001)))
