@@ -166,8 +166,14 @@ def trials_table(frame: pd.DataFrame, key: str) -> str | None:
         st.info("No trial has started yet.")
         return None
     frame = frame.assign(duration=[ui.duration(v) if pd.notna(v) else "" for v in frame.pop("duration_s")])
-    fmt = {c: st.column_config.NumberColumn(format="%.2f dB") for c in frame if c.endswith("PSNR")}
-    fmt |= {c: st.column_config.NumberColumn(format="%.3f") for c in frame if c.endswith("SSIM")}
+    # what the validation figures are, where Compare and Metrics show test pairs in each source's best mode
+    how = ("on the validation pairs (held out of the trial's training data, never test pairs), each head's direct "
+           "output, SSIM as torchmetrics computes it")
+    fmt = {c: st.column_config.NumberColumn(format="%.2f dB", help=(
+        "The mean of the MNIST and CIFAR PSNRs" if c == "val PSNR" else f"Mean {c}") + f", {how}.")
+        for c in frame if c.endswith("PSNR")}
+    fmt |= {c: st.column_config.NumberColumn(format="%.3f", help=f"Mean {c}, {how}.") for c in frame
+            if c.endswith("SSIM")}
     if "lr" in frame:
         fmt["lr"] = st.column_config.NumberColumn(format="%.2e")
     picked = st.dataframe(frame, hide_index=True, placeholder="", column_config=fmt, key=key, on_select="rerun",

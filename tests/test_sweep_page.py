@@ -2,6 +2,7 @@
 the switch to a study that starts while the page refreshes only its live part."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -66,6 +67,9 @@ def test_studies_others_made_are_not_listed_and_a_studys_values_show_as_text(pag
     assert not at.exception, [e.value for e in at.exception]
     assert "1 of 20 trials done" in at.get("progress")[0].proto.text and not at.code
     assert at.dataframe[0].proto.placeholder == ""  # its missing figures are blank cells, not a grey "None"
+    columns = json.loads(at.dataframe[0].proto.columns)  # not the test pairs' best mode of Compare and Metrics
+    assert "on the validation pairs (held out of the trial's training data, never test pairs), each head's direct " \
+        "output" in columns["MNIST SSIM"]["help"] and columns["val PSNR"]["help"].startswith("The mean of the MNIST")
 
     picker(at).set_value("evil").run()  # its run folder is not here: no command that would fail, a note
     assert not at.exception, [e.value for e in at.exception]
