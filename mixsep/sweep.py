@@ -1411,7 +1411,8 @@ class Worker:
                     scores, at = validate(training.model, self.val), r.step
                     try:
                         trial.report(scores["psnr"], r.step)
-                        pruned[0] = trial.should_prune()
+                        # at the last step there is nothing left to save: the trial is complete, whatever it trails
+                        pruned[0] = r.step < r.total_steps and trial.should_prune()
                     except optuna.exceptions.UpdateFinishedTrialError:  # failed by another worker, which requeued it
                         steps.close()
                         run.status(State.STOPPED, f"stopped at step {r.step}: another worker took trial {trial.number} "

@@ -456,6 +456,24 @@ def metric_rows(run: Path) -> int:
         return 0
 
 
+def test_a_trial_that_trained_every_step_completes_however_it_trails(tmp_path):
+    """With one report a trial (the defaults: one epoch, a report each epoch) the pruner's only look came at the
+    last step: a trial that trailed there was recorded pruned and its folder "stopped", though it had trained its
+    whole budget and pruning saved nothing; --best and the Sweep page's Best passed it over."""
+    from optuna.trial import TrialState
+
+    data = make_data_root(tmp_path / "data")
+    runs = tmp_path / "runs"
+    done = cli(*sweep_args(data, runs, "--study", "p", "--trials", "5", *TINY[:-4], "--epochs", "1"))  # 2 steps
+    assert done.returncode == 0, done.stderr
+    trials = study_of(runs, "p").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 5, done.stderr
+    for t in trials:
+        assert list(t.intermediate_values) == [2]  # one report each, at the last step
+        status = json.loads((runs / t.user_attrs["run"] / "status.json").read_text())
+        assert status["state"] == "finished" and status["step"] == 2
+
+
 @pytest.mark.heavy(40)
 def test_study_on_the_journal_survives_a_killed_worker_prunes_and_its_best_trial_evaluates(tmp_path):
     from optuna.trial import TrialState
@@ -508,6 +526,7 @@ def test_study_on_the_journal_survives_a_killed_worker_prunes_and_its_best_trial
         if t.state == TrialState.PRUNED and "error" not in t.user_attrs:
             status = json.loads((runs / t.user_attrs["run"] / "status.json").read_text())
             assert status["state"] == "stopped" and "pruned" in status["message"]
+            assert status["step"] < status["total_steps"]  # pruned before its end: at it, a trial is complete
     best = Path(done.stdout.strip().splitlines()[-1])
     assert best.parent == runs / "demo" and (best / "checkpoints" / "last.pt").is_file()
     assert cli(*sweep_args(data, runs, "--study", "demo", "--best")).stdout.strip() == str(best)
