@@ -1446,7 +1446,15 @@ class Worker:
 
 
 def _short(v) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
+    """Three significant digits, more where three would round a fraction to a whole number (beta2 0.9998 read
+    "1", outside its own range and meaningless for Adam)."""
+    if not isinstance(v, float):
+        return str(v)
+    for digits in range(3, 18):
+        s = f"{v:.{digits}g}"
+        if v.is_integer() or not float(s).is_integer():
+            return s
+    return repr(v)
 
 
 # --------------------------------------------------------------------------- the command

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -472,6 +473,20 @@ def test_a_trial_that_trained_every_step_completes_however_it_trails(tmp_path):
         assert list(t.intermediate_values) == [2]  # one report each, at the last step
         status = json.loads((runs / t.user_attrs["run"] / "status.json").read_text())
         assert status["state"] == "finished" and status["step"] == 2
+
+
+def test_a_trials_line_never_rounds_a_parameter_out_of_its_range(tmp_path):
+    """Each trial's line gave 3 significant digits: beta2 0.99976 read "beta2=1", outside its range and
+    meaningless for Adam."""
+    data = make_data_root(tmp_path / "data")
+    runs = tmp_path / "runs"
+    done = cli(*sweep_args(data, runs, "--study", "b", "--trials", "1", "--space", "beta2=0.9991:0.99999", *TINY,
+                           "--epochs", "1"))
+    assert done.returncode == 0, done.stderr
+    beta2 = study_of(runs, "b").trials[0].params["beta2"]
+    line = next(ln for ln in done.stderr.splitlines() if ln.startswith("trial 0 complete: "))
+    shown = re.search(r" beta2=(\S+) ", line).group(1)
+    assert 0.9991 <= float(shown) < 1 and abs(float(shown) - beta2) < 5e-4 * beta2, line
 
 
 @pytest.mark.heavy(40)
