@@ -744,6 +744,13 @@ def plan(args) -> Plan:
         fixed, val_size = stored["fixed"], stored["val_size"]
         config = TrainConfig.from_dict({**stored["config"], **local})
         trials = args.trials or stored["trials"]
+        if args.trials is not None and not getattr(args, "best", False):
+            import optuna
+
+            done = counts(optuna.load_study(study_name=study, storage=storage))["done"]
+            if args.trials < done:  # "5 of 2 trials done", and a trial queued by a stop left waiting for good
+                raise MixsepError(f"Study '{study}' has {done} trials done already, more than --trials {args.trials}; "
+                                  f"give --trials {done} or more to train more of it (--best names its best trial).")
     else:
         space = parse_space(args.space)
         fixed, val_size, trials = given, args.val_size or 2000, args.trials or 20

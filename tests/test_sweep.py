@@ -253,6 +253,23 @@ def test_a_study_that_exists_with_another_space_is_refused(capsys, data_root, tm
     assert joined.config.model == "tiny" and not {"cpu_bf16", "amp"} & set(joined.fixed)
 
 
+def test_a_target_below_the_trials_done_is_refused_and_changes_nothing(capsys, tmp_path):
+    """A study of 2 trials done, resumed with --trials 1, ended "finished" saying "2 of 1 trials done", stored
+    1 as its target, and left a trial a stop had queued waiting for good."""
+    data = make_data_root(tmp_path / "data")
+    runs = tmp_path / "runs"
+    assert main(sweep_args(data, runs, "--study", "s", "--trials", "2", *TINY, "--epochs", "1")) == 0
+    capsys.readouterr()
+    before = tree(runs)
+    assert main(sweep_args(data, runs, "--study", "s", "--trials", "1")) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: Study 's' has 2 trials done already, more than --trials 1; give --trials 2 or more to "
+                   "train more of it (--best names its best trial).\n"), err
+    assert tree(runs) == before  # its stored target (2) too: the journal is unchanged
+    assert main(sweep_args(data, runs, "--study", "s", "--trials", "2")) == 0  # the same target: nothing to do
+    assert "2 of 2 trials done" in (runs / "s" / "sweep.json").read_text()
+
+
 def test_two_commands_that_start_one_new_study_together_join_only_when_they_plan_the_same(data_root, tmp_path):
     """Both planned before either had made it: the second one's other model, space or validation set went into
     the first one's study, its trials scored against another problem."""
