@@ -1486,16 +1486,45 @@ def _read_sweep(folder: Path) -> dict:
         return {}
 
 
+def _other_commands(was: dict) -> list[dict]:
+    """The identities of the other sweep commands of a study that sweep.json (``was``) knows to run here: the one
+    it names, and those that command found running when it started ("others"). Only the live ones."""
+    from .run import identity, is_alive
+
+    if was.get("host") != socket.gethostname():
+        return []
+    me, seen, out = identity(), set(), []
+    for o in [{"pid": was.get("pid"), "pid_start": was.get("pid_start")} if was.get("state") == "running" else {},
+              *(was.get("others") if isinstance(was.get("others"), list) else [])]:
+        if isinstance(o, dict) and o.get("pid") not in (me["pid"], None) and o.get("pid") not in seen and is_alive(o):
+            seen.add(o["pid"])
+            out.append({"pid": o["pid"], "pid_start": o.get("pid_start")})
+    return out
+
+
 def write_sweep_status(p: Plan, state: str, message: str = "") -> None:
-    """sweep.json: the command's state and the pid a Stop signals (the parent's: it stops its workers)."""
-    from .run import identity, write_json
+    """sweep.json: the command's state and the pid a Stop signals (the parent's: it stops its workers).
+
+    Two commands may run one study from one runs folder (two terminals, or the page and a terminal): the one
+    started last is named, and keeps the others it found running under "others". One that ends while another
+    still runs leaves the study "running", named by a live one, so that every page still sees the sweep and
+    its Stop reaches each of them."""
+    from .run import identity, is_alive, write_json
 
     if os.environ.get(_CHILD_ENV):  # a worker child: its parent speaks for the command, and must stay the pid named
         return
-    write_json(p.folder / SWEEP_FILE, {"study": p.study, "storage": storage_label(p.storage, p.runs_dir),
-                                       "state": state, "message": message, "host": socket.gethostname(),
-                                       "workers": p.workers, "trials": p.trials, "updated": time.time(),
-                                       **identity()})
+    path, me = p.folder / SWEEP_FILE, identity()
+    was = _read_sweep(p.folder)
+    others = _other_commands(was)
+    record = {"study": p.study, "storage": storage_label(p.storage, p.runs_dir), "host": socket.gethostname(),
+              "workers": p.workers, "trials": p.trials, "updated": time.time()}
+    if state == "running" or not others:
+        write_json(path, {**record, "state": state, "message": message, **me, "others": others})
+    elif was.get("pid") != me["pid"] and is_alive(was):  # another command is named: it speaks for the sweep
+        write_json(path, {**was, "others": [o for o in others if o["pid"] != was["pid"]], "updated": time.time()})
+    else:  # this command was named, and ends while others run on: the first of them is named now
+        write_json(path, {**record, "state": "running", "message": f"another command of this study runs on (this "
+                          f"one: {message or state})", **others[0], "others": others[1:]})
 
 
 def live_sweeps(runs_dir: Path) -> list[dict]:
@@ -1506,8 +1535,12 @@ def live_sweeps(runs_dir: Path) -> list[dict]:
     found = []
     for f in sorted(root.glob(f"*/{SWEEP_FILE}")) if root.is_dir() else []:
         d = _read_sweep(f.parent)
-        if d.get("state") == "running" and d.get("host") == socket.gethostname() and is_alive(d):
+        if d.get("state") != "running" or d.get("host") != socket.gethostname():
+            continue
+        if is_alive(d):
             found.append(dict(d, folder=str(f.parent)))
+        elif others := _other_commands({**d, "state": None}):  # the named one killed: another command runs on
+            found.append(dict(d, folder=str(f.parent), **others[0]))
     return found
 
 
@@ -1694,6 +1727,10 @@ class SweepRegistry:
                 self._proc.send_signal(signal.SIGTERM)
             elif is_alive(live):  # adopted: still the very process that wrote sweep.json
                 os.kill(int(live["pid"]), signal.SIGTERM)
+            folder = Path(live["folder"]) if "folder" in live else self.runs_dir / str(live["study"])
+            for other in _other_commands(_read_sweep(folder)):  # commands of the same study from a terminal
+                if other["pid"] != live.get("pid"):
+                    os.kill(int(other["pid"]), signal.SIGTERM)
             return True
 
     def wait(self, timeout: float = 120.0, interval: float = 0.2) -> None:

@@ -739,6 +739,49 @@ def _running_sweep(tmp_path, trials: int):
     return data, runs, sweeps, first
 
 
+@pytest.mark.heavy(20)
+def test_two_commands_of_one_study_stay_seen_and_stopped_whichever_ends_first(tmp_path):
+    """Two commands on one study share its sweep.json, which named the one started last. When that one ended
+    (a Ctrl-C: "stopped") or died (kill -9: a dead pid), the other trained on unseen: the Sweep page said "not
+    running", its Stop was greyed, and a training could start beside it in the same runs folder."""
+    data = make_data_root(tmp_path / "data")
+    runs = tmp_path / "runs"
+    args = sweep_args(data, runs, "--study", "two", "--trials", "6", *TINY, "--epochs", "200")
+    status = lambda: json.loads((runs / "two" / "sweep.json").read_text())  # noqa: E731
+    named = lambda proc: lambda: (runs / "two" / "sweep.json").is_file() and status().get("pid") == proc.pid  # noqa: E731
+    registry = SweepRegistry(runs)
+    a = conftest.WarmProcess(args)
+    procs = [a]
+    try:
+        wait_for(named(a), what="command a's sweep.json")
+        b = conftest.WarmProcess([*args, "--sampler-seed", "7"])
+        procs.append(b)
+        wait_for(named(b), what="command b's sweep.json")
+        assert [o["pid"] for o in status()["others"]] == [a.pid]
+        b.send_signal(signal.SIGTERM)  # b stops, and ends: a is named again, and the study still runs
+        b.communicate(timeout=120)
+        assert status()["state"] == "running" and status()["pid"] == a.pid and a.poll() is None, status()
+        assert registry.running()["pid"] == a.pid
+        c = conftest.WarmProcess([*args, "--sampler-seed", "8"])
+        procs.append(c)
+        wait_for(named(c), what="command c's sweep.json")
+        c.kill()  # dies without a word: sweep.json names a dead pid, and a runs on
+        c.communicate()
+        assert registry.running()["pid"] == a.pid  # seen: the page's Stop is there, and a training is refused
+        from mixsep.jobs import JobRegistry
+        with pytest.raises(MixsepError, match="Sweep 'two' is running"):
+            JobRegistry(runs).start(TrainConfig(data_root=str(data), model="tiny", pretrained=False, device="cpu"))
+        assert registry.stop()  # reaches a
+        a.communicate(timeout=120)
+        assert a.returncode == 1 and registry.running() is None
+        assert status()["state"] == "stopped" and status()["pid"] == a.pid and status()["others"] == []
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+
 @pytest.mark.heavy(12)
 def test_stop_requeues_the_running_trial(tmp_path):
     from optuna.trial import TrialState
