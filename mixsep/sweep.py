@@ -748,10 +748,17 @@ def plan(args) -> Plan:
         if args.trials is not None and args.trials < stored["trials"] and not getattr(args, "best", False):
             import optuna
 
-            done = counts(optuna.load_study(study_name=study, storage=storage))["done"]
-            if args.trials < done:  # "5 of 2 trials done", and a trial queued by a stop left waiting for good
-                raise MixsepError(f"Study '{study}' has {done} trials done already, more than --trials {args.trials}; "
-                                  f"give --trials {done} or more to train more of it (--best names its best trial).")
+            from optuna.trial import TrialState
+
+            loaded = optuna.load_study(study_name=study, storage=storage)
+            c, every = counts(loaded), loaded.get_trials(deepcopy=False)
+            lost = sum(t.state == TrialState.FAIL and "halted" in t.user_attrs and t.number not in _requeued(every)
+                       for t in every)  # a stop whose requeue record was lost: queued again at the start
+            done, queued = c["done"] - lost, c["waiting"] + lost
+            if args.trials < done + queued:  # "5 of 2 trials done", and trials queued by a stop left waiting for good
+                raise MixsepError(f"Study '{study}' has {done} trials done" + (f" and {queued} queued to resume" if queued
+                                  else "") + f", more than --trials {args.trials}; give --trials {done + queued} or more "
+                                  "(--best names its best trial).")
     else:
         space = parse_space(args.space)
         fixed, val_size, trials = given, args.val_size or 2000, args.trials or 20

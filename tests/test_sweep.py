@@ -263,11 +263,20 @@ def test_a_target_below_the_trials_done_is_refused_and_changes_nothing(capsys, t
     before = tree(runs)
     assert main(sweep_args(data, runs, "--study", "s", "--trials", "1")) == 2
     err = capsys.readouterr().err
-    assert err == ("error: Study 's' has 2 trials done already, more than --trials 1; give --trials 2 or more to "
-                   "train more of it (--best names its best trial).\n"), err
+    assert err == "error: Study 's' has 2 trials done, more than --trials 1; give --trials 2 or more (--best names " \
+        "its best trial).\n", err
     assert tree(runs) == before  # its stored target (2) too: the journal is unchanged
     assert main(sweep_args(data, runs, "--study", "s", "--trials", "2")) == 0  # the same target: nothing to do
     assert "2 of 2 trials done" in (runs / "s" / "sweep.json").read_text()
+    # a target of 3, and a trial queued to resume (as a stop queues one): --trials 2 would strand it
+    assert main(sweep_args(data, runs, "--study", "s", "--trials", "3")) == 0
+    from mixsep.sweep import requeue
+    study = study_of(runs, "s")
+    requeue(study, study.trials[-1], stopped=True)
+    capsys.readouterr()
+    assert main(sweep_args(data, runs, "--study", "s", "--trials", "2")) == 2
+    assert capsys.readouterr().err == "error: Study 's' has 3 trials done and 1 queued to resume, more than --trials " \
+        "2; give --trials 4 or more (--best names its best trial).\n"
 
 
 def test_two_commands_that_start_one_new_study_together_join_only_when_they_plan_the_same(data_root, tmp_path):
