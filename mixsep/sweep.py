@@ -1551,6 +1551,19 @@ def live_sweeps(runs_dir: Path) -> list[dict]:
     return found
 
 
+def _stop_with_parent() -> None:
+    """A worker child: a SIGTERM (a stop: its trial checkpoints and is requeued) when its parent command dies,
+    by kill -9 too, which sends its children nothing: they trained on where no page could see or stop them."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        return
+    if str(os.getppid()) != os.environ.get(_CHILD_ENV):  # it died before that
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_sweep(p: Plan, say: Callable[[str], None] | None = None) -> int:
     """Run the study to its target with p.workers processes (this one, or children); 0 when it got there."""
     if EARLY_SIGNALS:  # a Ctrl-C while torch or Optuna loaded, whose KeyboardInterrupt Python dropped
@@ -1573,6 +1586,8 @@ def run_sweep(p: Plan, say: Callable[[str], None] | None = None) -> int:
     children: list[subprocess.Popen] = []
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} \
         if threading.current_thread() is threading.main_thread() else {}
+    if os.environ.get(_CHILD_ENV) and previous:
+        _stop_with_parent()
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     study = create_study(p, say)
     write_sweep_status(p, "running")
@@ -1613,7 +1628,7 @@ def run_sweep(p: Plan, say: Callable[[str], None] | None = None) -> int:
 
 def _spawn(p: Plan, index: int) -> subprocess.Popen:
     """A worker child: the same study, one GPU each (or an equal share of the CPU cores)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **{_CHILD_ENV: "1"})
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{_CHILD_ENV: str(os.getpid())})  # the parent, for _stop_with_parent
     if p.storage:
         env[STORAGE_ENV] = p.storage  # not on the command line, where `ps` would show a password
     gpus = gpu_count(p.config.device)

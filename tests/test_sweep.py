@@ -692,6 +692,46 @@ def test_a_worker_killed_while_the_other_finishes_the_study_ends_it_finished(tmp
 
 
 @pytest.mark.heavy(20)
+def test_the_workers_of_a_command_killed_by_sigkill_stop_and_requeue_their_trials(tmp_path):
+    """kill -9 of a `--workers 2` command sends its workers nothing: they trained on, orphans no page could see
+    or stop (sweep.json names the dead parent), and a training could start beside them."""
+    from optuna.trial import TrialState
+
+    from mixsep.run import is_alive
+
+    data = make_data_root(tmp_path / "data")
+    runs = tmp_path / "runs"
+    parent = subprocess.Popen([sys.executable, "-m", "mixsep", *sweep_args(
+        data, runs, "--study", "k", "--trials", "4", "--workers", "2", "--pruner", "none", *TINY, "--epochs", "200")],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = []
+    try:
+        def both_train() -> bool:
+            try:
+                workers[:] = [t.user_attrs for t in study_of(runs, "k").trials
+                              if t.state == TrialState.RUNNING and "pid" in t.user_attrs]
+            except (KeyError, MixsepError):
+                return False
+            return len(workers) == 2
+
+        wait_for(both_train, 180, "both workers' first trials")
+        parent.kill()
+        parent.wait()
+        wait_for(lambda: not any(is_alive(w) for w in workers), timeout=60, what="the workers to stop")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        for w in workers:
+            if is_alive(w):
+                os.kill(w["pid"], signal.SIGKILL)
+    trials = study_of(runs, "k").trials  # each stopped as a Stop stops it: checkpointed, and queued to resume
+    stopped = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(stopped) == 2 and all(t.user_attrs["halted"] == "stopped" for t in stopped)
+    assert counts(study_of(runs, "k"))["waiting"] == 2 and counts(study_of(runs, "k"))["running"] == 0
+
+
+@pytest.mark.heavy(20)
 @pytest.mark.parametrize("how", ["the page's Stop", "two Ctrl-Cs"])
 def test_a_terminals_two_worker_sweep_stops_whole(tmp_path, how):
     """Each worker child wrote sweep.json with its own pid, so the page's Stop signalled one child and the
