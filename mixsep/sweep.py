@@ -1516,10 +1516,24 @@ def write_sweep_status(p: Plan, state: str, message: str = "") -> None:
     started last is named, and keeps the others it found running under "others". One that ends while another
     still runs leaves the study "running", named by a live one, so that every page still sees the sweep and
     its Stop reaches each of them."""
-    from .run import identity, is_alive, write_json
-
     if os.environ.get(_CHILD_ENV):  # a worker child: its parent speaks for the command, and must stay the pid named
         return
+    import fcntl
+
+    try:
+        folder = os.open(p.folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise MixsepError(f"Cannot open the study's folder {p.folder} ({e.strerror}).") from None
+    try:  # read, changed and written by one command at a time: two at once each lost the other's record
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        _write_sweep_status(p, state, message)
+    finally:
+        os.close(folder)  # and the lock with it
+
+
+def _write_sweep_status(p: Plan, state: str, message: str) -> None:
+    from .run import identity, is_alive, write_json
+
     path, me = p.folder / SWEEP_FILE, identity()
     was = _read_sweep(p.folder)
     others = _other_commands(was)

@@ -691,6 +691,40 @@ def test_a_worker_killed_while_the_other_finishes_the_study_ends_it_finished(tmp
     assert Path(out.strip().splitlines()[-1]).parent == runs / "w"
 
 
+def test_two_commands_that_write_sweep_json_at_once_both_stay_recorded(data_root, tmp_path):
+    """sweep.json is read, changed and written: two commands starting in the same instant each recorded only
+    itself, and the other was then invisible to the pages and their Stop (QA: 4 of 8 tries)."""
+    import multiprocessing
+
+    from mixsep.sweep import SWEEP_FILE, write_sweep_status
+
+    p = plan(build_parser().parse_args(sweep_args(data_root, tmp_path / "runs", "--study", "r", *TINY)))
+    p.folder.mkdir(parents=True)
+    ctx = multiprocessing.get_context("fork")
+    for _ in range(8):
+        (p.folder / SWEEP_FILE).unlink(missing_ok=True)
+        start, written, done = ctx.Barrier(3), ctx.Barrier(3), ctx.Event()
+
+        def command():
+            start.wait(10)
+            write_sweep_status(p, "running")
+            written.wait(10)
+            done.wait(30)  # alive while the test looks
+
+        procs = [ctx.Process(target=command) for _ in range(2)]
+        for proc in procs:
+            proc.start()
+        try:
+            start.wait(10)
+            written.wait(10)
+            d = json.loads((p.folder / SWEEP_FILE).read_text())
+            assert {d["pid"], *(o["pid"] for o in d["others"])} == {proc.pid for proc in procs}, d
+        finally:
+            done.set()
+            for proc in procs:
+                proc.join(10)
+
+
 @pytest.mark.heavy(20)
 def test_the_workers_of_a_command_killed_by_sigkill_stop_and_requeue_their_trials(tmp_path):
     """kill -9 of a `--workers 2` command sends its workers nothing: they trained on, orphans no page could see
