@@ -120,13 +120,10 @@ def whole_number_box(label: str, min_value, max_value, value: int, where=st, wha
         return value
     whole = float(got).is_integer()
     if not whole or abs(got) >= 2**53:
-        if kwargs.get("disabled"):  # a box the user cannot edit now is not in use: nothing to correct there
-            pass
-        elif whole:
-            where.error(f"{what or label} must be below 2**53 (9007199254740992) when typed here: the browser keeps a "
-                        "typed number as a double, which rounds one that large (the command line takes it whole).")
-        else:
-            where.error(f"{what or label} must be a whole number (got {got}).")
+        if not kwargs.get("disabled"):  # a box the user cannot edit now is not in use: nothing to correct there
+            where.error(f"{what or label} must be below 2**53 (9007199254740992) when typed here: the browser keeps "
+                        "a typed number as a double, which rounds one that large (the command line takes it whole)."
+                        if whole else f"{what or label} must be a whole number (got {got}).")
         return got
     return int(got)
 

@@ -748,12 +748,9 @@ def plan(args) -> Plan:
         if args.trials is not None and args.trials < stored["trials"] and not getattr(args, "best", False):
             import optuna
 
-            from optuna.trial import TrialState
-
             loaded = optuna.load_study(study_name=study, storage=storage)
-            c, every = counts(loaded), loaded.get_trials(deepcopy=False)
-            lost = sum(t.state == TrialState.FAIL and "halted" in t.user_attrs and t.number not in _requeued(every)
-                       for t in every)  # a stop whose requeue record was lost: queued again at the start
+            c = counts(loaded)
+            lost = len(_lost_requeues(loaded.get_trials(deepcopy=False)))  # queued again at the start
             done, queued = c["done"] - lost, c["waiting"] + lost
             if args.trials < done + queued:  # "5 of 2 trials done", and trials queued by a stop left waiting for good
                 raise MixsepError(f"Study '{study}' has {done} trials done" + (f" and {queued} queued to resume" if queued
@@ -1093,15 +1090,20 @@ def _mark_halted(trial, mark: str) -> None:
         pass
 
 
+def _lost_requeues(trials) -> list:
+    """The trials halted (by a write error or a stop) whose requeue record was lost: failed, marked, and continued
+    by no copy."""
+    from optuna.trial import TrialState
+
+    requeued = _requeued(trials)
+    return [t for t in trials if t.state == TrialState.FAIL and "halted" in t.user_attrs and t.number not in requeued]
+
+
 def requeue_halted(study) -> list[tuple[int, bool]]:
     """Requeue each trial halted by a write error (a full disk) or stopped by request whose requeue record was
     lost: the journal's own disk can take the trial's FAIL and cut off the copy that follows it, and a kill
     can land between the two. (number, whether it was a stop) for each."""
-    from optuna.trial import TrialState
-
-    trials = study.get_trials(deepcopy=False)
-    requeued = _requeued(trials)
-    lost = [t for t in trials if t.state == TrialState.FAIL and "halted" in t.user_attrs and t.number not in requeued]
+    lost = _lost_requeues(study.get_trials(deepcopy=False))
     for t in lost:
         requeue(study, t, stopped=True)
     return [(t.number, t.user_attrs["halted"] == STOPPED_MARK) for t in lost]
