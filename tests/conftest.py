@@ -92,6 +92,26 @@ def cut_last_record(journal: Path, op_code: int) -> None:
     journal.write_bytes(b"".join(records[:-1]))
 
 
+def stopped(pid: int, timeout: float = 10.0) -> None:
+    """Wait until every thread of ``pid`` is stopped (or the process is gone): kill() returns once SIGSTOP is
+    sent, not once it has landed: the thread that takes the stop must first be scheduled, and on a busy
+    machine the process may run on meanwhile. (Once in a full run, a separate checked "halfway through its
+    renames" exited 0 with every output, as if the test's Ctrl-C had come after its end.)"""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            states = [(Path(f"/proc/{pid}/task") / t / "stat").read_text().rsplit(") ", 1)[1][:1]
+                      for t in os.listdir(f"/proc/{pid}/task")]
+        except (OSError, IndexError):  # a thread that ended between the listing and its read: look again
+            if not os.path.exists(f"/proc/{pid}"):
+                return  # the process ended
+            states = []
+        if states and all(s in "TtZX" for s in states):
+            return
+        time.sleep(0.0005)
+    raise AssertionError(f"process {pid} did not stop within {timeout} s of SIGSTOP")
+
+
 def frozen_when(proc, cond, timeout: float = 240.0, what: str = "condition", slice_s: float = 0.005) -> None:
     """Run ``proc`` in short slices (SIGCONT, sleep, SIGSTOP) until ``cond`` holds while it is stopped.
 
@@ -102,6 +122,7 @@ def frozen_when(proc, cond, timeout: float = 240.0, what: str = "condition", sli
     try:
         while time.monotonic() < deadline:
             proc.send_signal(signal.SIGSTOP)
+            stopped(proc.pid)
             if cond():
                 return
             assert proc.poll() is None, f"the process ended before {what}"

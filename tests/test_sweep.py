@@ -671,6 +671,7 @@ def test_a_worker_killed_while_the_other_finishes_the_study_ends_it_finished(tmp
                     os.kill(pid, signal.SIGSTOP)
                 except ProcessLookupError:
                     continue
+                conftest.stopped(pid)
                 if pid in running_pids():
                     victim[:] = [pid]
                     return True
