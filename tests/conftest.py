@@ -19,7 +19,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import mixsep  # noqa: F401  before torch, as in every mixsep process: its OpenMP threads sleep while they wait
+# each pytest worker, and every process its tests start, takes its share of the cores (as a sweep's workers
+# do): two workers of two torch threads each on two cores made every barrier wait for a descheduled thread
+# (tests/test_sweep.py, test_run_folder.py, test_cli.py and test_app_pages.py side by side: 155 and 164 s
+# against 166 and 174 s). Set before torch loads libgomp, which reads it once; a value set outside stays. Only
+# in a worker: the controller, which imports this file first and runs no test, would pass its own to them all.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(
+        os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
+import mixsep  # noqa: E402, F401  before torch, as in every mixsep process: its OpenMP threads sleep while they wait
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
