@@ -376,7 +376,7 @@ def test_a_signal_while_separate_writes_leaves_every_output_or_none(capsys, data
     proc.send_signal(getattr(signal, sig))
     proc.send_signal(signal.SIGCONT)
     err = proc.communicate(timeout=120)[1]  # (forked warm: it skips only the imports)
-    assert proc.returncode == 130 and "Traceback" not in err, (seen, err)
+    assert proc.returncode == 130 and "Traceback" not in err, f"{seen} {err[-600:]}"
     assert err.strip().splitlines()[-1] == f"error: separate interrupted by {'Ctrl-C' if sig == 'SIGINT' else sig}."
     if phase == "renames":  # the signal waits for the last rename: all written
         assert shown() == (0, 2 * len(inputs))
