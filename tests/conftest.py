@@ -19,6 +19,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# The tests press Ctrl-C as a user at a terminal would, so every process they start must begin with a terminal's
+# dispositions. A suite started in the background by a shell without job control (`(pytest ... &)`, some CI
+# runners) inherits SIGINT and SIGQUIT ignored, and passes that on: Python keeps an ignored SIGINT ignored, so a
+# `separate` whose Ctrl-C was held over its renames re-raised it into SIG_IGN and exited 0 (every full run
+# started so, never in the foreground). Caught here, the default comes back in every exec'd child.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+if signal.getsignal(signal.SIGQUIT) == signal.SIG_IGN:
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
 # each pytest worker, and every process its tests start, takes its share of the cores (as a sweep's workers
 # do): two workers of two torch threads each on two cores made every barrier wait for a descheduled thread
 # (tests/test_sweep.py, test_run_folder.py, test_cli.py and test_app_pages.py side by side: 155 and 164 s
@@ -103,9 +113,8 @@ def cut_last_record(journal: Path, op_code: int) -> None:
 
 def stopped(pid: int, timeout: float = 10.0) -> None:
     """Wait until every thread of ``pid`` is stopped (or the process is gone): kill() returns once SIGSTOP is
-    sent, not once it has landed: the thread that takes the stop must first be scheduled, and on a busy
-    machine the process may run on meanwhile. (Once in a full run, a separate checked "halfway through its
-    renames" exited 0 with every output, as if the test's Ctrl-C had come after its end.)"""
+    sent, not once it has landed: a thread that takes the stop must first be scheduled, and on a busy machine
+    the process may run on meanwhile (a rename, a step) while the condition is checked."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

@@ -369,8 +369,7 @@ def test_a_signal_while_separate_writes_leaves_every_output_or_none(capsys, data
         frozen_when(proc, lambda: 0 < shown()[1] < 2 * len(inputs), what="the renames", slice_s=0.001)
     else:
         frozen_when(proc, lambda: shown()[0] > 10 and shown()[1] == 0, what="the temp files")
-    # what the process was when the signal was sent: an exit 0 here once (in a full run, never alone) is
-    # told apart next time (a process that was not stopped, or one whose SIGINT was ignored)
+    # what the process was when the signal was sent (stopped? SIGINT ignored by what started the suite?)
     seen = shown(), [line for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
                      if line.startswith(("State", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt"))]
     proc.send_signal(getattr(signal, sig))
