@@ -1389,6 +1389,10 @@ class Worker:
         if self.val is None:
             self.val = validation_pairs(Path(p.config.data_root), p.val_size)
         config, folder = dataclasses.replace(p.config, **params).validate(), resolve_run(p.runs_dir, run_name)
+        copy = trial.study._storage.get_trial_system_attrs(trial._trial_id).get("retry_history")  # of a trial to resume
+        if copy and not os.path.lexists(folder):  # said, not silent: its old intermediate values stay in the study
+            self.say(f"trial {trial.number}: its run folder {run_name} is gone (moved or deleted), so it trains "
+                     "again from step 0")
         _check_own_folder(folder, config, trial.number)
         try:
             run = Run(folder).open()  # a second trainer of this folder is refused here

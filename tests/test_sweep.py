@@ -279,6 +279,36 @@ def test_a_target_below_the_trials_done_is_refused_and_changes_nothing(capsys, t
         "2; give --trials 4 or more (--best names its best trial).\n"
 
 
+def test_a_queued_trial_whose_folder_is_gone_says_so_and_trains_from_step_0(capsys, tmp_path):
+    """A trial queued to resume (as a stop queues it) whose run folder was deleted by hand trained again from
+    step 0 without a word, its earlier attempt's intermediate values still in the study."""
+    import shutil
+
+    from mixsep.sweep import requeue
+
+    data = make_data_root(tmp_path / "data")
+    runs = tmp_path / "runs"
+    assert main(sweep_args(data, runs, "--study", "s", "--trials", "1", *TINY, "--epochs", "1")) == 0
+    study = study_of(runs, "s")
+    first = study.trials[-1]
+    requeue(study, first, stopped=True)
+    shutil.rmtree(runs / first.user_attrs["run"])
+    capsys.readouterr()
+    assert main(sweep_args(data, runs, "--study", "s", "--trials", "2")) == 0
+    err = capsys.readouterr().err
+    assert f"trial 1: its run folder {first.user_attrs['run']} is gone (moved or deleted), so it trains again " \
+           "from step 0\n" in err, err
+    again = study_of(runs, "s").trials[-1]
+    assert again.state.name == "COMPLETE" and again.user_attrs["run"] == first.user_attrs["run"]
+    steps = [line.split(",")[0] for line in (runs / first.user_attrs["run"] / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps[0] == "1" and len(steps) == len(set(steps))
+    # a queued trial whose folder is there resumes as before, without the line
+    study = study_of(runs, "s")
+    requeue(study, study.trials[-1], stopped=True)
+    assert main(sweep_args(data, runs, "--study", "s", "--trials", "3")) == 0
+    assert "is gone" not in capsys.readouterr().err
+
+
 def test_two_commands_that_start_one_new_study_together_join_only_when_they_plan_the_same(data_root, tmp_path):
     """Both planned before either had made it: the second one's other model, space or validation set went into
     the first one's study, its trials scored against another problem."""
