@@ -1500,18 +1500,20 @@ def _read_sweep(folder: Path) -> dict:
 
 
 def _other_commands(was: dict) -> list[dict]:
-    """The identities of the other sweep commands of a study that sweep.json (``was``) knows to run here: the one
-    it names, and those that command found running when it started ("others"). Only the live ones."""
+    """The other sweep commands of a study that sweep.json (``was``) knows to run here: the one it names, and
+    those that command found running when it started ("others"). Only the live ones, each with its identity
+    and its own --workers and --trials (what the record shows once it names that one)."""
     from .run import identity, is_alive
 
     if was.get("host") != socket.gethostname():
         return []
     me, seen, out = identity(), set(), []
-    for o in [{"pid": was.get("pid"), "pid_start": was.get("pid_start")} if was.get("state") == "running" else {},
+    for o in [was if was.get("state") == "running" else {},
               *(was.get("others") if isinstance(was.get("others"), list) else [])]:
         if isinstance(o, dict) and o.get("pid") not in (me["pid"], None) and o.get("pid") not in seen and is_alive(o):
             seen.add(o["pid"])
-            out.append({"pid": o["pid"], "pid_start": o.get("pid_start")})
+            out.append({"pid": o["pid"], "pid_start": o.get("pid_start"),
+                        **{k: o[k] for k in ("workers", "trials") if isinstance(o.get(k), int)}})
     return out
 
 
@@ -1549,9 +1551,10 @@ def _write_sweep_status(p: Plan, state: str, message: str) -> None:
         write_json(path, {**record, "state": state, "message": message, **me, "others": others})
     elif was.get("pid") != me["pid"] and is_alive(was):  # another command is named: it speaks for the sweep
         write_json(path, {**was, "others": [o for o in others if o["pid"] != was["pid"]], "updated": time.time()})
-    else:  # this command was named, and ends while others run on: the first of them is named now
-        write_json(path, {**record, "state": "running", "message": f"another command of this study runs on (this "
-                          f"one: {message or state})", **others[0], "others": others[1:]})
+    else:  # this command was named, and ends while others run on: the first of them is named now, with its own
+        # --workers and --trials; the message says how the one named before ended
+        write_json(path, {**record, "state": "running", "message": f"another command of this study runs on (the "
+                          f"one named before ended: {message or state})", **others[0], "others": others[1:]})
 
 
 def live_sweeps(runs_dir: Path) -> list[dict]:

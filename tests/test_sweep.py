@@ -868,13 +868,14 @@ def test_two_commands_of_one_study_stay_seen_and_stopped_whichever_ends_first(tm
     procs = [a]
     try:
         wait_for(named(a), what="command a's sweep.json")
-        b = conftest.WarmProcess([*args, "--sampler-seed", "7"])
+        b = conftest.WarmProcess([*args, "--trials", "7", "--sampler-seed", "7"])  # a target of its own (the last wins)
         procs.append(b)
         wait_for(named(b), what="command b's sweep.json")
-        assert [o["pid"] for o in status()["others"]] == [a.pid]
+        assert [o["pid"] for o in status()["others"]] == [a.pid] and status()["trials"] == 7
         b.send_signal(signal.SIGTERM)  # b stops, and ends: a is named again, and the study still runs
         b.communicate(timeout=120)
         assert status()["state"] == "running" and status()["pid"] == a.pid and a.poll() is None, status()
+        assert status()["trials"] == 6 and status()["workers"] == 1  # a's own, not b's
         assert registry.running()["pid"] == a.pid
         c = conftest.WarmProcess([*args, "--sampler-seed", "8"])
         procs.append(c)
