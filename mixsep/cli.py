@@ -58,6 +58,16 @@ class _Parser(argparse.ArgumentParser):
     """argparse, whose mistakes read as every other mistake here: one line, exit 2 (not a usage block
     of a dozen lines, with the flag named twice)."""
 
+    commands: dict = {}  # the top-level parser's subcommands, by name (build_parser)
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but an unknown flag after a command is that command's mistake: its --help lists the
+        options (`python -m mixsep --help` lists only the commands)."""
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.commands.get(getattr(ns, "command", None), self).error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns
+
     def error(self, message: str):
         said = re.match(r"argument ([^:]+): (.*)$", message, re.S)
         if said and said.group(2).startswith(said.group(1).split("/")[0]):  # "argument --epochs: --epochs takes ..."
@@ -103,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("run_dir", help="a run folder (or a checkpoint file inside one)")
     _add_data_root(g, of_run=True)
     g.add_argument("--n", type=whole_number, default=20,
-                   help=f"samples (columns), at most {GRID_MAX_N}; the report's grid shows 20")
-    g.add_argument("--out", default="grid.png", help="PNG to write")
+                   help=f"samples (columns), at most {GRID_MAX_N} (default 20, as the report's grid)")
+    g.add_argument("--out", default="grid.png", help="PNG to write (default ./grid.png)")
     g.add_argument("--overwrite", action="store_true", help="replace an --out file that exists already")
     g.add_argument("--seed", type=whole_number, default=None, help="shuffle the samples with this seed; default: the first n")
     g.add_argument("--split", choices=["test", "train"], default="test",
@@ -135,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     dl = sub.add_parser("download", help="fetch MNIST and CIFAR-10 with torchvision's downloaders")
     _add_data_root(dl)
     _add_sweep(sub)
+    parser.commands = dict(sub.choices)
     return parser
 
 
@@ -683,15 +694,22 @@ def _is_sqlite(path: Path) -> bool:
 
 def _not_a_data_file(root: Path, *outputs: tuple[Path | None, str]) -> None:
     """Refuse an output that is one of the data root's files (known only once the run's data root is read):
-    with --overwrite, `evaluate --markdown DATA/MNIST/raw/train-images-idx3-ubyte.gz` replaced the images."""
-    from .data import find_source
+    with --overwrite, `evaluate --markdown DATA/MNIST/raw/train-images-idx3-ubyte.gz` replaced the images, and
+    a data file this run does not read (the .npz beside the pickles, CIFAR-10's batches.meta) was replaced too."""
+    from .data import _npz_candidates, find_source
 
-    files = {f.resolve() for source in ("mnist", "cifar") for split in ("train", "test")
-             for f in find_source(root, source, split) or ()}
+    root = Path(root)
+    files = {f for source in ("mnist", "cifar") for split in ("train", "test")
+             for f in [*(find_source(root, source, split) or ()), *_npz_candidates(root, source, split)]}
+    for folder in (root / "MNIST" / "raw", root / "cifar-10-batches-py"):  # what the downloaders put there
+        try:
+            files.update(f for f in folder.iterdir() if f.is_file())
+        except OSError:
+            pass
+    files = {f.resolve() for f in files}
     for out, flag in outputs:
         if out is not None and out.parent.resolve() / out.name in files:
-            raise MixsepError(f"{flag} {out} is a data file under {root}, which this command reads; choose another "
-                              f"{flag}.")
+            raise MixsepError(f"{flag} {out} is one of the data files under {root}; choose another {flag}.")
 
 
 def cmd_evaluate(args) -> int:
@@ -764,7 +782,7 @@ def cmd_grid(args) -> int:
     _one_checkpoint(args)
     out = new_output(args.out, "--out", args.overwrite, args.run_dir, (args.checkpoint, args.run_dir), suffix=".png")
     model, cfg, info = _load_model(args)
-    pairs = load_pairs(_data_root_of(args, cfg), args.split)
+    pairs = load_pairs(_data_root_of(args, cfg), args.split)  # (no data file is a .png, the only --out grid takes)
     idx = sample_indices(len(pairs), args.n, args.seed)
     if args.n > len(pairs):
         print(f"note: the {args.split} split holds {len(pairs)} pairs, so the grid shows {len(idx)}, not {args.n}",
@@ -782,6 +800,8 @@ def cmd_separate(args) -> int:
     from .separate import prepare, separate, write_outputs
     from .train import require_run_path
 
+    if "" in args.images:  # Path("") is the current folder: ". does not exist or is not a file"
+        raise MixsepError("An image path given is empty; name each mixture image to separate.")
     require_run_path(args.run_dir)  # a mistyped run is named first, not an output it would have written
     _one_checkpoint(args)
     pixels, paths = prepare([Path(p) for p in args.images], args.out, args.overwrite,  # before the model loads
@@ -908,7 +928,8 @@ def main(argv=None) -> int:
         # default (`--checkpoint "$CKPT"` with CKPT unset scored another checkpoint)
         for name, what in (("runs_dir", "a folder"), ("data_root", "a folder"), ("run_dir", "a folder"),
                            ("checkpoint", "a file"), ("mnist_test", "a file"), ("cifar_test", "a file"),
-                           ("as_model", "a model")):
+                           ("as_model", "a model"), ("json", "a file"), ("markdown", "a file"), ("config", "a file"),
+                           ("storage", "a database URL"), *((("out", "a file"),) if args.command == "grid" else ())):
             if getattr(args, name, None) == "":
                 if name == "run_dir" and args.command != "train":  # a positional: it has no default
                     raise MixsepError("RUN_DIR is empty; name a run folder (or a checkpoint file inside one).")

@@ -219,6 +219,14 @@ def test_bad_input_is_one_line_and_exit_2(capsys, data_root, tmp_path, argv, mat
     (["train", "--data-root", "", *TINY], "--data-root is empty"),
     (["evaluate", ""], "RUN_DIR is empty; name a run folder (or a checkpoint file inside one)."),
     (["info", "--data-root", ""], "--data-root is empty"),
+    # files: "--json . is a folder" named what no one typed; an empty --config or --storage was ignored
+    (["evaluate", "run", "--json", ""], "--json is empty; name a file (or leave the flag out for its default)."),
+    (["evaluate", "run", "--markdown", ""], "--markdown is empty; name a file"),
+    (["grid", "run", "--out", ""], "--out is empty; name a file"),
+    (["train", "--config", "", *TINY], "--config is empty; name a file"),
+    (["sweep", "--study", "s", "--storage", ""], "--storage is empty; name a database URL (or leave the flag "
+                                              "out for its default)."),
+    (["separate", "run", "", "m.png"], "An image path given is empty; name each mixture image to separate."),
 ])
 def test_an_empty_folder_name_is_refused_not_taken_for_the_current_folder(capsys, tmp_path, monkeypatch, argv, says):
     """--runs-dir "" trained into the current folder (Path("") is ".")."""
@@ -450,6 +458,9 @@ def test_a_config_file_with_a_byte_order_mark_is_read(capsys, data_root, tmp_pat
                                    "`python -m mixsep train --help` lists the options."),
     (["sweep"], "error: the following arguments are required: --study; `python -m mixsep sweep --help` lists"),
     (["bogus"], "error: argument command: invalid choice: 'bogus'"),
+    # an unknown flag is its command's: the top-level help lists only the commands
+    (["evaluate", "run", "--bogus", "x"], "error: unrecognized arguments: --bogus x; `python -m mixsep evaluate --help` "
+                                          "lists the options."),
 ])
 def test_a_mistyped_command_line_is_one_line_exit_2(capsys, argv, says):
     """argparse printed a usage block of a dozen lines, the flag named twice."""
@@ -496,14 +507,21 @@ def test_evaluate_and_grid_never_write_over_a_runs_own_files(capsys, data_root, 
             err = _one_line(capsys)
             assert f"{flag} {target} " in err and says in err and f"choose another {flag}." in err, err
             assert tree(tmp_path / "runs") == before, argv
-    # nor the data it reads, which the run names (`--markdown DATA/MNIST/raw/...gz --overwrite` replaced the images)
+    # nor the data root's files, which the run names (`--markdown DATA/MNIST/raw/...gz --overwrite` replaced the
+    # images), those it reads and those it does not (CIFAR-10's batches.meta, an .npz beside the pickles)
+    (data_root / "cifar-10-batches-py" / "batches.meta").write_bytes(b"meta")
+    (data_root / "cifar10").mkdir()
+    (data_root / "cifar10" / "cifar10_test_first1000.npz").write_bytes(b"npz")
     data_before = tree(data_root)
-    for flag, target in (("--markdown", data_root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"),
-                         ("--json", data_root / "cifar-10-batches-py" / "test_batch")):
-        assert main(["evaluate", str(run), "--samples", "4", flag, str(target), "--overwrite"]) == 2
-        note, err = capsys.readouterr().err.splitlines()  # the note names the run's data root, then one sentence
-        assert note.startswith(f"data root {data_root} (the run's") and err.startswith("error: ")
-        assert f"{flag} {target} is a data file under {data_root}, which this command reads" in err, err
+    for cmd, flag, target in (("evaluate", "--markdown", data_root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"),
+                              ("evaluate", "--json", data_root / "cifar-10-batches-py" / "test_batch"),
+                              ("evaluate", "--json", data_root / "cifar10" / "cifar10_test_first1000.npz"),
+                              ("evaluate", "--markdown", data_root / "cifar-10-batches-py" / "batches.meta")):
+        assert main([cmd, str(run), *(["--samples", "4"] if cmd == "evaluate" else []), flag, str(target),
+                     "--overwrite"]) == 2
+        *note, err = capsys.readouterr().err.splitlines()  # evaluate's note names the run's data root; one sentence
+        assert len(note) == (cmd == "evaluate") and all(n.startswith(f"data root {data_root} (the run's") for n in note)
+        assert f"{flag} {target} is one of the data files under {data_root}; choose another {flag}." in err, err
     assert tree(data_root) == data_before
     # beside a run's files is fine
     assert main(["evaluate", str(run), *base, "--samples", "4", "--json", str(run / "eval.json")]) == 0
