@@ -316,12 +316,15 @@ def _first_existing(*candidates: Path) -> Path | None:
     return next((c for c in candidates if c.is_file()), None) or next((c for c in candidates if _there(c)), None)
 
 
-def _npz_candidates(root: Path, source: str, split: str) -> list[Path]:
+def npz_globs(source: str, split: str) -> list[str]:
+    """The names, relative to the data root, under which an .npz of one source/split is read (the first found)."""
     if source == "mnist":
-        globs = [f"mnist/*{split}*.npz", f"MNIST/*{split}*.npz", f"mnist_{split}*.npz"]
-    else:
-        globs = [f"cifar10/*{split}*.npz", f"cifar10_{split}*.npz"]
-    return [p for g in globs for p in sorted(root.glob(g))]
+        return [f"mnist/*{split}*.npz", f"MNIST/*{split}*.npz", f"mnist_{split}*.npz"]
+    return [f"cifar10/*{split}*.npz", f"cifar10_{split}*.npz"]
+
+
+def _npz_candidates(root: Path, source: str, split: str) -> list[Path]:
+    return [p for g in npz_globs(source, split) for p in sorted(root.glob(g))]
 
 
 def find_source(root: Path, source: str, split: str) -> list[Path] | None:

@@ -321,8 +321,8 @@ def check_storage(url: str | None, timeout_s: int = 10, writes: bool = True) -> 
     except (sqlalchemy.exc.ArgumentError, ValueError) as e:  # ValueError: a port that is not a number
         why = "" if isinstance(e, sqlalchemy.exc.ArgumentError) else " (its host or port does not parse)"
         raise MixsepError(f"The storage '{storage_label(url, Path('.'))}' is not a database URL{why}; write it like "
-                          "postgresql://user@host/dbname, or leave it empty for the journal file in the runs "
-                          "folder.") from None
+                          "postgresql://user@host/dbname, or leave --storage out (and MIXSEP_SWEEP_STORAGE unset) "
+                          "for the journal file in the runs folder.") from None
     shown = storage_label(url, Path("."))
     missing = (f"{shown} needs a Python database driver that is not installed ('{{}}'); install it, "
                "or use postgresql:// (psycopg2 comes with mixsep).")

@@ -516,13 +516,19 @@ def test_evaluate_and_grid_never_write_over_a_runs_own_files(capsys, data_root, 
     for cmd, flag, target in (("evaluate", "--markdown", data_root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"),
                               ("evaluate", "--json", data_root / "cifar-10-batches-py" / "test_batch"),
                               ("evaluate", "--json", data_root / "cifar10" / "cifar10_test_first1000.npz"),
-                              ("evaluate", "--markdown", data_root / "cifar-10-batches-py" / "batches.meta")):
+                              ("evaluate", "--markdown", data_root / "cifar-10-batches-py" / "batches.meta"),
+                              # new names: an .npz the readers would take for the test split, the downloaders' folder
+                              ("evaluate", "--markdown", data_root / "cifar10" / "cifar10_test_0.npz"),
+                              ("evaluate", "--json", data_root / "MNIST" / "raw" / "eval.json")):
         assert main([cmd, str(run), *(["--samples", "4"] if cmd == "evaluate" else []), flag, str(target),
                      "--overwrite"]) == 2
         *note, err = capsys.readouterr().err.splitlines()  # evaluate's note names the run's data root; one sentence
         assert len(note) == (cmd == "evaluate") and all(n.startswith(f"data root {data_root} (the run's") for n in note)
-        assert f"{flag} {target} is one of the data files under {data_root}; choose another {flag}." in err, err
+        assert f"{flag} {target} is one of the data files under {data_root}, or a name its readers would take for " \
+               f"one; choose another {flag}." in err, err
     assert tree(data_root) == data_before
+    assert main(["evaluate", str(run), "--samples", "4", "--json", str(data_root / "cifar10" / "eval.json")]) == 0  # not data
+    (data_root / "cifar10" / "eval.json").unlink()
     # beside a run's files is fine
     assert main(["evaluate", str(run), *base, "--samples", "4", "--json", str(run / "eval.json")]) == 0
     assert json.loads((run / "eval.json").read_text())["n"] == 4
