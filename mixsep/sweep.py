@@ -1388,6 +1388,11 @@ class Worker:
             trial.set_user_attr(k, v)
         if self.val is None:
             self.val = validation_pairs(Path(p.config.data_root), p.val_size)
+        raw = Path(p.runs_dir) / run_name  # a file or a link put where the trial's folder was: named as such (it read
+        if os.path.islink(raw) or (os.path.lexists(raw) and not raw.is_dir()):  # "--run-dir", or "it is not shown")
+            what = f"a link to {os.readlink(raw)}" if os.path.islink(raw) else "a file"
+            raise FolderTaken(f"Trial {trial.number}'s run folder {raw} is {what}, not a folder; move it away, then run "
+                              "the same command: the trial is queued to train again.")
         config, folder = dataclasses.replace(p.config, **params).validate(), resolve_run(p.runs_dir, run_name)
         copy = trial.study._storage.get_trial_system_attrs(trial._trial_id).get("retry_history")  # of a trial to resume
         if copy and not os.path.lexists(folder):  # said, not silent: its old intermediate values stay in the study

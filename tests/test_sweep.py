@@ -305,10 +305,27 @@ def test_a_queued_trial_whose_folder_is_gone_says_so_and_trains_from_step_0(caps
     assert again.state.name == "COMPLETE" and again.user_attrs["run"] == first.user_attrs["run"]
     steps = [line.split(",")[0] for line in (runs / first.user_attrs["run"] / "metrics.csv").read_text().splitlines()[1:]]
     assert steps[0] == "1" and len(steps) == len(set(steps))
+    # a file or a link where its folder was: named as what it is, and the trial waits for it to move
+    first_run = runs / first.user_attrs["run"]
+    for target, put in (("3", lambda: first_run.write_text("x")), ("4", lambda: first_run.symlink_to(tmp_path / "nowhere"))):
+        shutil.move(first_run, tmp_path / "kept")
+        put()
+        study = study_of(runs, "s")
+        requeue(study, study.trials[-1], stopped=True)
+        waiting = next(t.number for t in study_of(runs, "s").trials if t.state.name == "WAITING")
+        assert main(sweep_args(data, runs, "--study", "s", "--trials", target)) == 2
+        err = capsys.readouterr().err.splitlines()[-1]
+        what = "a file" if first_run.is_file() else f"a link to {tmp_path / 'nowhere'}"
+        assert err == f"error: Trial {waiting}'s run folder {first_run} is {what}, not a folder; move it " \
+                      "away, then run the same command: the trial is queued to train again.", err
+        first_run.unlink()
+        shutil.move(tmp_path / "kept", first_run)
+        assert main(sweep_args(data, runs, "--study", "s", "--trials", target)) == 0  # and trains once it has moved
+        capsys.readouterr()
     # a queued trial whose folder is there resumes as before, without the line
     study = study_of(runs, "s")
     requeue(study, study.trials[-1], stopped=True)
-    assert main(sweep_args(data, runs, "--study", "s", "--trials", "3")) == 0
+    assert main(sweep_args(data, runs, "--study", "s", "--trials", "5")) == 0
     assert "is gone" not in capsys.readouterr().err
 
 
