@@ -698,26 +698,10 @@ def _not_a_data_file(root: Path, *outputs: tuple[Path | None, str]) -> None:
     images, a data file this run does not read (the .npz beside the pickles, CIFAR-10's batches.meta) was replaced
     too, and a new `DATA/cifar10/cifar10_test_0.npz` was read as the test split by every later command. So: the
     data files there, any name the .npz readers would take, and anything in the downloaders' folders."""
-    import fnmatch
+    from .data import is_data_path
 
-    from .data import _npz_candidates, find_source, npz_globs
-
-    root = Path(root)
-    files = {f.resolve() for source in ("mnist", "cifar") for split in ("train", "test")  # where links lead too
-             for f in [*(find_source(root, source, split) or ()), *_npz_candidates(root, source, split)]}
-    globs = [g for source in ("mnist", "cifar") for split in ("train", "test") for g in npz_globs(source, split)]
-    top = root.resolve()
     for out, flag in outputs:
-        if out is None:
-            continue
-        where = out.parent.resolve() / out.name
-        try:
-            rel = where.relative_to(top)
-        except ValueError:
-            rel = None
-        if where in files or rel is not None and (
-                rel.parts[:2] == ("MNIST", "raw") or rel.parts[:1] == ("cifar-10-batches-py",)
-                or any(fnmatch.fnmatchcase(rel.as_posix(), g) for g in globs)):
+        if out is not None and is_data_path(root, out):
             raise MixsepError(f"{flag} {out} is one of the data files under {root}, or a name its readers would take "
                               f"for one; choose another {flag}.")
 

@@ -316,7 +316,10 @@ def _first_existing(*candidates: Path) -> Path | None:
     return next((c for c in candidates if c.is_file()), None) or next((c for c in candidates if _there(c)), None)
 
 
-def npz_globs(source: str, split: str) -> list[str]:
+_MNIST_RAW, _CIFAR_PY = ("MNIST", "raw"), "cifar-10-batches-py"  # the downloaders' folders, under the data root
+
+
+def _npz_globs(source: str, split: str) -> list[str]:
     """The names, relative to the data root, under which an .npz of one source/split is read (the first found)."""
     if source == "mnist":
         return [f"mnist/*{split}*.npz", f"MNIST/*{split}*.npz", f"mnist_{split}*.npz"]
@@ -324,21 +327,40 @@ def npz_globs(source: str, split: str) -> list[str]:
 
 
 def _npz_candidates(root: Path, source: str, split: str) -> list[Path]:
-    return [p for g in npz_globs(source, split) for p in sorted(root.glob(g))]
+    return [p for g in _npz_globs(source, split) for p in sorted(root.glob(g))]
+
+
+def is_data_path(root: Path, path: Path) -> bool:
+    """Whether ``path`` is, or would be read as, one of the data root's files: a data file there (also where a
+    link among them leads), any name the .npz readers would take, or anything in the downloaders' folders."""
+    import fnmatch
+
+    root = Path(root)
+    where = Path(path).parent.resolve() / Path(path).name  # where a write lands, through any symlinked folder
+    if any(where == f.resolve() for source in SOURCES for split in SPLITS
+           for f in [*(find_source(root, source, split) or ()), *_npz_candidates(root, source, split)]):
+        return True
+    try:
+        rel = where.relative_to(root.resolve())
+    except ValueError:
+        return False
+    return (rel.parts[:2] == _MNIST_RAW or rel.parts[:1] == (_CIFAR_PY,)
+            or any(fnmatch.fnmatchcase(rel.as_posix(), g) for source in SOURCES for split in SPLITS
+                   for g in _npz_globs(source, split)))
 
 
 def find_source(root: Path, source: str, split: str) -> list[Path] | None:
     """The files that hold one source/split under root, or None if there are none."""
     root = Path(root)
     if source == "mnist":
-        raw = root / "MNIST" / "raw"
+        raw = root.joinpath(*_MNIST_RAW)
         pre = _MNIST_PREFIX[split]
         img = _first_existing(raw / f"{pre}-images-idx3-ubyte", raw / f"{pre}-images-idx3-ubyte.gz")
         lab = _first_existing(raw / f"{pre}-labels-idx1-ubyte", raw / f"{pre}-labels-idx1-ubyte.gz")
         if img and lab:
             return [img, lab]
     else:
-        folder = root / "cifar-10-batches-py"
+        folder = root / _CIFAR_PY
         names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
         found = [folder / n for n in names if _there(folder / n)]
         if found:
