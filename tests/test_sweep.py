@@ -791,15 +791,7 @@ def test_the_workers_of_a_command_killed_by_sigkill_stop_and_requeue_their_trial
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers = []
     try:
-        def both_train() -> bool:
-            try:
-                workers[:] = [t.user_attrs for t in study_of(runs, "k").trials
-                              if t.state == TrialState.RUNNING and "pid" in t.user_attrs]
-            except (KeyError, MixsepError):
-                return False
-            return len(workers) == 2
-
-        wait_for(both_train, 180, "both workers' first trials")
+        _wait_both_workers_train(runs, "k", workers)
         parent.kill()
         parent.wait()
         wait_for(lambda: not any(is_alive(w) for w in workers), timeout=60, what="the workers to stop")
@@ -816,13 +808,28 @@ def test_the_workers_of_a_command_killed_by_sigkill_stop_and_requeue_their_trial
     assert counts(study_of(runs, "k"))["waiting"] == 2 and counts(study_of(runs, "k"))["running"] == 0
 
 
+def _wait_both_workers_train(runs, study: str, workers: list) -> None:
+    """Until a --workers 2 command's two workers both train a trial; ``workers`` holds their trials' user attrs
+    (pid and start time), kept for the caller's clean-up even when the wait fails. Three cold processes import
+    torch: slow when the machine is loaded."""
+    from optuna.trial import TrialState
+
+    def both_train() -> bool:
+        try:
+            workers[:] = [t.user_attrs for t in study_of(runs, study).trials
+                          if t.state == TrialState.RUNNING and "pid" in t.user_attrs]
+        except (KeyError, MixsepError):
+            return False
+        return len(workers) == 2
+
+    wait_for(both_train, 180, "both workers' first trials")
+
+
 @pytest.mark.heavy(20)
 @pytest.mark.parametrize("how", ["the page's Stop", "two Ctrl-Cs"])
 def test_a_terminals_two_worker_sweep_stops_whole(tmp_path, how):
     """Each worker child wrote sweep.json with its own pid, so the page's Stop signalled one child and the
     other worker and the parent trained on; a second Ctrl-C printed its sentence once per process."""
-    from optuna.trial import TrialState
-
     from mixsep.run import is_alive
 
     data = make_data_root(tmp_path / "data")
@@ -832,15 +839,7 @@ def test_a_terminals_two_worker_sweep_stops_whole(tmp_path, how):
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     workers = []
     try:
-        def both_train() -> bool:
-            try:
-                workers[:] = [t.user_attrs for t in study_of(runs, "w").trials
-                              if t.state == TrialState.RUNNING and "pid" in t.user_attrs]
-            except (KeyError, MixsepError):
-                return False
-            return len(workers) == 2
-
-        wait_for(both_train, 180, "both workers' first trials")  # three cold processes import torch: slow when loaded
+        _wait_both_workers_train(runs, "w", workers)
         assert json.loads((runs / "w" / "sweep.json").read_text())["pid"] == parent.pid  # the parent speaks
         if how == "the page's Stop":
             assert SweepRegistry(runs).stop()  # a server that did not start it: it adopts it through sweep.json
