@@ -26,12 +26,16 @@ would click it; without it the page's default holds.
 Over each round's timed window the bench reads CPU seconds from /proc/<pid>/stat for the
 trainer, the server and every Chromium process, so the breakdown says who takes the cores.
 
+The line before the last gives the watched rounds' mean overhead, its 95% interval (Student's t)
+and whether the issue's 0.03 target lies inside it, under it or above it.
+
 The last line: dashboard: overhead=.. sps_without=.. sps_with=.. server_cores=.. browser_cores=..
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -280,6 +284,41 @@ def train_round(name: str, runs_dir: Path, config: TrainConfig, warmup: int, his
 
 # --------------------------------------------------------------------------- the measurement
 
+# Student's t, two-sided 95% (the 0.975 quantile) for 1..30 degrees of freedom: a handful of
+# watched rounds is too few for the normal's 1.96 (with 3 rounds the interval is 2.2 times wider)
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)
+
+
+def mean_interval(values: list[float]) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of the watched rounds' overheads and its 95% t interval.
+
+    The rounds' overheads scatter by several hundredths on a 2-core machine; the interval says
+    whether the target lies inside that scatter (nan bounds for fewer than two rounds).
+    """
+    n = len(values)
+    mean = statistics.fmean(values) if n else math.nan
+    if n < 2:
+        return mean, math.nan, math.nan
+    df, z = n - 1, 1.959964
+    # past the table, the Cornish-Fisher expansion of t around the normal (exact to 1e-4 there)
+    t = _T975[df - 1] if df <= len(_T975) else z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+    half = t * statistics.stdev(values) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def verdict(low: float, high: float, target: float = 0.03) -> str:
+    """What the interval says about the target, in words."""
+    if math.isnan(low):
+        return "one watched round gives no interval; run --rounds 2 or more"
+    if high <= target:
+        return f"the whole interval lies at or under the {target} target"
+    if low > target:
+        return f"the whole interval lies above the {target} target"
+    return f"the interval holds the {target} target: these rounds cannot tell; run more rounds"
+
+
 
 def measure(data_root: Path, *, model: str = "faithful", train_size: int = 2560, batch_size: int = 128,
             epochs: int = 1, rounds: int = 2, warmup: int = 3, history: int = 0, refresh: str | None = None,
@@ -326,7 +365,9 @@ def measure(data_root: Path, *, model: str = "faithful", train_size: int = 2560,
         a = statistics.median(r["samples_per_s"] for r in results if r["policy"] == policy and not r["watched"])
         b = statistics.median(r["samples_per_s"] for r in results if r["policy"] == policy and r["watched"])
         by_policy[policy] = {"sps_without": a, "sps_with": b, "overhead": 1 - b / a}
+    mean, low, high = mean_interval(overheads)
     return {"overhead": statistics.median(overheads), "overheads": overheads, "sps_without": without,
+            "overhead_mean": mean, "overhead_ci95": [low, high],
             "by_wait_policy": by_policy,
             "sps_with": with_, "rounds": results,
             "server_cores": mean_cores("server", True), "browser_cores": mean_cores("browser", True),
@@ -387,6 +428,9 @@ def main(argv=None) -> int:
     print(f"trainer cores alone {out['trainer_cores_without']:.2f}, watched {out['trainer_cores_with']:.2f}; "
           f"overhead of each watched round against the rounds either side: "
           + ", ".join(f"{o:.3f}" for o in out["overheads"]))
+    mean, (low, high) = out["overhead_mean"], out["overhead_ci95"]
+    print(f"mean overhead {mean:.3f}, 95% interval {low:.3f} to {high:.3f} over {len(out['overheads'])} watched "
+          f"rounds: {verdict(low, high)}")
     for policy, f in out["by_wait_policy"].items():
         print(f"wait policy {policy}: {f['sps_without']:.1f} samples/s alone, {f['sps_with']:.1f} watched, "
               f"overhead {f['overhead']:.3f}")

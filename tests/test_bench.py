@@ -383,3 +383,19 @@ def test_quality_passes_compile_and_bf16_to_the_run_it_trains(bench, data_root):
     both = quality.make_config(quality.build_parser().parse_args(base + ["--compile", "--cpu-bf16"]))
     assert (plain.compile, plain.cpu_bf16, both.compile, both.cpu_bf16) == (False, False, True, True)
     assert dataclasses.replace(both, compile=False, cpu_bf16=False) == plain
+
+
+def test_dashboard_bench_gives_the_overheads_mean_its_t_interval_and_what_it_says_of_the_target(bench):
+    stats = pytest.importorskip("scipy.stats")  # scikit-image brings scipy into the test environment
+    dash = bench("dashboard_bench")
+    for values in ([0.07, 0.04, -0.043, -0.06], [-0.016, -0.007, -0.105], [0.01, 0.02],
+                   [0.01 * ((i * 7) % 11) - 0.03 for i in range(40)]):
+        mean, low, high = dash.mean_interval(values)
+        want = stats.t.interval(0.95, len(values) - 1, loc=stats.tmean(values), scale=stats.sem(values))
+        assert mean == pytest.approx(sum(values) / len(values))
+        assert (low, high) == pytest.approx(want, rel=1e-3)
+    assert all(math.isnan(x) for x in dash.mean_interval([0.02])[1:])
+    assert "at or under" in dash.verdict(-0.02, 0.025)
+    assert "above" in dash.verdict(0.031, 0.09)
+    assert "cannot tell" in dash.verdict(-0.05, 0.04)
+    assert "no interval" in dash.verdict(math.nan, math.nan)
