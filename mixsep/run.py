@@ -24,6 +24,7 @@ Rules (SQLite's and Git's write-new-then-rename discipline):
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import enum
@@ -36,6 +37,8 @@ import os
 import re
 import stat
 import time
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -456,6 +459,12 @@ def check_layout(run_dir: Path) -> None:
         path = Path(run_dir) / name
         if path.is_symlink() and not path.exists():
             raise MixsepError(f"{path} is a link to nothing; remove it or restore what it pointed to.")
+        if name == CHECKPOINTS and path.is_symlink() and path.is_dir():  # on another disk, say: followed, unless
+            target = path.resolve()  # it is another run's, whose last.pt and epochs this run would write over
+            if target.parent != Path(run_dir).resolve() and in_checkpoints(target):
+                raise MixsepError(f"{path} is a link to {target}, another run's checkpoints: training would write "
+                                  "over that run's; make it a folder of this run's own (copy the checkpoints into it "
+                                  "to resume from them).")
         if path.exists() and path.is_dir() != folder:
             raise MixsepError(f"{path} should be a {'folder' if folder else 'file'} but is "
                               f"{'a file' if folder else 'a folder'}; move it away before training this run.")
@@ -760,10 +769,14 @@ class MetricsLog:
         w.writeheader()
         w.writerows({k: r[k] for k in METRIC_FIELDS} for r in rows)
         data = buf.getvalue().encode()
-        if old != data:  # nothing to drop: no rewrite (which a full disk would refuse)
+        # nothing to drop: no rewrite (which a full disk would refuse). A link (a run copied with `cp -rs`)
+        # is replaced by the run's own file, as config.json and last.pt are: appending through it wrote
+        # this run's rows into the file it leads to, another run's metrics.csv say
+        if old != data or self.path.is_symlink():
             atomic_write(self.path, lambda f: f.write(data))
-        try:
-            self._f = open(self.path, "a", newline="")
+        try:  # never through a link: one put in place since the line above would be written through
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+            self._f = os.fdopen(fd, "a", newline="")
         except OSError as e:
             raise RunWriteError(describe_os_error(e, self.path) + ".", e.errno) from None
         self._writer = csv.DictWriter(self._f, METRIC_FIELDS, lineterminator="\n")
@@ -931,6 +944,21 @@ def newest_readable(run_dir: Path, skip: Path) -> str:
     return ""
 
 
+def _bare_pickle(path: Path) -> bool:
+    """Whether ``path`` is one whole pickle stream (pickle.dump's, not torch.save's zip file), read opcode by
+    opcode without building anything, so nothing in it runs."""
+    import pickletools
+
+    if zipfile.is_zipfile(path):
+        return False
+    try:
+        with open_regular(path) as f:
+            last = collections.deque(pickletools.genops(f), maxlen=1)  # stops at the first STOP
+            return bool(last) and last[0][0].name == "STOP" and not f.read(1)
+    except Exception:  # cut short, or not a pickle at all
+        return False
+
+
 def read_checkpoint(path: Path, map_location="cpu", mmap: bool = False) -> dict:
     """A checkpoint's contents, loaded as data only (weights_only): a checkpoint cannot run code.
 
@@ -947,12 +975,18 @@ def read_checkpoint(path: Path, map_location="cpu", mmap: bool = False) -> dict:
                               "inside a run's checkpoints folder.")
         raise MixsepError(f"Checkpoint {path} does not exist.")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():  # a bare pickle of protocol 4 or 5 made torch print two lines of its own
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:
         if "Weights only load failed" in str(e) and "GLOBAL" in str(e):  # it names a function or class to build
             raise UnreadableCheckpoint(f"{path} holds Python objects other than weights, which mixsep refuses to "
                                        "load (a checkpoint is loaded as data only); it was not written by mixsep. "
                                        "Pick another checkpoint or retrain.") from None
+        if "Weights only load failed" in str(e) and _bare_pickle(path):  # not "truncated or corrupt"
+            raise UnreadableCheckpoint(f"{path} is a bare Python pickle, not a PyTorch file as mixsep writes its "
+                                       "checkpoints, and mixsep loads a checkpoint as data only; it was not written "
+                                       "by mixsep. Pick another checkpoint or retrain.") from None
         raise UnreadableCheckpoint(f"{path} is not a readable mixsep checkpoint ({e.__class__.__name__}); "
                                    "it may be truncated or corrupt. Pick another checkpoint or retrain.") from None
     if not isinstance(state, dict) or "model" not in state or not isinstance(state.get("config"), dict):

@@ -777,6 +777,52 @@ def test_a_run_folder_holding_the_wrong_kinds_of_things_is_refused_untouched(sma
     assert conftest.tree(run, skip=(R.LOCK,)) == before  # a file named checkpoints once sent it back to step 0, cutting metrics.csv
 
 
+def test_a_run_copied_as_links_trains_into_its_own_files_and_never_writes_through_them(small_config, tmp_path,
+                                                                                       capsys):
+    """A copy made with `cp -rs` holds links to the first run's files. Resumed, its rows were appended
+    through the metrics.csv link to the first run's file; and a checkpoints folder that is a link to another
+    run's had that run's last.pt replaced. A checkpoints folder linked elsewhere (another disk) is followed."""
+    import shutil
+
+    from mixsep.cli import main
+
+    a = tmp_path / "a"
+    cfg = dataclasses.replace(small_config, epochs=2)
+    for r in T.train_steps(cfg, a):
+        if r.step == 4:
+            R.request_stop(a)  # stopped at step 4, with last.pt there
+    before = conftest.tree(a)
+    total = R.read_status(a)["total_steps"]
+
+    b = tmp_path / "b"
+    subprocess.run(["cp", "-rs", str(a), str(b)], check=True)
+    assert (b / R.METRICS).is_symlink() and (b / R.CHECKPOINTS / R.LAST).is_symlink()
+    (b / R.LOCK).unlink()  # the lock refuses its link in its own sentence (tested above): the user removes it
+    assert main(["train", "--run-dir", str(b), "--quiet"]) == 0
+    capsys.readouterr()
+    assert conftest.tree(a) == before  # not a row or a checkpoint of b's reached a
+    assert not (b / R.METRICS).is_symlink() and steps_in(b) == list(range(1, total + 1))
+    assert R.read_checkpoint(R.last_checkpoint(b))["step"] == total
+
+    c = tmp_path / "c"  # its checkpoints folder: a link to a's
+    shutil.copytree(a, c, ignore=shutil.ignore_patterns(R.CHECKPOINTS))
+    (c / R.CHECKPOINTS).symlink_to(a / R.CHECKPOINTS)
+    mine = conftest.tree(c)
+    assert main(["train", "--run-dir", str(c), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {c / R.CHECKPOINTS} is a link to {a / R.CHECKPOINTS}, another run's checkpoints: training "
+                   "would write over that run's; make it a folder of this run's own (copy the checkpoints into it to "
+                   "resume from them).\n"), err
+    assert conftest.tree(a) == before and conftest.tree(c) == mine
+
+    (c / R.CHECKPOINTS).unlink()  # checkpoints on another disk: a plain folder outside any run, followed
+    disk = tmp_path / "disk" / "c-checkpoints"
+    shutil.copytree(a / R.CHECKPOINTS, disk)
+    (c / R.CHECKPOINTS).symlink_to(disk)
+    assert main(["train", "--run-dir", str(c), "--quiet"]) == 0, capsys.readouterr().err
+    assert R.read_checkpoint(disk / R.LAST)["step"] == total and conftest.tree(a) == before
+
+
 def test_readers_of_a_run_folder_do_not_wait_on_a_fifo(small_config, tmp_path):
     """The dashboard lists every run's status.json and follows its metrics.csv: a FIFO there blocked the read."""
     import threading
