@@ -39,7 +39,9 @@ def read_mixture(source: Path | str | bytes, name: str | None = None) -> np.ndar
     else:
         path = Path(source)
         if not path.is_file():
-            raise MixsepError(f"{path} does not exist or is not a file.")
+            raise MixsepError(f"{path} is a folder, not an image file." if path.is_dir() else
+                              f"{path} is not a regular file (a FIFO or a device, say), so it is not read as an image."
+                              if path.exists() else f"{path} does not exist.")
         name, fp = str(path), path
     try:
         if isinstance(fp, Path):

@@ -77,8 +77,8 @@ def _without_advice(e: Exception) -> str:
 def _cannot_resume(run_dir: Path, why: str) -> UnreadableCheckpoint:
     other = newest_readable(run_dir, last_checkpoint(run_dir))
     return UnreadableCheckpoint(f"{why}, so the run cannot resume and is left as it was"
-                                + (f"; {other}, which evaluate --checkpoint and the Metrics page still score, and "
-                                   f"copied over {last_checkpoint(run_dir)} resumes the run from (with a fresh "
+                                + (f"; {other}: evaluate --checkpoint and the Metrics page score it, and copying it "
+                                   f"over {last_checkpoint(run_dir)} resumes the run from there (with a fresh "
                                    "optimizer state)." if other else "."))
 
 
@@ -190,6 +190,10 @@ def load_run_model(run_dir: Path, checkpoint: Path | None = None, device="cpu",
         if not found and not (run_dir / CONFIG).is_file():
             raise MixsepError(f"{run_dir} is not a mixsep run folder (no {CONFIG}); give the folder "
                               "`python -m mixsep train` made, or a checkpoint file.")
+        last = last_checkpoint(run_dir)
+        if not found and (last.exists() or last.is_symlink()):  # a FIFO, a device, a folder, a dangling link
+            raise MixsepError(f"{last} is not a checkpoint file (a FIFO, a device, a folder or a link to nothing); "
+                              "move it away.")
         if not found:
             if live_status(run_dir).get("state") == State.RUNNING:
                 raise MixsepError(f"{run_dir} holds no checkpoint yet; wait for its first (it is training).")

@@ -841,6 +841,29 @@ def test_readers_of_a_run_folder_do_not_wait_on_a_fifo(small_config, tmp_path):
     assert got["status"]["state"] == "unknown" and got["rows"] == [] and got["last"] == 0 and got["tail"].rows == []
 
 
+@pytest.mark.parametrize("make", ["devzero", "fifo", "folder", "dangling"])
+def test_a_last_checkpoint_that_is_not_a_file_is_named_by_every_reader(small_config, tmp_path, capsys, make):
+    """Alone in its folder, a last.pt that is a link to /dev/zero, a FIFO, a folder or a link to nothing was
+    "holds no checkpoint: its checkpoints were removed, or never written" to evaluate, grid and separate."""
+    from PIL import Image
+
+    from mixsep.cli import main
+
+    run = _finished_run(small_config, tmp_path)
+    for p in R.list_checkpoints(run):
+        p.unlink()
+    last = R.last_checkpoint(run)
+    {"devzero": lambda: last.symlink_to("/dev/zero"), "fifo": lambda: os.mkfifo(last), "folder": last.mkdir,
+     "dangling": lambda: last.symlink_to(tmp_path / "gone.pt")}[make]()
+    png = tmp_path / "mix.png"
+    Image.new("RGB", (32, 32), (90, 60, 30)).save(png)
+    for argv in (["evaluate", str(run)], ["grid", str(run), "--out", str(tmp_path / "g.png")],
+                 ["separate", str(run), str(png), "--out", str(tmp_path / "sep")]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err == (f"error: {last} is not a checkpoint file (a FIFO, a device, a folder or a "
+                                           "link to nothing); move it away.\n"), argv
+
+
 def test_metrics_rows_whose_step_is_not_a_number_are_skipped(small_config, tmp_path):
     run = _finished_run(small_config, tmp_path)
     lines = (run / R.METRICS).read_text().splitlines(keepends=True)

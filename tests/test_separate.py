@@ -80,7 +80,9 @@ def test_each_mode_and_overwrite(capsys, data_root, tmp_path):
     ("wrong_size", "is 64x48 pixels; a mixture must be 32x32"),
     ("bomb", "claims a size far beyond 32x32 pixels"),
     ("sixteen_bit", "has I;16 pixels; save it with 8 bits per channel"),
-    ("missing", "does not exist or is not a file"),
+    ("missing", "gone.png does not exist."),
+    ("a_folder", "dir.png is a folder, not an image file."),  # it said "does not exist or is not a file"
+    ("a_fifo", "fifo.png is not a regular file (a FIFO or a device, say), so it is not read as an image."),
     ("truncated", "could not be read as an image"),
     ("animated", "holds 2 frames"),
     ("same_name", "would both write mix0.*.png"),
@@ -129,6 +131,12 @@ def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(capsys, data_root, 
         inputs.append(tmp_path / "in" / "keyed.png")
     elif case == "missing":
         inputs.append(tmp_path / "in" / "gone.png")
+    elif case == "a_folder":
+        inputs.append(tmp_path / "in" / "dir.png")
+        inputs[-1].mkdir()
+    elif case == "a_fifo":
+        inputs.append(tmp_path / "in" / "fifo.png")
+        os.mkfifo(inputs[-1])
     elif case == "truncated":
         data = inputs[1].read_bytes()
         inputs[1].write_bytes(data[: len(data) // 2])
