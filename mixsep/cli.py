@@ -591,6 +591,12 @@ def _load_model(args):
                           getattr(args, "as_model", None))
 
 
+def not_empty(value, flag: str, what: str) -> None:
+    """"" given for a flag: refused, never read as the current folder (Path("") is ".") or as the default."""
+    if value == "":
+        raise MixsepError(f"{flag} is empty; name {what} (or leave the flag out for its default).")
+
+
 def output_file(path: str | None, flag: str, suffix: str | None = None) -> Path | None:
     """A file the user named for output, checked before any work: its folder exists, it is not a folder."""
     if path is None:
@@ -623,9 +629,9 @@ def _run_folder_of(run_dir: str) -> Path:
     return p.resolve()
 
 
-def new_output(path: str | None, flag: str, overwrite: bool, run_dir: str, inputs=(),
+def new_output(path: str | None, flag: str, overwrite: bool, run_dir: str | None = None, inputs=(),
                suffix: str | None = None) -> Path | None:
-    """An output file of evaluate or grid, checked before the slow work (output_file's checks and more):
+    """An output file of evaluate, grid or a bench script, checked before the slow work (output_file's checks and more):
     never one of a run's own files (config.json, status.json, metrics.csv, .lock, worker.log, STOP, or
     anything in its checkpoints folder), a sweep's journal, a study's own files or an SQLite database, nor an
     input of this command; a file that exists only with --overwrite; and its folder must take a new file."""
@@ -637,13 +643,13 @@ def new_output(path: str | None, flag: str, overwrite: bool, run_dir: str, input
     if p is None:
         return None
     where = p.parent.resolve() / p.name  # where the write lands, through any symlinked folder
-    this_run = _run_folder_of(run_dir)
+    this_run = _run_folder_of(run_dir) if run_dir else None  # a bench script may read no run
 
     def a_run(folder: Path) -> bool:  # this command's run is one even when its config.json is lost
         return folder == this_run or is_run(folder)
 
     if where.name in (CONFIG, STATUS, METRICS, LOCK, LOG, STOP) and a_run(where.parent):
-        raise MixsepError(f"{flag} {p} is the run's own {where.name}, which evaluate and grid never write; "
+        raise MixsepError(f"{flag} {p} is the run's own {where.name}, which no output flag replaces; "
                           f"choose another {flag}.")
     if in_checkpoints(where.parent, this_run):
         raise MixsepError(f"{flag} {p} is in the run's {CHECKPOINTS} folder, which only training writes; "
@@ -652,15 +658,15 @@ def new_output(path: str | None, flag: str, overwrite: bool, run_dir: str, input
 
     if where.name in (JOURNAL, JOURNAL + ".lock") or where.name.startswith(JOURNAL + _CUT_SUFFIX):  # Optuna's lock
         raise MixsepError(f"{flag} {p} is named as a sweep's journal, which holds every study of its runs folder "
-                          f"and which evaluate and grid never write; choose another {flag}.")
+                          f"and which no output flag replaces; choose another {flag}.")
     study = _read_sweep(where.parent) if where.name in (SWEEP_FILE, SWEEP_LOG) else {}
     if isinstance(study.get("study"), str) and "storage" in study:  # a study's sweep.json, as a sweep writes it
-        raise MixsepError(f"{flag} {p} is the sweep study's own {where.name}, which evaluate and grid never "
-                          f"write; choose another {flag}.")
+        raise MixsepError(f"{flag} {p} is the sweep study's own {where.name}, which no output flag "
+                          f"replaces; choose another {flag}.")
     base = where.with_name(where.name.rsplit("-", 1)[0]) if where.name.endswith(("-journal", "-wal", "-shm")) else where
     if _is_sqlite(base):  # a sweep's sqlite:/// storage holds every study in it: --overwrite is no reason to lose them
         raise MixsepError(f"{flag} {p} is {'a file of ' * (base != where)}an SQLite database (a sweep's storage, say), "
-                          f"which evaluate and grid never write; choose another {flag}.")
+                          f"which no output flag replaces; choose another {flag}.")
     if any(i and where == Path(i).resolve() for i in inputs):
         raise MixsepError(f"{flag} {p} is a file this command reads; choose another {flag}.")
     if (p.exists() or p.is_symlink()) and not p.is_file():  # --overwrite replaces files, never anything else
@@ -927,8 +933,7 @@ def main(argv=None) -> int:
             if getattr(args, name, None) == "":
                 if name == "run_dir" and args.command != "train":  # a positional: it has no default
                     raise MixsepError("RUN_DIR is empty; name a run folder (or a checkpoint file inside one).")
-                raise MixsepError(f"--{name.replace('_', '-')} is empty; name {what} (or leave the flag out for its "
-                                  "default).")
+                not_empty("", f"--{name.replace('_', '-')}", what)
         code = COMMANDS[args.command](args)
         sys.stdout.flush()  # a stdout that cannot be written fails here, not in the interpreter's exit
         return code
