@@ -1,21 +1,79 @@
 """Helpers the bench scripts share: scoring lines, tables and settings."""
 from __future__ import annotations
 
+import argparse
+import copy
 import os
 import shlex
 import sys
+from pathlib import Path
 
 import mixsep  # noqa: F401  first, before torch: how its threads wait (mixsep.config.THREAD_WAIT)
 import torch
 
+from mixsep import MixsepError
+from mixsep.cli import _not_a_data_file, new_output, not_empty
+from mixsep.config import default_data_root
 from mixsep.metrics import Evaluation
+
+
+def at_least(flag: str, value: int, least: int = 1, meaning: str = "") -> None:
+    """A count checked before any work: a zero or negative one crashed after it, or was read as the default."""
+    if value < least:
+        raise MixsepError(f"{flag} must be {meaning or f'at least {least}'} (got {value}).")
 
 
 def set_threads(threads: int) -> int:
     """Pin torch's intra-op threads (0 keeps torch's default); returns the count in use."""
+    at_least("--threads", threads, 0, "0 (torch's default) or more")  # a negative count was read as 0
     if threads > 0:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+def given(parser: argparse.ArgumentParser, argv=None) -> set[str]:
+    """The options the command line names (abbreviated or equal to the default too), by dest: a flag that a mode
+    ignores is refused rather than dropped without a word."""
+    shadow = copy.deepcopy(parser)
+    for action in shadow._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(shadow.parse_args(argv)))
+
+
+def refuse_with(parser: argparse.ArgumentParser, names: set[str], mode: str, why: str) -> None:
+    """One sentence naming the flags given that ``mode`` does not use (``names``: dests from given())."""
+    flags = [a.option_strings[-1] for a in parser._actions if a.dest in names and a.option_strings]
+    if flags:
+        raise MixsepError(f"{mode} {why}, so {', '.join(flags)} would be ignored; leave "
+                          f"{'it' if len(flags) == 1 else 'them'} out.")
+
+
+def data_root(path) -> Path:
+    """--data-root as a Path; "" is refused (Path("") is the current folder, shown as ".")."""
+    not_empty(str(path) if isinstance(path, Path) else path, "--data-root", "a folder")
+    return Path(path)
+
+
+def json_output(path: str | None, overwrite: bool, root=None, run: str | None = None, inputs=(),
+                suffix: str | None = None, flag: str = "--json") -> Path | None:
+    """An output file of a bench script, by the CLI's rules and before any measuring: never a run's own file, a
+    sweep's journal, an SQLite database, an input or a data file under the data root (the default one when the
+    script reads none); an existing file only with --overwrite; its folder must take a new file."""
+    not_empty(path, flag, "a file")
+    out = new_output(path, flag, overwrite, run, inputs, suffix)
+    if out is not None:
+        _not_a_data_file(Path(root if root is not None else default_data_root()), (out, flag))
+    return out
+
+
+def write_output(path: Path, text: str, flag: str = "--json") -> None:
+    """The results, written at the end: a folder that filled up or went away meanwhile is one sentence, not a
+    traceback (json_output probed it before the measurement)."""
+    try:
+        path.write_text(text)
+    except OSError as e:
+        raise MixsepError(f"{flag} {path} could not be written ({e.strerror or e.__class__.__name__}); "
+                          f"the figures are above on standard output.") from None
 
 
 def command_line() -> str:

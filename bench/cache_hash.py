@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -24,9 +25,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchlib import at_least, data_root
 
+from mixsep import MixsepError
 from mixsep.config import default_data_root
-from mixsep.data import SOURCES, SPLITS, _cache_key, _file_bytes, cache_dir, find_source, load_files
+from mixsep.data import SOURCES, SPLITS, _cache_key, _file_bytes, cache_dir, find_source, load_files, missing_message
 
 STEPS = ("key", "entry", "hit", "decode")
 
@@ -76,15 +79,36 @@ def ratios(times: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-root", type=Path, default=default_data_root(), help="folder holding MNIST and CIFAR-10")
+    p.add_argument("--data-root", default=default_data_root(), help="folder holding MNIST and CIFAR-10")
     p.add_argument("--repeats", type=int, default=5, help="repetitions of each step (min and median are shown)")
     args = p.parse_args(argv)
-    os.environ["MIXSEP_CACHE_DIR"] = tempfile.mkdtemp(prefix="mixsep-bench-cache-")  # never touch the user's cache
-
-    sets = [(f"{s} {sp}", files, s) for s in SOURCES for sp in SPLITS if (files := find_source(args.data_root, s, sp))]
-    if not sets:
-        print(f"no data under {args.data_root}", file=sys.stderr)
+    try:
+        at_least("--repeats", args.repeats)  # none left nothing to take a minimum of, after decoding everything
+        args.data_root = data_root(args.data_root)
+        sets = [(f"{s} {sp}", files, s) for s in SOURCES for sp in SPLITS
+                if (files := find_source(args.data_root, s, sp))]
+        if not sets:  # a data root that is a file, or one holding nothing: the readers' own sentence
+            raise MixsepError(missing_message(args.data_root, "mnist", "train"))
+    except MixsepError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
+    saved = os.environ.get("MIXSEP_CACHE_DIR")
+    cache = tempfile.mkdtemp(prefix="mixsep-bench-cache-")  # never touch the user's cache; ~100 MB, removed after
+    os.environ["MIXSEP_CACHE_DIR"] = cache
+    try:
+        return measure(args, sets)
+    except MixsepError as e:  # a data file that does not decode
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+        if saved is None:
+            os.environ.pop("MIXSEP_CACHE_DIR", None)
+        else:
+            os.environ["MIXSEP_CACHE_DIR"] = saved
+
+
+def measure(args, sets: list) -> int:
     calls = {name: steps(files, source) for name, files, source in sets}
     times = {name: {s: [] for s in STEPS} for name in calls}
     for _ in range(args.repeats):  # alternate, so drift in machine load falls on every step alike

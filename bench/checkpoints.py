@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchlib import command_line, set_threads  # noqa: E402
+from benchlib import at_least, command_line, data_root, set_threads  # noqa: E402
 
 from mixsep import TrainConfig  # noqa: E402
 from mixsep.errors import MixsepError  # noqa: E402
@@ -60,8 +60,26 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
+    try:
+        return measure(args)
+    except MixsepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def measure(args) -> int:
+    for flag in ("batch_size", "rounds"):  # zero divided by, or left nothing to take a median of, after the work
+        at_least(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    data_root(args.data_root)
     threads = set_threads(args.threads)
     forms = {"every epoch": 0.0, "floor": TrainConfig().checkpoint_seconds}
+
+    def config(seconds: float) -> TrainConfig:
+        return TrainConfig(data_root=args.data_root, model=args.model, pretrained=False, device="cpu",
+                           batch_size=args.batch_size, train_size=args.train_size, epochs=args.epochs,
+                           checkpoint_every=10**9, checkpoint_seconds=seconds).validate()
+
+    config(0.0)  # a bad --epochs or --model is refused before the header, not inside the first round
     print(f"command: {command_line()}")
     print(f"{args.model}, batch {args.batch_size}, {args.train_size // args.batch_size} steps an epoch, "
           f"{args.epochs} epochs, {threads} threads, {args.rounds} alternating rounds")
@@ -69,10 +87,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as work:
         for r in range(args.rounds):
             for name, seconds in forms.items():
-                cfg = TrainConfig(data_root=args.data_root, model=args.model, pretrained=False, device="cpu",
-                                  batch_size=args.batch_size, train_size=args.train_size, epochs=args.epochs,
-                                  checkpoint_every=10**9, checkpoint_seconds=seconds).validate()
-                got[name].append(one_run(cfg, Path(work) / f"{r}-{len(got[name])}-{seconds:g}"))
+                got[name].append(one_run(config(seconds), Path(work) / f"{r}-{len(got[name])}-{seconds:g}"))
     med = {k: statistics.median(t for t, _ in v) for k, v in got.items()}
     for name in forms:
         print(f"  {name:12s} checkpoint_seconds={forms[name]:g}: {med[name]:6.2f} s median "
@@ -82,8 +97,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except MixsepError as e:
-        print(e, file=sys.stderr)
-        sys.exit(2)
+    sys.exit(main())

@@ -28,7 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchlib import command_line, machine, machine_line, set_threads  # noqa: E402
+from benchlib import (at_least, command_line, data_root, json_output, machine, machine_line,  # noqa: E402
+                      set_threads, write_output)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=4, help="steps per side in a round (default 4)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     p.add_argument("--json", help="write the figures here")
+    p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
     return p
 
 
@@ -66,17 +68,11 @@ def main(argv=None) -> int:
 
 
 def measure(args) -> int:
-    from mixsep import MixsepError
-
     for flag, value in (("--rounds", args.rounds), ("--steps", args.steps)):
-        if value < 1:
-            raise MixsepError(f"{flag} must be at least 1 (got {value}).")
-    if args.threads < 0:
-        raise MixsepError(f"--threads must be 0 (torch's default) or more (got {args.threads}).")
-    if args.json and not Path(args.json).parent.is_dir():  # found now, not after minutes of measuring
-        raise MixsepError(f"Folder {Path(args.json).parent} does not exist; create it or choose another --json.")
-    if args.json and Path(args.json).exists() and not Path(args.json).is_file():
-        raise MixsepError(f"--json {args.json} exists and is not a file; name a file.")
+        at_least(flag, value)
+    at_least("--threads", args.threads, 0, "0 (torch's default) or more")
+    data_root(args.data_root)
+    args.json_out = json_output(args.json, args.overwrite, args.data_root)  # found now, not after minutes of measuring
     scratch = Path(tempfile.mkdtemp(prefix="mixsep-compile-bench-"))
     # empty, as on a machine's first compile: inductor's cache, and the precompiled headers torch keeps under the
     # temporary folder outside that cache (152 MB, which also made a second run's compile faster); all removed after
@@ -150,8 +146,8 @@ def _rounds(args, sides: dict, gens: dict, threads: int) -> int:
               f"{step['compiled'] * 1e3:.0f} ms compiled ({out['speedup']:.2f}x, median of {args.rounds} rounds of "
               f"{args.steps} steps); " + (f"compiling pays for runs longer than {even:,} steps"
                                           if math.isfinite(even) else "compiling never pays: a compiled step is not faster"))
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2, default=str) + "\n")
+    if args.json_out:
+        write_output(args.json_out, json.dumps(out, indent=2, default=str) + "\n")
         print(f"wrote {args.json}")
     print(f"compile: model={args.model} speedup={out['speedup']:.3f} compile_s={compile_s:.1f} "  # nan: it failed
           f"step_ms_eager={step['eager'] * 1e3:.1f} step_ms_compiled={step['compiled'] * 1e3:.1f} "

@@ -52,11 +52,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mixsep import MixsepError, TrainConfig  # noqa: E402
-from mixsep.cli import output_file  # noqa: E402
 from mixsep.config import default_data_root  # noqa: E402
+from mixsep.data import require_split  # noqa: E402
 from mixsep.run import MetricsTail, read_status  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
+from benchlib import at_least, data_root as checked_root, json_output, write_output  # noqa: E402
 from contention import POLICIES, child_env  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
@@ -257,9 +258,11 @@ def train_round(name: str, runs_dir: Path, config: TrainConfig, warmup: int, his
             if done:
                 break
             time.sleep(0.25)
-        if child.returncode != 0:
-            raise MixsepError(f"The training child of round {name} failed ({read_status(run_dir).get('message')}); "
-                              f"see {run_dir / 'bench.log'}.")
+        if child.returncode != 0:  # the child's own sentence: its log goes with the bench's temporary folder
+            said = read_status(run_dir).get("message") or (
+                (run_dir / "bench.log").read_text(errors="replace").strip().splitlines() or ["no message"])[-1]
+            said = said.removeprefix("error: ").rstrip(".")
+            raise MixsepError(f"The training child of round {name} failed (exit {child.returncode}): {said}.")
         points = watcher.points() if watcher else None
     finally:
         if child is not None and child.poll() is None:  # interrupted: leave no trainer behind
@@ -330,6 +333,7 @@ def measure(data_root: Path, *, model: str = "faithful", train_size: int = 2560,
     each policy's medians.
     """
     check_browser()
+    require_split(Path(data_root), "train")  # before a server and a trainer start, not in the first round's child
     config = TrainConfig(data_root=str(Path(data_root).resolve()), model=model, train_size=train_size,
                          batch_size=batch_size, epochs=epochs, pretrained=False, device="cpu",
                          checkpoint_every=10**9).validate()
@@ -402,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="give both (spin, passive) to alternate the trainer's OpenMP wait policy round by round "
                         "(bench/contention.py); default: mixsep's own")
     p.add_argument("--json", default=None, help="also write every figure to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
     return p
 
 
@@ -410,7 +415,11 @@ def main(argv=None) -> int:
     # a SIGTERM (timeout, a CI limit) unwinds like Ctrl-C: the server, browser and trainer are stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        json_out = output_file(args.json, "--json")  # checked before the rounds, not after them
+        at_least("--rounds", args.rounds)  # none crashed after a whole unwatched round
+        at_least("--warmup", args.warmup, 0, "0 or more")
+        at_least("--history", args.history, 0, "0 or more")
+        checked_root(args.data_root)
+        json_out = json_output(args.json, args.overwrite, args.data_root)  # checked before the rounds, not after them
         print(f"{'An empty tab' if args.blank else 'Train page'} watched in headless Chromium vs no browser; "
               f"{args.model}, {args.train_size} pairs, batch {args.batch_size}, history {args.history} rows, "
               f"live updates {args.refresh or 'as the page sets'}, {args.rounds} watched rounds"
@@ -420,23 +429,23 @@ def main(argv=None) -> int:
                       epochs=args.epochs, rounds=args.rounds, warmup=args.warmup, history=args.history,
                       refresh=args.refresh, blank=args.blank, wait_policies=tuple(args.wait_policy),
                       log=lambda s: print(s, flush=True))
+        print(f"trainer cores alone {out['trainer_cores_without']:.2f}, watched {out['trainer_cores_with']:.2f}; "
+              f"overhead of each watched round against the rounds either side: "
+              + ", ".join(f"{o:.3f}" for o in out["overheads"]))
+        mean, (low, high) = out["overhead_mean"], out["overhead_ci95"]
+        print(f"mean overhead {mean:.3f}, 95% interval {low:.3f} to {high:.3f} over {len(out['overheads'])} watched "
+              f"rounds: {verdict(low, high)}")
+        for policy, f in out["by_wait_policy"].items():
+            print(f"wait policy {policy}: {f['sps_without']:.1f} samples/s alone, {f['sps_with']:.1f} watched, "
+                  f"overhead {f['overhead']:.3f}")
+        print(f"dashboard: overhead={out['overhead']:.3f} sps_without={out['sps_without']:.1f} "
+              f"sps_with={out['sps_with']:.1f} server_cores={out['server_cores']:.2f} "
+              f"browser_cores={out['browser_cores']:.2f}")
+        if json_out:  # after the figures are printed: a write that fails now loses none of them
+            write_output(json_out, json.dumps(out, indent=2))
     except MixsepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if json_out:
-        json_out.write_text(json.dumps(out, indent=2))
-    print(f"trainer cores alone {out['trainer_cores_without']:.2f}, watched {out['trainer_cores_with']:.2f}; "
-          f"overhead of each watched round against the rounds either side: "
-          + ", ".join(f"{o:.3f}" for o in out["overheads"]))
-    mean, (low, high) = out["overhead_mean"], out["overhead_ci95"]
-    print(f"mean overhead {mean:.3f}, 95% interval {low:.3f} to {high:.3f} over {len(out['overheads'])} watched "
-          f"rounds: {verdict(low, high)}")
-    for policy, f in out["by_wait_policy"].items():
-        print(f"wait policy {policy}: {f['sps_without']:.1f} samples/s alone, {f['sps_with']:.1f} watched, "
-              f"overhead {f['overhead']:.3f}")
-    print(f"dashboard: overhead={out['overhead']:.3f} sps_without={out['sps_without']:.1f} "
-          f"sps_with={out['sps_with']:.1f} server_cores={out['server_cores']:.2f} "
-          f"browser_cores={out['browser_cores']:.2f}")
     return 0
 
 

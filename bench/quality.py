@@ -19,16 +19,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
-from benchlib import command_line, set_threads, summary, summary_line, table
+from benchlib import (command_line, data_root, given, json_output, refuse_with, set_threads, summary, summary_line,
+                      table, write_output)
 
 from mixsep import MixsepError, TrainConfig
-from mixsep.cli import output_file
 from mixsep.config import RECIPES, default_runs_dir
 from mixsep.data import PairData, load_pairs, load_split
 from mixsep.data import calibration_pairs as data_calibration_pairs
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
     p.add_argument("--runs-dir", default=default_runs_dir(), help="where the run folder goes (default ./runs)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
     p.add_argument("--dry-run", action="store_true",
                    help=f"one epoch of {DRY_PAIRS} pairs at batch 16, scored on 32 pairs: checks the plumbing only")
     p.add_argument("--score", default=None, metavar="RUN",
@@ -89,6 +91,9 @@ def make_config(args) -> TrainConfig:
             preset[name] = getattr(args, name)
     if args.dry_run:
         preset.update(epochs=1, batch_size=16)
+    if not math.isfinite(args.minutes) or args.minutes < 0:  # TrainConfig's message names its own default, 0
+        raise MixsepError(f"--minutes must be a finite number, 0 (no budget) or more (got {args.minutes}); "
+                          "leave it out for 15.")
     if preset["epochs"] == "auto" and args.minutes <= 0:
         raise MixsepError("With no time budget (--minutes 0) give --epochs: the preset sizes them to the budget.")
     epochs = 1 if preset["epochs"] == "auto" else preset["epochs"]  # sized in main once the data is known
@@ -167,11 +172,25 @@ def train(cfg: TrainConfig, run_dir: Path) -> tuple[Training, float, str]:
     return training, r.elapsed_s / 60, ended
 
 
+# what only a training run reads: with --score they would be dropped without a word
+TRAINING_FLAGS = {"model", "minutes", "epochs", "batch_size", "lr", "beta2", "loss", "seed", "cpu_bf16", "compile",
+                  "device", "runs_dir"}
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        named = given(parser, argv)
+        if args.score:
+            refuse_with(parser, named & TRAINING_FLAGS, f"--score {args.score}", "trains nothing")
+        if args.dry_run:
+            refuse_with(parser, named & {"epochs", "batch_size"}, "--dry-run", "trains one epoch at batch 16")
         threads = set_threads(args.threads)
-        json_out = output_file(args.json, "--json")  # checked before a 15-minute run, not after it
+        data_root(args.data_root)
+        # checked before a 15-minute run, not after it
+        json_out = json_output(args.json, args.overwrite, args.data_root, args.score,
+                               (args.mnist_test, args.cifar_test, args.score))
         if args.as_model and not args.score:
             raise MixsepError("--as-model needs --score RUN: it scores a trained run's weights as another model.")
         scored = load_run_model(Path(args.score), as_model=args.as_model) if args.score else None
@@ -231,7 +250,7 @@ def main(argv=None) -> int:
             lines.append(summary_line(name, s, minutes))
         results["total_minutes"] = (time.perf_counter() - t0) / 60
         if json_out:
-            json_out.write_text(json.dumps(results, indent=2))
+            write_output(json_out, json.dumps(results, indent=2))
             print(f"wrote {json_out}")
         print()
         print("\n".join(lines))

@@ -55,11 +55,10 @@ from pathlib import Path
 import mixsep  # noqa: F401  first, before torch: how its threads wait (mixsep.config.THREAD_WAIT)
 import torch
 import torch.nn.functional as F
-from benchlib import command_line, machine, machine_line, set_threads
+from benchlib import at_least, command_line, data_root, json_output, machine, machine_line, set_threads, write_output
 from quality import PRESETS, fit_epochs
 
 from mixsep import MixsepError, TrainConfig
-from mixsep.cli import output_file
 from mixsep.config import default_data_root
 from mixsep.data import PairData, find_source, load_pairs, load_split, to_float
 from mixsep.metrics import RECOVERY_MODES, SOURCES, evaluate, predict, psnr, recover
@@ -474,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=batch_size, default=0,
                    help="the faithful loops' batch size; 0 = the mode's (64 quick, 128 full); a GPU wants larger")
     p.add_argument("--json", default=None, help="also write every figure to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
     p.add_argument("--dry-run", action="store_true", help="tiny batches and steps on any data root: checks the plumbing only")
     return p
 
@@ -542,10 +542,13 @@ def print_compile(args, c: dict, t: dict) -> None:
 
 
 def main(argv=None) -> int:
-    args = settings(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
     try:
+        at_least("--rounds", args.rounds, 0, "0 (the mode's) or more")  # a negative count was read as 0
+        args = settings(args)
         threads = set_threads(args.threads)
-        json_out = output_file(args.json, "--json")  # checked before a 19-minute run, not after it
+        data_root(args.data_root)
+        json_out = json_output(args.json, args.overwrite, args.data_root)  # checked before a 19-minute run, not after it
         start = time.perf_counter()
         print(f"command: {command_line()}")
         if args.device == "cuda" and not torch.cuda.is_available():
@@ -596,7 +599,7 @@ def main(argv=None) -> int:
                 "data_only_samples_per_s": t["data_only_samples_per_s"]} | head,
                 "profile": prof, "compile": comp, "tried": tr, "eval": ev, "time_to_target": target,
                 "dashboard_overhead": {"value": dash, "how": dash_how}, "total_s": total}
-            json_out.write_text(json.dumps(out, indent=2))
+            write_output(json_out, json.dumps(out, indent=2))
             print(f"wrote {json_out}")
         print(f"bench: data_overhead={head['data_overhead']:.3f} mfu={head['mfu']:.2f} "
               f"speedup_vs_seed_style={head['speedup_vs_seed_style']:.2f} eval_samples_per_s={ev['samples_per_s']:.0f} "

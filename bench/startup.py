@@ -5,7 +5,8 @@
 `--before` is another checkout of mixsep (`git clone -q . /tmp/before && git -C /tmp/before checkout -q REV`);
 the other is this one. Each round runs the command once with each tree first on PYTHONPATH, alternating, in
 fresh interpreters, and removes OUT (an `--out` folder, or a file after `--json`/`--markdown`) before each run
-so that neither finds the other's files. It prints every time, each tree's median and the ratio, after/before:
+so that neither finds the other's files: an OUT that exists before the first round is refused, so what is
+removed is only ever what an earlier round wrote. It prints every time, each tree's median and the ratio, after/before:
 docs/benchmarks.md, "A cold `separate`", measured `separate` this way before and after torchmetrics was
 imported only to score.
 """
@@ -32,13 +33,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def outputs(command: list[str]) -> list[Path]:
-    """What the command writes, to remove before each run: the values of --out, --json and --markdown."""
-    return [Path(command[i + 1]) for i, a in enumerate(command[:-1]) if a in ("--out", "--json", "--markdown")]
+FLAGS = ("--out", "--json", "--markdown")
+
+
+class ChildFailed(Exception):
+    """The timed command failed: the sentence to print, and the exit code to pass on."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+def outputs(command: list[str]) -> list[tuple[str, Path]]:
+    """What the command writes, to remove before each run: (flag, value) of --out, --json and --markdown."""
+    named = [(a, command[i + 1]) for i, a in enumerate(command[:-1]) if a in FLAGS]
+    named += [tuple(a.split("=", 1)) for a in command if a.split("=", 1)[0] in FLAGS and "=" in a]
+    return [(flag, Path(value)) for flag, value in named]
 
 
 def timed(tree: Path, command: list[str]) -> float:
-    for out in outputs(command):
+    for _, out in outputs(command):  # main refused any that existed before the first round: this is a round's
         if out.is_dir():
             shutil.rmtree(out)
         else:
@@ -50,8 +64,9 @@ def timed(tree: Path, command: list[str]) -> float:
     done = subprocess.run([sys.executable, "-P", "-m", "mixsep", *command], env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode:
-        tail = (done.stderr.strip().splitlines() or ["(nothing on stderr)"])[-1]
-        raise SystemExit(f"error: `mixsep {' '.join(command)}` failed at {tree} (exit {done.returncode}): {tail}")
+        tail = (done.stderr.strip().splitlines() or ["(nothing on stderr)"])[-1].removeprefix("error: ")
+        raise ChildFailed(f"error: `mixsep {' '.join(command)}` failed at {tree} (exit {done.returncode}): {tail}",
+                          done.returncode)
     return seconds
 
 
@@ -69,11 +84,20 @@ def main(argv=None) -> int:
     if args.rounds < 1:
         print(f"error: --rounds must be at least 1 (got {args.rounds}).", file=sys.stderr)
         return 2
+    for flag, out in outputs(command):  # each round removes it: never a file or folder that was there before
+        if out.exists() or out.is_symlink():
+            print(f"error: {flag} {out} exists already, and startup.py removes what the command wrote there before "
+                  "each round; move it away or name a new path.", file=sys.stderr)
+            return 2
     times = {"before": [], "after": []}
-    for r in range(args.rounds):
-        for name, tree in (("before", before), ("after", HERE)):
-            times[name].append(timed(tree, command))
-            print(f"round {r + 1}: {name} {times[name][-1]:.2f} s", flush=True)
+    try:
+        for r in range(args.rounds):
+            for name, tree in (("before", before), ("after", HERE)):
+                times[name].append(timed(tree, command))
+                print(f"round {r + 1}: {name} {times[name][-1]:.2f} s", flush=True)
+    except ChildFailed as e:
+        print(e, file=sys.stderr)
+        return 2 if e.code == 2 else 1  # the command refused its input (a user's mistake), or it failed
     medians = {name: statistics.median(t) for name, t in times.items()}
     print(f"median: before {medians['before']:.2f} s, after {medians['after']:.2f} s")
     print(f"startup: after/before={medians['after'] / medians['before']:.2f}")

@@ -19,7 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import command_line, machine, machine_line, set_threads
+from benchlib import command_line, data_root, machine, machine_line, set_threads
+
+from mixsep import MixsepError
+from mixsep.data import require_split
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,9 +42,10 @@ def one_study(args, workers: int, runs: Path) -> tuple[float, float]:
     cpu, t = cpu_seconds_of_children(), time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t
-    if done.returncode != 0:
-        sys.exit(f"error: the {workers}-worker study failed (exit {done.returncode}): "
-                 f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'no message'}")
+    if done.returncode != 0:  # exit 2 passed on: the sweep refused an input of the user's
+        print(f"error: the {workers}-worker study failed (exit {done.returncode}): "
+              f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'no message'}", file=sys.stderr)
+        sys.exit(2 if done.returncode == 2 else 1)
     return wall, cpu_seconds_of_children() - cpu
 
 
@@ -56,6 +60,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.workers < 2 or args.trials < 1 or args.rounds < 1:
         p.error("--workers must be at least 2, --trials and --rounds at least 1")
+    if args.train_size < 0 or args.val_size < 1:  # found now, not once a 1-worker study has started
+        p.error("--train-size must be 0 (all pairs) or more and --val-size at least 1")
+    try:
+        require_split(data_root(args.data_root), "train")  # the sweep's own sentence, before a study starts
+    except MixsepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(command_line())
     print(machine_line(machine(set_threads(0))))  # torch's default: what one worker uses
     times: dict[int, list[tuple[float, float]]] = {1: [], args.workers: []}

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import mixsep  # noqa: F401  first, before torch: how its threads wait (mixsep.config.THREAD_WAIT)
 import torch
-from benchlib import command_line, set_threads
+from benchlib import command_line, data_root, given, refuse_with, set_threads
 
 from mixsep import MixsepError, TrainConfig
 from mixsep.data import load_split, to_float
@@ -167,6 +167,9 @@ def validation(root: Path, train_size: int, count: int) -> tuple[torch.Tensor, t
     mnist, _ = load_split(root, "mnist", "test")
     cifar, _ = load_split(root, "cifar", "train")
     n = min(count, len(cifar) - train_size, len(mnist) - VAL_DIGITS_FROM)
+    if train_size == 0:  # TrainConfig's "all": cifar[0:n] would be the very images it trained on
+        raise MixsepError(f"--train-size 0 trains on all {len(cifar):,} CIFAR training images, which leaves none to "
+                          f"validate on; give a size below {len(cifar):,}.")
     if len(cifar) <= train_size:
         raise MixsepError(f"No CIFAR training images are left past --train-size {train_size} to validate on.")
     if len(mnist) <= VAL_DIGITS_FROM:
@@ -287,11 +290,22 @@ def main(argv=None) -> int:
                         "digits over CIFAR images the run trained on; positive: it fits them better than new ones)")
     args = p.parse_args(argv)
     try:
+        named = given(p, argv)
+        if args.run:  # what only training reads: dropped without a word before
+            refuse_with(p, named & {"variant", "epochs", "train_size", "seed", "batch_size", "lr", "beta2",
+                                    "weight_decay", "cpu_bf16"}, f"--run {args.run}", "trains nothing")
+        elif args.flips or args.diagnose:
+            flags = " and ".join(f for f, on in (("--flips", args.flips), ("--diagnose", args.diagnose)) if on)
+            raise MixsepError(f"{flags} {'score' if ' and ' in flags else 'scores'} a trained run's weights, which "
+                              "only --run names; give --run RUN, or leave them out to train the variants.")
         set_threads(args.threads)
-        root = Path(args.data_root)
+        root = data_root(args.data_root)
         print("command:", command_line(), flush=True)
         if args.run:
             model, cfg, info = load_run_model(Path(args.run))
+            if cfg.train_size == 0:  # validation's own sentence names --train-size, which --run does not take
+                raise MixsepError(f"{args.run} trained on every CIFAR training image (train_size 0), so none is left "
+                                  "to validate on; score a run trained with --train-size below the data root's count.")
             val = validation(root, cfg.train_size, args.val_pairs)
             flips = score_flips(model, *val) if args.flips else {}
             print(json.dumps({"run": args.run, "model": cfg.model, "step": info["step"], **score(model, *val), **flips}))

@@ -364,7 +364,7 @@ def test_compile_bench_bad_input_is_one_sentence(bench, data_root, tmp_path, cap
     for extra, says in ((["--rounds", "0"], "--rounds must be at least 1 (got 0)."),
                         (["--steps", "-1"], "--steps must be at least 1 (got -1)."),
                         (["--threads", "-3"], "--threads must be 0 (torch's default) or more (got -3)."),
-                        (["--json", str(tmp_path)], f"--json {tmp_path} exists and is not a file; name a file."),
+                        (["--json", str(tmp_path)], f"--json {tmp_path} is a folder; name a file in it."),
                         (["--json", str(tmp_path / "no" / "c.json")], f"Folder {tmp_path / 'no'} does not exist"),
                         (["--model", "nope"], "nope"), (["--train-size", "96", "--batch-size", "1000"], "Batch size 1000 is larger"),
                         ([], "Asked for 2048 pairs but only 96 are available")):  # the default --train-size
