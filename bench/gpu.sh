@@ -14,7 +14,7 @@
 #    times to 22.2 and 30 dB, at batch BATCH (default 64) over ROUNDS rounds (default 5).
 #
 # Quality runs first: of the two it is the figure a short lease cannot measure again.
-# Each step writes its log and JSON into OUT_DIR as it goes; PYTHON picks the interpreter
+# Each step writes its log and JSON into OUT_DIR as it goes (replacing those of an earlier run there); PYTHON picks the interpreter
 # (default python3), QUALITY_CAP_S and SPEED_CAP_S cap steps 2 and 3 in wall seconds.
 set -u -o pipefail
 if [ $# -ne 2 ]; then
@@ -56,11 +56,11 @@ tail -3 "$out/dry.log"
 
 echo "== quality"
 timeout "${QUALITY_CAP_S:-345}" "$py" bench/quality.py --data-root "$data" --device cuda --minutes "$minutes" \
-  --model "$model" --holdout 1000 --runs-dir "$work/runs" --json "$out/quality-cuda.json" 2>&1 \
+  --model "$model" --holdout 1000 --runs-dir "$work/runs" --json "$out/quality-cuda.json" --overwrite 2>&1 \
   | tee "$out/quality.log" | grep -v "^  step"
 cp "$work"/runs/*/metrics.csv "$out/quality-metrics.csv" 2>/dev/null
 echo "== speed"
 timeout "${SPEED_CAP_S:-210}" "$py" bench/run.py --data-root "$data" --device cuda --quick --rounds "${ROUNDS:-5}" --batch "${BATCH:-64}" \
-  --json "$out/speed-cuda.json" 2>&1 | tee "$out/speed.log" | grep -v "^  unet"
+  --json "$out/speed-cuda.json" --overwrite 2>&1 | tee "$out/speed.log" | grep -v "^  unet"
 
 date -u
