@@ -14,8 +14,8 @@
 #    times to 22.2 and 30 dB, at batch BATCH (default 64) over ROUNDS rounds (default 5).
 #
 # Quality runs first: of the two it is the figure a short lease cannot measure again.
-# Each step writes its log and JSON into OUT_DIR as it goes (replacing those of an earlier run there); PYTHON picks the interpreter
-# (default python3), QUALITY_CAP_S and SPEED_CAP_S cap steps 2 and 3 in wall seconds.
+# Each step writes its log and JSON into OUT_DIR as it goes (replacing an earlier run's there); PYTHON picks
+# the interpreter (default python3), QUALITY_CAP_S and SPEED_CAP_S cap steps 2 and 3 in wall seconds.
 set -u -o pipefail
 if [ $# -ne 2 ]; then
   echo "usage: bash bench/gpu.sh DATA_ROOT OUT_DIR" >&2
