@@ -6,9 +6,9 @@
 the other is this one. Each round runs the command once with each tree first on PYTHONPATH, alternating, in
 fresh interpreters, and removes OUT (an `--out` folder, or a file after `--json`/`--markdown`) before each run
 so that neither finds the other's files: an OUT that exists before the first round is refused, so what is
-removed is only ever what an earlier round wrote. It prints every time, each tree's median and the ratio, after/before:
-docs/benchmarks.md, "A cold `separate`", measured `separate` this way before and after torchmetrics was
-imported only to score.
+removed is only ever what an earlier round wrote. It prints every time, each tree's median and the ratio,
+after/before: docs/benchmarks.md, "A cold `separate`", measured `separate` this way before and after
+torchmetrics was imported only to score.
 """
 from __future__ import annotations
 
