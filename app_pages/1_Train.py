@@ -31,10 +31,13 @@ if left.button("Start", type="primary", icon=":material/play_arrow:", width="str
     st.session_state.pop("train_start_refused", None)
     try:  # jobs.start refuses a data root without training data before it makes a run folder
         run = jobs.start(config)
+        st.session_state["train_started"] = (run.name, config.to_dict())
         st.toast(f"Started {ui.literal(run.name)}")
     except MixsepError as e:
         refused = str(e)
 now = jobs.running() if refused is not None or "train_start_refused" in st.session_state else None
+if refused is not None and now is not None and st.session_state.get("train_started") == (now.name, config.to_dict()):
+    refused = None  # Start clicked twice: the run asked for is the one this tab has just started, not a refusal
 if refused is not None:  # kept while what refused it lasts (the run training then, the settings): a rerun drew it
     # once; keyed on the run alone (None when none trains) it outlived a setting fixed since (a seed of 2.5 made 7)
     st.session_state["train_start_refused"] = (refused, now.name if now else None, config.to_dict())
@@ -80,7 +83,10 @@ runs = {r["run"]: r for r in ui.runs_table(runs_dir) if "/" not in r["run"]}
 if live_job is not None and live_job.name in runs:
     st.session_state["train_run"] = live_job.name
 elif st.session_state.get("train_run") not in runs:
-    if st.session_state.get("train_run") is not None and runs:  # said as Samples says it, not switched in silence
+    said = (last_job.removed or last_job.alive) and last_job.run_dir.name == st.session_state.get("train_run")
+    if st.session_state.get("train_run") is not None and runs and not said:  # said as Samples says it, not
+        # switched in silence; a new run its trainer refused was removed, not deleted, and a run deleted while
+        # it trains is still the one shown: the sentence below each says so
         st.warning(ui.literal(f"Run '{st.session_state['train_run']}' is gone (deleted?); showing the latest run "
                               "instead."))
     last = jobs.poll().run_dir
@@ -117,6 +123,9 @@ def status():
     if job.alive != training or not (job.alive or job.run_dir.is_dir()):
         st.rerun()
     st.subheader(f"{ui.STATE_ICON.get(job.state, '')} {ui.literal(job.name)}")  # names and messages as text
+    if job.alive and not job.run_dir.is_dir():  # deleted while it trains: no progress left to read
+        st.warning(ui.sentence(job.message))
+        return
     if job.state == "failed":
         st.error(ui.sentence(job.message))
     elif job.state in ("stopped", "interrupted"):

@@ -143,7 +143,11 @@ class JobRegistry:
         if owned and self._removed is not None and self._removed.run_dir == run_dir:
             return self._removed
         if not run_dir.is_dir():
-            return JobState(run_dir, "failed", f"The run folder {run_dir} was deleted.", alive=bool(alive))
+            if alive:  # not "failed" yet: its trainer runs on until its next write finds the folder gone
+                return JobState(run_dir, "running", f"The run folder {run_dir} was deleted while it trained; its "
+                                "trainer stops at its next checkpoint, or now with Stop.", alive=True,
+                                stopping=owned and self._stop_requested)
+            return JobState(run_dir, "failed", f"The run folder {run_dir} was deleted.")
         # a run merely selected whose trainer died with the server (a crash, an OOM kill) reads "interrupted"
         status = read_status(run_dir) if owned else live_status(run_dir)
         if alive is None:  # trained by another process (a terminal's train, when this registry has a child)
@@ -266,7 +270,10 @@ class JobRegistry:
             if self.running() is None:
                 return False
             self._stop_requested = True
-            request_stop(self._run_dir)  # works for an adopted child too
+            try:
+                request_stop(self._run_dir)  # works for an adopted child too
+            except OSError:  # its folder was deleted (or went read-only) under it: the signal below still reaches it
+                pass
             # also reaches a child still loading data; an adopted pid is signalled only while it is
             # still the very process that wrote status.json (pid and start time)
             if self._proc is not None or (self._identity is not None and is_alive(self._identity)):

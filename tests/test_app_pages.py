@@ -537,6 +537,40 @@ def test_start_live_curves_reload_second_tab_stop(app_env):
     assert len(read_metrics(runs / run_name)) < 120
 
 
+@pytest.mark.heavy(10)
+def test_start_clicked_twice_and_a_run_deleted_while_it_trains_then_stopped(app_env):
+    """A second click on Start showed a red "already in progress (RUN, step 0/?)" about the run the first had
+    started, for the whole run. A run folder deleted while it trained read "failed" while its trainer ran on,
+    and Stop then raised FileNotFoundError (the STOP file has no folder) before its SIGTERM, so nothing ended it."""
+    import mixsep_ui
+
+    data, runs = app_env
+    at = open_page("app_pages/1_Train.py")
+    widget(at.select_slider, "Batch size").set_value(16)
+    widget(at.slider, "Epochs").set_value(50)  # 300 steps: it is stopped long before
+    widget(at.toggle, "ImageNet").set_value(False)
+    at.run()
+    widget(at.button, "Start").click().run()
+    widget(at.button, "Start").click().run()  # the same settings, again
+    assert not at.error, texts(at.error)
+    poll(at, lambda a: chart_points(a) >= 1, what="the first curve point")
+    run = next(p for p in runs.iterdir() if p.name != "tiny-run")
+    jobs = mixsep_ui.registry(runs)
+    pid = jobs.running() and jobs._pid
+    shutil.rmtree(run)
+    at.run()
+    assert not at.exception and texts(at.warning).endswith(
+        "was deleted while it trained; its trainer stops at its next checkpoint, or now with Stop."), texts(at.warning)
+    assert "gone" not in texts(at.warning) and not at.get("progress")  # it shows the run it was, not another
+    widget(at.button, "Stop").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    poll(at, lambda a: jobs.running() is None, timeout=60, what="the trainer to end")  # its SIGTERM reached it
+    assert not Path(f"/proc/{pid}").exists()  # ended and reaped, long before its 300 steps
+    assert not run.exists()  # not made again
+    at.run()
+    assert not at.exception and "tiny-run" in texts(at.subheader)
+
+
 def test_failed_run_says_lower_the_learning_rate(app_env):
     data, runs = app_env
     run = runs / "tiny-run"
@@ -688,6 +722,7 @@ def test_start_on_damaged_training_data_says_why_and_leaves_no_run_folder(app_en
     assert widget(at.selectbox, "Run").options == before  # no failed run to pick, resume or delete
     at.run()  # it stays said (every tab followed the start) until the next one
     assert "is truncated or corrupt" in seen(texts(at.error))
+    assert "gone (deleted?)" not in texts(at.warning)  # it said so too, of the run its trainer refused
 
 
 # --------------------------------------------------------------------------- no data, bad input
