@@ -283,12 +283,20 @@ class Training:
         self.data.to(self.device)
         self.steps_per_epoch = self.data.steps_per_epoch(config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
+        # A resume takes every weight from its checkpoint: ImageNet's are not fetched again (a minute's wait
+        # offline, and a warning that the encoder starts from random weights, which it does not), and what the
+        # run's first start loaded stays said (a download that worked now once turned it True for a run that
+        # had trained from random weights; Compare shows it)
+        resuming = last_checkpoint(self.run_dir).is_file()
         with warnings.catch_warnings(record=True) as caught:  # e.g. no ImageNet weights: recorded in status.json
             warnings.simplefilter("always")
-            self.model = build_model(config.model, config.pretrained).to(self.device)  # channels_last, see build_model
+            self.model = build_model(config.model, config.pretrained and not resuming).to(self.device)  # channels_last
         self.run.warnings = list(dict.fromkeys(str(w.message) for w in caught))
-        # what loaded, not what was asked for: Compare shows it
-        self.run.facts["pretrained_loaded"] = any(getattr(m, "pretrained_loaded", False) for m in self.model.modules())
+        # what loaded, not what was asked for
+        loaded = read_status(self.run_dir).get("pretrained_loaded") if resuming else \
+            any(getattr(m, "pretrained_loaded", False) for m in self.model.modules())
+        if isinstance(loaded, bool):  # a run's status.json from before this was recorded: not known, not said
+            self.run.facts["pretrained_loaded"] = loaded
         for w in caught:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         cuda = self.device.type == "cuda"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 
 import pytest
 import torch
@@ -337,3 +338,38 @@ def test_compile_without_a_working_compiler_trains_without_it_and_says_so(tiny_c
     assert "Traceback" not in p.stderr and "TORCHDYNAMO_VERBOSE" not in p.stderr and "CUDA" not in p.stderr, p.stderr
     status = R.read_status(run)
     assert status["state"] == "finished" and status["step"] == 6 and status["warnings"] == [said[0][len("warning: "):]]
+
+
+def test_a_resume_fetches_no_imagenet_weights_and_keeps_what_the_first_start_loaded(tiny_config, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """Every resume fetched ImageNet's weights again (a minute's wait offline, and a warning that the encoder
+    starts from random weights, when it comes from the checkpoint), and wrote what that attempt got into
+    status.json: a run that trained from ImageNet's weights read False offline (and one that trained from random
+    weights read True once a download worked), in Compare's column."""
+    from torchvision.models import resnet18
+
+    import mixsep.model as Mo
+
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    torch.save(resnet18().state_dict(), hub / "resnet18-f37072fd.pth")  # the weights as torch.hub caches them
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    run = tmp_path / "run"
+    cfg = dataclasses.replace(tiny_config, model="faithful", pretrained=True, epochs=2)
+    for r in T.train_steps(cfg, run):
+        if r.step == 2:
+            R.request_stop(run)
+    assert R.read_status(run)["pretrained_loaded"] is True and not R.read_status(run).get("warnings")
+    (hub / "resnet18-f37072fd.pth").unlink()  # now offline, with an empty cache: a fetch would fail
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        steps = [r.step for r in T.train_steps(cfg, run)]
+    assert steps[0] == 3 and R.read_status(run)["state"] == "finished"
+    assert not [w for w in caught if issubclass(w.category, Mo.PretrainedWeightsUnavailable)]
+    assert "Downloading" not in capsys.readouterr().err
+    assert R.read_status(run)["pretrained_loaded"] is True and not R.read_status(run).get("warnings")
