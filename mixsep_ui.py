@@ -8,6 +8,7 @@ plotly figures. Pages stay short and hold no ML.
 from __future__ import annotations
 
 import gc
+import os
 import re
 from pathlib import Path
 
@@ -566,15 +567,18 @@ def delete_runs(runs_dir: Path) -> None:
     the page is drawn: set afterwards, the browser kept the box ticked and the next pick went
     with one click. Refusals are kept for the page to show (``delete_errors``).
     """
-    picked, done, errors = st.session_state.get("delete_runs", []), [], []
+    picked, done, gone, errors = st.session_state.get("delete_runs", []), [], [], []
     for name in picked:
+        if not os.path.lexists(runs_dir / name):  # gone since it was picked (Delete clicked twice, another
+            gone.append(name)  # tab): what was asked is done, not "there is no run named ..."
+            continue
         try:
             registry(runs_dir).delete(name)
             done.append(name)
         except MixsepError as e:
             errors.append(str(e))
     st.session_state["delete_sure"] = False
-    st.session_state["delete_runs"] = [n for n in picked if n not in done]
+    st.session_state["delete_runs"] = [n for n in picked if n not in done and n not in gone]
     st.session_state["delete_errors"] = errors
     if done:
         st.toast(literal(f"Deleted {', '.join(done)}"))

@@ -58,7 +58,10 @@ with st.spinner("Separating…"):
     strips = [grid_image(model, pairs, indices[i:i + 10], show_direct=show_direct, show_errors=show_errors, scale=2)
               for i in range(0, len(indices), 10)]
 order = f"shuffled with seed {seed}" if shuffle else "in order"
-nav.caption(f"Page {page + 1} of {pages} · {len(pairs)} {split} pairs, {order}")
+# the run's training set is the split's first train_size pairs (PairData): the rest are images it never saw
+seen = (f" · the run trained on pairs 0-{config.train_size - 1} only (its training size); the others are new to it"
+        if split == "train" and 0 < config.train_size < len(pairs) else "")
+nav.caption(f"Page {page + 1} of {pages} · {len(pairs)} {split} pairs, {order}{seen}")
 st.caption(ui.literal(title))  # the run's name as typed, never markdown
 for strip in strips:
     st.image(strip, output_format="PNG")  # JPEG would blur 32-pixel images

@@ -289,6 +289,9 @@ def test_samples_page_grid_pages_and_download(app_env):
     widget(at.toggle, "Error maps").set_value(True)
     widget(at.radio, "Split").set_value("train").run()
     assert not at.exception and "train pairs" in texts(at.caption)
+    # it trained on 24 of the 96: the page showed all 96 as its training pairs without a word
+    assert "96 train pairs, shuffled with seed 0 · the run trained on pairs 0-23 only (its training size); the " \
+        "others are new to it" in texts(at.caption)
     widget(at.slider, "Samples").set_value(4).run()
     assert len(at.image) == 1
     widget(at.button, "Next").click().run()
@@ -397,6 +400,15 @@ def test_compare_shows_what_loaded_and_disk_use_and_deletes_runs(app_env):
     assert at.checkbox(key="delete_sure").value is False and at.multiselect(key="delete_runs").value == []
     at.multiselect(key="delete_runs").set_value(["tiny-run"]).run()
     assert widget(at.button, "Delete").disabled and (runs / "tiny-run").exists()
+    # picked, then gone before Delete (a second click on it, another tab): done, not "There is no run named"
+    shutil.copytree(runs / "tiny-run", runs / "doomed")
+    at.run()
+    at.multiselect(key="delete_runs").set_value(["doomed"]).run()
+    at.checkbox(key="delete_sure").check().run()
+    shutil.rmtree(runs / "doomed")
+    widget(at.button, "Delete").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    assert at.multiselect(key="delete_runs").value == [] and (runs / "tiny-run").exists()
 
 
 # --------------------------------------------------------------------------- training from the page
