@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import sys
 
-import mixsep  # noqa: F401  first, before torch: how its threads wait
-from mixsep import config
-from mixsep.model import MODELS
-from variants import _rich
-
 WIDTHS = {"unet_hf_wide": (32, 64, 128, 256), "unet_hf_mid": (24, 48, 96, 192)}
 
 
 def register() -> None:
+    # imported here: --help and a missing script name answer without loading torch (seconds)
+    import mixsep  # noqa: F401  first, before torch: how its threads wait
+    from mixsep import config
+    from mixsep.model import MODELS
+    from variants import _rich
+
     for name, widths in WIDTHS.items():
         MODELS[name] = _rich(widths, features="hf", digit_space=True)  # unet_hf's class, these widths
         config.RECIPES[name] = dict(config.RECIPES["unet_digit_rich"])
