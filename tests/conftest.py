@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import importlib
 import json
 import multiprocessing
 import os
@@ -155,6 +156,7 @@ def frozen_when(proc, cond, timeout: float = 240.0, what: str = "condition", sli
 # --------------------------------------------------------------------------- warm CLI processes
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
 # what every `python -m mixsep` spends its first ~6 CPU-seconds importing (torch._dynamo comes with
 # the first optimizer step, torchmetrics with a sweep trial's first score: seconds more for each worker);
 # the fork server imports them once per pytest worker
@@ -354,3 +356,14 @@ def tiny_config(data_root):
 
     return TrainConfig(data_root=str(data_root), model="tiny", batch_size=16, epochs=1, pretrained=False,
                        device="cpu", checkpoint_every=2, checkpoint_seconds=0)
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """Import a script from bench/ as its own folder would (it imports benchlib beside it)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+
+    def load(name):
+        sys.modules.pop(name, None)
+        return importlib.import_module(name)
+    return load

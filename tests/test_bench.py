@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import math
 import os
@@ -15,23 +14,13 @@ import pytest
 
 from mixsep.runs import read_metrics
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from conftest import BENCH
 NUM = r"(-?\d+(\.\d+)?|nan|inf)"
 QUALITY_LINE = re.compile(rf"^quality: mnist_psnr={NUM} mnist_ssim={NUM} cifar_psnr={NUM} cifar_ssim={NUM} minutes={NUM}$")
 HOLDOUT_LINE = re.compile(rf"^holdout: mnist_psnr={NUM} mnist_ssim={NUM} cifar_psnr={NUM} cifar_ssim={NUM} minutes={NUM}$")
 BENCH_LINE = re.compile(rf"^bench: data_overhead={NUM} mfu={NUM} speedup_vs_seed_style={NUM} "
                         rf"eval_samples_per_s={NUM} time_to_22db_s={NUM} time_to_30db_s={NUM} dashboard_overhead={NUM}$")
 
-
-@pytest.fixture
-def bench(monkeypatch):
-    """Import a script from bench/ as its own folder would (it imports benchlib beside it)."""
-    monkeypatch.syspath_prepend(str(BENCH))
-
-    def load(name):
-        sys.modules.pop(name, None)
-        return importlib.import_module(name)
-    return load
 
 
 def last_line(capsys) -> str:

@@ -3,7 +3,6 @@ changed (the CLI's rules for output files, tests/test_cli.py, hold for every ben
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 import re
@@ -13,18 +12,8 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from conftest import BENCH
 
-
-@pytest.fixture
-def bench(monkeypatch):
-    """Import a script from bench/ as its own folder would (it imports benchlib beside it)."""
-    monkeypatch.syspath_prepend(str(BENCH))
-
-    def load(name):
-        sys.modules.pop(name, None)
-        return importlib.import_module(name)
-    return load
 
 
 def digest(folder: Path) -> dict:
