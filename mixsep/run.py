@@ -460,11 +460,12 @@ def check_layout(run_dir: Path) -> None:
         if path.is_symlink() and not path.exists():
             raise MixsepError(f"{path} is a link to nothing; remove it or restore what it pointed to.")
         if name == CHECKPOINTS and path.is_symlink() and path.is_dir():  # on another disk, say: followed, unless
-            target = path.resolve()  # it is another run's, whose last.pt and epochs this run would write over
-            if target.parent != Path(run_dir).resolve() and in_checkpoints(target):
-                raise MixsepError(f"{path} is a link to {target}, another run's checkpoints: training would write "
-                                  "over that run's; make it a folder of this run's own (copy the checkpoints into it "
-                                  "to resume from them).")
+            # it leads into another run (its checkpoints, or the run folder itself), which this run would write over
+            target, own = path.resolve(), Path(run_dir).resolve()
+            if any(is_run(f) and f != own for f in (target, *target.parents)):
+                raise MixsepError(f"{path} is a link to {target}, inside another run: training would write over that "
+                                  "run's files; make it a folder of this run's own (copy the checkpoints into it to "
+                                  "resume from them).")
         if path.exists() and path.is_dir() != folder:
             raise MixsepError(f"{path} should be a {'folder' if folder else 'file'} but is "
                               f"{'a file' if folder else 'a folder'}; move it away before training this run.")
@@ -945,14 +946,25 @@ def newest_readable(run_dir: Path, skip: Path) -> str:
 
 
 def _bare_pickle(path: Path) -> bool:
-    """Whether ``path`` is one whole pickle stream (pickle.dump's, not torch.save's zip file), read opcode by
-    opcode without building anything, so nothing in it runs."""
+    """Whether ``path`` looks like one pickle.dump (not torch.save's zip file, nor its older format, which starts
+    with a pickled magic number), from its first bytes and its last, the STOP opcode; nothing in it is built or
+    run. Protocols 0 and 1 have no header: their opcodes are read through, in a small file only (reading a
+    100 MB pickle of small items that way took 25 s)."""
     import pickletools
 
-    if zipfile.is_zipfile(path):
-        return False
     try:
+        if zipfile.is_zipfile(path):
+            return False
         with open_regular(path) as f:
+            head = f.read(3)
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(size - 1, 0))
+            stop = f.read(1) == b"."
+            if len(head) == 3 and head[0] == 0x80 and 2 <= head[1] <= 5:  # PROTO n
+                return stop and head[2] != 0x8A  # LONG1: the legacy torch.save's magic number
+            if not stop or size > 1 << 20:
+                return False
+            f.seek(0)
             last = collections.deque(pickletools.genops(f), maxlen=1)  # stops at the first STOP
             return bool(last) and last[0][0].name == "STOP" and not f.read(1)
     except Exception:  # cut short, or not a pickle at all
@@ -983,7 +995,7 @@ def read_checkpoint(path: Path, map_location="cpu", mmap: bool = False) -> dict:
             raise UnreadableCheckpoint(f"{path} holds Python objects other than weights, which mixsep refuses to "
                                        "load (a checkpoint is loaded as data only); it was not written by mixsep. "
                                        "Pick another checkpoint or retrain.") from None
-        if "Weights only load failed" in str(e) and _bare_pickle(path):  # not "truncated or corrupt"
+        if _bare_pickle(path):  # not "truncated or corrupt" (protocols 1 to 3 fail on torch's magic number)
             raise UnreadableCheckpoint(f"{path} is a bare Python pickle, not a PyTorch file as mixsep writes its "
                                        "checkpoints, and mixsep loads a checkpoint as data only; it was not written "
                                        "by mixsep. Pick another checkpoint or retrain.") from None

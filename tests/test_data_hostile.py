@@ -529,3 +529,7 @@ def test_a_bare_pickle_as_a_checkpoint_is_named_one_in_one_sentence_and_never_ru
         assert capsys.readouterr().err == (f"error: {run / 'checkpoints' / 'last.pt'} {says}; it was not written by "
                                            "mixsep. Pick another checkpoint or retrain.\n"), protocol
         assert not marker.exists()
+    for protocol in range(6):  # plain data: protocols 1 to 3 failed on torch's magic number, "truncated or corrupt"
+        (run / "checkpoints" / "last.pt").write_bytes(pickle.dumps({"model": {"w": [1.0]}, "step": 3}, protocol))
+        assert main(["evaluate", str(run), "--data-root", str(tmp_path)]) == 2
+        assert "last.pt is a bare Python pickle, not a PyTorch file" in capsys.readouterr().err, protocol

@@ -810,9 +810,14 @@ def test_a_run_copied_as_links_trains_into_its_own_files_and_never_writes_throug
     mine = conftest.tree(c)
     assert main(["train", "--run-dir", str(c), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert err == (f"error: {c / R.CHECKPOINTS} is a link to {a / R.CHECKPOINTS}, another run's checkpoints: training "
-                   "would write over that run's; make it a folder of this run's own (copy the checkpoints into it to "
+    assert err == (f"error: {c / R.CHECKPOINTS} is a link to {a / R.CHECKPOINTS}, inside another run: training would "
+                   "write over that run's files; make it a folder of this run's own (copy the checkpoints into it to "
                    "resume from them).\n"), err
+    assert conftest.tree(a) == before and conftest.tree(c) == mine
+    (c / R.CHECKPOINTS).unlink()  # to the other run's folder itself: its last.pt would land beside its config.json
+    (c / R.CHECKPOINTS).symlink_to(a)
+    assert main(["train", "--run-dir", str(c), "--quiet"]) == 2
+    assert f"is a link to {a}, inside another run" in capsys.readouterr().err
     assert conftest.tree(a) == before and conftest.tree(c) == mine
 
     (c / R.CHECKPOINTS).unlink()  # checkpoints on another disk: a plain folder outside any run, followed
