@@ -44,10 +44,30 @@ class ChildFailed(Exception):
         self.code = code
 
 
+def _option(token: str, options) -> str | None:
+    """The option a command-line token names, as argparse reads it: in full, or abbreviated to a unique prefix."""
+    if not token.startswith("--"):
+        return None
+    name = token.split("=", 1)[0]
+    found = [o for o in options if o.startswith(name)]
+    return name if name in options else found[0] if len(found) == 1 else None
+
+
 def outputs(command: list[str]) -> list[tuple[str, Path]]:
-    """What the command writes, to remove before each run: (flag, value) of --out, --json and --markdown."""
-    named = [(a, command[i + 1]) for i, a in enumerate(command[:-1]) if a in FLAGS]
-    named += [tuple(a.split("=", 1)) for a in command if a.split("=", 1)[0] in FLAGS and "=" in a]
+    """What the command writes, to remove before each run: (flag, value) of --out, --json and --markdown, also
+    as `--flag=value` and abbreviated (`--ou`), which mixsep's parser takes too."""
+    from mixsep.cli import build_parser
+
+    commands = next((a.choices for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)), {})
+    sub = commands.get(command[0]) if command else None
+    options = list(sub._option_string_actions) if sub is not None else list(FLAGS)
+    named = []
+    for i, token in enumerate(command):
+        flag = _option(token, options)
+        if flag in FLAGS and "=" in token:
+            named.append((flag, token.split("=", 1)[1]))
+        elif flag in FLAGS and i + 1 < len(command):
+            named.append((flag, command[i + 1]))
     return [(flag, Path(value)) for flag, value in named]
 
 

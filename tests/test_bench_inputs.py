@@ -125,8 +125,10 @@ def test_startup_never_removes_what_was_there_before_and_passes_on_exit_2(bench,
     canary = tmp_path / "canary"
     canary.mkdir()
     (canary / "photo.txt").write_text("precious")
-    for out in (["--out", str(canary)], [f"--json={canary / 'photo.txt'}"]):
-        assert startup.main(["--before", str(BENCH.parent), "--rounds", "1", "--", "info", *out]) == 2
+    # in full, as --flag=value, and abbreviated as mixsep's parser takes it (--ou was missed, and removed after round 1)
+    for cmd in (["grid", "RUN", "--out", str(canary)], ["evaluate", "RUN", f"--json={canary / 'photo.txt'}"],
+                ["grid", "RUN", "--ou", str(canary)], ["evaluate", "RUN", f"--mark={canary / 'photo.txt'}"]):
+        assert startup.main(["--before", str(BENCH.parent), "--rounds", "1", "--", *cmd]) == 2
         err = capsys.readouterr()
         assert err.err.startswith("error: ") and err.err.count("\n") == 1 and "exists already" in err.err
         assert not err.out  # before the first round
