@@ -59,7 +59,9 @@ with st.spinner("Separating…"):
               for i in range(0, len(indices), 10)]
 order = f"shuffled with seed {seed}" if shuffle else "in order"
 # the run's training set is the split's first train_size pairs (PairData): the rest are images it never saw
-seen = (f" · the run trained on pairs 0-{config.train_size - 1} only (its training size); the others are new to it"
+seen = ((f" · the run trained on CIFAR images 0-{config.train_size - 1} only (its training size), each with "
+         "digits drawn afresh every epoch (--repair); the others are new to it" if config.repair else
+         f" · the run trained on pairs 0-{config.train_size - 1} only (its training size); the others are new to it")
         if split == "train" and 0 < config.train_size < len(pairs) else "")
 nav.caption(f"Page {page + 1} of {pages} · {len(pairs)} {split} pairs, {order}{seen}")
 st.caption(ui.literal(title))  # the run's name as typed, never markdown
