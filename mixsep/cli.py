@@ -913,7 +913,7 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "grid": cmd_grid, "sep
             "download": cmd_download, "sweep": cmd_sweep}
 
 
-def main(argv=None) -> int:
+def main(argv=None, restore_signals: bool = True) -> int:
     args = build_parser().parse_args(argv)
     previous = {}
     if args.command in ("train", "sweep") and threading.current_thread() is threading.main_thread():
@@ -982,9 +982,15 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     finally:
+        if not restore_signals and threading.current_thread() is threading.main_thread():
+            # as the program (__main__): the command is done, so a Ctrl-C or SIGTERM from here ends it at once, as
+            # the operating system does. Restoring Python's own SIGINT handler first let a Ctrl-C raise
+            # KeyboardInterrupt while the next handler was put back, a traceback after "final step ..."
+            for s in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(s, signal.SIG_DFL)
         sys.stdout = stdout
         for s, h in previous.items():  # called in-process (a notebook, the tests): the caller's handlers again
-            if h is not None:
+            if h is not None and restore_signals:
                 signal.signal(s, h)
         if previous:
             EARLY_SIGNALS.clear()

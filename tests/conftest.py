@@ -177,7 +177,7 @@ def _run_warm(argv: list[str], cwd: str, env: dict, out: str, err: str) -> None:
     sys.argv = [str(ROOT / "mixsep" / "__main__.py"), *argv]
     from mixsep.cli import main
 
-    sys.exit(main(argv))
+    sys.exit(main(argv, restore_signals=False))  # as __main__ calls it
 
 
 class WarmProcess:
