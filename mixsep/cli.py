@@ -930,10 +930,9 @@ def main(argv=None, restore_signals: bool = True) -> int:
                            ("checkpoint", "a file"), ("mnist_test", "a file"), ("cifar_test", "a file"),
                            ("as_model", "a model"), ("json", "a file"), ("markdown", "a file"), ("config", "a file"),
                            ("storage", "a database URL"), *((("out", "a file"),) if args.command == "grid" else ())):
-            if getattr(args, name, None) == "":
-                if name == "run_dir" and args.command != "train":  # a positional: it has no default
-                    raise MixsepError("RUN_DIR is empty; name a run folder (or a checkpoint file inside one).")
-                not_empty("", f"--{name.replace('_', '-')}", what)
+            if name == "run_dir" and args.command != "train" and getattr(args, name, None) == "":  # positional
+                raise MixsepError("RUN_DIR is empty; name a run folder (or a checkpoint file inside one).")
+            not_empty(getattr(args, name, None), f"--{name.replace('_', '-')}", what)
         code = COMMANDS[args.command](args)
         sys.stdout.flush()  # a stdout that cannot be written fails here, not in the interpreter's exit
         return code
