@@ -522,7 +522,10 @@ def is_alive(status: dict) -> bool:
         return False
     if start is None:  # written by an older mixsep: no identity recorded, so never trusted
         return False
-    return now == start or "?" in (now, start)
+    # "?" is what a machine without /proc records (macOS: the pid alone). Two "?" match, on such a machine;
+    # a "?" read where /proc gives a real start time names no process here (a run copied from a Mac while
+    # it trained, or a hand-written file), and a pid that merely exists is no proof: never signal it
+    return now == start
 
 
 # --------------------------------------------------------------------------- the lock
@@ -630,7 +633,7 @@ def _read_holder(fd: int) -> str:
         info = json.loads(os.pread(fd, 4096, 0) or b"{}")
         cmd = " ".join(mask_secrets(str(info.get("cmd") or "").split(" ")))  # a lock an older mixsep wrote
         return f"process {info['pid']} ({cmd or 'unknown command'})"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return "another process"
 
 
@@ -703,11 +706,11 @@ def read_status(run_dir: Path) -> dict:
     try:
         status = json.loads(read_regular(Path(run_dir) / STATUS))
         if isinstance(status, dict) and isinstance(status.get("state"), str):
-            bad = [k for k in ("step", "total_steps", "pid") if not _count(status.get(k))]
+            bad = [f"{k} is {kind}" for k, (fits, kind) in _STATUS_FIELDS.items() if not fits(status.get(k))]
             if not bad:
                 return status
-            return {"state": State.UNKNOWN.value, "message": f"status.json is damaged ({bad[0]} is not a count)"}
-    except (OSError, ValueError):
+            return {"state": State.UNKNOWN.value, "message": f"status.json is damaged ({bad[0]})"}
+    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested too deeply to read
         pass
     return {"state": State.UNKNOWN.value, "message": "status.json is missing or half written"}
 
@@ -715,6 +718,23 @@ def read_status(run_dir: Path) -> dict:
 def _count(v) -> bool:
     """A status field that may be absent (None) or a whole number >= 0, never text or a bool."""
     return v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+
+
+def _number(v) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+# the fields of status.json that pages and commands read, each with its type: a file written by someone else
+# (or damaged) with another type reads as damaged, not as a traceback on every page that lists the run
+_STATUS_FIELDS = {
+    "step": (_count, "not a count"), "total_steps": (_count, "not a count"), "pid": (_count, "not a count"),
+    "message": (lambda v: v is None or isinstance(v, str), "not text"),
+    "updated": (_number, "not a time"),
+    "pretrained_loaded": (lambda v: v is None or isinstance(v, bool), "not true or false"),
+    "warnings": (lambda v: v is None or (isinstance(v, list) and all(isinstance(w, str) for w in v)), "not a list of text"),
+    "validation": (lambda v: v is None or (isinstance(v, dict) and _number(v.get("best_psnr"))),
+                   "not a sweep trial's scores"),
+}
 
 
 def write_status(run_dir: Path, state: State | str, message: str = "", **extra) -> None:

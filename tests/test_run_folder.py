@@ -15,6 +15,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -340,6 +341,26 @@ def test_a_reused_pid_is_not_the_trainer(small_config, tmp_path):
         assert jobs.running() is None
         assert jobs.stop() is False
         assert sleeper.poll() is None  # alive: never signalled
+        # "?" (what a machine without /proc records) names no process where /proc gives start times: a run
+        # copied from a Mac while it trained, or a hand-written file, once made Stop SIGTERM whatever had the pid
+        R.write_json(run / "status.json", {"state": "running", "pid": sleeper.pid, "pid_start": "?", "step": 3})
+        assert R.live_status(run)["state"] == "interrupted"
+        assert JobRegistry(runs).running() is None and JobRegistry(runs).stop() is False
+        assert sleeper.poll() is None
+        # so with a study's sweep.json, which names its command and the others it found running
+        from mixsep.sweep import SweepRegistry
+
+        other = subprocess.Popen(["sleep", "60"])
+        try:
+            (runs / "study").mkdir()
+            (runs / "study" / "sweep.json").write_text(json.dumps({
+                "state": "running", "host": socket.gethostname(), "pid": sleeper.pid, "pid_start": "?",
+                "others": [{"pid": other.pid, "pid_start": "?"}]}))
+            assert SweepRegistry(runs).running() is None and SweepRegistry(runs).stop() is False
+            assert sleeper.poll() is None and other.poll() is None
+        finally:
+            other.kill()
+            other.wait()
         # and the real process with its real identity is the trainer
         R.write_json(run / "status.json", {"state": "running", **R.identity(sleeper.pid), "step": 3})
         assert R.live_status(run)["state"] == "running"
