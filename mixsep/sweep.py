@@ -498,6 +498,8 @@ def _check_journal_lines(path: Path, data: bytes) -> None:
             record = json.loads(line)
         except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
             raise _journal_damaged(path, n, "is not JSON text") from None
+        except RecursionError:
+            raise _journal_damaged(path, n, "is JSON nested too deeply to read") from None
         if not isinstance(record, dict):
             raise _journal_damaged(path, n, "is not a JSON object")
         op = record.get("op_code")
@@ -1500,7 +1502,7 @@ def _read_sweep(folder: Path) -> dict:
     try:
         d = json.loads((Path(folder) / SWEEP_FILE).read_text())
         return d if isinstance(d, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nested too deeply to read
         return {}
 
 
@@ -1515,7 +1517,8 @@ def _other_commands(was: dict) -> list[dict]:
     me, seen, out = identity(), set(), []
     for o in [was if was.get("state") == "running" else {},
               *(was.get("others") if isinstance(was.get("others"), list) else [])]:
-        if isinstance(o, dict) and o.get("pid") not in (me["pid"], None) and o.get("pid") not in seen and is_alive(o):
+        if isinstance(o, dict) and type(o.get("pid")) is int and o["pid"] != me["pid"] and o["pid"] not in seen \
+                and is_alive(o):
             seen.add(o["pid"])
             out.append({"pid": o["pid"], "pid_start": o.get("pid_start"),
                         **{k: o[k] for k in ("workers", "trials") if isinstance(o.get(k), int)}})

@@ -1002,6 +1002,38 @@ def test_damaged_status_and_binary_metrics_leave_every_page_standing(app_env):
     open_page("app_pages/4_Compare.py")
 
 
+def test_status_and_sweep_files_of_other_types_or_nested_too_deep_leave_every_page_standing(app_env):
+    """Valid JSON of the wrong shape in one run's status.json (a message that is a number, JSON nested 100,000
+    deep, ...) or in a study's sweep.json gave a TypeError or a RecursionError on every page that lists runs."""
+    import socket
+
+    data, runs = app_env
+    hostile = {"nested": "[" * 100_000 + "]" * 100_000, "message": '{"state": "finished", "message": 5}',
+               "updated": '{"state": "finished", "updated": "yesterday"}',
+               "warnings": '{"state": "finished", "warnings": [1]}',
+               "loaded": '{"state": "finished", "pretrained_loaded": "yes"}',
+               "validation": '{"state": "finished", "validation": {"best_psnr": "high"}}'}
+    for name, text in hostile.items():
+        (_broken_run(runs, f"zz-{name}") / "status.json").write_text(text)
+    for study, text in {"deep": "[" * 100_000 + "]" * 100_000,
+                        "odd": json.dumps({"state": "running", "host": socket.gethostname(), "pid": os.getpid(),
+                                           "pid_start": "?", "others": [{"pid": [1]}, {"pid": "12"}]})}.items():
+        (runs / study).mkdir()
+        (runs / study / "sweep.json").write_text(text)
+    for page in [*PAGES, "app_pages/5_Sweep.py"]:
+        at = open_page(page)  # no exception
+        if page == "dashboard.py":
+            rows = at.dataframe[1].value.set_index("run")
+    assert {n: rows.loc[f"zz-{n}", "state"] for n in hostile} == dict.fromkeys(hostile, "unknown")
+    said = {n: rows.loc[f"zz-{n}", "message"] for n in hostile}
+    assert said["nested"].startswith("status.json is missing or half written"), said
+    assert [said[n].split(";")[0] for n in hostile if n != "nested"] == [
+        "status.json is damaged (message is not text)", "status.json is damaged (updated is not a time)",
+        "status.json is damaged (warnings is not a list of text)",
+        "status.json is damaged (pretrained_loaded is not true or false)",
+        "status.json is damaged (validation is not a sweep trial's scores)"], said
+
+
 def test_a_fifo_for_metrics_csv_leaves_the_run_listed_and_every_page_standing(app_env):
     """Every page that lists runs hung for good on a run whose metrics.csv was a FIFO (the list read it to its end)."""
     import threading

@@ -49,6 +49,7 @@ def one_error(capsys) -> str:
     (b"hello, journal\n" + RECORD, 1, "is not JSON text"),                         # a garbage first line
     (RECORD + b'{"op_code":99}\n', 2, "has no operation Optuna knows (op_code 99)"),
     (RECORD + b"[1,2]\n", 2, "is not a JSON object"),
+    (RECORD + b"[" * 100_000 + b"]" * 100_000 + b"\n", 2, "is JSON nested too deeply to read"),  # a RecursionError
     (RECORD + b'{"op_code":"0"}\n' + RECORD, 2, 'has no operation Optuna knows (op_code "0")'),
     (RECORD + b"\x00\x00\x00", 2, "is not an Optuna journal record"),             # a NUL tail is no cut record
     (b'{"op_code":0}\n', 1, "is a record Optuna cannot replay"),                  # no study name
