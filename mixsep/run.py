@@ -819,21 +819,34 @@ class MetricsLog:
             self._f = None
 
 
-def last_logged_step(run_dir: Path) -> int:
-    """The step of metrics.csv's last row (0 if none), reading only its header and its last 4 KB."""
+def last_metric_row(run_dir: Path) -> dict | None:
+    """metrics.csv's last row (metric_frame's rule), or None if it has none: read from its header and its end
+    only, 4 KB first, a wider window while none of its lines is a row, up to 4 MB. The run list asks this of
+    every run on every page, so its cost must not grow with the run (a 20-epoch run has 15,000 rows; a file of
+    a gigabyte was read whole, taking seconds and gigabytes of the server's memory)."""
     path = Path(run_dir) / METRICS
     try:
         with open_regular(path) as f:
             header = f.readline(4096)
-            start = max(len(header), f.seek(0, os.SEEK_END) - 4096)
-            f.seek(start - 1 if start > len(header) else start)  # from the byte before the window: see below
-            tail = f.read()
+            end = f.seek(0, os.SEEK_END)
+            for window in (4 << 10, 64 << 10, 1 << 20, 4 << 20):
+                start = max(len(header), end - window)
+                f.seek(start - 1 if start > len(header) else start)  # from the byte before the window: see below
+                tail = f.read(end - f.tell())
+                if start > len(header):  # drop up to the first newline: a line the window cut at its start
+                    tail = tail[tail.find(b"\n") + 1:] if b"\n" in tail else b""
+                rows = parse_metrics(header + tail)
+                if len(rows) or start <= len(header):
+                    break
     except OSError:
-        return 0
-    if start > len(header):
-        tail = tail[tail.find(b"\n") + 1:]  # up to the first newline: a line the window cut at its start
-    rows = parse_metrics(header + tail)
-    return int(rows["step"].iloc[-1]) if len(rows) else 0
+        return None
+    return _records(rows.tail(1))[0] if len(rows) else None
+
+
+def last_logged_step(run_dir: Path) -> int:
+    """The step of metrics.csv's last row (0 if none), reading only its header and its end (last_metric_row)."""
+    row = last_metric_row(run_dir)
+    return int(row["step"]) if row else 0
 
 
 def read_metric_frame(path: Path):

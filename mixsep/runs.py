@@ -8,8 +8,8 @@ import pandas as pd
 
 from .config import TrainConfig
 from .errors import MixsepError
-from .run import (METRICS, State, disk_usage, is_alive, list_checkpoints, open_regular, read_metric_frame, read_status,
-                  run_folders)
+from .run import (METRICS, State, disk_usage, is_alive, last_metric_row, list_checkpoints, open_regular,
+                  read_metric_frame, read_status, run_folders)
 
 
 def read_metrics(run_dir: Path) -> pd.DataFrame:
@@ -37,10 +37,10 @@ def run_summary(run_dir: Path, name: str | None = None) -> dict:
                # what loaded (None: a run from before mixsep recorded it, or one not started yet)
                pretrained_loaded=status.get("pretrained_loaded"), disk_mb=disk_usage(run_dir) / 1e6)
     row["message"] = "; ".join(filter(None, [status.get("message"), row["message"]]))  # a stopped run's bad config too
-    m = read_metrics(run_dir)
-    if len(m):
-        row["last_loss"] = float(m["loss"].iloc[-1])
-        row["step"] = max(row["step"] or 0, int(m["step"].iloc[-1]))
+    last = last_metric_row(run_dir)  # its end only: every page lists every run on every rerun
+    if last is not None:
+        row["last_loss"] = float(last["loss"])
+        row["step"] = max(row["step"] or 0, int(last["step"]))
     else:  # no row to show: say why the run has no curve, if it is not just young
         row["message"] = "; ".join(filter(None, [row["message"], no_rows_note(run_dir / METRICS)]))
     return row

@@ -205,6 +205,43 @@ def test_last_logged_step_reads_the_tail_and_skips_a_cut_off_line(tmp_path):
     assert last_logged_step(tmp_path) == 2000
 
 
+def test_the_run_list_reads_only_the_end_of_a_long_metrics_csv(tmp_path):
+    """The run list, asked of every run on every page, read each metrics.csv whole for its last row: a file of
+    a gigabyte (sparse: a damaged or hostile one) took seconds and gigabytes of the server's memory per page."""
+    import subprocess
+    import sys
+
+    from mixsep.config import TrainConfig
+    from mixsep.run import last_metric_row
+    from mixsep.runs import read_metrics, run_summary
+
+    run = tmp_path / "run"
+    run.mkdir()
+    TrainConfig(model="tiny").save(run / "config.json")
+    rows = "".join(f"{i},0,0.1,0.2,{1 / i},0.001,10,{i}\n" for i in range(1, 3001))  # 3,000 rows: beyond 4 KB
+    (run / "metrics.csv").write_text(",".join(METRIC_FIELDS) + "\n" + rows + "3001,0,0.1")  # the last cut off
+    assert last_metric_row(run) == read_metrics(run).iloc[-1].to_dict() | {"step": 3000, "epoch": 0}
+    summary = run_summary(run)
+    assert (summary["step"], summary["last_loss"]) == (3000, 1 / 3000)
+    with open(run / "metrics.csv", "ab") as f:  # then 8 MB of damage after the last row: no row in the end
+        f.write(b"\n" + b"x" * (8 << 20) + b"\n")
+    assert last_metric_row(run) is None and run_summary(run)["last_loss"] is None
+    big = tmp_path / "big"
+    big.mkdir()
+    TrainConfig(model="tiny").save(big / "config.json")
+    with open(big / "metrics.csv", "wb") as f:  # a gigabyte of zeros (sparse: no disk used), its rows at the end
+        f.write((",".join(METRIC_FIELDS) + "\n").encode())
+        f.truncate(1 << 30)
+        f.seek(0, os.SEEK_END)
+        f.write(b"\n" + rows.encode())
+    code = ("import re, sys; from mixsep.runs import run_summary; s = run_summary(sys.argv[1]); print(s['step'], "
+            "s['last_loss'], re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read())[1])")  # this process's peak
+    out = subprocess.run([sys.executable, "-c", code, str(big)], capture_output=True, text=True, check=True).stdout
+    step, loss, peak_kb = out.split()
+    assert (int(step), float(loss)) == (3000, 1 / 3000)
+    assert int(peak_kb) < 400_000, out  # the whole file read took 3.9 GB; the imports alone take about 110 MB
+
+
 def test_damaged_lines_and_non_finite_losses_are_skipped_by_both_readers(tmp_path):
     """A line with a stray carriage return (random bytes) raised csv.Error in the Train page's tail;
     a hand-edited inf loss blanked the whole chart."""
