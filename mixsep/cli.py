@@ -190,8 +190,9 @@ def cmd_train(args) -> int:
     """
     from .errors import ResumeRefused
     from .run import Run, remove_unstarted
-    from .train import new_run_dir
 
+    # no torch before the lock of --run-dir: importing it took seconds, in which a Delete on the dashboard saw
+    # no trainer and removed the run this command was about to resume (which then began anew, in its place)
     if args.run_dir:
         from .run import CHECKPOINTS, CONFIG, LAST, METRICS, STATUS, is_mixsep_run, is_run
 
@@ -229,6 +230,7 @@ def cmd_train(args) -> int:
         _say_if_unlisted(run.path, Path(args.runs_dir))
     else:  # a bad setting or missing data stops here, before any folder is made
         from .data import require_split
+        from .train import new_run_dir
 
         cfg = _train_config(args)
         require_split(Path(cfg.data_root), "train")

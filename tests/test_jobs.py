@@ -22,6 +22,7 @@ from mixsep import MixsepError, TrainConfig
 from mixsep.jobs import JobRegistry
 from mixsep.run import last_logged_step, list_checkpoints, live_status, read_status
 from mixsep.runs import read_metrics
+from mixsep.train import train_steps
 
 FAKE_TRAINER = r'''
 import json, os, signal, sys, time
@@ -402,6 +403,41 @@ def test_a_run_that_is_starting_cannot_be_deleted(tmp_path, tiny_config, fake_py
     jobs.stop()
     wait_for(lambda: jobs.running() is None, what="the stopped start")
     assert jobs.delete(run.name) == run.resolve() and not run.exists()
+
+
+def test_a_terminals_resume_holds_its_run_before_it_imports_torch(tmp_path, tiny_config):
+    """`train --run-dir RUN` imported torch (seconds) before it took RUN's lock: a Delete on the dashboard in that
+    window saw no trainer and removed RUN, and the "resume" then began a new run with default settings in its
+    place. Here torch takes 60 s to import, as on a loaded machine: the lock must come first."""
+    import subprocess
+
+    runs = tmp_path / "runs"
+    run = runs / "mine"
+    list(train_steps(tiny_config, run))
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(
+        "import sys, time\n"
+        "class SlowTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch':\n"
+        "            time.sleep(60)\n"
+        "sys.meta_path.insert(0, SlowTorch())\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(slow), os.environ.get("PYTHONPATH")])))
+    child = subprocess.Popen([sys.executable, "-m", "mixsep", "train", "--run-dir", str(run), "--quiet"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        from mixsep.run import lock_holder
+
+        wait_for(lambda: (lock_holder(run) or {}).get("pid") == child.pid, timeout=30, what="the resume's lock")
+        assert "torch" not in Path(f"/proc/{child.pid}/maps").read_text()  # still before torch's libraries
+        with pytest.raises(MixsepError, match="Run 'mine' is training now"):
+            JobRegistry(runs).delete("mine")
+    finally:
+        child.kill()
+        child.wait()
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"} == before
 
 
 def test_every_tab_sees_a_run_stopping_until_it_has_stopped(tmp_path, tiny_config, fake_python, jobs_of):
