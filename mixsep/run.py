@@ -765,6 +765,15 @@ def clear_stop(run_dir: Path) -> None:
     (Path(run_dir) / STOP).unlink(missing_ok=True)
 
 
+def _stop_file(run_dir: Path) -> tuple | None:
+    """Which STOP file is there (inode, size, change time), or None: a touch of the same file changes it too."""
+    try:
+        st = (Path(run_dir) / STOP).lstat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 # --------------------------------------------------------------------------- metrics
 
 
@@ -1202,7 +1211,15 @@ class Run:
             self.lock.release(restore=True)  # refused before anything was written
             raise
         remove_stale_temps(self.path)
+        self._old_stop = _stop_file(self.path)  # a STOP already there when the trainer came: an earlier stop's
         return self
+
+    def clear_old_stop(self) -> None:
+        """Remove the STOP file an earlier stop left (there when the lock was taken), and only that one: a STOP
+        written while this trainer loads its data and model asks it to stop (it was removed unread, and the run
+        trained to its end)."""
+        if getattr(self, "_old_stop", None) is not None and _stop_file(self.path) == self._old_stop:
+            clear_stop(self.path)
 
     def close(self, restore_lock: bool = False) -> None:
         """Release the folder; ``restore_lock``: nothing was done, so .lock gets its previous holder's line back."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import stat
 import sys
@@ -405,39 +406,60 @@ def test_a_run_that_is_starting_cannot_be_deleted(tmp_path, tiny_config, fake_py
     assert jobs.delete(run.name) == run.resolve() and not run.exists()
 
 
-def test_a_terminals_resume_holds_its_run_before_it_imports_torch(tmp_path, tiny_config):
-    """`train --run-dir RUN` imported torch (seconds) before it took RUN's lock: a Delete on the dashboard in that
-    window saw no trainer and removed RUN, and the "resume" then began a new run with default settings in its
-    place. Here torch takes 60 s to import, as on a loaded machine: the lock must come first."""
-    import subprocess
-
-    runs = tmp_path / "runs"
-    run = runs / "mine"
-    list(train_steps(tiny_config, run))
-    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+def slow_torch(tmp_path: Path, seconds: float) -> dict:
+    """An environment whose Python processes take ``seconds`` more to import torch, as on a loaded machine."""
     slow = tmp_path / "slow"
-    slow.mkdir()
+    slow.mkdir(exist_ok=True)
     (slow / "sitecustomize.py").write_text(
         "import sys, time\n"
         "class SlowTorch:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name == 'torch':\n"
-        "            time.sleep(60)\n"
+        f"            time.sleep({seconds})\n"
         "sys.meta_path.insert(0, SlowTorch())\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(slow), os.environ.get("PYTHONPATH")])))
-    child = subprocess.Popen([sys.executable, "-m", "mixsep", "train", "--run-dir", str(run), "--quiet"], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        from mixsep.run import lock_holder
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(slow), os.environ.get("PYTHONPATH")])))
 
-        wait_for(lambda: (lock_holder(run) or {}).get("pid") == child.pid, timeout=30, what="the resume's lock")
+
+@pytest.mark.heavy(8)
+def test_a_terminals_resume_holds_its_run_before_it_loads_and_a_stop_file_then_stops_it(tmp_path, tiny_config):
+    """`train --run-dir RUN` imported torch (seconds) before it took RUN's lock: a Delete on the dashboard in that
+    window saw no trainer and removed RUN, and the "resume" then began a new run with default settings in its
+    place. And the trainer removed STOP once it had loaded, so a STOP written while it loaded was removed unread
+    and the run trained to its end. A STOP there before the trainer took the lock is an earlier stop's, removed
+    as before. Here torch takes 3 s more to import, as on a loaded machine."""
+    import subprocess
+
+    from mixsep.run import lock_holder
+
+    config = dataclasses.replace(tiny_config, epochs=4)
+    runs = tmp_path / "runs"
+    run = runs / "mine"
+    steps = train_steps(config, run)
+    for _ in range(3):  # 3 of 24 steps, then stopped: its checkpoint is step 2's
+        next(steps)
+    steps.close()
+    (runs / "old").mkdir()
+    (run / "STOP").touch()  # an earlier stop's STOP, left there: the resume removes it and trains on to the end
+    shutil.copytree(run, runs / "old", dirs_exist_ok=True)
+    assert len(list(train_steps(config, runs / "old"))) == 24 - 2
+    assert read_status(runs / "old")["state"] == "finished" and not (runs / "old" / "STOP").exists()
+    (run / "STOP").unlink()
+    child = subprocess.Popen([sys.executable, "-m", "mixsep", "train", "--run-dir", str(run), "--quiet"],
+                             env=slow_torch(tmp_path, 3), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (lock_holder(run) or {}).get("pid") == child.pid, timeout=60, what="the resume's lock")
         assert "torch" not in Path(f"/proc/{child.pid}/maps").read_text()  # still before torch's libraries
         with pytest.raises(MixsepError, match="Run 'mine' is training now"):
             JobRegistry(runs).delete("mine")
+        (run / "STOP").touch()  # while it loads
+        out, err = child.communicate(timeout=300)
     finally:
         child.kill()
         child.wait()
-    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"} == before
+    status = read_status(run)
+    assert child.returncode == 0, err
+    assert (status["state"], status["message"], status["step"]) == ("stopped", "stopped by request", 3), status
+    assert not (run / "STOP").exists() and read_metrics(run)["step"].tolist() == [1, 2, 3]
 
 
 def test_every_tab_sees_a_run_stopping_until_it_has_stopped(tmp_path, tiny_config, fake_python, jobs_of):
