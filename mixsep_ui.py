@@ -17,6 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 import streamlit as st
+from streamlit import net_util
 
 from mixsep.config import TrainConfig, default_data_root, default_runs_dir, setting_by_name
 from mixsep.errors import MixsepError, unreachable
@@ -31,6 +32,16 @@ from mixsep.runs import downsample, list_runs
 # Those objects live as long as the server: frozen, the pass skips them (CPython's gc.freeze).
 gc.collect()
 gc.freeze()
+
+# A websocket from an Origin that is not this page's is admitted by Streamlit only when it names this machine,
+# and to learn the machine's public address it asks checkip.amazonaws.com (a blocking GET of http, then https,
+# on the server's event loop, kept only when answered): any page in the user's browser could make the server
+# call out, and stall it two seconds a knock offline. No setting turns the lookup off (Streamlit 1.67,
+# server_util.is_url_from_allowed_origins), and this server needs no answer from it: it is served by its loopback
+# names, and a page opened by the machine's own address is same-origin. Unknown, the address admits nothing.
+# Set when the server runs its first page (dashboard.py imports this module first): under `streamlit run` nothing
+# of ours runs earlier, so until a page has been opened once, Streamlit's own lookup stands.
+net_util.get_external_ip = lambda: None
 
 # (file, title, icon) of every page, in the sidebar's order; dashboard.py routes with st.navigation
 PAGES = [("home.py", "Home", ":material/home:"),

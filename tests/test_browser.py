@@ -359,19 +359,83 @@ def test_server_listens_on_loopback_only_and_sends_no_statistics(server):
         assert websocket_status(url, host) == status, host
 
 
-def websocket_status(url: str, host: str) -> int:
+def websocket_status(url: str, host: str, origin: str | None = None) -> int:
+    """The status of a websocket handshake on the session channel, as a page at ``origin`` (default: the
+    server's own, by ``host``) would knock."""
     import http.client
 
     port = int(url.rsplit(":", 1)[1])
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         c.request("GET", "/_stcore/stream", headers={
-            "Host": f"{host}:{port}", "Origin": f"http://{host}:{port}", "Connection": "Upgrade", "Upgrade": "websocket",
+            "Host": f"{host}:{port}", "Origin": origin or f"http://{host}:{port}", "Connection": "Upgrade",
+            "Upgrade": "websocket",
             "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
             "Sec-WebSocket-Protocol": "streamlit"})
         return c.getresponse().status
     finally:
         c.close()
+
+
+@pytest.fixture
+def proxy_log():
+    """A real local listener to name as the server's HTTP_PROXY and HTTPS_PROXY: every request the server sends
+    out goes to it first, and it keeps each one's first line (GET http://..., CONNECT host:443) and hangs up."""
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.2)
+    lines, done = [], threading.Event()
+
+    def serve():
+        while not done.is_set():
+            try:
+                conn = listener.accept()[0]
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                try:
+                    lines.append(conn.recv(4096).split(b"\r\n", 1)[0].decode(errors="replace"))
+                except OSError as e:
+                    lines.append(f"(a connection, unread: {e})")
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}", lines
+    done.set()
+    thread.join(5)
+    listener.close()
+
+
+@pytest.mark.heavy(15)
+def test_a_websocket_from_another_origin_is_refused_without_asking_the_internet(request, monkeypatch, proxy_log):
+    """A page elsewhere knocking at the session channel made Streamlit ask checkip.amazonaws.com for this
+    machine's address (http, then https; a blocking second each on the server's loop when offline, and again at
+    the next knock): the server itself sent a request off the machine."""
+    _need_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    proxy, asked = proxy_log
+    with monkeypatch.context() as m:  # the server's environment only: the browser below goes direct
+        for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+            m.setenv(var, proxy)
+        m.setenv("no_proxy", "")
+        m.setenv("NO_PROXY", "")
+        url, tmp, proc = request.getfixturevalue("server")
+    with sync_playwright() as p:  # a user opens the dashboard: the server runs its pages
+        browser = p.chromium.launch(executable_path=CHROMIUM)
+        page = browser.new_page()
+        page.goto(url)
+        expect(page.get_by_text("No runs yet")).to_be_visible(timeout=60_000)
+        browser.close()
+    for origin in ("https://evil.example", "http://192.0.2.7:8501"):
+        assert websocket_status(url, "localhost", origin) == 403, origin
+    assert websocket_status(url, "localhost") == 101  # its own page still connects
+    time.sleep(0.5)  # a request the server sent would have reached the listener by now
+    assert asked == [], asked
+    assert "external IP" not in (tmp / "streamlit.log").read_text()
 
 
 @pytest.mark.heavy(30)
