@@ -30,6 +30,9 @@ FORMATS = {"PNG": ("png",), "JPEG": ("jpg", "jpeg"), "BMP": ("bmp",), "GIF": ("g
            "WEBP": ("webp",), "PPM": ("ppm", "pgm", "pbm"), "ICO": ("ico",)}
 EXTENSIONS = [e for names in FORMATS.values() for e in names]
 SUFFIXES = {"mnist": ".mnist.png", "cifar": ".cifar.png"}
+# Pillow's layouts of 16 bits a pixel, not a channel: RGB565 (a 16-bit BMP's bit fields F800/07E0/001F), which it
+# scales to 8-bit RGB, as it does its twin RGB555 ("BGR;15")
+PACKED_16 = {"BGR;16", "RGB;16"}
 
 
 def read_mixture(source: Path | str | bytes, name: str | None = None) -> np.ndarray:
@@ -88,7 +91,7 @@ def _read_pixels(fp, name: str) -> np.ndarray:
                                   "the size mixsep separates (resize it first).")
             if im.mode.startswith(("I", "F")):  # 16- or 32-bit: converting would clip, not scale
                 raise MixsepError(f"{name} has {im.mode} pixels; save it with 8 bits per channel, as mixtures are.")
-            if any(";16" in _rawmode(tile) for tile in im.tile):  # RGB of 16 bits: Pillow keeps the high bytes
+            if any(";16" in raw and raw not in PACKED_16 for raw in map(_rawmode, im.tile)):  # Pillow keeps the high bytes
                 raise MixsepError(f"{name} has 16 bits per channel; save it with 8 bits per channel, as mixtures are.")
             if getattr(im, "n_frames", 1) > 1:
                 raise MixsepError(f"{name} holds {im.n_frames} frames; give one image per file.")

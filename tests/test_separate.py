@@ -248,6 +248,44 @@ def test_opaque_alpha_is_accepted_and_exif_orientation_is_applied(data_root, tmp
     assert np.abs(shown - np.rot90(rgb, k=-1)).mean() < np.abs(shown - rgb).mean() / 2
 
 
+def _bmp565(words: np.ndarray) -> bytes:
+    """A 16-bit BMP of RGB565 words (H, W), top row first: BITMAPINFOHEADER, BI_BITFIELDS masks F800/07E0/001F."""
+    import struct
+
+    h, w = words.shape
+    rows = b"".join(row.astype("<u2").tobytes() for row in words[::-1])  # bottom-up; 32 px of 2 bytes: 4-aligned
+    info = (struct.pack("<IiiHHIIiiII", 40, w, h, 1, 16, 3, len(rows), 2835, 2835, 0, 0)
+            + struct.pack("<III", 0xF800, 0x07E0, 0x001F))
+    return b"BM" + struct.pack("<IHHI", 14 + len(info) + len(rows), 0, 0, 14 + len(info)) + info + rows
+
+
+def test_a_16_bit_rgb565_bmp_is_separated_as_its_8_bit_colours(capsys, data_root, tmp_path):
+    """A 16-bit BMP packs 5, 6 and 5 bits a channel into each pixel; it was refused as '16 bits per channel'
+    (its twin RGB555 was read)."""
+    from mixsep.separate import read_mixture
+
+    run = _train(capsys, data_root, tmp_path / "runs")
+    rng = np.random.default_rng(0)
+    r, g, b = rng.integers(0, 32, (32, 32)), rng.integers(0, 64, (32, 32)), rng.integers(0, 32, (32, 32))
+    r[0, :3], g[0, :3], b[0, :3] = (31, 0, 0), (0, 63, 0), (0, 0, 31)  # pure red, green, blue
+    (tmp_path / "in").mkdir()
+    bmp = tmp_path / "in" / "rgb565.bmp"
+    bmp.write_bytes(_bmp565((r << 11 | g << 5 | b).astype(np.uint16)))
+    pixels = read_mixture(bmp)
+    exact = np.stack([r * 255 / 31, g * 255 / 63, b * 255 / 31], axis=-1)
+    assert np.abs(pixels - exact).max() < 1  # each channel scaled to 8 bits, not its high byte
+    assert pixels[0, :3].tolist() == [[255, 0, 0], [0, 255, 0], [0, 0, 255]]
+    Image.fromarray(pixels).save(tmp_path / "in" / "same.png")
+    out = tmp_path / "out"
+    assert main(["separate", str(run), str(bmp), str(tmp_path / "in" / "same.png"), "--out", str(out)]) == 0
+    for s in ("mnist", "cifar"):
+        assert (out / f"rgb565.{s}.png").read_bytes() == (out / f"same.{s}.png").read_bytes()
+    # 16 bits a channel is still refused (the same pixels, each channel its 16-bit value)
+    (tmp_path / "in" / "deep.png").write_bytes(_png16_rgb(pixels.astype(np.uint16) * 257))
+    assert main(["separate", str(run), str(tmp_path / "in" / "deep.png"), "--out", str(tmp_path / "out2")]) == 2
+    assert "has 16 bits per channel" in capsys.readouterr().err
+
+
 def test_a_bad_image_is_refused_before_the_run_is_loaded(capsys, tmp_path):
     Image.new("RGB", (31, 32)).save(tmp_path / "m.png")
     (tmp_path / "not-a-run").mkdir()  # it exists (checked first, cheaply); loading it would fail
