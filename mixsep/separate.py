@@ -100,6 +100,8 @@ def _read_pixels(fp, name: str) -> np.ndarray:
                     raise MixsepError(f"{name} has transparent pixels, which a mixture never has; save it without "
                                       "transparency (flattened onto the background it is shown on).")
             im = ImageOps.exif_transpose(im)  # the pixels as the image is shown, as a JPEG's EXIF turns them
+            if isinstance(im.info.get("transparency"), bytes):  # a palette's alpha per entry (tRNS), opaque where used:
+                im = im.convert("RGBA")  # straight to RGB, Pillow warns that only RGBA holds it (pngquant writes these)
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except Image.DecompressionBombError:  # Pillow refuses, from the header, sizes that would fill the memory
         raise MixsepError(f"{name} claims a size far beyond 32x32 pixels; a mixture must be 32x32.") from None

@@ -286,6 +286,36 @@ def test_a_16_bit_rgb565_bmp_is_separated_as_its_8_bit_colours(capsys, data_root
     assert "has 16 bits per channel" in capsys.readouterr().err
 
 
+def test_a_palette_png_with_a_transparency_chunk_separates_without_a_warning(capsys, data_root, tmp_path):
+    """A palette PNG with a tRNS chunk (as pngquant and optipng write them), every pixel opaque: `separate` printed
+    Pillow's two-line 'Palette images with Transparency expressed in bytes should be converted to RGBA images'."""
+    import warnings
+
+    from mixsep.separate import read_mixture
+
+    run = _train(capsys, data_root, tmp_path / "runs")
+    inputs, _ = mixture_pngs(data_root, tmp_path / "in", 1)
+    pal = tmp_path / "in" / "pal.png"
+    Image.open(inputs[0]).convert("P").save(pal, transparency=255)  # a tRNS of an alpha per entry, 255 unused
+    assert isinstance(Image.open(pal).info["transparency"], bytes)
+    shown = np.asarray(Image.open(pal).convert("RGBA"))
+    assert (shown[..., 3] == 255).all()
+    Image.fromarray(shown[..., :3]).save(tmp_path / "in" / "same.png")  # the same pixels, no palette
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "mixsep", "separate", str(run), str(pal),
+                           str(tmp_path / "in" / "same.png"), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = done.stderr.splitlines()  # only separate's own line
+    assert len(said) == 1 and said[0].endswith("mode projection_uniform: 2 mixture(s) separated"), done.stderr
+    for s in ("mnist", "cifar"):
+        assert (out / f"pal.{s}.png").read_bytes() == (out / f"same.{s}.png").read_bytes()
+    with warnings.catch_warnings():  # the Separate page reads an upload's bytes by the same code
+        warnings.simplefilter("error")
+        pixels = read_mixture(pal.read_bytes(), "pal.png")
+    assert (pixels == shown[..., :3]).all()
+
+
 def test_a_bad_image_is_refused_before_the_run_is_loaded(capsys, tmp_path):
     Image.new("RGB", (31, 32)).save(tmp_path / "m.png")
     (tmp_path / "not-a-run").mkdir()  # it exists (checked first, cheaply); loading it would fail
