@@ -148,15 +148,19 @@ class JobRegistry:
                                 "trainer stops at its next checkpoint, or now with Stop.", alive=True,
                                 stopping=owned and self._stop_requested)
             return JobState(run_dir, "failed", f"The run folder {run_dir} was deleted.")
-        # a run merely selected whose trainer died with the server (a crash, an OOM kill) reads "interrupted"
-        status = read_status(run_dir) if owned else live_status(run_dir)
+        # a run merely selected whose trainer died with the server (a crash, an OOM kill) reads "interrupted", and
+        # so does an adopted one (a terminal's train, or the child of a server since restarted): only a child this
+        # server started has its death recorded here, in its worker.log's words; an adopted one is not this
+        # server's to write for (a terminal's has no worker.log, and its state hung on whether a page looked)
+        child = owned and self._proc is not None
+        status = read_status(run_dir) if child else live_status(run_dir)
         if alive is None:  # trained by another process (a terminal's train, when this registry has a child)
             alive = status.get("state") == State.RUNNING
         if owned and not alive and self._made == run_dir:
             self._made = None  # its end is settled once
             if self._remove_refused(run_dir, status):
                 return self._removed
-        if owned and not alive and status.get("state") in (State.UNKNOWN, State.RUNNING, None):
+        if child and not alive and status.get("state") in (State.UNKNOWN, State.RUNNING, None):
             self._record_death(run_dir, status)
             status = read_status(run_dir)
         state = status.get("state", "unknown")

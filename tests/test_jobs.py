@@ -196,6 +196,30 @@ def test_killed_worker_is_noticed(tmp_path, tiny_config, fake_python, jobs_of):
     assert live_status(run)["state"] == "failed"
 
 
+def test_a_terminals_run_the_page_adopted_and_then_killed_reads_interrupted_and_its_files_stay_its_own(
+        tmp_path, tiny_config, fake_python, jobs_of):
+    """The Train page adopts a run trained from a terminal; killed, it was recorded in its status.json as
+    "failed ... its output is in worker.log" (a file a terminal's run has not), by a server that never held its
+    lock: a run's recorded state hung on whether a page was looking. It reads "interrupted", as unwatched."""
+    import subprocess
+
+    run = tmp_path / "runs" / "terminal"
+    run.mkdir(parents=True)
+    tiny_config.save(run / "config.json")
+    trainer = subprocess.Popen([fake_python, "-m", "mixsep", "train", "--run-dir", str(run)], env=fake_env("train"))
+    try:
+        wait_for(lambda: read_status(run).get("state") == "running", what="running status")
+        jobs = jobs_of(tmp_path / "runs", python=fake_python)
+        assert jobs.poll().run_dir == run and jobs.poll().state == "running"  # adopted
+    finally:
+        trainer.kill()
+        trainer.wait()
+    written = (run / "status.json").read_bytes()
+    state = jobs.poll()
+    assert (state.state, state.alive) == ("interrupted", False) and "worker.log" not in state.message, state
+    assert (run / "status.json").read_bytes() == written and not (run / "worker.log").exists()
+
+
 def test_interrupted_run_reads_interrupted(tmp_path, tiny_config, fake_python, jobs_of):
     """A 'running' folder whose process is gone (machine rebooted) is shown as interrupted, not running."""
     run = tmp_path / "runs" / "old"
