@@ -7,7 +7,7 @@ import streamlit as st
 import mixsep_ui as ui
 import sweep_ui as sw
 from mixsep import MixsepError
-from mixsep.sweep import ATTR, best_trial, counts, trials_frame
+from mixsep.sweep import ATTR, best_trial, counts, storage_label, trials_frame
 from ui_settings import whole_number_box
 
 data_root, runs_dir = ui.setup("Sweep")
@@ -29,6 +29,10 @@ name = top[0].text_input("Study", value=time.strftime("sweep-%Y%m%d"), key="swee
 with top[1]:
     url = sw.storage_url()
 live = sweeps.running()
+here = storage_label(url or None, runs_dir)  # as sweep.json names a storage: its password hidden
+# a sweep of this runs folder whose study is in another storage than the one this page reads (sweep.json says
+# which): the page showed "starting…" for it all along, or another study of its storage beside an armed Stop
+away = live.get("storage") if live and isinstance(live.get("storage"), str) and live["storage"] != here else None
 training = ui.registry(runs_dir).running()
 busy = f"Training run {training.name} is in progress; one sweep or training at a time." if training else None
 try:
@@ -54,15 +58,19 @@ if top[2].button("Start", type="primary", icon=":material/play_arrow:", disabled
 if top[3].button("Stop", icon=":material/stop:", disabled=live is None, width="stretch"):
     sweeps.stop()
     st.info("Stopping: the running trial checkpoints and is queued to resume with the study.")
+if away:
+    st.info(f"Sweep '{ui.literal(live['study'])}' is running with its trials in {ui.literal(away)}, not in the "
+            "storage this page reads: enter that under Storage to watch them. Stop stops it.")
 if busy and live is None and busy not in said:
     st.warning(ui.sentence(busy, training.name))  # the run's name as typed
 if others:  # a shared storage: say why its other studies are not in the picker
     st.caption(f"{others} {'study' if others == 1 else 'studies'} of this storage not made by "
                f"`python -m mixsep sweep` {'is' if others == 1 else 'are'} not listed.")
-if not studies and live is None:
-    st.info("No study yet: set the ranges on the left, name the study and press Start.")
+if not studies and (live is None or away):
+    if not away:
+        st.info("No study yet: set the ranges on the left, name the study and press Start.")
     st.stop()
-shown = live["study"] if live else st.session_state.get("sweep_show")
+shown = live["study"] if live and not away else st.session_state.get("sweep_show")
 if shown in studies and st.session_state.get("sweep_followed") != shown:  # a study just started (here or
     st.session_state["sweep_pick"] = st.session_state["sweep_followed"] = shown  # elsewhere): show it, once
 shown = st.selectbox("Show study", studies, index=studies.index(shown) if shown in studies else 0, key="sweep_pick") \
@@ -82,6 +90,7 @@ def show(study_name: str) -> None:
 
     store = sw.storage(url, runs_dir)
     now = sweeps.running()
+    ours = now if now and now.get("storage") in (None, here) else None  # the live sweep, if in this storage
     if live and not now:  # it just ended: one last full rerun stops the refresh
         st.rerun()
     if now and now["study"] not in studies and sw.made_by_mixsep(store, now["study"]):
@@ -92,12 +101,12 @@ def show(study_name: str) -> None:
     except (KeyError, AttributeError):
         study = attrs = None
     if not isinstance(attrs, dict):  # the sweep creates the study, then sets its attributes
-        why = ("is starting…" if now and now["study"] == study_name else "is not in this storage." if study is None
+        why = ("is starting…" if ours and ours["study"] == study_name else "is not in this storage." if study is None
                else "was not made by `python -m mixsep sweep`; there is nothing of it to show.")
         st.info(f"Study '{ui.literal(study_name)}' {why}")
         return
     c, target = counts(study), attrs.get("trials") if isinstance(attrs.get("trials"), int) else 0
-    state = f"running (pid {now['pid']})" if now and now["study"] == study_name else "not running"
+    state = f"running (pid {ours['pid']})" if ours and ours["study"] == study_name else "not running"
     st.progress(min(c["done"] / max(target, 1), 1.0), text=f"{c['done']} of {target} trials done · "
                 f"{c['running']} running · {c['waiting']} queued · sweep {state}")
     if sweeps.error() and not now:

@@ -247,3 +247,39 @@ def test_resume_on_the_page_trains_as_its_per_machine_toggles_show(page_env):
     assert child is not None, [e.value for e in at.error]
     words = child.args[child.args.index("--study"):]
     assert words[:2] == ["--study", "s"] and "--compile" in words and "--no-cpu-bf16" in words, words
+
+
+def test_a_sweep_of_this_runs_folder_in_another_storage_is_named_not_shown_as_starting(page_env, tmp_path):
+    """A sweep started with --storage sqlite:///... while the page reads the runs folder's journal: the page
+    said "Study 'q2' is starting…" for the whole sweep, and once the journal held another study, showed that
+    one as "not running" beside a Stop that would stop the sweep it did not show."""
+    import os
+    import socket
+    import subprocess
+
+    from mixsep.run import identity, write_json
+    from mixsep.sweep import storage_label
+
+    data, runs = page_env
+    elsewhere = storage_label(f"sqlite:///{tmp_path / 'q2.db'}", runs)
+    sweeper = subprocess.Popen(["sleep", "120"])  # a live sweep command, as sweep.json names it
+    try:
+        (runs / "q2").mkdir(parents=True)
+        write_json(runs / "q2" / "sweep.json", {"study": "q2", "storage": elsewhere, "host": socket.gethostname(),
+                                                "state": "running", **identity(sweeper.pid)})
+        said = f"Sweep 'q2' is running with its trials in {elsewhere}, not in the storage this page reads"
+        for journal_holds in ([], ["made"]):
+            for name in journal_holds:
+                mixsep_study(data, runs, name)
+            at = app_page("5_Sweep.py", 60)
+            assert not at.exception, [e.value for e in at.exception]
+            infos = [seen(i.value).replace("\u2060", "") for i in at.info]
+            assert sum(said in i for i in infos) == 1, infos
+            assert not any("starting" in i or "No study yet" in i for i in infos), infos
+            if journal_holds:
+                assert picker(at).value == "made"
+                assert "sweep not running" in at.get("progress")[0].proto.text
+        assert sweeper.poll() is None and os.path.exists(f"/proc/{sweeper.pid}")
+    finally:
+        sweeper.kill()
+        sweeper.wait()
