@@ -91,7 +91,7 @@ def describe_os_error(e: OSError, path: Path) -> str:
     if e.errno == errno.ENOSPC:
         return f"The disk holding {path.parent} is full, so {path.name} could not be written"
     if e.errno == errno.ENOENT and not path.parent.exists():
-        return f"The folder {path.parent} was deleted, so {path.name} could not be written"
+        return f"The folder {path.parent} was moved or deleted, so {path.name} could not be written"
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"{path.parent} is not writable, so {path.name} could not be written"
     return f"Could not write {path} ({e.strerror or e.__class__.__name__})"

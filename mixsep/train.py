@@ -434,8 +434,9 @@ class Training:
                             step=self.last_good, total_steps=self.total_steps)
             raise
         except RunWriteError as e:
-            msg = (f"{e} Training stopped at step {self.step}; the run folder is gone with its checkpoints: "
-                   "start a new run." if not self.run_dir.is_dir() else
+            msg = (f"{e} Training stopped at step {self.step}; if the run folder was moved, train --run-dir with "
+                   "its new place resumes it from its last checkpoint; if deleted, start a new run."
+                   if not self.run_dir.is_dir() else
                    f"{e} Training stopped at step {self.step}; {self._kept()}: {e.advice}.")
             self.run.fail(msg, step=self.last_good, total_steps=self.total_steps)
             raise RunWriteError(msg, e.errno) from None  # a sweep halts on it, where other errors fail one trial

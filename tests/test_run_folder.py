@@ -156,15 +156,31 @@ def test_a_run_folder_deleted_mid_run_stops_the_run_and_is_not_made_again(small_
     import shutil
 
     run = tmp_path / "run"
-    steps = T.train_steps(dataclasses.replace(small_config, checkpoint_every=2, epochs=3), run)
+    config = dataclasses.replace(small_config, checkpoint_every=2, epochs=3)
+    said = (f"The folder {run / 'checkpoints'} was moved or deleted, so last.pt could not be written. Training "
+            "stopped at step {}; if the run folder was moved, train --run-dir with its new place resumes it from its "
+            "last checkpoint; if deleted, start a new run.")
+    steps = T.train_steps(config, run)
     assert next(steps).step == 1
     shutil.rmtree(run)
     with pytest.raises(R.RunWriteError) as e:
         for _ in steps:
             pass
-    assert str(e.value) == (f"The folder {run / 'checkpoints'} was deleted, so last.pt could not be written. Training "
-                            "stopped at step 2; the run folder is gone with its checkpoints: start a new run.")
+    assert str(e.value) == said.format(2)
     assert not run.exists()
+    # moved (mv) while it trains: it said "the run folder is gone with its checkpoints: start a new run", and the
+    # run resumes from its new place, every step once
+    steps = T.train_steps(config, run)
+    for _ in range(3):
+        next(steps)
+    run.rename(tmp_path / "moved")
+    with pytest.raises(R.RunWriteError) as e:
+        for _ in steps:
+            pass
+    assert str(e.value) == said.format(4)
+    assert [r.step for r in T.train_steps(config, tmp_path / "moved")][0] == 3  # from its checkpoint at step 2
+    total = R.read_status(tmp_path / "moved")["total_steps"]
+    assert R.read_metric_frame(tmp_path / "moved" / "metrics.csv")["step"].tolist() == list(range(1, total + 1))
 
 
 def test_metrics_rewrite_is_atomic(tmp_path):
