@@ -1020,7 +1020,8 @@ def test_status_and_sweep_files_of_other_types_or_nested_too_deep_leave_every_pa
                                            "pid_start": "?", "others": [{"pid": [1]}, {"pid": "12"}]})}.items():
         (runs / study).mkdir()
         (runs / study / "sweep.json").write_text(text)
-    for page in [*PAGES, "app_pages/5_Sweep.py"]:
+    # Home lists the runs as every page does (runs_table), Compare draws their columns, Sweep reads sweep.json
+    for page in ["dashboard.py", "app_pages/4_Compare.py", "app_pages/5_Sweep.py"]:
         at = open_page(page)  # no exception
         if page == "dashboard.py":
             rows = at.dataframe[1].value.set_index("run")
