@@ -1499,8 +1499,10 @@ def best_trial(study):
 def _read_sweep(folder: Path) -> dict:
     import json
 
-    try:
-        d = json.loads((Path(folder) / SWEEP_FILE).read_text())
+    from .run import read_regular
+
+    try:  # a regular file only: a FIFO named sweep.json blocked the page (and the registry's lock) for good
+        d = json.loads(read_regular(Path(folder) / SWEEP_FILE))
         return d if isinstance(d, dict) else {}
     except (OSError, ValueError, RecursionError):  # RecursionError: nested too deeply to read
         return {}
