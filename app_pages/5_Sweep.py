@@ -7,7 +7,7 @@ import streamlit as st
 import mixsep_ui as ui
 import sweep_ui as sw
 from mixsep import MixsepError
-from mixsep.sweep import ATTR, best_trial, counts, storage_label, trials_frame
+from mixsep.sweep import ATTR, best_trial, counts, storage_key, trials_frame
 from ui_settings import whole_number_box
 
 data_root, runs_dir = ui.setup("Sweep")
@@ -29,10 +29,20 @@ name = top[0].text_input("Study", value=time.strftime("sweep-%Y%m%d"), key="swee
 with top[1]:
     url = sw.storage_url()
 live = sweeps.running()
-here = storage_label(url or None, runs_dir)  # as sweep.json names a storage: its password hidden
-# a sweep of this runs folder whose study is in another storage than the one this page reads (sweep.json says
-# which): the page showed "starting…" for it all along, or another study of its storage beside an armed Stop
-away = live.get("storage") if live and isinstance(live.get("storage"), str) and live["storage"] != here else None
+here = storage_key(url or None, runs_dir)  # the database or journal this page reads, however it is written
+
+
+def elsewhere(sweep: dict | None) -> bool:
+    """A live sweep of this runs folder whose study is in another storage than this page reads (its sweep.json
+    names it): the page showed "starting…" for it all along, or another study of its storage beside an armed
+    Stop. One without a key (this server's own child, an older mixsep's) counts as here."""
+    return bool(sweep) and isinstance(sweep.get("storage_key"), str) and sweep["storage_key"] != here
+
+
+# named so that it can be typed under Storage: an SQLite file by its absolute path (a relative one is the
+# sweep's working folder's, not the server's)
+away = (f"sqlite:///{live['storage_key'][len('sqlite:'):]}" if live["storage_key"].startswith("sqlite:/")
+        else str(live.get("storage"))) if elsewhere(live) else None
 training = ui.registry(runs_dir).running()
 busy = f"Training run {training.name} is in progress; one sweep or training at a time." if training else None
 try:
@@ -90,7 +100,7 @@ def show(study_name: str) -> None:
 
     store = sw.storage(url, runs_dir)
     now = sweeps.running()
-    ours = now if now and now.get("storage") in (None, here) else None  # the live sweep, if in this storage
+    ours = now if now and not elsewhere(now) else None  # the live sweep, if in this storage
     if live and not now:  # it just ended: one last full rerun stops the refresh
         st.rerun()
     if now and now["study"] not in studies and sw.made_by_mixsep(store, now["study"]):

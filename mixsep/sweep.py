@@ -265,6 +265,27 @@ def storage_label(url: str | None, runs_dir: Path) -> str:
     return _mask_to_last_at(_storage_label(url))
 
 
+def storage_key(url: str | None, runs_dir: Path) -> str:
+    """Which storage ``url`` names, the same for two spellings of one (a relative or an absolute SQLite path, a
+    driver named or not, a default port written or not, a query): what the Sweep page compares with the key a
+    sweep records in its sweep.json. No password in it. A relative SQLite path is this process's working
+    folder's, as the sweep opens it."""
+    if not url:
+        return f"journal:{Path(runs_dir).resolve() / JOURNAL}"
+    try:
+        from sqlalchemy.engine import make_url
+
+        u = make_url(url)
+        backend = u.get_backend_name().lower()
+        if backend == "sqlite":
+            db = u.database or ""
+            return "sqlite:" + (str(Path(db).expanduser().resolve()) if db and db != ":memory:" else db)
+        port = u.port or {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}.get(backend)
+        return f"{backend}://{u.username or ''}@{(u.host or '').lower()}:{port}/{u.database or ''}"
+    except Exception:  # not a URL at all: only the same text names the same storage
+        return _mask_to_last_at(url)
+
+
 def _mask_to_last_at(label: str) -> str:
     """A URL's password hidden up to the last '@' in it: an unencoded '/', '?' or '@' in a password made the
     parsers end it early, and its tail was shown (over-masking a query's '@' hides nothing secret)."""
@@ -1555,7 +1576,8 @@ def _write_sweep_status(p: Plan, state: str, message: str) -> None:
     path, me = p.folder / SWEEP_FILE, identity()
     was = _read_sweep(p.folder)
     others = _other_commands(was)
-    record = {"study": p.study, "storage": storage_label(p.storage, p.runs_dir), "host": socket.gethostname(),
+    record = {"study": p.study, "storage": storage_label(p.storage, p.runs_dir),
+              "storage_key": storage_key(p.storage, p.runs_dir), "host": socket.gethostname(),
               "workers": p.workers, "trials": p.trials, "updated": time.time()}
     if state == "running" or not others:
         write_json(path, {**record, "state": state, "message": message, **me, "others": others})

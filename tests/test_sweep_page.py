@@ -249,7 +249,8 @@ def test_resume_on_the_page_trains_as_its_per_machine_toggles_show(page_env):
     assert words[:2] == ["--study", "s"] and "--compile" in words and "--no-cpu-bf16" in words, words
 
 
-def test_a_sweep_of_this_runs_folder_in_another_storage_is_named_not_shown_as_starting(page_env, tmp_path):
+def test_a_sweep_of_this_runs_folder_in_another_storage_is_named_not_shown_as_starting(page_env, tmp_path,
+                                                                                       monkeypatch):
     """A sweep started with --storage sqlite:///... while the page reads the runs folder's journal: the page
     said "Study 'q2' is starting…" for the whole sweep, and once the journal held another study, showed that
     one as "not running" beside a Stop that would stop the sweep it did not show."""
@@ -258,15 +259,16 @@ def test_a_sweep_of_this_runs_folder_in_another_storage_is_named_not_shown_as_st
     import subprocess
 
     from mixsep.run import identity, write_json
-    from mixsep.sweep import storage_label
+    from mixsep.sweep import storage_key, storage_label
 
     data, runs = page_env
-    elsewhere = storage_label(f"sqlite:///{tmp_path / 'q2.db'}", runs)
+    elsewhere = f"sqlite:///{tmp_path / 'q2.db'}"
     sweeper = subprocess.Popen(["sleep", "120"])  # a live sweep command, as sweep.json names it
     try:
         (runs / "q2").mkdir(parents=True)
-        write_json(runs / "q2" / "sweep.json", {"study": "q2", "storage": elsewhere, "host": socket.gethostname(),
-                                                "state": "running", **identity(sweeper.pid)})
+        write_json(runs / "q2" / "sweep.json", {
+            "study": "q2", "storage": storage_label(elsewhere, runs), "storage_key": storage_key(elsewhere, runs),
+            "host": socket.gethostname(), "state": "running", **identity(sweeper.pid)})
         said = f"Sweep 'q2' is running with its trials in {elsewhere}, not in the storage this page reads"
         for journal_holds in ([], ["made"]):
             for name in journal_holds:
@@ -279,7 +281,24 @@ def test_a_sweep_of_this_runs_folder_in_another_storage_is_named_not_shown_as_st
             if journal_holds:
                 assert picker(at).value == "made"
                 assert "sweep not running" in at.get("progress")[0].proto.text
+        # the page reading that storage, spelt another way (relative to the server's folder, a driver named, a
+        # query): it is the sweep's own storage, shown live, not "in another storage"
+        monkeypatch.chdir(tmp_path)
+        at.text_input(key="sweep_storage").set_value("sqlite+pysqlite:///q2.db?timeout=5").run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert not any("not in the storage this page reads" in seen(i.value) for i in at.info)
         assert sweeper.poll() is None and os.path.exists(f"/proc/{sweeper.pid}")
     finally:
         sweeper.kill()
         sweeper.wait()
+
+
+def test_a_storage_key_names_the_database_whatever_the_spelling(tmp_path, monkeypatch):
+    from mixsep.sweep import storage_key
+
+    monkeypatch.chdir(tmp_path)
+    same = ["postgresql://me:secret@DB.example/study", "postgresql+psycopg2://me@db.example:5432/study?sslmode=require"]
+    assert len({storage_key(u, tmp_path) for u in same}) == 1 and "secret" not in storage_key(same[0], tmp_path)
+    assert storage_key("postgresql://me@db.example/other", tmp_path) != storage_key(same[0], tmp_path)
+    assert storage_key("sqlite:///s.db", tmp_path) == storage_key(f"sqlite:///{tmp_path}/s.db?timeout=5", tmp_path)
+    assert storage_key("", tmp_path) == storage_key(None, tmp_path / ".") != storage_key("sqlite:///s.db", tmp_path)
