@@ -828,6 +828,9 @@ class MetricsLog:
             self._f = None
 
 
+TAIL_LIMIT = 4 << 20  # last_metric_row reads at most this much of metrics.csv's end
+
+
 def last_metric_row(run_dir: Path) -> dict | None:
     """metrics.csv's last row (metric_frame's rule), or None if it has none: read from its header and its end
     only, 4 KB first, a wider window while none of its lines is a row, up to 4 MB. The run list asks this of
@@ -836,9 +839,9 @@ def last_metric_row(run_dir: Path) -> dict | None:
     path = Path(run_dir) / METRICS
     try:
         with open_regular(path) as f:
-            header = f.readline(4096)
+            header = f.readline(1 << 20)  # a header of more than a megabyte is no mixsep header
             end = f.seek(0, os.SEEK_END)
-            for window in (4 << 10, 64 << 10, 1 << 20, 4 << 20):
+            for window in (4 << 10, 64 << 10, 1 << 20, TAIL_LIMIT):
                 start = max(len(header), end - window)
                 f.seek(start - 1 if start > len(header) else start)  # from the byte before the window: see below
                 tail = f.read(end - f.tell())

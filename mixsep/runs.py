@@ -8,7 +8,7 @@ import pandas as pd
 
 from .config import TrainConfig
 from .errors import MixsepError
-from .run import (METRICS, State, disk_usage, is_alive, last_metric_row, list_checkpoints, open_regular,
+from .run import (METRICS, TAIL_LIMIT, State, disk_usage, is_alive, last_metric_row, list_checkpoints, open_regular,
                   read_metric_frame, read_status, run_folders)
 
 
@@ -51,7 +51,14 @@ def no_rows_note(path: Path) -> str:
     if path.exists() and not path.is_file():
         kind = "a folder" if path.is_dir() else "not a regular file (a FIFO, say)"
         return f"metrics.csv is {kind}, so its rows are not read"
-    return "metrics.csv holds no readable row" if _lines_past_header(path) else ""
+    if not _lines_past_header(path):
+        return ""
+    try:  # the run list reads a long file's end only: rows before it may be fine (the Metrics page reads them all)
+        if path.stat().st_size > TAIL_LIMIT:
+            return f"metrics.csv's last {TAIL_LIMIT >> 20} MB hold no readable row"
+    except OSError:
+        pass
+    return "metrics.csv holds no readable row"
 
 
 def _lines_past_header(path: Path) -> bool:
