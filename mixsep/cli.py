@@ -219,13 +219,15 @@ def cmd_train(args) -> int:
         if held is not None:
             raise _holds_a_run(args.run_dir, held.relative_to(given))
         made = _missing_ancestor(Path(args.run_dir))  # the folder (or a parent) this command makes, if any
+        # a folder of the user's that holds no run: a refusal leaves it as it was (not a .lock and a failed status)
+        existed = frozenset(os.listdir(given)) if made is None and given.is_dir() and not is_run(given) else None
         run = Run(Path(args.run_dir)).open()  # a second trainer on this folder stops here, with the holder's name
         try:
             _no_trainer_around(args.run_dir, given)
             cfg = _train_config(args)
         except BaseException:
             run.close(restore_lock=True)  # refused: the run's files byte for byte as they were, .lock included
-            remove_unstarted(run.path, made)
+            remove_unstarted(run.path, made, existed=existed)
             raise
         _say_if_unlisted(run.path, Path(args.runs_dir))
     else:  # a bad setting or missing data stops here, before any folder is made
@@ -236,7 +238,7 @@ def cmd_train(args) -> int:
         require_split(Path(cfg.data_root), "train")
         top = _missing_ancestor(Path(args.runs_dir))  # a --runs-dir this command makes goes too, if nothing trains
         run = Run(new_run_dir(Path(args.runs_dir), cfg)).open()
-        made = top or run.path
+        made, existed = top or run.path, None
     try:
         return _train(args, cfg, run)
     except ResumeRefused:  # found before anything was written: the run stays as it was, .lock included
@@ -245,15 +247,15 @@ def cmd_train(args) -> int:
     except MixsepError as e:
         if made is None and _finished(run.path):  # a finished run trains no step: it stays finished (data gone, say)
             run.close(restore_lock=True)
-        elif not remove_unstarted(run.path, made, run):  # a new run that never started (no GPU, corrupt data)
+        elif not remove_unstarted(run.path, made, run, existed):  # a new run that never started (no GPU, corrupt data)
             _record_failure(run, str(e))
         raise
     except StoppedBeforeTraining:
-        if not remove_unstarted(run.path, made, run):  # a resume keeps its folder: stopped, as it was
+        if not remove_unstarted(run.path, made, run, existed):  # a resume keeps its folder: stopped, as it was
             _record_stop(run, "stopped by Ctrl-C or SIGTERM before training began")
         raise
     except KeyboardInterrupt:
-        if not remove_unstarted(run.path, made, run):
+        if not remove_unstarted(run.path, made, run, existed):
             _record_failure(run, "Training was force-quit before its first step.", only_if_not_ended=True)
         raise
     finally:

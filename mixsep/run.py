@@ -1134,7 +1134,7 @@ def delete_run(runs_dir: Path, name: str) -> Path:
     return path
 
 
-def remove_unstarted(run_dir: Path, made: Path | None, run=None) -> bool:
+def remove_unstarted(run_dir: Path, made: Path | None, run=None, existed: frozenset | None = None) -> bool:
     """Remove a run folder made for a new run (by ``train``, or by the dashboard for its child), when the
     run never wrote a checkpoint or a step.
 
@@ -1142,24 +1142,30 @@ def remove_unstarted(run_dir: Path, made: Path | None, run=None) -> bool:
     folder, config.json, the dashboard child's worker.log), then the folders that were made
     (``made``: the run folder or a parent of it), when empty; anything else keeps the folder,
     and the failure is recorded in it instead. True when the folder was removed.
+
+    ``existed``: the names a folder that was there, holding no run, had before this run (``train --run-dir``
+    into a folder of the user's): only what the run added goes, and the folder stays, as it was.
     """
-    if made is None:
+    if made is None and existed is None:
         return False
     run_dir = run_dir.absolute()
     try:
-        names = {p.name for p in run_dir.iterdir()}
+        names = {p.name for p in run_dir.iterdir()} - (existed or set())
         ckpt = run_dir / CHECKPOINTS
-        if not names <= {LOCK, STATUS, CONFIG, METRICS, CHECKPOINTS, LOG} or (ckpt.is_dir() and any(ckpt.iterdir())):
+        if not names <= {LOCK, STATUS, CONFIG, METRICS, CHECKPOINTS, LOG} or \
+                (CHECKPOINTS in names and ckpt.is_dir() and any(ckpt.iterdir())):
             return False
         metrics = run_dir / METRICS
-        if metrics.is_file() and len(metrics.read_bytes().splitlines()) > 1:
+        if METRICS in names and metrics.is_file() and len(metrics.read_bytes().splitlines()) > 1:
             return False
         if run is not None:
-            run.close()  # the lock goes with its file
+            run.close(restore_lock=LOCK not in names)  # the lock goes with its file, or keeps its old line
         for name in names - {CHECKPOINTS}:
             (run_dir / name).unlink()
-        if ckpt.is_dir():
+        if CHECKPOINTS in names and ckpt.is_dir():
             ckpt.rmdir()
+        if made is None:
+            return True
         made = made.absolute()  # the parents it made go too, never a folder above those
         stop_at = made if made == run_dir or made in run_dir.parents else run_dir
         folder = run_dir
