@@ -223,6 +223,11 @@ def test_the_run_list_reads_only_the_end_of_a_long_metrics_csv(tmp_path):
     assert last_metric_row(run) == read_metrics(run).iloc[-1].to_dict() | {"step": 3000, "epoch": 0}
     summary = run_summary(run)
     assert (summary["step"], summary["last_loss"]) == (3000, 1 / 3000)
+    # not parsed again while the file is unchanged, and read anew as soon as it changes: the cut-off row ends
+    last_metric_row(run)["step"] = -1  # a caller's change reaches no other caller
+    with open(run / "metrics.csv", "a") as f:
+        f.write(",0.2,0.5,0.001,10,3001\n")
+    assert last_metric_row(run)["step"] == 3001 and run_summary(run)["last_loss"] == 0.5
     with open(run / "metrics.csv", "ab") as f:  # then 8 MB of damage after the last row: no row in the end
         f.write(b"\n" + b"x" * (8 << 20) + b"\n")
     assert last_metric_row(run) is None and run_summary(run)["last_loss"] is None
