@@ -220,7 +220,8 @@ def cmd_train(args) -> int:
             raise _holds_a_run(args.run_dir, held.relative_to(given))
         made = _missing_ancestor(Path(args.run_dir))  # the folder (or a parent) this command makes, if any
         # a folder of the user's that holds no run: a refusal leaves it as it was (not a .lock and a failed status)
-        existed = frozenset(os.listdir(given)) if made is None and given.is_dir() and not is_run(given) else None
+        existed = frozenset(os.listdir(given)) if made is None and given.is_dir() and not is_mixsep_run(given) \
+            else None
         run = Run(Path(args.run_dir)).open()  # a second trainer on this folder stops here, with the holder's name
         try:
             _no_trainer_around(args.run_dir, given)

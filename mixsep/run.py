@@ -842,33 +842,31 @@ def last_metric_row(run_dir: Path) -> dict | None:
     path = Path(run_dir) / METRICS
     try:
         st = path.stat()
-    except OSError:
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        # the change time too: a rewrite that puts the old mtime back (cp -p, rsync -a --inplace) changes it
+        row = _last_metric_row(str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    except OSError:  # not kept: a file unreadable now (its mode, a passing I/O error) is read again next time
         return None
-    if not stat.S_ISREG(st.st_mode):
-        return None
-    row = _last_metric_row(str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     return dict(row) if row is not None else None
 
 
 @functools.lru_cache(maxsize=4096)
 def _last_metric_row(path: str, *version) -> dict | None:
-    """last_metric_row of the file ``path`` as it is at ``version`` (device, inode, size, time)."""
+    """last_metric_row of the file ``path`` as it is at ``version`` (device, inode, size, times); OSError raised."""
     path = Path(path)
-    try:
-        with open_regular(path) as f:
-            header = f.readline(1 << 20)  # a header of more than a megabyte is no mixsep header
-            end = f.seek(0, os.SEEK_END)
-            for window in (4 << 10, 64 << 10, 1 << 20, TAIL_LIMIT):
-                start = max(len(header), end - window)
-                f.seek(start - 1 if start > len(header) else start)  # from the byte before the window: see below
-                tail = f.read(end - f.tell())
-                if start > len(header):  # drop up to the first newline: a line the window cut at its start
-                    tail = tail[tail.find(b"\n") + 1:] if b"\n" in tail else b""
-                rows = parse_metrics(header + tail)
-                if len(rows) or start <= len(header):
-                    break
-    except OSError:
-        return None
+    with open_regular(path) as f:
+        header = f.readline(1 << 20)  # a header of more than a megabyte is no mixsep header
+        end = f.seek(0, os.SEEK_END)
+        for window in (4 << 10, 64 << 10, 1 << 20, TAIL_LIMIT):
+            start = max(len(header), end - window)
+            f.seek(start - 1 if start > len(header) else start)  # from the byte before the window: see below
+            tail = f.read(end - f.tell())
+            if start > len(header):  # drop up to the first newline: a line the window cut at its start
+                tail = tail[tail.find(b"\n") + 1:] if b"\n" in tail else b""
+            rows = parse_metrics(header + tail)
+            if len(rows) or start <= len(header):
+                break
     return _records(rows.tail(1))[0] if len(rows) else None
 
 

@@ -280,8 +280,10 @@ def storage_key(url: str | None, runs_dir: Path) -> str:
         if backend == "sqlite":
             db = u.database or ""
             return "sqlite:" + (str(Path(db).expanduser().resolve()) if db and db != ":memory:" else db)
-        port = u.port or {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}.get(backend)
-        return f"{backend}://{u.username or ''}@{(u.host or '').lower()}:{port}/{u.database or ''}"
+        backend = "mysql" if backend == "mariadb" else backend  # one dialect of two names
+        port = u.port or {"postgresql": 5432, "mysql": 3306}.get(backend)
+        host = u.host or str(u.query.get("host") or "")  # ?host=/var/run/postgresql: a server by its socket
+        return f"{backend}://{u.username or ''}@{host.lower()}:{port}/{u.database or ''}"
     except Exception:  # not a URL at all: only the same text names the same storage
         return _mask_to_last_at(url)
 

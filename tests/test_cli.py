@@ -859,9 +859,13 @@ def test_an_output_whose_folder_is_a_broken_link_or_a_file_is_named_so(capsys, t
     assert (tmp_path / "file").read_text() == "the user's own"
 
 
-@pytest.mark.parametrize("flags", [["--data-root", "{tmp}/no-data"], ["--data-root", "{data}", "--batch-size", "9999"]])
+@pytest.mark.parametrize("flags, project", [
+    (["--model", "tiny", "--no-pretrained", "--data-root", "{tmp}/no-data"], False),
+    (["--model", "tiny", "--no-pretrained", "--data-root", "{data}", "--batch-size", "9999"], False),
+    (["--data-root", "{tmp}/no-data"], True),  # a project's own config.json there: still no run
+])
 def test_train_refused_in_a_folder_of_the_users_that_holds_no_run_leaves_it_as_it_was(capsys, data_root, tmp_path,
-                                                                                      flags):
+                                                                                      flags, project):
     """`train --run-dir FOLDER` into an existing folder of the user's (notes in it, no run), refused once the
     command held the folder (no data there; a batch larger than the data): it exits 2 with one sentence, and the
     folder gained a .lock and a status.json marked failed."""
@@ -870,9 +874,11 @@ def test_train_refused_in_a_folder_of_the_users_that_holds_no_run_leaves_it_as_i
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep")
+    if project:
+        (mine / "config.json").write_text('{"project": 1}')  # a project's own config, not a run's
     before = tree(mine)
     args = [f.format(tmp=tmp_path, data=data_root) for f in flags]
-    assert main(["train", "--run-dir", str(mine), "--model", "tiny", "--no-pretrained", "--device", "cpu", *args]) == 2
+    assert main(["train", "--run-dir", str(mine), "--device", "cpu", *args]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in err, err
     assert tree(mine) == before

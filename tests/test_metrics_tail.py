@@ -228,6 +228,11 @@ def test_the_run_list_reads_only_the_end_of_a_long_metrics_csv(tmp_path):
     with open(run / "metrics.csv", "a") as f:
         f.write(",0.2,0.5,0.001,10,3001\n")
     assert last_metric_row(run)["step"] == 3001 and run_summary(run)["last_loss"] == 0.5
+    # rewritten in place to the same size with its old mtime put back (cp -p, rsync -a --inplace): read anew
+    st = (run / "metrics.csv").stat()
+    (run / "metrics.csv").write_bytes((run / "metrics.csv").read_bytes().replace(b",0.5,", b",0.7,"))
+    os.utime(run / "metrics.csv", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert last_metric_row(run)["loss"] == 0.7
     with open(run / "metrics.csv", "ab") as f:  # then 8 MB of damage after the last row: no row in the end
         f.write(b"\n" + b"x" * (8 << 20) + b"\n")
     assert last_metric_row(run) is None and run_summary(run)["last_loss"] is None

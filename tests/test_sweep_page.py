@@ -302,3 +302,6 @@ def test_a_storage_key_names_the_database_whatever_the_spelling(tmp_path, monkey
     assert storage_key("postgresql://me@db.example/other", tmp_path) != storage_key(same[0], tmp_path)
     assert storage_key("sqlite:///s.db", tmp_path) == storage_key(f"sqlite:///{tmp_path}/s.db?timeout=5", tmp_path)
     assert storage_key("", tmp_path) == storage_key(None, tmp_path / ".") != storage_key("sqlite:///s.db", tmp_path)
+    assert storage_key("postgresql://u@/db?host=/var/run/postgresql", tmp_path) != \
+        storage_key("postgresql://u@/db?host=/tmp", tmp_path)  # two servers by their sockets
+    assert storage_key("mysql://u@h/db", tmp_path) == storage_key("mariadb://u@h:3306/db", tmp_path)
