@@ -376,7 +376,7 @@ def _train_config(args) -> TrainConfig:
     # the point a resume continues from, read before anything is written: a damaged one changes nothing
     state = read_resume_point(run_dir) if run_dir is not None else None
     if run_dir is not None and (run_dir / CONFIG).is_file():
-        saved, where = TrainConfig.load(run_dir / CONFIG).validate(), "its saved config"
+        saved, where = TrainConfig.load(run_dir / CONFIG, of_run=True).validate(), "its saved config"
         if state is not None:
             _config_as_trained(run_dir, saved, state)
     elif state is not None:

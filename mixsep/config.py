@@ -360,8 +360,10 @@ class TrainConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
     @classmethod
-    def load(cls, path: Path, strict: bool = False) -> "TrainConfig":
-        """A config.json; ``strict`` refuses keys that name no setting (a file the user wrote)."""
+    def load(cls, path: Path, strict: bool = False, of_run: bool = False) -> "TrainConfig":
+        """A config.json; ``strict`` refuses keys that name no setting (a file the user wrote); ``of_run``: a run
+        folder's own, refused when it names no setting at all (a project's own config.json, which a resume took
+        for a run's with every setting at its default, then trained into its folder and wrote over)."""
         path = Path(path)
 
         def half() -> str:  # only a run's own config.json may be half written
@@ -395,6 +397,10 @@ class TrainConfig:
             names = ", ".join(repr(k) for k in twice[:5]) + (", …" if len(twice) > 5 else "")
             raise MixsepError(f"{path} gives {names} more than once; keep one of each (JSON would silently take "
                               "the last).")
+        if of_run and len(unknown) == len(d):
+            names = ", ".join(repr(k) for k in unknown[:5]) + (", …" if len(unknown) > 5 else "")
+            raise MixsepError(f"{path} names no mixsep setting ({names or 'it is empty'}), so it is not a mixsep run's "
+                              "config.json; give --run-dir a run folder, or a new or empty folder for a new run.")
         if strict and unknown:
             names = ", ".join(repr(k) for k in unknown[:5]) + (", …" if len(unknown) > 5 else "")
             raise MixsepError(f"{path} names {'a setting' if len(unknown) == 1 else 'settings'} mixsep does not "
@@ -521,8 +527,8 @@ def given_settings(args: argparse.Namespace, model: str | None = None) -> dict:
         # a run's own config.json may hold keys of another version, and resumes all the same
         run_dir = getattr(args, "run_dir", None)
         own = bool(run_dir) and Path(args.config).resolve() == (Path(run_dir) / "config.json").resolve()
-        return TrainConfig.load(Path(args.config), strict=not own).to_dict() | {k: v for k, v in flags.items()
-                                                                                  if k in where}
+        saved = TrainConfig.load(Path(args.config), strict=not own, of_run=own)
+        return saved.to_dict() | {k: v for k, v in flags.items() if k in where}
     if getattr(args, "recipe", False):
         flags = recipe(flags.get("model", model or TrainConfig.model)) | flags
     return flags

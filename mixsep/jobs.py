@@ -235,7 +235,7 @@ class JobRegistry:
                     run_name(self.runs_dir, run_dir)
                 except ValueError:
                     raise MixsepError(f"{run_dir} is not a run in {self.runs_dir}.") from None
-                config = TrainConfig.load(run_dir / "config.json").validate()
+                config = TrainConfig.load(run_dir / "config.json", of_run=True).validate()
                 # a damaged last.pt: said on the page, not only in worker.log (a look: the child reads it whole)
                 state = read_resume_point(run_dir, peek=True)
                 if state is not None:

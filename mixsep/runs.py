@@ -25,7 +25,7 @@ def run_summary(run_dir: Path, name: str | None = None) -> dict:
            "total_steps": 0, "model": "", "lr": None, "beta1": None, "beta2": None, "batch_size": None,
            "epochs": None, "checkpoints": len(list_checkpoints(run_dir)), "last_loss": None}
     try:
-        cfg = TrainConfig.load(run_dir / "config.json")
+        cfg = TrainConfig.load(run_dir / "config.json", of_run=True)
         row.update(model=cfg.model, lr=cfg.lr, beta1=cfg.beta1, beta2=cfg.beta2, batch_size=cfg.batch_size,
                    epochs=cfg.epochs, train_size=cfg.train_size, seed=cfg.seed, pretrained=cfg.pretrained,
                    cpu_bf16=cfg.cpu_bf16)

@@ -863,6 +863,7 @@ def test_an_output_whose_folder_is_a_broken_link_or_a_file_is_named_so(capsys, t
     (["--model", "tiny", "--no-pretrained", "--data-root", "{tmp}/no-data"], False),
     (["--model", "tiny", "--no-pretrained", "--data-root", "{data}", "--batch-size", "9999"], False),
     (["--data-root", "{tmp}/no-data"], True),  # a project's own config.json there: still no run
+    (["--data-root", "{data}", "--max-minutes", "0.01"], True),  # it trained into it, and wrote over its config
 ])
 def test_train_refused_in_a_folder_of_the_users_that_holds_no_run_leaves_it_as_it_was(capsys, data_root, tmp_path,
                                                                                       flags, project):
@@ -880,5 +881,8 @@ def test_train_refused_in_a_folder_of_the_users_that_holds_no_run_leaves_it_as_i
     args = [f.format(tmp=tmp_path, data=data_root) for f in flags]
     assert main(["train", "--run-dir", str(mine), "--device", "cpu", *args]) == 2
     err = capsys.readouterr().err
-    assert err.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in err, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    if project:
+        assert err == (f"error: {mine / 'config.json'} names no mixsep setting ('project'), so it is not a mixsep "
+                       "run's config.json; give --run-dir a run folder, or a new or empty folder for a new run.\n")
     assert tree(mine) == before
