@@ -767,7 +767,8 @@ def clear_stop(run_dir: Path) -> None:
 
 
 def _stop_file(run_dir: Path) -> tuple | None:
-    """Which STOP file is there (inode, size, change time), or None: a touch of the same file changes it too."""
+    """Which STOP file is there (inode, size, modification and change times), or None: a touch of the same file
+    changes it too."""
     try:
         st = (Path(run_dir) / STOP).lstat()
     except OSError:
@@ -1225,6 +1226,7 @@ class Run:
         self.metrics = MetricsLog(self.path)
         self.warnings: list[str] = []
         self.facts: dict = {}  # recorded with every status (e.g. whether ImageNet weights loaded)
+        self._old_stop: tuple | None = None  # the STOP there when the lock was taken (open): an earlier stop's
 
     def open(self) -> "Run":
         check_run_dir(self.path)
@@ -1235,14 +1237,14 @@ class Run:
             self.lock.release(restore=True)  # refused before anything was written
             raise
         remove_stale_temps(self.path)
-        self._old_stop = _stop_file(self.path)  # a STOP already there when the trainer came: an earlier stop's
+        self._old_stop = _stop_file(self.path)
         return self
 
     def clear_old_stop(self) -> None:
         """Remove the STOP file an earlier stop left (there when the lock was taken), and only that one: a STOP
         written while this trainer loads its data and model asks it to stop (it was removed unread, and the run
         trained to its end)."""
-        if getattr(self, "_old_stop", None) is not None and _stop_file(self.path) == self._old_stop:
+        if self._old_stop is not None and _stop_file(self.path) == self._old_stop:
             clear_stop(self.path)
 
     def close(self, restore_lock: bool = False) -> None:
