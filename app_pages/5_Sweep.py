@@ -7,7 +7,7 @@ import streamlit as st
 import mixsep_ui as ui
 import sweep_ui as sw
 from mixsep import MixsepError
-from mixsep.sweep import ATTR, best_trial, counts, storage_key, trials_frame
+from mixsep.sweep import ATTR, best_trial, counts, recorded_storage, storage_key, trials_frame
 from ui_settings import whole_number_box
 
 data_root, runs_dir = ui.setup("Sweep")
@@ -39,10 +39,7 @@ def elsewhere(sweep: dict | None) -> bool:
     return bool(sweep) and isinstance(sweep.get("storage_key"), str) and sweep["storage_key"] != here
 
 
-# named so that it can be typed under Storage: an SQLite file by its absolute path (a relative one is the
-# sweep's working folder's, not the server's)
-away = (f"sqlite:///{live['storage_key'][len('sqlite:'):]}" if live["storage_key"].startswith("sqlite:/")
-        else str(live.get("storage"))) if elsewhere(live) else None
+away = recorded_storage(live) if elsewhere(live) else None  # as it can be typed under Storage
 training = ui.registry(runs_dir).running()
 busy = f"Training run {training.name} is in progress; one sweep or training at a time." if training else None
 try:

@@ -288,6 +288,14 @@ def storage_key(url: str | None, runs_dir: Path) -> str:
         return _mask_to_last_at(url)
 
 
+def recorded_storage(record: dict) -> str:
+    """The storage a sweep.json names, as it can be typed under the Sweep page's Storage: an SQLite file by its
+    absolute path (the key's; a relative one is the sweep's working folder's, not the server's), another by its
+    label (its password hidden)."""
+    key = str(record.get("storage_key") or "")
+    return f"sqlite:///{key[len('sqlite:'):]}" if key.startswith("sqlite:/") else str(record.get("storage"))
+
+
 def _mask_to_last_at(label: str) -> str:
     """A URL's password hidden up to the last '@' in it: an unencoded '/', '?' or '@' in a password made the
     parsers end it early, and its tail was shown (over-masking a query's '@' hides nothing secret)."""
