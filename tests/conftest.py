@@ -105,6 +105,22 @@ def unblock_fifo(fifo: Path, seconds: float = 2.0) -> None:
         time.sleep(0.02)
 
 
+def not_waiting_on(fifo: Path, call, timeout: float = 20.0):
+    """``call()``'s result, run in a thread beside ``fifo``; fails "a reader waits on the FIFO" when it is still
+    blocked after ``timeout`` seconds (the FIFO is then given an end of file, so that the thread ends)."""
+    import threading
+
+    got = {}
+    reader = threading.Thread(target=lambda: got.update(result=call()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    waited = reader.is_alive()
+    if waited:
+        unblock_fifo(fifo)
+    assert not waited, "a reader waits on the FIFO"
+    return got["result"]
+
+
 def cut_last_record(journal: Path, op_code: int) -> None:
     """Drop a sweep journal's last record, checking that it is of the kind named (4: a trial created)."""
     records = journal.read_bytes().splitlines(keepends=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import unblock_fifo
+from conftest import not_waiting_on
 
 from mixsep.run import METRIC_FIELDS, MetricsLog, MetricsTail, _csv_rows
 
@@ -275,8 +275,6 @@ def test_damaged_lines_and_non_finite_losses_are_skipped_by_both_readers(tmp_pat
 
 def test_a_fifo_for_metrics_csv_is_listed_as_unread_not_waited_on(tmp_path):
     """A metrics.csv that is a FIFO hung every page listing runs, for good: the run list read it to its end."""
-    import threading
-
     from mixsep.config import TrainConfig
     from mixsep.runs import list_runs, read_metrics, run_summary
 
@@ -284,15 +282,8 @@ def test_a_fifo_for_metrics_csv_is_listed_as_unread_not_waited_on(tmp_path):
     run.mkdir(parents=True)
     TrainConfig(model="tiny").save(run / "config.json")
     os.mkfifo(run / "metrics.csv")
-    got = {}
-    reader = threading.Thread(target=lambda: got.update(frame=read_metrics(run), summary=run_summary(run),
-                                                        runs=list_runs(tmp_path / "runs")), daemon=True)
-    reader.start()
-    reader.join(20)
-    waited = reader.is_alive()
-    if waited:
-        unblock_fifo(run / "metrics.csv")  # so the thread ends
-    assert not waited, "a reader waits on the FIFO"
+    got = not_waiting_on(run / "metrics.csv", lambda: dict(frame=read_metrics(run), summary=run_summary(run),
+                                                             runs=list_runs(tmp_path / "runs")))
     assert got["frame"].empty and list(got["frame"].columns) == METRIC_FIELDS
     assert [r["run"] for r in got["runs"]] == ["piped"] and got["summary"]["last_loss"] is None
     assert "metrics.csv is not a regular file (a FIFO, say), so its rows are not read" in got["summary"]["message"]

@@ -532,10 +532,6 @@ def test_a_sqlite_storage_that_opens_only_an_existing_file_names_the_missing_fil
 def test_a_fifo_named_sweep_json_is_unreadable_not_waited_on(tmp_path):
     """A FIFO named sweep.json in a study folder blocked live_sweeps for good, inside the Sweep registry's lock:
     every later Sweep page, the Train page's Start and Compare's Delete hung until the server restarted."""
-    import threading
-
-    from conftest import unblock_fifo
-
     from mixsep.run import delete_run
     from mixsep.sweep import SweepRegistry
 
@@ -543,13 +539,6 @@ def test_a_fifo_named_sweep_json_is_unreadable_not_waited_on(tmp_path):
     (runs / "evil").mkdir(parents=True)
     os.mkfifo(runs / "evil" / "sweep.json")
     (runs / "gone").mkdir()
-    got = {}
-    reader = threading.Thread(target=lambda: got.update(live=SweepRegistry(runs).running(),
-                                                        deleted=delete_run(runs, "gone")), daemon=True)
-    reader.start()
-    reader.join(20)
-    waited = reader.is_alive()
-    if waited:
-        unblock_fifo(runs / "evil" / "sweep.json")  # so the thread ends
-    assert not waited, "a reader waits on the FIFO"
+    got = conftest.not_waiting_on(runs / "evil" / "sweep.json",
+                                  lambda: dict(live=SweepRegistry(runs).running(), deleted=delete_run(runs, "gone")))
     assert got == {"live": None, "deleted": (runs / "gone").resolve()}
