@@ -3,9 +3,10 @@
 #
 #     bash bench/gpu.sh DATA_ROOT OUT_DIR
 #
-# 1. a GPU that PyTorch sees (else exit 1 at once); the machine (nvidia-smi, torch, CUDA); two
-#    dry runs that stop the script if either bench cannot run there: a broken CUDA path costs a
-#    minute, not the whole run;
+# 1. a GPU that PyTorch sees (else exit 1 at once); the machine (nvidia-smi, torch, CUDA); the tests that
+#    need a GPU (tests/test_cuda.py: the CUDA graph of the training step); two dry runs (DRY=0 leaves them
+#    out) that stop the script if either bench cannot run there: a broken CUDA path costs a minute, not
+#    the whole run;
 # 2. bench/quality.py --device cuda --minutes MINUTES (default 5) on MODEL (default the best
 #    U-Net, unet_hf_silu), scored on the test pairs and on 1,000 held-out CIFAR training images;
 #    its metrics.csv comes back too, one row per step;
@@ -44,8 +45,18 @@ trap 'rm -rf "$work"' EXIT
   "$py" -m mixsep info
 } 2>&1 | tee "$out/machine.log"
 
+echo "== tests on the GPU" | tee "$out/tests.log"
+if ! timeout "${TESTS_CAP_S:-240}" "$py" -m pytest -q -p no:cacheprovider -o addopts= tests/test_cuda.py >>"$out/tests.log" 2>&1; then
+  tail -60 "$out/tests.log"
+  echo "the GPU tests failed: stopped before the timed runs" >&2
+  exit 1
+fi
+tail -3 "$out/tests.log"
+
 echo "== dry runs" | tee "$out/dry.log"
-if ! { "$py" bench/run.py --data-root "$data" --device cuda --dry-run \
+if [ "${DRY:-1}" = 0 ]; then
+  echo "left out (DRY=0)" | tee -a "$out/dry.log"
+elif ! { "$py" bench/run.py --data-root "$data" --device cuda --dry-run \
        && "$py" bench/quality.py --data-root "$data" --device cuda --dry-run --model "$model" \
             --holdout 1000 --runs-dir "$work/dry"; } >>"$out/dry.log" 2>&1; then
   tail -40 "$out/dry.log"
@@ -56,11 +67,12 @@ tail -3 "$out/dry.log"
 
 echo "== quality"
 timeout "${QUALITY_CAP_S:-345}" "$py" bench/quality.py --data-root "$data" --device cuda --minutes "$minutes" \
-  --model "$model" --holdout 1000 --runs-dir "$work/runs" --json "$out/quality-cuda.json" --overwrite 2>&1 \
+  --model "$model" --holdout 1000 --runs-dir "$work/runs" --json "$out/quality-cuda.json" --overwrite ${QUALITY_ARGS:-} 2>&1 \
   | tee "$out/quality.log" | grep -v "^  step"
 cp "$work"/runs/*/metrics.csv "$out/quality-metrics.csv" 2>/dev/null
 echo "== speed"
 timeout "${SPEED_CAP_S:-210}" "$py" bench/run.py --data-root "$data" --device cuda --quick --rounds "${ROUNDS:-5}" --batch "${BATCH:-64}" \
+  --quality-model "$model" \
   --json "$out/speed-cuda.json" --overwrite 2>&1 | tee "$out/speed.log" | grep -v "^  unet"
 
 date -u

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="train through torch.compile (TrainConfig.compile); the probe's warm-up steps compile, "
                         "and the run itself finds the kernels in inductor's cache")
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                   help="on CUDA, train without replaying the step from a CUDA graph (TrainConfig.cuda_graphs), "
+                        "as runs before it did")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
     p.add_argument("--runs-dir", default=default_runs_dir(), help="where the run folder goes (default ./runs)")
@@ -98,7 +101,7 @@ def make_config(args) -> TrainConfig:
         raise MixsepError("With no time budget (--minutes 0) give --epochs: the preset sizes them to the budget.")
     epochs = 1 if preset["epochs"] == "auto" else preset["epochs"]  # sized in main once the data is known
     return TrainConfig(data_root=str(Path(args.data_root).resolve()), model=args.model, pretrained=False, seed=args.seed,
-                       device=args.device, cpu_bf16=args.cpu_bf16, compile=args.compile, max_minutes=args.minutes, checkpoint_every=10_000,
+                       device=args.device, cpu_bf16=args.cpu_bf16, compile=args.compile, cuda_graphs=args.cuda_graphs, max_minutes=args.minutes, checkpoint_every=10_000,
                        **(preset | {"epochs": epochs})).validate()
 
 
@@ -174,7 +177,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> tuple[Training, float, str]:
 
 # what only a training run reads: with --score they would be dropped without a word
 TRAINING_FLAGS = {"model", "minutes", "epochs", "batch_size", "lr", "beta2", "loss", "seed", "cpu_bf16", "compile",
-                  "device", "runs_dir"}
+                  "cuda_graphs", "device", "runs_dir"}
 
 
 def main(argv=None) -> int:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import gzip
 import json
 import math
@@ -63,7 +64,7 @@ from mixsep.config import default_data_root
 from mixsep.data import PairData, find_source, load_pairs, load_split, to_float
 from mixsep.metrics import RECOVERY_MODES, SOURCES, evaluate, predict, psnr, recover
 from mixsep.model import build_model, flops_per_sample
-from mixsep.train import Training
+from mixsep.train import GRAPH_WARMUP, Training
 
 TARGET_DB = 22.2  # the public clone's MNIST PSNR after 30 epochs of a ResNet-50 separator
 QUALITY_DB = 30.0  # both sources, on validation pairs carved from the training data
@@ -90,8 +91,9 @@ def rounds(loops: dict, calls: int, n_rounds: int, device: str = "cpu") -> dict:
     Alternating rounds put every loop, the matmul peak included, under the same background
     load, which on a shared machine moves more than the differences measured here.
     """
-    for fn, _ in loops.values():
-        fn()  # warm-up: allocator, oneDNN / cuDNN kernel choice
+    for fn, _ in loops.values():  # warm-up: allocator, oneDNN / cuDNN kernel choice; on CUDA the training
+        for _ in range(1 if device == "cpu" else GRAPH_WARMUP + 2):  # loop's eager steps and the graph's recording
+            fn()
     got = {k: [] for k in loops}
     for _ in range(n_rounds):
         for k, (fn, work) in loops.items():
@@ -188,6 +190,11 @@ def training_throughput(args, work: Path) -> dict:
         training = Training(cfg, work / "run")
     gen = training.steps()
     model, opt = training.model, training.optimizer
+    eager_gen = None
+    if args.device == "cuda":  # the same loop with config.cuda_graphs off: what the graph of the step saves
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            eager_gen = Training(dataclasses.replace(cfg, cuda_graphs=False), work / "run-eager").steps()
     ready = to_float(*next(iter(training.data.batches(0, args.batch_size))))
     seed_batches = seed_style_loader(Path(args.data_root), work / "seed", args.batch_size, args.device)
     B, amp = args.batch_size, args.device == "cuda" and cfg.amp
@@ -195,6 +202,7 @@ def training_throughput(args, work: Path) -> dict:
     all_taps, all_taps_opt = variant(model, cfg.lr, skip_padding=False)  # the encoder as torchvision computes it
     loops = {
         "mixsep": (lambda: next(gen), B),
+        **({"mixsep_eager": (lambda: next(eager_gen), B)} if eager_gen is not None else {}),
         "bare": (lambda: bare_step(model, opt, ready, amp), B),
         f"bare_{form(other)}": (lambda: bare_step(other, other_opt, ready, amp), B),
         "bare_all_taps": (lambda: bare_step(all_taps, all_taps_opt, ready, amp), B),
@@ -204,6 +212,8 @@ def training_throughput(args, work: Path) -> dict:
     }
     got = rounds(loops, args.steps, args.rounds, args.device)
     gen.close()
+    if eager_gen is not None:
+        eager_gen.close()
     peak = got.pop("matmul_gflops")
     # the input pipelines alone: what bounds a step that is fast (a GPU's) rather than the CPU's
     gathers = endless_batches(training.data, B)
@@ -276,7 +286,7 @@ def compile_whole_step(args, t: dict, work: Path) -> dict:
             "break_even_steps": compile_s / saved if saved > 0 else math.inf, "rounds": sps["_rounds"]}
 
 
-def tried(args, t: dict) -> dict:
+def tried(args, t: dict, work: Path) -> dict:
     """Each idea against the default bare step, in alternation."""
     model, opt, ready = t["model"], t["opt"], t["ready"]
     B, dev = args.batch_size, args.device
@@ -315,6 +325,21 @@ def tried(args, t: dict) -> dict:
                       "cpu_bf16": (lambda: bare_step(unet, unet_opt, unet_batch, True), b)},
                      max(2, args.steps), args.rounds, dev)
         out["quality_model_cpu_bf16_vs_fp32"] = sps["cpu_bf16"] / sps["fp32"]
+        out["quality_model_samples_per_s"] = {k: v for k, v in sps.items() if k != "_rounds"}
+    else:  # the same question on CUDA is the graph of the step: the quality model's training loop with it and without
+        b = PRESETS[args.quality_model]["batch_size"] if not args.dry_run else B
+        gens = {}
+        for name, graphs in (("cuda_graphs", True), ("eager", False)):
+            cfg = TrainConfig(data_root=args.data_root, model=args.quality_model, pretrained=False, batch_size=b,
+                              epochs=1000, device=dev, seed=0, cuda_graphs=graphs, checkpoint_every=100_000,
+                              checkpoint_seconds=3600)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                gens[name] = Training(cfg, work / f"quality-{name}").steps()
+        sps = rounds({k: (lambda g=g: next(g), b) for k, g in gens.items()}, max(4, args.steps * 4), args.rounds, dev)
+        for g in gens.values():
+            g.close()
+        out["quality_model_cuda_graphs_vs_eager"] = sps["cuda_graphs"] / sps["eager"]
         out["quality_model_samples_per_s"] = {k: v for k, v in sps.items() if k != "_rounds"}
 
     # evaluation forward passes: grad on (but eval mode), no_grad, inference_mode
@@ -510,7 +535,7 @@ def print_training(args, t: dict, m: dict) -> dict:
     print(f"fp32 matmul ({args.peak_n}^2) in the same rounds: {peak:.1f} GFLOP/s, the peak for MFU"
           + (f" ({peak / m['peak_gflops']:.2f} of the theoretical {m['peak_gflops']:.0f})" if m["peak_gflops"] > 0 else ""))
     executed = t["executed_forward_flops_per_sample"]
-    executed = executed | {"mixsep": executed["bare"], "seed_style": executed["bare_all_taps"]}
+    executed = executed | {"mixsep": executed["bare"], "mixsep_eager": executed["bare"], "seed_style": executed["bare_all_taps"]}
     print(f"  (MFU counts the network's {train_flops / 1e6:.0f} MFLOPs per sample, every tap; 'executed' the FLOPs each form multiplies)")
     for k, v in sps.items():
         print(f"  {k:14s} {v:7.1f} samples/s  {train_flops * v / 1e9:6.1f} GFLOP/s  MFU {train_flops * v / (peak * 1e9):.2f}"
@@ -518,11 +543,17 @@ def print_training(args, t: dict, m: dict) -> dict:
     other = f"bare_{t['other_form']}"
     print(f"  decoders {t['form']} (the default) / {t['other_form']}: {sps['bare'] / sps[other]:.2f}x")
     print(f"  encoder skipping padding taps (the default) / all taps: {sps['bare'] / sps['bare_all_taps']:.2f}x")
-    out = {"mfu": train_flops * sps["mixsep"] / (peak * 1e9), "data_overhead": 1 - sps["mixsep"] / sps["bare"],
+    # on CUDA the mixsep loop replays a CUDA graph (config.cuda_graphs) and the bare step does not: the data
+    # overhead compares the loop without the graph with the bare step, and the graph's gain is a figure of its own
+    like = "mixsep_eager" if "mixsep_eager" in sps else "mixsep"
+    out = {"mfu": train_flops * sps["mixsep"] / (peak * 1e9), "data_overhead": 1 - sps[like] / sps["bare"],
            "mfu_executed": 3 * executed["mixsep"] * sps["mixsep"] / (peak * 1e9),
            "speedup_vs_seed_style": sps["mixsep"] / sps["seed_style"], "default_vs_other_form": sps["bare"] / sps[other],
            "skip_vs_all_taps": sps["bare"] / sps["bare_all_taps"]}
-    print(f"  data overhead 1 - mixsep/bare = {out['data_overhead']:.3f}; mixsep / seed-style = {out['speedup_vs_seed_style']:.2f}x")
+    print(f"  data overhead 1 - {like}/bare = {out['data_overhead']:.3f}; mixsep / seed-style = {out['speedup_vs_seed_style']:.2f}x")
+    if like == "mixsep_eager":
+        out["cuda_graphs_speedup"] = sps["mixsep"] / sps["mixsep_eager"]
+        print(f"  CUDA graph of the step (cuda_graphs, the default) / without: {out['cuda_graphs_speedup']:.2f}x")
     d = t["data_only_samples_per_s"]
     print(f"  input pipeline alone: mixsep {d['mixsep']:.0f} samples/s, seed-style {d['seed_style']:.0f} samples/s "
           f"({d['mixsep'] / d['seed_style']:.0f}x): the seed-style loop caps any step at {d['seed_style']:.0f} samples/s")
@@ -568,10 +599,15 @@ def main(argv=None) -> int:
             comp = compile_whole_step(args, t, work) if args.compile else {}
             if comp:
                 print_compile(args, comp, t)
-            tr = tried(args, t)
+            tr = tried(args, t, work)
             print(f"tried on the bare step (samples/s relative to the default: {threads} threads, channels_last, eager):")
             for k, v in tr["train_step_vs_default"].items():
                 print(f"  {k:14s} {v:.2f}x")
+            if "quality_model_cuda_graphs_vs_eager" in tr:
+                q = tr["quality_model_samples_per_s"]
+                print(f"{args.quality_model} training loop (batch {PRESETS[args.quality_model]['batch_size']}), CUDA graph "
+                      f"of the step / without: {tr['quality_model_cuda_graphs_vs_eager']:.2f}x "
+                      f"({q['cuda_graphs']:.0f} vs {q['eager']:.0f} samples/s)")
             if "quality_model_cpu_bf16_vs_fp32" in tr:
                 q = tr["quality_model_samples_per_s"]
                 print(f"{args.quality_model} bare step, bf16 autocast (--cpu-bf16) / fp32: "

@@ -310,6 +310,11 @@ class TrainConfig:
                             "compiling fails the run trains without it and says so",
                             "Compile the network (torch.compile)", "mechanics", on_resume=True, widget="toggle",
                             advanced=True)
+    cuda_graphs: bool = setting(True, "on CUDA, record the training step's forward and backward once as a CUDA graph "
+                                "and replay it: one launch instead of hundreds of small kernels, the same arithmetic. "
+                                "The first 3 steps run as usual, Adam's step stays outside the graph; off when compile is "
+                                "on, no effect on the CPU; where recording fails the run trains without it and says so",
+                                "CUDA graphs (CUDA)", "mechanics", on_resume=True, widget="toggle", advanced=True)
     checkpoint_every: int = setting(200, "steps between checkpoints, at most one in checkpoint_seconds (one is "
                                          "always written at the end)",
                                     "Steps between checkpoints", "mechanics", low=1, on_resume=True)

@@ -66,7 +66,7 @@ ATTR = "mixsep"               # the study's user attribute holding its space and
 # (--sampler-seed and --heartbeat belong to each command: machines joining one study give their own seeds)
 SWEEP_FLAGS = {"report_every": 0, "pruner": "median"}
 # settings each machine chooses for itself when it joins a study
-LOCAL = ("data_root", "device", "amp", "cpu_bf16", "compile")
+LOCAL = ("data_root", "device", "amp", "cpu_bf16", "compile", "cuda_graphs")
 MAX_RETRY = 3                 # requeues of a trial whose worker died, before it counts as failed (stops don't count)
 PSNR_CAP = 100.0              # dB; a pixel-perfect image is +inf PSNR and would swamp the mean
 POLL_S = 2.0                  # how often an idle worker looks at the others' trials

@@ -28,6 +28,7 @@ from .run import (CHECKPOINTS, CONFIG, Run, RunWriteError, State, UnreadableChec
 from .run import new_run_dir as _new_folder
 
 LOG_MSE_FLOOR = 1e-5  # added to per-image MSEs under config.loss = "log_mse"; 1e-5 is 50 dB PSNR
+GRAPH_WARMUP = 3  # eager steps before a CUDA graph records one (config.cuda_graphs): PyTorch's recipe warms up on a side stream
 
 
 def new_run_dir(runs_dir: Path, config: TrainConfig) -> Path:
@@ -310,6 +311,12 @@ class Training:
         # first training step compiles, and a compile that fails there falls back to eager (_compiled_step)
         self._forward = torch.compile(self.model) if config.compile else self.model
         self._compiling = config.compile
+        # On CUDA the step's forward and backward are recorded once as a CUDA graph and replayed (_graphed_step):
+        # a U-Net's step is hundreds of small kernels, and launching them is what bounds it there
+        self._graphs = cuda and config.cuda_graphs and not config.compile
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._graph_io: tuple = ()  # the recorded step's inputs (uint8 batches) and its (mnist, cifar) losses
+        self._warm_steps = 0
         self.should_stop = should_stop or (lambda: False)
         self.step = 0
         self._resume()
@@ -346,7 +353,52 @@ class Training:
         """One Adam step on the summed loss of the two sources; returns the detached (mnist, cifar) MSEs."""
         if self._compiling:
             return self._compiled_step(mnist_u8, cifar_u8, lr)
+        if self._graphs:
+            return self._graphed_step(mnist_u8, cifar_u8, lr)
         return self._step(mnist_u8, cifar_u8, lr)
+
+    def _graphed_step(self, mnist_u8, cifar_u8, lr: float) -> torch.Tensor:
+        """The same step with its forward and backward replayed from a CUDA graph (PyTorch's "whole network
+        capture" recipe). The first GRAPH_WARMUP steps run eagerly on a side stream (cuDNN picks its kernels, Adam
+        makes its state), the next is recorded, and every later one copies its batch into the recorded inputs and
+        replays. The gradients stay the graph's own tensors, overwritten at each replay, so they are never set to
+        None again; Adam steps outside the graph, with the learning rate of the step as before. Batches are all the
+        same size (PairData.batches gives full ones only)."""
+        if self._graph is not None:
+            inputs, losses = self._graph_io[:2], self._graph_io[2]
+            inputs[0].copy_(mnist_u8)
+            inputs[1].copy_(cifar_u8)
+            self._graph.replay()
+            return self._adam_step(lr, losses)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        if self._warm_steps < GRAPH_WARMUP:
+            self._warm_steps += 1
+            with torch.cuda.stream(side):
+                out = self._step(mnist_u8, cifar_u8, lr)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            return out
+        graph, inputs = torch.cuda.CUDAGraph(), (mnist_u8.clone(), cifar_u8.clone())
+        self.optimizer.zero_grad(set_to_none=True)  # the backward recorded allocates them in the graph's memory
+        try:
+            with torch.cuda.graph(graph):
+                losses = self._forward_backward(*inputs)
+        except Exception as e:  # an operation that cannot be recorded (a host sync): train as before, and say so
+            torch.cuda.synchronize(self.device)
+            why = " ".join(str(e).split())[:300]
+            self.run.warnings.append(f"CUDA graphs could not record this model's step, so the run trains without "
+                                     f"them ({e.__class__.__name__}: {why})")
+            self._graphs = False
+            return self._step(mnist_u8, cifar_u8, lr)
+        self._graph, self._graph_io = graph, (*inputs, losses)
+        graph.replay()
+        return self._adam_step(lr, losses)
+
+    def _adam_step(self, lr: float, losses: torch.Tensor) -> torch.Tensor:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        return losses.clone()  # the next replay overwrites the recorded losses; this step's are read later
 
     def _compiled_step(self, mnist_u8, cifar_u8, lr: float) -> torch.Tensor:
         """The first step with ``compile``: it compiles forward and backward. Where that fails (no C++ compiler, an
@@ -372,9 +424,16 @@ class Training:
         return out
 
     def _step(self, mnist_u8, cifar_u8, lr: float) -> torch.Tensor:
-        mnist, cifar, mean = to_float(mnist_u8, cifar_u8)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        losses = self._forward_backward(mnist_u8, cifar_u8)
+        self.optimizer.step()
+        return losses
+
+    def _forward_backward(self, mnist_u8, cifar_u8) -> torch.Tensor:
+        """Forward, the objective and its backward into the parameters' gradients; the detached (mnist, cifar) MSEs."""
+        mnist, cifar, mean = to_float(mnist_u8, cifar_u8)
         use_amp = self.config.amp if self.device.type == "cuda" else self.config.cpu_bf16
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
             mnist_hat, cifar_hat = self._forward(mean)
@@ -389,9 +448,7 @@ class Training:
             loss_mnist = F.mse_loss(mnist_hat.float(), mnist)
             loss_cifar = F.mse_loss(cifar_hat.float(), cifar)
             objective = loss_mnist + loss_cifar
-        self.optimizer.zero_grad(set_to_none=True)
         objective.backward()
-        self.optimizer.step()
         return torch.stack([loss_mnist.detach(), loss_cifar.detach()])
 
     # ------------------------------------------------------------------ the loop
