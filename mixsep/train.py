@@ -353,8 +353,9 @@ class Training:
         """One Adam step on the summed loss of the two sources; returns the detached (mnist, cifar) MSEs."""
         if self._compiling:
             return self._compiled_step(mnist_u8, cifar_u8, lr)
-        if self._graphs:
-            return self._graphed_step(mnist_u8, cifar_u8, lr)
+        if self._graphs:  # on the model's GPU: a graph records only work on its capture stream's device (cuda:1)
+            with torch.cuda.device(self.device):
+                return self._graphed_step(mnist_u8, cifar_u8, lr)
         return self._step(mnist_u8, cifar_u8, lr)
 
     def _graphed_step(self, mnist_u8, cifar_u8, lr: float) -> torch.Tensor:
