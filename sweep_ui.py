@@ -21,7 +21,7 @@ from mixsep.sweep import (ATTR, JOURNAL, LOCAL, STORAGE_ENV, SweepRegistry, chec
 from ui_settings import setting_widget
 
 BUDGET = ("epochs", "train_size", "max_minutes")  # the per-trial budget, fixed for every trial
-SHARED = ("pretrained", "cpu_bf16", "compile")  # other settings every trial shares, drawn with the Train page's widget
+SHARED = ("pretrained", "cpu_bf16", "compile", "cuda_graphs")  # other settings every trial shares, drawn with the Train page's widget
 
 
 @st.cache_resource(show_spinner=False)
@@ -138,7 +138,7 @@ def space_widgets() -> tuple[list[str], list[str]]:
 
 def budget_widgets() -> tuple[list[str], list[str]]:
     """The per-trial budget (epochs, training pairs, time limit) and the shared settings, as fixed flags for Start;
-    and this machine's own choices among them (LOCAL: --cpu-bf16, --compile), always given, for Resume: a study
+    and this machine's own choices among them (LOCAL: --cpu-bf16, --compile, --cuda-graphs), always given, for Resume: a study
     resumed here trains as the page shows, not as the machine that started it chose."""
     flags, local = [], []
     for name in SHARED:

@@ -241,12 +241,14 @@ def test_resume_on_the_page_trains_as_its_per_machine_toggles_show(page_env):
     mixsep_study(data, runs, "s")
     at = app_page("5_Sweep.py", 60)
     next(t for t in at.toggle if t.key == "sweep_compile").set_value(True).run()
+    next(t for t in at.toggle if t.key == "sweep_cuda_graphs").set_value(False).run()
     next(b for b in at.button if b.label == "Resume").click().run()
     assert not at.exception, [e.value for e in at.exception]
     child = sweep_ui.registry(runs)._proc
     assert child is not None, [e.value for e in at.error]
     words = child.args[child.args.index("--study"):]
     assert words[:2] == ["--study", "s"] and "--compile" in words and "--no-cpu-bf16" in words, words
+    assert "--no-cuda-graphs" in words, words
 
 
 def test_a_sweep_of_this_runs_folder_in_another_storage_is_named_not_shown_as_starting(page_env, tmp_path,
