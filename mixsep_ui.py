@@ -294,6 +294,11 @@ def pick_run(runs_dir: Path, key: str = "run") -> tuple[Path, str] | None:
                 st.error(literal(f"There is no run named '{wanted}' in {Path(runs_dir).resolve()}; pick one below."))
             else:
                 st.session_state[key] = wanted
+    elif not wanted and st.session_state.get("last_run") in rows:
+        # a page opened from the sidebar (its URL has no ?run=) shows the run shown last, whatever the box's own
+        # state holds: a pick that came from a link was set before the box on its first page and did not
+        # outlive the switch (the next page showed the newest run)
+        st.session_state[key] = st.session_state["last_run"]
     if not rows:
         st.info(f"No runs yet in {Path(runs_dir).resolve()}. Start one on the Train page.")
         page_link("Train", "Go to Train")

@@ -480,6 +480,21 @@ def test_a_picked_run_stays_picked_when_its_state_changes(server):
             expect(page.get_by_text("State: finished")).to_be_visible()
             page.wait_for_timeout(1500)  # the page's own reruns settle
             assert f"run={run.name}" in page.url, (name, page.url)
+        # a run opened by a link, in a new session, stays when the sidebar opens another page at once (it showed
+        # the newest run: the link's pick was set before the box and did not outlive the first page)
+        newer = tmp / "runs" / "zz-newer"
+        os.utime(newer, (time.time() + 60, time.time() + 60))  # the newest (folder time), which the link is not
+        for first, then in (("Metrics", "Samples"), ("Samples", "Separate")):
+            context = browser.new_context(viewport={"width": 1280, "height": 900})  # as a shared link opens
+            page = context.new_page()
+            page.goto(f"{url}/{first}?run={run.name}")
+            expect(page.get_by_text("State: finished")).to_be_visible()
+            page.get_by_role("link", name=then).first.click()
+            expect(page).to_have_url(re.compile(f"/{then}"))
+            expect(page.get_by_text("State: finished")).to_be_visible()
+            page.wait_for_timeout(1500)
+            assert f"run={run.name}" in page.url, (first, then, page.url)
+            context.close()
         browser.close()
 
 
