@@ -387,7 +387,10 @@ def _train_config(args) -> TrainConfig:
         cfg = config_from_args(args)  # a relative data root would break a resume from another folder
         return dataclasses.replace(cfg, data_root=str(Path(cfg.data_root).resolve()))
     cfg = _resume_settings(args, run_dir, saved)
-    print(f"resuming {args.run_dir} with {where}", file=sys.stderr)
+    # a folder with a config.json and no checkpoint yet: the Train page's new run (it writes the config first), or
+    # a run stopped before its first checkpoint; either trains from step 0
+    print(f"resuming {args.run_dir} with {where}" if state is not None else
+          f"training {args.run_dir} from step 0 with {where} (no checkpoint yet)", file=sys.stderr)
     return cfg
 
 

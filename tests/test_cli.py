@@ -453,6 +453,21 @@ def test_a_config_file_with_a_byte_order_mark_is_read(capsys, data_root, tmp_pat
     assert json.loads((made / "config.json").read_text())["max_minutes"] == 3.0
 
 
+def test_a_new_run_whose_config_was_written_first_is_not_said_to_resume(capsys, data_root, tmp_path):
+    """The Train page writes a new run's config.json, then starts `train --config C --run-dir D` on it: its
+    worker.log, where the page sends a user when something fails, began "resuming D with its saved config"."""
+    run = _train(capsys, data_root, tmp_path / "runs")
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    shutil.copy(run / "config.json", fresh / "config.json")
+    assert main(["train", "--config", str(fresh / "config.json"), "--run-dir", str(fresh), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert f"training {fresh} from step 0 with its saved config (no checkpoint yet)" in err and "resuming" not in err, err
+    (run / "status.json").write_text(json.dumps(dict(json.loads((run / "status.json").read_text()), state="stopped")))
+    assert main(["train", "--run-dir", str(run), "--quiet"]) == 0  # a run with a checkpoint resumes, and says so
+    assert f"resuming {run} with its saved config" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, says", [
     (["train", "--epochs", "1.5"], "error: --epochs takes a whole number (got '1.5'), for example 1; "
                                    "`python -m mixsep train --help` lists the options."),
