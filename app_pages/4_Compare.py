@@ -30,7 +30,10 @@ if not chosen:
     st.stop()
 
 fig = go.Figure()
-place = {name: i for i, name in enumerate(rows)}  # a run's colour follows it, not its place among those chosen
+# a run's colour follows its name's place among all runs, not among those chosen nor by age: run folders are
+# named by their start time, so a new run comes last and leaves the others' colours (the newest-first order
+# moved every colour at each new run); a delete still moves those after it
+place = {name: i for i, name in enumerate(sorted(rows))}
 for name in chosen:
     m = read_metrics(runs_dir / name)
     rows[name] = rows[name] | ui.best_scores(runs_dir / name, m, smoothing)

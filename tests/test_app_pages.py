@@ -379,6 +379,13 @@ def test_compare_tells_many_runs_apart(app_env):
     assert all(0.12 <= mixsep_ui._luminance(c) <= 0.30 for c, _ in drawn.values())  # seen on a white and a dark page
     widget(at.multiselect, "Runs").set_value(["tiny-run-03", "tiny-run-07"]).run()
     assert lines(at) == {n: drawn[n] for n in ("tiny-run-03", "tiny-run-07")}  # a run keeps its colour
+    shutil.copytree(runs / "tiny-run", runs / "tiny-run-99")  # a new run, the newest: the others keep theirs
+    os.utime(runs / "tiny-run-99", (time.time() + 60, time.time() + 60))  # copytree copied the folder's time too
+    at = open_page("app_pages/4_Compare.py")
+    widget(at.multiselect, "Runs").set_value(["tiny-run-03", "tiny-run-07", "tiny-run-99"]).run()
+    now = lines(at)
+    assert {n: now[n] for n in ("tiny-run-03", "tiny-run-07")} == {n: drawn[n] for n in ("tiny-run-03", "tiny-run-07")}
+    assert now["tiny-run-99"] not in (now["tiny-run-03"], now["tiny-run-07"])
 
 
 def test_compare_shows_what_loaded_and_disk_use_and_deletes_runs(app_env):
