@@ -233,8 +233,10 @@ def cmd_train(args) -> int:
         _say_if_unlisted(run.path, Path(args.runs_dir))
     else:  # a bad setting or missing data stops here, before any folder is made
         from .data import require_split
+        from .run import check_runs_dir
         from .train import new_run_dir
 
+        check_runs_dir(Path(args.runs_dir))
         cfg = _train_config(args)
         require_split(Path(cfg.data_root), "train")
         top = _missing_ancestor(Path(args.runs_dir))  # a --runs-dir this command makes goes too, if nothing trains

@@ -40,9 +40,9 @@ from pathlib import Path
 from .config import TrainConfig
 from .errors import MixsepError
 from .run import LOG as LOG_NAME  # the child's stdout and stderr, inside its run folder
-from .run import CONFIG, RunWriteError, State, delete_run, describe_os_error, is_alive, last_logged_step, \
-    live_status, lock_holder, open_regular, read_status, remove_unstarted, request_stop, run_name, write_json, \
-    write_status
+from .run import CONFIG, RunWriteError, State, check_runs_dir, delete_run, describe_os_error, is_alive, \
+    last_logged_step, live_status, lock_holder, open_regular, read_status, remove_unstarted, request_stop, run_name, \
+    write_json, write_status
 from .runs import live_runs
 from .train import check_fits, new_run_dir, read_resume_point
 
@@ -249,6 +249,7 @@ class JobRegistry:
                 from .data import require_split
 
                 require_split(Path(config.data_root), "train")  # no run folder for a run that cannot load its data
+                check_runs_dir(self.runs_dir)  # not in a run's or a study's folder
                 made = run_dir = new_run_dir(self.runs_dir, config)
             cmd = [self.python, "-m", "mixsep", "train", "--config", str(run_dir / "config.json"),
                    "--run-dir", str(run_dir), "--quiet"]

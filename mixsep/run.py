@@ -414,9 +414,28 @@ def _runs_dir_is_a_file(runs_dir: Path) -> MixsepError:
 
 
 def check_runs_dir(runs_dir: Path) -> None:
-    """Refuse, before any work, a runs folder that is a file (new_run_dir would, when it first writes)."""
+    """Refuse, before any work, a runs folder that is a file (new_run_dir would, when it first writes), or that is
+    or lies in a run's folder (its checkpoints folder too) or a sweep study's: a run made there was in the way of
+    the outer run's resume and went with it when it was deleted, and a sweep wrote its journal into a run."""
+    from .sweep import SWEEP_FILE
+
     if runs_dir.exists() and not runs_dir.is_dir():
         raise _runs_dir_is_a_file(runs_dir)
+    given = Path(os.path.abspath(runs_dir))
+    try:
+        given = given.resolve()
+    except (OSError, RuntimeError):  # a loop of links: new_run_dir says what is wrong when it writes
+        return
+    for folder in (given, *given.parents):
+        where = "is" if folder == given else "is inside"
+        if is_mixsep_run(folder):
+            raise MixsepError(f"The runs folder {runs_dir} {where} the run folder {folder}, and a run holds no other "
+                              "run (its resume would be refused, and deleting it would take the new run); name the "
+                              "folder that holds your runs (--runs-dir or MIXSEP_RUNS_DIR).")
+        if (folder / SWEEP_FILE).is_file():
+            raise MixsepError(f"The runs folder {runs_dir} {where} the folder of the sweep study '{folder.name}', "
+                              "which keeps its trials in it (a run there would stop the study from resuming); name "
+                              "the folder that holds your runs (--runs-dir or MIXSEP_RUNS_DIR).")
 
 
 def new_run_dir(runs_dir: Path, stem: str) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mixsep import TrainConfig
+from mixsep import MixsepError, TrainConfig
 from mixsep.cli import main
 
 TINY = ["--model", "tiny", "--batch-size", "16", "--no-pretrained", "--quiet", "--checkpoint-seconds", "0"]
@@ -451,6 +452,38 @@ def test_a_config_file_with_a_byte_order_mark_is_read(capsys, data_root, tmp_pat
                  "--max-minutes", "3"]) == 0
     made = Path(capsys.readouterr().out.strip().splitlines()[-1])
     assert json.loads((made / "config.json").read_text())["max_minutes"] == 3.0
+
+
+def test_a_runs_folder_in_a_run_or_a_study_is_refused_before_anything_is_made(capsys, data_root, tmp_path, monkeypatch):
+    """`--runs-dir` (or MIXSEP_RUNS_DIR) naming a run, its checkpoints folder or a sweep study's folder made a new run
+    inside it without a word: the outer run then refused to resume, a Delete of it took the new one, and a sweep
+    wrote its journal into the run."""
+    from mixsep.jobs import JobRegistry
+    from mixsep.run import check_runs_dir
+
+    run = _train(capsys, data_root, tmp_path / "runs")
+    study = tmp_path / "runs" / "s1"
+    (study / "trial-0000").mkdir(parents=True)
+    (study / "sweep.json").write_text(json.dumps({"study": "s1"}))
+    before = conftest.tree(tmp_path / "runs")
+    for where, says in ((run, f"is the run folder {run}"), (run / "checkpoints", f"is inside the run folder {run}"),
+                        (study, "is the folder of the sweep study 's1'"),
+                        (study / "trial-0000", "is inside the folder of the sweep study 's1'")):
+        for argv, env in ((["train", "--runs-dir", str(where)], None), (["train"], str(where)),
+                          (["sweep", "--study", "q", "--trials", "1", "--runs-dir", str(where)], None)):
+            if env:
+                monkeypatch.setenv("MIXSEP_RUNS_DIR", env)
+            else:
+                monkeypatch.delenv("MIXSEP_RUNS_DIR", raising=False)
+            assert main([*argv, "--data-root", str(data_root), *(TINY if argv[0] == "train" else [])]) == 2, argv
+            err = capsys.readouterr().err
+            assert err.startswith(f"error: The runs folder {where} {says}") and err.count("\n") == 1, err
+            assert conftest.tree(tmp_path / "runs") == before, argv  # nothing made, nothing written
+        with pytest.raises(MixsepError, match=f"The runs folder {re.escape(str(where))} {says}"):
+            JobRegistry(where).start(TrainConfig.load(run / "config.json"))  # the Train page's Start
+        assert conftest.tree(tmp_path / "runs") == before
+    check_runs_dir(tmp_path / "runs")  # the folder that holds them is a runs folder
+    check_runs_dir(tmp_path / "new" / "runs")
 
 
 def test_a_new_run_whose_config_was_written_first_is_not_said_to_resume(capsys, data_root, tmp_path):
