@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import io
 import json
 import os
 import re
@@ -772,7 +773,7 @@ def cmd_evaluate(args) -> int:
         files.append((json_out, json_bytes(obj)))
     if markdown_out:
         files.append((markdown_out, result.to_markdown().encode()))
-    write_all(files)  # both or neither
+    write_all(files, overwrite=args.overwrite)  # both or neither
     if closed is not None:
         raise closed
     for path, _ in files:
@@ -799,9 +800,11 @@ def cmd_grid(args) -> int:
               file=sys.stderr)
     img = grid_image(model, pairs, idx, show_direct=not args.no_direct, show_errors=args.errors,
                      title=f"{Path(info['path']).parent.parent.name}  step {info['step']}  ({args.split} split)")
-    from .run import atomic_write
+    from .run import write_all
 
-    atomic_write(out, lambda f: img.save(f, format="PNG"))
+    png = io.BytesIO()
+    img.save(png, format="PNG")
+    write_all([(out, png.getvalue())], overwrite=args.overwrite)  # not over a file written since the check
     print(out)
     return 0
 
@@ -817,7 +820,7 @@ def cmd_separate(args) -> int:
     pixels, paths = prepare([Path(p) for p in args.images], args.out, args.overwrite,  # before the model loads
                             this_run=_run_folder_of(args.run_dir), reads=[p for p in (args.checkpoint, args.run_dir) if p])
     model, _, info = _load_model(args)
-    write_outputs(paths, *separate(model, pixels, args.mode))
+    write_outputs(paths, *separate(model, pixels, args.mode), overwrite=args.overwrite)
     print(f"checkpoint {info['path']} (step {info['step']}), mode {args.mode}: {len(paths)} mixture(s) separated", file=sys.stderr)
     for d in paths:
         print(d["mnist"])

@@ -154,12 +154,18 @@ def sync_folder(folder: Path) -> None:
         pass
 
 
-def write_all(files, made: Path | None = None) -> None:
+def write_all(files, made: Path | None = None, overwrite: bool = True) -> None:
     """Write every ``(path, bytes)`` of ``files`` or, with one sentence, none (separate's images,
-    evaluate's JSON and Markdown): each is written whole under a temporary name beside it, and all are
-    renamed only once every one is written (a full disk halfway once left 10 of 40). A failure removes
+    evaluate's JSON and Markdown, grid's PNG): each is written whole under a temporary name beside it, and all
+    are renamed only once every one is written (a full disk halfway once left 10 of 40). A failure removes
     the temporary files, and the folder ``made`` for the outputs if it is empty then. ``files`` may be
-    a generator: each file's bytes are made only when it is written."""
+    a generator: each file's bytes are made only when it is written.
+
+    Without ``overwrite`` a name that exists by then is not replaced: each file is put in place by a hard
+    link, which the kernel refuses over an existing name. The commands check their outputs before any work,
+    but two commands run at once with the same outputs both passed that check, and the later one's renames
+    replaced the other's files, both saying they wrote them. Then the names this call put in place are
+    removed again and it says why: all written, or none."""
     staged: list[tuple[Path, Path]] = []
     try:
         for path, data in files:
@@ -173,10 +179,20 @@ def write_all(files, made: Path | None = None) -> None:
         if isinstance(e, OSError) and staged:
             raise MixsepError(describe_os_error(e, staged[-1][1]) + "; nothing was written.") from None
         raise
+    placed: list[tuple[Path, int]] = []  # without overwrite: the names put in place, by their files' inodes
     with signals_held():  # a Ctrl-C or SIGTERM here waits until every name is in place: all written, or none
         for n, (tmp, path) in enumerate(staged):
             try:
-                os.replace(tmp, path)
+                if overwrite or not _put_new(tmp, path, placed):
+                    os.replace(tmp, path)
+            except FileExistsError:  # another command wrote it since this one checked: take back what was put
+                for put, inode in placed:
+                    with contextlib.suppress(OSError):
+                        if os.lstat(put).st_ino == inode:  # still ours (not a later --overwrite's)
+                            os.unlink(put)
+                _discard([left for left, _ in staged[n:]], made)
+                raise MixsepError(f"{path} exists already: something wrote it while this command ran, so nothing "
+                                  "was written; pass --overwrite to replace it, or choose another output.") from None
             except BaseException as e:
                 _discard([left for left, _ in staged[n:]], made if n == 0 else None)
                 if not isinstance(e, OSError):
@@ -210,6 +226,23 @@ def signals_held():
                 signal.signal(s, handler)
         if got:
             signal.raise_signal(got[0])
+
+
+def _put_new(tmp: Path, path: Path, placed: list[tuple[Path, int]]) -> bool:
+    """Give ``tmp``'s file the name ``path`` only if no file has it (FileExistsError if one has), and drop the
+    temporary name; False where the file system makes no hard links (the caller renames, as with overwrite:
+    the check made before any work stands alone there)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS):
+            return False
+        raise
+    placed.append((path, os.lstat(path).st_ino))
+    os.unlink(tmp)
+    return True
 
 
 def _discard(temps: list[Path], made: Path | None) -> None:

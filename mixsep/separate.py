@@ -222,8 +222,9 @@ def prepare(inputs: list[Path], out_dir: Path | str, overwrite: bool = False, th
     return pixels, paths
 
 
-def write_outputs(paths: list[dict[str, Path]], digits: np.ndarray, images: np.ndarray) -> None:
-    """Every output or, with one sentence, none; a --out folder made here is removed again then."""
+def write_outputs(paths: list[dict[str, Path]], digits: np.ndarray, images: np.ndarray, overwrite: bool = False) -> None:
+    """Every output or, with one sentence, none; a --out folder made here is removed again then. Without
+    ``overwrite`` an output that another command wrote meanwhile is not replaced (run.write_all)."""
     out_dir = next(iter(paths[0].values())).parent
     made = not out_dir.exists()
     try:
@@ -231,6 +232,6 @@ def write_outputs(paths: list[dict[str, Path]], digits: np.ndarray, images: np.n
     except OSError as e:
         raise MixsepError(f"Could not create {out_dir} ({e.strerror or e.__class__.__name__}).") from None
     write_all(((d[source], png_bytes(px)) for d, digit, image in zip(paths, digits, images)
-               for source, px in (("mnist", digit), ("cifar", image))), out_dir if made else None)
+               for source, px in (("mnist", digit), ("cifar", image))), out_dir if made else None, overwrite=overwrite)
 
 
