@@ -190,7 +190,7 @@ def cmd_train(args) -> int:
     as it was, and a folder this command made for a run that never took a step is removed again.
     """
     from .errors import ResumeRefused
-    from .run import Run, remove_unstarted
+    from .run import Run, RunWriteError, remove_unstarted
 
     # no torch before the lock of --run-dir: importing it took seconds, in which a Delete on the dashboard saw
     # no trainer and removed the run this command was about to resume (which then began anew, in its place)
@@ -253,6 +253,10 @@ def cmd_train(args) -> int:
             run.close(restore_lock=True)
         elif not remove_unstarted(run.path, made, run, existed):  # a new run that never started (no GPU, corrupt data)
             _record_failure(run, str(e))
+        elif isinstance(e, RunWriteError) and str(e).endswith(f": {e.advice}."):  # a full disk at the start
+            # the folder told to resume is gone: what to do is to run the command again
+            raise MixsepError(f"{str(e)[:-len(e.advice) - 1]}{e.advice.replace('resume', 'run this command again')}; "
+                              f"the new run's folder {run.path} was removed again, as it held no step.") from None
         raise
     except StoppedBeforeTraining:
         if not remove_unstarted(run.path, made, run, existed):  # a resume keeps its folder: stopped, as it was

@@ -668,6 +668,22 @@ def test_evaluate_writes_both_files_or_neither(capsys, data_root, tmp_path):
         assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "e.json", "full", "runs"]  # no temp file
 
 
+def test_a_full_disk_at_a_new_runs_start_says_to_run_the_command_again_not_to_resume(capsys, data_root, tmp_path):
+    """The new run's folder is removed again when the disk is full before its first step, but the sentence said
+    "free some space and resume": `train --run-dir` on that folder then began a new run with the default settings."""
+    from conftest import tmpfs
+
+    with tmpfs(tmp_path / "full", "64k") as full:
+        (full / "filler").write_bytes(b"x" * 54_000)  # room for config.json and status.json, not metrics.csv
+        assert main(["train", "--runs-dir", str(full / "runs"), "--data-root", str(data_root), *TINY]) == 2
+        err = capsys.readouterr().err.splitlines()[-1] + "\n"  # after the "run folder:" line of its start
+        assert err.startswith(f"error: The disk holding {full / 'runs'}") and "is full" in err, err
+        assert err.endswith("free some space and run this command again; the new run's folder "
+                            f"{full / 'runs' / err.split('/runs/')[1].split()[0]} was removed again, as it held no "
+                            "step.\n") and "resume" not in err, err
+        assert sorted(p.name for p in full.iterdir()) == ["filler"]
+
+
 @pytest.mark.heavy(14)
 def test_a_reader_that_stops_early_still_gets_the_files(capsys, data_root, tmp_path):
     """`evaluate RUN --json a.json --markdown a.md | head -c 10` exited 1 with neither file written:
