@@ -270,6 +270,19 @@ def cmd_train(args) -> int:
         run.close()
 
 
+def _too_long(args, filename) -> str:
+    """The path a user gave that a name too long came from: --run-dir X was refused naming X/sweep.json, a file
+    mixsep looks for inside it, as if the user had typed that."""
+    if not filename:
+        return "a path given"
+    full = os.path.abspath(os.fsdecode(filename))
+    for flag in ("run_dir", "runs_dir", "out", "json", "markdown", "data_root", "storage"):
+        given = getattr(args, flag, None)
+        if isinstance(given, str) and given and full.startswith(os.path.abspath(given) + os.sep):
+            return f"--{flag.replace('_', '-')} {given} (with {Path(full).name} in it, a name mixsep writes or reads there)"
+    return os.fsdecode(filename)
+
+
 def _inside_a_run(run_dir: str, outer: Path) -> MixsepError:
     return MixsepError(f"{run_dir} is inside the run folder {outer}, and a run holds no other run (the dashboard would "
                        "not list it, and deleting that run would take this one); name a folder outside it.")
@@ -994,7 +1007,7 @@ def main(argv=None, restore_signals: bool = True) -> int:
     except OSError as e:  # (after the two above) a path no file system takes: a name past its length limit
         if e.errno != errno.ENAMETOOLONG:
             raise
-        print(f"error: {e.filename or 'a path given'} has a name too long for the file system; choose a shorter one.",
+        print(f"error: {_too_long(args, e.filename)} has a name too long for the file system; choose a shorter one.",
               file=sys.stderr)
         return 2
     finally:
