@@ -60,10 +60,12 @@ class _Parser(argparse.ArgumentParser):
     of a dozen lines, with the flag named twice)."""
 
     commands: dict = {}  # the top-level parser's subcommands, by name (build_parser)
+    argv: list = []  # the words being parsed: a file named like a flag is named in the mistake it causes
 
     def parse_args(self, args=None, namespace=None):
         """As argparse's, but an unknown flag after a command is that command's mistake: its --help lists the
         options (`python -m mixsep --help` lists only the commands)."""
+        _Parser.argv = list(sys.argv[1:] if args is None else args)
         ns, extras = self.parse_known_args(args, namespace)
         if extras:
             self.commands.get(getattr(ns, "command", None), self).error(f"unrecognized arguments: {' '.join(extras)}")
@@ -73,6 +75,11 @@ class _Parser(argparse.ArgumentParser):
         said = re.match(r"argument ([^:]+): (.*)$", message, re.S)
         if said and said.group(2).startswith(said.group(1).split("/")[0]):  # "argument --epochs: --epochs takes ..."
             message = said.group(2)
+        dashed = next((w for w in _Parser.argv if isinstance(w, str) and w.startswith("-") and len(w) > 1
+                       and os.path.isfile(w)), None)
+        if dashed is not None:  # `separate RUN -x.png` said only that no image was given
+            self.exit(2, f"error: {message.rstrip('.')}; {dashed} is a file whose name begins with '-', so it was read "
+                         f"as an option: write it as ./{dashed}, or put -- before the file names.\n")
         self.exit(2, f"error: {message.rstrip('.')}; `{self.prog} --help` lists the options.\n")
 
 

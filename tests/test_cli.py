@@ -501,6 +501,17 @@ def test_a_new_run_whose_config_was_written_first_is_not_said_to_resume(capsys, 
     assert f"resuming {run} with its saved config" in capsys.readouterr().err
 
 
+def test_a_file_named_like_a_flag_is_named_in_the_mistake(capsys, tmp_path, monkeypatch):
+    """`separate RUN -x.png` said only "the following arguments are required: images"."""
+    monkeypatch.chdir(tmp_path)
+    Path("-x.png").write_bytes(b"")
+    with pytest.raises(SystemExit) as done:
+        main(["separate", "run", "-x.png"])
+    assert done.value.code == 2 and capsys.readouterr().err == (
+        "error: the following arguments are required: images; -x.png is a file whose name begins with '-', so it "
+        "was read as an option: write it as ./-x.png, or put -- before the file names.\n")
+
+
 @pytest.mark.parametrize("argv, says", [
     (["train", "--epochs", "1.5"], "error: --epochs takes a whole number (got '1.5'), for example 1; "
                                    "`python -m mixsep train --help` lists the options."),
