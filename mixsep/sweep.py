@@ -316,6 +316,8 @@ def _storage_label(url: str) -> str:
         return (head + "://" if head else "") + f"{user}@{host}"
     try:
         parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite":  # a file, no password: as typed (rendered, "ü" read "%C3%BC")
+            return _QUERY_PASSWORD.sub(r"\1***", url)
         # libpq also takes a password (and sslpassword) as a query parameter: masked as in the fallbacks
         return _QUERY_PASSWORD.sub(r"\1***", parsed.render_as_string(hide_password=True))
     except Exception:  # ArgumentError, or ValueError for a port that is not a number

@@ -307,3 +307,11 @@ def test_a_storage_key_names_the_database_whatever_the_spelling(tmp_path, monkey
     assert storage_key("postgresql://u@/db?host=/var/run/postgresql", tmp_path) != \
         storage_key("postgresql://u@/db?host=/tmp", tmp_path)  # two servers by their sockets
     assert storage_key("mysql://u@h/db", tmp_path) == storage_key("mariadb://u@h:3306/db", tmp_path)
+
+
+def test_an_sqlite_storage_is_named_as_it_was_typed():
+    """A file name with a space or a "ü" was shown percent-encoded ("x%20y%20%C3%BC.db") in every sentence."""
+    from mixsep.sweep import storage_label
+
+    assert storage_label("sqlite:///x y ü.db", Path(".")) == "sqlite:///x y ü.db"
+    assert storage_label("postgresql://me:secret@db/ü", Path(".")) == "postgresql://me:***@db/%C3%BC"  # a server's
