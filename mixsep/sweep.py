@@ -37,6 +37,7 @@ requeued trial resumes its run folder from the last checkpoint.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import errno
@@ -495,8 +496,15 @@ def open_storage(url: str | None, runs_dir: Path, heartbeat_s: int = 30, create:
                     study, trial, stopped=ended_cleanly(runs_dir, trial)))
         except sqlalchemy.exc.SQLAlchemyError as e:
             if attempt == 2:  # workers started together race to create Optuna's tables; the loser retries
-                if new_file and sqlite.is_file() and sqlite.stat().st_size == 0:  # a full disk: leave nothing
-                    sqlite.unlink()
+                full = "disk is full" in _reason(e)  # SQLite's SQLITE_FULL: "database or disk is full"
+                if new_file and sqlite.is_file() and (full or sqlite.stat().st_size == 0):  # leave nothing made here
+                    for made in (sqlite, *(sqlite.with_name(sqlite.name + x) for x in ("-journal", "-wal", "-shm"))):
+                        with contextlib.suppress(OSError):
+                            made.unlink()
+                if full:  # not the URL's fault: it named a file on a disk with no room for Optuna's tables
+                    raise MixsepError(f"The disk holding {sqlite.parent if sqlite else shown} is full, so the sweep's "
+                                      f"database {shown} could not be made; free some space and run the command "
+                                      "again.") from None
                 raise _unusable_database(shown, e) from None
             time.sleep(1 + attempt)
 
