@@ -25,9 +25,10 @@ with st.sidebar:  # one widget per setting, drawn from its metadata in mixsep/co
 config = TrainConfig(data_root=str(data_root), **values)
 st.session_state["train_config"] = config.to_dict()
 
-left, right, live = st.columns([1, 1, 4], vertical_alignment="center")
+# one row that wraps, each control as wide as its label: columns of fixed shares cut Start and Stop to "S.." at 800 px
+left = right = live = st.container(horizontal=True, vertical_alignment="center")
 refused = None
-if left.button("Start", type="primary", icon=":material/play_arrow:", width="stretch"):
+if left.button("Start", type="primary", icon=":material/play_arrow:", width="content"):
     st.session_state.pop("train_start_refused", None)
     try:  # jobs.start refuses a data root without training data before it makes a run folder
         run = jobs.start(config)
@@ -52,7 +53,7 @@ if last_job.removed and not st.session_state.get("train_start_refused"):
     # its trainer refused the new run before its first step (damaged data, say): its folder is gone, as the
     # CLI's train removes it, and what it said stays here (every tab followed it) until the next start
     st.error(ui.sentence(last_job.message))
-if right.button("Stop", icon=":material/stop:", width="stretch") and not jobs.stop():
+if right.button("Stop", icon=":material/stop:", width="content") and not jobs.stop():
     st.info("No training is running.")  # a stopping run says so itself, below, in every tab, while it stops
 with st.expander("Config of the next run"):
     st.json(config.to_dict())

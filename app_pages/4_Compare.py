@@ -21,9 +21,10 @@ if study != "all runs":
     rows = {n: r for n, r in rows.items() if ui.study_of(n) == study}
 chosen = st.multiselect("Runs", list(rows), default=list(rows)[:3 if study == "all runs" else 10],  # by name only:
                         key=f"compare_runs_{study}")  # a label with the state lost the pick when the state changed
-opts = st.columns([2, 2, 1.3], vertical_alignment="center")
+# one row that wraps, each control as wide as its label (columns of fixed shares cut the toggle to "Test …" at 800 px)
+opts = [st.container(horizontal=True, vertical_alignment="center")] * 3
 loss = opts[0].radio("Loss", list(ui.LOSSES), format_func=ui.LOSSES.get, index=2, horizontal=True)
-smoothing = opts[1].slider("EMA smoothing", 0.0, 0.99, 0.9, 0.01)
+smoothing = opts[1].slider("EMA smoothing", 0.0, 0.99, 0.9, 0.01, width=260)
 score = opts[2].toggle("Test PSNR", help="Score each run's latest checkpoint on test pairs (slower).")
 if not chosen:
     st.info("Pick one or more runs.")

@@ -98,6 +98,12 @@ POINTS_JS = """() => {
 IMAGES_LOADED_JS = "() => [...document.querySelectorAll('[data-testid=stImage] img')].every(i => i.complete && i.naturalWidth > 0)"
 
 
+# labels in the page that CSS cuts short with an ellipsis (their text is wider than the box that shows it)
+CUT_SHORT_JS = """() => [...document.querySelectorAll('[data-testid=stMain] *')]
+  .filter(e => e.offsetParent !== null && getComputedStyle(e).textOverflow === 'ellipsis' && e.scrollWidth > e.clientWidth + 1)
+  .map(e => e.textContent.trim())"""
+
+
 # trials drawn by Optuna's parallel-coordinates chart: one line trace per completed trial
 PARCOORDS_JS = """() => {
   for (const g of document.querySelectorAll('.js-plotly-plot')) {
@@ -495,6 +501,14 @@ def test_a_picked_run_stays_picked_when_its_state_changes(server):
             page.wait_for_timeout(1500)
             assert f"run={run.name}" in page.url, (first, then, page.url)
             context.close()
+        # at 800x600 (the sidebar open at 300 px) no label of a control is cut short: columns of fixed shares cut
+        # Start and Stop to "S..", the Samples toggles to "D" and "E." and Compare's to "Test …"
+        page = browser.new_page(viewport={"width": 800, "height": 600})
+        for name, shown in (("Train", "Live updates"), ("Samples", "Shuffle"), ("Compare", "Test PSNR")):
+            page.goto(f"{url}/{name}")
+            expect(page.get_by_text(shown, exact=True).first).to_be_visible()
+            page.wait_for_timeout(1000)
+            assert page.evaluate(CUT_SHORT_JS) == [], name
         browser.close()
 
 
