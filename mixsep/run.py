@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import csv
+import dataclasses
 import enum
 import errno
 import fcntl
@@ -446,6 +447,22 @@ def _runs_dir_is_a_file(runs_dir: Path) -> MixsepError:
     return MixsepError(f"The runs folder {runs_dir} is a file; choose another --runs-dir.")
 
 
+def _a_run_here(folder: Path) -> bool:
+    """Whether a run lives in ``folder``, for a runs folder's check: its lock is held, or its config.json names a
+    mixsep setting (a run whose status.json is lost, or one the Train page has just made, its config.json written
+    before its trainer's first status.json); a project's own config.json and status.json are not a run."""
+    if not is_run(folder):
+        return lock_holder(folder) is not None
+    from .config import TrainConfig
+
+    try:
+        d = json.loads(read_regular(folder / CONFIG))
+    except (OSError, ValueError, RecursionError, MixsepError):
+        return lock_holder(folder) is not None
+    return (isinstance(d, dict) and any(f.name in d for f in dataclasses.fields(TrainConfig))) or \
+        lock_holder(folder) is not None
+
+
 def check_runs_dir(runs_dir: Path) -> None:
     """Refuse, before any work, a runs folder that is a file (new_run_dir would, when it first writes), or that is
     or lies in a run's folder (its checkpoints folder too) or a sweep study's: a run made there was in the way of
@@ -454,14 +471,13 @@ def check_runs_dir(runs_dir: Path) -> None:
 
     if runs_dir.exists() and not runs_dir.is_dir():
         raise _runs_dir_is_a_file(runs_dir)
-    given = Path(os.path.abspath(runs_dir))
-    try:
-        given = given.resolve()
+    try:  # links resolved as the kernel follows them: LINK/.. is the link's target's parent, not the link's
+        given = Path(runs_dir).resolve()
     except (OSError, RuntimeError):  # a loop of links: new_run_dir says what is wrong when it writes
         return
     for folder in (given, *given.parents):
         where = "is" if folder == given else "is inside"
-        if is_mixsep_run(folder):
+        if _a_run_here(folder):
             raise MixsepError(f"The runs folder {runs_dir} {where} the run folder {folder}, and a run holds no other "
                               "run (its resume would be refused, and deleting it would take the new run); name the "
                               "folder that holds your runs (--runs-dir or MIXSEP_RUNS_DIR).")

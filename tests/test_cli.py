@@ -484,6 +484,25 @@ def test_a_runs_folder_in_a_run_or_a_study_is_refused_before_anything_is_made(ca
         assert conftest.tree(tmp_path / "runs") == before
     check_runs_dir(tmp_path / "runs")  # the folder that holds them is a runs folder
     check_runs_dir(tmp_path / "new" / "runs")
+    # QA: through a link and '..' (the kernel takes LINK/.. as the target's parent); a run whose status.json is
+    # lost, or one just made by the Train page (config.json only) is a run; a project's own files are not
+    os.symlink(run / "checkpoints", tmp_path / "ck")
+    with pytest.raises(MixsepError, match=f"is inside the run folder {re.escape(str(run))}"):
+        check_runs_dir(tmp_path / "ck" / ".." / "inside")
+    lost = tmp_path / "lost"
+    shutil.copytree(run, lost)
+    (lost / "status.json").unlink()
+    made = tmp_path / "made"
+    made.mkdir()
+    shutil.copy(run / "config.json", made / "config.json")
+    for folder in (lost, made):
+        with pytest.raises(MixsepError, match=f"is inside the run folder {re.escape(str(folder))}"):
+            check_runs_dir(folder / "sub")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "config.json").write_text(json.dumps({"name": "my project"}))
+    (project / "status.json").write_text(json.dumps({"state": "finished"}))
+    check_runs_dir(project / "runs")
 
 
 def test_a_new_run_whose_config_was_written_first_is_not_said_to_resume(capsys, data_root, tmp_path):
