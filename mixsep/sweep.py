@@ -496,17 +496,38 @@ def open_storage(url: str | None, runs_dir: Path, heartbeat_s: int = 30, create:
                     study, trial, stopped=ended_cleanly(runs_dir, trial)))
         except sqlalchemy.exc.SQLAlchemyError as e:
             if attempt == 2:  # workers started together race to create Optuna's tables; the loser retries
-                full = "disk is full" in _reason(e)  # SQLite's SQLITE_FULL: "database or disk is full"
-                if new_file and sqlite.is_file() and (full or sqlite.stat().st_size == 0):  # leave nothing made here
-                    for made in (sqlite, *(sqlite.with_name(sqlite.name + x) for x in ("-journal", "-wal", "-shm"))):
-                        with contextlib.suppress(OSError):
-                            made.unlink()
-                if full:  # not the URL's fault: it named a file on a disk with no room for Optuna's tables
-                    raise MixsepError(f"The disk holding {sqlite.parent if sqlite else shown} is full, so the sweep's "
-                                      f"database {shown} could not be made; free some space and run the command "
-                                      "again.") from None
+                if _disk_full(e):  # not the URL's fault: it named a file on a disk with no room for Optuna's tables
+                    raise _full_disk_for_database(sqlite if new_file else None, shown) from None
+                if new_file and sqlite.is_file() and sqlite.stat().st_size == 0:  # leave nothing made here
+                    sqlite.unlink()
                 raise _unusable_database(shown, e) from None
             time.sleep(1 + attempt)
+
+
+def _new_sqlite_file(url: str | None) -> Path | None:
+    """The SQLite file a storage URL names, if it does not exist yet (this command will make it), else None."""
+    if not url:
+        return None
+    parsed = database_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    path = Path(parsed.database).expanduser()
+    return None if path.exists() else path
+
+
+def _disk_full(e: BaseException) -> bool:
+    return "disk is full" in _reason(e)  # SQLite's SQLITE_FULL: "database or disk is full"
+
+
+def _full_disk_for_database(made: Path | None, shown: str) -> MixsepError:
+    """The sentence for a database that a full disk stopped; an SQLite file this command ``made`` goes, with the
+    files SQLite keeps beside it."""
+    for path in (made, *(made.with_name(made.name + x) for x in ("-journal", "-wal", "-shm"))) if made else ():
+        with contextlib.suppress(OSError):
+            path.unlink()
+    where = f"The disk holding {made.parent}" if made else "The disk holding the database"
+    return MixsepError(f"{where} is full, so the sweep's database {shown} could not be made; free some space and "
+                       "run the command again.")
 
 
 def _unusable_database(shown: str, e) -> MixsepError:
@@ -937,9 +958,23 @@ def create_study(p: Plan, say: Callable[[str], None] | None = None):
     setting's TrainConfig default, when the space holds it) as trial 0: the baseline
     every other trial is measured against. A default outside the space is said (``say``).
     """
+    made = _new_sqlite_file(p.storage)  # an SQLite file this command makes: a full disk takes it back
+    storage = open_storage(p.storage, p.runs_dir, p.heartbeat)
+    try:
+        study = _create_study(p, storage, say)
+    except Exception as e:  # the tables were made, and the study's first rows found the disk full
+        if _database_error(e) is None:
+            raise
+        if _disk_full(e):
+            raise _full_disk_for_database(made, storage_label(p.storage, p.runs_dir)) from None
+        raise _unusable_database(storage_label(p.storage, p.runs_dir), e) from None
+    p.folder.mkdir(parents=True, exist_ok=True)
+    return study
+
+
+def _create_study(p: Plan, storage, say):
     import optuna
 
-    storage = open_storage(p.storage, p.runs_dir, p.heartbeat)
     try:
         study = optuna.create_study(study_name=p.study, storage=storage, direction="maximize")
     except optuna.exceptions.DuplicatedStudyError:  # resumed, or another worker made it first
@@ -961,7 +996,6 @@ def create_study(p: Plan, say: Callable[[str], None] | None = None):
             say(f"note: no baseline trial: the default{'s' * (len(outside) > 1)} {named} "
                 f"lie{'s' * (len(outside) == 1)} outside --space {format_space({d.name: d for d, _ in outside})}, "
                 "so trial 0 is a draw like the others (widen the space to hold the defaults for one)")
-    p.folder.mkdir(parents=True, exist_ok=True)
     return study
 
 

@@ -95,17 +95,19 @@ def test_a_sqlite_storage_that_is_a_text_file_is_one_sentence(capsys, tmp_path, 
     assert tree(tmp_path) == before
 
 
-@pytest.mark.parametrize("room", [0, 24_576])
-def test_a_sqlite_storage_on_a_full_disk_leaves_no_file_and_says_the_disk_is_full(capsys, tmp_path, monkeypatch, room):
+@pytest.mark.parametrize("size, room", [("64k", 0), ("64k", 24_576), ("128k", 131_072)])
+def test_a_sqlite_storage_on_a_full_disk_leaves_no_file_and_says_the_disk_is_full(capsys, tmp_path, monkeypatch, size,
+                                                                                  room):
     """SQLite had made a 0-byte x.db before its first write failed, or (with some room) a 48 KB part of Optuna's
-    tables, and the sentence blamed the URL ("check the storage URL")."""
+    tables, and the sentence blamed the URL ("check the storage URL"); with room for the tables and not for the
+    study's first rows (128 KB), a traceback, exit 1, and a 112 KB file left."""
     from conftest import tmpfs
 
     data = make_data_root(tmp_path / "data")
-    with tmpfs(tmp_path / "full", "64k") as full:
+    with tmpfs(tmp_path / "full", size) as full:
         try:
             with open(full / "filler", "wb") as f:
-                for _ in range((65_536 - room) // 4096 if room else 10**6):
+                for _ in range((int(size[:-1]) * 1024 - room) // 4096 if room else 10**6):
                     f.write(b"\0" * 4096)
                     f.flush()
         except OSError:  # the disk is full now
