@@ -278,15 +278,25 @@ def cmd_train(args) -> int:
 
 
 def _too_long(args, filename) -> str:
-    """The path a user gave that a name too long came from: --run-dir X was refused naming X/sweep.json, a file
-    mixsep looks for inside it, as if the user had typed that."""
+    """The path a user gave that a name too long came from: the path itself where it is the one refused, or is
+    too long itself; else the deepest folder given that holds it (--run-dir X was refused naming X/sweep.json, a
+    file mixsep looks for inside it, as if the user had typed that)."""
     if not filename:
         return "a path given"
     full = os.path.abspath(os.fsdecode(filename))
-    for flag in ("run_dir", "runs_dir", "out", "json", "markdown", "data_root", "storage"):
-        given = getattr(args, flag, None)
-        if isinstance(given, str) and given and full.startswith(os.path.abspath(given) + os.sep):
-            return f"--{flag.replace('_', '-')} {given} (with {Path(full).name} in it, a name mixsep writes or reads there)"
+    given = [w for v in vars(args).values() for w in (v if isinstance(v, (list, tuple)) else [v])
+             if isinstance(w, str) and w and "://" not in w]
+
+    def too_long(path: str) -> bool:
+        return len(os.fsencode(path)) >= 4096 or any(len(os.fsencode(c)) > 255 for c in Path(path).parts)
+    for w in given:  # a path typed that is the name refused, lies under it, or holds it and is too long itself
+        a = os.path.abspath(w)
+        if a == full or a.startswith(full + os.sep) or (full.startswith(a + os.sep) and too_long(a)):
+            return w
+    holding = [w for w in given if full.startswith(os.path.abspath(w) + os.sep)]
+    if holding:
+        w = max(holding, key=lambda w: len(os.path.abspath(w)))
+        return f"{w} (with {Path(full).name} in it, a name mixsep writes or reads there)"
     return os.fsdecode(filename)
 
 

@@ -826,16 +826,20 @@ def test_a_path_too_long_or_holding_a_nul_is_one_sentence(capsys, data_root, tmp
 
     long = tmp_path / ("a" * 300)
     assert main(["train", "--runs-dir", str(tmp_path / "runs"), "--data-root", str(long), *TINY]) == 2
-    assert f"error: --data-root {long} (with " in (said := _one_line(capsys)) and \
-        "has a name too long for the file system" in said
+    assert f"error: {long} has a name too long for the file system" in (said := _one_line(capsys)), said
     # a --run-dir the file system takes whose files inside it are past PATH_MAX: said of the --run-dir given, not
     # of X/sweep.json, a name the user never typed
     deep = tmp_path / "deep"
     while len(str(deep)) < 4090:  # PATH_MAX 4096 with the NUL: the folder is a path, DEEP/sweep.json is not
         deep /= "d" * min(250, 4090 - len(str(deep)) - 1)
     assert main(["train", "--run-dir", str(deep), "--data-root", str(data_root), *TINY]) == 2
-    assert _one_line(capsys) == (f"error: --run-dir {deep} (with sweep.json in it, a name mixsep writes or reads "
+    assert _one_line(capsys) == (f"error: {deep} (with sweep.json in it, a name mixsep writes or reads "
                                  "there) has a name too long for the file system; choose a shorter one.\n")
+    # QA: a long name inside a run folder given is that name, not the run folder's fault
+    run = _train(capsys, data_root, tmp_path / "scored")
+    ckpt = run / "checkpoints" / ("c" * 300 + ".pt")
+    assert main(["evaluate", str(run), "--checkpoint", str(ckpt), "--data-root", str(data_root)]) == 2
+    assert _one_line(capsys).startswith(f"error: {ckpt} has a name too long")
     assert not deep.exists()
     config = tmp_path / "nul.json"
     config.write_text(json.dumps({"model": "tiny", "pretrained": False, "data_root": str(data_root) + "\0"}))
