@@ -75,8 +75,9 @@ class _Parser(argparse.ArgumentParser):
         said = re.match(r"argument ([^:]+): (.*)$", message, re.S)
         if said and said.group(2).startswith(said.group(1).split("/")[0]):  # "argument --epochs: --epochs takes ..."
             message = said.group(2)
+        options = list(self._option_string_actions)  # a word that is (or abbreviates) a flag was taken as that flag
         dashed = next((w for w in _Parser.argv if isinstance(w, str) and w.startswith("-") and len(w) > 1
-                       and os.path.isfile(w)), None)
+                       and not any(o.startswith(w.split("=", 1)[0]) for o in options) and os.path.isfile(w)), None)
         if dashed is not None:  # `separate RUN -x.png` said only that no image was given
             self.exit(2, f"error: {message.rstrip('.')}; {dashed} is a file whose name begins with '-', so it was read "
                          f"as an option: write it as ./{dashed}, or put -- before the file names.\n")

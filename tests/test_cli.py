@@ -529,6 +529,10 @@ def test_a_file_named_like_a_flag_is_named_in_the_mistake(capsys, tmp_path, monk
     assert done.value.code == 2 and capsys.readouterr().err == (
         "error: the following arguments are required: images; -x.png is a file whose name begins with '-', so it "
         "was read as an option: write it as ./-x.png, or put -- before the file names.\n")
+    Path("--overwrite").write_bytes(b"")  # a flag that is also a file's name is the flag: the mistake is another
+    with pytest.raises(SystemExit):
+        main(["separate", "run", "m.png", "--overwrite", "--mode", "bogus"])
+    assert "begins with '-'" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, says", [
