@@ -381,14 +381,21 @@ class Training:
             return out
         graph, inputs = torch.cuda.CUDAGraph(), (mnist_u8.clone(), cifar_u8.clone())
         self.optimizer.zero_grad(set_to_none=True)  # the backward recorded allocates them in the graph's memory
+        failed = None
         try:
             with torch.cuda.graph(graph):
                 losses = self._forward_backward(*inputs)
+        except torch.OutOfMemoryError:
+            raise  # not a step that cannot be recorded: the eager step would not fit either
         except Exception as e:  # an operation that cannot be recorded (a host sync): train as before, and say so
+            failed = f"{e.__class__.__name__}: {' '.join(str(e).split())[:300]}"
+        if failed is not None:  # out of the handler: its traceback held the failed recording's tensors
+            del graph, inputs
+            self.optimizer.zero_grad(set_to_none=True)  # gradients the failed recording began, in its memory
             torch.cuda.synchronize(self.device)
-            why = " ".join(str(e).split())[:300]
+            torch.cuda.empty_cache()
             self.run.warnings.append(f"CUDA graphs could not record this model's step, so the run trains without "
-                                     f"them ({e.__class__.__name__}: {why})")
+                                     f"them ({failed})")
             self._graphs = False
             return self._step(mnist_u8, cifar_u8, lr)
         self._graph, self._graph_io = graph, (*inputs, losses)
