@@ -39,6 +39,9 @@ if mode == "error":  # as the real CLI does: the sentence goes into status.json,
     status("failed", "No MNIST train data under /nowhere: expected files. Copy the files there.")
     print("error: No MNIST train data under /nowhere: expected files. Copy the files there.", flush=True)
     sys.exit(2)
+if mode == "refused":  # as the real CLI refuses a run before it opens (and locks) its folder: no status.json
+    print("error: The run was refused before it began: a sentence saying why.", flush=True)
+    sys.exit(2)
 if mode == "crash":
     print("Traceback (most recent call last):\nSegfault-ish", flush=True)
     sys.exit(1)
@@ -538,20 +541,23 @@ def test_a_resume_on_the_page_maps_last_pt_and_keeps_none_of_it(tmp_path, tiny_c
     assert jobs.start(run_dir=run) == run.resolve()  # which it cannot map: read whole, as the CLI reads it
 
 
-def test_a_child_refused_before_it_opens_the_run_folder_leaves_no_run_and_says_why(tmp_path, tiny_config, jobs_of):
-    """A runs folder inside another run's folder: the real trainer refuses the run before it opens (and locks) the
-    folder the page made for it, so it writes no status.json and says why only in worker.log. The page recorded
-    the exit as a death of its own, kept the empty failed run for every page to list, and said only that the
-    process "exited with code 2"."""
+def test_a_child_refused_before_it_opens_the_run_folder_leaves_no_run_and_says_why(tmp_path, tiny_config, jobs_of,
+                                                                                     fake_python):
+    """A trainer refused before it opens (and locks) the folder the page made for it writes no status.json and says
+    why only in worker.log. The page recorded the exit as a death of its own, kept the empty failed run for every
+    page to list, and said only that the process "exited with code 2". (A runs folder inside another run's folder
+    was how; Start now refuses that itself, before it makes a folder: the real case first.)"""
     from mixsep.train import train_steps
 
     outer = tmp_path / "outer"
     list(train_steps(tiny_config, outer))  # a run, finished
-    jobs = jobs_of(outer / "runs")
+    with pytest.raises(MixsepError, match=f"The runs folder {outer / 'runs'} is inside the run folder {outer}"):
+        jobs_of(outer / "runs").start(tiny_config)
+    assert not (outer / "runs").exists()
+    jobs = jobs_of(tmp_path / "runs", python=fake_python, env=fake_env("refused"))
     run = jobs.start(tiny_config)
-    state = jobs.wait(120)
+    state = jobs.wait(60)
     assert state.state == "failed" and state.removed, state.message
-    assert state.message == (f"{run} is inside the run folder {outer}, and a run holds no other run (the dashboard "
-                             "would not list it, and deleting that run would take this one); name a folder outside it.")
-    assert not run.exists() and list((outer / "runs").iterdir()) == []  # no failed run left to list
+    assert state.message == "The run was refused before it began: a sentence saying why."
+    assert not run.exists() and list((tmp_path / "runs").iterdir()) == []  # no failed run left to list
     assert jobs.poll() == state and jobs.view(run) == state and jobs.running() is None
