@@ -203,7 +203,7 @@ def cmd_train(args) -> int:
     # no torch before the lock of --run-dir: importing it took seconds, in which a Delete on the dashboard saw
     # no trainer and removed the run this command was about to resume (which then began anew, in its place)
     if args.run_dir:
-        from .run import CHECKPOINTS, CONFIG, LAST, METRICS, STATUS, is_mixsep_run, is_run
+        from .run import CHECKPOINTS, CONFIG, LAST, METRICS, STATUS, is_mixsep_run, is_run, run_lives_in
 
         given = Path(args.run_dir).resolve()  # a link to it, or RUN/checkpoints/.
         run_files = (CONFIG, METRICS, STATUS, CHECKPOINTS + "/" + LAST)
@@ -211,7 +211,7 @@ def cmd_train(args) -> int:
             if inside.name == CHECKPOINTS and any((inside.parent / f).exists() for f in run_files):
                 raise MixsepError(f"{args.run_dir} is inside the checkpoints folder of the run {inside.parent}; give "
                                   f"--run-dir {inside.parent} to resume it.")
-            if inside != given and is_mixsep_run(inside):
+            if inside != given and run_lives_in(inside):  # as a runs folder is checked: a project's files are no run
                 raise _inside_a_run(args.run_dir, inside)
         from .sweep import SWEEP_FILE
 
@@ -315,11 +315,11 @@ def _no_trainer_around(run_dir: str, given: Path) -> None:
     """The nesting look again once this run holds its lock, a folder whose lock is held counting as a run: two
     trainers started at once in A and A/B both passed the first look (neither had written a thing yet) and both
     trained. Of two such, the later to take its lock sees the other's held, and is refused."""
-    from .run import is_mixsep_run, lock_holder
+    from .run import is_mixsep_run, lock_holder, run_lives_in
 
     def a_run(folder: Path) -> bool:
         return lock_holder(folder) is not None or is_mixsep_run(folder)
-    outer = next((p for p in given.parents if a_run(p)), None)
+    outer = next((p for p in given.parents if run_lives_in(p)), None)  # a held lock counts there too
     if outer is not None:
         raise _inside_a_run(run_dir, outer)
     held = _held_run(given, a_run=a_run)

@@ -447,8 +447,8 @@ def _runs_dir_is_a_file(runs_dir: Path) -> MixsepError:
     return MixsepError(f"The runs folder {runs_dir} is a file; choose another --runs-dir.")
 
 
-def _a_run_here(folder: Path) -> bool:
-    """Whether a run lives in ``folder``, for a runs folder's check: its lock is held, or its config.json names a
+def run_lives_in(folder: Path) -> bool:
+    """Whether a run lives in ``folder``, for the checks of a runs folder and of a --run-dir's parents: its lock is held, or its config.json names a
     mixsep setting (a run whose status.json is lost, or one the Train page has just made, its config.json written
     before its trainer's first status.json); a project's own config.json and status.json are not a run."""
     if not is_run(folder):
@@ -477,7 +477,7 @@ def check_runs_dir(runs_dir: Path) -> None:
         return
     for folder in (given, *given.parents):
         where = "is" if folder == given else "is inside"
-        if _a_run_here(folder):
+        if run_lives_in(folder):
             raise MixsepError(f"The runs folder {runs_dir} {where} the run folder {folder}, and a run holds no other "
                               "run (its resume would be refused, and deleting it would take the new run); name the "
                               "folder that holds your runs (--runs-dir or MIXSEP_RUNS_DIR).")

@@ -503,6 +503,12 @@ def test_a_runs_folder_in_a_run_or_a_study_is_refused_before_anything_is_made(ca
     (project / "config.json").write_text(json.dumps({"name": "my project"}))
     (project / "status.json").write_text(json.dumps({"state": "finished"}))
     check_runs_dir(project / "runs")
+    # and a --run-dir's parents are judged alike: inside the run whose status.json is lost, refused; inside the
+    # project, a run
+    assert main(["train", "--run-dir", str(lost / "x"), "--data-root", str(data_root), *TINY]) == 2
+    assert f"is inside the run folder {lost}" in capsys.readouterr().err and not (lost / "x").exists()
+    assert main(["train", "--run-dir", str(project / "x"), "--data-root", str(data_root), *TINY]) == 0
+    capsys.readouterr()
 
 
 def test_a_new_run_whose_config_was_written_first_is_not_said_to_resume(capsys, data_root, tmp_path):
