@@ -245,8 +245,8 @@ def cmd_train(args) -> int:
         from .run import check_runs_dir
         from .train import new_run_dir
 
+        cfg = _train_config(args)  # a bad setting is said first
         check_runs_dir(Path(args.runs_dir))
-        cfg = _train_config(args)
         require_split(Path(cfg.data_root), "train")
         top = _missing_ancestor(Path(args.runs_dir))  # a --runs-dir this command makes goes too, if nothing trains
         run = Run(new_run_dir(Path(args.runs_dir), cfg)).open()

@@ -448,19 +448,21 @@ def _runs_dir_is_a_file(runs_dir: Path) -> MixsepError:
 
 
 def run_lives_in(folder: Path) -> bool:
-    """Whether a run lives in ``folder``, for the checks of a runs folder and of a --run-dir's parents: its lock is held, or its config.json names a
-    mixsep setting (a run whose status.json is lost, or one the Train page has just made, its config.json written
-    before its trainer's first status.json); a project's own config.json and status.json are not a run."""
-    if not is_run(folder):
-        return lock_holder(folder) is not None
+    """Whether a run lives in ``folder``, for the checks of a runs folder and of a --run-dir's parents: its lock is
+    held, or its config.json names a mixsep setting beside a file only a run has (a run whose status.json is lost
+    keeps its metrics.csv, checkpoints and .lock; one the Train page has just made, its worker.log). A project's own
+    config.json and status.json are not a run, nor a user's settings file named config.json on its own."""
+    if lock_holder(folder) is not None:
+        return True
+    if not is_run(folder) or not any((folder / name).exists() for name in (STATUS, METRICS, CHECKPOINTS, LOCK, LOG)):
+        return False
     from .config import TrainConfig
 
     try:
         d = json.loads(read_regular(folder / CONFIG))
     except (OSError, ValueError, RecursionError, MixsepError):
-        return lock_holder(folder) is not None
-    return (isinstance(d, dict) and any(f.name in d for f in dataclasses.fields(TrainConfig))) or \
-        lock_holder(folder) is not None
+        return False
+    return isinstance(d, dict) and any(f.name in d for f in dataclasses.fields(TrainConfig))
 
 
 def check_runs_dir(runs_dir: Path) -> None:

@@ -492,9 +492,10 @@ def test_a_runs_folder_in_a_run_or_a_study_is_refused_before_anything_is_made(ca
     lost = tmp_path / "lost"
     shutil.copytree(run, lost)
     (lost / "status.json").unlink()
-    made = tmp_path / "made"
+    made = tmp_path / "made"  # as the Train page makes a run: config.json, then worker.log, then the trainer
     made.mkdir()
     shutil.copy(run / "config.json", made / "config.json")
+    (made / "worker.log").write_bytes(b"")
     for folder in (lost, made):
         with pytest.raises(MixsepError, match=f"is inside the run folder {re.escape(str(folder))}"):
             check_runs_dir(folder / "sub")
@@ -503,6 +504,10 @@ def test_a_runs_folder_in_a_run_or_a_study_is_refused_before_anything_is_made(ca
     (project / "config.json").write_text(json.dumps({"name": "my project"}))
     (project / "status.json").write_text(json.dumps({"state": "finished"}))
     check_runs_dir(project / "runs")
+    settings = tmp_path / "settings"  # a user's own settings file named config.json, run from its folder: no run
+    settings.mkdir()
+    shutil.copy(run / "config.json", settings / "config.json")
+    check_runs_dir(settings / "runs")
     # and a --run-dir's parents are judged alike: inside the run whose status.json is lost, refused; inside the
     # project, a run
     assert main(["train", "--run-dir", str(lost / "x"), "--data-root", str(data_root), *TINY]) == 2
