@@ -498,7 +498,7 @@ def test_a_picked_run_stays_picked_when_its_state_changes(server):
             page.get_by_role("link", name=then).first.click()
             expect(page).to_have_url(re.compile(f"/{then}"))
             expect(page.get_by_text("State: finished")).to_be_visible()
-            page.wait_for_timeout(1500)
+            expect(page).to_have_url(re.compile(f"/{then}\\?run="), timeout=10_000)  # the page names its run
             assert f"run={run.name}" in page.url, (first, then, page.url)
             context.close()
         # at 800x600 (the sidebar open at 300 px) no label of a control is cut short: columns of fixed shares cut
@@ -507,7 +507,7 @@ def test_a_picked_run_stays_picked_when_its_state_changes(server):
         for name, shown in (("Train", "Live updates"), ("Samples", "Shuffle"), ("Compare", "Test PSNR")):
             page.goto(f"{url}/{name}")
             expect(page.get_by_text(shown, exact=True).first).to_be_visible()
-            page.wait_for_timeout(1000)
+            page.wait_for_timeout(300)
             assert page.evaluate(CUT_SHORT_JS) == [], name
         browser.close()
 
