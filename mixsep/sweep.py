@@ -495,8 +495,10 @@ def open_storage(url: str | None, runs_dir: Path, heartbeat_s: int = 30, create:
                 heartbeat_stale_trial_callback=lambda study, trial: requeue(
                     study, trial, stopped=ended_cleanly(runs_dir, trial)))
         except sqlalchemy.exc.SQLAlchemyError as e:
-            if attempt == 2 or _disk_full(e):  # workers started together race to create Optuna's tables; the
-                if _disk_full(e):                      # loser retries (a full disk does not get emptier)  # not the URL's fault: it named a file on a disk with no room for Optuna's tables
+            # workers started together race to create Optuna's tables, and the loser retries; a full disk does not
+            # get emptier, and is not the URL's fault: it named a file on a disk with no room for Optuna's tables
+            if attempt == 2 or _disk_full(e):
+                if _disk_full(e):
                     raise _full_disk_for_database(sqlite if new_file else None, shown) from None
                 if new_file and sqlite.is_file() and sqlite.stat().st_size == 0:  # leave nothing made here
                     sqlite.unlink()
