@@ -75,12 +75,14 @@ class _Parser(argparse.ArgumentParser):
         said = re.match(r"argument ([^:]+): (.*)$", message, re.S)
         if said and said.group(2).startswith(said.group(1).split("/")[0]):  # "argument --epochs: --epochs takes ..."
             message = said.group(2)
-        options = list(self._option_string_actions)  # a word that is (or abbreviates) a flag was taken as that flag
-        dashed = next((w for w in _Parser.argv if isinstance(w, str) and w.startswith("-") and len(w) > 1
-                       and not any(o.startswith(w.split("=", 1)[0]) for o in options) and os.path.isfile(w)), None)
+        words = _Parser.argv[:_Parser.argv.index("--")] if "--" in _Parser.argv else _Parser.argv  # after --: files
+        dashed = next((w for w in words if isinstance(w, str) and w.startswith("-") and len(w) > 1
+                       and w not in self._option_string_actions and os.path.isfile(w)), None)
         if dashed is not None:  # `separate RUN -x.png` said only that no image was given
+            taken = [o for o in self._option_string_actions if o.startswith(dashed.split("=", 1)[0])]
+            how = f"as the flag {taken[0]}" if len(taken) == 1 else "as an option"  # argparse takes abbreviations
             self.exit(2, f"error: {message.rstrip('.')}; {dashed} is a file whose name begins with '-', so it was read "
-                         f"as an option: write it as ./{dashed}, or put -- before the file names.\n")
+                         f"{how}: write it as ./{dashed}, or put -- before the file names.\n")
         self.exit(2, f"error: {message.rstrip('.')}; `{self.prog} --help` lists the options.\n")
 
 

@@ -449,20 +449,31 @@ def _runs_dir_is_a_file(runs_dir: Path) -> MixsepError:
 
 def run_lives_in(folder: Path) -> bool:
     """Whether a run lives in ``folder``, for the checks of a runs folder and of a --run-dir's parents: its lock is
-    held, or its config.json names a mixsep setting beside a file only a run has (a run whose status.json is lost
-    keeps its metrics.csv, checkpoints and .lock; one the Train page has just made, its worker.log). A project's own
-    config.json and status.json are not a run, nor a user's settings file named config.json on its own."""
+    held, or its config.json (naming a mixsep setting, or damaged) sits beside a file whose content only mixsep
+    writes: a status.json in a state mixsep writes, a metrics.csv with mixsep's header, a checkpoint (last.pt,
+    epoch-E.pt). A project's own config.json (naming no mixsep setting) is no run whatever lies beside it, nor is a
+    user's settings file named config.json beside a folder named checkpoints, a metrics.csv of its own or a log."""
     if lock_holder(folder) is not None:
         return True
-    if not is_run(folder) or not any((folder / name).exists() for name in (STATUS, METRICS, CHECKPOINTS, LOCK, LOG)):
+    if not is_run(folder):
         return False
     from .config import TrainConfig
 
     try:
         d = json.loads(read_regular(folder / CONFIG))
     except (OSError, ValueError, RecursionError, MixsepError):
+        d = None  # damaged: what lies beside it decides
+    if d is not None and not (isinstance(d, dict) and any(f.name in d for f in dataclasses.fields(TrainConfig))):
         return False
-    return isinstance(d, dict) and any(f.name in d for f in dataclasses.fields(TrainConfig))
+    if read_status(folder).get("state") in (State.RUNNING, State.FINISHED, State.STOPPED, State.FAILED):
+        return True
+    try:
+        with open_regular(folder / METRICS) as f:
+            if f.readline(4096).decode("utf-8", "replace").strip() == ",".join(METRIC_FIELDS):
+                return True
+    except OSError:
+        pass
+    return bool(list_checkpoints(folder))
 
 
 def check_runs_dir(runs_dir: Path) -> None:

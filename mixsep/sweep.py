@@ -499,37 +499,39 @@ def open_storage(url: str | None, runs_dir: Path, heartbeat_s: int = 30, create:
             # get emptier, and is not the URL's fault: it named a file on a disk with no room for Optuna's tables
             if attempt == 2 or _disk_full(e):
                 if _disk_full(e):
-                    raise _full_disk_for_database(sqlite if new_file else None, shown) from None
+                    raise _full_disk_for_database(sqlite, new_file, shown) from None
                 if new_file and sqlite.is_file() and sqlite.stat().st_size == 0:  # leave nothing made here
                     sqlite.unlink()
                 raise _unusable_database(shown, e) from None
             time.sleep(1 + attempt)
 
 
-def _new_sqlite_file(url: str | None) -> Path | None:
-    """The SQLite file a storage URL names, if it does not exist yet (this command will make it), else None."""
+def _sqlite_file(url: str | None) -> tuple[Path | None, bool]:
+    """The SQLite file a storage URL names (None for another database), and whether it is new (this command makes
+    it)."""
     if not url:
-        return None
+        return None, False
     parsed = database_url(url)
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
-        return None
+        return None, False
     path = Path(parsed.database).expanduser()
-    return None if path.exists() else path
+    return path, not path.exists()
 
 
 def _disk_full(e: BaseException) -> bool:
     return "disk is full" in _reason(e)  # SQLite's SQLITE_FULL: "database or disk is full"
 
 
-def _full_disk_for_database(made: Path | None, shown: str) -> MixsepError:
-    """The sentence for a database that a full disk stopped; an SQLite file this command ``made`` goes, with the
-    files SQLite keeps beside it."""
-    for path in (made, *(made.with_name(made.name + x) for x in ("-journal", "-wal", "-shm"))) if made else ():
+def _full_disk_for_database(sqlite: Path | None, new: bool, shown: str) -> MixsepError:
+    """The sentence for a database that a full disk stopped; a ``new`` SQLite file (this command made it) goes,
+    with the files SQLite keeps beside it."""
+    for path in (sqlite, *(sqlite.with_name(sqlite.name + x) for x in ("-journal", "-wal", "-shm"))) if new else ():
         with contextlib.suppress(OSError):
             path.unlink()
-    where = f"The disk holding {made.parent}" if made else "The disk holding the database"
-    return MixsepError(f"{where} is full, so the sweep's database {shown} could not be made; free some space and "
-                       "run the command again.")
+    where = f"The disk holding {sqlite.parent}" if sqlite is not None else "The disk holding the database"
+    what = "could not be made" if new else "could not take the study's rows"
+    return MixsepError(f"{where} is full, so the sweep's database {shown} {what}; free some space and run the "
+                       "command again.")
 
 
 def _unusable_database(shown: str, e) -> MixsepError:
@@ -960,7 +962,7 @@ def create_study(p: Plan, say: Callable[[str], None] | None = None):
     setting's TrainConfig default, when the space holds it) as trial 0: the baseline
     every other trial is measured against. A default outside the space is said (``say``).
     """
-    made = _new_sqlite_file(p.storage)  # an SQLite file this command makes: a full disk takes it back
+    sqlite, new = _sqlite_file(p.storage)  # an SQLite file this command makes: a full disk takes it back
     storage = open_storage(p.storage, p.runs_dir, p.heartbeat)
     try:
         study = _create_study(p, storage, say)
@@ -968,7 +970,7 @@ def create_study(p: Plan, say: Callable[[str], None] | None = None):
         if _database_error(e) is None:
             raise
         if _disk_full(e):
-            raise _full_disk_for_database(made, storage_label(p.storage, p.runs_dir)) from None
+            raise _full_disk_for_database(sqlite, new, storage_label(p.storage, p.runs_dir)) from None
         raise _unusable_database(storage_label(p.storage, p.runs_dir), e) from None
     p.folder.mkdir(parents=True, exist_ok=True)
     return study

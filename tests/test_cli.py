@@ -492,11 +492,10 @@ def test_a_runs_folder_in_a_run_or_a_study_is_refused_before_anything_is_made(ca
     lost = tmp_path / "lost"
     shutil.copytree(run, lost)
     (lost / "status.json").unlink()
-    made = tmp_path / "made"  # as the Train page makes a run: config.json, then worker.log, then the trainer
-    made.mkdir()
-    shutil.copy(run / "config.json", made / "config.json")
-    (made / "worker.log").write_bytes(b"")
-    for folder in (lost, made):
+    damaged = tmp_path / "damaged"  # a run whose config.json is cut short is still a run (a Delete takes it all)
+    shutil.copytree(run, damaged)
+    (damaged / "config.json").write_bytes((run / "config.json").read_bytes()[:100])
+    for folder in (lost, damaged):
         with pytest.raises(MixsepError, match=f"is inside the run folder {re.escape(str(folder))}"):
             check_runs_dir(folder / "sub")
     project = tmp_path / "project"
@@ -504,9 +503,12 @@ def test_a_runs_folder_in_a_run_or_a_study_is_refused_before_anything_is_made(ca
     (project / "config.json").write_text(json.dumps({"name": "my project"}))
     (project / "status.json").write_text(json.dumps({"state": "finished"}))
     check_runs_dir(project / "runs")
-    settings = tmp_path / "settings"  # a user's own settings file named config.json, run from its folder: no run
-    settings.mkdir()
+    settings = tmp_path / "settings"  # a user's own settings file named config.json, run from its folder: no run,
+    settings.mkdir()  # whatever else a project keeps there (QA: a folder named checkpoints, a metrics.csv, a log)
     shutil.copy(run / "config.json", settings / "config.json")
+    (settings / "checkpoints").mkdir()
+    (settings / "metrics.csv").write_text("epoch,accuracy\n1,0.5\n")
+    (settings / "worker.log").write_text("")
     check_runs_dir(settings / "runs")
     # and a --run-dir's parents are judged alike: inside the run whose status.json is lost, refused; inside the
     # project, a run
@@ -544,6 +546,14 @@ def test_a_file_named_like_a_flag_is_named_in_the_mistake(capsys, tmp_path, monk
     with pytest.raises(SystemExit):
         main(["separate", "run", "m.png", "--overwrite", "--mode", "bogus"])
     assert "begins with '-'" not in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # after --, a word is a file name: no hint
+        main(["separate", "run", "--mode", "bogus", "--", "-x.png"])
+    assert "begins with '-'" not in capsys.readouterr().err
+    Path("--over").write_bytes(b"")  # an abbreviation of a flag, and a file: said as what it was read as
+    with pytest.raises(SystemExit):
+        main(["separate", "run", "--over"])
+    assert "--over is a file whose name begins with '-', so it was read as the flag --overwrite: write it as " \
+        "./--over" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, says", [

@@ -119,6 +119,32 @@ def test_a_sqlite_storage_on_a_full_disk_leaves_no_file_and_says_the_disk_is_ful
         assert sorted(p.name for p in full.iterdir()) == ["filler"]
 
 
+def test_an_sqlite_storage_that_exists_on_a_full_disk_is_kept_and_the_disk_named(capsys, tmp_path, monkeypatch):
+    """A database of an earlier study on a disk that has filled since: "The disk holding the database is full, so
+    the sweep's database ... could not be made" (it was there, and its folder not named). QA."""
+    import optuna
+    from conftest import tmpfs
+
+    data = make_data_root(tmp_path / "data")
+    with tmpfs(tmp_path / "full", "400k") as full:
+        url = f"sqlite:///{full / 'x.db'}"
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        optuna.create_study(study_name="earlier", storage=url)  # Optuna's tables and one study
+        before = sha(full / "x.db")
+        try:
+            with open(full / "filler", "wb") as f:
+                while True:
+                    f.write(b"\0" * 4096)
+                    f.flush()
+        except OSError:  # the disk is full now
+            pass
+        monkeypatch.setenv("MIXSEP_SWEEP_STORAGE", url)
+        assert main(sweep_args(data, tmp_path / "runs")) == 2
+        assert one_error(capsys) == (f"error: The disk holding {full} is full, so the sweep's database {url} could "
+                                     "not take the study's rows; free some space and run the command again.")
+        assert sha(full / "x.db") == before
+
+
 @pytest.fixture
 def read_only_disk(tmp_path):
     """A tmpfs mounted at tmp_path/disk (conftest.tmpfs); remount(ro=True) makes it read-only."""
