@@ -485,8 +485,7 @@ def open_storage(url: str | None, runs_dir: Path, heartbeat_s: int = 30, create:
             raise _unusable_database(shown, e) from None
         finally:
             engine.dispose()
-    sqlite = Path(parsed.database).expanduser() if parsed.get_backend_name() == "sqlite" else None
-    new_file = sqlite is not None and not sqlite.exists()
+    sqlite, new_file = _sqlite_file(url)
     for attempt in range(3):
         try:
             return optuna.storages.RDBStorage(
@@ -497,9 +496,9 @@ def open_storage(url: str | None, runs_dir: Path, heartbeat_s: int = 30, create:
         except sqlalchemy.exc.SQLAlchemyError as e:
             # workers started together race to create Optuna's tables, and the loser retries; a full disk does not
             # get emptier, and is not the URL's fault: it named a file on a disk with no room for Optuna's tables
-            if attempt == 2 or _disk_full(e):
-                if _disk_full(e):
-                    raise _full_disk_for_database(sqlite, new_file, shown) from None
+            if _disk_full(e):
+                raise _full_disk_for_database(sqlite, new_file, shown) from None
+            if attempt == 2:
                 if new_file and sqlite.is_file() and sqlite.stat().st_size == 0:  # leave nothing made here
                     sqlite.unlink()
                 raise _unusable_database(shown, e) from None
