@@ -465,7 +465,7 @@ def run_lives_in(folder: Path) -> bool:
         d = None  # damaged: what lies beside it decides
     if d is not None and not (isinstance(d, dict) and any(f.name in d for f in dataclasses.fields(TrainConfig))):
         return False
-    if read_status(folder).get("state") in (State.RUNNING, State.FINISHED, State.STOPPED, State.FAILED):
+    if is_mixsep_run(folder):
         return True
     try:
         with open_regular(folder / METRICS) as f:
