@@ -26,9 +26,9 @@ config = TrainConfig(data_root=str(data_root), **values)
 st.session_state["train_config"] = config.to_dict()
 
 # one row that wraps, each control as wide as its label: columns of fixed shares cut Start and Stop to "S.." at 800 px
-left = right = live = st.container(horizontal=True, vertical_alignment="center")
+row = st.container(horizontal=True, vertical_alignment="center")
 refused = None
-if left.button("Start", type="primary", icon=":material/play_arrow:", width="content"):
+if row.button("Start", type="primary", icon=":material/play_arrow:", width="content"):
     st.session_state.pop("train_start_refused", None)
     try:  # jobs.start refuses a data root without training data before it makes a run folder
         run = jobs.start(config)
@@ -53,7 +53,7 @@ if last_job.removed and not st.session_state.get("train_start_refused"):
     # its trainer refused the new run before its first step (damaged data, say): its folder is gone, as the
     # CLI's train removes it, and what it said stays here (every tab followed it) until the next start
     st.error(ui.sentence(last_job.message))
-if right.button("Stop", icon=":material/stop:", width="content") and not jobs.stop():
+if row.button("Stop", icon=":material/stop:", width="content") and not jobs.stop():
     st.info("No training is running.")  # a stopping run says so itself, below, in every tab, while it stops
 with st.expander("Config of the next run"):
     st.json(config.to_dict())
@@ -70,7 +70,7 @@ REFRESH = {"2 s": 2.0, "5 s": 5.0, "15 s": 15.0, "Paused": None}
 RESUME_HELP = ("Continues with the run's saved settings; the settings above are for a new run. A resume may "
                "change the time budget, device or precision from the command line: python -m mixsep train "
                "--run-dir RUN --max-minutes M (or --device, --cpu-bf16, --checkpoint-every).")
-refresh = REFRESH[live.radio("Live updates", list(REFRESH), index=1, horizontal=True, key="train_refresh",
+refresh = REFRESH[row.radio("Live updates", list(REFRESH), index=1, horizontal=True, key="train_refresh",
                              persist_state="session",
                              help="How often the status and the progress refresh while a run trains; the loss "
                                   "chart refreshes at a fifth of that pace. Each refresh takes a little CPU from "

@@ -16,17 +16,17 @@ if checkpoint is None:
     st.stop()
 
 # one row that wraps, each control as wide as its label (columns of fixed shares cut the toggles to "D" at 800 px)
-opts = [st.container(horizontal=True, vertical_alignment="center")] * 5
-show_direct = opts[0].toggle("Direct CIFAR", value=True, help="Add a row with the CIFAR head's own output.",
-                             key="grid_direct", persist_state="session")
-show_errors = opts[1].toggle("Error maps", value=False, help="Add rows of |estimate - truth|, brightened 4x.",
-                             key="grid_errors", persist_state="session")
-shuffle = opts[2].toggle("Shuffle", value=False, key="grid_shuffle", persist_state="session")
-seed = whole_number_box("Seed", 0, 10**6, 0, where=opts[3], disabled=not shuffle, key="grid_seed",
+row = st.container(horizontal=True, vertical_alignment="center")
+show_direct = row.toggle("Direct CIFAR", value=True, help="Add a row with the CIFAR head's own output.",
+                         key="grid_direct", persist_state="session")
+show_errors = row.toggle("Error maps", value=False, help="Add rows of |estimate - truth|, brightened 4x.",
+                         key="grid_errors", persist_state="session")
+shuffle = row.toggle("Shuffle", value=False, key="grid_shuffle", persist_state="session")
+seed = whole_number_box("Seed", 0, 10**6, 0, where=row, disabled=not shuffle, key="grid_seed",
                         persist_state="session", width=120)
 if shuffle and not isinstance(seed, int):  # a fraction: said under the box (unused, and not said, without Shuffle)
     st.stop()
-n = opts[4].slider("Samples", 4, 40, 20, key="grid_n", persist_state="session", width=240)
+n = row.slider("Samples", 4, 40, 20, key="grid_n", persist_state="session", width=240)
 
 # the page of samples shown restarts at 0 whenever the selection changes
 selection = (str(checkpoint), split, shuffle, seed, n)

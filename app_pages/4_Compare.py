@@ -22,10 +22,10 @@ if study != "all runs":
 chosen = st.multiselect("Runs", list(rows), default=list(rows)[:3 if study == "all runs" else 10],  # by name only:
                         key=f"compare_runs_{study}")  # a label with the state lost the pick when the state changed
 # one row that wraps, each control as wide as its label (columns of fixed shares cut the toggle to "Test …" at 800 px)
-opts = [st.container(horizontal=True, vertical_alignment="center")] * 3
-loss = opts[0].radio("Loss", list(ui.LOSSES), format_func=ui.LOSSES.get, index=2, horizontal=True)
-smoothing = opts[1].slider("EMA smoothing", 0.0, 0.99, 0.9, 0.01, width=260)
-score = opts[2].toggle("Test PSNR", help="Score each run's latest checkpoint on test pairs (slower).")
+row = st.container(horizontal=True, vertical_alignment="center")
+loss = row.radio("Loss", list(ui.LOSSES), format_func=ui.LOSSES.get, index=2, horizontal=True)
+smoothing = row.slider("EMA smoothing", 0.0, 0.99, 0.9, 0.01, width=260)
+score = row.toggle("Test PSNR", help="Score each run's latest checkpoint on test pairs (slower).")
 if not chosen:
     st.info("Pick one or more runs.")
     st.stop()
