@@ -7,6 +7,7 @@ Screenshots go to the test's tmp folder and, when MIXSEP_SCREENSHOTS=DIR is set,
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -259,6 +260,16 @@ def test_dashboard_in_a_real_browser(server):
             box.fill(value)
             box.press("Enter")
             expect(box).to_have_value(value)
+        # the trials train the tiny model, not ResNet-18 (a third of the sweep's CPU here): faithful's chip
+        # removed, tiny typed and picked with Enter, as a keyboard user does
+        model = sidebar.get_by_test_id("stMultiSelect").filter(has_text="Model")
+        model.get_by_role("button", name=re.compile("faithful")).click()
+        expect(model).not_to_contain_text("faithful")
+        model.locator("input").click()
+        page.keyboard.type("tiny")
+        page.keyboard.press("Enter")
+        page.keyboard.press("Escape")
+        expect(model.get_by_text("tiny", exact=True)).to_be_visible()
         page.get_by_role("button", name="Start").click()
         page.set_viewport_size({"width": 1280, "height": 2000})  # charts below the fold are not drawn
         seen, deadline = [], time.monotonic() + 600
@@ -277,6 +288,8 @@ def test_dashboard_in_a_real_browser(server):
         # a page switch that lands on that rerun is lost inside Streamlit (once in CI the Compare click left
         # the Sweep page shown, its sidebar reset), a race a user meets only in that instant
         expect(page.get_by_text(re.compile(r"2 of 2 trials done .* sweep not running"))).to_be_visible(timeout=120_000)
+        trials = sorted((tmp / "runs").glob("*/trial-*/config.json"))
+        assert len(trials) == 2 and all(json.loads(c.read_text())["model"] == "tiny" for c in trials), trials
         snap(page, "sweep")
 
         # Compare: delete a run; the confirmation is spent after it (the browser once kept the box ticked,
