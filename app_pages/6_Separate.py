@@ -12,7 +12,7 @@ from PIL import Image
 import mixsep_ui as ui
 from mixsep import MixsepError
 from mixsep.config import SEPARATE_MODES
-from mixsep.separate import EXTENSIONS, png_bytes, read_mixture, separate
+from mixsep.separate import FORMATS, png_bytes, read_mixture, separate
 
 SHOWN = 128  # pixels on screen for a 32x32 image: 4x, each pixel a block
 # declared in .streamlit/config.toml (a 32x32 image is a few KB in any format): the browser refuses a bigger
@@ -31,8 +31,10 @@ try:  # before any upload: a checkpoint that cannot separate says so at once
     model, config, info = ui.model(checkpoint)
 except MixsepError as e:
     ui.show_error(e, literal_text=True)  # it quotes the checkpoint's path: the run's name, as text
-files = st.file_uploader(f"Mixture images: 32x32, each the mean of a grey digit and a colour image "
-                         f"(up to {MAX_UPLOAD_MB} MB each)", type=EXTENSIONS, accept_multiple_files=True)
+# any name: a file is read by its content, as the command line reads it (a .jfif or a name without an extension was
+# refused by the uploader with a red mark and no sentence); read_mixture opens only FORMATS and says why it will not
+files = st.file_uploader(f"Mixture images: 32x32, each the mean of a grey digit and a colour image, as "
+                         f"{', '.join(FORMATS)} (up to {MAX_UPLOAD_MB} MB each)", accept_multiple_files=True)
 if not files:
     st.caption(f"Upload one or more images to separate them with this checkpoint; a file over {MAX_UPLOAD_MB} MB is "
                "refused by the uploader itself (its red mark says why). The command line does the same for files "

@@ -123,7 +123,10 @@ def _pixels(path: Path, array: np.ndarray, name: str) -> np.ndarray:
 
 
 def _labels(path: Path, labels: np.ndarray, count: int, classes: int = 10) -> np.ndarray:
-    """Class numbers 0..classes-1, one per image, as int64."""
+    """Class numbers 0..classes-1, one per image, as int64. A column of them, (N, 1), is read as (N,): Keras'
+    cifar10.load_data() gives its labels so, and an .npz saved from it is a user's own good file."""
+    if labels.ndim == 2 and labels.shape[1:] == (1,):
+        labels = labels[:, 0]
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         shape = "a single number" if labels.ndim == 0 else f"an array of shape {labels.shape} and type {labels.dtype}"
         raise MixsepError(f"{path}: the labels are {shape}, not a list of whole numbers, one per image; "
@@ -512,6 +515,10 @@ def require_split(root: Path, split: str) -> None:
 
 
 def load_split(root: Path, source: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if split not in SPLITS or source not in SOURCES:
+        raise MixsepError(f"Unknown {'split' if source in SOURCES else 'source'} "
+                          f"'{split if source in SOURCES else source}'; choose one of: "
+                          f"{', '.join(SPLITS if source in SOURCES else SOURCES)}.")
     files = find_source(Path(root), source, split)
     if not files:
         raise MixsepError(missing_message(Path(root), source, split))

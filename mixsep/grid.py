@@ -1,11 +1,14 @@
 """The report's sample grid: one column per sample, one labelled row per image kind."""
 from __future__ import annotations
 
+import numbers
+
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
 from .data import PairData
+from .errors import MixsepError
 from .metrics import predict, recover
 
 
@@ -20,7 +23,11 @@ def sample_indices(total: int, n: int = 20, seed: int | None = None, page: int =
 def grid_rows(model: torch.nn.Module, pairs: PairData, indices: list[int], show_direct: bool = True,
               show_errors: bool = False) -> list[tuple[str, torch.Tensor]]:
     """(label, (N, 3, 32, 32) images in [0, 1]) rows, in the report's order."""
-    idx = torch.as_tensor(indices)
+    if not len(indices) or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) and 0 <= i < len(pairs)
+                                   for i in indices):
+        raise MixsepError(f"Give the grid one or more pair indices from 0 to {len(pairs) - 1} "
+                          f"(got {list(indices)[:5]!r}{'…' if len(indices) > 5 else ''}).")
+    idx = torch.as_tensor([int(i) for i in indices])
     partner = pairs.partners(0)[idx]
     mnist, cifar, mean, mh, ch = predict(model, pairs.mnist[partner.to(pairs.mnist.device)], pairs.cifar[idx.to(pairs.cifar.device)])
     mnist_rec, _ = recover(mean, mh, ch, "direct")

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from .data import PairData, mix, to_float
+from .errors import MixsepError
 
 MODES = ("direct", "subtraction", "projection_uniform", "projection_optimal", "mixture")
 RECOVERY_MODES = MODES[:-1]  # "mixture" is the do-nothing baseline: shown, never the best recovery
@@ -201,6 +202,12 @@ def evaluate(model: torch.nn.Module, pairs: PairData, count: int = 0, batch_size
     ``w_mnist`` for the optimal projection comes from ``calibration`` pairs (held-out
     training pairs) when not given; with neither it falls back to 1/2 and says so.
     """
+    for name, value, low in (("count", count, 0), ("batch_size", batch_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise MixsepError(f"{name} must be a whole number of at least {low}{' (0: every pair)' if low == 0 else ''} "
+                              f"(got {value!r}).")
+    if not len(pairs):
+        raise MixsepError("There are no pairs to score.")
     model.eval()
     if w_mnist is None:
         w_mnist = fit_projection_weight(model, calibration) if calibration is not None else 0.5

@@ -1141,14 +1141,26 @@ def read_checkpoint(path: Path, map_location="cpu", mmap: bool = False) -> dict:
             raise UnreadableCheckpoint(f"{path} is a bare Python pickle, not a PyTorch file as mixsep writes its "
                                        "checkpoints, and mixsep loads a checkpoint as data only; it was not written "
                                        "by mixsep. Pick another checkpoint or retrain.") from None
+        newer = re.search(r"read a PyTorch file with version (\d+), but the maximum supported version for reading "
+                          r"is (\d+)", str(e))
+        if newer:  # a good file from a newer torch: not "corrupt", which would have it thrown away
+            raise UnreadableCheckpoint(f"{path} was written by a newer PyTorch (file format {newer[1]}; this torch, "
+                                       f"{torch.__version__}, reads up to {newer[2]}); read it with a newer torch, or "
+                                       "pick another checkpoint.") from None
         raise UnreadableCheckpoint(f"{path} is not a readable mixsep checkpoint ({e.__class__.__name__}); "
                                    "it may be truncated or corrupt. Pick another checkpoint or retrain.") from None
     if not isinstance(state, dict) or "model" not in state or not isinstance(state.get("config"), dict):
         raise UnreadableCheckpoint(f"{path} is a PyTorch file but not a mixsep checkpoint (no model and config "
-                                   "inside).")
+                                   f"inside); name a checkpoint from a run's {CHECKPOINTS} folder (a plain state_dict "
+                                   "is not one).")
+    version = state.get("version", CHECKPOINT_VERSION)
+    if type(version) is int and version > CHECKPOINT_VERSION:  # its settings or layout may mean other things
+        raise UnreadableCheckpoint(f"{path} was written by a newer mixsep (checkpoint format {version}; this one "
+                                   f"reads format {CHECKPOINT_VERSION}); upgrade mixsep to read it.")
     step, optimizer = state.get("step", 0), state.get("optimizer", {"state": {}, "param_groups": []})
     wrong = ("its weights are not a dict of tensors" if not isinstance(state["model"], dict)
              or not all(isinstance(v, torch.Tensor) for v in state["model"].values())
+             else f"its format version is {version!r}, not a whole number" if type(version) is not int or version < 1
              else "its config names no model" if not isinstance(state["config"].get("model"), str)
              else f"its step is {step!r}, not a whole number" if type(step) is not int or step < 0
              else "its optimizer state is not Adam's" if not isinstance(optimizer, dict)

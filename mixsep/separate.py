@@ -23,12 +23,10 @@ from .run import CHECKPOINTS, in_checkpoints, temp_path, write_all
 SIZE = (32, 32)
 # an icon whose directory gives one size and whose image holds another: refused by that size below, not warned of
 warnings.filterwarnings("ignore", message="Image was not the expected size", category=UserWarning)
-# The formats a mixture may come in (Pillow's names) and their file extensions. Pillow picks a decoder by a
-# file's content, not its name, and some would run a program (EPS goes to Ghostscript, a PostScript
-# interpreter): a file is read only by these, whatever it is called.
-FORMATS = {"PNG": ("png",), "JPEG": ("jpg", "jpeg"), "BMP": ("bmp",), "GIF": ("gif",), "TIFF": ("tif", "tiff"),
-           "WEBP": ("webp",), "PPM": ("ppm", "pgm", "pbm"), "ICO": ("ico",)}
-EXTENSIONS = [e for names in FORMATS.values() for e in names]
+# The formats a mixture may come in (Pillow's names). Pillow picks a decoder by a file's content, not its name,
+# and some would run a program (EPS goes to Ghostscript, a PostScript interpreter): a file is read only by these,
+# whatever it is called (the Separate page's uploader takes any name too).
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM", "ICO")
 SUFFIXES = {"mnist": ".mnist.png", "cifar": ".cifar.png"}
 # Pillow's layouts of 16 bits a pixel, not a channel: RGB565 (a 16-bit BMP's bit fields F800/07E0/001F), which it
 # scales to 8-bit RGB, as it does its twin RGB555 ("BGR;15")
@@ -37,8 +35,8 @@ PACKED_16 = {"BGR;16", "RGB;16"}
 
 def read_mixture(source: Path | str | bytes, name: str | None = None) -> np.ndarray:
     """(32, 32, 3) uint8 pixels of an image file (a path, or its bytes as uploaded), or MixsepError with one sentence."""
-    if isinstance(source, (bytes, bytearray)):
-        name, fp = name or "the upload", io.BytesIO(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        name, fp = name or "the upload", io.BytesIO(bytes(source))
     else:
         path = Path(source)
         if not path.is_file():
@@ -83,6 +81,12 @@ def _icon_too_large(f, name: str) -> None:
 
 
 def _read_pixels(fp, name: str) -> np.ndarray:
+    with warnings.catch_warnings():  # a damaged EXIF block: Pillow warns in two lines naming its own source file
+        warnings.filterwarnings("ignore", category=UserWarning, module="PIL")  # (the image is read, unturned)
+        return _decode(fp, name)
+
+
+def _decode(fp, name: str) -> np.ndarray:
     _icon_too_large(fp, name)
     try:
         with Image.open(fp, formats=list(FORMATS)) as im:
@@ -146,7 +150,12 @@ def check_outputs(paths: list[dict[str, Path]], out_dir: Path, overwrite: bool, 
     if in_checkpoints(out_dir.resolve(), this_run):
         raise MixsepError(f"--out {out_dir} is in a run's {CHECKPOINTS} folder, which only training writes; "
                           "choose another --out.")
-    longest = _name_max(out_dir if out_dir.is_dir() else out_dir.parent)
+    folder = out_dir if out_dir.is_dir() else out_dir.parent  # where a file or the --out folder will be made
+    if not os.access(folder, os.W_OK | os.X_OK):  # a read-only disk or folder, found now and not after the model ran
+        why = ("its disk is mounted read-only" if os.statvfs(folder).f_flag & os.ST_RDONLY
+               else "you may not write in it")
+        raise MixsepError(f"Folder {folder} cannot be written ({why}); choose another --out.")
+    longest = _name_max(folder)
     for p in (p for d in paths for p in d.values()):
         if len(os.fsencode(temp_path(p).name)) > longest:  # found now, not after the whole batch is separated
             raise MixsepError(f"{p.name} is too long a name here: mixsep writes it under a longer hidden name first; "
@@ -179,6 +188,9 @@ def separate(model: torch.nn.Module, mixtures: np.ndarray, mode: str = MODES[0],
 
     if mode not in MODES:
         raise MixsepError(f"Unknown mode '{mode}'; choose one of: {', '.join(MODES)}.")
+    mixtures = check_mixtures(mixtures)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise MixsepError(f"batch_size must be a whole number of at least 1 (got {batch_size!r}).")
     model.eval()
     device = next(model.parameters()).device
     digits, images = [], []
@@ -189,6 +201,22 @@ def separate(model: torch.nn.Module, mixtures: np.ndarray, mode: str = MODES[0],
         digits.append(to_u8(m.mean(1)))            # the digit is grey: the channels' mean
         images.append(to_u8(c.permute(0, 2, 3, 1)))
     return np.concatenate(digits), np.concatenate(images)
+
+
+def check_mixtures(mixtures) -> np.ndarray:
+    """The (N, 32, 32, 3) uint8 array ``separate`` takes, or MixsepError with one sentence. Pixels are 0-255 as an
+    image file holds them: an array of floats in [0, 1] (torch's convention) would be read as a near-black
+    mixture and separated into wrong images without a word, so any dtype but uint8 is refused, not guessed at."""
+    if not isinstance(mixtures, np.ndarray):
+        raise MixsepError(f"Mixtures must be a numpy array of shape (N, 32, 32, 3) and type uint8 (got "
+                          f"{type(mixtures).__name__}); np.asarray(x, np.uint8) makes one of a list, x.cpu().numpy() of a torch tensor.")
+    if mixtures.dtype != np.uint8:
+        raise MixsepError(f"Mixtures must be uint8 pixels, 0 to 255 as image files hold them (got {mixtures.dtype}); "
+                          "floats in [0, 1] are (x * 255).round().astype(np.uint8).")
+    if mixtures.ndim != 4 or mixtures.shape[1:] != (*SIZE, 3) or not len(mixtures):
+        raise MixsepError(f"Mixtures must be an array of shape (N, 32, 32, 3), N >= 1 images of 32x32 pixels in RGB "
+                          f"(got shape {mixtures.shape}); one image x is x[None].")
+    return np.ascontiguousarray(mixtures)  # a flipped or strided view: torch.from_numpy takes no negative strides
 
 
 def to_u8(x: torch.Tensor) -> np.ndarray:

@@ -61,6 +61,13 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def load_model_state(model: nn.Module, state_dict: dict, path: Path, name: str) -> None:
+    """The checkpoint's weights into ``model``, or one sentence: weights of another architecture, weights that are
+    not real floating-point numbers where the model's are (load_state_dict casts integers silently and drops a
+    complex number's imaginary part with a warning), or weights that are not finite (a run that diverged before it
+    was saved: its outputs would be black images, said nowhere)."""
+    wrong = weights_wrong(model.state_dict(), state_dict)
+    if wrong:
+        raise MixsepError(f"{path} holds {wrong}; pick another checkpoint or retrain.")
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as e:
@@ -68,6 +75,20 @@ def load_model_state(model: nn.Module, state_dict: dict, path: Path, name: str) 
         first = first if len(first) <= 200 else first[:197] + "..."  # torch lists every missing key
         raise MixsepError(f"{path} does not fit the '{name}' architecture ({first}); "
                           "it was saved by another model or another version of mixsep.") from None
+
+
+def weights_wrong(own: dict, state_dict: dict) -> str:
+    """Why a checkpoint's weights cannot go into a model whose state dict is ``own`` (on any device, meta too), in a
+    clause ("weights that are not finite (...)"), or ''."""
+    for key, value in state_dict.items():
+        mine = own.get(key)
+        if mine is None or not mine.is_floating_point() or not torch.is_tensor(value):
+            continue
+        if value.is_complex() or not value.is_floating_point():
+            return f"weights that are not real floating-point numbers ({key} is {str(value.dtype).replace('torch.', '')})"
+        if value.device.type != "meta" and not torch.isfinite(value).all():
+            return f"weights that are not finite ({key} has NaN or infinite values), as a run that diverged leaves them"
+    return ""
 
 
 def _without_advice(e: Exception) -> str:
@@ -98,6 +119,9 @@ def check_fits(run_dir: Path, state: dict, model: str, built: nn.Module | None =
     if {k: tuple(v.shape) for k, v in state["model"].items()} != shapes:
         raise _cannot_resume(run_dir, f"{last} does not fit the '{model}' architecture (its weights' names or "
                                       "shapes differ)")
+    wrong = weights_wrong(built.state_dict(), state["model"])
+    if wrong:
+        raise _cannot_resume(run_dir, f"{last} holds {wrong}")
     if not _moments_fit(state.get("optimizer"), [tuple(p.shape) for p in built.parameters()]):
         raise _cannot_resume(run_dir, f"{last}'s optimizer state does not fit the '{model}' model (Adam's running "
                                       "moments are not of their weights' shapes)")

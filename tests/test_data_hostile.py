@@ -163,6 +163,14 @@ def test_npz_labels_of_the_wrong_kind(tmp_path, labels, match):
     refused(D.read_npz, tmp_path / "x.npz", "cifar", match=match)
 
 
+def test_npz_labels_in_a_column_as_keras_gives_them_are_read(tmp_path):
+    """keras.datasets.cifar10.load_data() gives labels of shape (N, 1): an .npz saved from it was refused whole
+    (and `info` advised removing the user's file), though nothing but the images is used."""
+    np.savez(tmp_path / "k.npz", images=np.zeros((3, 32, 32, 3), np.uint8), labels=np.array([[4], [0], [9]], np.uint8))
+    images, labels = D.read_npz(tmp_path / "k.npz", "cifar")
+    assert images.shape == (3, 32, 32, 3) and labels.tolist() == [4, 0, 9] and labels.dtype == np.int64
+
+
 def test_colour_images_given_as_mnist_are_refused_and_grey_rgb_digits_load(tmp_path):
     """An N x 32 x 32 x 3 .npz for MNIST: grey digits stored as RGB load; colour images (a CIFAR file
     given as --mnist-test) were taken as digits by their red channel, without a word."""

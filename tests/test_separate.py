@@ -4,6 +4,10 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
+import shutil
+import warnings
+import zipfile
 import subprocess
 import sys
 from pathlib import Path
@@ -360,20 +364,25 @@ def _one_error_line(err: str, *parts: str) -> None:
         assert part in err, err
 
 
-@pytest.mark.parametrize("into", ["mount", "folder"])
+@pytest.mark.parametrize("into", ["mount", "folder", "new folder"])
 def test_a_read_only_disk_is_one_sentence_and_nothing_is_written(capsys, data_root, tmp_path, into):
-    """--out on a read-only filesystem, the mount itself or a folder on it that exists: the temporary
-    file cannot be made, and its clean-up (which meets EROFS too) once raised over the message."""
+    """--out on a read-only filesystem, the mount itself, a folder on it that exists or one to be made there: the
+    temporary file cannot be made, and its clean-up (which meets EROFS too) once raised over the message. Found
+    before the model is loaded (a new folder was found only when the outputs were written, after the separation,
+    with no next step): here the checkpoint is not even readable, and the read-only disk is what is said."""
     run = _train(capsys, data_root, tmp_path / "runs")
     inputs, _ = mixture_pngs(data_root, tmp_path / "in", 2)
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with tmpfs(tmp_path / "ro", "200k") as disk:
         (disk / "exist").mkdir()
         (disk / "exist" / "keep.txt").write_text("the user's own file")
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
-        out = disk if into == "mount" else disk / "exist"
+        out = {"mount": disk, "folder": disk / "exist", "new folder": disk / "new"}[into]
         before = tree(tmp_path)
-        assert main(["separate", str(run), *map(str, inputs), "--out", str(out)]) == 2
-        _one_error_line(capsys.readouterr().err, f"{out} is not writable", "mix0.mnist.png", "nothing was written")
+        assert main(["separate", str(run), *map(str, inputs), "--out", str(out),
+                     "--checkpoint", str(tmp_path / "bad.pt")]) == 2
+        _one_error_line(capsys.readouterr().err, f"Folder {out if out.exists() else out.parent} cannot be written "
+                        "(its disk is mounted read-only); choose another --out.")
         assert tree(tmp_path) == before
 
 
@@ -548,3 +557,102 @@ def test_two_separates_at_once_with_the_same_outputs_leave_one_commands_files(ca
     assert main(["separate", str(winner), *map(str, inputs), "--out", str(again)]) == 0
     capsys.readouterr()
     assert tree(out) == tree(again) and len(tree(out)) == 80
+
+
+def test_the_python_api_refuses_what_it_cannot_separate_in_one_sentence(capsys, data_root, tmp_path):
+    """separate() divided whatever it was given by 255: floats in [0, 1] (torch's convention) came out as other
+    images, values up to 1020 and 64x64 arrays were separated, all without a word; other misuse of the API (a
+    tensor, one image, no image, a flipped view, a count or batch size out of range, a split or grid index that is
+    not there) ended deep inside torch, pandas or numpy."""
+    from mixsep.data import load_pairs
+    from mixsep.errors import MixsepError
+    from mixsep.grid import grid_image
+    from mixsep.metrics import evaluate
+    from mixsep.separate import read_mixture, separate
+
+    model, _, _ = load_run_model(_train(capsys, data_root, tmp_path / "runs"))
+    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    for bad, said in ((x.astype(np.float32) / 255, "(got float32)"), (x.astype(np.int64) * 4, "(got int64)"),
+                      (np.zeros((2, 64, 64, 3), np.uint8), "(got shape (2, 64, 64, 3))"), (torch.from_numpy(x), "(got Tensor)"),
+                      ([x[0]], "(got list)"), (x[0], "(got shape (32, 32, 3))"), (x[:0], "(got shape (0, 32, 32, 3))"),
+                      (x.transpose(0, 3, 1, 2).copy(), "(got shape (4, 3, 32, 32))")):
+        with pytest.raises(MixsepError, match=re.escape(said)) as e:
+            separate(model, bad)
+        assert str(e.value).startswith("Mixtures must be") and "\n" not in str(e.value)
+    with pytest.raises(MixsepError, match="batch_size must be a whole number of at least 1"):
+        separate(model, x, batch_size=0)
+    for a, b in zip(separate(model, x[:, ::-1]), separate(model, x[:, ::-1].copy())):  # a view with negative strides
+        assert np.array_equal(a, b)
+    Image.fromarray(x[0]).save(tmp_path / "one.png")
+    assert np.array_equal(read_mixture(memoryview((tmp_path / "one.png").read_bytes())), x[0])
+
+    pairs = load_pairs(data_root, "test")
+    for call, said in ((lambda: evaluate(model, pairs, count=-5), "count must be a whole number of at least 0"),
+                       (lambda: evaluate(model, pairs, count=10, batch_size=0), "batch_size must be a whole number"),
+                       (lambda: load_pairs(data_root, "val"), "Unknown split 'val'; choose one of: train, test."),
+                       (lambda: grid_image(model, pairs, [len(pairs)]), f"indices from 0 to {len(pairs) - 1} (got [48])"),
+                       (lambda: grid_image(model, pairs, []), "one or more pair indices")):
+        with pytest.raises(MixsepError, match=re.escape(said)):
+            call()
+    assert grid_image(model, pairs, [np.int64(1), 2]).size[0] > 0  # numpy's integers are indices too
+
+
+def test_a_checkpoint_whose_weights_or_format_cannot_be_used_is_one_sentence_and_nothing_is_written(
+        capsys, data_root, tmp_path):
+    """NaN weights (a diverged run's) separated into black images, exit 0; complex weights lost their imaginary
+    part with torch's warning, integer ones were cast without one; a checkpoint of a newer mixsep (its version) was
+    read as this one's, and one of a newer PyTorch (its file format) was called corrupt, to be retrained."""
+    run = _train(capsys, data_root, tmp_path / "runs")
+    inputs, _ = mixture_pngs(data_root, tmp_path / "in", 1)
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+
+    def saved(name: str, weights=None, **change) -> Path:
+        model = state["model"] if weights is None else {k: weights(v) if v.is_floating_point() else v
+                                                        for k, v in state["model"].items()}
+        torch.save({**state, "model": model, **change}, tmp_path / f"{name}.pt")
+        return tmp_path / f"{name}.pt"
+
+    torch.save(state["model"], tmp_path / "state_dict.pt")
+    newer = tmp_path / "newer.pt"  # torch's own archive, its format record raised to 99
+    with zipfile.ZipFile(run / "checkpoints" / "last.pt") as src, zipfile.ZipFile(newer, "w") as dst:
+        for item in src.infolist():
+            dst.writestr(item.filename, b"99\n" if item.filename.endswith("/version") else src.read(item))
+    cases = [(saved("nan", lambda v: v * float("nan")), "holds weights that are not finite (body.0.weight has NaN"),
+             (saved("infinite", lambda v: v / 0), "holds weights that are not finite"),
+             (saved("complex", lambda v: v.to(torch.complex64)), "not real floating-point numbers (body.0.weight is "
+                                                                  "complex64); pick another checkpoint or retrain."),
+             (saved("integers", lambda v: v.to(torch.int64)), "not real floating-point numbers (body.0.weight is int64)"),
+             (saved("version", version=99), "was written by a newer mixsep (checkpoint format 99; this one reads "
+                                            "format 1); upgrade mixsep to read it."),
+             (saved("version_text", version="2.0-beta"), "its format version is '2.0-beta', not a whole number"),
+             (tmp_path / "state_dict.pt", "(no model and config inside); name a checkpoint from a run's checkpoints "
+                                          "folder (a plain state_dict is not one)."),
+             (newer, "was written by a newer PyTorch (file format 99; this torch")]
+    for checkpoint, said in cases:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert main(["separate", str(run), str(inputs[0]), "--out", str(tmp_path / "out"),
+                         "--checkpoint", str(checkpoint)]) == 2, checkpoint
+        err = capsys.readouterr().err
+        assert said in err and err.count("\n") == 1 and err.startswith("error: "), (checkpoint, err)
+        assert not (tmp_path / "out").exists() and not [w for w in caught if "Casting complex" in str(w.message)]
+    # the run cannot resume from NaN weights either: refused before anything is written, its files as they were
+    shutil.copy(cases[0][0], run / "checkpoints" / "last.pt")
+    before = tree(run)
+    assert main(["train", "--run-dir", str(run), "--quiet"]) == 2
+    assert "holds weights that are not finite" in capsys.readouterr().err
+    assert tree(run) == before
+
+
+def test_a_damaged_exif_block_gives_no_library_warning(capsys, data_root, tmp_path):
+    """Pillow warned in two lines naming its own source file ("Corrupt EXIF data"), before the outputs or an
+    error line; the image itself reads (its orientation, which the damage hides, is not applied)."""
+    from mixsep.separate import read_mixture
+
+    px = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(px).save(tmp_path / "bad_exif.png", exif=b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x01\x00\x12"
+                                                            b"\x01\x03\x00\x01\x00\x00\x00\x06\x00")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert np.array_equal(read_mixture(tmp_path / "bad_exif.png"), px)
+    assert not caught, [str(w.message) for w in caught]
