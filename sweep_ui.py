@@ -15,9 +15,10 @@ import streamlit as st
 
 import mixsep_ui as ui
 from mixsep.config import setting_by_name
+from mixsep.errors import MixsepError
 from mixsep.run import open_regular
 from mixsep.sweep import (ATTR, JOURNAL, LOCAL, STORAGE_ENV, SweepRegistry, check_storage, list_studies, open_storage,
-                          storage_label, sweepable)
+                          sqlite_file, storage_label, sweepable)
 from ui_settings import setting_widget
 
 BUDGET = ("epochs", "train_size", "max_minutes")  # the per-trial budget, fixed for every trial
@@ -101,6 +102,26 @@ def made_by_mixsep(store, name: str) -> bool:
         return isinstance(optuna.load_study(study_name=name, storage=store).user_attrs.get(ATTR), dict)
     except (KeyError, AttributeError):  # as the page's load_study
         return False
+
+
+def check_writes_here(url: str, runs_dir: Path) -> None:
+    """Start and Resume write the study into the storage under Storage. The server writes only inside its runs
+    folder (and the data root and its caches): an SQLite file typed in the box must be in the runs folder, or be
+    the server's own MIXSEP_SWEEP_STORAGE, which whoever started the server chose. Else a visitor could make the
+    server create a database file anywhere it may write, or add Optuna's tables to another program's database.
+    A database server (postgresql://...) is no file of this machine; the box may name one."""
+    if not url or url == os.environ.get(STORAGE_ENV, "").strip():
+        return
+    try:
+        sqlite, _ = sqlite_file(url)
+    except Exception:  # not a database URL: the sweep says so, in its own sentence
+        return
+    runs = Path(runs_dir).resolve()
+    if sqlite is not None and not sqlite.resolve().is_relative_to(runs):
+        raise MixsepError(f"The dashboard writes studies only inside its runs folder ({runs}), and the SQLite file "
+                          f"{sqlite} is not in it; name a file there (sqlite:///{runs}/NAME.db), or run the sweep in "
+                          f"a terminal (`python -m mixsep sweep --storage URL`), or start the server with {STORAGE_ENV} "
+                          "set to that URL.")
 
 
 def storage_url() -> str:

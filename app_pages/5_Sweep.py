@@ -56,6 +56,7 @@ if top[2].button("Start", type="primary", icon=":material/play_arrow:", disabled
                 raise MixsepError(f"{label} must be a whole number (got {v}); correct it on the left.")
         if name in studies:
             raise MixsepError(f"Study '{name}' exists already; pick it below and press Resume, or choose a new name.")
+        sw.check_writes_here(url, runs_dir)
         sweeps.start(["--study", name, *flags], storage=url or None, busy=busy)
         st.session_state["sweep_show"] = name
         st.rerun()
@@ -84,6 +85,7 @@ shown = st.selectbox("Show study", studies, index=studies.index(shown) if shown 
     if studies else shown
 if top[4].button("Resume", icon=":material/replay:", disabled=live is not None or not shown, width="stretch"):
     try:
+        sw.check_writes_here(url, runs_dir)
         sweeps.start(["--study", shown, "--data-root", str(data_root), *local], storage=url or None, busy=busy)
         st.rerun()
     except MixsepError as e:

@@ -485,7 +485,7 @@ def open_storage(url: str | None, runs_dir: Path, heartbeat_s: int = 30, create:
             raise _unusable_database(shown, e) from None
         finally:
             engine.dispose()
-    sqlite, new_file = _sqlite_file(url)
+    sqlite, new_file = sqlite_file(url)
     for attempt in range(3):
         try:
             return optuna.storages.RDBStorage(
@@ -505,7 +505,7 @@ def open_storage(url: str | None, runs_dir: Path, heartbeat_s: int = 30, create:
             time.sleep(1 + attempt)
 
 
-def _sqlite_file(url: str | None) -> tuple[Path | None, bool]:
+def sqlite_file(url: str | None) -> tuple[Path | None, bool]:
     """The SQLite file a storage URL names (None for another database), and whether it is new (this command makes
     it)."""
     if not url:
@@ -961,7 +961,7 @@ def create_study(p: Plan, say: Callable[[str], None] | None = None):
     setting's TrainConfig default, when the space holds it) as trial 0: the baseline
     every other trial is measured against. A default outside the space is said (``say``).
     """
-    sqlite, new = _sqlite_file(p.storage)  # an SQLite file this command makes: a full disk takes it back
+    sqlite, new = sqlite_file(p.storage)  # an SQLite file this command makes: a full disk takes it back
     storage = open_storage(p.storage, p.runs_dir, p.heartbeat)
     try:
         study = _create_study(p, storage, say)

@@ -315,3 +315,46 @@ def test_an_sqlite_storage_is_named_as_it_was_typed():
 
     assert storage_label("sqlite:///x y ü.db", Path(".")) == "sqlite:///x y ü.db"
     assert storage_label("postgresql://me:secret@db/ü", Path(".")) == "postgresql://me:***@db/%C3%BC"  # a server's
+
+
+def test_start_and_resume_write_an_sqlite_storage_only_inside_the_runs_folder(page_env, tmp_path):
+    """The Storage box made the server create an SQLite file wherever it may write, or add Optuna's tables to another
+    program's database, which the README's list of what the server writes does not allow. Start and Resume now
+    refuse an SQLite file outside the runs folder (the server's own MIXSEP_SWEEP_STORAGE is the server's choice);
+    reading one, to watch a sweep started in a terminal, stays."""
+    import sqlite3
+
+    import sweep_ui
+
+    data, runs = page_env
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    other_app = elsewhere / "app.db"  # another program's database
+    with sqlite3.connect(other_app) as db:
+        db.execute("create table notes (body text)")
+    made_there = elsewhere / "study.db"  # a study started in a terminal, stored there
+    create_study(plan(build_parser().parse_args(["sweep", "--data-root", str(data), "--runs-dir", str(runs), "--study",
+                                                 "terminal", "--storage", f"sqlite:///{made_there}", *TINY])))
+    before = {p: p.read_bytes() for p in (other_app, made_there)}
+    refusal = (f"The dashboard writes studies only inside its runs folder ({runs.resolve()}), and the SQLite file "
+               f"{{}} is not in it; name a file there (sqlite:///{runs.resolve()}/NAME.db), or run the sweep in a "
+               "terminal (`python -m mixsep sweep --storage URL`), or start the server with MIXSEP_SWEEP_STORAGE set "
+               "to that URL.")
+    at = app_page("5_Sweep.py", 60)
+    at.number_input(key="sweep_val").set_value(16)  # settings this data root takes: Start would start the sweep
+    at.multiselect(key="sweep_model").set_value(["tiny"])
+    at.select_slider(key="sweep_batch_size").set_value((16, 16))
+    for db in (elsewhere / "new.db", other_app):
+        at.text_input(key="sweep_storage").set_value(f"sqlite:///{db}").run()
+        at.text_input(key="sweep_name").set_value("page")
+        next(b for b in at.button if b.label == "Start").click().run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert [seen(e.value).replace("\u2060", "") for e in at.error] == [refusal.format(db)]
+    at.text_input(key="sweep_storage").set_value(f"sqlite:///{made_there}").run()
+    assert at.selectbox(key="sweep_pick").value == "terminal"  # read and shown
+    next(b for b in at.button if b.label == "Resume").click().run()
+    assert [seen(e.value).replace("\u2060", "") for e in at.error] == [refusal.format(made_there)]
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["app.db", "study.db"]
+    assert {p: p.read_bytes() for p in before} == before and sweep_ui.registry(runs).running() is None
+    sweep_ui.check_writes_here(f"sqlite:///{runs}/inside.db", runs)  # a file in the runs folder may be written
+    sweep_ui.check_writes_here("postgresql://user@dbhost/mixsep", runs)  # a database server is no file here
