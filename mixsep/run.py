@@ -626,10 +626,33 @@ class RunLock:
         self._fd: int | None = None
         self._previous: bytes | None = None  # the last holder's line, for release(restore=True)
         self._created = False  # .lock was made by this acquire: release(restore=True) removes it
+        self._link: str | None = None  # the link this acquire replaced: release(restore=True) puts it back
+
+    def _replace_link(self) -> None:
+        """A .lock that is a link (a run copied with `cp -rs` holds one to the first run's .lock) is replaced by
+        the run's own, never written through. Under a flock of the run folder itself: of two trainers that both
+        saw the link, the second sees the first's lock file, not the link, and leaves it (it never removes a
+        lock file another holds)."""
+        try:
+            folder = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            if self.path.is_symlink():
+                target = os.readlink(self.path)
+                os.unlink(self.path)
+                self._link = target if self._link is None else self._link
+        except OSError:
+            pass
+        finally:
+            os.close(folder)  # drops the folder's flock
 
     def _open(self) -> tuple[int, bool]:
         """The lock file's descriptor, and whether this call made the file."""
         why = "it keeps changing"
+        if self.path.is_symlink():
+            self._replace_link()
         for _ in range(20):  # made or removed by another process between two calls: ask again
             for flags in (os.O_RDWR, os.O_RDWR | os.O_CREAT | os.O_EXCL):
                 try:  # never through a link: the holder's line would be written over the file it leads to
@@ -688,6 +711,8 @@ class RunLock:
             if restore and self._created:  # the folder had no .lock before: it has none after
                 try:
                     os.unlink(self.path)
+                    if self._link is not None:  # or the link it had
+                        os.symlink(self._link, self.path)
                 except OSError:
                     pass
             elif restore and self._previous is not None:

@@ -780,10 +780,6 @@ def test_resume_without_config_json_keeps_the_checkpoints_settings(small_config,
     (R.CONFIG, "dangling", "config.json is a link to nothing"),
     (f"{R.CHECKPOINTS}/{R.LAST}", "folder", "last.pt should be a file but is a folder"),
     (R.LOCK, "folder", r"\.lock cannot be opened \(Is a directory\)"),
-    (R.LOCK, "loop", r"\.lock cannot be opened \(a link to nothing\)"),
-    (R.LOCK, "dangling", r"\.lock cannot be opened \(a link to nothing\)"),  # not followed out of the folder
-    # a link to a file of the user's: the trainer's line was written over it
-    (R.LOCK, "link", r"\.lock cannot be opened \(a link, and the trainer would write over what it leads to\)"),
     (R.STOP, "folder", "STOP should be a file but is a folder"),  # a traceback, and a finished run read "failed"
     # a FIFO: the resume waited for ever, and a Ctrl-C or SIGTERM did not end it
     (R.STATUS, "fifo", r"status\.json should be a file but is not a regular file \(a FIFO, say\); move it away"),
@@ -814,6 +810,32 @@ def test_a_run_folder_holding_the_wrong_kinds_of_things_is_refused_untouched(sma
     assert conftest.tree(run, skip=(R.LOCK,)) == before  # a file named checkpoints once sent it back to step 0, cutting metrics.csv
 
 
+@pytest.mark.parametrize("make", ["link", "dangling", "loop"])
+def test_a_lock_file_that_is_a_link_is_replaced_by_the_runs_own_and_never_written_through(small_config, tmp_path,
+                                                                                          capsys, make):
+    """A run copied with `cp -rs` holds a .lock that is a link to the first run's, and the copy was refused
+    (".lock cannot be opened (a link...)") though the README says such a copy trains. The link is replaced by the
+    run's own lock file; what it leads to is never written (a user's file: the trainer's line went over it once);
+    a command refused after taking the lock puts the link back."""
+    from mixsep.cli import main
+
+    run = _finished_run(small_config, tmp_path)
+    path = run / R.LOCK
+    path.unlink()
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    {"link": lambda: path.symlink_to(mine), "dangling": lambda: path.symlink_to(tmp_path / "gone"),
+     "loop": lambda: path.symlink_to(path)}[make]()
+    target = os.readlink(path)
+    before = conftest.tree(run, skip=(R.LOCK,))
+    assert main(["train", "--run-dir", str(run), "--lr", "0.5", "--quiet"]) == 2  # a flag that would change the run
+    assert "--lr" in capsys.readouterr().err
+    assert path.is_symlink() and os.readlink(path) == target and conftest.tree(run, skip=(R.LOCK,)) == before
+    assert main(["train", "--run-dir", str(run), "--quiet"]) == 0, capsys.readouterr().err
+    assert path.is_file() and not path.is_symlink() and mine.read_text() == "mine"
+    assert not (tmp_path / "gone").exists()
+
+
 def test_a_run_copied_as_links_trains_into_its_own_files_and_never_writes_through_them(small_config, tmp_path,
                                                                                        capsys):
     """A copy made with `cp -rs` holds links to the first run's files. Resumed, its rows were appended
@@ -834,10 +856,10 @@ def test_a_run_copied_as_links_trains_into_its_own_files_and_never_writes_throug
     b = tmp_path / "b"
     subprocess.run(["cp", "-rs", str(a), str(b)], check=True)
     assert (b / R.METRICS).is_symlink() and (b / R.CHECKPOINTS / R.LAST).is_symlink()
-    (b / R.LOCK).unlink()  # the lock refuses its link in its own sentence (tested above): the user removes it
+    assert (b / R.LOCK).is_symlink()  # a's lock, kept after a's trainer ended: b's replaces it (tested above)
     assert main(["train", "--run-dir", str(b), "--quiet"]) == 0
     capsys.readouterr()
-    assert conftest.tree(a) == before  # not a row or a checkpoint of b's reached a
+    assert conftest.tree(a) == before  # not a row, a checkpoint or the lock's line of b's reached a
     assert not (b / R.METRICS).is_symlink() and steps_in(b) == list(range(1, total + 1))
     assert R.read_checkpoint(R.last_checkpoint(b))["step"] == total
 
