@@ -320,7 +320,7 @@ class TrainConfig:
                                     "Steps between checkpoints", "mechanics", low=1, on_resume=True)
     checkpoint_seconds: float = setting(10.0, "write checkpoints (every checkpoint_every steps and at each epoch's "
                                         "end) at most once in this many seconds; the run's end, a stop and the "
-                                        "epochs keep_epochs >= 2 asks for are always written. On a GPU an epoch can take a second, and a checkpoint "
+                                        "epochs keep_epochs >= 2 asks for are always written. On a GPU an epoch can take a third of a second, and a checkpoint "
                                         "every epoch took a fifth of a run; 0 = at every epoch's end",
                                         "Minimum seconds between checkpoints", "mechanics", low=0.0,
                                         zero="no minimum", on_resume=True, advanced=True, widget="number",
