@@ -1046,16 +1046,35 @@ def defaults_outside(space: dict[str, Dimension]) -> list[tuple[Dimension, objec
     return [(d, v) for d, v in pairs if not (v in d.choices if d.choices is not None else d.low <= v <= d.high)]
 
 
+def sampler_seed(p: Plan, index: int, trials_held: int) -> int:
+    """The seed of worker ``index``'s sampler in a command that finds ``trials_held`` trials in its study (those that
+    drew their parameters: not the ones waiting in the queue, such as the report's defaults or a requeued copy). A new
+    study's first command seeds as before (--sampler-seed + the worker's index); a later command (a resume after a
+    Ctrl-C, a Stop, a full disk or a lost database) mixes in the trials already there. With the same seed every
+    command drew the same points again: a resumed study re-trained its first trials' parameters, one by one, and
+    searched less of its space than --trials promised."""
+    if trials_held == 0:
+        return p.sampler_seed + index
+    import numpy as np
+
+    return int(np.random.SeedSequence([p.sampler_seed, index, trials_held]).generate_state(1)[0])
+
+
 def load_study(p: Plan, index: int = 0):
     import optuna
 
     n_startup = max(1, min(10, p.trials // 3))
-    sampler = optuna.samplers.TPESampler(seed=p.sampler_seed + index, n_startup_trials=n_startup, constant_liar=True)
     pruner = {"median": optuna.pruners.MedianPruner(n_startup_trials=max(1, min(5, p.trials // 4)), n_warmup_steps=0),
               "halving": _halving()(),
               "none": optuna.pruners.NopPruner()}[p.pruner]
-    return optuna.load_study(study_name=p.study, storage=open_storage(p.storage, p.runs_dir, p.heartbeat),
-                             sampler=sampler, pruner=pruner)
+    study = optuna.load_study(study_name=p.study, storage=open_storage(p.storage, p.runs_dir, p.heartbeat),
+                              pruner=pruner)
+    from optuna.trial import TrialState
+
+    held = len(study.get_trials(deepcopy=False, states=tuple(s for s in TrialState if s != TrialState.WAITING)))
+    study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(p, index, held), n_startup_trials=n_startup,
+                                               constant_liar=True)
+    return study
 
 
 @functools.lru_cache(maxsize=None)

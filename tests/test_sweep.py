@@ -1191,3 +1191,34 @@ def test_a_command_spelling_out_a_default_joins_a_study_made_a_moment_before(dat
     other = plan(build_parser().parse_args(sweep_args(data_root, runs, "--study", "m", *TINY, "--keep-epochs", "2")))
     with pytest.raises(MixsepError, match="another fixed settings"):
         _made_meanwhile(study, other)
+
+
+def test_a_resumed_study_draws_new_points_and_a_new_study_draws_as_before(tmp_path):
+    """Every command seeded its sampler with --sampler-seed (+ the worker's index): a study resumed after a Ctrl-C,
+    a Stop, a full disk or a lost database drew its first trials' parameters again, one by one, and re-trained
+    points it had scored. Each command here asks the study as a worker does (the sampler load_study gives it)."""
+    data = make_data_root(tmp_path / "data")
+    p = plan(build_parser().parse_args(sweep_args(data, tmp_path / "runs", "--study", "s", "--trials", "30", *TINY)))
+    create_study(p)
+
+    def command(asks: int) -> list[tuple]:
+        study, drawn = load_study(p, 0), []
+        for _ in range(asks):
+            trial = study.ask()
+            params = tuple(d.suggest(trial) for d in p.space.values())
+            study.tell(trial, float(len(study.trials)))
+            if not trial.user_attrs.get("baseline"):
+                drawn.append(params)
+        return drawn
+
+    first = command(4)  # the report's defaults (queued), then three drawn
+    again = command(3)  # the same command again: a resume
+    assert len(first) == 3 and len(again) == 3 and not set(first) & set(again), (first, again)
+    # a new study's first command still draws what --sampler-seed drew before: runs stay reproducible
+    import optuna
+
+    fresh = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=p.sampler_seed, n_startup_trials=10))
+    fresh.enqueue_trial(dict(zip(p.space, first[0])))  # stands for the defaults, which draw nothing
+    fresh.tell(fresh.ask(), 0.0)
+    trial = fresh.ask()
+    assert tuple(d.suggest(trial) for d in p.space.values()) == first[0]
