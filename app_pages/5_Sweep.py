@@ -44,8 +44,10 @@ training = ui.registry(runs_dir).running()
 busy = f"Training run {training.name} is in progress; one sweep or training at a time." if training else None
 try:
     studies, others = sw.mixsep_studies(sw.storage(url, runs_dir))
-except MixsepError as e:
-    ui.show_error(e, literal_text=True)  # it may quote a study, a path or a URL: as text
+    unreadable = False
+except MixsepError as e:  # said here, and the page goes on: Stop, and the notice of a sweep running here, come from
+    studies, others, unreadable = [], 0, True  # its sweep.json, not from the storage the box names (they were gone)
+    st.error(ui.sentence(e))  # it may quote a study, a path or a URL: as text
 flags = ["--data-root", str(data_root), "--trials", str(trials), "--val-size", str(val_size),
          "--report-every", str(every), *fixed, *budget] + (["--space", ",".join(space)] if space else [])
 said = []  # Start's refusal: the warning below does not say it again
@@ -75,7 +77,7 @@ if others:  # a shared storage: say why its other studies are not in the picker
     st.caption(f"{others} {'study' if others == 1 else 'studies'} of this storage not made by "
                f"`python -m mixsep sweep` {'is' if others == 1 else 'are'} not listed.")
 if not studies and (live is None or away):
-    if not away:
+    if not away and not unreadable:
         st.info("No study yet: set the ranges on the left, name the study and press Start.")
     st.stop()
 shown = live["study"] if live and not away else st.session_state.get("sweep_show")

@@ -1433,7 +1433,14 @@ class Worker:
                 self.say(f"trial {trial.number}: stopped; it resumes from its last checkpoint when the sweep does")
                 break
             if self.last is not None:
-                self._report(self.last)
+                try:  # it reads the storage: a database lost just after the trial ended is that sentence too
+                    self._report(self.last)
+                except Exception as e:
+                    if _database_error(e) is None:
+                        raise
+                    raise MixsepError(f"The sweep lost its database {storage_label(p.storage, p.runs_dir)} "
+                                      f"({_reason(e)}) just after trial {self.last} ended; once it is back, run the "
+                                      "same command: the study goes on from there.") from None
 
     def _taken_over(self, e: Exception) -> bool:
         """Whether optimize() ended in ``e`` because another worker finished this worker's trial meanwhile: the

@@ -1111,6 +1111,10 @@ def test_sweep_page_hides_the_servers_database_password_and_still_uses_it(page_e
     assert "S3cret" not in str(at._tree), "the password reached the page"
     box.set_value(f"postgresql://mixsep@127.0.0.1:{free_port()}/other").run()  # a URL the user types is used as typed
     assert "/other" in seen(at.error[0].value) and "S3cret" not in str(at._tree)
+    # the page goes on below the sentence: its Start and Stop (Stop ends a sweep running here whatever the
+    # box names) were gone with the rest of the page, and nothing said a sweep of this runs folder was running
+    assert {"Start", "Stop"} <= {b.label for b in at.button}
+    assert not any("No study yet" in i.value for i in at.info)
 
 
 def test_a_study_resumed_on_data_of_another_size_is_refused_not_scored_on_other_pairs(tmp_path):
