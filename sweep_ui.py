@@ -37,7 +37,8 @@ def registry(runs_dir: Path) -> SweepRegistry:
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _storage(url: str, runs_dir: str, journal: tuple | bool):
-    check_storage(url or None, writes=False)  # one sentence for a bad URL or a database that is down (not cached)
+    check_storage(url or None, writes=False, default="empty the Storage box")  # one sentence for a bad URL or a
+    # database that is down (not cached)
     return open_storage(url or None, Path(runs_dir), create=False)
 
 

@@ -340,9 +340,11 @@ _SQLITE_QUERY = ("mode", "timeout")  # the query options of a sqlite:/// storage
 _SQLITE_MODES = ("ro", "rw", "rwc")  # SQLite's own: read-only, read-write, read-write-create (its default)
 
 
-def check_storage(url: str | None, timeout_s: int = 10, writes: bool = True) -> None:
+def check_storage(url: str | None, timeout_s: int = 10, writes: bool = True,
+                  default: str = "leave --storage out (and MIXSEP_SWEEP_STORAGE unset)") -> None:
     """Refuse an unknown scheme or an unreachable database, writing nothing anywhere; ``writes``: the command
-    writes the study (a sweep, not --best), so a read-only storage is refused too."""
+    writes the study (a sweep, not --best), so a read-only storage is refused too. ``default``: how the user
+    asks for the journal file instead (the Sweep page has a box, not --storage)."""
     if not url:
         return
     if _extra_at(url):
@@ -355,8 +357,7 @@ def check_storage(url: str | None, timeout_s: int = 10, writes: bool = True) -> 
     except (sqlalchemy.exc.ArgumentError, ValueError) as e:  # ValueError: a port that is not a number
         why = "" if isinstance(e, sqlalchemy.exc.ArgumentError) else " (its host or port does not parse)"
         raise MixsepError(f"The storage '{storage_label(url, Path('.'))}' is not a database URL{why}; write it like "
-                          "postgresql://user@host/dbname, or leave --storage out (and MIXSEP_SWEEP_STORAGE unset) "
-                          "for the journal file in the runs folder.") from None
+                          f"postgresql://user@host/dbname, or {default} for the journal file in the runs folder.") from None
     shown = storage_label(url, Path("."))
     missing = (f"{shown} needs a Python database driver that is not installed ('{{}}'); install it, "
                "or use postgresql:// (psycopg2 comes with mixsep).")
@@ -364,7 +365,7 @@ def check_storage(url: str | None, timeout_s: int = 10, writes: bool = True) -> 
         parsed.get_dialect()
     except sqlalchemy.exc.NoSuchModuleError:
         raise MixsepError(f"Unknown storage URL scheme '{parsed.drivername}' in {shown}; use postgresql://, "
-                          "mysql://, sqlite:/// or leave --storage out for the journal file.") from None
+                          f"mysql://, sqlite:///, or {default} for the journal file.") from None
     except ImportError as e:
         raise MixsepError(missing.format(e.name)) from None
     if parsed.get_backend_name() == "sqlite":  # connecting would create the file: check its folder only

@@ -1115,6 +1115,10 @@ def test_sweep_page_hides_the_servers_database_password_and_still_uses_it(page_e
     # box names) were gone with the rest of the page, and nothing said a sweep of this runs folder was running
     assert {"Start", "Stop"} <= {b.label for b in at.button}
     assert not any("No study yet" in i.value for i in at.info)
+    for typo in ("postgresq://mixsep@127.0.0.1/db", "mixsep:pw@127.0.0.1/db"):  # the page has a box, not --storage
+        box.set_value(typo).run()
+        assert "or empty the Storage box for the journal file" in seen(at.error[0].value), typo
+        assert "--storage" not in seen(at.error[0].value) and "pw@" not in str(at._tree)
 
 
 def test_a_study_resumed_on_data_of_another_size_is_refused_not_scored_on_other_pairs(tmp_path):
