@@ -1230,3 +1230,24 @@ def test_a_resumed_study_draws_new_points_and_a_new_study_draws_as_before(tmp_pa
     fresh.tell(fresh.ask(), 0.0)
     trial = fresh.ask()
     assert tuple(d.suggest(trial) for d in p.space.values()) == first[0]
+
+
+@pytest.mark.parametrize("name,said", [
+    ("L" * 129, "so keep it to 128 characters (it has 129)."),
+    ("a..b", "so no '..' inside it."),
+    ("x ", "so no space at its end."),
+    ("a:b", "starting with a letter or digit (':' is not among them)."),
+    ("lnk", "lnk is a link that leads out of the runs folder or to another folder in it; move it away or choose "
+            "another name."),
+])
+def test_a_study_name_refused_says_why(tmp_path, capsys, name, said):
+    """Each of these was refused as holding characters outside letters, digits, spaces, '.', '_' and '-', which
+    all but one of them do not: too long, '..' inside, a space at the end, a link out of the runs folder."""
+    runs, elsewhere = tmp_path / "runs", tmp_path / "elsewhere"
+    runs.mkdir()
+    elsewhere.mkdir()
+    (runs / "lnk").symlink_to(elsewhere)
+    assert main(sweep_args(make_data_root(tmp_path / "data"), runs, "--study", name, *TINY)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: '{name}' is not a usable study name") and err.rstrip().endswith(said), err
+    assert err.count("\n") == 1 and [p.name for p in runs.iterdir()] == ["lnk"] and not any(elsewhere.iterdir())
