@@ -1411,7 +1411,11 @@ class Worker:
                 self.say(f"trial {n}: {'stopped' if stopped else 'halted by a write error'}, and its place in the "
                          "queue was lost with the journal's last record; queued again to resume")
             for n, queued in fail_dead_trials(self.study, journal, p.runs_dir):
-                self.say(f"trial {n}: its worker is gone; marked failed and queued again to resume" if queued else
+                clean = queued and ended_cleanly(p.runs_dir, next(t for t in self.study.get_trials(deepcopy=False)
+                                                                  if t.number == n))
+                self.say(f"trial {n}: stopped, and its worker ended before the study could record it (as when "
+                         "its database was lost); queued again to resume" if clean else
+                         f"trial {n}: its worker is gone; marked failed and queued again to resume" if queued else
                          f"trial {n}: its worker is gone; marked failed for good (its workers died {MAX_RETRY} "
                          "times before)")
             c = counts(self.study)
@@ -1527,7 +1531,9 @@ class Worker:
                               "the same command: the trial is queued to train again.")
         config, folder = dataclasses.replace(p.config, **params).validate(), resolve_run(p.runs_dir, run_name)
         copy = trial.study._storage.get_trial_system_attrs(trial._trial_id).get("retry_history")  # of a trial to resume
-        if copy and not os.path.lexists(folder):  # said, not silent: its old intermediate values stay in the study
+        # said, not silent: its old intermediate values stay in the study (a folder its worker never made, killed
+        # before it could, is not "gone": the copy trains from step 0 as the first try would have)
+        if copy and not os.path.lexists(folder) and trial.user_attrs.get("folder_made"):
             self.say(f"trial {trial.number}: its run folder {run_name} is gone (moved or deleted), so it trains "
                      "again from step 0")
         _check_own_folder(folder, config, trial.number)
@@ -1539,6 +1545,8 @@ class Worker:
             raise FolderTaken(f"{str(e).rstrip('.')}. Trial {trial.number} is queued to resume from its last "
                               "checkpoint: once that is over, run the same command.") from None
         try:
+            if not trial.user_attrs.get("folder_made"):  # carried to a requeued copy, as "run" is
+                trial.set_user_attr("folder_made", True)
             return self._train(trial, config, run)
         except RunWriteError as e:  # every later trial would fail the same way: stop, and resume this one later
             raise SweepHalted(trial._trial_id, str(e)) from None  # marked "halted" by objective()

@@ -1251,3 +1251,26 @@ def test_a_study_name_refused_says_why(tmp_path, capsys, name, said):
     err = capsys.readouterr().err
     assert err.startswith(f"error: '{name}' is not a usable study name") and err.rstrip().endswith(said), err
     assert err.count("\n") == 1 and [p.name for p in runs.iterdir()] == ["lnk"] and not any(elsewhere.iterdir())
+
+
+def test_a_requeued_trial_whose_worker_never_made_its_folder_is_not_said_gone(capsys, tmp_path):
+    """A worker killed after its trial was named but before it made the folder: the next command said the folder
+    "is gone (moved or deleted)", though nothing was ever there."""
+    import optuna
+
+    from mixsep.sweep import requeue
+
+    data = make_data_root(tmp_path / "data")
+    runs = tmp_path / "runs"
+    assert main(sweep_args(data, runs, "--study", "s", "--trials", "1", *TINY, "--epochs", "1")) == 0
+    study = study_of(runs, "s")
+    done = study.trials[-1]
+    study.add_trial(optuna.trial.create_trial(  # named by its worker, which died before making the folder
+        params=done.params, distributions=done.distributions, state=optuna.trial.TrialState.FAIL,
+        user_attrs={"run": "s/trial-0001"}))
+    requeue(study, study.trials[-1], stopped=True)
+    capsys.readouterr()
+    assert main(sweep_args(data, runs, "--study", "s", "--trials", "2")) == 0
+    err = capsys.readouterr().err
+    assert "is gone" not in err and (runs / "s" / "trial-0001" / "metrics.csv").is_file(), err
+    assert study_of(runs, "s").trials[-1].user_attrs["folder_made"] is True

@@ -199,6 +199,9 @@ def test_a_database_lost_mid_trial_is_one_sentence_and_the_study_resumes_when_it
     again = conftest.WarmProcess(args, env=env)
     out, err = again.communicate(timeout=400)
     assert again.returncode == 0, err
+    # its worker stopped it cleanly: not "its worker is gone", as a killed worker's trial reads
+    assert "trial 0: stopped, and its worker ended before the study could record it (as when its database was " \
+           "lost); queued again to resume" in err and "worker is gone" not in err, err
     assert counts(load_study(p)) == {"done": 2, "running": 0, "waiting": 0}
     from mixsep.sweep import crashes
 
