@@ -11,6 +11,7 @@ reproduced only in ``audit`` figures, labelled as such.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -203,7 +204,7 @@ def evaluate(model: torch.nn.Module, pairs: PairData, count: int = 0, batch_size
     training pairs) when not given; with neither it falls back to 1/2 and says so.
     """
     for name, value, low in (("count", count, 0), ("batch_size", batch_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:  # numpy's too
             raise MixsepError(f"{name} must be a whole number of at least {low}{' (0: every pair)' if low == 0 else ''} "
                               f"(got {value!r}).")
     if not len(pairs):

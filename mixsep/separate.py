@@ -8,6 +8,7 @@ decoding, and every input is checked before anything is written, so one bad file
 from __future__ import annotations
 
 import io
+import numbers
 import os
 import warnings
 from pathlib import Path
@@ -189,7 +190,7 @@ def separate(model: torch.nn.Module, mixtures: np.ndarray, mode: str = MODES[0],
     if mode not in MODES:
         raise MixsepError(f"Unknown mode '{mode}'; choose one of: {', '.join(MODES)}.")
     mixtures = check_mixtures(mixtures)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise MixsepError(f"batch_size must be a whole number of at least 1 (got {batch_size!r}).")
     model.eval()
     device = next(model.parameters()).device

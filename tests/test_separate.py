@@ -595,6 +595,8 @@ def test_the_python_api_refuses_what_it_cannot_separate_in_one_sentence(capsys, 
         with pytest.raises(MixsepError, match=re.escape(said)):
             call()
     assert grid_image(model, pairs, [np.int64(1), 2]).size[0] > 0  # numpy's integers are indices too
+    assert evaluate(model, pairs, count=np.int64(4), batch_size=np.int64(2)).per_image["index"].max() == 3  # counts too
+    assert separate(model, x, batch_size=np.int64(3))[0].shape == (4, 32, 32)
 
 
 def test_a_checkpoint_whose_weights_or_format_cannot_be_used_is_one_sentence_and_nothing_is_written(
