@@ -51,7 +51,9 @@ except MixsepError as e:  # said here, and the page goes on: Stop, and the notic
 flags = ["--data-root", str(data_root), "--trials", str(trials), "--val-size", str(val_size),
          "--report-every", str(every), *fixed, *budget] + (["--space", ",".join(space)] if space else [])
 said = []  # Start's refusal: the warning below does not say it again
-if top[2].button("Start", type="primary", icon=":material/play_arrow:", disabled=live is not None, width="stretch"):
+# a storage that cannot be read (said above) cannot take a study either: Start waits for the box to be corrected
+if top[2].button("Start", type="primary", icon=":material/play_arrow:", disabled=live is not None or unreadable,
+                 width="stretch"):
     try:
         for label, v in (("Trials", trials), ("Validation pairs", val_size), ("Report every (steps)", every)):
             if not isinstance(v, int):  # said under its box too
@@ -85,7 +87,8 @@ if shown in studies and st.session_state.get("sweep_followed") != shown:  # a st
     st.session_state["sweep_pick"] = st.session_state["sweep_followed"] = shown  # elsewhere): show it, once
 shown = st.selectbox("Show study", studies, index=studies.index(shown) if shown in studies else 0, key="sweep_pick") \
     if studies else shown
-if top[4].button("Resume", icon=":material/replay:", disabled=live is not None or not shown, width="stretch"):
+if top[4].button("Resume", icon=":material/replay:", disabled=live is not None or not shown or unreadable,
+                 width="stretch"):
     try:
         sw.check_writes_here(url, runs_dir)
         sweeps.start(["--study", shown, "--data-root", str(data_root), *local], storage=url or None, busy=busy)
@@ -138,5 +141,5 @@ def show(study_name: str) -> None:
     sw.figures(study, space)
 
 
-if shown:
+if shown and not unreadable:  # show() reads the storage again: said once, above
     show(shown)

@@ -190,6 +190,7 @@ def _add_sweep(sub) -> None:
                    help="seconds between a database trial's heartbeats; one silent for 3x that is failed and requeued")
     s.add_argument("--best", action="store_true", help="train nothing: print the best trial's run folder")
     s.add_argument("--worker-index", type=whole_number, default=None, help=argparse.SUPPRESS)  # set on a worker child
+    s.add_argument("--trials-held", type=whole_number, default=None, help=argparse.SUPPRESS)  # its command's count
     add_train_flags(s, defaults=False)  # the fixed settings of every trial
 
 

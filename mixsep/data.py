@@ -28,6 +28,7 @@ import hashlib
 import importlib
 import io
 import math
+import numbers
 import os
 import pickle
 import shutil
@@ -125,7 +126,7 @@ def _pixels(path: Path, array: np.ndarray, name: str) -> np.ndarray:
 def _labels(path: Path, labels: np.ndarray, count: int, classes: int = 10) -> np.ndarray:
     """Class numbers 0..classes-1, one per image, as int64. A column of them, (N, 1), is read as (N,): Keras'
     cifar10.load_data() gives its labels so, and an .npz saved from it is a user's own good file."""
-    if labels.ndim == 2 and labels.shape[1:] == (1,):
+    if labels.ndim == 2 and labels.shape[1:] == (1,) and labels.dtype.kind in "iu":
         labels = labels[:, 0]
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         shape = "a single number" if labels.ndim == 0 else f"an array of shape {labels.shape} and type {labels.dtype}"
@@ -828,6 +829,8 @@ class PairData:
 def load_pairs(root: Path, split: str, size: int = 0, repair: bool = False, seed: int = 0,
                mnist_path: Path | None = None, cifar_path: Path | None = None) -> PairData:
     """Pairs for a split; explicit files override what the root holds."""
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 0:
+        raise MixsepError(f"size must be a whole number of at least 0 (0: every pair) (got {size!r}).")
     m, ml = load_path(mnist_path, "mnist") if mnist_path else load_split(root, "mnist", split)
     c, cl = load_path(cifar_path, "cifar") if cifar_path else load_split(root, "cifar", split)
     return PairData(m, ml, c, cl, size=size, repair=repair, seed=seed)

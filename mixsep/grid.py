@@ -1,7 +1,7 @@
 """The report's sample grid: one column per sample, one labelled row per image kind."""
 from __future__ import annotations
 
-import numbers
+import operator
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -20,14 +20,25 @@ def sample_indices(total: int, n: int = 20, seed: int | None = None, page: int =
     return order[start: start + n].tolist()
 
 
+def _index(i) -> int | None:
+    """A whole number as an index (Python's, numpy's, a 0-d integer tensor), or None (a bool, a float, anything else)."""
+    if isinstance(i, bool):
+        return None
+    try:
+        return operator.index(i)
+    except TypeError:
+        return None
+
+
 def grid_rows(model: torch.nn.Module, pairs: PairData, indices: list[int], show_direct: bool = True,
               show_errors: bool = False) -> list[tuple[str, torch.Tensor]]:
     """(label, (N, 3, 32, 32) images in [0, 1]) rows, in the report's order."""
-    if not len(indices) or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) and 0 <= i < len(pairs)
-                                   for i in indices):
+    given = list(indices)  # a list, a tuple, a range, a generator, a tensor or an array of them
+    idx = [_index(i) for i in given]
+    if not idx or not all(i is not None and 0 <= i < len(pairs) for i in idx):
         raise MixsepError(f"Give the grid one or more pair indices from 0 to {len(pairs) - 1} "
-                          f"(got {list(indices)[:5]!r}{'…' if len(indices) > 5 else ''}).")
-    idx = torch.as_tensor([int(i) for i in indices])
+                          f"(got {given[:5]!r}{'…' if len(given) > 5 else ''}).")
+    idx = torch.as_tensor(idx)
     partner = pairs.partners(0)[idx]
     mnist, cifar, mean, mh, ch = predict(model, pairs.mnist[partner.to(pairs.mnist.device)], pairs.cifar[idx.to(pairs.cifar.device)])
     mnist_rec, _ = recover(mean, mh, ch, "direct")

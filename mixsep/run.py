@@ -628,23 +628,27 @@ class RunLock:
         self._created = False  # .lock was made by this acquire: release(restore=True) removes it
         self._link: str | None = None  # the link this acquire replaced: release(restore=True) puts it back
 
-    def _replace_link(self) -> None:
+    def _replace_link(self) -> int | None:
         """A .lock that is a link (a run copied with `cp -rs` holds one to the first run's .lock) is replaced by
-        the run's own, never written through. Under a flock of the run folder itself: of two trainers that both
-        saw the link, the second sees the first's lock file, not the link, and leaves it (it never removes a
-        lock file another holds)."""
+        the run's own, never written through: the new file's descriptor, already flocked, or None. All of it under a
+        flock of the run folder itself: of two trainers that both saw the link, the second finds the first's lock
+        file, held, not the link (it never removes a lock file, nor takes one another made)."""
         try:
             folder = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
         except OSError:
-            return
+            return None
         try:
             fcntl.flock(folder, fcntl.LOCK_EX)
-            if self.path.is_symlink():
-                target = os.readlink(self.path)
-                os.unlink(self.path)
-                self._link = target if self._link is None else self._link
+            if not self.path.is_symlink():
+                return None
+            target = os.readlink(self.path)
+            os.unlink(self.path)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: no one else holds it
+            self._link = target if self._link is None else self._link
+            return fd
         except OSError:
-            pass
+            return None
         finally:
             os.close(folder)  # drops the folder's flock
 
@@ -652,7 +656,9 @@ class RunLock:
         """The lock file's descriptor, and whether this call made the file."""
         why = "it keeps changing"
         if self.path.is_symlink():
-            self._replace_link()
+            fd = self._replace_link()
+            if fd is not None:
+                return fd, True
         for _ in range(20):  # made or removed by another process between two calls: ask again
             for flags in (os.O_RDWR, os.O_RDWR | os.O_CREAT | os.O_EXCL):
                 try:  # never through a link: the holder's line would be written over the file it leads to
@@ -1099,6 +1105,14 @@ class UnreadableCheckpoint(ResumeRefused):
     """A checkpoint file that is there but cannot be used: truncated, corrupt, or not mixsep's."""
 
 
+class NewerCheckpoint(UnreadableCheckpoint):
+    """A good checkpoint this mixsep or this torch is too old to read: never to be copied over, nor retrained."""
+
+    def __init__(self, what: str, upgrade: str):
+        self.what, self.upgrade = what, upgrade  # "X was written by a newer mixsep (...)", "upgrade mixsep"
+        super().__init__(f"{what}; {upgrade} to read it.")
+
+
 def newest_readable(run_dir: Path, skip: Path) -> str:
     """A clause naming the run's newest checkpoint other than ``skip`` that reads, or '' if none does."""
     for p in list_checkpoints(run_dir):
@@ -1169,9 +1183,8 @@ def read_checkpoint(path: Path, map_location="cpu", mmap: bool = False) -> dict:
         newer = re.search(r"read a PyTorch file with version (\d+), but the maximum supported version for reading "
                           r"is (\d+)", str(e))
         if newer:  # a good file from a newer torch: not "corrupt", which would have it thrown away
-            raise UnreadableCheckpoint(f"{path} was written by a newer PyTorch (file format {newer[1]}; this torch, "
-                                       f"{torch.__version__}, reads up to {newer[2]}); read it with a newer torch, or "
-                                       "pick another checkpoint.") from None
+            raise NewerCheckpoint(f"{path} was written by a newer PyTorch (file format {newer[1]}; this torch, "
+                                  f"{torch.__version__}, reads up to {newer[2]})", "upgrade torch") from None
         raise UnreadableCheckpoint(f"{path} is not a readable mixsep checkpoint ({e.__class__.__name__}); "
                                    "it may be truncated or corrupt. Pick another checkpoint or retrain.") from None
     if not isinstance(state, dict) or "model" not in state or not isinstance(state.get("config"), dict):
@@ -1180,8 +1193,8 @@ def read_checkpoint(path: Path, map_location="cpu", mmap: bool = False) -> dict:
                                    "is not one).")
     version = state.get("version", CHECKPOINT_VERSION)
     if type(version) is int and version > CHECKPOINT_VERSION:  # its settings or layout may mean other things
-        raise UnreadableCheckpoint(f"{path} was written by a newer mixsep (checkpoint format {version}; this one "
-                                   f"reads format {CHECKPOINT_VERSION}); upgrade mixsep to read it.")
+        raise NewerCheckpoint(f"{path} was written by a newer mixsep (checkpoint format {version}; this one reads "
+                              f"format {CHECKPOINT_VERSION})", "upgrade mixsep")
     step, optimizer = state.get("step", 0), state.get("optimizer", {"state": {}, "param_groups": []})
     wrong = ("its weights are not a dict of tensors" if not isinstance(state["model"], dict)
              or not all(isinstance(v, torch.Tensor) for v in state["model"].values())

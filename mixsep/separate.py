@@ -24,6 +24,9 @@ from .run import CHECKPOINTS, in_checkpoints, temp_path, write_all
 SIZE = (32, 32)
 # an icon whose directory gives one size and whose image holds another: refused by that size below, not warned of
 warnings.filterwarnings("ignore", message="Image was not the expected size", category=UserWarning)
+# a damaged EXIF block: Pillow's EXIF reader warns in two lines naming its own source file (the image is read,
+# unturned). Set once here: a filter set per read (warnings.catch_warnings) is not safe across the server's threads
+warnings.filterwarnings("ignore", category=UserWarning, module="PIL.TiffImagePlugin")
 # The formats a mixture may come in (Pillow's names). Pillow picks a decoder by a file's content, not its name,
 # and some would run a program (EPS goes to Ghostscript, a PostScript interpreter): a file is read only by these,
 # whatever it is called (the Separate page's uploader takes any name too).
@@ -82,12 +85,6 @@ def _icon_too_large(f, name: str) -> None:
 
 
 def _read_pixels(fp, name: str) -> np.ndarray:
-    with warnings.catch_warnings():  # a damaged EXIF block: Pillow warns in two lines naming its own source file
-        warnings.filterwarnings("ignore", category=UserWarning, module="PIL")  # (the image is read, unturned)
-        return _decode(fp, name)
-
-
-def _decode(fp, name: str) -> np.ndarray:
     _icon_too_large(fp, name)
     try:
         with Image.open(fp, formats=list(FORMATS)) as im:

@@ -747,6 +747,7 @@ class Plan:
     exists: bool = False         # the study is in the storage already (this command resumes it)
     worker_index: int = 0
     pairs: int = 0               # the training pairs of the data root: its last val_size are the validation pairs
+    trials_held: int | None = None  # a worker child's: the trials its command found (sampler_seed); else counted
 
     @property
     def folder(self) -> Path:
@@ -860,7 +861,7 @@ def plan(args) -> Plan:
     own.update({name: getattr(args, name) for name in SWEEP_FLAGS if getattr(args, name) is not None})
     return Plan(study, args.storage, runs_dir, space, config, fixed, trials, val_size, own["report_every"],
                 own["pruner"], args.sampler_seed, args.heartbeat, workers, stored is not None,
-                args.worker_index or 0, pairs)
+                args.worker_index or 0, pairs, getattr(args, "trials_held", None))
 
 
 def _name_fault(study: str) -> str:
@@ -886,12 +887,11 @@ def _check_flags(args, runs_dir: Path) -> None:
 
     study = args.study
     check_runs_dir(runs_dir)
+    if "/" in study:
+        raise MixsepError(f"'{study}' is not a usable study name: no '/' (it names one folder in the runs folder).")
     try:
         resolve_run(runs_dir, study)
     except MixsepError:  # the reason itself: every refusal read as a character outside the allowed ones
-        if "/" in study:
-            raise MixsepError(f"'{study}' is not a usable study name: no '/' (it names one folder in the runs "
-                              "folder).") from None
         why = _name_fault(study)
         if why:
             raise MixsepError(f"'{study}' is not a usable study name: it names a folder in the runs folder, so "
@@ -899,8 +899,6 @@ def _check_flags(args, runs_dir: Path) -> None:
         raise MixsepError(f"'{study}' is not a usable study name here: {Path(runs_dir) / study} is a link that leads "
                           "out of the runs folder or to another folder in it; move it away or choose another "
                           "name.") from None
-    if "/" in study:
-        raise MixsepError(f"'{study}' is not a usable study name: no '/' (it names one folder in the runs folder).")
     if study == JOURNAL or study.startswith(JOURNAL + "."):  # the journal and its lock and side files
         raise MixsepError(f"'{study}' is the name of the runs folder's sweep journal; choose another study name.")
     if (runs_dir / study).exists() and not (runs_dir / study).is_dir():
@@ -1072,18 +1070,26 @@ def defaults_outside(space: dict[str, Dimension]) -> list[tuple[Dimension, objec
     return [(d, v) for d, v in pairs if not (v in d.choices if d.choices is not None else d.low <= v <= d.high)]
 
 
-def sampler_seed(p: Plan, index: int, trials_held: int) -> int:
-    """The seed of worker ``index``'s sampler in a command that finds ``trials_held`` trials in its study (those that
+def sampler_seed(p: Plan, index: int, held: int) -> int:
+    """The seed of worker ``index``'s sampler in a command that finds ``held`` trials in its study (those that
     drew their parameters: not the ones waiting in the queue, such as the report's defaults or a requeued copy). A new
     study's first command seeds as before (--sampler-seed + the worker's index); a later command (a resume after a
     Ctrl-C, a Stop, a full disk or a lost database) mixes in the trials already there. With the same seed every
     command drew the same points again: a resumed study re-trained its first trials' parameters, one by one, and
     searched less of its space than --trials promised."""
-    if trials_held == 0:
+    if held == 0:
         return p.sampler_seed + index
     import numpy as np
 
-    return int(np.random.SeedSequence([p.sampler_seed, index, trials_held]).generate_state(1)[0])
+    return int(np.random.SeedSequence([p.sampler_seed, index, held]).generate_state(1)[0])
+
+
+def trials_held(study) -> int:
+    """The trials of ``study`` that drew their parameters: all but those waiting in the queue (the report's defaults,
+    a requeued copy)."""
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=tuple(s for s in TrialState if s != TrialState.WAITING)))
 
 
 def load_study(p: Plan, index: int = 0):
@@ -1095,9 +1101,7 @@ def load_study(p: Plan, index: int = 0):
               "none": optuna.pruners.NopPruner()}[p.pruner]
     study = optuna.load_study(study_name=p.study, storage=open_storage(p.storage, p.runs_dir, p.heartbeat),
                               pruner=pruner)
-    from optuna.trial import TrialState
-
-    held = len(study.get_trials(deepcopy=False, states=tuple(s for s in TrialState if s != TrialState.WAITING)))
+    held = trials_held(study) if p.trials_held is None else p.trials_held  # a child: what its command found
     study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(p, index, held), n_startup_trials=n_startup,
                                                constant_liar=True)
     return study
@@ -1762,6 +1766,8 @@ def run_sweep(p: Plan, say: Callable[[str], None] | None = None) -> int:
         _stop_with_parent()
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     study = create_study(p, say)
+    if p.workers > 1:  # counted once, before any worker starts: each seeds its sampler from the same count
+        p = dataclasses.replace(p, trials_held=trials_held(study))
     write_sweep_status(p, "running")
     try:
         if p.workers == 1:
@@ -1818,7 +1824,8 @@ def _spawn(p: Plan, index: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "mixsep", "sweep", "--study", p.study, "--runs-dir", str(p.runs_dir), *own,
            "--trials", str(p.trials),
            "--workers", "1", "--worker-index", str(index), "--report-every", str(p.report_every),
-           "--pruner", p.pruner, "--sampler-seed", str(p.sampler_seed), "--heartbeat", str(p.heartbeat)]
+           "--pruner", p.pruner, "--sampler-seed", str(p.sampler_seed), "--heartbeat", str(p.heartbeat),
+           "--trials-held", str(p.trials_held or 0)]
     return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
 
 

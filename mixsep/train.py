@@ -22,8 +22,8 @@ from .config import TrainConfig
 from .data import PairData, load_pairs, to_float
 from .errors import MixsepError, ResumeRefused
 from .model import MODELS, build_model
-from .run import (CHECKPOINTS, CONFIG, Run, RunWriteError, State, UnreadableCheckpoint, clear_stop, epoch_checkpoint,
-                  last_checkpoint, list_checkpoints, live_status, newest_readable, prune_epoch_checkpoints,
+from .run import (CHECKPOINTS, CONFIG, NewerCheckpoint, Run, RunWriteError, State, UnreadableCheckpoint, clear_stop,
+                  epoch_checkpoint, last_checkpoint, list_checkpoints, live_status, newest_readable, prune_epoch_checkpoints,
                   read_checkpoint, read_status, save_checkpoint, stop_requested, write_json)
 from .run import new_run_dir as _new_folder
 
@@ -180,6 +180,9 @@ def read_resume_point(run_dir: Path, map_location="cpu", peek: bool = False) -> 
             state = read_checkpoint(last, map_location=map_location)
             _resume_read[:] = [seen, state]
             return state
+        except NewerCheckpoint as e:  # a good file: no advice to copy an older checkpoint over it
+            raise ResumeRefused(f"{e.what}, so the run cannot resume here and is left as it was; {e.upgrade} to "
+                                "resume it.") from None
         except UnreadableCheckpoint as e:
             raise _cannot_resume(run_dir, _without_advice(e)) from None
     if last.exists() or last.is_symlink():  # a FIFO, a folder, a dangling link

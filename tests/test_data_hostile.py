@@ -169,6 +169,8 @@ def test_npz_labels_in_a_column_as_keras_gives_them_are_read(tmp_path):
     np.savez(tmp_path / "k.npz", images=np.zeros((3, 32, 32, 3), np.uint8), labels=np.array([[4], [0], [9]], np.uint8))
     images, labels = D.read_npz(tmp_path / "k.npz", "cifar")
     assert images.shape == (3, 32, 32, 3) and labels.tolist() == [4, 0, 9] and labels.dtype == np.int64
+    np.savez(tmp_path / "f.npz", images=np.zeros((3, 32, 32, 3), np.uint8), labels=np.zeros((3, 1), np.float32))
+    refused(D.read_npz, tmp_path / "f.npz", "cifar", match=r"shape \(3, 1\) and type float32")  # as it is stored
 
 
 def test_colour_images_given_as_mnist_are_refused_and_grey_rgb_digits_load(tmp_path):

@@ -590,11 +590,14 @@ def test_the_python_api_refuses_what_it_cannot_separate_in_one_sentence(capsys, 
     for call, said in ((lambda: evaluate(model, pairs, count=-5), "count must be a whole number of at least 0"),
                        (lambda: evaluate(model, pairs, count=10, batch_size=0), "batch_size must be a whole number"),
                        (lambda: load_pairs(data_root, "val"), "Unknown split 'val'; choose one of: train, test."),
+                       (lambda: load_pairs(data_root, "test", size=-3), "size must be a whole number of at least 0"),
+                       (lambda: load_pairs(data_root, "test", size=1.5), "(got 1.5)"),
                        (lambda: grid_image(model, pairs, [len(pairs)]), f"indices from 0 to {len(pairs) - 1} (got [48])"),
                        (lambda: grid_image(model, pairs, []), "one or more pair indices")):
         with pytest.raises(MixsepError, match=re.escape(said)):
             call()
     assert grid_image(model, pairs, [np.int64(1), 2]).size[0] > 0  # numpy's integers are indices too
+    assert grid_image(model, pairs, torch.tensor([1, 2])).size == grid_image(model, pairs, (i for i in (1, 2))).size
     assert evaluate(model, pairs, count=np.int64(4), batch_size=np.int64(2)).per_image["index"].max() == 3  # counts too
     assert separate(model, x, batch_size=np.int64(3))[0].shape == (4, 32, 32)
 
@@ -644,6 +647,15 @@ def test_a_checkpoint_whose_weights_or_format_cannot_be_used_is_one_sentence_and
     assert main(["train", "--run-dir", str(run), "--quiet"]) == 2
     assert "holds weights that are not finite" in capsys.readouterr().err
     assert tree(run) == before
+    # nor from a newer mixsep's or torch's last.pt, a good file: upgrade, never "copy an older checkpoint over it"
+    for newer_file, upgrade in ((cases[4][0], "mixsep"), (newer, "torch")):
+        shutil.copy(newer_file, run / "checkpoints" / "last.pt")
+        before = tree(run)
+        assert main(["train", "--run-dir", str(run), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.rstrip().endswith(f", so the run cannot resume here and is left as it was; upgrade {upgrade} to "
+                                     "resume it.") and "copying" not in err and err.count("\n") == 1, err
+        assert tree(run) == before
 
 
 def test_a_damaged_exif_block_gives_no_library_warning(capsys, data_root, tmp_path):
@@ -654,7 +666,11 @@ def test_a_damaged_exif_block_gives_no_library_warning(capsys, data_root, tmp_pa
     px = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     Image.fromarray(px).save(tmp_path / "bad_exif.png", exif=b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x01\x00\x12"
                                                             b"\x01\x03\x00\x01\x00\x00\x00\x06\x00")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings():  # pytest puts its own filters before mixsep's in each test: not what users run
+        warnings.simplefilter("ignore")
         assert np.array_equal(read_mixture(tmp_path / "bad_exif.png"), px)
-    assert not caught, [str(w.message) for w in caught]
+    # as a user's command meets it: a process of its own, Python's default warning filters, mixsep's on import
+    shown = subprocess.run([sys.executable, "-c", "import sys; from mixsep.separate import read_mixture; "
+                            "read_mixture(sys.argv[1])", str(tmp_path / "bad_exif.png")],
+                           capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert shown.returncode == 0 and shown.stderr == "", shown.stderr

@@ -1114,6 +1114,7 @@ def test_sweep_page_hides_the_servers_database_password_and_still_uses_it(page_e
     # the page goes on below the sentence: its Start and Stop (Stop ends a sweep running here whatever the
     # box names) were gone with the rest of the page, and nothing said a sweep of this runs folder was running
     assert {"Start", "Stop"} <= {b.label for b in at.button}
+    assert next(b for b in at.button if b.label == "Start").disabled  # the storage cannot take a study either
     assert not any("No study yet" in i.value for i in at.info)
     for typo in ("postgresq://mixsep@127.0.0.1/db", "mixsep:pw@127.0.0.1/db"):  # the page has a box, not --storage
         box.set_value(typo).run()
@@ -1230,6 +1231,14 @@ def test_a_resumed_study_draws_new_points_and_a_new_study_draws_as_before(tmp_pa
     fresh.tell(fresh.ask(), 0.0)
     trial = fresh.ask()
     assert tuple(d.suggest(trial) for d in p.space.values()) == first[0]
+    # a worker child seeds from its command's count (--trials-held), taken before any worker started: the second of
+    # two workers loaded the study after the first had taken the queued defaults, and seeded as if resuming
+    child = plan(build_parser().parse_args(sweep_args(data, tmp_path / "runs", "--study", "s", "--trials", "30", *TINY,
+                                                      "--worker-index", "1", "--trials-held", "0")))
+    assert child.trials_held == 0 and len(load_study(p).trials) == 7
+    drawn = load_study(child, 1).ask()
+    alone = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=p.sampler_seed + 1, n_startup_trials=10)).ask()
+    assert [d.suggest(drawn) for d in p.space.values()] == [d.suggest(alone) for d in p.space.values()]
 
 
 @pytest.mark.parametrize("name,said", [
