@@ -301,11 +301,26 @@ def unlink_all(paths) -> list[Path]:
 
 # --------------------------------------------------------------------------- names and folders
 
-_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}$")
+def name_fault(part: str) -> str:
+    """What keeps ``part`` from naming one folder of the runs folder (a run, a study, a group), as advice for the
+    sentence that refuses it ("no '..' inside it"), or '' for a good name. The one rule of run and study names."""
+    allowed = "use letters, digits, spaces, '.', '_' and '-', starting with a letter or digit"
+    odd = sorted({c for c in part if not (c.isascii() and (c.isalnum() or c in " ._-"))})
+    if odd:
+        return f"{allowed} ({' '.join(repr(c) for c in odd[:5])} {'is' if len(odd) == 1 else 'are'} not among them)"
+    if not part or not (part[0].isascii() and part[0].isalnum()):
+        return allowed
+    if len(part) > 128:
+        return f"keep it to 128 characters (it has {len(part)})"
+    if ".." in part:
+        return "no '..' inside it"
+    if part != part.strip():
+        return "no space at its end"
+    return ""
 
 
 def _valid_part(part: str) -> bool:
-    return bool(_PART.match(part)) and ".." not in part and part == part.strip()
+    return not name_fault(part)
 
 
 def resolve_run(runs_dir: Path, name: str) -> Path:

@@ -864,26 +864,9 @@ def plan(args) -> Plan:
                 args.worker_index or 0, pairs, getattr(args, "trials_held", None))
 
 
-def _name_fault(study: str) -> str:
-    """What makes ``study`` no name of one folder of the runs folder, as advice ("...; use ..."), or ''."""
-    allowed = "use letters, digits, spaces, '.', '_' and '-', starting with a letter or digit"
-    odd = sorted({c for c in study if not (c.isascii() and (c.isalnum() or c in " ._-"))})
-    if odd:
-        return f"{allowed} ({' '.join(repr(c) for c in odd[:5])} {'is' if len(odd) == 1 else 'are'} not among them)"
-    if not study or not (study[0].isascii() and study[0].isalnum()):
-        return allowed
-    if len(study) > 128:
-        return f"keep it to 128 characters (it has {len(study)})"
-    if ".." in study:
-        return "no '..' inside it"
-    if study != study.strip():
-        return "no space at its end"
-    return ""
-
-
 def _check_flags(args, runs_dir: Path) -> None:
     """The sweep's own flags: a study name that is one folder of the runs folder, counts that make sense."""
-    from .run import check_runs_dir, resolve_run
+    from .run import check_runs_dir, name_fault, resolve_run
 
     study = args.study
     check_runs_dir(runs_dir)
@@ -892,7 +875,7 @@ def _check_flags(args, runs_dir: Path) -> None:
     try:
         resolve_run(runs_dir, study)
     except MixsepError:  # the reason itself: every refusal read as a character outside the allowed ones
-        why = _name_fault(study)
+        why = name_fault(study)
         if why:
             raise MixsepError(f"'{study}' is not a usable study name: it names a folder in the runs folder, so "
                               f"{why}.") from None
