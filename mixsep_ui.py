@@ -341,10 +341,16 @@ def pick_checkpoint(run_dir: Path, key: str = "checkpoint", runs_dir: Path | Non
     # The options are names, joined to this run's folder below: a path kept from the run shown
     # before (Streamlit keeps a choice whose label is still offered) would show that run's model
     # under this run's name. The same name (last.pt) stays chosen from run to run.
+    # A pick that is gone (removed by a run's --keep-epochs, or not in the run picked now) is set to the newest,
+    # not popped: popped, the box in the browser kept the gone name above the newest checkpoint's grid or scores.
     by_name = {p.name: p for p in found}
-    if st.session_state.get(key) not in by_name:
-        st.session_state.pop(key, None)
-    return by_name[st.selectbox("Checkpoint", list(by_name), key=key)]
+    picked = st.session_state.get(key)
+    if picked not in by_name:
+        st.session_state[key] = next(iter(by_name))
+    chosen = by_name[st.selectbox("Checkpoint", list(by_name), key=key)]
+    if picked is not None and picked not in by_name:
+        st.caption(f"{literal(picked)} is not in run {literal(run_dir.name)} (now); showing {literal(chosen.name)}.")
+    return chosen
 
 
 @st.fragment(run_every=2.0)

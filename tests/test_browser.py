@@ -517,6 +517,18 @@ def test_a_picked_run_stays_picked_when_its_state_changes(server):
             expect(page).to_have_url(re.compile(f"/{then}\\?run="), timeout=10_000)  # the page names its run
             assert f"run={run.name}" in page.url, (first, then, page.url)
             context.close()
+        # a checkpoint picked, then removed (a run's --keep-epochs does so): the box showed the gone name above the
+        # newest checkpoint's grid until the page was reloaded
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(f"{url}/Samples?run={run.name}")
+        box = page.get_by_test_id("stSelectbox").filter(has_text="Checkpoint")
+        box.get_by_role("combobox").click()
+        page.get_by_role("option", name="epoch-1.pt").click()
+        expect(page.get_by_text(f"{run.name}  epoch-1.pt")).to_be_visible()
+        (run / "checkpoints" / "epoch-1.pt").unlink()
+        page.get_by_role("button", name="Next").click()
+        expect(page.get_by_text(f"{run.name}  last.pt")).to_be_visible()
+        expect(box.get_by_role("combobox")).to_have_value("last.pt")
         # at 800x600 (the sidebar open at 300 px) no label of a control is cut short: columns of fixed shares cut
         # Start and Stop to "S..", the Samples toggles to "D" and "E." and Compare's to "Test …"
         page = browser.new_page(viewport={"width": 800, "height": 600})
