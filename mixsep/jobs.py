@@ -235,6 +235,10 @@ class JobRegistry:
                     run_name(self.runs_dir, run_dir)
                 except ValueError:
                     raise MixsepError(f"{run_dir} is not a run in {self.runs_dir}.") from None
+                holder = lock_holder(run_dir)  # a terminal's resume still loading: its status.json says nothing yet
+                if holder is not None:  # (its child was refused in worker.log only, and STOP, meant for it, was lost)
+                    raise MixsepError(f"Run {run_dir.name} is already being trained by process {holder.get('pid', '?')} "
+                                      "(a command started elsewhere); wait for it to end or stop it first.")
                 config = TrainConfig.load(run_dir / "config.json", of_run=True).validate()
                 # a damaged last.pt: said on the page, not only in worker.log (a look: the child reads it whole)
                 state = read_resume_point(run_dir, peek=True)

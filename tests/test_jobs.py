@@ -281,6 +281,28 @@ def test_resume_restarts_the_same_folder(tmp_path, tiny_config, fake_python, job
     assert "--run-dir" in (cmd := jobs._proc.args) and cmd[cmd.index("--run-dir") + 1] == str(run.resolve())
 
 
+def test_a_resume_while_another_process_holds_the_run_is_refused_and_leaves_its_stop_file(tmp_path, tiny_config,
+                                                                                        fake_python, jobs_of):
+    """A terminal's resume holds the run's lock while it loads, before its status.json says running: the page's
+    Resume then started a child that the lock refused, said so only in worker.log, and first removed the STOP file
+    written to stop the terminal's trainer."""
+    from mixsep.run import RunLock
+
+    jobs = jobs_of(tmp_path / "runs", python=fake_python, env=fake_env("train"))
+    run = jobs.start(tiny_config)
+    wait_for(lambda: len(read_metrics(run)) >= 2, what="metrics rows")
+    jobs.stop()
+    assert jobs.wait(10).state == "stopped"
+    held = RunLock(run).acquire()  # this process: the terminal's trainer, still loading
+    try:
+        (run / "STOP").write_text("")  # the user stops it during its start-up
+        with pytest.raises(MixsepError, match=f"Run {run.name} is already being trained by process {os.getpid()} "):
+            jobs.start(run_dir=run)
+        assert (run / "STOP").exists() and jobs.poll().state == "stopped"
+    finally:
+        held.release()
+
+
 def test_a_resumed_run_reads_starting_until_its_new_trainer_writes(tmp_path, tiny_config, fake_python, jobs_of):
     """status.json still holds the last trainer's "stopped" while the new one starts (imports torch):
     the Train page showed "Run stopped at step N" above a live progress bar."""
