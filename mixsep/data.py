@@ -28,7 +28,6 @@ import hashlib
 import importlib
 import io
 import math
-import numbers
 import os
 import pickle
 import shutil
@@ -43,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import MixsepError, make_folder, network_timeout, network_timeout_seconds
+from .errors import MixsepError, check_count, make_folder, network_timeout, network_timeout_seconds
 from .run import signals_held
 
 SOURCES = ("mnist", "cifar")
@@ -829,8 +828,7 @@ class PairData:
 def load_pairs(root: Path, split: str, size: int = 0, repair: bool = False, seed: int = 0,
                mnist_path: Path | None = None, cifar_path: Path | None = None) -> PairData:
     """Pairs for a split; explicit files override what the root holds."""
-    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 0:
-        raise MixsepError(f"size must be a whole number of at least 0 (0: every pair) (got {size!r}).")
+    check_count("size", size, 0)
     m, ml = load_path(mnist_path, "mnist") if mnist_path else load_split(root, "mnist", split)
     c, cl = load_path(cifar_path, "cifar") if cifar_path else load_split(root, "cifar", split)
     return PairData(m, ml, c, cl, size=size, repair=repair, seed=seed)

@@ -6,10 +6,19 @@ what to do. The CLI prints that sentence instead of a stack trace; the
 dashboard shows it with ``st.error``.
 """
 import contextlib
+import numbers
 
 
 class MixsepError(Exception):
     """A problem the user can fix; ``str(err)`` is the message to show."""
+
+
+def check_count(name: str, value, low: int) -> None:
+    """Refuse, in one sentence, a count or batch size of the Python API that is not a whole number (Python's or
+    numpy's; not a bool) of at least ``low``; a low of 0 means every pair."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise MixsepError(f"{name} must be a whole number of at least {low}{' (0: every pair)' if low == 0 else ''} "
+                          f"(got {value!r}).")
 
 
 class ResumeRefused(MixsepError):

@@ -11,7 +11,6 @@ reproduced only in ``audit`` figures, labelled as such.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -20,7 +19,7 @@ import pandas as pd
 import torch
 
 from .data import PairData, mix, to_float
-from .errors import MixsepError
+from .errors import MixsepError, check_count
 
 MODES = ("direct", "subtraction", "projection_uniform", "projection_optimal", "mixture")
 RECOVERY_MODES = MODES[:-1]  # "mixture" is the do-nothing baseline: shown, never the best recovery
@@ -203,10 +202,8 @@ def evaluate(model: torch.nn.Module, pairs: PairData, count: int = 0, batch_size
     ``w_mnist`` for the optimal projection comes from ``calibration`` pairs (held-out
     training pairs) when not given; with neither it falls back to 1/2 and says so.
     """
-    for name, value, low in (("count", count, 0), ("batch_size", batch_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:  # numpy's too
-            raise MixsepError(f"{name} must be a whole number of at least {low}{' (0: every pair)' if low == 0 else ''} "
-                              f"(got {value!r}).")
+    check_count("count", count, 0)
+    check_count("batch_size", batch_size, 1)
     if not len(pairs):
         raise MixsepError("There are no pairs to score.")
     model.eval()

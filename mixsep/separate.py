@@ -8,7 +8,6 @@ decoding, and every input is checked before anything is written, so one bad file
 from __future__ import annotations
 
 import io
-import numbers
 import os
 import warnings
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import SEPARATE_MODES as MODES
-from .errors import MixsepError
+from .errors import MixsepError, check_count
 from .run import CHECKPOINTS, in_checkpoints, temp_path, write_all
 
 SIZE = (32, 32)
@@ -187,8 +186,7 @@ def separate(model: torch.nn.Module, mixtures: np.ndarray, mode: str = MODES[0],
     if mode not in MODES:
         raise MixsepError(f"Unknown mode '{mode}'; choose one of: {', '.join(MODES)}.")
     mixtures = check_mixtures(mixtures)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise MixsepError(f"batch_size must be a whole number of at least 1 (got {batch_size!r}).")
+    check_count("batch_size", batch_size, 1)
     model.eval()
     device = next(model.parameters()).device
     digits, images = [], []
