@@ -534,6 +534,13 @@ def _full_disk_for_database(sqlite: Path | None, new: bool, shown: str) -> Mixse
                        "command again.")
 
 
+def _lost_database(p: Plan, e: BaseException, then: str, when: str = "") -> MixsepError:
+    """The sentence of a sweep whose database went away (``when``: " just after trial N ended"), and what the same
+    command does once it is back (``then``)."""
+    return MixsepError(f"The sweep lost its database {storage_label(p.storage, p.runs_dir)} ({_reason(e)}){when}; "
+                       f"once it is back, run the same command: {then}.")
+
+
 def _unusable_database(shown: str, e) -> MixsepError:
     return MixsepError(f"Cannot use the database {shown} as a sweep's storage ({_reason(e)}); check the storage URL, "
                        "or leave it out for the journal file in the runs folder.")
@@ -1221,8 +1228,9 @@ def requeue_halted(study) -> list[tuple[int, bool]]:
     return [(t.number, t.user_attrs["halted"] == STOPPED_MARK) for t in lost]
 
 
-def fail_dead_trials(study, journal: bool, runs_dir: Path | None = None) -> list[tuple[int, bool]]:
-    """Fail (and requeue) running trials whose worker is gone; returns (number, queued again) for each.
+def fail_dead_trials(study, journal: bool, runs_dir: Path | None = None) -> list[tuple[int, bool, bool]]:
+    """Fail (and requeue) running trials whose worker is gone; returns (number, queued again, its run folder says
+    its trainer ended on its own: ended_cleanly) for each.
 
     A database has heartbeats (Optuna fails stale trials and calls the retry callback).
     The journal serves one machine: a running trial of this host whose process is not
@@ -1238,8 +1246,8 @@ def fail_dead_trials(study, journal: bool, runs_dir: Path | None = None) -> list
         before = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         optuna.storages.fail_stale_trials(study)
         after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        return [(n, ended_cleanly(runs_dir, before[n]) or crashes(before[n]) < MAX_RETRY)
-                for n in sorted(set(before) - after)]
+        clean = {n: ended_cleanly(runs_dir, before[n]) for n in set(before) - after}
+        return [(n, clean[n] or crashes(before[n]) < MAX_RETRY, clean[n]) for n in sorted(clean)]
     host, dead = socket.gethostname(), []
     now = datetime.datetime.now()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -1253,7 +1261,8 @@ def fail_dead_trials(study, journal: bool, runs_dir: Path | None = None) -> list
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker got there first
-        dead.append((t.number, requeue(study, t, stopped=ended_cleanly(runs_dir, t))))
+        clean = ended_cleanly(runs_dir, t)
+        dead.append((t.number, requeue(study, t, stopped=clean), clean))
     return dead
 
 
@@ -1397,11 +1406,9 @@ class Worker:
             for n, stopped in requeue_halted(self.study):
                 self.say(f"trial {n}: {'stopped' if stopped else 'halted by a write error'}, and its place in the "
                          "queue was lost with the journal's last record; queued again to resume")
-            for n, queued in fail_dead_trials(self.study, journal, p.runs_dir):
-                clean = queued and ended_cleanly(p.runs_dir, next(t for t in self.study.get_trials(deepcopy=False)
-                                                                  if t.number == n))
+            for n, queued, clean in fail_dead_trials(self.study, journal, p.runs_dir):
                 self.say(f"trial {n}: stopped, and its worker ended before the study could record it (as when "
-                         "its database was lost); queued again to resume" if clean else
+                         "its database was lost); queued again to resume" if queued and clean else
                          f"trial {n}: its worker is gone; marked failed and queued again to resume" if queued else
                          f"trial {n}: its worker is gone; marked failed for good (its workers died {MAX_RETRY} "
                          "times before)")
@@ -1421,9 +1428,8 @@ class Worker:
                     self.study.optimize(self.objective, n_trials=1, catch=(MixsepError,), gc_after_trial=True)
                 except Exception as e:
                     if _database_error(e) is not None:
-                        raise MixsepError(f"The sweep lost its database {storage_label(p.storage, p.runs_dir)} "
-                                          f"({_reason(e)}); once it is back, run the same command: the trial that "
-                                          "was running resumes from its last checkpoint.") from None
+                        raise _lost_database(p, e, "the trial that was running resumes from its last checkpoint") \
+                            from None
                     if not self._taken_over(e):
                         raise
                     copy = next((t.number for t in self.study.get_trials(deepcopy=False)
@@ -1455,9 +1461,8 @@ class Worker:
                 except Exception as e:
                     if _database_error(e) is None:
                         raise
-                    raise MixsepError(f"The sweep lost its database {storage_label(p.storage, p.runs_dir)} "
-                                      f"({_reason(e)}) just after trial {self.last} ended; once it is back, run the "
-                                      "same command: the study goes on from there.") from None
+                    raise _lost_database(p, e, "the study goes on from there", f" just after trial {self.last} ended") \
+                        from None
 
     def _taken_over(self, e: Exception) -> bool:
         """Whether optimize() ended in ``e`` because another worker finished this worker's trial meanwhile: the

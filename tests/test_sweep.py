@@ -449,7 +449,7 @@ def test_stops_never_use_up_the_retries_of_a_trial_whose_worker_dies(tmp_path):
     dead.wait()
     for n in range(MAX_RETRY + 1):
         running = fail_the_waiting_one(pid=dead.pid)
-        assert fail_dead_trials(study, journal=True) == [(running.number, n < MAX_RETRY)]
+        assert fail_dead_trials(study, journal=True) == [(running.number, n < MAX_RETRY, False)]
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.FAIL] * len(trials) and len(trials) == MAX_RETRY + 2 + MAX_RETRY + 1
     assert {t.user_attrs["run"] for t in trials} == {"s/trial-0000"} and {t.params["lr"] for t in trials} == {1e-3}
