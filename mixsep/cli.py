@@ -264,10 +264,10 @@ def cmd_train(args) -> int:
             run.close(restore_lock=True)
         elif not remove_unstarted(run.path, made, run, existed):  # a new run that never started (no GPU, corrupt data)
             _record_failure(run, str(e))
-        elif isinstance(e, RunWriteError) and str(e).endswith(f": {e.advice}."):  # a full disk at the start
+        elif isinstance(e, RunWriteError) and e.head is not None:  # a full disk at the start
             # the folder told to resume is gone: what to do is to run the command again
-            raise MixsepError(f"{str(e)[:-len(e.advice) - 1]}{e.advice.replace('resume', 'run this command again')}; "
-                              f"the new run's folder {run.path} was removed again, as it held no step.") from None
+            raise MixsepError(f"{e.head}: {e.advice_to('run this command again')}; the new run's folder {run.path} "
+                              "was removed again, as it held no step.") from None
         raise
     except StoppedBeforeTraining:
         if not remove_unstarted(run.path, made, run, existed):  # a resume keeps its folder: stopped, as it was

@@ -72,18 +72,23 @@ class State(enum.StrEnum):
 class RunWriteError(MixsepError):
     """A write into the run folder failed (disk full, permissions); the previous file is intact."""
 
-    def __init__(self, message: str, errno_: int | None = None):
+    def __init__(self, message: str, errno_: int | None = None, head: str | None = None):
         super().__init__(message)
         self.errno = errno_
+        self.head = head  # the message before its closing advice (a trainer's: "...; rows up to step N are kept")
 
     @property
     def advice(self) -> str:
         """What a user does before resuming."""
+        return self.advice_to("resume")
+
+    def advice_to(self, then: str) -> str:
+        """What a user does before ``then`` (resuming; running the command again, where the run was removed)."""
         if self.errno == errno.ENOSPC:
-            return "free some space and resume"
+            return f"free some space and {then}"
         if self.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            return "make the run folder writable and resume"
-        return "resume once the cause is mended"
+            return f"make the run folder writable and {then}"
+        return f"{then} once the cause is mended"
 
 
 # --------------------------------------------------------------------------- atomic writes

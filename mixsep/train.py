@@ -526,12 +526,12 @@ class Training:
                             step=self.last_good, total_steps=self.total_steps)
             raise
         except RunWriteError as e:
+            head = f"{e} Training stopped at step {self.step}; {self._kept()}" if self.run_dir.is_dir() else None
             msg = (f"{e} Training stopped at step {self.step}; if the run folder was moved, train --run-dir with "
                    "its new place resumes it from its last checkpoint; if deleted, start a new run."
-                   if not self.run_dir.is_dir() else
-                   f"{e} Training stopped at step {self.step}; {self._kept()}: {e.advice}.")
+                   if head is None else f"{head}: {e.advice}.")
             self.run.fail(msg, step=self.last_good, total_steps=self.total_steps)
-            raise RunWriteError(msg, e.errno) from None  # a sweep halts on it, where other errors fail one trial
+            raise RunWriteError(msg, e.errno, head) from None  # a sweep halts on it, where other errors fail one trial
         except MixsepError:
             raise  # its status is written where it was raised
         except Exception as e:  # a bug, or arithmetic no setting should allow: status.json must not stay "running"
