@@ -324,17 +324,13 @@ def name_fault(part: str) -> str:
     return ""
 
 
-def _valid_part(part: str) -> bool:
-    return not name_fault(part)
-
-
 def resolve_run(runs_dir: Path, name: str) -> Path:
     """The folder of run ``name`` inside runs_dir ("NAME" or "GROUP/NAME", e.g. a sweep's trial).
 
     Refuses names that would leave the runs folder, also through a symlink.
     """
     parts = name.split("/") if isinstance(name, str) else []
-    if not (1 <= len(parts) <= 2) or not all(_valid_part(p) for p in parts):
+    if not (1 <= len(parts) <= 2) or any(name_fault(p) for p in parts):
         raise MixsepError(f"'{name}' is not a valid run name: use letters, digits, spaces, '.', '_' and '-' "
                           "(and one '/' for a run inside a group).")
     root = Path(runs_dir).resolve()
@@ -665,7 +661,8 @@ class RunLock:
             os.unlink(self.path)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: no one else holds it
-            self._link = target if self._link is None else self._link
+            if self._link is None:  # the first link this lock replaced is the one to put back
+                self._link = target
             return fd
         except OSError:
             return None
