@@ -80,7 +80,22 @@ training = live_job is not None
 
 # The run this tab shows: the one training (every tab follows it), else the one picked here, by
 # default the last one started. A sweep's trials are not offered: their sweep resumes them.
-runs = {r["run"]: r for r in ui.runs_table(runs_dir) if "/" not in r["run"]}
+listed = ui.runs_table(runs_dir)
+runs = {r["run"]: r for r in listed if "/" not in r["run"]}
+# a link to this page (?run=NAME, as Samples and Metrics take it), a typed URL or Back and Forward pick that run,
+# unless the URL holds what this page wrote there itself (a sidebar switch keeps the pick, having no ?run=)
+wanted = st.query_params.get("run")
+if wanted and wanted != st.session_state.get("_train_run_in_url"):
+    if wanted in runs and live_job is not None and live_job.name in runs and wanted != live_job.name:
+        st.info(ui.literal(f"Run '{live_job.name}' is training, so this page shows it; '{wanted}' can be picked "
+                           "once it ends."))
+    elif wanted in runs:
+        st.session_state["train_run"] = wanted
+    elif any(r["run"] == wanted for r in listed):  # a sweep's trial
+        st.warning(ui.literal(f"'{wanted}' is a trial of the sweep '{ui.study_of(wanted)}', which resumes it (the "
+                              "Sweep page); its curves are on Metrics and Compare."))
+    else:
+        st.error(ui.literal(f"There is no run named '{wanted}' in {runs_dir.resolve()}; pick one below."))
 if live_job is not None and live_job.name in runs:
     st.session_state["train_run"] = live_job.name
 elif st.session_state.get("train_run") not in runs:
@@ -97,6 +112,7 @@ if runs:  # by name only: Streamlit keeps a pick by its label, and one with the 
     st.selectbox("Run", list(runs), key="train_run", disabled=training, persist_state="session",
                  help="The run whose progress and curves this page shows; a stopped one can be resumed here. "
                       "While a run trains the page shows it.")
+    st.query_params["run"] = st.session_state["_train_run_in_url"] = st.session_state["train_run"]  # a link shows it
 
 
 def current_job():

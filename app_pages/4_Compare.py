@@ -16,11 +16,27 @@ if not rows:
     ui.page_link("Train", "Go to Train")
     st.stop()
 studies = sorted({ui.study_of(n) for n in rows} - {""})
-study = st.selectbox("Study", ["all runs", *studies], help="Only one sweep's trials.") if studies else "all runs"
+# a link (?run=A&run=B, which this page writes as runs are picked, so a comparison can be shared), a typed URL or
+# Back and Forward pick those runs among all runs, unless the URL holds what this page wrote there itself
+wanted = st.query_params.get_all("run")
+if wanted and wanted != st.session_state.get("_compare_in_url"):
+    missing = [n for n in wanted if n not in rows]
+    if missing:
+        st.warning(ui.literal(f"No run named {', '.join(repr(n) for n in missing)} in {runs_dir.resolve()}; "
+                              + ("showing the others of the link." if len(missing) < len(wanted) else "pick runs below.")))
+    if len(missing) < len(wanted):
+        st.session_state["compare_study"] = "all runs"
+        st.session_state["compare_runs_all runs"] = [n for n in dict.fromkeys(wanted) if n in rows]
+study = st.selectbox("Study", ["all runs", *studies], key="compare_study",
+                     help="Only one sweep's trials.") if studies else "all runs"
 if study != "all runs":
     rows = {n: r for n, r in rows.items() if ui.study_of(n) == study}
-chosen = st.multiselect("Runs", list(rows), default=list(rows)[:3 if study == "all runs" else 10],  # by name only:
-                        key=f"compare_runs_{study}")  # a label with the state lost the pick when the state changed
+key = f"compare_runs_{study}"  # by name only: a label with the state lost the pick when the state changed
+if key not in st.session_state or not set(st.session_state[key]) <= set(rows):  # a run deleted since: the rest
+    st.session_state[key] = [n for n in st.session_state.get(key, list(rows)[:3 if study == "all runs" else 10])
+                             if n in rows]
+chosen = st.multiselect("Runs", list(rows), key=key)
+st.query_params["run"] = st.session_state["_compare_in_url"] = chosen  # a link to this page shows these runs
 # one row that wraps, each control as wide as its label (columns of fixed shares cut the toggle to "Test …" at 800 px)
 row = st.container(horizontal=True, vertical_alignment="center")
 loss = row.radio("Loss", list(ui.LOSSES), format_func=ui.LOSSES.get, index=2, horizontal=True)

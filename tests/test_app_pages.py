@@ -932,6 +932,69 @@ def test_a_link_or_back_to_another_run_shows_that_run_and_the_sidebar_keeps_the_
     assert widget(at.selectbox, "Run").value == "other-run" and at.query_params["run"] == "other-run"
 
 
+def test_the_train_page_takes_a_link_to_a_run_as_the_other_pages_do(app_env, trainer):
+    """/Train?run=X shows X (it showed the last run started, whatever the link said), and the page writes its
+    pick into the URL; Back to ?run=A after picking B shows A. A sweep's trial, a run that is not there and a
+    link while another run trains each get a sentence, and the page shows what it can."""
+    data, runs = app_env
+    shutil.copytree(runs / "tiny-run", runs / "other-run")
+    shutil.copytree(runs / "tiny-run", runs / "demo" / "trial-0001")
+    at = open_page("app_pages/1_Train.py", run="tiny-run")
+    assert widget(at.selectbox, "Run").value == "tiny-run" and at.query_params["run"] == "tiny-run"
+    widget(at.selectbox, "Run").set_value("other-run").run()
+    assert at.query_params["run"] == "other-run"
+    at.query_params["run"] = "tiny-run"  # Back
+    at.run()
+    assert not at.exception and widget(at.selectbox, "Run").value == "tiny-run"
+    at.query_params["run"] = "demo/trial-0001"
+    at.run()
+    assert "is a trial of the sweep 'demo', which resumes it" in texts(at.warning)
+    assert widget(at.selectbox, "Run").value == "tiny-run" and at.query_params["run"] == "tiny-run"
+    at.query_params["run"] = "no-such-run"
+    at.run()
+    assert "There is no run named 'no-such-run'" in texts(at.error) and widget(at.selectbox, "Run").value == "tiny-run"
+    at.run()  # said once: the URL names the run shown again
+    assert not at.error and at.query_params["run"] == "tiny-run"
+    status = json.loads((runs / "other-run" / "status.json").read_text()) | {"state": "running"} | trainer
+    (runs / "other-run" / "status.json").write_text(json.dumps(status))
+    at = open_page("app_pages/1_Train.py", run="tiny-run")  # a link while other-run trains
+    assert "Run 'other-run' is training, so this page shows it; 'tiny-run' can be picked once it ends." \
+        in texts(at.info)
+    assert widget(at.selectbox, "Run").value == "other-run" and at.query_params["run"] == "other-run"
+
+
+def url_runs(at: AppTest) -> list:
+    """The runs a page's URL names (AppTest keeps one value as a string, several as a list)."""
+    value = at.query_params.get("run", [])
+    return [value] if isinstance(value, str) else list(value)
+
+
+def test_compare_shows_the_runs_a_link_names_and_writes_its_pick_into_the_url(app_env):
+    """/Compare?run=A&run=B compares A and B (it showed the newest three, whatever the link said), also when
+    a study is picked; the page writes the runs picked into the URL, so the comparison can be shared; a run of
+    the link that is not there is named, and the others are shown."""
+    data, runs = app_env
+    for name in ("b-run", "c-run", "demo/trial-0001"):
+        shutil.copytree(runs / "tiny-run", runs / name)
+    at = open_page("app_pages/4_Compare.py")
+    default = widget(at.multiselect, "Runs").value
+    assert len(default) == 3 and url_runs(at) == default  # what it shows, in the URL
+    at = open_page("app_pages/4_Compare.py", run=["tiny-run", "demo/trial-0001"])
+    assert not at.exception and widget(at.multiselect, "Runs").value == ["tiny-run", "demo/trial-0001"]
+    assert widget(at.selectbox, "Study").value == "all runs" and not at.warning
+    widget(at.multiselect, "Runs").set_value(["b-run"]).run()
+    assert url_runs(at) == ["b-run"]
+    at.query_params["run"] = ["c-run", "gone-run"]  # Back, or an old link
+    at.run()
+    assert widget(at.multiselect, "Runs").value == ["c-run"] and url_runs(at) == ["c-run"]
+    assert "No run named 'gone-run' in" in texts(at.warning)
+    widget(at.selectbox, "Study").set_value("demo").run()
+    assert widget(at.multiselect, "Runs").value == ["demo/trial-0001"]
+    at.query_params["run"] = ["tiny-run"]  # a link while a study is picked: among all runs
+    at.run()
+    assert widget(at.selectbox, "Study").value == "all runs" and widget(at.multiselect, "Runs").value == ["tiny-run"]
+
+
 def test_a_picked_runs_state_is_said_beneath_the_picker_and_follows_it(app_env):
     """The pickers now list runs by name (a label with the state lost the pick in a browser once the state
     changed: tests/test_browser.py reproduces that); the picked run's state is a caption that follows it."""
