@@ -8,9 +8,12 @@
 Each variant trains through mixsep's own generator (``Training.steps``): ``--epochs`` epochs of
 ``--train-size`` CIFAR training images (3 x 8,000 / 64 = 375 steps by default), fresh MNIST
 partners each epoch, one-cycle to 3e-3, per-image log-MSE, seed ``--seed``. The validation
-pairs are the CIFAR training images past ``--train-size`` (never trained on) with MNIST *test*
-digits from 1,000 on (the test pairs use digits 0-999 with CIFAR's test images; nothing here
-touches those). Each line printed is a JSON object: the PSNR over both sources (a digit
+pairs are the CIFAR training images past ``--train-size`` (never trained on) with the MNIST *test*
+digits that no test pair holds: test pair i is digit i with CIFAR test image i, so they start at
+the CIFAR test split's size (1,000 with the shared partial set). Where the test pairs hold every
+MNIST test digit (the full CIFAR-10 test set, 10,000 images) they are the last MNIST *training*
+digits instead, which the trainings also draw as partners of other images, and the script says so.
+Nothing here touches a test pair. Each line printed is a JSON object: the PSNR over both sources (a digit
 estimate inside the mixture's interval makes the two equal), as is and with ``DigitSpace``
 applied after the network (what ``unet_digit`` does at inference).
 
@@ -35,14 +38,12 @@ import torch
 from benchlib import command_line, data_root, given, refuse_with, set_threads
 
 from mixsep import MixsepError, TrainConfig
-from mixsep.data import load_split, to_float
+from mixsep.data import find_source, load_split, to_float
 from mixsep.metrics import psnr
 from mixsep.model import MODELS, feasible_interval
 from mixsep.separators import (CHANNELS, DigitSpace, SeparatorNet, UNet, _digit_projector, mixture_features,
                                straight_through, to_interval, use_activation)
 from mixsep.train import Training, load_run_model
-
-VAL_DIGITS_FROM = 1000  # MNIST test digits 0-999 belong to the test pairs
 
 
 class _Through(DigitSpace):
@@ -164,20 +165,30 @@ EXTRA = {
 
 
 def validation(root: Path, train_size: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(MNIST digits, CIFAR images) of the validation pairs, which share no image with a test pair."""
     mnist, _ = load_split(root, "mnist", "test")
     cifar, _ = load_split(root, "cifar", "train")
-    n = min(count, len(cifar) - train_size, len(mnist) - VAL_DIGITS_FROM)
+    # test pair i is MNIST test digit i with CIFAR test image i, for i below the shorter test split
+    in_test = min(len(mnist), len(load_split(root, "cifar", "test")[0])) if find_source(root, "cifar", "test") else 0
     if train_size == 0:  # TrainConfig's "all": cifar[0:n] would be the very images it trained on
         raise MixsepError(f"--train-size 0 trains on all {len(cifar):,} CIFAR training images, which leaves none to "
                           f"validate on; give a size below {len(cifar):,}.")
     if len(cifar) <= train_size:
         raise MixsepError(f"No CIFAR training images are left past --train-size {train_size} to validate on.")
-    if len(mnist) <= VAL_DIGITS_FROM:
-        raise MixsepError(f"Validation pairs use MNIST test digits from {VAL_DIGITS_FROM:,} on (the test pairs use "
-                          f"the first {VAL_DIGITS_FROM:,}), but the data root holds {len(mnist):,}.")
-    if n < 1:
+    if count < 1:
         raise MixsepError(f"--val-pairs must be at least 1 (got {count}).")
-    return mnist[VAL_DIGITS_FROM: VAL_DIGITS_FROM + n], cifar[train_size: train_size + n]
+    n = min(count, len(cifar) - train_size)
+    if len(mnist) - in_test >= n:
+        digits, which = mnist[in_test: in_test + n], f"MNIST test digits {in_test:,}-{in_test + n - 1:,}"
+    else:  # every MNIST test digit is in a test pair: the last training digits, which no test pair holds
+        train_digits, _ = load_split(root, "mnist", "train")
+        n = min(n, len(train_digits))
+        digits = train_digits[len(train_digits) - n:]
+        which = (f"MNIST training digits {len(train_digits) - n:,}-{len(train_digits) - 1:,} (the test pairs hold "
+                 f"MNIST test digits 0-{in_test - 1:,}, too many to leave {n:,} out; training draws these digits "
+                 "as partners of other images)")
+    print(f"validation pairs: CIFAR training images {train_size:,}-{train_size + n - 1:,} with {which}", flush=True)
+    return digits, cifar[train_size: train_size + n]
 
 
 @torch.inference_mode()
