@@ -218,7 +218,7 @@ def main(argv=None) -> int:
             metrics = read_metrics(run_dir)
             steps, minutes = info["step"], (float(metrics["elapsed_s"].iloc[-1]) / 60 if len(metrics) else float("nan"))
             ended = f"scored {info['path']} (step {steps})" + (f" as {args.as_model}" if args.as_model else "")
-            calib = data_calibration_pairs(Path(args.data_root))
+            calib = data_calibration_pairs(Path(args.data_root), end=held_from)  # none of the held-out images
         else:
             if PRESETS[cfg.model]["epochs"] == "auto" and args.epochs is None and not args.dry_run:
                 cfg.epochs, sps = fit_epochs(cfg)
@@ -249,7 +249,7 @@ def main(argv=None) -> int:
             print("SSIM: torchmetrics, the headline (border windows reflect-padded); "
                   "SSIM_valid: scikit-image's valid windows only (the 5-pixel border dropped)")
             s = summary(ev)
-            results[name] = {"summary": s, "rows": ev.rows, "n": ev.n, "pairs": what}
+            results[name] = {"summary": s, "rows": ev.rows, "n": ev.n, "pairs": what, "weights": ev.weights}
             lines.append(summary_line(name, s, minutes))
         results["total_minutes"] = (time.perf_counter() - t0) / 60
         if json_out:

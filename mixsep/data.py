@@ -837,17 +837,19 @@ def load_pairs(root: Path, split: str, size: int = 0, repair: bool = False, seed
 CALIBRATION_PAIRS = 512  # training pairs that fit the optimal projection weight
 
 
-def calibration_pairs(root: Path, count: int = CALIBRATION_PAIRS) -> PairData | None:
-    """The last ``count`` training pairs, for fitting the projection weight; None without training data.
+def calibration_pairs(root: Path, count: int = CALIBRATION_PAIRS, end: int | None = None) -> PairData | None:
+    """The last ``count`` training pairs (before pair ``end``, if given), for fitting the projection weight;
+    None without training data.
 
     The tail of the training split is held out whenever a run trains on a subset
     (``train_size`` smaller than the split); a single scalar fitted on 512 pairs
-    cannot overfit them either way.
+    cannot overfit them either way. ``end`` keeps images scored as held out (pairs from
+    ``end`` on) out of the fit.
     """
     if find_source(root, "mnist", "train") is None or find_source(root, "cifar", "train") is None:
         return None  # no training split: the weight stays 1/2; one that is there but damaged is said so
     m, ml = load_split(root, "mnist", "train")
     c, cl = load_split(root, "cifar", "train")
-    end = min(len(m), len(c))
+    end = min(len(m), len(c), len(c) if end is None else end)
     n = min(end, count)
     return PairData(m[end - n:end], ml[end - n:end], c[end - n:end], cl[end - n:end])

@@ -268,6 +268,29 @@ def test_quality_scores_a_trained_run_without_training_it(bench, data_root, tmp_
     assert "--as-model needs --score" in capsys.readouterr().err
 
 
+def test_quality_fits_the_projection_weight_on_none_of_the_held_out_images(bench, data_root, tmp_path, capsys):
+    """--score RUN --holdout N fitted the optimal projection weight on the last 512 training pairs, which are
+    the held-out images it then scored; it now fits on the pairs before them, as the training path does."""
+    from mixsep import TrainConfig
+    from mixsep.data import load_pairs
+    from mixsep.metrics import fit_projection_weight
+    from mixsep.train import load_run_model, train_steps
+
+    quality = bench("quality")
+    run = tmp_path / "run"  # two heads, so the weight matters (an interval model's modes coincide)
+    for _ in train_steps(TrainConfig(data_root=str(data_root), model="tiny", train_size=80, batch_size=16,
+                                     pretrained=False, device="cpu"), run):
+        pass
+    assert quality.main(["--data-root", str(data_root), "--dry-run", "--score", str(run), "--holdout", "16",
+                         "--json", str(tmp_path / "q.json")]) == 0
+    capsys.readouterr()
+    weights = json.loads((tmp_path / "q.json").read_text())["holdout"]["weights"]
+    model = load_run_model(run)[0]
+    before = load_pairs(data_root, "train", size=80)  # the 96 training images less the 16 held out
+    assert weights["mnist"] == pytest.approx(fit_projection_weight(model, before), abs=1e-6)
+    assert weights["mnist"] != pytest.approx(fit_projection_weight(model, load_pairs(data_root, "train")), abs=1e-4)
+
+
 def test_contention_times_each_wait_policy_in_real_processes(bench, tmp_path, capsys):
     contention = bench("contention")
     out = tmp_path / "c.json"
