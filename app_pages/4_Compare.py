@@ -78,8 +78,14 @@ numbers = ["lr", "beta1", "beta2", "batch_size", "epochs", "step", "last_loss", 
 table[numbers] = table[numbers].apply(pd.to_numeric, errors="coerce")  # numbers sort and format as numbers; a missing one is blank
 table["disk"] = [rows[n]["disk_mb"] * 1e6 for n in chosen]  # bytes: shown in KB, MB or GB
 table["train_size"] = [("all" if v == 0 else str(int(v))) if pd.notna(v) else "" for v in table["train_size"]]
+try:  # the box goes up to the test split's pairs, as on Metrics: a column's "(N pairs)" is what was scored
+    total = len(ui.pairs(data_root, "test")) if score else 0
+except MixsepError as e:  # said once here, rather than in each run's note
+    st.error(str(e))
+    score = False
 if score:
-    count = whole_number_box("Test pairs to score", 1, 100000, 500, step=100)
+    count = whole_number_box("Test pairs to score", 1, total, min(500, total), step=100,
+                             help=f"The first pairs of the test split ({total} pairs). Fewer is faster.")
     if not isinstance(count, int):  # a fraction: said under the box
         st.stop()
     bar = st.progress(0.0, text="Scoring…")

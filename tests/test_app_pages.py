@@ -337,8 +337,12 @@ def test_compare_page_curves_and_table(app_env):
     assert not at.exception
     assert at.dataframe[0].value["cifar PSNR"].notna().all()
     columns = json.loads(at.dataframe[0].proto.columns)  # how many pairs, where Metrics scores every one by default
-    assert columns["cifar PSNR"]["label"] == "cifar PSNR (500 pairs)" and "first 500 test pairs" in \
+    # the box goes up to the split's 48 pairs: it went up to 100,000, and 2,000 typed read "(2000 pairs)" over 48
+    assert widget(at.number_input, "Test pairs to score").max == 48
+    assert columns["cifar PSNR"]["label"] == "cifar PSNR (48 pairs)" and "first 48 test pairs" in \
         columns["cifar PSNR"]["help"]
+    widget(at.number_input, "Test pairs to score").set_value(20).run()
+    assert json.loads(at.dataframe[0].proto.columns)["cifar PSNR"]["label"] == "cifar PSNR (20 pairs)"
     assert (columns["last_loss"]["label"], columns["best_loss"]["label"]) == ("last loss (raw)", "best loss (EMA 0.90)")
     long = runs / "tiny-run-2" / "metrics.csv"  # a 20-epoch run's 15,000 rows: at most 1,500 points are sent
     long.write_text(",".join(METRIC_FIELDS) + "\n" + "".join(f"{i},0,0.1,0.2,{1 / i},0.001,100,{i}\n"
@@ -628,6 +632,18 @@ def test_an_older_run_can_be_picked_and_resumed_and_other_tabs_keep_their_own_pi
     assert "aa-older" in texts(at.subheader) and len(read_metrics(older)) == 3
     assert (older / "checkpoints" / "last.pt").is_file()
     assert json.loads((runs / "tiny-run" / "status.json").read_text())["state"] == "finished"  # untouched
+
+
+def test_compare_without_test_pairs_says_so_once_and_keeps_its_table(app_env, tmp_path, monkeypatch):
+    data, runs = app_env
+    no_test = tmp_path / "no-test"
+    shutil.copytree(data, no_test)
+    (no_test / "cifar-10-batches-py" / "test_batch").unlink()
+    monkeypatch.setenv("MIXSEP_DATA_ROOT", str(no_test))
+    at = open_page("app_pages/4_Compare.py")
+    widget(at.toggle, "Test PSNR").set_value(True).run()
+    assert not at.exception and len(at.error) == 1 and "test" in at.error[0].value
+    assert list(at.dataframe[0].value["run"]) == ["tiny-run"] and "cifar PSNR" not in at.dataframe[0].value
 
 
 @pytest.mark.parametrize("page, label, toggle", [("app_pages/2_Samples.py", "Seed", "Shuffle"),
