@@ -984,6 +984,12 @@ def main(argv=None, restore_signals: bool = True) -> int:
             if name == "run_dir" and args.command != "train" and getattr(args, name, None) == "":  # positional
                 raise MixsepError("RUN_DIR is empty; name a run folder (or a checkpoint file inside one).")
             not_empty(getattr(args, name, None), f"--{name.replace('_', '-')}", what)
+        # ~ is the home folder here as on the dashboard and in a sweep's storage, also where no shell expanded it
+        # (quoted, or MIXSEP_RUNS_DIR='~/runs'): it made a folder named ~ in the current one, which `rm -r ~` ...
+        for name in ("runs_dir", "data_root", "run_dir", "checkpoint", "mnist_test", "cifar_test", "json", "markdown",
+                     "config", "out"):
+            if isinstance(getattr(args, name, None), str):
+                setattr(args, name, os.path.expanduser(getattr(args, name)))
         code = COMMANDS[args.command](args)
         sys.stdout.flush()  # a stdout that cannot be written fails here, not in the interpreter's exit
         return code

@@ -53,11 +53,12 @@ def thread_wait(environ=os.environ) -> str:
 
 
 def default_data_root() -> str:
-    return os.environ.get("MIXSEP_DATA_ROOT") or "./data"  # set but empty: the default, not "."
+    """MIXSEP_DATA_ROOT, its ~ the home folder as a shell would make it (a quoted value keeps it), else ./data."""
+    return os.path.expanduser(os.environ.get("MIXSEP_DATA_ROOT") or "./data")  # set but empty: the default, not "."
 
 
 def default_runs_dir() -> str:
-    return os.environ.get("MIXSEP_RUNS_DIR") or "./runs"
+    return os.path.expanduser(os.environ.get("MIXSEP_RUNS_DIR") or "./runs")
 
 
 @dataclass(frozen=True)

@@ -453,7 +453,7 @@ def decode_files(files: list[Path], source: str, raws: list[bytes] | None = None
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("MIXSEP_CACHE_DIR") or Path.home() / ".cache" / "mixsep")  # set but empty: the default
+    return Path(os.environ.get("MIXSEP_CACHE_DIR") or Path.home() / ".cache" / "mixsep").expanduser()  # set but empty: the default
 
 
 def _cache_key(files: list[Path], source: str, raws: list[bytes]) -> str:

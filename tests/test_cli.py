@@ -123,6 +123,28 @@ def test_environment_sets_the_defaults(capsys, data_root, tmp_path, monkeypatch)
     assert Path(capsys.readouterr().out.strip().splitlines()[-1]).parent == tmp_path / "envruns"
 
 
+def test_a_tilde_is_the_home_folder_also_where_no_shell_expanded_it(capsys, data_root, tmp_path, monkeypatch):
+    """MIXSEP_RUNS_DIR='~/runs' made a folder named ~ in the current one and printed '~/runs/...', which reads as
+    the home folder (the dashboard and sweep took it so); a quoted '~/data' was called missing."""
+    home, here = tmp_path / "home", tmp_path / "here"
+    home.mkdir(), here.mkdir()
+    shutil.copytree(data_root, home / "data")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("MIXSEP_RUNS_DIR", "~/runs")
+    monkeypatch.chdir(here)
+    assert main(["train", "--data-root", "~/data", *TINY]) == 0
+    run = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert run.parent == home / "runs" and (run / "checkpoints" / "last.pt").is_file()
+    assert main(["evaluate", f"~/runs/{run.name}", "--samples", "8", "--json", "~/scores.json"]) == 0
+    assert json.loads((home / "scores.json").read_text())["n"] == 8
+    capsys.readouterr()
+    monkeypatch.setenv("MIXSEP_CACHE_DIR", "~/cache")
+    monkeypatch.setenv("MIXSEP_DATA_ROOT", "~/data")
+    assert main(["info", "--check"]) == 0 and f"data root {home / 'data'}" in capsys.readouterr().out
+    assert (home / "cache").is_dir()
+    assert list(here.iterdir()) == []  # no folder named ~ here
+
+
 def test_info_lists_models_and_data(capsys, data_root):
     assert main(["info", "--data-root", str(data_root)]) == 0
     out = capsys.readouterr().out
