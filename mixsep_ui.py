@@ -131,12 +131,17 @@ def sentence(text, *names) -> str:
 
 
 FOLDER_FLAGS = (("data root", "--data-root", "MIXSEP_DATA_ROOT"), ("runs folder", "--runs-dir", "MIXSEP_RUNS_DIR"))
+ROOT = Path(__file__).resolve().parent  # the project: `streamlit run dashboard.py` runs its dashboard.py
 
 
 def setup(title: str) -> tuple[Path, Path]:
     """Page config, title and the sidebar's folders; returns (data_root, runs_dir)."""
     st.set_page_config(page_title=f"{title} · mixsep", page_icon="🧩", layout="wide")
-    data_root, runs_dir = folders()
+    try:
+        data_root, runs_dir = folders()
+    except MixsepError as e:  # a mistyped flag after `--`: every page says it, and nothing runs on a folder not meant
+        st.title(title)
+        show_error(e, literal_text=True)
     # a folder no file system call takes (a link that leads back to itself, a name too long) raised on every page
     # (resolve(), the data's stat): one sentence each says so, and the page stops there
     wrong = [(path, f"The {what} {path} {why}; start the server with another {flag} (or {variable}).")
@@ -162,16 +167,33 @@ def folders() -> tuple[Path, Path]:
     """(data root, runs folder), fixed when the server starts: the only places the dashboard writes.
 
     A page never lets a visitor choose another folder (the Download button writes into the
-    data root), so the server's owner decides where it may write.
+    data root), so the server's owner decides where it may write. The words after ``--`` of
+    ``streamlit run dashboard.py -- ...`` are checked as the CLI checks its own: a flag it does
+    not know (``--data-rot``) or an empty folder raise MixsepError (the server fell back to
+    ./data without a word, and took ``--runs-dir ""`` for its own folder). Where the app does not
+    run as ``dashboard.py`` (AppTest, under pytest's own arguments), only the two flags are read.
     """
     import argparse
     import sys
 
-    p = argparse.ArgumentParser(add_help=False)
+    p = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     p.add_argument("--data-root", default=default_data_root())
     p.add_argument("--runs-dir", default=default_runs_dir())
-    args, _ = p.parse_known_args(sys.argv[1:])
-    return Path(args.data_root).expanduser(), Path(args.runs_dir).expanduser()
+    ours = Path(sys.argv[0]).name == "dashboard.py" and Path(sys.argv[0]).resolve().parent == ROOT
+    takes = "the dashboard takes --data-root DIR and --runs-dir DIR after `--`"
+    try:
+        args, extras = p.parse_known_args(sys.argv[1:])
+    except argparse.ArgumentError as e:  # a flag without its folder
+        raise MixsepError(f"The server was started with {e.argument_name} and no folder after it; {takes}. "
+                          "Start it again with the folder.") from None
+    if ours and extras:
+        raise MixsepError(f"The server was started with {' '.join(extras)}, which the dashboard does not know; "
+                          f"{takes}. Start it again without them.")
+    for flag, value in (("--data-root", args.data_root), ("--runs-dir", args.runs_dir)):
+        if ours and value == "":
+            raise MixsepError(f"The server was started with an empty {flag} (it would be the server's own folder); "
+                              "start it again with a folder there, or without the flag for the default.")
+    return Path(args.data_root or default_data_root()).expanduser(), Path(args.runs_dir or default_runs_dir()).expanduser()
 
 
 @st.cache_resource(show_spinner=False)

@@ -117,6 +117,25 @@ def widget(widgets, label: str):
 # --------------------------------------------------------------------------- pages render
 
 
+@pytest.mark.parametrize("argv, says", [
+    (["--data-rot", "X", "--bogus"], "The server was started with --data-rot X --bogus, which the dashboard does not know"),
+    (["--runs-dir", ""], "The server was started with an empty --runs-dir (it would be the server's own folder)"),
+    (["--data-root"], "The server was started with --data-root and no folder after it"),
+])
+def test_the_servers_own_flags_are_checked_as_the_clis_are(app_env, monkeypatch, argv, says):
+    """`streamlit run dashboard.py -- --data-rot X` served ./data without a word (the Download button would fill it),
+    and `-- --runs-dir ""` trained into the server's own folder: every page now says the mistake, and stops."""
+    data, runs = app_env
+    monkeypatch.setattr("sys.argv", [str(ROOT / "dashboard.py"), *argv])  # as `streamlit run` sets it
+    for page in ("dashboard.py", "app_pages/1_Train.py"):
+        at = open_page(page)
+        assert len(at.error) == 1 and says in seen(at.error[0].value).replace("\u2060", ""), texts(at.error)
+        assert not at.button and not at.selectbox  # nothing to start, nothing to pick
+    monkeypatch.setattr("sys.argv", [str(ROOT / "dashboard.py"), "--runs-dir", str(runs)])
+    at = open_page("app_pages/1_Train.py")
+    assert not at.error and widget(at.selectbox, "Run").value == "tiny-run"
+
+
 def test_home_shows_data_device_and_runs(app_env):
     at = open_page("dashboard.py")
     assert "All four source/split sets found" in texts(at.success)
