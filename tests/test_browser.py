@@ -381,6 +381,28 @@ def test_server_listens_on_loopback_only_and_sends_no_statistics(server):
         assert websocket_status(url, host) == status, host
 
 
+def test_the_readmes_command_on_a_desktop_asks_for_no_email(tmp_path):
+    """Started as the README says (not headless), on a desktop (DISPLAY set) by a user Streamlit has not met (no
+    ~/.streamlit/credentials.toml), Streamlit stopped at its "Email:" prompt, which sends what is typed to it:
+    .streamlit/config.toml turns the prompt off, and the server starts."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLIT_")} | {
+        "DISPLAY": ":0", "HOME": str(tmp_path), "MIXSEP_RUNS_DIR": str(tmp_path / "runs")}
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "dashboard.py", "--server.port", str(port)],
+                            cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    started, deadline = False, time.monotonic() + 60
+    while not started and proc.poll() is None and time.monotonic() < deadline:
+        try:
+            started = direct.open(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read() == b"ok"
+        except OSError:
+            time.sleep(0.3)
+    os.killpg(proc.pid, 9)
+    out = proc.communicate()[0].decode()
+    assert started and "Email" not in out, out
+
+
 def websocket_status(url: str, host: str, origin: str | None = None) -> int:
     """The status of a websocket handshake on the session channel, as a page at ``origin`` (default: the
     server's own, by ``host``) would knock."""
