@@ -334,7 +334,8 @@ class TrainConfig:
                                rule="--keep-epochs must be 0 (keep only the latest epoch checkpoint) or k >= 1 "
                                     "(keep every k-th); got {value}.",
                                on_resume=True)
-    max_minutes: float = setting(0.0, "stop cleanly after this many minutes; 0 = no limit", "Time limit (minutes)",
+    max_minutes: float = setting(0.0, "stop cleanly after this many minutes of training in all (a resume counts those "
+                                 "trained before it); 0 = no limit", "Time limit (minutes)",
                                  "mechanics", low=0.0, zero="no limit", on_resume=True)
 
     def validate(self) -> "TrainConfig":

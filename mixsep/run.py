@@ -1099,7 +1099,8 @@ def epoch_checkpoint(run_dir: Path, epoch: int) -> Path:
     return checkpoint_dir(run_dir) / f"epoch-{epoch}.pt"
 
 
-def save_checkpoint(path: Path, model, config, step: int, epoch: int, optimizer=None, parents: bool = True) -> None:
+def save_checkpoint(path: Path, model, config, step: int, epoch: int, optimizer=None, parents: bool = True,
+                    trained_s: float | None = None) -> None:
     """Write atomically: a crash or a full disk mid-write leaves the previous checkpoint intact.
 
     A trainer passes ``parents=False``: it makes the checkpoints folder, never its run folder, so a
@@ -1115,6 +1116,8 @@ def save_checkpoint(path: Path, model, config, step: int, epoch: int, optimizer=
              "model": model.state_dict()}
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
+    if trained_s is not None:  # seconds trained up to here, across resumes: what the time budget counts
+        state["trained_s"] = float(trained_s)
     atomic_write(path, lambda f: torch.save(state, f))
 
 

@@ -1589,7 +1589,7 @@ class Worker:
         reports = self.study._storage.get_trial(trial._trial_id).intermediate_values  # a resumed trial's too
         best = max([scores["psnr"], *reports.values()])
         for k, v in {**{f"val_{k}": v for k, v in scores.items()}, "val_best_psnr": best, "step": training.step,
-                     "duration_s": time.time() - start}.items():
+                     "duration_s": training.trained_before + time.time() - start}.items():  # a resumed trial's all
             trial.set_user_attr(k, v)
         # the run folder keeps its validation figures too, so Compare shows them without the study
         status = read_status(run.path)

@@ -346,6 +346,10 @@ class Training:
         self._warm_steps = 0
         self.should_stop = should_stop or (lambda: False)
         self.step = 0
+        # seconds trained before this process, as its checkpoint says (0 for checkpoints made before mixsep kept
+        # them): max_minutes budgets the run's whole training, so a stopped or killed run, a sweep's trial above
+        # all, does not get the full budget again on each resume
+        self.trained_before = 0.0
         self._resume()
         self.last_good = self.step  # the step of the newest checkpoint on disk
 
@@ -371,6 +375,9 @@ class Training:
                     f"{self.last_path}'s optimizer state does not fit the '{old.model}' model ({e.__class__.__name__})"
                 raise _cannot_resume(self.run_dir, why.split("; it was saved by")[0]) from None
             self.step = int(state["step"])
+            trained = state.get("trained_s", 0.0)
+            self.trained_before = float(trained) if type(trained) in (int, float) and math.isfinite(trained) \
+                and trained > 0 else 0.0
         if not (self.run_dir / CONFIG).exists():
             write_json(self.run_dir / CONFIG, self.config.to_dict())
 
@@ -504,7 +511,8 @@ class Training:
             self.model.train()
             self._start = self._last_read = self._last_checkpoint = time.perf_counter()
             self._pending: list[_Pending] = []
-            self._stop_reason: str | None = None
+            spent = self.config.max_minutes > 0 and self.trained_before > self.config.max_minutes * 60
+            self._stop_reason: str | None = "time" if spent else None  # the budget was spent before this resume
             epoch = self.step // self.steps_per_epoch
             while self.step < self.total_steps and self._stop_reason is None:
                 yield from self._epoch(epoch)
@@ -566,7 +574,7 @@ class Training:
             if self.step == self.total_steps:
                 self._stop_reason = None  # a stop that lands on the last step finds the run complete: finished
             if boundary or self._stop_reason:
-                self._checkpoint(epoch)
+                self._checkpoint()
             if self._stop_reason:
                 return
         if self.last_good == self.step:  # last.pt holds this epoch's end: so does its epoch checkpoint
@@ -595,9 +603,11 @@ class Training:
         """A user's request wins over the time budget: the state must match the message."""
         if self.should_stop() or stop_requested(self.run_dir):
             return "request"
-        if self.config.max_minutes > 0 and time.perf_counter() - self._start > self.config.max_minutes * 60:
-            return "time"
-        return None
+        return "time" if self.config.max_minutes > 0 and self.trained_s() > self.config.max_minutes * 60 else None
+
+    def trained_s(self) -> float:
+        """Seconds of training in all: before this process (its checkpoint's) and in it."""
+        return self.trained_before + time.perf_counter() - self._start
 
     def _kept(self, good: bool = False) -> str:
         """What a failure leaves to resume from (a run that failed before its first checkpoint has none)."""
@@ -623,8 +633,11 @@ class Training:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _checkpoint(self, epoch: int) -> None:
-        save_checkpoint(self.last_path, self.model, self.config, self.step, epoch, self.optimizer, parents=False)
+    def _checkpoint(self) -> None:
+        # "epoch": the epochs completed, as epoch-N.pt says them (it said the 0-based epoch under way: last.pt at the
+        # end of a 3-epoch run said 2, its epoch-3.pt 3)
+        save_checkpoint(self.last_path, self.model, self.config, self.step, self.step // self.steps_per_epoch,
+                        self.optimizer, parents=False, trained_s=self.trained_s())
         self.last_good = self.step
         self._last_checkpoint = time.perf_counter()
         self.run.status(State.RUNNING, step=self.step, total_steps=self.total_steps)

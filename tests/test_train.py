@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import warnings
 
@@ -265,6 +266,34 @@ def test_a_stop_is_checkpointed_whatever_checkpoint_seconds_says(tiny_config, tm
     assert stopped_at == seen[-1] >= 5
     rest = [r.step for r in T.train_steps(cfg, run)]
     assert rest == list(range(stopped_at + 1, 13))
+
+
+def test_the_time_budget_counts_the_training_before_a_resume(tiny_config, tmp_path):
+    """--max-minutes was timed from each process's start, so every resume of a stopped or killed run (a sweep's
+    trial above all, whose budget is the same for all trials) had the whole budget again. The checkpoint now
+    keeps the seconds trained, and a resume spends only what is left. last.pt's epoch counts the epochs
+    completed, as epoch-N.pt's does (it said the 0-based epoch under way)."""
+    cfg = dataclasses.replace(tiny_config, train_size=32, epochs=6, checkpoint_every=1)  # 2 steps an epoch
+    run, seen = tmp_path / "run", []
+    for r in T.Training(cfg, run, should_stop=lambda: len(seen) >= 4).steps():
+        seen.append(r.step)
+    last = run / "checkpoints" / "last.pt"
+    state = R.read_checkpoint(last)
+    assert state["step"] == 4 and state["epoch"] == 2  # two epochs done
+    assert 0 < state["trained_s"] < 60
+    state["trained_s"] = 61.0  # a minute trained before: a one-minute budget is spent
+    torch.save(state, last)
+    budget = dataclasses.replace(cfg, max_minutes=1.0)
+    assert [r.step for r in T.train_steps(budget, run)] == []
+    status = R.read_status(run)
+    assert (status["state"], status["message"], status["step"]) == ("finished", "time budget reached", 4)
+    state["trained_s"] = 30.0  # half of it left: it trains, and the checkpoint counts on from 30 s
+    torch.save(state, last)
+    status["state"] = "stopped"
+    (run / "status.json").write_text(json.dumps(status))
+    assert [r.step for r in T.train_steps(budget, run)] == list(range(5, 13))
+    assert 30.0 < R.read_checkpoint(last)["trained_s"] < 90
+    assert R.read_checkpoint(last)["epoch"] == 6 == R.read_checkpoint(run / "checkpoints" / "epoch-6.pt")["epoch"]
 
 
 def test_every_kth_epoch_that_keep_epochs_asks_for_is_written_whatever_the_floor(tiny_config, tmp_path):
