@@ -877,9 +877,14 @@ def live_status(run_dir: Path) -> dict:
     """read_status, but a "running" run whose trainer is gone reads as "interrupted"."""
     status = read_status(run_dir)
     if status.get("state") == State.RUNNING and not is_alive(status):
+        saved = status.get("step")  # the trainer records its newest checkpoint's step with each one
+        if not list_checkpoints(run_dir):  # "from its last checkpoint" said of a run that has none
+            resume = "it wrote no checkpoint, so a resume starts from step 0; or start a new run."
+        else:
+            resume = f"resume it from its last checkpoint{f' (step {saved})' if type(saved) is int and saved > 0 else ''}" \
+                     " or start a new run."
         status = dict(status, state=State.INTERRUPTED.value,
-                      message="Its training process is gone (killed, or the server or machine stopped); "
-                              "resume it from its last checkpoint or start a new run.")
+                      message=f"Its training process is gone (killed, or the server or machine stopped); {resume}")
     return status
 
 

@@ -392,6 +392,19 @@ def test_status_without_identity_is_not_trusted(tmp_path):
     assert R.live_status(run)["state"] == "interrupted"
 
 
+def test_an_interrupted_run_says_where_a_resume_starts(small_config, tmp_path):
+    """An interrupted run read "resume it from its last checkpoint" also when it had none (killed before its
+    first): the pages then offered to resume what a resume would start from step 0."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "status.json").write_text(json.dumps({"state": "running", "pid": 1, "pid_start": "1", "step": 0}))
+    assert R.live_status(run)["message"].endswith("it wrote no checkpoint, so a resume starts from step 0; or "
+                                                  "start a new run.")
+    list(T.train_steps(small_config, run))
+    R.write_json(run / "status.json", {"state": "running", "pid": 1, "pid_start": "1", "step": 3})
+    assert R.live_status(run)["message"].endswith("resume it from its last checkpoint (step 3) or start a new run.")
+
+
 def test_stop_and_time_budget_in_one_step_say_stopped(small_config, tmp_path):
     run = tmp_path / "run"
     cfg = dataclasses.replace(small_config, max_minutes=1e-9)  # over time after the first step
