@@ -1828,14 +1828,16 @@ def trials_frame(study):
             continued.setdefault(n, t.number)
     for t in trials:
         a = t.user_attrs
-        then = None
+        then, state = None, t.state.name.lower()
         if t.number in continued:  # a stop (or a dead worker) is no failure: say where the trial went on
             copy = by_number[continued[t.number]]
-            how = "stopped" if copy.system_attrs.get("stops", 0) > t.system_attrs.get("stops", 0) else "its worker died"
-            then = f"{how}; continues as trial {copy.number}"
-        dur = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start \
-            else None
-        rows.append({"trial": t.number, "state": t.state.name.lower(), **t.params,
+            stopped = copy.system_attrs.get("stops", 0) > t.system_attrs.get("stops", 0)
+            then = f"{'stopped' if stopped else 'its worker died'}; continues as trial {copy.number}"
+            state = "stopped" if stopped else "interrupted"  # as its run reads on Compare (Optuna's state: "fail")
+        dur = a.get("duration_s")  # a resumed trial's training before the resume too
+        if dur is None and t.datetime_complete and t.datetime_start:
+            dur = (t.datetime_complete - t.datetime_start).total_seconds()
+        rows.append({"trial": t.number, "state": state, **t.params,
                      "val PSNR": a.get("val_psnr"), "MNIST PSNR": a.get("val_psnr_mnist"),
                      "CIFAR PSNR": a.get("val_psnr_cifar"), "MNIST SSIM": a.get("val_ssim_mnist"),
                      "CIFAR SSIM": a.get("val_ssim_cifar"), "step": a.get("step"), "duration_s": dur,

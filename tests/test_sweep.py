@@ -933,6 +933,7 @@ def test_stop_requeues_the_running_trial(tmp_path):
     assert trials[0].user_attrs["halted"] == "stopped" and "halted" not in trials[-1].user_attrs
     frame = trials_frame(study_of(runs, "s")).set_index("trial")  # "fail" beside a blank note read as a crash
     assert frame.loc[0, "note"] == f"stopped; continues as trial {trials[-1].number}; the report's defaults"
+    assert frame.loc[0, "state"] == "stopped"  # as its run reads on Compare: the table said Optuna's "fail"
     assert json.loads((first / "status.json").read_text())["state"] == "stopped"
     assert json.loads((runs / "s" / "sweep.json").read_text())["state"] == "stopped"
     assert sweeps.error() is None
