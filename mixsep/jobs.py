@@ -67,6 +67,21 @@ class JobState:
         return self.run_dir.name if self.run_dir else ""
 
 
+def child_env(base: dict | None = None) -> dict:
+    """The environment of a ``python -m mixsep`` child of the dashboard: it imports the mixsep this process runs.
+
+    Streamlit puts the app's folder first on the server's import path, so the server runs the checkout beside
+    dashboard.py; a child started in another folder found another copy first (an installed wheel), and trained
+    with code the pages did not show. The folder holding this package goes first on the child's PYTHONPATH.
+    """
+    env = dict(os.environ if base is None else base, PYTHONUNBUFFERED="1")
+    here = Path(__file__).resolve().parents[1]
+    if here.name not in ("site-packages", "dist-packages"):  # an installed mixsep is found there anyway, and the
+        # folder ahead of the standard library would put every package in it there too
+        env["PYTHONPATH"] = os.pathsep.join([str(here), *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)])
+    return env
+
+
 class JobRegistry:
     """Start, stop and poll the one training child of a runs folder."""
 
@@ -257,7 +272,7 @@ class JobRegistry:
                 made = run_dir = new_run_dir(self.runs_dir, config)
             cmd = [self.python, "-m", "mixsep", "train", "--config", str(run_dir / "config.json"),
                    "--run-dir", str(run_dir), "--quiet"]
-            env = dict(self.env if self.env is not None else os.environ, PYTHONUNBUFFERED="1")
+            env = child_env(self.env)
             try:  # a full or read-only disk: one sentence, and no half-made run folder left to list
                 if made is not None:
                     write_json(run_dir / CONFIG, config.to_dict())

@@ -1895,7 +1895,9 @@ class SweepRegistry:
             where = ["--runs-dir", str(self.runs_dir)] + (["--storage", storage] if storage else [])
             p = plan(build_parser().parse_args(["sweep", *where, *argv]))  # bad input stops here, nothing written
             p.folder.mkdir(parents=True, exist_ok=True)
-            env = dict(self.env if self.env is not None else os.environ, PYTHONUNBUFFERED="1")
+            from .jobs import child_env
+
+            env = child_env(self.env)  # the mixsep this server runs
             env.pop(STORAGE_ENV, None)
             if storage:
                 env[STORAGE_ENV] = storage

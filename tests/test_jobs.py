@@ -341,6 +341,22 @@ def test_real_cli_child_refuses_a_second_start_and_stops_within_a_step(tmp_path,
     assert [p.name for p in list_checkpoints(run)] == ["last.pt"]
 
 
+def test_the_child_trains_with_the_mixsep_the_server_runs(tmp_path, tiny_config, jobs_of, monkeypatch):
+    """Streamlit runs the checkout beside dashboard.py; the child `python -m mixsep`, started in another folder,
+    imported whatever mixsep came first on its path there (an installed wheel; here a decoy that says so)."""
+    decoy = tmp_path / "elsewhere" / "mixsep"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text("")
+    (decoy / "__main__.py").write_text("print('the decoy mixsep'); raise SystemExit(3)\n")
+    monkeypatch.chdir(tmp_path)  # the server's folder: not the checkout
+    jobs = jobs_of(tmp_path / "runs", env=dict(os.environ, PYTHONPATH=str(decoy.parent)))
+    tiny_config.train_size = 32
+    run = jobs.start(tiny_config)
+    state = jobs.wait(120)
+    log = (run / "worker.log").read_text()
+    assert state.state == "finished" and "decoy" not in log, log
+
+
 def test_a_killed_child_names_the_checkpoint_a_resume_starts_from(tmp_path, tiny_config, jobs_of):
     """SIGKILL between checkpoints: status.json took the last logged step, and its sentence said to resume from
     the last checkpoint, which is older: the step a resume continues from was said nowhere."""
