@@ -13,6 +13,7 @@ import threading
 import warnings
 from pathlib import Path
 
+from . import __version__
 from .config import (SEPARATE_MODES, TrainConfig, add_train_flags, config_from_args, default_data_root,
                      default_runs_dir, given_settings, settings, whole_number)
 from .errors import EARLY_SIGNALS, MixsepError, SecondInterrupt, StoppedBeforeTraining, Terminated
@@ -88,6 +89,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m mixsep", description="Separate MNIST digits from CIFAR-10 images in their pixel-wise mean.")
+    parser.add_argument("--version", action="version", version=f"mixsep {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a separator; prints the run folder as its last line")
     t.add_argument("--runs-dir", default=default_runs_dir(), help="where run folders go (env MIXSEP_RUNS_DIR; default ./runs)")
@@ -168,7 +170,8 @@ def _add_sweep(sub) -> None:
     s.add_argument("--storage", default=os.environ.get("MIXSEP_SWEEP_STORAGE") or None,
                    help="a database URL (postgresql://user@host/db) shared by every machine of the study; "
                         "default: the journal file optuna.journal in the runs folder (env MIXSEP_SWEEP_STORAGE)")
-    s.add_argument("--runs-dir", default=default_runs_dir(), help="where the trials' run folders go (env MIXSEP_RUNS_DIR)")
+    s.add_argument("--runs-dir", default=default_runs_dir(),
+                   help="where the trials' run folders go (env MIXSEP_RUNS_DIR; default ./runs)")
     s.add_argument("--trials", type=whole_number, default=None, help="finished trials the study aims at, across all workers "
                                                             "(default 20; on resume, the study's own)")
     s.add_argument("--workers", type=whole_number, default=None,
@@ -185,9 +188,10 @@ def _add_sweep(sub) -> None:
                    help="stop trials early: median (below the median of earlier trials) or successive halving "
                         "(default median; on resume, the study's own)")
     s.add_argument("--sampler-seed", type=whole_number, default=0,
-                   help="seed of this command's TPE sampler, worker i adds i (give each machine its own)")
+                   help="seed of this command's TPE sampler, worker i adds i (give each machine its own; default 0)")
     s.add_argument("--heartbeat", type=whole_number, default=30,
-                   help="seconds between a database trial's heartbeats; one silent for 3x that is failed and requeued")
+                   help="seconds between a database trial's heartbeats; one silent for 3x that is failed and requeued "
+                        "(default 30)")
     s.add_argument("--best", action="store_true", help="train nothing: print the best trial's run folder")
     s.add_argument("--worker-index", type=whole_number, default=None, help=argparse.SUPPRESS)  # set on a worker child
     s.add_argument("--trials-held", type=whole_number, default=None, help=argparse.SUPPRESS)  # its command's count

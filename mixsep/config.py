@@ -328,8 +328,8 @@ class TrainConfig:
                                         span=(0.0, 3600.0), step=1.0, fmt="%g")
     keep_epochs: int = setting(1, "keep every k-th epoch checkpoint (weights only; the latest is always kept, and "
                                   "last.pt holds the optimiser state a resume needs); 0 = only the latest. k >= 2 "
-                                  "writes every k-th epoch's whatever checkpoint_seconds says; k = 1 keeps every "
-                                  "one written",
+                                  "writes the checkpoint of every k-th epoch however soon after the last one it "
+                                  "comes (checkpoint seconds); k = 1 keeps every epoch checkpoint written",
                                "Keep epoch checkpoints every", "mechanics", low=0, zero="only the latest",
                                rule="--keep-epochs must be 0 (keep only the latest epoch checkpoint) or k >= 1 "
                                     "(keep every k-th); got {value}.",

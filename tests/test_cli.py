@@ -578,6 +578,15 @@ def test_a_file_named_like_a_flag_is_named_in_the_mistake(capsys, tmp_path, monk
         "./--over" in capsys.readouterr().err
 
 
+def test_version_says_the_version(capsys):
+    """`python -m mixsep --version` answered "the following arguments are required: command"."""
+    import mixsep
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"mixsep {mixsep.__version__}\n"
+
+
 @pytest.mark.parametrize("argv, says", [
     (["train", "--epochs", "1.5"], "error: --epochs takes a whole number (got '1.5'), for example 1; "
                                    "`python -m mixsep train --help` lists the options."),
