@@ -359,15 +359,19 @@ def check_storage(url: str | None, timeout_s: int = 10, writes: bool = True,
         raise MixsepError(f"The storage '{storage_label(url, Path('.'))}' is not a database URL{why}; write it like "
                           f"postgresql://user@host/dbname, or {default} for the journal file in the runs folder.") from None
     shown = storage_label(url, Path("."))
-    missing = (f"{shown} needs a Python database driver that is not installed ('{{}}'); install it, "
-               "or use postgresql:// (psycopg2 comes with mixsep).")
+    def missing(name: str) -> str:  # PostgreSQL's driver is mixsep's own requirement (psycopg2-binary): the URL is right
+        if parsed.drivername == "postgresql":
+            return f"{shown} needs PostgreSQL's Python driver psycopg2, which is not installed; `pip install " \
+                   "psycopg2-binary` installs it (mixsep's requirements hold it)."
+        return f"{shown} needs the Python database driver '{name}', which is not installed; install it, or use " \
+               "postgresql://, whose driver mixsep installs."
     try:
         parsed.get_dialect()
     except sqlalchemy.exc.NoSuchModuleError:
         raise MixsepError(f"Unknown storage URL scheme '{parsed.drivername}' in {shown}; use postgresql://, "
                           f"mysql://, sqlite:///, or {default} for the journal file.") from None
     except ImportError as e:
-        raise MixsepError(missing.format(e.name)) from None
+        raise MixsepError(missing(e.name)) from None
     if parsed.get_backend_name() == "sqlite":  # connecting would create the file: check its folder only
         if parsed.database in (None, "", ":memory:"):
             raise MixsepError(f"{shown} is an in-memory database that other processes cannot share; name a file.")
@@ -400,7 +404,7 @@ def check_storage(url: str | None, timeout_s: int = 10, writes: bool = True,
             pass
         engine.dispose()
     except ImportError as e:
-        raise MixsepError(missing.format(e.name)) from None
+        raise MixsepError(missing(e.name)) from None
     except sqlalchemy.exc.SQLAlchemyError as e:
         raise MixsepError(f"Cannot reach the database {shown} ({_reason(e)}); start it, or check the host, port, "
                           "user, password and database name in the storage URL.") from None

@@ -1284,3 +1284,20 @@ def test_a_requeued_trial_whose_worker_never_made_its_folder_is_not_said_gone(ca
     err = capsys.readouterr().err
     assert "is gone" not in err and (runs / "s" / "trial-0001" / "metrics.csv").is_file(), err
     assert study_of(runs, "s").trials[-1].user_attrs["folder_made"] is True
+
+
+def test_a_missing_database_driver_is_named_with_the_way_to_install_it(monkeypatch):
+    """With psycopg2 missing, postgresql:// was told "install it, or use postgresql:// (psycopg2 comes with mixsep)":
+    the URL it had given, and a driver a plain pip install of mixsep did not bring."""
+    from mixsep.sweep import check_storage
+
+    with pytest.raises(MixsepError) as e:
+        check_storage("mysql://u@localhost/db")
+    assert str(e.value) == ("mysql://u@localhost/db needs the Python database driver 'MySQLdb', which is not "
+                            "installed; install it, or use postgresql://, whose driver mixsep installs.")
+    monkeypatch.setitem(sys.modules, "psycopg2", None)  # as where it is not installed
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    with pytest.raises(MixsepError) as e:
+        check_storage("postgresql://u@localhost/db")
+    assert str(e.value) == ("postgresql://u@localhost/db needs PostgreSQL's Python driver psycopg2, which is not "
+                            "installed; `pip install psycopg2-binary` installs it (mixsep's requirements hold it).")
