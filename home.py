@@ -6,7 +6,7 @@ import streamlit as st
 import torch
 
 import mixsep_ui as ui
-from mixsep.data import data_status, download, missing_message, root_is_a_file
+from mixsep.data import data_status, download, root_is_a_file
 from mixsep.errors import MixsepError
 from mixsep.run import unlisted_runs
 
@@ -35,8 +35,13 @@ table = pd.DataFrame([{"source": "MNIST" if r["source"] == "mnist" else "CIFAR-1
 st.dataframe(table, hide_index=True)
 missing = [r for r in rows if not r["found"]]
 if missing:
-    for said in dict.fromkeys(missing_message(data_root, r["source"], r["split"]) for r in missing):
-        st.warning(said)  # a data root that is a file is said once, not once per source and split
+    # one sentence for what is missing (the table says where each set goes), not one per set, each repeating it
+    names = [f"{'MNIST' if r['source'] == 'mnist' else 'CIFAR-10'} {r['split']}" for r in missing]
+    st.warning(ui.sentence(root_is_a_file(data_root) or (
+        f"{', '.join(names[:-1]) + ' and ' + names[-1] if len(names) > 1 else names[0]} "
+        f"{'are' if len(names) > 1 else 'is'} missing under {data_root} (the table says where each goes): the "
+        "button below downloads them, as does `python -m mixsep download --data-root "
+        f"{data_root}` where the internet is reachable; or copy the files there.")))
     if root_is_a_file(data_root) is None and st.button("Download MNIST and CIFAR-10 (about 180 MB)", icon=":material/download:"):
         bar = st.progress(0.0, text="Downloading…")
         try:
@@ -48,7 +53,7 @@ if missing:
             st.rerun()
         except MixsepError as e:
             bar.empty()
-            st.error(str(e))
+            st.error(ui.sentence(e))  # a URL in it is text, not a link
 else:
     st.success(f"All four source/split sets found under `{data_root.resolve()}`.")
 

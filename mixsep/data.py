@@ -587,11 +587,34 @@ def download(root: Path, splits=SPLITS) -> None:
                 why = " ".join(str(e).split())  # torchvision lists every mirror it tried on its own line
                 why = why if len(why) <= 160 else why[:157] + "..."
                 raise MixsepError(
-                    f"Could not download {source} {split} into {root} ({e.__class__.__name__}: {why}). "
-                    f"Copy the files there by hand: {expected_files(root, source, split)}."
+                    f"Could not download {source} {split} into {root}: "
+                    + ("no download server could be reached, as on a machine without internet" if _unreachable(e)
+                       else "the download failed") + f" ({e.__class__.__name__}: {why}). Run the same download where "
+                    f"the internet is reachable, or copy the files there by hand: {expected_files(root, source, split)}."
                 ) from None
             note = f" (kept the files that were there: {', '.join(p.name for p in kept)})" if kept else ""
             print(f"{source} {split}: downloaded into {root}{note}")
+
+
+_OFFLINE = ("urlopen error", "Name or service not known", "Temporary failure in name resolution",
+            "Network is unreachable", "No route to host", "Connection refused", "timed out")
+
+
+def _unreachable(e: BaseException) -> bool:
+    """Whether a download failed for want of a network (no name, no route, a refused or timed-out connection),
+    not for what a server answered (an HTTP error, a checksum). torchvision wraps the URLError of each mirror it
+    tried in a RuntimeError that quotes it, so the chain and the text are both read."""
+    import socket
+    import urllib.error
+
+    seen = e
+    while seen is not None:
+        if isinstance(seen, urllib.error.HTTPError):
+            return False
+        if isinstance(seen, (urllib.error.URLError, ConnectionError, TimeoutError, socket.gaierror)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return any(marker in str(e) for marker in _OFFLINE)
 
 
 _STAGING = ".mixsep-download-"

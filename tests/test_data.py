@@ -192,8 +192,9 @@ def test_download_offline_is_one_clear_sentence(tmp_path, monkeypatch):
         raise OSError("Name or service not known")
     for name in ("MNIST", "CIFAR10"):  # classes, as torchvision's are: download fetches with a subclass of MNIST
         monkeypatch.setattr(tvd, name, type(name, (getattr(tvd, name),), {"__init__": offline}))
-    with pytest.raises(MixsepError, match=r"Could not download mnist train .*\(OSError: Name or service not known\)"
-                                          r".*Copy the files there by hand"):
+    with pytest.raises(MixsepError, match=r"Could not download mnist train .*: no download server could be reached, "
+                                          r"as on a machine without internet \(OSError: Name or service not known\)"
+                                          r".*copy the files there by hand"):
         D.download(tmp_path / "root")
     assert not (tmp_path / "root").exists()
 

@@ -243,6 +243,7 @@ def test_a_failed_download_into_a_linked_mnist_folder_leaves_no_part_file_there(
     code, out, err = server.run(root)
     assert code == 2, err
     assert err.strip().splitlines()[-1].startswith("error: Could not download mnist train into ")
+    assert ": the download failed (" in err  # a server that answered: not called offline
     assert "Traceback" not in err
     assert not (elsewhere / "raw" / "train-labels-idx1-ubyte.gz").exists()  # the part file (it was left there)
     assert _files(elsewhere) == {"notes.txt": b"mine",  # only the whole archive; no part file, nothing unpacked
