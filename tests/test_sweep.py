@@ -1247,6 +1247,8 @@ def test_a_resumed_study_draws_new_points_and_a_new_study_draws_as_before(tmp_pa
     ("a..b", "so no '..' inside it."),
     ("x ", "so no space at its end."),
     ("a:b", "starting with a letter or digit (':' is not among them)."),
+    ("Über-数", "use ASCII letters (a-z, A-Z), digits, spaces, '.', '_' and '-', starting with a letter or digit "
+               "('Ü' '数' are not among them)."),  # they are letters, but not ASCII ones: said which letters
     ("lnk", "lnk is a link that leads out of the runs folder or to another folder in it; move it away or choose "
             "another name."),
 ])
