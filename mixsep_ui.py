@@ -287,6 +287,23 @@ def lr_column():
     return st.column_config.NumberColumn("lr", format=setting_by_name("lr").fmt)
 
 
+def setting_format(name: str) -> str | None:
+    """The printf format the Train page shows a setting's value in (lr 0.0012, beta1 0.974), or None for a name
+    that is no setting or has none: tables and sentences write a value as the slider does."""
+    try:
+        return setting_by_name(name).fmt
+    except KeyError:
+        return None
+
+
+def setting_text(name: str, value) -> str:
+    """A setting's value as the Train page shows it (``setting_format``); another float to 4 digits."""
+    if isinstance(value, float):
+        fmt = setting_format(name)
+        return fmt % value if fmt else f"{value:.4g}"
+    return str(value)
+
+
 def runs_table(runs_dir: Path) -> list[dict]:
     """list_runs with live states: a 'running' run whose process died reads 'interrupted'."""
     rows = list_runs(runs_dir)

@@ -196,8 +196,9 @@ def trials_table(frame: pd.DataFrame, key: str) -> str | None:
         for c in frame if c.endswith("PSNR")}
     fmt |= {c: st.column_config.NumberColumn(format="%.3f", help=f"Mean {c}, {how}.") for c in frame
             if c.endswith("SSIM")}
-    if "lr" in frame:
-        fmt["lr"] = st.column_config.NumberColumn(format="%.2e")
+    for c in frame:  # a searched setting as the Train page's slider shows it (lr 0.0012: it read 1.20e-3 here)
+        if ui.setting_format(c) and pd.api.types.is_numeric_dtype(frame[c]):
+            fmt[c] = st.column_config.NumberColumn(format=ui.setting_format(c))
     picked = st.dataframe(frame, hide_index=True, placeholder="", column_config=fmt, key=key, on_select="rerun",
                           selection_mode="single-row")
     rows = picked.selection.rows if picked is not None else []

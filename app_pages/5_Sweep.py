@@ -127,7 +127,7 @@ def show(study_name: str) -> None:
         st.error(ui.literal(sweeps.error()))
     best = best_trial(study)
     if best is not None:  # names and values come from the storage, which others may write: shown as text
-        values = ", ".join(f"{ui.literal(k)} = {ui.literal(f'{v:.4g}' if isinstance(v, float) else v)}"
+        values = ", ".join(f"{ui.literal(k)} = {ui.literal(ui.setting_text(k, v))}"  # as the table and the slider
                            for k, v in best.params.items())
         st.success(f"Best so far: trial {best.number}, validation PSNR {best.value:.2f} dB, {values}")
         run = best.user_attrs.get("run")

@@ -68,6 +68,8 @@ def test_studies_others_made_are_not_listed_and_a_studys_values_show_as_text(pag
     assert "1 of 20 trials done" in at.get("progress")[0].proto.text and not at.code
     assert at.dataframe[0].proto.placeholder == ""  # its missing figures are blank cells, not a grey "None"
     columns = json.loads(at.dataframe[0].proto.columns)  # not the test pairs' best mode of Compare and Metrics
+    # lr as the Train page's slider shows it, beside the best trial's line (the table read 2.00e-3)
+    assert columns["lr"]["type_config"]["format"] == "%.2g"
     assert "on the validation pairs (held out of the trial's training data, never test pairs), each head's direct " \
         "output" in columns["MNIST SSIM"]["help"] and columns["val PSNR"]["help"].startswith("The mean of the MNIST")
 
