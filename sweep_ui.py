@@ -223,9 +223,20 @@ def figures(study, space: list[str]) -> None:
         # a study another tool wrote to (a value of 1e308, a learning rate of 1e-300) can break a view:
         # that view says so, the others and the page stay
         try:
-            tab.plotly_chart(plot(study, target_name=target, **kw), key=key)
+            fig = plot(study, target_name=target, **kw)
         except (ArithmeticError, RuntimeError, TypeError, ValueError) as e:
             tab.info(f"This view cannot be drawn for this study's values ({e.__class__.__name__}: {e}).")
+            return
+        # in the page's words: the tab names the view (Optuna's title said it again, in other words), trials are
+        # whole numbers (two trials had ticks at 0.2, 0.4...), and the best line is "Best so far", as above it
+        fig.update_layout(title=None, margin={"t": 30})
+        for trace in fig.data:
+            trace.name = {"Best Value": "Best so far"}.get(trace.name, trace.name)
+            if trace.name == "Infeasible Trial" and not len(getattr(trace, "x", None) or ()):
+                trace.showlegend = False  # no constraints here: always empty
+        if key == "sweep_hist":
+            fig.update_xaxes(tickformat="d", dtick=1 if len(done) <= 20 else None, title="trial")
+        tab.plotly_chart(fig, key=key)
 
     draw(tabs[0], "sweep_hist", vis.plot_optimization_history)
     draw(tabs[1], "sweep_par", vis.plot_parallel_coordinate)

@@ -60,6 +60,10 @@ def test_studies_others_made_are_not_listed_and_a_studys_values_show_as_text(pag
     assert any(i.value.startswith("This view cannot be drawn for this study's values (ValueError") for i in at.info)
     infos = [i.value for i in at.info]
     assert len(at.get("plotly_chart")) + sum(v.startswith("This view cannot") for v in infos) == 4, infos  # the rest stand
+    history = json.loads(at.get("plotly_chart")[0].proto.spec)  # in the page's words, whole trials on its x axis
+    assert not history["layout"].get("title", {}).get("text") and history["layout"]["xaxis"]["dtick"] == 1
+    shown = [t["name"] for t in history["data"] if t.get("showlegend", True)]
+    assert shown == ["validation PSNR (dB)", "Best so far"], shown
     note = "1 study of this storage not made by `python -m mixsep sweep` is not listed."
     assert note in [c.value for c in at.caption]
 
