@@ -528,7 +528,8 @@ def style(fig: go.Figure, title: str, x: str, y: str, height: int = 380) -> go.F
     # a few short entries sit in a row beside the title; more, or long ones (Compare's sweep trials, three
     # "sweep-20261130/trial-0002" covered the title at a laptop's width), wrap onto it, so they go under the plot
     names = [t.name or "" for t in fig.data if t.showlegend is not False]
-    beside = len(names) <= 4 and sum(map(len, names)) <= 40
+    # the title counts too: a 115-character run name in it ran under the legend
+    beside = len(names) <= 4 and sum(map(len, names)) <= 40 and sum(map(len, names)) + len(title) <= 70
     legend = dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1) if beside else \
         dict(orientation="h", yanchor="top", y=-0.3, xanchor="left", x=0)
     fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=height, margin=dict(l=10, r=10, t=50, b=10),

@@ -122,7 +122,7 @@ def current_job():
         return live or jobs.poll()
     name = st.session_state.get("train_run")
     if name is None:
-        st.info("No run yet: choose the settings on the left and press Start.")
+        st.info("No run yet: choose the settings in the sidebar and press Start.")
         return None
     return jobs.view(runs_dir / name)
 
@@ -210,7 +210,7 @@ def chart():
         st.rerun()
     smoothing = st.slider("EMA smoothing", 0.0, 0.99, 0.9, 0.01, key="ema",
                           help="Weight of the past in the exponential moving average; 0 shows the raw losses.")
-    st.plotly_chart(ui.live_loss_figure(metrics, smoothing, f"Training loss · {job.name}"), key="live_curves")
+    st.plotly_chart(ui.live_loss_figure(metrics, smoothing, "Training loss"), key="live_curves")
 
 
 status()

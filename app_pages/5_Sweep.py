@@ -57,7 +57,7 @@ if top[2].button("Start", type="primary", icon=":material/play_arrow:", disabled
     try:
         for label, v in (("Trials", trials), ("Validation pairs", val_size), ("Report every (steps)", every)):
             if not isinstance(v, int):  # said under its box too
-                raise MixsepError(f"{label} must be a whole number (got {v}); correct it on the left.")
+                raise MixsepError(f"{label} must be a whole number (got {v}); correct it in the sidebar.")
         if name in studies:
             raise MixsepError(f"Study '{name}' exists already; pick it below and press Resume, or choose a new name.")
         sw.check_writes_here(url, runs_dir)
@@ -80,7 +80,7 @@ if others:  # a shared storage: say why its other studies are not in the picker
                f"`python -m mixsep sweep` {'is' if others == 1 else 'are'} not listed.")
 if not studies and (live is None or away):
     if not away and not unreadable:
-        st.info("No study yet: set the ranges on the left, name the study and press Start.")
+        st.info("No study yet: set the ranges in the sidebar, name the study and press Start.")
     st.stop()
 shown = live["study"] if live and not away else st.session_state.get("sweep_show")
 if shown in studies and st.session_state.get("sweep_followed") != shown:  # a study just started (here or

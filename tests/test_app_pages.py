@@ -1407,11 +1407,12 @@ def test_a_legend_of_many_runs_goes_under_the_plot_not_over_its_title(app_env):
 
     import mixsep_ui
 
-    def legend_y(entries: int, name: str = "run-{}") -> float:
+    def legend_y(entries: int, name: str = "run-{}", title: str = "Training loss") -> float:
         fig = go.Figure([go.Scatter(x=[1, 2], y=[1, 2], name=name.format(i)) for i in range(entries)])
-        return mixsep_ui.style(fig, "Training loss", "step", "loss").layout.legend.y
+        return mixsep_ui.style(fig, title, "step", "loss").layout.legend.y
 
     assert legend_y(3) == 1.0 and legend_y(4) == 1.0  # the training chart's three heads: beside the title
+    assert legend_y(3, title="Training loss · " + "r" * 60) < 0  # a long title ran under the legend
     assert legend_y(9) < 0
     assert legend_y(3, "sweep-20261130/trial-000{}") < 0  # three long names covered the title at narrow widths
 

@@ -158,7 +158,7 @@ def test_the_sweeps_whole_number_boxes_read_what_is_typed_and_start_refuses_a_fr
     at.number_input(key="sweep_trials").set_value(2.5).run()
     assert "Trials must be a whole number (got 2.5)." in " ".join(e.value for e in at.error)
     at.button[0].click().run()  # Start
-    assert any("correct it on the left" in e.value for e in at.error)
+    assert any("correct it in the sidebar" in e.value for e in at.error)
     assert not runs.exists() or not any(runs.iterdir())  # no study was started
 
 
