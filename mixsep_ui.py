@@ -60,6 +60,7 @@ def page_link(title: str, label: str, where=st, **kwargs) -> None:
 
 
 LOSSES = {"loss_cifar": "CIFAR head", "loss_mnist": "MNIST head", "loss": "total"}
+SOURCE = {"mnist": "MNIST", "cifar": "CIFAR"}  # a source as every page names it (the data keep mnist, cifar)
 COLORS = {"loss_cifar": "#1f77b4", "loss_mnist": "#d62728", "loss": "#2ca02c"}
 RUN_DASHES = ("solid", "dash", "dot", "dashdot")
 
@@ -569,10 +570,11 @@ def metric_figures(ev, metric: str) -> tuple[go.Figure, go.Figure]:
     table, per_image = ev.table(), ev.per_image.copy()
     for df in (table, per_image):  # "projection_optimal" -> "projection<br>optimal": no rotated tick labels
         df["mode"] = df["mode"].str.replace("_", "<br>")
+        df["source"] = df["source"].map(SOURCE)
+    colours = {SOURCE["mnist"]: COLORS["loss_mnist"], SOURCE["cifar"]: COLORS["loss_cifar"]}
     bars = px.bar(table, x="mode", y=f"{metric}_mean", color="source", barmode="group", error_y=f"{metric}_ci95",
-                  color_discrete_map={"mnist": COLORS["loss_mnist"], "cifar": COLORS["loss_cifar"]})
-    boxes = px.box(per_image, x="mode", y=metric, color="source", points=False,
-                   color_discrete_map={"mnist": COLORS["loss_mnist"], "cifar": COLORS["loss_cifar"]})
+                  color_discrete_map=colours)
+    boxes = px.box(per_image, x="mode", y=metric, color="source", points=False, color_discrete_map=colours)
     name = unit.split(" ")[0]
     return (style(bars, f"Mean {name} ± 95% CI (n={ev.n})", "recovery mode", unit),
             style(boxes, f"Per-image {name}", "recovery mode", unit))

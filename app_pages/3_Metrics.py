@@ -28,7 +28,8 @@ st.progress(1.0, text=f"Scored {ev.n} test pairs with {ui.literal(run_shown)} ·
                       f"step {info['step']} · {config.model} (data_range = 1).")
 
 st.subheader("Every recovery mode, both sources")
-st.dataframe(ev.table(), hide_index=True, placeholder="", column_config={  # no CI of 1 pair: blank, not "None"
+st.dataframe(ev.table().assign(source=lambda t: t["source"].map(ui.SOURCE)), hide_index=True, placeholder="",
+             column_config={  # no CI of 1 pair: blank, not "None"
     "psnr_mean": st.column_config.NumberColumn("PSNR (dB)", format="%.2f"),
     "psnr_ci95": st.column_config.NumberColumn("± 95% CI", format="%.2f"),
     "ssim_mean": st.column_config.NumberColumn("SSIM", format="%.4f"),
@@ -48,7 +49,7 @@ for tab, metric in zip(st.tabs(["PSNR", "SSIM"]), ["psnr", "ssim"]):
 
 st.subheader("Audit: the report's figures")
 direct = {r["source"]: r for r in ev.rows if r["mode"] == "direct"}
-st.dataframe(pd.DataFrame([{"source": a["source"], "honest PSNR (dB)": direct[a["source"]]["psnr_mean"],
+st.dataframe(pd.DataFrame([{"source": ui.SOURCE[a["source"]], "honest PSNR (dB)": direct[a["source"]]["psnr_mean"],
                             "report-style PSNR (dB)": a["psnr_data_range_255"],
                             "honest SSIM": direct[a["source"]]["ssim_mean"],
                             "report-style SSIM": a["ssim_data_range_255"]} for a in ev.audit]),

@@ -122,9 +122,10 @@ st.dataframe(table, hide_index=True, placeholder="", column_config={
         "happened to be easy.")),
     "val_psnr": st.column_config.NumberColumn("val PSNR", format="%.2f dB",
                                               help="A sweep trial's best validation PSNR (training data held out)."),
+    **{f"{source} best mode": f"{ui.SOURCE[source]} best mode" for source in ("mnist", "cifar") if score},
     **{f"{source} PSNR": st.column_config.NumberColumn(  # the Metrics page's default scores every test pair
-        f"{source} PSNR ({count} pairs)", format="%.2f dB",
-        help=f"Mean PSNR of the {source.upper()} estimates over the first {count} test pairs, in the best recovery "
+        f"{ui.SOURCE[source]} PSNR ({count} pairs)", format="%.2f dB",
+        help=f"Mean PSNR of the {ui.SOURCE[source]} estimates over the first {count} test pairs, in the best recovery "
              "mode (next columns); the Metrics page shows every mode.") for source in ("mnist", "cifar") if score}})
 
 with st.expander("Delete runs", icon=":material/delete:"):

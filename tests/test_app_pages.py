@@ -327,6 +327,9 @@ def test_metrics_page_table_charts_audit(app_env):
     assert len(table) == 10 and set(table["mode"]) >= {"direct", "subtraction", "mixture"}
     assert (table["n"] == 48).all()  # default: the whole test split
     assert len(at.get("plotly_chart")) == 4
+    # the sources as the other pages name them (it read mnist, cifar here); the charts' legends too
+    assert set(table["source"]) == set(at.dataframe[1].value["source"]) == {"MNIST", "CIFAR"}
+    assert {t["name"] for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]} == {"MNIST", "CIFAR"}
     assert "48.13 dB" in texts(at.info)
     audit = at.dataframe[1].value
     assert (audit["report-style PSNR (dB)"] - audit["honest PSNR (dB)"] > 40).all()
@@ -358,10 +361,10 @@ def test_compare_page_curves_and_table(app_env):
     columns = json.loads(at.dataframe[0].proto.columns)  # how many pairs, where Metrics scores every one by default
     # the box goes up to the split's 48 pairs: it went up to 100,000, and 2,000 typed read "(2000 pairs)" over 48
     assert widget(at.number_input, "Test pairs to score").max == 48
-    assert columns["cifar PSNR"]["label"] == "cifar PSNR (48 pairs)" and "first 48 test pairs" in \
+    assert columns["cifar PSNR"]["label"] == "CIFAR PSNR (48 pairs)" and "first 48 test pairs" in \
         columns["cifar PSNR"]["help"]
     widget(at.number_input, "Test pairs to score").set_value(20).run()
-    assert json.loads(at.dataframe[0].proto.columns)["cifar PSNR"]["label"] == "cifar PSNR (20 pairs)"
+    assert json.loads(at.dataframe[0].proto.columns)["cifar PSNR"]["label"] == "CIFAR PSNR (20 pairs)"
     assert (columns["last_loss"]["label"], columns["best_loss"]["label"]) == ("last loss (raw)", "best loss (EMA 0.90)")
     long = runs / "tiny-run-2" / "metrics.csv"  # a 20-epoch run's 15,000 rows: at most 1,500 points are sent
     long.write_text(",".join(METRIC_FIELDS) + "\n" + "".join(f"{i},0,0.1,0.2,{1 / i},0.001,100,{i}\n"
