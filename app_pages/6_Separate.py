@@ -60,7 +60,7 @@ def shown(pixels: np.ndarray) -> Image.Image:
 
 for i, ((name, px), digit, image) in enumerate(zip(good, digits, images)):
     stem = Path(name).stem
-    row = st.columns([1, 1, 1, 2], vertical_alignment="center")
+    row = st.columns([1, 1, 1, 2], vertical_alignment="top")  # the images in line, whatever their captions' lengths
     # PNG: Streamlit sends an RGB image as JPEG by default, which would blur the enlarged pixels
     row[0].image(shown(px), caption=ui.literal(name), width=SHOWN, output_format="PNG")
     row[1].image(shown(digit), caption="digit", width=SHOWN, output_format="PNG")
