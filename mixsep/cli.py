@@ -989,7 +989,8 @@ def main(argv=None, restore_signals: bool = True) -> int:
                 raise MixsepError("RUN_DIR is empty; name a run folder (or a checkpoint file inside one).")
             not_empty(getattr(args, name, None), f"--{name.replace('_', '-')}", what)
         # ~ is the home folder here as on the dashboard and in a sweep's storage, also where no shell expanded it
-        # (quoted, or MIXSEP_RUNS_DIR='~/runs'): it made a folder named ~ in the current one, which `rm -r ~` ...
+        # (quoted, or MIXSEP_RUNS_DIR='~/runs'): it made a folder named ~ in the current one, whose removal by
+        # `rm -r ~` would take the home folder
         for name in ("runs_dir", "data_root", "run_dir", "checkpoint", "mnist_test", "cifar_test", "json", "markdown",
                      "config", "out"):
             if isinstance(getattr(args, name, None), str):
