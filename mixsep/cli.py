@@ -547,6 +547,7 @@ def _terminated(signum, frame):
 def _train(args, cfg: TrainConfig, run) -> int:
     from tqdm import tqdm
 
+    from .run import read_status
     from .train import Training
 
     stop = {"flag": False, "training": False, "done": False}
@@ -605,6 +606,8 @@ def _train(args, cfg: TrainConfig, run) -> int:
     if r is not None:
         print(f"final step {r.step}/{r.total_steps}: loss {r.loss:.4f} (mnist {r.loss_mnist:.4f}, cifar {r.loss_cifar:.4f})",
               file=sys.stderr)
+    elif training.step < training.total_steps:  # a resume that trained nothing (its time budget spent): why
+        print(f"note: {run_dir}: {read_status(run_dir).get('message', '')}.", file=sys.stderr)
     print(run_dir)
     return 0
 

@@ -249,6 +249,16 @@ def load_run_model(run_dir: Path, checkpoint: Path | None = None, device="cpu",
 # --------------------------------------------------------------------------- training
 
 
+def _seconds(value) -> float:
+    """A checkpoint's ``trained_s`` as seconds, 0 for one that is missing or not a finite, positive number (a
+    checkpoint from before mixsep kept it, or edited by hand: 10**400 overflowed a float)."""
+    try:
+        seconds = float(value) if type(value) in (int, float) else 0.0
+    except OverflowError:
+        return 0.0
+    return seconds if math.isfinite(seconds) and seconds > 0 else 0.0
+
+
 def lr_at(config: TrainConfig, step: int, total: int) -> float:
     """Learning rate for a 0-based step: constant, or one-cycle (5% linear warm-up, cosine to 0)."""
     if config.schedule == "constant":
@@ -375,9 +385,7 @@ class Training:
                     f"{self.last_path}'s optimizer state does not fit the '{old.model}' model ({e.__class__.__name__})"
                 raise _cannot_resume(self.run_dir, why.split("; it was saved by")[0]) from None
             self.step = int(state["step"])
-            trained = state.get("trained_s", 0.0)
-            self.trained_before = float(trained) if type(trained) in (int, float) and math.isfinite(trained) \
-                and trained > 0 else 0.0
+            self.trained_before = _seconds(state.get("trained_s"))
         if not (self.run_dir / CONFIG).exists():
             write_json(self.run_dir / CONFIG, self.config.to_dict())
 
@@ -513,6 +521,9 @@ class Training:
             self._pending: list[_Pending] = []
             spent = self.config.max_minutes > 0 and self.trained_before > self.config.max_minutes * 60
             self._stop_reason: str | None = "time" if spent else None  # the budget was spent before this resume
+            self._spent_note = (f"time budget reached before this resume: it trained {self.trained_before / 60:.2f} of "
+                                f"its {self.config.max_minutes:g} minutes; resume it with a larger time limit "
+                                "(--max-minutes) to train on") if spent else ""
             epoch = self.step // self.steps_per_epoch
             while self.step < self.total_steps and self._stop_reason is None:
                 yield from self._epoch(epoch)
@@ -520,7 +531,8 @@ class Training:
             if self._stop_reason == "request":
                 self.run.status(State.STOPPED, "stopped by request", step=self.step, total_steps=self.total_steps)
             elif self._stop_reason == "time":
-                self.run.status(State.FINISHED, "time budget reached", step=self.step, total_steps=self.total_steps)
+                self.run.status(State.FINISHED, self._spent_note or "time budget reached", step=self.step,
+                                total_steps=self.total_steps)
             else:
                 self.run.status(State.FINISHED, step=self.step, total_steps=self.total_steps)
             clear_stop(self.run_dir)

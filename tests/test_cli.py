@@ -12,6 +12,7 @@ from pathlib import Path
 import conftest
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from mixsep import MixsepError, TrainConfig
@@ -143,6 +144,20 @@ def test_a_tilde_is_the_home_folder_also_where_no_shell_expanded_it(capsys, data
     assert main(["info", "--check"]) == 0 and f"data root {home / 'data'}" in capsys.readouterr().out
     assert (home / "cache").is_dir()
     assert list(here.iterdir()) == []  # no folder named ~ here
+
+
+def test_a_resume_whose_time_budget_is_spent_says_so(capsys, data_root, tmp_path):
+    """It trained nothing, printed only the run folder and exited 0: nothing said why, nor how to go on."""
+    run = _train(capsys, data_root, tmp_path / "runs", "--epochs", "3")
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    state["step"], state["trained_s"] = 2, 120.0  # two minutes trained, of a run of 9 steps
+    torch.save(state, run / "checkpoints" / "last.pt")
+    status = json.loads((run / "status.json").read_text()) | {"state": "stopped"}
+    (run / "status.json").write_text(json.dumps(status))
+    assert main(["train", "--run-dir", str(run), "--max-minutes", "1", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {run}: time budget reached before this resume: it trained 2.00 of its 1 minutes; resume it with " \
+           "a larger time limit (--max-minutes) to train on." in err, err
 
 
 def test_info_lists_models_and_data(capsys, data_root):

@@ -286,7 +286,15 @@ def test_the_time_budget_counts_the_training_before_a_resume(tiny_config, tmp_pa
     budget = dataclasses.replace(cfg, max_minutes=1.0)
     assert [r.step for r in T.train_steps(budget, run)] == []
     status = R.read_status(run)
-    assert (status["state"], status["message"], status["step"]) == ("finished", "time budget reached", 4)
+    assert (status["state"], status["step"]) == ("finished", 4)  # and why nothing trained, with the way on
+    assert status["message"] == ("time budget reached before this resume: it trained 1.02 of its 1 minutes; resume "
+                                 "it with a larger time limit (--max-minutes) to train on")
+    for odd in (10 ** 400, float("inf"), float("nan"), -5.0, "61", True, None):  # edited by hand: not counted
+        state["trained_s"] = odd
+        torch.save(state, last)
+        training = T.Training(budget, run)
+        training.run.close()
+        assert training.trained_before == 0.0, odd
     state["trained_s"] = 30.0  # half of it left: it trains, and the checkpoint counts on from 30 s
     torch.save(state, last)
     status["state"] = "stopped"
