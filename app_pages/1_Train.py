@@ -91,9 +91,13 @@ if wanted and wanted != st.session_state.get("_train_run_in_url"):
                            "once it ends."))
     elif wanted in runs:
         st.session_state["train_run"] = wanted
-    elif any(r["run"] == wanted for r in listed):  # a sweep's trial
-        st.warning(ui.literal(f"'{wanted}' is a trial of the sweep '{ui.study_of(wanted)}', which resumes it (the "
-                              "Sweep page); its curves are on Metrics and Compare."))
+    elif any(r["run"] == wanted for r in listed):  # a run in a group folder: a sweep's trial, or one put there
+        group = ui.study_of(wanted)
+        st.warning(ui.sentence(f"'{wanted}' is a trial of the sweep '{group}', which resumes it (the Sweep page); its "
+                              "curves are on Metrics and Compare." if (runs_dir / group / "sweep.json").is_file() else
+                              f"'{wanted}' is a run inside the folder '{group}', which this page does not train; its "
+                              f"curves are on Metrics and Compare, and `python -m mixsep train --run-dir "
+                              f"{runs_dir / wanted}` resumes it.", wanted))
     else:
         st.error(ui.literal(f"There is no run named '{wanted}' in {runs_dir.resolve()}; pick one below."))
 if live_job is not None and live_job.name in runs:

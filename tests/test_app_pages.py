@@ -989,6 +989,12 @@ def test_the_train_page_takes_a_link_to_a_run_as_the_other_pages_do(app_env, tra
     assert not at.exception and widget(at.selectbox, "Run").value == "tiny-run"
     at.query_params["run"] = "demo/trial-0001"
     at.run()
+    assert "is a run inside the folder 'demo', which this page does not train" in texts(at.warning)
+    (runs / "demo" / "sweep.json").write_text("{}")  # a sweep's study folder: its trial
+    at.query_params["run"] = "tiny-run"
+    at.run()
+    at.query_params["run"] = "demo/trial-0001"
+    at.run()
     assert "is a trial of the sweep 'demo', which resumes it" in texts(at.warning)
     assert widget(at.selectbox, "Run").value == "tiny-run" and at.query_params["run"] == "tiny-run"
     at.query_params["run"] = "no-such-run"
