@@ -434,8 +434,10 @@ def _check_sqlite_query(query, shown: str, writes: bool) -> None:
 def _connect_url(parsed):
     """The URL SQLAlchemy connects to: a sqlite:/// storage's mode (mode=ro: read-only) is an option of SQLite's
     own URI filenames, which its driver passes on only with uri=true; from a plain path it drops it silently."""
-    if parsed.get_backend_name() != "sqlite" or "mode" not in parsed.query:
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
         return parsed
+    if "mode" not in parsed.query:  # ~ is the home folder, as the checks before took it (SQLite took a folder ~)
+        return parsed.set(database=str(Path(parsed.database).expanduser()))
     from urllib.parse import quote
 
     file = Path(parsed.database).expanduser().resolve()

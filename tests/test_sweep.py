@@ -1303,3 +1303,15 @@ def test_a_missing_database_driver_is_named_with_the_way_to_install_it(monkeypat
         check_storage("postgresql://u@localhost/db")
     assert str(e.value) == ("postgresql://u@localhost/db needs PostgreSQL's Python driver psycopg2, which is not "
                             "installed; `pip install psycopg2-binary` installs it (mixsep's requirements hold it).")
+
+
+def test_a_tilde_in_a_sqlite_storage_is_the_home_folder(tmp_path, capsys, monkeypatch):
+    """'sqlite:///~/s.db' was checked as the home folder's file and then opened as a folder named ~ (SQLite
+    could not open it), as was MIXSEP_SWEEP_STORAGE with it."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    assert main(sweep_args(make_data_root(tmp_path / "data"), tmp_path / "runs", "--study", "s", "--trials", "1",
+                           "--storage", "sqlite:///~/s.db", *TINY)) == 0, capsys.readouterr().err
+    assert (home / "s.db").is_file() and not (tmp_path / "~").exists()
