@@ -998,6 +998,8 @@ def main(argv=None, restore_signals: bool = True) -> int:
                      "config", "out"):
             if isinstance(getattr(args, name, None), str):
                 setattr(args, name, os.path.expanduser(getattr(args, name)))
+        if isinstance(getattr(args, "images", None), list):  # separate's mixtures
+            args.images = [os.path.expanduser(i) for i in args.images]
         code = COMMANDS[args.command](args)
         sys.stdout.flush()  # a stdout that cannot be written fails here, not in the interpreter's exit
         return code

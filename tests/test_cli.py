@@ -138,6 +138,9 @@ def test_a_tilde_is_the_home_folder_also_where_no_shell_expanded_it(capsys, data
     assert run.parent == home / "runs" and (run / "checkpoints" / "last.pt").is_file()
     assert main(["evaluate", f"~/runs/{run.name}", "--samples", "8", "--json", "~/scores.json"]) == 0
     assert json.loads((home / "scores.json").read_text())["n"] == 8
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(home / "mix.png")
+    assert main(["separate", f"~/runs/{run.name}", "~/mix.png", "--out", "~/out"]) == 0  # the images too
+    assert (home / "out" / "mix.mnist.png").is_file()
     capsys.readouterr()
     monkeypatch.setenv("MIXSEP_CACHE_DIR", "~/cache")
     monkeypatch.setenv("MIXSEP_DATA_ROOT", "~/data")
