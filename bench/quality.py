@@ -216,7 +216,9 @@ def main(argv=None) -> int:
             model, _, info = scored
             run_dir = Path(args.score)
             metrics = read_metrics(run_dir)
-            steps, minutes = info["step"], (float(metrics["elapsed_s"].iloc[-1]) / 60 if len(metrics) else float("nan"))
+            # the checkpoint's training time counts every resume; metrics.csv's elapsed_s restarts with each one
+            steps, minutes = info["step"], (info["trained_s"] / 60 if info.get("trained_s") else
+                                            float(metrics["elapsed_s"].iloc[-1]) / 60 if len(metrics) else float("nan"))
             ended = f"scored {info['path']} (step {steps})" + (f" as {args.as_model}" if args.as_model else "")
             calib = data_calibration_pairs(Path(args.data_root), end=held_from)  # none of the held-out images
         else:

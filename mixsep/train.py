@@ -243,7 +243,8 @@ def load_run_model(run_dir: Path, checkpoint: Path | None = None, device="cpu",
     model = build_model(name, pretrained=False)  # the checkpoint holds all the weights
     load_model_state(model, state["model"], checkpoint, name)
     model.to(device).eval()
-    return model, config, {"path": str(checkpoint), "step": state.get("step", 0), "epoch": state.get("epoch", 0)}
+    return model, config, {"path": str(checkpoint), "step": state.get("step", 0), "epoch": state.get("epoch", 0),
+                           "trained_s": _seconds(state.get("trained_s")) or None}  # None: not kept (older mixsep)
 
 
 # --------------------------------------------------------------------------- training

@@ -284,7 +284,10 @@ def test_quality_fits_the_projection_weight_on_none_of_the_held_out_images(bench
     assert quality.main(["--data-root", str(data_root), "--dry-run", "--score", str(run), "--holdout", "16",
                          "--json", str(tmp_path / "q.json")]) == 0
     capsys.readouterr()
-    weights = json.loads((tmp_path / "q.json").read_text())["holdout"]["weights"]
+    scored = json.loads((tmp_path / "q.json").read_text())
+    # its training time is the checkpoint's, which counts every resume (metrics.csv's clock restarts with each)
+    assert scored["train_minutes"] == torch.load(run / "checkpoints" / "last.pt", weights_only=True)["trained_s"] / 60
+    weights = scored["holdout"]["weights"]
     model = load_run_model(run)[0]
     before = load_pairs(data_root, "train", size=80)  # the 96 training images less the 16 held out
     assert weights["mnist"] == pytest.approx(fit_projection_weight(model, before), abs=1e-6)
