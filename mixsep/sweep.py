@@ -1841,8 +1841,10 @@ def trials_frame(study):
             then = f"{'stopped' if stopped else 'its worker died'}; continues as trial {copy.number}"
             state = "stopped" if stopped else "interrupted"  # as its run reads on Compare (Optuna's state: "fail")
         dur = a.get("duration_s")  # a resumed trial's training before the resume too
-        if dur is None and t.datetime_complete and t.datetime_start:
+        if dur is None and t.datetime_complete and t.datetime_start and then is None:
             dur = (t.datetime_complete - t.datetime_start).total_seconds()
+        # a trial continued as another: blank, its training counts in the other's (its end was when the sweep
+        # came back, a day later perhaps)
         rows.append({"trial": t.number, "state": state, **t.params,
                      "val PSNR": a.get("val_psnr"), "MNIST PSNR": a.get("val_psnr_mnist"),
                      "CIFAR PSNR": a.get("val_psnr_cifar"), "MNIST SSIM": a.get("val_ssim_mnist"),

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import conftest
 from conftest import make_data_root, tree, write_cifar_batch, write_idx
@@ -934,6 +935,7 @@ def test_stop_requeues_the_running_trial(tmp_path):
     frame = trials_frame(study_of(runs, "s")).set_index("trial")  # "fail" beside a blank note read as a crash
     assert frame.loc[0, "note"] == f"stopped; continues as trial {trials[-1].number}; the report's defaults"
     assert frame.loc[0, "state"] == "stopped"  # as its run reads on Compare: the table said Optuna's "fail"
+    assert pd.isna(frame.loc[0, "duration_s"])  # counted in the trial that continues it
     assert json.loads((first / "status.json").read_text())["state"] == "stopped"
     assert json.loads((runs / "s" / "sweep.json").read_text())["state"] == "stopped"
     assert sweeps.error() is None
