@@ -181,18 +181,18 @@ def folders() -> tuple[Path, Path]:
     p.add_argument("--data-root", default=default_data_root())
     p.add_argument("--runs-dir", default=default_runs_dir())
     ours = Path(sys.argv[0]).name == "dashboard.py" and Path(sys.argv[0]).resolve().parent == ROOT
-    takes = "the dashboard takes --data-root DIR and --runs-dir DIR after `--`"
+    takes = "the dashboard takes `--data-root DIR` and `--runs-dir DIR` after `--`"  # as code: copied as typed
     try:
         args, extras = p.parse_known_args(sys.argv[1:])
     except argparse.ArgumentError as e:  # a flag without its folder
-        raise MixsepError(f"The server was started with {e.argument_name} and no folder after it; {takes}. "
+        raise MixsepError(f"The server was started with `{e.argument_name}` and no folder after it; {takes}. "
                           "Start it again with the folder.") from None
     if ours and extras:
-        raise MixsepError(f"The server was started with {' '.join(extras)}, which the dashboard does not know; "
+        raise MixsepError(f"The server was started with `{' '.join(extras)}`, which the dashboard does not know; "
                           f"{takes}. Start it again without them.")
     for flag, value in (("--data-root", args.data_root), ("--runs-dir", args.runs_dir)):
         if ours and value == "":
-            raise MixsepError(f"The server was started with an empty {flag} (it would be the server's own folder); "
+            raise MixsepError(f"The server was started with an empty `{flag}` (it would be the server's own folder); "
                               "start it again with a folder there, or without the flag for the default.")
     return Path(args.data_root or default_data_root()).expanduser(), Path(args.runs_dir or default_runs_dir()).expanduser()
 

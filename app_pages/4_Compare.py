@@ -18,7 +18,7 @@ if not rows:
 studies = sorted({ui.study_of(n) for n in rows} - {""})
 # a link (?run=A&run=B, which this page writes as runs are picked, so a comparison can be shared), a typed URL or
 # Back and Forward pick those runs among all runs, unless the URL holds what this page wrote there itself
-wanted = st.query_params.get_all("run")
+wanted = [n for n in st.query_params.get_all("run") if n]  # ?run= with nothing: no link
 if wanted and wanted != st.session_state.get("_compare_in_url"):
     missing = [n for n in wanted if n not in rows]
     if missing:
