@@ -492,18 +492,45 @@ def load_files(files: list[Path], source: str, use_cache: bool = True) -> tuple[
     images, labels = decode_files(files, source, raws)
     del raws
     if use_cache:
-        tmp = None
-        try:  # write atomically; an unwritable cache only costs speed
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
-                tmp = f.name
-                np.savez(f, images=images.numpy(), labels=labels.numpy())
-            os.replace(tmp, path)
-        except OSError:
-            if tmp is not None:  # a full disk left a part-written temp file
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+        _write_cache(path, images, labels)
     return images, labels
+
+
+CACHE_ROOM = 100 * 2**20  # free space a cache entry leaves on its disk at least (and 5% of the disk)
+_STALE_TMP_S = 3600  # a cache temp file this old belongs to a write that was killed (SIGKILL, a power cut)
+
+
+def _write_cache(path: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """Write a cache entry atomically, where it leaves room on its disk; an unwritable cache only costs speed.
+
+    The cache shares its disk with the runs folder (~/.cache and ./runs, say): an entry written to the disk's last
+    bytes made a training there stop with "disk is full" (the full CIFAR-10 entry is 154 MB), so an entry that
+    would leave less than CACHE_ROOM (or 5% of the disk) free is not written. The temp file goes however the
+    write ends, a Ctrl-C or SIGTERM included (one interrupted write left 33 MB behind, for good), and the temp
+    files of writes killed outright go once they are an hour old.
+    """
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        usage = shutil.disk_usage(path.parent)
+        if usage.free - (images.numel() * images.element_size() + labels.numel() * labels.element_size()) < \
+                max(CACHE_ROOM, usage.total // 20):
+            return
+        for old in path.parent.glob("tmp*.tmp"):
+            with contextlib.suppress(OSError):
+                if time.time() - old.stat().st_mtime > _STALE_TMP_S:
+                    old.unlink()
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
+            tmp = f.name
+            np.savez(f, images=images.numpy(), labels=labels.numpy())
+        os.replace(tmp, path)
+        tmp = None
+    except OSError:
+        pass  # a full disk, a read-only folder: no cache this time
+    finally:
+        if tmp is not None:  # cut off (a full disk, a Ctrl-C): the part-written temp file goes
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def require_split(root: Path, split: str) -> None:
@@ -874,5 +901,5 @@ def calibration_pairs(root: Path, count: int = CALIBRATION_PAIRS, end: int | Non
     m, ml = load_split(root, "mnist", "train")
     c, cl = load_split(root, "cifar", "train")
     end = min(len(m), len(c), len(c) if end is None else end)
-    n = min(end, count)
-    return PairData(m[end - n:end], ml[end - n:end], c[end - n:end], cl[end - n:end])
+    n = min(end, count)  # copies: slices would keep the whole training split in memory (215 MB of CIFAR-10's)
+    return PairData(m[end - n:end].clone(), ml[end - n:end].clone(), c[end - n:end].clone(), cl[end - n:end].clone())

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -113,6 +115,49 @@ def test_mnist_resize_matches_pil_bilinear(tmp_path):
     pil = np.stack([np.asarray(Image.fromarray(im).resize((32, 32), Image.BILINEAR)) for im in imgs]).astype(int)
     assert ours.shape == (6, 32, 32)
     assert np.abs(ours - pil).max() <= 1
+
+
+def test_a_cache_entry_leaves_room_on_its_disk_and_no_temp_file_behind(tmp_path, monkeypatch):
+    """The cache shares its disk with the runs (~/.cache, ./runs): an entry written to the disk's last bytes made a
+    training there stop with "disk is full". A Ctrl-C mid-write left the temp file for good (33 MB of CIFAR-10's
+    entry), and nothing removed those of writes killed outright."""
+    from conftest import tmpfs
+
+    root = make_data_root(tmp_path / "d", n_train=12, n_test=6)
+    with tmpfs(tmp_path / "disk", "8m") as disk:
+        monkeypatch.setenv("MIXSEP_CACHE_DIR", str(disk / "cache"))
+        monkeypatch.setattr(D, "CACHE_ROOM", 4 * 2**20)
+        (disk / "filler").write_bytes(b"x" * (5 * 2**20))  # 3 MB free: an entry would leave less than 4 MB
+        D.load_split(root, "mnist", "test")
+        assert not list((disk / "cache").iterdir())  # no entry, no temp file: the disk keeps its room
+        (disk / "filler").unlink()
+        old = disk / "cache" / "tmpkilled.tmp"  # a write killed an hour ago, and one under way now
+        old.write_bytes(b"x" * 1000)
+        os.utime(old, (time.time() - 7200,) * 2)
+        (disk / "cache" / "tmpnow.tmp").write_bytes(b"x")
+        D.load_split(root, "mnist", "test")
+        assert sorted(p.name for p in (disk / "cache").iterdir() if not p.name.startswith("mnist-")) == ["tmpnow.tmp"]
+        assert len(list((disk / "cache").glob("mnist-*.npz"))) == 1  # room again: the entry is written
+
+        def interrupted(f, **arrays):  # the user's Ctrl-C, a real SIGINT, halfway through the entry
+            f.write(b"half an entry")
+            f.flush()
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        monkeypatch.setattr(D.np, "savez", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            D.load_split(root, "cifar", "test")
+        assert [p.name for p in (disk / "cache").glob("tmp*.tmp")] == ["tmpnow.tmp"]  # the part-written one went
+        assert not list((disk / "cache").glob("cifar-*"))
+
+
+def test_the_calibration_pairs_hold_no_more_than_themselves(tmp_path):
+    """They were slices of the whole training split, which a cached copy then kept in memory (215 MB of the full
+    CIFAR-10 and MNIST for 1.5 MB of pairs)."""
+    root = make_data_root(tmp_path / "d", n_train=96, n_test=6)
+    pairs = D.calibration_pairs(root, count=8)
+    assert pairs.cifar.untyped_storage().nbytes() == 8 * 3 * 32 * 32
+    assert pairs.mnist.untyped_storage().nbytes() == 8 * 32 * 32
 
 
 def test_cache_is_used_and_invalidated(tmp_path, monkeypatch):
