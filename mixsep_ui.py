@@ -316,6 +316,15 @@ def runs_table(runs_dir: Path) -> list[dict]:
     return rows
 
 
+def url_follows(key: str, memo: str | None = None) -> None:
+    """The on_change of a run box: the pick goes into the URL (?run=NAME; Compare's runs, ?run=A&run=B), so a link
+    to the page shows it, and ``memo`` (default ``_KEY_in_url``) keeps what was written, which is no link to follow.
+
+    Only a pick does: Streamlit pushes a history entry for each change of the URL, and a page that wrote its run
+    there as it opened (from the sidebar) made two entries, so Back had to be pressed twice to leave it."""
+    st.query_params["run"] = st.session_state[memo or f"_{key}_in_url"] = st.session_state[key]
+
+
 def pick_run(runs_dir: Path, key: str = "run") -> tuple[Path, str] | None:
     """A run of the runs folder and its name there (a sweep's trial: STUDY/trial-0001), from the URL
     (?run=NAME) or a select box; None after a message."""
@@ -334,6 +343,7 @@ def pick_run(runs_dir: Path, key: str = "run") -> tuple[Path, str] | None:
                 st.error(literal(f"There is no run named '{wanted}' in {Path(runs_dir).resolve()}; pick one below."))
             else:
                 st.session_state[key] = wanted
+        st.session_state[f"_{key}_in_url"] = wanted  # followed once; Back to another ?run= is a link again
     elif not wanted and st.session_state.get("last_run") in rows:
         # a page opened from the sidebar (its URL has no ?run=) shows the run shown last, whatever the box's own
         # state holds: a pick that came from a link was set before the box on its first page and did not
@@ -350,10 +360,12 @@ def pick_run(runs_dir: Path, key: str = "run") -> tuple[Path, str] | None:
             else next(iter(rows))
     # the names alone: Streamlit keeps a pick by its label, and a label with the run's state in it stopped
     # matching once the state changed (the run read as gone); the state is said beneath
-    name = st.selectbox("Run", list(rows), key=key, persist_state="session")  # kept from page to page
+    name = st.selectbox("Run", list(rows), key=key, persist_state="session",  # kept from page to page
+                        on_change=url_follows, args=(key,))
     st.caption(f"State: {literal(rows[name]['state'])}")
     st.session_state["last_run"] = name
-    st.query_params["run"] = st.session_state[f"_{key}_in_url"] = name  # a link to this page shows this run
+    if not wanted:  # opened from the sidebar: nothing of this page in the URL, so Back to a ?run= is a link again
+        st.session_state[f"_{key}_in_url"] = None
     try:
         return resolve_run(runs_dir, name), name
     except MixsepError as e:  # renamed or relinked since it was listed

@@ -229,7 +229,7 @@ def figures(study, space: list[str]) -> None:
             return
         # in the page's words: the tab names the view (Optuna's title said it again, in other words), trials are
         # whole numbers (two trials had ticks at 0.2, 0.4...), and the best line is "Best so far", as above it
-        fig.update_layout(title=None, margin={"t": 30})
+        fig.update_layout(title=None, margin={"t": 30}, meta={"view": key})  # which view, for a script that looks
         for trace in fig.data:
             trace.name = {"Best Value": "Best so far"}.get(trace.name, trace.name)
             if trace.name == "Infeasible Trial" and not len(getattr(trace, "x", None) or ()):

@@ -100,6 +100,9 @@ if wanted and wanted != st.session_state.get("_train_run_in_url"):
                               f"{runs_dir / wanted}` resumes it.", wanted))
     else:
         st.error(ui.literal(f"There is no run named '{wanted}' in {runs_dir.resolve()}; pick one below."))
+    st.session_state["_train_run_in_url"] = wanted  # followed once; Back to another ?run= is a link again
+elif not wanted:  # opened from the sidebar: Back to a ?run= is a link again
+    st.session_state["_train_run_in_url"] = None
 if live_job is not None and live_job.name in runs:
     st.session_state["train_run"] = live_job.name
 elif st.session_state.get("train_run") not in runs:
@@ -114,9 +117,9 @@ elif st.session_state.get("train_run") not in runs:
 if runs:  # by name only: Streamlit keeps a pick by its label, and one with the run's state lost it once the state
     # changed (the first Resume click after a Stop was lost); the page says the picked run's state below
     st.selectbox("Run", list(runs), key="train_run", disabled=training, persist_state="session",
+                 on_change=ui.url_follows, args=("train_run",),  # a pick goes into the URL: a link shows it
                  help="The run whose progress and curves this page shows; a stopped one can be resumed here. "
                       "While a run trains the page shows it.")
-    st.query_params["run"] = st.session_state["_train_run_in_url"] = st.session_state["train_run"]  # a link shows it
 
 
 def current_job():

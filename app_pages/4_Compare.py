@@ -27,6 +27,11 @@ if wanted and wanted != st.session_state.get("_compare_in_url"):
     if len(missing) < len(wanted):
         st.session_state["compare_study"] = "all runs"
         st.session_state["compare_runs_all runs"] = [n for n in dict.fromkeys(wanted) if n in rows]
+    st.session_state["_compare_in_url"] = wanted  # followed once; Back to another ?run= is a link again
+elif not wanted:  # opened from the sidebar: Back to a ?run= is a link again
+    st.session_state["_compare_in_url"] = None
+if st.session_state.get("compare_study") not in ("all runs", *studies):  # a study deleted since it was picked
+    st.session_state.pop("compare_study", None)
 study = st.selectbox("Study", ["all runs", *studies], key="compare_study",
                      help="Only one sweep's trials.") if studies else "all runs"
 if study != "all runs":
@@ -35,8 +40,8 @@ key = f"compare_runs_{study}"  # by name only: a label with the state lost the p
 if key not in st.session_state or not set(st.session_state[key]) <= set(rows):  # a run deleted since: the rest
     st.session_state[key] = [n for n in st.session_state.get(key, list(rows)[:3 if study == "all runs" else 10])
                              if n in rows]
-chosen = st.multiselect("Runs", list(rows), key=key)
-st.query_params["run"] = st.session_state["_compare_in_url"] = chosen  # a link to this page shows these runs
+chosen = st.multiselect("Runs", list(rows), key=key,
+                        on_change=ui.url_follows, args=(key, "_compare_in_url"))  # a pick goes into the URL
 # one row that wraps, each control as wide as its label (columns of fixed shares cut the toggle to "Test …" at 800 px)
 row = st.container(horizontal=True, vertical_alignment="center")
 loss = row.radio("Loss", list(ui.LOSSES), format_func=ui.LOSSES.get, index=2, horizontal=True)
