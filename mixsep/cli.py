@@ -793,8 +793,16 @@ def cmd_evaluate(args) -> int:
               file=sys.stderr)
     from .metrics import evaluate  # torchmetrics takes seconds to import: a bad run or file is refused first
 
-    result = evaluate(model, pairs, count=args.samples, batch_size=args.batch_size,
-                      calibration=calibration_pairs(root))
+    from tqdm import tqdm
+
+    # on a terminal, how far it is (the full CIFAR-10 test split takes a minute or two on a CPU, which looked like
+    # a hang); none where stderr is a file or a pipe
+    with tqdm(desc="scoring", unit="pair", file=sys.stderr, disable=None, leave=False) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+        result = evaluate(model, pairs, count=args.samples, batch_size=args.batch_size,
+                          calibration=calibration_pairs(root), progress=progress)
     pd.set_option("display.width", 140)
     scored_as = f", scored as {args.as_model}" if args.as_model else ""
     try:  # the table first (a failed write below still leaves it on screen), but a reader that stops early
