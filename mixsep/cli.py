@@ -797,9 +797,9 @@ def cmd_evaluate(args) -> int:
 
     # on a terminal, how far it is (the full CIFAR-10 test split takes a minute or two on a CPU, which looked like
     # a hang); none where stderr is a file or a pipe
-    with tqdm(desc="scoring", unit="pair", file=sys.stderr, disable=None, leave=False) as bar:
+    with tqdm(desc="scoring", unit="pair", total=min(args.samples or len(pairs), len(pairs)), file=sys.stderr,
+              disable=None, leave=False) as bar:
         def progress(done: int, total: int) -> None:
-            bar.total = total
             bar.update(done - bar.n)
         result = evaluate(model, pairs, count=args.samples, batch_size=args.batch_size,
                           calibration=calibration_pairs(root), progress=progress)
