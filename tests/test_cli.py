@@ -163,33 +163,25 @@ def test_a_resume_whose_time_budget_is_spent_says_so(capsys, data_root, tmp_path
            "a larger time limit (--max-minutes) to train on." in err, err
 
 
-def test_evaluate_shows_its_progress_on_a_terminal_only(capsys, data_root, tmp_path):
+def test_evaluate_shows_its_progress_on_a_terminal_only(capsys, data_root, tmp_path, monkeypatch):
     """Scoring the full test split takes a minute or two on a CPU, and printed nothing meanwhile."""
+    import io
+
     run = _train(capsys, data_root, tmp_path / "runs")
     argv = [sys.executable, "-m", "mixsep", "evaluate", str(run), "--samples", "40", "--batch-size", "4"]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     piped = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
     assert piped.returncode == 0 and "scoring" not in piped.stderr, piped.stderr  # a file or a pipe: no bar
-    import fcntl
-    import pty
-    import struct
-    import termios
 
-    leader, follower = pty.openpty()  # a terminal 100 columns wide
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    proc = subprocess.Popen(argv, stdin=follower, stdout=follower, stderr=follower, env=env)
-    os.close(follower)
-    out = b""
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # the terminal closed with the command
-            break
-        if not chunk:
-            break
-        out += chunk
-    os.close(leader)
-    assert proc.wait(300) == 0 and b"scoring" in out and b"40/40" in out, out[-800:]
+    class Terminal(io.StringIO):  # stderr as a terminal 100 columns wide shows it
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setenv("COLUMNS", "100")
+    assert main(["evaluate", str(run), "--samples", "40", "--batch-size", "4"]) == 0
+    assert "scoring" in terminal.getvalue() and "40/40" in terminal.getvalue(), terminal.getvalue()[-500:]
 
 
 def test_info_lists_models_and_data(capsys, data_root):
