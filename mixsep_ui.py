@@ -285,7 +285,7 @@ def evaluation(checkpoint: Path, data_root: Path, count: int):
 
 def lr_column():
     """A table's learning-rate column, shown as the Train page's slider shows it (0.012, not 1e-2)."""
-    return st.column_config.NumberColumn("lr", format=setting_by_name("lr").fmt)
+    return st.column_config.NumberColumn("lr", format=setting_format("lr"))
 
 
 def setting_format(name: str) -> str | None:
@@ -325,15 +325,31 @@ def url_follows(key: str, memo: str | None = None) -> None:
     st.query_params["run"] = st.session_state[memo or f"_{key}_in_url"] = st.session_state[key]
 
 
+def url_link(memo: str, many: bool = False, fresh: bool = False):
+    """The run a link in the URL names (``many``: Compare's runs, ?run=A&run=B), once; else None.
+
+    A link, a typed URL and the browser's Back and Forward show their run. ``memo`` keeps what the page wrote there
+    itself (``url_follows``) or followed last: the same URL again is no link (a rerun, a pick here). A URL with no
+    run (a page opened from the sidebar) clears it, so Back to a ?run= is a link again. ``fresh``: follow the URL
+    even when it holds the run kept (the page's box holds no pick yet)."""
+    wanted = [n for n in st.query_params.get_all("run") if n] if many else st.query_params.get("run")
+    if not wanted:  # ?run= with nothing is no link either
+        st.session_state[memo] = None
+        return None
+    if wanted == st.session_state.get(memo) and not fresh:
+        return None
+    st.session_state[memo] = wanted  # followed once
+    return wanted
+
+
 def pick_run(runs_dir: Path, key: str = "run") -> tuple[Path, str] | None:
     """A run of the runs folder and its name there (a sweep's trial: STUDY/trial-0001), from the URL
     (?run=NAME) or a select box; None after a message."""
     rows = {r["run"]: r for r in runs_table(runs_dir)}
-    wanted, written = st.query_params.get("run"), st.session_state.get(f"_{key}_in_url")
-    # the URL's run wins unless it is the one this page wrote there itself: a link (the Sweep page's "Samples of
-    # TRIAL"), a typed URL and the browser's Back and Forward show their run, not the one picked earlier in the
-    # session; a page opened from the sidebar (no ?run=) keeps the pick, as does a rerun after a pick here
-    if wanted and (key not in st.session_state or wanted != written):
+    # a link (the Sweep page's "Samples of TRIAL") shows its run, not the one picked earlier in the session; a page
+    # opened from the sidebar (no ?run=) keeps the pick, as does a rerun after a pick here
+    wanted = url_link(f"_{key}_in_url", fresh=key not in st.session_state)
+    if wanted:
         try:
             path = resolve_run(runs_dir, wanted)
         except MixsepError as e:  # a link to no run: say so, and offer the runs there are (the link's words as text)
@@ -343,8 +359,7 @@ def pick_run(runs_dir: Path, key: str = "run") -> tuple[Path, str] | None:
                 st.error(literal(f"There is no run named '{wanted}' in {Path(runs_dir).resolve()}; pick one below."))
             else:
                 st.session_state[key] = wanted
-        st.session_state[f"_{key}_in_url"] = wanted  # followed once; Back to another ?run= is a link again
-    elif not wanted and st.session_state.get("last_run") in rows:
+    elif not st.query_params.get("run") and st.session_state.get("last_run") in rows:
         # a page opened from the sidebar (its URL has no ?run=) shows the run shown last, whatever the box's own
         # state holds: a pick that came from a link was set before the box on its first page and did not
         # outlive the switch (the next page showed the newest run)
@@ -364,8 +379,6 @@ def pick_run(runs_dir: Path, key: str = "run") -> tuple[Path, str] | None:
                         on_change=url_follows, args=(key,))
     st.caption(f"State: {literal(rows[name]['state'])}")
     st.session_state["last_run"] = name
-    if not wanted:  # opened from the sidebar: nothing of this page in the URL, so Back to a ?run= is a link again
-        st.session_state[f"_{key}_in_url"] = None
     try:
         return resolve_run(runs_dir, name), name
     except MixsepError as e:  # renamed or relinked since it was listed

@@ -82,10 +82,9 @@ training = live_job is not None
 # default the last one started. A sweep's trials are not offered: their sweep resumes them.
 listed = ui.runs_table(runs_dir)
 runs = {r["run"]: r for r in listed if "/" not in r["run"]}
-# a link to this page (?run=NAME, as Samples and Metrics take it), a typed URL or Back and Forward pick that run,
-# unless the URL holds what this page wrote there itself (a sidebar switch keeps the pick, having no ?run=)
-wanted = st.query_params.get("run")
-if wanted and wanted != st.session_state.get("_train_run_in_url"):
+# a link to this page (?run=NAME, as Samples and Metrics take it) picks that run; a sidebar switch keeps the pick
+wanted = ui.url_link("_train_run_in_url")
+if wanted:
     if wanted in runs and live_job is not None and live_job.name in runs and wanted != live_job.name:
         st.info(ui.literal(f"Run '{live_job.name}' is training, so this page shows it; '{wanted}' can be picked "
                            "once it ends."))
@@ -100,9 +99,6 @@ if wanted and wanted != st.session_state.get("_train_run_in_url"):
                               f"{runs_dir / wanted}` resumes it.", wanted))
     else:
         st.error(ui.literal(f"There is no run named '{wanted}' in {runs_dir.resolve()}; pick one below."))
-    st.session_state["_train_run_in_url"] = wanted  # followed once; Back to another ?run= is a link again
-elif not wanted:  # opened from the sidebar: Back to a ?run= is a link again
-    st.session_state["_train_run_in_url"] = None
 if live_job is not None and live_job.name in runs:
     st.session_state["train_run"] = live_job.name
 elif st.session_state.get("train_run") not in runs:

@@ -16,10 +16,10 @@ if not rows:
     ui.page_link("Train", "Go to Train")
     st.stop()
 studies = sorted({ui.study_of(n) for n in rows} - {""})
-# a link (?run=A&run=B, which this page writes as runs are picked, so a comparison can be shared), a typed URL or
-# Back and Forward pick those runs among all runs, unless the URL holds what this page wrote there itself
-wanted = [n for n in st.query_params.get_all("run") if n]  # ?run= with nothing: no link
-if wanted and wanted != st.session_state.get("_compare_in_url"):
+# a link (?run=A&run=B, which this page writes as runs are picked, so a comparison can be shared) picks those runs
+# among all runs
+wanted = ui.url_link("_compare_in_url", many=True)
+if wanted:
     missing = [n for n in wanted if n not in rows]
     if missing:
         st.warning(ui.literal(f"No run named {', '.join(repr(n) for n in missing)} in {runs_dir.resolve()}; "
@@ -27,9 +27,6 @@ if wanted and wanted != st.session_state.get("_compare_in_url"):
     if len(missing) < len(wanted):
         st.session_state["compare_study"] = "all runs"
         st.session_state["compare_runs_all runs"] = [n for n in dict.fromkeys(wanted) if n in rows]
-    st.session_state["_compare_in_url"] = wanted  # followed once; Back to another ?run= is a link again
-elif not wanted:  # opened from the sidebar: Back to a ?run= is a link again
-    st.session_state["_compare_in_url"] = None
 if st.session_state.get("compare_study") not in ("all runs", *studies):  # a study deleted since it was picked
     st.session_state.pop("compare_study", None)
 study = st.selectbox("Study", ["all runs", *studies], key="compare_study",

@@ -306,10 +306,13 @@ def unlink_all(paths) -> list[Path]:
 
 # --------------------------------------------------------------------------- names and folders
 
+NAME_CHARS = "ASCII letters (a-z, A-Z), digits, spaces, '.', '_' and '-'"  # what a run or study name is made of
+
+
 def name_fault(part: str) -> str:
     """What keeps ``part`` from naming one folder of the runs folder (a run, a study, a group), as advice for the
     sentence that refuses it ("no '..' inside it"), or '' for a good name. The one rule of run and study names."""
-    allowed = "use ASCII letters (a-z, A-Z), digits, spaces, '.', '_' and '-', starting with a letter or digit"
+    allowed = f"use {NAME_CHARS}, starting with a letter or digit"
     odd = sorted({c for c in part if not (c.isascii() and (c.isalnum() or c in " ._-"))})
     if odd:
         return f"{allowed} ({' '.join(repr(c) for c in odd[:5])} {'is' if len(odd) == 1 else 'are'} not among them)"
@@ -331,8 +334,7 @@ def resolve_run(runs_dir: Path, name: str) -> Path:
     """
     parts = name.split("/") if isinstance(name, str) else []
     if not (1 <= len(parts) <= 2) or any(name_fault(p) for p in parts):
-        raise MixsepError(f"'{name}' is not a valid run name: use ASCII letters (a-z, A-Z), digits, spaces, '.', '_' and '-' "
-                          "(and one '/' for a run inside a group).")
+        raise MixsepError(f"'{name}' is not a valid run name: use {NAME_CHARS} (and one '/' for a run inside a group).")
     root = Path(runs_dir).resolve()
     path = (root / name).resolve()
     try:
