@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import os
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -254,26 +255,59 @@ def model(checkpoint: Path):
     return _model(str(checkpoint), _mtime(checkpoint))
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def _evaluation(checkpoint: str, mtime_ns: int, data_root: str, count: int, key: tuple):
+class _Scoring:
+    """One scoring of one checkpoint version, in a thread of its own: a user who leaves the page (the script is
+    stopped) or closes the tab does not stop it, and the page shows it where it has got to on the next visit. In
+    the page's own run a 90 s first scoring of the full test split started again from pair 0 each time."""
+
+    started = 0  # scorings begun since the server started (the tests read it)
+
+    def __init__(self, work):
+        self.done, self.n, self.result, self.error = 0, 0, None, None
+        type(self).started += 1
+        self.thread = threading.Thread(target=self._run, args=(work,), name="mixsep-scoring", daemon=True)
+        self.thread.start()
+
+    def _run(self, work) -> None:
+        try:
+            self.result = work(self._progress)
+        except BaseException as e:  # said on the page that waits for it (the next visit tries again)
+            self.error = e
+
+    def _progress(self, done: int, n: int) -> None:
+        self.done, self.n = done, n
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _scoring(checkpoint: str, mtime_ns: int, data_root: str, count: int, key: tuple) -> _Scoring:
     from mixsep.metrics import evaluate
 
-    m, _, _ = _model(checkpoint, mtime_ns)
-    calibration = _calibration(data_root, data_key(Path(data_root)))  # a damaged training split: said before the bar
-    # Streamlit records what a cached function draws and replays it on a hit, so the bar is made
-    # here and removed here: updating one made outside failed on the replay (CacheReplayClosureError)
-    bar = st.progress(0.0, text="Scoring…")
-    ev = evaluate(m, _pairs(data_root, "test", key), count=count,
-                  calibration=calibration,
-                  progress=lambda done, n: bar.progress(done / n, text=f"Scoring: {done}/{n} test pairs"))
-    bar.empty()
-    return ev
+    m, _, _ = _model(checkpoint, mtime_ns)  # a corrupt checkpoint, a damaged training split: said here, at once
+    calibration = _calibration(data_root, data_key(Path(data_root)))
+    test = _pairs(data_root, "test", key)
+    return _Scoring(lambda progress: evaluate(m, test, count=count, calibration=calibration, progress=progress))
+
+
+def _evaluation(checkpoint: str, mtime_ns: int, data_root: str, count: int, key: tuple):
+    job = _scoring(checkpoint, mtime_ns, data_root, count, key)
+    if job.thread.is_alive():  # a bar, drawn here, for as long as the page waits
+        bar = st.progress(job.done / job.n if job.n else 0.0, text="Scoring…")
+        while job.thread.is_alive():
+            job.thread.join(0.25)  # each update is also where Streamlit stops this script when the page is left
+            bar.progress(job.done / job.n if job.n else 0.0,
+                         text=f"Scoring: {job.done}/{job.n} test pairs" if job.n else "Scoring…")
+        bar.empty()
+    if job.error is not None:
+        _scoring.clear(checkpoint, mtime_ns, data_root, count, key)
+        raise job.error
+    return job.result
 
 
 def evaluation(checkpoint: Path, data_root: Path, count: int):
     """(evaluation, config, info): every recovery mode's PSNR/SSIM on the first ``count`` test pairs
-    (0 = all), cached, a bar while it scores; config and info are those of the very version of the
-    checkpoint it scored (a trainer may replace last.pt meanwhile: the page must not name a newer step)."""
+    (0 = all), cached, a bar while it scores (in the background: see ``_Scoring``); config and info are those of
+    the very version of the checkpoint it scored (a trainer may replace last.pt meanwhile: the page must not name
+    a newer step)."""
     mtime = _mtime(checkpoint)
     _, config, info = _model(str(checkpoint), mtime)  # a corrupt checkpoint is a MixsepError here, first
     ev = _evaluation(str(checkpoint), mtime, str(Path(data_root).resolve()), count, data_key(data_root))

@@ -29,23 +29,44 @@ if wanted:
         st.session_state["compare_runs_all runs"] = [n for n in dict.fromkeys(wanted) if n in rows]
 if st.session_state.get("compare_study") not in ("all runs", *studies):  # a study deleted since it was picked
     st.session_state.pop("compare_study", None)
-study = st.selectbox("Study", ["all runs", *studies], key="compare_study",
+# the study, the runs and the display settings are kept from page to page (persist_state), as Train's and Samples'
+# are: they went back to the three newest runs after a visit to another page; Delete's boxes are not kept (a
+# confirmation ticked on another visit must not delete)
+study = st.selectbox("Study", ["all runs", *studies], key="compare_study", persist_state="session",
                      help="Only one sweep's trials.") if studies else "all runs"
 if study != "all runs":
     rows = {n: r for n, r in rows.items() if ui.study_of(n) == study}
 key = f"compare_runs_{study}"  # by name only: a label with the state lost the pick when the state changed
-if key not in st.session_state or not set(st.session_state[key]) <= set(rows):  # a run deleted since: the rest
-    st.session_state[key] = [n for n in st.session_state.get(key, list(rows)[:3 if study == "all runs" else 10])
-                             if n in rows]
-chosen = st.multiselect("Runs", list(rows), key=key,
+first = list(rows)[:3 if study == "all runs" else 10]
+if key not in st.session_state:
+    st.session_state[key] = first
+elif not set(st.session_state[key]) <= set(rows):  # a run deleted since: the rest, or the first runs if none is left
+    st.session_state[key] = [n for n in st.session_state[key] if n in rows] or first
+chosen = st.multiselect("Runs", list(rows), key=key, persist_state="session",
                         on_change=ui.url_follows, args=(key, "_compare_in_url"))  # a pick goes into the URL
 # one row that wraps, each control as wide as its label (columns of fixed shares cut the toggle to "Test …" at 800 px)
 row = st.container(horizontal=True, vertical_alignment="center")
-loss = row.radio("Loss", list(ui.LOSSES), format_func=ui.LOSSES.get, index=2, horizontal=True)
-smoothing = row.slider("EMA smoothing", 0.0, 0.99, 0.9, 0.01, width=260)
-score = row.toggle("Test PSNR", help="Score each run's latest checkpoint on test pairs (slower).")
-if not chosen:
+loss = row.radio("Loss", list(ui.LOSSES), format_func=ui.LOSSES.get, index=2, horizontal=True, key="compare_loss",
+                 persist_state="session")
+smoothing = row.slider("EMA smoothing", 0.0, 0.99, 0.9, 0.01, width=260, key="compare_smoothing", persist_state="session")
+score = row.toggle("Test PSNR", help="Score each run's latest checkpoint on test pairs (slower).", key="compare_score",
+                   persist_state="session")
+
+
+def delete_box() -> None:
+    with st.expander("Delete runs", icon=":material/delete:"):
+        doomed = st.multiselect("Runs to delete", list(rows), key="delete_runs",
+                                help="Only folders inside the runs folder; a run that is training cannot be deleted.")
+        sure = st.checkbox(f"Yes, delete {len(doomed)} run folder(s) and their checkpoints for good", key="delete_sure")
+        st.button("Delete", icon=":material/delete_forever:", disabled=not (doomed and sure),
+                  on_click=ui.delete_runs, args=(runs_dir,))
+        for message in st.session_state.pop("delete_errors", []):
+            st.error(ui.literal(message))  # it quotes the run's name
+
+
+if not chosen:  # the runs can still be deleted (with the last run picked deleted, the box was gone, ticked)
     st.info("Pick one or more runs.")
+    delete_box()
     st.stop()
 
 fig = go.Figure()
@@ -86,7 +107,8 @@ except MixsepError as e:  # said once here, rather than in each run's note
     st.error(str(e))
     score = False
 if score:
-    count = whole_number_box("Test pairs to score", 1, total, min(500, total), step=100,
+    count = whole_number_box("Test pairs to score", 1, total, min(500, total), step=100, key="compare_pairs",
+                             persist_state="session",
                              help=f"The first pairs of the test split ({total} pairs). Fewer is faster.")
     if not isinstance(count, int):  # a fraction: said under the box
         st.stop()
@@ -130,11 +152,4 @@ st.dataframe(table, hide_index=True, placeholder="", column_config={
         help=f"Mean PSNR of the {ui.SOURCE[source]} estimates over the first {count} test pairs, in the best recovery "
              "mode (next columns); the Metrics page shows every mode.") for source in ("mnist", "cifar") if score}})
 
-with st.expander("Delete runs", icon=":material/delete:"):
-    doomed = st.multiselect("Runs to delete", list(rows), key="delete_runs",
-                            help="Only folders inside the runs folder; a run that is training cannot be deleted.")
-    sure = st.checkbox(f"Yes, delete {len(doomed)} run folder(s) and their checkpoints for good", key="delete_sure")
-    st.button("Delete", icon=":material/delete_forever:", disabled=not (doomed and sure),
-              on_click=ui.delete_runs, args=(runs_dir,))
-    for message in st.session_state.pop("delete_errors", []):
-        st.error(ui.literal(message))  # it quotes the run's name
+delete_box()

@@ -322,6 +322,39 @@ def test_samples_page_grid_pages_and_download(app_env):
     assert "Page 2 of" in texts(at.caption)
 
 
+def test_a_scoring_goes_on_when_its_page_is_left_and_is_not_started_again(app_env, monkeypatch):
+    import threading
+
+    import mixsep.metrics
+    import mixsep_ui
+
+    release, calls, real = threading.Event(), [], mixsep.metrics.evaluate
+
+    def held(*args, **kwargs):  # the real scoring, held back until the page has been left
+        calls.append(threading.current_thread().name)
+        release.wait(20)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mixsep.metrics, "evaluate", held)
+    at = open_page("dashboard.py")
+    before = mixsep_ui._Scoring.started
+    at.switch_page("app_pages/3_Metrics.py")
+    for _ in range(10):  # the page is left while it scores (its script is stopped), or before, on a slow machine
+        with pytest.raises(RuntimeError, match="timed out"):
+            at.run(timeout=3)
+        if calls:
+            break
+    scoring = [t for t in threading.enumerate() if t.name == "mixsep-scoring"]
+    assert len(scoring) == 1 and scoring[0].is_alive()  # the scoring was not stopped with the page
+    release.set()
+    scoring[0].join(60)
+    assert not scoring[0].is_alive()
+    at.run()  # the page again: the scores are there, not scored from pair 0 again
+    assert not at.exception and any(c.proto.text.startswith("Scored 48 test pairs") for c in at.get("progress")), \
+        [c.proto.text for c in at.get("progress")]
+    assert calls == ["mixsep-scoring"] and mixsep_ui._Scoring.started == before + 1
+
+
 def test_metrics_page_table_charts_audit(app_env):
     at = open_page("app_pages/3_Metrics.py")
     table = at.dataframe[0].value
@@ -373,6 +406,37 @@ def test_compare_page_curves_and_table(app_env):
     at.run()
     short, drawn = sorted(chart_points(at, trace=t) for t in (0, 1))
     assert short == 3 and 1000 < drawn <= 1500
+
+
+def test_compare_keeps_its_runs_and_settings_from_page_to_page_but_not_a_delete(app_env):
+    data, runs = app_env
+    for name in ("a-run", "b-run", "c-run"):
+        shutil.copytree(runs / "tiny-run", runs / name)
+    at = open_page("app_pages/4_Compare.py")
+    assert len(at.multiselect(key="compare_runs_all runs").value) == 3  # the first three, by default
+    at.multiselect(key="compare_runs_all runs").set_value(["c-run"])
+    widget(at.radio, "Loss").set_value("loss_mnist")
+    widget(at.slider, "EMA smoothing").set_value(0.5)
+    at.multiselect(key="delete_runs").set_value(["b-run"])
+    at.checkbox(key="delete_sure").check().run()
+    at.switch_page("app_pages/2_Samples.py").run()  # another page and back: the pick and the settings are kept
+    at.switch_page("app_pages/4_Compare.py").run()  # (they went back to the first three runs and the defaults)
+    assert not at.exception
+    assert at.multiselect(key="compare_runs_all runs").value == ["c-run"]
+    assert (widget(at.radio, "Loss").value, widget(at.slider, "EMA smoothing").value) == ("loss_mnist", 0.5)
+    assert set(at.dataframe[0].value["run"]) == {"c-run"}
+    # a delete's pick and confirmation are not: one ticked on an earlier visit must not delete with one click
+    assert at.multiselect(key="delete_runs").value == [] and at.checkbox(key="delete_sure").value is False
+    assert widget(at.button, "Delete").disabled
+    # the only run picked deleted: the first runs are shown, and the delete box is there with no run picked too
+    at.multiselect(key="delete_runs").set_value(["c-run"])
+    at.checkbox(key="delete_sure").check().run()
+    widget(at.button, "Delete").click().run()
+    runs_box = at.multiselect(key="compare_runs_all runs")
+    assert not (runs / "c-run").exists() and len(runs_box.value) == 3 and runs_box.value == runs_box.options[:3]
+    at.multiselect(key="compare_runs_all runs").set_value([]).run()
+    assert "Pick one or more runs." in texts(at.info) and not at.multiselect(key="delete_runs").disabled
+    assert at.checkbox(key="delete_sure").value is False
 
 
 def test_compare_ticks_a_short_runs_steps_once_each(app_env):
