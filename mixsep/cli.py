@@ -979,6 +979,12 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "grid": cmd_grid, "sep
             "download": cmd_download, "sweep": cmd_sweep}
 
 
+# every flag that names a thing, and what it names
+NAMED_FLAGS = {"runs_dir": "a folder", "data_root": "a folder", "run_dir": "a folder", "checkpoint": "a file",
+               "mnist_test": "a file", "cifar_test": "a file", "json": "a file", "markdown": "a file",
+               "config": "a file", "out": "a file", "as_model": "a model", "storage": "a database URL"}
+
+
 def main(argv=None, restore_signals: bool = True) -> int:
     args = build_parser().parse_args(argv)
     previous = {}
@@ -991,20 +997,16 @@ def main(argv=None, restore_signals: bool = True) -> int:
     stdout, sys.stdout = sys.stdout, _Stdout(sys.stdout)
     try:
         # "" is never meant: Path("") is the current folder, and a file or model read as not given took the
-        # default (`--checkpoint "$CKPT"` with CKPT unset scored another checkpoint)
-        for name, what in (("runs_dir", "a folder"), ("data_root", "a folder"), ("run_dir", "a folder"),
-                           ("checkpoint", "a file"), ("mnist_test", "a file"), ("cifar_test", "a file"),
-                           ("as_model", "a model"), ("json", "a file"), ("markdown", "a file"), ("config", "a file"),
-                           ("storage", "a database URL"), *((("out", "a file"),) if args.command == "grid" else ())):
-            if name == "run_dir" and args.command != "train" and getattr(args, name, None) == "":  # positional
-                raise MixsepError("RUN_DIR is empty; name a run folder (or a checkpoint file inside one).")
-            not_empty(getattr(args, name, None), f"--{name.replace('_', '-')}", what)
-        # ~ is the home folder here as on the dashboard and in a sweep's storage, also where no shell expanded it
+        # default (`--checkpoint "$CKPT"` with CKPT unset scored another checkpoint). ~ in a folder or a file is
+        # the home folder here as on the dashboard and in a sweep's storage, also where no shell expanded it
         # (quoted, or MIXSEP_RUNS_DIR='~/runs'): it made a folder named ~ in the current one, whose removal by
         # `rm -r ~` would take the home folder
-        for name in ("runs_dir", "data_root", "run_dir", "checkpoint", "mnist_test", "cifar_test", "json", "markdown",
-                     "config", "out"):
-            if isinstance(getattr(args, name, None), str):
+        for name, what in NAMED_FLAGS.items():
+            if name == "run_dir" and args.command != "train" and getattr(args, name, None) == "":  # positional
+                raise MixsepError("RUN_DIR is empty; name a run folder (or a checkpoint file inside one).")
+            if name != "out" or args.command == "grid":  # separate's --out, a folder, says so in its own sentence
+                not_empty(getattr(args, name, None), f"--{name.replace('_', '-')}", what)
+            if what in ("a folder", "a file") and isinstance(getattr(args, name, None), str):
                 setattr(args, name, os.path.expanduser(getattr(args, name)))
         if isinstance(getattr(args, "images", None), list):  # separate's mixtures
             args.images = [os.path.expanduser(i) for i in args.images]
