@@ -42,7 +42,14 @@ def resnet18_backbone(pretrained: bool) -> tuple[nn.Module, bool]:
     if pretrained:
         try:  # torch.hub says "Downloading: ..." on stdout, where `train` prints only the run folder
             with contextlib.redirect_stdout(sys.stderr), network_timeout():
-                return resnet18(weights=ResNet18_Weights.IMAGENET1K_V1), True
+                # read as data only (weights_only), as every checkpoint is: torch.hub unpickles its cached file
+                # whole by default, and checks its hash only as it downloads it, so a resnet18-f37072fd.pth
+                # copied into ~/.cache/torch/hub/checkpoints from someone else ran its code at every start
+                weights = ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=True, check_hash=True,
+                                                                        weights_only=True)
+            model = resnet18(weights=None)
+            model.load_state_dict(weights)
+            return model, True
         except MixsepError:  # MIXSEP_NETWORK_TIMEOUT set to what is not a timeout: said, not a fallback
             raise
         except Exception as e:  # offline, proxy, a server that stopped answering, corrupt cache: all end the same way

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 import warnings
 
@@ -375,6 +376,32 @@ def test_compile_without_a_working_compiler_trains_without_it_and_says_so(tiny_c
     assert "Traceback" not in p.stderr and "TORCHDYNAMO_VERBOSE" not in p.stderr and "CUDA" not in p.stderr, p.stderr
     status = R.read_status(run)
     assert status["state"] == "finished" and status["step"] == 6 and status["warnings"] == [said[0][len("warning: "):]]
+
+
+def test_imagenet_weights_in_torch_hubs_cache_are_read_as_data_only(tmp_path, monkeypatch):
+    """torch.hub unpickled its cached resnet18-f37072fd.pth whole (its hash is checked only as it downloads): a
+    file copied there from someone else, to train with --pretrained offline, ran its code at every start."""
+    from torchvision.models import resnet18
+
+    import mixsep.model as Mo
+
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    torch.save({"conv1.weight": Payload()}, hub / "resnet18-f37072fd.pth")
+    with pytest.warns(Mo.PretrainedWeightsUnavailable):
+        _, loaded = Mo.resnet18_backbone(True)
+    assert not loaded and not marker.exists()  # refused, and the encoder starts from random weights, as said
+    weights = resnet18().state_dict()  # real weights, as torch.hub caches them, still load
+    torch.save(weights, hub / "resnet18-f37072fd.pth")
+    model, loaded = Mo.resnet18_backbone(True)
+    assert loaded and torch.equal(model.state_dict()["conv1.weight"], weights["conv1.weight"])
 
 
 def test_a_resume_fetches_no_imagenet_weights_and_keeps_what_the_first_start_loaded(tiny_config, tmp_path,
