@@ -6,7 +6,7 @@ import streamlit as st
 import mixsep_ui as ui
 from mixsep import MixsepError
 from mixsep.runs import downsample, read_metrics
-from mixsep.run import list_checkpoints
+from mixsep.run import list_checkpoints, shown_name
 from ui_settings import whole_number_box
 
 data_root, runs_dir = ui.setup("Compare runs")
@@ -22,7 +22,7 @@ wanted = ui.url_link("_compare_in_url", many=True)
 if wanted:
     missing = [n for n in wanted if n not in rows]
     if missing:
-        st.warning(ui.literal(f"No run named {', '.join(repr(n) for n in missing)} in {runs_dir.resolve()}; "
+        st.warning(ui.literal(f"No run named {', '.join(repr(shown_name(n)) for n in missing)} in {runs_dir.resolve()}; "
                               + ("showing the others of the link." if len(missing) < len(wanted) else "pick runs below.")))
     if len(missing) < len(wanted):
         st.session_state["compare_study"] = "all runs"
@@ -144,7 +144,7 @@ st.dataframe(table, hide_index=True, placeholder="", column_config={
     "best_loss": st.column_config.NumberColumn(f"best loss (EMA {smoothing:.2f})", format="%.4f", help=(
         "The lowest point of the smoothed curve above: above the raw last loss when the last steps' batches "
         "happened to be easy.")),
-    "val_psnr": st.column_config.NumberColumn("val PSNR", format="%.2f dB",
+    "val_psnr": st.column_config.NumberColumn("best val PSNR", format="%.2f dB",  # the Sweep page's is the last
                                               help="A sweep trial's best validation PSNR (training data held out)."),
     **{f"{source} best mode": f"{ui.SOURCE[source]} best mode" for source in ("mnist", "cifar") if score},
     **{f"{source} PSNR": st.column_config.NumberColumn(  # the Metrics page's default scores every test pair

@@ -43,7 +43,8 @@ away = recorded_storage(live) if elsewhere(live) else None  # as it can be typed
 training = ui.registry(runs_dir).running()
 busy = f"Training run {training.name} is in progress; one sweep or training at a time." if training else None
 try:
-    studies, others = sw.mixsep_studies(sw.storage(url, runs_dir))
+    with sw.reading(url, runs_dir):
+        studies, others = sw.mixsep_studies(sw.storage(url, runs_dir))
     unreadable = False
 except MixsepError as e:  # said here, and the page goes on: Stop, and the notice of a sweep running here, come from
     studies, others, unreadable = [], 0, True  # its sweep.json, not from the storage the box names (they were gone)
@@ -100,6 +101,14 @@ if top[4].button("Resume", icon=":material/replay:", disabled=live is not None o
 
 @st.fragment(run_every=2.0 if live else None)
 def show(study_name: str) -> None:
+    try:
+        with sw.reading(url, runs_dir):
+            show_study(study_name)
+    except MixsepError as e:  # the database went away since the page read it: said, and read again at the next refresh
+        st.error(ui.sentence(e))
+
+
+def show_study(study_name: str) -> None:
     import optuna
 
     store = sw.storage(url, runs_dir)

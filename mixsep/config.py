@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .errors import MixsepError
 
+JSON_LIMIT = 1 << 20  # the most a run's or a study's JSON file is read of (config.json and status.json hold < 4 KB)
 SEED_MAX = 2**63 - 1  # torch.manual_seed takes a signed or unsigned 64-bit seed; JSON tools keep signed ones exact
 TYPE_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
 GROUPS = ("model", "optimiser", "data", "mechanics")  # the order the Train page draws them in
@@ -381,6 +382,9 @@ class TrainConfig:
         try:
             if path.exists() and not path.is_file() and not path.is_dir():  # a FIFO would block the read forever
                 raise MixsepError(f"{path} is not a regular file; give a config.json file.")
+            if path.is_file() and path.stat().st_size > JSON_LIMIT:  # read whole at every poll of every page
+                raise MixsepError(f"{path} is not a readable mixsep config (larger than {JSON_LIMIT >> 20} MB, "
+                                  f"where a config.json holds about 1 KB){half()}.")
             # a byte-order mark (Windows editors) is no error
             d = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=lambda kv: _note_twice(kv, twice))
         except FileNotFoundError:

@@ -40,9 +40,9 @@ from pathlib import Path
 from .config import TrainConfig
 from .errors import MixsepError
 from .run import LOG as LOG_NAME  # the child's stdout and stderr, inside its run folder
-from .run import CONFIG, RunWriteError, State, check_runs_dir, delete_run, describe_os_error, is_alive, \
+from .run import CONFIG, RunWriteError, State, check_runs_dir, delete_run, describe_os_error, \
     last_logged_step, live_status, lock_holder, open_regular, read_status, remove_unstarted, request_stop, run_name, \
-    write_json, write_status
+    trainer_alive, write_json, write_status
 from .runs import live_runs
 from .train import check_fits, new_run_dir, read_resume_point
 
@@ -103,7 +103,7 @@ class JobRegistry:
     def _alive(self) -> bool:
         if self._proc is not None:
             return self._proc.poll() is None
-        return self._identity is not None and is_alive(self._identity)
+        return self._identity is not None and trainer_alive(self._run_dir, self._identity)
 
     def _adopt(self) -> None:
         """After a server restart: take over a child that still trains in this runs folder."""
@@ -299,8 +299,8 @@ class JobRegistry:
             except OSError:  # its folder was deleted (or went read-only) under it: the signal below still reaches it
                 pass
             # also reaches a child still loading data; an adopted pid is signalled only while it is
-            # still the very process that wrote status.json (pid and start time)
-            if self._proc is not None or (self._identity is not None and is_alive(self._identity)):
+            # still the very process that wrote status.json (pid and start time) and holds the run's lock
+            if self._proc is not None or self._alive():
                 try:
                     os.kill(self._pid, signal.SIGTERM)
                 except ProcessLookupError:

@@ -324,7 +324,7 @@ MODELS: dict[str, type[nn.Module]] = {
 
 def build_model(name: str, pretrained: bool = True) -> nn.Module:
     if name not in MODELS:
-        raise MixsepError(f"Unknown model '{name}'; choose one of: {', '.join(MODELS)}.")
+        raise MixsepError(f"Unknown model {name!r}; choose one of: {', '.join(MODELS)}.")  # a NUL or ESC reads \x00, \x1b
     # NHWC weights: oneDNN (CPU) and cuDNN run these convolutions faster, the faithful
     # training step by 15-25% on a 2-core AVX-512 CPU (bench/run.py); .to(device) and
     # load_state_dict keep the layout, so trained and reloaded models compute alike

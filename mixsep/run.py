@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from .config import JSON_LIMIT
 from .errors import MixsepError, ResumeRefused, make_folder
 
 CONFIG, STATUS, METRICS, STOP, LOCK, LOG = "config.json", "status.json", "metrics.csv", "STOP", ".lock", "worker.log"
@@ -309,6 +310,9 @@ def unlink_all(paths) -> list[Path]:
 NAME_CHARS = "ASCII letters (a-z, A-Z), digits, spaces, '.', '_' and '-'"  # what a run or study name is made of
 
 
+NAME_MAX = 128  # characters in a run's name (a part of it: GROUP/NAME)
+
+
 def name_fault(part: str) -> str:
     """What keeps ``part`` from naming one folder of the runs folder (a run, a study, a group), as advice for the
     sentence that refuses it ("no '..' inside it"), or '' for a good name. The one rule of run and study names."""
@@ -318,13 +322,19 @@ def name_fault(part: str) -> str:
         return f"{allowed} ({' '.join(repr(c) for c in odd[:5])} {'is' if len(odd) == 1 else 'are'} not among them)"
     if not part or not (part[0].isascii() and part[0].isalnum()):
         return allowed
-    if len(part) > 128:
-        return f"keep it to 128 characters (it has {len(part)})"
+    if len(part) > NAME_MAX:
+        return f"keep it to {NAME_MAX} characters (it has {len(part)})"
     if ".." in part:
         return "no '..' inside it"
     if part != part.strip():
         return "no space at its end"
     return ""
+
+
+def shown_name(name: str, most: int = NAME_MAX) -> str:
+    """A name as a sentence quotes it, cut to ``most`` characters (a valid name is never cut): a link's ?run= of
+    5,000 characters filled the page's error box with a hundred lines."""
+    return name if len(name) <= most else f"{name[:most]}… ({len(name)} characters)"
 
 
 def resolve_run(runs_dir: Path, name: str) -> Path:
@@ -334,13 +344,14 @@ def resolve_run(runs_dir: Path, name: str) -> Path:
     """
     parts = name.split("/") if isinstance(name, str) else []
     if not (1 <= len(parts) <= 2) or any(name_fault(p) for p in parts):
-        raise MixsepError(f"'{name}' is not a valid run name: use {NAME_CHARS} (and one '/' for a run inside a group).")
+        raise MixsepError(f"'{shown_name(name) if isinstance(name, str) else name}' is not a valid run name: use "
+                          f"{NAME_CHARS} (and one '/' for a run inside a group).")
     root = Path(runs_dir).resolve()
     path = (root / name).resolve()
     try:
         rel = path.relative_to(root)
     except ValueError:
-        raise MixsepError(f"'{name}' points outside the runs folder {root}; it is not shown.") from None
+        raise MixsepError(f"'{shown_name(name)}' points outside the runs folder {root}; it is not shown.") from None
     if rel.parts != tuple(parts):
         raise MixsepError(f"'{name}' is a link to another place in the runs folder; open that run by its own name.")
     return path
@@ -478,7 +489,7 @@ def run_lives_in(folder: Path) -> bool:
     from .config import TrainConfig
 
     try:
-        d = json.loads(read_regular(folder / CONFIG))
+        d = json.loads(read_regular(folder / CONFIG, JSON_LIMIT))
     except (OSError, ValueError, RecursionError, MixsepError):
         d = None  # damaged: what lies beside it decides
     if d is not None and not (isinstance(d, dict) and any(f.name in d for f in dataclasses.fields(TrainConfig))):
@@ -797,15 +808,41 @@ def _cmdline(pid: int) -> list[str]:
 
 def lock_holder(run_dir: Path) -> dict | None:
     """Who holds the run's lock now (from /proc/locks), or None: a query that takes no lock."""
+    holders = flock_holders(Path(run_dir) / LOCK)
+    return identity(min(holders)) if holders else None
+
+
+def flock_holders(path: Path) -> set[int] | None:
+    """The pids that hold a flock on ``path`` now (from /proc/locks; a shared lock may have several), or None where
+    that cannot be read (no /proc/locks: macOS). A query that takes no lock."""
     try:
-        ino = (Path(run_dir) / LOCK).stat().st_ino
-        for line in Path("/proc/locks").read_text().splitlines():
-            parts = line.split()
-            if len(parts) > 5 and parts[1] == "FLOCK" and int(parts[5].rsplit(":", 1)[1]) == ino:
-                return identity(int(parts[4]))
-    except (OSError, ValueError, IndexError):
+        ino = path.stat().st_ino
+    except OSError:
+        return set()
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
         return None
-    return None
+    found = set()
+    for line in lines:
+        parts = line.split()
+        try:
+            if len(parts) > 5 and parts[1] == "FLOCK" and int(parts[5].rsplit(":", 1)[1]) == ino:
+                found.add(int(parts[4]))
+        except (ValueError, IndexError):
+            continue
+    return found
+
+
+def trainer_alive(run_dir: Path, status: dict) -> bool:
+    """Whether the process a run's status.json names is alive and is the run's trainer: the very process (pid and
+    start time) and the holder of the run's lock. A status.json written by hand, or copied with a run from another
+    machine, may name any process here (pid 1's start time is easy to guess): the Train page took such a run for
+    its job, and its Stop sent that process SIGTERM. Where no /proc/locks can say (macOS), the pid and start time."""
+    if not is_alive(status):
+        return False
+    holders = flock_holders(Path(run_dir) / LOCK)
+    return holders is None or status.get("pid") in holders
 
 
 # --------------------------------------------------------------------------- status
@@ -827,33 +864,47 @@ def open_regular(path: Path):
         raise
 
 
-def read_regular(path: Path) -> bytes:
-    """The bytes of ``path`` if it is a regular file (open_regular)."""
+class FileTooLarge(OSError):
+    """A file larger than its reader takes (``read_regular``'s limit)."""
+
+
+def read_regular(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of ``path`` if it is a regular file (open_regular); FileTooLarge past ``limit`` bytes: a 1 GB
+    status.json made every page that lists its run read it whole, at each poll (2.8 GB for the server)."""
     with open_regular(path) as f:
-        return f.read()
+        if limit is None:
+            return f.read()
+        data = f.read(limit + 1)
+        if len(data) > limit:
+            raise FileTooLarge(errno.EFBIG, f"larger than {limit // (1 << 20)} MB", str(path))
+        return data
 
 
 def read_status(run_dir: Path) -> dict:
     """status.json as a dict; {"state": "unknown", ...} when missing or unreadable."""
     try:
-        status = json.loads(read_regular(Path(run_dir) / STATUS))
+        status = json.loads(read_regular(Path(run_dir) / STATUS, JSON_LIMIT))
         if isinstance(status, dict) and isinstance(status.get("state"), str):
             bad = [f"{k} is {kind}" for k, (fits, kind) in _STATUS_FIELDS.items() if not fits(status.get(k))]
             if not bad:
                 return status
             return {"state": State.UNKNOWN.value, "message": f"status.json is damaged ({bad[0]})"}
+    except FileTooLarge as e:
+        return {"state": State.UNKNOWN.value, "message": f"status.json is damaged ({e.strerror}; a trainer writes "
+                                                          "a few hundred bytes)"}
     except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested too deeply to read
         pass
     return {"state": State.UNKNOWN.value, "message": "status.json is missing or half written"}
 
 
 def _count(v) -> bool:
-    """A status field that may be absent (None) or a whole number >= 0, never text or a bool."""
-    return v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+    """A status field that may be absent (None) or a whole number >= 0 that a float holds (COUNT_LIMIT, as
+    metrics.csv's: a total_steps of 400 digits failed the Train page's progress bar), never text or a bool."""
+    return v is None or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v < COUNT_LIMIT)
 
 
 def _number(v) -> bool:
-    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < COUNT_LIMIT)  # NaN: no
 
 
 # the fields of status.json that pages and commands read, each with its type: a file written by someone else
@@ -878,7 +929,7 @@ def write_status(run_dir: Path, state: State | str, message: str = "", **extra) 
 def live_status(run_dir: Path) -> dict:
     """read_status, but a "running" run whose trainer is gone reads as "interrupted"."""
     status = read_status(run_dir)
-    if status.get("state") == State.RUNNING and not is_alive(status):
+    if status.get("state") == State.RUNNING and not trainer_alive(run_dir, status):
         saved = status.get("step")  # the trainer records its newest checkpoint's step with each one
         if not list_checkpoints(run_dir):  # "from its last checkpoint" said of a run that has none
             resume = "it wrote no checkpoint, so a resume starts from step 0; or start a new run."
@@ -1298,7 +1349,7 @@ def delete_run(runs_dir: Path, name: str) -> Path:
         raise MixsepError(f"'{name}' is not a run folder (no config.json inside); delete it by hand if you mean it.")
     for run in runs:
         holder = lock_holder(run)
-        if holder is not None or (read_status(run).get("state") == State.RUNNING and is_alive(read_status(run))):
+        if holder is not None or (read_status(run).get("state") == State.RUNNING and trainer_alive(run, read_status(run))):
             raise MixsepError(f"Run '{run_name(runs_dir, run)}' is training now; stop it before deleting "
                               f"{'it' if run == path else f'the folder {name} it is in'}.")
     try:

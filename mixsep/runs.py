@@ -8,8 +8,8 @@ import pandas as pd
 
 from .config import TrainConfig
 from .errors import MixsepError
-from .run import (METRICS, TAIL_LIMIT, State, disk_usage, is_alive, last_metric_row, list_checkpoints, open_regular,
-                  read_metric_frame, read_status, run_folders)
+from .run import (METRICS, TAIL_LIMIT, State, disk_usage, last_metric_row, list_checkpoints, open_regular,
+                  read_metric_frame, read_status, run_folders, trainer_alive)
 
 
 def read_metrics(run_dir: Path) -> pd.DataFrame:
@@ -83,7 +83,7 @@ def live_runs(runs_dir: Path) -> list[tuple[Path, dict]]:
     found = []
     for p in run_folders(runs_dir):
         status = read_status(p)
-        if status.get("state") == State.RUNNING and is_alive(status):
+        if status.get("state") == State.RUNNING and trainer_alive(p, status):
             found.append((p.resolve(), status))
     return found
 

@@ -61,6 +61,7 @@ from .errors import EARLY_SIGNALS, MixsepError, SecondInterrupt
 
 JOURNAL = "optuna.journal"
 SWEEP_FILE, SWEEP_LOG = "sweep.json", "sweep.log"
+SWEEP_LOCK = ".sweep.lock"  # each sweep command of the study holds a shared flock on it for its life
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 ATTR = "mixsep"               # the study's user attribute holding its space and fixed settings
 # the sweep's flags that make the study what it is, and their defaults: a study keeps those it was made with
@@ -481,18 +482,30 @@ def open_storage(url: str | None, runs_dir: Path, heartbeat_s: int = 30, create:
 
     parsed = database_url(url)
     shown = storage_label(url, Path(runs_dir))
-    if not create:
-        if parsed.get_backend_name() == "sqlite" and not Path(parsed.database).expanduser().is_file():
-            return None
+    if not create and parsed.get_backend_name() == "sqlite" and not Path(parsed.database).expanduser().is_file():
+        return None
+    sqlite, new_file = sqlite_file(url)
+    if not new_file:  # what is there is looked at first, without writing: Optuna makes its tables as it opens
         engine = sqlalchemy.create_engine(_connect_url(parsed), **_engine_kwargs(parsed, 10))
         try:
-            if not sqlalchemy.inspect(engine).has_table("studies"):
+            tables = sqlalchemy.inspect(engine)
+            if tables.has_table("studies") and not (
+                    tables.has_table("version_info")
+                    and {"study_id", "study_name"} <= {c["name"] for c in tables.get_columns("studies")}):
+                # another program's database: Optuna added its 23 tables beside the owner's, then failed on the
+                # foreign "studies" (a page that only reads did so, with a traceback)
+                raise MixsepError(f"The database {shown} holds a table named 'studies' that is not Optuna's, so it is "
+                                  "not a sweep's storage; nothing was written there. Name a database of the sweep's "
+                                  "own (or none: the journal file in the runs folder).")
+            if not create and not tables.has_table("studies"):
                 return None
         except sqlalchemy.exc.SQLAlchemyError as e:
-            raise _unusable_database(shown, e) from None
+            # SQLite's file locked by a worker making the tables: the attempts below wait for it; any other
+            # database that cannot be read here cannot be written either (one wait for an unreachable host, not 3)
+            if not create or sqlite is None:
+                raise _unusable_database(shown, e) from None
         finally:
             engine.dispose()
-    sqlite, new_file = sqlite_file(url)
     for attempt in range(3):
         try:
             return optuna.storages.RDBStorage(
@@ -540,11 +553,25 @@ def _full_disk_for_database(sqlite: Path | None, new: bool, shown: str) -> Mixse
                        "command again.")
 
 
-def _lost_database(p: Plan, e: BaseException, then: str, when: str = "") -> MixsepError:
+def _lost_database(p: Plan, e: BaseException, then: str, when: str = "") -> DatabaseLost:
     """The sentence of a sweep whose database went away (``when``: " just after trial N ended"), and what the same
     command does once it is back (``then``)."""
-    return MixsepError(f"The sweep lost its database {storage_label(p.storage, p.runs_dir)} ({_reason(e)}){when}; "
-                       f"once it is back, run the same command: {then}.")
+    return DatabaseLost(f"The sweep lost its database {storage_label(p.storage, p.runs_dir)} ({_reason(e)}){when}; "
+                        f"once it is back, run the same command: {then}.")
+
+
+class DatabaseLost(MixsepError):
+    """A sweep's database went away while it ran: the same command resumes once it is back (sweep.json: stopped)."""
+
+
+def unreadable_database(e: BaseException, url: str | None, runs_dir: Path) -> MixsepError | None:
+    """The sentence for a storage that a reader (the Sweep page) opened and can no longer read, or None when ``e``
+    is no database error: Optuna raises StorageInternalError from the lost connection, which the page showed as a
+    traceback."""
+    if _database_error(e) is None:
+        return None
+    return MixsepError(f"Cannot read the sweep's database {storage_label(url, Path(runs_dir))} ({_reason(e)}); "
+                       "the page reads it again as it refreshes (or reload it once the database is back).")
 
 
 def _unusable_database(shown: str, e) -> MixsepError:
@@ -1026,8 +1053,9 @@ def _made_meanwhile(study, p: Plan, wait_s: float = 30.0) -> dict:
     """The attributes of a study another command created after this one's plan found none.
 
     Its creator sets them just after creating it; a command that planned another space, other
-    fixed settings or another validation set must not add its trials to that study (they would
-    be compared with trials of another problem), so it is refused as plan() refuses a resume.
+    fixed settings, another validation set or other pruning rules must not add its trials to that
+    study (they would be compared with trials of another problem, or judged otherwise), so it is
+    refused as plan() refuses a resume.
     """
     deadline = time.monotonic() + wait_s
     while (kept := study.user_attrs.get(ATTR)) is None:
@@ -1040,7 +1068,9 @@ def _made_meanwhile(study, p: Plan, wait_s: float = 30.0) -> dict:
         ("space", _unordered(parse_space(kept["space"])) == _unordered(p.space)),
         # compared as plan() compares a resume, value by value: `--checkpoint-seconds 10` spells out the default
         ("fixed settings", _shared(kept["config"]) == _shared(mine["config"])),
-        ("validation pairs", kept["val_size"] == mine["val_size"] and kept.get("pairs") == mine.get("pairs")))
+        ("validation pairs", kept["val_size"] == mine["val_size"] and kept.get("pairs") == mine.get("pairs")),
+        # the joiner's trials were judged by its own rules: one study held trials pruned and never checked
+        ("--pruner or --report-every", kept.get("flags", mine["flags"]) == mine["flags"]))
         if not same]
     if differs:
         raise MixsepError(f"Study '{p.study}' was just made by another command with another {' and '.join(differs)}; "
@@ -1252,7 +1282,10 @@ def fail_dead_trials(study, journal: bool, runs_dir: Path | None = None) -> list
         before = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         optuna.storages.fail_stale_trials(study)
         after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        clean = {n: ended_cleanly(runs_dir, before[n]) for n in set(before) - after}
+        # those the heartbeat failed: a trial another worker completed (or pruned) meanwhile left RUNNING too, and
+        # was said to be "queued again" after a dead worker
+        failed = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+        clean = {n: ended_cleanly(runs_dir, before[n]) for n in (set(before) - after) & failed}
         return [(n, clean[n] or crashes(before[n]) < MAX_RETRY, clean[n]) for n in sorted(clean)]
     host, dead = socket.gethostname(), []
     now = datetime.datetime.now()
@@ -1401,11 +1434,22 @@ class Worker:
     say: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr, flush=True))
 
     def run(self) -> None:
-        from optuna.trial import TrialState
-
         p = self.plan
         self.study = load_study(p, self.index)
         self.val, self.last, self.trial_id = None, None, None
+        try:
+            self._trials()
+        except MixsepError:  # said already (a trial's own loss of the database, with what resumes)
+            raise
+        except Exception as e:  # lost between trials, or while waiting for others' trials
+            if _database_error(e) is None:
+                raise
+            raise _lost_database(p, e, "the study goes on from there") from None
+
+    def _trials(self) -> None:
+        from optuna.trial import TrialState
+
+        p = self.plan
         journal = not p.storage
         waiting_said = False
         while not self.should_stop():
@@ -1635,20 +1679,50 @@ def best_trial(study):
 def _read_sweep(folder: Path) -> dict:
     import json
 
+    from .config import JSON_LIMIT
     from .run import read_regular
 
     try:  # a regular file only: a FIFO named sweep.json blocked the page (and the registry's lock) for good
-        d = json.loads(read_regular(Path(folder) / SWEEP_FILE))
+        d = json.loads(read_regular(Path(folder) / SWEEP_FILE, JSON_LIMIT))
         return d if isinstance(d, dict) else {}
     except (OSError, ValueError, RecursionError):  # RecursionError: nested too deeply to read
         return {}
 
 
-def _other_commands(was: dict) -> list[dict]:
+def sweep_command(folder: Path, record: dict) -> bool:
+    """Whether the process a record of sweep.json names (pid and start time) is alive and is a sweep command of the
+    study in ``folder``: it holds the study's SWEEP_LOCK. A sweep.json written by hand may name any process here,
+    and a Stop sent it SIGTERM. Where no /proc/locks can say (macOS), the pid and start time."""
+    from .run import flock_holders, is_alive
+
+    if not is_alive(record):
+        return False
+    holders = flock_holders(Path(folder) / SWEEP_LOCK)
+    return holders is None or record.get("pid") in holders
+
+
+def _hold_sweep_lock(folder: Path) -> int | None:
+    """The descriptor of a shared flock on the study's SWEEP_LOCK, held until closed (``sweep_command``); None where
+    it cannot be made (then writing sweep.json fails too, and says why)."""
+    import fcntl
+
+    try:
+        fd = os.open(Path(folder) / SWEEP_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _other_commands(was: dict, folder: Path) -> list[dict]:
     """The other sweep commands of a study that sweep.json (``was``) knows to run here: the one it names, and
     those that command found running when it started ("others"). Only the live ones, each with its identity
     and its own --workers and --trials (what the record shows once it names that one)."""
-    from .run import identity, is_alive
+    from .run import identity
 
     if was.get("host") != socket.gethostname():
         return []
@@ -1656,7 +1730,7 @@ def _other_commands(was: dict) -> list[dict]:
     for o in [was if was.get("state") == "running" else {},
               *(was.get("others") if isinstance(was.get("others"), list) else [])]:
         if isinstance(o, dict) and type(o.get("pid")) is int and o["pid"] != me["pid"] and o["pid"] not in seen \
-                and is_alive(o):
+                and sweep_command(folder, o):
             seen.add(o["pid"])
             out.append({"pid": o["pid"], "pid_start": o.get("pid_start"),
                         **{k: o[k] for k in ("workers", "trials") if isinstance(o.get(k), int)}})
@@ -1686,17 +1760,17 @@ def write_sweep_status(p: Plan, state: str, message: str = "") -> None:
 
 
 def _write_sweep_status(p: Plan, state: str, message: str) -> None:
-    from .run import identity, is_alive, write_json
+    from .run import identity, write_json
 
     path, me = p.folder / SWEEP_FILE, identity()
     was = _read_sweep(p.folder)
-    others = _other_commands(was)
+    others = _other_commands(was, p.folder)
     record = {"study": p.study, "storage": storage_label(p.storage, p.runs_dir),
               "storage_key": storage_key(p.storage, p.runs_dir), "host": socket.gethostname(),
               "workers": p.workers, "trials": p.trials, "updated": time.time()}
     if state == "running" or not others:
         write_json(path, {**record, "state": state, "message": message, **me, "others": others})
-    elif was.get("pid") != me["pid"] and is_alive(was):  # another command is named: it speaks for the sweep
+    elif was.get("pid") != me["pid"] and sweep_command(p.folder, was):  # another command is named: it speaks for it
         write_json(path, {**was, "others": [o for o in others if o["pid"] != was["pid"]], "updated": time.time()})
     else:  # this command was named, and ends while others run on: the first of them is named now, with its own
         # --workers and --trials; the message says how the one named before ended
@@ -1706,17 +1780,15 @@ def _write_sweep_status(p: Plan, state: str, message: str) -> None:
 
 def live_sweeps(runs_dir: Path) -> list[dict]:
     """sweep.json of every study in runs_dir whose sweep process still runs on this machine."""
-    from .run import is_alive
-
     root = Path(runs_dir)
     found = []
     for f in sorted(root.glob(f"*/{SWEEP_FILE}")) if root.is_dir() else []:
         d = _read_sweep(f.parent)
         if d.get("state") != "running" or d.get("host") != socket.gethostname():
             continue
-        if is_alive(d):
+        if sweep_command(f.parent, d):
             found.append(dict(d, folder=str(f.parent)))
-        elif others := _other_commands({**d, "state": None}):  # the named one killed: another command runs on
+        elif others := _other_commands({**d, "state": None}, f.parent):  # the named one killed: another runs on
             found.append(dict(d, folder=str(f.parent), **others[0]))
     return found
 
@@ -1734,8 +1806,29 @@ def _stop_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _counts(p: Plan, study) -> dict:
+    """counts(study), a lost database said as such (the parent of the workers reads it after them)."""
+    try:
+        return counts(study)
+    except MixsepError:
+        raise
+    except Exception as e:
+        if _database_error(e) is None:
+            raise
+        raise _lost_database(p, e, "the study goes on from there") from None
+
+
 def run_sweep(p: Plan, say: Callable[[str], None] | None = None) -> int:
     """Run the study to its target with p.workers processes (this one, or children); 0 when it got there."""
+    lock: list[int] = []  # the study's SWEEP_LOCK, held from when its folder is there to the last word
+    try:
+        return _run_sweep(p, say, lock)
+    finally:
+        for fd in lock:
+            os.close(fd)
+
+
+def _run_sweep(p: Plan, say: Callable[[str], None] | None, lock: list[int]) -> int:
     if EARLY_SIGNALS:  # a Ctrl-C while torch or Optuna loaded, whose KeyboardInterrupt Python dropped
         raise KeyboardInterrupt
     stop = {"flag": False}
@@ -1760,6 +1853,8 @@ def run_sweep(p: Plan, say: Callable[[str], None] | None = None) -> int:
         _stop_with_parent()
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     study = create_study(p, say)
+    if not os.environ.get(_CHILD_ENV):  # a worker child: its parent command holds it
+        lock.extend(fd for fd in [_hold_sweep_lock(p.folder)] if fd is not None)
     if p.workers > 1:  # counted once, before any worker starts: each seeds its sampler from the same count
         p = dataclasses.replace(p, trials_held=trials_held(study))
     write_sweep_status(p, "running")
@@ -1773,25 +1868,26 @@ def run_sweep(p: Plan, say: Callable[[str], None] | None = None) -> int:
                 children.append(_spawn(p, i))
             codes = [c.wait() for c in children]
             failed = sum(c not in (0, -signal.SIGTERM) for c in codes)
-            if failed and not stop["flag"] and counts(study)["done"] >= p.trials:  # the others finished it
+            if failed and not stop["flag"] and _counts(p, study)["done"] >= p.trials:  # the others finished it
                 say(f"{failed} of {p.workers} sweep workers ended early (exit codes {codes}); the others finished "
                     "the study")
             elif failed and not stop["flag"]:
                 raise MixsepError(f"{sum(c != 0 for c in codes)} of {p.workers} sweep workers failed "
                                   f"(exit codes {codes}); see their output above, then run the same command to resume.")
+        c = _counts(p, study)
     except BaseException as e:
         try:
             if isinstance(e, KeyboardInterrupt):
                 write_sweep_status(p, "stopped", "quit at once by a second Ctrl-C; run the same command to resume")
-            else:
-                write_sweep_status(p, "failed", str(e) if isinstance(e, MixsepError) else f"{e.__class__.__name__}: {e}")
+            else:  # a lost database stopped it: nothing failed, and the same command goes on
+                write_sweep_status(p, "stopped" if isinstance(e, DatabaseLost) else "failed",
+                                   str(e) if isinstance(e, MixsepError) else f"{e.__class__.__name__}: {e}")
         except MixsepError:
             pass  # a full disk: the error being raised says so
         raise
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-    c = counts(study)
     finished = c["done"] >= p.trials
     write_sweep_status(p, "finished" if finished else "stopped",
                        f"{c['done']} of {p.trials} trials done" + ("" if finished else "; run the same command to resume"))
@@ -1820,7 +1916,14 @@ def _spawn(p: Plan, index: int) -> subprocess.Popen:
            "--workers", "1", "--worker-index", str(index), "--report-every", str(p.report_every),
            "--pruner", p.pruner, "--sampler-seed", str(p.sampler_seed), "--heartbeat", str(p.heartbeat),
            "--trials-held", str(p.trials_held or 0)]
-    return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+    # a terminal's Ctrl-C reaches the whole process group: one that landed while a child's interpreter started
+    # printed "Fatal Python error: init_import_site" and a traceback. The child ignores SIGINT until its handler is
+    # in place (mixsep.cli.main); this command forwards the stop to it as SIGTERM meanwhile
+    return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, preexec_fn=_ignore_sigint)
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def trials_frame(study):
@@ -1918,18 +2021,16 @@ class SweepRegistry:
 
     def stop(self) -> bool:
         """Ask the live sweep to stop: the running trial checkpoints and is requeued; False when none runs."""
-        from .run import is_alive
-
         with self._lock:
             live = self.running()
             if live is None:
                 return False
+            folder = Path(live["folder"]) if "folder" in live else self.runs_dir / str(live["study"])
             if self._proc is not None and self._proc.poll() is None:
                 self._proc.send_signal(signal.SIGTERM)
-            elif is_alive(live):  # adopted: still the very process that wrote sweep.json
+            elif sweep_command(folder, live):  # adopted: still the very process that wrote sweep.json, a sweep's
                 os.kill(int(live["pid"]), signal.SIGTERM)
-            folder = Path(live["folder"]) if "folder" in live else self.runs_dir / str(live["study"])
-            for other in _other_commands(_read_sweep(folder)):  # commands of the same study from a terminal
+            for other in _other_commands(_read_sweep(folder), folder):  # commands of the same study from a terminal
                 if other["pid"] != live.get("pid"):
                     os.kill(int(other["pid"]), signal.SIGTERM)
             return True

@@ -81,6 +81,23 @@ def seen(markdown: str) -> str:
     return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
 
 
+HOLD_LOCKS = """import fcntl, os, sys, time
+for path in sys.argv[1:]:
+    fcntl.flock(os.open(path, os.O_RDWR | os.O_CREAT), fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def holding(*locks) -> subprocess.Popen:
+    """A live process that holds a flock on each of ``locks`` (a run's .lock, as its trainer does; a study's
+    .sweep.lock, as its sweep commands do), to name in a status.json or sweep.json written by a test: the
+    pages and registries take only a lock's holder for a run's trainer or a sweep. Kill it when done."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCKS, *map(str, locks)], stdout=subprocess.PIPE)
+    assert proc.stdout.readline() == b"locked\n"
+    return proc
+
+
 def wait_for(predicate, timeout: float = 60.0, what: str = "condition", interval: float = 0.05) -> None:
     """Poll ``predicate`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import conftest
 from conftest import make_data_root, seen, unblock_fifo
 from streamlit.testing.v1 import AppTest
 
@@ -1072,7 +1073,8 @@ def test_the_train_page_takes_a_link_to_a_run_as_the_other_pages_do(app_env, tra
     assert "There is no run named 'no-such-run'" in texts(at.error) and widget(at.selectbox, "Run").value == "tiny-run"
     at.run()  # said once
     assert not at.error and widget(at.selectbox, "Run").value == "tiny-run"
-    status = json.loads((runs / "other-run" / "status.json").read_text()) | {"state": "running"} | trainer
+    status = json.loads((runs / "other-run" / "status.json").read_text()) | {"state": "running"} | trainer(
+        runs / "other-run")
     (runs / "other-run" / "status.json").write_text(json.dumps(status))
     at = open_page("app_pages/1_Train.py", run="tiny-run")  # a link while other-run trains
     assert "Run 'other-run' is training, so this page shows it; 'tiny-run' can be picked once it ends." \
@@ -1333,11 +1335,17 @@ def shows_literally(markdown: str, text: str) -> bool:
 
 @pytest.fixture
 def trainer():
-    """A live process to name as a run's trainer in its status.json (a run "training now")."""
-    proc = subprocess.Popen(["sleep", "120"])
-    yield identity(proc.pid)
-    proc.kill()
-    proc.wait()
+    """trainer(RUN): a live process that holds RUN's lock, as a trainer does, to name as its trainer in its
+    status.json (a run "training now"); its identity."""
+    procs = []
+
+    def hold(run: Path) -> dict:
+        procs.append(conftest.holding(run / ".lock"))
+        return identity(procs[-1].pid)
+    yield hold
+    for proc in procs:
+        proc.kill()
+        proc.wait()
 
 
 LINK = "[Your session expired, log in here](https://evil.example/login)"
@@ -1354,6 +1362,15 @@ def test_a_link_to_a_run_shows_its_name_as_text_never_as_markdown(app_env, page,
     assert widget(at.selectbox, "Run").value == "tiny-run"  # and the way out is still there
 
 
+def test_a_link_with_a_very_long_run_name_is_quoted_short(app_env):
+    """A ?run= of 5,000 characters filled the error box with a hundred lines (Metrics), the warning too (Compare)."""
+    at = open_page("app_pages/3_Metrics.py", run="a" * 5000)
+    error = next(e.value for e in at.error if "not a valid run name" in e.value)
+    assert f"'{'a' * 128}… (5000 characters)' is not a valid run name" in error and len(error) < 500
+    at = open_page("app_pages/4_Compare.py", run=["tiny-run", "b" * 5000])
+    assert f"No run named '{'b' * 128}… (5000 characters)'" in texts(at.warning) and len(texts(at.warning)) < 500
+
+
 def test_odd_but_valid_run_names_show_as_typed(app_env, trainer):
     data, runs = app_env
     name = "1. a _b_ -- c"  # a list item, italics and an em dash, were it markdown
@@ -1367,7 +1384,7 @@ def test_odd_but_valid_run_names_show_as_typed(app_env, trainer):
     caption = next(c.value for c in at.caption if " · mode " in c.value).split(" · mode ")[0]  # the run's part
     assert shows_literally(caption, f"{name} · last.pt · step 3"), caption
     busy = _broken_run(runs, "x _y_ z")
-    write_status(busy, "running", step=1, total_steps=3, **trainer)
+    write_status(busy, "running", step=1, total_steps=3, **trainer(busy))
     at = open_page("app_pages/6_Separate.py", run=busy.name)
     info = at.info[0].value
     assert shows_literally(info.split(" holds")[0], "Run x _y_ z") and "holds no checkpoint yet" in info, info
@@ -1445,7 +1462,7 @@ def test_compare_shows_blanks_not_none_and_small_runs_in_kb(app_env):
 def test_a_run_without_checkpoints_is_told_to_wait_only_while_it_trains(app_env, trainer):
     data, runs = app_env
     _broken_run(runs, "emptied")  # finished, its checkpoints deleted
-    write_status(_broken_run(runs, "training"), "running", step=1, total_steps=3, **trainer)
+    write_status(_broken_run(runs, "training"), "running", step=1, total_steps=3, **trainer(runs / "training"))
     at = open_page("app_pages/2_Samples.py", run="emptied")
     info = texts(at.info)
     assert "holds no checkpoint" in info and "removed, or never written" in info and "Pick another run" in info
@@ -1463,7 +1480,7 @@ def test_compare_notes_a_run_without_a_checkpoint_unscored_too_and_a_checkpoints
     run whose checkpoints was a file was said to hold none in its checkpoints folder, which it does not have."""
     data, runs = app_env
     _broken_run(runs, "emptied")  # finished, its checkpoints deleted
-    write_status(_broken_run(runs, "training"), "running", step=1, total_steps=3, **trainer)
+    write_status(_broken_run(runs, "training"), "running", step=1, total_steps=3, **trainer(runs / "training"))
     filed = _broken_run(runs, "filed")
     (filed / "checkpoints").rmdir()
     (filed / "checkpoints").write_text("not a folder")

@@ -564,6 +564,13 @@ def test_a_picked_run_stays_picked_when_its_state_changes(server):
             expect(page.get_by_text(shown, exact=True).first).to_be_visible()
             page.wait_for_timeout(300)
             assert page.evaluate(CUT_SHORT_JS) == [], name
+        # inside another site's frame the page is blanked and says why: the server sends no X-Frame-Options, and a
+        # decoy page around it could have the user's clicks land on Delete (Compare), Start or Stop
+        page.set_content(f'<h3>Win a prize</h3><iframe src="{url}/Compare" width="1200" height="700"></iframe>')
+        framed = page.frame_locator("iframe")
+        expect(framed.get_by_text("does not work inside another page's frame")).to_be_visible()
+        expect(framed.get_by_role("heading", name="Compare runs")).to_have_count(0)
+        expect(framed.get_by_text("Delete runs")).to_have_count(0)
         browser.close()
 
 

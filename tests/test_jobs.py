@@ -35,6 +35,10 @@ def status(state, msg="", step=0):
     (run / "s.tmp").write_text(json.dumps({"state": state, "message": msg, "pid": os.getpid(), "pid_start": start,
                                            "step": step, "total_steps": 1000}))
     os.replace(run / "s.tmp", run / "status.json")
+if mode != "refused":  # as the real trainer does: it holds the run's lock for its life (a page signals only that)
+    import fcntl
+    lock = os.open(run / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)
 if mode == "error":  # as the real CLI does: the sentence goes into status.json, and to stderr for people
     status("failed", "No MNIST train data under /nowhere: expected files. Copy the files there.")
     print("error: No MNIST train data under /nowhere: expected files. Copy the files there.", flush=True)
@@ -223,6 +227,34 @@ def test_a_terminals_run_the_page_adopted_and_then_killed_reads_interrupted_and_
     assert (run / "status.json").read_bytes() == written and not (run / "worker.log").exists()
 
 
+def test_a_status_json_naming_another_process_is_no_trainer_and_that_process_gets_no_signal(tmp_path, tiny_config,
+                                                                                            jobs_of):
+    """A status.json written by hand, or copied with a run, may name any live process here by its pid and start
+    time (pid 1's is easy to guess): the Train page took the run for its job, showed it training, refused to
+    delete it, and its Stop sent that process SIGTERM. Only the holder of the run's lock is its trainer."""
+    import subprocess
+
+    from mixsep.run import process_start
+
+    run = tmp_path / "runs" / "forged"
+    run.mkdir(parents=True)
+    tiny_config.save(run / "config.json")
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        (run / "status.json").write_text(json.dumps({"state": "running", "pid": other.pid, "step": 2,
+                                                     "pid_start": process_start(other.pid), "total_steps": 10}))
+        jobs = jobs_of(tmp_path / "runs")
+        assert jobs.running() is None and jobs.stop() is False
+        assert live_status(run)["state"] == "interrupted"
+        jobs.delete("forged")  # not refused as "training now"
+        assert not run.exists()
+        time.sleep(0.5)
+        assert other.poll() is None  # no signal reached it
+    finally:
+        other.kill()
+        other.wait()
+
+
 def test_interrupted_run_reads_interrupted(tmp_path, tiny_config, fake_python, jobs_of):
     """A 'running' folder whose process is gone (machine rebooted) is shown as interrupted, not running."""
     run = tmp_path / "runs" / "old"
@@ -394,7 +426,8 @@ def test_a_running_sweep_blocks_training_and_its_trials_are_not_adopted(tmp_path
     trial = runs / "study" / "trial-0000"
     trial.mkdir(parents=True)
     (trial / "config.json").write_text(json.dumps(tiny_config.to_dict()))
-    sweep = subprocess.Popen(["sleep", "60"])  # stands in for the sweep process and its trial's trainer
+    # stands in for the sweep process and its trial's trainer, holding their locks
+    sweep = conftest.holding(trial / ".lock", runs / "study" / ".sweep.lock")
     try:
         ident = R.identity(sweep.pid)
         R.write_json(trial / "status.json", {"state": "running", **ident, "step": 1, "total_steps": 9})

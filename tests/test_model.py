@@ -35,6 +35,9 @@ def test_registry_keeps_faithful_the_default():
     assert {"faithful", "unet"} <= set(MODELS)
     with pytest.raises(MixsepError, match="Unknown model 'nope'"):
         build_model("nope")
+    with pytest.raises(MixsepError) as e:  # a config.json written by hand: its control characters shown as escapes
+        build_model("tiny\x00\x1b[2J")
+    assert str(e.value).startswith("Unknown model 'tiny\\x00\\x1b[2J';")
 
 
 @pytest.mark.parametrize("name", ["faithful", "unet", "tiny"])

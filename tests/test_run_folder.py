@@ -377,12 +377,47 @@ def test_a_reused_pid_is_not_the_trainer(small_config, tmp_path):
         finally:
             other.kill()
             other.wait()
-        # and the real process with its real identity is the trainer
+        # and the real process with its real identity is the trainer, once it holds the run's lock as a trainer does
         R.write_json(run / "status.json", {"state": "running", **R.identity(sleeper.pid), "step": 3})
-        assert R.live_status(run)["state"] == "running"
+        assert R.live_status(run)["state"] == "interrupted"  # any live process is not the trainer
+        holder = conftest.holding(run / ".lock")
+        try:
+            R.write_json(run / "status.json", {"state": "running", **R.identity(holder.pid), "step": 3})
+            assert R.live_status(run)["state"] == "running"
+        finally:
+            holder.kill()
+            holder.wait()
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_huge_json_files_and_numbers_in_a_run_or_study_read_as_damaged(tmp_path):
+    """A 1 GB status.json (sparse: no disk used) in one run folder made every page that lists it read it whole at
+    each poll (2.8 GB for the server, a Train page that never settled); a total_steps of 400 digits failed the
+    Train page's progress bar with a traceback."""
+    from mixsep.sweep import _read_sweep
+
+    run = tmp_path / "run"
+    run.mkdir()
+    TrainConfig(data_root=str(tmp_path)).save(run / "config.json")
+    for name in ("status.json", "sweep.json"):
+        with open(run / name, "wb") as f:
+            f.truncate(1 << 30)
+    assert R.read_status(run) == {"state": "unknown", "message": "status.json is damaged (larger than 1 MB; a "
+                                                                 "trainer writes a few hundred bytes)"}
+    assert _read_sweep(run) == {}
+    with open(run / "config.json", "r+b") as f:
+        f.truncate(1 << 30)
+    with pytest.raises(MixsepError, match="is not a readable mixsep config \\(larger than 1 MB, where a "
+                                          "config.json holds about 1 KB\\)"):
+        TrainConfig.load(run / "config.json")
+    for field, value, said in (("total_steps", 10**400, "total_steps is not a count"),
+                               ("step", 2**53, "step is not a count"), ("updated", 10**400, "updated is not a time")):
+        (run / "status.json").write_text(json.dumps({"state": "running", "step": 1, "total_steps": 4, field: value}))
+        assert R.read_status(run) == {"state": "unknown", "message": f"status.json is damaged ({said})"}
+    (run / "status.json").write_text(json.dumps({"state": "finished", "step": 2**53 - 1, "total_steps": 2**53 - 1}))
+    assert R.read_status(run)["state"] == "finished"  # the largest count a float holds is still one
 
 
 def test_status_without_identity_is_not_trusted(tmp_path):
@@ -617,7 +652,7 @@ def test_delete_never_takes_a_folder_with_a_training_run_or_a_running_sweep_anyw
     """A run nested in another run's folder (made by hand, or by a train that was not refused then) trained on
     while Delete took the outer run and all in it; a study's folder went while its sweep ran between trials."""
     from mixsep.cli import build_parser
-    from mixsep.sweep import plan, write_sweep_status
+    from mixsep.sweep import _hold_sweep_lock, plan, write_sweep_status
 
     runs = tmp_path / "runs"
     list(T.train_steps(small_config, runs / "outer"))
@@ -638,10 +673,12 @@ def test_delete_never_takes_a_folder_with_a_training_run_or_a_running_sweep_anyw
     p = plan(build_parser().parse_args(["sweep", "--study", "demo", "--runs-dir", str(runs),
                                         "--data-root", small_config.data_root, "--val-size", "16", "--batch-size", "8"]))
     list(T.train_steps(small_config, p.folder / "trial-0000"))  # its first trial, done
+    lock = _hold_sweep_lock(p.folder)  # as a sweep command holds it while it runs
     write_sweep_status(p, "running")  # this process is the sweep: alive, on this machine, between two trials
     with pytest.raises(MixsepError, match=r"^Sweep 'demo' is running in 'demo'; stop it on the Sweep page"):
         R.delete_run(runs, "demo")
     write_sweep_status(p, "stopped")
+    os.close(lock)
     R.delete_run(runs, "demo")
     assert list(runs.iterdir()) == []
 

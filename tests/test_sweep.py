@@ -21,7 +21,7 @@ from conftest import make_data_root, tree, write_cifar_batch, write_idx
 from mixsep import MixsepError, TrainConfig
 from mixsep.cli import build_parser, main
 from mixsep.config import settings
-from mixsep.sweep import (JOURNAL, SWEEP_LOG, Dimension, SweepRegistry, counts, create_study, format_space, load_study, parse_space,
+from mixsep.sweep import (JOURNAL, SWEEP_LOG, Dimension, SweepRegistry, counts, create_study, format_space, load_study, open_storage, parse_space,
                           plan, trials_frame, validation_pairs)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -748,7 +748,7 @@ def test_two_commands_that_write_sweep_json_at_once_both_stay_recorded(data_root
     itself, and the other was then invisible to the pages and their Stop (QA: 4 of 8 tries)."""
     import multiprocessing
 
-    from mixsep.sweep import SWEEP_FILE, write_sweep_status
+    from mixsep.sweep import SWEEP_FILE, _hold_sweep_lock, write_sweep_status
 
     p = plan(build_parser().parse_args(sweep_args(data_root, tmp_path / "runs", "--study", "r", *TINY)))
     p.folder.mkdir(parents=True)
@@ -758,6 +758,7 @@ def test_two_commands_that_write_sweep_json_at_once_both_stay_recorded(data_root
         start, written, done = ctx.Barrier(3), ctx.Barrier(3), ctx.Event()
 
         def command():
+            _hold_sweep_lock(p.folder)  # as a sweep command holds it, for its life
             start.wait(10)
             write_sweep_status(p, "running")
             written.wait(10)
@@ -1098,6 +1099,8 @@ def test_sweep_page_launches_a_study_and_shows_its_trials(page_env):
     assert set(shown.index) == {"page/trial-0000", "page/trial-0001"} and shown["best_loss"].notna().all()
     for _, row in table.iterrows():  # the best of a trial's validation reports, never below its final figure
         assert shown.loc[row["run"], "val_psnr"] >= row["val PSNR"] - 1e-9
+    # named apart from the Sweep table's "val PSNR" (the final report, which "Best so far" and --best rank by)
+    assert json.loads(compare.dataframe[0].proto.columns)["val_psnr"]["label"] == "best val PSNR"
 
 
 def test_sweep_page_hides_the_servers_database_password_and_still_uses_it(page_env, monkeypatch):
@@ -1203,6 +1206,12 @@ def test_a_command_spelling_out_a_default_joins_a_study_made_a_moment_before(dat
     other = plan(build_parser().parse_args(sweep_args(data_root, runs, "--study", "m", *TINY, "--keep-epochs", "2")))
     with pytest.raises(MixsepError, match="another fixed settings"):
         _made_meanwhile(study, other)
+    # other pruning rules: it joined, and its trials were reported every 4 steps and never pruned beside the
+    # maker's pruned ones (and the study then recorded the joiner's rules as its own)
+    for flags in (["--pruner", "none"], ["--report-every", "4"]):
+        other = plan(build_parser().parse_args(sweep_args(data_root, runs, "--study", "m", *TINY, *flags)))
+        with pytest.raises(MixsepError, match="with another --pruner or --report-every; run the same command"):
+            _made_meanwhile(study, other)
 
 
 def test_a_resumed_study_draws_new_points_and_a_new_study_draws_as_before(tmp_path):
@@ -1317,3 +1326,89 @@ def test_a_tilde_in_a_sqlite_storage_is_the_home_folder(tmp_path, capsys, monkey
     assert main(sweep_args(make_data_root(tmp_path / "data"), tmp_path / "runs", "--study", "s", "--trials", "1",
                            "--storage", "sqlite:///~/s.db", *TINY)) == 0, capsys.readouterr().err
     assert (home / "s.db").is_file() and not (tmp_path / "~").exists()
+
+
+def test_a_sweep_json_naming_another_process_is_no_sweep_and_that_process_gets_no_signal(tmp_path):
+    """A sweep.json written by hand may name any live process here (pid and start time, this host): the Sweep
+    page's Stop sent it SIGTERM. Only a process that holds the study's lock, as every sweep command does, is one."""
+    from mixsep.run import process_start
+    from mixsep.sweep import live_sweeps
+
+    runs = tmp_path / "runs"
+    (runs / "st").mkdir(parents=True)
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        record = {"state": "running", "host": socket.gethostname(), "pid": other.pid,
+                  "pid_start": process_start(other.pid), "study": "st", "others": []}
+        (runs / "st" / "sweep.json").write_text(json.dumps(record))
+        assert live_sweeps(runs) == [] and SweepRegistry(runs).stop() is False
+        time.sleep(0.5)
+        assert other.poll() is None  # no signal reached it
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_database_of_another_program_is_not_written_by_a_sweep_nor_by_a_page_that_reads_it(tmp_path, capsys):
+    """A database with a table named "studies" that is not Optuna's: the Sweep page, which only reads a storage,
+    added Optuna's 23 tables and indexes beside the owner's and then showed a traceback."""
+    import sqlite3
+
+    db = tmp_path / "other.db"
+    with sqlite3.connect(db) as c:
+        c.execute("create table studies(id integer primary key, note text)")
+        c.execute("insert into studies(note) values ('the owner''s row')")
+    before = db.read_bytes()
+    url = f"sqlite:///{db}"
+    said = f"The database {url} holds a table named 'studies' that is not Optuna's"
+    for create in (False, True):  # the page's read, a sweep's start
+        with pytest.raises(MixsepError, match=re.escape(said)):
+            open_storage(url, tmp_path / "runs", create=create)
+    assert main(["sweep", "--study", "s", "--runs-dir", str(tmp_path / "runs"), "--storage", url,
+                 "--data-root", str(tmp_path)]) == 2
+    assert said in capsys.readouterr().err
+    assert db.read_bytes() == before  # nothing written
+
+
+def test_a_trial_another_worker_completes_while_the_heartbeat_looks_is_not_said_to_be_requeued(tmp_path,
+                                                                                               monkeypatch):
+    """On a database, a trial that left RUNNING between the two looks around Optuna's heartbeat check (another
+    worker completed it) was said to be a dead worker's, "marked failed and queued again", though neither was."""
+    import optuna
+
+    from mixsep.sweep import fail_dead_trials
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}", heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(study_name="race", storage=storage, direction="maximize")
+    trial = study.ask()
+    real = optuna.storages.fail_stale_trials
+
+    def meanwhile(s):  # the other worker's tell lands inside the check
+        study.tell(trial, 1.0)
+        return real(s)
+
+    monkeypatch.setattr(optuna.storages, "fail_stale_trials", meanwhile)
+    assert fail_dead_trials(study, journal=False, runs_dir=tmp_path) == []
+    assert [t.state.name for t in study.trials] == ["COMPLETE"]
+
+
+def test_a_ctrl_c_while_a_worker_child_starts_prints_no_python_error(data_root, tmp_path, capfd):
+    """A terminal's Ctrl-C reaches the whole process group: one that landed while a worker child's interpreter
+    started printed "Fatal Python error: init_import_site" or a KeyboardInterrupt traceback. The child ignores it
+    until its handler is in place, and its parent's SIGTERM (how the parent forwards a stop) still ends it."""
+    from mixsep.sweep import _spawn
+
+    p = plan(build_parser().parse_args(sweep_args(data_root, tmp_path / "runs", "--study", "c", "--workers", "2",
+                                                  *TINY)))
+    child = _spawn(p, 0)
+    try:
+        child.send_signal(signal.SIGINT)  # at once: its interpreter is starting (importing torch takes a second)
+        time.sleep(0.3)
+        assert child.poll() is None  # ignored
+        child.send_signal(signal.SIGTERM)
+        child.wait(30)
+    finally:
+        child.kill()
+        child.wait()
+    err = capfd.readouterr().err
+    assert "Fatal Python error" not in err and "Traceback" not in err and "KeyboardInterrupt" not in err, err

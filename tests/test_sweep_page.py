@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import conftest
 from conftest import seen
 from test_app_pages import markup, shows_literally
 from test_sweep import TINY, app_page, page_env  # noqa: F401  (page_env: the fixture, shared)
@@ -271,9 +272,9 @@ def test_a_sweep_of_this_runs_folder_in_another_storage_is_named_not_shown_as_st
 
     data, runs = page_env
     elsewhere = f"sqlite:///{tmp_path / 'q2.db'}"
-    sweeper = subprocess.Popen(["sleep", "120"])  # a live sweep command, as sweep.json names it
+    (runs / "q2").mkdir(parents=True)
+    sweeper = conftest.holding(runs / "q2" / ".sweep.lock")  # a live sweep command, as sweep.json names it
     try:
-        (runs / "q2").mkdir(parents=True)
         write_json(runs / "q2" / "sweep.json", {
             "study": "q2", "storage": storage_label(elsewhere, runs), "storage_key": storage_key(elsewhere, runs),
             "host": socket.gethostname(), "state": "running", **identity(sweeper.pid)})
@@ -364,3 +365,24 @@ def test_start_and_resume_write_an_sqlite_storage_only_inside_the_runs_folder(pa
     assert {p: p.read_bytes() for p in before} == before and sweep_ui.registry(runs).running() is None
     sweep_ui.check_writes_here(f"sqlite:///{runs}/inside.db", runs)  # a file in the runs folder may be written
     sweep_ui.check_writes_here("postgresql://user@dbhost/mixsep", runs)  # a database server is no file here
+
+
+def test_a_database_that_goes_bad_after_the_page_read_it_is_one_sentence(page_env, monkeypatch):
+    """Optuna raises StorageInternalError from a database lost after the page opened it (PostgreSQL stopped): the
+    page showed it as a traceback. Here the SQLite file the server reads is overwritten with what is no database."""
+    data, runs = page_env
+    runs.mkdir(parents=True)
+    db = runs / "s.db"
+    url = f"sqlite:///{db}"
+    monkeypatch.setenv("MIXSEP_SWEEP_STORAGE", url)
+    create_study(plan(build_parser().parse_args(["sweep", "--data-root", str(data), "--runs-dir", str(runs),
+                                                 "--study", "gone", "--storage", url, *TINY])))
+    at = app_page("5_Sweep.py", 60)
+    assert not at.exception and picker(at).value == "gone", [e.value for e in at.exception]
+    size = db.stat().st_size
+    with open(db, "r+b") as f:  # in place: the server's open connection reads it
+        f.write(b"no database here" * (size // 16))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    said = [e.value for e in at.error if "Cannot read the sweep's database" in e.value]
+    assert len(said) == 1 and "the page reads it again as it refreshes" in said[0], [e.value for e in at.error]

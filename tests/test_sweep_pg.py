@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import json
 from pathlib import Path
 
 import pytest
@@ -165,11 +166,11 @@ def test_a_database_lost_mid_trial_is_one_sentence_and_the_study_resumes_when_it
 
     data = make_data_root(tmp_path / "data")
     runs = tmp_path / "runs"
-    args = ["sweep", "--study", "lost", "--data-root", str(data), "--runs-dir", str(runs), "--trials", "2",
+    args = ["sweep", "--study", "lost", "--data-root", str(data), "--runs-dir", str(runs), "--trials", "1",
             "--heartbeat", "1", "--pruner", "none", *TINY, "--epochs", "60"]
     env = dict(os.environ, MIXSEP_SWEEP_STORAGE=postgres)
     p = plan(build_parser().parse_args([*args, "--storage", postgres]))
-    worker = conftest.WarmProcess(args, env=env)
+    worker, waiting = conftest.WarmProcess(args, env=env), None
     try:
         def mid_trial() -> bool:
             if worker.poll() is not None:
@@ -181,20 +182,29 @@ def test_a_database_lost_mid_trial_is_one_sentence_and_the_study_resumes_when_it
                 return False
 
         conftest.wait_for(mid_trial, 240, "trial 0 to report three steps", interval=0.2)
+        # a second command of the study, waiting for the first one's trial: a lost database was a traceback there
+        waiting = conftest.WarmProcess(args, env=env)
+        conftest.wait_for(lambda: "waiting for 1 running trial(s)" in Path(waiting._err).read_text(), 120,
+                          "the second command to wait", interval=0.2)
         pg_ctl("stop")
         try:
             out, err = worker.communicate(timeout=240)
+            _, err_waiting = waiting.communicate(timeout=240)
         finally:
             pg_ctl("start")
     finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.communicate()
-    assert worker.returncode == 2, err
-    assert "Traceback" not in err and err.count("error: ") == 1, err
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("error: The sweep lost its database postgresql://postgres@/postgres") and \
-        "run the same command" in last, err
+        for proc in (worker, waiting):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    for code, said, then in ((worker.returncode, err, "the trial that was running resumes"),
+                             (waiting.returncode, err_waiting, "the study goes on from there")):
+        assert code == 2, said
+        assert "Traceback" not in said and said.count("error: ") == 1, said
+        last = said.strip().splitlines()[-1]
+        assert last.startswith("error: The sweep lost its database postgresql://postgres@/postgres") and \
+            f"run the same command: {then}" in last, said
+    assert json.loads((runs / "lost" / "sweep.json").read_text())["state"] == "stopped"  # not "failed"
 
     again = conftest.WarmProcess(args, env=env)
     out, err = again.communicate(timeout=400)
@@ -202,7 +212,7 @@ def test_a_database_lost_mid_trial_is_one_sentence_and_the_study_resumes_when_it
     # its worker stopped it cleanly: not "its worker is gone", as a killed worker's trial reads
     assert "trial 0: stopped, and its worker ended before the study could record it (as when its database was " \
            "lost); queued again to resume" in err and "worker is gone" not in err, err
-    assert counts(load_study(p)) == {"done": 2, "running": 0, "waiting": 0}
+    assert counts(load_study(p)) == {"done": 1, "running": 0, "waiting": 0}
     from mixsep.sweep import crashes
 
     again_0 = [t for t in load_study(p).trials if t.system_attrs.get("failed_trial") == 0]
