@@ -1370,6 +1370,8 @@ def test_a_database_of_another_program_is_not_written_by_a_sweep_nor_by_a_page_t
     assert db.read_bytes() == before  # nothing written
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the heartbeat, with ask and tell
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_a_trial_another_worker_completes_while_the_heartbeat_looks_is_not_said_to_be_requeued(tmp_path,
                                                                                                monkeypatch):
     """On a database, a trial that left RUNNING between the two looks around Optuna's heartbeat check (another
