@@ -139,7 +139,8 @@ ROOT = Path(__file__).resolve().parent  # the project: `streamlit run dashboard.
 # Streamlit's server sends no X-Frame-Options nor frame-ancestors, and no setting adds them: any web site open in the
 # user's browser could show the dashboard in a frame of its own under a decoy and have its clicks land on Delete,
 # Start or Stop. Inside another page's frame, the page is blanked and says why.
-NOT_IN_A_FRAME = """<script>
+NOT_IN_A_FRAME = """<style>[data-testid="stElementContainer"]:has(#mixsep-frame-guard) { display: none; }</style>
+<span id="mixsep-frame-guard"></span><script>
 if (window.top !== window.self) {
   const said = document.createElement("p");
   said.textContent = "The mixsep dashboard does not work inside another page's frame (a site could have your clicks " +
@@ -171,7 +172,7 @@ def setup(title: str) -> tuple[Path, Path]:
                    help=f"Data root: {data_shown}  \nRuns folder: {runs_shown}  \n"
                         "Set them when starting the server: `streamlit run dashboard.py -- --data-root DIR "
                         "--runs-dir DIR`, or MIXSEP_DATA_ROOT and MIXSEP_RUNS_DIR.")
-        st.html(NOT_IN_A_FRAME, unsafe_allow_javascript=True)  # at the sidebar's foot: no gap above the title
+        st.html(NOT_IN_A_FRAME, unsafe_allow_javascript=True)  # in the sidebar, hidden: no gap in the page
     st.title(title)
     for _, said in wrong:
         st.error(literal(said))  # the path as typed, never markdown

@@ -55,7 +55,10 @@ score = row.toggle("Test PSNR", help="Score each run's latest checkpoint on test
 
 def delete_box() -> None:
     with st.expander("Delete runs", icon=":material/delete:"):
+        # a confirmation is for the runs it was ticked for: another pick unticks it (one ticked for a run, kept
+        # while that run was swapped for another, deleted the other with one click)
         doomed = st.multiselect("Runs to delete", list(rows), key="delete_runs",
+                                on_change=st.session_state.update, kwargs={"delete_sure": False},
                                 help="Only folders inside the runs folder; a run that is training cannot be deleted.")
         sure = st.checkbox(f"Yes, delete {len(doomed)} run folder(s) and their checkpoints for good", key="delete_sure")
         st.button("Delete", icon=":material/delete_forever:", disabled=not (doomed and sure),

@@ -814,35 +814,52 @@ def lock_holder(run_dir: Path) -> dict | None:
 
 def flock_holders(path: Path) -> set[int] | None:
     """The pids that hold a flock on ``path`` now (from /proc/locks; a shared lock may have several), or None where
-    that cannot be read (no /proc/locks: macOS). A query that takes no lock."""
+    that cannot be read (no /proc/locks: macOS). A query that takes no lock. A link names no holder: a lock file
+    is never one (RunLock opens it with O_NOFOLLOW), and one copied in could lead to any process's lock."""
     try:
-        ino = path.stat().st_ino
+        st = path.lstat()
     except OSError:
+        return set()
+    if not stat.S_ISREG(st.st_mode):
         return set()
     try:
         lines = Path("/proc/locks").read_text().splitlines()
     except OSError:
         return None
-    found = set()
-    for line in lines:
-        parts = line.split()
+    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    return {int(parts[4]) for parts in map(str.split, lines)
+            if len(parts) > 5 and parts[1] == "FLOCK" and parts[5] == want and parts[4].isdigit()}
+
+
+def holds_open(pid: int, path: Path) -> bool | None:
+    """Whether process ``pid`` has the file ``path`` open (its /proc/PID/fd; a file removed since, or in a folder
+    deleted since, reads "PATH (deleted)" there), or None where no /proc can say (macOS). ``path``'s folder is
+    resolved, its own name is not: a link put in a run folder in place of its lock file leads elsewhere."""
+    if not os.path.isdir("/proc/self/fd"):
+        return None
+    want = os.path.join(os.path.realpath(path.parent), path.name)
+    fds = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fds)
+    except OSError:  # gone, or another user's process: not this user's trainer
+        return False
+    for fd in names:
         try:
-            if len(parts) > 5 and parts[1] == "FLOCK" and int(parts[5].rsplit(":", 1)[1]) == ino:
-                found.add(int(parts[4]))
-        except (ValueError, IndexError):
+            target = os.readlink(f"{fds}/{fd}")
+        except OSError:
             continue
-    return found
+        if target in (want, want + " (deleted)"):
+            return True
+    return False
 
 
 def trainer_alive(run_dir: Path, status: dict) -> bool:
     """Whether the process a run's status.json names is alive and is the run's trainer: the very process (pid and
-    start time) and the holder of the run's lock. A status.json written by hand, or copied with a run from another
-    machine, may name any process here (pid 1's start time is easy to guess): the Train page took such a run for
-    its job, and its Stop sent that process SIGTERM. Where no /proc/locks can say (macOS), the pid and start time."""
-    if not is_alive(status):
-        return False
-    holders = flock_holders(Path(run_dir) / LOCK)
-    return holders is None or status.get("pid") in holders
+    start time), holding the run's lock file open (as a trainer does for its life, however the file or the folder is
+    removed meanwhile). A status.json written by hand, or copied with a run from another machine, may name any
+    process here (pid 1's start time is easy to guess): the Train page took such a run for its job, and its Stop
+    sent that process SIGTERM. Where no /proc can say (macOS), the pid and start time."""
+    return is_alive(status) and holds_open(int(status["pid"]), Path(run_dir) / LOCK) is not False
 
 
 # --------------------------------------------------------------------------- status

@@ -1691,14 +1691,11 @@ def _read_sweep(folder: Path) -> dict:
 
 def sweep_command(folder: Path, record: dict) -> bool:
     """Whether the process a record of sweep.json names (pid and start time) is alive and is a sweep command of the
-    study in ``folder``: it holds the study's SWEEP_LOCK. A sweep.json written by hand may name any process here,
-    and a Stop sent it SIGTERM. Where no /proc/locks can say (macOS), the pid and start time."""
-    from .run import flock_holders, is_alive
+    study in ``folder``: it holds the study's SWEEP_LOCK open. A sweep.json written by hand may name any process
+    here, and a Stop sent it SIGTERM. Where no /proc can say (macOS), the pid and start time."""
+    from .run import holds_open, is_alive
 
-    if not is_alive(record):
-        return False
-    holders = flock_holders(Path(folder) / SWEEP_LOCK)
-    return holders is None or record.get("pid") in holders
+    return is_alive(record) and holds_open(int(record["pid"]), Path(folder) / SWEEP_LOCK) is not False
 
 
 def _hold_sweep_lock(folder: Path) -> int | None:
@@ -1868,7 +1865,14 @@ def _run_sweep(p: Plan, say: Callable[[str], None] | None, lock: list[int]) -> i
                 children.append(_spawn(p, i))
             codes = [c.wait() for c in children]
             failed = sum(c not in (0, -signal.SIGTERM) for c in codes)
-            if failed and not stop["flag"] and _counts(p, study)["done"] >= p.trials:  # the others finished it
+            try:
+                done = counts(study)["done"] if failed and not stop["flag"] else 0
+            except Exception as e:  # each worker said it in full above: this command's line is short
+                if _database_error(e) is None:
+                    raise
+                raise DatabaseLost(f"{failed} of {p.workers} sweep workers lost the database (said above); once it "
+                                   "is back, run the same command.") from None
+            if failed and not stop["flag"] and done >= p.trials:  # the others finished it
                 say(f"{failed} of {p.workers} sweep workers ended early (exit codes {codes}); the others finished "
                     "the study")
             elif failed and not stop["flag"]:

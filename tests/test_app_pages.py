@@ -430,7 +430,7 @@ def test_compare_keeps_its_runs_and_settings_from_page_to_page_but_not_a_delete(
     assert at.multiselect(key="delete_runs").value == [] and at.checkbox(key="delete_sure").value is False
     assert widget(at.button, "Delete").disabled
     # the only run picked deleted: the first runs are shown, and the delete box is there with no run picked too
-    at.multiselect(key="delete_runs").set_value(["c-run"])
+    at.multiselect(key="delete_runs").set_value(["c-run"]).run()
     at.checkbox(key="delete_sure").check().run()
     widget(at.button, "Delete").click().run()
     runs_box = at.multiselect(key="compare_runs_all runs")
@@ -499,6 +499,14 @@ def test_compare_shows_what_loaded_and_disk_use_and_deletes_runs(app_env):
     assert at.checkbox(key="delete_sure").value is False and at.multiselect(key="delete_runs").value == []
     at.multiselect(key="delete_runs").set_value(["tiny-run"]).run()
     assert widget(at.button, "Delete").disabled and (runs / "tiny-run").exists()
+    # ticked for one pick, then the pick changed: unticked (it stayed ticked, and the new pick went with one click)
+    shutil.copytree(runs / "tiny-run", runs / "other")
+    at.run()
+    at.checkbox(key="delete_sure").check().run()
+    at.multiselect(key="delete_runs").set_value(["other"]).run()
+    assert at.checkbox(key="delete_sure").value is False and widget(at.button, "Delete").disabled
+    at.multiselect(key="delete_runs").set_value([]).run()
+    shutil.rmtree(runs / "other")
     # picked, then gone before Delete (a second click on it, another tab): done, not "There is no run named"
     shutil.copytree(runs / "tiny-run", runs / "doomed")
     at.run()

@@ -565,7 +565,11 @@ def test_a_picked_run_stays_picked_when_its_state_changes(server):
             page.wait_for_timeout(300)
             assert page.evaluate(CUT_SHORT_JS) == [], name
         # inside another site's frame the page is blanked and says why: the server sends no X-Frame-Options, and a
-        # decoy page around it could have the user's clicks land on Delete (Compare), Start or Stop
+        # decoy page around it could have the user's clicks land on Delete (Compare), Start or Stop. Outside one, the
+        # guard takes no room (its element in the sidebar pushed the settings down by 16 px)
+        assert page.evaluate("[...document.querySelectorAll('[data-testid=stElementContainer]')].filter("
+                             "e => e.querySelector('#mixsep-frame-guard')).map(e => getComputedStyle(e).display)") \
+            == ["none"]
         page.set_content(f'<h3>Win a prize</h3><iframe src="{url}/Compare" width="1200" height="700"></iframe>')
         framed = page.frame_locator("iframe")
         expect(framed.get_by_text("does not work inside another page's frame")).to_be_visible()

@@ -246,13 +246,52 @@ def test_a_status_json_naming_another_process_is_no_trainer_and_that_process_get
         jobs = jobs_of(tmp_path / "runs")
         assert jobs.running() is None and jobs.stop() is False
         assert live_status(run)["state"] == "interrupted"
-        jobs.delete("forged")  # not refused as "training now"
-        assert not run.exists()
-        time.sleep(0.5)
-        assert other.poll() is None  # no signal reached it
+        # nor one that holds a lock the run's .lock leads to, a link (a trainer's lock file is never one)
+        victim = conftest.holding(tmp_path / "victim.lock")
+        try:
+            (run / ".lock").symlink_to(tmp_path / "victim.lock")
+            (run / "status.json").write_text(json.dumps({"state": "running", "pid": victim.pid, "step": 2,
+                                                         "pid_start": process_start(victim.pid), "total_steps": 10}))
+            assert jobs.running() is None and jobs.stop() is False and live_status(run)["state"] == "interrupted"
+            jobs.delete("forged")  # not refused as "training now"
+            assert not run.exists()
+            time.sleep(0.5)
+            assert other.poll() is None and victim.poll() is None  # no signal reached either
+        finally:
+            victim.kill()
+            victim.wait()
     finally:
         other.kill()
         other.wait()
+
+
+def test_an_adopted_trainer_stays_its_run_s_trainer_when_its_lock_file_or_its_folder_is_removed(tmp_path, tiny_config,
+                                                                                              jobs_of):
+    """The trainer holds its lock file open for its life. Removing the file made it read "interrupted": the page
+    offered Resume (two trainers in one folder) and Delete took the folder while it trained; deleting the folder
+    made the page forget it, and Stop could no longer reach it."""
+    from mixsep.run import delete_run, identity
+
+    runs = tmp_path / "runs"
+    run = runs / "live"
+    run.mkdir(parents=True)
+    tiny_config.save(run / "config.json")
+    trainer = conftest.holding(run / ".lock")  # a trainer from a terminal, as the page finds it after a restart
+    try:
+        (run / "status.json").write_text(json.dumps({"state": "running", **identity(trainer.pid), "step": 2,
+                                                     "total_steps": 10}))
+        (run / ".lock").unlink()
+        assert live_status(run)["state"] == "running"
+        with pytest.raises(MixsepError, match="is training now"):
+            delete_run(runs, "live")
+        jobs = jobs_of(runs)
+        assert jobs.running() is not None  # adopted
+        shutil.rmtree(run)
+        assert jobs.running() is not None and jobs.stop() is True
+        assert trainer.wait(10) == -signal.SIGTERM  # Stop reached it
+    finally:
+        trainer.kill()
+        trainer.wait()
 
 
 def test_interrupted_run_reads_interrupted(tmp_path, tiny_config, fake_python, jobs_of):

@@ -1344,6 +1344,18 @@ def test_a_sweep_json_naming_another_process_is_no_sweep_and_that_process_gets_n
         assert live_sweeps(runs) == [] and SweepRegistry(runs).stop() is False
         time.sleep(0.5)
         assert other.poll() is None  # no signal reached it
+        # nor one holding what a .sweep.lock put there as a link leads to
+        victim = conftest.holding(tmp_path / "victim.lock")
+        try:
+            (runs / "st" / ".sweep.lock").symlink_to(tmp_path / "victim.lock")
+            record.update(pid=victim.pid, pid_start=process_start(victim.pid))
+            (runs / "st" / "sweep.json").write_text(json.dumps(record))
+            assert live_sweeps(runs) == [] and SweepRegistry(runs).stop() is False
+            time.sleep(0.5)
+            assert victim.poll() is None
+        finally:
+            victim.kill()
+            victim.wait()
     finally:
         other.kill()
         other.wait()
