@@ -832,24 +832,35 @@ def flock_holders(path: Path) -> set[int] | None:
 
 
 def holds_open(pid: int, path: Path) -> bool | None:
-    """Whether process ``pid`` has the file ``path`` open (its /proc/PID/fd; a file removed since, or in a folder
-    deleted since, reads "PATH (deleted)" there), or None where no /proc can say (macOS). ``path``'s folder is
-    resolved, its own name is not: a link put in a run folder in place of its lock file leads elsewhere."""
+    """Whether process ``pid`` holds a flock on the file ``path`` through a descriptor it has open (/proc/PID/fd and
+    fdinfo), or None where no /proc can say (macOS). The file is matched by device and inode, whatever mount or
+    name it was opened by (a runs folder bind-mounted elsewhere); once removed (the file, or its folder), by the path
+    /proc gives a removed file, "PATH (deleted)", and no link left to it. A link put in place of the file names
+    nothing, and a descriptor without the lock (`tail -f .lock`) is no trainer's."""
     if not os.path.isdir("/proc/self/fd"):
         return None
-    want = os.path.join(os.path.realpath(path.parent), path.name)
+    try:
+        st = path.lstat()
+        here = (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
+    except OSError:
+        here = None
+    gone = os.path.join(os.path.realpath(path.parent), path.name) + " (deleted)"
     fds = f"/proc/{pid}/fd"
     try:
         names = os.listdir(fds)
-    except OSError:  # gone, or another user's process: not this user's trainer
+    except OSError:  # gone, or a process this user may not look into
         return False
     for fd in names:
         try:
-            target = os.readlink(f"{fds}/{fd}")
+            opened = os.stat(f"{fds}/{fd}")  # the open file itself
+            if (opened.st_dev, opened.st_ino) != here and not (
+                    opened.st_nlink == 0 and os.readlink(f"{fds}/{fd}") == gone):
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                if any(line.startswith("lock:") for line in info):
+                    return True
         except OSError:
             continue
-        if target in (want, want + " (deleted)"):
-            return True
     return False
 
 

@@ -1780,6 +1780,8 @@ def live_sweeps(runs_dir: Path) -> list[dict]:
     root = Path(runs_dir)
     found = []
     for f in sorted(root.glob(f"*/{SWEEP_FILE}")) if root.is_dir() else []:
+        if not f.parent.resolve().is_relative_to(root.resolve()):  # a study of another runs folder, linked here
+            continue
         d = _read_sweep(f.parent)
         if d.get("state") != "running" or d.get("host") != socket.gethostname():
             continue

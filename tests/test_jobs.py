@@ -246,20 +246,31 @@ def test_a_status_json_naming_another_process_is_no_trainer_and_that_process_get
         jobs = jobs_of(tmp_path / "runs")
         assert jobs.running() is None and jobs.stop() is False
         assert live_status(run)["state"] == "interrupted"
-        # nor one that holds a lock the run's .lock leads to, a link (a trainer's lock file is never one)
+        # nor one that merely has the run's .lock open, without the trainer's lock on it (`sleep < .lock`), nor one
+        # that holds a lock on a file named ".lock (deleted)" (how /proc names a removed lock file), nor one that
+        # holds a lock the run's .lock leads to, a link (a trainer's lock file is never one)
+        (run / ".lock").touch()
+        reader = subprocess.Popen(["sleep", "60"], stdin=open(run / ".lock"))
+        named = conftest.holding(run / ".lock (deleted)")
         victim = conftest.holding(tmp_path / "victim.lock")
         try:
-            (run / ".lock").symlink_to(tmp_path / "victim.lock")
-            (run / "status.json").write_text(json.dumps({"state": "running", "pid": victim.pid, "step": 2,
-                                                         "pid_start": process_start(victim.pid), "total_steps": 10}))
-            assert jobs.running() is None and jobs.stop() is False and live_status(run)["state"] == "interrupted"
+            for proc, lock in ((reader, None), (named, "remove"), (victim, "link")):
+                if lock == "remove":
+                    (run / ".lock").unlink()
+                elif lock == "link":
+                    (run / ".lock").symlink_to(tmp_path / "victim.lock")
+                (run / "status.json").write_text(json.dumps({"state": "running", "pid": proc.pid, "step": 2,
+                                                             "pid_start": process_start(proc.pid), "total_steps": 10}))
+                assert jobs.running() is None and jobs.stop() is False, lock
+                assert live_status(run)["state"] == "interrupted", lock
             jobs.delete("forged")  # not refused as "training now"
             assert not run.exists()
             time.sleep(0.5)
-            assert other.poll() is None and victim.poll() is None  # no signal reached either
+            assert all(p.poll() is None for p in (other, reader, named, victim))  # no signal reached any
         finally:
-            victim.kill()
-            victim.wait()
+            for proc in (reader, named, victim):
+                proc.kill()
+                proc.wait()
     finally:
         other.kill()
         other.wait()
@@ -269,7 +280,9 @@ def test_an_adopted_trainer_stays_its_run_s_trainer_when_its_lock_file_or_its_fo
                                                                                               jobs_of):
     """The trainer holds its lock file open for its life. Removing the file made it read "interrupted": the page
     offered Resume (two trainers in one folder) and Delete took the folder while it trained; deleting the folder
-    made the page forget it, and Stop could no longer reach it."""
+    made the page forget it, and Stop could no longer reach it; through a bind mount it read dead too."""
+    import subprocess
+
     from mixsep.run import delete_run, identity
 
     runs = tmp_path / "runs"
@@ -280,12 +293,21 @@ def test_an_adopted_trainer_stays_its_run_s_trainer_when_its_lock_file_or_its_fo
     try:
         (run / "status.json").write_text(json.dumps({"state": "running", **identity(trainer.pid), "step": 2,
                                                      "total_steps": 10}))
+        jobs = jobs_of(runs)
+        assert jobs.running() is not None  # adopted
+        if os.geteuid() == 0:  # the same runs folder through a bind mount (the trainer opened the file by the other)
+            other = tmp_path / "other"
+            other.mkdir()
+            subprocess.run(["mount", "--bind", str(runs), str(other)], check=True)
+            try:
+                assert jobs_of(other).running() is not None
+            finally:
+                subprocess.run(["umount", str(other)], check=True)
         (run / ".lock").unlink()
         assert live_status(run)["state"] == "running"
         with pytest.raises(MixsepError, match="is training now"):
             delete_run(runs, "live")
-        jobs = jobs_of(runs)
-        assert jobs.running() is not None  # adopted
+        assert jobs.running() is not None
         shutil.rmtree(run)
         assert jobs.running() is not None and jobs.stop() is True
         assert trainer.wait(10) == -signal.SIGTERM  # Stop reached it

@@ -1356,6 +1356,22 @@ def test_a_sweep_json_naming_another_process_is_no_sweep_and_that_process_gets_n
         finally:
             victim.kill()
             victim.wait()
+        # a real sweep command of another runs folder, its study folder linked here: listed there, not here (here
+        # it blocked training, and this folder's Stop ended it)
+        elsewhere = tmp_path / "elsewhere"
+        (elsewhere / "st").mkdir(parents=True)
+        command = conftest.holding(elsewhere / "st" / ".sweep.lock")
+        try:
+            record.update(pid=command.pid, pid_start=process_start(command.pid))
+            (elsewhere / "st" / "sweep.json").write_text(json.dumps(record))
+            (runs / "linked").symlink_to(elsewhere / "st")
+            assert [s["pid"] for s in live_sweeps(elsewhere)] == [command.pid]
+            assert live_sweeps(runs) == [] and SweepRegistry(runs).stop() is False
+            time.sleep(0.5)
+            assert command.poll() is None
+        finally:
+            command.kill()
+            command.wait()
     finally:
         other.kill()
         other.wait()
