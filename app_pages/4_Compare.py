@@ -55,12 +55,17 @@ score = row.toggle("Test PSNR", help="Score each run's latest checkpoint on test
 
 def delete_box() -> None:
     with st.expander("Delete runs", icon=":material/delete:"):
-        # a confirmation is for the runs it was ticked for: another pick unticks it (one ticked for a run, kept
-        # while that run was swapped for another, deleted the other with one click)
         doomed = st.multiselect("Runs to delete", list(rows), key="delete_runs",
-                                on_change=st.session_state.update, kwargs={"delete_sure": False},
                                 help="Only folders inside the runs folder; a run that is training cannot be deleted.")
-        sure = st.checkbox(f"Yes, delete {len(doomed)} run folder(s) and their checkpoints for good", key="delete_sure")
+        # a confirmation is for the runs it was ticked for: another pick unticks it (one ticked for a run, kept
+        # while that run was swapped for another, deleted the other with one click). Unticked here, before the box
+        # is drawn, not in the pick's callback: the browser sends a pick when its box loses focus, so a pick and
+        # the tick that took the focus came in one rerun, and the callback undid the tick
+        if st.session_state.get("delete_sure") and st.session_state.get("_delete_sure_for") != sorted(doomed):
+            st.session_state["delete_sure"] = False
+        sure = st.checkbox(f"Yes, delete {len(doomed)} run folder(s) and their checkpoints for good", key="delete_sure",
+                           on_change=lambda: st.session_state.update(
+                               _delete_sure_for=sorted(st.session_state.get("delete_runs", []))))
         st.button("Delete", icon=":material/delete_forever:", disabled=not (doomed and sure),
                   on_click=ui.delete_runs, args=(runs_dir,))
         for message in st.session_state.pop("delete_errors", []):

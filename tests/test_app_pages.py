@@ -505,7 +505,13 @@ def test_compare_shows_what_loaded_and_disk_use_and_deletes_runs(app_env):
     at.checkbox(key="delete_sure").check().run()
     at.multiselect(key="delete_runs").set_value(["other"]).run()
     assert at.checkbox(key="delete_sure").value is False and widget(at.button, "Delete").disabled
+    # a pick and a tick in one rerun (the browser sends a pick when its box loses focus, to the click on the tick):
+    # the tick is for that pick, and stays
+    at.multiselect(key="delete_runs").set_value(["tiny-run"])
+    at.checkbox(key="delete_sure").check().run()
+    assert at.checkbox(key="delete_sure").value is True and not widget(at.button, "Delete").disabled
     at.multiselect(key="delete_runs").set_value([]).run()
+    assert at.checkbox(key="delete_sure").value is False
     shutil.rmtree(runs / "other")
     # picked, then gone before Delete (a second click on it, another tab): done, not "There is no run named"
     shutil.copytree(runs / "tiny-run", runs / "doomed")
