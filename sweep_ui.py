@@ -6,7 +6,6 @@ which ``st.cache_resource`` keeps open so a journal file is replayed incremental
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from pathlib import Path
@@ -18,8 +17,8 @@ import mixsep_ui as ui
 from mixsep.config import setting_by_name
 from mixsep.errors import MixsepError
 from mixsep.run import open_regular
-from mixsep.sweep import (ATTR, JOURNAL, LOCAL, STORAGE_ENV, SweepRegistry, check_storage, list_studies, open_storage,
-                          sqlite_file, storage_label, sweepable, unreadable_database)
+from mixsep.sweep import (ATTR, JOURNAL, LOCAL, STORAGE_ENV, SweepRegistry, check_storage, database_errors_as,
+                          list_studies, open_storage, sqlite_file, storage_label, sweepable, unreadable_database)
 from ui_settings import setting_widget
 
 BUDGET = ("epochs", "train_size", "max_minutes")  # the per-trial budget, fixed for every trial
@@ -83,19 +82,10 @@ def storage(url: str, runs_dir: Path):
     return _storage(url, str(runs_dir), _journal_version(runs_dir / JOURNAL) if not url else True)
 
 
-@contextlib.contextmanager
 def reading(url: str, runs_dir: Path):
     """Around the page's reads of the storage: a database that went away after the page opened it is one
     sentence (a MixsepError), not Optuna's StorageInternalError and its traceback."""
-    try:
-        yield
-    except MixsepError:
-        raise
-    except Exception as e:
-        said = unreadable_database(e, url or None, runs_dir)
-        if said is None:
-            raise
-        raise said from None
+    return database_errors_as(lambda e: unreadable_database(e, url or None, runs_dir))
 
 
 def mixsep_studies(store) -> tuple[list[str], int]:

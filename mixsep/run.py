@@ -308,8 +308,6 @@ def unlink_all(paths) -> list[Path]:
 # --------------------------------------------------------------------------- names and folders
 
 NAME_CHARS = "ASCII letters (a-z, A-Z), digits, spaces, '.', '_' and '-'"  # what a run or study name is made of
-
-
 NAME_MAX = 128  # characters in a run's name (a part of it: GROUP/NAME)
 
 
@@ -807,31 +805,20 @@ def _cmdline(pid: int) -> list[str]:
 
 
 def lock_holder(run_dir: Path) -> dict | None:
-    """Who holds the run's lock now (from /proc/locks), or None: a query that takes no lock."""
-    holders = flock_holders(Path(run_dir) / LOCK)
+    """Who holds the run's lock now (from /proc/locks), or None: a query that takes no lock. A link names no holder:
+    a lock file is never one (RunLock opens it with O_NOFOLLOW), and one copied in could lead to any process's lock."""
+    try:
+        st = (Path(run_dir) / LOCK).lstat()
+        lines = Path("/proc/locks").read_text().splitlines() if stat.S_ISREG(st.st_mode) else []
+    except OSError:  # no lock file, or no /proc (macOS)
+        return None
+    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    holders = [int(parts[4]) for parts in map(str.split, lines)
+               if len(parts) > 5 and parts[1] == "FLOCK" and parts[5] == want and parts[4].isdigit()]
     return identity(min(holders)) if holders else None
 
 
-def flock_holders(path: Path) -> set[int] | None:
-    """The pids that hold a flock on ``path`` now (from /proc/locks; a shared lock may have several), or None where
-    that cannot be read (no /proc/locks: macOS). A query that takes no lock. A link names no holder: a lock file
-    is never one (RunLock opens it with O_NOFOLLOW), and one copied in could lead to any process's lock."""
-    try:
-        st = path.lstat()
-    except OSError:
-        return set()
-    if not stat.S_ISREG(st.st_mode):
-        return set()
-    try:
-        lines = Path("/proc/locks").read_text().splitlines()
-    except OSError:
-        return None
-    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    return {int(parts[4]) for parts in map(str.split, lines)
-            if len(parts) > 5 and parts[1] == "FLOCK" and parts[5] == want and parts[4].isdigit()}
-
-
-def holds_open(pid: int, path: Path) -> bool | None:
+def holds_lock(pid: int, path: Path) -> bool | None:
     """Whether process ``pid`` holds a flock on the file ``path`` through a descriptor it has open (/proc/PID/fd and
     fdinfo), or None where no /proc can say (macOS). The file is matched by device and inode, whatever mount or
     name it was opened by (a runs folder bind-mounted elsewhere); once removed (the file, or its folder), by the path
@@ -864,13 +851,19 @@ def holds_open(pid: int, path: Path) -> bool | None:
     return False
 
 
+def alive_holding(record: dict, lock: Path) -> bool:
+    """Whether the process a status.json or sweep.json names is alive and is the one that holds ``lock``: the very
+    process (pid and start time) holding the lock through a descriptor of its own (``holds_lock``). A file written
+    by hand, or copied with a run from another machine, may name any process here (pid 1's start time is easy to
+    guess): the Train page took such a run for its job, and Stop sent that process SIGTERM. Where no /proc can say
+    (macOS), the pid and start time."""
+    return is_alive(record) and holds_lock(int(record["pid"]), lock) is not False
+
+
 def trainer_alive(run_dir: Path, status: dict) -> bool:
-    """Whether the process a run's status.json names is alive and is the run's trainer: the very process (pid and
-    start time), holding the run's lock file open (as a trainer does for its life, however the file or the folder is
-    removed meanwhile). A status.json written by hand, or copied with a run from another machine, may name any
-    process here (pid 1's start time is easy to guess): the Train page took such a run for its job, and its Stop
-    sent that process SIGTERM. Where no /proc can say (macOS), the pid and start time."""
-    return is_alive(status) and holds_open(int(status["pid"]), Path(run_dir) / LOCK) is not False
+    """Whether the process a run's status.json names is its trainer, alive: the holder of the run's lock, as a
+    trainer is for its life, however the file or the folder is removed meanwhile (``alive_holding``)."""
+    return alive_holding(status, Path(run_dir) / LOCK)
 
 
 # --------------------------------------------------------------------------- status
@@ -1377,7 +1370,7 @@ def delete_run(runs_dir: Path, name: str) -> Path:
         raise MixsepError(f"'{name}' is not a run folder (no config.json inside); delete it by hand if you mean it.")
     for run in runs:
         holder = lock_holder(run)
-        if holder is not None or (read_status(run).get("state") == State.RUNNING and trainer_alive(run, read_status(run))):
+        if holder is not None or live_status(run).get("state") == State.RUNNING:  # "running" and its trainer alive
             raise MixsepError(f"Run '{run_name(runs_dir, run)}' is training now; stop it before deleting "
                               f"{'it' if run == path else f'the folder {name} it is in'}.")
     try:

@@ -564,12 +564,23 @@ class DatabaseLost(MixsepError):
     """A sweep's database went away while it ran: the same command resumes once it is back (sweep.json: stopped)."""
 
 
-def unreadable_database(e: BaseException, url: str | None, runs_dir: Path) -> MixsepError | None:
-    """The sentence for a storage that a reader (the Sweep page) opened and can no longer read, or None when ``e``
-    is no database error: Optuna raises StorageInternalError from the lost connection, which the page showed as a
-    traceback."""
-    if _database_error(e) is None:
-        return None
+@contextlib.contextmanager
+def database_errors_as(sentence: Callable[[BaseException], MixsepError]):
+    """Around reads and writes of a storage: an error of its database (Optuna raises StorageInternalError from a
+    lost connection, a traceback where it was not caught) is ``sentence(error)``; a MixsepError, said already,
+    passes as it is."""
+    try:
+        yield
+    except MixsepError:
+        raise
+    except Exception as e:
+        if _database_error(e) is None:
+            raise
+        raise sentence(e) from None
+
+
+def unreadable_database(e: BaseException, url: str | None, runs_dir: Path) -> MixsepError:
+    """The sentence for a storage that a reader (the Sweep page) opened and can no longer read."""
     return MixsepError(f"Cannot read the sweep's database {storage_label(url, Path(runs_dir))} ({_reason(e)}); "
                        "the page reads it again as it refreshes (or reload it once the database is back).")
 
@@ -1437,14 +1448,9 @@ class Worker:
         p = self.plan
         self.study = load_study(p, self.index)
         self.val, self.last, self.trial_id = None, None, None
-        try:
+        # lost between trials, or while waiting for others' trials (a trial's own loss is said in _trials)
+        with database_errors_as(lambda e: _lost_database(p, e, "the study goes on from there")):
             self._trials()
-        except MixsepError:  # said already (a trial's own loss of the database, with what resumes)
-            raise
-        except Exception as e:  # lost between trials, or while waiting for others' trials
-            if _database_error(e) is None:
-                raise
-            raise _lost_database(p, e, "the study goes on from there") from None
 
     def _trials(self) -> None:
         from optuna.trial import TrialState
@@ -1693,9 +1699,9 @@ def sweep_command(folder: Path, record: dict) -> bool:
     """Whether the process a record of sweep.json names (pid and start time) is alive and is a sweep command of the
     study in ``folder``: it holds the study's SWEEP_LOCK open. A sweep.json written by hand may name any process
     here, and a Stop sent it SIGTERM. Where no /proc can say (macOS), the pid and start time."""
-    from .run import holds_open, is_alive
+    from .run import alive_holding
 
-    return is_alive(record) and holds_open(int(record["pid"]), Path(folder) / SWEEP_LOCK) is not False
+    return alive_holding(record, Path(folder) / SWEEP_LOCK)
 
 
 def _hold_sweep_lock(folder: Path) -> int | None:
@@ -1805,18 +1811,6 @@ def _stop_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _counts(p: Plan, study) -> dict:
-    """counts(study), a lost database said as such (the parent of the workers reads it after them)."""
-    try:
-        return counts(study)
-    except MixsepError:
-        raise
-    except Exception as e:
-        if _database_error(e) is None:
-            raise
-        raise _lost_database(p, e, "the study goes on from there") from None
-
-
 def run_sweep(p: Plan, say: Callable[[str], None] | None = None) -> int:
     """Run the study to its target with p.workers processes (this one, or children); 0 when it got there."""
     lock: list[int] = []  # the study's SWEEP_LOCK, held from when its folder is there to the last word
@@ -1867,20 +1861,18 @@ def _run_sweep(p: Plan, say: Callable[[str], None] | None, lock: list[int]) -> i
                 children.append(_spawn(p, i))
             codes = [c.wait() for c in children]
             failed = sum(c not in (0, -signal.SIGTERM) for c in codes)
-            try:
+            with database_errors_as(lambda e: DatabaseLost(  # each worker said it in full above: this line is short
+                    f"{failed} of {p.workers} sweep workers lost the database (said above); once it is back, run "
+                    "the same command.")):
                 done = counts(study)["done"] if failed and not stop["flag"] else 0
-            except Exception as e:  # each worker said it in full above: this command's line is short
-                if _database_error(e) is None:
-                    raise
-                raise DatabaseLost(f"{failed} of {p.workers} sweep workers lost the database (said above); once it "
-                                   "is back, run the same command.") from None
             if failed and not stop["flag"] and done >= p.trials:  # the others finished it
                 say(f"{failed} of {p.workers} sweep workers ended early (exit codes {codes}); the others finished "
                     "the study")
             elif failed and not stop["flag"]:
                 raise MixsepError(f"{sum(c != 0 for c in codes)} of {p.workers} sweep workers failed "
                                   f"(exit codes {codes}); see their output above, then run the same command to resume.")
-        c = _counts(p, study)
+        with database_errors_as(lambda e: _lost_database(p, e, "the study goes on from there")):
+            c = counts(study)
     except BaseException as e:
         try:
             if isinstance(e, KeyboardInterrupt):
