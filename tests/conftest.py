@@ -377,6 +377,23 @@ def _isolated_env(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture
+def roomy_cache(tmp_path, monkeypatch):
+    """A decode cache on a disk of its own with room (a 1 GB tmpfs, as root): the cache writes no entry where it
+    would leave less than 5% of its disk free, so on the host's disk a test that expects an entry failed whenever
+    that disk was 95% full. Without root, the test's own folder on the host's disk."""
+    path = tmp_path / "roomy-cache"
+    path.mkdir()
+    mounted = os.geteuid() == 0 and not subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1g", "tmpfs", str(path)], capture_output=True).returncode
+    monkeypatch.setenv("MIXSEP_CACHE_DIR", str(path))
+    try:
+        yield path
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.fixture
 def data_root(tmp_path) -> Path:
     return make_data_root(tmp_path / "data")
 

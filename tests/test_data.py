@@ -160,7 +160,7 @@ def test_the_calibration_pairs_hold_no_more_than_themselves(tmp_path):
     assert pairs.mnist.untyped_storage().nbytes() == 8 * 32 * 32
 
 
-def test_cache_is_used_and_invalidated(tmp_path, monkeypatch):
+def test_cache_is_used_and_invalidated(tmp_path, monkeypatch, roomy_cache):
     root = make_data_root(tmp_path / "d", n_train=12, n_test=6)
     first, _ = D.load_split(root, "mnist", "test")
     assert list(D.cache_dir().glob("mnist-*.npz"))

@@ -310,7 +310,7 @@ def test_a_same_size_file_with_its_mtime_kept_is_decoded_again(tmp_path, kind):
     assert torch.equal(after, fresh)
 
 
-def test_the_same_bytes_under_another_path_come_from_the_cache(tmp_path, monkeypatch):
+def test_the_same_bytes_under_another_path_come_from_the_cache(tmp_path, monkeypatch, roomy_cache):
     root = make_data_root(tmp_path / "d", n_train=6, n_test=6)
     first, _ = D.load_split(root, "cifar", "test")
     moved = shutil.copytree(root, tmp_path / "elsewhere")
