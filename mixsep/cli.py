@@ -16,7 +16,7 @@ from pathlib import Path
 from . import __version__
 from .config import (SEPARATE_MODES, TrainConfig, add_train_flags, config_from_args, default_data_root,
                      default_runs_dir, given_settings, settings, whole_number)
-from .errors import EARLY_SIGNALS, MixsepError, SecondInterrupt, StoppedBeforeTraining, Terminated
+from .errors import EARLY_SIGNALS, MixsepError, SecondInterrupt, StoppedBeforeTraining, Terminated, one_line
 
 GRID_MAX_N = 100  # columns of `grid`: the report's shows 20; 100,000 once took 98 s, 7.8 GB and a 661,000-px PNG
 
@@ -370,7 +370,7 @@ def _say_if_unlisted(run_dir: Path, runs_dir: Path) -> None:
     try:
         resolve_run(runs_dir, name)
     except MixsepError as e:
-        print(f"warning: the dashboard will not list this run: {e}", file=sys.stderr)
+        print(one_line(f"warning: the dashboard will not list this run: {e}"), file=sys.stderr)
 
 
 def _finished(run_dir: Path) -> bool:
@@ -1014,7 +1014,7 @@ def main(argv=None, restore_signals: bool = True) -> int:
         sys.stdout.flush()  # a stdout that cannot be written fails here, not in the interpreter's exit
         return code
     except MixsepError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)  # one line, whatever the names it quotes hold
         return 2
     except KeyboardInterrupt as e:
         # train and sweep finish their step on a first Ctrl-C once their handler is in place (it raises
@@ -1043,7 +1043,8 @@ def main(argv=None, restore_signals: bool = True) -> int:
             raise
         path = str(e)[len(loop):]
         path = path[1:-1] if path[:1] in "'\"" and path[-1:] == path[:1] else path  # pathlib quotes it as repr
-        print(f"error: {path} is a link that leads back to itself; remove it or name another path.", file=sys.stderr)
+        print(one_line(f"error: {path} is a link that leads back to itself; remove it or name another path."),
+              file=sys.stderr)
         return 2
     except (BrokenPipeError, StdoutFailed) as e:  # `| head -1`: the reader has all it wanted, no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail again
@@ -1054,8 +1055,8 @@ def main(argv=None, restore_signals: bool = True) -> int:
     except OSError as e:  # (after the two above) a path no file system takes: a name past its length limit
         if e.errno != errno.ENAMETOOLONG:
             raise
-        print(f"error: {_too_long(args, e.filename)} has a name too long for the file system; choose a shorter one.",
-              file=sys.stderr)
+        print(one_line(f"error: {_too_long(args, e.filename)} has a name too long for the file system; choose a "
+                       "shorter one."), file=sys.stderr)
         return 2
     finally:
         if not restore_signals and threading.current_thread() is threading.main_thread():

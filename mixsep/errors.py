@@ -13,6 +13,15 @@ class MixsepError(Exception):
     """A problem the user can fix; ``str(err)`` is the message to show."""
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))} | {0x0a: "\\n", 0x0d: "\\r", 0x09: "\\t"}
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters written out (a newline as \\n, ESC as \\x1b): a message that quotes a
+    file named with a newline ran over two lines, and an ESC in a name recoloured the user's terminal."""
+    return text.translate(_CONTROL)
+
+
 def check_count(name: str, value, low: int) -> None:
     """Refuse, in one sentence, a count or batch size of the Python API that is not a whole number (Python's or
     numpy's; not a bool) of at least ``low``; a low of 0 means every pair."""

@@ -81,6 +81,8 @@ def test_each_mode_and_overwrite(capsys, data_root, tmp_path):
 
 @pytest.mark.parametrize("case,message", [
     ("not_an_image", "is not an image file of a format mixsep reads"),
+    # a name holding a newline ran the sentence over two lines, and its ESC recoloured the terminal
+    ("control_characters", "in/bad\\nname\\x1b[31m.png is not an image file of a format mixsep reads"),
     ("wrong_size", "is 64x48 pixels; a mixture must be 32x32"),
     ("bomb", "claims a size far beyond 32x32 pixels"),
     ("sixteen_bit", "has I;16 pixels; save it with 8 bits per channel"),
@@ -116,6 +118,9 @@ def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(capsys, data_root, 
     if case == "not_an_image":
         (tmp_path / "in" / "notes.png").write_text("a note, not an image")
         inputs.append(tmp_path / "in" / "notes.png")
+    elif case == "control_characters":
+        (tmp_path / "in" / "bad\nname\x1b[31m.png").write_text("a note, not an image")
+        inputs.append(tmp_path / "in" / "bad\nname\x1b[31m.png")
     elif case == "wrong_size":
         Image.new("RGB", (64, 48)).save(tmp_path / "in" / "big.png")
         inputs.append(tmp_path / "in" / "big.png")
