@@ -297,9 +297,10 @@ def _too_long(args, filename) -> str:
 
     def too_long(path: str) -> bool:
         return len(os.fsencode(path)) >= 4096 or any(len(os.fsencode(c)) > 255 for c in Path(path).parts)
-    for w in given:  # a path typed that is the name refused, lies under it, or holds it and is too long itself
-        a = os.path.abspath(w)
-        if a == full or a.startswith(full + os.sep) or (full.startswith(a + os.sep) and too_long(a)):
+    for w in given:  # a path typed that is the name refused, lies under it, or holds it and is too long itself, or
+        a = os.path.abspath(w)  # is too long itself and the name refused sits in a folder on its way (X/config.json
+        on_its_way = (a + os.sep).startswith(os.path.dirname(full) + os.sep)  # looked for in each folder above it)
+        if a == full or a.startswith(full + os.sep) or (too_long(a) and (full.startswith(a + os.sep) or on_its_way)):
             return w
     holding = [w for w in given if full.startswith(os.path.abspath(w) + os.sep)]
     if holding:

@@ -925,6 +925,11 @@ def test_a_path_too_long_or_holding_a_nul_is_one_sentence(capsys, data_root, tmp
     assert main(["train", "--run-dir", str(deep), "--data-root", str(data_root), *TINY]) == 2
     assert _one_line(capsys) == (f"error: {deep} (with sweep.json in it, a name mixsep writes or reads "
                                  "there) has a name too long for the file system; choose a shorter one.\n")
+    # a --run-dir past PATH_MAX itself: said of it, not of the runs folder (a folder above it, looked at for
+    # DEEPER/config.json, was refused first, and the sentence blamed ./runs)
+    deeper = deep / "e" / "f" / ("g" * 200)
+    assert main(["train", "--run-dir", str(deeper), "--data-root", str(data_root), *TINY]) == 2
+    assert _one_line(capsys).startswith(f"error: {deeper} has a name too long for the file system")
     # QA: a long name inside a run folder given is that name, not the run folder's fault
     run = _train(capsys, data_root, tmp_path / "scored")
     ckpt = run / "checkpoints" / ("c" * 300 + ".pt")
