@@ -641,6 +641,12 @@ def _one_checkpoint(args) -> None:
                           "give the checkpoint once.")
 
 
+def _require_run_path(run_dir: str) -> None:
+    from .train import require_run_path
+
+    require_run_path(run_dir)
+
+
 def _load_model(args):
     from .train import load_run_model, pick_device
 
@@ -777,6 +783,7 @@ def cmd_evaluate(args) -> int:
         raise MixsepError(f"--samples must be 0 (all) or positive (got {args.samples}).")
     if args.batch_size < 1:
         raise MixsepError(f"--batch-size must be at least 1 (got {args.batch_size}).")
+    _require_run_path(args.run_dir)  # a mistyped run is named first, not an output it would have written
     _one_checkpoint(args)
     inputs = (args.checkpoint, args.run_dir, args.mnist_test, args.cifar_test,
               args.mnist_test and labels_beside(args.mnist_test))  # the labels read beside the images
@@ -844,6 +851,7 @@ def cmd_grid(args) -> int:
         from .config import setting_by_name
 
         setting_by_name("seed", resolve=False).check(args.seed)
+    _require_run_path(args.run_dir)  # a mistyped run is named first, not an output it would have written
     _one_checkpoint(args)
     out = new_output(args.out, "--out", args.overwrite, args.run_dir, (args.checkpoint, args.run_dir), suffix=".png")
     model, cfg, info = _load_model(args)
@@ -865,11 +873,10 @@ def cmd_grid(args) -> int:
 
 def cmd_separate(args) -> int:
     from .separate import prepare, separate, write_outputs
-    from .train import require_run_path
 
     if "" in args.images:  # Path("") is the current folder: ". does not exist or is not a file"
         raise MixsepError("An image path given is empty; name each mixture image to separate.")
-    require_run_path(args.run_dir)  # a mistyped run is named first, not an output it would have written
+    _require_run_path(args.run_dir)  # a mistyped run is named first, not an output it would have written
     _one_checkpoint(args)
     pixels, paths = prepare([Path(p) for p in args.images], args.out, args.overwrite,  # before the model loads
                             this_run=_run_folder_of(args.run_dir), reads=[p for p in (args.checkpoint, args.run_dir) if p])

@@ -341,6 +341,13 @@ def test_a_missing_run_is_named_before_the_outputs_it_would_have_written(capsys,
         (tmp_path / "separated" / name).write_bytes(b"last time's")
     assert main(["separate", "nope", "m.png"]) == 2
     assert capsys.readouterr().err.strip().startswith("error: Run folder nope does not exist")
+    # evaluate and grid said "grid.png exists already; pass --overwrite", and only --overwrite showed the typo (QA)
+    (tmp_path / "grid.png").write_bytes(b"last time's")
+    (tmp_path / "eval.json").write_text("{}")
+    for argv in (["grid", "nope"], ["evaluate", "nope", "--json", "eval.json"]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err.strip().startswith("error: Run folder nope does not exist"), argv
+    assert (tmp_path / "grid.png").read_bytes() == b"last time's" and (tmp_path / "eval.json").read_text() == "{}"
 
 
 def test_a_full_disk_halfway_writes_none_of_the_outputs(capsys, data_root, tmp_path):
