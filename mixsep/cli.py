@@ -242,6 +242,13 @@ def cmd_train(args) -> int:
         try:
             _no_trainer_around(args.run_dir, given)
             cfg = _train_config(args)
+            # where it runs, which a resume's flags may change: a mistyped --data-root or a --device with no GPU
+            # is the user's mistake, said before the run is touched (its "stopped" was recorded as "failed")
+            from .data import require_split
+            from .train import pick_device
+
+            require_split(Path(cfg.data_root), "train")
+            pick_device(cfg.device)
         except BaseException:
             run.close(restore_lock=True)  # refused: the run's files byte for byte as they were, .lock included
             remove_unstarted(run.path, made, existed=existed)

@@ -182,6 +182,11 @@ class JobRegistry:
         if owned and alive and (state == "unknown" or status.get("pid") != self._pid):
             state = "starting"  # a resumed run's status.json is its last trainer's until this one writes
         msg = status.get("message", "") if state not in ("starting", "running") else ""
+        if child and not alive and self._proc.returncode == 2 and status.get("pid") != self._pid:
+            # a resume its trainer refused before it touched the run (its data root gone, say): the run stays as it
+            # was, "stopped", and why the click did nothing is said from the trainer's last line, in worker.log
+            said = _refusal(run_dir / LOG_NAME)
+            msg = f"Resume refused: {said}" if said else msg
         step = _step(run_dir, status)
         warns = status.get("warnings") if isinstance(status.get("warnings"), list) else []
         return JobState(run_dir, state, msg, step, int(status.get("total_steps") or 0), alive,

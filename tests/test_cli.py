@@ -447,6 +447,21 @@ def test_a_resume_keeps_the_runs_settings_and_a_mistake_changes_nothing(capsys, 
         assert {p: p.read_bytes() for p in before} == before  # status.json still "finished"
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
 
+    # where it runs, mistyped, on a run that can resume: it stays "stopped" (QA: recorded "failed", in the
+    # mistake's words, so the pages listed a healthy run as failed and its "stopped by request" was lost)
+    from mixsep.run import write_status
+
+    done = json.loads((run / "status.json").read_text())
+    write_status(run, "stopped", "stopped by request", step=done["step"], total_steps=done["total_steps"])
+    before = {p: p.read_bytes() for p in before}
+    for extra, says in ((["--data-root", str(tmp_path / "typo")], f"No MNIST train data under {tmp_path / 'typo'}"),
+                        *([] if torch.cuda.is_available() else [(["--device", "cuda"], "no GPU is visible")])):
+        assert main(["train", "--run-dir", str(run), "--quiet", *extra]) == 2, extra
+        err = capsys.readouterr().err  # "resuming RUN with its saved config", then the sentence
+        assert err.splitlines()[-1].startswith("error: ") and says in err.splitlines()[-1] and "Traceback" not in err
+        assert {p: p.read_bytes() for p in before} == before
+    assert json.loads((run / "status.json").read_text())["state"] == "stopped"
+
     # what a resume may change: where the data is (moved here), the budget; saved to config.json, and said
     moved = tmp_path / "moved"
     shutil.copytree(data_root, moved)

@@ -693,3 +693,29 @@ def test_a_child_refused_before_it_opens_the_run_folder_leaves_no_run_and_says_w
     assert state.message == "The run was refused before it began: a sentence saying why."
     assert not run.exists() and list((tmp_path / "runs").iterdir()) == []  # no failed run left to list
     assert jobs.poll() == state and jobs.view(run) == state and jobs.running() is None
+
+
+@pytest.mark.heavy(6)
+def test_a_resume_refused_for_where_it_runs_leaves_the_run_stopped_and_says_why(tmp_path, tiny_config, jobs_of):
+    """The real trainer refuses a resume whose data root is gone before it touches the run, which stays "stopped"
+    (QA: it was recorded "failed", in the refusal's words, and every page listed a healthy run as failed). The page
+    still says why its Resume did nothing, from the trainer's last line."""
+    from mixsep.run import write_status
+
+    data = tmp_path / "moving"
+    shutil.copytree(tiny_config.data_root, data)
+    runs = tmp_path / "runs"
+    run = runs / "r"
+    list(train_steps(dataclasses.replace(tiny_config, data_root=str(data)), run))
+    done = read_status(run)
+    write_status(run, "stopped", "stopped by request", step=done["step"], total_steps=done["total_steps"])
+    shutil.rmtree(data)  # moved away since
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    jobs = jobs_of(runs, env=dict(os.environ, MIXSEP_DATA_ROOT=str(tmp_path / "none")))  # nor the default there
+    jobs.start(run_dir=run)
+    state = jobs.wait(120)
+    assert state.state == "stopped", state
+    assert state.message.startswith(f"Resume refused: No MNIST train data under {data}: "), state.message
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "worker.log"}
+    assert after == {p: b for p, b in before.items() if p.name != "worker.log"}
+    assert read_status(run)["message"] == "stopped by request"
