@@ -87,6 +87,10 @@ def run_line(i: int) -> dict:
                 width=2)
 
 
+# The Train page's "Live updates" choices: the status's refresh in seconds (None: paused); the loss chart refreshes
+# every CHART_EVERY of them (bench/watch_cores.py measures what each choice costs)
+LIVE_UPDATES = {"2 s": 2.0, "5 s": 5.0, "15 s": 15.0, "Paused": None}
+CHART_EVERY = 5
 STATE_ICON = {"running": ":material/play_circle:", "starting": ":material/hourglass_top:",
               "finished": ":material/check_circle:", "stopped": ":material/stop_circle:", "failed": ":material/error:",
               "interrupted": ":material/warning:", "unknown": ":material/help:"}  # for markdown text

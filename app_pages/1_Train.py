@@ -62,15 +62,14 @@ with st.expander("Config of the next run"):
 # Watching must not slow the training it shows (they share the CPU). In headless Chromium a
 # rerun of the status costs the browser about 0.1 CPU-seconds and a redrawn chart about 0.3, and
 # an open Streamlit page about 0.02 cores even when nothing changes (bench/dashboard_bench.py).
-# So the status polls every REFRESH seconds while a run trains and the chart at a fifth of that
+# So the status polls every ui.LIVE_UPDATES seconds while a run trains and the chart at a fifth of that
 # pace; "Paused" polls nothing (the page is then as cheap as any open page; a click refreshes it).
 # When nothing trains the status polls at the same pace to notice a run started elsewhere, and
 # the chart waits for a change.
-REFRESH = {"2 s": 2.0, "5 s": 5.0, "15 s": 15.0, "Paused": None}
 RESUME_HELP = ("Continues with the run's saved settings; the settings above are for a new run. A resume may "
                "change the time budget, device or precision from the command line: python -m mixsep train "
                "--run-dir RUN --max-minutes M (or --device, --cpu-bf16, --checkpoint-every).")
-refresh = REFRESH[row.radio("Live updates", list(REFRESH), index=1, horizontal=True, key="train_refresh",
+refresh = ui.LIVE_UPDATES[row.radio("Live updates", list(ui.LIVE_UPDATES), index=1, horizontal=True, key="train_refresh",
                              persist_state="session",
                              help="How often the status and the progress refresh while a run trains; the loss "
                                   "chart refreshes at a fifth of that pace. Each refresh takes a little CPU from "
@@ -193,7 +192,7 @@ def has_rows() -> bool:
 waiting = not has_rows()
 
 
-@st.fragment(run_every=(refresh if waiting else 5 * refresh) if training and refresh else None)
+@st.fragment(run_every=(refresh if waiting else ui.CHART_EVERY * refresh) if training and refresh else None)
 def chart():
     job = current_job() if runs else None
     if job is None or not job.run_dir.is_dir():

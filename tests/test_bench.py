@@ -424,3 +424,41 @@ def test_dashboard_bench_gives_the_overheads_mean_its_t_interval_and_what_it_say
     assert "above" in dash.verdict(0.031, 0.09)
     assert "cannot tell" in dash.verdict(-0.05, 0.04)
     assert "no interval" in dash.verdict(math.nan, math.nan)
+
+
+@pytest.mark.heavy(25)
+def test_watch_cores_reads_the_browsers_and_the_servers_cpu_and_leaves_no_process(data_root, tmp_path):
+    """bench/watch_cores.py for real: a trainer, a server and Chromium on the Train page, set to Paused by a click."""
+    out = tmp_path / "w.json"
+    done = subprocess.run([sys.executable, str(BENCH / "watch_cores.py"), "--data-root", str(data_root), "--choice",
+                           "Paused", "--rounds", "1", "--window", "3", "--settle", "2", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, TMPDIR=str(tmp_path)))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.fullmatch(r"watch_cores: paused=0\.\d{4}", done.stdout.strip().splitlines()[-1]), done.stdout
+    paused = json.loads(out.read_text())["choices"]["Paused"]
+    assert paused["browser"] > 0 and paused["server"] > 0  # both were found and read
+    assert paused["total"] == pytest.approx(paused["browser"] + paused["server"])
+    assert paused["rounds"][0]["seconds"] >= 3
+    # the trainer, the server and Chromium are gone with the bench's folder (each had it in its command line or its
+    # environment: the runs folder, MIXSEP_RUNS_DIR, Chromium's profile under TMPDIR)
+    assert not [pid for pid in _pids_naming(str(tmp_path)) if pid != os.getpid()]
+    assert not list(tmp_path.glob("mixsep-watch-*"))
+
+
+def _pids_naming(text: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and any(text.encode() in (proc / f).read_bytes() for f in ("cmdline", "environ")):
+                found.append(int(proc.name))
+        except OSError:
+            pass
+    return found
+
+
+def test_watch_cores_measures_whole_chart_periods_of_the_pages_own_pace(bench):
+    """A 40 s window at "15 s" (a chart redrawn every 75 s) held one redraw or none by chance."""
+    w = bench("watch_cores")
+    assert w.CHOICES == ("2 s", "5 s", "15 s", "Paused")  # the Train page's own labels, which the bench clicks
+    assert [w.window_for(c, 40) for c in w.CHOICES] == [40, 50, 75, 40]  # charts every 10, 25, 75 s; none paused
+    assert [w.window_for(c, 100) for c in w.CHOICES] == [100, 100, 150, 100]
