@@ -15,7 +15,7 @@ data_root, runs_dir = ui.setup("mixsep: un-mixing MNIST and CIFAR-10")
 st.markdown(
     "Each input is the pixel-wise **mean of an MNIST digit and a CIFAR-10 image**. A network learns to give "
     "both back: the report's ResNet-18 encoder with two decoders (`faithful`), or a U-Net that places the digit "
-    "inside what the mixture allows (`unet_hf` separates best in a CPU budget). **Train** a separator with live loss curves, browse "
+    "inside what the mixture allows (`unet_hf_silu` separates best in a CPU budget). **Train** a separator with live loss curves, browse "
     "**Samples** of what it recovers, **Separate** your own mixture images, score it honestly on the "
     "**Metrics** page (PSNR and SSIM with `data_range=1`), and **Compare** runs.")
 cols = st.columns(len(ui.PAGES) - 1)

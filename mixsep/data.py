@@ -99,8 +99,9 @@ def read_idx(path: Path, raw: bytes | None = None) -> np.ndarray:
             )
         body = stream.read(expected + 1)
     except (EOFError, OSError, zlib.error) as e:
+        # (no command: `download` without this file's --data-root would fetch into ./data; info --check names it)
         raise MixsepError(f"{path} is truncated or corrupt ({e.__class__.__name__}); delete it and download it "
-                          f"again with `python -m mixsep download`.") from None
+                          "again.") from None
     if len(body) != expected:
         raise MixsepError(
             f"{path} is truncated or corrupt: its header promises {expected} bytes of data for shape {dims} "

@@ -60,7 +60,7 @@ def pick_device(name: str = "auto") -> torch.device:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def load_model_state(model: nn.Module, state_dict: dict, path: Path, name: str) -> None:
+def load_model_state(model: nn.Module, state_dict: dict, path: Path, name: str, saved_by: str | None = None) -> None:
     """The checkpoint's weights into ``model``, or one sentence: weights of another architecture, weights that are
     not real floating-point numbers where the model's are (load_state_dict casts integers silently and drops a
     complex number's imaginary part with a warning), or weights that are not finite (a run that diverged before it
@@ -73,8 +73,9 @@ def load_model_state(model: nn.Module, state_dict: dict, path: Path, name: str) 
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
         first = first if len(first) <= 200 else first[:197] + "..."  # torch lists every missing key
-        raise MixsepError(f"{path} does not fit the '{name}' architecture ({first}); "
-                          "it was saved by another model or another version of mixsep.") from None
+        why = (f"it holds the weights of a '{saved_by}' model, as its config says" if saved_by and saved_by != name
+               else "it was saved by another model or another version of mixsep")  # --as-model names another
+        raise MixsepError(f"{path} does not fit the '{name}' architecture ({first}); {why}.") from None
 
 
 def weights_wrong(own: dict, state_dict: dict) -> str:
@@ -241,7 +242,7 @@ def load_run_model(run_dir: Path, checkpoint: Path | None = None, device="cpu",
         raise MixsepError(f"{checkpoint} was saved by model '{config.model}', which this version of mixsep does not know.")
     name = as_model or config.model
     model = build_model(name, pretrained=False)  # the checkpoint holds all the weights
-    load_model_state(model, state["model"], checkpoint, name)
+    load_model_state(model, state["model"], checkpoint, name, config.model)
     model.to(device).eval()
     return model, config, {"path": str(checkpoint), "step": state.get("step", 0), "epoch": state.get("epoch", 0),
                            "trained_s": _seconds(state.get("trained_s")) or None}  # None: not kept (older mixsep)

@@ -158,10 +158,12 @@ def test_unet_fraction_trains_and_reloads_from_its_run_folder(tiny_config, tmp_p
     assert main(["evaluate", run, "--data-root", data, "--as-model", "unet_digit", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["scored_as"] == "unet_digit"
     assert "scored as unet_digit" in capsys.readouterr().out
-    for name, says in (("faithful", "does not fit the 'faithful' architecture"), ("nope", "Unknown model 'nope'")):
+    # QA: it said "saved by another model or another version of mixsep" where the run's config names its model
+    for name, says in (("faithful", "does not fit the 'faithful' architecture ("), ("nope", "Unknown model 'nope'")):
         assert main(["evaluate", run, "--data-root", data, "--as-model", name]) == 2
         err = capsys.readouterr().err
         assert says in err and err.count("\n") == 1
+        assert name == "nope" or err.endswith("); it holds the weights of a 'unet_fraction' model, as its config says.\n")
 
 
 def resized_pairs(n: int, seed: int = 0):
