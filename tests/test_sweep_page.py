@@ -386,3 +386,26 @@ def test_a_database_that_goes_bad_after_the_page_read_it_is_one_sentence(page_en
     assert not at.exception, [e.value for e in at.exception]
     said = [e.value for e in at.error if "Cannot read the sweep's database" in e.value]
     assert len(said) == 1 and "the page reads it again as it refreshes" in said[0], [e.value for e in at.error]
+
+
+def test_parallel_coordinates_show_every_trial_and_tell_close_values_apart():
+    """QA: Optuna coloured the worst trial's line near-white (plotly's Blues starts at white), so it looked missing,
+    and its objective axis read 13.5, 13.4, 13.4, 13.4, 13.4 for trials of 13.41 to 13.46."""
+    import optuna
+    import optuna.visualization as vis
+
+    import sweep_ui
+
+    study = optuna.create_study(direction="maximize")
+    for value, lr in ((13.41, 1e-3), (13.46, 3e-3), (13.43, 2e-3)):
+        study.add_trial(optuna.trial.create_trial(params={"lr": lr}, value=value, distributions={
+            "lr": optuna.distributions.FloatDistribution(1e-5, 1, log=True)}))
+    fig = vis.plot_parallel_coordinate(study, target_name="validation PSNR (dB)")
+    sweep_ui._readable_parallel(fig, [t.value for t in study.trials])
+    lines = [t for t in fig.data if t.mode == "lines"]
+    assert len(lines) == 3
+    for t in lines:  # every line stands out from the white page: no channel above 230 out of 255
+        assert max(int(c) for c in t.line.color[4:-1].split(",")) <= 230, t.line.color
+    assert sorted(t.customdata[0][1] for t in lines) == ["13.41", "13.43", "13.46"]  # the hover's value, exact
+    ticks = [a.text for a in fig.layout.annotations if a.x == 0]
+    assert ticks == ["13.41", "13.42", "13.44", "13.45", "13.46"], ticks
