@@ -620,8 +620,13 @@ def style(fig: go.Figure, title: str, x: str, y: str, height: int = 380) -> go.F
     beside = len(names) <= 4 and sum(map(len, names)) <= 40 and sum(map(len, names)) + len(title) <= 70
     legend = dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1) if beside else \
         dict(orientation="h", yanchor="top", y=-0.3, xanchor="left", x=0)
-    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=height, margin=dict(l=10, r=10, t=50, b=10),
-                      legend=dict(legend, title_text=""), showlegend=True)
+    # a loss falls from 0.15 to 0.005 and on: on a linear axis every step after the first few lay flat at the
+    # bottom, falling or not (QA), so the losses are drawn on a log scale, which the axis says
+    log = y == "MSE loss"
+    fig.update_layout(title=title, xaxis_title=x, yaxis_title=f"{y} (log scale)" if log else y, height=height,
+                      margin=dict(l=10, r=10, t=50, b=10), legend=dict(legend, title_text=""), showlegend=True)
+    if log:
+        fig.update_yaxes(type="log")
     if x == "step":
         # steps are whole numbers: no 2.5 on a short run's axis, and a span under 10 gets a tick per step (plotly's
         # ticks every half step, labelled as whole numbers, read "1 2 2 3 3 4 4"), on every chart of steps

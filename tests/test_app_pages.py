@@ -220,6 +220,10 @@ def test_train_page_shows_the_last_run(app_env):
     assert fig["layout"]["xaxis"]["title"]["text"] == "step" and "loss" in fig["layout"]["yaxis"]["title"]["text"]
     names = {t["name"] for t in fig["data"] if t.get("showlegend", True)}
     assert names == {"CIFAR head", "MNIST head", "total"}
+    # a log scale, said on the axis: on a linear one every step after the first few lay flat at the bottom (QA)
+    assert fig["layout"]["yaxis"]["type"] == "log" and fig["layout"]["yaxis"]["title"]["text"] == "MSE loss (log scale)"
+    compare = json.loads(open_page("app_pages/4_Compare.py").get("plotly_chart")[0].proto.spec)["layout"]["yaxis"]
+    assert (compare["type"], compare["title"]["text"]) == ("log", "MSE loss (log scale)")
 
 
 def test_a_run_stopped_before_its_first_step_says_so_under_the_chart(app_env):
