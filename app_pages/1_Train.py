@@ -157,12 +157,13 @@ def status():
         st.info("Starting: loading the data and the model…")
     elif job.state == "unknown":
         st.warning(f"This run folder is incomplete ({ui.sentence(job.message)}); it cannot be shown in full.")
-    for w in job.warnings:  # recorded by the trainer in status.json, in its own words
+    starting = job.state == "starting"  # a resume loading: status.json and the speed are still the last trainer's
+    for w in [] if starting else job.warnings:  # recorded by the trainer in status.json, in its own words
         st.warning(ui.sentence(w))
     p = progress(ui.live_metrics(job.run_dir), job.total_steps, taken=job.step)  # reads only the rows appended since the last poll
-    sps = f"{p['samples_per_s']:.0f} samples/s" if p["samples_per_s"] else "… samples/s"
+    sps = f"{p['samples_per_s']:.0f} samples/s" if p["samples_per_s"] and not starting else "… samples/s"
     # by the state, as the banner above goes: the trainer writes "finished" a moment before its process ends
-    eta = f"ETA {ui.duration(p['eta_s'])}" if job.alive and job.state not in ENDED else job.state
+    eta = f"ETA {ui.duration(p['eta_s'])}" if job.alive and job.state not in ENDED and not starting else job.state
     st.progress(min(p["fraction"], 1.0), text=f"step {p['step']}/{p['total_steps'] or '?'} · {sps} · {eta}")
     if job.alive and refresh is None:  # nothing polls: say so, or a started run looks frozen at "Starting"
         st.caption("Live updates are paused: pick a pace above to follow the run (any click refreshes it once).")

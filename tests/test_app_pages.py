@@ -226,6 +226,30 @@ def test_train_page_shows_the_last_run(app_env):
     assert (compare["type"], compare["title"]["text"]) == ("log", "MSE loss (log scale)")
 
 
+def test_a_resume_still_loading_shows_neither_the_last_speed_nor_its_warnings(app_env, tmp_path):
+    """QA: after Resume, "Starting: loading the data and the model..." stood over the last trainer's "68 samples/s"
+    and a frozen ETA, and over the warning that trainer had recorded (ImageNet weights), while the new one loaded."""
+    import mixsep_ui
+
+    data, runs = app_env
+    run = runs / "tiny-run"
+    old = "ImageNet weights for ResNet-18 could not be loaded (URLError); the encoder starts from random initialisation."
+    status = json.loads((run / "status.json").read_text())
+    (run / "status.json").write_text(json.dumps(dict(status, state="stopped", message="stopped by request",
+                                                     warnings=[old])))
+    loading = tmp_path / "loading-python"  # a trainer still importing torch: alive, nothing written yet
+    loading.write_text("#!/bin/sh\nexec sleep 60\n")
+    loading.chmod(0o755)
+    jobs = mixsep_ui.registry(runs)
+    jobs.python = str(loading)
+    jobs.start(run_dir=run)
+    at = open_page("app_pages/1_Train.py")
+    assert "Starting: loading the data and the model" in texts(at.info)
+    line = at.get("progress")[0].proto.text
+    assert line.startswith("step 3/3 · … samples/s · starting") and "ETA" not in line, line
+    assert old not in texts(at.warning)
+
+
 def test_a_run_stopped_before_its_first_step_says_so_under_the_chart(app_env):
     data, runs = app_env
     run = runs / "tiny-run"
