@@ -654,14 +654,19 @@ def show_error(e: Exception, literal_text: bool = False) -> None:
     st.stop()
 
 
+# the recovery modes as the charts' ticks name them; the caption under the table gives each in full. At a phone's
+# width "subtraction projection projection" ran together into one line (five ticks of 60 px each)
+MODE_TICK = {"subtraction": "subtract", "projection_uniform": "proj.<br>uniform", "projection_optimal": "proj.<br>optimal"}
+
+
 def metric_figures(ev, metric: str) -> tuple[go.Figure, go.Figure]:
     """(mean with 95% CI per mode, per-image distribution per mode) for 'psnr' or 'ssim'."""
     import plotly.express as px
 
     unit = "PSNR (dB)" if metric == "psnr" else "SSIM"
     table, per_image = ev.table(), ev.per_image.copy()
-    for df in (table, per_image):  # "projection_optimal" -> "projection<br>optimal": no rotated tick labels
-        df["mode"] = df["mode"].str.replace("_", "<br>")
+    for df in (table, per_image):  # short, in two lines where two words: no rotated tick labels on a laptop, and
+        df["mode"] = df["mode"].map(lambda m: MODE_TICK.get(m, m))  # five that fit side by side on a phone
         df["source"] = df["source"].map(SOURCE)
     colours = {SOURCE["mnist"]: COLORS["loss_mnist"], SOURCE["cifar"]: COLORS["loss_cifar"]}
     bars = px.bar(table, x="mode", y=f"{metric}_mean", color="source", barmode="group", error_y=f"{metric}_ci95",

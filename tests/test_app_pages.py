@@ -393,6 +393,8 @@ def test_metrics_page_table_charts_audit(app_env):
     # the sources as the other pages name them (it read mnist, cifar here); the charts' legends too
     assert set(table["source"]) == set(at.dataframe[1].value["source"]) == {"MNIST", "CIFAR"}
     assert {t["name"] for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]} == {"MNIST", "CIFAR"}
+    # ticks short enough for five side by side on a phone ("subtraction projection projection" ran together)
+    assert chart_x(at, 0) == ["direct", "subtract", "proj.<br>uniform", "proj.<br>optimal", "mixture"]
     assert "48.13 dB" in texts(at.info)
     audit = at.dataframe[1].value
     assert (audit["report-style PSNR (dB)"] - audit["honest PSNR (dB)"] > 40).all()
