@@ -164,18 +164,25 @@ class Watcher:
         from playwright.sync_api import sync_playwright
 
         self._pw = sync_playwright().start()
-        self.browser = self._pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        self.page = self.browser.new_page(viewport={"width": 1280, "height": 900})
-        self.page.set_default_timeout(120_000)
-        self.blank = blank
-        if blank:  # what an open browser costs by itself: the floor under any page
-            self.page.goto("about:blank")
-            return
-        self.page.goto(f"{url}/Train")
-        # the live fragment has drawn once: a run's heading or the "no run yet" hint
-        self.page.locator("[data-testid=stHeading], [data-testid=stAlert]").first.wait_for()
-        if refresh:  # the page's "Live updates" choice, as a user would click it
-            self.page.get_by_test_id("stRadio").get_by_text(refresh, exact=True).click()
+        self.browser = None
+        try:
+            self.browser = self._pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+            self.page = self.browser.new_page(viewport={"width": 1280, "height": 900})
+            self.page.set_default_timeout(120_000)
+            self.blank = blank
+            if blank:  # what an open browser costs by itself: the floor under any page
+                self.page.goto("about:blank")
+                return
+            self.page.goto(f"{url}/Train")
+            # the live fragment has drawn once: a run's heading or the "no run yet" hint
+            self.page.locator("[data-testid=stHeading], [data-testid=stAlert]").first.wait_for()
+            if refresh:  # the page's "Live updates" choice, as a user would click it
+                self.page.get_by_test_id("stRadio").get_by_text(refresh, exact=True).click()
+        except Exception as e:  # Playwright's Error: Chromium did not start, or the page did not come
+            self.close()  # no browser or Playwright driver left behind
+            said = next((line.strip() for line in str(e).splitlines() if line.strip()), e.__class__.__name__)
+            raise MixsepError(f"Headless Chromium could not show the Train page ({said}); nothing was measured "
+                              "with it.") from None
 
     def points(self) -> int:
         """Points in the loss chart's last trace as plotly.js holds them (0 before the first draw)."""
@@ -187,7 +194,8 @@ class Watcher:
           return t && t.x ? t.x.length : 0; }""")
 
     def close(self) -> None:
-        self.browser.close()
+        if self.browser is not None:
+            self.browser.close()
         self._pw.stop()
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .config import TrainConfig
 from .data import PairData, load_pairs, to_float
-from .errors import MixsepError, ResumeRefused
+from .errors import MixsepError, ResumeRefused, unreachable
 from .model import MODELS, build_model
 from .run import (CHECKPOINTS, CONFIG, NewerCheckpoint, Run, RunWriteError, State, UnreadableCheckpoint, clear_stop,
                   epoch_checkpoint, last_checkpoint, list_checkpoints, live_status, newest_readable, prune_epoch_checkpoints,
@@ -198,6 +198,9 @@ def require_run_path(run_dir: Path) -> Path:
     """A run folder or checkpoint path that exists (commands check it before their other arguments)."""
     run_dir = Path(run_dir)
     if not run_dir.exists():
+        why = unreachable(run_dir)  # a link that leads back to itself is not "missing"
+        if why:
+            raise MixsepError(f"{run_dir} {why}; name a run folder (or a checkpoint file inside one).")
         raise MixsepError(f"Run folder {run_dir} does not exist; `python -m mixsep train` prints the folder it made.")
     return run_dir
 

@@ -885,7 +885,8 @@ def test_start_on_damaged_training_data_says_why_and_leaves_no_run_folder(app_en
     poll(at, lambda a: a.error and sorted(p.name for p in runs.iterdir()) == before, timeout=60,
          what="the trainer's refusal, and its run folder removed")
     assert f"{images} is truncated or corrupt" in seen(texts(at.error))
-    assert "with `python -m mixsep download`." in texts(at.error) and "\\`" not in texts(at.error)  # code, not `
+    # no download command without this data root's --data-root (QA: run as printed, it fetched into ./data)
+    assert "; delete it and download it again." in texts(at.error) and "\\`" not in texts(at.error)
     assert widget(at.selectbox, "Run").options == before  # no failed run to pick, resume or delete
     at.run()  # it stays said (every tab followed the start) until the next one
     assert "is truncated or corrupt" in seen(texts(at.error))

@@ -6,8 +6,10 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -426,13 +428,15 @@ def test_dashboard_bench_gives_the_overheads_mean_its_t_interval_and_what_it_say
     assert "no interval" in dash.verdict(math.nan, math.nan)
 
 
-@pytest.mark.heavy(25)
-def test_watch_cores_reads_the_browsers_and_the_servers_cpu_and_leaves_no_process(data_root, tmp_path):
+@pytest.mark.heavy(40)
+def test_watch_cores_reads_the_browsers_and_the_servers_cpu_and_leaves_no_process(data_root, tmp_path, request):
     """bench/watch_cores.py for real: a trainer, a server and Chromium on the Train page, set to Paused by a click."""
     out = tmp_path / "w.json"
+    short = Path(tempfile.mkdtemp(prefix="wc", dir="/tmp"))  # Chromium's socket path there fits in 108 bytes
+    request.addfinalizer(lambda: shutil.rmtree(short, ignore_errors=True))
     done = subprocess.run([sys.executable, str(BENCH / "watch_cores.py"), "--data-root", str(data_root), "--choice",
                            "Paused", "--rounds", "1", "--window", "3", "--settle", "2", "--json", str(out)],
-                          capture_output=True, text=True, timeout=300, env=dict(os.environ, TMPDIR=str(tmp_path)))
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, TMPDIR=str(short)))
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.fullmatch(r"watch_cores: paused=0\.\d{4}", done.stdout.strip().splitlines()[-1]), done.stdout
     paused = json.loads(out.read_text())["choices"]["Paused"]
@@ -441,8 +445,19 @@ def test_watch_cores_reads_the_browsers_and_the_servers_cpu_and_leaves_no_proces
     assert paused["rounds"][0]["seconds"] >= 3
     # the trainer, the server and Chromium are gone with the bench's folder (each had it in its command line or its
     # environment: the runs folder, MIXSEP_RUNS_DIR, Chromium's profile under TMPDIR)
-    assert not [pid for pid in _pids_naming(str(tmp_path)) if pid != os.getpid()]
-    assert not list(tmp_path.glob("mixsep-watch-*"))
+    assert not [pid for pid in _pids_naming(str(short)) if pid != os.getpid()]
+    assert not [p.name for p in short.iterdir() if p.name.startswith(("mixsep-", "playwright"))]  # (torch's cache stays)
+    # a Chromium that cannot start (its socket path under a long TMPDIR is past 108 bytes): one sentence, exit 2,
+    # and the trainer, the server and Playwright's driver stopped (it was a traceback of Playwright's)
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    failed = subprocess.run([sys.executable, str(BENCH / "watch_cores.py"), "--data-root", str(data_root), "--choice",
+                             "Paused", "--rounds", "1", "--window", "1", "--settle", "0"],
+                            capture_output=True, text=True, timeout=300, env=dict(os.environ, TMPDIR=str(deep)))
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr, failed.stderr
+    assert failed.stderr.startswith("error: Headless Chromium could not show the Train page (") and \
+        failed.stderr.count("\n") == 1, failed.stderr
+    assert not [pid for pid in _pids_naming(str(deep)) if pid != os.getpid()]
 
 
 def _pids_naming(text: str) -> list[int]:

@@ -243,12 +243,13 @@ def test_a_fifo_or_folder_where_a_data_file_goes_is_named_not_called_missing(cap
     (["train", "--train-size", "1000", *TINY], "only 96 are available"),
     (["evaluate", "/nonexistent/run"], "does not exist"),
     (["grid", "/nonexistent/run"], "does not exist"),
-    # output files are checked before the run is even read, so nothing is computed for nothing
-    (["evaluate", "/nonexistent/run", "--json", "/nonexistent/folder/e.json"], "Folder /nonexistent/folder does not exist"),
-    (["evaluate", "/nonexistent/run", "--markdown", "/"], "--markdown / is a folder"),
-    (["evaluate", "/nonexistent/run", "--json", "same.out", "--markdown", "./same.out"], "both name same.out"),
-    (["grid", "/nonexistent/run", "--out", "/"], "--out / is a folder"),
-    (["grid", "/nonexistent/run", "--out", "grid.jpg"], "--out must name a .png file"),
+    # output files are checked before the run is even read (only that it is there), so nothing is computed for
+    # nothing: FOLDER is a folder that holds no run
+    (["evaluate", "FOLDER", "--json", "/nonexistent/folder/e.json"], "Folder /nonexistent/folder does not exist"),
+    (["evaluate", "FOLDER", "--markdown", "/"], "--markdown / is a folder"),
+    (["evaluate", "FOLDER", "--json", "same.out", "--markdown", "./same.out"], "both name same.out"),
+    (["grid", "FOLDER", "--out", "/"], "--out / is a folder"),
+    (["grid", "FOLDER", "--out", "grid.jpg"], "--out must name a .png file"),
     (["grid", "/nonexistent/run", "--seed", str(2**64)], "--seed: takes a whole number no larger than 9223372036854775807"),
     (["grid", "/nonexistent/run", "--seed", "-1"], "Seed must lie in [0, 9223372036854775807]"),
     # 100,000 columns took 98 s and 7.8 GB for a 661,000-pixel-wide PNG
@@ -260,7 +261,7 @@ def test_a_fifo_or_folder_where_a_data_file_goes_is_named_not_called_missing(cap
     (["evaluate", "/nonexistent/run", "--batch-size", "0"], "--batch-size must be at least 1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, data_root, tmp_path, argv, match):
-    argv = argv + ["--data-root", str(data_root)]
+    argv = [str(tmp_path) if a == "FOLDER" else a for a in argv] + ["--data-root", str(data_root)]
     if argv[0] == "train":
         argv += ["--runs-dir", str(tmp_path / "runs")]
     try:
@@ -771,14 +772,14 @@ def test_evaluate_and_grid_never_write_over_a_sweeps_journal_or_a_studys_own_fil
 
 def test_an_output_folder_that_is_read_only_is_refused_before_the_work(capsys, data_root, tmp_path):
     """A read-only --json/--markdown/--out folder was found only after the whole evaluation; now the
-    folder is tried first (the run named here does not even exist: nothing is loaded)."""
+    folder is tried first (the folder named as the run holds none: nothing is loaded)."""
     from conftest import tmpfs
 
     with tmpfs(tmp_path / "ro", "64k,ro") as ro:  # read-only for root too
         for argv, flag in ((["evaluate", "--json", str(ro / "e.json")], "--json"),
                            (["evaluate", "--markdown", str(ro / "e.md")], "--markdown"),
                            (["grid", "--out", str(ro / "g.png")], "--out")):
-            assert main([argv[0], str(tmp_path / "no-run"), *argv[1:], "--data-root", str(data_root)]) == 2
+            assert main([argv[0], str(tmp_path), *argv[1:], "--data-root", str(data_root)]) == 2
             assert _one_line(capsys) == (f"error: Folder {ro} is not writable (Read-only file system); "
                                          f"choose another {flag}.\n")
             assert not any(ro.iterdir())
@@ -1071,7 +1072,7 @@ def test_an_output_whose_folder_is_a_broken_link_or_a_file_is_named_so(capsys, t
     (tmp_path / "file").write_text("the user's own")
     for folder, says in (("loop", "is a link that leads nowhere"), ("dangling", "is a link that leads nowhere"),
                          ("file", "is not a folder")):
-        assert main(["evaluate", "/nonexistent/run", "--json", str(tmp_path / folder / "e.json")]) == 2
+        assert main(["evaluate", str(tmp_path), "--json", str(tmp_path / folder / "e.json")]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"{tmp_path / folder} {says}" in err, err
     assert (tmp_path / "file").read_text() == "the user's own"
