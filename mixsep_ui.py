@@ -79,12 +79,25 @@ def _luminance(hex_colour: str) -> float:
 RUN_COLOURS = tuple(c for c in qualitative.Dark24 if 0.12 <= _luminance(c) <= 0.30)
 
 
-def run_line(i: int) -> dict:
-    """The line of the run at place i of the runs a chart can show (its place among them, so a run keeps its
-    colour when another is left out): Plotly's own ten colours repeated from the 11th run; here each further
-    15 runs get the next dash, so 60 runs are told apart."""
-    return dict(color=RUN_COLOURS[i % len(RUN_COLOURS)], dash=RUN_DASHES[i // len(RUN_COLOURS) % len(RUN_DASHES)],
-                width=2)
+def run_lines(names) -> dict[str, dict]:
+    """Each run's line on a chart of runs, by its name, among all the runs a chart can show (``names``).
+
+    Plotly's own ten colours repeat from the 11th run; here 15 colours and then, for each further 15 runs, the
+    next dash tell 60 runs apart. A run's colour comes from a hash of its name, or the next free one where a run
+    earlier by name holds it: a run keeps its colour when another is left out of the chart, added, or deleted
+    (its place among all runs, as before, moved every run after a deleted one: QA), unless the two wanted one.
+    """
+    import zlib
+
+    slots = len(RUN_COLOURS) * len(RUN_DASHES)
+    taken, lines = set(), {}
+    for name in sorted(names):
+        wanted = zlib.crc32(name.encode()) % len(RUN_COLOURS)  # a plain line first: dashes only past 15 runs
+        slot = next((s % slots for s in range(wanted, wanted + slots) if s % slots not in taken), wanted)
+        taken.add(slot)
+        lines[name] = dict(color=RUN_COLOURS[slot % len(RUN_COLOURS)], dash=RUN_DASHES[slot // len(RUN_COLOURS)],
+                           width=2)
+    return lines
 
 
 # The Train page's "Live updates" choices: the status's refresh in seconds (None: paused); the loss chart refreshes

@@ -78,16 +78,14 @@ if not chosen:  # the runs can still be deleted (with the last run picked delete
     st.stop()
 
 fig = go.Figure()
-# a run's colour follows its name's place among all runs, not among those chosen nor by age: run folders are
-# named by their start time, so a new run comes last and leaves the others' colours (the newest-first order
-# moved every colour at each new run); a delete still moves those after it
-place = {name: i for i, name in enumerate(sorted(rows))}
+# a run's line follows its name among all runs, not its place among those chosen nor its age (ui.run_lines)
+lines = ui.run_lines(rows)
 for name in chosen:
     m = read_metrics(runs_dir / name)
     rows[name] = rows[name] | ui.best_scores(runs_dir / name, m, smoothing)
     if len(m):  # the EMA over every row, then at most 1,500 points a run for the browser to draw
         curve = downsample(pd.DataFrame({"step": m["step"], "ema": m[loss].ewm(alpha=1 - smoothing).mean()}))
-        fig.add_scatter(x=curve["step"], y=curve["ema"], name=name, mode="lines", line=ui.run_line(place[name]))
+        fig.add_scatter(x=curve["step"], y=curve["ema"], name=name, mode="lines", line=lines[name])
 st.plotly_chart(ui.style(fig, f"Training loss, {ui.LOSSES[loss]} (EMA {smoothing:.2f})", "step", "MSE loss", height=420))
 
 table = pd.DataFrame([rows[n] for n in chosen]).reindex(

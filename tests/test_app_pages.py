@@ -508,6 +508,11 @@ def test_compare_tells_many_runs_apart(app_env):
     now = lines(at)
     assert {n: now[n] for n in ("tiny-run-03", "tiny-run-07")} == {n: drawn[n] for n in ("tiny-run-03", "tiny-run-07")}
     assert now["tiny-run-99"] not in (now["tiny-run-03"], now["tiny-run-07"])
+    for gone in ("tiny-run", "tiny-run-00", "tiny-run-01", "tiny-run-05"):  # deleted, not shown: nothing moves (QA: a
+        shutil.rmtree(runs / gone)  # run's place among all runs was its colour, so every run after it changed)
+    at.run()
+    kept = lines(at)  # (tiny-run-99 had wanted a colour all 31 runs' earlier names held: it may take a freed one)
+    assert {n: kept[n] for n in ("tiny-run-03", "tiny-run-07")} == {n: now[n] for n in ("tiny-run-03", "tiny-run-07")}
 
 
 def test_compare_shows_what_loaded_and_disk_use_and_deletes_runs(app_env):
