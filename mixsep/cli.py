@@ -271,7 +271,8 @@ def cmd_train(args) -> int:
         run.close(restore_lock=True)
         raise
     except MixsepError as e:
-        if made is None and _finished(run.path):  # a finished run trains no step: it stays finished (data gone, say)
+        if made is None and (not run.touched or _finished(run.path)):  # a run that exists, refused before this
+            # trainer wrote to it (its data damaged, say; a finished run trains no step): it stays as it was
             run.close(restore_lock=True)
         elif not remove_unstarted(run.path, made, run, existed):  # a new run that never started (no GPU, corrupt data)
             _record_failure(run, str(e))

@@ -169,22 +169,27 @@ class JobRegistry:
         # server's to write for (a terminal's has no worker.log, and its state hung on whether a page looked)
         child = owned and self._proc is not None
         status = read_status(run_dir) if child else live_status(run_dir)
+        # a resume its trainer refused before it touched the run (its data root gone, say): exit 2 and a status.json
+        # not its own. The run stays as it was ("stopped", or "interrupted" after a kill, which is no death of this
+        # child's to record), and why the click did nothing is said from the trainer's last line, in worker.log
+        refused = (child and not alive and self._made != run_dir and self._proc.returncode == 2
+                   and status.get("pid") != self._pid)
+        if refused:
+            status = live_status(run_dir)
         if alive is None:  # trained by another process (a terminal's train, when this registry has a child)
             alive = status.get("state") == State.RUNNING
         if owned and not alive and self._made == run_dir:
             self._made = None  # its end is settled once
             if self._remove_refused(run_dir, status):
                 return self._removed
-        if child and not alive and status.get("state") in (State.UNKNOWN, State.RUNNING, None):
+        if child and not alive and not refused and status.get("state") in (State.UNKNOWN, State.RUNNING, None):
             self._record_death(run_dir, status)
             status = read_status(run_dir)
         state = status.get("state", "unknown")
         if owned and alive and (state == "unknown" or status.get("pid") != self._pid):
             state = "starting"  # a resumed run's status.json is its last trainer's until this one writes
         msg = status.get("message", "") if state not in ("starting", "running") else ""
-        if child and not alive and self._proc.returncode == 2 and status.get("pid") != self._pid:
-            # a resume its trainer refused before it touched the run (its data root gone, say): the run stays as it
-            # was, "stopped", and why the click did nothing is said from the trainer's last line, in worker.log
+        if refused:
             said = _refusal(run_dir / LOG_NAME)
             msg = f"Resume refused: {said}" if said else msg
         step = _step(run_dir, status)

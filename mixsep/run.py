@@ -1457,6 +1457,7 @@ class Run:
         self.warnings: list[str] = []
         self.facts: dict = {}  # recorded with every status (e.g. whether ImageNet weights loaded)
         self._old_stop: tuple | None = None  # the STOP there when the lock was taken (open): an earlier stop's
+        self.touched = False  # whether this trainer has written the run's status or metrics yet
 
     def open(self) -> "Run":
         check_run_dir(self.path)
@@ -1489,6 +1490,7 @@ class Run:
         self.close()
 
     def status(self, state: State | str, message: str = "", **extra) -> None:
+        self.touched = True
         extra = {**self.facts, **extra}
         if self.warnings:
             extra.setdefault("warnings", self.warnings)

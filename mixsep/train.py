@@ -515,6 +515,7 @@ class Training:
             # turning it "failed")
             finished = self.step >= self.total_steps and read_status(self.run_dir).get("state") == State.FINISHED.value
             if not finished:
+                self.run.touched = True
                 self.run.metrics.open(self.step)  # rows past the checkpoint we resume from will be redone
             self.run.clear_old_stop()  # one written since the lock was taken stops the run after its next step
             self._write_missing_epoch_checkpoint()

@@ -455,7 +455,11 @@ def test_a_resume_keeps_the_runs_settings_and_a_mistake_changes_nothing(capsys, 
     done = json.loads((run / "status.json").read_text())
     write_status(run, "stopped", "stopped by request", step=done["step"], total_steps=done["total_steps"])
     before = {p: p.read_bytes() for p in before}
+    damaged = shutil.copytree(data_root, tmp_path / "damaged")  # found only as the trainer reads it (QA)
+    archive = damaged / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
+    archive.write_bytes(archive.read_bytes()[:200])
     for extra, says in ((["--data-root", str(tmp_path / "typo")], f"No MNIST train data under {tmp_path / 'typo'}"),
+                        (["--data-root", str(damaged)], f"{archive} is truncated or corrupt"),
                         *([] if torch.cuda.is_available() else [(["--device", "cuda"], "no GPU is visible")])):
         assert main(["train", "--run-dir", str(run), "--quiet", *extra]) == 2, extra
         err = capsys.readouterr().err  # "resuming RUN with its saved config", then the sentence

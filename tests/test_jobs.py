@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import stat
+import subprocess
 import sys
 import threading
 import time
@@ -719,3 +720,13 @@ def test_a_resume_refused_for_where_it_runs_leaves_the_run_stopped_and_says_why(
     after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "worker.log"}
     assert after == {p: b for p, b in before.items() if p.name != "worker.log"}
     assert read_status(run)["message"] == "stopped by request"
+    # a run interrupted (its trainer killed: status.json says "running", of a process gone) stays so too (QA: this
+    # registry recorded the refused child's exit as a death, "failed: exited with code 2")
+    subprocess.run([sys.executable, "-c", "import sys; from mixsep.run import write_status; "
+                    f"write_status(sys.argv[1], 'running', step={done['step']}, total_steps={done['total_steps']})",
+                    str(run)], check=True)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "worker.log"}
+    jobs.start(run_dir=run)
+    state = jobs.wait(120)
+    assert state.state == "interrupted" and state.message.startswith("Resume refused: No MNIST train data"), state
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "worker.log"} == before
