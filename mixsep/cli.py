@@ -49,10 +49,10 @@ def _data_root_of(args, cfg: TrainConfig) -> Path:
     except OSError:  # a name too long for the system, say
         here = False
     if here:
-        print(f"data root {root} (the run's; --data-root chooses another)", file=sys.stderr)
+        print(one_line(f"data root {root} (the run's; --data-root chooses another)"), file=sys.stderr)
         return Path(root)
-    print(f"note: the run's data root {root} is not a folder here; reading {default_data_root()} "
-          "(--data-root chooses another)", file=sys.stderr)
+    print(one_line(f"note: the run's data root {root} is not a folder here; reading {default_data_root()} "
+                   "(--data-root chooses another)"), file=sys.stderr)
     return Path(default_data_root())
 
 
@@ -443,8 +443,8 @@ def _train_config(args) -> TrainConfig:
     cfg = _resume_settings(args, run_dir, saved)
     # a folder with a config.json and no checkpoint yet: the Train page's new run (it writes the config first), or
     # a run stopped before its first checkpoint; either trains from step 0
-    print(f"resuming {args.run_dir} with {where}" if state is not None else
-          f"training {args.run_dir} from step 0 with {where} (no checkpoint yet)", file=sys.stderr)
+    print(one_line(f"resuming {args.run_dir} with {where}" if state is not None else
+                   f"training {args.run_dir} from step 0 with {where} (no checkpoint yet)"), file=sys.stderr)
     return cfg
 
 
@@ -592,11 +592,11 @@ def _train(args, cfg: TrainConfig, run) -> int:
 
         path, saved, message = args.save_resumed
         write_json(path, saved.to_dict())
-        print(message, file=sys.stderr)
+        print(one_line(message), file=sys.stderr)
     stop["training"] = True
     for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
-    print(f"run folder: {run_dir}", file=sys.stderr)
+        print(one_line(f"warning: {w.message}"), file=sys.stderr)
+    print(one_line(f"run folder: {run_dir}"), file=sys.stderr)  # (stdout's last line is the path itself, as data)
     bar = tqdm(total=training.total_steps, initial=training.step, disable=args.quiet, unit="step", file=sys.stderr)
 
     said = len(training.run.warnings)
@@ -616,7 +616,7 @@ def _train(args, cfg: TrainConfig, run) -> int:
         print(f"final step {r.step}/{r.total_steps}: loss {r.loss:.4f} (mnist {r.loss_mnist:.4f}, cifar {r.loss_cifar:.4f})",
               file=sys.stderr)
     elif training.step < training.total_steps:  # a resume that trained nothing (its time budget spent): why
-        print(f"note: {run_dir}: {read_status(run_dir).get('message', '')}.", file=sys.stderr)
+        print(one_line(f"note: {run_dir}: {read_status(run_dir).get('message', '')}."), file=sys.stderr)
     print(run_dir)
     return 0
 
@@ -890,7 +890,8 @@ def cmd_separate(args) -> int:
                             this_run=_run_folder_of(args.run_dir), reads=[p for p in (args.checkpoint, args.run_dir) if p])
     model, _, info = _load_model(args)
     write_outputs(paths, *separate(model, pixels, args.mode), overwrite=args.overwrite)
-    print(f"checkpoint {info['path']} (step {info['step']}), mode {args.mode}: {len(paths)} mixture(s) separated", file=sys.stderr)
+    print(one_line(f"checkpoint {info['path']} (step {info['step']}), mode {args.mode}: {len(paths)} mixture(s) "
+                   "separated"), file=sys.stderr)
     for d in paths:
         print(d["mnist"])
         print(d["cifar"])
@@ -986,7 +987,7 @@ def cmd_sweep(args) -> int:
         where = (f"it trained on this machine ({host}), so its folder was moved or deleted; put it back"
                  if host == socket.gethostname() else
                  f"trial {best.number} trained on {host}; copy its run folder into this runs folder (or use --runs-dir)")
-        print(f"note: {p.runs_dir / a['run']} is not there: {where} to evaluate it", file=sys.stderr)
+        print(one_line(f"note: {p.runs_dir / a['run']} is not there: {where} to evaluate it"), file=sys.stderr)
     print(p.runs_dir / a["run"])
     return code
 

@@ -1109,3 +1109,16 @@ def test_train_refused_in_a_folder_of_the_users_that_holds_no_run_leaves_it_as_i
         assert err == (f"error: {mine / 'config.json'} names no mixsep setting ('project'), so it is not a mixsep "
                        "run's config.json; give --run-dir a run folder, or a new or empty folder for a new run.\n")
     assert tree(mine) == before
+
+
+def test_a_run_folder_named_with_control_characters_is_written_out_on_stderr(capsys, data_root, tmp_path):
+    """QA: the error line wrote a newline or an ESC out, but "run folder: ...", "resuming ..." and the notes printed
+    them raw (a name ran over two lines; an ESC recoloured the terminal). stdout's last line stays the path itself."""
+    run = tmp_path / "runs" / "nl\nrun\x1b[31m"
+    for _ in range(2):  # trained, then resumed (finished: "resuming ... with its saved config")
+        assert main(["train", "--data-root", str(data_root), "--run-dir", str(run), *TINY]) == 0
+        out, err = capsys.readouterr()
+        assert "\x1b" not in err and all(line.startswith(("run folder: ", "resuming ", "warning: ", "note: ", "final "))
+                                         for line in err.splitlines()), err
+        assert f"run folder: {str(run)[:-len('nl.run.[31m')]}nl\\nrun\\x1b[31m" in err, err
+        assert out.endswith(f"{run}\n")
