@@ -649,10 +649,13 @@ def _one_checkpoint(args) -> None:
                           "give the checkpoint once.")
 
 
-def _require_run_path(run_dir: str) -> None:
+def _require_run_path(run_dir: str, checkpoint: str | None = None) -> None:
+    """The run (and a --checkpoint) named are there: a typo is said first, not an output it would have written."""
     from .train import require_run_path
 
     require_run_path(run_dir)
+    if checkpoint and not os.path.lexists(checkpoint):
+        raise MixsepError(f"Checkpoint {checkpoint} does not exist.")
 
 
 def _load_model(args):
@@ -791,7 +794,7 @@ def cmd_evaluate(args) -> int:
         raise MixsepError(f"--samples must be 0 (all) or positive (got {args.samples}).")
     if args.batch_size < 1:
         raise MixsepError(f"--batch-size must be at least 1 (got {args.batch_size}).")
-    _require_run_path(args.run_dir)  # a mistyped run is named first, not an output it would have written
+    _require_run_path(args.run_dir, args.checkpoint)  # a typo is named first, not an output it would write
     _one_checkpoint(args)
     inputs = (args.checkpoint, args.run_dir, args.mnist_test, args.cifar_test,
               args.mnist_test and labels_beside(args.mnist_test))  # the labels read beside the images
@@ -859,7 +862,7 @@ def cmd_grid(args) -> int:
         from .config import setting_by_name
 
         setting_by_name("seed", resolve=False).check(args.seed)
-    _require_run_path(args.run_dir)  # a mistyped run is named first, not an output it would have written
+    _require_run_path(args.run_dir, args.checkpoint)  # a typo is named first, not an output it would write
     _one_checkpoint(args)
     out = new_output(args.out, "--out", args.overwrite, args.run_dir, (args.checkpoint, args.run_dir), suffix=".png")
     model, cfg, info = _load_model(args)
@@ -884,7 +887,7 @@ def cmd_separate(args) -> int:
 
     if "" in args.images:  # Path("") is the current folder: ". does not exist or is not a file"
         raise MixsepError("An image path given is empty; name each mixture image to separate.")
-    _require_run_path(args.run_dir)  # a mistyped run is named first, not an output it would have written
+    _require_run_path(args.run_dir, args.checkpoint)  # a typo is named first, not an output it would write
     _one_checkpoint(args)
     pixels, paths = prepare([Path(p) for p in args.images], args.out, args.overwrite,  # before the model loads
                             this_run=_run_folder_of(args.run_dir), reads=[p for p in (args.checkpoint, args.run_dir) if p])

@@ -348,6 +348,11 @@ def test_a_missing_run_is_named_before_the_outputs_it_would_have_written(capsys,
         assert main(argv) == 2
         assert capsys.readouterr().err.strip().startswith("error: Run folder nope does not exist"), argv
     assert (tmp_path / "grid.png").read_bytes() == b"last time's" and (tmp_path / "eval.json").read_text() == "{}"
+    (tmp_path / "run").mkdir()  # a --checkpoint mistyped too (regression pass)
+    for argv in (["grid", "run", "--checkpoint", "nosuch.pt"], ["evaluate", "run", "--checkpoint", "nosuch.pt",
+                 "--json", "eval.json"], ["separate", "run", "m.png", "--checkpoint", "nosuch.pt"]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err.strip() == "error: Checkpoint nosuch.pt does not exist.", argv
 
 
 def test_a_full_disk_halfway_writes_none_of_the_outputs(capsys, data_root, tmp_path):
