@@ -272,7 +272,9 @@ def _readable_parallel(fig, values: list[float]) -> None:
 
     finite = [v for v in values if v is not None and math.isfinite(v)]
     lo, hi = (min(finite), max(finite)) if finite else (0.0, 0.0)
-    digits = 2 if hi - lo >= 0.05 or hi == lo else min(6, 1 - math.floor(math.log10((hi - lo) / 4)))
+    # decimals enough for the ticks' step (a quarter of the span): two places labelled ticks 0.0125 apart 13.41,
+    # 13.42, 13.44, 13.45, 13.46, uneven steps for even ones (regression pass)
+    digits = 2 if hi == lo else min(6, max(2, 1 - math.floor(math.log10((hi - lo) / 4))))
     for trace in fig.data:
         if trace.mode == "lines" and trace.y and trace.y[0] is not None:
             trace.line.color = sample_colorscale("Blues", _PAR_LOW + (1 - _PAR_LOW) * float(trace.y[0]))[0]

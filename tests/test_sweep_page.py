@@ -406,6 +406,7 @@ def test_parallel_coordinates_show_every_trial_and_tell_close_values_apart():
     assert len(lines) == 3
     for t in lines:  # every line stands out from the white page: no channel above 230 out of 255
         assert max(int(c) for c in t.line.color[4:-1].split(",")) <= 230, t.line.color
-    assert sorted(t.customdata[0][1] for t in lines) == ["13.41", "13.43", "13.46"]  # the hover's value, exact
-    ticks = [a.text for a in fig.layout.annotations if a.x == 0]
-    assert ticks == ["13.41", "13.42", "13.44", "13.45", "13.46"], ticks
+    assert sorted(t.customdata[0][1] for t in lines) == ["13.410", "13.430", "13.460"]  # the hover's value, exact
+    ticks = [(a.text, 13.41 + 0.05 * a.y) for a in fig.layout.annotations if a.x == 0]
+    assert len({t for t, _ in ticks}) == 5 and all(len(t.split(".")[1]) == 3 for t, _ in ticks), ticks
+    assert all(abs(float(text) - at) <= 0.0005 + 1e-9 for text, at in ticks), ticks  # each label where it stands
