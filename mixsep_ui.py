@@ -638,8 +638,8 @@ def style(fig: go.Figure, title: str, x: str, y: str, height: int = 380) -> go.F
     log = y == "MSE loss"
     fig.update_layout(title=title, xaxis_title=x, yaxis_title=f"{y} (log scale)" if log else y, height=height,
                       margin=dict(l=10, r=10, t=50, b=10), legend=dict(legend, title_text=""), showlegend=True)
-    if log:
-        fig.update_yaxes(type="log")
+    if log:  # every tick labelled in full: plotly's own labelled 0.3 and 0.03 both "3"
+        fig.update_yaxes(type="log", tickformat="~g")
     if x == "step":
         # steps are whole numbers: no 2.5 on a short run's axis, and a span under 10 gets a tick per step (plotly's
         # ticks every half step, labelled as whole numbers, read "1 2 2 3 3 4 4"), on every chart of steps

@@ -222,6 +222,7 @@ def test_train_page_shows_the_last_run(app_env):
     assert names == {"CIFAR head", "MNIST head", "total"}
     # a log scale, said on the axis: on a linear one every step after the first few lay flat at the bottom (QA)
     assert fig["layout"]["yaxis"]["type"] == "log" and fig["layout"]["yaxis"]["title"]["text"] == "MSE loss (log scale)"
+    assert fig["layout"]["yaxis"]["tickformat"] == "~g"  # 0.3 and 0.03 in full: plotly's own ticks read both "3"
     compare = json.loads(open_page("app_pages/4_Compare.py").get("plotly_chart")[0].proto.spec)["layout"]["yaxis"]
     assert (compare["type"], compare["title"]["text"]) == ("log", "MSE loss (log scale)")
 
