@@ -148,9 +148,9 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds: the server, browser and trainer stop
     try:
         at_least("--rounds", args.rounds)
-        if not (args.window > 0 and args.settle >= 0):
-            raise MixsepError(f"--window must be above 0 and --settle 0 or more (got {args.window:g} and "
-                              f"{args.settle:g}).")
+        if not (0 < args.window <= 3600 and 0 <= args.settle <= 600):  # (inf and nan fail too)
+            raise MixsepError(f"--window must lie in (0, 3600] seconds and --settle in [0, 600] (got {args.window:g} "
+                              f"and {args.settle:g}).")
         require_split(checked_root(args.data_root), "train")  # before the line that says what is measured
         json_out = json_output(args.json, args.overwrite, args.data_root)
         choices = tuple(dict.fromkeys(args.choice)) or CHOICES

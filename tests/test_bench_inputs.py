@@ -45,7 +45,10 @@ REFUSED = [  # (script, arguments with D/F/R/T for the data root, a user's file,
     ("dashboard_bench", "--data-root D --model tiny --json F", "F exists already"),
     ("watch_cores", "--data-root D --json F", "F exists already"),
     ("watch_cores", "--data-root D --rounds 0", "--rounds must be at least 1 (got 0)."),
-    ("watch_cores", "--data-root D --window nan", "--window must be above 0 and --settle 0 or more (got nan and 12)."),
+    ("watch_cores", "--data-root D --window nan", "--window must lie in (0, 3600] seconds and --settle in [0, 600] "
+                                                  "(got nan and 12)."),
+    ("watch_cores", "--data-root D --window inf", "(got inf and 12)"),  # a traceback, or a trainer blamed for it
+    ("watch_cores", "--data-root D --settle 1e300", "(got 40 and 1e+300)"),
     ("watch_cores", "--data-root T/none", "No MNIST train data under T/none"),
     # M1: a folder that cannot be written, found before the measurement (/proc takes no new file, even for root)
     ("run", "--data-root D --dry-run --json /proc/b.json", "Folder /proc is not writable"),
