@@ -35,6 +35,40 @@ class ResumeRefused(MixsepError):
     was written, so the run is left as it was."""
 
 
+def _dropped_interrupt_asked_again(previous):
+    """A sys.unraisablehook: a stop its signal handler raised where Python cannot raise (inside a weakref callback
+    of an import's lock, say: "Exception ignored in: <function _get_module_lock.<locals>.cb>", a traceback, and the
+    Ctrl-C lost) is asked again with a real signal, which lands where the command takes it."""
+    import os
+    import signal
+    import threading
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            # sent a moment later, from a thread: sent here, its handler ran inside this hook, which Python
+            # cannot raise from either ("Exception ignored in sys.unraisablehook")
+            again = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM if isinstance(
+                unraisable.exc_value, Terminated) else signal.SIGINT))
+            again.daemon = True
+            again.start()
+            return
+        previous(unraisable)
+    return hook
+
+
+@contextlib.contextmanager
+def interrupts_never_dropped():
+    """While a command runs: see _dropped_interrupt_asked_again."""
+    import sys
+
+    previous = sys.unraisablehook
+    sys.unraisablehook = _dropped_interrupt_asked_again(previous)
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+
+
 class SecondInterrupt(KeyboardInterrupt):
     """A second Ctrl-C: quit at once (the first one asked to finish the step and stop)."""
 
