@@ -45,6 +45,8 @@ def _dropped_interrupt_asked_again(previous):
 
     def hook(unraisable):
         if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            if EARLY_SIGNALS:  # a stop in start-up, recorded as well as raised: the command raises it where it can
+                return
             # sent a moment later, from a thread: sent here, its handler ran inside this hook, which Python
             # cannot raise from either ("Exception ignored in sys.unraisablehook")
             again = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM if isinstance(
