@@ -243,13 +243,6 @@ def cmd_train(args) -> int:
         try:
             _no_trainer_around(args.run_dir, given)
             cfg = _train_config(args)
-            # where it runs, which a resume's flags may change: a mistyped --data-root or a --device with no GPU
-            # is the user's mistake, said before the run is touched (its "stopped" was recorded as "failed")
-            from .data import require_split
-            from .train import pick_device
-
-            require_split(Path(cfg.data_root), "train")
-            pick_device(cfg.device)
         except BaseException:
             run.close(restore_lock=True)  # refused: the run's files byte for byte as they were, .lock included
             remove_unstarted(run.path, made, existed=existed)
@@ -272,8 +265,9 @@ def cmd_train(args) -> int:
         run.close(restore_lock=True)
         raise
     except MixsepError as e:
-        if made is None and (not run.touched or _finished(run.path)):  # a run that exists, refused before this
-            # trainer wrote to it (its data damaged, say; a finished run trains no step): it stays as it was
+        if made is None and existed is None and (not run.touched or _finished(run.path)):
+            # a run that exists, refused before this trainer wrote to it (a mistyped or damaged --data-root, --device
+            # cuda with no GPU: its "stopped" was recorded "failed"; a finished run trains no step): it stays as it was
             run.close(restore_lock=True)
         elif not remove_unstarted(run.path, made, run, existed):  # a new run that never started (no GPU, corrupt data)
             _record_failure(run, str(e))
@@ -592,6 +586,7 @@ def _train(args, cfg: TrainConfig, run) -> int:
         from .run import write_json
 
         path, saved, message = args.save_resumed
+        run.touched = True  # the resume's new settings, in its config.json
         write_json(path, saved.to_dict())
         print(one_line(message), file=sys.stderr)
     stop["training"] = True
