@@ -275,21 +275,27 @@ def _readable_parallel(fig, values: list[float]) -> None:
     # decimals enough for the ticks' step (a quarter of the span): two places labelled ticks 0.0125 apart 13.41,
     # 13.42, 13.44, 13.45, 13.46, uneven steps for even ones (regression pass)
     digits = 2 if hi == lo else min(6, max(2, 1 - math.floor(math.log10((hi - lo) / 4))))
+
+    def value_at(height: float) -> str:  # the objective at a height (0 to 1) of its axis
+        return f"{lo + (hi - lo) * float(height):.{digits}f}"
+
+    def shade(height: float) -> str:
+        return sample_colorscale("Blues", _PAR_LOW + (1 - _PAR_LOW) * float(height))[0]
+
     for trace in fig.data:
         if trace.mode == "lines" and trace.y and trace.y[0] is not None:
-            trace.line.color = sample_colorscale("Blues", _PAR_LOW + (1 - _PAR_LOW) * float(trace.y[0]))[0]
+            trace.line.color = shade(trace.y[0])
             trace.opacity = 0.85  # Optuna's 0.5 washed the lighter lines out further
             if finite and trace.customdata is not None and len(trace.customdata):  # the hover's value, as the axis
-                trace.customdata = [[trace.customdata[0][0], f"{lo + (hi - lo) * float(trace.y[0]):.{digits}f}"],
+                trace.customdata = [[trace.customdata[0][0], value_at(trace.y[0])],
                                     *[list(c) for c in trace.customdata[1:]]]
         elif trace.mode == "markers" and trace.marker.colorscale:  # the colour bar
-            trace.marker.colorscale = [[i / 8, c] for i, c in enumerate(
-                sample_colorscale("Blues", [_PAR_LOW + (1 - _PAR_LOW) * i / 8 for i in range(9)]))]
+            trace.marker.colorscale = [[i / 8, shade(i / 8)] for i in range(9)]
     if not finite:
         return
     for note in fig.layout.annotations:
         if note.x == 0 and note.y is not None:  # a tick of the objective axis, at its height
-            note.text = f"{lo + (hi - lo) * note.y:.{digits}f}" if hi > lo else f"{lo:.{digits}f}"
+            note.text = value_at(note.y)
 
 
 def open_links(run: str | None) -> None:
