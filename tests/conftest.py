@@ -98,6 +98,17 @@ def holding(*locks) -> subprocess.Popen:
     return proc
 
 
+@contextlib.contextmanager
+def held(*locks):
+    """``holding(*locks)`` for a with block: the process is killed and reaped when the block ends."""
+    proc = holding(*locks)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def wait_for(predicate, timeout: float = 60.0, what: str = "condition", interval: float = 0.05) -> None:
     """Poll ``predicate`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -1348,23 +1348,18 @@ def test_a_sweep_json_naming_another_process_is_no_sweep_and_that_process_gets_n
         time.sleep(0.5)
         assert other.poll() is None  # no signal reached it
         # nor one holding what a .sweep.lock put there as a link leads to
-        victim = conftest.holding(tmp_path / "victim.lock")
-        try:
+        with conftest.held(tmp_path / "victim.lock") as victim:
             (runs / "st" / ".sweep.lock").symlink_to(tmp_path / "victim.lock")
             record.update(pid=victim.pid, pid_start=process_start(victim.pid))
             (runs / "st" / "sweep.json").write_text(json.dumps(record))
             assert live_sweeps(runs) == [] and SweepRegistry(runs).stop() is False
             time.sleep(0.5)
             assert victim.poll() is None
-        finally:
-            victim.kill()
-            victim.wait()
         # a real sweep command of another runs folder, its study folder linked here: listed there, not here (here
         # it blocked training, and this folder's Stop ended it)
         elsewhere = tmp_path / "elsewhere"
         (elsewhere / "st").mkdir(parents=True)
-        command = conftest.holding(elsewhere / "st" / ".sweep.lock")
-        try:
+        with conftest.held(elsewhere / "st" / ".sweep.lock") as command:
             record.update(pid=command.pid, pid_start=process_start(command.pid))
             (elsewhere / "st" / "sweep.json").write_text(json.dumps(record))
             (runs / "linked").symlink_to(elsewhere / "st")
@@ -1372,9 +1367,6 @@ def test_a_sweep_json_naming_another_process_is_no_sweep_and_that_process_gets_n
             assert live_sweeps(runs) == [] and SweepRegistry(runs).stop() is False
             time.sleep(0.5)
             assert command.poll() is None
-        finally:
-            command.kill()
-            command.wait()
     finally:
         other.kill()
         other.wait()
