@@ -62,20 +62,32 @@ with st.expander("Config of the next run"):
 # Watching must not slow the training it shows (they share the CPU). In headless Chromium a
 # rerun of the status costs the browser about 0.1 CPU-seconds and a redrawn chart about 0.3, and
 # an open Streamlit page about 0.02 cores even when nothing changes (bench/dashboard_bench.py).
-# So the status polls every ui.LIVE_UPDATES seconds while a run trains and the chart at a fifth of that
-# pace; "Paused" polls nothing (the page is then as cheap as any open page; a click refreshes it).
+# So the status polls every ui.LIVE_UPDATES seconds while a run trains (Auto: 5 s, then 15 s once the trainer has
+# trained 5 minutes) and the chart at a fifth of that pace; "Paused" polls nothing (the page is then as cheap as
+# any open page; a click refreshes it).
 # When nothing trains the status polls at the same pace to notice a run started elsewhere, and
 # the chart waits for a change.
 RESUME_HELP = ("Continues with the run's saved settings; the settings above are for a new run. A resume may "
                "change the time budget, device or precision from the command line: python -m mixsep train "
                "--run-dir RUN --max-minutes M (or --device, --cpu-bf16, --checkpoint-every).")
-refresh = ui.LIVE_UPDATES[row.radio("Live updates", list(ui.LIVE_UPDATES), index=1, horizontal=True, key="train_refresh",
-                             persist_state="session",
-                             help="How often the status and the progress refresh while a run trains; the loss "
-                                  "chart refreshes at a fifth of that pace. Each refresh takes a little CPU from "
-                                  "the training on a machine with few cores.")]
+pace = row.radio("Live updates", list(ui.LIVE_UPDATES), index=0, horizontal=True, key="train_refresh",
+                 persist_state="session",
+                 help="How often the status and the progress refresh while a run trains; the loss chart refreshes "
+                      "at a fifth of that pace. Auto: every 5 s for the trainer's first 5 minutes, then every 15 s. "
+                      "Each refresh takes a little CPU from the training on a machine with few cores.")
 live_job = jobs.running()
 training = live_job is not None
+
+
+def trained_s(job) -> float | None:
+    """How long the job's trainer has trained (the elapsed_s of its newest metrics row; None: starting, no row)."""
+    if job is None or not job.alive or job.state == "starting" or not job.run_dir.is_dir():
+        return None
+    rows = ui.live_metrics(job.run_dir)
+    return float(rows["elapsed_s"].iloc[-1]) if len(rows) else None
+
+
+refresh = ui.live_pace(pace, trained_s(live_job))  # seconds, or None: paused
 
 # The run this tab shows: the one training (every tab follows it), else the one picked here, by
 # default the last one started. A sweep's trials are not offered: their sweep resumes them.
@@ -167,6 +179,14 @@ def status():
     st.progress(min(p["fraction"], 1.0), text=f"step {p['step']}/{p['total_steps'] or '?'} · {sps} · {eta}")
     if job.alive and refresh is None:  # nothing polls: say so, or a started run looks frozen at "Starting"
         st.caption("Live updates are paused: pick a pace above to follow the run (any click refreshes it once).")
+    elif job.alive and job.state not in ENDED and isinstance(ui.LIVE_UPDATES[pace], tuple):  # (a trainer writes
+        # "finished" a moment before its process ends)
+        now = ui.live_pace(pace, trained_s(job))
+        if now != refresh and training:  # the run passed its first minutes: a full rerun sets the slower pace
+            st.rerun()
+        st.caption(f"Live updates every {now:g} s" + (f"; every {ui.live_pace(pace, float('inf')):g} s once the run "
+                   f"has trained {ui.AUTO_SLOWS_AFTER_S // 60} minutes (Auto)." if now == ui.live_pace(pace, None)
+                   else f": the run has trained over {ui.AUTO_SLOWS_AFTER_S // 60} minutes (Auto)."))
     # a run stopped before its first step has no total and no checkpoint: it starts again, in its own folder
     can_resume = not job.alive and job.state in ("stopped", "failed", "interrupted") and (
         job.step < job.total_steps or not job.total_steps)

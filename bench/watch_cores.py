@@ -6,12 +6,15 @@ bench/dashboard_bench.py measures watching as the trainer feels it (samples/s wi
 which scatters by several hundredths between rounds on 2 cores. This bench reads the steady figure behind
 it: the CPU the watching itself takes. One `python -m mixsep train` child (the `tiny` model, one thread, so
 it leaves the page a core) trains throughout, and one Streamlit server serves its runs folder. For each
-choice in turn (2 s, 5 s, 15 s, Paused by default; the order reversed every other round) a fresh headless
-Chromium opens the Train page, which follows the running trainer, clicks the choice, waits --settle
+choice in turn (2 s, 5 s, 15 s, Paused, Auto by default; the order reversed every other round) a fresh
+headless Chromium opens the Train page, which follows the running trainer, clicks the choice, waits --settle
 seconds, then reads the CPU seconds of every Chromium process and of the server from /proc over --window
-seconds, raised to whole periods of the chart's redraws (every 10, 25 and 75 s at 2, 5 and 15 s). The figure per choice is the median over rounds of (browser + server) cores.
+seconds, raised to whole periods of the chart's redraws (every 10, 25 and 75 s at 2, 5 and 15 s). Auto, the
+page's default, is the 5 s pace for a trainer's first 5 minutes and the 15 s pace after: it is measured after,
+the bench waiting for the trainer to pass 5 minutes of training if it has not. The figure per choice is the
+median over rounds of (browser + server) cores.
 
-The last line: watch_cores: 2s=.. 5s=.. 15s=.. paused=..   (browser + server cores, medians)
+The last line: watch_cores: 2s=.. 5s=.. 15s=.. paused=.. auto=..   (browser + server cores, medians)
 """
 from __future__ import annotations
 
@@ -37,17 +40,19 @@ from mixsep.run import MetricsTail  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from benchlib import at_least, data_root as checked_root, json_output, write_output  # noqa: E402
-from mixsep_ui import CHART_EVERY, LIVE_UPDATES  # noqa: E402
+from mixsep_ui import AUTO_SLOWS_AFTER_S, CHART_EVERY, LIVE_UPDATES, live_pace  # noqa: E402
 from dashboard_bench import (Watcher, browser_pids, check_browser, cpu_seconds, descendants,  # noqa: E402
                              start_server, stop_process_group)
 
-CHOICES = tuple(LIVE_UPDATES)  # the labels a user clicks on the Train page
+# the labels a user clicks on the Train page; Auto last, as it is measured once the trainer is past its first minutes
+CHOICES = tuple(sorted(LIVE_UPDATES, key=lambda c: isinstance(LIVE_UPDATES[c], tuple)))
+LATE = float("inf")  # Auto's pace once the trainer has trained AUTO_SLOWS_AFTER_S seconds
 
 
 def window_for(choice: str, window: float) -> float:
     """``window`` seconds, raised to a whole number of the choice's chart periods (the chart redraws at a
     CHART_EVERY-th of the status's pace: a 40 s window at 15 s, a chart every 75 s, held a redraw or none by chance)."""
-    every = LIVE_UPDATES[choice]
+    every = live_pace(choice, LATE)
     if every is None:
         return window
     period = every * CHART_EVERY
@@ -78,6 +83,24 @@ def wait_for_steps(runs_dir: Path, trainer: subprocess.Popen, log: Path, timeout
     raise MixsepError(f"The training child logged no step in {timeout:.0f} s; its output is in {log}.")
 
 
+def wait_until_trained(runs_dir: Path, trainer: subprocess.Popen, seconds: float, log) -> None:
+    """Auto is measured at its slower pace: wait until the trainer has trained ``seconds`` (the elapsed_s of the
+    newest row of its metrics.csv, read as it grows)."""
+    tail, trained, said = MetricsTail(next(p for p in runs_dir.iterdir() if p.is_dir())), 0.0, False
+    while True:
+        rows = tail.poll().rows
+        trained = float(rows[-1]["elapsed_s"]) if rows else trained
+        if trained >= seconds:
+            return
+        if not said:
+            log(f"  waiting {seconds - trained:.0f} s for the trainer to pass {seconds:.0f} s of training "
+                "(Auto's slower pace)")
+            said = True
+        if trainer.poll() is not None:
+            raise MixsepError(f"The training child ended while the bench waited for it (exit {trainer.returncode}).")
+        time.sleep(1)
+
+
 def watch_once(url: str, choice: str, server_pid: int, settle: float, window: float) -> dict:
     """(browser, server) cores while the Train page, set to ``choice``, follows the trainer for ``window`` s."""
     watcher = Watcher(url, choice)
@@ -103,7 +126,9 @@ def measure(data_root: Path, *, choices=CHOICES, rounds: int = 2, window: float 
         work = Path(tmp)
         runs_dir = work / "runs"
         runs_dir.mkdir()
-        trainer = start_trainer(runs_dir, Path(data_root).resolve(), (rounds * len(choices) * per_round + 120) / 60,
+        auto = any(isinstance(LIVE_UPDATES[c], tuple) for c in choices)
+        trainer = start_trainer(runs_dir, Path(data_root).resolve(),
+                                (rounds * len(choices) * per_round + 120 + AUTO_SLOWS_AFTER_S * auto) / 60,
                                 work / "trainer.log")
         server = None
         try:
@@ -115,6 +140,8 @@ def measure(data_root: Path, *, choices=CHOICES, rounds: int = 2, window: float 
                     if trainer.poll() is not None:
                         raise MixsepError("The training child ended while the page watched it; its output is in "
                                           f"{work / 'trainer.log'}.")
+                    if isinstance(LIVE_UPDATES[choice], tuple):  # the page has taken the slower pace when the
+                        wait_until_trained(runs_dir, trainer, AUTO_SLOWS_AFTER_S + 1, log)  # click reruns it
                     f = watch_once(url, choice, server.pid, settle, window_for(choice, window))
                     figures[choice].append(f)
                     log(f"  round {r + 1} {choice:7s} browser {f['browser']:.4f} cores, server {f['server']:.4f} "
@@ -124,7 +151,8 @@ def measure(data_root: Path, *, choices=CHOICES, rounds: int = 2, window: float 
                 stop_process_group(server)
             stop_process_group(trainer)
     summary = {c: {"browser": statistics.median(f["browser"] for f in v), "server": statistics.median(f["server"] for f in v),
-                   "total": statistics.median(f["browser"] + f["server"] for f in v), "rounds": v}
+                   "total": statistics.median(f["browser"] + f["server"] for f in v), "status_every_s": live_pace(c, LATE),
+                   "rounds": v}
                for c, v in figures.items()}
     return {"choices": summary, "config": {"rounds": rounds, "window_s": window, "settle_s": settle,
                                            "trainer": "tiny, batch 8, one thread"}}
@@ -134,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", default=default_data_root(), help="folder with MNIST/ and CIFAR-10 (default ./data)")
     p.add_argument("--choice", action="append", choices=CHOICES, default=[],
-                   help="a Live updates choice to measure; give it again for more (default: all four)")
+                   help="a Live updates choice to measure; give it again for more (default: all five; Auto is "
+                        f"measured at its slower pace, once the trainer has trained {AUTO_SLOWS_AFTER_S} s)")
     p.add_argument("--rounds", type=int, default=2, help="rounds of every choice (default 2)")
     p.add_argument("--window", type=float, default=40.0, help="seconds of each measurement (default 40)")
     p.add_argument("--settle", type=float, default=12.0, help="seconds after the click before it (default 12)")

@@ -293,7 +293,7 @@ def test_the_pretrained_toggle_is_off_and_greyed_for_a_model_without_a_resnet_en
 def test_live_updates_can_be_paused_and_the_choice_is_kept(app_env):
     at = open_page("app_pages/1_Train.py")
     live = widget(at.radio, "Live updates")
-    assert live.options == ["2 s", "5 s", "15 s", "Paused"] and live.value == "5 s"
+    assert live.options == ["Auto", "2 s", "5 s", "15 s", "Paused"] and live.value == "Auto"
     live.set_value("Paused").run()
     assert not at.exception and "Finished: 3 steps." in texts(at.success) and chart_points(at) == 3
     at.switch_page("app_pages/2_Samples.py").run()
@@ -671,6 +671,21 @@ def test_start_live_curves_reload_second_tab_stop(app_env):
     first = chart_points(at)
     assert "step" in at.get("progress")[0].proto.text and "samples/s" in at.get("progress")[0].proto.text
     assert "Live updates are paused" not in texts(at.caption)
+    # Auto, the default: the 5 s pace for the trainer's first 5 minutes, then 15 s; its trainer held (SIGSTOP)
+    # with a last row at 301 s of training, the page takes the slower pace and says so
+    assert "Live updates every 5 s; every 15 s once the run has trained 5 minutes (Auto)." in texts(at.caption)
+    import mixsep_ui
+    pid = mixsep_ui.registry(runs)._pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        metrics = next(p for p in runs.iterdir() if p.name != "tiny-run") / "metrics.csv"
+        last = metrics.read_text().splitlines()[-1].split(",")
+        with open(metrics, "a") as f:  # the trainer's own row, a step on and 301 s into its training
+            f.write(",".join([str(int(last[0]) + 1), *last[1:-1], "301.0"]) + "\n")
+        at.run()
+        assert "Live updates every 15 s: the run has trained over 5 minutes (Auto)." in texts(at.caption)
+    finally:
+        os.kill(pid, signal.SIGCONT)
     widget(at.radio, "Live updates").set_value("Paused").run()  # nothing polls now: the page says so
     assert "Live updates are paused: pick a pace above" in texts(at.caption)
     widget(at.radio, "Live updates").set_value("2 s").run()

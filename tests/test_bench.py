@@ -477,9 +477,41 @@ def _pids_naming(text: str) -> list[int]:
     return found
 
 
+def test_watch_cores_measures_auto_once_the_trainer_has_trained_past_its_first_minutes(bench, tmp_path):
+    """Auto is the 5 s pace for a trainer's first 5 minutes and 15 s after: the bench waits for the trainer's
+    metrics.csv, as it grows, to pass that (a real writer process), and says so; a trainer that ends is a sentence."""
+    from mixsep import MixsepError
+    from mixsep.run import METRIC_FIELDS
+
+    w = bench("watch_cores")
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "metrics.csv").write_text(",".join(METRIC_FIELDS) + "\n" + "1,0,0.2,0.1,0.3,0.001,500,290.0\n")
+    writer = subprocess.Popen([sys.executable, "-c", f"""
+import time
+for step, at in ((2, 295.5), (3, 300.9), (4, 301.2)):
+    time.sleep(0.4)
+    with open({str(run / "metrics.csv")!r}, "a") as f:
+        f.write(f"{{step}},0,0.2,0.1,0.3,0.001,500,{{at}}\\n")
+time.sleep(60)"""])
+    try:
+        said = []
+        w.wait_until_trained(tmp_path / "runs", writer, 301, said.append)
+        assert said == ["  waiting 11 s for the trainer to pass 301 s of training (Auto's slower pace)"]
+        assert (run / "metrics.csv").read_text().count("\n") == 5  # it returned at the row of 301.2 s, not before
+        writer.kill()
+        writer.wait()
+        with pytest.raises(MixsepError, match=r"^The training child ended while the bench waited for it \(exit -9\)\.$"):
+            w.wait_until_trained(tmp_path / "runs", writer, 400, said.append)
+    finally:
+        writer.kill()
+        writer.wait()
+
+
 def test_watch_cores_measures_whole_chart_periods_of_the_pages_own_pace(bench):
     """A 40 s window at "15 s" (a chart redrawn every 75 s) held one redraw or none by chance."""
     w = bench("watch_cores")
-    assert w.CHOICES == ("2 s", "5 s", "15 s", "Paused")  # the Train page's own labels, which the bench clicks
-    assert [w.window_for(c, 40) for c in w.CHOICES] == [40, 50, 75, 40]  # charts every 10, 25, 75 s; none paused
-    assert [w.window_for(c, 100) for c in w.CHOICES] == [100, 100, 150, 100]
+    assert w.CHOICES == ("2 s", "5 s", "15 s", "Paused", "Auto")  # the Train page's own labels, which the bench
+    # clicks; Auto last (its slower pace, once the trainer has trained 5 minutes, is the one measured)
+    assert [w.window_for(c, 40) for c in w.CHOICES] == [40, 50, 75, 40, 75]  # charts every 10, 25, 75 s; none paused
+    assert [w.window_for(c, 100) for c in w.CHOICES] == [100, 100, 150, 100, 150]
