@@ -421,7 +421,7 @@ def url_link(memo: str, many: bool = False, fresh: bool = False):
     return wanted
 
 
-def _run_picked(key: str) -> None:
+def run_picked(key: str) -> None:
     """The run box's on_change: the pick goes into the URL, and is the run shown last (``last_run``) at once. Set
     only as the page ran on, a sidebar click that stopped the page's rerun before that line left the run shown
     before, and the next page opened showed it (once, in the browser test, on a loaded machine)."""
@@ -463,7 +463,7 @@ def pick_run(runs_dir: Path, key: str = "run") -> tuple[Path, str] | None:
     # the names alone: Streamlit keeps a pick by its label, and a label with the run's state in it stopped
     # matching once the state changed (the run read as gone); the state is said beneath
     name = st.selectbox("Run", list(rows), key=key, persist_state="session",  # kept from page to page
-                        on_change=_run_picked, args=(key,))
+                        on_change=run_picked, args=(key,))
     st.caption(f"State: {literal(rows[name]['state'])}")
     st.session_state["last_run"] = name
     try:

@@ -124,7 +124,8 @@ elif st.session_state.get("train_run") not in runs:
 if runs:  # by name only: Streamlit keeps a pick by its label, and one with the run's state lost it once the state
     # changed (the first Resume click after a Stop was lost); the page says the picked run's state below
     st.selectbox("Run", list(runs), key="train_run", disabled=training, persist_state="session",
-                 on_change=ui.url_follows, args=("train_run",),  # a pick goes into the URL: a link shows it
+                 on_change=ui.run_picked, args=("train_run",),  # a pick goes into the URL (a link shows it) and
+                 # is the run shown last, which a page opened from the sidebar shows (Samples, Metrics, Separate)
                  help="The run whose progress and curves this page shows; a stopped one can be resumed here. "
                       "While a run trains the page shows it.")
 

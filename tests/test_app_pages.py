@@ -1110,6 +1110,20 @@ def test_a_link_or_back_to_another_run_shows_that_run_and_the_sidebar_keeps_the_
     assert widget(at.selectbox, "Run").value == "tiny-run"
 
 
+def test_a_run_picked_on_train_is_the_one_a_page_opened_from_the_sidebar_shows(app_env):
+    """Samples, Metrics and Separate opened from the sidebar show the run picked last; one picked on Train was not
+    among them (they showed the run picked before, or the newest)."""
+    data, runs = app_env
+    shutil.copytree(runs / "tiny-run", runs / "other-run")
+    os.utime(runs / "other-run", (time.time() + 60, time.time() + 60))  # the newest: shown when nothing is picked
+    at = open_page("app_pages/1_Train.py")
+    widget(at.selectbox, "Run").set_value("tiny-run").run()
+    for page in ("app_pages/2_Samples.py", "app_pages/3_Metrics.py", "app_pages/6_Separate.py"):
+        at.query_params.clear()  # the sidebar's link: no ?run=
+        at.switch_page(page).run()
+        assert not at.exception and widget(at.selectbox, "Run").value == "tiny-run", page
+
+
 def test_the_train_page_takes_a_link_to_a_run_as_the_other_pages_do(app_env, trainer):
     """/Train?run=X shows X (it showed the last run started, whatever the link said), and the page writes its
     pick into the URL; Back to ?run=A after picking B shows A. A sweep's trial, a run that is not there and a
