@@ -818,6 +818,55 @@ def lock_holder(run_dir: Path) -> dict | None:
     return identity(min(holders)) if holders else None
 
 
+def holder_text(run_dir: Path) -> str:
+    """The holder of the run's lock as its refusals name it: "process N (its command)", from the line it wrote."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return "another process"
+    try:
+        return _read_holder(fd)
+    finally:
+        os.close(fd)
+
+
+def _names_run_dir(argv: list[str], cwd: str, run_dir: Path) -> bool:
+    """Whether ``argv`` is a `mixsep train` whose --run-dir (or an abbreviation argparse takes) is ``run_dir``."""
+    try:
+        at = next(i for i, w in enumerate(argv) if w == "train")
+    except StopIteration:
+        return False
+    if not any(w == "mixsep" or w.endswith(("/mixsep", "/mixsep/__main__.py")) for w in argv[:at]):
+        return False
+    for i, word in enumerate(argv[at + 1:], at + 1):
+        flag, eq, value = word.partition("=")
+        if len(flag) >= len("--run-") and "--run-dir".startswith(flag):
+            value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+            try:
+                return bool(value) and os.path.samefile(os.path.join(cwd, value), run_dir)
+            except OSError:
+                return False
+    return False
+
+
+def starting_trainer(run_dir: Path) -> str | None:
+    """A `mixsep train` process that names this run as its --run-dir and is alive, "process N (its command)", or
+    None; None where no /proc can say (macOS). A trainer takes the run's lock only once Python and torch are loaded
+    (seconds): before that only its command line says that the run is about to train."""
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="surrogateescape").split("\0")[:-1]
+            if "train" in argv and _names_run_dir(argv, os.readlink(f"/proc/{pid}/cwd"), Path(run_dir)):
+                return f"process {pid} ({' '.join(mask_secrets(argv))})"
+        except OSError:  # ended since the listing, or another user's
+            continue
+    return None
+
+
 def holds_lock(pid: int, path: Path) -> bool | None:
     """Whether process ``pid`` holds a flock on the file ``path`` through a descriptor it has open (/proc/PID/fd and
     fdinfo), or None where no /proc can say (macOS). The file is matched by device and inode, whatever mount or
@@ -1369,10 +1418,16 @@ def delete_run(runs_dir: Path, name: str) -> Path:
     if not runs and any(path.iterdir()):
         raise MixsepError(f"'{name}' is not a run folder (no config.json inside); delete it by hand if you mean it.")
     for run in runs:
-        holder = lock_holder(run)
-        if holder is not None or live_status(run).get("state") == State.RUNNING:  # "running" and its trainer alive
-            raise MixsepError(f"Run '{run_name(runs_dir, run)}' is training now; stop it before deleting "
-                              f"{'it' if run == path else f'the folder {name} it is in'}.")
+        what = 'it' if run == path else f'the folder {name} it is in'
+        if lock_holder(run) is not None:  # said as a second trainer's refusal says it: whose process it is
+            raise MixsepError(f"Run '{run_name(runs_dir, run)}' is training now, in {holder_text(run)}; stop it "
+                              f"before deleting {what}.")
+        if live_status(run).get("state") == State.RUNNING:  # "running" and its trainer alive
+            raise MixsepError(f"Run '{run_name(runs_dir, run)}' is training now; stop it before deleting {what}.")
+        starting = starting_trainer(run)  # another dashboard's Resume (or a terminal's) still loading: no lock yet
+        if starting is not None:
+            raise MixsepError(f"Run '{run_name(runs_dir, run)}' is starting to train, in {starting}; stop it before "
+                              f"deleting {what}.")
     try:
         shutil.rmtree(path)
     except OSError as e:

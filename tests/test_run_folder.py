@@ -651,6 +651,35 @@ def test_delete_runs_inside_the_runs_folder_only_and_never_a_training_one(small_
 
 
 
+def test_delete_refuses_a_run_whose_trainer_is_starting_and_names_its_process(small_config, tmp_path):
+    """A trainer takes the run's lock once Python has loaded mixsep: until then (another dashboard's Resume, or a
+    terminal's) nothing in the folder said it was about to train, and a second server's Delete took the run from
+    under it. Its command line says so: --run-dir as given, relative to its folder, or abbreviated."""
+    runs = tmp_path / "runs"
+    list(T.train_steps(small_config, runs / "mine"))
+    before = conftest.tree(runs)
+    for argv, cwd in ((["--run-dir", str(runs / "mine")], tmp_path), (["--run-d=runs/mine"], tmp_path),
+                      (["--run-", "mine"], runs)):
+        child = subprocess.Popen([sys.executable, "-m", "mixsep", "train", *argv, "--quiet"], cwd=cwd)
+        os.kill(child.pid, signal.SIGSTOP)  # Python is still starting: far from mixsep's import and the lock
+        try:
+            with pytest.raises(MixsepError, match=rf"^Run 'mine' is starting to train, in process {child.pid} "
+                                                  r"\(.*-m mixsep train .*\); stop it before deleting it\.$"):
+                R.delete_run(runs, "mine")
+        finally:
+            child.kill()
+            child.wait()
+    assert conftest.tree(runs) == before  # nothing deleted, nothing written
+    other = subprocess.Popen([sys.executable, "-m", "mixsep", "train", "--run-dir", str(runs / "mine2")])
+    os.kill(other.pid, signal.SIGSTOP)  # another run's trainer is no reason
+    try:
+        R.delete_run(runs, "mine")
+    finally:
+        other.kill()
+        other.wait()
+    assert not (runs / "mine").exists()
+
+
 def test_delete_never_takes_a_folder_with_a_training_run_or_a_running_sweep_anywhere_inside(small_config, tmp_path):
     """A run nested in another run's folder (made by hand, or by a train that was not refused then) trained on
     while Delete took the outer run and all in it; a study's folder went while its sweep ran between trials."""
@@ -661,8 +690,8 @@ def test_delete_never_takes_a_folder_with_a_training_run_or_a_running_sweep_anyw
     list(T.train_steps(small_config, runs / "outer"))
     gen = T.train_steps(dataclasses.replace(small_config, epochs=50), runs / "outer" / "deeper" / "inner")
     next(gen)  # trains on, holding its lock
-    with pytest.raises(MixsepError, match=r"^Run 'outer/deeper/inner' is training now; stop it before deleting the "
-                                          r"folder outer it is in\.$"):
+    with pytest.raises(MixsepError, match=rf"^Run 'outer/deeper/inner' is training now, in process {os.getpid()} \(.+\); "
+                                          r"stop it before deleting the folder outer it is in\.$"):  # whose it is
         R.delete_run(runs, "outer")
     gen.close()
     os.symlink(runs / "other", runs / "outer" / "link")  # a link to a run training elsewhere: rmtree takes the link
