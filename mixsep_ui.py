@@ -8,6 +8,7 @@ plotly figures. Pages stay short and hold no ML.
 from __future__ import annotations
 
 import gc
+import math
 import os
 import re
 import threading
@@ -79,25 +80,37 @@ def _luminance(hex_colour: str) -> float:
 RUN_COLOURS = tuple(c for c in qualitative.Dark24 if 0.12 <= _luminance(c) <= 0.30)
 
 
-def run_lines(names) -> dict[str, dict]:
-    """Each run's line on a chart of runs, by its name, among all the runs a chart can show (``names``).
+def run_lines(names, shown=None) -> dict[str, dict]:
+    """Each run's line on a chart of runs, by its name, among all the runs a chart can show (``names``); of the runs
+    ``shown`` only, when given.
 
     Plotly's own ten colours repeat from the 11th run; here 15 colours and then, for each further 15 runs, the
     next dash tell 60 runs apart. A run's colour comes from a hash of its name, or the next free one where a run
     earlier by name holds it: a run keeps its colour when another is left out of the chart, added, or deleted
     (its place among all runs, as before, moved every run after a deleted one: QA), unless the two wanted one.
+    Past 60 runs two runs share a line: of two such runs shown, the later by name takes the next line that none
+    shown holds (QA: five runs picked among 77, all solid orange).
     """
     import zlib
 
     slots = len(RUN_COLOURS) * len(RUN_DASHES)
-    taken, lines = set(), {}
+
+    def free(wanted: int, taken: set) -> int:
+        return next((s % slots for s in range(wanted, wanted + slots) if s % slots not in taken), wanted)
+
+    taken, slot_of = set(), {}
     for name in sorted(names):
-        wanted = zlib.crc32(name.encode()) % len(RUN_COLOURS)  # a plain line first: dashes only past 15 runs
-        slot = next((s % slots for s in range(wanted, wanted + slots) if s % slots not in taken), wanted)
-        taken.add(slot)
-        lines[name] = dict(color=RUN_COLOURS[slot % len(RUN_COLOURS)], dash=RUN_DASHES[slot // len(RUN_COLOURS)],
-                           width=2)
-    return lines
+        slot_of[name] = free(zlib.crc32(name.encode()) % len(RUN_COLOURS), taken)  # a plain line first: dashes
+        taken.add(slot_of[name])  # only past 15 runs
+    if shown is not None:
+        held = set()
+        for name in sorted(shown):
+            if slot_of[name] in held:
+                slot_of[name] = free(slot_of[name], held)
+            held.add(slot_of[name])
+    return {name: dict(color=RUN_COLOURS[slot_of[name] % len(RUN_COLOURS)],
+                       dash=RUN_DASHES[slot_of[name] // len(RUN_COLOURS)], width=2)
+            for name in (names if shown is None else shown)}
 
 
 # The Train page's "Live updates" choices: the status's refresh in seconds (None: paused); the loss chart refreshes
@@ -637,21 +650,42 @@ def live_loss_figure(metrics: pd.DataFrame, smoothing: float, title: str) -> go.
     return cached["fig"]
 
 
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Ticks for a log axis from ``lo`` to ``hi``: the decades, else 1-2-5, else 1-2-3-5-7, else every digit, the
+    first of these that puts 3 ticks on it ([] when none does). Plotly's own labelled each digit, which "~g" wrote
+    out in full, so 0.06 to 0.1 and 0.005 to 0.01 ran into each other on a run's chart of 1-2 decades (QA)."""
+    if not (0 < lo <= hi < math.inf):
+        return []
+    decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+    for digits in ((1,), (1, 2, 5), (1, 2, 3, 5, 7), range(1, 10)):
+        ticks = [v for k in decades for d in digits if lo <= (v := float(f"{d}e{k}")) <= hi]
+        if len(ticks) >= 3:
+            return ticks
+    return []
+
+
 def style(fig: go.Figure, title: str, x: str, y: str, height: int = 380) -> go.Figure:
     # a few short entries sit in a row beside the title; more, or long ones (Compare's sweep trials, three
     # "sweep-20261130/trial-0002" covered the title at a laptop's width), wrap onto it, so they go under the plot
     names = [t.name or "" for t in fig.data if t.showlegend is not False]
     # the title counts too: a 115-character run name in it ran under the legend
     beside = len(names) <= 4 and sum(map(len, names)) <= 40 and sum(map(len, names)) + len(title) <= 70
+    # many runs (Compare with a sweep's trials) go in a column on the right, which scrolls: in rows under the plot
+    # 76 entries took most of its height, left a strip to draw in and covered the axis's title (QA)
     legend = dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1) if beside else \
-        dict(orientation="h", yanchor="top", y=-0.3, xanchor="left", x=0)
+        dict(orientation="h", yanchor="top", y=-0.3, xanchor="left", x=0) if len(names) <= 12 else \
+        dict(orientation="v", yanchor="top", y=1.0, xanchor="left", x=1.02)
     # a loss falls from 0.15 to 0.005 and on: on a linear axis every step after the first few lay flat at the
     # bottom, falling or not (QA), so the losses are drawn on a log scale, which the axis says
     log = y == "MSE loss"
     fig.update_layout(title=title, xaxis_title=x, yaxis_title=f"{y} (log scale)" if log else y, height=height,
                       margin=dict(l=10, r=10, t=50, b=10), legend=dict(legend, title_text=""), showlegend=True)
-    if log:  # every tick labelled in full: plotly's own labelled 0.3 and 0.03 both "3"
-        fig.update_yaxes(type="log", tickformat="~g")
+    if log:  # every tick labelled in full: plotly's own labelled 0.3 and 0.03 both "3"; and only as many as fit
+        ys = [np.asarray(t.y, dtype=float) for t in fig.data if t.y is not None and len(t.y)]
+        ys = np.concatenate(ys) if ys else np.array([])
+        ys = ys[np.isfinite(ys) & (ys > 0)]
+        ticks = log_ticks(ys.min(), ys.max()) if len(ys) else []
+        fig.update_yaxes(type="log", tickformat="~g", **(dict(tickmode="array", tickvals=ticks) if ticks else {}))
     if x == "step":
         # steps are whole numbers: no 2.5 on a short run's axis, and a span under 10 gets a tick per step (plotly's
         # ticks every half step, labelled as whole numbers, read "1 2 2 3 3 4 4"), on every chart of steps
@@ -710,12 +744,39 @@ def study_of(run: str) -> str:
     return run.split("/", 1)[0] if "/" in run else ""
 
 
-def best_scores(run_dir: Path, metrics: pd.DataFrame, smoothing: float) -> dict:
+@st.cache_data(show_spinner=False, max_entries=512)
+def _loss_curve(run_dir: str, stamp, loss: str, smoothing: float) -> tuple[pd.DataFrame, float | None]:
+    from mixsep.runs import read_metrics
+
+    m = read_metrics(Path(run_dir))
+    if not len(m):
+        return pd.DataFrame(columns=["step", "ema"]), None
+    # the EMA over every row, then at most 1,500 points a run for the browser to draw
+    curve = downsample(pd.DataFrame({"step": m["step"], "ema": m[loss].ewm(alpha=1 - smoothing).mean()}))
+    return curve, float(m["loss"].ewm(alpha=1 - smoothing).mean().min())
+
+
+def loss_curve(run_dir: Path, loss: str, smoothing: float) -> tuple[pd.DataFrame, float | None]:
+    """A run's EMA-smoothed ``loss`` for a chart of runs (at most 1,500 points) and its lowest smoothed total loss.
+
+    Read again only when metrics.csv changed (its size, time or inode): Compare redrew every picked run from its
+    whole file on each click, 0.7 s of a rerun with 76 runs picked (QA)."""
+    from mixsep.run import METRICS
+
+    try:
+        st_ = (Path(run_dir) / METRICS).stat()
+        stamp = (st_.st_mtime_ns, st_.st_size, st_.st_ino)
+    except OSError:
+        stamp = None
+    return _loss_curve(str(run_dir), stamp, loss, smoothing)
+
+
+def best_scores(run_dir: Path, smoothing: float) -> dict:
     """The lowest EMA-smoothed training loss, and a sweep trial's best validation PSNR (None for other runs)."""
     from mixsep.run import read_status
 
     val = read_status(run_dir).get("validation")
-    return {"best_loss": float(metrics["loss"].ewm(alpha=1 - smoothing).mean().min()) if len(metrics) else None,
+    return {"best_loss": loss_curve(run_dir, "loss", smoothing)[1],
             "val_psnr": val.get("best_psnr") if isinstance(val, dict) else None}
 
 

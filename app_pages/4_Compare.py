@@ -5,7 +5,6 @@ import streamlit as st
 
 import mixsep_ui as ui
 from mixsep import MixsepError
-from mixsep.runs import downsample, read_metrics
 from mixsep.run import list_checkpoints, shown_name
 from ui_settings import whole_number_box
 
@@ -79,12 +78,11 @@ if not chosen:  # the runs can still be deleted (with the last run picked delete
 
 fig = go.Figure()
 # a run's line follows its name among all runs, not its place among those chosen nor its age (ui.run_lines)
-lines = ui.run_lines(rows)
+lines = ui.run_lines(rows, chosen)
 for name in chosen:
-    m = read_metrics(runs_dir / name)
-    rows[name] = rows[name] | ui.best_scores(runs_dir / name, m, smoothing)
-    if len(m):  # the EMA over every row, then at most 1,500 points a run for the browser to draw
-        curve = downsample(pd.DataFrame({"step": m["step"], "ema": m[loss].ewm(alpha=1 - smoothing).mean()}))
+    rows[name] = rows[name] | ui.best_scores(runs_dir / name, smoothing)
+    curve, _ = ui.loss_curve(runs_dir / name, loss, smoothing)  # read again only when metrics.csv changed
+    if len(curve):
         fig.add_scatter(x=curve["step"], y=curve["ema"], name=name, mode="lines", line=lines[name])
 st.plotly_chart(ui.style(fig, f"Training loss, {ui.LOSSES[loss]} (EMA {smoothing:.2f})", "step", "MSE loss", height=420))
 

@@ -497,6 +497,8 @@ def test_compare_tells_many_runs_apart(app_env):
 
     drawn = lines(at)
     assert len(drawn) == 31 and len(set(drawn.values())) == 31
+    legend = json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["legend"]
+    assert legend["orientation"] == "v" and legend["x"] > 1  # a column beside the plot, not rows eating its height
     assert len({c for c, _ in drawn.values()}) == 15 and {d for _, d in drawn.values()} == {"solid", "dash", "dot"}
     import mixsep_ui
     assert all(0.12 <= mixsep_ui._luminance(c) <= 0.30 for c, _ in drawn.values())  # seen on a white and a dark page
@@ -514,6 +516,67 @@ def test_compare_tells_many_runs_apart(app_env):
     at.run()
     kept = lines(at)  # (tiny-run-99 had wanted a colour all 31 runs' earlier names held: it may take a freed one)
     assert {n: kept[n] for n in ("tiny-run-03", "tiny-run-07")} == {n: now[n] for n in ("tiny-run-03", "tiny-run-07")}
+
+
+def test_the_runs_shown_never_share_a_line_past_60_runs_and_keep_theirs_otherwise():
+    """15 colours x 4 dashes tell 60 runs apart: handed out among a folder's 77 runs, five runs picked were all
+    drawn solid orange (QA). Of the runs shown, the later by name of two that share a line takes a free one."""
+    import mixsep_ui
+
+    names = [f"wk{i:02d}-run" for i in range(77)]
+    every = mixsep_ui.run_lines(names)
+    shared = {}
+    for n in names:
+        shared.setdefault(tuple(every[n].values()), []).append(n)
+    clash = next(g for g in shared.values() if len(g) > 1)  # the folder's own: 77 runs on 60 lines
+    alone = [g[0] for g in shared.values() if len(g) == 1][:10]
+    for shown in (clash, clash + alone, names[:60], names[17:]):
+        lines = mixsep_ui.run_lines(names, shown)
+        assert list(lines) == shown and len({tuple(v.values()) for v in lines.values()}) == len(shown)
+        assert all(lines[n] == every[n] for n in alone if n in shown)  # a run no other shown run shares keeps its own
+        assert min(clash) not in shown or lines[min(clash)] == every[min(clash)]  # and of two that share one, the
+        # first by name
+
+
+def test_log_axis_ticks_are_as_many_as_fit():
+    """A loss over 1-2 decades had a labelled tick at every digit ("0.1 0.09 0.08 0.07 0.06" on top of each other)."""
+    import plotly.graph_objects as go
+
+    from mixsep_ui import log_ticks, style
+
+    assert log_ticks(0.0004, 0.3) == [0.001, 0.01, 0.1]
+    assert log_ticks(0.004, 0.15) == [0.005, 0.01, 0.02, 0.05, 0.1]
+    assert log_ticks(0.09, 0.32) == [0.1, 0.2, 0.3]
+    assert log_ticks(0.075, 0.125) == [0.08, 0.09, 0.1]
+    assert log_ticks(0.1, 0.101) == [] and log_ticks(0, 1) == [] and log_ticks(1, float("inf")) == []
+    fig = go.Figure()  # what the charts of losses put on their axis: the range of every trace, raw and smoothed
+    fig.add_scatter(x=[1, 2, 3], y=[0.15, 0.05, 0.02])
+    fig.add_scatter(x=[1, 2, 3], y=[0.12, 0.03, 0.004])
+    axis = style(fig, "Training loss", "step", "MSE loss").layout.yaxis
+    assert (axis.type, axis.tickformat, axis.tickvals) == ("log", "~g", (0.005, 0.01, 0.02, 0.05, 0.1))
+
+
+def test_compare_reads_a_picked_runs_metrics_again_only_once_they_changed(app_env):
+    """Compare re-read every picked run's whole metrics.csv on each click (0.7 s of a rerun with 76 runs picked):
+    now only a file that changed since (its size, time or inode), whose new rows the chart then shows."""
+    data, runs = app_env
+    at = open_page("app_pages/4_Compare.py")
+    assert chart_points(at) == 3
+    metrics = runs / "tiny-run" / "metrics.csv"
+    last = metrics.read_text().splitlines()[-1].split(",")
+    with open(metrics, "a") as f:  # the trainer's next row
+        f.write(",".join([str(int(last[0]) + 1), *last[1:]]) + "\n")
+    at.run()
+    assert chart_x(at) == [1, 2, 3, 4]
+    drawn = json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
+    stat = metrics.stat()
+    with open(metrics, "r+b") as f:  # the same bytes' count, in place, and its time put back: to a reader that
+        changed = f.read().replace(b"0.", b"9.")  # goes by the file's stamp, not changed: read from the cache
+        f.seek(0)
+        f.write(changed)
+    os.utime(metrics, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    at.run()  # a click that changes nothing drawn (a run picked to delete, say)
+    assert json.loads(at.get("plotly_chart")[0].proto.spec)["data"] == drawn
 
 
 def test_compare_shows_what_loaded_and_disk_use_and_deletes_runs(app_env):
