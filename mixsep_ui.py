@@ -744,7 +744,7 @@ def study_of(run: str) -> str:
     return run.split("/", 1)[0] if "/" in run else ""
 
 
-@st.cache_data(show_spinner=False, max_entries=512)
+@st.cache_resource(show_spinner=False, max_entries=512)  # read-only frames, shared (cache_data would copy them)
 def _loss_curve(run_dir: str, stamp, loss: str, smoothing: float) -> tuple[pd.DataFrame, float | None]:
     from mixsep.runs import read_metrics
 
@@ -806,13 +806,14 @@ def recipe_button(model: str) -> None:
                                   f"{budget}. Data, seed and device stay as they are.")
 
 
-def delete_runs(runs_dir: Path) -> None:
+def delete_runs(runs_dir: Path, url_memo: str | None = None) -> None:
     """The Delete button's callback: delete the picked runs (the job registry refuses what it must: a run
     that trains, or that another tab has just started or resumed and whose trainer is still loading).
 
     Then the confirmation is unticked and the pick cleared, in a callback because it runs before
     the page is drawn: set afterwards, the browser kept the box ticked and the next pick went
-    with one click. Refusals are kept for the page to show (``delete_errors``).
+    with one click. Refusals are kept for the page to show (``delete_errors``). The runs deleted leave the
+    page's URL (?run=A&run=B, ``url_memo`` as url_follows keeps it): a reload or a shared link named them.
     """
     picked, done, gone, errors = st.session_state.get("delete_runs", []), [], [], []
     for name in picked:
@@ -827,5 +828,8 @@ def delete_runs(runs_dir: Path) -> None:
     st.session_state["delete_sure"] = False
     st.session_state["delete_runs"] = [n for n in picked if n not in done and n not in gone]
     st.session_state["delete_errors"] = errors
+    linked = st.query_params.get_all("run")
+    if url_memo is not None and set(linked) & set(done + gone):
+        st.query_params["run"] = st.session_state[url_memo] = [n for n in linked if n not in done and n not in gone]
     if done:
         st.toast(literal(f"Deleted {', '.join(done)}"))

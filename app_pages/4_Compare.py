@@ -53,7 +53,9 @@ score = row.toggle("Test PSNR", help="Score each run's latest checkpoint on test
 
 
 def delete_box() -> None:
-    with st.expander("Delete runs", icon=":material/delete:"):
+    # keyed: a warning above it that went at the next rerun (a link naming a run that is gone) made it a new
+    # element, drawn closed again at the first pick in it (QA)
+    with st.expander("Delete runs", icon=":material/delete:", key="compare_delete_box"):
         doomed = st.multiselect("Runs to delete", list(rows), key="delete_runs",
                                 help="Only folders inside the runs folder; a run that is training cannot be deleted.")
         # a confirmation is for the runs it was ticked for: another pick unticks it (one ticked for a run, kept
@@ -66,7 +68,7 @@ def delete_box() -> None:
                            on_change=lambda: st.session_state.update(
                                _delete_sure_for=sorted(st.session_state.get("delete_runs", []))))
         st.button("Delete", icon=":material/delete_forever:", disabled=not (doomed and sure),
-                  on_click=ui.delete_runs, args=(runs_dir,))
+                  on_click=ui.delete_runs, args=(runs_dir, "_compare_in_url"))
         for message in st.session_state.pop("delete_errors", []):
             st.error(ui.literal(message))  # it quotes the run's name
 

@@ -579,6 +579,21 @@ def test_compare_reads_a_picked_runs_metrics_again_only_once_they_changed(app_en
     assert json.loads(at.get("plotly_chart")[0].proto.spec)["data"] == drawn
 
 
+def test_runs_deleted_on_compare_leave_its_url(app_env):
+    """After Delete the address still named the deleted run: a reload, Back or the link shared said "No run named"."""
+    data, runs = app_env
+    for name in ("doomed", "kept"):
+        shutil.copytree(runs / "tiny-run", runs / name)
+    at = open_page("app_pages/4_Compare.py", run=["doomed", "tiny-run", "kept"])
+    assert widget(at.multiselect, "Runs").value == ["doomed", "tiny-run", "kept"]
+    at.multiselect(key="delete_runs").set_value(["doomed"]).run()
+    at.checkbox(key="delete_sure").check().run()
+    widget(at.button, "Delete").click().run()
+    assert not (runs / "doomed").exists() and at.query_params["run"] == ["tiny-run", "kept"]
+    at.run()  # a reload: the link is the runs left, said without a word of a missing run
+    assert not at.warning and widget(at.multiselect, "Runs").value == ["tiny-run", "kept"]
+
+
 def test_compare_shows_what_loaded_and_disk_use_and_deletes_runs(app_env):
     data, runs = app_env
     shutil.copytree(runs / "tiny-run", runs / "doomed")
