@@ -651,6 +651,14 @@ def test_delete_runs_inside_the_runs_folder_only_and_never_a_training_one(small_
 
 
 
+def _proc_state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[0]
+        return f"state {stat}, command {Path(f'/proc/{pid}/cmdline').read_bytes()!r}"
+    except OSError as e:
+        return f"gone ({e.strerror})"
+
+
 def test_delete_refuses_a_run_whose_trainer_is_starting_and_names_its_process(small_config, tmp_path):
     """A trainer takes the run's lock once Python has loaded mixsep: until then (another dashboard's Resume, or a
     terminal's) nothing in the folder said it was about to train, and a second server's Delete took the run from
@@ -660,19 +668,27 @@ def test_delete_refuses_a_run_whose_trainer_is_starting_and_names_its_process(sm
     before = conftest.tree(runs)
     for argv, cwd in ((["--run-dir", str(runs / "mine")], tmp_path), (["--run-d=runs/mine"], tmp_path),
                       (["--run-", "mine"], runs)):
-        child = subprocess.Popen([sys.executable, "-m", "mixsep", "train", *argv, "--quiet"], cwd=cwd)
+        child = subprocess.Popen([sys.executable, "-m", "mixsep", "train", *argv, "--quiet"], cwd=cwd,
+                                 start_new_session=True)  # (no signal to the suite's process group reaches it)
         os.kill(child.pid, signal.SIGSTOP)  # Python is still starting: far from mixsep's import and the lock
-        try:
-            with pytest.raises(MixsepError, match=rf"^Run 'mine' is starting to train, in process {child.pid} "
-                                                  r"\(.*-m mixsep train .*\); stop it before deleting it\.$"):
+        try:  # stopped once back from the exec: until then the kernel may still be writing its command line
+            wait_for(lambda: _proc_state(child.pid).startswith("state T"), timeout=30, what="the child to stop")
+            try:
                 R.delete_run(runs, "mine")
+                said = f"nothing; the child: exit {child.poll()}, {_proc_state(child.pid)}"
+            except MixsepError as e:
+                said = str(e)
+            assert re.fullmatch(rf"Run 'mine' is starting to train, in process {child.pid} \(.*-m mixsep train .*\); "
+                                r"stop it before deleting it\.", said), (argv, said)
         finally:
             child.kill()
             child.wait()
     assert conftest.tree(runs) == before  # nothing deleted, nothing written
-    other = subprocess.Popen([sys.executable, "-m", "mixsep", "train", "--run-dir", str(runs / "mine2")])
+    other = subprocess.Popen([sys.executable, "-m", "mixsep", "train", "--run-dir", str(runs / "mine2")],
+                             start_new_session=True)
     os.kill(other.pid, signal.SIGSTOP)  # another run's trainer is no reason
     try:
+        wait_for(lambda: _proc_state(other.pid).startswith("state T"), timeout=30, what="the child to stop")
         R.delete_run(runs, "mine")
     finally:
         other.kill()
