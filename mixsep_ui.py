@@ -609,9 +609,9 @@ def loss_figure(metrics: pd.DataFrame, smoothing: float, title: str = "Training 
             name, dash = LOSSES[col], None
             if same and col == "loss_cifar":
                 name, dash = f"{name} (= MNIST head: 2·mixture − digit)", "dash"
-            fig.add_scatter(x=x, y=shown[col].to_numpy(), name=f"{name} (raw)", mode="lines",
+            fig.add_scatter(x=x, y=shown[col].to_numpy(), name=f"{name} (raw)", mode=line_mode(x),
                             line=dict(color=COLORS[col], width=1), opacity=0.3, legendgroup=col, showlegend=False)
-            fig.add_scatter(x=x, y=shown[f"{col}_ema"].to_numpy(), name=name, mode="lines",
+            fig.add_scatter(x=x, y=shown[f"{col}_ema"].to_numpy(), name=name, mode=line_mode(x),
                             line=dict(color=COLORS[col], width=2, dash=dash), legendgroup=col)
     return style(fig, title, "step", "MSE loss")
 
@@ -650,6 +650,11 @@ def live_loss_figure(metrics: pd.DataFrame, smoothing: float, title: str) -> go.
     return cached["fig"]
 
 
+def line_mode(x) -> str:
+    """A curve's plotly mode: a line, with a marker where it has one point (a line through one point is not drawn)."""
+    return "lines+markers" if len(x) == 1 else "lines"
+
+
 def log_ticks(lo: float, hi: float) -> list[float]:
     """Ticks for a log axis from ``lo`` to ``hi``: the decades, else 1-2-5, else 1-2-3-5-7, else every digit, the
     first of these that puts 3 ticks on it ([] when none does). Plotly's own labelled each digit, which "~g" wrote
@@ -684,7 +689,11 @@ def style(fig: go.Figure, title: str, x: str, y: str, height: int = 380) -> go.F
         ys = [np.asarray(t.y, dtype=float) for t in fig.data if t.y is not None and len(t.y)]
         ys = np.concatenate(ys) if ys else np.array([])
         ys = ys[np.isfinite(ys) & (ys > 0)]
-        ticks = log_ticks(ys.min(), ys.max()) if len(ys) else []
+        lo, hi = (ys.min(), ys.max()) if len(ys) else (None, None)
+        if lo is not None and lo == hi:  # one value (a run's first step): plotly spread it over decades, a label a
+            lo, hi = lo / 2, hi * 2  # digit; a factor of 2 either way instead
+            fig.update_yaxes(range=[math.log10(lo), math.log10(hi)])
+        ticks = log_ticks(lo, hi) if lo is not None else []
         fig.update_yaxes(type="log", tickformat="~g", **(dict(tickmode="array", tickvals=ticks) if ticks else {}))
     if x == "step":
         # steps are whole numbers: no 2.5 on a short run's axis, and a span under 10 gets a tick per step (plotly's

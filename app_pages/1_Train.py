@@ -1,9 +1,11 @@
 """Train: the report's settings as sliders, Start/Stop, live loss curves of the current run."""
+import math
+
 import streamlit as st
 
 import mixsep_ui as ui
 from mixsep import MixsepError, TrainConfig
-from mixsep.run import METRICS, State, list_checkpoints
+from mixsep.run import METRICS, State, list_checkpoints, process_age, read_status
 from mixsep.runs import no_rows_note, progress
 from ui_settings import settings_widgets
 
@@ -80,11 +82,16 @@ training = live_job is not None
 
 
 def trained_s(job) -> float | None:
-    """How long the job's trainer has trained (the elapsed_s of its newest metrics row; None: starting, no row)."""
+    """How long the job's trainer has trained: the elapsed_s of its newest metrics row, but never more than the
+    trainer's process has lived (a resume's first step: the newest row is still the last trainer's); None while it
+    starts, before its first row."""
     if job is None or not job.alive or job.state == "starting" or not job.run_dir.is_dir():
         return None
     rows = ui.live_metrics(job.run_dir)
-    return float(rows["elapsed_s"].iloc[-1]) if len(rows) else None
+    if not len(rows):
+        return None
+    age = process_age(read_status(job.run_dir).get("pid_start"))
+    return min(float(rows["elapsed_s"].iloc[-1]), age if age is not None else math.inf)
 
 
 refresh = ui.live_pace(pace, trained_s(live_job))  # seconds, or None: paused

@@ -85,7 +85,7 @@ for name in chosen:
     rows[name] = rows[name] | ui.best_scores(runs_dir / name, smoothing)
     curve, _ = ui.loss_curve(runs_dir / name, loss, smoothing)  # read again only when metrics.csv changed
     if len(curve):
-        fig.add_scatter(x=curve["step"], y=curve["ema"], name=name, mode="lines", line=lines[name])
+        fig.add_scatter(x=curve["step"], y=curve["ema"], name=name, mode=ui.line_mode(curve), line=lines[name])
 st.plotly_chart(ui.style(fig, f"Training loss, {ui.LOSSES[loss]} (EMA {smoothing:.2f})", "step", "MSE loss", height=420))
 
 table = pd.DataFrame([rows[n] for n in chosen]).reindex(

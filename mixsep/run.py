@@ -618,6 +618,15 @@ def _start_without_proc(pid: int) -> str | None:
     return "?"
 
 
+def process_age(pid_start) -> float | None:
+    """Seconds since a process started, from its start time as ``identity`` records it (clock ticks since boot);
+    None where /proc cannot say (macOS records "?")."""
+    try:
+        return float(Path("/proc/uptime").read_text().split()[0]) - int(pid_start) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, TypeError, IndexError):
+        return None
+
+
 def identity(pid: int | None = None) -> dict:
     pid = os.getpid() if pid is None else pid
     return {"pid": pid, "pid_start": process_start(pid)}
@@ -830,8 +839,9 @@ def holder_text(run_dir: Path) -> str:
         os.close(fd)
 
 
-def _names_run_dir(argv: list[str], cwd: str, run_dir: Path) -> bool:
-    """Whether ``argv`` is a `mixsep train` whose --run-dir (or an abbreviation argparse takes) is ``run_dir``."""
+def _names_run_dir(argv: list[str], pid: int, run_dir: Path) -> bool:
+    """Whether ``argv``, process ``pid``'s command, is a `mixsep train` whose --run-dir (or an abbreviation argparse
+    takes) is ``run_dir``: a relative path from the process's folder, ``~`` from its HOME, as the CLI reads them."""
     try:
         at = next(i for i, w in enumerate(argv) if w == "train")
     except StopIteration:
@@ -843,7 +853,15 @@ def _names_run_dir(argv: list[str], cwd: str, run_dir: Path) -> bool:
         if len(flag) >= len("--run-") and "--run-dir".startswith(flag):
             value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
             try:
-                return bool(value) and os.path.samefile(os.path.join(cwd, value), run_dir)
+                if value == "~" or value.startswith("~/"):  # its own HOME (the CLI expands it, with no shell too)
+                    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                    home = next((e[5:].decode(errors="surrogateescape") for e in env if e.startswith(b"HOME=")), None)
+                    value = value.replace("~", home, 1) if home else os.path.expanduser(value)
+                elif value.startswith("~"):
+                    value = os.path.expanduser(value)
+                if not os.path.isabs(value):
+                    value = os.path.join(os.readlink(f"/proc/{pid}/cwd"), value)
+                return bool(value) and os.path.samefile(value, run_dir)
             except OSError:
                 return False
     return False
@@ -851,8 +869,8 @@ def _names_run_dir(argv: list[str], cwd: str, run_dir: Path) -> bool:
 
 def starting_trainer(run_dir: Path) -> str | None:
     """A `mixsep train` process that names this run as its --run-dir and is alive, "process N (its command)", or
-    None; None where no /proc can say (macOS). A trainer takes the run's lock only once Python and torch are loaded
-    (seconds): before that only its command line says that the run is about to train."""
+    None; None where no /proc can say (macOS). A trainer takes the run's lock once Python has loaded mixsep (a
+    tenth of a second on an idle machine, seconds on a busy one): before that only its command line says so."""
     try:
         pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]
     except OSError:
@@ -860,7 +878,7 @@ def starting_trainer(run_dir: Path) -> str | None:
     for pid in pids:
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="surrogateescape").split("\0")[:-1]
-            if "train" in argv and _names_run_dir(argv, os.readlink(f"/proc/{pid}/cwd"), Path(run_dir)):
+            if "train" in argv and _names_run_dir(argv, pid, Path(run_dir)):
                 return f"process {pid} ({' '.join(mask_secrets(argv))})"
         except OSError:  # ended since the listing, or another user's
             continue

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import random
 import re
@@ -542,7 +543,7 @@ def test_log_axis_ticks_are_as_many_as_fit():
     """A loss over 1-2 decades had a labelled tick at every digit ("0.1 0.09 0.08 0.07 0.06" on top of each other)."""
     import plotly.graph_objects as go
 
-    from mixsep_ui import log_ticks, style
+    from mixsep_ui import line_mode, log_ticks, style
 
     assert log_ticks(0.0004, 0.3) == [0.001, 0.01, 0.1]
     assert log_ticks(0.004, 0.15) == [0.005, 0.01, 0.02, 0.05, 0.1]
@@ -554,6 +555,13 @@ def test_log_axis_ticks_are_as_many_as_fit():
     fig.add_scatter(x=[1, 2, 3], y=[0.12, 0.03, 0.004])
     axis = style(fig, "Training loss", "step", "MSE loss").layout.yaxis
     assert (axis.type, axis.tickformat, axis.tickvals) == ("log", "~g", (0.005, 0.01, 0.02, 0.05, 0.1))
+    # a run's first step, one value: drawn as a point (a line through one point is not drawn), on a factor of 2
+    # either way with its ticks (plotly spread it over 0.03 to 2 with a label at every digit, run together: QA)
+    fig = go.Figure()
+    fig.add_scatter(x=[1], y=[0.3], mode=line_mode([1]))
+    axis = style(fig, "Training loss", "step", "MSE loss").layout.yaxis
+    assert fig.data[0].mode == "lines+markers" and line_mode([1, 2]) == "lines"
+    assert axis.range == pytest.approx((math.log10(0.15), math.log10(0.6))) and axis.tickvals == (0.2, 0.3, 0.5)
 
 
 def test_compare_reads_a_picked_runs_metrics_again_only_once_they_changed(app_env):
@@ -736,7 +744,7 @@ def test_a_run_that_says_finished_while_its_trainer_exits_shows_no_eta(app_env):
 
 
 @pytest.mark.heavy(13)
-def test_start_live_curves_reload_second_tab_stop(app_env):
+def test_start_live_curves_reload_second_tab_stop(app_env, monkeypatch):
     data, runs = app_env
     at = open_page("app_pages/1_Train.py")
     widget(at.select_slider, "Batch size").set_value(16)
@@ -749,21 +757,25 @@ def test_start_live_curves_reload_second_tab_stop(app_env):
     first = chart_points(at)
     assert "step" in at.get("progress")[0].proto.text and "samples/s" in at.get("progress")[0].proto.text
     assert "Live updates are paused" not in texts(at.caption)
-    # Auto, the default: the 5 s pace for the trainer's first 5 minutes, then 15 s; its trainer held (SIGSTOP)
-    # with a last row at 301 s of training, the page takes the slower pace and says so
+    # Auto, the default: the 5 s pace for the trainer's first 5 minutes, then 15 s
     assert "Live updates every 5 s; every 15 s once the run has trained 5 minutes (Auto)." in texts(at.caption)
     import mixsep_ui
-    pid = mixsep_ui.registry(runs)._pid
+    pid, slows_after = mixsep_ui.registry(runs)._pid, mixsep_ui.AUTO_SLOWS_AFTER_S
     os.kill(pid, signal.SIGSTOP)
-    try:
+    try:  # a newest row at 301 s of training from a trainer seconds old is the last trainer's (a resume's first
+        # step): still the first minutes (QA: the slower pace, and "has trained over 5 minutes", said at once)
         metrics = next(p for p in runs.iterdir() if p.name != "tiny-run") / "metrics.csv"
         last = metrics.read_text().splitlines()[-1].split(",")
-        with open(metrics, "a") as f:  # the trainer's own row, a step on and 301 s into its training
+        with open(metrics, "a") as f:
             f.write(",".join([str(int(last[0]) + 1), *last[1:-1], "301.0"]) + "\n")
         at.run()
-        assert "Live updates every 15 s: the run has trained over 5 minutes (Auto)." in texts(at.caption)
+        assert "Live updates every 5 s; every 15 s once" in texts(at.caption)
+        monkeypatch.setattr(mixsep_ui, "AUTO_SLOWS_AFTER_S", 1)  # past its first second, the trainer has lived and
+        at.run()  # trained that long: the slower pace, said
+        assert "Live updates every 15 s: the run has trained over" in texts(at.caption)
     finally:
         os.kill(pid, signal.SIGCONT)
+        monkeypatch.setattr(mixsep_ui, "AUTO_SLOWS_AFTER_S", slows_after)
     widget(at.radio, "Live updates").set_value("Paused").run()  # nothing polls now: the page says so
     assert "Live updates are paused: pick a pace above" in texts(at.caption)
     widget(at.radio, "Live updates").set_value("2 s").run()

@@ -667,8 +667,9 @@ def test_delete_refuses_a_run_whose_trainer_is_starting_and_names_its_process(sm
     list(T.train_steps(small_config, runs / "mine"))
     before = conftest.tree(runs)
     for argv, cwd in ((["--run-dir", str(runs / "mine")], tmp_path), (["--run-d=runs/mine"], tmp_path),
-                      (["--run-", "mine"], runs)):
+                      (["--run-", "mine"], runs), (["--run-dir", "~/runs/mine"], "/")):  # ~: its HOME, not ours
         child = subprocess.Popen([sys.executable, "-m", "mixsep", "train", *argv, "--quiet"], cwd=cwd,
+                                 env=dict(os.environ, HOME=str(tmp_path)),
                                  start_new_session=True)  # (no signal to the suite's process group reaches it)
         os.kill(child.pid, signal.SIGSTOP)  # Python is still starting: far from mixsep's import and the lock
         try:  # stopped once back from the exec: until then the kernel may still be writing its command line
