@@ -839,16 +839,29 @@ def holder_text(run_dir: Path) -> str:
         os.close(fd)
 
 
-def _names_run_dir(argv: list[str], pid: int, run_dir: Path) -> bool:
-    """Whether ``argv``, process ``pid``'s command, is a `mixsep train` whose --run-dir (or an abbreviation argparse
-    takes) is ``run_dir``: a relative path from the process's folder, ``~`` from its HOME, as the CLI reads them."""
+def _train_commands() -> list[tuple[int, list[str]]]:
+    """(pid, command) of every live `mixsep train` process but this one; [] where no /proc can say (macOS)."""
     try:
-        at = next(i for i, w in enumerate(argv) if w == "train")
-    except StopIteration:
-        return False
-    if not any(w == "mixsep" or w.endswith(("/mixsep", "/mixsep/__main__.py")) for w in argv[:at]):
-        return False
-    for i, word in enumerate(argv[at + 1:], at + 1):
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]
+    except OSError:
+        return []
+    found = []
+    for pid in pids:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="surrogateescape").split("\0")[:-1]
+        except OSError:  # ended since the listing, or another user's
+            continue
+        at = next((i for i, w in enumerate(argv) if w == "train"), None)
+        if at is not None and any(w == "mixsep" or w.endswith(("/mixsep", "/mixsep/__main__.py")) for w in argv[:at]):
+            found.append((pid, argv))
+    return found
+
+
+def _names_run_dir(argv: list[str], pid: int, run_dir: Path) -> bool:
+    """Whether ``argv``, process ``pid``'s `mixsep train` command, has a --run-dir (or an abbreviation argparse
+    takes) that is ``run_dir``: a relative path from the process's folder, ``~`` from its HOME, as the CLI reads
+    them."""
+    for i, word in enumerate(argv[argv.index("train") + 1:], argv.index("train") + 1):
         flag, eq, value = word.partition("=")
         if len(flag) >= len("--run-") and "--run-dir".startswith(flag):
             value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
@@ -867,21 +880,14 @@ def _names_run_dir(argv: list[str], pid: int, run_dir: Path) -> bool:
     return False
 
 
-def starting_trainer(run_dir: Path) -> str | None:
+def starting_trainer(run_dir: Path, commands: list[tuple[int, list[str]]] | None = None) -> str | None:
     """A `mixsep train` process that names this run as its --run-dir and is alive, "process N (its command)", or
     None; None where no /proc can say (macOS). A trainer takes the run's lock once Python has loaded mixsep (a
-    tenth of a second on an idle machine, seconds on a busy one): before that only its command line says so."""
-    try:
-        pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]
-    except OSError:
-        return None
-    for pid in pids:
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="surrogateescape").split("\0")[:-1]
-            if "train" in argv and _names_run_dir(argv, pid, Path(run_dir)):
-                return f"process {pid} ({' '.join(mask_secrets(argv))})"
-        except OSError:  # ended since the listing, or another user's
-            continue
+    tenth of a second on an idle machine, seconds on a busy one): before that only its command line says so.
+    ``commands``: ``_train_commands()``, read once for many runs."""
+    for pid, argv in _train_commands() if commands is None else commands:
+        if _names_run_dir(argv, pid, Path(run_dir)):
+            return f"process {pid} ({' '.join(mask_secrets(argv))})"
     return None
 
 
@@ -1435,6 +1441,7 @@ def delete_run(runs_dir: Path, name: str) -> Path:
                               "(or wait for it to finish) before deleting it.")
     if not runs and any(path.iterdir()):
         raise MixsepError(f"'{name}' is not a run folder (no config.json inside); delete it by hand if you mean it.")
+    commands = _train_commands()  # the live `mixsep train` processes, read from /proc once for all the runs inside
     for run in runs:
         what = 'it' if run == path else f'the folder {name} it is in'
         if lock_holder(run) is not None:  # said as a second trainer's refusal says it: whose process it is
@@ -1442,7 +1449,8 @@ def delete_run(runs_dir: Path, name: str) -> Path:
                               f"before deleting {what}.")
         if live_status(run).get("state") == State.RUNNING:  # "running" and its trainer alive
             raise MixsepError(f"Run '{run_name(runs_dir, run)}' is training now; stop it before deleting {what}.")
-        starting = starting_trainer(run)  # another dashboard's Resume (or a terminal's) still loading: no lock yet
+        # another dashboard's Resume (or a terminal's) still loading: no lock yet, only its command line
+        starting = starting_trainer(run, commands)
         if starting is not None:
             raise MixsepError(f"Run '{run_name(runs_dir, run)}' is starting to train, in {starting}; stop it before "
                               f"deleting {what}.")
