@@ -122,13 +122,18 @@ AUTO_SLOWS_AFTER_S = 300
 CHART_EVERY = 5
 
 
+def is_auto(choice: str) -> bool:
+    """Whether a Live updates choice changes its pace as the run goes on (Auto: a pair of paces)."""
+    return isinstance(LIVE_UPDATES[choice], tuple)
+
+
 def live_pace(choice: str, elapsed_s: float | None) -> float | None:
     """The status's refresh in seconds for a Live updates choice, while a trainer that has trained ``elapsed_s``
     seconds (None: not yet a step) runs; None: paused."""
-    every = LIVE_UPDATES[choice]
-    if isinstance(every, tuple):  # Auto
-        return every[0] if elapsed_s is None or not elapsed_s >= AUTO_SLOWS_AFTER_S else every[1]
-    return every
+    if is_auto(choice):
+        fast, slow = LIVE_UPDATES[choice]
+        return fast if elapsed_s is None or not elapsed_s >= AUTO_SLOWS_AFTER_S else slow
+    return LIVE_UPDATES[choice]
 STATE_ICON = {"running": ":material/play_circle:", "starting": ":material/hourglass_top:",
               "finished": ":material/check_circle:", "stopped": ":material/stop_circle:", "failed": ":material/error:",
               "interrupted": ":material/warning:", "unknown": ":material/help:"}  # for markdown text
@@ -780,13 +785,13 @@ def loss_curve(run_dir: Path, loss: str, smoothing: float) -> tuple[pd.DataFrame
     return _loss_curve(str(run_dir), stamp, loss, smoothing)
 
 
-def best_scores(run_dir: Path, smoothing: float) -> dict:
-    """The lowest EMA-smoothed training loss, and a sweep trial's best validation PSNR (None for other runs)."""
+def best_scores(run_dir: Path, best_loss: float | None) -> dict:
+    """The lowest EMA-smoothed training loss (``loss_curve``'s), and a sweep trial's best validation PSNR (None for
+    other runs)."""
     from mixsep.run import read_status
 
     val = read_status(run_dir).get("validation")
-    return {"best_loss": loss_curve(run_dir, "loss", smoothing)[1],
-            "val_psnr": val.get("best_psnr") if isinstance(val, dict) else None}
+    return {"best_loss": best_loss, "val_psnr": val.get("best_psnr") if isinstance(val, dict) else None}
 
 
 def use_recipe(model: str, key_prefix: str = "train_") -> None:

@@ -187,14 +187,15 @@ def status():
     st.progress(min(p["fraction"], 1.0), text=f"step {p['step']}/{p['total_steps'] or '?'} · {sps} · {eta}")
     if job.alive and refresh is None:  # nothing polls: say so, or a started run looks frozen at "Starting"
         st.caption("Live updates are paused: pick a pace above to follow the run (any click refreshes it once).")
-    elif job.alive and job.state not in ENDED and isinstance(ui.LIVE_UPDATES[pace], tuple):  # (a trainer writes
-        # "finished" a moment before its process ends)
-        now = ui.live_pace(pace, trained_s(job))
+    elif job.alive and job.state not in ENDED and ui.is_auto(pace):  # (a trainer writes "finished" a moment
+        # before its process ends)
+        now, (fast, slow) = ui.live_pace(pace, trained_s(job)), ui.LIVE_UPDATES[pace]
+        minutes = ui.AUTO_SLOWS_AFTER_S // 60
         if now != refresh and training:  # the run passed its first minutes: a full rerun sets the slower pace
             st.rerun()
-        st.caption(f"Live updates every {now:g} s" + (f"; every {ui.live_pace(pace, float('inf')):g} s once the run "
-                   f"has trained {ui.AUTO_SLOWS_AFTER_S // 60} minutes (Auto)." if now == ui.live_pace(pace, None)
-                   else f": the run has trained over {ui.AUTO_SLOWS_AFTER_S // 60} minutes (Auto)."))
+        st.caption(f"Live updates every {fast:g} s; every {slow:g} s once the run has trained {minutes} minutes (Auto)."
+                   if now == fast else f"Live updates every {slow:g} s: the run has trained over {minutes} minutes "
+                   "(Auto).")
     # a run stopped before its first step has no total and no checkpoint: it starts again, in its own folder
     can_resume = not job.alive and job.state in ("stopped", "failed", "interrupted") and (
         job.step < job.total_steps or not job.total_steps)

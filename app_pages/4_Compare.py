@@ -82,8 +82,8 @@ fig = go.Figure()
 # a run's line follows its name among all runs, not its place among those chosen nor its age (ui.run_lines)
 lines = ui.run_lines(rows, chosen)
 for name in chosen:
-    rows[name] = rows[name] | ui.best_scores(runs_dir / name, smoothing)
-    curve, _ = ui.loss_curve(runs_dir / name, loss, smoothing)  # read again only when metrics.csv changed
+    curve, best = ui.loss_curve(runs_dir / name, loss, smoothing)  # read again only when metrics.csv changed
+    rows[name] = rows[name] | ui.best_scores(runs_dir / name, best)
     if len(curve):
         fig.add_scatter(x=curve["step"], y=curve["ema"], name=name, mode=ui.line_mode(curve), line=lines[name])
 st.plotly_chart(ui.style(fig, f"Training loss, {ui.LOSSES[loss]} (EMA {smoothing:.2f})", "step", "MSE loss", height=420))

@@ -40,12 +40,12 @@ from mixsep.run import MetricsTail  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from benchlib import at_least, data_root as checked_root, json_output, write_output  # noqa: E402
-from mixsep_ui import AUTO_SLOWS_AFTER_S, CHART_EVERY, LIVE_UPDATES, live_pace  # noqa: E402
+from mixsep_ui import AUTO_SLOWS_AFTER_S, CHART_EVERY, LIVE_UPDATES, is_auto, live_pace  # noqa: E402
 from dashboard_bench import (Watcher, browser_pids, check_browser, cpu_seconds, descendants,  # noqa: E402
                              start_server, stop_process_group)
 
 # the labels a user clicks on the Train page; Auto last, as it is measured once the trainer is past its first minutes
-CHOICES = tuple(sorted(LIVE_UPDATES, key=lambda c: isinstance(LIVE_UPDATES[c], tuple)))
+CHOICES = tuple(sorted(LIVE_UPDATES, key=is_auto))
 LATE = float("inf")  # Auto's pace once the trainer has trained AUTO_SLOWS_AFTER_S seconds
 
 
@@ -126,7 +126,7 @@ def measure(data_root: Path, *, choices=CHOICES, rounds: int = 2, window: float 
         work = Path(tmp)
         runs_dir = work / "runs"
         runs_dir.mkdir()
-        auto = any(isinstance(LIVE_UPDATES[c], tuple) for c in choices)
+        auto = any(map(is_auto, choices))
         trainer = start_trainer(runs_dir, Path(data_root).resolve(),
                                 (rounds * len(choices) * per_round + 120 + AUTO_SLOWS_AFTER_S * auto) / 60,
                                 work / "trainer.log")
@@ -140,7 +140,7 @@ def measure(data_root: Path, *, choices=CHOICES, rounds: int = 2, window: float 
                     if trainer.poll() is not None:
                         raise MixsepError("The training child ended while the page watched it; its output is in "
                                           f"{work / 'trainer.log'}.")
-                    if isinstance(LIVE_UPDATES[choice], tuple):  # the page has taken the slower pace when the
+                    if is_auto(choice):  # the page has taken the slower pace when the
                         wait_until_trained(runs_dir, trainer, AUTO_SLOWS_AFTER_S + 1, log)  # click reruns it
                     f = watch_once(url, choice, server.pid, settle, window_for(choice, window))
                     figures[choice].append(f)
