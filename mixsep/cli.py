@@ -16,8 +16,8 @@ from pathlib import Path
 from . import __version__
 from .config import (SEPARATE_MODES, TrainConfig, add_train_flags, config_from_args, default_data_root,
                      default_runs_dir, given_settings, settings, whole_number)
-from .errors import (EARLY_SIGNALS, MixsepError, SecondInterrupt, StoppedBeforeTraining, Terminated,
-                     interrupts_never_dropped, one_line, unreachable)
+from .errors import (EARLY_SIGNALS, MissingCheckpoint, MixsepError, SecondInterrupt, StoppedBeforeTraining,
+                     Terminated, interrupts_never_dropped, one_line, unreachable)
 
 GRID_MAX_N = 100  # columns of `grid`: the report's shows 20; 100,000 once took 98 s, 7.8 GB and a 661,000-px PNG
 
@@ -651,7 +651,7 @@ def _require_run_path(run_dir: str, checkpoint: str | None = None) -> None:
 
     require_run_path(run_dir)
     if checkpoint and not os.path.lexists(checkpoint) and not unreachable(checkpoint):  # (a name too long: said
-        raise MixsepError(f"Checkpoint {checkpoint} does not exist.")  # so where it is read)
+        raise MissingCheckpoint(checkpoint)  # so where it is read)
 
 
 def _load_model(args):

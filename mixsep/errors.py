@@ -30,6 +30,13 @@ def check_count(name: str, value, low: int) -> None:
                           f"(got {value!r}).")
 
 
+class MissingCheckpoint(MixsepError):
+    """A checkpoint named (by --checkpoint, or as a path to read) that is not there."""
+
+    def __init__(self, path):
+        super().__init__(f"Checkpoint {path} does not exist.")
+
+
 class ResumeRefused(MixsepError):
     """A run that cannot resume as it is (its last checkpoint, or the data it would read): found before anything
     was written, so the run is left as it was."""

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .config import JSON_LIMIT
-from .errors import MixsepError, ResumeRefused, make_folder
+from .errors import MissingCheckpoint, MixsepError, ResumeRefused, make_folder
 
 CONFIG, STATUS, METRICS, STOP, LOCK, LOG = "config.json", "status.json", "metrics.csv", "STOP", ".lock", "worker.log"
 CHECKPOINTS, LAST = "checkpoints", "last.pt"
@@ -1338,7 +1338,7 @@ def read_checkpoint(path: Path, map_location="cpu", mmap: bool = False) -> dict:
         if path.exists():  # a FIFO would block torch.load, /dev/zero would fill memory
             raise MixsepError(f"Checkpoint {path} is not a regular file (a FIFO or a device, say); name a .pt file "
                               "inside a run's checkpoints folder.")
-        raise MixsepError(f"Checkpoint {path} does not exist.")
+        raise MissingCheckpoint(path)
     try:
         with warnings.catch_warnings():  # a bare pickle of protocol 4 or 5 made torch print two lines of its own
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
