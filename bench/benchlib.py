@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import os
 import shlex
 import sys
@@ -15,6 +16,20 @@ from mixsep import MixsepError
 from mixsep.cli import _not_a_data_file, new_output, not_empty
 from mixsep.config import default_data_root
 from mixsep.metrics import Evaluation
+
+
+def one_sentence(main):
+    """A bench script's ``main(argv)``: a MixsepError it raises is printed as one sentence and exit code 2; a main
+    that returns nothing has exit code 0."""
+    @functools.wraps(main)
+    def run(argv=None) -> int:
+        try:
+            code = main(argv)
+        except MixsepError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0 if code is None else code
+    return run
 
 
 def at_least(flag: str, value: int, least: int = 1, meaning: str = "") -> None:

@@ -25,10 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchlib import at_least, command_line, data_root, set_threads  # noqa: E402
+from benchlib import at_least, command_line, data_root, one_sentence, set_threads  # noqa: E402
 
 from mixsep import TrainConfig  # noqa: E402
-from mixsep.errors import MixsepError  # noqa: E402
 from mixsep.train import Training  # noqa: E402
 
 
@@ -50,6 +49,7 @@ def one_run(cfg: TrainConfig, folder: Path) -> tuple[float, int]:
     return time.perf_counter() - t0, written
 
 
+@one_sentence
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", required=True)
@@ -60,11 +60,7 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
-    try:
-        return measure(args)
-    except MixsepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return measure(args)
 
 
 def measure(args) -> int:

@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchlib import (at_least, command_line, data_root, json_output, machine, machine_line,  # noqa: E402
-                      set_threads, write_output)
+                      one_sentence, set_threads, write_output)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,15 +56,9 @@ def timed_steps(steps, n: int) -> float:
     return time.perf_counter() - t
 
 
+@one_sentence
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    from mixsep import MixsepError
-
-    try:
-        return measure(args)
-    except MixsepError as e:  # a data root, model or batch size the trainer refuses
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return measure(build_parser().parse_args(argv))
 
 
 def measure(args) -> int:

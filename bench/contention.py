@@ -40,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import at_least, json_output  # noqa: E402
+from benchlib import at_least, json_output, one_sentence  # noqa: E402
 
 from mixsep import MixsepError  # noqa: E402
 from mixsep.model import MODELS  # noqa: E402
@@ -115,6 +115,7 @@ def measure(model: str, batch: int, steps: int, policy: str, neighbour: str) -> 
     return float(out.stdout.strip())
 
 
+@one_sentence
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="faithful", choices=sorted(MODELS))
@@ -128,44 +129,40 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="also write every measurement here")
     p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
     args = p.parse_args(argv)
-    try:
-        for flag in ("batch_size", "steps", "rounds"):
-            at_least(f"--{flag.replace('_', '-')}", getattr(args, flag))
-        if args.batch_size > MAX_BATCH:
-            raise MixsepError(f"--batch-size must be at most {MAX_BATCH} (got {args.batch_size}): the figures are "
-                              "ratios, and a larger batch only makes each child slower; choose a smaller one.")
-        json_out = json_output(args.json, args.overwrite, suffix=".json")  # before the rounds, not after them
-        neighbours = [n for n in NEIGHBOURS if n in args.neighbour] or list(NEIGHBOURS)
-        policies = [p_ for p_ in POLICIES if p_ in args.policy] or ["spin", "passive"]
-        if "spin" not in policies:
-            raise MixsepError("--policy must include spin, the baseline the others are compared with.")
-        cells = [(p_, n) for n in neighbours for p_ in policies]
-        got: dict[tuple[str, str], list[float]] = {c: [] for c in cells}
-        print(f"{args.model}, batch {args.batch_size}, {args.steps} timed steps per child, {os.cpu_count()} CPUs "
-              f"({len(os.sched_getaffinity(0))} usable); samples/s per round:", flush=True)
-        for r in range(args.rounds):
-            for cell in (cells if r % 2 == 0 else cells[::-1]):
-                got[cell].append(measure(args.model, args.batch_size, args.steps, *cell))
-            print(f"  round {r + 1}: " + "  ".join(f"{p_}/{n} {got[(p_, n)][-1]:.1f}" for p_, n in cells), flush=True)
-        med = {c: statistics.median(v) for c, v in got.items()}
-        others = [p_ for p_ in policies if p_ != "spin"]
-        print(f"{'neighbour':10s} " + " ".join(f"{p_:>9s}" for p_ in policies) + "".join(f" {p_ + '/spin':>13s}" for p_ in others))
-        for n in neighbours:
-            print(f"{n:10s} " + " ".join(f"{med[(p_, n)]:9.1f}" for p_ in policies)
-                  + "".join(f" {med[(p_, n)] / med[('spin', n)]:12.2f}x" for p_ in others))
-        res = {f"{p_}_vs_spin_{n}": med[(p_, n)] / med[("spin", n)] for p_ in others for n in neighbours}
-        if {"alone", "browser"} <= set(neighbours):
-            for pol in policies:
-                res[f"browser_overhead_{pol}"] = 1 - med[(pol, "browser")] / med[(pol, "alone")]
-        if json_out:
-            from mixsep.run import write_json
-            write_json(json_out, {"command": "python " + " ".join(sys.argv), "model": args.model,
-                                  "batch_size": args.batch_size, "steps": args.steps,
-                                  "samples_per_s": {f"{p_}/{n}": v for (p_, n), v in got.items()}, **res})
-        print("contention: " + " ".join(f"{k}={v:.3f}" for k, v in res.items()))
-    except MixsepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    for flag in ("batch_size", "steps", "rounds"):
+        at_least(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    if args.batch_size > MAX_BATCH:
+        raise MixsepError(f"--batch-size must be at most {MAX_BATCH} (got {args.batch_size}): the figures are "
+                          "ratios, and a larger batch only makes each child slower; choose a smaller one.")
+    json_out = json_output(args.json, args.overwrite, suffix=".json")  # before the rounds, not after them
+    neighbours = [n for n in NEIGHBOURS if n in args.neighbour] or list(NEIGHBOURS)
+    policies = [p_ for p_ in POLICIES if p_ in args.policy] or ["spin", "passive"]
+    if "spin" not in policies:
+        raise MixsepError("--policy must include spin, the baseline the others are compared with.")
+    cells = [(p_, n) for n in neighbours for p_ in policies]
+    got: dict[tuple[str, str], list[float]] = {c: [] for c in cells}
+    print(f"{args.model}, batch {args.batch_size}, {args.steps} timed steps per child, {os.cpu_count()} CPUs "
+          f"({len(os.sched_getaffinity(0))} usable); samples/s per round:", flush=True)
+    for r in range(args.rounds):
+        for cell in (cells if r % 2 == 0 else cells[::-1]):
+            got[cell].append(measure(args.model, args.batch_size, args.steps, *cell))
+        print(f"  round {r + 1}: " + "  ".join(f"{p_}/{n} {got[(p_, n)][-1]:.1f}" for p_, n in cells), flush=True)
+    med = {c: statistics.median(v) for c, v in got.items()}
+    others = [p_ for p_ in policies if p_ != "spin"]
+    print(f"{'neighbour':10s} " + " ".join(f"{p_:>9s}" for p_ in policies) + "".join(f" {p_ + '/spin':>13s}" for p_ in others))
+    for n in neighbours:
+        print(f"{n:10s} " + " ".join(f"{med[(p_, n)]:9.1f}" for p_ in policies)
+              + "".join(f" {med[(p_, n)] / med[('spin', n)]:12.2f}x" for p_ in others))
+    res = {f"{p_}_vs_spin_{n}": med[(p_, n)] / med[("spin", n)] for p_ in others for n in neighbours}
+    if {"alone", "browser"} <= set(neighbours):
+        for pol in policies:
+            res[f"browser_overhead_{pol}"] = 1 - med[(pol, "browser")] / med[(pol, "alone")]
+    if json_out:
+        from mixsep.run import write_json
+        write_json(json_out, {"command": "python " + " ".join(sys.argv), "model": args.model,
+                              "batch_size": args.batch_size, "steps": args.steps,
+                              "samples_per_s": {f"{p_}/{n}": v for (p_, n), v in got.items()}, **res})
+    print("contention: " + " ".join(f"{k}={v:.3f}" for k, v in res.items()))
     return 0
 
 

@@ -57,7 +57,7 @@ from mixsep.data import require_split  # noqa: E402
 from mixsep.run import MetricsTail, read_status  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from benchlib import at_least, data_root as checked_root, json_output, write_output  # noqa: E402
+from benchlib import at_least, data_root as checked_root, json_output, one_sentence, write_output  # noqa: E402
 from contention import POLICIES, child_env  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
@@ -418,42 +418,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@one_sentence
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     # a SIGTERM (timeout, a CI limit) unwinds like Ctrl-C: the server, browser and trainer are stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        at_least("--rounds", args.rounds)  # none crashed after a whole unwatched round
-        at_least("--warmup", args.warmup, 0, "0 or more")
-        at_least("--history", args.history, 0, "0 or more")
-        checked_root(args.data_root)
-        json_out = json_output(args.json, args.overwrite, args.data_root)  # checked before the rounds, not after them
-        print(f"{'An empty tab' if args.blank else 'Train page'} watched in headless Chromium vs no browser; "
-              f"{args.model}, {args.train_size} pairs, batch {args.batch_size}, history {args.history} rows, "
-              f"live updates {args.refresh or 'as the page sets'}, {args.rounds} watched rounds"
-              + (f" of each wait policy ({', '.join(args.wait_policy)}), each after an unwatched one:"
-                 if args.wait_policy else f" between {args.rounds + 1} unwatched:"), flush=True)
-        out = measure(Path(args.data_root), model=args.model, train_size=args.train_size, batch_size=args.batch_size,
-                      epochs=args.epochs, rounds=args.rounds, warmup=args.warmup, history=args.history,
-                      refresh=args.refresh, blank=args.blank, wait_policies=tuple(args.wait_policy),
-                      log=lambda s: print(s, flush=True))
-        print(f"trainer cores alone {out['trainer_cores_without']:.2f}, watched {out['trainer_cores_with']:.2f}; "
-              f"overhead of each watched round against the rounds either side: "
-              + ", ".join(f"{o:.3f}" for o in out["overheads"]))
-        mean, (low, high) = out["overhead_mean"], out["overhead_ci95"]
-        print(f"mean overhead {mean:.3f}, 95% interval {low:.3f} to {high:.3f} over {len(out['overheads'])} watched "
-              f"rounds: {verdict(low, high)}")
-        for policy, f in out["by_wait_policy"].items():
-            print(f"wait policy {policy}: {f['sps_without']:.1f} samples/s alone, {f['sps_with']:.1f} watched, "
-                  f"overhead {f['overhead']:.3f}")
-        print(f"dashboard: overhead={out['overhead']:.3f} sps_without={out['sps_without']:.1f} "
-              f"sps_with={out['sps_with']:.1f} server_cores={out['server_cores']:.2f} "
-              f"browser_cores={out['browser_cores']:.2f}")
-        if json_out:  # after the figures are printed: a write that fails now loses none of them
-            write_output(json_out, json.dumps(out, indent=2))
-    except MixsepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    at_least("--rounds", args.rounds)  # none crashed after a whole unwatched round
+    at_least("--warmup", args.warmup, 0, "0 or more")
+    at_least("--history", args.history, 0, "0 or more")
+    checked_root(args.data_root)
+    json_out = json_output(args.json, args.overwrite, args.data_root)  # checked before the rounds, not after them
+    print(f"{'An empty tab' if args.blank else 'Train page'} watched in headless Chromium vs no browser; "
+          f"{args.model}, {args.train_size} pairs, batch {args.batch_size}, history {args.history} rows, "
+          f"live updates {args.refresh or 'as the page sets'}, {args.rounds} watched rounds"
+          + (f" of each wait policy ({', '.join(args.wait_policy)}), each after an unwatched one:"
+             if args.wait_policy else f" between {args.rounds + 1} unwatched:"), flush=True)
+    out = measure(Path(args.data_root), model=args.model, train_size=args.train_size, batch_size=args.batch_size,
+                  epochs=args.epochs, rounds=args.rounds, warmup=args.warmup, history=args.history,
+                  refresh=args.refresh, blank=args.blank, wait_policies=tuple(args.wait_policy),
+                  log=lambda s: print(s, flush=True))
+    print(f"trainer cores alone {out['trainer_cores_without']:.2f}, watched {out['trainer_cores_with']:.2f}; "
+          f"overhead of each watched round against the rounds either side: "
+          + ", ".join(f"{o:.3f}" for o in out["overheads"]))
+    mean, (low, high) = out["overhead_mean"], out["overhead_ci95"]
+    print(f"mean overhead {mean:.3f}, 95% interval {low:.3f} to {high:.3f} over {len(out['overheads'])} watched "
+          f"rounds: {verdict(low, high)}")
+    for policy, f in out["by_wait_policy"].items():
+        print(f"wait policy {policy}: {f['sps_without']:.1f} samples/s alone, {f['sps_with']:.1f} watched, "
+              f"overhead {f['overhead']:.3f}")
+    print(f"dashboard: overhead={out['overhead']:.3f} sps_without={out['sps_without']:.1f} "
+          f"sps_with={out['sps_with']:.1f} server_cores={out['server_cores']:.2f} "
+          f"browser_cores={out['browser_cores']:.2f}")
+    if json_out:  # after the figures are printed: a write that fails now loses none of them
+        write_output(json_out, json.dumps(out, indent=2))
     return 0
 
 

@@ -26,8 +26,8 @@ import time
 import warnings
 from pathlib import Path
 
-from benchlib import (command_line, data_root, given, json_output, refuse_with, set_threads, summary, summary_line,
-                      table, write_output)
+from benchlib import (command_line, data_root, given, json_output, one_sentence, refuse_with, set_threads,
+                      summary, summary_line, table, write_output)
 
 from mixsep import MixsepError, TrainConfig
 from mixsep.config import RECIPES, default_runs_dir
@@ -180,89 +180,86 @@ TRAINING_FLAGS = {"model", "minutes", "epochs", "batch_size", "lr", "beta2", "lo
                   "cuda_graphs", "device", "runs_dir"}
 
 
+@one_sentence
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        named = given(parser, argv)
-        if args.score:
-            refuse_with(parser, named & TRAINING_FLAGS, f"--score {args.score}", "trains nothing")
-        if args.dry_run:
-            refuse_with(parser, named & {"epochs", "batch_size"}, "--dry-run", "trains one epoch at batch 16")
-        threads = set_threads(args.threads)
-        data_root(args.data_root)
-        # checked before a 15-minute run, not after it
-        json_out = json_output(args.json, args.overwrite, args.data_root, args.score,
-                               (args.mnist_test, args.cifar_test, args.score))
-        if args.as_model and not args.score:
-            raise MixsepError("--as-model needs --score RUN: it scores a trained run's weights as another model.")
-        scored = load_run_model(Path(args.score), as_model=args.as_model) if args.score else None
-        cfg = scored[1] if scored else make_config(args)
-        held, held_from = None, None
-        if args.holdout:
-            held_from, held = holdout_pairs(Path(args.data_root), args.holdout)
-            if scored and not 0 < cfg.train_size <= held_from:  # it trained on the first train_size images
-                raise MixsepError(f"{args.score} trained on {cfg.train_size or 'all'} CIFAR training images, which "
-                                  f"reach past the first {held_from}: --holdout {args.holdout} would score images it saw.")
-            if not scored:
-                cfg.train_size = held_from
-        if args.dry_run and not scored:  # the plumbing only: one epoch of DRY_PAIRS, not of the whole set
-            cfg.train_size = min(cfg.train_size or DRY_PAIRS, DRY_PAIRS)
-        # the files it is scored on are read first: a wrong path stops here, not after a 15-minute run
-        test = load_pairs(Path(args.data_root), "test", mnist_path=args.mnist_test, cifar_path=args.cifar_test)
-        print(f"command: {command_line()}")
-        t0 = time.perf_counter()
-        if scored:
-            model, _, info = scored
-            run_dir = Path(args.score)
-            metrics = read_metrics(run_dir)
-            # the checkpoint's training time counts every resume; metrics.csv's elapsed_s restarts with each one
-            steps, minutes = info["step"], (info["trained_s"] / 60 if info.get("trained_s") else
-                                            float(metrics["elapsed_s"].iloc[-1]) / 60 if len(metrics) else float("nan"))
-            ended = f"scored {info['path']} (step {steps})" + (f" as {args.as_model}" if args.as_model else "")
-            calib = data_calibration_pairs(Path(args.data_root), end=held_from)  # none of the held-out images
-        else:
-            if PRESETS[cfg.model]["epochs"] == "auto" and args.epochs is None and not args.dry_run:
-                cfg.epochs, sps = fit_epochs(cfg)
-                print(f"probe: {sps:.0f} samples/s, so {cfg.epochs} epochs fill {BUDGET_USE:.0%} of {cfg.max_minutes:g} min")
-            run_dir = new_run_dir(Path(args.runs_dir), cfg)
-            print(f"run folder: {run_dir} ({threads} threads, device {cfg.device})")
-            print(f"config: {json.dumps(cfg.to_dict())}")
-            training, minutes, ended = train(cfg, run_dir)
-            model, steps = training.model, training.step
-            calib = calibration_pairs(training)
-        print(f"trained {steps} steps ({steps * cfg.batch_size} samples) in {minutes:.2f} min: {ended}")
-        count = 32 if args.dry_run else 0
-        results = {"command": command_line(), "run_dir": str(run_dir), "config": cfg.to_dict(),
-                   "steps": steps, "train_minutes": minutes, "ended": ended, "threads": threads,
-                   "scored_as": args.as_model or cfg.model}
-        lines = []
-        for name, pairs in (("holdout", held), ("quality", test)):
-            if pairs is None:
-                continue
-            ev = evaluate(model, pairs, count=count, calibration=calib)
-            what = (f"held-out CIFAR training images {held_from}..{held_from + len(pairs) - 1} with MNIST test digits"
-                    if name == "holdout" else f"test pairs ({args.cifar_test or 'CIFAR test split'} with {args.mnist_test or 'MNIST test split'})")
-            w = ev.weights["mnist"]
-            # a mixture-consistent model leaves no residual, and the fitted weight is 0/0 noise
-            w_text = f"{w:.3f}" if -1 <= w <= 2 else "meaningless (no residual to split)"
-            print(f"\n{ev.n} {what}, data_range=1.0; optimal projection weight mnist {w_text}")
-            print(table(ev))
-            print("SSIM: torchmetrics, the headline (border windows reflect-padded); "
-                  "SSIM_valid: scikit-image's valid windows only (the 5-pixel border dropped)")
-            s = summary(ev)
-            results[name] = {"summary": s, "rows": ev.rows, "n": ev.n, "pairs": what, "weights": ev.weights}
-            lines.append(summary_line(name, s, minutes))
-        results["total_minutes"] = (time.perf_counter() - t0) / 60
-        if json_out:
-            write_output(json_out, json.dumps(results, indent=2))
-            print(f"wrote {json_out}")
-        print()
-        print("\n".join(lines))
-        return 0
-    except MixsepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    named = given(parser, argv)
+    if args.score:
+        refuse_with(parser, named & TRAINING_FLAGS, f"--score {args.score}", "trains nothing")
+    if args.dry_run:
+        refuse_with(parser, named & {"epochs", "batch_size"}, "--dry-run", "trains one epoch at batch 16")
+    threads = set_threads(args.threads)
+    data_root(args.data_root)
+    # checked before a 15-minute run, not after it
+    json_out = json_output(args.json, args.overwrite, args.data_root, args.score,
+                           (args.mnist_test, args.cifar_test, args.score))
+    if args.as_model and not args.score:
+        raise MixsepError("--as-model needs --score RUN: it scores a trained run's weights as another model.")
+    scored = load_run_model(Path(args.score), as_model=args.as_model) if args.score else None
+    cfg = scored[1] if scored else make_config(args)
+    held, held_from = None, None
+    if args.holdout:
+        held_from, held = holdout_pairs(Path(args.data_root), args.holdout)
+        if scored and not 0 < cfg.train_size <= held_from:  # it trained on the first train_size images
+            raise MixsepError(f"{args.score} trained on {cfg.train_size or 'all'} CIFAR training images, which "
+                              f"reach past the first {held_from}: --holdout {args.holdout} would score images it saw.")
+        if not scored:
+            cfg.train_size = held_from
+    if args.dry_run and not scored:  # the plumbing only: one epoch of DRY_PAIRS, not of the whole set
+        cfg.train_size = min(cfg.train_size or DRY_PAIRS, DRY_PAIRS)
+    # the files it is scored on are read first: a wrong path stops here, not after a 15-minute run
+    test = load_pairs(Path(args.data_root), "test", mnist_path=args.mnist_test, cifar_path=args.cifar_test)
+    print(f"command: {command_line()}")
+    t0 = time.perf_counter()
+    if scored:
+        model, _, info = scored
+        run_dir = Path(args.score)
+        metrics = read_metrics(run_dir)
+        # the checkpoint's training time counts every resume; metrics.csv's elapsed_s restarts with each one
+        steps, minutes = info["step"], (info["trained_s"] / 60 if info.get("trained_s") else
+                                        float(metrics["elapsed_s"].iloc[-1]) / 60 if len(metrics) else float("nan"))
+        ended = f"scored {info['path']} (step {steps})" + (f" as {args.as_model}" if args.as_model else "")
+        calib = data_calibration_pairs(Path(args.data_root), end=held_from)  # none of the held-out images
+    else:
+        if PRESETS[cfg.model]["epochs"] == "auto" and args.epochs is None and not args.dry_run:
+            cfg.epochs, sps = fit_epochs(cfg)
+            print(f"probe: {sps:.0f} samples/s, so {cfg.epochs} epochs fill {BUDGET_USE:.0%} of {cfg.max_minutes:g} min")
+        run_dir = new_run_dir(Path(args.runs_dir), cfg)
+        print(f"run folder: {run_dir} ({threads} threads, device {cfg.device})")
+        print(f"config: {json.dumps(cfg.to_dict())}")
+        training, minutes, ended = train(cfg, run_dir)
+        model, steps = training.model, training.step
+        calib = calibration_pairs(training)
+    print(f"trained {steps} steps ({steps * cfg.batch_size} samples) in {minutes:.2f} min: {ended}")
+    count = 32 if args.dry_run else 0
+    results = {"command": command_line(), "run_dir": str(run_dir), "config": cfg.to_dict(),
+               "steps": steps, "train_minutes": minutes, "ended": ended, "threads": threads,
+               "scored_as": args.as_model or cfg.model}
+    lines = []
+    for name, pairs in (("holdout", held), ("quality", test)):
+        if pairs is None:
+            continue
+        ev = evaluate(model, pairs, count=count, calibration=calib)
+        what = (f"held-out CIFAR training images {held_from}..{held_from + len(pairs) - 1} with MNIST test digits"
+                if name == "holdout" else f"test pairs ({args.cifar_test or 'CIFAR test split'} with {args.mnist_test or 'MNIST test split'})")
+        w = ev.weights["mnist"]
+        # a mixture-consistent model leaves no residual, and the fitted weight is 0/0 noise
+        w_text = f"{w:.3f}" if -1 <= w <= 2 else "meaningless (no residual to split)"
+        print(f"\n{ev.n} {what}, data_range=1.0; optimal projection weight mnist {w_text}")
+        print(table(ev))
+        print("SSIM: torchmetrics, the headline (border windows reflect-padded); "
+              "SSIM_valid: scikit-image's valid windows only (the 5-pixel border dropped)")
+        s = summary(ev)
+        results[name] = {"summary": s, "rows": ev.rows, "n": ev.n, "pairs": what, "weights": ev.weights}
+        lines.append(summary_line(name, s, minutes))
+    results["total_minutes"] = (time.perf_counter() - t0) / 60
+    if json_out:
+        write_output(json_out, json.dumps(results, indent=2))
+        print(f"wrote {json_out}")
+    print()
+    print("\n".join(lines))
+    return 0
 
 
 if __name__ == "__main__":

@@ -56,7 +56,8 @@ from pathlib import Path
 import mixsep  # noqa: F401  first, before torch: how its threads wait (mixsep.config.THREAD_WAIT)
 import torch
 import torch.nn.functional as F
-from benchlib import at_least, command_line, data_root, json_output, machine, machine_line, set_threads, write_output
+from benchlib import (at_least, command_line, data_root, json_output, machine, machine_line, one_sentence,
+                      set_threads, write_output)
 from quality import PRESETS, fit_epochs
 
 from mixsep import MixsepError, TrainConfig
@@ -572,79 +573,76 @@ def print_compile(args, c: dict, t: dict) -> None:
           + (f"pays for runs longer than {math.ceil(n)} steps" if math.isfinite(n) else "never pays: a compiled step is not faster"))
 
 
+@one_sentence
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        at_least("--rounds", args.rounds, 0, "0 (the mode's) or more")  # a negative count was read as 0
-        args = settings(args)
-        threads = set_threads(args.threads)
-        data_root(args.data_root)
-        json_out = json_output(args.json, args.overwrite, args.data_root)  # checked before a 19-minute run, not after it
-        start = time.perf_counter()
-        print(f"command: {command_line()}")
-        if args.device == "cuda" and not torch.cuda.is_available():
-            raise MixsepError("--device cuda was asked for but PyTorch sees no GPU; leave it out to time the CPU.")
-        m = machine(threads)
-        print(machine_line(m))
-        where = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
-        print(f"torch {torch.__version__}, {threads} threads, batch {args.batch_size}, {where}")
-        with tempfile.TemporaryDirectory() as tmp:
-            work = Path(tmp)
-            t = training_throughput(args, work)
-            head = print_training(args, t, m)
-            prof = profile_step(args, t) if args.profile else {}
-            for name, table in prof.items():
-                print(f"\ntorch.profiler, faithful bare step, {name} ({t['form']} decoders unless named), {args.steps} steps, top ops by self CPU time:")
-                print(table)
-            comp = compile_whole_step(args, t, work) if args.compile else {}
-            if comp:
-                print_compile(args, comp, t)
-            tr = tried(args, t, work)
-            print(f"tried on the bare step (samples/s relative to the default: {threads} threads, channels_last, eager):")
-            for k, v in tr["train_step_vs_default"].items():
-                print(f"  {k:14s} {v:.2f}x")
-            if "quality_model_cuda_graphs_vs_eager" in tr:
-                q = tr["quality_model_samples_per_s"]
-                print(f"{args.quality_model} training loop (batch {PRESETS[args.quality_model]['batch_size']}), CUDA graph "
-                      f"of the step / without: {tr['quality_model_cuda_graphs_vs_eager']:.2f}x "
-                      f"({q['cuda_graphs']:.0f} vs {q['eager']:.0f} samples/s)")
-            if "quality_model_cpu_bf16_vs_fp32" in tr:
-                q = tr["quality_model_samples_per_s"]
-                print(f"{args.quality_model} bare step, bf16 autocast (--cpu-bf16) / fp32: "
-                      f"{tr['quality_model_cpu_bf16_vs_fp32']:.2f}x ({q['cpu_bf16']:.0f} vs {q['fp32']:.0f} samples/s)")
-            print("evaluation forward, samples/s: " + ", ".join(f"{k} {v:.0f}" for k, v in tr["eval_forward_samples_per_s"].items()))
-            ev = eval_throughput(args, t["model"])
-            print(f"evaluate() over {ev['pairs']} test pairs (5 modes x 2 sources, PSNR and SSIM): "
-                  f"{ev['seconds']:.1f} s, {ev['samples_per_s']:.0f} pairs/s")
-            target = time_to_targets(args, work)
-            for name, what in (("time_to_22db_s", f"{TARGET_DB} dB MNIST PSNR on the test pairs"),
-                               ("time_to_30db_s", f"{QUALITY_DB:.0f} dB PSNR, both sources, on {target['validation_pairs']} validation pairs")):
-                print(f"time to {what} ({args.quality_model}, {target['config']['epochs']}-epoch schedule"
-                      + (", bf16 autocast" if target["config"]["cpu_bf16"] else "") + "): "
-                      + (f"{target[name]:.0f} s" if math.isfinite(target[name]) else f"not reached within {target['clock_s']:.0f} s"))
-        dash, dash_how = dashboard_figure(args)
-        print("dashboard overhead (Train page in headless Chromium vs none): "
-              + (f"{dash:.3f}" if dash_how == "measured" else dash_how))
-        total = time.perf_counter() - start
-        print(f"total wall time {total:.0f} s")
-        if json_out:
-            out = {"command": command_line(), "machine": m, "threads": threads, "peak_gflops": t["peak_gflops"], "training": {
-                "samples_per_s": t["samples_per_s"], "rounds": t["rounds"], "default_form": t["form"],
-                "forward_flops_per_sample": t["forward_flops_per_sample"],
-                "executed_forward_flops_per_sample": t["executed_forward_flops_per_sample"],
-                "data_only_samples_per_s": t["data_only_samples_per_s"]} | head,
-                "profile": prof, "compile": comp, "tried": tr, "eval": ev, "time_to_target": target,
-                "dashboard_overhead": {"value": dash, "how": dash_how}, "total_s": total}
-            write_output(json_out, json.dumps(out, indent=2))
-            print(f"wrote {json_out}")
-        print(f"bench: data_overhead={head['data_overhead']:.3f} mfu={head['mfu']:.2f} "
-              f"speedup_vs_seed_style={head['speedup_vs_seed_style']:.2f} eval_samples_per_s={ev['samples_per_s']:.0f} "
-              f"time_to_22db_s={target['time_to_22db_s']:.0f} time_to_30db_s={target['time_to_30db_s']:.0f} "
-              f"dashboard_overhead={dash:.3f}")
-        return 0
-    except MixsepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    at_least("--rounds", args.rounds, 0, "0 (the mode's) or more")  # a negative count was read as 0
+    args = settings(args)
+    threads = set_threads(args.threads)
+    data_root(args.data_root)
+    json_out = json_output(args.json, args.overwrite, args.data_root)  # checked before a 19-minute run, not after it
+    start = time.perf_counter()
+    print(f"command: {command_line()}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise MixsepError("--device cuda was asked for but PyTorch sees no GPU; leave it out to time the CPU.")
+    m = machine(threads)
+    print(machine_line(m))
+    where = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
+    print(f"torch {torch.__version__}, {threads} threads, batch {args.batch_size}, {where}")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        t = training_throughput(args, work)
+        head = print_training(args, t, m)
+        prof = profile_step(args, t) if args.profile else {}
+        for name, table in prof.items():
+            print(f"\ntorch.profiler, faithful bare step, {name} ({t['form']} decoders unless named), {args.steps} steps, top ops by self CPU time:")
+            print(table)
+        comp = compile_whole_step(args, t, work) if args.compile else {}
+        if comp:
+            print_compile(args, comp, t)
+        tr = tried(args, t, work)
+        print(f"tried on the bare step (samples/s relative to the default: {threads} threads, channels_last, eager):")
+        for k, v in tr["train_step_vs_default"].items():
+            print(f"  {k:14s} {v:.2f}x")
+        if "quality_model_cuda_graphs_vs_eager" in tr:
+            q = tr["quality_model_samples_per_s"]
+            print(f"{args.quality_model} training loop (batch {PRESETS[args.quality_model]['batch_size']}), CUDA graph "
+                  f"of the step / without: {tr['quality_model_cuda_graphs_vs_eager']:.2f}x "
+                  f"({q['cuda_graphs']:.0f} vs {q['eager']:.0f} samples/s)")
+        if "quality_model_cpu_bf16_vs_fp32" in tr:
+            q = tr["quality_model_samples_per_s"]
+            print(f"{args.quality_model} bare step, bf16 autocast (--cpu-bf16) / fp32: "
+                  f"{tr['quality_model_cpu_bf16_vs_fp32']:.2f}x ({q['cpu_bf16']:.0f} vs {q['fp32']:.0f} samples/s)")
+        print("evaluation forward, samples/s: " + ", ".join(f"{k} {v:.0f}" for k, v in tr["eval_forward_samples_per_s"].items()))
+        ev = eval_throughput(args, t["model"])
+        print(f"evaluate() over {ev['pairs']} test pairs (5 modes x 2 sources, PSNR and SSIM): "
+              f"{ev['seconds']:.1f} s, {ev['samples_per_s']:.0f} pairs/s")
+        target = time_to_targets(args, work)
+        for name, what in (("time_to_22db_s", f"{TARGET_DB} dB MNIST PSNR on the test pairs"),
+                           ("time_to_30db_s", f"{QUALITY_DB:.0f} dB PSNR, both sources, on {target['validation_pairs']} validation pairs")):
+            print(f"time to {what} ({args.quality_model}, {target['config']['epochs']}-epoch schedule"
+                  + (", bf16 autocast" if target["config"]["cpu_bf16"] else "") + "): "
+                  + (f"{target[name]:.0f} s" if math.isfinite(target[name]) else f"not reached within {target['clock_s']:.0f} s"))
+    dash, dash_how = dashboard_figure(args)
+    print("dashboard overhead (Train page in headless Chromium vs none): "
+          + (f"{dash:.3f}" if dash_how == "measured" else dash_how))
+    total = time.perf_counter() - start
+    print(f"total wall time {total:.0f} s")
+    if json_out:
+        out = {"command": command_line(), "machine": m, "threads": threads, "peak_gflops": t["peak_gflops"], "training": {
+            "samples_per_s": t["samples_per_s"], "rounds": t["rounds"], "default_form": t["form"],
+            "forward_flops_per_sample": t["forward_flops_per_sample"],
+            "executed_forward_flops_per_sample": t["executed_forward_flops_per_sample"],
+            "data_only_samples_per_s": t["data_only_samples_per_s"]} | head,
+            "profile": prof, "compile": comp, "tried": tr, "eval": ev, "time_to_target": target,
+            "dashboard_overhead": {"value": dash, "how": dash_how}, "total_s": total}
+        write_output(json_out, json.dumps(out, indent=2))
+        print(f"wrote {json_out}")
+    print(f"bench: data_overhead={head['data_overhead']:.3f} mfu={head['mfu']:.2f} "
+          f"speedup_vs_seed_style={head['speedup_vs_seed_style']:.2f} eval_samples_per_s={ev['samples_per_s']:.0f} "
+          f"time_to_22db_s={target['time_to_22db_s']:.0f} time_to_30db_s={target['time_to_30db_s']:.0f} "
+          f"dashboard_overhead={dash:.3f}")
+    return 0
 
 
 if __name__ == "__main__":

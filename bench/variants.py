@@ -35,7 +35,7 @@ from pathlib import Path
 
 import mixsep  # noqa: F401  first, before torch: how its threads wait (mixsep.config.THREAD_WAIT)
 import torch
-from benchlib import command_line, data_root, given, refuse_with, set_threads
+from benchlib import command_line, data_root, given, one_sentence, refuse_with, set_threads
 
 from mixsep import MixsepError, TrainConfig
 from mixsep.data import find_source, load_split, to_float
@@ -280,6 +280,7 @@ def score_flips(model: torch.nn.Module, mnist_u8, cifar_u8, batch: int = 250) ->
     return {f"val_psnr_{k}": round(torch.cat(v).mean().item(), 3) for k, v in out.items()}
 
 
+@one_sentence
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", required=True)
@@ -300,59 +301,55 @@ def main(argv=None) -> int:
                    help="with --run: the error's share in bands of the digit's value, and the fit gap (the same "
                         "digits over CIFAR images the run trained on; positive: it fits them better than new ones)")
     args = p.parse_args(argv)
-    try:
-        named = given(p, argv)
-        if args.run:  # what only training reads: dropped without a word before
-            refuse_with(p, named & {"variant", "epochs", "train_size", "seed", "batch_size", "lr", "beta2",
-                                    "weight_decay", "cpu_bf16"}, f"--run {args.run}", "trains nothing")
-        elif args.flips or args.diagnose:
-            flags = " and ".join(f for f, on in (("--flips", args.flips), ("--diagnose", args.diagnose)) if on)
-            raise MixsepError(f"{flags} {'score' if ' and ' in flags else 'scores'} a trained run's weights, which "
-                              "only --run names; give --run RUN, or leave them out to train the variants.")
-        set_threads(args.threads)
-        root = data_root(args.data_root)
-        print("command:", command_line(), flush=True)
-        if args.run:
-            model, cfg, info = load_run_model(Path(args.run))
-            if cfg.train_size == 0:  # validation's own sentence names --train-size, which --run does not take
-                raise MixsepError(f"{args.run} trained on every CIFAR training image (train_size 0), so none is left "
-                                  "to validate on; score a run trained with --train-size below the data root's count.")
-            val = validation(root, cfg.train_size, args.val_pairs)
-            flips = score_flips(model, *val) if args.flips else {}
-            print(json.dumps({"run": args.run, "model": cfg.model, "step": info["step"], **score(model, *val), **flips}))
-            if args.diagnose:
-                cifar, _ = load_split(root, "cifar", "train")
-                trained = cifar[: min(len(val[1]), cfg.train_size or len(cifar))]
-                print(json.dumps({"run": args.run, "diagnose": diagnose(model, val[0][: len(trained)],
-                                                                         val[1][: len(trained)], trained)}))
-            return 0
-        unknown = [v for v in args.variant if v not in MODELS and v not in EXTRA]
-        if unknown or not args.variant:
-            raise MixsepError(f"Name one or more --variant from: {', '.join([*MODELS, *EXTRA])}.")
-        val = validation(root, args.train_size, args.val_pairs)
-        for name in args.variant:
-            MODELS.setdefault(name, EXTRA.get(name))
-            cfg = TrainConfig(data_root=str(root), train_size=args.train_size, repair=True, model=name, pretrained=False,
-                              epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta2=args.beta2,
-                              weight_decay=args.weight_decay, schedule="onecycle",
-                              loss="log_mse", seed=args.seed, device="cpu", cpu_bf16=args.cpu_bf16,
-                              checkpoint_every=10 ** 9).validate()
-            run = Path(tempfile.mkdtemp(prefix="variant-"))
-            try:
-                training = Training(cfg, run / "run")
-                start = time.perf_counter()
-                for _ in training.steps():
-                    pass
-                seconds = time.perf_counter() - start
-                print(json.dumps({"variant": name, "seed": args.seed, "batch_size": cfg.batch_size, "lr": cfg.lr,
-                                  "beta2": cfg.beta2, "weight_decay": cfg.weight_decay,
-                                  "cpu_bf16": cfg.cpu_bf16, "steps": training.step,
-                                  "train_s": round(seconds, 1), **score(training.model, *val)}), flush=True)
-            finally:
-                shutil.rmtree(run, ignore_errors=True)
-    except MixsepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    named = given(p, argv)
+    if args.run:  # what only training reads: dropped without a word before
+        refuse_with(p, named & {"variant", "epochs", "train_size", "seed", "batch_size", "lr", "beta2",
+                                "weight_decay", "cpu_bf16"}, f"--run {args.run}", "trains nothing")
+    elif args.flips or args.diagnose:
+        flags = " and ".join(f for f, on in (("--flips", args.flips), ("--diagnose", args.diagnose)) if on)
+        raise MixsepError(f"{flags} {'score' if ' and ' in flags else 'scores'} a trained run's weights, which "
+                          "only --run names; give --run RUN, or leave them out to train the variants.")
+    set_threads(args.threads)
+    root = data_root(args.data_root)
+    print("command:", command_line(), flush=True)
+    if args.run:
+        model, cfg, info = load_run_model(Path(args.run))
+        if cfg.train_size == 0:  # validation's own sentence names --train-size, which --run does not take
+            raise MixsepError(f"{args.run} trained on every CIFAR training image (train_size 0), so none is left "
+                              "to validate on; score a run trained with --train-size below the data root's count.")
+        val = validation(root, cfg.train_size, args.val_pairs)
+        flips = score_flips(model, *val) if args.flips else {}
+        print(json.dumps({"run": args.run, "model": cfg.model, "step": info["step"], **score(model, *val), **flips}))
+        if args.diagnose:
+            cifar, _ = load_split(root, "cifar", "train")
+            trained = cifar[: min(len(val[1]), cfg.train_size or len(cifar))]
+            print(json.dumps({"run": args.run, "diagnose": diagnose(model, val[0][: len(trained)],
+                                                                     val[1][: len(trained)], trained)}))
+        return 0
+    unknown = [v for v in args.variant if v not in MODELS and v not in EXTRA]
+    if unknown or not args.variant:
+        raise MixsepError(f"Name one or more --variant from: {', '.join([*MODELS, *EXTRA])}.")
+    val = validation(root, args.train_size, args.val_pairs)
+    for name in args.variant:
+        MODELS.setdefault(name, EXTRA.get(name))
+        cfg = TrainConfig(data_root=str(root), train_size=args.train_size, repair=True, model=name, pretrained=False,
+                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta2=args.beta2,
+                          weight_decay=args.weight_decay, schedule="onecycle",
+                          loss="log_mse", seed=args.seed, device="cpu", cpu_bf16=args.cpu_bf16,
+                          checkpoint_every=10 ** 9).validate()
+        run = Path(tempfile.mkdtemp(prefix="variant-"))
+        try:
+            training = Training(cfg, run / "run")
+            start = time.perf_counter()
+            for _ in training.steps():
+                pass
+            seconds = time.perf_counter() - start
+            print(json.dumps({"variant": name, "seed": args.seed, "batch_size": cfg.batch_size, "lr": cfg.lr,
+                              "beta2": cfg.beta2, "weight_decay": cfg.weight_decay,
+                              "cpu_bf16": cfg.cpu_bf16, "steps": training.step,
+                              "train_s": round(seconds, 1), **score(training.model, *val)}), flush=True)
+        finally:
+            shutil.rmtree(run, ignore_errors=True)
     return 0
 
 

@@ -39,7 +39,7 @@ from mixsep.data import require_split  # noqa: E402
 from mixsep.run import MetricsTail  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from benchlib import at_least, data_root as checked_root, json_output, write_output  # noqa: E402
+from benchlib import at_least, data_root as checked_root, json_output, one_sentence, write_output  # noqa: E402
 from mixsep_ui import AUTO_SLOWS_AFTER_S, CHART_EVERY, LIVE_UPDATES, is_auto, live_pace  # noqa: E402
 from dashboard_bench import (Watcher, browser_pids, check_browser, cpu_seconds, descendants,  # noqa: E402
                              start_server, stop_process_group)
@@ -172,30 +172,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@one_sentence
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds: the server, browser and trainer stop
-    try:
-        at_least("--rounds", args.rounds)
-        if not (0 < args.window <= 3600 and 0 <= args.settle <= 600):  # (inf and nan fail too)
-            raise MixsepError(f"--window must lie in (0, 3600] seconds and --settle in [0, 600] (got {args.window:g} "
-                              f"and {args.settle:g}).")
-        require_split(checked_root(args.data_root), "train")  # before the line that says what is measured
-        json_out = json_output(args.json, args.overwrite, args.data_root)
-        choices = tuple(dict.fromkeys(args.choice)) or CHOICES
-        print(f"The Train page watching a one-thread tiny trainer in headless Chromium: {', '.join(choices)}; "
-              f"{args.rounds} rounds of {args.window:g} s each:", flush=True)
-        out = measure(Path(args.data_root), choices=choices, rounds=args.rounds, window=args.window,
-                      settle=args.settle, log=lambda s: print(s, flush=True))
-        for c, f in out["choices"].items():
-            print(f"{c:7s} browser {f['browser']:.4f} + server {f['server']:.4f} = {f['total']:.4f} cores (median)")
-        print("watch_cores: " + " ".join(f"{c.replace(' ', '').lower()}={f['total']:.4f}"
-                                         for c, f in out["choices"].items()))
-        if json_out:
-            write_output(json_out, json.dumps(out, indent=2))
-    except MixsepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    at_least("--rounds", args.rounds)
+    if not (0 < args.window <= 3600 and 0 <= args.settle <= 600):  # (inf and nan fail too)
+        raise MixsepError(f"--window must lie in (0, 3600] seconds and --settle in [0, 600] (got {args.window:g} "
+                          f"and {args.settle:g}).")
+    require_split(checked_root(args.data_root), "train")  # before the line that says what is measured
+    json_out = json_output(args.json, args.overwrite, args.data_root)
+    choices = tuple(dict.fromkeys(args.choice)) or CHOICES
+    print(f"The Train page watching a one-thread tiny trainer in headless Chromium: {', '.join(choices)}; "
+          f"{args.rounds} rounds of {args.window:g} s each:", flush=True)
+    out = measure(Path(args.data_root), choices=choices, rounds=args.rounds, window=args.window,
+                  settle=args.settle, log=lambda s: print(s, flush=True))
+    for c, f in out["choices"].items():
+        print(f"{c:7s} browser {f['browser']:.4f} + server {f['server']:.4f} = {f['total']:.4f} cores (median)")
+    print("watch_cores: " + " ".join(f"{c.replace(' ', '').lower()}={f['total']:.4f}"
+                                     for c, f in out["choices"].items()))
+    if json_out:
+        write_output(json_out, json.dumps(out, indent=2))
     return 0
 
 
