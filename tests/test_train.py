@@ -86,7 +86,8 @@ def test_resume_drops_rows_logged_after_the_checkpoint(tiny_config, tmp_path):
     assert steps == [5, 6] and read_metrics(run)["step"].tolist() == [1, 2, 3, 4, 5, 6]
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path, monkeypatch):
+@pytest.mark.parametrize("read_late", [False, True], ids=["read at once", "read one step late"])
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path, monkeypatch, read_late):
     run = tmp_path / "run"
     real = T.Training.train_step
 
@@ -94,9 +95,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, t
         out = real(self, m, c, lr)
         return out * float("nan") if self.step == 3 else out  # the 4th step blows up
     monkeypatch.setattr(T.Training, "train_step", poisoned)
+    training = T.Training(tiny_config, run)
+    training.read_late = read_late  # the GPU's way (tests/test_train_late.py): the same contract
     seen = []
     with pytest.raises(MixsepError, match="non-finite at step 4.*Lower the learning rate"):
-        for r in T.train_steps(tiny_config, run):
+        for r in training.steps():
             seen.append(r.step)
     assert seen == [1, 2, 3]
     status = R.read_status(run)
