@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 
-
 from mixsep import run as R
 from mixsep import train as T
 from mixsep.runs import read_metrics
