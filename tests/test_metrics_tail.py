@@ -26,6 +26,17 @@ def steps(rows) -> list[int]:
     return [r["step"] for r in rows]
 
 
+def logged(folder: Path, n: int) -> MetricsTail:
+    """A finished run of n rows (loss 1.0) written by the trainer's writer, and a tail that has read them all."""
+    log = MetricsLog(folder).open(0)
+    for s in range(1, n + 1):
+        log.write(row(s, loss=1.0))
+    log.close()
+    tail = MetricsTail(folder)
+    assert steps(tail.poll().rows) == list(range(1, n + 1))
+    return tail
+
+
 def test_a_live_writer_in_another_process_is_read_once_row_by_row(tmp_path):
     """The writer flushes each row in two halves: polls land between them as well as between rows."""
     MetricsLog(tmp_path).open(0).close()  # the header, as a trainer starting the run writes it
@@ -71,12 +82,7 @@ def test_a_cut_off_last_line_waits_for_the_rest(tmp_path):
 
 
 def test_a_resume_rewrites_the_file_and_the_tail_starts_over(tmp_path):
-    log = MetricsLog(tmp_path).open(0)
-    for s in range(1, 11):
-        log.write(row(s, loss=1.0))
-    log.close()
-    tail = MetricsTail(tmp_path)
-    assert steps(tail.poll().rows) == list(range(1, 11))
+    tail = logged(tmp_path, 10)
     # what a resume from the checkpoint at step 4 does: keep rows 1..4 (atomically), then redo 5..
     log = MetricsLog(tmp_path).open(4)
     for s in range(5, 30):  # longer than before: only the new inode tells
@@ -92,12 +98,7 @@ def test_a_resume_rewrites_the_file_and_the_tail_starts_over(tmp_path):
 
 def test_a_rewrite_in_place_is_noticed_too(tmp_path):
     """Same inode, not shorter (an inode number reused): the last line read is no longer where it was."""
-    log = MetricsLog(tmp_path).open(0)
-    for s in range(1, 6):
-        log.write(row(s, loss=1.0))
-    log.close()
-    tail = MetricsTail(tmp_path)
-    assert len(tail.poll().rows) == 5
+    tail = logged(tmp_path, 5)
     path = tmp_path / "metrics.csv"
     inode, text = path.stat().st_ino, path.read_text()
     with open(path, "r+") as f:
