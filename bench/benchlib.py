@@ -32,6 +32,12 @@ def one_sentence(main):
     return run
 
 
+def add_json_flags(p: argparse.ArgumentParser, what: str = "every figure") -> None:
+    """--json FILE and --overwrite, as every bench script takes them (json_output checks them)."""
+    p.add_argument("--json", default=None, help=f"also write {what} to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
+
+
 def at_least(flag: str, value: int, least: int = 1, meaning: str = "") -> None:
     """A count checked before any work: a zero or negative one crashed after it, or was read as the default."""
     if value < least:

@@ -28,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchlib import (at_least, command_line, data_root, json_output, machine, machine_line,  # noqa: E402
-                      one_sentence, set_threads, write_output)
+from benchlib import (add_json_flags, at_least, command_line, data_root, json_output, machine,  # noqa: E402
+                      machine_line, one_sentence, set_threads, write_output)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,8 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
     p.add_argument("--steps", type=int, default=4, help="steps per side in a round (default 4)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
-    p.add_argument("--json", help="write the figures here")
-    p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
+    add_json_flags(p, "the figures")
     return p
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import at_least, json_output, one_sentence  # noqa: E402
+from benchlib import add_json_flags, at_least, json_output, one_sentence  # noqa: E402
 
 from mixsep import MixsepError  # noqa: E402
 from mixsep.model import MODELS  # noqa: E402
@@ -126,8 +126,7 @@ def main(argv=None) -> int:
                    help="measure only these neighbours (repeat; default: all three)")
     p.add_argument("--policy", action="append", choices=sorted(POLICIES), default=[],
                    help="wait policies to compare (repeat; default: spin and passive)")
-    p.add_argument("--json", default=None, help="also write every measurement here")
-    p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
+    add_json_flags(p, "every measurement")
     args = p.parse_args(argv)
     for flag in ("batch_size", "steps", "rounds"):
         at_least(f"--{flag.replace('_', '-')}", getattr(args, flag))

@@ -57,7 +57,8 @@ from mixsep.data import require_split  # noqa: E402
 from mixsep.run import MetricsTail, read_status  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from benchlib import at_least, data_root as checked_root, json_output, one_sentence, write_output  # noqa: E402
+from benchlib import (add_json_flags, at_least, data_root as checked_root, json_output, one_sentence,  # noqa: E402
+                      write_output)
 from contention import POLICIES, child_env  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
@@ -413,8 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-policy", action="append", choices=sorted(POLICIES), default=[],
                    help="give both (spin, passive) to alternate the trainer's OpenMP wait policy round by round "
                         "(bench/contention.py); default: mixsep's own")
-    p.add_argument("--json", default=None, help="also write every figure to this JSON file")
-    p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
+    add_json_flags(p)
     return p
 
 

@@ -26,8 +26,8 @@ import time
 import warnings
 from pathlib import Path
 
-from benchlib import (command_line, data_root, given, json_output, one_sentence, refuse_with, set_threads,
-                      summary, summary_line, table, write_output)
+from benchlib import (add_json_flags, command_line, data_root, given, json_output, one_sentence, refuse_with,
+                      set_threads, summary, summary_line, table, write_output)
 
 from mixsep import MixsepError, TrainConfig
 from mixsep.config import RECIPES, default_runs_dir
@@ -73,8 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
     p.add_argument("--runs-dir", default=default_runs_dir(), help="where the run folder goes (default ./runs)")
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
+    add_json_flags(p, "the results")
     p.add_argument("--dry-run", action="store_true",
                    help=f"one epoch of {DRY_PAIRS} pairs at batch 16, scored on 32 pairs: checks the plumbing only")
     p.add_argument("--score", default=None, metavar="RUN",

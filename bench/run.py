@@ -56,8 +56,8 @@ from pathlib import Path
 import mixsep  # noqa: F401  first, before torch: how its threads wait (mixsep.config.THREAD_WAIT)
 import torch
 import torch.nn.functional as F
-from benchlib import (at_least, command_line, data_root, json_output, machine, machine_line, one_sentence,
-                      set_threads, write_output)
+from benchlib import (add_json_flags, at_least, command_line, data_root, json_output, machine, machine_line,
+                      one_sentence, set_threads, write_output)
 from quality import PRESETS, fit_epochs
 
 from mixsep import MixsepError, TrainConfig
@@ -498,8 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the loops run (default cpu)")
     p.add_argument("--batch", type=batch_size, default=0,
                    help="the faithful loops' batch size; 0 = the mode's (64 quick, 128 full); a GPU wants larger")
-    p.add_argument("--json", default=None, help="also write every figure to this JSON file")
-    p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
+    add_json_flags(p)
     p.add_argument("--dry-run", action="store_true", help="tiny batches and steps on any data root: checks the plumbing only")
     return p
 

@@ -39,7 +39,8 @@ from mixsep.data import require_split  # noqa: E402
 from mixsep.run import MetricsTail  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from benchlib import at_least, data_root as checked_root, json_output, one_sentence, write_output  # noqa: E402
+from benchlib import (add_json_flags, at_least, data_root as checked_root, json_output, one_sentence,  # noqa: E402
+                      write_output)
 from mixsep_ui import AUTO_SLOWS_AFTER_S, CHART_EVERY, LIVE_UPDATES, is_auto, live_pace  # noqa: E402
 from dashboard_bench import (Watcher, browser_pids, check_browser, cpu_seconds, descendants,  # noqa: E402
                              start_server, stop_process_group)
@@ -167,8 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=2, help="rounds of every choice (default 2)")
     p.add_argument("--window", type=float, default=40.0, help="seconds of each measurement (default 40)")
     p.add_argument("--settle", type=float, default=12.0, help="seconds after the click before it (default 12)")
-    p.add_argument("--json", default=None, help="also write every figure to this JSON file")
-    p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
+    add_json_flags(p)
     return p
 
 
