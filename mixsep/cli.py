@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import errno
 import io
 import json
@@ -232,6 +233,8 @@ def cmd_train(args) -> int:
             raise MixsepError(f"{args.run_dir} is inside the folder of the sweep study '{study.name}', where the sweep "
                               "makes its trials' folders (a run there would stop the study from resuming); name a "
                               "folder outside it, or a trial's own folder to resume that trial.")
+        if not is_run(given):  # (a config.json that is a link to nothing or a FIFO: check_layout says so)
+            _a_new_runs_folder(args.run_dir, given)
         held = _held_run(given)
         if held is not None:
             raise _holds_a_run(args.run_dir, held.relative_to(given))
@@ -322,6 +325,28 @@ def _holds_a_run(run_dir: str, held: Path) -> MixsepError:
                        "folder?); name a new folder, or a run's own folder to resume it.")
 
 
+def _a_new_runs_folder(run_dir: str, given: Path) -> None:
+    """A --run-dir that holds no run yet (``given``, resolved) can take a new one: not the top of the file system or
+    the home folder (a script's "$BASE/" with BASE unset trained into /, and every run below was then refused as a
+    run inside a run), and no files of the user's under the names a run writes."""
+    from .run import users_own_files
+
+    try:
+        home = Path.home().resolve()
+    except (RuntimeError, KeyError, OSError):  # no HOME and no passwd entry
+        home = None
+    if given == Path(given.anchor) or given == home:
+        where = "the top of the file system" if given == Path(given.anchor) else "your home folder"
+        raise MixsepError(f"--run-dir {run_dir} is {where}, and a run folder holds one run's files alone; name a new "
+                          "folder for the run.")
+    theirs = users_own_files(given)
+    if theirs:
+        names = " and ".join(filter(None, [", ".join(theirs[:-1]), theirs[-1]]))
+        raise MixsepError(f"{run_dir} holds no mixsep run but holds {names} of its own, which a new run "
+                          f"there would write over; move {'it' if len(theirs) == 1 else 'them'} away, or give --run-dir "
+                          "a new or empty folder.")
+
+
 def _no_trainer_around(run_dir: str, given: Path) -> None:
     """The nesting look again once this run holds its lock, a folder whose lock is held counting as a run: two
     trainers started at once in A and A/B both passed the first look (neither had written a thing yet) and both
@@ -338,21 +363,31 @@ def _no_trainer_around(run_dir: str, given: Path) -> None:
         raise _holds_a_run(run_dir, held.relative_to(given))
 
 
-def _held_run(folder: Path, depth: int = 3, a_run=None) -> Path | None:
-    """A run (``a_run``, by default a folder mixsep trained in) or sweep study in ``folder`` (a --run-dir), up to
-    ``depth`` folders down; links are not followed."""
+HELD_LOOK = 2000  # folders below a --run-dir looked through for a run or study it would hold
+
+
+def _held_run(folder: Path, a_run=None, look: int = HELD_LOOK) -> Path | None:
+    """The shallowest run (``a_run``, by default a folder mixsep trained in) or sweep study in ``folder`` (a
+    --run-dir), at any depth, of the first ``look`` folders below it (breadth first); links are not followed. Three
+    folders down was the limit once: a folder whose runs lay deeper became a run, and each of them was then refused
+    its resume as a run inside a run."""
     from .run import CHECKPOINTS, is_mixsep_run
     from .sweep import SWEEP_FILE
 
     a_run = a_run or is_mixsep_run
-    try:
-        children = [c for c in folder.iterdir() if c.is_dir() and not c.is_symlink() and c.name != CHECKPOINTS]
-    except OSError:  # not a folder yet, or unreadable: Run.open says what is wrong
-        return None
-    found = next((c for c in children if a_run(c) or (c / SWEEP_FILE).is_file()), None)
-    if found is None and depth > 1:
-        found = next(filter(None, (_held_run(c, depth - 1, a_run) for c in children)), None)
-    return found
+    todo = collections.deque([folder])
+    while todo and look > 0:
+        look -= 1
+        try:
+            children = sorted(c for c in todo.popleft().iterdir()
+                              if c.is_dir() and not c.is_symlink() and c.name != CHECKPOINTS)
+        except OSError:  # not a folder yet, or unreadable: Run.open says what is wrong
+            continue
+        found = next((c for c in children if a_run(c) or (c / SWEEP_FILE).is_file()), None)
+        if found is not None:
+            return found
+        todo.extend(children)
+    return None
 
 
 def _missing_ancestor(path: Path) -> Path | None:

@@ -503,6 +503,35 @@ def run_lives_in(folder: Path) -> bool:
     return bool(list_checkpoints(folder))
 
 
+def users_own_files(folder: Path) -> list[str]:
+    """The names a run writes (metrics.csv, status.json, STOP, worker.log) that a folder holding no run's config.json
+    has as files of its own: a new run there wrote over them (and removed STOP) without a word. What a mixsep run
+    that never got its config.json leaves (a status.json in a state mixsep writes, a metrics.csv of mixsep's header
+    alone, an empty STOP) is no one's else. A folder with a config.json or a checkpoints folder of any kind is left
+    to the run's own checks (a run whose config.json was lost resumes from its checkpoint's settings)."""
+    folder = Path(folder)
+    if os.path.lexists(folder / CONFIG) or os.path.lexists(folder / CHECKPOINTS):
+        return []
+    theirs = []
+    for name in (METRICS, STATUS, STOP, LOG):
+        path = folder / name
+        if not os.path.lexists(path):
+            continue
+        try:
+            if name == STATUS and read_status(folder).get("state") in {s.value for s in State} - {
+                    State.UNKNOWN.value, State.INTERRUPTED.value}:
+                continue
+            if name == METRICS and read_regular(path, 4096).decode("utf-8", "replace").strip() in (
+                    "", ",".join(METRIC_FIELDS)):
+                continue
+            if name == STOP and path.is_file() and not path.is_symlink() and path.stat().st_size == 0:
+                continue
+        except (OSError, MixsepError):  # a folder named so, a FIFO, a file too large: not mixsep's
+            pass
+        theirs.append(name)
+    return theirs
+
+
 def check_runs_dir(runs_dir: Path) -> None:
     """Refuse, before any work, a runs folder that is a file (new_run_dir would, when it first writes), or that is
     or lies in a run's folder (its checkpoints folder too) or a sweep study's: a run made there was in the way of

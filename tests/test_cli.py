@@ -1113,6 +1113,60 @@ def test_train_refused_in_a_folder_of_the_users_that_holds_no_run_leaves_it_as_i
     assert tree(mine) == before
 
 
+@pytest.mark.parametrize("files, says", [
+    ({"metrics.csv": "epoch,my_accuracy\n1,0.93\n"}, "metrics.csv of its own, which a new run there would write "
+                                                        "over; move it away"),
+    ({"status.json": '{"job": "keep me"}', "STOP": "a note"}, "status.json and STOP of its own, which a new run there "
+                                                              "would write over; move them away"),
+])
+def test_a_new_run_in_a_folder_holding_files_of_the_users_under_a_runs_names_is_refused(capsys, data_root, tmp_path,
+                                                                                          files, says):
+    """QA: `train --run-dir FOLDER` into a folder with no config.json wrote over the user's own metrics.csv and
+    status.json, and removed their STOP, with exit 0 and no word."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name, text in files.items():
+        (mine / name).write_text(text)
+    before = conftest.tree(mine)
+    assert main(["train", "--run-dir", str(mine), "--data-root", str(data_root), *TINY]) == 2
+    assert capsys.readouterr().err == (f"error: {mine} holds no mixsep run but holds {says}, or give --run-dir a new "
+                                       "or empty folder.\n")
+    assert conftest.tree(mine) == before
+
+
+def test_what_a_run_that_never_wrote_its_config_leaves_is_trained_over(capsys, data_root, tmp_path):
+    """A trainer killed before it wrote config.json leaves mixsep's own status.json, a metrics.csv of the header
+    alone and an empty STOP: they are no one's else, and a new run there trains."""
+    from mixsep import run as R
+
+    left = tmp_path / "left"
+    left.mkdir()
+    R.MetricsLog(left).open(0).close()
+    R.write_status(left, R.State.RUNNING, step=0)
+    R.request_stop(left)
+    assert not R.is_run(left) and R.users_own_files(left) == []
+    assert main(["train", "--run-dir", str(left), "--data-root", str(data_root), *TINY, "--train-size", "32"]) == 0
+    assert R.is_mixsep_run(left)
+
+
+def test_the_top_of_the_file_system_or_the_home_folder_is_no_new_runs_folder(capsys, data_root, tmp_path,
+                                                                             monkeypatch):
+    """QA: `--run-dir "$BASE/"` with BASE unset trained a run into / (as root), and every train and resume on the
+    machine was then refused as a run inside the run folder /."""
+    from mixsep.cli import _a_new_runs_folder
+
+    with pytest.raises(MixsepError, match="^--run-dir / is the top of the file system, and a run folder holds one "
+                                          "run's files alone; name a new folder for the run.$"):
+        _a_new_runs_folder("/", Path("/"))  # the check itself: a command that got past it would write into /
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    assert main(["train", "--run-dir", "~", "--data-root", str(data_root), *TINY]) == 2
+    assert capsys.readouterr().err == (f"error: --run-dir {home} is your home folder, and a run folder holds one run's "
+                                       "files alone; name a new folder for the run.\n")
+    assert list(home.iterdir()) == []
+
+
 def test_a_run_folder_named_with_control_characters_is_written_out_on_stderr(capsys, data_root, tmp_path):
     """QA: the error line wrote a newline or an ESC out, but "run folder: ...", "resuming ..." and the notes printed
     them raw (a name ran over two lines; an ESC recoloured the terminal). stdout's last line stays the path itself."""

@@ -14,6 +14,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -749,6 +750,7 @@ def test_a_run_dir_inside_a_run_holding_runs_or_a_studys_own_is_refused_untouche
     write_sweep_status(p, "finished")
     deep = tmp_path / "group" / "g" / "b"  # a run three levels down is held too
     list(T.train_steps(small_config, deep))
+    shutil.copytree(deep, tmp_path / "far" / "a" / "b" / "c" / "d")  # and five (QA: the look stopped at three)
     before = conftest.tree(tmp_path)
     for run_dir, says in (
             (run / "inner", f"{run / 'inner'} is inside the run folder {run}, and a run holds no other run (the "
@@ -756,6 +758,8 @@ def test_a_run_dir_inside_a_run_holding_runs_or_a_studys_own_is_refused_untouche
                             "outside it."),
             (tmp_path / "group", f"{tmp_path / 'group'} holds the run or study g/b, and a run folder holds no other "
                                  "run (is it the runs folder?); name a new folder, or a run's own folder to resume it."),
+            (tmp_path / "far", f"{tmp_path / 'far'} holds the run or study a/b/c/d, and a run folder holds no other "
+                               "run (is it the runs folder?); name a new folder, or a run's own folder to resume it."),
             (p.folder / "trial-0001", f"{p.folder / 'trial-0001'} is inside the folder of the sweep study 'demo', where "
                                       "the sweep makes its trials' folders (a run there would stop the study from "
                                       "resuming); name a folder outside it, or a trial's own folder to resume that "
