@@ -73,10 +73,11 @@ class State(enum.StrEnum):
 class RunWriteError(MixsepError):
     """A write into the run folder failed (disk full, permissions); the previous file is intact."""
 
-    def __init__(self, message: str, errno_: int | None = None, head: str | None = None):
+    def __init__(self, message: str, errno_: int | None = None, head: str | None = None, cause: str | None = None):
         super().__init__(message)
         self.errno = errno_
         self.head = head  # the message before its closing advice (a trainer's: "...; rows up to step N are kept")
+        self.cause = cause or message.rstrip(".")  # what failed, without what the write kept ("the disk is full...")
 
     @property
     def advice(self) -> str:
@@ -143,8 +144,9 @@ def atomic_write(path: Path, write) -> None:
             pass
         cause = _os_error_in(e)
         if cause is not None:
-            raise RunWriteError(describe_os_error(cause, path) + ("; the previous version is kept." if existed
-                                                                   else "."), cause.errno) from None
+            said = describe_os_error(cause, path)
+            raise RunWriteError(said + ("; the previous version is kept." if existed else "."), cause.errno,
+                                cause=said) from None
         raise
     sync_folder(path.parent)
 
@@ -1129,7 +1131,8 @@ class MetricsLog:
             self._writer.writerow({k: row[k] for k in METRIC_FIELDS})
             self._f.flush()  # a reader (the dashboard) sees each step as it happens
         except OSError as e:
-            raise RunWriteError(describe_os_error(e, self.path) + "; rows up to the last checkpoint are kept.", e.errno) from None
+            raise RunWriteError(describe_os_error(e, self.path) + "; rows up to the last checkpoint are kept.", e.errno,
+                                cause=describe_os_error(e, self.path)) from None
 
     def close(self) -> None:
         if self._f is not None:

@@ -552,9 +552,12 @@ class Training:
                             step=self.last_good, total_steps=self.total_steps)
             raise
         except RunWriteError as e:
-            head = f"{e} Training stopped at step {self.step}; {self._kept()}" if self.run_dir.is_dir() else None
-            msg = (f"{e} Training stopped at step {self.step}; if the run folder was moved, train --run-dir with "
-                   "its new place resumes it from its last checkpoint; if deleted, start a new run."
+            # one sentence, and what it keeps said once: the write's own "the previous version is kept" was false
+            # of a status.json that the failure's record then rewrote
+            head = f"{e.cause}: training stopped at step {self.step}; {self._kept()}" if self.run_dir.is_dir() \
+                else None
+            msg = (f"{e.cause}: training stopped at step {self.step}; if the run folder was moved, train --run-dir "
+                   "with its new place resumes it from its last checkpoint; if deleted, start a new run."
                    if head is None else f"{head}: {e.advice}.")
             self.run.fail(msg, step=self.last_good, total_steps=self.total_steps)
             raise RunWriteError(msg, e.errno, head) from None  # a sweep halts on it, where other errors fail one trial

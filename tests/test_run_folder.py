@@ -158,7 +158,7 @@ def test_a_run_folder_deleted_mid_run_stops_the_run_and_is_not_made_again(small_
 
     run = tmp_path / "run"
     config = dataclasses.replace(small_config, checkpoint_every=2, epochs=3)
-    said = (f"The folder {run / 'checkpoints'} was moved or deleted, so last.pt could not be written. Training "
+    said = (f"The folder {run / 'checkpoints'} was moved or deleted, so last.pt could not be written: training "
             "stopped at step {}; if the run folder was moved, train --run-dir with its new place resumes it from its "
             "last checkpoint; if deleted, start a new run.")
     steps = T.train_steps(config, run)
@@ -478,8 +478,8 @@ def test_disk_full_fails_clearly_and_resumes_after_space_is_freed(small_config, 
                 with open(filler, "wb") as f:
                     f.write(b"\0" * (free - 8 * 1024))
     msg = str(caught.value)
-    assert "disk" in msg and "full" in msg and "last.pt" in msg and "free some space and resume" in msg
-    assert "\n" not in msg
+    assert msg == (f"The disk holding {run / 'checkpoints'} is full, so last.pt could not be written: training stopped "
+                   "at step 4; the last checkpoint (step 2) is kept: free some space and resume.")
     status = R.read_status(run)
     assert status["state"] == "failed" and status["message"] == msg
     assert temps_in(run) == []  # the partial checkpoint is gone, it does not keep the disk full
