@@ -847,10 +847,17 @@ def plan(args) -> Plan:
             given_space = format_space(parse_space(args.space))
             raise MixsepError(f"Study '{study}' exists with the space {stored['space']}, not {given_space}; "
                               "resume it without --space (or with that one), or choose another study name.")
+        # --best resumes nothing: told to "resume it without" a flag, a user asked what resuming had to do with it
+        without = "ask for its best trial without" if getattr(args, "best", False) else "resume it without"
+        swept = [n for n in given if n in space]  # its trials drew it: "made with lr=0.001" (the default) was false
+        if swept:
+            flags = ", ".join("--" + n.replace("_", "-") for n in swept)
+            raise MixsepError(f"Study '{study}' sweeps {', '.join(swept)} (its space is {stored['space']}); {without} "
+                              f"{flags}, or choose another study name.")
         for name, value in given.items():
             was = stored["fixed"].get(name, TrainConfig.__dataclass_fields__[name].default)
             if value != was:
-                raise MixsepError(f"Study '{study}' was made with {name}={was}, not {value}; resume it without "
+                raise MixsepError(f"Study '{study}' was made with {name}={was}, not {value}; {without} "
                                   f"--{name.replace('_', '-')}, or choose another study name.")
         if args.val_size is not None and args.val_size != stored["val_size"]:
             raise MixsepError(f"Study '{study}' validates on {stored['val_size']} pairs, not {args.val_size}; "
@@ -859,7 +866,7 @@ def plan(args) -> Plan:
             value = getattr(args, name)
             if value is not None and value != was:
                 raise MixsepError(f"Study '{study}' was made with --{name.replace('_', '-')} {was}, not {value}; "
-                                  f"resume it without --{name.replace('_', '-')}, or choose another study name.")
+                                  f"{without} --{name.replace('_', '-')}, or choose another study name.")
         own = {**SWEEP_FLAGS, **stored.get("flags", {})}
         fixed, val_size = stored["fixed"], stored["val_size"]
         config = TrainConfig.from_dict({**stored["config"], **local})

@@ -247,6 +247,15 @@ def test_a_study_that_exists_with_another_space_is_refused(capsys, data_root, tm
     assert "exists with the space model=tiny|unet_narrow, not model=tiny|faithful" in capsys.readouterr().err
     assert main(sweep_args(data_root, runs, "--study", "s", "--epochs", "3")) == 2
     assert "was made with epochs=1, not 3" in capsys.readouterr().err
+    # QA: a swept setting given was said to be one the study "was made with" (the default), and --best, which
+    # resumes nothing, was told to "resume it without" the flag
+    space = "lr=1e-05:0.1:log,beta1=0.5:0.999,beta2=0.9:0.9999"
+    assert main(sweep_args(data_root, runs, "--study", "s", "--lr", "0.01", "--beta1", "0.8")) == 2
+    assert capsys.readouterr().err == (f"error: Study 's' sweeps lr, beta1 (its space is {space}); resume it without "
+                                       "--lr, --beta1, or choose another study name.\n")
+    assert main(sweep_args(data_root, runs, "--study", "s", "--best", "--epochs", "3")) == 2
+    assert capsys.readouterr().err == ("error: Study 's' was made with epochs=1, not 3; ask for its best trial "
+                                       "without --epochs, or choose another study name.\n")
     assert tree(runs) == before
     # how a machine computes is its own choice: a machine with AMX joins in bf16, one with a GPU without amp
     joined = plan(build_parser().parse_args(sweep_args(data_root, runs, "--study", "s", "--cpu-bf16", "--no-amp")))
