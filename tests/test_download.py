@@ -321,3 +321,24 @@ def test_a_hidden_folder_left_by_a_killed_download_is_removed_by_the_next_but_ne
     assert second.returncode == 130, err
     assert f"Removed {left.name} from {root}: what a download stopped before it could clean up left there." in out
     assert hidden() == []
+
+
+@pytest.mark.heavy(4)  # cold child processes (torchvision is patched in each)
+@pytest.mark.parametrize("options, says", [
+    ("64k,ro", "it is not writable (Read-only file system); choose a writable --data-root"),
+    ("4k", "the disk holding it is full; free some space"),
+])
+def test_a_data_root_on_a_read_only_or_full_disk_is_said_so_not_blamed_on_the_internet(tmp_path, server, options,
+                                                                                       says):
+    """QA: a download into a read-only data root said "the download failed (OSError: [Errno 30] Read-only file
+    system ...). Run the same download where the internet is reachable"."""
+    from conftest import tmpfs
+
+    with tmpfs(tmp_path / "disk", options) as root:
+        before = _files(root)
+        code, out, err = server.run(root)
+        assert code == 2 and err.strip().splitlines()[-1] == f"error: Could not download mnist train into {root}: " \
+                                                             f"{says} and run the download again.", err
+        assert list(root.rglob(".*")) == []  # no staging folder or part file left
+        if "ro" in options:
+            assert _files(root) == before
