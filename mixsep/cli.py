@@ -586,7 +586,7 @@ def _terminated(signum, frame):
 def _train(args, cfg: TrainConfig, run) -> int:
     from tqdm import tqdm
 
-    from .run import read_status
+    from .run import State, read_status
     from .train import Training
 
     stop = {"flag": False, "training": False, "done": False}
@@ -646,8 +646,12 @@ def _train(args, cfg: TrainConfig, run) -> int:
     if r is not None:
         print(f"final step {r.step}/{r.total_steps}: loss {r.loss:.4f} (mnist {r.loss_mnist:.4f}, cifar {r.loss_cifar:.4f})",
               file=sys.stderr)
-    elif training.step < training.total_steps:  # a resume that trained nothing (its time budget spent): why
+    if training.step < training.total_steps and (r is None or read_status(run_dir).get("state") == State.FINISHED):
+        # a run its time budget ended (or a resume that trained nothing, the budget spent): why, and how to go on
         print(one_line(f"note: {run_dir}: {read_status(run_dir).get('message', '')}."), file=sys.stderr)
+    elif r is None:  # a finished run resumed: its bar stood at the end, and nothing said so
+        print(one_line(f"note: {run_dir} had already finished ({training.step}/{training.total_steps} steps); "
+                       "nothing was trained."), file=sys.stderr)
     print(run_dir)
     return 0
 

@@ -537,7 +537,9 @@ class Training:
             if self._stop_reason == "request":
                 self.run.status(State.STOPPED, "stopped by request", step=self.step, total_steps=self.total_steps)
             elif self._stop_reason == "time":
-                self.run.status(State.FINISHED, self._spent_note or "time budget reached", step=self.step,
+                self.run.status(State.FINISHED, self._spent_note or (
+                    f"time budget reached at step {self.step} of {self.total_steps} (--max-minutes "
+                    f"{self.config.max_minutes:g}); resume it with a larger time limit to train on"), step=self.step,
                                 total_steps=self.total_steps)
             else:
                 self.run.status(State.FINISHED, step=self.step, total_steps=self.total_steps)

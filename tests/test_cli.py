@@ -164,6 +164,23 @@ def test_a_resume_whose_time_budget_is_spent_says_so(capsys, data_root, tmp_path
            "a larger time limit (--max-minutes) to train on." in err, err
 
 
+def test_a_run_its_time_budget_ended_and_a_finished_run_resumed_say_so(capsys, data_root, tmp_path):
+    """QA: a run that --max-minutes ended printed only "final step 1/3", and a finished run resumed printed its full
+    bar and nothing else: neither said why nothing more was trained."""
+    run = tmp_path / "run"
+    assert main(["train", "--run-dir", str(run), "--data-root", str(data_root), *TINY, "--epochs", "3",
+                 "--train-size", "16", "--max-minutes", "1e-9"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[-2:] == [err[-2], f"note: {run}: time budget reached at step 1 of 3 (--max-minutes 1e-09); resume it "
+                                 "with a larger time limit to train on."] and err[-2].startswith("final step 1/3: ")
+    assert main(["train", "--run-dir", str(run), "--max-minutes", "10", "--quiet"]) == 0  # trains on, to the end
+    assert capsys.readouterr().err.splitlines()[-1].startswith("final step 3/3: ")
+    assert main(["train", "--run-dir", str(run), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines()[-1] == f"note: {run} had already finished (3/3 steps); nothing was trained."
+    assert out == f"{run}\n"
+
+
 def test_evaluate_shows_its_progress_on_a_terminal_only(capsys, data_root, tmp_path, monkeypatch):
     """Scoring the full test split takes a minute or two on a CPU, and printed nothing meanwhile."""
     import io

@@ -453,7 +453,8 @@ def test_stop_and_time_budget_in_one_step_say_stopped(small_config, tmp_path):
     assert (status["state"], status["message"]) == ("stopped", "stopped by request")
     list(T.train_steps(cfg, tmp_path / "timed"))
     status = R.read_status(tmp_path / "timed")
-    assert (status["state"], status["message"]) == ("finished", "time budget reached")
+    assert (status["state"], status["message"]) == ("finished", "time budget reached at step 1 of 12 (--max-minutes 1e-09); "
+                                                    "resume it with a larger time limit to train on")
 
 
 # --------------------------------------------------------------------------- full disk
