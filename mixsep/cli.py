@@ -941,11 +941,12 @@ def cmd_info(args) -> int:
 
     from .config import RECIPES, recipe_flags, thread_wait
     from .data import data_status, load_files, root_is_a_file
-    from .model import MODELS, build_model, count_parameters, flops_per_sample
+    from .model import MODELS, build_model, count_parameters, flops_per_sample, known_model
 
+    names = [known_model(args.model)] if args.model is not None else list(MODELS)  # refused before any line
     print(f"torch {torch.__version__}; device: {'cuda (' + torch.cuda.get_device_name(0) + ')' if torch.cuda.is_available() else 'cpu'}"
           f", {torch.get_num_threads()} threads ({thread_wait()})")
-    for name in ([args.model] if args.model is not None else MODELS):  # --model "" is a name, and refused
+    for name in names:  # --model "" is a name, and refused
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             m = build_model(name, pretrained=False)

@@ -322,9 +322,15 @@ MODELS: dict[str, type[nn.Module]] = {
 }
 
 
-def build_model(name: str, pretrained: bool = True) -> nn.Module:
+def known_model(name: str) -> str:
+    """``name`` if it names a model, else one sentence that lists them."""
     if name not in MODELS:
         raise MixsepError(f"Unknown model {name!r}; choose one of: {', '.join(MODELS)}.")  # a NUL or ESC reads \x00, \x1b
+    return name
+
+
+def build_model(name: str, pretrained: bool = True) -> nn.Module:
+    known_model(name)
     # NHWC weights: oneDNN (CPU) and cuDNN run these convolutions faster, the faithful
     # training step by 15-25% on a 2-core AVX-512 CPU (bench/run.py); .to(device) and
     # load_state_dict keep the layout, so trained and reloaded models compute alike

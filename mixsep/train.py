@@ -230,7 +230,8 @@ def load_run_model(run_dir: Path, checkpoint: Path | None = None, device="cpu",
             if live_status(run_dir).get("state") == State.RUNNING:
                 raise MixsepError(f"{run_dir} holds no checkpoint yet; wait for its first (it is training).")
             raise MixsepError(f"{run_dir} holds no checkpoint: its checkpoints were removed, or never written "
-                              "(the run ended before its first); train it again or pick another run.")
+                              f"(the run ended before its first); `python -m mixsep train --run-dir {run_dir}` trains it from step 0, "
+                              "or pick another run.")
         checkpoint = found[0]
         try:
             state = read_checkpoint(checkpoint)
