@@ -513,11 +513,17 @@ def _resume_settings(args, run_dir: Path, saved: TrainConfig) -> TrainConfig:
         given["data_root"] = str(Path(given["data_root"]).resolve())
     changed = {k: v for k, v in given.items() if v != getattr(saved, k)}
     fixed = [k for k in changed if not by_name[k].on_resume]
+    typed = {k for k in fixed if getattr(args, k, None) is not None}  # (QA: "the flags change --batch-size 128",
+    if getattr(args, "recipe", False) and not getattr(args, "config", None) and len(typed) < len(fixed):  # none typed)
+        source, drop = ("--recipe changes", "--recipe") if not typed else ("the flags and --recipe change",
+                                                                            "them and --recipe")
+    else:
+        drop = "them"
     if fixed:
         shown = ", ".join(f"{_words(by_name[k], changed[k])} (the run's: {_was(by_name[k], getattr(saved, k))})"
                           for k in fixed)
         raise MixsepError(f"{run_dir} resumes with the settings it was started with, and {source} "
-                          f"{shown}; leave out --run-dir to start a new run with them, or drop them to resume.")
+                          f"{shown}; leave out --run-dir to start a new run with them, or drop {drop} to resume.")
     if not changed:
         return saved
     cfg = dataclasses.replace(saved, **changed).validate()

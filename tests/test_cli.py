@@ -466,6 +466,17 @@ def test_a_resume_keeps_the_runs_settings_and_a_mistake_changes_nothing(capsys, 
         assert err.startswith("error: ") and err.count("\n") == 1 and says in err, err
         assert {p: p.read_bytes() for p in before} == before  # status.json still "finished"
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
+    cooked = tmp_path / "cooked"  # a run of a model with a recipe: --recipe's settings were "the flags" (QA)
+    cooked.mkdir()
+    TrainConfig(model="unet_narrow", data_root=str(data_root), epochs=34).save(cooked / "config.json")
+    for extra, says in ((["--recipe"], "and --recipe changes --batch-size 64 (the run's: 128), --lr 0.012"),
+                        (["--recipe", "--seed", "3"], "and the flags and --recipe change --batch-size 64 (the run's: "
+                                                      "128), --lr 0.012")):
+        assert main(["train", "--run-dir", str(cooked), "--quiet", *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert says in err and err.endswith(f"; leave out --run-dir to start a new run with them, or drop "
+                                            f"{'them and ' if '--seed' in extra else ''}--recipe to resume.\n"), err
+    assert [p.name for p in cooked.iterdir()] == ["config.json"]
 
     # where it runs, mistyped, on a run that can resume: it stays "stopped" (QA: recorded "failed", in the
     # mistake's words, so the pages listed a healthy run as failed and its "stopped by request" was lost)
