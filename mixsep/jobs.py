@@ -40,7 +40,7 @@ from pathlib import Path
 from .config import TrainConfig
 from .errors import MixsepError
 from .run import LOG as LOG_NAME  # the child's stdout and stderr, inside its run folder
-from .run import CONFIG, RunWriteError, State, check_runs_dir, delete_run, describe_os_error, \
+from .run import CONFIG, STOP, RunWriteError, State, check_layout, check_runs_dir, delete_run, describe_os_error, \
     last_logged_step, live_status, lock_holder, open_regular, read_status, remove_unstarted, request_stop, run_name, \
     trainer_alive, write_json, write_status
 from .runs import live_runs
@@ -269,7 +269,17 @@ class JobRegistry:
                 state = read_resume_point(run_dir, peek=True)
                 if state is not None:
                     check_fits(run_dir, state, config.model)
-                (run_dir / "STOP").unlink(missing_ok=True)
+                # what the child would be refused for, said here (QA: a folder named STOP, or a read-only run
+                # folder, raised out of the unlink below: a traceback on the page, then no word at all)
+                check_layout(run_dir)
+                if not os.access(run_dir, os.W_OK | os.X_OK):
+                    raise MixsepError(f"Run {run_dir.name} is not writable (a read-only folder or disk), so it "
+                                      "cannot train on; make it writable to resume it.")
+                try:
+                    (run_dir / STOP).unlink(missing_ok=True)
+                except OSError as e:
+                    raise MixsepError(f"Run {run_dir.name} cannot resume: its {STOP} file cannot be removed "
+                                      f"({e.strerror}).") from None
             else:
                 if config is None:
                     raise MixsepError("Nothing to start: give a config or a run folder to resume.")

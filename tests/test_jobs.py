@@ -359,8 +359,24 @@ def test_bad_config_and_bad_resume_start_nothing(tmp_path, tiny_config, fake_pyt
         with pytest.raises(MixsepError, match=says):
             jobs.start(run_dir=damaged)
         assert conftest.tree(damaged) == before
-    assert not [p for p in (tmp_path / "runs").iterdir() if p.name not in ("half", "damaged")]
+    # QA: a folder named STOP, or a read-only run folder, raised out of the page's Resume (a traceback, then no word)
+    stop_folder = tmp_path / "runs" / "stopdir"
+    (stop_folder / "STOP").mkdir(parents=True)
+    (stop_folder / "config.json").write_text(json.dumps(tiny_config.to_dict() | {"lr": 1e-3}))
+    with pytest.raises(MixsepError, match="^.*STOP should be a file but is a folder; move it away before training "
+                                          "this run\\.$"):
+        jobs.start(run_dir=stop_folder)
+    assert not [p for p in (tmp_path / "runs").iterdir() if p.name not in ("half", "damaged", "stopdir")]
     assert jobs.poll().state == "idle"
+    with conftest.tmpfs(tmp_path / "disk", "1m") as disk:
+        run = disk / "frozen"
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps(tiny_config.to_dict() | {"lr": 1e-3}))
+        (run / "STOP").touch()
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        with pytest.raises(MixsepError, match="^Run frozen is not writable \\(a read-only folder or disk\\), so it "
+                                              "cannot train on; make it writable to resume it\\.$"):
+            jobs_of(disk, python=fake_python, env=fake_env("train")).start(run_dir=run)
 
 
 def test_resume_restarts_the_same_folder(tmp_path, tiny_config, fake_python, jobs_of):
