@@ -11,6 +11,7 @@ import gc
 import math
 import os
 import re
+import sys
 import threading
 from pathlib import Path
 
@@ -660,6 +661,9 @@ def line_mode(x) -> str:
     return "lines+markers" if len(x) == 1 else "lines"
 
 
+LOG_TICKS_MAX = 8  # decades a log axis labels, at most
+
+
 def log_ticks(lo: float, hi: float) -> list[float]:
     """Ticks for a log axis from ``lo`` to ``hi``: the decades, else 1-2-5, else 1-2-3-5-7, else every digit, the
     first of these that puts 3 ticks on it ([] when none does). Plotly's own labelled each digit, which "~g" wrote
@@ -667,6 +671,10 @@ def log_ticks(lo: float, hi: float) -> list[float]:
     if not (0 < lo <= hi < math.inf):
         return []
     decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+    if len(decades) > LOG_TICKS_MAX:  # a hand-edited loss of 1e308: a label at each of 300 decades, run together, and
+        every = math.ceil(len(decades) / LOG_TICKS_MAX)  # the top ones "Infinity" (QA); every k-th decade instead
+        inside = range(math.ceil(math.log10(lo)), math.floor(math.log10(hi)) + 1)
+        return [float(f"1e{k}") for k in inside[::every]]
     for digits in ((1,), (1, 2, 5), (1, 2, 3, 5, 7), range(1, 10)):
         ticks = [v for k in decades for d in digits if lo <= (v := float(f"{d}e{k}")) <= hi]
         if len(ticks) >= 3:
@@ -696,7 +704,7 @@ def style(fig: go.Figure, title: str, x: str, y: str, height: int = 380) -> go.F
         ys = ys[np.isfinite(ys) & (ys > 0)]
         lo, hi = (ys.min(), ys.max()) if len(ys) else (None, None)
         if lo is not None and lo == hi:  # one value (a run's first step): plotly spread it over decades, a label a
-            lo, hi = lo / 2, hi * 2  # digit; a factor of 2 either way instead
+            lo, hi = lo / 2, min(hi * 2, sys.float_info.max)  # digit; a factor of 2 either way instead
             fig.update_yaxes(range=[math.log10(lo), math.log10(hi)])
         ticks = log_ticks(lo, hi) if lo is not None else []
         fig.update_yaxes(type="log", tickformat="~g", **(dict(tickmode="array", tickvals=ticks) if ticks else {}))
@@ -841,6 +849,8 @@ def delete_runs(runs_dir: Path, url_memo: str | None = None) -> None:
             errors.append(str(e))
     st.session_state["delete_sure"] = False
     st.session_state["delete_runs"] = [n for n in picked if n not in done and n not in gone]
+    # deleted here: Compare drops them from its pick without saying they are gone (its note for a run deleted by hand)
+    st.session_state["deleted_runs"] = set(st.session_state.get("deleted_runs", ())) | set(done + gone)
     st.session_state["delete_errors"] = errors
     linked = st.query_params.get_all("run")
     if url_memo is not None and set(linked) & set(done + gone):

@@ -40,7 +40,15 @@ first = list(rows)[:3 if study == "all runs" else 10]
 if key not in st.session_state:
     st.session_state[key] = first
 elif not set(st.session_state[key]) <= set(rows):  # a run deleted since: the rest, or the first runs if none is left
-    st.session_state[key] = [n for n in st.session_state[key] if n in rows] or first
+    # one deleted by hand (or on another page or tab) is said, not dropped without a word (QA); Delete's own toast
+    # says what it deleted (ui.delete_runs keeps their names until they are dropped from the pick here)
+    deleted_here = st.session_state.pop("deleted_runs", set())
+    gone = [n for n in st.session_state[key] if n not in rows and n not in deleted_here]
+    kept = [n for n in st.session_state[key] if n in rows]
+    st.session_state[key] = kept or first
+    if gone:
+        st.warning(ui.literal(f"Run {', '.join(repr(shown_name(n)) for n in gone)} is gone (deleted?); "
+                              + ("comparing the others." if kept else "comparing the latest runs instead.")))
 chosen = st.multiselect("Runs", list(rows), key=key, persist_state="session",
                         on_change=ui.url_follows, args=(key, "_compare_in_url"))  # a pick goes into the URL
 # one row that wraps, each control as wide as its label (columns of fixed shares cut the toggle to "Test …" at 800 px)

@@ -550,6 +550,10 @@ def test_log_axis_ticks_are_as_many_as_fit():
     assert log_ticks(0.09, 0.32) == [0.1, 0.2, 0.3]
     assert log_ticks(0.075, 0.125) == [0.08, 0.09, 0.1]
     assert log_ticks(0.1, 0.101) == [] and log_ticks(0, 1) == [] and log_ticks(1, float("inf")) == []
+    # a hand-edited loss of 1e308 beside real ones: a label at each of 312 decades, run together, "Infinity" at the
+    # top (QA); at most 8, every k-th decade, each a finite number
+    wide = log_ticks(0.0004, 1e308)
+    assert 3 <= len(wide) <= 8 and all(math.isfinite(v) for v in wide) and wide[0] == 0.001 and wide == sorted(wide)
     fig = go.Figure()  # what the charts of losses put on their axis: the range of every trace, raw and smoothed
     fig.add_scatter(x=[1, 2, 3], y=[0.15, 0.05, 0.02])
     fig.add_scatter(x=[1, 2, 3], y=[0.12, 0.03, 0.004])
@@ -600,6 +604,12 @@ def test_runs_deleted_on_compare_leave_its_url(app_env):
     assert not (runs / "doomed").exists() and at.query_params["run"] == ["tiny-run", "kept"]
     at.run()  # a reload: the link is the runs left, said without a word of a missing run
     assert not at.warning and widget(at.multiselect, "Runs").value == ["tiny-run", "kept"]
+    shutil.rmtree(runs / "kept")  # by hand: it left the comparison without a word (QA)
+    at.run()
+    assert texts(at.warning) == "Run 'kept' is gone (deleted?); comparing the others."
+    assert widget(at.multiselect, "Runs").value == ["tiny-run"]
+    at.run()  # said once
+    assert not at.warning and not at.exception
 
 
 def test_compare_shows_what_loaded_and_disk_use_and_deletes_runs(app_env):
