@@ -8,7 +8,7 @@ import torch
 import mixsep_ui as ui
 from mixsep.data import data_status, download, root_is_a_file
 from mixsep.errors import MixsepError
-from mixsep.run import NAME_CHARS, unlisted_runs
+from mixsep.run import NAME_CHARS, NAME_MAX, shown_name, unlisted_runs
 
 data_root, runs_dir = ui.setup("mixsep: un-mixing MNIST and CIFAR-10")
 
@@ -80,7 +80,9 @@ else:
         ui.page_link("Compare", f"The 10 newest of {len(runs)} runs; Compare lists them all")
 unlisted = unlisted_runs(runs_dir)  # made by hand or by another tool: say why they are missing, not leave them out unseen
 for found, why, mend in (
-        (unlisted.names, "whose name the pages cannot use", "rename {} with " + NAME_CHARS),
+        # the whole rule (QA: "-dash" and a 200-character name were told to use characters they had used)
+        ([shown_name(n, 40) for n in unlisted.names], "whose name the pages cannot use",
+         f"rename {{}} with {NAME_CHARS}, starting with a letter or digit, {NAME_MAX} characters at most"),
         (unlisted.outside, "behind a link that leads out of the runs folder",
          "the pages open runs inside it only: move or copy {} in"),
         (unlisted.deep, "more than one group folder deep",

@@ -5,7 +5,7 @@ import streamlit as st
 
 import mixsep_ui as ui
 from mixsep import MixsepError, TrainConfig
-from mixsep.run import METRICS, State, list_checkpoints, process_age, read_status
+from mixsep.run import METRICS, State, list_checkpoints, process_age, read_status, resolve_run
 from mixsep.runs import no_rows_note, progress
 from ui_settings import settings_widgets
 
@@ -115,8 +115,13 @@ if wanted:
                               f"'{wanted}' is a run inside the folder '{group}', which this page does not train; its "
                               f"curves are on Metrics and Compare, and `python -m mixsep train --run-dir "
                               f"{runs_dir / wanted}` resumes it.", wanted))
-    else:
-        st.error(ui.literal(f"There is no run named '{wanted}' in {runs_dir.resolve()}; pick one below."))
+    else:  # a name no run can have says why, as every page says it (QA: "There is no run named '-dash'" here)
+        try:
+            resolve_run(runs_dir, wanted)
+        except MixsepError as e:
+            st.error(f"{ui.literal(e)} Pick a run below.")
+        else:
+            st.error(ui.literal(f"There is no run named '{wanted}' in {runs_dir.resolve()}; pick one below."))
 if live_job is not None and live_job.name in runs:
     st.session_state["train_run"] = live_job.name
 elif st.session_state.get("train_run") not in runs:

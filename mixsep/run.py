@@ -343,9 +343,11 @@ def resolve_run(runs_dir: Path, name: str) -> Path:
     Refuses names that would leave the runs folder, also through a symlink.
     """
     parts = name.split("/") if isinstance(name, str) else []
-    if not (1 <= len(parts) <= 2) or any(name_fault(p) for p in parts):
-        raise MixsepError(f"'{shown_name(name) if isinstance(name, str) else name}' is not a valid run name: use "
-                          f"{NAME_CHARS} (and one '/' for a run inside a group).")
+    fault = next(filter(None, map(name_fault, parts)), "") if 1 <= len(parts) <= 2 else \
+        f"use {NAME_CHARS}, and one '/' for a run inside a group"
+    if fault:  # its own fault: "-dash" was told to use characters it used, not to start with a letter (QA)
+        raise MixsepError(f"'{shown_name(name) if isinstance(name, str) else name}' is not a valid run name: "
+                          f"{fault}.")
     root = Path(runs_dir).resolve()
     path = (root / name).resolve()
     try:

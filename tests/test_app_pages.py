@@ -1121,6 +1121,22 @@ def test_run_names_cannot_escape(app_env, name, message):
         assert "pick" in texts(at.error).lower() and "below" in texts(at.error), page
 
 
+def test_a_link_to_a_folder_whose_name_no_run_can_have_says_why_alike_on_every_page(app_env):
+    """QA: for a folder named -dash, Train said "There is no run named '-dash'" (it is there) and Samples told it to
+    use characters it used; Home's note gave the same advice, and printed a 200-character name whole."""
+    data, runs = app_env
+    for name in ("-dash", "L" * 200):
+        shutil.copytree(runs / "tiny-run", runs / name)
+    says = ("'-dash' is not a valid run name: use ASCII letters (a-z, A-Z), digits, spaces, '.', '_' and '-', "
+            "starting with a letter or digit. Pick a run below.")
+    for page in ("app_pages/1_Train.py", "app_pages/2_Samples.py"):
+        assert seen(texts(open_page(page, run="-dash").error)).replace("\u2060", "") == says, page
+    note = seen(texts(open_page("dashboard.py").caption)).replace("\u2060", "")
+    assert (f"Not listed: 2 run folders whose name the pages cannot use (-dash, {'L' * 40}… (200 characters)); rename "
+            "them with ASCII letters (a-z, A-Z), digits, spaces, '.', '_' and '-', starting with a letter or digit, "
+            "128 characters at most.") in note
+
+
 def test_odd_folder_names_and_links_in_the_runs_folder(app_env, tmp_path):
     """The newest folder has a space in its name, another links outside the runs folder, a third is
     a run inside a group (a sweep's trial): every page shows what it can, none raises."""
