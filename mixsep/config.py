@@ -410,8 +410,8 @@ class TrainConfig:
                               "the last).")
         if of_run and len(unknown) == len(d):
             names = ", ".join(repr(k) for k in unknown[:5]) + (", …" if len(unknown) > 5 else "")
-            raise MixsepError(f"{path} names no mixsep setting ({names or 'it is empty'}), so it is not a mixsep run's "
-                              "config.json; give --run-dir a run folder, or a new or empty folder for a new run.")
+            raise ForeignConfig(f"{path} names no mixsep setting ({names or 'it is empty'}), so it is not a mixsep "
+                                "run's config.json", "give --run-dir a run folder, or a new or empty folder for a new run")
         if strict and unknown:
             names = ", ".join(repr(k) for k in unknown[:5]) + (", …" if len(unknown) > 5 else "")
             raise MixsepError(f"{path} names {'a setting' if len(unknown) == 1 else 'settings'} mixsep does not "
@@ -430,6 +430,15 @@ def _note_twice(pairs, twice: list) -> dict:
             twice.append(k)
         d[k] = v
     return d
+
+
+class ForeignConfig(MixsepError):
+    """A run folder's config.json of another tool or project. ``fact`` says so without the command line's advice
+    (a page has no --run-dir to give: QA)."""
+
+    def __init__(self, fact: str, advice: str):
+        super().__init__(f"{fact}; {advice}.")
+        self.fact = f"{fact}."
 
 
 def _json_kind(value) -> str:

@@ -30,7 +30,7 @@ def run_summary(run_dir: Path, name: str | None = None) -> dict:
                    epochs=cfg.epochs, train_size=cfg.train_size, seed=cfg.seed, pretrained=cfg.pretrained,
                    cpu_bf16=cfg.cpu_bf16)
     except MixsepError as e:
-        row["message"] = str(e)
+        row["message"] = getattr(e, "fact", str(e))  # a page's note: no command-line advice
     status = read_status(run_dir)
     row.update(state=status.get("state", "unknown"), step=status.get("step", 0),
                total_steps=status.get("total_steps", 0), updated=status.get("updated"),

@@ -1622,6 +1622,11 @@ def test_compare_notes_a_run_whose_config_is_unreadable(app_env):
     at = open_page("app_pages/4_Compare.py")
     notes = at.dataframe[0].value.set_index("run")["note"]
     assert "not a readable mixsep config" in notes["garbled"] and notes["tiny-run"] == ""
+    (runs / "garbled" / "config.json").write_text('{"name": "my-webapp", "version": "1.2.3"}')  # another project's
+    at.run()
+    notes = at.dataframe[0].value.set_index("run")["note"]
+    assert notes["garbled"].endswith("config.json names no mixsep setting ('name', 'version'), so it is not a mixsep "
+                                     "run's config.json."), notes["garbled"]  # QA: it said to "give --run-dir" here
 
 
 def test_compare_notes_a_config_with_a_value_of_another_type(app_env):
