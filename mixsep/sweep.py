@@ -725,6 +725,17 @@ def _journal_backend():
     return JournalFile
 
 
+def _said_under_optunas_assert(e: BaseException) -> MixsepError | None:
+    """The MixsepError under Optuna's ``assert False, "Should not reach."``: when recording a trial's end raises
+    (the journal's append on a full disk), Optuna's optimize finds the trial still running and asserts over it."""
+    seen = 0
+    while isinstance(e, AssertionError) and seen < 4:
+        e, seen = e.__context__, seen + 1
+        if isinstance(e, MixsepError):
+            return e
+    return None
+
+
 def _drop_cut_tail(path: Path) -> None:
     """Under the journal's lock (no append is half done): cut bytes after the last newline away,
     keeping them in a side file and saying so once; refuse a journal that is not one."""
@@ -1490,6 +1501,9 @@ class Worker:
                 try:
                     self.study.optimize(self.objective, n_trials=1, catch=(MixsepError,), gc_after_trial=True)
                 except Exception as e:
+                    said = _said_under_optunas_assert(e)
+                    if said is not None:  # a journal that a full disk refused the trial's end: its one sentence,
+                        raise said from None  # not Optuna's "Should not reach." over it, exit 1 (QA)
                     if _database_error(e) is not None:
                         raise _lost_database(p, e, "the trial that was running resumes from its last checkpoint") \
                             from None

@@ -338,6 +338,50 @@ def test_a_disk_that_fills_mid_trial_stops_the_sweep_and_the_trial_resumes_once_
         assert steps == list(range(1, 201))  # resumed from its checkpoint, every step once
 
 
+@pytest.mark.heavy(10)
+def test_a_disk_that_fills_under_the_journal_mid_trial_is_one_sentence_and_the_study_resumes(tmp_path):
+    """QA: with the journal on the disk that filled, recording the trial's end failed inside Optuna, which asserted
+    over mixsep's sentence: a traceback ending in "AssertionError: Should not reach." and exit 1, a stop's code."""
+    from mixsep.cli import build_parser
+    from mixsep.sweep import counts, load_study, plan
+
+    data = make_data_root(tmp_path / "data")
+    runs = tmp_path / "runs"
+    args = ["sweep", "--data-root", str(data), "--runs-dir", str(runs), "--study", "s", *TINY[:-4], "--epochs", "100",
+            "--trials", "1", "--checkpoint-every", "1", "--report-every", "100"]
+    # the journal's disk fills, not the trial's: the next record, at the trial's end, is the first write refused
+    with conftest.tmpfs(runs, "1m") as disk, conftest.tmpfs(runs / "s", "8m"):
+        worker = conftest.WarmProcess(args)
+        first = disk / "s" / "trial-0000"
+
+        def mid_trial() -> bool:
+            try:
+                return (first / "checkpoints" / "last.pt").is_file() and len((first / "metrics.csv").read_text()
+                                                                            .splitlines()) > 3
+            except OSError:
+                return False
+
+        conftest.frozen_when(worker, mid_trial, what="trial 0 past its first checkpoints", slice_s=0.3)
+        fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        worker.send_signal(signal.SIGCONT)
+        out, err = worker.communicate(timeout=240)
+        assert worker.returncode == 2 and "Traceback" not in err and err.count("error: ") == 1, err
+        line = err.strip().splitlines()[-1]
+        assert line.startswith("error: ") and "No space left on device" in line, err
+        (disk / "filler").unlink()
+        done = conftest.WarmProcess(args)
+        out, err = done.communicate(timeout=240)
+        assert done.returncode == 0, err
+        assert counts(load_study(plan(build_parser().parse_args([*args]))))["done"] == 1
+
+
 # --------------------------------------------------------------------------- a worker that stalls
 
 
