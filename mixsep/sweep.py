@@ -1293,6 +1293,18 @@ def requeue_halted(study) -> list[tuple[int, bool]]:
     return [(t.number, t.user_attrs["halted"] == STOPPED_MARK) for t in lost]
 
 
+def worker_gone(trial) -> bool:
+    """Whether a trial that reads running was started by a worker of this machine that is gone (its pid and start
+    time name no live process): a killed sweep's trial, failed and queued again when the study next runs."""
+    from optuna.trial import TrialState
+
+    from .run import is_alive
+
+    a = trial.user_attrs
+    return trial.state == TrialState.RUNNING and "pid" in a and a.get("host") == socket.gethostname() \
+        and not is_alive(a)
+
+
 def fail_dead_trials(study, journal: bool, runs_dir: Path | None = None) -> list[tuple[int, bool, bool]]:
     """Fail (and requeue) running trials whose worker is gone; returns (number, queued again, its run folder says
     its trainer ended on its own: ended_cleanly) for each.
@@ -1305,8 +1317,6 @@ def fail_dead_trials(study, journal: bool, runs_dir: Path | None = None) -> list
     import optuna
     from optuna.trial import TrialState
 
-    from .run import is_alive
-
     if not journal:
         before = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         optuna.storages.fail_stale_trials(study)
@@ -1316,11 +1326,11 @@ def fail_dead_trials(study, journal: bool, runs_dir: Path | None = None) -> list
         failed = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
         clean = {n: ended_cleanly(runs_dir, before[n]) for n in (set(before) - after) & failed}
         return [(n, clean[n] or crashes(before[n]) < MAX_RETRY, clean[n]) for n in sorted(clean)]
-    host, dead = socket.gethostname(), []
+    dead = []
     now = datetime.datetime.now()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         named = "pid" in t.user_attrs
-        if named and (t.user_attrs.get("host") != host or is_alive(t.user_attrs)):
+        if named and not worker_gone(t):
             continue
         if not named and (t.datetime_start is None or now - t.datetime_start < datetime.timedelta(minutes=10)):
             continue
@@ -1962,6 +1972,9 @@ def trials_frame(study):
             stopped = copy.system_attrs.get("stops", 0) > t.system_attrs.get("stops", 0)
             then = f"{'stopped' if stopped else 'its worker died'}; continues as trial {copy.number}"
             state = "stopped" if stopped else "interrupted"  # as its run reads on Compare (Optuna's state: "fail")
+        elif worker_gone(t):  # a killed sweep's trial reads "running" until the study runs again (QA: the page
+            state = "interrupted"  # counted it running, Home said interrupted)
+            then = "its worker is gone; it resumes from its last checkpoint when the sweep runs again"
         dur = a.get("duration_s")  # a resumed trial's training before the resume too
         if dur is None and t.datetime_complete and t.datetime_start and then is None:
             dur = (t.datetime_complete - t.datetime_start).total_seconds()

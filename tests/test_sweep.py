@@ -601,6 +601,14 @@ def test_study_on_the_journal_survives_a_killed_worker_prunes_and_its_best_trial
     worker.communicate()
     assert (runs / JOURNAL).is_file() and json.loads((first / "status.json").read_text())["state"] == "running"
     assert study_of(runs, "demo").trials[0].state == TrialState.RUNNING  # what a dead worker leaves behind
+    # the Sweep page's table and count read it "interrupted" (QA: "1 running · sweep not running", where Home said
+    # interrupted), and say what happens next
+    from mixsep.sweep import worker_gone
+
+    frame = trials_frame(study_of(runs, "demo")).set_index("trial")
+    assert frame.loc[0, "state"] == "interrupted" and frame.loc[0, "note"].startswith(
+        "its worker is gone; it resumes from its last checkpoint when the sweep runs again")
+    assert [worker_gone(t) for t in study_of(runs, "demo").trials] == [True]
 
     done = cli(*args)
     assert done.returncode == 0, done.stderr
