@@ -1025,15 +1025,23 @@ def cmd_sweep(args) -> int:
                       if isinstance(a.get(f"val_psnr_{s}"), (int, float)))
     print(f"best: trial {best.number}, validation PSNR {best.value:.2f} dB{f' ({heads})' if heads else ''}, {params}",
           file=sys.stderr)
-    if not (p.runs_dir / a["run"]).is_dir():  # a database study whose trial ran elsewhere, or a deleted folder
+    folder = p.runs_dir / a["run"]
+    if not folder.is_dir():  # a database study whose trial ran elsewhere, or a deleted folder
         import socket
 
-        host = a.get("host", "?")
-        where = (f"it trained on this machine ({host}), so its folder was moved or deleted; put it back"
-                 if host == socket.gethostname() else
-                 f"trial {best.number} trained on {host}; copy its run folder into this runs folder (or use --runs-dir)")
-        print(one_line(f"note: {p.runs_dir / a['run']} is not there: {where} to evaluate it"), file=sys.stderr)
-    print(p.runs_dir / a["run"])
+        host, trained_in = a.get("host", "?"), a.get("runs_dir")
+        there = Path(trained_in) / a["run"] if isinstance(trained_in, str) and host == socket.gethostname() else None
+        if there is not None and there.is_dir():  # the study's runs folder is another: its folder, which evaluates
+            print(one_line(f"note: trial {best.number} trained in the runs folder {trained_in}, not {p.runs_dir} "
+                           "(--runs-dir or MIXSEP_RUNS_DIR); its folder is named from there"), file=sys.stderr)
+            folder = there  # (QA: a path that was not there, exit 0, and "moved or deleted" of a folder that was not)
+        else:
+            where = (f"it trained on this machine ({host}), so its folder was moved or deleted; put it back"
+                     if host == socket.gethostname() else
+                     f"trial {best.number} trained on {host}; copy its run folder into this runs folder (or use "
+                     "--runs-dir)")
+            print(one_line(f"note: {folder} is not there: {where} to evaluate it"), file=sys.stderr)
+    print(folder)
     return code
 
 

@@ -1599,7 +1599,10 @@ class Worker:
         p = self.plan
         params = {name: dim.suggest(trial) for name, dim in p.space.items()}
         run_name = trial.user_attrs.get("run") or f"{p.study}/trial-{trial.number:04d}"
-        for k, v in {"run": run_name, "host": socket.gethostname(), **identity()}.items():
+        before = trial.user_attrs.get("runs_dir")  # where the try it continues trained (of this machine, or another)
+        # the runs folder, for --best run from another folder, and a requeue on another command's runs folder
+        here = str(Path(p.runs_dir).resolve())
+        for k, v in {"run": run_name, "host": socket.gethostname(), "runs_dir": here, **identity()}.items():
             trial.set_user_attr(k, v)
         if self.val is None:
             self.val = validation_pairs(Path(p.config.data_root), p.val_size)
@@ -1613,8 +1616,9 @@ class Worker:
         # said, not silent: its old intermediate values stay in the study (a folder its worker never made, killed
         # before it could, is not "gone": the copy trains from step 0 as the first try would have)
         if copy and not os.path.lexists(folder) and trial.user_attrs.get("folder_made"):
-            self.say(f"trial {trial.number}: its run folder {run_name} is gone (moved or deleted), so it trains "
-                     "again from step 0")
+            self.say(f"trial {trial.number}: its run folder {run_name} is " + (  # (QA: "gone" of one that was not)
+                f"in another runs folder, {before}" if isinstance(before, str) and before != here
+                else "gone (moved or deleted)") + ", so it trains again from step 0")
         _check_own_folder(folder, config, trial.number)
         try:
             run = Run(folder).open()  # a second trainer of this folder is refused here

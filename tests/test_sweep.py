@@ -1454,3 +1454,20 @@ def test_a_ctrl_c_while_a_worker_child_starts_prints_no_python_error(data_root, 
         child.wait()
     err = capfd.readouterr().err
     assert "Fatal Python error" not in err and "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+
+def test_best_from_another_runs_folder_names_the_folder_the_trial_trained_in(capsys, tmp_path):
+    """QA: `sweep --best` on a database study without its --runs-dir printed a path that was not there, exit 0, and
+    said the folder "was moved or deleted"; `evaluate "$(sweep --best)"` then failed. The trial records its runs
+    folder: --best names the folder there, which evaluates."""
+    data = make_data_root(tmp_path / "data")
+    runs, url = tmp_path / "runs", f"sqlite:///{tmp_path / 's.db'}"
+    assert main(sweep_args(data, runs, "--study", "k", "--trials", "1", "--storage", url, *TINY)) == 0
+    capsys.readouterr()
+    elsewhere = tmp_path / "elsewhere"
+    assert main(["sweep", "--study", "k", "--best", "--storage", url, "--runs-dir", str(elsewhere)]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{runs / 'k' / 'trial-0000'}\n"
+    assert err.splitlines()[-1] == (f"note: trial 0 trained in the runs folder {runs}, not {elsewhere} (--runs-dir or "
+                                    "MIXSEP_RUNS_DIR); its folder is named from there")
+    assert main(["evaluate", out.strip(), "--data-root", str(data), "--samples", "8"]) == 0
