@@ -935,7 +935,7 @@ def plan(args) -> Plan:
 
 def _check_flags(args, runs_dir: Path) -> None:
     """The sweep's own flags: a study name that is one folder of the runs folder, counts that make sense."""
-    from .run import check_runs_dir, name_fault, resolve_run
+    from .run import check_runs_dir, name_fault, resolve_run, shown_name
 
     study = args.study
     check_runs_dir(runs_dir)
@@ -946,8 +946,8 @@ def _check_flags(args, runs_dir: Path) -> None:
     except MixsepError:  # the reason itself: every refusal read as a character outside the allowed ones
         why = name_fault(study)
         if why:
-            raise MixsepError(f"'{study}' is not a usable study name: it names a folder in the runs folder, so "
-                              f"{why}.") from None
+            raise MixsepError(f"'{shown_name(study)}' is not a usable study name: it names a folder in the runs "
+                              f"folder, so {why}.") from None  # (cut: QA, a 200-character name printed whole)
         raise MixsepError(f"'{study}' is not a usable study name here: {Path(runs_dir) / study} is a link that leads "
                           "out of the runs folder or to another folder in it; move it away or choose another "
                           "name.") from None

@@ -1274,7 +1274,7 @@ def test_a_resumed_study_draws_new_points_and_a_new_study_draws_as_before(tmp_pa
 
 
 @pytest.mark.parametrize("name,said", [
-    ("L" * 129, "so keep it to 128 characters (it has 129)."),
+    ("L" * 200, "so keep it to 128 characters (it has 200)."),  # quoted cut to 128 (QA: printed whole)
     ("a..b", "so no '..' inside it."),
     ("x ", "so no space at its end."),
     ("a:b", "starting with a letter or digit (':' is not among them)."),
@@ -1292,7 +1292,8 @@ def test_a_study_name_refused_says_why(tmp_path, capsys, name, said):
     (runs / "lnk").symlink_to(elsewhere)
     assert main(sweep_args(make_data_root(tmp_path / "data"), runs, "--study", name, *TINY)) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: '{name}' is not a usable study name") and err.rstrip().endswith(said), err
+    quoted = name if len(name) <= 128 else f"{name[:128]}… (200 characters)"
+    assert err.startswith(f"error: '{quoted}' is not a usable study name") and err.rstrip().endswith(said), err
     assert err.count("\n") == 1 and [p.name for p in runs.iterdir()] == ["lnk"] and not any(elsewhere.iterdir())
 
 
