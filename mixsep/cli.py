@@ -514,7 +514,12 @@ def _resume_settings(args, run_dir: Path, saved: TrainConfig) -> TrainConfig:
     changed = {k: v for k, v in given.items() if v != getattr(saved, k)}
     fixed = [k for k in changed if not by_name[k].on_resume]
     typed = {k for k in fixed if getattr(args, k, None) is not None}  # (QA: "the flags change --batch-size 128",
-    if getattr(args, "recipe", False) and not getattr(args, "config", None) and len(typed) < len(fixed):  # none typed)
+    cooked = set()  # none typed; and "drop them", where --recipe set them too, was refused again)
+    if getattr(args, "recipe", False) and not getattr(args, "config", None):
+        from .config import recipe
+
+        cooked = set(fixed) & set(recipe(saved.model))
+    if cooked:
         source, drop = ("--recipe changes", "--recipe") if not typed else ("the flags and --recipe change",
                                                                             "them and --recipe")
     else:

@@ -508,7 +508,7 @@ def run_lives_in(folder: Path) -> bool:
 
 
 def users_own_files(folder: Path) -> list[str]:
-    """The names a run writes (metrics.csv, status.json, STOP, worker.log) that a folder holding no run's config.json
+    """The names a run writes (metrics.csv, status.json, STOP) that a folder holding no run's config.json
     has as files of its own: a new run there wrote over them (and removed STOP) without a word. What a mixsep run
     that never got its config.json leaves (a status.json in a state mixsep writes, a metrics.csv of mixsep's header
     alone, an empty STOP) is no one's else. A folder with a config.json or a checkpoints folder of any kind is left
@@ -517,14 +517,15 @@ def users_own_files(folder: Path) -> list[str]:
     if os.path.lexists(folder / CONFIG) or os.path.lexists(folder / CHECKPOINTS):
         return []
     theirs = []
-    for name in (METRICS, STATUS, STOP, LOG):
+    for name in (METRICS, STATUS, STOP):  # (worker.log: only the dashboard writes it, appending, in its own folders)
         path = folder / name
         if not os.path.lexists(path):
             continue
         try:
-            if name == STATUS and read_status(folder).get("state") in {s.value for s in State} - {
-                    State.UNKNOWN.value, State.INTERRUPTED.value}:
-                continue
+            status = read_status(folder) if name == STATUS else {}
+            if name == STATUS and status.get("state") in {s.value for s in State} - {
+                    State.UNKNOWN.value, State.INTERRUPTED.value} and {"updated", "pid"} <= status.keys():
+                continue  # as write_status writes it (QA: {"state": "running", "job": "x"} of a user's was taken)
             if name == METRICS and read_regular(path, 4096).decode("utf-8", "replace").strip() in (
                     "", ",".join(METRIC_FIELDS)):
                 continue

@@ -859,17 +859,19 @@ def plan(args) -> Plan:
             raise MixsepError(f"Study '{study}' exists with the space {stored['space']}, not {given_space}; "
                               "resume it without --space (or with that one), or choose another study name.")
         # --best resumes nothing: told to "resume it without" a flag, a user asked what resuming had to do with it
-        without = "ask for its best trial without" if getattr(args, "best", False) else "resume it without"
+        best = getattr(args, "best", False)
+        without = "ask for its best trial without" if best else "resume it without"
+        other = "" if best else ", or choose another study name"  # (another name has no best trial to give: QA)
         swept = [n for n in given if n in space]  # its trials drew it: "made with lr=0.001" (the default) was false
         if swept:
             flags = ", ".join("--" + n.replace("_", "-") for n in swept)
             raise MixsepError(f"Study '{study}' sweeps {', '.join(swept)} (its space is {stored['space']}); {without} "
-                              f"{flags}, or choose another study name.")
+                              f"{flags}{other}.")
         for name, value in given.items():
             was = stored["fixed"].get(name, TrainConfig.__dataclass_fields__[name].default)
             if value != was:
                 raise MixsepError(f"Study '{study}' was made with {name}={was}, not {value}; {without} "
-                                  f"--{name.replace('_', '-')}, or choose another study name.")
+                                  f"--{name.replace('_', '-')}{other}.")
         if args.val_size is not None and args.val_size != stored["val_size"]:
             raise MixsepError(f"Study '{study}' validates on {stored['val_size']} pairs, not {args.val_size}; "
                               "resume it without --val-size, or choose another study name.")
@@ -877,7 +879,7 @@ def plan(args) -> Plan:
             value = getattr(args, name)
             if value is not None and value != was:
                 raise MixsepError(f"Study '{study}' was made with --{name.replace('_', '-')} {was}, not {value}; "
-                                  f"{without} --{name.replace('_', '-')}, or choose another study name.")
+                                  f"{without} --{name.replace('_', '-')}{other}.")
         own = {**SWEEP_FLAGS, **stored.get("flags", {})}
         fixed, val_size = stored["fixed"], stored["val_size"]
         config = TrainConfig.from_dict({**stored["config"], **local})
@@ -1348,6 +1350,13 @@ class SweepInterrupted(Exception):
     """The sweep was asked to stop during a trial; the trial is requeued to resume later."""
 
 
+def _halted(e, number: int) -> str:
+    """A write error that halts the sweep (a RunWriteError), and what becomes of its trial, in one sentence: the
+    trainer's own "...; no checkpoint was written yet: free some space and resume." followed by "Trial 0 is queued
+    to resume from its last checkpoint: fix that" said two things twice (QA)."""
+    return f"{e.cause}: trial {number} is queued to resume where it stopped; {e.advice_to('run the same command')}."
+
+
 class SweepHalted(SweepInterrupted):
     """A trial could not write its run folder (a full disk, a read-only one): the sweep stops with
     that sentence, and the trial is requeued to resume once the disk is fixed."""
@@ -1537,9 +1546,8 @@ class Worker:
                 trial = self.study._storage.get_trial(e.args[0])
                 if trial.state == TrialState.FAIL:
                     requeue(self.study, trial, stopped=True)
-                if isinstance(e, SweepHalted):
-                    raise MixsepError(f"{e.args[1]} Trial {trial.number} is queued to resume from its last "
-                                      "checkpoint: fix that, then run the same command.") from None
+                if isinstance(e, SweepHalted):  # one sentence, composed where it was raised
+                    raise MixsepError(e.args[1]) from None
                 self.say(f"trial {trial.number}: stopped; it resumes from its last checkpoint when the sweep does")
                 break
             if self.last is not None:
@@ -1623,7 +1631,7 @@ class Worker:
         try:
             run = Run(folder).open()  # a second trainer of this folder is refused here
         except RunWriteError as e:
-            raise SweepHalted(trial._trial_id, str(e)) from None
+            raise SweepHalted(trial._trial_id, _halted(e, trial.number)) from None
         except MixsepError as e:  # busy (`train --run-dir` on it, or a stalled worker's): failed for good before
             raise FolderTaken(f"{str(e).rstrip('.')}. Trial {trial.number} is queued to resume from its last "
                               "checkpoint: once that is over, run the same command.") from None
@@ -1632,7 +1640,7 @@ class Worker:
                 trial.set_user_attr("folder_made", True)
             return self._train(trial, config, run)
         except RunWriteError as e:  # every later trial would fail the same way: stop, and resume this one later
-            raise SweepHalted(trial._trial_id, str(e)) from None  # marked "halted" by objective()
+            raise SweepHalted(trial._trial_id, _halted(e, trial.number)) from None  # marked "halted" by objective()
         except MixsepError as e:
             if "non-finite" in str(e):  # diverged: a real, bad result the sampler should learn from
                 trial.set_user_attr("error", str(e))

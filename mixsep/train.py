@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import shlex
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -230,7 +231,8 @@ def load_run_model(run_dir: Path, checkpoint: Path | None = None, device="cpu",
             if live_status(run_dir).get("state") == State.RUNNING:
                 raise MixsepError(f"{run_dir} holds no checkpoint yet; wait for its first (it is training).")
             raise MixsepError(f"{run_dir} holds no checkpoint: its checkpoints were removed, or never written "
-                              f"(the run ended before its first); `python -m mixsep train --run-dir {run_dir}` trains it from step 0, "
+                              f"(the run ended before its first); `python -m mixsep train --run-dir {shlex.quote(str(run_dir))}` "
+                              "trains it from step 0, "
                               "or pick another run.")
         checkpoint = found[0]
         try:
@@ -563,7 +565,7 @@ class Training:
                    "with its new place resumes it from its last checkpoint; if deleted, start a new run."
                    if head is None else f"{head}: {e.advice}.")
             self.run.fail(msg, step=self.last_good, total_steps=self.total_steps)
-            raise RunWriteError(msg, e.errno, head) from None  # a sweep halts on it, where other errors fail one trial
+            raise RunWriteError(msg, e.errno, head, e.cause) from None  # a sweep halts on it (other errors fail a trial)
         except MixsepError:
             raise  # its status is written where it was raised
         except Exception as e:  # a bug, or arithmetic no setting should allow: status.json must not stay "running"

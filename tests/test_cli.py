@@ -469,13 +469,17 @@ def test_a_resume_keeps_the_runs_settings_and_a_mistake_changes_nothing(capsys, 
     cooked = tmp_path / "cooked"  # a run of a model with a recipe: --recipe's settings were "the flags" (QA)
     cooked.mkdir()
     TrainConfig(model="unet_narrow", data_root=str(data_root), epochs=34).save(cooked / "config.json")
+    every = ["--batch-size", "64", "--lr", "0.012", "--schedule", "onecycle", "--repair", "--loss", "log_mse"]
     for extra, says in ((["--recipe"], "and --recipe changes --batch-size 64 (the run's: 128), --lr 0.012"),
+                        (["--recipe", *every], "and the flags and --recipe change --batch-size 64 (the run's: 128), "
+                                               "--lr 0.012"),  # each typed, and --recipe too: dropping them was not
+                                                               # enough (QA)
                         (["--recipe", "--seed", "3"], "and the flags and --recipe change --batch-size 64 (the run's: "
                                                       "128), --lr 0.012")):
         assert main(["train", "--run-dir", str(cooked), "--quiet", *extra]) == 2, extra
         err = capsys.readouterr().err
         assert says in err and err.endswith(f"; leave out --run-dir to start a new run with them, or drop "
-                                            f"{'them and ' if '--seed' in extra else ''}--recipe to resume.\n"), err
+                                            f"{'them and ' if len(extra) > 1 else ''}--recipe to resume.\n"), err
     assert [p.name for p in cooked.iterdir()] == ["config.json"]
 
     # where it runs, mistyped, on a run that can resume: it stays "stopped" (QA: recorded "failed", in the
@@ -889,13 +893,13 @@ def test_a_folder_that_is_no_run_or_holds_no_checkpoint_is_told_what_it_is(capsy
     assert main(["evaluate", str(plain), "--data-root", str(data_root)]) == 2
     assert capsys.readouterr().err.strip() == (f"error: {plain} is not a mixsep run folder (no config.json); give the "
                                                "folder `python -m mixsep train` made, or a checkpoint file.")
-    run = tmp_path / "emptied"
+    run = tmp_path / "emp tied"  # the command it names is quoted, as it is pasted (QA)
     (run / "checkpoints").mkdir(parents=True)
     TrainConfig(data_root=str(data_root), model="tiny").save(run / "config.json")
     assert main(["grid", str(run), "--data-root", str(data_root), "--out", str(tmp_path / "g.png")]) == 2
     err = capsys.readouterr().err
     assert err == (f"error: {run} holds no checkpoint: its checkpoints were removed, or never written (the run ended "
-                   f"before its first); `python -m mixsep train --run-dir {run}` trains it from step 0, or pick "
+                   f"before its first); `python -m mixsep train --run-dir '{run}'` trains it from step 0, or pick "
                    "another run.\n")  # (QA: it said "train it again", where the run's own folder resumes)
     assert not (tmp_path / "g.png").exists()
 
@@ -1149,6 +1153,8 @@ def test_train_refused_in_a_folder_of_the_users_that_holds_no_run_leaves_it_as_i
                                                         "over; move it away"),
     ({"status.json": '{"job": "keep me"}', "STOP": "a note"}, "status.json and STOP of its own, which a new run there "
                                                               "would write over; move them away"),
+    ({"status.json": '{"state": "running", "job": "x"}'}, "status.json of its own, which a new run there would write "
+                                                          "over; move it away"),  # a state mixsep writes, not its file
 ])
 def test_a_new_run_in_a_folder_holding_files_of_the_users_under_a_runs_names_is_refused(capsys, data_root, tmp_path,
                                                                                           files, says):

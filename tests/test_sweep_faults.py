@@ -321,7 +321,8 @@ def test_a_disk_that_fills_mid_trial_stops_the_sweep_and_the_trial_resumes_once_
         assert worker.returncode == 2, err
         assert "Traceback" not in err and err.count("error: ") == 1, err
         line = err.strip().splitlines()[-1]
-        assert line.startswith("error: ") and "full" in line and "Trial 0 is queued to resume" in line, err
+        assert line.startswith("error: The disk holding ") and line.endswith(  # one sentence (QA: two, at odds)
+            ": trial 0 is queued to resume where it stopped; free some space and run the same command."), err
         assert not (disk / "trial-0001").exists()  # no new trial on a full disk
         p = plan(build_parser().parse_args([*args]))
         trials = load_study(p).trials
