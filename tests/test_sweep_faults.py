@@ -283,6 +283,28 @@ def test_the_repair_waits_for_the_journal_lock_and_never_cuts_a_live_append(tmp_
 # --------------------------------------------------------------------------- a disk that fills mid-trial
 
 
+def fill_mid_trial(worker, first: Path, disk: Path, chunk: int) -> None:
+    """Freeze the sweep ``worker`` once trial 0 (run folder ``first``) is past its first checkpoints, fill ``disk``
+    with writes of ``chunk`` bytes, and let the worker go on."""
+    def mid_trial() -> bool:
+        try:
+            return (first / "checkpoints" / "last.pt").is_file() and len((first / "metrics.csv").read_text()
+                                                                        .splitlines()) > 3
+        except OSError:
+            return False
+
+    conftest.frozen_when(worker, mid_trial, what="trial 0 past its first checkpoints", slice_s=0.3)
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)  # fill the disk while the trainer is frozen
+    try:  # unbuffered: nothing is left to flush (and fail) when the file is closed
+        while True:
+            os.write(fd, b"\0" * chunk)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    worker.send_signal(signal.SIGCONT)
+
+
 def test_a_disk_that_fills_mid_trial_stops_the_sweep_and_the_trial_resumes_once_there_is_room(tmp_path):
     """The study's folder (its trials' run folders) on a small real disk, filled while trial 0 trains:
     one sentence and exit 2, no traceback, no further trial started on the full disk, and trial 0
@@ -300,23 +322,7 @@ def test_a_disk_that_fills_mid_trial_stops_the_sweep_and_the_trial_resumes_once_
         worker = conftest.WarmProcess(args)
         first = disk / "trial-0000"
 
-        def mid_trial() -> bool:
-            try:
-                return (first / "checkpoints" / "last.pt").is_file() and len((first / "metrics.csv").read_text()
-                                                                            .splitlines()) > 3
-            except OSError:
-                return False
-
-        conftest.frozen_when(worker, mid_trial, what="trial 0 past its first checkpoints", slice_s=0.3)
-        fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)  # fill the disk while the trainer is frozen
-        try:  # unbuffered: nothing is left to flush (and fail) when the file is closed
-            while True:
-                os.write(fd, b"\0" * 65536)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-        worker.send_signal(signal.SIGCONT)
+        fill_mid_trial(worker, first, disk, 65536)
         out, err = worker.communicate(timeout=240)
         assert worker.returncode == 2, err
         assert "Traceback" not in err and err.count("error: ") == 1, err
@@ -355,23 +361,7 @@ def test_a_disk_that_fills_under_the_journal_mid_trial_is_one_sentence_and_the_s
         worker = conftest.WarmProcess(args)
         first = disk / "s" / "trial-0000"
 
-        def mid_trial() -> bool:
-            try:
-                return (first / "checkpoints" / "last.pt").is_file() and len((first / "metrics.csv").read_text()
-                                                                            .splitlines()) > 3
-            except OSError:
-                return False
-
-        conftest.frozen_when(worker, mid_trial, what="trial 0 past its first checkpoints", slice_s=0.3)
-        fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
-        try:
-            while True:
-                os.write(fd, b"\0" * 4096)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-        worker.send_signal(signal.SIGCONT)
+        fill_mid_trial(worker, first, disk, 4096)
         out, err = worker.communicate(timeout=240)
         assert worker.returncode == 2 and "Traceback" not in err and err.count("error: ") == 1, err
         line = err.strip().splitlines()[-1]
