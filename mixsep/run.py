@@ -1577,6 +1577,10 @@ class Run:
 
     def open(self) -> "Run":
         check_run_dir(self.path)
+        # the STOP there before the lock is taken is an earlier stop's; one written once the lock is seen held asks
+        # this trainer to stop. Read after the lock, a STOP written in the few ms between was taken for an earlier
+        # one and removed unread (the suite's terminal-resume test, once, on a busy machine)
+        old_stop = _stop_file(self.path)
         self.lock.acquire()
         try:
             check_layout(self.path)
@@ -1584,7 +1588,7 @@ class Run:
             self.lock.release(restore=True)  # refused before anything was written
             raise
         remove_stale_temps(self.path)
-        self._old_stop = _stop_file(self.path)
+        self._old_stop = old_stop
         return self
 
     def clear_old_stop(self) -> None:
