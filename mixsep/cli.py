@@ -335,8 +335,9 @@ def _a_new_runs_folder(run_dir: str, given: Path) -> None:
         home = Path.home().resolve()
     except (RuntimeError, KeyError, OSError):  # no HOME and no passwd entry
         home = None
-    if given == Path(given.anchor) or given == home:
-        where = "the top of the file system" if given == Path(given.anchor) else "your home folder"
+    top = given == Path(given.anchor)
+    if top or given == home:
+        where = "the top of the file system" if top else "your home folder"
         raise MixsepError(f"--run-dir {run_dir} is {where}, and a run folder holds one run's files alone; name a new "
                           "folder for the run.")
     theirs = users_own_files(given)
@@ -657,9 +658,10 @@ def _train(args, cfg: TrainConfig, run) -> int:
     if r is not None:
         print(f"final step {r.step}/{r.total_steps}: loss {r.loss:.4f} (mnist {r.loss_mnist:.4f}, cifar {r.loss_cifar:.4f})",
               file=sys.stderr)
-    if training.step < training.total_steps and (r is None or read_status(run_dir).get("state") == State.FINISHED):
+    status = read_status(run_dir) if training.step < training.total_steps else None
+    if status is not None and (r is None or status.get("state") == State.FINISHED):
         # a run its time budget ended (or a resume that trained nothing, the budget spent): why, and how to go on
-        print(one_line(f"note: {run_dir}: {read_status(run_dir).get('message', '')}."), file=sys.stderr)
+        print(one_line(f"note: {run_dir}: {status.get('message', '')}."), file=sys.stderr)
     elif r is None:  # a finished run resumed: its bar stood at the end, and nothing said so
         print(one_line(f"note: {run_dir} had already finished ({training.step}/{training.total_steps} steps); "
                        "nothing was trained."), file=sys.stderr)

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import MixsepError, check_count, make_folder, network_timeout, network_timeout_seconds
+from .errors import MixsepError, check_count, make_folder, network_timeout, network_timeout_seconds, os_error_in
 from .run import signals_held
 
 SOURCES = ("mnist", "cifar")
@@ -612,11 +612,11 @@ def download(root: Path, splits=SPLITS) -> None:
                         break  # not empty (an earlier split, or a whole archive kept), or not made here
                 if not isinstance(e, Exception) or isinstance(e, MixsepError):
                     raise
-                disk = _disk_error_in(e)  # the data root's own disk, not the network: said as such
+                disk = os_error_in(e, DISK_ERRNOS)  # the data root's disk, not the network (said to want the internet)
                 if disk is not None:
                     raise MixsepError(
                         f"Could not download {source} {split} into {root}: "
-                        + (f"the disk holding it is full; free some space" if disk.errno in (errno.ENOSPC, errno.EDQUOT)
+                        + ("the disk holding it is full; free some space" if disk.errno in (errno.ENOSPC, errno.EDQUOT)
                            else f"it is not writable ({disk.strerror}); choose a writable --data-root")
                         + " and run the download again.") from None
                 why = " ".join(str(e).split())  # torchvision lists every mirror it tried on its own line
@@ -631,16 +631,7 @@ def download(root: Path, splits=SPLITS) -> None:
             print(f"{source} {split}: downloaded into {root}{note}")
 
 
-def _disk_error_in(e: BaseException) -> OSError | None:
-    """The OSError of a full or read-only disk that ``e`` is or was raised over (torchvision wraps some), else None:
-    a download into a read-only data root was said to want the internet."""
-    seen = 0
-    while e is not None and seen < 8:
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
-            return e
-        e, seen = e.__cause__ or e.__context__, seen + 1
-    return None
-
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)  # a full or read-only disk
 
 _OFFLINE = ("urlopen error", "Name or service not known", "Temporary failure in name resolution",
             "Network is unreachable", "No route to host", "Connection refused", "timed out")

@@ -30,6 +30,18 @@ def check_count(name: str, value, low: int) -> None:
                           f"(got {value!r}).")
 
 
+def os_error_in(e: BaseException | None, errnos: tuple[int, ...] | None = None) -> OSError | None:
+    """``e`` or the OSError it was raised while handling (of one of ``errnos``, when given), eight links deep at
+    most: torch.save's zip writer meets a full disk with OSError, and its __exit__ then raises
+    RuntimeError("unexpected pos ...") over it; torchvision's downloads wrap a read-only disk's."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError) and (errnos is None or e.errno in errnos):
+            return e
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
+
+
 class MissingCheckpoint(MixsepError):
     """A checkpoint named (by --checkpoint, or as a path to read) that is not there."""
 

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .config import JSON_LIMIT
-from .errors import MissingCheckpoint, MixsepError, ResumeRefused, make_folder
+from .errors import MissingCheckpoint, MixsepError, ResumeRefused, make_folder, os_error_in
 
 CONFIG, STATUS, METRICS, STOP, LOCK, LOG = "config.json", "status.json", "metrics.csv", "STOP", ".lock", "worker.log"
 CHECKPOINTS, LAST = "checkpoints", "last.pt"
@@ -68,6 +68,9 @@ class State(enum.StrEnum):
     @property
     def ended(self) -> bool:
         return self in (State.FINISHED, State.STOPPED, State.FAILED, State.INTERRUPTED)
+
+
+WRITTEN_STATES = (State.RUNNING, State.FINISHED, State.STOPPED, State.FAILED)  # those a trainer writes in status.json
 
 
 class RunWriteError(MixsepError):
@@ -106,17 +109,6 @@ def describe_os_error(e: OSError, path: Path) -> str:
     return f"Could not write {path} ({e.strerror or e.__class__.__name__})"
 
 
-def _os_error_in(e: BaseException) -> OSError | None:
-    """``e`` or the OSError it was raised while handling: torch.save's zip writer meets a full disk
-    with OSError, and its __exit__ then raises RuntimeError("unexpected pos ...") over it."""
-    seen = 0
-    while e is not None and seen < 8:
-        if isinstance(e, OSError):
-            return e
-        e, seen = e.__cause__ or e.__context__, seen + 1
-    return None
-
-
 def temp_path(path: Path) -> Path:
     """Where a write of ``path`` goes before its rename: hidden beside it, named by this process."""
     return path.parent / f".{path.name}.{os.getpid()}{TMP_SUFFIX}"
@@ -142,7 +134,7 @@ def atomic_write(path: Path, write) -> None:
             tmp.unlink()
         except OSError:
             pass
-        cause = _os_error_in(e)
+        cause = os_error_in(e)  # torch.save's zip writer raises RuntimeError over a full disk's OSError
         if cause is not None:
             said = describe_os_error(cause, path)
             raise RunWriteError(said + ("; the previous version is kept." if existed else "."), cause.errno,
@@ -371,8 +363,7 @@ def is_run(path: Path) -> bool:
 def is_mixsep_run(path: Path) -> bool:
     """A folder mixsep trained in: a config.json, and a status.json in a state mixsep writes (a project's own
     config.json and status.json are not a run)."""
-    return is_run(path) and read_status(path).get("state") in (State.RUNNING, State.FINISHED, State.STOPPED,
-                                                               State.FAILED)
+    return is_run(path) and read_status(path).get("state") in WRITTEN_STATES
 
 
 def in_checkpoints(path: Path, this_run: Path | None = None) -> bool:
@@ -516,25 +507,21 @@ def users_own_files(folder: Path) -> list[str]:
     folder = Path(folder)
     if os.path.lexists(folder / CONFIG) or os.path.lexists(folder / CHECKPOINTS):
         return []
-    theirs = []
-    for name in (METRICS, STATUS, STOP):  # (worker.log: only the dashboard writes it, appending, in its own folders)
+
+    def left_by_mixsep(name: str) -> bool:
         path = folder / name
-        if not os.path.lexists(path):
-            continue
         try:
-            status = read_status(folder) if name == STATUS else {}
-            if name == STATUS and status.get("state") in {s.value for s in State} - {
-                    State.UNKNOWN.value, State.INTERRUPTED.value} and {"updated", "pid"} <= status.keys():
-                continue  # as write_status writes it (QA: {"state": "running", "job": "x"} of a user's was taken)
-            if name == METRICS and read_regular(path, 4096).decode("utf-8", "replace").strip() in (
-                    "", ",".join(METRIC_FIELDS)):
-                continue
-            if name == STOP and path.is_file() and not path.is_symlink() and path.stat().st_size == 0:
-                continue
+            if name == STATUS:  # as write_status writes it (QA: {"state": "running", "job": "x"} of a user's was taken)
+                status = read_status(folder)
+                return status.get("state") in WRITTEN_STATES and {"updated", "pid"} <= status.keys()
+            if name == METRICS:
+                return read_regular(path, 4096).decode("utf-8", "replace").strip() in ("", ",".join(METRIC_FIELDS))
+            return path.is_file() and not path.is_symlink() and path.stat().st_size == 0  # STOP
         except (OSError, MixsepError):  # a folder named so, a FIFO, a file too large: not mixsep's
-            pass
-        theirs.append(name)
-    return theirs
+            return False
+
+    # (worker.log: only the dashboard writes it, appending, in folders it made)
+    return [n for n in (METRICS, STATUS, STOP) if os.path.lexists(folder / n) and not left_by_mixsep(n)]
 
 
 def check_runs_dir(runs_dir: Path) -> None:
@@ -1134,8 +1121,8 @@ class MetricsLog:
             self._writer.writerow({k: row[k] for k in METRIC_FIELDS})
             self._f.flush()  # a reader (the dashboard) sees each step as it happens
         except OSError as e:
-            raise RunWriteError(describe_os_error(e, self.path) + "; rows up to the last checkpoint are kept.", e.errno,
-                                cause=describe_os_error(e, self.path)) from None
+            said = describe_os_error(e, self.path)
+            raise RunWriteError(said + "; rows up to the last checkpoint are kept.", e.errno, cause=said) from None
 
     def close(self) -> None:
         if self._f is not None:
