@@ -253,8 +253,17 @@ def folders() -> tuple[Path, Path]:
         raise MixsepError(f"The server was started with `{e.argument_name}` and no folder after it; {takes}. "
                           "Start it again with the folder.") from None
     if ours and extras:
+        # a mistyped flag is told its right spelling: "without them" sent the user to drop --data-root (QA)
+        import difflib
+
+        meant = {x: m[0] for x in extras if x.startswith("-")
+                 for m in [difflib.get_close_matches(x.split("=")[0], ["--data-root", "--runs-dir"], n=1, cutoff=0.6)] if m}
+        fix = " and ".join(f"`{m}` for `{x.split('=')[0]}`" for x, m in meant.items())
+        rest = [x for x in extras if x not in meant and x.startswith("-")]
+        mend = (f"Start it again with {fix}" + (f", and without `{' '.join(rest)}`" if rest else "") + "."
+                if meant else "Start it again without them.")
         raise MixsepError(f"The server was started with `{' '.join(extras)}`, which the dashboard does not know; "
-                          f"{takes}. Start it again without them.")
+                          f"{takes}. {mend}")
     for flag, value in (("--data-root", args.data_root), ("--runs-dir", args.runs_dir)):
         if ours and value == "":
             raise MixsepError(f"The server was started with an empty `{flag}` (it would be the server's own folder); "

@@ -120,7 +120,11 @@ def widget(widgets, label: str):
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["--data-rot", "X", "--bogus"], "The server was started with `--data-rot X --bogus`, which the dashboard does not know"),
+    (["--data-rot", "X", "--bogus"], "The server was started with `--data-rot X --bogus`, which the dashboard does not "
+     "know; the dashboard takes `--data-root DIR` and `--runs-dir DIR` after `--`. Start it again with `--data-root` for "
+     "`--data-rot`, and without `--bogus`."),  # a typo is told its spelling ("without them" dropped the folder: QA)
+    (["--runs-dri=R"], "with `--runs-dri=R`, which the dashboard does not know; the dashboard takes `--data-root DIR` "
+     "and `--runs-dir DIR` after `--`. Start it again with `--runs-dir` for `--runs-dri`."),
     (["--runs-dir", ""], "The server was started with an empty `--runs-dir` (it would be the server's own folder)"),
     (["--data-root"], "The server was started with `--data-root` and no folder after it"),
 ])
