@@ -994,7 +994,7 @@ def cmd_info(args) -> int:
     if bad or missing:  # `download` fetches only what is not there: a damaged file must go first
         said = "; ".join(filter(None, [f"the {' and '.join(bad)} files do not read (remove them first)" if bad
                                        else "", f"the {' and '.join(missing)} files are missing" if missing else ""]))
-        raise MixsepError(f"Under {args.data_root}, {said}; then run `python -m mixsep download --data-root "
+        raise MixsepError(f"Under {args.data_root}, {said}; {'then run' if bad else 'run'} `python -m mixsep download --data-root "
                           f"{args.data_root}` where the internet is reachable, or copy the files there.")
     return 0
 

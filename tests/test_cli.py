@@ -216,6 +216,13 @@ def test_info_check_reads_each_file_through_and_names_the_one_that_does_not(caps
     gz.write_bytes(gz.read_bytes()[:200])  # cut short: `info` alone still lists it as found
     assert main(["info", "--data-root", str(data_root), "--model", "tiny"]) == 0
     assert "missing" not in capsys.readouterr().out
+    labels = data_root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz"
+    kept = labels.rename(tmp_path / labels.name)
+    assert main(["info", "--data-root", str(data_root), "--model", "tiny", "--check"]) == 2
+    assert capsys.readouterr().err == (  # nothing to remove first: no "then" (QA)
+        f"error: Under {data_root}, the MNIST test files are missing; run `python -m mixsep download --data-root "
+        f"{data_root}` where the internet is reachable, or copy the files there.\n")
+    kept.rename(labels)
     assert main(["info", "--data-root", str(data_root), "--model", "tiny", "--check"]) == 2
     out, err = capsys.readouterr()
     assert out.count("reads: ") == 3 and out.count("does not read: ") == 1 and str(gz) in out
