@@ -6,7 +6,7 @@ import streamlit as st
 import torch
 
 import mixsep_ui as ui
-from mixsep.data import data_status, download, root_is_a_file
+from mixsep.data import DOWNLOAD_MB, SOURCES, data_status, download, root_is_a_file
 from mixsep.errors import MixsepError
 from mixsep.run import NAME_CHARS, NAME_MAX, shown_name, unlisted_runs
 
@@ -42,7 +42,10 @@ if missing:
         f"{'are' if len(names) > 1 else 'is'} missing under {data_root} (the table says where each goes): the "
         "button below downloads them, as does `python -m mixsep download --data-root "
         f"{data_root}` where the internet is reachable; or copy the files there.")))
-    if root_is_a_file(data_root) is None and st.button("Download MNIST and CIFAR-10 (about 180 MB)", icon=":material/download:"):
+    fetched = sorted({r["source"] for r in missing}, key=SOURCES.index)  # a whole source, either split: its size
+    label = (f"Download {' and '.join('MNIST' if s == 'mnist' else 'CIFAR-10' for s in fetched)} "
+             f"(about {sum(DOWNLOAD_MB[s] for s in fetched):,} MB)")  # (it named both when MNIST was there: QA)
+    if root_is_a_file(data_root) is None and st.button(label, icon=":material/download:"):
         bar = st.progress(0.0, text="Downloading…")
         try:
             splits = sorted({r["split"] for r in missing})

@@ -1039,6 +1039,7 @@ def test_a_command_in_a_sentence_shows_as_code_never_as_backticks(app_env, tmp_p
 
 
 def test_no_data_every_page_explains(app_env, tmp_path, monkeypatch):
+    data, _ = app_env
     monkeypatch.setenv("MIXSEP_DATA_ROOT", str(tmp_path / "empty"))
     monkeypatch.setattr("mixsep.data.download", lambda root, splits=None: (_ for _ in ()).throw(
         MixsepError("Could not download mnist train (no network). Copy the files there by hand.")))
@@ -1046,6 +1047,7 @@ def test_no_data_every_page_explains(app_env, tmp_path, monkeypatch):
     # one sentence for the four sets (there were four warnings, each with the same advice)
     assert len(at.warning) == 1 and "MNIST train, MNIST test, CIFAR-10 train and CIFAR-10 test are missing under" \
         in seen(at.warning[0].value).replace("\u2060", "")
+    assert [b.label for b in at.button if b.label.startswith("Download")] == ["Download MNIST and CIFAR-10 (about 182 MB)"]
     widget(at.button, "Download").click().run()
     assert "Could not download" in texts(at.error)
     at = open_page("app_pages/1_Train.py")
@@ -1055,6 +1057,11 @@ def test_no_data_every_page_explains(app_env, tmp_path, monkeypatch):
         at = open_page(page)
         assert "No MNIST test data" in texts(at.error), page
     open_page("app_pages/4_Compare.py")
+    (tmp_path / "half").mkdir()  # MNIST there: the button names what it fetches (it said both, 180 MB: QA)
+    (tmp_path / "half" / "MNIST").symlink_to(data / "MNIST")
+    monkeypatch.setenv("MIXSEP_DATA_ROOT", str(tmp_path / "half"))
+    at = open_page("dashboard.py")
+    assert [b.label for b in at.button if b.label.startswith("Download")] == ["Download CIFAR-10 (about 170 MB)"]
 
 
 def test_data_root_is_fixed_by_the_server_not_by_a_visitor(app_env, tmp_path, monkeypatch):
