@@ -307,8 +307,9 @@ class TrainConfig:
                              on_resume=True, widget="toggle", advanced=True)
     compile: bool = setting(False, "torch.compile the network for training: the first step compiles it (30 to 60 s "
                             "on a 2-core CPU, seconds once inductor's cache holds it), then each step runs 1.04 to "
-                            "1.08 times faster there, so it pays for runs longer than about 1,000 steps of the "
-                            "report's network and 8,000 of a U-Net's (bench/compile.py measures it on your machine); where "
+                            "1.08 times faster there, so it pays for runs longer than about 600 to 1,200 steps of the "
+                            "report's network and 5,000 to 8,000 of unet_hf_silu's (bench/compile.py measures it on your "
+                            "machine); where "
                             "compiling fails the run trains without it and says so",
                             "Compile the network (torch.compile)", "mechanics", on_resume=True, widget="toggle",
                             advanced=True)
