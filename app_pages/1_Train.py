@@ -192,15 +192,19 @@ def status():
     st.progress(min(p["fraction"], 1.0), text=f"step {p['step']}/{p['total_steps'] or '?'} · {sps} · {eta}")
     if job.alive and refresh is None:  # nothing polls: say so, or a started run looks frozen at "Starting"
         st.caption("Live updates are paused: pick a pace above to follow the run (any click refreshes it once).")
-    elif job.alive and job.state not in ENDED and ui.is_auto(pace):  # (a trainer writes "finished" a moment
-        # before its process ends)
-        now, (fast, slow) = ui.live_pace(pace, trained_s(job)), ui.LIVE_UPDATES[pace]
-        minutes = ui.AUTO_SLOWS_AFTER_S // 60
-        if now != refresh and training:  # the run passed its first minutes: a full rerun sets the slower pace
-            st.rerun()
-        st.caption(f"Live updates every {fast:g} s; every {slow:g} s once the run has trained {minutes} minutes (Auto)."
-                   if now == fast else f"Live updates every {slow:g} s: the run has trained over {minutes} minutes "
-                   "(Auto).")
+    elif job.alive and job.state not in ENDED:  # (a trainer writes "finished" a moment before its process ends)
+        # the chart's own pace is said too: a curve still at its first steps while the bar moved looked frozen (QA)
+        chart = lambda s: f"the loss chart every {s * ui.CHART_EVERY:g} s"
+        if not ui.is_auto(pace):
+            st.caption(f"Live updates every {refresh:g} s, {chart(refresh)}.")
+        else:
+            now, (fast, slow) = ui.live_pace(pace, trained_s(job)), ui.LIVE_UPDATES[pace]
+            minutes = ui.AUTO_SLOWS_AFTER_S // 60
+            if now != refresh and training:  # the run passed its first minutes: a full rerun sets the slower pace
+                st.rerun()
+            st.caption(f"Live updates every {fast:g} s, {chart(fast)}; every {slow:g} s and {slow * ui.CHART_EVERY:g} s "
+                       f"once the run has trained {minutes} minutes (Auto)." if now == fast else
+                       f"Live updates every {slow:g} s, {chart(slow)}: the run has trained over {minutes} minutes (Auto).")
     # a run stopped before its first step has no total and no checkpoint: it starts again, in its own folder
     can_resume = not job.alive and job.state in ("stopped", "failed", "interrupted") and (
         job.step < job.total_steps or not job.total_steps)
