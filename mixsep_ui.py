@@ -199,12 +199,18 @@ if (window.top !== window.self) {
 </script>"""
 
 
+_SAID_IN_TERMINAL: set[str] = set()  # the server's own mistakes, printed once per server process
+
+
 def setup(title: str) -> tuple[Path, Path]:
     """Page config, title and the sidebar's folders; returns (data_root, runs_dir)."""
     st.set_page_config(page_title=f"{title} · mixsep", page_icon="🧩", layout="wide")
     try:
         data_root, runs_dir = folders()
     except MixsepError as e:  # a mistyped flag after `--`: every page says it, and nothing runs on a folder not meant
+        if str(e) not in _SAID_IN_TERMINAL:  # and the terminal that started the server, once (it said nothing: QA)
+            _SAID_IN_TERMINAL.add(str(e))
+            print(f"mixsep: {e}", file=sys.stderr, flush=True)
         st.title(title)
         show_error(e, literal_text=True)
     # a folder no file system call takes (a link that leads back to itself, a name too long) raised on every page

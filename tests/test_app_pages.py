@@ -128,7 +128,7 @@ def widget(widgets, label: str):
     (["--runs-dir", ""], "The server was started with an empty `--runs-dir` (it would be the server's own folder)"),
     (["--data-root"], "The server was started with `--data-root` and no folder after it"),
 ])
-def test_the_servers_own_flags_are_checked_as_the_clis_are(app_env, monkeypatch, argv, says):
+def test_the_servers_own_flags_are_checked_as_the_clis_are(app_env, monkeypatch, capfd, argv, says):
     """`streamlit run dashboard.py -- --data-rot X` served ./data without a word (the Download button would fill it),
     and `-- --runs-dir ""` trained into the server's own folder: every page now says the mistake, and stops."""
     data, runs = app_env
@@ -138,6 +138,8 @@ def test_the_servers_own_flags_are_checked_as_the_clis_are(app_env, monkeypatch,
         assert len(at.error) == 1 and says in at.error[0].value, texts(at.error)  # flags as code: copied as typed
         assert "\u2060" not in at.error[0].value
         assert not at.button and not at.selectbox  # nothing to start, nothing to pick
+    # and the terminal that started the server says it too, once for all the pages opened (it said nothing: QA)
+    assert capfd.readouterr().err.count(says) == 1
     monkeypatch.setattr("sys.argv", [str(ROOT / "dashboard.py"), "--runs-dir", str(runs)])
     at = open_page("app_pages/1_Train.py")
     assert not at.error and widget(at.selectbox, "Run").value == "tiny-run"
