@@ -466,7 +466,7 @@ def _train_config(args) -> TrainConfig:
             _config_as_trained(run_dir, saved, state)
     elif state is not None:
         # config.json lost, the checkpoint still holds the settings it was trained with
-        saved = TrainConfig.from_dict(state["config"])
+        saved = TrainConfig.from_dict(state["config"], saved=True)
         where = f"the config saved in its checkpoint ({CONFIG} is missing)"
     else:
         cfg = config_from_args(args)  # a relative data root would break a resume from another folder
@@ -485,7 +485,7 @@ def _config_as_trained(run_dir: Path, saved: TrainConfig, state: dict) -> None:
     from .run import CONFIG
 
     try:
-        trained = TrainConfig.from_dict(state["config"])
+        trained = TrainConfig.from_dict(state["config"], saved=True)
     except (MixsepError, TypeError, ValueError, KeyError):
         return  # a checkpoint whose settings do not read: the resume's own checks name it
     if trained.model != saved.model:

@@ -90,6 +90,8 @@ class Setting:
     on_resume: bool = False          # a resumed run may change it (where and how it runs, not what it computes)
     only_for: str | None = None      # a model class attribute this setting needs (the ResNet encoder's weights):
                                      # for a model without it the Train page shows the toggle off and greyed
+    before: typing.Any = None        # what a run saved before this setting existed did, for a saved config that
+                                     # lacks it (None: today's default)
 
     @property
     def flag(self) -> str:
@@ -326,7 +328,7 @@ class TrainConfig:
                                         "epochs keep_epochs >= 2 asks for are always written. On a GPU an epoch can take a third of a second, and a checkpoint "
                                         "every epoch took a fifth of a run; 0 = at every epoch's end",
                                         "Minimum seconds between checkpoints", "mechanics", low=0.0,
-                                        zero="no minimum", on_resume=True, advanced=True, widget="number",
+                                        zero="no minimum", on_resume=True, advanced=True, widget="number", before=0.0,
                                         span=(0.0, 3600.0), step=1.0, fmt="%g")
     keep_epochs: int = setting(1, "keep every k-th epoch checkpoint (weights only; the latest is always kept, and "
                                   "last.pt holds the optimiser state a resume needs); 0 = only the latest. k >= 2 "
@@ -353,7 +355,10 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d) -> "TrainConfig":
+    def from_dict(cls, d, saved: bool = False) -> "TrainConfig":
+        """``saved``: a run's own config (its config.json, its checkpoint's, a study's): a setting it lacks takes
+        what the version that wrote it did (``before``), where today's default would change the run (QA: an old
+        run resumed without a word into checkpoints at most every 10 s, and lost epoch checkpoints)."""
         if not isinstance(d, dict):
             raise MixsepError(f"A mixsep config is a JSON object of settings, not a {_json_kind(d)}; "
                               "use a config.json written by `python -m mixsep train` or the dashboard.")
@@ -363,6 +368,8 @@ class TrainConfig:
         for k, v in d.items():  # a value out of range is validate()'s; one of another type no version wrote
             if k in declared:
                 declared[k].check_type(v)
+        if saved:
+            d = {**{k: s.before for k, s in declared.items() if s.before is not None}, **d}
         return cls(**{k: float(v) if declared[k].type is float else v for k, v in d.items() if k in declared})
 
     def save(self, path: Path) -> None:
@@ -418,7 +425,7 @@ class TrainConfig:
             raise MixsepError(f"{path} names {'a setting' if len(unknown) == 1 else 'settings'} mixsep does not "
                               f"know ({names}); the settings are {', '.join(known)}.")
         try:
-            return cls.from_dict(d)
+            return cls.from_dict(d, saved=of_run)
         except MixsepError as e:  # name the file: a page lists many runs
             raise MixsepError(f"{path}: {e}") from None
 

@@ -1403,7 +1403,7 @@ def read_checkpoint(path: Path, map_location="cpu", mmap: bool = False) -> dict:
     from .config import TrainConfig
 
     try:  # every reader builds a TrainConfig from it: a damaged value is named with its file, here
-        TrainConfig.from_dict(state["config"])
+        TrainConfig.from_dict(state["config"], saved=True)
     except MixsepError as e:
         reason = str(e).split("; write it like")[0].rstrip(".")
         raise UnreadableCheckpoint(f"{path} holds damaged saved settings ({reason}); "

@@ -882,7 +882,7 @@ def plan(args) -> Plan:
                                   f"{without} --{name.replace('_', '-')}{other}.")
         own = {**SWEEP_FLAGS, **stored.get("flags", {})}
         fixed, val_size = stored["fixed"], stored["val_size"]
-        config = TrainConfig.from_dict({**stored["config"], **local})
+        config = TrainConfig.from_dict({**stored["config"], **local}, saved=True)
         trials = args.trials or stored["trials"]
         # lowered below what is done; the same target passes, even where two workers' race overshot it by one
         if args.trials is not None and args.trials < stored["trials"] and not getattr(args, "best", False):

@@ -243,7 +243,7 @@ def load_run_model(run_dir: Path, checkpoint: Path | None = None, device="cpu",
                                        else str(e)) from None
     else:
         state = read_checkpoint(checkpoint)
-    config = TrainConfig.from_dict(state["config"])
+    config = TrainConfig.from_dict(state["config"], saved=True)
     if config.model not in MODELS:
         raise MixsepError(f"{checkpoint} was saved by model '{config.model}', which this version of mixsep does not know.")
     name = as_model or config.model
@@ -375,7 +375,7 @@ class Training:
         state = read_resume_point(self.run_dir, self.device)
         forget_resume_point()  # the run holds its weights now: 139 MB of a faithful checkpoint need not stay
         if state is not None:  # what does not fit the run is refused as a damaged last.pt: the run stays as it was
-            old = TrainConfig.from_dict(state["config"])
+            old = TrainConfig.from_dict(state["config"], saved=True)
             check_fits(self.run_dir, state, self.config.model, self.model)
             total = read_status(self.run_dir).get("total_steps")
             if type(total) is int and total > 0 and total != self.total_steps and int(state["step"]) > 0:

@@ -224,6 +224,21 @@ def test_from_dict_reads_whole_numbers_as_floats_and_drops_unknown_keys():
     cfg.validate()
 
 
+def test_a_runs_saved_config_from_before_a_setting_existed_keeps_what_its_version_did(tmp_path):
+    """Configs saved before checkpoint_seconds existed took today's 10 s: an old run resumed wrote epoch checkpoints
+    at most every 10 s and lost epoch-2.pt without a word (QA); its version wrote one at every epoch's end."""
+    old = TrainConfig(model="tiny", keep_epochs=1).to_dict()
+    del old["checkpoint_seconds"]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(old))
+    assert TrainConfig.load(run / "config.json", of_run=True).checkpoint_seconds == 0.0  # a run's own
+    assert TrainConfig.from_dict(old, saved=True).checkpoint_seconds == 0.0  # a checkpoint's or a study's
+    # a file a user wrote, or one that says it: today's default, or what it says
+    assert TrainConfig.load(run / "config.json").checkpoint_seconds == TrainConfig().checkpoint_seconds == 10.0
+    assert TrainConfig.from_dict({**old, "checkpoint_seconds": 30}, saved=True).checkpoint_seconds == 30.0
+
+
 @pytest.mark.parametrize("text,match", [
     ("[1, 2]", "holds a JSON list, not an object of settings"),
     ("42", "holds a JSON number"),
