@@ -686,6 +686,28 @@ def test_two_workers_of_one_command_share_the_journal(tmp_path):
     assert bf16 == [True, False, False]
 
 
+def test_a_study_resumed_without_data_root_reads_the_data_it_was_made_on(tmp_path, monkeypatch, capsys):
+    """As a run's resume does: a resume without --data-root read ./data and told the user to download 180 MB there
+    (QA). A data root that is gone is said, and the usual default read."""
+    data = make_data_root(tmp_path / "data")
+    runs = tmp_path / "runs"
+    assert cli(*sweep_args(data, runs, "--study", "s", "--trials", "1", *TINY)).returncode == 0
+    monkeypatch.chdir(tmp_path / "runs")  # no ./data here
+    monkeypatch.delenv("MIXSEP_DATA_ROOT", raising=False)
+    resume = ["sweep", "--study", "s", "--runs-dir", str(runs), "--trials", "2"]
+    assert plan(build_parser().parse_args(resume)).config.data_root == str(data.resolve())
+    assert capsys.readouterr().err == f"data root {data.resolve()} (the study's; --data-root chooses another)\n"
+    assert plan(build_parser().parse_args(resume + ["--best"])).config.data_root  # --best reads no data: no word
+    assert capsys.readouterr().err == ""
+    data.rename(tmp_path / "moved")
+    with pytest.raises(MixsepError, match=r"^No MNIST train data under " + re.escape(str(tmp_path / "runs" / "data"))):
+        plan(build_parser().parse_args(resume))
+    assert capsys.readouterr().err == (f"note: the study's data root {data.resolve()} is not a folder here; reading "
+                                       "./data (--data-root chooses another)\n")
+    assert plan(build_parser().parse_args(resume + ["--data-root", str(tmp_path / "moved")])).config.data_root == \
+        str(tmp_path / "moved")  # a flag given: no word
+
+
 def test_a_journal_restored_from_a_copy_never_credits_an_old_folder_to_new_parameters(tmp_path):
     """The trials after the copy came again under the same numbers, with other parameters: the new trial 2
     reopened the old trial-0002 (finished), trained nothing and was recorded with the old folder's score."""
