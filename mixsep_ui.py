@@ -262,8 +262,10 @@ def folders() -> tuple[Path, Path]:
         # a mistyped flag is told its right spelling: "without them" sent the user to drop --data-root (QA)
         import difflib
 
+        given = {a.split("=")[0] for a in sys.argv[1:]}  # one already typed right is not suggested twice (QA)
         meant = {x: m[0] for x in extras if x.startswith("-")
-                 for m in [difflib.get_close_matches(x.split("=")[0], ["--data-root", "--runs-dir"], n=1, cutoff=0.6)] if m}
+                 for m in [difflib.get_close_matches(x.split("=")[0], ["--data-root", "--runs-dir"], n=1, cutoff=0.6)]
+                 if m and m[0] not in given}
         fix = " and ".join(f"`{m}` for `{x.split('=')[0]}`" for x, m in meant.items())
         rest = [x for x in extras if x not in meant and x.startswith("-")]
         mend = (f"Start it again with {fix}" + (f", and without `{' '.join(rest)}`" if rest else "") + "."
@@ -596,7 +598,7 @@ def no_checkpoint_note(run_dir: Path, state: str | None, runs_dir: Path | None =
 
 def _checkpoint_cadence(run_dir: Path) -> str:
     try:
-        cfg = TrainConfig.load(run_dir / "config.json")
+        cfg = TrainConfig.load(run_dir / "config.json", of_run=True)  # a run's own: an old one's cadence is its version's
     except MixsepError:
         return "every few hundred steps and at the end of each epoch"
     floor = f", at most once in {cfg.checkpoint_seconds:g} s" if cfg.checkpoint_seconds else ""

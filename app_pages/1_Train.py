@@ -17,7 +17,7 @@ jobs = ui.registry(runs_dir)
 shown_run, initial = jobs.running(), None
 if shown_run is not None and "train_config" not in st.session_state:
     try:
-        initial = TrainConfig.load(shown_run.run_dir / "config.json").to_dict()
+        initial = TrainConfig.load(shown_run.run_dir / "config.json", of_run=True).to_dict()  # as its trainer reads it
     except MixsepError:
         pass
 with st.sidebar:  # one widget per setting, drawn from its metadata in mixsep/config.py; kept across pages

@@ -224,7 +224,7 @@ def test_from_dict_reads_whole_numbers_as_floats_and_drops_unknown_keys():
     cfg.validate()
 
 
-def test_a_runs_saved_config_from_before_a_setting_existed_keeps_what_its_version_did(tmp_path):
+def test_a_runs_saved_config_from_before_a_setting_existed_keeps_what_its_version_did(tmp_path, monkeypatch):
     """Configs saved before checkpoint_seconds existed took today's 10 s: an old run resumed wrote epoch checkpoints
     at most every 10 s and lost epoch-2.pt without a word (QA); its version wrote one at every epoch's end."""
     old = TrainConfig(model="tiny", keep_epochs=1).to_dict()
@@ -237,6 +237,10 @@ def test_a_runs_saved_config_from_before_a_setting_existed_keeps_what_its_versio
     # a file a user wrote, or one that says it: today's default, or what it says
     assert TrainConfig.load(run / "config.json").checkpoint_seconds == TrainConfig().checkpoint_seconds == 10.0
     assert TrainConfig.from_dict({**old, "checkpoint_seconds": 30}, saved=True).checkpoint_seconds == 30.0
+    monkeypatch.syspath_prepend(str(ROOT))
+    import mixsep_ui  # the pages say the cadence its trainer keeps (QA: "at most once in 10 s" of such a run)
+
+    assert mixsep_ui._checkpoint_cadence(run) == "every 200 steps and at the end of each epoch"
 
 
 @pytest.mark.parametrize("text,match", [
