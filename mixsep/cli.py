@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from .config import (SEPARATE_MODES, TrainConfig, add_train_flags, config_from_args, default_data_root,
+from .config import (SEPARATE_MODES, TrainConfig, add_train_flags, config_from_args, default_data_root, saved_data_root,
                      default_runs_dir, given_settings, settings, whole_number)
 from .errors import (EARLY_SIGNALS, MissingCheckpoint, MixsepError, SecondInterrupt, StoppedBeforeTraining,
                      Terminated, interrupts_never_dropped, one_line, unreachable)
@@ -44,18 +44,10 @@ def _data_root_of(args, cfg: TrainConfig) -> Path:
         root = TrainConfig.load(_run_folder_of(args.run_dir) / CONFIG).data_root
     except MixsepError:  # config.json lost or damaged: the checkpoint's settings
         root = cfg.data_root
-    if root == default_data_root():  # a config without a data root of its own
-        return Path(root)
-    try:
-        here = Path(root).is_dir()
-    except OSError:  # a name too long for the system, say
-        here = False
-    if here:
-        print(one_line(f"data root {root} (the run's; --data-root chooses another)"), file=sys.stderr)
-        return Path(root)
-    print(one_line(f"note: the run's data root {root} is not a folder here; reading {default_data_root()} "
-                   "(--data-root chooses another)"), file=sys.stderr)
-    return Path(default_data_root())
+    root, said = saved_data_root(root, "the run's")
+    if said:
+        print(one_line(said), file=sys.stderr)
+    return Path(root)
 
 
 class _Parser(argparse.ArgumentParser):

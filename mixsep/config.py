@@ -58,6 +58,22 @@ def default_data_root() -> str:
     return os.path.expanduser(os.environ.get("MIXSEP_DATA_ROOT") or "./data")  # set but empty: the default, not "."
 
 
+def saved_data_root(root, whose: str) -> tuple[str, str | None]:
+    """(data root, the line saying so) for a resume without --data-root: the folder a run or study (``whose``: "the
+    run's", "the study's") was made on when it is a folder here, else the usual default, said why; no line where
+    it names no folder of its own."""
+    default = default_data_root()
+    if not isinstance(root, str) or root == default:
+        return default, None
+    try:
+        here = Path(root).is_dir()
+    except OSError:  # a name too long for this system, say
+        here = False
+    if here:
+        return root, f"data root {root} ({whose}; --data-root chooses another)"
+    return default, f"note: {whose} data root {root} is not a folder here; reading {default} (--data-root chooses another)"
+
+
 def default_runs_dir() -> str:
     return os.path.expanduser(os.environ.get("MIXSEP_RUNS_DIR") or "./runs")
 

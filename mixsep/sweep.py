@@ -56,8 +56,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .config import TrainConfig, default_data_root, settings
-from .errors import EARLY_SIGNALS, MixsepError, SecondInterrupt
+from .config import TrainConfig, default_data_root, saved_data_root, settings
+from .errors import EARLY_SIGNALS, MixsepError, SecondInterrupt, one_line
 
 JOURNAL = "optuna.journal"
 SWEEP_FILE, SWEEP_LOG = "sweep.json", "sweep.log"
@@ -840,8 +840,11 @@ def plan(args) -> Plan:
     storage = open_storage(args.storage, runs_dir, args.heartbeat, create=False)
     stored = _stored(storage, study)
     if stored is not None and "data_root" not in local and not getattr(args, "best", False):
-        local["data_root"] = _study_data_root(stored)  # as a run's resume does (QA: it read ./data, and said to
-    local.setdefault("data_root", default_data_root())  # download 180 MB there)
+        # as a run's resume does (QA: it read ./data, and said to download 180 MB there)
+        local["data_root"], said = saved_data_root(stored["config"].get("data_root"), "the study's")
+        if said:
+            print(one_line(said), file=sys.stderr, flush=True)
+    local.setdefault("data_root", default_data_root())
     local["data_root"] = str(Path(local["data_root"]).expanduser().resolve())
     if stored is None and getattr(args, "best", False):  # before checks that only a new study needs
         raise MixsepError(f"There is no study '{study}' in {storage_label(args.storage, runs_dir)}; "
@@ -935,21 +938,6 @@ def plan(args) -> Plan:
     return Plan(study, args.storage, runs_dir, space, config, fixed, trials, val_size, own["report_every"],
                 own["pruner"], args.sampler_seed, args.heartbeat, workers, stored is not None,
                 args.worker_index or 0, pairs, getattr(args, "trials_held", None))
-
-
-def _study_data_root(stored: dict) -> str:
-    """The data root the study was made on when it is a folder here (said), else the usual default (said why)."""
-    root, default = stored["config"].get("data_root"), default_data_root()
-    if not isinstance(root, str) or not root or root == default:
-        return default
-    try:
-        here = Path(root).is_dir()
-    except OSError:  # a name too long for this system, say
-        here = False
-    print(f"data root {root} (the study's; --data-root chooses another)" if here else
-          f"note: the study's data root {root} is not a folder here; reading {default} (--data-root chooses another)",
-          file=sys.stderr, flush=True)
-    return root if here else default
 
 
 def _check_flags(args, runs_dir: Path) -> None:
