@@ -6,7 +6,7 @@ import streamlit as st
 import torch
 
 import mixsep_ui as ui
-from mixsep.data import DOWNLOAD_MB, SOURCES, data_status, download, root_is_a_file
+from mixsep.data import DOWNLOAD_MB, SOURCE_NAMES, SOURCES, data_status, download, root_is_a_file
 from mixsep.errors import MixsepError
 from mixsep.run import NAME_CHARS, NAME_MAX, shown_name, unlisted_runs
 
@@ -28,7 +28,7 @@ st.markdown(f"Data root: `{data_root.resolve()}`",
                  "starts (`streamlit run dashboard.py -- --data-root DIR`, or MIXSEP_DATA_ROOT; default ./data), "
                  "so a visitor cannot make the server write anywhere else.")
 rows = data_status(data_root)
-table = pd.DataFrame([{"source": "MNIST" if r["source"] == "mnist" else "CIFAR-10", "split": r["split"],
+table = pd.DataFrame([{"source": SOURCE_NAMES[r["source"]], "split": r["split"],
                        "found": "yes" if r["found"] else "missing",
                        "where": ", ".join(Path(f).name for f in r["files"]) if r["found"] else r["expected"]}
                       for r in rows])
@@ -36,14 +36,14 @@ st.dataframe(table, hide_index=True)
 missing = [r for r in rows if not r["found"]]
 if missing:
     # one sentence for what is missing (the table says where each set goes), not one per set, each repeating it
-    names = [f"{'MNIST' if r['source'] == 'mnist' else 'CIFAR-10'} {r['split']}" for r in missing]
+    names = [f"{SOURCE_NAMES[r['source']]} {r['split']}" for r in missing]
     st.warning(ui.sentence(root_is_a_file(data_root) or (
         f"{', '.join(names[:-1]) + ' and ' + names[-1] if len(names) > 1 else names[0]} "
         f"{'are' if len(names) > 1 else 'is'} missing under {data_root} (the table says where each goes): the "
         "button below downloads them, as does `python -m mixsep download --data-root "
         f"{data_root}` where the internet is reachable; or copy the files there.")))
     fetched = sorted({r["source"] for r in missing}, key=SOURCES.index)  # a whole source, either split: its size
-    label = (f"Download {' and '.join('MNIST' if s == 'mnist' else 'CIFAR-10' for s in fetched)} "
+    label = (f"Download {' and '.join(SOURCE_NAMES[s] for s in fetched)} "
              f"(about {sum(DOWNLOAD_MB[s] for s in fetched):,} MB)")  # (it named both when MNIST was there: QA)
     if root_is_a_file(data_root) is None and st.button(label, icon=":material/download:"):
         bar = st.progress(0.0, text="Downloading…")

@@ -945,7 +945,7 @@ def cmd_info(args) -> int:
     import torch
 
     from .config import RECIPES, recipe_flags, thread_wait
-    from .data import data_status, load_files, root_is_a_file
+    from .data import SOURCE_NAMES, data_status, load_files, root_is_a_file
     from .model import MODELS, build_model, count_parameters, flops_per_sample, known_model
 
     names = [known_model(args.model)] if args.model is not None else list(MODELS)  # refused before any line
@@ -967,11 +967,10 @@ def cmd_info(args) -> int:
     if a_file and not args.check:  # why all four read "missing"
         print(f"  note: {a_file}")
     bad, missing = [], []
-    names = {"mnist": "MNIST", "cifar": "CIFAR-10"}
     for row in data_status(Path(args.data_root)):
         where = ", ".join(row["files"]) if row["found"] else f"missing (expected {row['expected']})"
         print(f"  {row['source']:5s} {row['split']:5s} {where}")
-        name = f"{names[row['source']]} {row['split']}"
+        name = f"{SOURCE_NAMES[row['source']]} {row['split']}"
         if args.check and not row["found"]:
             missing.append(name)
         elif args.check:  # found is not readable: a truncated archive is found all the same

@@ -46,6 +46,7 @@ from .errors import MixsepError, check_count, make_folder, network_timeout, netw
 from .run import signals_held
 
 SOURCES = ("mnist", "cifar")
+SOURCE_NAMES = {"mnist": "MNIST", "cifar": "CIFAR-10"}  # as messages and pages name them
 # what `download` fetches for a source, whichever of its splits is missing: MNIST's four archives, CIFAR-10's one
 DOWNLOAD_MB = {"mnist": 12, "cifar": 170}
 SPLITS = ("train", "test")
@@ -393,8 +394,7 @@ def root_is_a_file(root: Path) -> str | None:
 
 
 def missing_message(root: Path, source: str, split: str) -> str:
-    name = "MNIST" if source == "mnist" else "CIFAR-10"
-    return root_is_a_file(root) or (f"No {name} {split} data under {root}: expected "
+    return root_is_a_file(root) or (f"No {SOURCE_NAMES[source]} {split} data under {root}: expected "
                                     f"{expected_files(root, source, split)}. Run `python -m mixsep download "
                                     f"--data-root {root}` where the internet is reachable, or copy the files there.")
 
