@@ -189,6 +189,55 @@ def budget_widgets() -> tuple[list[str], list[str]]:
     return flags, local
 
 
+def study_settings(attrs: dict) -> str:
+    """What a study searches and how each of its trials trains, from its stored attributes, as one markdown line.
+
+    Resume goes on with these, not with the sidebar, which sets up a new study: with a study picked, the sidebar's
+    defaults read as if they were its settings (QA). Values come from the storage, which others may write: as text.
+    """
+    def text(v) -> str:
+        return ui.literal(ui.setting_text("", v) if isinstance(v, float) else v)
+
+    searched = []
+    for entry in str(attrs.get("space") or "").split(","):
+        name, _, spec = entry.partition("=")
+        if not name:
+            continue
+        try:  # as the sidebar names it
+            name = setting_by_name(name).label
+        except KeyError:
+            pass
+        if "|" in spec:
+            searched.append(f"{ui.literal(name)} among {', '.join(map(ui.literal, spec.split('|')))}")
+        else:
+            lo, _, rest = spec.partition(":")
+            hi, _, scale = rest.partition(":")
+            searched.append(f"{ui.literal(name)} from {ui.literal(lo)} to {ui.literal(hi)}"
+                            + (f" ({ui.literal(scale)} scale)" if scale else ""))
+    config = attrs.get("config") if isinstance(attrs.get("config"), dict) else {}
+    fixed = attrs.get("fixed") if isinstance(attrs.get("fixed"), dict) else {}
+    shown = {name: config[name] for name in ("model", *BUDGET, "batch_size") if name in config}
+    shown |= {name: v for name, v in fixed.items() if name not in LOCAL}  # every flag given when it was made
+    trial = []
+    for name, v in shown.items():
+        try:
+            s = setting_by_name(name)
+        except KeyError:  # a setting of another mixsep version
+            trial.append(f"{ui.literal(name)}: {text(v)}")
+            continue
+        value = ("on" if v else "off") if isinstance(v, bool) else s.zero if v == 0 and s.zero else \
+            ui.literal(ui.setting_text(name, v))
+        trial.append(f"{s.label}: {value}")
+    ends = [f"{text(attrs['trials'])} trials" if "trials" in attrs else "",
+            f"{text(attrs['val_size'])} validation pairs" if "val_size" in attrs else ""]
+    toggles = [setting_by_name(n).label for n in LOCAL if n in SHARED]
+    return " — ".join(filter(None, [
+        "This study searches " + (", ".join(searched) if searched else "nothing (every trial alike)"),
+        "each trial: " + "; ".join(trial) if trial else "", " on ".join(filter(None, ends))])) + (
+        f". Resume goes on with these. The sidebar sets up a new study: of it, only {', '.join(toggles[:-1])} and "
+        f"{toggles[-1]} apply to Resume.")
+
+
 def trials_table(frame: pd.DataFrame, key: str) -> str | None:
     """The live trials table; returns the run name of the selected row."""
     if frame.empty:

@@ -134,6 +134,7 @@ def show_study(study_name: str) -> None:
     st.progress(min(c["done"] / max(target, 1), 1.0), text=f"{c['done']} of {target} trials done · "
                 f"{c['running'] - gone} running · " + (f"{gone} interrupted · " if gone else "")
                 + f"{c['waiting']} queued · sweep {state}")
+    st.caption(sw.study_settings(attrs))  # what Resume goes on with: the sidebar beside it shows a new study's
     if sweeps.error() and not now:
         st.error(ui.literal(sweeps.error()))
     best = best_trial(study)

@@ -10,7 +10,7 @@ import pytest
 import conftest
 from conftest import seen
 from test_app_pages import markup, shows_literally
-from test_sweep import TINY, app_page, page_env  # noqa: F401  (page_env: the fixture, shared)
+from test_sweep import TINY, app_page, page_env, sweep_args  # noqa: F401  (page_env: the fixture, shared)
 
 from mixsep.cli import build_parser
 from mixsep.sweep import ATTR, create_study, open_storage, plan
@@ -410,3 +410,31 @@ def test_parallel_coordinates_show_every_trial_and_tell_close_values_apart():
     ticks = [(a.text, 13.41 + 0.05 * a.y) for a in fig.layout.annotations if a.x == 0]
     assert len({t for t, _ in ticks}) == 5 and all(len(t.split(".")[1]) == 3 for t, _ in ticks), ticks
     assert all(abs(float(text) - at) <= 0.0005 + 1e-9 for text, at in ticks), ticks  # each label where it stands
+
+
+def test_a_picked_study_says_what_resume_goes_on_with_beside_the_sidebars_new_study(page_env):
+    """With a study picked, the sidebar showed a new study's defaults (20 trials, the default ranges) as if they
+    were the study's; Resume goes on with the study's own, which the page did not show (QA)."""
+    import mixsep_ui as ui
+
+    data, runs = page_env
+    made = create_study(plan(build_parser().parse_args(sweep_args(
+        data, runs, "--study", "s", *TINY, "--space", "lr=0.0001:0.01:log,beta1", "--epochs", "2",
+        "--trials", "3"))))
+    storage = open_storage(None, runs)
+    import optuna
+
+    odd = optuna.create_study(study_name="odd", storage=storage, direction="maximize")  # written by another tool
+    odd.set_user_attr(ATTR, {**made.user_attrs[ATTR], "space": f"{HOSTILE}=1:2", "config": 5, "trials": HOSTILE})
+    at = app_page("5_Sweep.py", 60)
+    picker(at).set_value("s").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert next(n for n in at.number_input if n.key == "sweep_trials").value == 20  # the sidebar: a new study's
+    said = seen(next(c.value for c in at.caption if c.value.startswith("This study")))
+    assert said.startswith("This study searches Learning rate from 0.0001 to 0.01 (log scale), Adam beta1 from "), said
+    assert "Epochs: 2;" in said and "Model: tiny;" in said and "3 trials on 16 validation pairs" in said, said
+    assert "Resume goes on with these" in said
+    picker(at).set_value("odd").run()
+    assert not at.exception, [e.value for e in at.exception]
+    caption = next(c.value for c in at.caption if c.value.startswith("This study"))
+    assert ui.literal(HOSTILE) in caption and f"{ui.literal(HOSTILE)} trials" in caption, caption
