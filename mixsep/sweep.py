@@ -1992,11 +1992,14 @@ def trials_frame(study):
         elif worker_gone(t):  # a killed sweep's trial reads "running" until the study runs again (QA: the page
             state = "interrupted"  # counted it running, Home said interrupted)
             then = "its worker is gone; it resumes from its last checkpoint when the sweep runs again"
+        # a trial continued as another: blank, its training counts in the other's (its end was when the sweep
+        # came back, a day later perhaps)
         dur = a.get("duration_s")  # a resumed trial's training before the resume too
         if dur is None and t.datetime_complete and t.datetime_start and then is None:
             dur = (t.datetime_complete - t.datetime_start).total_seconds()
-        # a trial continued as another: blank, its training counts in the other's (its end was when the sweep
-        # came back, a day later perhaps)
+        came = t.system_attrs.get("retry_history")  # a copy: its number is not its run folder's (QA)
+        if isinstance(came, list) and came and isinstance(came[-1], int):
+            then = "; ".join(filter(None, [f"continues trial {came[-1]}", then]))
         rows.append({"trial": t.number, "state": state, **t.params,
                      "val PSNR": a.get("val_psnr"), "MNIST PSNR": a.get("val_psnr_mnist"),
                      "CIFAR PSNR": a.get("val_psnr_cifar"), "MNIST SSIM": a.get("val_ssim_mnist"),

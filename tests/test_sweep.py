@@ -978,6 +978,8 @@ def test_stop_requeues_the_running_trial(tmp_path):
     frame = trials_frame(study_of(runs, "s")).set_index("trial")  # "fail" beside a blank note read as a crash
     assert frame.loc[0, "note"] == f"stopped; continues as trial {trials[-1].number}; the report's defaults"
     assert frame.loc[0, "state"] == "stopped"  # as its run reads on Compare: the table said Optuna's "fail"
+    # the copy's number is not its run folder's (trial-0000): it names the trial it continues
+    assert frame.loc[trials[-1].number, "note"] == "continues trial 0; the report's defaults"
     assert pd.isna(frame.loc[0, "duration_s"])  # counted in the trial that continues it
     assert json.loads((first / "status.json").read_text())["state"] == "stopped"
     assert json.loads((runs / "s" / "sweep.json").read_text())["state"] == "stopped"
