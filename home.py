@@ -8,7 +8,7 @@ import torch
 import mixsep_ui as ui
 from mixsep.data import DOWNLOAD_MB, SOURCE_NAMES, SOURCES, data_status, download, root_is_a_file
 from mixsep.errors import MixsepError
-from mixsep.run import NAME_CHARS, NAME_MAX, shown_name, unlisted_runs
+from mixsep.run import NAME_CHARS, NAME_MAX, State, shown_name, unlisted_runs
 
 data_root, runs_dir = ui.setup("mixsep: un-mixing MNIST and CIFAR-10")
 
@@ -67,13 +67,26 @@ else:
     st.write(f"CPU only ({torch.get_num_threads()} threads): training works but is slow; "
              "a few hundred steps at batch 128 take minutes.")
 
+
+
+def progress_text(row: dict) -> str:
+    """Steps logged of the total (a damaged status.json: no total); a run that ended before its end also says where
+    a resume starts, when that is before its last logged step: a kill or a failure loses the steps after the last
+    checkpoint, and 180/300 read as if a resume went on from 180 (QA)."""
+    text = f"{row['step']}/{row['total_steps'] or '?'}"
+    saved = row.get("saved_step")
+    if row["state"] in (State.STOPPED, State.FAILED, State.INTERRUPTED) and saved is not None and saved < row["step"]:
+        text += f", resumes at step {saved}"
+    return text
+
+
 st.header("Recent runs")
 runs = ui.runs_table(runs_dir)
 if not runs:
     st.info(f"No runs yet in `{runs_dir.resolve()}`: start one on the Train page.")
 else:
     df = pd.DataFrame(runs[:10])
-    df["progress"] = [f"{s}/{t or '?'}" for s, t in zip(df["step"], df["total_steps"])]  # a damaged status.json: no total
+    df["progress"] = [progress_text(r) for r in runs[:10]]
     st.dataframe(df[["run", "state", "progress", "model", "lr", "batch_size", "epochs", "last_loss", "message"]],
                  hide_index=True, placeholder="", column_config={
                      "lr": ui.lr_column(), "batch_size": "batch",

@@ -32,6 +32,8 @@ def run_summary(run_dir: Path, name: str | None = None) -> dict:
     except MixsepError as e:
         row["message"] = getattr(e, "fact", str(e))  # a page's note: no command-line advice
     status = read_status(run_dir)
+    saved = status.get("step")  # the trainer writes its newest checkpoint's step with each one: where a resume starts
+    row["saved_step"] = saved if type(saved) is int and saved >= 0 else None
     row.update(state=status.get("state", "unknown"), step=status.get("step", 0),
                total_steps=status.get("total_steps", 0), updated=status.get("updated"),
                # what loaded (None: a run from before mixsep recorded it, or one not started yet)

@@ -1462,6 +1462,21 @@ def test_a_fifo_for_metrics_csv_leaves_the_run_listed_and_every_page_standing(ap
         watchdog.cancel()
 
 
+def test_home_says_where_a_killed_or_failed_run_resumes_when_steps_after_its_checkpoint_are_lost(app_env):
+    """A run killed or failed 30 steps after its last checkpoint read 180/300 on Home, as if a resume went on
+    from 180; it goes on from the checkpoint (the message of a killed run said so, a failed run's nowhere)."""
+    data, runs = app_env
+    killed, failed = runs / "killed", runs / "failed"
+    for run in (killed, failed):
+        shutil.copytree(runs / "tiny-run", run)
+    (killed / "status.json").write_text('{"state": "running", "pid": 999999999, "step": 1, "total_steps": 3}')
+    write_status(failed, "failed", "RuntimeError: boom", step=2, total_steps=3)
+    rows = open_page("dashboard.py").dataframe[1].value.set_index("run")
+    assert rows.loc["killed", "state"] == "interrupted"
+    assert rows.loc["killed", "progress"] == "3/3, resumes at step 1" and rows.loc["failed", "progress"] == \
+        "3/3, resumes at step 2" and rows.loc["tiny-run", "progress"] == "3/3", rows["progress"]
+
+
 def test_junk_metrics_rows_are_neither_drawn_nor_shown_as_the_last_loss(app_env):
     """A hand-edited row of step 1e30 was drawn at step -9223372036854775808 on Compare's curve (and reached the
     Train page as a step of 10**30); a row of loss -5, an MSE below zero, was shown as the run's last loss."""
