@@ -202,8 +202,8 @@ def status():
             minutes = ui.AUTO_SLOWS_AFTER_S // 60
             if now != refresh and training:  # the run passed its first minutes: a full rerun sets the slower pace
                 st.rerun()
-            st.caption(f"Live updates every {fast:g} s, {chart(fast)}; every {slow:g} s and {slow * ui.CHART_EVERY:g} s "
-                       f"once the run has trained {minutes} minutes (Auto)." if now == fast else
+            st.caption(f"Live updates every {fast:g} s, {chart(fast)}; once the run has trained {minutes} minutes, "
+                       f"every {slow:g} s and {chart(slow)} (Auto)." if now == fast else
                        f"Live updates every {slow:g} s, {chart(slow)}: the run has trained over {minutes} minutes (Auto).")
     # a run stopped before its first step has no total and no checkpoint: it starts again, in its own folder
     can_resume = not job.alive and job.state in ("stopped", "failed", "interrupted") and (
