@@ -269,7 +269,7 @@ def folders() -> tuple[Path, Path]:
         fix = " and ".join(f"`{m}` for `{x.split('=')[0]}`" for x, m in meant.items())
         rest = [x for x in extras if x not in meant and x.startswith("-")]
         mend = (f"Start it again with {fix}" + (f", and without `{' '.join(rest)}`" if rest else "") + "."
-                if meant else "Start it again without them.")
+                if meant else f"Start the server again without {'it' if len(extras) == 1 else 'them'}.")
         raise MixsepError(f"The server was started with `{' '.join(extras)}`, which the dashboard does not know; "
                           f"{takes}. {mend}")
     for flag, value in (("--data-root", args.data_root), ("--runs-dir", args.runs_dir)):

@@ -126,7 +126,9 @@ def widget(widgets, label: str):
     (["--runs-dri=R"], "with `--runs-dri=R`, which the dashboard does not know; the dashboard takes `--data-root DIR` "
      "and `--runs-dir DIR` after `--`. Start it again with `--runs-dir` for `--runs-dri`."),
     (["--data-root", "D", "--data-rot", "X"], "`--data-rot X`, which the dashboard does not know; the dashboard takes "
-     "`--data-root DIR` and `--runs-dir DIR` after `--`. Start it again without them."),  # not a second --data-root
+     "`--data-root DIR` and `--runs-dir DIR` after `--`. Start the server again without them."),  # not a second --data-root
+    (["--data-root", "D", "--verbose"], "`--verbose`, which the dashboard does not know; the dashboard takes "
+     "`--data-root DIR` and `--runs-dir DIR` after `--`. Start the server again without it."),  # one word: "it"
     (["--runs-dir", ""], "The server was started with an empty `--runs-dir` (it would be the server's own folder)"),
     (["--data-root"], "The server was started with `--data-root` and no folder after it"),
 ])
