@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train into (or resume) this exact folder instead of a new one; a resume keeps the run's "
                         "settings, and only " + ", ".join(s.flag for s in settings(resolve=False) if s.on_resume) +
                         " may change them")
-    add_train_flags(t, defaults=False)  # one flag per TrainConfig field, from its metadata; left out = its default
+    add_train_flags(t, defaults=False, whose="the run's")  # one flag per TrainConfig field, from its metadata; left out = its default
     t.add_argument("--recipe", action="store_true",
                    help="start from the settings the model's results in the README were trained with "
                         "(`python -m mixsep info --model NAME` prints them); the flags you give still win (a new run)")
@@ -189,7 +189,7 @@ def _add_sweep(sub) -> None:
     s.add_argument("--best", action="store_true", help="train nothing: print the best trial's run folder")
     s.add_argument("--worker-index", type=whole_number, default=None, help=argparse.SUPPRESS)  # set on a worker child
     s.add_argument("--trials-held", type=whole_number, default=None, help=argparse.SUPPRESS)  # its command's count
-    add_train_flags(s, defaults=False)  # the fixed settings of every trial
+    add_train_flags(s, defaults=False, whose="the study's")  # the fixed settings of every trial
 
 
 def cmd_train(args) -> int:

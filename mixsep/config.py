@@ -532,15 +532,17 @@ def recipe_flags(model: str) -> list[str]:
 # --------------------------------------------------------------------------- the command line
 
 
-def add_train_flags(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+def add_train_flags(parser: argparse.ArgumentParser, defaults: bool = True, whose: str | None = None) -> None:
     """One flag per setting: --batch-size for batch_size, --repair/--no-repair for a bool.
 
     ``defaults=False`` leaves every default as None, so a caller (a sweep) can tell the
-    flags the user gave from the ones left alone.
+    flags the user gave from the ones left alone. ``whose`` ("the run's"): what a resume reads its data root
+    from when --data-root is not given (saved_data_root), said in that flag's help.
     """
     for s in settings(resolve=False):
         default = s.default if defaults else None
-        shown = f" (default {s.zero if s.zero and not s.default else _show(s.default)})"
+        shown = f" (default {s.zero if s.zero and not s.default else _show(s.default)}" + (
+            f"; on resume, {whose} own where that folder is on this machine" if whose and s.name == "data_root" else "") + ")"
         help = (s.help + shown).replace("%", "%%")  # argparse formats help with %
         if s.type is bool:
             parser.add_argument(s.flag, action=argparse.BooleanOptionalAction, default=default, help=help)

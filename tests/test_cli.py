@@ -893,6 +893,17 @@ def test_every_evaluate_and_grid_option_says_what_it_does():
     assert "--overwrite" in sub.choices["evaluate"].format_help() and "--overwrite" in sub.choices["grid"].format_help()
 
 
+def test_train_and_sweep_help_say_a_resume_reads_its_own_data_root():
+    """A resume without --data-root reads the run's (or the study's) folder, but both helps said "default ./data"."""
+    from mixsep.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name, whose in (("train", "run's"), ("sweep", "study's")):
+        flag = next(a for a in sub.choices[name]._actions if "--data-root" in a.option_strings)
+        assert flag.help.endswith(f"(default ./data; on resume, the {whose} own where that folder is on this "
+                                  "machine)"), flag.help
+
+
 def test_a_folder_that_is_no_run_or_holds_no_checkpoint_is_told_what_it_is(capsys, tmp_path, data_root):
     """Both read "holds no checkpoint yet; train it first (or wait for its first checkpoint)": /etc included."""
     plain = tmp_path / "plain"
