@@ -1321,6 +1321,27 @@ def test_a_study_name_refused_says_why(tmp_path, capsys, name, said):
     assert err.count("\n") == 1 and [p.name for p in runs.iterdir()] == ["lnk"] and not any(elsewhere.iterdir())
 
 
+def test_a_queued_trial_whose_folder_is_in_another_runs_folder_names_that_folder(capsys, tmp_path):
+    """A shared database, and a stopped trial resumed by a command with another runs folder: its folder is not
+    gone, it is where the first command trained it, and the line says where."""
+    from mixsep.sweep import requeue
+
+    data = make_data_root(tmp_path / "data")
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    first_runs, other_runs = tmp_path / "a" / "runs", tmp_path / "b" / "runs"
+    assert main(sweep_args(data, first_runs, "--study", "s", "--storage", url, "--trials", "1", *TINY)) == 0
+    import optuna
+
+    study = optuna.load_study(study_name="s", storage=url)
+    requeue(study, study.trials[-1], stopped=True)
+    capsys.readouterr()
+    assert main(sweep_args(data, other_runs, "--study", "s", "--storage", url, "--trials", "2")) == 0
+    err = capsys.readouterr().err
+    assert "trial 1: its run folder s/trial-0000 is in another runs folder, " \
+           f"{first_runs.resolve()}, so it trains again from step 0\n" in err, err
+    assert (other_runs / "s" / "trial-0000" / "metrics.csv").is_file()
+
+
 def test_a_requeued_trial_whose_worker_never_made_its_folder_is_not_said_gone(capsys, tmp_path):
     """A worker killed after its trial was named but before it made the folder: the next command said the folder
     "is gone (moved or deleted)", though nothing was ever there."""
