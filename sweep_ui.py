@@ -231,11 +231,12 @@ def study_settings(attrs: dict) -> str:
     ends = [f"{text(attrs['trials'])} trials" if "trials" in attrs else "",
             f"{text(attrs['val_size'])} validation pairs" if "val_size" in attrs else ""]
     toggles = [setting_by_name(n).label for n in LOCAL if n in SHARED]
-    return " — ".join(filter(None, [
-        "This study searches " + (", ".join(searched) if searched else "nothing (every trial alike)"),
-        "each trial: " + "; ".join(trial) if trial else "", " on ".join(filter(None, ends))])) + (
-        f". Resume goes on with these. The sidebar sets up a new study: of it, only {', '.join(toggles[:-1])} and "
-        f"{toggles[-1]} apply to Resume.")
+    return "  \n".join(filter(None, [  # a line each: one paragraph of it was hard to scan (QA)
+        "This study searches " + (", ".join(searched) if searched else "nothing (every trial alike)") + ".",
+        "Each trial: " + "; ".join(trial) + "." if trial else "",
+        " ".join(filter(None, [" on ".join(filter(None, ends)) + "." if any(ends) else "",
+                               "Resume goes on with these. The sidebar sets up a new study: of it, only "
+                               f"{', '.join(toggles[:-1])} and {toggles[-1]} apply to Resume."]))]))
 
 
 def trials_table(frame: pd.DataFrame, key: str) -> str | None:
