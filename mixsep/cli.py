@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -986,7 +987,7 @@ def cmd_info(args) -> int:
         said = "; ".join(filter(None, [f"the {' and '.join(bad)} files do not read (remove them first)" if bad
                                        else "", f"the {' and '.join(missing)} files are missing" if missing else ""]))
         raise MixsepError(f"Under {args.data_root}, {said}; {'then run' if bad else 'run'} `python -m mixsep download --data-root "
-                          f"{args.data_root}` where the internet is reachable, or copy the files there.")
+                          f"{shlex.quote(str(args.data_root))}` where the internet is reachable, or copy the files there.")
     return 0
 
 

@@ -207,6 +207,24 @@ def test_info_lists_models_and_data(capsys, data_root):
     assert out.count("missing") == 0 and "data_batch_1" in out
 
 
+def test_the_download_command_in_a_missing_data_sentence_is_quoted_for_the_shell(capsys, tmp_path):
+    """A data root with a space was put in the sentence's `python -m mixsep download --data-root ...` as it was:
+    copied into a terminal, the command downloaded into the path's first word."""
+    import shlex
+
+    root = tmp_path / "team's data"
+    root.mkdir()
+    quoted = shlex.quote(str(root))
+    assert quoted != str(root)
+    for argv in (["info", "--data-root", str(root), "--model", "tiny", "--check"],
+                 ["train", "--data-root", str(root), "--run-dir", str(tmp_path / "run"), "--model", "tiny"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"`python -m mixsep download --data-root {quoted}` where" in err, err
+        assert shlex.split(err.split("`")[1])[-1] == str(root)  # the command, as a shell reads it
+    assert not (tmp_path / "run").exists()
+
+
 def test_info_check_reads_each_file_through_and_names_the_one_that_does_not(capsys, data_root, tmp_path, monkeypatch):
     monkeypatch.setenv("MIXSEP_CACHE_DIR", str(tmp_path / "cache"))
     assert main(["info", "--data-root", str(data_root), "--model", "tiny", "--check"]) == 0
