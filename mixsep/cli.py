@@ -503,6 +503,20 @@ def _resume_settings(args, run_dir: Path, saved: TrainConfig) -> TrainConfig:
     by_name = {s.name: s for s in settings(resolve=False)}
     given = given_settings(args, model=saved.model)  # --config's file, or the flags over --recipe's
     source = f"--config {args.config} changes" if getattr(args, "config", None) else "the flags change"
+    if getattr(args, "data_root", None) is None and given.get("data_root", saved.data_root) == saved.data_root:
+        # read as evaluate, grid and a study's resume read it: the run's folder where it is on this machine, else
+        # the usual default (a dashboard's child: its server's), said (QA: a run copied from another machine was
+        # told to download into a folder that is not here, and never of --data-root)
+        root, said = saved_data_root(saved.data_root, "the run's")
+        if root != saved.data_root:
+            from .data import SOURCES, find_source
+
+            if not all(find_source(Path(root), source, "train") for source in SOURCES):
+                raise MixsepError(f"{run_dir} trained on the data root {saved.data_root}, which is not a folder on "
+                                  f"this machine, and {root} holds no training data either; resume it with "
+                                  "--data-root DIR naming a folder that holds MNIST and CIFAR-10.")
+            print(one_line(said), file=sys.stderr, flush=True)
+            given["data_root"] = root
     if "data_root" in given:
         given["data_root"] = str(Path(given["data_root"]).resolve())
     changed = {k: v for k, v in given.items() if v != getattr(saved, k)}

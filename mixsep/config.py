@@ -58,11 +58,11 @@ def default_data_root() -> str:
     return os.path.expanduser(os.environ.get("MIXSEP_DATA_ROOT") or "./data")  # set but empty: the default, not "."
 
 
-def saved_data_root(root, whose: str) -> tuple[str, str | None]:
+def saved_data_root(root, whose: str, default: str | None = None) -> tuple[str, str | None]:
     """(data root, the line saying so) for a resume without --data-root: the folder a run or study (``whose``: "the
-    run's", "the study's") was made on when it is a folder here, else the usual default, said why; no line where
-    it names no folder of its own."""
-    default = default_data_root()
+    run's", "the study's") was made on when it is a folder here, else the usual default (``default``: a server's
+    own), said why; no line where it names no folder of its own."""
+    default = default_data_root() if default is None else default
     if not isinstance(root, str) or root == default:
         return default, None
     try:

@@ -95,6 +95,31 @@ def test_evaluate_and_grid_read_the_runs_own_data_root_by_default(capsys, data_r
     assert err[-1].startswith("error: No MNIST test data under data") and len(err) == 2
 
 
+def test_a_resume_whose_data_root_is_not_here_reads_the_default_and_says_so(capsys, data_root, tmp_path, monkeypatch):
+    """A run copied from another machine: `train --run-dir` was refused and told to download into the other machine's
+    folder, where evaluate, grid and a study's resume read the usual default and say so (QA)."""
+    theirs = tmp_path / "theirs"
+    shutil.copytree(data_root, theirs)
+    run = _train(capsys, theirs, tmp_path / "runs")
+    shutil.rmtree(theirs)
+    elsewhere = tmp_path / "elsewhere"  # no ./data here
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("MIXSEP_DATA_ROOT", raising=False)
+    before = conftest.tree(run)
+    assert main(["train", "--run-dir", str(run), "--quiet"]) == 2  # nothing to read: both folders named, nothing lost
+    assert capsys.readouterr().err == (
+        f"error: {run} trained on the data root {theirs}, which is not a folder on this machine, and ./data holds no "
+        "training data either; resume it with --data-root DIR naming a folder that holds MNIST and CIFAR-10.\n")
+    assert conftest.tree(run) == before
+    monkeypatch.setenv("MIXSEP_DATA_ROOT", str(data_root))
+    assert main(["train", "--run-dir", str(run), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"note: the run's data root {theirs} is not a folder here; reading {data_root} "
+                          "(--data-root chooses another)\n"), err
+    assert json.loads((run / "config.json").read_text())["data_root"] == str(data_root.resolve())  # read from now on
+
+
 def test_evaluate_on_user_named_files(capsys, data_root, tmp_path):
     run = _train(capsys, data_root, tmp_path / "runs")
     cifar = data_root / "cifar-10-batches-py" / "data_batch_1"

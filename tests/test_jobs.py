@@ -732,7 +732,10 @@ def test_a_resume_refused_for_where_it_runs_leaves_the_run_stopped_and_says_why(
     jobs.start(run_dir=run)
     state = jobs.wait(120)
     assert state.state == "stopped", state
-    assert state.message.startswith(f"Resume refused: No MNIST train data under {data}: "), state.message
+    # the run's own data root is gone, and the server's (here MIXSEP_DATA_ROOT) holds none either: both named
+    assert state.message == f"Resume refused: {run} trained on the data root {data}, which is not a folder on this " \
+        f"machine, and {tmp_path / 'none'} holds no training data either; resume it with --data-root DIR naming a " \
+        "folder that holds MNIST and CIFAR-10.", state.message
     after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "worker.log"}
     assert after == {p: b for p, b in before.items() if p.name != "worker.log"}
     assert read_status(run)["message"] == "stopped by request"
@@ -744,5 +747,6 @@ def test_a_resume_refused_for_where_it_runs_leaves_the_run_stopped_and_says_why(
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "worker.log"}
     jobs.start(run_dir=run)
     state = jobs.wait(120)
-    assert state.state == "interrupted" and state.message.startswith("Resume refused: No MNIST train data"), state
+    assert state.state == "interrupted" and state.message.startswith(f"Resume refused: {run} trained on the data "), \
+        state
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "worker.log"} == before
