@@ -1,4 +1,5 @@
 """Home: what mixsep does, the data, the device and the recent runs (dashboard.py routes here)."""
+import shlex
 from pathlib import Path
 
 import pandas as pd
@@ -23,7 +24,7 @@ for col, (page, title, icon) in zip(cols, ui.PAGES[1:]):
     col.page_link(page, label=title, icon=icon)
 
 st.header("Data")
-st.markdown(f"Data root: `{data_root.resolve()}`",
+st.markdown(f"Data root: {ui.path_code(data_root.resolve())}",
             help="Folder with MNIST/ and cifar-10-batches-py/ (or cifar10/*.npz). It is fixed when the server "
                  "starts (`streamlit run dashboard.py -- --data-root DIR`, or MIXSEP_DATA_ROOT; default ./data), "
                  "so a visitor cannot make the server write anywhere else.")
@@ -41,7 +42,7 @@ if missing:
         f"{', '.join(names[:-1]) + ' and ' + names[-1] if len(names) > 1 else names[0]} "
         f"{'are' if len(names) > 1 else 'is'} missing under {data_root} (the table says where each goes): the "
         "button below downloads them, as does `python -m mixsep download --data-root "
-        f"{data_root}` where the internet is reachable; or copy the files there.")))
+        f"{shlex.quote(str(data_root))}` where the internet is reachable; or copy the files there.")))
     fetched = sorted({r["source"] for r in missing}, key=SOURCES.index)  # a whole source, either split: its size
     label = (f"Download {' and '.join(SOURCE_NAMES[s] for s in fetched)} "
              f"(about {sum(DOWNLOAD_MB[s] for s in fetched):,} MB)")  # (it named both when MNIST was there: QA)
@@ -58,7 +59,7 @@ if missing:
             bar.empty()
             st.error(ui.sentence(e))  # a URL in it is text, not a link
 else:
-    st.success(f"All four source/split sets found under `{data_root.resolve()}`.")
+    st.success(f"All four source/split sets found under {ui.path_code(data_root.resolve())}.")
 
 st.header("Device")
 if torch.cuda.is_available():
@@ -83,7 +84,7 @@ def progress_text(row: dict) -> str:
 st.header("Recent runs")
 runs = ui.runs_table(runs_dir)
 if not runs:
-    st.info(f"No runs yet in `{runs_dir.resolve()}`: start one on the Train page.")
+    st.info(f"No runs yet in {ui.path_code(runs_dir.resolve())}: start one on the Train page.")
 else:
     df = pd.DataFrame(runs[:10])
     df["progress"] = [progress_text(r) for r in runs[:10]]

@@ -222,8 +222,8 @@ def setup(title: str) -> tuple[Path, Path]:
         for path, label, icon in PAGES:
             st.page_link(path, label=label, icon=icon)
         st.divider()
-        st.caption(f"Data `{data_shown.name}` · runs `{runs_shown.name}`",
-                   help=f"Data root: {data_shown}  \nRuns folder: {runs_shown}  \n"
+        st.caption(f"Data {path_code(data_shown.name)} · runs {path_code(runs_shown.name)}",
+                   help=f"Data root: {literal(data_shown)}  \nRuns folder: {literal(runs_shown)}  \n"
                         "Set them when starting the server: `streamlit run dashboard.py -- --data-root DIR "
                         "--runs-dir DIR`, or MIXSEP_DATA_ROOT and MIXSEP_RUNS_DIR.")
         st.html(NOT_IN_A_FRAME, unsafe_allow_javascript=True)  # in the sidebar, hidden: no gap in the page
@@ -488,7 +488,7 @@ def pick_run(runs_dir: Path, key: str = "run") -> tuple[Path, str] | None:
         # outlive the switch (the next page showed the newest run)
         st.session_state[key] = st.session_state["last_run"]
     if not rows:
-        st.info(f"No runs yet in {Path(runs_dir).resolve()}. Start one on the Train page.")
+        st.info(f"No runs yet in {path_code(Path(runs_dir).resolve())}. Start one on the Train page.")
         page_link("Train", "Go to Train")
         return None
     if st.session_state.get(key) not in rows:
@@ -586,6 +586,55 @@ def training_now(run_dir: Path, state: str | None, runs_dir: Path | None = None)
         return False  # a sweep's trial: its sweep, not the Train page, starts it
     job = registry(runs_dir).running()
     return job is not None and Path(job.run_dir).resolve() == here
+
+
+def other_data_root(run_dir: Path, config, data_root: Path) -> str | None:
+    """The data root a run trained on when it is not the server's, whose pairs the pages score and show; None when
+    they are one folder, or the run names none. Its config.json says it (a resume with --data-root moves it there),
+    else ``config``, its checkpoint's. `evaluate` and `grid` read the run's own, so the same checkpoint scored
+    11.59 dB there and 11.49 dB on Metrics, without a word (QA)."""
+    try:
+        trained_on = TrainConfig.load(Path(run_dir) / "config.json", of_run=True).data_root
+    except MixsepError:
+        trained_on = getattr(config, "data_root", None)
+    if not isinstance(trained_on, str) or not trained_on:
+        return None
+    try:
+        return None if Path(trained_on).resolve() == Path(data_root).resolve() else trained_on
+    except (OSError, RuntimeError, ValueError):  # a loop of links, a NUL
+        return trained_on
+
+
+def path_code(text) -> str:
+    """A folder's path as a code span that holds any character, a backtick included (markdown's longer fence)."""
+    text = " ".join(str(text).splitlines())
+    fence = "`" * (max(map(len, re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def data_root_note(run_dir: Path, config, data_root: Path, what: str) -> str | None:
+    """The sentence a page shows beside ``what`` ("these test pairs") of a run trained on another data root than the
+    server's (``other_data_root``), or None."""
+    other = other_data_root(run_dir, config, data_root)
+    if other is None:
+        return None
+    return (f"This run trained on the data root {path_code(other)}" + ("" if Path(other).is_dir() else
+            ", which is not a folder on this machine") + f"; {what} come from this server's, {path_code(data_root)} "
+            "(`python -m mixsep evaluate` and `grid` read the run's own where it is here).")
+
+
+def resume_data_note(run_dir: Path, data_root: Path) -> str | None:
+    """Which data a Resume trains on, when it is not this server's data root: the run's own (a folder here), or, where
+    that is not on this machine, the server's, as `train --run-dir` reads it (QA: the page's Resume of a run copied
+    from another machine was refused, and told to download into the other machine's folder)."""
+    other = other_data_root(run_dir, None, data_root)
+    if other is None:
+        return None
+    if Path(other).is_dir():
+        return f"Resume trains on the run's own data root, {path_code(other)}, not on this server's."
+    return (f"The run's data root, {path_code(other)}, is not a folder on this machine: Resume trains it on this "
+            f"server's, {path_code(data_root)}.")
 
 
 def no_checkpoint_note(run_dir: Path, state: str | None, runs_dir: Path | None = None) -> str:

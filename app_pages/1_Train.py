@@ -208,10 +208,12 @@ def status():
     # a run stopped before its first step has no total and no checkpoint: it starts again, in its own folder
     can_resume = not job.alive and job.state in ("stopped", "failed", "interrupted") and (
         job.step < job.total_steps or not job.total_steps)
+    if can_resume and (note := ui.resume_data_note(job.run_dir, data_root)):
+        st.caption(note)
     if can_resume and st.button("Resume this run" if list_checkpoints(job.run_dir) else "Start this run again",
                                 icon=":material/replay:", help=RESUME_HELP):  # the folder is listed only when the button shows
         try:
-            jobs.start(run_dir=job.run_dir)
+            jobs.start(run_dir=job.run_dir, data_root=data_root)  # read where the run's own is not here
             st.session_state.pop("train_refused", None)
             st.rerun()
         except MixsepError as e:  # kept: the fragment's next refresh would wipe a message drawn once

@@ -64,7 +64,10 @@ seen = ((f" · the run trained on CIFAR images 0-{config.train_size - 1} only (i
          "digits drawn afresh every epoch (--repair); the others are new to it" if config.repair else
          f" · the run trained on pairs 0-{config.train_size - 1} only (its training size); the others are new to it")
         if split == "train" and 0 < config.train_size < len(pairs) else "")
-nav.caption(f"Page {page + 1} of {pages} · {len(pairs)} {split} pairs, {order}{seen}")
+other = ui.data_root_note(run_dir, config, data_root, f"these {split} pairs")
+nav.caption(f"Page {page + 1} of {pages} · {len(pairs)} {split} pairs, {order}{'' if other else seen}")
+if other:  # which of them it trained on is not known here (QA: "trained on pairs 0-511" of another folder's)
+    st.info(other)
 st.caption(ui.literal(title))  # the run's name as typed, never markdown
 for strip in strips:
     st.image(strip, output_format="PNG")  # JPEG would blur 32-pixel images

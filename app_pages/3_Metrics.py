@@ -26,6 +26,8 @@ except MixsepError as e:
     ui.show_error(e, literal_text=True)  # it quotes the checkpoint's path: the run's name, as text
 st.progress(1.0, text=f"Scored {ev.n} test pairs with {ui.literal(run_shown)} · `{checkpoint.name}` · "
                       f"step {info['step']} · {config.model} (data_range = 1).")
+if note := ui.data_root_note(run_dir, config, data_root, "these test pairs"):
+    st.info(note)
 
 st.subheader("Every recovery mode, both sources")
 st.dataframe(ev.table().assign(source=lambda t: t["source"].map(ui.SOURCE)), hide_index=True, placeholder="",

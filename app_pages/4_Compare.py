@@ -11,7 +11,7 @@ from ui_settings import whole_number_box
 data_root, runs_dir = ui.setup("Compare runs")
 rows = {r["run"]: r for r in ui.runs_table(runs_dir)}
 if not rows:
-    st.info(f"No runs yet in {runs_dir.resolve()}. Start one on the Train page.")
+    st.info(f"No runs yet in {ui.path_code(runs_dir.resolve())}. Start one on the Train page.")
     ui.page_link("Train", "Go to Train")
     st.stop()
 studies = sorted({ui.study_of(n) for n in rows} - {""})
@@ -133,6 +133,8 @@ if score:
             if not found:
                 raise MixsepError(ui.no_checkpoint_note(runs_dir / name, rows[name]["state"], runs_dir))
             ev, scored_config, _ = ui.evaluation(found[0], data_root, int(count))
+            if other := ui.other_data_root(runs_dir / name, scored_config, data_root):  # Metrics says so too
+                add_note(i, f"trained on another data root ({other}); scored on this server's")
             if rows[name].get("model") and scored_config.model != rows[name]["model"]:  # the checkpoint's model's figures
                 add_note(i, f"{found[0].name} holds a {scored_config.model} model, not the config's "
                             f"{rows[name].get('model')}: the scores are the {scored_config.model}'s")

@@ -92,7 +92,9 @@ if top[4].button("Resume", icon=":material/replay:", disabled=live is not None o
                  width="stretch"):
     try:
         sw.check_writes_here(url, runs_dir)
-        sweeps.start(["--study", shown, "--data-root", str(data_root), *local], storage=url or None, busy=busy)
+        # the study's own data root where it is here, else this server's: a study's trials compare on one
+        # validation set (the page gave the server's always, and a study made on another folder changed it)
+        sweeps.start(["--study", shown, *local], storage=url or None, busy=busy, data_root=data_root)
         st.rerun()
     except MixsepError as e:
         if str(e) != busy:  # busy: the warning above says so already

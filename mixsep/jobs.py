@@ -236,9 +236,12 @@ class JobRegistry:
 
     # ------------------------------------------------------------------ actions
 
-    def start(self, config: TrainConfig | None = None, run_dir: Path | None = None) -> Path:
+    def start(self, config: TrainConfig | None = None, run_dir: Path | None = None,
+              data_root: Path | None = None) -> Path:
         """Start training ``config`` into a new run folder, or resume ``run_dir``.
 
+        ``data_root``: the server's, which a resumed run reads where its own data root is not a folder on this
+        machine (a run copied from another), as `train --run-dir` reads MIXSEP_DATA_ROOT then.
         Raises MixsepError when a job already runs (from any tab), or when the config
         or run folder is unusable; nothing is started then.
         """
@@ -293,6 +296,8 @@ class JobRegistry:
             cmd = [self.python, "-m", "mixsep", "train", "--config", str(run_dir / "config.json"),
                    "--run-dir", str(run_dir), "--quiet"]
             env = child_env(self.env)
+            if data_root is not None:
+                env["MIXSEP_DATA_ROOT"] = str(Path(data_root).resolve())
             try:  # a full or read-only disk: one sentence, and no half-made run folder left to list
                 if made is not None:
                     write_json(run_dir / CONFIG, config.to_dict())

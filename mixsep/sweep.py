@@ -825,9 +825,11 @@ class Plan:
                 "flags": {name: getattr(self, name) for name in SWEEP_FLAGS}}
 
 
-def plan(args) -> Plan:
+def plan(args, data_root: str | None = None) -> Plan:
     """Check a `sweep` command's arguments, data, storage and study; write nothing.
 
+    ``data_root``: the default data root instead of MIXSEP_DATA_ROOT or ./data (a dashboard's: its server's), read
+    where --data-root is not given and a resumed study's own is not a folder here; nothing is printed then.
     Raises MixsepError with one sentence for the first problem found.
     """
     study, runs_dir = args.study, Path(args.runs_dir).expanduser().resolve()
@@ -841,10 +843,10 @@ def plan(args) -> Plan:
     stored = _stored(storage, study)
     if stored is not None and "data_root" not in local and not getattr(args, "best", False):
         # as a run's resume does (QA: it read ./data, and said to download 180 MB there)
-        local["data_root"], said = saved_data_root(stored["config"].get("data_root"), "the study's")
-        if said:
+        local["data_root"], said = saved_data_root(stored["config"].get("data_root"), "the study's", data_root)
+        if said and data_root is None:
             print(one_line(said), file=sys.stderr, flush=True)
-    local.setdefault("data_root", default_data_root())
+    local.setdefault("data_root", data_root or default_data_root())
     local["data_root"] = str(Path(local["data_root"]).expanduser().resolve())
     if stored is None and getattr(args, "best", False):  # before checks that only a new study needs
         raise MixsepError(f"There is no study '{study}' in {storage_label(args.storage, runs_dir)}; "
@@ -2040,11 +2042,14 @@ class SweepRegistry:
             live = live_sweeps(self.runs_dir)
             return live[0] if live else None
 
-    def start(self, argv: list[str], storage: str | None = None, busy: str | None = None) -> Path:
+    def start(self, argv: list[str], storage: str | None = None, busy: str | None = None,
+              data_root: Path | None = None) -> Path:
         """Check the sweep flags ``argv`` as the CLI would, then start the child; MixsepError if not.
 
         ``storage`` reaches the child through its environment, so a database password stays
-        off the command line. ``busy``: why another job of the runs folder forbids a start.
+        off the command line. ``busy``: why another job of the runs folder forbids a start. ``data_root``: the
+        server's, read where ``argv`` gives no --data-root and a resumed study's own is not a folder here (as
+        `sweep` reads MIXSEP_DATA_ROOT then); the child is given the one chosen.
         """
         from .cli import build_parser
 
@@ -2056,7 +2061,10 @@ class SweepRegistry:
             if busy:
                 raise MixsepError(busy)
             where = ["--runs-dir", str(self.runs_dir)] + (["--storage", storage] if storage else [])
-            p = plan(build_parser().parse_args(["sweep", *where, *argv]))  # bad input stops here, nothing written
+            p = plan(build_parser().parse_args(["sweep", *where, *argv]),  # bad input stops here, nothing written
+                     None if data_root is None else str(data_root))
+            if data_root is not None and "--data-root" not in argv:
+                argv = [*argv, "--data-root", p.config.data_root]
             p.folder.mkdir(parents=True, exist_ok=True)
             from .jobs import child_env
 

@@ -161,6 +161,27 @@ def test_home_shows_data_device_and_runs(app_env):
     assert "CPU" in texts(at.markdown) or "GPU" in texts(at.markdown)
 
 
+def test_folders_with_markdown_characters_show_as_they_are(app_env, tmp_path, monkeypatch):
+    """A data root with a backtick broke out of Home's code span (`…/data `tick` *star* [l](u)` showed in mixed
+    code and plain text), and "No runs yet in …" on the other pages put a runs folder through markdown unescaped
+    (italics, a link, characters gone). Each path is now one code span whose fence is longer than any run of
+    backticks in it (checked by eye in Chromium, too)."""
+    import mixsep_ui
+
+    data, runs = app_env
+    odd = tmp_path / "d `tick` *star* [l](u) ``x"
+    shutil.copytree(data, odd)
+    empty = tmp_path / "runs *b* [x](http:/e) `t`"
+    monkeypatch.setattr("sys.argv", [str(ROOT / "dashboard.py"), "--data-root", str(odd), "--runs-dir", str(empty)])
+    assert mixsep_ui.path_code("a `b` c") == "``a `b` c``" and mixsep_ui.path_code("`x") == "`` `x ``"
+    home = open_page("dashboard.py")
+    assert f"Data root: ```{odd}```" in texts(home.markdown), texts(home.markdown)
+    assert f"All four source/split sets found under ```{odd}```." in texts(home.success)
+    assert f"No runs yet in `` {empty} ``: start" in texts(home.info)  # a space pads a path that ends in a backtick
+    for page in ("app_pages/2_Samples.py", "app_pages/4_Compare.py"):
+        assert f"No runs yet in `` {empty} ``. Start one on the Train page." in texts(open_page(page).info)
+
+
 def test_home_says_how_many_runs_it_leaves_out_and_which_names_it_cannot_list(app_env):
     """57 runs showed as the newest 10 without a word, and runs with odd names were left out unseen."""
     data, runs = app_env
@@ -1795,6 +1816,43 @@ def test_a_stopped_run_with_a_bad_config_says_so_everywhere_and_keeps_saying_it(
     at.switch_page("app_pages/2_Samples.py").run()
     at.switch_page("app_pages/1_Train.py").run()
     assert widget(at.selectbox, "Run").value == "bad-config" and refusal in seen(texts(at.error)).replace("\u2060", "")
+
+
+def test_a_run_trained_on_another_data_root_says_so_on_every_page_and_resumes_on_the_servers(app_env, tmp_path,
+                                                                                               monkeypatch):
+    """A run copied from another machine: Metrics, Samples and Compare scored and showed the server's pairs without
+    a word (11.49 dB on the page, 11.59 dB from evaluate, which reads the run's own), Samples said which of them it
+    had trained on, and Resume was refused and told to download into the other machine's folder (QA)."""
+    data, runs = app_env
+    monkeypatch.delenv("MIXSEP_DATA_ROOT")  # the server's data root is its flag, which a child does not inherit
+    monkeypatch.setattr("sys.argv", [str(ROOT / "dashboard.py"), "--data-root", str(data), "--runs-dir", str(runs)])
+    theirs, gone = runs / "theirs", tmp_path / "their data ` *x*"
+    shutil.copytree(runs / "tiny-run", theirs)
+    config = json.loads((theirs / "config.json").read_text())
+    (theirs / "config.json").write_text(json.dumps(dict(config, data_root=str(gone))))
+    (theirs / "metrics.csv").write_text("\n".join((theirs / "metrics.csv").read_text().splitlines()[:3]) + "\n")
+    write_status(theirs, "stopped", "stopped by request", step=2, total_steps=3)
+    said = f"This run trained on the data root ``{gone}``, which is not a folder on this machine; these test pairs " \
+           f"come from this server's, `{data}`"
+    at = open_page("app_pages/3_Metrics.py", run="theirs")
+    assert said in texts(at.info), texts(at.info)
+    assert "trained on the data root" not in texts(open_page("app_pages/3_Metrics.py", run="tiny-run").info)
+    at = open_page("app_pages/2_Samples.py", run="theirs")
+    assert said.replace("these test pairs", "these test pairs") in texts(at.info), texts(at.info)  # the test split
+    at = open_page("app_pages/4_Compare.py")
+    widget(at.multiselect, "Runs").set_value(["theirs", "tiny-run"])
+    widget(at.toggle, "Test PSNR").set_value(True).run()
+    notes = at.dataframe[0].value.set_index("run")["note"]
+    assert f"trained on another data root ({gone}); scored on this server's" in notes["theirs"], notes
+    assert "data root" not in notes["tiny-run"]
+    at = open_page("app_pages/1_Train.py")
+    widget(at.selectbox, "Run").set_value("theirs").run()
+    assert f"The run's data root, ``{gone}``, is not a folder on this machine: Resume trains it on this server's, " \
+           f"`{data}`." in texts(at.caption), texts(at.caption)
+    widget(at.button, "Resume this run").click().run()
+    poll(at, lambda a: json.loads((theirs / "config.json").read_text())["data_root"] == str(data.resolve())
+         and "Finished" in texts(a.success), what="the resume on the server's data root")
+    assert not at.error, texts(at.error)
 
 
 def test_a_run_the_train_page_just_started_has_no_checkpoint_yet_not_a_removed_one(app_env, tmp_path, monkeypatch):

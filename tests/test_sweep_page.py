@@ -258,6 +258,34 @@ def test_resume_on_the_page_trains_as_its_per_machine_toggles_show(page_env):
     assert "--no-cuda-graphs" in words, words
 
 
+def test_resume_on_the_page_trains_on_the_studys_data_root_or_where_that_is_gone_the_servers(page_env, tmp_path,
+                                                                                             monkeypatch, capfd):
+    """The page's Resume gave the sweep the server's data root always: a study made on another folder changed the
+    data its validation pairs come from, so its later trials scored on other pairs than its first (a study's
+    resume on the command line reads the study's own)."""
+    import shutil
+
+    import sweep_ui
+
+    data, runs = page_env
+    made_on = tmp_path / "made on"
+    shutil.copytree(data, made_on)
+    mixsep_study(made_on, runs, "s")
+    at = app_page("5_Sweep.py", 60)  # the server's data root: `data` (MIXSEP_DATA_ROOT)
+    next(b for b in at.button if b.label == "Resume").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    child = sweep_ui.registry(runs)._proc
+    assert child is not None, [e.value for e in at.error]
+    words = child.args[child.args.index("--study"):]
+    assert words[words.index("--data-root") + 1] == str(made_on.resolve()) and words.count("--data-root") == 1, words
+    sweep_ui.registry(runs).stop()
+    child.wait(120)
+    shutil.rmtree(made_on)  # the study's folder is not here: the server's, and the server's terminal says nothing
+    capfd.readouterr()
+    p = plan(build_parser().parse_args(["sweep", "--study", "s", "--runs-dir", str(runs)]), str(data))
+    assert p.config.data_root == str(data.resolve()) and capfd.readouterr().err == ""
+
+
 def test_a_sweep_of_this_runs_folder_in_another_storage_is_named_not_shown_as_starting(page_env, tmp_path,
                                                                                        monkeypatch):
     """A sweep started with --storage sqlite:///... while the page reads the runs folder's journal: the page
