@@ -622,7 +622,9 @@ def _train(args, cfg: TrainConfig, run) -> int:
             raise StoppedBeforeTraining
         if stop["flag"] and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        stop["flag"] = True
+        # said in the stopped run's status, which other pages read: a Ctrl-C in the terminal of the dashboard that
+        # started the run reaches it too, and read "stopped by request" where no one had pressed Stop (QA)
+        stop["flag"] = "stopped by Ctrl-C (SIGINT)" if signum == signal.SIGINT else True
         if signum == signal.SIGINT:
             print("\nstopping after this step (Ctrl-C again to quit at once)", file=sys.stderr)
     signal.signal(signal.SIGINT, on_signal)

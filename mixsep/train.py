@@ -298,7 +298,7 @@ class Training:
     """
 
     def __init__(self, config: TrainConfig, run_dir: Path | Run, data: PairData | None = None,
-                 should_stop: Callable[[], bool] | None = None):
+                 should_stop: Callable[[], bool | str] | None = None):
         self.run = run_dir if isinstance(run_dir, Run) else Run(Path(run_dir))
         self._owns_run = not self.run.lock.held
         if self._owns_run:
@@ -530,6 +530,7 @@ class Training:
             self._pending: list[_Pending] = []
             spent = self.config.max_minutes > 0 and self.trained_before > self.config.max_minutes * 60
             self._stop_reason: str | None = "time" if spent else None  # the budget was spent before this resume
+            self._stop_message = "stopped by request"  # or what asked (_why_stop)
             self._spent_note = (f"time budget reached before this resume: it trained {self.trained_before / 60:.2f} of "
                                 f"its {self.config.max_minutes:g} minutes; resume it with a larger time limit "
                                 "(--max-minutes) to train on") if spent else ""
@@ -538,7 +539,8 @@ class Training:
                 yield from self._epoch(epoch)
                 epoch += 1
             if self._stop_reason == "request":
-                self.run.status(State.STOPPED, "stopped by request", step=self.step, total_steps=self.total_steps)
+                self.run.status(State.STOPPED, self._stop_message, step=self.step,
+                                total_steps=self.total_steps)
             elif self._stop_reason == "time":
                 self.run.status(State.FINISHED, self._spent_note or (
                     f"time budget reached at step {self.step} of {self.total_steps} (--max-minutes "
@@ -626,8 +628,11 @@ class Training:
                 keep = 0
 
     def _why_stop(self) -> str | None:
-        """A user's request wins over the time budget: the state must match the message."""
-        if self.should_stop() or stop_requested(self.run_dir):
+        """A user's request wins over the time budget: the state must match the message. ``should_stop`` may say
+        what asked, as the stopped run's message ("stopped by Ctrl-C (SIGINT)")."""
+        asked = self.should_stop()
+        if asked or stop_requested(self.run_dir):
+            self._stop_message = asked if isinstance(asked, str) else "stopped by request"
             return "request"
         return "time" if self.config.max_minutes > 0 and self.trained_s() > self.config.max_minutes * 60 else None
 

@@ -216,6 +216,26 @@ def test_second_ctrl_c_quits_at_once(small_config, tmp_path):
     assert temps_in(run) == []  # a checkpoint cut short leaves nothing behind
 
 
+def test_one_ctrl_c_is_recorded_as_a_ctrl_c_not_as_a_request(small_config, tmp_path):
+    """A Ctrl-C in the terminal of the dashboard that started a run reaches its trainer too (one process group):
+    the run stopped cleanly, but every page read "stopped by request", where no one had pressed Stop (QA)."""
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps(dataclasses.replace(small_config, epochs=400, checkpoint_every=10_000).to_dict()))
+    run = tmp_path / "run"
+    proc = cli("--config", str(cfg_file), "--run-dir", str(run), "--quiet")
+    wait_for(lambda: len(steps_in(run)) >= 2, 120, "two steps")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    status = R.read_status(run)
+    assert proc.returncode == 0 and (status["state"], status["message"]) == ("stopped", "stopped by Ctrl-C (SIGINT)")
+    assert status["step"] == len(steps_in(run)) < 400 * 12  # checkpointed where it stopped
+    proc = cli("--run-dir", str(run), "--quiet")  # the page's Stop, or `kill`: a request
+    wait_for(lambda: len(steps_in(run)) >= status["step"] + 2, 120, "two more steps")
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert R.read_status(run)["message"] == "stopped by request"
+
+
 def test_second_ctrl_c_between_steps_is_recorded_as_a_force_quit(small_config, tmp_path):
     # the CLI's handler raises KeyboardInterrupt wherever the main thread is; here it lands in the
     # CLI's own code between two steps, outside the training loop
