@@ -1,5 +1,6 @@
 """Train: the report's settings as sliders, Start/Stop, live loss curves of the current run."""
 import math
+import shlex
 
 import streamlit as st
 
@@ -174,6 +175,9 @@ def status():
         st.error(ui.sentence(job.message))
     elif job.state in ("stopped", "interrupted"):
         st.warning(f"Run {job.state} at step {job.step}: {ui.sentence(job.message)}")
+    elif job.state == "finished" and job.message:  # its time budget: why at 16%, and how to train on (QA)
+        how = f"`python -m mixsep train --run-dir {shlex.quote(str(job.run_dir))} --max-minutes M`"
+        st.info(f"Finished early: {ui.sentence(job.message)}" + (f": {how}." if "time limit" in job.message else "."))
     elif job.state == "finished":
         st.success(f"Finished: {job.step} steps.")
     elif job.stopping:

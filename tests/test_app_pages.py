@@ -1855,6 +1855,26 @@ def test_a_run_trained_on_another_data_root_says_so_on_every_page_and_resumes_on
     assert not at.error, texts(at.error)
 
 
+def test_a_run_that_ended_on_its_time_budget_says_why_and_how_to_train_on(app_env):
+    """A run that spent its --max-minutes read "Finished: 1 steps." at a third of its bar, with no reason and no way
+    on, where Home showed its message (QA)."""
+    import dataclasses
+
+    from mixsep import TrainConfig
+    from mixsep.train import train_steps
+
+    data, runs = app_env
+    config = TrainConfig.load(runs / "tiny-run" / "config.json")
+    list(train_steps(dataclasses.replace(config, max_minutes=1e-9), runs / "budget"))  # over time after one step
+    at = open_page("app_pages/1_Train.py")
+    widget(at.selectbox, "Run").set_value("budget").run()
+    said = texts(at.info)
+    assert "Finished early: time budget reached at step 1 of " in said and "Finished:" not in texts(at.success), said
+    assert f"`python -m mixsep train --run-dir {runs / 'budget'} --max-minutes M`." in said, said
+    widget(at.selectbox, "Run").set_value("tiny-run").run()  # one that trained to its end: as before
+    assert "Finished: 3 steps." in texts(at.success) and "Finished early" not in texts(at.info)
+
+
 def test_a_run_the_train_page_just_started_has_no_checkpoint_yet_not_a_removed_one(app_env, tmp_path, monkeypatch):
     """For the seconds its child loads torch and the data (no status.json, no lock yet), other pages said the
     run was not training and its checkpoints "were removed, or never written"."""
