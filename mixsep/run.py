@@ -573,6 +573,9 @@ def check_run_dir(run_dir: Path) -> Path:
     run_dir = make_folder(run_dir, "the run folder",
                           f"--run-dir {run_dir} is a file, not a folder; name a run folder or a new path.")
     if not os.access(run_dir, os.W_OK | os.X_OK):
+        if (run_dir / CONFIG).is_file() or (run_dir / CHECKPOINTS).is_dir():  # a run to resume: no other place (QA)
+            raise MixsepError(f"The run folder {run_dir} is not writable (a read-only folder or disk), so it cannot "
+                              "train on; make it writable, or copy it to a writable folder and resume the copy.")
         raise MixsepError(f"The run folder {run_dir} is not writable; choose a writable place.")
     return run_dir
 

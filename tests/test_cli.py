@@ -858,6 +858,26 @@ def test_evaluate_and_grid_never_write_over_a_sweeps_journal_or_a_studys_own_fil
                      str(tmp_path / "sweep.json"), "--markdown", str(tmp_path / "sweep.log"), *overwrite]) == 0
 
 
+def test_a_run_on_a_read_only_disk_is_told_how_to_resume_it(capsys, data_root, tmp_path):
+    """`train --run-dir` of a run on a read-only disk said "choose a writable place", which a resume cannot."""
+    import subprocess
+
+    from conftest import tmpfs
+
+    with tmpfs(tmp_path / "disk", "64m") as disk:
+        run = _train(capsys, data_root, disk / "runs")
+        assert subprocess.run(["mount", "-o", "remount,ro", str(disk)]).returncode == 0
+        before = conftest.tree(run)
+        assert main(["train", "--run-dir", str(run), "--quiet"]) == 2
+        assert _one_line(capsys) == (f"error: The run folder {run} is not writable (a read-only folder or disk), so "
+                                     "it cannot train on; make it writable, or copy it to a writable folder and "
+                                     "resume the copy.\n")
+        assert conftest.tree(run) == before
+        empty = disk / "runs" / "empty"  # no run there: a new one cannot be made there either
+        assert main(["train", "--run-dir", str(empty), "--data-root", str(data_root)]) == 2
+        assert "choose a writable place" in _one_line(capsys)
+
+
 def test_an_output_folder_that_is_read_only_is_refused_before_the_work(capsys, data_root, tmp_path):
     """A read-only --json/--markdown/--out folder was found only after the whole evaluation; now the
     folder is tried first (the folder named as the run holds none: nothing is loaded)."""
