@@ -1152,7 +1152,7 @@ def test_a_finished_run_whose_data_is_gone_stays_finished(small_config, tmp_path
     before = conftest.tree(run)
     Path(small_config.data_root).rename(tmp_path / "elsewhere")
     assert main(["train", "--run-dir", str(run), "--quiet"]) == 2
-    assert "No MNIST train data under" in capsys.readouterr().err
+    assert "holds no training data either; resume it with --data-root DIR" in capsys.readouterr().err  # nor ./data
     assert conftest.tree(run) == before and R.read_status(run)["state"] == "finished"
 
 
