@@ -216,26 +216,6 @@ def test_second_ctrl_c_quits_at_once(small_config, tmp_path):
     assert temps_in(run) == []  # a checkpoint cut short leaves nothing behind
 
 
-def test_one_ctrl_c_is_recorded_as_a_ctrl_c_not_as_a_request(small_config, tmp_path):
-    """A Ctrl-C in the terminal of the dashboard that started a run reaches its trainer too (one process group):
-    the run stopped cleanly, but every page read "stopped by request", where no one had pressed Stop (QA)."""
-    cfg_file = tmp_path / "cfg.json"
-    cfg_file.write_text(json.dumps(dataclasses.replace(small_config, epochs=400, checkpoint_every=10_000).to_dict()))
-    run = tmp_path / "run"
-    proc = cli("--config", str(cfg_file), "--run-dir", str(run), "--quiet")
-    wait_for(lambda: len(steps_in(run)) >= 2, 120, "two steps")
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    status = R.read_status(run)
-    assert proc.returncode == 0 and (status["state"], status["message"]) == ("stopped", "stopped by Ctrl-C (SIGINT)")
-    assert status["step"] == len(steps_in(run)) < 400 * 12  # checkpointed where it stopped
-    proc = cli("--run-dir", str(run), "--quiet")  # the page's Stop, or `kill`: a request
-    wait_for(lambda: len(steps_in(run)) >= status["step"] + 2, 120, "two more steps")
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
-    assert R.read_status(run)["message"] == "stopped by request"
-
-
 def test_second_ctrl_c_between_steps_is_recorded_as_a_force_quit(small_config, tmp_path):
     # the CLI's handler raises KeyboardInterrupt wherever the main thread is; here it lands in the
     # CLI's own code between two steps, outside the training loop
@@ -256,6 +236,8 @@ def test_second_ctrl_c_between_steps_is_recorded_as_a_force_quit(small_config, t
 
 
 def test_one_ctrl_c_finishes_the_step_and_checkpoints(small_config, tmp_path):
+    """It is recorded as a Ctrl-C: one in the terminal of the dashboard that started a run reaches it too (one
+    process group), and every page read "stopped by request", where no one had pressed Stop (QA)."""
     cfg_file = tmp_path / "cfg.json"
     cfg_file.write_text(json.dumps(dataclasses.replace(small_config, epochs=400, checkpoint_every=10_000).to_dict()))
     run = tmp_path / "run"
@@ -264,8 +246,14 @@ def test_one_ctrl_c_finishes_the_step_and_checkpoints(small_config, tmp_path):
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
     assert proc.returncode == 0
-    assert R.read_status(run)["state"] == "stopped"
-    assert R.read_checkpoint(R.last_checkpoint(run))["step"] == steps_in(run)[-1]
+    status = R.read_status(run)
+    assert (status["state"], status["message"]) == ("stopped", "stopped by Ctrl-C (SIGINT)")
+    assert R.read_checkpoint(R.last_checkpoint(run))["step"] == steps_in(run)[-1] == status["step"]
+    proc = cli("--run-dir", str(run), "--quiet")  # the page's Stop, or `kill`: a request
+    wait_for(lambda: len(steps_in(run)) >= status["step"] + 2, 120, "two more steps")
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert R.read_status(run)["message"] == "stopped by request"
 
 
 @pytest.mark.heavy(12)
