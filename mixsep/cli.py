@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train into (or resume) this exact folder instead of a new one; a resume keeps the run's "
                         "settings, and only " + ", ".join(s.flag for s in settings(resolve=False) if s.on_resume) +
                         " may change them")
-    add_train_flags(t, defaults=False, whose="the run's")  # one flag per TrainConfig field, from its metadata; left out = its default
+    # one flag per TrainConfig field, from its metadata; left out = its default
+    add_train_flags(t, defaults=False, whose="the run's")
     t.add_argument("--recipe", action="store_true",
                    help="start from the settings the model's results in the README were trained with "
                         "(`python -m mixsep info --model NAME` prints them); the flags you give still win (a new run)")
@@ -1002,8 +1003,9 @@ def cmd_info(args) -> int:
     if bad or missing:  # `download` fetches only what is not there: a damaged file must go first
         said = "; ".join(filter(None, [f"the {' and '.join(bad)} files do not read (remove them first)" if bad
                                        else "", f"the {' and '.join(missing)} files are missing" if missing else ""]))
-        raise MixsepError(f"Under {args.data_root}, {said}; {'then run' if bad else 'run'} `python -m mixsep download --data-root "
-                          f"{shlex.quote(str(args.data_root))}` where the internet is reachable, or copy the files there.")
+        raise MixsepError(f"Under {args.data_root}, {said}; {'then run' if bad else 'run'} `python -m mixsep download "
+                          f"--data-root {shlex.quote(str(args.data_root))}` where the internet is reachable, or copy "
+                          "the files there.")
     return 0
 
 

@@ -541,8 +541,9 @@ def add_train_flags(parser: argparse.ArgumentParser, defaults: bool = True, whos
     """
     for s in settings(resolve=False):
         default = s.default if defaults else None
-        shown = f" (default {s.zero if s.zero and not s.default else _show(s.default)}" + (
-            f"; on resume, {whose} own where that folder is on this machine" if whose and s.name == "data_root" else "") + ")"
+        resumed = f"; on resume, {whose} own where that folder is on this machine" if whose and s.name == "data_root" \
+            else ""
+        shown = f" (default {s.zero if s.zero and not s.default else _show(s.default)}{resumed})"
         help = (s.help + shown).replace("%", "%%")  # argparse formats help with %
         if s.type is bool:
             parser.add_argument(s.flag, action=argparse.BooleanOptionalAction, default=default, help=help)

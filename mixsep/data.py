@@ -397,7 +397,8 @@ def root_is_a_file(root: Path) -> str | None:
 def missing_message(root: Path, source: str, split: str) -> str:
     return root_is_a_file(root) or (f"No {SOURCE_NAMES[source]} {split} data under {root}: expected "
                                     f"{expected_files(root, source, split)}. Run `python -m mixsep download "
-                                    f"--data-root {shlex.quote(str(root))}` where the internet is reachable, or copy the files there.")
+                                    f"--data-root {shlex.quote(str(root))}` where the internet is reachable, or copy "
+                                    "the files there.")
 
 
 def data_status(root: Path) -> list[dict]:
