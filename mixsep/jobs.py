@@ -41,7 +41,7 @@ from .config import TrainConfig
 from .errors import MixsepError
 from .run import LOG as LOG_NAME  # the child's stdout and stderr, inside its run folder
 from .run import CONFIG, STOP, RunWriteError, State, check_layout, check_runs_dir, delete_run, describe_os_error, \
-    last_logged_step, live_status, lock_holder, open_regular, read_status, remove_unstarted, request_stop, run_name, \
+    last_error, last_logged_step, live_status, lock_holder, open_regular, read_status, remove_unstarted, request_stop, run_name, \
     trainer_alive, write_json, write_status
 from .runs import live_runs
 from .train import check_fits, new_run_dir, read_resume_point
@@ -190,7 +190,7 @@ class JobRegistry:
             state = "starting"  # a resumed run's status.json is its last trainer's until this one writes
         msg = status.get("message", "") if state not in ("starting", "running") else ""
         if refused:
-            said = _refusal(run_dir / LOG_NAME)
+            said = last_error(run_dir / LOG_NAME)
             msg = f"Resume refused: {said}" if said else msg
         step = _step(run_dir, status)
         warns = status.get("warnings") if isinstance(status.get("warnings"), list) else []
@@ -207,7 +207,7 @@ class JobRegistry:
             said = str(status.get("message") or "")
         elif (status.get("state") == State.UNKNOWN and not self._stop_requested and self._proc is not None
               and self._proc.returncode == 2):
-            said = _refusal(run_dir / LOG_NAME)
+            said = last_error(run_dir / LOG_NAME)
         else:
             return False
         if (said is None or _step(run_dir, status) or lock_holder(run_dir) is not None
@@ -365,12 +365,3 @@ def _step(run_dir: Path, status: dict) -> int:
     return max(int(status.get("step") or 0), last_logged_step(run_dir))
 
 
-def _refusal(log: Path) -> str | None:
-    """The sentence of the ``error: ...`` line a trainer's output ends with (how the CLI refuses), or None."""
-    try:
-        with open_regular(log) as f:  # a FIFO put there by hand would block the page
-            f.seek(max(0, f.seek(0, os.SEEK_END) - (1 << 16)))  # a refusal is its output's last line
-            lines = f.read().decode(errors="replace").strip().splitlines()
-    except OSError:
-        return None
-    return lines[-1][len("error: "):] if lines and lines[-1].startswith("error: ") else None

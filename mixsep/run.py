@@ -1044,6 +1044,18 @@ def write_status(run_dir: Path, state: State | str, message: str = "", **extra) 
     write_json(Path(run_dir) / STATUS, status)
 
 
+def last_error(log: Path) -> str | None:
+    """The sentence of the ``error: ...`` line a trainer's output (a dashboard child's worker.log) ends with, how the
+    CLI refuses or fails, or None."""
+    try:
+        with open_regular(log) as f:  # a FIFO put there by hand would block the page
+            f.seek(max(0, f.seek(0, os.SEEK_END) - (1 << 16)))  # a refusal is its output's last line
+            lines = f.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return None
+    return lines[-1][len("error: "):] if lines and lines[-1].startswith("error: ") else None
+
+
 def live_status(run_dir: Path) -> dict:
     """read_status, but a "running" run whose trainer is gone reads as "interrupted"."""
     status = read_status(run_dir)
@@ -1054,8 +1066,18 @@ def live_status(run_dir: Path) -> dict:
         else:
             resume = f"resume it from its last checkpoint{f' (step {saved})' if type(saved) is int and saved > 0 else ''}" \
                      " or start a new run."
-        status = dict(status, state=State.INTERRUPTED.value,
-                      message=f"Its training process is gone (killed, or the server or machine stopped); {resume}")
+        # one that ended on an error it could not record (its folder moved while it trained) said it in worker.log,
+        # which moves with the folder: "killed" blamed someone else (QA)
+        said = last_error(Path(run_dir) / LOG)
+        try:  # written after its trainer's last word in status.json, not an older trainer's refusal
+            said = said if os.stat(Path(run_dir) / LOG).st_mtime >= float(status.get("updated") or 0) else None
+        except (OSError, TypeError, ValueError):
+            said = None
+        if said:
+            message = f"Its training process is gone; it last said: {said.rstrip('.')}. {resume[0].upper()}{resume[1:]}"
+        else:
+            message = f"Its training process is gone (killed, or the server or machine stopped); {resume}"
+        status = dict(status, state=State.INTERRUPTED.value, message=message)
     return status
 
 

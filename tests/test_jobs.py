@@ -317,6 +317,28 @@ def test_an_adopted_trainer_stays_its_run_s_trainer_when_its_lock_file_or_its_fo
         trainer.wait()
 
 
+@pytest.mark.heavy(6)
+def test_a_run_moved_while_the_dashboards_child_trains_it_says_what_its_trainer_said(tmp_path, tiny_config, jobs_of):
+    """`mv` of a run folder while the dashboard's child trains it: the trainer stops with a sentence (the folder was
+    moved; train --run-dir with its new place resumes it) in its worker.log, which moves with the folder, and every
+    page read "killed, or the server or machine stopped" of the moved run (QA)."""
+    runs = tmp_path / "runs"
+    jobs = jobs_of(runs)
+    run = jobs.start(dataclasses.replace(tiny_config, epochs=500))
+    wait_for(lambda: last_logged_step(run) >= 2, timeout=120, what="two steps")
+    moved = run.with_name("moved")
+    run.rename(moved)
+    jobs._proc.wait(120)
+    message = live_status(moved)["message"]
+    assert message.startswith(f"Its training process is gone; it last said: The folder {run / 'checkpoints'} was "
+                              "moved or deleted, so "), message
+    assert message.endswith(". Resume it from its last checkpoint (step "
+                            f"{read_status(moved)['step']}) or start a new run."), message
+    assert "killed" not in message
+    os.utime(moved / "worker.log", (1, 1))  # a refusal older than the trainer's last word is not its last word
+    assert "killed, or the server or machine stopped" in live_status(moved)["message"]
+
+
 def test_interrupted_run_reads_interrupted(tmp_path, tiny_config, fake_python, jobs_of):
     """A 'running' folder whose process is gone (machine rebooted) is shown as interrupted, not running."""
     run = tmp_path / "runs" / "old"
