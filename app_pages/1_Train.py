@@ -73,8 +73,9 @@ with st.expander("Config of the next run"):
 RESUME_HELP = ("Continues with the run's saved settings; the settings above are for a new run. A resume may "
                "change the time budget, device or precision from the command line: python -m mixsep train "
                "--run-dir RUN --max-minutes M (or --device, --cpu-bf16, --checkpoint-every).")
+# kept in the URL too (?train_refresh=Paused), so a reload or a bookmark keeps the pace chosen (it went back to Auto)
 pace = row.radio("Live updates", list(ui.LIVE_UPDATES), index=0, horizontal=True, key="train_refresh",
-                 persist_state="session",
+                 persist_state="session", bind="query-params",
                  help="How often the status and the progress refresh while a run trains; the loss chart refreshes "
                       "at a fifth of that pace. Auto: every 5 s for the trainer's first 5 minutes, then every 15 s. "
                       "Each refresh takes a little CPU from the training on a machine with few cores.")

@@ -1855,6 +1855,14 @@ def test_a_run_trained_on_another_data_root_says_so_on_every_page_and_resumes_on
     assert not at.error, texts(at.error)
 
 
+def test_the_live_updates_pace_is_kept_in_the_url(app_env):
+    """A reload put Live updates back to Auto: the pace chosen is in the URL (?train_refresh=Paused), as the run
+    is, so a reload or a bookmark keeps it (seen in Chromium too); a value the page does not know is Auto."""
+    for given, shown in (("Paused", "Paused"), ("15 s", "15 s"), ("3 s", "Auto")):
+        at = open_page("app_pages/1_Train.py", train_refresh=given)
+        assert widget(at.radio, "Live updates").value == shown, given
+
+
 def test_a_run_that_ended_on_its_time_budget_says_why_and_how_to_train_on(app_env):
     """A run that spent its --max-minutes read "Finished: 1 steps." at a third of its bar, with no reason and no way
     on, where Home showed its message (QA)."""
