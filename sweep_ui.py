@@ -190,7 +190,8 @@ def budget_widgets() -> tuple[list[str], list[str]]:
 
 
 def study_settings(attrs: dict) -> str:
-    """What a study searches and how each of its trials trains, from its stored attributes, as one markdown line.
+    """What a study searches, how each of its trials trains and how many it aims at, from its stored attributes, as
+    three lines of markdown.
 
     Resume goes on with these, not with the sidebar, which sets up a new study: with a study picked, the sidebar's
     defaults read as if they were its settings (QA). Values come from the storage, which others may write: as text.
@@ -198,11 +199,12 @@ def study_settings(attrs: dict) -> str:
     def text(v) -> str:
         return ui.literal(ui.setting_text("", v) if isinstance(v, float) else v)
 
-    searched = []
+    searched, names = [], set()
     for entry in str(attrs.get("space") or "").split(","):
         name, _, spec = entry.partition("=")
         if not name:
             continue
+        names.add(name)
         try:  # as the sidebar names it
             name = setting_by_name(name).label
         except KeyError:
@@ -218,6 +220,7 @@ def study_settings(attrs: dict) -> str:
     fixed = attrs.get("fixed") if isinstance(attrs.get("fixed"), dict) else {}
     shown = {name: config[name] for name in ("model", *BUDGET, "batch_size") if name in config}
     shown |= {name: v for name, v in fixed.items() if name not in LOCAL}  # every flag given when it was made
+    shown = {name: v for name, v in shown.items() if name not in names}  # a searched one is the trial's own (QA)
     trial = []
     for name, v in shown.items():
         try:
@@ -228,7 +231,7 @@ def study_settings(attrs: dict) -> str:
         value = ("on" if v else "off") if isinstance(v, bool) else s.zero if v == 0 and s.zero else \
             ui.literal(ui.setting_text(name, v))
         trial.append(f"{s.label}: {value}")
-    ends = [f"{text(attrs['trials'])} trials" if "trials" in attrs else "",
+    ends = [f"{text(attrs['trials'])} trial{'' if attrs['trials'] == 1 else 's'}" if "trials" in attrs else "",
             f"{text(attrs['val_size'])} validation pairs" if "val_size" in attrs else ""]
     toggles = [setting_by_name(n).label for n in LOCAL if n in SHARED]
     return "  \n".join(filter(None, [  # a line each: one paragraph of it was hard to scan (QA)

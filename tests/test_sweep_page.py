@@ -446,9 +446,10 @@ def test_a_picked_study_says_what_resume_goes_on_with_beside_the_sidebars_new_st
     import mixsep_ui as ui
 
     data, runs = page_env
+    tiny = TINY[:TINY.index("--batch-size")] + TINY[TINY.index("--batch-size") + 2:]  # searched below
     made = create_study(plan(build_parser().parse_args(sweep_args(
-        data, runs, "--study", "s", *TINY, "--space", "lr=0.0001:0.01:log,beta1", "--epochs", "2",
-        "--trials", "3"))))
+        data, runs, "--study", "s", *tiny, "--space", "lr=0.0001:0.01:log,beta1,batch_size=8|16", "--epochs", "2",
+        "--trials", "1"))))
     storage = open_storage(None, runs)
     import optuna
 
@@ -460,7 +461,9 @@ def test_a_picked_study_says_what_resume_goes_on_with_beside_the_sidebars_new_st
     assert next(n for n in at.number_input if n.key == "sweep_trials").value == 20  # the sidebar: a new study's
     said = seen(next(c.value for c in at.caption if c.value.startswith("This study")))
     assert said.startswith("This study searches Learning rate from 0.0001 to 0.01 (log scale), Adam beta1 from "), said
-    assert "Epochs: 2;" in said and "Model: tiny;" in said and "3 trials on 16 validation pairs" in said, said
+    assert "Epochs: 2;" in said and "Model: tiny;" in said and "1 trial on 16 validation pairs" in said, said
+    # a searched setting is each trial's own: not "Batch size: 16" (the study's fixed flags) beside "among 8, 16"
+    assert "Batch size among 8, 16." in said and "Batch size:" not in said, said
     assert "Resume goes on with these" in said
     picker(at).set_value("odd").run()
     assert not at.exception, [e.value for e in at.exception]
