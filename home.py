@@ -24,7 +24,7 @@ for col, (page, title, icon) in zip(cols, ui.PAGES[1:]):
     col.page_link(page, label=title, icon=icon)
 
 st.header("Data")
-st.markdown(f"Data root: {ui.path_code(data_root.resolve())}",
+st.markdown(f"Data root: {ui.code_span(data_root.resolve())}",
             help="Folder with MNIST/ and cifar-10-batches-py/ (or cifar10/*.npz). It is fixed when the server "
                  "starts (`streamlit run dashboard.py -- --data-root DIR`, or MIXSEP_DATA_ROOT; default ./data), "
                  "so a visitor cannot make the server write anywhere else.")
@@ -38,11 +38,14 @@ missing = [r for r in rows if not r["found"]]
 if missing:
     # one sentence for what is missing (the table says where each set goes), not one per set, each repeating it
     names = [f"{SOURCE_NAMES[r['source']]} {r['split']}" for r in missing]
-    st.warning(ui.sentence(root_is_a_file(data_root) or (
+    # the path and the command as code spans of their own: through sentence(), a backtick in the path cut the
+    # command short, and a copied command downloaded into another folder (QA)
+    command = f"python -m mixsep download --data-root {shlex.quote(str(data_root))}"
+    st.warning(ui.sentence(root_is_a_file(data_root)) if root_is_a_file(data_root) else (
         f"{', '.join(names[:-1]) + ' and ' + names[-1] if len(names) > 1 else names[0]} "
-        f"{'are' if len(names) > 1 else 'is'} missing under {data_root} (the table says where each goes): the "
-        "button below downloads them, as does `python -m mixsep download --data-root "
-        f"{shlex.quote(str(data_root))}` where the internet is reachable; or copy the files there.")))
+        f"{'are' if len(names) > 1 else 'is'} missing under {ui.code_span(data_root)} (the table says where each "
+        f"goes): the button below downloads them, as does {ui.code_span(command)} where the internet is reachable; "
+        "or copy the files there."))
     fetched = sorted({r["source"] for r in missing}, key=SOURCES.index)  # a whole source, either split: its size
     label = (f"Download {' and '.join(SOURCE_NAMES[s] for s in fetched)} "
              f"(about {sum(DOWNLOAD_MB[s] for s in fetched):,} MB)")  # (it named both when MNIST was there: QA)
@@ -59,7 +62,7 @@ if missing:
             bar.empty()
             st.error(ui.sentence(e))  # a URL in it is text, not a link
 else:
-    st.success(f"All four source/split sets found under {ui.path_code(data_root.resolve())}.")
+    st.success(f"All four source/split sets found under {ui.code_span(data_root.resolve())}.")
 
 st.header("Device")
 if torch.cuda.is_available():
@@ -84,7 +87,7 @@ def progress_text(row: dict) -> str:
 st.header("Recent runs")
 runs = ui.runs_table(runs_dir)
 if not runs:
-    st.info(f"No runs yet in {ui.path_code(runs_dir.resolve())}: start one on the Train page.")
+    st.info(f"No runs yet in {ui.code_span(runs_dir.resolve())}: start one on the Train page.")
 else:
     df = pd.DataFrame(runs[:10])
     df["progress"] = [progress_text(r) for r in runs[:10]]

@@ -222,7 +222,7 @@ def setup(title: str) -> tuple[Path, Path]:
         for path, label, icon in PAGES:
             st.page_link(path, label=label, icon=icon)
         st.divider()
-        st.caption(f"Data {path_code(data_shown.name)} · runs {path_code(runs_shown.name)}",
+        st.caption(f"Data {code_span(data_shown.name)} · runs {code_span(runs_shown.name)}",
                    help=f"Data root: {literal(data_shown)}  \nRuns folder: {literal(runs_shown)}  \n"
                         "Set them when starting the server: `streamlit run dashboard.py -- --data-root DIR "
                         "--runs-dir DIR`, or MIXSEP_DATA_ROOT and MIXSEP_RUNS_DIR.")
@@ -488,7 +488,7 @@ def pick_run(runs_dir: Path, key: str = "run") -> tuple[Path, str] | None:
         # outlive the switch (the next page showed the newest run)
         st.session_state[key] = st.session_state["last_run"]
     if not rows:
-        st.info(f"No runs yet in {path_code(Path(runs_dir).resolve())}. Start one on the Train page.")
+        st.info(f"No runs yet in {code_span(Path(runs_dir).resolve())}. Start one on the Train page.")
         page_link("Train", "Go to Train")
         return None
     if st.session_state.get(key) not in rows:
@@ -605,8 +605,9 @@ def other_data_root(run_dir: Path, config, data_root: Path) -> str | None:
         return trained_on
 
 
-def path_code(text) -> str:
-    """A folder's path as a code span that holds any character, a backtick included (markdown's longer fence)."""
+def code_span(text) -> str:
+    """``text`` (a folder's path, a command naming one) as a code span that shows any character, a backtick
+    included (markdown's longer fence)."""
     text = " ".join(str(text).splitlines())
     fence = "`" * (max(map(len, re.findall(r"`+", text)), default=0) + 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""
@@ -619,8 +620,8 @@ def data_root_note(run_dir: Path, config, data_root: Path, what: str) -> str | N
     other = other_data_root(run_dir, config, data_root)
     if other is None:
         return None
-    return (f"This run trained on the data root {path_code(other)}" + ("" if Path(other).is_dir() else
-            ", which is not a folder on this machine") + f"; {what} come from this server's, {path_code(data_root)} "
+    return (f"This run trained on the data root {code_span(other)}" + ("" if Path(other).is_dir() else
+            ", which is not a folder on this machine") + f"; {what} come from this server's, {code_span(data_root)} "
             "(`python -m mixsep evaluate` and `grid` read the run's own where it is here).")
 
 
@@ -632,9 +633,9 @@ def resume_data_note(run_dir: Path, data_root: Path) -> str | None:
     if other is None:
         return None
     if Path(other).is_dir():
-        return f"Resume trains on the run's own data root, {path_code(other)}, not on this server's."
-    return (f"The run's data root, {path_code(other)}, is not a folder on this machine: Resume trains it on this "
-            f"server's, {path_code(data_root)}.")
+        return f"Resume trains on the run's own data root, {code_span(other)}, not on this server's."
+    return (f"The run's data root, {code_span(other)}, is not a folder on this machine: Resume trains it on this "
+            f"server's, {code_span(data_root)}.")
 
 
 def no_checkpoint_note(run_dir: Path, state: str | None, runs_dir: Path | None = None) -> str:

@@ -11,7 +11,7 @@ from ui_settings import whole_number_box
 data_root, runs_dir = ui.setup("Compare runs")
 rows = {r["run"]: r for r in ui.runs_table(runs_dir)}
 if not rows:
-    st.info(f"No runs yet in {ui.path_code(runs_dir.resolve())}. Start one on the Train page.")
+    st.info(f"No runs yet in {ui.code_span(runs_dir.resolve())}. Start one on the Train page.")
     ui.page_link("Train", "Go to Train")
     st.stop()
 studies = sorted({ui.study_of(n) for n in rows} - {""})

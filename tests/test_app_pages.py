@@ -7,6 +7,7 @@ import math
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -173,13 +174,18 @@ def test_folders_with_markdown_characters_show_as_they_are(app_env, tmp_path, mo
     shutil.copytree(data, odd)
     empty = tmp_path / "runs *b* [x](http:/e) `t`"
     monkeypatch.setattr("sys.argv", [str(ROOT / "dashboard.py"), "--data-root", str(odd), "--runs-dir", str(empty)])
-    assert mixsep_ui.path_code("a `b` c") == "``a `b` c``" and mixsep_ui.path_code("`x") == "`` `x ``"
+    assert mixsep_ui.code_span("a `b` c") == "``a `b` c``" and mixsep_ui.code_span("`x") == "`` `x ``"
     home = open_page("dashboard.py")
     assert f"Data root: ```{odd}```" in texts(home.markdown), texts(home.markdown)
     assert f"All four source/split sets found under ```{odd}```." in texts(home.success)
     assert f"No runs yet in `` {empty} ``: start" in texts(home.info)  # a space pads a path that ends in a backtick
     for page in ("app_pages/2_Samples.py", "app_pages/4_Compare.py"):
         assert f"No runs yet in `` {empty} ``. Start one on the Train page." in texts(open_page(page).info)
+    # with no data there, the download command in full: a backtick cut it short, and it named another folder
+    monkeypatch.setattr("sys.argv", [str(ROOT / "dashboard.py"), "--data-root", str(odd / "new"), "--runs-dir", str(empty)])
+    said = texts(open_page("dashboard.py").warning)
+    command = f"python -m mixsep download --data-root {shlex.quote(str(odd / 'new'))}"
+    assert f"are missing under ```{odd / 'new'}``` (the table" in said and f"as does ```{command}``` where" in said, said
 
 
 def test_home_says_how_many_runs_it_leaves_out_and_which_names_it_cannot_list(app_env):
@@ -1100,7 +1106,7 @@ def test_data_root_is_fixed_by_the_server_not_by_a_visitor(app_env, tmp_path, mo
     at = open_page("dashboard.py")
     assert not at.text_input and str((tmp_path / "elsewhere").resolve()) in " ".join(m.value for m in at.markdown)
     said = seen(texts(at.warning)).replace("\u2060", "")
-    assert f"are missing under {tmp_path / 'elsewhere'} " in said
+    assert f"are missing under `{tmp_path / 'elsewhere'}` " in said
     at.switch_page("app_pages/2_Samples.py").run()
     assert f"No MNIST test data under {tmp_path / 'elsewhere'}" in texts(at.error)
 
