@@ -94,6 +94,10 @@ else:
     st.dataframe(df[["run", "state", "progress", "model", "lr", "batch_size", "epochs", "last_loss", "message"]],
                  hide_index=True, placeholder="", column_config={
                      "lr": ui.lr_column(), "batch_size": "batch",
+                     # wide enough for "545/7680, resumes at step 512" (it read "545/7680, re…": QA)
+                     "progress": st.column_config.TextColumn("progress", width="medium", help=(
+                         "Steps logged of the run's total; where a resume starts, when that is before its last "
+                         "logged step (the steps after its last checkpoint are trained again).")),
                      "last_loss": st.column_config.NumberColumn("last loss", format="%.4f"),
                      "message": st.column_config.TextColumn("message", width="large")})
     if len(runs) > 10:

@@ -513,8 +513,9 @@ def _resume_settings(args, run_dir: Path, saved: TrainConfig) -> TrainConfig:
             from .data import SOURCES, find_source
 
             if not all(find_source(Path(root), source, "train") for source in SOURCES):
+                where = root if Path(root).is_absolute() else f"{root} ({Path(root).resolve()})"  # ./data: whose? (QA)
                 raise MixsepError(f"{run_dir} trained on the data root {saved.data_root}, which is not a folder on "
-                                  f"this machine, and {root} holds no training data either; resume it with "
+                                  f"this machine, and {where} holds no training data either; resume it with "
                                   "--data-root DIR naming a folder that holds MNIST and CIFAR-10.")
             print(one_line(said), file=sys.stderr, flush=True)
             given["data_root"] = root

@@ -1501,7 +1501,10 @@ def test_home_says_where_a_killed_or_failed_run_resumes_when_steps_after_its_che
         shutil.copytree(runs / "tiny-run", run)
     (killed / "status.json").write_text('{"state": "running", "pid": 999999999, "step": 1, "total_steps": 3}')
     write_status(failed, "failed", "RuntimeError: boom", step=2, total_steps=3)
-    rows = open_page("dashboard.py").dataframe[1].value.set_index("run")
+    home = open_page("dashboard.py")
+    rows = home.dataframe[1].value.set_index("run")
+    column = json.loads(home.dataframe[1].proto.columns)["progress"]  # wide enough to read ("545/7680, re…": QA)
+    assert column["width"] == "medium" and "where a resume starts" in column["help"], column
     assert rows.loc["killed", "state"] == "interrupted"
     assert rows.loc["killed", "progress"] == "3/3, resumes at step 1" and rows.loc["failed", "progress"] == \
         "3/3, resumes at step 2" and rows.loc["tiny-run", "progress"] == "3/3", rows["progress"]

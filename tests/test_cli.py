@@ -109,8 +109,9 @@ def test_a_resume_whose_data_root_is_not_here_reads_the_default_and_says_so(caps
     before = conftest.tree(run)
     assert main(["train", "--run-dir", str(run), "--quiet"]) == 2  # nothing to read: both folders named, nothing lost
     assert capsys.readouterr().err == (
-        f"error: {run} trained on the data root {theirs}, which is not a folder on this machine, and ./data holds no "
-        "training data either; resume it with --data-root DIR naming a folder that holds MNIST and CIFAR-10.\n")
+        f"error: {run} trained on the data root {theirs}, which is not a folder on this machine, and ./data "
+        f"({elsewhere / 'data'}) holds no training data either; resume it with --data-root DIR naming a folder that "
+        "holds MNIST and CIFAR-10.\n")
     assert conftest.tree(run) == before
     monkeypatch.setenv("MIXSEP_DATA_ROOT", str(data_root))
     assert main(["train", "--run-dir", str(run), "--quiet"]) == 0
