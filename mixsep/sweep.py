@@ -473,7 +473,10 @@ def open_storage(url: str | None, runs_dir: Path, heartbeat_s: int = 30, create:
     """
     import optuna
 
+    # at each open, not once per process: a caller's catch_warnings (a test's) drops a filter set before it
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="The reported value is ignored because",
+                            category=UserWarning)  # a resumed trial reports again the steps after its checkpoint
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep prints one line per trial itself
     _quiet_interrupts()
     if not url:
@@ -1446,8 +1449,6 @@ def _quiet_interrupts() -> None:
     and a database lost by Optuna's heartbeat thread is one line, not that thread's traceback
     (the worker itself then stops with one sentence, at its next write)."""
     logging.getLogger("optuna.study._optimize").addFilter(_QuietInterrupts())
-    warnings.filterwarnings("ignore", message="The reported value is ignored because",
-                            category=UserWarning)  # a resumed trial reports again the steps after its checkpoint
     default = threading.excepthook
 
     def hook(args):
