@@ -166,7 +166,9 @@ class Evaluation:
         """best()'s mode, or "all equal" where every recovery mode scores the same: an interval model's
         estimates average back to the mixture, so direct, subtraction and projection coincide."""
         scores = [r["psnr_mean"] for r in self.rows if r["source"] == source and r["mode"] in RECOVERY_MODES]
-        return "all equal" if max(scores) - min(scores) < 1e-6 else self.best(source)["mode"]
+        # every mode infinite too (a pair predicted exactly: inf - inf is NaN, and it read "direct": QA)
+        same = all(s == scores[0] for s in scores) or max(scores) - min(scores) < 1e-6
+        return "all equal" if same else self.best(source)["mode"]
 
     def to_markdown(self) -> str:
         """The table as Markdown: one row per recovery mode, both sources side by side."""
@@ -177,8 +179,8 @@ class Evaluation:
             cells = []
             for source in SOURCES:
                 r = by[(source, mode)]
-                cells += [f"{r['psnr_mean']:.2f} ± {r['psnr_ci95']:.2f}", f"{r['ssim_mean']:.3f} ± {r['ssim_ci95']:.3f}",
-                          f"{r['ssim_valid_mean']:.3f} ± {r['ssim_valid_ci95']:.3f}"]
+                cells += [_mean_ci(r["psnr_mean"], r["psnr_ci95"], 2), _mean_ci(r["ssim_mean"], r["ssim_ci95"], 3),
+                          _mean_ci(r["ssim_valid_mean"], r["ssim_valid_ci95"], 3)]
             lines.append(f"| {mode} | " + " | ".join(cells) + " |")
         for a in self.audit:
             cells = [f"*{a['psnr_data_range_255']:.2f}*", f"*{a['ssim_data_range_255']:.3f}*", ""]
@@ -191,6 +193,12 @@ class Evaluation:
     def to_json(self) -> dict:
         return {"rows": self.rows, "audit": self.audit, "weights": self.weights, "n": self.n,
                 "data_range": 1.0, "modes": MODE_HELP, "metrics": METRIC_HELP}
+
+
+def _mean_ci(mean: float, ci: float, digits: int) -> str:
+    """A table cell: the mean ± its interval's half-width; the mean alone where there is no interval (one pair: it
+    read "11.82 ± nan": QA)."""
+    return f"{mean:.{digits}f}" + (f" ± {ci:.{digits}f}" if math.isfinite(ci) else "")
 
 
 @torch.inference_mode()

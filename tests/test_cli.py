@@ -136,12 +136,18 @@ def test_evaluate_on_user_named_files(capsys, data_root, tmp_path):
                                        "or choose another --json.\n")
     assert out_json.read_bytes() == kept
     # one pair: its 95% intervals are NaN, written as null (Python's NaN is not JSON other readers take)
+    capsys.readouterr()
     assert main(["evaluate", str(run), "--data-root", str(data_root), "--samples", "1", "--json", str(out_json),
-                 "--overwrite"]) == 0
+                 "--markdown", str(tmp_path / "e.md"), "--overwrite"]) == 0
     text = out_json.read_text()
     assert "NaN" not in text and "Infinity" not in text
     rows = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))["rows"]
     assert all(r["psnr_ci95"] is None and r["n"] == 1 for r in rows)
+    # and no "± nan" in the Markdown, no "NaN" in the printed table: the mean alone (QA)
+    table = (tmp_path / "e.md").read_text()
+    direct = f"| direct | {rows[0]['psnr_mean']:.2f} | {rows[0]['ssim_mean']:.3f} | "
+    assert "nan" not in table.lower() and direct in table, table
+    assert "NaN" not in capsys.readouterr().out
 
 
 def test_environment_sets_the_defaults(capsys, data_root, tmp_path, monkeypatch):

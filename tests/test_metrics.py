@@ -216,3 +216,8 @@ def test_best_mode_is_never_the_do_nothing_mixture():
     assert ev.best_mode("mnist") == "subtraction"
     equal = [dict(r, psnr_mean=31.5 if r["mode"] != "mixture" else 20.0) for r in rows]  # an interval model
     assert Evaluation(rows=equal, per_image=None, audit=[]).best_mode("mnist") == "all equal"
+    # a pair it predicts exactly (a constant mixture pins the digit): every mode's mean is inf, and it read "direct"
+    perfect = [dict(r, psnr_mean=math.inf) for r in rows]
+    assert Evaluation(rows=perfect, per_image=None, audit=[]).best_mode("mnist") == "all equal"
+    perfect[1]["psnr_mean"] = 30.0
+    assert Evaluation(rows=perfect, per_image=None, audit=[]).best_mode("mnist") == "direct"
