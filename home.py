@@ -41,7 +41,8 @@ if missing:
     # the path and the command as code spans of their own: through sentence(), a backtick in the path cut the
     # command short, and a copied command downloaded into another folder (QA)
     command = f"python -m mixsep download --data-root {shlex.quote(str(data_root))}"
-    st.warning(ui.sentence(root_is_a_file(data_root)) if root_is_a_file(data_root) else (
+    a_file = root_is_a_file(data_root)
+    st.warning(ui.sentence(a_file) if a_file else (
         f"{', '.join(names[:-1]) + ' and ' + names[-1] if len(names) > 1 else names[0]} "
         f"{'are' if len(names) > 1 else 'is'} missing under {ui.code_span(data_root)} (the table says where each "
         f"goes): the button below downloads them, as does {ui.code_span(command)} where the internet is reachable; "
@@ -49,7 +50,7 @@ if missing:
     fetched = sorted({r["source"] for r in missing}, key=SOURCES.index)  # a whole source, either split: its size
     label = (f"Download {' and '.join(SOURCE_NAMES[s] for s in fetched)} "
              f"(about {sum(DOWNLOAD_MB[s] for s in fetched):,} MB)")  # (it named both when MNIST was there: QA)
-    if root_is_a_file(data_root) is None and st.button(label, icon=":material/download:"):
+    if a_file is None and st.button(label, icon=":material/download:"):
         bar = st.progress(0.0, text="Downloading…")
         try:
             splits = sorted({r["split"] for r in missing})
@@ -70,7 +71,6 @@ if torch.cuda.is_available():
 else:
     st.write(f"CPU only ({torch.get_num_threads()} threads): training works but is slow; "
              "a few hundred steps at batch 128 take minutes.")
-
 
 
 def progress_text(row: dict) -> str:

@@ -605,6 +605,14 @@ def other_data_root(run_dir: Path, config, data_root: Path) -> str | None:
         return trained_on
 
 
+def _is_folder(path: str) -> bool:
+    """Whether a run's data root is a folder here; a name this system cannot take (too long) is not."""
+    try:
+        return Path(path).is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def code_span(text) -> str:
     """``text`` (a folder's path, a command naming one) as a code span that shows any character, a backtick
     included (markdown's longer fence)."""
@@ -620,7 +628,7 @@ def data_root_note(run_dir: Path, config, data_root: Path, what: str) -> str | N
     other = other_data_root(run_dir, config, data_root)
     if other is None:
         return None
-    return (f"This run trained on the data root {code_span(other)}" + ("" if Path(other).is_dir() else
+    return (f"This run trained on the data root {code_span(other)}" + ("" if _is_folder(other) else
             ", which is not a folder on this machine") + f"; {what} come from this server's, {code_span(data_root)} "
             "(`python -m mixsep evaluate` and `grid` read the run's own where it is here).")
 
@@ -632,7 +640,7 @@ def resume_data_note(run_dir: Path, data_root: Path) -> str | None:
     other = other_data_root(run_dir, None, data_root)
     if other is None:
         return None
-    if Path(other).is_dir():
+    if _is_folder(other):
         return f"Resume trains on the run's own data root, {code_span(other)}, not on this server's."
     return (f"The run's data root, {code_span(other)}, is not a folder on this machine: Resume trains it on this "
             f"server's, {code_span(data_root)}.")

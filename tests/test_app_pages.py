@@ -1846,6 +1846,10 @@ def test_a_run_trained_on_another_data_root_says_so_on_every_page_and_resumes_on
     at = open_page("app_pages/3_Metrics.py", run="theirs")
     assert said in texts(at.info), texts(at.info)
     assert "trained on the data root" not in texts(open_page("app_pages/3_Metrics.py", run="tiny-run").info)
+    long = runs / "long"  # a data root no path on this system can be (asking whether it is a folder raised)
+    shutil.copytree(runs / "tiny-run", long)
+    (long / "config.json").write_text(json.dumps(dict(config, data_root="/" + "x" * 5000)))
+    assert "which is not a folder on this machine" in texts(open_page("app_pages/3_Metrics.py", run="long").info)
     at = open_page("app_pages/2_Samples.py", run="theirs")
     assert said.replace("these test pairs", "these test pairs") in texts(at.info), texts(at.info)  # the test split
     at = open_page("app_pages/4_Compare.py")
