@@ -885,7 +885,7 @@ def cmd_evaluate(args) -> int:
     scored_as = f", scored as {args.as_model}" if args.as_model else ""
     try:  # the table first (a failed write below still leaves it on screen), but a reader that stops early
         # (`| head`) costs no file: the files are written all the same, then the closed pipe ends the command
-        print(f"checkpoint {info['path']} (step {info['step']}{scored_as}), {result.n} test pairs, data_range=1.0")
+        print(f"checkpoint {info['path']} (step {info['step']}{scored_as}), {result.n} test pair{'' if result.n == 1 else 's'}, data_range=1.0")
         # no interval (one pair) is a blank, not "NaN" (QA); an infinite mean (a pair predicted exactly) stays inf
         print(result.table().to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""))
         print(f"optimal projection weights: mnist {result.weights['mnist']:.3f}, cifar {result.weights['cifar']:.3f} "

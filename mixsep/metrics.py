@@ -186,7 +186,9 @@ class Evaluation:
             cells = [f"*{a['psnr_data_range_255']:.2f}*", f"*{a['ssim_data_range_255']:.3f}*", ""]
             cells = cells + [""] * 3 if a["source"] == "mnist" else [""] * 3 + cells
             lines.append(f"| *audit: the report's data_range=255 error, direct, {a['source']}* | " + " | ".join(cells) + " |")
-        return "\n".join(lines) + (f"\n\n{self.n} test pairs; ± is the half-width of the 95% confidence interval. "
+        spread = ("1 test pair, so no confidence interval" if self.n == 1 else
+                  f"{self.n} test pairs; ± is the half-width of the 95% confidence interval")
+        return "\n".join(lines) + (f"\n\n{spread}. "
                                    "SSIM is torchmetrics' (reflect-padded borders); SSIM (valid windows) is "
                                    "scikit-image's, which drops the 5-pixel border.\n")
 

@@ -146,8 +146,9 @@ def test_evaluate_on_user_named_files(capsys, data_root, tmp_path):
     # and no "± nan" in the Markdown, no "NaN" in the printed table: the mean alone (QA)
     table = (tmp_path / "e.md").read_text()
     direct = f"| direct | {rows[0]['psnr_mean']:.2f} | {rows[0]['ssim_mean']:.3f} | "
-    assert "nan" not in table.lower() and direct in table, table
-    assert "NaN" not in capsys.readouterr().out
+    assert "nan" not in table.lower() and direct in table and "\n\n1 test pair, so no confidence interval. " in table
+    out = capsys.readouterr().out
+    assert "NaN" not in out and ", 1 test pair, data_range=1.0" in out, out
 
 
 def test_environment_sets_the_defaults(capsys, data_root, tmp_path, monkeypatch):
