@@ -1073,8 +1073,8 @@ def live_status(run_dir: Path) -> dict:
             said = said if os.stat(Path(run_dir) / LOG).st_mtime >= float(status.get("updated") or 0) else None
         except (OSError, TypeError, ValueError):
             said = None
-        if said:
-            message = f"Its training process is gone; it last said: {said.rstrip('.')}. {resume[0].upper()}{resume[1:]}"
+        if said:  # its own advice (train --run-dir with the new place; start a new run): not said twice (QA)
+            message = f"Its training process is gone; it last said: {said.rstrip('.')}."
         else:
             message = f"Its training process is gone (killed, or the server or machine stopped); {resume}"
         status = dict(status, state=State.INTERRUPTED.value, message=message)
