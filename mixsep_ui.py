@@ -22,7 +22,7 @@ from plotly.colors import qualitative
 import streamlit as st
 from streamlit import net_util
 
-from mixsep.config import TrainConfig, default_data_root, default_runs_dir, setting_by_name
+from mixsep.config import TrainConfig, default_data_root, default_runs_dir, saved_data_root, setting_by_name
 from mixsep.errors import MixsepError, unreachable
 from mixsep.jobs import JobRegistry
 from mixsep.run import METRIC_FIELDS, MetricsTail, State
@@ -605,12 +605,10 @@ def other_data_root(run_dir: Path, config, data_root: Path) -> str | None:
         return trained_on
 
 
-def _is_folder(path: str) -> bool:
-    """Whether a run's data root is a folder here; a name this system cannot take (too long) is not."""
-    try:
-        return Path(path).is_dir()
-    except (OSError, ValueError):
-        return False
+def _read_there(other: str, data_root: Path) -> bool:
+    """Whether a resume of a run trained on ``other`` reads that folder (it is one on this machine) rather than the
+    server's: saved_data_root's choice, which the resumed trainer makes too."""
+    return saved_data_root(other, "the run's", str(data_root))[0] == other
 
 
 def code_span(text) -> str:
@@ -628,7 +626,7 @@ def data_root_note(run_dir: Path, config, data_root: Path, what: str) -> str | N
     other = other_data_root(run_dir, config, data_root)
     if other is None:
         return None
-    return (f"This run trained on the data root {code_span(other)}" + ("" if _is_folder(other) else
+    return (f"This run trained on the data root {code_span(other)}" + ("" if _read_there(other, data_root) else
             ", which is not a folder on this machine") + f"; {what} come from this server's, {code_span(data_root)} "
             "(`python -m mixsep evaluate` and `grid` read the run's own where it is here).")
 
@@ -640,7 +638,7 @@ def resume_data_note(run_dir: Path, data_root: Path) -> str | None:
     other = other_data_root(run_dir, None, data_root)
     if other is None:
         return None
-    if _is_folder(other):
+    if _read_there(other, data_root):
         return f"Resume trains on the run's own data root, {code_span(other)}, not on this server's."
     return (f"The run's data root, {code_span(other)}, is not a folder on this machine: Resume trains it on this "
             f"server's, {code_span(data_root)}.")

@@ -510,13 +510,15 @@ def _resume_settings(args, run_dir: Path, saved: TrainConfig) -> TrainConfig:
         # told to download into a folder that is not here, and never of --data-root)
         root, said = saved_data_root(saved.data_root, "the run's")
         if root != saved.data_root:
-            from .data import SOURCES, find_source
+            from .data import require_split
 
-            if not all(find_source(Path(root), source, "train") for source in SOURCES):
+            try:
+                require_split(Path(root), "train")
+            except MixsepError:
                 where = root if Path(root).is_absolute() else f"{root} ({Path(root).resolve()})"  # ./data: whose? (QA)
                 raise MixsepError(f"{run_dir} trained on the data root {saved.data_root}, which is not a folder on "
                                   f"this machine, and {where} holds no training data either; resume it with "
-                                  "--data-root DIR naming a folder that holds MNIST and CIFAR-10.")
+                                  "--data-root DIR naming a folder that holds MNIST and CIFAR-10.") from None
             print(one_line(said), file=sys.stderr, flush=True)
             given["data_root"] = root
     if "data_root" in given:
@@ -885,7 +887,8 @@ def cmd_evaluate(args) -> int:
     scored_as = f", scored as {args.as_model}" if args.as_model else ""
     try:  # the table first (a failed write below still leaves it on screen), but a reader that stops early
         # (`| head`) costs no file: the files are written all the same, then the closed pipe ends the command
-        print(f"checkpoint {info['path']} (step {info['step']}{scored_as}), {result.n} test pair{'' if result.n == 1 else 's'}, data_range=1.0")
+        pairs = f"{result.n} test pair{'' if result.n == 1 else 's'}"
+        print(f"checkpoint {info['path']} (step {info['step']}{scored_as}), {pairs}, data_range=1.0")
         # no interval (one pair) is a blank, not "NaN" (QA); an infinite mean (a pair predicted exactly) stays inf
         print(result.table().to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""))
         print(f"optimal projection weights: mnist {result.weights['mnist']:.3f}, cifar {result.weights['cifar']:.3f} "

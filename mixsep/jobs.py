@@ -41,7 +41,7 @@ from .config import TrainConfig
 from .errors import MixsepError
 from .run import LOG as LOG_NAME  # the child's stdout and stderr, inside its run folder
 from .run import CONFIG, STOP, RunWriteError, State, check_layout, check_runs_dir, delete_run, describe_os_error, \
-    last_error, last_logged_step, live_status, lock_holder, open_regular, read_status, remove_unstarted, request_stop, run_name, \
+    last_error, last_logged_step, live_status, lock_holder, read_status, remove_unstarted, request_stop, run_name, \
     trainer_alive, write_json, write_status
 from .runs import live_runs
 from .train import check_fits, new_run_dir, read_resume_point
