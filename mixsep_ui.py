@@ -839,20 +839,31 @@ def study_of(run: str) -> str:
     return run.split("/", 1)[0] if "/" in run else ""
 
 
+COMPARE_POINTS = 24_000  # points Compare's chart sends in all: 76 runs of 1,250 points took 1 s a click to redraw
+
+
+def curve_points(runs: int) -> int:
+    """The points each of ``runs`` curves on one chart may have: 1,500 for up to 16 runs, fewer beyond, at least 300
+    (a curve 700 px wide)."""
+    return max(300, min(1500, COMPARE_POINTS // max(1, runs)))
+
+
 @st.cache_resource(show_spinner=False, max_entries=512)  # read-only frames, shared (cache_data would copy them)
-def _loss_curve(run_dir: str, stamp, loss: str, smoothing: float) -> tuple[pd.DataFrame, float | None]:
+def _loss_curve(run_dir: str, stamp, loss: str, smoothing: float, points: int) -> tuple[pd.DataFrame, float | None]:
     from mixsep.runs import read_metrics
 
     m = read_metrics(Path(run_dir))
     if not len(m):
         return pd.DataFrame(columns=["step", "ema"]), None
-    # the EMA over every row, then at most 1,500 points a run for the browser to draw
-    curve = downsample(pd.DataFrame({"step": m["step"], "ema": m[loss].ewm(alpha=1 - smoothing).mean()}))
+    # the EMA over every row, then at most ``points`` points a run for the browser to draw
+    curve = downsample(pd.DataFrame({"step": m["step"], "ema": m[loss].ewm(alpha=1 - smoothing).mean()}),
+                       keep=points // 3, cap=points)
     return curve, float(m["loss"].ewm(alpha=1 - smoothing).mean().min())
 
 
-def loss_curve(run_dir: Path, loss: str, smoothing: float) -> tuple[pd.DataFrame, float | None]:
-    """A run's EMA-smoothed ``loss`` for a chart of runs (at most 1,500 points) and its lowest smoothed total loss.
+def loss_curve(run_dir: Path, loss: str, smoothing: float, points: int = 1500) -> tuple[pd.DataFrame, float | None]:
+    """A run's EMA-smoothed ``loss`` for a chart of runs (at most ``points`` points: ``curve_points``) and its lowest
+    smoothed total loss.
 
     Read again only when metrics.csv changed (its size, time or inode): Compare redrew every picked run from its
     whole file on each click, 0.7 s of a rerun with 76 runs picked (QA)."""
@@ -863,7 +874,7 @@ def loss_curve(run_dir: Path, loss: str, smoothing: float) -> tuple[pd.DataFrame
         stamp = (st_.st_mtime_ns, st_.st_size, st_.st_ino)
     except OSError:
         stamp = None
-    return _loss_curve(str(run_dir), stamp, loss, smoothing)
+    return _loss_curve(str(run_dir), stamp, loss, smoothing, points)
 
 
 def best_scores(run_dir: Path, best_loss: float | None) -> dict:

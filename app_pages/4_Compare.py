@@ -89,8 +89,9 @@ if not chosen:  # the runs can still be deleted (with the last run picked delete
 fig = go.Figure()
 # a run's line follows its name among all runs, not its place among those chosen nor its age (ui.run_lines)
 lines = ui.run_lines(rows, chosen)
+points = ui.curve_points(len(chosen))  # many runs, fewer points each: the browser redraws them at each click
 for name in chosen:
-    curve, best = ui.loss_curve(runs_dir / name, loss, smoothing)  # read again only when metrics.csv changed
+    curve, best = ui.loss_curve(runs_dir / name, loss, smoothing, points)  # read again only when metrics.csv changed
     rows[name] = rows[name] | ui.best_scores(runs_dir / name, best)
     if len(curve):
         fig.add_scatter(x=curve["step"], y=curve["ema"], name=name, mode=ui.line_mode(curve), line=lines[name])

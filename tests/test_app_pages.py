@@ -478,6 +478,31 @@ def test_compare_page_curves_and_table(app_env):
     assert short == 3 and 1000 < drawn <= 1500
 
 
+def test_compare_sends_fewer_points_a_run_the_more_runs_are_picked(app_env):
+    """76 runs of 1,250 points took a second a click for the browser to redraw: the chart's points are budgeted,
+    each run's curve still from its first step to its last."""
+    import mixsep_ui as ui
+
+    data, runs = app_env
+    steps = 4_000
+    (runs / "tiny-run" / "metrics.csv").write_text(",".join(METRIC_FIELDS) + "\n" + "".join(
+        f"{i},0,0.1,0.2,{1 / i},0.001,100,{i}\n" for i in range(1, steps + 1)))
+    names = ["tiny-run"] + [f"copy-{i:02d}" for i in range(1, 40)]
+    for name in names[1:]:
+        shutil.copytree(runs / "tiny-run", runs / name)
+    at = open_page("app_pages/4_Compare.py", run=names)
+    assert len(json.loads(at.get("plotly_chart")[0].proto.spec)["data"]) == 40
+    counts = [chart_points(at, trace=t) for t in range(len(names))]
+    assert all(300 <= n <= 600 for n in counts), counts  # 24,000 points in all
+    assert sum(counts) <= ui.COMPARE_POINTS
+    assert chart_x(at, trace=0)[0] == 1 and chart_x(at, trace=0)[-1] == steps  # the first step and the last
+    at.query_params.clear()
+    at.query_params["run"] = names[:2]
+    at.run()
+    assert [chart_points(at, trace=t) for t in (0, 1)] == [chart_points(at, trace=1)] * 2
+    assert 1000 < chart_points(at, trace=0) <= 1500  # two runs: each as detailed as before
+
+
 def test_compare_keeps_its_runs_and_settings_from_page_to_page_but_not_a_delete(app_env):
     data, runs = app_env
     for name in ("a-run", "b-run", "c-run"):
