@@ -113,9 +113,10 @@ def _unordered(space: dict[str, Dimension]) -> dict:
             for name, dim in space.items()}
 
 
-def sweepable() -> dict:
-    """The settings a sweep may vary, by name (those whose metadata gives a default sweep)."""
-    return {s.name: s for s in settings() if s.sweep is not None}
+def sweepable(resolve: bool = True) -> dict:
+    """The settings a sweep may vary, by name (those whose metadata gives a default sweep); ``resolve=False``: all but
+    the model, whose choices import torch (config.settings)."""
+    return {s.name: s for s in settings(resolve) if s.sweep is not None}
 
 
 def default_space() -> dict[str, Dimension]:
@@ -142,7 +143,11 @@ def parse_space(text: str | None) -> dict[str, Dimension]:
     """
     if text is None:
         return default_space()
-    known = sweepable()
+    # the models' names import torch: only for a space that names one of them, or a setting that is not a light one
+    # (its sentence lists them all); `sweep --best` read a stored lr,beta1 space in 2 s, 1.3 of them importing torch
+    light = sweepable(resolve=False)
+    named = {e.partition("=")[0].strip().replace("-", "_") for e in text.split(",") if e.strip()}
+    known = light if named <= set(light) else sweepable()
     space: dict[str, Dimension] = {}
     for entry in (e.strip() for e in text.split(",")):
         if not entry:
@@ -918,25 +923,27 @@ def plan(args, data_root: str | None = None) -> Plan:
     if config.repair:
         raise MixsepError("A sweep validates on the last training digits, which --repair would draw as training "
                           "partners; drop --repair for a sweep (retrain the winner with it if you like).")
-    # a swept setting's default is never trained with: check the others beside a value it can take,
-    # then every value it can take (a batch size of 128 on 64 pairs is no reason to refuse 16|32)
-    drawn = dataclasses.replace(config, **{name: (dim.choices or (dim.low,))[0] for name, dim in space.items()})
-    drawn.validate()
-    for name, dim in space.items():  # a trial's config must pass validate() with any value drawn
-        for v in dim.choices or (dim.low, dim.high):
-            dataclasses.replace(drawn, **{name: v}).validate()
+    best = getattr(args, "best", False)  # --best reads the study only: it trains nothing, so none of what follows
+    # (validate() imports torch to know the models: 1.3 s of --best's 2 s)
+    if not best:  # a swept setting's default is never trained with: check the others beside a value it can take,
+        # then every value it can take (a batch size of 128 on 64 pairs is no reason to refuse 16|32)
+        drawn = dataclasses.replace(config, **{name: (dim.choices or (dim.low,))[0] for name, dim in space.items()})
+        drawn.validate()
+        for name, dim in space.items():  # a trial's config must pass validate() with any value drawn
+            for v in dim.choices or (dim.low, dim.high):
+                dataclasses.replace(drawn, **{name: v}).validate()
 
     pairs = 0
-    if not getattr(args, "best", False):  # --best reads the study only: no data is needed to print its winner
+    if not best:  # no data is needed to print its winner
         config, pairs = _split(config, space, val_size, stored["config"]["train_size"] if stored is not None else None)
         was = (stored or {}).get("pairs")  # studies made before it was kept: not known
         if isinstance(was, int) and was != pairs:  # the validation pairs are the last val_size: others, on other data
             raise MixsepError(f"Study '{study}' validates on the last {val_size} of the {was:,} training pairs of the "
                               f"data it was made on, and {config.data_root} holds {pairs:,}, so its trials would be "
                               "scored on other pairs; give --data-root naming the study's data (or a copy of it).")
-    workers = args.workers or default_workers(config.device)
-    most = max(os.cpu_count() or 1, gpu_count(config.device))
-    if workers > most:  # each is a Python process holding torch and the data: thousands would swamp the machine
+    workers = args.workers or (1 if best else default_workers(config.device))
+    most = max(os.cpu_count() or 1, 0 if best else gpu_count(config.device))
+    if workers > most and not best:  # each is a Python process holding torch and the data: thousands would swamp the machine
         raise MixsepError(f"--workers {workers} is more than this machine can run side by side (it has "
                           f"{os.cpu_count() or 1} CPU cores and {gpu_count(config.device)} GPUs); give at most {most}.")
     own.update({name: getattr(args, name) for name in SWEEP_FLAGS if getattr(args, name) is not None})

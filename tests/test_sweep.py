@@ -377,6 +377,29 @@ def test_best_of_a_study_whose_best_trial_was_added_by_hand_is_one_sentence(caps
     assert "best: trial 2, validation PSNR 21.00 dB, lr=0.002" in err and out.strip() == str(runs.resolve() / "s" / "trial-0002")
 
 
+def test_best_reads_the_study_without_importing_torch(data_root, tmp_path):
+    """`sweep --best` took 2 s, 1.3 of them importing torch to check a trial's settings it trains with, and the
+    models' names for a stored space that names no model. A cold process, as a user's."""
+    import optuna
+
+    runs = tmp_path / "runs"
+    study = create_study(plan(build_parser().parse_args(sweep_args(data_root, runs, "--study", "s", *TINY))))
+    lr = optuna.distributions.FloatDistribution(1e-5, 0.1, log=True)
+    study.add_trial(optuna.trial.create_trial(params={"lr": 2e-3}, distributions={"lr": lr}, value=21.0,
+                                              user_attrs={"run": "s/trial-0000"}))
+    (runs / "s" / "trial-0000").mkdir()
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "mixsep", *sweep_args(data_root, runs, "--study", "s",
+                                                                                          "--best")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout == f"{runs.resolve() / 's' / 'trial-0000'}\n", done.stderr[-3000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "optuna" in imported and not {"torch", "mixsep.model"} & imported
+    with pytest.raises(MixsepError) as e:  # a setting that cannot be swept still hears every one that can
+        parse_space("lr=1e-4:1e-2,colour=1:2")
+    assert str(e.value).endswith("settings that can be swept: " + ", ".join(
+        s.name for s in settings() if s.sweep is not None) + ".") and "model" in str(e.value)
+
+
 def test_a_study_made_meanwhile_is_waited_for_until_its_maker_describes_it(data_root, tmp_path):
     import threading
 
