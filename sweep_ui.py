@@ -137,7 +137,7 @@ def storage_url() -> str:
     password hidden, never sent to the browser, and used while the box still shows it."""
     server = os.environ.get(STORAGE_ENV, "").strip()
     shown = storage_label(server, Path(".")) if server else ""
-    typed = st.text_input("Storage", value=shown, key="sweep_storage",
+    typed = st.text_input("Storage", value=shown, key="sweep_storage", persist_state="session",
                           placeholder="the journal file in the runs folder",
                           help="Empty: Optuna's journal file in the runs folder. Or a database URL such as "
                                "postgresql://user@host/db, which several machines can share. A password is "

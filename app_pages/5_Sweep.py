@@ -18,14 +18,17 @@ with st.sidebar:
     space, fixed = sw.space_widgets()
     st.subheader("Each trial")
     budget, local = sw.budget_widgets()
-    trials = whole_number_box("Trials", 1, 1000, 20, key="sweep_trials", help="Finished trials the study aims at.")
-    val_size = whole_number_box("Validation pairs", 1, 20000, 2000, key="sweep_val",
+    # these, the study's name, the storage and the study shown are kept from page to page, as the ranges are: a
+    # visit to a trial's Samples gave 20 trials on 2,000 pairs under the default name back, without a word (QA)
+    trials = whole_number_box("Trials", 1, 1000, 20, key="sweep_trials", help="Finished trials the study aims at.",
+                              persist_state="session")
+    val_size = whole_number_box("Validation pairs", 1, 20000, 2000, key="sweep_val", persist_state="session",
                                 help="Held out from the end of the training data; no trial trains on them.")
-    every = whole_number_box("Report every (steps)", 0, 100000, 0, key="sweep_every",
+    every = whole_number_box("Report every (steps)", 0, 100000, 0, key="sweep_every", persist_state="session",
                              help="Validation reports the pruner judges; 0 = once per epoch.")
 
 top = st.columns([2, 2, 1, 1, 1], vertical_alignment="bottom")
-name = top[0].text_input("Study", value=time.strftime("sweep-%Y%m%d"), key="sweep_name")
+name = top[0].text_input("Study", value=time.strftime("sweep-%Y%m%d"), key="sweep_name", persist_state="session")
 with top[1]:
     url = sw.storage_url()
 live = sweeps.running()
@@ -86,8 +89,10 @@ if not studies and (live is None or away):
 shown = live["study"] if live and not away else st.session_state.get("sweep_show")
 if shown in studies and st.session_state.get("sweep_followed") != shown:  # a study just started (here or
     st.session_state["sweep_pick"] = st.session_state["sweep_followed"] = shown  # elsewhere): show it, once
-shown = st.selectbox("Show study", studies, index=studies.index(shown) if shown in studies else 0, key="sweep_pick") \
-    if studies else shown
+# kept from page to page; one kept that this storage does not hold (deleted, or in the storage the box named then)
+# gives way to the first (Streamlit's own)
+shown = st.selectbox("Show study", studies, index=studies.index(shown) if shown in studies else 0, key="sweep_pick",
+                     persist_state="session") if studies else shown
 if top[4].button("Resume", icon=":material/replay:", disabled=live is not None or not shown or unreadable,
                  width="stretch"):
     try:

@@ -469,3 +469,38 @@ def test_a_picked_study_says_what_resume_goes_on_with_beside_the_sidebars_new_st
     assert not at.exception, [e.value for e in at.exception]
     caption = next(c.value for c in at.caption if c.value.startswith("This study"))
     assert ui.literal(HOSTILE) in caption and f"{ui.literal(HOSTILE)} trials" in caption, caption
+
+
+def test_the_new_studys_settings_the_storage_and_the_study_shown_are_kept_from_page_to_page(page_env):
+    """A visit to a trial's Samples and back gave the default name, 20 trials on 2,000 pairs and the newest study
+    back, while the ranges were kept: Start then ran another study than the one set up, without a word (QA)."""
+    data, runs = page_env
+    for name in ("older", "newer"):
+        mixsep_study(data, runs, name)
+    at = app_page("5_Sweep.py", 60)
+    first = picker(at).value
+    other = ({"older", "newer"} - {first}).pop()
+    at.text_input(key="sweep_name").set_value("mystudy")
+    for key, value in (("sweep_trials", 21), ("sweep_val", 500), ("sweep_every", 7)):
+        next(n for n in at.number_input if n.key == key).set_value(value)
+    picker(at).set_value(other).run()
+    at.switch_page("app_pages/2_Samples.py").run()
+    at.switch_page("app_pages/5_Sweep.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.text_input(key="sweep_name").value == "mystudy" and picker(at).value == other
+    assert [next(n for n in at.number_input if n.key == k).value for k in ("sweep_trials", "sweep_val", "sweep_every")] \
+        == [21, 500, 7]
+    # the storage typed is kept too; a study kept that the storage shown does not hold is not picked
+    url = f"sqlite:///{runs / 'other.db'}"
+    create_study(plan(build_parser().parse_args(["sweep", "--data-root", str(data), "--runs-dir", str(runs), "--study",
+                                                 "elsewhere", "--storage", url, *TINY])))
+    at.text_input(key="sweep_storage").set_value(url).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert picker(at).value == "elsewhere"
+    at.switch_page("app_pages/2_Samples.py").run()
+    at.switch_page("app_pages/5_Sweep.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.text_input(key="sweep_storage").value == url and picker(at).value == "elsewhere"
+    at.text_input(key="sweep_storage").set_value("").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert picker(at).value == first  # "elsewhere" is not in the journal: its first study again
