@@ -27,7 +27,7 @@ from mixsep.errors import MixsepError, unreachable
 from mixsep.jobs import JobRegistry
 from mixsep.run import METRIC_FIELDS, MetricsTail, State
 from mixsep.run import checkpoints_not_a_folder, live_status, lock_holder, resolve_run
-from mixsep.runs import downsample, list_runs
+from mixsep.runs import display_rows, downsample, list_runs
 
 # Streamlit runs gc.collect(2) after every script run (runner.postScriptGC), and the Train page
 # reruns every second. With torch, pandas and plotly imported, that full pass walks ~400,000
@@ -668,17 +668,21 @@ def loss_figure(metrics: pd.DataFrame, smoothing: float, title: str = "Training 
                 max_points: int = 1500) -> go.Figure:
     """Raw per-step losses (faint) and their EMA (solid), x in whole steps.
 
-    The EMA runs over every row; then a long run is downsampled for display (runs.downsample:
-    the last third at full resolution, older steps sampled), so a trace never has more than
-    ``max_points`` points and drawing step 15,000 costs what drawing step 1,500 did.
+    The EMA runs over every row; then a long run's traces are thinned for display, each its own way (runs.display_rows:
+    the last third at full resolution, older steps by each bucket's lowest and highest rows), so a trace never has more
+    than ``max_points`` points and drawing step 15,000 costs what drawing step 1,500 did.
     """
     fig = go.Figure()
     if len(metrics):
         shown = metrics[["step", *LOSSES]].copy()
         for col in LOSSES:
             shown[f"{col}_ema"] = shown[col].ewm(alpha=1 - smoothing).mean() if smoothing > 0 else shown[col]
-        shown = downsample(shown, keep=max_points // 3, cap=max_points)
-        x = shown["step"].to_numpy()
+        steps = shown["step"].to_numpy()
+
+        def trace(column: str) -> tuple[np.ndarray, np.ndarray]:
+            rows = display_rows(shown[column].to_numpy(), keep=max_points // 3, cap=max_points)
+            return steps[rows], shown[column].to_numpy()[rows]
+
         # the interval models return cifar = 2 * mean - digit, so the two heads' losses are equal at
         # every step: the CIFAR curve is drawn dashed over the MNIST one, and says so, not hidden under it
         # (float32 sums: equal to about 1e-7, not bit for bit)
@@ -688,9 +692,11 @@ def loss_figure(metrics: pd.DataFrame, smoothing: float, title: str = "Training 
             name, dash = LOSSES[col], None
             if same and col == "loss_cifar":
                 name, dash = f"{name} (= MNIST head: 2·mixture − digit)", "dash"
-            fig.add_scatter(x=x, y=shown[col].to_numpy(), name=f"{name} (raw)", mode=line_mode(x),
+            x, y = trace(col)
+            fig.add_scatter(x=x, y=y, name=f"{name} (raw)", mode=line_mode(x),
                             line=dict(color=COLORS[col], width=1), opacity=0.3, legendgroup=col, showlegend=False)
-            fig.add_scatter(x=x, y=shown[f"{col}_ema"].to_numpy(), name=name, mode=line_mode(x),
+            x, y = trace(f"{col}_ema")
+            fig.add_scatter(x=x, y=y, name=name, mode=line_mode(x),
                             line=dict(color=COLORS[col], width=2, dash=dash), legendgroup=col)
     return style(fig, title, "step", "MSE loss")
 
@@ -857,7 +863,7 @@ def _loss_curve(run_dir: str, stamp, loss: str, smoothing: float, points: int) -
         return pd.DataFrame(columns=["step", "ema"]), None
     # the EMA over every row, then at most ``points`` points a run for the browser to draw
     curve = downsample(pd.DataFrame({"step": m["step"], "ema": m[loss].ewm(alpha=1 - smoothing).mean()}),
-                       keep=points // 3, cap=points)
+                       keep=points // 3, cap=points, by="ema")
     return curve, float(m["loss"].ewm(alpha=1 - smoothing).mean().min())
 
 

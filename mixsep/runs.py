@@ -106,21 +106,32 @@ def progress(metrics: pd.DataFrame, total_steps: int, window: int = 20, taken: i
             "eta_s": per_step * (total - step) if per_step is not None else None}
 
 
-def downsample(metrics: pd.DataFrame, keep: int = 500, cap: int = 1500) -> pd.DataFrame:
-    """At most ``cap`` rows of a metrics frame for display; the file keeps every row.
+def display_rows(values, keep: int = 500, cap: int = 1500) -> np.ndarray:
+    """The rows of one curve to draw, at most ``cap`` of them, in order; the file keeps every row.
 
-    The first row and the last ``keep`` stay as they are; of the rows between, one in each
-    bucket is shown: its middle row, as written (whole steps; an EMA column computed before
-    this is exact there). Buckets are a power of two in size and aligned to fixed row numbers,
-    so a growing run re-buckets only when the size doubles and a live chart does not shimmer
-    between polls. Averaged buckets made the faint raw trace look calmer before the last
-    ``keep`` steps than after, as if training had turned noisy there; a sample keeps its spread.
+    The first row and the last ``keep`` are all shown; the rows between are cut into buckets, and each bucket's
+    lowest and highest rows are shown, as written (whole steps; an EMA computed before this is exact there). So a
+    pixel's column of the chart spans what the rows it stands for span, sampled or not: one row in 64 (a bucket's
+    middle row) drew the faint raw trace of a 64,000-step run calm, and its last ``keep`` rows, 50 to a pixel, as a
+    burst of noise at the end, as if training had turned unstable there (QA); averaged buckets did it too. Buckets
+    are a power of two in size and aligned to fixed row numbers, so a growing run re-buckets only when the size
+    doubles and a live chart does not shimmer between polls.
     """
-    n = len(metrics)
+    y = np.asarray(values, dtype=float)
+    n = len(y)
     if n <= cap:
-        return metrics
-    old, recent = metrics.iloc[1:n - keep], metrics.iloc[n - keep:]
-    size = 1 << max(0, int(np.ceil(np.log2(len(old) / (cap - keep - 1)))))
+        return np.arange(n)
+    old = y[1:n - keep]
+    size = 1 << max(0, int(np.ceil(np.log2(len(old) / max(1, (cap - keep - 1) // 2)))))
+    pad = -len(old) % size  # the last bucket, part full, padded with rows that are never the lowest nor the highest
+    low = np.concatenate([np.where(np.isnan(old), np.inf, old), np.full(pad, np.inf)]).reshape(-1, size)
+    high = np.concatenate([np.where(np.isnan(old), -np.inf, old), np.full(pad, -np.inf)]).reshape(-1, size)
     starts = np.arange(0, len(old), size)
-    middle = starts + (np.minimum(starts + size, len(old)) - starts) // 2
-    return pd.concat([metrics.iloc[:1], old.iloc[middle], recent], ignore_index=True)
+    picked = np.concatenate([starts + low.argmin(axis=1), starts + high.argmax(axis=1)])
+    picked = np.minimum(picked, len(old) - 1)  # a bucket of NaN alone: its first row
+    return np.concatenate([[0], np.unique(picked) + 1, np.arange(n - keep, n)])
+
+
+def downsample(metrics: pd.DataFrame, keep: int = 500, cap: int = 1500, by: str = "loss") -> pd.DataFrame:
+    """At most ``cap`` rows of a metrics frame for display, the rows ``display_rows`` picks for its column ``by``."""
+    return metrics.iloc[display_rows(metrics[by].to_numpy(), keep, cap)].reset_index(drop=True)
