@@ -337,3 +337,22 @@ def test_every_reader_skips_the_same_rows_that_cannot_be_steps(tmp_path):
             f.write(part)
         polled += tail.poll().rows
     assert polled == frame.to_dict("records")
+
+
+def test_a_fast_runs_speed_and_eta_are_read_over_its_last_seconds_not_its_last_20_rows():
+    """A small model logs a row every 8 ms: its last 20 rows were 0.15 s, and one slow moment of the machine read as
+    a third of the speed and three times the ETA until the next refresh (QA). A run of a step a second, and the rows
+    since a resume (elapsed_s starts again), read as before."""
+    from mixsep.runs import progress
+
+    def run(seconds_a_step, samples_per_s, first_step=1):
+        return pd.DataFrame(dict(step=np.arange(first_step, first_step + len(seconds_a_step)),
+                                 elapsed_s=np.cumsum(seconds_a_step), samples_per_s=samples_per_s))
+
+    fast = run(np.r_[np.full(2000, 0.008), np.full(20, 0.025)], np.r_[np.full(2000, 2000.0), np.full(20, 640.0)])
+    p = progress(fast, 10_000)
+    assert p["samples_per_s"] == 2000.0 and p["eta_s"] == pytest.approx(7980 * 0.008)
+    slow = run(np.r_[np.full(80, 1.0), np.full(20, 2.0)], np.r_[np.full(80, 128.0), np.full(20, 64.0)])
+    assert (progress(slow, 1000)["samples_per_s"], progress(slow, 1000)["eta_s"]) == (64.0, 900 * 2.0)
+    resumed = pd.concat([fast, run(np.full(30, 0.02), np.full(30, 800.0), first_step=2021)], ignore_index=True)
+    assert progress(resumed, 10_000)["samples_per_s"] == 800.0 and progress(resumed, 10_000)["step"] == 2050
