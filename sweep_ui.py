@@ -297,7 +297,7 @@ def figures(study, space: list[str]) -> None:
         if key == "sweep_hist":
             fig.update_xaxes(tickformat="d", dtick=1 if len(done) <= 20 else None, title="trial")
         if key == "sweep_par":
-            _readable_parallel(fig, [t.value for t in done])
+            _readable_parallel(fig, done)
         tab.plotly_chart(fig, key=key)
 
     draw(tabs[0], "sweep_hist", vis.plot_optimization_history)
@@ -317,12 +317,15 @@ def figures(study, space: list[str]) -> None:
 _PAR_LOW = 0.4
 
 
-def _readable_parallel(fig, values: list[float]) -> None:
+def _readable_parallel(fig, trials: list) -> None:
     """Optuna's parallel coordinates made readable: each trial's line coloured by its value (its height on the
-    objective axis, 0 to 1) on a scale with no white in it, and the objective axis's ticks with the decimals that
-    tell them apart (three significant digits made 13.41 to 13.46 read "13.4" five times)."""
+    objective axis, 0 to 1) on a scale with no white in it, the objective axis's ticks with the decimals that
+    tell them apart (three significant digits made 13.41 to 13.46 read "13.4" five times), and the parameters'
+    (``_parameter_ticks``); ``trials``: the completed ones, which Optuna draws."""
     from plotly.colors import sample_colorscale
 
+    values = [t.value for t in trials]
+    _parameter_ticks(fig, trials)
     finite = [v for v in values if v is not None and math.isfinite(v)]
     lo, hi = (min(finite), max(finite)) if finite else (0.0, 0.0)
     # decimals enough for the ticks' step (a quarter of the span): two places labelled ticks 0.0125 apart 13.41,
@@ -349,6 +352,43 @@ def _readable_parallel(fig, values: list[float]) -> None:
     for note in fig.layout.annotations:
         if note.x == 0 and note.y is not None:  # a tick of the objective axis, at its height
             note.text = value_at(note.y)
+
+
+_TICK_ROOM = 0.06  # of an axis's height: two tick labels closer than this overlap (10 px type on a 400 px chart)
+
+
+def _parameter_ticks(fig, trials: list) -> None:
+    """The parameter axes' ticks of Optuna's parallel coordinates, readable with many trials: each label on a pale
+    ground (90 trials' lines crossed them out), with four significant digits of the value at its height (three read
+    0.9998, the highest beta2 tried, as "1", which no beta2 can be), and on a log axis a decade too close to the
+    lowest or highest value tried is not labelled (0.0001 was printed over 7.43e-05). A categorical axis, or a tick
+    that is not where its label says (a trial without the setting adds one), keeps Optuna's label."""
+    from optuna.distributions import CategoricalDistribution
+
+    names = list(fig.layout.xaxis.ticktext or ())
+    kept = []
+    for note in fig.layout.annotations:
+        note.bgcolor = "rgba(255, 255, 255, 0.8)"
+        axis = note.x if isinstance(note.x, int) and not isinstance(note.x, bool) else None
+        name = names[axis] if axis is not None and 0 < axis < len(names) else None
+        dists = [t.distributions.get(name) for t in trials] if name else [None]
+        if None in dists or any(isinstance(d, CategoricalDistribution) for d in dists) or note.y is None:
+            kept.append(note)
+            continue
+        log = any(getattr(d, "log", False) for d in dists)
+        tried = [float(t.params[name]) for t in trials]
+        lo, hi = (math.log10(min(tried)), math.log10(max(tried))) if log else (min(tried), max(tried))
+        value = lo + (hi - lo) * float(note.y)
+        value = 10 ** value if log else value
+        if f"{value:.3g}" != note.text:  # not a tick of the trials' range: Optuna's own label
+            kept.append(note)
+            continue
+        note.text = f"{value:.4g}"
+        end = note.y in (0, 1)
+        if log and not end and any(abs(float(note.y) - e) < _TICK_ROOM for e in (0, 1)):
+            continue  # a decade next to the range's end, which is labelled
+        kept.append(note)
+    fig.layout.annotations = kept
 
 
 def open_links(run: str | None) -> None:

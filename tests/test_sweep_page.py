@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import conftest
 from conftest import seen
@@ -429,7 +430,7 @@ def test_parallel_coordinates_show_every_trial_and_tell_close_values_apart():
         study.add_trial(optuna.trial.create_trial(params={"lr": lr}, value=value, distributions={
             "lr": optuna.distributions.FloatDistribution(1e-5, 1, log=True)}))
     fig = vis.plot_parallel_coordinate(study, target_name="validation PSNR (dB)")
-    sweep_ui._readable_parallel(fig, [t.value for t in study.trials])
+    sweep_ui._readable_parallel(fig, study.trials)
     lines = [t for t in fig.data if t.mode == "lines"]
     assert len(lines) == 3
     for t in lines:  # every line stands out from the white page: no channel above 230 out of 255
@@ -438,6 +439,37 @@ def test_parallel_coordinates_show_every_trial_and_tell_close_values_apart():
     ticks = [(a.text, 13.41 + 0.05 * a.y) for a in fig.layout.annotations if a.x == 0]
     assert len({t for t, _ in ticks}) == 5 and all(len(t.split(".")[1]) == 3 for t, _ in ticks), ticks
     assert all(abs(float(text) - at) <= 0.0005 + 1e-9 for text, at in ticks), ticks  # each label where it stands
+
+
+def test_parallel_coordinates_label_each_parameters_ticks_as_the_values_there_on_a_ground_of_their_own():
+    """QA, 90 trials: their lines crossed the tick labels out, the highest beta2 tried (0.9998) read "1", and the
+    learning rate's lowest value (7.43e-05) and the decade next to it (0.0001) were printed over each other."""
+    import optuna
+    import optuna.visualization as vis
+
+    import sweep_ui
+
+    study = optuna.create_study(direction="maximize")
+    rng = np.random.default_rng(0)
+    dists = {"lr": optuna.distributions.FloatDistribution(1e-5, 0.1, log=True),
+             "beta2": optuna.distributions.FloatDistribution(0.9, 0.9999),
+             "batch_size": optuna.distributions.CategoricalDistribution([16, 32])}
+    for i in range(30):
+        lr, beta2 = (7.43e-5, 0.9998) if i == 0 else (float(10 ** rng.uniform(-4.1, -1)), float(rng.uniform(0.908, 0.999)))
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": lr, "beta2": beta2, "batch_size": int(rng.choice([16, 32]))},
+            value=float(rng.uniform(10, 20)), distributions=dists))
+    fig = vis.plot_parallel_coordinate(study, target_name="validation PSNR (dB)")
+    sweep_ui._readable_parallel(fig, study.trials)
+    axes = list(fig.layout.xaxis.ticktext)
+    ticks = {name: [(a.y, a.text) for a in fig.layout.annotations if a.x == axes.index(name)] for name in dists}
+    assert all(a.bgcolor for a in fig.layout.annotations)
+    beta2 = [t.params["beta2"] for t in study.trials]
+    assert ticks["beta2"][-1] == (1.0, "0.9998") and ticks["beta2"][0] == (0.0, f"{min(beta2):.4g}")
+    assert all(abs(float(text) - (min(beta2) + y * (0.9998 - min(beta2)))) < 5e-5 for y, text in ticks["beta2"])
+    lr = [text for _, text in ticks["lr"]]
+    assert lr[0] == "7.43e-05" and "0.0001" not in lr and {"0.001", "0.01"} <= set(lr)
+    assert [text for _, text in ticks["batch_size"]] == ["16", "32"]
 
 
 def test_a_picked_study_says_what_resume_goes_on_with_beside_the_sidebars_new_study(page_env):
