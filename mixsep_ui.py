@@ -862,8 +862,8 @@ def _loss_curve(run_dir: str, stamp, loss: str, smoothing: float, points: int) -
     if not len(m):
         return pd.DataFrame(columns=["step", "ema"]), None
     # the EMA over every row, then at most ``points`` points a run for the browser to draw
-    curve = downsample(pd.DataFrame({"step": m["step"], "ema": m[loss].ewm(alpha=1 - smoothing).mean()}),
-                       keep=points // 3, cap=points, by="ema")
+    curve = downsample(pd.DataFrame({"step": m["step"], "ema": m[loss].ewm(alpha=1 - smoothing).mean()}), "ema",
+                       keep=points // 3, cap=points)
     return curve, float(m["loss"].ewm(alpha=1 - smoothing).mean().min())
 
 

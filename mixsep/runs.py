@@ -139,6 +139,6 @@ def display_rows(values, keep: int = 500, cap: int = 1500) -> np.ndarray:
     return np.concatenate([[0], np.unique(picked) + 1, np.arange(n - keep, n)])
 
 
-def downsample(metrics: pd.DataFrame, keep: int = 500, cap: int = 1500, by: str = "loss") -> pd.DataFrame:
+def downsample(metrics: pd.DataFrame, by: str, keep: int = 500, cap: int = 1500) -> pd.DataFrame:
     """At most ``cap`` rows of a metrics frame for display, the rows ``display_rows`` picks for its column ``by``."""
     return metrics.iloc[display_rows(metrics[by].to_numpy(), keep, cap)].reset_index(drop=True)

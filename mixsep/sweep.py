@@ -943,7 +943,7 @@ def plan(args, data_root: str | None = None) -> Plan:
                               "scored on other pairs; give --data-root naming the study's data (or a copy of it).")
     workers = args.workers or (1 if best else default_workers(config.device))
     most = max(os.cpu_count() or 1, 0 if best else gpu_count(config.device))
-    if workers > most and not best:  # each is a Python process holding torch and the data: thousands would swamp the machine
+    if workers > most and not best:  # each is a Python process holding torch and the data: thousands would swamp it
         raise MixsepError(f"--workers {workers} is more than this machine can run side by side (it has "
                           f"{os.cpu_count() or 1} CPU cores and {gpu_count(config.device)} GPUs); give at most {most}.")
     own.update({name: getattr(args, name) for name in SWEEP_FLAGS if getattr(args, name) is not None})
