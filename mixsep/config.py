@@ -543,8 +543,9 @@ def add_train_flags(parser: argparse.ArgumentParser, defaults: bool = True, whos
         default = s.default if defaults else None
         resumed = f"; on resume, {whose} own where that folder is on this machine" if whose and s.name == "data_root" \
             else ""
-        shown = f" (default {s.zero if s.zero and not s.default else _show(s.default)}{resumed})"
-        help = (s.help + shown).replace("%", "%%")  # argparse formats help with %
+        shown = f"default {s.zero if s.zero and not s.default else _show(s.default)}{resumed}"
+        env = re.fullmatch(r"(.*) \((env \w+)\)", s.help)  # one bracket: "(env X; default Y)", not "(env X) (default Y)"
+        help = (f"{env[1]} ({env[2]}; {shown})" if env else f"{s.help} ({shown})").replace("%", "%%")  # argparse's %
         if s.type is bool:
             parser.add_argument(s.flag, action=argparse.BooleanOptionalAction, default=default, help=help)
         else:

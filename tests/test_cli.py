@@ -971,8 +971,8 @@ def test_train_and_sweep_help_say_a_resume_reads_its_own_data_root():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     for name, whose in (("train", "run's"), ("sweep", "study's")):
         flag = next(a for a in sub.choices[name]._actions if "--data-root" in a.option_strings)
-        assert flag.help.endswith(f"(default ./data; on resume, the {whose} own where that folder is on this "
-                                  "machine)"), flag.help
+        assert flag.help.endswith(f"(env MIXSEP_DATA_ROOT; default ./data; on resume, the {whose} own where that "
+                                  "folder is on this machine)"), flag.help  # one bracket, not "(env X) (default ...)"
 
 
 def test_a_folder_that_is_no_run_or_holds_no_checkpoint_is_told_what_it_is(capsys, tmp_path, data_root):
