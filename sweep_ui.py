@@ -359,36 +359,60 @@ _TICK_ROOM = 0.06  # of an axis's height: two tick labels closer than this overl
 
 def _parameter_ticks(fig, trials: list) -> None:
     """The parameter axes' ticks of Optuna's parallel coordinates, readable with many trials: each label on a pale
-    ground (90 trials' lines crossed them out), with four significant digits of the value at its height (three read
-    0.9998, the highest beta2 tried, as "1", which no beta2 can be), and on a log axis a decade too close to the
-    lowest or highest value tried is not labelled (0.0001 was printed over 7.43e-05). A categorical axis, or a tick
-    that is not where its label says (a trial without the setting adds one), keeps Optuna's label."""
+    ground (90 trials' lines crossed them out), with the fewest significant digits (three or more) that put it
+    within a thousandth of the axis of its value (three read 0.9998, the highest beta2 tried, as "1", which no beta2
+    can be), and on a log axis a decade too close to the lowest or highest value tried is not labelled (0.0001 was
+    printed over 7.43e-05). Optuna puts a numeric axis's ticks at five even steps from the lowest value tried to the
+    highest, or on a log axis at those two and the decades between, whether or not some trial lacks the setting
+    (its own tick, "None", is left as it is); a categorical axis keeps its labels."""
     from optuna.distributions import CategoricalDistribution
 
     names = list(fig.layout.xaxis.ticktext or ())
-    kept = []
-    for note in fig.layout.annotations:
+    notes = list(fig.layout.annotations)
+    for note in notes:
         note.bgcolor = "rgba(255, 255, 255, 0.8)"
-        axis = note.x if isinstance(note.x, int) and not isinstance(note.x, bool) else None
-        name = names[axis] if axis is not None and 0 < axis < len(names) else None
-        dists = [t.distributions.get(name) for t in trials] if name else [None]
-        if None in dists or any(isinstance(d, CategoricalDistribution) for d in dists) or note.y is None:
-            kept.append(note)
+    dropped = set()
+    for axis, name in enumerate(names):
+        have = [t for t in trials if name in t.params and name in t.distributions]
+        if axis == 0 or not have or any(isinstance(t.distributions[name], CategoricalDistribution) for t in have):
             continue
-        log = any(getattr(d, "log", False) for d in dists)
-        tried = [float(t.params[name]) for t in trials]
-        lo, hi = (math.log10(min(tried)), math.log10(max(tried))) if log else (min(tried), max(tried))
-        value = lo + (hi - lo) * float(note.y)
-        value = 10 ** value if log else value
-        if f"{value:.3g}" != note.text:  # not a tick of the trials' range: Optuna's own label
-            kept.append(note)
-            continue
-        note.text = f"{value:.4g}"
-        end = note.y in (0, 1)
-        if log and not end and any(abs(float(note.y) - e) < _TICK_ROOM for e in (0, 1)):
-            continue  # a decade next to the range's end, which is labelled
-        kept.append(note)
-    fig.layout.annotations = kept
+        log = any(getattr(t.distributions[name], "log", False) for t in have)
+        tried = [float(t.params[name]) for t in have]
+        lo, hi = min(tried), max(tried)
+        if log:
+            edges = [math.log10(lo), math.log10(hi)]
+            ticks = [edges[0], *range(math.ceil(edges[0]), math.floor(edges[1]) + 1), edges[1]]
+            ticks = [10 ** v for v in dict.fromkeys(float(v) for v in ticks)]
+        else:
+            edges = [lo, hi]
+            ticks = [lo] if lo == hi else [lo + (hi - lo) * i / 4 for i in range(5)]
+        tol = (edges[1] - edges[0]) / 1000
+
+        def label(v: float) -> str:
+            for digits in (3, 4, 5, 6):
+                text = f"{v:.{digits}g}"
+                off = abs(math.log10(float(text)) - math.log10(v)) if log else abs(float(text) - v)
+                if off <= tol:
+                    return text
+            return f"{v:.6g}"
+
+        on_axis = [n for n in notes if n.x == axis and n.y is not None]
+        matched = {}  # annotation index -> tick value, in order, by Optuna's own three-digit label
+        rest = list(ticks)
+        for note in on_axis:
+            hit = next((v for v in rest if f"{v:.3g}" == note.text), None)
+            if hit is not None:
+                rest.remove(hit)
+                matched[id(note)] = hit
+        ends = [float(n.y) for n in on_axis if matched.get(id(n)) in (ticks[0], ticks[-1])]
+        for note in on_axis:
+            if id(note) not in matched:
+                continue
+            value = matched[id(note)]
+            note.text = label(value)
+            if log and value not in (ticks[0], ticks[-1]) and any(abs(float(note.y) - e) < _TICK_ROOM for e in ends):
+                dropped.add(id(note))  # a decade next to the range's end, which is labelled
+    fig.layout.annotations = [n for n in notes if id(n) not in dropped]
 
 
 def open_links(run: str | None) -> None:

@@ -354,5 +354,7 @@ def test_a_fast_runs_speed_and_eta_are_read_over_its_last_seconds_not_its_last_2
     assert p["samples_per_s"] == 2000.0 and p["eta_s"] == pytest.approx(7980 * 0.008)
     slow = run(np.r_[np.full(80, 1.0), np.full(20, 2.0)], np.r_[np.full(80, 128.0), np.full(20, 64.0)])
     assert (progress(slow, 1000)["samples_per_s"], progress(slow, 1000)["eta_s"]) == (64.0, 900 * 2.0)
+    faster = run(np.r_[np.full(8000, 0.002), np.full(1200, 0.005)], np.r_[np.full(8000, 8000.0), np.full(1200, 3200.0)])
+    assert progress(faster, 20_000)["samples_per_s"] == 8000.0  # 10 s of 2 ms rows: 3,200 rows, 2,000 of them fast
     resumed = pd.concat([fast, run(np.full(30, 0.02), np.full(30, 800.0), first_step=2021)], ignore_index=True)
     assert progress(resumed, 10_000)["samples_per_s"] == 800.0 and progress(resumed, 10_000)["step"] == 2050

@@ -377,7 +377,7 @@ def test_best_of_a_study_whose_best_trial_was_added_by_hand_is_one_sentence(caps
     assert "best: trial 2, validation PSNR 21.00 dB, lr=0.002" in err and out.strip() == str(runs.resolve() / "s" / "trial-0002")
 
 
-def test_best_reads_the_study_without_importing_torch(data_root, tmp_path):
+def test_best_reads_the_study_without_importing_torch(capsys, data_root, tmp_path):
     """`sweep --best` took 2 s, 1.3 of them importing torch to check a trial's settings it trains with, and the
     models' names for a stored space that names no model. A cold process, as a user's."""
     import optuna
@@ -394,6 +394,8 @@ def test_best_reads_the_study_without_importing_torch(data_root, tmp_path):
     assert done.returncode == 0 and done.stdout == f"{runs.resolve() / 's' / 'trial-0000'}\n", done.stderr[-3000:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
     assert "optuna" in imported and not {"torch", "mixsep.model"} & imported
+    assert main(sweep_args(data_root, runs, "--study", "s", "--best", "--workers", "999")) == 2  # refused, as before
+    assert "--workers 999 is more than this machine can run side by side" in capsys.readouterr().err
     with pytest.raises(MixsepError) as e:  # a setting that cannot be swept still hears every one that can
         parse_space("lr=1e-4:1e-2,colour=1:2")
     assert str(e.value).endswith("settings that can be swept: " + ", ".join(
