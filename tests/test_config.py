@@ -47,7 +47,7 @@ def test_every_field_has_exactly_one_flag_with_its_default():
     for s in settings():
         a = actions[s.name]
         assert s.flag in a.option_strings and a.default is None, s.name
-        assert a.help and "Traceback" not in a.help and "(default " in a.help
+        assert a.help and "Traceback" not in a.help and ("(default " in a.help or "; default " in a.help), a.help
         if s.type is bool:
             assert f"--no-{s.flag[2:]}" in a.option_strings
 
