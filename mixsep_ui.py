@@ -680,8 +680,9 @@ def loss_figure(metrics: pd.DataFrame, smoothing: float, title: str = "Training 
         steps = shown["step"].to_numpy()
 
         def trace(column: str) -> tuple[np.ndarray, np.ndarray]:
-            rows = display_rows(shown[column].to_numpy(), keep=max_points // 3, cap=max_points)
-            return steps[rows], shown[column].to_numpy()[rows]
+            values = shown[column].to_numpy()
+            rows = display_rows(values, keep=max_points // 3, cap=max_points)
+            return steps[rows], values[rows]
 
         # the interval models return cifar = 2 * mean - digit, so the two heads' losses are equal at
         # every step: the CIFAR curve is drawn dashed over the MNIST one, and says so, not hidden under it

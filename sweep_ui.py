@@ -397,7 +397,7 @@ def _parameter_ticks(fig, trials: list) -> None:
             return f"{v:.6g}"
 
         on_axis = [n for n in notes if n.x == axis and n.y is not None]
-        matched = {}  # annotation index -> tick value, in order, by Optuna's own three-digit label
+        matched = {}  # id of a tick's annotation -> its value, found by Optuna's own three-digit label
         rest = list(ticks)
         for note in on_axis:
             hit = next((v for v in rest if f"{v:.3g}" == note.text), None)

@@ -177,7 +177,7 @@ def status():
     elif job.state in ("stopped", "interrupted"):
         st.warning(f"Run {job.state} at step {job.step}: {ui.sentence(job.message)}")
     elif job.state == "finished" and job.message:  # its time budget: why at 16%, and how to train on (QA)
-        how = f"`python -m mixsep train --run-dir {shlex.quote(str(job.run_dir))} --max-minutes M`"
+        how = ui.code_span(f"python -m mixsep train --run-dir {shlex.quote(str(job.run_dir))} --max-minutes M")
         st.info(f"Finished early: {ui.sentence(job.message)}" + (f": {how}." if job.step < job.total_steps else "."))
     elif job.state == "finished":
         st.success(f"Finished: {job.step} steps.")

@@ -944,12 +944,12 @@ def plan(args, data_root: str | None = None) -> Plan:
     workers = args.workers or (1 if best else default_workers(config.device))
     # each is a Python process holding torch and the data: thousands would swamp the machine (--best refuses them
     # too, as it did); the GPUs, which import torch to count, are asked only past the cores
-    if workers > (os.cpu_count() or 1):
-        most = max(os.cpu_count() or 1, gpu_count(config.device))
-        if workers > most:
-            raise MixsepError(f"--workers {workers} is more than this machine can run side by side (it has "
-                              f"{os.cpu_count() or 1} CPU cores and {gpu_count(config.device)} GPUs); give at most "
-                              f"{most}.")
+    cores = os.cpu_count() or 1
+    if workers > cores:
+        gpus = gpu_count(config.device)
+        if workers > max(cores, gpus):
+            raise MixsepError(f"--workers {workers} is more than this machine can run side by side (it has {cores} "
+                              f"CPU cores and {gpus} GPUs); give at most {max(cores, gpus)}.")
     own.update({name: getattr(args, name) for name in SWEEP_FLAGS if getattr(args, name) is not None})
     return Plan(study, args.storage, runs_dir, space, config, fixed, trials, val_size, own["report_every"],
                 own["pruner"], args.sampler_seed, args.heartbeat, workers, stored is not None,
