@@ -117,17 +117,25 @@ def test_two_workers_share_a_study_and_one_finishes_it_when_the_other_is_killed(
         # blocked every other connection, this test's own too, for good
         conftest.wait_for(created, 240, "the workers to create the study", interval=0.1)
 
-        def a_is_mid_second_trial() -> bool:
+        def a_trials():
             if a.poll() is not None:
                 raise AssertionError(f"worker a ended early: {a.communicate()[1][-2000:]}")
             mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("pid") == a.pid]
-            finished = [t for t in mine if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-            running = [t for t in mine if t.state == TrialState.RUNNING]
+            return ([t for t in mine if t.state in (TrialState.COMPLETE, TrialState.PRUNED)],
+                    [t for t in mine if t.state == TrialState.RUNNING])
+
+        def a_is_mid_second_trial() -> bool:
+            finished, running = a_trials()
             return bool(finished and running and (runs / running[0].user_attrs["run"] / "checkpoints").is_dir())
 
-        # checked while worker a is stopped (SIGSTOP between 0.05 s slices), so the trial is still
-        # running when the kill lands, however fast this machine runs a tiny trial
-        conftest.frozen_when(a, a_is_mid_second_trial, 400, "worker a to finish a trial and start another", slice_s=0.05)
+        # worker a runs at b's pace through its first trial: frozen in slices from the start, it ran a
+        # fraction of the time, and on a slow machine b took every other trial before a finished its
+        # first, so a never started a second
+        conftest.wait_for(lambda: a_trials()[0], 400, "worker a to finish a trial", interval=0.1)
+        # then checked while worker a is stopped (SIGSTOP between 0.05 s slices), so the trial is still
+        # running when the kill lands, however fast this machine runs a tiny trial; once a holds a trial,
+        # the study cannot end before a finishes it
+        conftest.frozen_when(a, a_is_mid_second_trial, 400, "worker a to start another trial", slice_s=0.05)
         killed = next(t for t in study.get_trials(deepcopy=False)
                       if t.user_attrs.get("pid") == a.pid and t.state == TrialState.RUNNING)
         a.send_signal(signal.SIGKILL)
