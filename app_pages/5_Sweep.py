@@ -7,7 +7,8 @@ import streamlit as st
 import mixsep_ui as ui
 import sweep_ui as sw
 from mixsep import MixsepError
-from mixsep.sweep import ATTR, best_trial, counts, recorded_storage, storage_key, trials_frame, worker_gone
+from mixsep.sweep import (ATTR, best_trial, counts, recorded_storage, storage_key, trials_done, trials_frame,
+                          worker_gone)
 from ui_settings import whole_number_box
 
 data_root, runs_dir = ui.setup("Sweep")
@@ -138,7 +139,7 @@ def show_study(study_name: str) -> None:
     c, target = counts(study), attrs.get("trials") if isinstance(attrs.get("trials"), int) else 0
     state = f"running (pid {ours['pid']})" if ours and ours["study"] == study_name else "not running"
     gone = sum(map(worker_gone, study.get_trials(deepcopy=False)))  # a killed sweep's: no longer running (QA)
-    st.progress(min(c["done"] / max(target, 1), 1.0), text=f"{c['done']} of {target} trials done · "
+    st.progress(min(c["done"] / max(target, 1), 1.0), text=f"{trials_done(c['done'], target)} · "
                 f"{c['running'] - gone} running · " + (f"{gone} interrupted · " if gone else "")
                 + f"{c['waiting']} queued · sweep {state}")
     st.caption(sw.study_settings(attrs))  # what Resume goes on with: the sidebar beside it shows a new study's

@@ -1950,8 +1950,13 @@ def _run_sweep(p: Plan, say: Callable[[str], None] | None, lock: list[int]) -> i
             signal.signal(s, h)
     finished = c["done"] >= p.trials
     write_sweep_status(p, "finished" if finished else "stopped",
-                       f"{c['done']} of {p.trials} trials done" + ("" if finished else "; run the same command to resume"))
+                       trials_done(c["done"], p.trials) + ("" if finished else "; run the same command to resume"))
     return 0 if finished else 1
+
+
+def trials_done(done: int, target: int) -> str:
+    """'3 of 20 trials done', '1 of 1 trial done': a study's progress as the CLI and the Sweep page say it."""
+    return f"{done} of {target} trial{'' if target == 1 else 's'} done"
 
 
 def _spawn(p: Plan, index: int) -> subprocess.Popen:

@@ -302,6 +302,7 @@ def test_a_queued_trial_whose_folder_is_gone_says_so_and_trains_from_step_0(caps
     data = make_data_root(tmp_path / "data")
     runs = tmp_path / "runs"
     assert main(sweep_args(data, runs, "--study", "s", "--trials", "1", *TINY, "--epochs", "1")) == 0
+    assert json.loads((runs / "s" / "sweep.json").read_text())["message"] == "1 of 1 trial done"  # not "trials"
     study = study_of(runs, "s")
     first = study.trials[-1]
     requeue(study, first, stopped=True)
