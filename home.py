@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pandas as pd
 import streamlit as st
-import torch
 
 import mixsep_ui as ui
 from mixsep.data import DOWNLOAD_MB, SOURCE_NAMES, SOURCES, data_status, download, root_is_a_file
@@ -66,11 +65,8 @@ else:
     st.success(f"All four source/split sets found under {ui.code_span(data_root.resolve())}.")
 
 st.header("Device")
-if torch.cuda.is_available():
-    st.write(f"GPU: **{torch.cuda.get_device_name(0)}** (training uses CUDA with bfloat16 autocast).")
-else:
-    st.write(f"CPU only ({torch.get_num_threads()} threads): training works but is slow; "
-             "a few hundred steps at batch 128 take minutes.")
+device = st.empty()  # filled last: which device takes torch, seconds of imports the rest of the page need not wait on
+device.caption("Looking for a GPU…")
 
 
 def progress_text(row: dict) -> str:
@@ -115,3 +111,11 @@ for found, why, mend in (
         st.caption(f"Not listed: {len(found)} run folder{'s' * (len(found) > 1)} {why} ("
                    f"{ui.literal(', '.join(found[:5]))}{', …' if len(found) > 5 else ''}); "
                    f"{mend.format('them' if len(found) > 1 else 'it')}.")
+
+import torch  # noqa: E402  (see `device` above)
+
+if torch.cuda.is_available():
+    device.write(f"GPU: **{torch.cuda.get_device_name(0)}** (training uses CUDA with bfloat16 autocast).")
+else:
+    device.write(f"CPU only ({torch.get_num_threads()} threads): training works but is slow; "
+                 "a few hundred steps at batch 128 take minutes.")

@@ -16,6 +16,9 @@ Data files are data, never code: CIFAR batches are unpickled by an unpickler tha
 builds only containers and numpy arrays, npz files load with allow_pickle=False,
 and pixels outside 0..255 or labels of the wrong kind are refused, never wrapped.
 The cache is keyed by the bytes of the files, so a changed file is never served stale.
+
+torch is imported where tensors are made, not with the module: what finds, reports and downloads the
+files (the dashboard's Home) starts without its seconds of imports.
 """
 from __future__ import annotations
 
@@ -37,14 +40,15 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .errors import MixsepError, check_count, make_folder, network_timeout, network_timeout_seconds, os_error_in
 from .run import signals_held
+
+if TYPE_CHECKING:
+    import torch
 
 SOURCES = ("mnist", "cifar")
 SOURCE_NAMES = {"mnist": "MNIST", "cifar": "CIFAR-10"}  # as messages and pages name them
@@ -424,6 +428,9 @@ def resize_mnist(images: np.ndarray) -> torch.Tensor:
     level apart in about 4% of them). It keeps strokes smooth where nearest would make blocky 8/7-pixel steps.
     Done once on the whole array, never per item.
     """
+    import torch
+    import torch.nn.functional as F
+
     x = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True))  # frombuffer arrays are read-only
     if x.shape[-1] == 32:
         return x.clone()
@@ -440,6 +447,8 @@ def decode_files(files: list[Path], source: str, raws: list[bytes] | None = None
 
     MNIST images come out (N, 32, 32); CIFAR (N, 3, 32, 32).
     """
+    import torch
+
     files = [Path(f) for f in files]
     raws = raws or [None] * len(files)
     if files[0].suffix == ".npz":
@@ -482,6 +491,8 @@ def load_files(files: list[Path], source: str, use_cache: bool = True) -> tuple[
     Each file is read once: the key is the digest of the very bytes a miss decodes, so an
     entry can never hold the tensors of another version of the file.
     """
+    import torch
+
     files = [Path(f) for f in files]
     raws = [_file_bytes(f) for f in files]
     path = cache_dir() / f"{source}-{_cache_key(files, source, raws)}.npz"
@@ -560,6 +571,8 @@ def load_split(root: Path, source: str, split: str) -> tuple[torch.Tensor, torch
 
 def load_path(path: Path, source: str) -> tuple[torch.Tensor, torch.Tensor]:
     """One user-named file: an .npz, an IDX image file (labels beside it if present), or a CIFAR batch."""
+    import torch
+
     path = Path(path)
     if not path.exists():
         raise MixsepError(f"{path} does not exist.")
@@ -846,6 +859,8 @@ class PairData:
 
     def partners(self, epoch: int) -> torch.Tensor:
         """MNIST index paired with CIFAR image i, for i < n."""
+        import torch
+
         if not self.repair:
             return torch.arange(self.n)
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**63)  # any valid seed
@@ -871,6 +886,8 @@ class PairData:
         Only full batches: a ragged last batch would make BatchNorm statistics and the
         step time jump, and its samples are reshuffled into the next epoch anyway.
         """
+        import torch
+
         if batch_size > self.n:
             raise MixsepError(f"Batch size {batch_size} is larger than the {self.n} training pairs; lower it.")
         g = torch.Generator().manual_seed((self.seed * 7919 + epoch) % 2**63)

@@ -44,7 +44,6 @@ from .run import CONFIG, STOP, RunWriteError, State, check_layout, check_runs_di
     last_error, last_logged_step, live_status, lock_holder, read_status, remove_unstarted, request_stop, run_name, \
     trainer_alive, write_json, write_status
 from .runs import live_runs
-from .train import check_fits, new_run_dir, read_resume_point
 
 
 @dataclass
@@ -251,6 +250,7 @@ class JobRegistry:
                 raise MixsepError(f"A training run is already in progress ({live.name}, step {live.step}/"
                                   f"{live.total_steps or '?'}); one run at a time: stop it or wait for it to finish.")
             from .sweep import live_sweeps
+            from .train import check_fits, new_run_dir, read_resume_point  # torch: a page that lists runs needs none
 
             sweeps = live_sweeps(self.runs_dir)
             if sweeps:
